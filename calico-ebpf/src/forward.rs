@@ -1,0 +1,290 @@
+//! The from-workload pipeline, shared by the TC and XDP entry points.
+//!
+//! It works on the raw packet bytes `[data, data_end)`, checks every access against
+//! `data_end`, rewrites headers in place and returns what the hook should do with the packet.
+//! Counting happens here too, so both hooks count the same way.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use calico_ebpf_common::{
+    DropReason, EndpointCounters, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6,
+    UNKNOWN_INTERFACE_COUNTERS,
+};
+
+use crate::maps::{COUNTERS, ENDPOINTS_MAP, ROUTES_V4, ROUTES_V6, SOURCES_V4, SOURCES_V6};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const ARP_LEN: usize = 28;
+
+/// What the hook does with the packet.
+pub enum Action {
+    /// Hand the packet to the kernel stack.
+    Pass,
+    /// Drop the packet (already counted).
+    Drop,
+    /// Deliver the (rewritten) packet to the workload behind this host-side ifindex.
+    Redirect { ifindex: u32 },
+    /// Send the (rewritten) packet back out of the interface it came in on.
+    Reflect,
+}
+
+/// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short.
+#[inline(always)]
+fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *mut T)
+}
+
+#[inline(always)]
+fn count_drop(counters: *mut EndpointCounters, reason: DropReason) -> Action {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.drops[reason as usize] += 1;
+    }
+    Action::Drop
+}
+
+#[inline(always)]
+fn count_pass(counters: *mut EndpointCounters, len: u64) -> Action {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.to_host_packets += 1;
+        c.to_host_bytes += len;
+    }
+    Action::Pass
+}
+
+/// Counts a packet delivered to the workload behind `ifindex`.
+#[inline(always)]
+pub fn count_to_workload(ifindex: u32, len: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
+        let c = unsafe { &mut *c };
+        c.to_wl_packets += 1;
+        c.to_wl_bytes += len;
+    }
+}
+
+/// Runs the pipeline for a packet that the workload behind `ifindex` sent.
+///
+/// `[data, data_end)` must hold at least the headers (the TC entry point pulls them into the
+/// linear area); `len` is the whole packet's length, which may extend into fragments that
+/// direct access cannot see, so length fields are checked against `len`.
+///
+/// `redirect_needs_mac` says whether the hook can only deliver to a workload whose MAC is known
+/// (XDP: the receiving veth checks the destination MAC); such packets then go to the kernel.
+#[inline(always)]
+pub fn from_workload(
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+    redirect_needs_mac: bool,
+) -> Action {
+    let counters = COUNTERS.get_ptr_mut(ifindex).unwrap_or(core::ptr::null_mut());
+    let Some(endpoint) = ENDPOINTS_MAP.get_ptr(ifindex) else {
+        // Not an interface the agent manages (or one being removed): never forward for it.
+        let unknown = COUNTERS.get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS).unwrap_or(core::ptr::null_mut());
+        return count_drop(unknown, DropReason::UnknownInterface);
+    };
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.from_wl_packets += 1;
+        c.from_wl_bytes += len;
+    }
+    let host_mac = unsafe { (*endpoint).host_mac };
+
+    let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    match u16::from_be_bytes(unsafe { *eth_type }) {
+        ETH_P_IP => ipv4(data, data_end, ifindex, len, counters, redirect_needs_mac),
+        ETH_P_IPV6 => ipv6(data, data_end, ifindex, len, counters, redirect_needs_mac),
+        ETH_P_ARP => arp(data, data_end, host_mac, counters, len),
+        _ => count_pass(counters, len),
+    }
+}
+
+/// Answers an ARP request on behalf of the gateway (proxy ARP, as Calico's host side does), so
+/// the workload resolves 169.254.1.1 (and anything else it asks for) to the host side's MAC.
+#[inline(always)]
+fn arp(
+    data: usize,
+    data_end: usize,
+    host_mac: [u8; 6],
+    counters: *mut EndpointCounters,
+    len: u64,
+) -> Action {
+    let Some(arp) = ptr_at::<[u8; ARP_LEN]>(data, data_end, ETH_HLEN) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let arp = unsafe { &mut *arp };
+    // Ethernet/IPv4 request only: htype 1, ptype 0x0800, hlen 6, plen 4, op 1.
+    if arp[0..8] != [0, 1, 0x08, 0x00, 6, 4, 0, 1] {
+        return count_pass(counters, len);
+    }
+    let sender_mac = [arp[8], arp[9], arp[10], arp[11], arp[12], arp[13]];
+    let sender_ip = [arp[14], arp[15], arp[16], arp[17]];
+    let target_ip = [arp[24], arp[25], arp[26], arp[27]];
+    if target_ip == sender_ip || target_ip == [0; 4] {
+        // Gratuitous ARP or a probe: nothing to answer.
+        return count_pass(counters, len);
+    }
+    arp[7] = 2; // reply
+    arp[8..14].copy_from_slice(&host_mac);
+    arp[14..18].copy_from_slice(&target_ip);
+    arp[18..24].copy_from_slice(&sender_mac);
+    arp[24..28].copy_from_slice(&sender_ip);
+    let Some(eth) = ptr_at::<[u8; 12]>(data, data_end, 0) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let eth = unsafe { &mut *eth };
+    eth[0..6].copy_from_slice(&sender_mac);
+    eth[6..12].copy_from_slice(&host_mac);
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.arp_replies += 1;
+    }
+    Action::Reflect
+}
+
+#[inline(always)]
+fn ipv4(
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+    counters: *mut EndpointCounters,
+    redirect_needs_mac: bool,
+) -> Action {
+    let Some(hdr) = ptr_at::<[u8; IPV4_MIN_HLEN]>(data, data_end, ETH_HLEN) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let hdr = unsafe { &mut *hdr };
+    let version = hdr[0] >> 4;
+    let header_len = ((hdr[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as u64;
+    // Honour the IHL: the whole header, options included, must be present, and the datagram
+    // must be at least as long as its header and no longer than the frame.
+    if version != 4
+        || header_len < IPV4_MIN_HLEN
+        || total_len < header_len as u64
+        || data + ETH_HLEN + header_len > data_end
+        || ETH_HLEN as u64 + total_len > len
+    {
+        return count_drop(counters, DropReason::Malformed);
+    }
+    let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
+    let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
+
+    let src_key = Key::new(64, SourceKeyV4 { ifindex, addr: src });
+    if SOURCES_V4.get(&src_key).is_none() {
+        return count_drop(counters, DropReason::SpoofedSource);
+    }
+
+    let Some(route) = ROUTES_V4.get(&Key::new(32, dst)) else {
+        return count_pass(counters, len);
+    };
+    match RouteKind::from_u32(route.kind) {
+        Some(RouteKind::LocalWorkload) => {}
+        Some(RouteKind::Blackhole) => return count_drop(counters, DropReason::Blackhole),
+        _ => return count_pass(counters, len),
+    }
+    if hdr[8] <= 1 || (redirect_needs_mac && route.mac == [0; 6]) {
+        // Let the kernel send the ICMP time-exceeded error, or resolve the neighbour.
+        return count_pass(counters, len);
+    }
+    // Decrement the TTL and patch the header checksum incrementally (RFC 1624): the 16-bit word
+    // holding TTL and protocol drops by 0x0100, so the checksum grows by 0x0100.
+    hdr[8] -= 1;
+    let mut check = u16::from_be_bytes([hdr[10], hdr[11]]) as u32 + 0x0100;
+    check = (check & 0xffff) + (check >> 16);
+    let check = (check as u16).to_be_bytes();
+    hdr[10] = check[0];
+    hdr[11] = check[1];
+    redirect_to_workload(data, data_end, route, len, counters)
+}
+
+#[inline(always)]
+fn ipv6(
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+    counters: *mut EndpointCounters,
+    redirect_needs_mac: bool,
+) -> Action {
+    let Some(hdr) = ptr_at::<[u8; IPV6_HLEN]>(data, data_end, ETH_HLEN) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let hdr = unsafe { &mut *hdr };
+    let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as u64;
+    if hdr[0] >> 4 != 6 || (ETH_HLEN + IPV6_HLEN) as u64 + payload_len > len {
+        return count_drop(counters, DropReason::Malformed);
+    }
+    // Link-local and multicast destinations (neighbour discovery, MLD, DAD) are for the host;
+    // the kernel answers them, and they are never forwarded.
+    let dst0 = hdr[24];
+    let dst1 = hdr[25];
+    if dst0 == 0xff || (dst0 == 0xfe && dst1 & 0xc0 == 0x80) {
+        return count_pass(counters, len);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&hdr[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&hdr[24..40]);
+
+    let src_key = Key::new(32 + 128, SourceKeyV6 { ifindex, addr: src });
+    if SOURCES_V6.get(&src_key).is_none() {
+        return count_drop(counters, DropReason::SpoofedSource);
+    }
+
+    let Some(route) = ROUTES_V6.get(&Key::new(128, dst)) else {
+        return count_pass(counters, len);
+    };
+    match RouteKind::from_u32(route.kind) {
+        Some(RouteKind::LocalWorkload) => {}
+        Some(RouteKind::Blackhole) => return count_drop(counters, DropReason::Blackhole),
+        _ => return count_pass(counters, len),
+    }
+    if hdr[7] <= 1 || (redirect_needs_mac && route.mac == [0; 6]) {
+        return count_pass(counters, len);
+    }
+    hdr[7] -= 1;
+    redirect_to_workload(data, data_end, route, len, counters)
+}
+
+/// Rewrites the Ethernet header for delivery to a local workload and returns the redirect.
+#[inline(always)]
+fn redirect_to_workload(
+    data: usize,
+    data_end: usize,
+    route: &RouteValue,
+    len: u64,
+    counters: *mut EndpointCounters,
+) -> Action {
+    let Some(eth) = ptr_at::<[u8; 12]>(data, data_end, 0) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let eth = unsafe { &mut *eth };
+    if route.mac != [0; 6] {
+        eth[0..6].copy_from_slice(&route.mac);
+    }
+    eth[6..12].copy_from_slice(&route.host_mac);
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.fwd_packets += 1;
+        c.fwd_bytes += len;
+    }
+    count_to_workload(route.ifindex, len);
+    Action::Redirect { ifindex: route.ifindex }
+}
+
+/// Counts a failed redirect against the sending workload.
+#[inline(always)]
+pub fn count_redirect_failure(ifindex: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
+        unsafe { (*c).drops[DropReason::RedirectFailed as usize] += 1 };
+    }
+}

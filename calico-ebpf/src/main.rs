@@ -1,0 +1,91 @@
+//! calico-ebpf kernel programs: attached to the host side of every workload interface.
+//!
+//! - `calico_tc_from_wl` (TC ingress) and `calico_xdp_from_wl` (XDP): packets *from* a workload:
+//!   anti-spoofing, gateway ARP, route lookup, and forwarding to another local workload inside
+//!   BPF; everything else goes to the kernel stack.
+//! - `calico_tc_to_wl` (TC egress): packets *to* a workload through the kernel stack.
+//!
+//! The entry points are thin: they read the context and map the pipeline's [`forward::Action`]
+//! onto the hook's return codes.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod maps;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use forward::Action;
+
+/// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header or an IPv6 header.
+const HEADROOM_TO_PULL: u32 = 14 + 60;
+
+#[classifier]
+pub fn calico_tc_from_wl(ctx: TcContext) -> i32 {
+    try_tc_from_wl(&ctx)
+}
+
+fn try_tc_from_wl(ctx: &TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = ctx.len();
+    // Direct packet access covers only the linear part of the skb; make the headers linear.
+    if ((ctx.data_end() - ctx.data()) as u32) < len.min(HEADROOM_TO_PULL) {
+        let _ = ctx.pull_data(len.min(HEADROOM_TO_PULL));
+    }
+    match forward::from_workload(ctx.data(), ctx.data_end(), ifindex, len as u64, false) {
+        Action::Pass => TC_ACT_OK,
+        Action::Drop => TC_ACT_SHOT,
+        Action::Redirect { ifindex: target } => {
+            // Straight into the target workload's namespace, skipping the host's backlog.
+            let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
+            if ret != TC_ACT_REDIRECT {
+                forward::count_redirect_failure(ifindex);
+            }
+            ret
+        }
+        Action::Reflect => unsafe { bpf_redirect(ifindex, 0) as i32 },
+    }
+}
+
+#[classifier]
+pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    forward::count_to_workload(ifindex, ctx.len() as u64);
+    TC_ACT_OK
+}
+
+#[xdp]
+pub fn calico_xdp_from_wl(ctx: XdpContext) -> u32 {
+    try_xdp_from_wl(&ctx)
+}
+
+fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    match forward::from_workload(data, data_end, ifindex, (data_end - data) as u64, true) {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Redirect { ifindex: target } => {
+            let ret = unsafe { bpf_redirect(target, 0) } as u32;
+            if ret != xdp_action::XDP_REDIRECT {
+                forward::count_redirect_failure(ifindex);
+            }
+            ret
+        }
+        Action::Reflect => xdp_action::XDP_TX,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,255 @@
+//! Attaching the programs to workload interfaces, with every link pinned under
+//! `<pin root>/links/<ifname>/<hook>`.
+//!
+//! A pinned link outlives the agent: when the agent exits (without `--detach-on-exit`) the
+//! programs stay attached and keep forwarding with the pinned maps, as Calico does, so a restart
+//! or upgrade does not interrupt traffic. A new agent attaches its own programs first and only
+//! then removes the old links (TCX runs the newest first), so there is no gap on TC hooks.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use calico_ebpf_common::program_names;
+
+use super::bpffs::PinLayout;
+
+/// Which hook carries packets from a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// TC ingress with `bpf_redirect_peer` (the default: measured faster on veth).
+    #[default]
+    Tc,
+    /// XDP on the host side (driver mode on veth), `bpf_redirect` into the target veth.
+    Xdp,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+impl FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tc" => Ok(Self::Tc),
+            "xdp" => Ok(Self::Xdp),
+            other => Err(format!("unknown attach mode {other:?} (expected tc or xdp)")),
+        }
+    }
+}
+
+/// One attachment point of a program on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// TC ingress of the host side: packets from the workload.
+    TcFromWorkload,
+    /// TC egress of the host side: packets to the workload.
+    TcToWorkload,
+    /// XDP on the host side: packets from the workload.
+    XdpFromWorkload,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Self::TcFromWorkload, Self::TcToWorkload, Self::XdpFromWorkload];
+
+    /// The suffix of the link's pin name.
+    pub fn pin_suffix(self) -> &'static str {
+        match self {
+            Self::TcFromWorkload => "tc_ingress",
+            Self::TcToWorkload => "tc_egress",
+            Self::XdpFromWorkload => "xdp",
+        }
+    }
+
+    /// The hooks a mode uses. Egress towards the workload is always TC: XDP has no egress hook.
+    pub fn for_mode(mode: AttachMode) -> [Hook; 2] {
+        match mode {
+            AttachMode::Tc => [Self::TcFromWorkload, Self::TcToWorkload],
+            AttachMode::Xdp => [Self::XdpFromWorkload, Self::TcToWorkload],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("the kernel object has no program named {0}")]
+    MissingProgram(&'static str),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("attaching {hook:?} to {ifname}: {source}")]
+    Attach { ifname: String, hook: Hook, source: ProgramError },
+    #[error("link of {hook:?} on {ifname} is not a BPF link: {source}")]
+    Link { ifname: String, hook: Hook, source: aya::programs::links::LinkError },
+    #[error("pinning the {hook:?} link of {ifname} at {path}: {source}")]
+    Pin { ifname: String, hook: Hook, path: PathBuf, source: aya::pin::PinError },
+    #[error("removing pinned link {path}: {source}")]
+    Unpin { path: PathBuf, source: io::Error },
+    #[error("listing {path}: {source}")]
+    List { path: PathBuf, source: io::Error },
+}
+
+/// Loads the programs into the kernel (once) and attaches them to interfaces.
+pub struct Attacher {
+    layout: PinLayout,
+    mode: AttachMode,
+}
+
+impl Attacher {
+    /// Loads (verifies) every program of the object.
+    pub fn load(ebpf: &mut Ebpf, layout: PinLayout, mode: AttachMode) -> Result<Self, AttachError> {
+        for name in [program_names::TC_FROM_WORKLOAD, program_names::TC_TO_WORKLOAD] {
+            classifier(ebpf, name)?.load().map_err(|source| AttachError::Program { name, source })?;
+        }
+        let name = program_names::XDP_FROM_WORKLOAD;
+        xdp(ebpf, name)?.load().map_err(|source| AttachError::Program { name, source })?;
+        Ok(Self { layout, mode })
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Attaches this mode's programs to `ifname`, replacing whatever links an earlier agent left
+    /// pinned there, and removes pins of the other mode's hooks.
+    pub fn attach(&self, ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), AttachError> {
+        let wanted = Hook::for_mode(self.mode);
+        let dir = self.layout.interface_links_dir(ifname);
+        fs::create_dir_all(&dir).map_err(|source| AttachError::List { path: dir.clone(), source })?;
+        for hook in wanted {
+            let path = self.layout.link(ifname, hook.pin_suffix());
+            let err = |source| AttachError::Attach { ifname: ifname.to_owned(), hook, source };
+            let link: FdLink = match hook {
+                Hook::TcFromWorkload | Hook::TcToWorkload => {
+                    let (name, attach_type) = if hook == Hook::TcFromWorkload {
+                        (program_names::TC_FROM_WORKLOAD, TcAttachType::Ingress)
+                    } else {
+                        (program_names::TC_TO_WORKLOAD, TcAttachType::Egress)
+                    };
+                    let program = classifier(ebpf, name)?;
+                    let id = program
+                        .attach_with_options(
+                            ifname,
+                            attach_type,
+                            TcAttachOptions::TcxOrder(LinkOrder::first()),
+                        )
+                        .map_err(err)?;
+                    let link = program.take_link(id).map_err(err)?;
+                    FdLink::try_from(link).map_err(|source| AttachError::Link {
+                        ifname: ifname.to_owned(),
+                        hook,
+                        source,
+                    })?
+                }
+                Hook::XdpFromWorkload => {
+                    // An interface takes one XDP link: the old one must go first.
+                    remove_pin(&path)?;
+                    let program = xdp(ebpf, program_names::XDP_FROM_WORKLOAD)?;
+                    let id = program.attach_to_if_index(ifindex, XdpMode::Driver).map_err(err)?;
+                    let link = program.take_link(id).map_err(err)?;
+                    FdLink::try_from(link).map_err(|source| AttachError::Link {
+                        ifname: ifname.to_owned(),
+                        hook,
+                        source,
+                    })?
+                }
+            };
+            // Removing the old pin detaches the old link; the new one is already in place.
+            remove_pin(&path)?;
+            link.pin(&path).map_err(|source| AttachError::Pin {
+                ifname: ifname.to_owned(),
+                hook,
+                path: path.clone(),
+                source,
+            })?;
+        }
+        for hook in Hook::ALL.into_iter().filter(|h| !wanted.contains(h)) {
+            remove_pin(&self.layout.link(ifname, hook.pin_suffix()))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches every program from `ifname` by removing its pinned links.
+    pub fn detach(&self, ifname: &str) -> Result<(), AttachError> {
+        detach_interface(&self.layout, ifname)
+    }
+}
+
+/// Detaches every program from `ifname` by removing its pinned links.
+pub fn detach_interface(layout: &PinLayout, ifname: &str) -> Result<(), AttachError> {
+    for hook in Hook::ALL {
+        remove_pin(&layout.link(ifname, hook.pin_suffix()))?;
+    }
+    let dir = layout.interface_links_dir(ifname);
+    match fs::remove_dir(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AttachError::Unpin { path: dir, source }),
+    }
+}
+
+/// The interfaces that have at least one pinned link, with the hooks pinned on each.
+pub fn pinned_links(layout: &PinLayout) -> Result<Vec<(String, Vec<Hook>)>, AttachError> {
+    let dir = layout.links_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(AttachError::List { path: dir, source }),
+    };
+    let mut interfaces = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| AttachError::List { path: dir.clone(), source })?;
+        let Some(dir_name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let ifname = PinLayout::interface_of_links_dir(&dir_name);
+        let hooks: Vec<Hook> =
+            Hook::ALL.into_iter().filter(|h| layout.link(&ifname, h.pin_suffix()).exists()).collect();
+        interfaces.push((ifname, hooks));
+    }
+    interfaces.sort();
+    Ok(interfaces)
+}
+
+fn remove_pin(path: &Path) -> Result<(), AttachError> {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => link.unpin().map(drop).map_err(|e| AttachError::Unpin {
+            path: path.to_owned(),
+            source: io::Error::other(e.to_string()),
+        }),
+        Err(_) => match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(AttachError::Unpin { path: path.to_owned(), source }),
+        },
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, AttachError> {
+    ebpf.program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program { name, source })
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, AttachError> {
+    ebpf.program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program { name, source })
+}

@@ -1,0 +1,278 @@
+//! Typed handles on the pinned maps, and reconciliation of their contents with a desired state.
+//!
+//! The maps themselves are the record of what is programmed: the agent reads them back and
+//! writes only the difference, so a restarted agent converges on what it finds without
+//! disturbing entries that are already right.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::{
+    maps::{
+        HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
+    util::nr_cpus,
+};
+use calico_ebpf_common::{
+    EndpointCounters, EndpointInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6,
+    UNKNOWN_INTERFACE_COUNTERS, map_names,
+};
+
+use super::bpffs::PinLayout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("the kernel object has no map named {0}")]
+    Missing(&'static str),
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// Owned handles on every map.
+pub struct Maps {
+    pub routes_v4: LpmTrie<MapData, RouteKeyV4, RouteValue>,
+    pub routes_v6: LpmTrie<MapData, RouteKeyV6, RouteValue>,
+    pub sources_v4: LpmTrie<MapData, SourceKeyV4, u32>,
+    pub sources_v6: LpmTrie<MapData, SourceKeyV6, u32>,
+    pub endpoints: HashMap<MapData, u32, EndpointInfo>,
+    pub counters: PerCpuHashMap<MapData, u32, EndpointCounters>,
+}
+
+/// The complete desired contents of the maps (counters excepted: those only get an entry per
+/// endpoint, created at zero and never overwritten).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub routes_v4: BTreeMap<(u32, RouteKeyV4), RouteValue>,
+    pub routes_v6: BTreeMap<(u32, RouteKeyV6), RouteValue>,
+    pub sources_v4: BTreeMap<(u32, [u8; 8]), u32>,
+    pub sources_v6: BTreeMap<(u32, [u8; 20]), u32>,
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+}
+
+/// Encodes a source key as bytes so that it can be ordered in a BTreeMap.
+pub fn source_v4_bytes(key: &SourceKeyV4) -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&key.ifindex.to_ne_bytes());
+    bytes[4..].copy_from_slice(&key.addr);
+    bytes
+}
+
+pub fn source_v4_from_bytes(bytes: &[u8; 8]) -> SourceKeyV4 {
+    let mut addr = [0u8; 4];
+    addr.copy_from_slice(&bytes[4..]);
+    SourceKeyV4 { ifindex: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), addr }
+}
+
+pub fn source_v6_bytes(key: &SourceKeyV6) -> [u8; 20] {
+    let mut bytes = [0u8; 20];
+    bytes[..4].copy_from_slice(&key.ifindex.to_ne_bytes());
+    bytes[4..].copy_from_slice(&key.addr);
+    bytes
+}
+
+pub fn source_v6_from_bytes(bytes: &[u8; 20]) -> SourceKeyV6 {
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&bytes[4..]);
+    SourceKeyV6 { ifindex: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), addr }
+}
+
+/// How many entries a reconciliation added, changed and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileStats {
+    pub written: usize,
+    pub removed: usize,
+}
+
+impl std::ops::AddAssign for ReconcileStats {
+    fn add_assign(&mut self, other: Self) {
+        self.written += other.written;
+        self.removed += other.removed;
+    }
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            routes_v4: typed(map_names::ROUTES_V4, take(map_names::ROUTES_V4)?)?,
+            routes_v6: typed(map_names::ROUTES_V6, take(map_names::ROUTES_V6)?)?,
+            sources_v4: typed(map_names::SOURCES_V4, take(map_names::SOURCES_V4)?)?,
+            sources_v6: typed(map_names::SOURCES_V6, take(map_names::SOURCES_V6)?)?,
+            endpoints: typed(map_names::ENDPOINTS, take(map_names::ENDPOINTS)?)?,
+            counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
+        })
+    }
+
+    /// Opens the maps a running (or previous) agent pinned.
+    pub fn from_pins(layout: &PinLayout) -> Result<Self, MapsError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(layout.map(name))
+                .and_then(Map::from_map_data)
+                .map_err(map_err(name))
+        };
+        Ok(Self {
+            routes_v4: typed(map_names::ROUTES_V4, open(map_names::ROUTES_V4)?)?,
+            routes_v6: typed(map_names::ROUTES_V6, open(map_names::ROUTES_V6)?)?,
+            sources_v4: typed(map_names::SOURCES_V4, open(map_names::SOURCES_V4)?)?,
+            sources_v6: typed(map_names::SOURCES_V6, open(map_names::SOURCES_V6)?)?,
+            endpoints: typed(map_names::ENDPOINTS, open(map_names::ENDPOINTS)?)?,
+            counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
+        })
+    }
+
+    /// Reads back everything the maps hold (counters excepted).
+    pub fn read(&self) -> Result<MapContents, MapsError> {
+        let mut contents = MapContents::default();
+        for entry in self.routes_v4.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::ROUTES_V4))?;
+            contents.routes_v4.insert((key.prefix_len(), key.data()), value);
+        }
+        for entry in self.routes_v6.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::ROUTES_V6))?;
+            contents.routes_v6.insert((key.prefix_len(), key.data()), value);
+        }
+        for entry in self.sources_v4.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::SOURCES_V4))?;
+            contents.sources_v4.insert((key.prefix_len(), source_v4_bytes(&key.data())), value);
+        }
+        for entry in self.sources_v6.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::SOURCES_V6))?;
+            contents.sources_v6.insert((key.prefix_len(), source_v6_bytes(&key.data())), value);
+        }
+        for entry in self.endpoints.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::ENDPOINTS))?;
+            contents.endpoints.insert(key, value);
+        }
+        Ok(contents)
+    }
+
+    /// Makes the maps hold exactly `desired`. Entries are written before stale ones are removed,
+    /// so a prefix that moves from one endpoint to another is never missing in between.
+    pub fn reconcile(&mut self, desired: &MapContents) -> Result<ReconcileStats, MapsError> {
+        let current = self.read()?;
+        let mut stats = ReconcileStats::default();
+
+        // Endpoints (and their counters) first: the programs look an interface up before
+        // anything else, and the routes pointing at it must find it there.
+        let (write, remove) = diff(&current.endpoints, &desired.endpoints);
+        let name = map_names::ENDPOINTS;
+        for (ifindex, info) in &write {
+            self.endpoints.insert(*ifindex, *info, 0).map_err(map_err(name))?;
+        }
+        for ifindex in &remove {
+            self.endpoints.remove(ifindex).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        let mut counted: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
+        counted.insert(UNKNOWN_INTERFACE_COUNTERS);
+        self.sync_counters(counted)?;
+
+        let (write, remove) = diff(&current.sources_v4, &desired.sources_v4);
+        let name = map_names::SOURCES_V4;
+        for ((len, key), value) in &write {
+            let key = Key::new(*len, source_v4_from_bytes(key));
+            self.sources_v4.insert(&key, *value, 0).map_err(map_err(name))?;
+        }
+        for (len, key) in &remove {
+            let key = Key::new(*len, source_v4_from_bytes(key));
+            self.sources_v4.remove(&key).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+
+        let (write, remove) = diff(&current.sources_v6, &desired.sources_v6);
+        let name = map_names::SOURCES_V6;
+        for ((len, key), value) in &write {
+            let key = Key::new(*len, source_v6_from_bytes(key));
+            self.sources_v6.insert(&key, *value, 0).map_err(map_err(name))?;
+        }
+        for (len, key) in &remove {
+            let key = Key::new(*len, source_v6_from_bytes(key));
+            self.sources_v6.remove(&key).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+
+        let (write, remove) = diff(&current.routes_v4, &desired.routes_v4);
+        let name = map_names::ROUTES_V4;
+        for ((len, key), value) in &write {
+            self.routes_v4.insert(&Key::new(*len, *key), *value, 0).map_err(map_err(name))?;
+        }
+        for (len, key) in &remove {
+            self.routes_v4.remove(&Key::new(*len, *key)).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+
+        let (write, remove) = diff(&current.routes_v6, &desired.routes_v6);
+        let name = map_names::ROUTES_V6;
+        for ((len, key), value) in &write {
+            self.routes_v6.insert(&Key::new(*len, *key), *value, 0).map_err(map_err(name))?;
+        }
+        for (len, key) in &remove {
+            self.routes_v6.remove(&Key::new(*len, *key)).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        Ok(stats)
+    }
+
+    /// Creates a zeroed counters entry for every endpoint that has none and removes the entries
+    /// of endpoints that are gone. Existing counters are left alone.
+    fn sync_counters(&mut self, wanted: BTreeSet<u32>) -> Result<(), MapsError> {
+        let present: BTreeSet<u32> = self
+            .counters
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::COUNTERS))?;
+        let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e.to_string()))?;
+        for ifindex in wanted.difference(&present) {
+            let zeroes = PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
+                .map_err(|e| MapsError::Cpus(e.to_string()))?;
+            self.counters.insert(ifindex, zeroes, 0).map_err(map_err(map_names::COUNTERS))?;
+        }
+        for ifindex in present.difference(&wanted) {
+            self.counters.remove(ifindex).map_err(map_err(map_names::COUNTERS))?;
+        }
+        Ok(())
+    }
+
+    /// The counters of every endpoint, summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<u32, EndpointCounters>, MapsError> {
+        let mut all = BTreeMap::new();
+        for entry in self.counters.iter() {
+            let (ifindex, per_cpu) = entry.map_err(map_err(map_names::COUNTERS))?;
+            let mut total = EndpointCounters::default();
+            for cpu in per_cpu.iter() {
+                total.accumulate(cpu);
+            }
+            all.insert(ifindex, total);
+        }
+        Ok(all)
+    }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// The entries of `desired` that `current` lacks or holds with another value, and the keys of
+/// `current` that `desired` lacks.
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let write = desired
+        .iter()
+        .filter(|(key, value)| current.get(key) != Some(value))
+        .map(|(key, value)| (*key, *value))
+        .collect();
+    let remove = current.keys().filter(|key| !desired.contains_key(key)).copied().collect();
+    (write, remove)
+}

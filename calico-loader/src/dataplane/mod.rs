@@ -1,0 +1,311 @@
+//! Dataplane programming: the kernel object, its pinned maps, the program attachments and the
+//! kernel routes, brought in line with the endpoints the model says this host should serve.
+
+pub mod attach;
+pub mod bpffs;
+pub mod maps;
+pub mod netlink;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::{Ebpf, EbpfLoader};
+use calico_ebpf_common::{
+    EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags,
+    fill_nul_padded, map_names, source_flags,
+};
+use ipnet::IpNet;
+
+use self::{
+    attach::{AttachError, AttachMode, Attacher},
+    bpffs::{BpffsError, PinLayout},
+    maps::{MapContents, Maps, MapsError, ReconcileStats},
+    netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
+};
+use crate::model::LocalEndpoint;
+
+/// The kernel programs, built for the BPF target by the build script.
+pub static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calico-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("loading the kernel object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+/// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
+/// agent restart) or creating and pinning them.
+pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
+    layout.prepare()?;
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_pin_path(name, layout.map(name));
+    }
+    Ok(loader.load(KERNEL_OBJECT)?)
+}
+
+/// What one [`Dataplane::apply`] did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Interfaces that got programs attached, with their ifindex and endpoint.
+    pub attached: Vec<(String, u32, String)>,
+    /// Interfaces that lost their programs.
+    pub detached: Vec<String>,
+    /// Endpoints whose interface does not exist (yet).
+    pub waiting: Vec<(String, String)>,
+    /// Map entries written and removed.
+    pub map_changes: ReconcileStats,
+    /// Problems with single endpoints; the others were programmed regardless.
+    pub errors: Vec<String>,
+}
+
+/// The programmed dataplane of this host.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    attacher: Attacher,
+    netlink: Netlink,
+    layout: PinLayout,
+    /// Interfaces this agent attached to, with the ifindex it attached to.
+    attached: BTreeMap<String, u32>,
+    /// Neighbour entries this agent wrote.
+    neighbours: BTreeSet<KernelNeighbour>,
+    /// Whether pins left by an earlier agent have been looked at.
+    adopted: bool,
+}
+
+impl Dataplane {
+    /// Loads the programs and opens (or creates) the pinned maps.
+    pub fn start(layout: PinLayout, mode: AttachMode) -> Result<Self, DataplaneError> {
+        let mut ebpf = load_object(&layout)?;
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let attacher = Attacher::load(&mut ebpf, layout.clone(), mode)?;
+        let netlink = Netlink::connect()?;
+        Ok(Self {
+            ebpf,
+            maps,
+            attacher,
+            netlink,
+            layout,
+            attached: BTreeMap::new(),
+            neighbours: BTreeSet::new(),
+            adopted: false,
+        })
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.attacher.mode()
+    }
+
+    /// Brings the dataplane in line with `desired` (keyed by interface name). Maps are written
+    /// before programs are attached to a new interface, and programs are detached before an
+    /// interface's entries are removed, so a program never runs against a half-written endpoint.
+    pub async fn apply(
+        &mut self,
+        desired: &BTreeMap<String, LocalEndpoint>,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+        let links: BTreeMap<String, LinkDetails> =
+            self.netlink.links().await?.into_iter().map(|l| (l.name.clone(), l)).collect();
+
+        let mut present: BTreeMap<&str, (&LocalEndpoint, &LinkDetails)> = BTreeMap::new();
+        for (ifname, endpoint) in desired {
+            match links.get(ifname) {
+                Some(link) => {
+                    present.insert(ifname, (endpoint, link));
+                }
+                None => report.waiting.push((ifname.clone(), endpoint.key.clone())),
+            }
+        }
+
+        // Detach from interfaces that are no longer wanted or were recreated under another
+        // ifindex, and, on the first pass, from whatever an earlier agent left attached.
+        let mut stale: BTreeSet<String> = self
+            .attached
+            .iter()
+            .filter(|(ifname, ifindex)| {
+                present.get(ifname.as_str()).is_none_or(|(_, link)| link.ifindex != **ifindex)
+            })
+            .map(|(ifname, _)| ifname.clone())
+            .collect();
+        if !self.adopted {
+            for (ifname, _) in attach::pinned_links(&self.layout)? {
+                if !present.contains_key(ifname.as_str()) {
+                    stale.insert(ifname);
+                }
+            }
+        }
+        for ifname in stale {
+            if let Err(e) = self.attacher.detach(&ifname) {
+                report.errors.push(e.to_string());
+            }
+            self.attached.remove(&ifname);
+            report.detached.push(ifname);
+        }
+
+        let contents = map_contents(present.values().copied());
+        report.map_changes = self.maps.reconcile(&contents)?;
+
+        for (ifname, (endpoint, link)) in &present {
+            if self.attached.get(*ifname) == Some(&link.ifindex) {
+                continue;
+            }
+            match self.attacher.attach(&mut self.ebpf, ifname, link.ifindex) {
+                Ok(()) => {
+                    self.attached.insert((*ifname).to_owned(), link.ifindex);
+                    report.attached.push(((*ifname).to_owned(), link.ifindex, endpoint.key.clone()));
+                }
+                Err(e) => report.errors.push(format!("endpoint {}: {e}", endpoint.key)),
+            }
+        }
+        self.adopted = true;
+
+        self.sync_kernel(&present, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Kernel routes and neighbour entries for the present endpoints.
+    async fn sync_kernel(
+        &mut self,
+        present: &BTreeMap<&str, (&LocalEndpoint, &LinkDetails)>,
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
+        let mut routes = BTreeSet::new();
+        let mut neighbours = BTreeSet::new();
+        for (endpoint, link) in present.values() {
+            for net in &endpoint.networks {
+                routes.insert(KernelRoute { net: *net, ifindex: link.ifindex });
+                if let Some(mac) = endpoint.mac
+                    && net.prefix_len() == net.max_prefix_len()
+                {
+                    neighbours.insert(KernelNeighbour { addr: net.addr(), ifindex: link.ifindex, mac });
+                }
+            }
+        }
+        let existing: BTreeSet<KernelRoute> = self.netlink.our_routes().await?.into_iter().collect();
+        for route in existing.difference(&routes) {
+            if let Err(e) = self.netlink.del_route(*route).await {
+                report.errors.push(e.to_string());
+            }
+        }
+        for route in routes.difference(&existing) {
+            if let Err(e) = self.netlink.add_route(*route).await {
+                report.errors.push(e.to_string());
+            }
+        }
+        for neighbour in self.neighbours.difference(&neighbours) {
+            if let Err(e) = self.netlink.del_neighbour(*neighbour).await {
+                report.errors.push(e.to_string());
+            }
+        }
+        for neighbour in neighbours.difference(&self.neighbours) {
+            if let Err(e) = self.netlink.add_neighbour(*neighbour).await {
+                report.errors.push(e.to_string());
+            }
+        }
+        self.neighbours = neighbours;
+        Ok(())
+    }
+
+    /// Detaches every program and removes every pin and kernel route of this agent.
+    pub async fn teardown(mut self) -> Result<(), DataplaneError> {
+        for ifname in std::mem::take(&mut self.attached).into_keys() {
+            self.attacher.detach(&ifname)?;
+        }
+        for route in self.netlink.our_routes().await? {
+            self.netlink.del_route(route).await?;
+        }
+        for neighbour in std::mem::take(&mut self.neighbours) {
+            self.netlink.del_neighbour(neighbour).await?;
+        }
+        let layout = self.layout.clone();
+        drop(self);
+        remove_pins(&layout)?;
+        Ok(())
+    }
+}
+
+/// Detaches everything attached under `layout` and removes its pins (maps and links).
+pub fn remove_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
+    for (ifname, _) in attach::pinned_links(layout)? {
+        attach::detach_interface(layout, &ifname)?;
+    }
+    let root = layout.root();
+    if root.exists() {
+        std::fs::remove_dir_all(root).map_err(|source| {
+            DataplaneError::Bpffs(BpffsError::CreateDir { path: root.to_owned(), source })
+        })?;
+    }
+    Ok(())
+}
+
+/// The map contents that serve `endpoints`.
+pub fn map_contents<'a>(
+    endpoints: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails)>,
+) -> MapContents {
+    let mut contents = MapContents::default();
+    for (endpoint, link) in endpoints {
+        let ifindex = link.ifindex;
+        let mac = endpoint.mac.unwrap_or([0; 6]);
+        contents.endpoints.insert(
+            ifindex,
+            EndpointInfo {
+                flags: endpoint_flags::WORKLOAD,
+                _pad: 0,
+                mac,
+                host_mac: link.mac,
+                ifname: fill_nul_padded(link.name.as_bytes()),
+                name: fill_nul_padded(endpoint.key.as_bytes()),
+            },
+        );
+        let route = RouteValue {
+            kind: RouteKind::LocalWorkload as u32,
+            ifindex,
+            mac,
+            host_mac: link.mac,
+            next_hop: [0; 16],
+        };
+        let sources = endpoint
+            .networks
+            .iter()
+            .map(|net| (net, source_flags::OWN_ADDRESS))
+            .chain(endpoint.allowed_spoof.iter().map(|net| (net, source_flags::ALLOWED_SPOOF)));
+        for (net, flag) in sources {
+            let len = 32 + u32::from(net.prefix_len());
+            match net {
+                IpNet::V4(net) => {
+                    let key = SourceKeyV4 { ifindex, addr: net.network().octets() };
+                    *contents.sources_v4.entry((len, maps::source_v4_bytes(&key))).or_default() |= flag;
+                }
+                IpNet::V6(net) => {
+                    let key = SourceKeyV6 { ifindex, addr: net.network().octets() };
+                    *contents.sources_v6.entry((len, maps::source_v6_bytes(&key))).or_default() |= flag;
+                }
+            }
+        }
+        for net in &endpoint.networks {
+            let len = u32::from(net.prefix_len());
+            match net {
+                IpNet::V4(net) => {
+                    contents.routes_v4.insert((len, net.network().octets()), route);
+                }
+                IpNet::V6(net) => {
+                    contents.routes_v6.insert((len, net.network().octets()), route);
+                }
+            }
+        }
+    }
+    contents
+}

@@ -1,0 +1,19 @@
+//! The datastore: `projectcalico.org/v3` resources, as YAML (or JSON) files in a local
+//! directory.
+//!
+//! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
+//!   its validation rules.
+//! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
+//!   resource and field ([`DatastoreError`]).
+//! - [`local`]: the directory datastore ([`LocalDatastore`]), its [`Snapshot`] of the
+//!   resources in force, and a debounced [`watch`](local::watch) of the directory.
+
+mod error;
+pub mod local;
+mod parse;
+pub mod resources;
+
+pub use error::{DatastoreError, ErrorKind};
+pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
+pub use parse::parse_file;
+pub use resources::{Kind, Resource, ResourceKey, WorkloadEndpoint};

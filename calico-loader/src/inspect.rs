@@ -1,0 +1,287 @@
+//! `calico-loader dump`: the pinned maps as readable tables or JSON. It reads only the pins, so
+//! it works from any network namespace, whether or not an agent is running.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use calico_ebpf_common::{DropReason, EndpointInfo, RouteKind, RouteValue, UNKNOWN_INTERFACE_COUNTERS};
+use serde::Serialize;
+
+use crate::dataplane::{
+    attach::{self, Hook},
+    bpffs::PinLayout,
+    maps::{Maps, source_v4_from_bytes, source_v6_from_bytes},
+};
+
+/// A route as `dump routes` shows it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RouteRow {
+    pub prefix: String,
+    pub kind: String,
+    pub ifindex: u32,
+    pub interface: String,
+    pub endpoint: String,
+    pub mac: String,
+    pub host_mac: String,
+}
+
+/// An endpoint as `dump endpoints` shows it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub ifindex: u32,
+    pub interface: String,
+    pub name: String,
+    pub mac: String,
+    pub host_mac: String,
+    pub addresses: Vec<String>,
+    pub allowed_spoof: Vec<String>,
+    pub attached: bool,
+    pub hooks: Vec<String>,
+}
+
+/// The counters of one endpoint, summed over CPUs.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct CounterRow {
+    pub ifindex: u32,
+    pub interface: String,
+    pub name: String,
+    pub from_workload_packets: u64,
+    pub from_workload_bytes: u64,
+    pub to_workload_packets: u64,
+    pub to_workload_bytes: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub to_host_packets: u64,
+    pub to_host_bytes: u64,
+    pub arp_replies: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    if mac == &[0; 6] {
+        return "-".to_owned();
+    }
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn endpoint_labels(maps: &Maps) -> anyhow::Result<BTreeMap<u32, EndpointInfo>> {
+    Ok(maps.read()?.endpoints)
+}
+
+fn route_row(prefix: String, value: &RouteValue, endpoints: &BTreeMap<u32, EndpointInfo>) -> RouteRow {
+    let kind = RouteKind::from_u32(value.kind).map_or_else(|| format!("unknown({})", value.kind), |k| k.as_str().to_owned());
+    let endpoint = endpoints.get(&value.ifindex);
+    RouteRow {
+        prefix,
+        kind,
+        ifindex: value.ifindex,
+        interface: endpoint.map(|e| text(e.ifname_bytes())).unwrap_or_default(),
+        endpoint: endpoint.map(|e| text(e.name_bytes())).unwrap_or_default(),
+        mac: mac_string(&value.mac),
+        host_mac: mac_string(&value.host_mac),
+    }
+}
+
+/// Every route, IPv4 then IPv6.
+pub fn routes(layout: &PinLayout) -> anyhow::Result<Vec<RouteRow>> {
+    let maps = Maps::from_pins(layout)?;
+    let contents = maps.read()?;
+    let mut rows = Vec::new();
+    for ((len, addr), value) in &contents.routes_v4 {
+        rows.push(route_row(format!("{}/{len}", Ipv4Addr::from(*addr)), value, &contents.endpoints));
+    }
+    for ((len, addr), value) in &contents.routes_v6 {
+        rows.push(route_row(format!("{}/{len}", Ipv6Addr::from(*addr)), value, &contents.endpoints));
+    }
+    Ok(rows)
+}
+
+/// Every endpoint, with its addresses and whether programs are attached to its interface.
+pub fn endpoints(layout: &PinLayout) -> anyhow::Result<Vec<EndpointRow>> {
+    let maps = Maps::from_pins(layout)?;
+    let contents = maps.read()?;
+    let links: BTreeMap<String, Vec<Hook>> = attach::pinned_links(layout)?.into_iter().collect();
+    let mut rows: BTreeMap<u32, EndpointRow> = contents
+        .endpoints
+        .iter()
+        .map(|(ifindex, info)| {
+            let interface = text(info.ifname_bytes());
+            let hooks: Vec<String> = links
+                .get(&interface)
+                .map(|hooks| hooks.iter().map(|h| h.pin_suffix().to_owned()).collect())
+                .unwrap_or_default();
+            let row = EndpointRow {
+                ifindex: *ifindex,
+                name: text(info.name_bytes()),
+                mac: mac_string(&info.mac),
+                host_mac: mac_string(&info.host_mac),
+                addresses: Vec::new(),
+                allowed_spoof: Vec::new(),
+                attached: !hooks.is_empty(),
+                hooks,
+                interface,
+            };
+            (*ifindex, row)
+        })
+        .collect();
+    let mut add = |ifindex: u32, prefix: String, flags: u32| {
+        if let Some(row) = rows.get_mut(&ifindex) {
+            if flags & calico_ebpf_common::source_flags::OWN_ADDRESS != 0 {
+                row.addresses.push(prefix.clone());
+            }
+            if flags & calico_ebpf_common::source_flags::ALLOWED_SPOOF != 0 {
+                row.allowed_spoof.push(prefix);
+            }
+        }
+    };
+    for ((len, key), flags) in &contents.sources_v4 {
+        let key = source_v4_from_bytes(key);
+        add(key.ifindex, format!("{}/{}", Ipv4Addr::from(key.addr), len - 32), *flags);
+    }
+    for ((len, key), flags) in &contents.sources_v6 {
+        let key = source_v6_from_bytes(key);
+        add(key.ifindex, format!("{}/{}", Ipv6Addr::from(key.addr), len - 32), *flags);
+    }
+    Ok(rows.into_values().collect())
+}
+
+/// The counters of every endpoint.
+pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
+    let maps = Maps::from_pins(layout)?;
+    let endpoints = endpoint_labels(&maps)?;
+    let mut rows = Vec::new();
+    for (ifindex, total) in maps.counters()? {
+        let info = endpoints.get(&ifindex);
+        let name = if ifindex == UNKNOWN_INTERFACE_COUNTERS {
+            "(interfaces without an endpoint)".to_owned()
+        } else {
+            info.map(|e| text(e.name_bytes())).unwrap_or_default()
+        };
+        rows.push(CounterRow {
+            ifindex,
+            interface: info.map(|e| text(e.ifname_bytes())).unwrap_or_default(),
+            name,
+            from_workload_packets: total.from_wl_packets,
+            from_workload_bytes: total.from_wl_bytes,
+            to_workload_packets: total.to_wl_packets,
+            to_workload_bytes: total.to_wl_bytes,
+            forwarded_packets: total.fwd_packets,
+            forwarded_bytes: total.fwd_bytes,
+            to_host_packets: total.to_host_packets,
+            to_host_bytes: total.to_host_bytes,
+            arp_replies: total.arp_replies,
+            drops: DropReason::ALL
+                .iter()
+                .map(|reason| (reason.as_str().to_owned(), total.drops[*reason as usize]))
+                .collect(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Renders rows as a table with aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn routes_table(rows: &[RouteRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.prefix.clone(),
+                r.kind.clone(),
+                r.interface.clone(),
+                r.ifindex.to_string(),
+                r.mac.clone(),
+                r.endpoint.clone(),
+            ]
+        })
+        .collect();
+    table(&["PREFIX", "KIND", "INTERFACE", "IFINDEX", "MAC", "ENDPOINT"], &cells)
+}
+
+pub fn endpoints_table(rows: &[EndpointRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.interface.clone(),
+                r.ifindex.to_string(),
+                r.mac.clone(),
+                r.addresses.join(","),
+                if r.attached { r.hooks.join(",") } else { "no".to_owned() },
+            ]
+        })
+        .collect();
+    table(&["ENDPOINT", "INTERFACE", "IFINDEX", "MAC", "ADDRESSES", "ATTACHED"], &cells)
+}
+
+pub fn counters_table(rows: &[CounterRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let drops: Vec<String> = r
+                .drops
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(reason, n)| format!("{reason}={n}"))
+                .collect();
+            vec![
+                r.name.clone(),
+                r.interface.clone(),
+                format!("{}/{}", r.from_workload_packets, r.from_workload_bytes),
+                format!("{}/{}", r.forwarded_packets, r.forwarded_bytes),
+                format!("{}/{}", r.to_workload_packets, r.to_workload_bytes),
+                format!("{}/{}", r.to_host_packets, r.to_host_bytes),
+                r.arp_replies.to_string(),
+                if drops.is_empty() { "-".to_owned() } else { drops.join(",") },
+            ]
+        })
+        .collect();
+    table(
+        &["ENDPOINT", "INTERFACE", "FROM-WL pkts/B", "FORWARDED pkts/B", "TO-WL pkts/B", "TO-HOST pkts/B", "ARP", "DROPS"],
+        &cells,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let out = table(&["A", "LONGER"], &[vec!["wide-cell".into(), "x".into()]]);
+        assert_eq!(out, "A          LONGER\nwide-cell  x\n");
+    }
+
+    #[test]
+    fn zero_mac_is_shown_as_unknown() {
+        assert_eq!(mac_string(&[0; 6]), "-");
+        assert_eq!(mac_string(&[0xca, 0xfe, 0, 0, 0, 1]), "ca:fe:00:00:00:01");
+    }
+}

@@ -1,0 +1,8 @@
+//! calico-ebpf's agent, as a library: modules follow the data's path, from the datastore through
+//! the model to dataplane programming. The kernel programs live in the `calico-ebpf` crate.
+
+pub mod agent;
+pub mod datastore;
+pub mod dataplane;
+pub mod inspect;
+pub mod model;

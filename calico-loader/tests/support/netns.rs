@@ -1,0 +1,434 @@
+//! Network-namespace topologies for integration tests, with RAII guards that remove every
+//! namespace, link and pin they made, also when a test fails.
+//!
+//! Only 198.18.0.0/15 and 2001:db8::/32 are used, and nothing is added to the root namespace:
+//! the veth pairs are created directly inside the test's own namespaces.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, short enough for interface names.
+pub fn unique(prefix: &str) -> String {
+    let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{id}", std::process::id() % 100_000)
+}
+
+/// Fails the test unless it runs as root: these tests need BPF and namespaces, and never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests need root (BPF, network namespaces): run them through `cargo xtask test`"
+    );
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Polls `condition` until it holds, or panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A network namespace, deleted on drop (with every interface in it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Self {
+        run("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside the namespace and panics if it fails.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside the namespace and returns whether it succeeded.
+    pub fn try_exec(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it creates live here.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        thread::spawn(move || {
+            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            // SAFETY: a valid namespace fd; setns affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A workload: its own namespace, and a veth whose host side sits in the host namespace.
+pub struct Workload {
+    pub ns: Netns,
+    pub host_ifname: String,
+    pub mac: [u8; 6],
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub index: u8,
+}
+
+impl Workload {
+    pub fn mac_string(&self) -> String {
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    /// The WorkloadEndpoint resource for this workload on `node`.
+    pub fn endpoint_yaml(&self, node: &str) -> String {
+        format!(
+            "apiVersion: projectcalico.org/v3\n\
+             kind: WorkloadEndpoint\n\
+             metadata:\n  name: {node}-cni-wl{i}-eth0\n  namespace: test\n  labels: {{app: wl{i}}}\n\
+             spec:\n  node: {node}\n  orchestrator: cni\n  workload: wl{i}\n  endpoint: eth0\n  \
+             interfaceName: {ifname}\n  mac: \"{mac}\"\n  ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n",
+            i = self.index,
+            ifname = self.host_ifname,
+            mac = self.mac_string(),
+            v4 = self.v4,
+            v6 = self.v6,
+        )
+    }
+
+    /// Pings `dst` from this workload; true when replies came back.
+    pub fn ping(&self, dst: IpAddr) -> bool {
+        let dst = dst.to_string();
+        self.ns.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &dst])
+    }
+}
+
+/// A host namespace with workloads attached to it.
+pub struct Topology {
+    pub host: Netns,
+    pub workloads: Vec<Workload>,
+}
+
+pub const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
+impl Topology {
+    /// A host and `count` workloads with addresses 198.18.0.1i and 2001:db8::1i.
+    pub fn new(count: u8) -> Self {
+        require_root();
+        let host = Netns::new(unique("ceh"));
+        let mut topology = Self { host, workloads: Vec::new() };
+        for i in 1..=count {
+            topology.add_workload(i);
+        }
+        topology
+    }
+
+    /// Creates workload `i` (its namespace, veth, addresses and routes).
+    pub fn add_workload(&mut self, i: u8) -> &Workload {
+        let ns = Netns::new(unique(&format!("cew{i}")));
+        let host_ifname = format!("cali{:08x}{i:02}", std::process::id() ^ u32::from(i) ^ NEXT_ID.fetch_add(1, Ordering::SeqCst));
+        let host_ifname: String = host_ifname.chars().take(15).collect();
+        let mac = [0xca, 0xfe, 0, 0, 0, i];
+        let workload = Workload {
+            ns,
+            host_ifname,
+            mac,
+            v4: Ipv4Addr::new(198, 18, 0, 10 + i),
+            v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + u16::from(i)),
+            index: i,
+        };
+        self.host.exec(&[
+            "ip", "link", "add", &workload.host_ifname, "address", HOST_SIDE_MAC, "type", "veth",
+            "peer", "name", "eth0", "address", &workload.mac_string(), "netns", &workload.ns.name,
+        ]);
+        self.host.exec(&["ip", "link", "set", &workload.host_ifname, "up"]);
+        let ns = &workload.ns;
+        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        ns.exec(&["ip", "addr", "add", &format!("{}/32", workload.v4), "dev", "eth0"]);
+        ns.exec(&["ip", "-6", "addr", "add", &format!("{}/128", workload.v6), "dev", "eth0", "nodad"]);
+        ns.exec(&["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+        ns.exec(&["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+        ns.exec(&["ip", "-6", "route", "add", "default", "via", "fe80::ecee:eeff:feee:eeee", "dev", "eth0"]);
+        self.workloads.push(workload);
+        self.workloads.last().expect("just pushed")
+    }
+
+    pub fn workload(&self, i: u8) -> &Workload {
+        self.workloads.iter().find(|w| w.index == i).expect("workload exists")
+    }
+
+    /// Turns GRO on in every workload: frames redirected into a veth by XDP need NAPI there.
+    pub fn enable_gro(&self) {
+        for w in &self.workloads {
+            w.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
+        }
+    }
+
+    /// Whether the host namespace's kernel forwards IPv4 (a new namespace does not).
+    pub fn host_forwarding(&self) -> bool {
+        let out = self.host.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+}
+
+/// A temporary datastore directory.
+pub struct Datastore {
+    pub dir: tempfile::TempDir,
+}
+
+impl Datastore {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file atomically (write then rename), as an editor or a CNI plugin would.
+    pub fn write(&self, name: &str, contents: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        fs::write(&tmp, contents).expect("write datastore file");
+        fs::rename(&tmp, self.dir.path().join(name)).expect("rename datastore file");
+    }
+
+    pub fn remove(&self, name: &str) {
+        fs::remove_file(self.dir.path().join(name)).expect("remove datastore file");
+    }
+}
+
+/// The agent binary under test.
+pub fn loader_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_calico-loader")
+}
+
+/// A running agent inside the host namespace. On drop it is stopped, and its pins are removed.
+pub struct Agent {
+    child: Option<Child>,
+    pub pin_path: PathBuf,
+    pub log_path: PathBuf,
+    host_ns: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `calico-loader run` in the host namespace (only the network namespace is switched,
+    /// so it shares our bpffs), with its own pin path.
+    pub fn start(topology: &Topology, datastore: &Datastore, node: &str, extra: &[&str]) -> Self {
+        let pin_path = PathBuf::from("/sys/fs/bpf").join(unique("calico-test-"));
+        Self::start_with_pins(topology, datastore, node, pin_path, extra)
+    }
+
+    pub fn start_with_pins(
+        topology: &Topology,
+        datastore: &Datastore,
+        node: &str,
+        pin_path: PathBuf,
+        extra: &[&str],
+    ) -> Self {
+        let log_dir = tempfile::tempdir().expect("temp dir");
+        let log_path = log_dir.path().join("agent.log");
+        let log = fs::File::create(&log_path).expect("agent log");
+        let host_ns = topology.host.path();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", host_ns.display()))
+            .arg(loader_bin())
+            .args(["run", "--node", node, "--resync-interval", "2"])
+            .arg("--datastore")
+            .arg(datastore.path())
+            .arg("--pin-path")
+            .arg(&pin_path)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        Self { child: Some(child), pin_path, log_path, host_ns, _log_dir: log_dir }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Runs `calico-loader dump WHAT -o json` against this agent's pins.
+    pub fn dump(&self, what: &str) -> serde_json::Value {
+        let output = Command::new(loader_bin())
+            .args(["dump", what, "-o", "json", "--pin-path"])
+            .arg(&self.pin_path)
+            .output()
+            .expect("run dump");
+        if !output.status.success() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether the endpoint on `ifname` is programmed and attached.
+    pub fn attached(&self, ifname: &str) -> bool {
+        self.dump("endpoints").as_array().is_some_and(|rows| {
+            rows.iter().any(|r| r["interface"] == ifname && r["attached"] == true)
+        })
+    }
+
+    /// Waits until every given interface is attached, failing with the agent's log.
+    pub fn wait_attached(&self, ifnames: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            self.assert_running();
+            if ifnames.iter().all(|i| self.attached(i)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("interfaces {ifnames:?} not attached after 20 s; agent log:\n{}", self.log());
+    }
+
+    /// The counters row of `ifname`.
+    pub fn counters(&self, ifname: &str) -> serde_json::Value {
+        self.dump("counters")
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["interface"] == ifname).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn assert_running(&self) {
+        if let Some(child) = &self.child {
+            let pid = child.id() as i32;
+            // SAFETY: signal 0 only checks that the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0
+                && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+            assert!(alive, "the agent exited; log:\n{}", self.log());
+        }
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        // Detach whatever is still attached and remove the pins.
+        let _ = Command::new("nsenter")
+            .arg(format!("--net={}", self.host_ns.display()))
+            .arg(loader_bin())
+            .args(["cleanup", "--pin-path"])
+            .arg(&self.pin_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.pin_path);
+    }
+}
+
+/// Sends one UDP datagram from `from` to `to` (port 5300 + index) and returns what arrived.
+pub fn udp_exchange(from: &Workload, to: &Workload, dst: IpAddr, payload: &'static [u8]) -> Option<Vec<u8>> {
+    let port = 5300 + u16::from(to.index);
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("addr");
+    let listen = SocketAddr::new(if dst.is_ipv4() { "0.0.0.0".parse().expect("addr") } else { "::".parse().expect("addr") }, port);
+    let receiver = to.ns.enter(move || {
+        let socket = UdpSocket::bind(listen).expect("bind UDP receiver");
+        socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        socket
+    });
+    let sender = from.ns.enter(move || UdpSocket::bind(bind).expect("bind UDP sender"));
+    // The first datagram may wait for neighbour resolution; send a few.
+    for _ in 0..3 {
+        sender.send_to(payload, SocketAddr::new(dst, port)).expect("send UDP");
+    }
+    let mut buf = [0u8; 1500];
+    receiver.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+}
+
+/// Opens a TCP connection from `from` to `to`, sends a line and reads the echo.
+pub fn tcp_echo(from: &Workload, to: &Workload, dst: IpAddr, line: &'static str) -> std::io::Result<String> {
+    let port = 5400 + u16::from(to.index);
+    let listen = SocketAddr::new(if dst.is_ipv4() { "0.0.0.0".parse().expect("addr") } else { "::".parse().expect("addr") }, port);
+    let listener = to.ns.enter(move || TcpListener::bind(listen).expect("bind TCP listener"));
+    let server = thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf)?;
+        stream.write_all(&buf[..n])?;
+        Ok(())
+    });
+    let result = from.ns.enter(move || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(line.as_bytes())?;
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    if result.is_ok() {
+        server.join().expect("server thread").expect("server side of the TCP exchange");
+    }
+    result
+}

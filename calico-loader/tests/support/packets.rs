@@ -1,0 +1,146 @@
+//! Crafted packets for program tests, and checks of what the programs wrote.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+
+/// One's-complement sum of `data` as big-endian 16-bit words, folded.
+pub fn ones_complement_sum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        sum += u32::from(word);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+pub fn checksum(data: &[u8]) -> u16 {
+    !ones_complement_sum(data, 0)
+}
+
+pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + payload.len());
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A UDP datagram with a correct checksum over the IPv4 pseudo-header.
+pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let check = checksum(&pseudo);
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    udp
+}
+
+/// An IPv4 packet (with `options`, a multiple of 4 bytes) carrying `payload` as `protocol`.
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let header_len = 20 + options.len();
+    let total = (header_len + payload.len()) as u16;
+    let mut ip = vec![0x40 | (header_len / 4) as u8, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, protocol, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(options);
+    let check = checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    ip.extend_from_slice(payload);
+    ip
+}
+
+pub fn udp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&udp);
+    let check = checksum(&pseudo);
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    udp
+}
+
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip.push(next_header);
+    ip.push(hop_limit);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// An Ethernet frame with a UDP/IPv4 packet from `src` to `dst`.
+pub fn udp_v4_frame(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, options: &[u8]) -> Vec<u8> {
+    let udp = udp_v4(src, dst, 40000, 5201, b"calico-ebpf test payload");
+    ethernet(HOST_MAC, src_mac, 0x0800, &ipv4(src, dst, ttl, 17, options, &udp))
+}
+
+pub fn udp_v6_frame(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    let udp = udp_v6(src, dst, 40000, 5201, b"calico-ebpf test payload");
+    ethernet(HOST_MAC, src_mac, 0x86dd, &ipv6(src, dst, hop_limit, 17, &udp))
+}
+
+/// A broadcast ARP request from `sender` asking for `target`.
+pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&sender_mac);
+    arp.extend_from_slice(&sender.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
+    ethernet([0xff; 6], sender_mac, 0x0806, &arp)
+}
+
+/// Checks the IPv4 header checksum of a frame and the UDP checksum of its payload.
+pub fn assert_ipv4_checksums_valid(frame: &[u8]) {
+    let ip = &frame[14..];
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(ones_complement_sum(&ip[..header_len], 0), 0xffff, "IPv4 header checksum is wrong: {:02x?}", &ip[..header_len]);
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &ip[header_len..total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    assert_eq!(ones_complement_sum(&pseudo, 0), 0xffff, "UDP checksum is wrong");
+}
+
+pub fn assert_ipv6_udp_checksum_valid(frame: &[u8]) {
+    let ip = &frame[14..];
+    let l4 = &ip[40..];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[8..40]);
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
+    pseudo.extend_from_slice(l4);
+    assert_eq!(ones_complement_sum(&pseudo, 0), 0xffff, "UDP/IPv6 checksum is wrong");
+}

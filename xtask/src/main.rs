@@ -1,0 +1,115 @@
+//! Developer tasks for calico-ebpf, run as `cargo xtask <command>`.
+//!
+//! Every subcommand lives in its own module; `util` holds the shared command
+//! runner (which echoes each command before running it) and RAII guards.
+
+mod build;
+mod demo;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for calico-ebpf",
+    after_help = "Quick start: `cargo xtask run` runs the agent on this host; \
+                  `cargo xtask test` runs the tests."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install every prerequisite: Debian packages, rust-src for nightly,
+    /// bpf-linker (skips whatever is already there).
+    Setup,
+    /// Setup, then build the agent and its eBPF programs.
+    Build(build::BuildArgs),
+    /// Setup, build, then run the agent on this host (as root).
+    Run(run::RunArgs),
+    /// Setup, then run the workspace's tests (as root).
+    Test(test::TestArgs),
+    /// A guided tour: throwaway namespaces, the agent, traffic, counters.
+    Demo(demo::DemoArgs),
+    /// Internal: the demo's TCP exchange between two namespaces.
+    #[command(hide = true)]
+    TcpEcho(demo::TcpEchoArgs),
+}
+
+fn main() -> ExitCode {
+    // Both before any thread exists (the first one edits the environment).
+    util::ensure_cargo_bin_on_path();
+    util::catch_signals(&[libc::SIGINT]);
+
+    let result = match Cli::parse().command {
+        Command::Setup => setup::setup(),
+        Command::Build(args) => build::build(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Test(args) => test::test(&args),
+        Command::Demo(args) => demo::demo(&args),
+        Command::TcpEcho(args) => demo::tcp_echo(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The error chain only: a backtrace of xtask itself (captured
+            // when RUST_BACKTRACE is set) would not help anyone.
+            eprintln!("\nerror: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_passes_everything_after_the_separator_through() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "attach", "--", "--nocapture"])
+            .expect("valid command line");
+        let Command::Test(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.args, ["attach", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn run_passes_agent_arguments_through() {
+        let cli = Cli::try_parse_from(["xtask", "run", "--release", "--", "--attach-mode", "xdp"])
+            .expect("valid command line");
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.release);
+        assert_eq!(args.args, ["--attach-mode", "xdp"]);
+    }
+
+    #[test]
+    fn demo_attach_mode_defaults_to_tc() {
+        let cli = Cli::try_parse_from(["xtask", "demo"]).expect("valid command line");
+        let Command::Demo(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.attach_mode, demo::AttachMode::Tc);
+    }
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask run`: setup, build, then run the agent on this host.
+
+use std::ffi::OsString;
+
+use anyhow::{Result, bail};
+
+use crate::{
+    build, setup,
+    util::{self, Cmd},
+};
+
+/// Where the agent reads projectcalico.org/v3 resources from by default.
+const DEFAULT_DATASTORE: &str = "/etc/calico-ebpf/datastore";
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Build and run the release profile.
+    #[arg(long)]
+    pub release: bool,
+
+    /// Extra arguments for `calico-loader run` (after `--`), e.g.
+    /// `-- --attach-mode xdp`. `--datastore` and `--node` given here replace
+    /// the defaults.
+    #[arg(last = true)]
+    pub args: Vec<OsString>,
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    util::ensure_can_become_root("the agent (it loads eBPF programs)")?;
+    setup::setup()?;
+    build::cargo_build(args.release)?;
+
+    let loader = util::built_binary("calico-loader", args.release);
+    let mut cmd = Cmd::new(&loader).arg("run");
+    if !has_flag(&args.args, "--datastore") {
+        cmd = cmd.args(["--datastore", DEFAULT_DATASTORE]);
+    }
+    if !has_flag(&args.args, "--node") {
+        cmd = cmd.args(["--node".to_owned(), util::hostname()?]);
+    }
+    cmd = cmd.args(&args.args).privileged();
+
+    util::step("Running the agent (Ctrl-C to stop)");
+    util::explain(
+        "calico-loader reads WorkloadEndpoints for this node from the datastore, attaches\n\
+         the eBPF programs to their interfaces and keeps them in sync until stopped.",
+    );
+    // Ctrl-C reaches the agent directly (same process group); xtask only waits
+    // for it and reports how it ended.
+    let status = cmd.status()?;
+    if !status.success() && !util::interrupted() {
+        bail!("`{}` failed ({status})", cmd.display());
+    }
+    Ok(())
+}
+
+/// Whether `flag` is among `args`, as `--flag VALUE` or `--flag=VALUE`.
+fn has_flag(args: &[OsString], flag: &str) -> bool {
+    args.iter().any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == flag || arg.starts_with(&format!("{flag}="))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_flag_matches_both_spellings_only() {
+        let args: Vec<OsString> = ["--node=a", "--datastore-x", "/d"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        assert!(has_flag(&args, "--node"));
+        assert!(!has_flag(&args, "--datastore"));
+        assert!(has_flag(&[OsString::from("--datastore")], "--datastore"));
+    }
+}

@@ -1,0 +1,54 @@
+//! `cargo xtask test`: setup, then the workspace's tests, as root.
+
+use std::ffi::OsString;
+
+use anyhow::Result;
+
+use crate::{
+    setup,
+    util::{self, Cmd},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter,
+    /// or `-- FILTER -- --nocapture`.
+    #[arg(last = true)]
+    pub args: Vec<OsString>,
+}
+
+pub fn test(args: &TestArgs) -> Result<()> {
+    // The tests load eBPF programs and create network namespaces: fail fast.
+    util::ensure_can_become_root("`cargo xtask test` (the tests load eBPF programs)")?;
+    setup::setup()?;
+
+    util::step("Running the tests");
+    util::explain(
+        "calico-ebpf is excluded: it is a no_std crate for the BPF target and is\n\
+         exercised through calico-loader's integration tests instead.",
+    );
+    let mut cmd = Cmd::new("cargo")
+        .args(["test", "--workspace", "--exclude", "calico-ebpf"])
+        .args(&args.args)
+        .env("RUST_BACKTRACE", "1")
+        .current_dir(util::workspace_root());
+    if !util::is_root() {
+        // Cargo builds as this user; only the test binaries run as root,
+        // e.g. CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E".
+        let arch = std::env::consts::ARCH.to_uppercase();
+        cmd = cmd.env(
+            format!("CARGO_TARGET_{arch}_UNKNOWN_LINUX_GNU_RUNNER"),
+            "sudo -E",
+        );
+    }
+    cmd.run()?;
+
+    // ---------------------------------------------------------------------
+    // BENCH HOOK: once the `bench` subcommand exists (its own module, like
+    // the others), run its quick mode here, after the tests, so that CI
+    // (`.ci/run` -> `cargo xtask test`) exercises it too: the equivalent of
+    // `cargo xtask bench --quick`.
+    // ---------------------------------------------------------------------
+
+    Ok(())
+}
