@@ -274,8 +274,9 @@ pub struct EndpointCounters {
     /// Packets from this workload handed to the kernel stack (host or remote destinations).
     pub to_host_packets: u64,
     pub to_host_bytes: u64,
-    /// ARP requests answered by the program on the gateway's behalf.
-    pub arp_replies: u64,
+    /// ARP requests and IPv6 neighbour solicitations answered by the program on the
+    /// gateway's behalf.
+    pub neighbour_replies: u64,
     /// Dropped packets, indexed by [`DropReason`].
     pub drops: [u64; DROP_REASONS],
 }
@@ -291,7 +292,7 @@ impl EndpointCounters {
         self.fwd_bytes += other.fwd_bytes;
         self.to_host_packets += other.to_host_packets;
         self.to_host_bytes += other.to_host_bytes;
-        self.arp_replies += other.arp_replies;
+        self.neighbour_replies += other.neighbour_replies;
         for (mine, theirs) in self.drops.iter_mut().zip(other.drops.iter()) {
             *mine += *theirs;
         }

@@ -19,6 +19,13 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const ARP_LEN: usize = 28;
+const IPPROTO_ICMPV6: u8 = 58;
+const ND_NEIGHBOUR_SOLICITATION: u8 = 135;
+const ND_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+/// An NS or NA without options: type, code, checksum, flags/reserved, target.
+const ND_LEN: usize = 24;
+/// The same with one link-layer address option.
+const ND_WITH_LLA_LEN: usize = 32;
 
 /// What the hook does with the packet.
 pub enum Action {
@@ -102,7 +109,7 @@ pub fn from_workload(
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
         ETH_P_IP => ipv4(data, data_end, ifindex, len, counters, redirect_needs_mac),
-        ETH_P_IPV6 => ipv6(data, data_end, ifindex, len, counters, redirect_needs_mac),
+        ETH_P_IPV6 => ipv6(data, data_end, ifindex, len, host_mac, counters, redirect_needs_mac),
         ETH_P_ARP => arp(data, data_end, host_mac, counters, len),
         _ => count_pass(counters, len),
     }
@@ -145,7 +152,7 @@ fn arp(
     eth[0..6].copy_from_slice(&sender_mac);
     eth[6..12].copy_from_slice(&host_mac);
     if let Some(c) = unsafe { counters.as_mut() } {
-        c.arp_replies += 1;
+        c.neighbour_replies += 1;
     }
     Action::Reflect
 }
@@ -213,6 +220,7 @@ fn ipv6(
     data_end: usize,
     ifindex: u32,
     len: u64,
+    host_mac: [u8; 6],
     counters: *mut EndpointCounters,
     redirect_needs_mac: bool,
 ) -> Action {
@@ -224,8 +232,15 @@ fn ipv6(
     if hdr[0] >> 4 != 6 || (ETH_HLEN + IPV6_HLEN) as u64 + payload_len > len {
         return count_drop(counters, DropReason::Malformed);
     }
-    // Link-local and multicast destinations (neighbour discovery, MLD, DAD) are for the host;
-    // the kernel answers them, and they are never forwarded.
+    // Neighbour solicitations (for the gateway, normally) are answered here, like ARP, so the
+    // workload's IPv6 gateway does not depend on the host side's own addresses being ready.
+    if hdr[6] == IPPROTO_ICMPV6 {
+        if let Some(action) = neighbour_solicitation(data, data_end, hdr, host_mac, counters) {
+            return action;
+        }
+    }
+    // Other link-local and multicast destinations (MLD, DAD, router solicitations) are for the
+    // host; the kernel answers them, and they are never forwarded.
     let dst0 = hdr[24];
     let dst1 = hdr[25];
     if dst0 == 0xff || (dst0 == 0xfe && dst1 & 0xc0 == 0x80) {
@@ -287,4 +302,128 @@ pub fn count_redirect_failure(ifindex: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
         unsafe { (*c).drops[DropReason::RedirectFailed as usize] += 1 };
     }
+}
+
+/// Answers a neighbour solicitation from the workload with a neighbour advertisement for the
+/// host side's MAC (proxy NDP), rewriting the packet in place. Returns `None` for anything that
+/// is not a plain solicitation this can answer (DAD probes, unusual options), which then takes
+/// the normal path to the kernel.
+#[inline(always)]
+fn neighbour_solicitation(
+    data: usize,
+    data_end: usize,
+    ip: &mut [u8; IPV6_HLEN],
+    host_mac: [u8; 6],
+    counters: *mut EndpointCounters,
+) -> Option<Action> {
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    // Hop limit 255 proves the sender is on this link (RFC 4861 §7.1.1); the unspecified source
+    // marks duplicate address detection, which must stay unanswered.
+    if ip[7] != 255 || ip[8..24] == [0u8; 16] {
+        return None;
+    }
+    let offset = ETH_HLEN + IPV6_HLEN;
+    let solicitation = ptr_at::<[u8; ND_LEN]>(data, data_end, offset)?;
+    let header = unsafe { &*solicitation };
+    if header[0] != ND_NEIGHBOUR_SOLICITATION || header[1] != 0 {
+        return None;
+    }
+    let mut target = [0u8; 16];
+    target.copy_from_slice(&header[8..24]);
+    if target[..] == ip[8..24] {
+        return None;
+    }
+    let with_option = match payload_len {
+        ND_WITH_LLA_LEN => {
+            let nd = unsafe { &*ptr_at::<[u8; ND_WITH_LLA_LEN]>(data, data_end, offset)? };
+            // Only a source link-layer address option (type 1, 8 bytes) is expected.
+            if nd[24] != 1 || nd[25] != 1 {
+                return None;
+            }
+            true
+        }
+        ND_LEN => false,
+        _ => return None,
+    };
+
+    // The advertisement goes back to the solicitor, from the target address.
+    let mut solicitor = [0u8; 16];
+    solicitor.copy_from_slice(&ip[8..24]);
+    ip[8..24].copy_from_slice(&target);
+    ip[24..40].copy_from_slice(&solicitor);
+    let seed = pseudo_header_sum(ip, payload_len as u32);
+
+    if with_option {
+        let nd = unsafe { &mut *ptr_at::<[u8; ND_WITH_LLA_LEN]>(data, data_end, offset)? };
+        write_advertisement_header(nd);
+        // The source link-layer address option becomes the target link-layer address option,
+        // carrying the host side's MAC.
+        nd[24] = 2;
+        nd[26..32].copy_from_slice(&host_mac);
+        let checksum = (!fold(seed + sum16(nd))).to_be_bytes();
+        nd[2] = checksum[0];
+        nd[3] = checksum[1];
+    } else {
+        // A unicast solicitation without options: the answer needs none either.
+        let nd = unsafe { &mut *solicitation };
+        write_advertisement_header(nd);
+        let checksum = (!fold(seed + sum16(nd))).to_be_bytes();
+        nd[2] = checksum[0];
+        nd[3] = checksum[1];
+    }
+
+    let eth = ptr_at::<[u8; 12]>(data, data_end, 0)?;
+    let eth = unsafe { &mut *eth };
+    let mut requester_mac = [0u8; 6];
+    requester_mac.copy_from_slice(&eth[6..12]);
+    eth[0..6].copy_from_slice(&requester_mac);
+    eth[6..12].copy_from_slice(&host_mac);
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.neighbour_replies += 1;
+    }
+    Some(Action::Reflect)
+}
+
+/// Turns the first eight bytes of a solicitation into an advertisement's: type 136, code 0,
+/// checksum zeroed for the computation, flags Router, Solicited and Override.
+#[inline(always)]
+fn write_advertisement_header<const N: usize>(nd: &mut [u8; N]) {
+    nd[0] = ND_NEIGHBOUR_ADVERTISEMENT;
+    nd[1] = 0;
+    nd[2] = 0;
+    nd[3] = 0;
+    nd[4] = 0xe0;
+    nd[5] = 0;
+    nd[6] = 0;
+    nd[7] = 0;
+}
+
+/// Sum of the ICMPv6 pseudo-header: addresses, upper-layer length and next header.
+#[inline(always)]
+fn pseudo_header_sum(ip: &[u8; IPV6_HLEN], upper_len: u32) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 8;
+    while i < IPV6_HLEN {
+        sum += u16::from_be_bytes([ip[i], ip[i + 1]]) as u32;
+        i += 2;
+    }
+    sum + (upper_len >> 16) + (upper_len & 0xffff) + IPPROTO_ICMPV6 as u32
+}
+
+#[inline(always)]
+fn sum16<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
 }

@@ -76,7 +76,10 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
             }
             ret
         }
-        Action::Reflect => xdp_action::XDP_TX,
+        // Not XDP_TX: veth flushes XDP_TX frames to its peer only when the peer runs an XDP
+        // program itself, so with a GRO-only peer they would sit in its ring. A redirect to the
+        // same interface goes through ndo_xdp_xmit with a flush.
+        Action::Reflect => unsafe { bpf_redirect(ifindex, 0) as u32 },
     }
 }
 

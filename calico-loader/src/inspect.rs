@@ -55,7 +55,7 @@ pub struct CounterRow {
     pub forwarded_bytes: u64,
     pub to_host_packets: u64,
     pub to_host_bytes: u64,
-    pub arp_replies: u64,
+    pub neighbour_replies: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -175,7 +175,7 @@ pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
             forwarded_bytes: total.fwd_bytes,
             to_host_packets: total.to_host_packets,
             to_host_bytes: total.to_host_bytes,
-            arp_replies: total.arp_replies,
+            neighbour_replies: total.neighbour_replies,
             drops: DropReason::ALL
                 .iter()
                 .map(|reason| (reason.as_str().to_owned(), total.drops[*reason as usize]))
@@ -258,13 +258,13 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
                 format!("{}/{}", r.forwarded_packets, r.forwarded_bytes),
                 format!("{}/{}", r.to_workload_packets, r.to_workload_bytes),
                 format!("{}/{}", r.to_host_packets, r.to_host_bytes),
-                r.arp_replies.to_string(),
+                r.neighbour_replies.to_string(),
                 if drops.is_empty() { "-".to_owned() } else { drops.join(",") },
             ]
         })
         .collect();
     table(
-        &["ENDPOINT", "INTERFACE", "FROM-WL pkts/B", "FORWARDED pkts/B", "TO-WL pkts/B", "TO-HOST pkts/B", "ARP", "DROPS"],
+        &["ENDPOINT", "INTERFACE", "FROM-WL pkts/B", "FORWARDED pkts/B", "TO-WL pkts/B", "TO-HOST pkts/B", "NEIGH", "DROPS"],
         &cells,
     )
 }

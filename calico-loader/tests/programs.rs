@@ -25,7 +25,6 @@ const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 /// BPF_PROG_TEST_RUN runs skb and XDP programs on the loopback device: the sending workload's
@@ -225,7 +224,7 @@ fn tc_answers_arp_for_the_gateway() {
     assert_eq!(&arp[14..18], &[169, 254, 1, 1]);
     assert_eq!(&arp[18..24], &SENDER_MAC);
     assert_eq!(&arp[24..28], &SENDER_V4.octets());
-    assert_eq!(f.counters(SENDER_IFINDEX).arp_replies, 1);
+    assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 1);
 }
 
 #[test]
@@ -382,17 +381,84 @@ fn xdp_forwards_and_answers_arp() {
 
     let arp = arp_request(SENDER_MAC, SENDER_V4, Ipv4Addr::new(169, 254, 1, 1));
     let (verdict, out) = f.run_xdp(&arp);
-    assert_eq!(verdict, XDP_TX);
+    assert_eq!(verdict, XDP_REDIRECT, "sent back out of the same interface");
     assert_eq!(&out[14 + 6..14 + 8], &[0, 2]);
 }
 
+/// A neighbour solicitation for `target` from `src`, with a source link-layer address option
+/// when `with_option`.
+fn neighbour_solicitation(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, with_option: bool) -> Vec<u8> {
+    let mut icmp = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    if with_option {
+        icmp.extend_from_slice(&[1, 1]);
+        icmp.extend_from_slice(&SENDER_MAC);
+    }
+    let checksum = icmpv6_checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    ethernet([0x33, 0x33, 0xff, 0xee, 0xee, 0xee], SENDER_MAC, 0x86dd, &ipv6(src, dst, 255, 58, &icmp))
+}
+
+fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(icmp);
+    checksum(&pseudo)
+}
+
+const GATEWAY_V6: &str = "fe80::ecee:eeff:feee:eeee";
+
 #[test]
-fn ipv6_neighbour_discovery_goes_to_the_kernel() {
+fn tc_and_xdp_answer_neighbour_solicitations_for_the_gateway() {
     let mut f = Fixture::new();
-    // A neighbour solicitation for the gateway from the workload's link-local address.
-    let link_local: Ipv6Addr = "fe80::c8fe:ff:fe00:1".parse().expect("address");
+    let gateway: Ipv6Addr = GATEWAY_V6.parse().expect("address");
     let solicited_node: Ipv6Addr = "ff02::1:ffee:eeee".parse().expect("address");
-    let icmp = [135u8, 0, 0, 0, 0, 0, 0, 0];
-    let packet = ethernet(HOST_MAC, SENDER_MAC, 0x86dd, &ipv6(link_local, solicited_node, 255, 58, &icmp));
-    assert_eq!(f.run_tc(&packet).0, TC_ACT_OK);
+    for (with_option, src) in [(true, SENDER_V6), (true, "fe80::c8fe:ff:fe00:1".parse().expect("address")), (false, SENDER_V6)] {
+        let dst = if with_option { solicited_node } else { gateway };
+        let packet = neighbour_solicitation(src, dst, gateway, with_option);
+        let (tc_verdict, out) = f.run_tc(&packet);
+        assert_eq!(tc_verdict, TC_ACT_REDIRECT, "answered back out of the same interface");
+        let (xdp_verdict, xdp_out) = f.run_xdp(&packet);
+        assert_eq!(xdp_verdict, XDP_REDIRECT);
+        assert_eq!(out, xdp_out, "both hooks answer alike");
+
+        assert_eq!(&out[0..6], &SENDER_MAC, "to the solicitor");
+        assert_eq!(&out[6..12], &HOST_MAC);
+        let ip = &out[14..];
+        assert_eq!(ip[7], 255, "hop limit");
+        assert_eq!(&ip[8..24], &gateway.octets(), "from the target address");
+        assert_eq!(&ip[24..40], &src.octets(), "to the solicitor's address");
+        let icmp = &ip[40..];
+        assert_eq!(icmp[0], 136, "neighbour advertisement");
+        assert_eq!(icmp[4], 0xe0, "router, solicited and override flags");
+        assert_eq!(&icmp[8..24], &gateway.octets());
+        if with_option {
+            assert_eq!(icmp.len(), 32);
+            assert_eq!(&icmp[24..26], &[2, 1], "target link-layer address option");
+            assert_eq!(&icmp[26..32], &HOST_MAC);
+        } else {
+            assert_eq!(icmp.len(), 24);
+        }
+        let mut zeroed = icmp.to_vec();
+        zeroed[2] = 0;
+        zeroed[3] = 0;
+        let expected = icmpv6_checksum(gateway, src, &zeroed);
+        assert_eq!(u16::from_be_bytes([icmp[2], icmp[3]]), expected, "ICMPv6 checksum");
+    }
+    assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 6);
+}
+
+#[test]
+fn duplicate_address_detection_is_left_to_the_kernel() {
+    let mut f = Fixture::new();
+    let solicited_node: Ipv6Addr = "ff02::1:ff00:1".parse().expect("address");
+    // DAD: unspecified source, no option.
+    let packet = neighbour_solicitation(Ipv6Addr::UNSPECIFIED, solicited_node, SENDER_V6, false);
+    let (verdict, out) = f.run_tc(&packet);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, packet);
+    assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 0);
 }

@@ -57,7 +57,7 @@ fn assert_full_connectivity(topology: &Topology, agent: &Agent) {
     for w in &topology.workloads {
         let c = agent.counters(&w.host_ifname);
         assert!(c["to_workload_packets"].as_u64().unwrap_or(0) > 0, "nothing delivered to wl{}: {c}", w.index);
-        assert!(c["arp_replies"].as_u64().unwrap_or(0) > 0, "wl{} resolved the gateway through BPF: {c}", w.index);
+        assert!(c["neighbour_replies"].as_u64().unwrap_or(0) > 0, "wl{} resolved the gateway through BPF: {c}", w.index);
     }
 }
 
@@ -86,7 +86,7 @@ fn three_workloads_talk_through_bpf() {
 #[test]
 fn xdp_mode_forwards_too() {
     let topology = Topology::new(2);
-    topology.enable_gro();
+    topology.prepare_for_xdp();
     let datastore = Datastore::new();
     let agent = start(&topology, &datastore, &["--attach-mode", "xdp"]);
     let hooks = &agent.dump("endpoints")[0]["hooks"];

@@ -460,10 +460,12 @@ fn wire_workload(host: &Netns, wl: &Workload, mode: AttachMode) -> Result<()> {
     ])?;
     if mode == AttachMode::Xdp {
         // Frames XDP-redirected into a veth are only received when the
-        // peer has NAPI, which GRO turns on.
+        // peer has NAPI, which GRO turns on; and a redirected frame loses
+        // the skb's pending-checksum state, so the workload must fill in
+        // its checksums itself (transmit checksum offload off).
         wl.netns
             .exec("ethtool")
-            .args(["-K", "eth0", "gro", "on"])
+            .args(["-K", "eth0", "gro", "on", "tx", "off"])
             .run()?;
     }
     Ok(())

@@ -209,10 +209,12 @@ impl Topology {
         self.workloads.iter().find(|w| w.index == i).expect("workload exists")
     }
 
-    /// Turns GRO on in every workload: frames redirected into a veth by XDP need NAPI there.
-    pub fn enable_gro(&self) {
+    /// Prepares every workload's eth0 for XDP mode: GRO on, because frames redirected into a
+    /// veth by XDP need NAPI there; transmit checksum offload off, because a frame redirected by
+    /// XDP loses the skb's "checksum still to be filled in" state.
+    pub fn prepare_for_xdp(&self) {
         for w in &self.workloads {
-            w.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
+            w.ns.exec(&["ethtool", "-K", "eth0", "gro", "on", "tx", "off"]);
         }
     }
 
