@@ -74,3 +74,45 @@ pub fn local_endpoints(snapshot: &Snapshot, node: &str) -> (BTreeMap<String, Loc
     }
     (endpoints, conflicts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{LocalDatastore, parse_file};
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        parse_file("test.yaml", yaml).expect("valid test resources");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("test.yaml"), yaml).expect("write");
+        LocalDatastore::new(dir.path()).sync().snapshot
+    }
+
+    fn wep(name: &str, node: &str, ifname: &str, ip: &str) -> String {
+        format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: {name}, namespace: ns}}\n\
+             spec: {{node: {node}, interfaceName: {ifname}, ipNetworks: [\"{ip}\"]}}\n"
+        )
+    }
+
+    #[test]
+    fn only_this_nodes_endpoints_are_local() {
+        let yaml = wep("a", "node1", "calia", "198.18.0.1/32") + &wep("b", "node2", "calib", "198.18.0.2/32");
+        let (endpoints, conflicts) = local_endpoints(&snapshot(&yaml), "node1");
+        assert!(conflicts.is_empty());
+        assert_eq!(endpoints.keys().collect::<Vec<_>>(), ["calia"]);
+        assert_eq!(endpoints["calia"].key, "ns/a");
+        assert_eq!(endpoints["calia"].mac, None);
+    }
+
+    #[test]
+    fn conflicting_endpoints_are_left_out_and_reported() {
+        let yaml = wep("a", "n", "calia", "198.18.0.1/32")
+            + &wep("b", "n", "calia", "198.18.0.2/32")
+            + &wep("c", "n", "calic", "198.18.0.1/32");
+        let (endpoints, conflicts) = local_endpoints(&snapshot(&yaml), "n");
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(conflicts.len(), 2);
+        assert!(conflicts[0].to_string().contains("interface calia already belongs to ns/a"), "{}", conflicts[0]);
+        assert!(conflicts[1].to_string().contains("address 198.18.0.1/32 already belongs to ns/a"), "{}", conflicts[1]);
+    }
+}

@@ -34,6 +34,23 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
+/// Key and value sizes, in bytes, of the map called `name`, from the shared types: what a map
+/// pinned by an earlier agent must match before it is reused.
+pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
+    use std::mem::size_of;
+    let lpm = |data: usize| (size_of::<u32>() + data) as u32;
+    let sizes = match name {
+        map_names::ROUTES_V4 => (lpm(size_of::<RouteKeyV4>()), size_of::<RouteValue>()),
+        map_names::ROUTES_V6 => (lpm(size_of::<RouteKeyV6>()), size_of::<RouteValue>()),
+        map_names::SOURCES_V4 => (lpm(size_of::<SourceKeyV4>()), size_of::<u32>()),
+        map_names::SOURCES_V6 => (lpm(size_of::<SourceKeyV6>()), size_of::<u32>()),
+        map_names::ENDPOINTS => (size_of::<u32>() as u32, size_of::<EndpointInfo>()),
+        map_names::COUNTERS => (size_of::<u32>() as u32, size_of::<EndpointCounters>()),
+        _ => return None,
+    };
+    Some((sizes.0, sizes.1 as u32))
+}
+
 /// Owned handles on every map.
 pub struct Maps {
     pub routes_v4: LpmTrie<MapData, RouteKeyV4, RouteValue>,
@@ -275,4 +292,48 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
         .collect();
     let remove = current.keys().filter(|key| !desired.contains_key(key)).copied().collect();
     (write, remove)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_keys_round_trip_through_their_byte_encoding() {
+        let v4 = SourceKeyV4 { ifindex: 0x0102_0304, addr: [198, 18, 0, 11] };
+        assert_eq!(source_v4_from_bytes(&source_v4_bytes(&v4)), v4);
+        let v6 = SourceKeyV6 { ifindex: 7, addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11] };
+        assert_eq!(source_v6_from_bytes(&source_v6_bytes(&v6)), v6);
+    }
+
+    #[test]
+    fn source_key_bytes_match_the_kernel_layout() {
+        // The LPM key the kernel sees is {prefix_len, ifindex, addr}: ifindex in host byte
+        // order first, then the address in network byte order.
+        let key = SourceKeyV4 { ifindex: 3, addr: [198, 18, 0, 11] };
+        let bytes = source_v4_bytes(&key);
+        assert_eq!(&bytes[..4], &3u32.to_ne_bytes());
+        assert_eq!(&bytes[4..], &[198, 18, 0, 11]);
+        // SAFETY: SourceKeyV4 is repr(C) plain data of exactly these 8 bytes.
+        let raw: [u8; 8] = unsafe { std::mem::transmute(key) };
+        assert_eq!(raw, bytes);
+    }
+
+    #[test]
+    fn diff_writes_changes_and_removes_leftovers() {
+        let current: BTreeMap<u32, u32> = [(1, 10), (2, 20), (3, 30)].into();
+        let desired: BTreeMap<u32, u32> = [(1, 10), (2, 21), (4, 40)].into();
+        let (write, remove) = diff(&current, &desired);
+        assert_eq!(write, vec![(2, 21), (4, 40)]);
+        assert_eq!(remove, vec![3]);
+    }
+
+    #[test]
+    fn expected_layouts_cover_every_map() {
+        for name in map_names::ALL {
+            assert!(expected_layout(name).is_some(), "{name}");
+        }
+        assert_eq!(expected_layout(map_names::ROUTES_V4), Some((8, 36)));
+        assert_eq!(expected_layout(map_names::SOURCES_V6), Some((24, 4)));
+    }
 }

@@ -6,7 +6,10 @@ pub mod bpffs;
 pub mod maps;
 pub mod netlink;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use aya::{Ebpf, EbpfLoader};
 use calico_ebpf_common::{
@@ -39,6 +42,14 @@ pub enum DataplaneError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(
+        "the map pinned at {path} has {found_key}-byte keys and {found_value}-byte values, but this \
+         version expects {key} and {value}: it was left by an incompatible version \
+         (`calico-loader cleanup` removes it)"
+    )]
+    IncompatiblePin { path: PathBuf, found_key: u32, found_value: u32, key: u32, value: u32 },
+    #[error("inspecting the map pinned at {path}: {source}")]
+    InspectPin { path: PathBuf, source: aya::maps::MapError },
 }
 
 /// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
@@ -47,9 +58,32 @@ pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
     layout.prepare()?;
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
-        loader.map_pin_path(name, layout.map(name));
+        let path = layout.map(name);
+        check_pinned_layout(name, &path)?;
+        loader.map_pin_path(name, path);
     }
     Ok(loader.load(KERNEL_OBJECT)?)
+}
+
+/// Refuses to reuse a pinned map whose key or value size differs from this version's layout.
+fn check_pinned_layout(name: &str, path: &Path) -> Result<(), DataplaneError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path)
+        .map_err(|source| DataplaneError::InspectPin { path: path.to_owned(), source })?;
+    if let Some((key, value)) = maps::expected_layout(name)
+        && (info.key_size(), info.value_size()) != (key, value)
+    {
+        return Err(DataplaneError::IncompatiblePin {
+            path: path.to_owned(),
+            found_key: info.key_size(),
+            found_value: info.value_size(),
+            key,
+            value,
+        });
+    }
+    Ok(())
 }
 
 /// What one [`Dataplane::apply`] did.
@@ -308,4 +342,59 @@ pub fn map_contents<'a>(
         }
     }
     contents
+}
+
+#[cfg(test)]
+mod tests {
+    use calico_ebpf_common::source_flags::{ALLOWED_SPOOF, OWN_ADDRESS};
+
+    use super::*;
+
+    fn endpoint() -> (LocalEndpoint, LinkDetails) {
+        (
+            LocalEndpoint {
+                key: "ns/wep".into(),
+                interface: "cali0123456789a".into(),
+                mac: Some([0xca, 0xfe, 0, 0, 0, 1]),
+                networks: vec!["198.18.0.11/32".parse().unwrap(), "2001:db8::11/128".parse().unwrap()],
+                allowed_spoof: vec!["198.18.0.0/24".parse().unwrap(), "198.18.0.11/32".parse().unwrap()],
+            },
+            LinkDetails { ifindex: 7, name: "cali0123456789a".into(), mac: [0xee; 6] },
+        )
+    }
+
+    #[test]
+    fn map_contents_encode_routes_sources_and_endpoint() {
+        let (endpoint, link) = endpoint();
+        let contents = map_contents([(&endpoint, &link)]);
+
+        let route = contents.routes_v4[&(32, [198, 18, 0, 11])];
+        assert_eq!(route.kind, RouteKind::LocalWorkload as u32);
+        assert_eq!((route.ifindex, route.mac, route.host_mac), (7, [0xca, 0xfe, 0, 0, 0, 1], [0xee; 6]));
+        let v6: [u8; 16] = "2001:db8::11".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        assert_eq!(contents.routes_v6[&(128, v6)].ifindex, 7);
+        assert_eq!(contents.routes_v4.len(), 1, "allowed-spoof prefixes are not routes");
+
+        // Source keys: prefix length covers the 32-bit ifindex plus the address prefix; an
+        // address that is both own and allowed carries both flags.
+        let own = maps::source_v4_bytes(&SourceKeyV4 { ifindex: 7, addr: [198, 18, 0, 11] });
+        assert_eq!(contents.sources_v4[&(64, own)], OWN_ADDRESS | ALLOWED_SPOOF);
+        let net = maps::source_v4_bytes(&SourceKeyV4 { ifindex: 7, addr: [198, 18, 0, 0] });
+        assert_eq!(contents.sources_v4[&(56, net)], ALLOWED_SPOOF);
+        let own6 = maps::source_v6_bytes(&SourceKeyV6 { ifindex: 7, addr: v6 });
+        assert_eq!(contents.sources_v6[&(160, own6)], OWN_ADDRESS);
+
+        let info = contents.endpoints[&7];
+        assert_eq!(info.name_bytes(), b"ns/wep");
+        assert_eq!(info.ifname_bytes(), b"cali0123456789a");
+        assert_eq!(info.flags, endpoint_flags::WORKLOAD);
+    }
+
+    #[test]
+    fn an_endpoint_without_mac_gets_a_zero_mac() {
+        let (mut endpoint, link) = endpoint();
+        endpoint.mac = None;
+        let contents = map_contents([(&endpoint, &link)]);
+        assert_eq!(contents.routes_v4[&(32, [198, 18, 0, 11])].mac, [0; 6]);
+    }
 }
