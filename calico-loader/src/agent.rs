@@ -71,7 +71,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
         log.conflicts(&conflicts);
         match dataplane.apply(&endpoints).await {
-            Ok(report) => log.log(&report, &endpoints, dataplane.mode()),
+            Ok(report) => {
+                log.log(&report, &endpoints, dataplane.mode());
+                log.summary(endpoints.len(), dataplane.attached().len(), report.waiting.len());
+            }
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
         }
 
@@ -116,9 +119,22 @@ struct ReportLog {
     waiting: BTreeSet<(String, String)>,
     errors: BTreeSet<String>,
     conflicts: BTreeSet<String>,
+    summary: Option<(usize, usize, usize)>,
 }
 
 impl ReportLog {
+    /// One line saying what this node serves, whenever that changes.
+    fn summary(&mut self, endpoints: usize, attached: usize, waiting: usize) {
+        let summary = (endpoints, attached, waiting);
+        if self.summary != Some(summary) {
+            info!(
+                "serving {endpoints} endpoint(s) of this node: {attached} interface(s) attached, \
+                 {waiting} waiting for their interface"
+            );
+            self.summary = Some(summary);
+        }
+    }
+
     fn conflicts(&mut self, conflicts: &[Conflict]) {
         let current: BTreeSet<String> = conflicts.iter().map(ToString::to_string).collect();
         for conflict in current.difference(&self.conflicts) {

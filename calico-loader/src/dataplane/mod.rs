@@ -143,6 +143,11 @@ impl Dataplane {
         self.attacher.mode()
     }
 
+    /// The interfaces this agent has programs attached to, with their ifindex.
+    pub fn attached(&self) -> &BTreeMap<String, u32> {
+        &self.attached
+    }
+
     /// Brings the dataplane in line with `desired` (keyed by interface name). Maps are written
     /// before programs are attached to a new interface, and programs are detached before an
     /// interface's entries are removed, so a program never runs against a half-written endpoint.
