@@ -342,9 +342,11 @@ mod tests {
 
     #[test]
     fn endpoint_name_stops_at_nul() {
-        let mut info = EndpointInfo::default();
-        info.name = fill_nul_padded(b"ns/name");
-        info.ifname = fill_nul_padded(b"cali0123456789abcdef");
+        let info = EndpointInfo {
+            name: fill_nul_padded(b"ns/name"),
+            ifname: fill_nul_padded(b"cali0123456789abcdef"),
+            ..EndpointInfo::default()
+        };
         assert_eq!(info.name_bytes(), b"ns/name");
         assert_eq!(info.ifname_bytes(), b"cali0123456789ab");
     }

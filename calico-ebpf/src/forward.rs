@@ -234,10 +234,10 @@ fn ipv6(
     }
     // Neighbour solicitations (for the gateway, normally) are answered here, like ARP, so the
     // workload's IPv6 gateway does not depend on the host side's own addresses being ready.
-    if hdr[6] == IPPROTO_ICMPV6 {
-        if let Some(action) = neighbour_solicitation(data, data_end, hdr, host_mac, counters) {
-            return action;
-        }
+    if hdr[6] == IPPROTO_ICMPV6
+        && let Some(action) = neighbour_solicitation(data, data_end, hdr, host_mac, counters)
+    {
+        return action;
     }
     // Other link-local and multicast destinations (MLD, DAD, router solicitations) are for the
     // host; the kernel answers them, and they are never forwarded.
