@@ -21,8 +21,9 @@ use aya_ebpf::{
 };
 use forward::Action;
 
-/// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header or an IPv6 header.
-const HEADROOM_TO_PULL: u32 = 14 + 60;
+/// Bytes the pipeline reads directly: Ethernet plus the larger of a maximal IPv4 header (60)
+/// and an IPv6 header with a neighbour solicitation and its link-layer option (40 + 32).
+const HEADROOM_TO_PULL: u32 = 14 + 40 + 32;
 
 #[classifier]
 pub fn calico_tc_from_wl(ctx: TcContext) -> i32 {
@@ -47,7 +48,13 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
             }
             ret
         }
-        Action::Reflect => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Action::Reflect => {
+            let ret = unsafe { bpf_redirect(ifindex, 0) } as i32;
+            if ret != TC_ACT_REDIRECT {
+                forward::count_redirect_failure(ifindex);
+            }
+            ret
+        }
     }
 }
 
@@ -79,7 +86,13 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         // Not XDP_TX: veth flushes XDP_TX frames to its peer only when the peer runs an XDP
         // program itself, so with a GRO-only peer they would sit in its ring. A redirect to the
         // same interface goes through ndo_xdp_xmit with a flush.
-        Action::Reflect => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        Action::Reflect => {
+            let ret = unsafe { bpf_redirect(ifindex, 0) } as u32;
+            if ret != xdp_action::XDP_REDIRECT {
+                forward::count_redirect_failure(ifindex);
+            }
+            ret
+        }
     }
 }
 

@@ -30,5 +30,6 @@ pub static SOURCES_V6: LpmTrie<SourceKeyV6, u32, SOURCES> = LpmTrie::new();
 #[btf_map(name = "cali_endpoints")]
 pub static ENDPOINTS_MAP: HashMap<u32, EndpointInfo, ENDPOINTS> = HashMap::new();
 
+/// One entry per endpoint, plus the shared entry for interfaces without an endpoint.
 #[btf_map(name = "cali_counters")]
-pub static COUNTERS: PerCpuHashMap<u32, EndpointCounters, ENDPOINTS> = PerCpuHashMap::new();
+pub static COUNTERS: PerCpuHashMap<u32, EndpointCounters, { ENDPOINTS + 1 }> = PerCpuHashMap::new();
