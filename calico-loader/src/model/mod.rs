@@ -1,5 +1,7 @@
 //! Calculation: from the datastore's resources to what this host's dataplane must serve.
 
+pub mod selector;
+
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
