@@ -34,9 +34,10 @@ pub struct DatastoreError {
     pub file: String,
     /// 1-based index of the YAML document within the file, if the problem is in one.
     pub document: Option<usize>,
-    /// 1-based line: of the problem itself when known, otherwise of the start of the document.
+    /// 1-based line: of the problem itself when known (the offending value; for a missing
+    /// field, the mapping that lacks it), otherwise of the start of the document.
     pub line: Option<usize>,
-    /// 1-based column of the problem, when known exactly.
+    /// 1-based column of the problem, when its line is the problem's own.
     pub column: Option<usize>,
     /// The resource concerned, as `Kind namespace/name` or `Kind name`, when known.
     pub resource: Option<String>,

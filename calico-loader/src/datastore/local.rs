@@ -21,7 +21,10 @@ use tracing::{debug, info, warn};
 use super::{
     error::{DatastoreError, ErrorKind},
     parse::{Located, parse_file_located},
-    resources::{Kind, Resource, ResourceKey, WorkloadEndpoint},
+    resources::{
+        GlobalNetworkPolicy, Kind, NetworkPolicy, Profile, Resource, ResourceKey, Tier,
+        WorkloadEndpoint,
+    },
 };
 
 /// The resources in force: every valid resource of the datastore, one per key.
@@ -45,6 +48,65 @@ impl Snapshot {
             name: name.to_owned(),
         };
         self.get(&key).and_then(Resource::as_workload_endpoint)
+    }
+
+    /// All network policies, ordered by (namespace, name).
+    pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.of_kind(Kind::NetworkPolicy)
+            .filter_map(Resource::as_network_policy)
+    }
+
+    /// The network policy `namespace/name`, if present.
+    pub fn network_policy(&self, namespace: &str, name: &str) -> Option<&NetworkPolicy> {
+        self.get(&ResourceKey {
+            kind: Kind::NetworkPolicy,
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        })
+        .and_then(Resource::as_network_policy)
+    }
+
+    /// All global network policies, ordered by name.
+    pub fn global_network_policies(&self) -> impl Iterator<Item = &GlobalNetworkPolicy> {
+        self.of_kind(Kind::GlobalNetworkPolicy)
+            .filter_map(Resource::as_global_network_policy)
+    }
+
+    /// The global network policy `name`, if present.
+    pub fn global_network_policy(&self, name: &str) -> Option<&GlobalNetworkPolicy> {
+        self.get(&cluster_key(Kind::GlobalNetworkPolicy, name))
+            .and_then(Resource::as_global_network_policy)
+    }
+
+    /// All profiles, ordered by name.
+    pub fn profiles(&self) -> impl Iterator<Item = &Profile> {
+        self.of_kind(Kind::Profile).filter_map(Resource::as_profile)
+    }
+
+    /// The profile `name`, if present.
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.get(&cluster_key(Kind::Profile, name))
+            .and_then(Resource::as_profile)
+    }
+
+    /// All tiers defined in the datastore, ordered by name (not by their `order`). Calico's
+    /// built-in tiers that the datastore does not define are not included: see
+    /// [`effective_tier`](Self::effective_tier).
+    pub fn tiers(&self) -> impl Iterator<Item = &Tier> {
+        self.of_kind(Kind::Tier).filter_map(Resource::as_tier)
+    }
+
+    /// The tier `name`, if the datastore defines it.
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.get(&cluster_key(Kind::Tier, name))
+            .and_then(Resource::as_tier)
+    }
+
+    /// The tier `name` as Calico would have it: the datastore's, or else, for `default`,
+    /// `kube-admin` and `kube-baseline`, the built-in one ([`Tier::builtin`]). `None` means
+    /// the tier does not exist (Calico would not accept a policy in it).
+    pub fn effective_tier(&self, name: &str) -> Option<Tier> {
+        self.tier(name).cloned().or_else(|| Tier::builtin(name))
     }
 
     /// All resources of `kind`, ordered by (namespace, name).
@@ -79,6 +141,15 @@ impl Snapshot {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
+    }
+}
+
+/// The key of the cluster-scoped resource `name` of `kind`.
+fn cluster_key(kind: Kind, name: &str) -> ResourceKey {
+    ResourceKey {
+        kind,
+        namespace: None,
+        name: name.to_owned(),
     }
 }
 

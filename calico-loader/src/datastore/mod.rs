@@ -2,7 +2,9 @@
 //! directory.
 //!
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
-//!   its validation rules.
+//!   its validation rules. Typed: `WorkloadEndpoint`, and the policy kinds `NetworkPolicy`,
+//!   `GlobalNetworkPolicy`, `Profile` and `Tier`; other kinds are kept untyped. Selectors stay
+//!   text: [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
 //!   resource and field ([`DatastoreError`]).
 //! - [`local`]: the directory datastore ([`LocalDatastore`]), its [`Snapshot`] of the
@@ -16,4 +18,11 @@ pub mod resources;
 pub use error::{DatastoreError, ErrorKind};
 pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
 pub use parse::parse_file;
-pub use resources::{Kind, Resource, ResourceKey, WorkloadEndpoint};
+pub use resources::{
+    Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, IpVersion, Kind,
+    NetworkPolicy, NetworkPolicySpec, Order, PolicyType, PortSpec, Profile, ProfileSpec, Protocol,
+    Resource, ResourceKey, Rule, Tier, TierDefaultAction, TierSpec, WorkloadEndpoint,
+};
+
+#[cfg(test)]
+mod policy_tests;

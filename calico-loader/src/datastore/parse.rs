@@ -4,14 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny};
 use serde_yaml::Value;
 
 use super::{
     error::{DatastoreError, ErrorKind},
     resources::{
-        API_VERSION, DEFAULT_NAMESPACE, FieldError, Kind, ObjectMeta, Resource, UntypedResource,
-        WorkloadEndpoint, WorkloadEndpointSpec,
+        API_VERSION, DEFAULT_NAMESPACE, FieldError, GlobalNetworkPolicy, GlobalNetworkPolicySpec,
+        Kind, NetworkPolicy, NetworkPolicySpec, ObjectMeta, Profile, ProfileSpec, Resource, Tier,
+        TierSpec, TierStatus, UntypedResource, WorkloadEndpoint, WorkloadEndpointSpec,
     },
 };
 
@@ -393,6 +394,52 @@ impl Doc<'_> {
                 problems.extend(wep.validate());
                 (Resource::WorkloadEndpoint(Box::new(wep)), problems)
             }
+            Kind::NetworkPolicy => {
+                let doc: OptionalSpecDocument<NetworkPolicySpec> =
+                    self.deserialize(value, place, label.clone())?;
+                let mut policy = NetworkPolicy {
+                    metadata: doc.metadata,
+                    spec: doc.spec.unwrap_or_default(),
+                };
+                let mut problems = policy.metadata.validate(kind);
+                policy.apply_defaults();
+                problems.extend(policy.validate());
+                (Resource::NetworkPolicy(Box::new(policy)), problems)
+            }
+            Kind::GlobalNetworkPolicy => {
+                let doc: OptionalSpecDocument<GlobalNetworkPolicySpec> =
+                    self.deserialize(value, place, label.clone())?;
+                let mut policy = GlobalNetworkPolicy {
+                    metadata: doc.metadata,
+                    spec: doc.spec.unwrap_or_default(),
+                };
+                let mut problems = policy.metadata.validate(kind);
+                policy.apply_defaults();
+                problems.extend(policy.validate());
+                (Resource::GlobalNetworkPolicy(Box::new(policy)), problems)
+            }
+            Kind::Profile => {
+                let doc: OptionalSpecDocument<ProfileSpec> =
+                    self.deserialize(value, place, label.clone())?;
+                let mut profile = Profile {
+                    metadata: doc.metadata,
+                    spec: doc.spec.unwrap_or_default(),
+                };
+                let mut problems = profile.metadata.validate(kind);
+                problems.extend(profile.validate());
+                (Resource::Profile(Box::new(profile)), problems)
+            }
+            Kind::Tier => {
+                let doc: TierDocument = self.deserialize(value, place, label.clone())?;
+                let mut tier = Tier {
+                    metadata: doc.metadata,
+                    spec: doc.spec.unwrap_or_default(),
+                    status: doc.status,
+                };
+                let mut problems = tier.metadata.validate(kind);
+                problems.extend(tier.validate());
+                (Resource::Tier(Box::new(tier)), problems)
+            }
             _ => {
                 let doc: UntypedDocument = self.deserialize(value, place, label.clone())?;
                 let mut metadata = doc.metadata;
@@ -422,12 +469,10 @@ impl Doc<'_> {
         Err(problems
             .into_iter()
             .map(|p| {
-                self.error(
-                    ErrorKind::Invalid,
-                    label.clone(),
-                    place.field(&p.field),
-                    p.message,
-                )
+                let field = place.field(&p.field);
+                let mut error = self.error(ErrorKind::Invalid, label.clone(), field, p.message);
+                self.locate(&mut error);
+                error
             })
             .collect())
     }
@@ -458,7 +503,25 @@ impl Doc<'_> {
                 error.column = Some(location.column());
             }
         }
+        if error.column.is_none() {
+            self.locate(&mut error);
+        }
         Err(vec![error])
+    }
+
+    /// Places `error` at its field in the document's text: the field's value, or, if the
+    /// document has no such field, the innermost mapping or sequence on the way to it. Leaves
+    /// the error at the start of the document if its field cannot be found at all.
+    fn locate(&self, error: &mut DatastoreError) {
+        let Some(field) = &error.field else { return };
+        let padded = self.padded_text();
+        let deserializer = serde_yaml::Deserializer::from_str(&padded);
+        if let Err(e) = (Locate { rest: field }).deserialize(deserializer)
+            && let Some(location) = e.location()
+        {
+            error.line = Some(location.line());
+            error.column = Some(location.column());
+        }
     }
 }
 
@@ -498,6 +561,35 @@ struct Document<S> {
     _kind: String,
     metadata: ObjectMeta,
     spec: S,
+}
+
+/// A whole document holding a typed resource whose spec may be left out (as Go allows:
+/// absent, or `null`, is the empty spec).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OptionalSpecDocument<S> {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<S>,
+}
+
+/// A document holding a `Tier`, which alone of the typed kinds has a status.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TierDocument {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<TierSpec>,
+    #[serde(default)]
+    status: Option<TierStatus>,
 }
 
 /// A document holding a resource kept untyped.
@@ -548,6 +640,84 @@ struct ListMeta {
     _self_link: Option<String>,
     #[serde(default, rename = "remainingItemCount")]
     _remaining_item_count: Option<i64>,
+}
+
+/// Walks a YAML document to the field at `rest` (a path like `items[1].spec.ingress[0].action`)
+/// and fails there, so that serde_yaml's error carries the field's line and column. Every
+/// outcome is an error: at the field's value when found, otherwise at the innermost mapping or
+/// sequence that lacks the next step. Keys may contain dots: each key of a mapping is tried as a
+/// prefix of the rest of the path.
+struct Locate<'a> {
+    rest: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for Locate<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl Locate<'_> {
+    fn here<E: de::Error>() -> E {
+        E::custom("located")
+    }
+}
+
+impl<'de> de::Visitor<'de> for Locate<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Scalars end the walk, through the default `visit_*` methods' errors.
+        f.write_str("the located field")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.rest.is_empty() {
+            return Err(Self::here());
+        }
+        while let Some(key) = map.next_key::<Value>()? {
+            let key = match key {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => String::new(),
+            };
+            let rest = match self.rest.strip_prefix(key.as_str()) {
+                Some("") => Some(""),
+                Some(rest) if rest.starts_with('[') => Some(rest),
+                Some(rest) => rest.strip_prefix('.'),
+                None => None,
+            };
+            match rest {
+                Some(rest) if !key.is_empty() => {
+                    return map.next_value_seed(Locate { rest });
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Err(Self::here())
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let step = self.rest.strip_prefix('[').and_then(|r| r.split_once(']'));
+        let Some((index, rest)) = step.and_then(|(i, r)| Some((i.parse::<usize>().ok()?, r)))
+        else {
+            return Err(Self::here());
+        };
+        let rest = rest.strip_prefix('.').unwrap_or(rest);
+        for _ in 0..index {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Err(Self::here());
+            }
+        }
+        match seq.next_element_seed(Locate { rest })? {
+            Some(()) | None => Err(Self::here()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -666,11 +836,11 @@ spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
             resources[1].key().to_string(),
             "NetworkPolicy default/allow-web"
         );
-        let policy = resources[1].as_untyped().unwrap();
-        assert_eq!(policy.spec["order"], serde_json::json!(100));
+        let policy = resources[1].as_network_policy().unwrap();
+        assert_eq!(policy.spec.effective_order(), 100.0);
         assert_eq!(
-            policy.spec["ingress"][0]["destination"]["ports"][1],
-            serde_json::json!("8000:8080")
+            policy.spec.ingress[0].destination.ports[1],
+            super::super::resources::PortSpec::Range(8000, 8080)
         );
 
         assert_eq!(resources[2].kind(), Kind::Profile);
@@ -929,14 +1099,9 @@ spec:
             );
             assert_eq!(e.field.as_deref(), Some(*field), "{e}");
             assert!(e.message.contains(message), "{e}");
-            // Problems with one value are placed at it; others at the start of the document.
-            let cross_field = ["needs a name", "not in the endpoint's ipNetworks"];
-            if cross_field.iter().any(|m| message.contains(m)) {
-                assert_eq!((e.line, e.column), (Some(22), None), "{e}");
-            } else {
-                assert_eq!(e.line, Some(30), "{e}");
-                assert!(e.column.is_some(), "{e}");
-            }
+            // Problems are placed at their field, whether found while deserializing or after.
+            assert_eq!(e.line, Some(30), "{e}");
+            assert!(e.column.is_some(), "{e}");
             let shown = e.to_string();
             assert!(shown.starts_with("web.yaml:"), "{shown}");
             assert!(
@@ -1203,7 +1368,8 @@ items: null
         let e = error(text);
         assert_eq!(e.field.as_deref(), Some("items[1].spec.mac"));
         assert_eq!(e.resource.as_deref(), Some("WorkloadEndpoint default/bad"));
-        assert_eq!((e.document, e.line), (Some(1), Some(1)));
+        // Located in the text, although the item was deserialized from a parsed value.
+        assert_eq!((e.document, e.line, e.column), (Some(1), Some(7), Some(43)));
 
         let e = error(
             "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpointList\nitems:\n- {kind: Profile, metadata: {name: p}}\n",
@@ -1258,13 +1424,22 @@ items: null
         assert!(
             errors
                 .iter()
-                .all(|e| e.line == Some(1) && e.resource.as_deref() == Some("Profile p"))
+                .all(|e| e.resource.as_deref() == Some("Profile p"))
         );
+        let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(5), Some(5), Some(6)], "{errors:#?}");
     }
 
     #[test]
     fn other_kinds_are_kept_untyped() {
-        for kind in Kind::ALL.iter().filter(|k| **k != Kind::WorkloadEndpoint) {
+        let typed = [
+            Kind::WorkloadEndpoint,
+            Kind::NetworkPolicy,
+            Kind::GlobalNetworkPolicy,
+            Kind::Profile,
+            Kind::Tier,
+        ];
+        for kind in Kind::ALL.iter().filter(|k| !typed.contains(k)) {
             let text = format!(
                 "apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{anything: [1, 2]}}\nstatus: {{ok: true}}\n"
             );
@@ -1275,8 +1450,9 @@ items: null
             assert_eq!(r.status, Some(serde_json::json!({"ok": true})));
             assert_eq!(r.metadata.namespace.is_some(), kind.is_namespaced());
         }
-        let e =
-            error("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: t}\nspec: [1]\n");
+        let e = error(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: t}\nspec: [1]\n",
+        );
         assert_eq!(e.field.as_deref(), Some("spec"));
     }
 

@@ -6,9 +6,12 @@
 //! unknown fields are rejected. As in Go, an empty string or `null` means the same as an absent
 //! field.
 //!
-//! Checks on a single value (an address, a name) run while deserializing, so serde reports them
-//! with the field's path and line; checks across fields run afterwards
-//! ([`WorkloadEndpoint::validate`], [`ObjectMeta::validate`]).
+//! Typed kinds: [`WorkloadEndpoint`] here; [`NetworkPolicy`], [`GlobalNetworkPolicy`],
+//! [`Profile`] and [`Tier`] (with their [`Rule`]s) in the `policy` submodule.
+//!
+//! Checks on a single value (an address, a name, a port) run while deserializing, so serde
+//! reports them with the field's path and line; checks across fields run afterwards
+//! ([`WorkloadEndpoint::validate`], [`ObjectMeta::validate`], [`NetworkPolicy::validate`]...).
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +23,15 @@ use std::{
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
+
+mod policy;
+
+pub use policy::{
+    Action, DEFAULT_TIER, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, HttpMatch,
+    HttpPath, IcmpMatch, IpVersion, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER, NetworkPolicy,
+    NetworkPolicySpec, Order, PerformanceHint, PolicyType, PortSpec, Profile, ProfileSpec, Rule,
+    RuleMetadata, ServiceAccountMatch, ServiceMatch, Tier, TierDefaultAction, TierSpec, TierStatus,
+};
 
 /// The only API group and version this datastore reads.
 pub const API_VERSION: &str = "projectcalico.org/v3";
@@ -173,6 +185,14 @@ impl fmt::Display for ResourceKey {
 pub enum Resource {
     /// A `WorkloadEndpoint`.
     WorkloadEndpoint(Box<WorkloadEndpoint>),
+    /// A (namespaced) `NetworkPolicy`.
+    NetworkPolicy(Box<NetworkPolicy>),
+    /// A `GlobalNetworkPolicy`.
+    GlobalNetworkPolicy(Box<GlobalNetworkPolicy>),
+    /// A `Profile`.
+    Profile(Box<Profile>),
+    /// A `Tier`.
+    Tier(Box<Tier>),
     /// Any other recognised kind, with its spec kept as JSON.
     Untyped(Box<UntypedResource>),
 }
@@ -182,6 +202,10 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::WorkloadEndpoint(_) => Kind::WorkloadEndpoint,
+            Resource::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Resource::GlobalNetworkPolicy(_) => Kind::GlobalNetworkPolicy,
+            Resource::Profile(_) => Kind::Profile,
+            Resource::Tier(_) => Kind::Tier,
             Resource::Untyped(r) => r.kind,
         }
     }
@@ -190,6 +214,10 @@ impl Resource {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Resource::WorkloadEndpoint(r) => &r.metadata,
+            Resource::NetworkPolicy(r) => &r.metadata,
+            Resource::GlobalNetworkPolicy(r) => &r.metadata,
+            Resource::Profile(r) => &r.metadata,
+            Resource::Tier(r) => &r.metadata,
             Resource::Untyped(r) => &r.metadata,
         }
     }
@@ -204,11 +232,55 @@ impl Resource {
         }
     }
 
+    /// Every selector-valued field of the resource, with its path within the resource (like
+    /// `spec.ingress[0].source.selector`), for the caller to check with the selector parser.
+    /// Empty for kinds without selectors (and for untyped kinds).
+    pub fn selector_fields(&self) -> Vec<(String, &str)> {
+        match self {
+            Resource::NetworkPolicy(r) => r.selector_fields().collect(),
+            Resource::GlobalNetworkPolicy(r) => r.selector_fields().collect(),
+            Resource::Profile(r) => r.selector_fields().collect(),
+            Resource::WorkloadEndpoint(_) | Resource::Tier(_) | Resource::Untyped(_) => Vec::new(),
+        }
+    }
+
     /// The workload endpoint, if this is one.
     pub fn as_workload_endpoint(&self) -> Option<&WorkloadEndpoint> {
         match self {
             Resource::WorkloadEndpoint(r) => Some(r),
-            Resource::Untyped(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The network policy, if this is one.
+    pub fn as_network_policy(&self) -> Option<&NetworkPolicy> {
+        match self {
+            Resource::NetworkPolicy(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The global network policy, if this is one.
+    pub fn as_global_network_policy(&self) -> Option<&GlobalNetworkPolicy> {
+        match self {
+            Resource::GlobalNetworkPolicy(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The profile, if this is one.
+    pub fn as_profile(&self) -> Option<&Profile> {
+        match self {
+            Resource::Profile(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The tier, if this is one.
+    pub fn as_tier(&self) -> Option<&Tier> {
+        match self {
+            Resource::Tier(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -216,7 +288,7 @@ impl Resource {
     pub fn as_untyped(&self) -> Option<&UntypedResource> {
         match self {
             Resource::Untyped(r) => Some(r),
-            Resource::WorkloadEndpoint(_) => None,
+            _ => None,
         }
     }
 }
@@ -310,38 +382,56 @@ impl ObjectMeta {
                 format!("{kind} is not namespaced, but namespace {namespace:?} is given"),
             ));
         }
-        for (key, value) in &self.labels {
-            if let Err(e) = check_qualified_name(key) {
-                errors.push(FieldError::new(
-                    "metadata.labels",
-                    format!("invalid label key {key:?}: {e}"),
-                ));
-            }
-            if let Err(e) = check_label_value(value) {
-                errors.push(FieldError::new(
-                    format!("metadata.labels.{key}"),
-                    format!("invalid label value {value:?}: {e}"),
-                ));
-            }
-        }
-        let mut size = 0;
-        for (key, value) in &self.annotations {
-            if let Err(e) = check_qualified_name(&key.to_ascii_lowercase()) {
-                errors.push(FieldError::new(
-                    "metadata.annotations",
-                    format!("invalid annotation key {key:?}: {e}"),
-                ));
-            }
-            size += key.len() + value.len();
-        }
-        if size > ANNOTATIONS_SIZE_LIMIT {
-            errors.push(FieldError::new(
-                "metadata.annotations",
-                format!("annotations total {size} bytes, more than the limit of {ANNOTATIONS_SIZE_LIMIT}"),
-            ));
-        }
+        errors.extend(check_labels(&self.labels, "metadata.labels"));
+        errors.extend(check_annotations(&self.annotations, "metadata.annotations"));
         errors
     }
+}
+
+/// Checks labels as Kubernetes does (qualified-name keys, label values); `field` is the path
+/// of the map, like `metadata.labels`.
+fn check_labels(labels: &BTreeMap<String, String>, field: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (key, value) in labels {
+        if let Err(e) = check_qualified_name(key) {
+            errors.push(FieldError::new(
+                field,
+                format!("invalid label key {key:?}: {e}"),
+            ));
+        }
+        if let Err(e) = check_label_value(value) {
+            errors.push(FieldError::new(
+                format!("{field}.{key}"),
+                format!("invalid label value {value:?}: {e}"),
+            ));
+        }
+    }
+    errors
+}
+
+/// Checks annotations as Calico does (qualified-name keys, ignoring case; at most
+/// [`ANNOTATIONS_SIZE_LIMIT`] bytes in all); `field` is the path of the map.
+fn check_annotations(annotations: &BTreeMap<String, String>, field: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut size = 0;
+    for (key, value) in annotations {
+        if let Err(e) = check_qualified_name(&key.to_ascii_lowercase()) {
+            errors.push(FieldError::new(
+                field,
+                format!("invalid annotation key {key:?}: {e}"),
+            ));
+        }
+        size += key.len() + value.len();
+    }
+    if size > ANNOTATIONS_SIZE_LIMIT {
+        errors.push(FieldError::new(
+            field,
+            format!(
+                "annotations total {size} bytes, more than the limit of {ANNOTATIONS_SIZE_LIMIT}"
+            ),
+        ));
+    }
+    errors
 }
 
 // ---------------------------------------------------------------------------------------------
