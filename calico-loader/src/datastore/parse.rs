@@ -462,6 +462,8 @@ impl Doc<'_> {
                 )
             }
         };
+        let mut problems = problems;
+        problems.extend(selector_problems(&resource));
         if problems.is_empty() {
             return Ok(resource);
         }
@@ -1467,4 +1469,19 @@ items: null
         let chunks = split_documents("a: \"x\n  ---\"\nb: ---x\n");
         assert_eq!(chunks.len(), 1);
     }
+}
+
+/// Every selector-valued field that does not parse as Calico's selector language, with the
+/// parser's position and expectation in the message.
+fn selector_problems(resource: &Resource) -> Vec<FieldError> {
+    resource
+        .selector_fields()
+        .into_iter()
+        .filter_map(|(field, text)| {
+            crate::model::selector::Selector::parse(text).err().map(|e| FieldError {
+                field,
+                message: format!("invalid selector {text:?}: {e}"),
+            })
+        })
+        .collect()
 }

@@ -1326,3 +1326,23 @@ fn errors_found_after_deserializing_point_at_their_field() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn invalid_selectors_are_reported_with_field_and_position() {
+    let errors = errors(&np(
+        "bad-selector",
+        "  selector: \"app == 'web' &&\"\n  ingress:\n  - action: Allow\n    source:\n      selector: \"role in {'a' 'b'}\"",
+    ));
+    let fields: Vec<&str> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
+    assert!(fields.contains(&"spec.selector"), "{errors:?}");
+    assert!(fields.contains(&"spec.ingress[0].source.selector"), "{errors:?}");
+    let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    assert!(text.contains("position"), "the parser's position is in the message: {text}");
+    assert!(text.contains("NetworkPolicy"), "{text}");
+
+    // A valid selector in every place passes.
+    ok(&np(
+        "good-selector",
+        "  selector: \"app == 'web' && has(tier)\"\n  ingress:\n  - action: Allow\n    source:\n      selector: \"role in {'a', 'b'}\"",
+    ));
+}
