@@ -3,6 +3,7 @@
 //! Every subcommand lives in its own module; `util` holds the shared command
 //! runner (which echoes each command before running it) and RAII guards.
 
+mod bench;
 mod build;
 mod demo;
 mod run;
@@ -40,6 +41,13 @@ enum Command {
     Test(test::TestArgs),
     /// A guided tour: throwaway namespaces, the agent, traffic, counters.
     Demo(demo::DemoArgs),
+    /// Setup, release build, then benchmark the dataplane against Linux
+    /// forwarding and iptables in throwaway namespaces (as root).
+    Bench(bench::BenchArgs),
+    /// Internal: the bench's request/response measurement between two
+    /// namespaces.
+    #[command(hide = true)]
+    BenchRr(bench::RrArgs),
     /// Internal: the demo's TCP exchange between two namespaces.
     #[command(hide = true)]
     TcpEcho(demo::TcpEchoArgs),
@@ -57,6 +65,8 @@ fn main() -> ExitCode {
         Command::Test(args) => test::test(&args),
         Command::Demo(args) => demo::demo(&args),
         Command::TcpEcho(args) => demo::tcp_echo(&args),
+        Command::Bench(args) => bench::bench(&args),
+        Command::BenchRr(args) => bench::rr(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +112,33 @@ mod tests {
         };
         assert!(args.release);
         assert_eq!(args.args, ["--attach-mode", "xdp"]);
+    }
+
+    #[test]
+    fn bench_takes_quick_rounds_duration_and_json() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--duration",
+            "3",
+            "--json",
+            "/tmp/b.json",
+        ])
+        .expect("valid command line");
+        let Command::Bench(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.quick);
+        assert_eq!(args.rounds, Some(2));
+        assert_eq!(args.duration, Some(3));
+        assert_eq!(
+            args.json.as_deref(),
+            Some(std::path::Path::new("/tmp/b.json"))
+        );
+        assert!(Cli::try_parse_from(["xtask", "bench", "--rounds", "0"]).is_err());
     }
 
     #[test]

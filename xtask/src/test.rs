@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use anyhow::Result;
 
 use crate::{
-    setup,
+    bench, setup,
     util::{self, Cmd},
 };
 
@@ -43,12 +43,11 @@ pub fn test(args: &TestArgs) -> Result<()> {
     }
     cmd.run()?;
 
-    // ---------------------------------------------------------------------
-    // BENCH HOOK: once the `bench` subcommand exists (its own module, like
-    // the others), run its quick mode here, after the tests, so that CI
-    // (`.ci/run` -> `cargo xtask test`) exercises it too: the equivalent of
-    // `cargo xtask bench --quick`.
-    // ---------------------------------------------------------------------
+    // The benchmark's quick mode, after the tests, so that CI (`.ci/run` ->
+    // `cargo xtask test`) exercises it too: fails if any setup moved no
+    // traffic, asserts nothing about speed.
+    util::step("Running the quick benchmark (`cargo xtask bench --quick`)");
+    bench::bench(&bench::BenchArgs::quick())?;
 
     Ok(())
 }

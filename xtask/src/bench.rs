@@ -1,0 +1,463 @@
+//! `cargo xtask bench`: the dataplane against Linux forwarding and iptables.
+//!
+//! One topology (a host namespace and two workloads, `gen` and `sink`) is
+//! built once; then, round after round, each setup is activated alone, in
+//! turn, and measured: 64-byte UDP packets per second (trafgen), TCP
+//! throughput (iperf3), TCP request/response latency, and for our programs
+//! their cost per packet from `kernel.bpf_stats_enabled`.
+//!
+//! Network safety: everything happens in network namespaces created here
+//! (`cbench-*-<pid>`), with benchmarking and documentation addresses only
+//! (`198.18.0.0/15`, `2001:db8::/32`). The veth pairs are created inside those
+//! namespaces and iptables rules only go into the host namespace's own
+//! tables. Every namespace, pin, rule, sysctl and file is removed or restored
+//! at the end, on failure and on Ctrl-C (RAII guards).
+//!
+//! - `topology`: namespaces, routes, iptables rules, the agent, pins, sysctls.
+//! - `measure`: trafgen, iperf3, the ping-pong, counters and bpf_stats.
+//! - `report`: statistics, the table, the JSON file, machine information.
+
+mod measure;
+mod report;
+mod topology;
+
+use std::{
+    fmt::{self, Write as _},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    setup,
+    util::{self, Cmd, TempDir},
+};
+
+use self::{
+    measure::{PpsResult, RrResult, TcpResult},
+    topology::{Active, IperfServer, PinGuard, Topology},
+};
+
+/// iptables rule counts measured by a full run, and by `--quick`.
+const IPTABLES_RULES: &[u32] = &[0, 100, 1_000, 10_000];
+const IPTABLES_RULES_QUICK: &[u32] = &[0, 1_000];
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// One round with short durations (under 2 minutes), for CI. Fails if any
+    /// setup moved no traffic; asserts nothing about speed.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Rounds; each round measures every setup once, in turn [default: 3, or 1
+    /// with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
+
+    /// Seconds of each packet-rate and TCP measurement [default: 5, or 2 with
+    /// --quick].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub duration: Option<u64>,
+
+    /// Where to write every figure as JSON [default:
+    /// target/bench/bench-<timestamp>.json].
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// `cargo xtask bench --quick`.
+    pub fn quick() -> Self {
+        Self {
+            quick: true,
+            rounds: None,
+            duration: None,
+            json: None,
+        }
+    }
+}
+
+/// Internal: the request/response measurement, run through sudo when not
+/// root (entering a namespace needs root).
+#[derive(clap::Args, Debug)]
+pub struct RrArgs {
+    #[arg(long)]
+    pub server_netns: String,
+    #[arg(long)]
+    pub client_netns: String,
+    #[arg(long)]
+    pub addr: SocketAddr,
+    #[arg(long)]
+    pub millis: u64,
+    #[arg(long)]
+    pub cpu: usize,
+}
+
+/// Prints the request/response result as JSON on stdout.
+pub fn rr(args: &RrArgs) -> Result<()> {
+    let result = measure::ping_pong(
+        &args.server_netns,
+        &args.client_netns,
+        args.addr,
+        Duration::from_millis(args.millis),
+        args.cpu,
+    )?;
+    println!("{}", serde_json::to_string(&result.to_json())?);
+    Ok(())
+}
+
+/// The from-workload hook our agent attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Tc,
+    Xdp,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+/// One way of forwarding between the workloads; exactly one is active at a
+/// time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// (a) Linux forwarding, no BPF, no rules.
+    Linux,
+    /// (b) Linux forwarding through a per-endpoint chain of this many
+    /// non-matching rules, then ACCEPT.
+    Iptables(u32),
+    /// (d) Our agent, programs on this hook, no rules.
+    Ours(Hook),
+}
+
+impl fmt::Display for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Linux => f.write_str("linux"),
+            Self::Iptables(rules) => write!(f, "iptables-{rules}"),
+            Self::Ours(hook) => write!(f, "ours-{}", hook.as_str()),
+        }
+    }
+}
+
+impl serde::Serialize for Setup {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What a run does, resolved from the arguments.
+pub struct Plan {
+    pub quick: bool,
+    pub rounds: u32,
+    /// Each packet-rate (after the warm-up) and TCP measurement.
+    pub duration: Duration,
+    /// trafgen runs this long before the packet-rate interval starts.
+    pub warmup: Duration,
+    /// The request/response measurement.
+    pub latency: Duration,
+    pub setups: Vec<Setup>,
+    pub json: PathBuf,
+    pub cpus: usize,
+    /// The CPU trafgen is pinned to.
+    pub generator_cpu: usize,
+    /// The CPU both ends of the request/response ping-pong are pinned to.
+    pub latency_cpu: usize,
+    pub started: SystemTime,
+    pub command: String,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs, started: SystemTime) -> Result<Self> {
+        let quick = args.quick;
+        let rule_counts = if quick {
+            IPTABLES_RULES_QUICK
+        } else {
+            IPTABLES_RULES
+        };
+        let mut setups = vec![Setup::Linux];
+        setups.extend(rule_counts.iter().map(|&n| Setup::Iptables(n)));
+        setups.extend([Setup::Ours(Hook::Tc), Setup::Ours(Hook::Xdp)]);
+
+        let cpus = std::thread::available_parallelism()
+            .context("cannot count the CPUs")?
+            .get();
+        let json = match &args.json {
+            Some(path) => path.clone(),
+            None => util::target_dir()
+                .join("bench")
+                .join(format!("bench-{}.json", report::timestamp(started).compact)),
+        };
+        let mut command = String::from("cargo xtask bench");
+        if quick {
+            command.push_str(" --quick");
+        }
+        if let Some(rounds) = args.rounds {
+            let _ = write!(command, " --rounds {rounds}");
+        }
+        if let Some(duration) = args.duration {
+            let _ = write!(command, " --duration {duration}");
+        }
+        if let Some(json) = &args.json {
+            let _ = write!(
+                command,
+                " --json {}",
+                util::shell_quote(&json.to_string_lossy())
+            );
+        }
+        Ok(Self {
+            quick,
+            rounds: args.rounds.unwrap_or(if quick { 1 } else { 3 }),
+            duration: Duration::from_secs(args.duration.unwrap_or(if quick { 2 } else { 5 })),
+            warmup: Duration::from_millis(if quick { 500 } else { 1000 }),
+            latency: Duration::from_secs(if quick { 1 } else { 2 }),
+            setups,
+            json,
+            cpus,
+            // trafgen pins its worker itself; CPU 1 when there is one.
+            generator_cpu: usize::from(cpus > 1),
+            latency_cpu: 0,
+            started,
+            command,
+        })
+    }
+
+    /// How the CPUs are shared, for the output.
+    pub fn cpu_split(&self) -> String {
+        let g = self.generator_cpu;
+        format!(
+            "{} CPUs: trafgen pinned to CPU {g} (its own `cpu({g})` config), everything else \
+             (iperf3, the agent, softirqs) unpinned. The veth receive path runs in the softirq \
+             of the sending CPU, so forwarding and delivery of the trafgen flow share CPU {g} \
+             with trafgen. Both ends of the request/response ping-pong are pinned to CPU {}, so \
+             its latency is the path through the stacks, not cross-CPU wake-ups.",
+            self.cpus, self.latency_cpu
+        )
+    }
+}
+
+/// The figures of one setup in one round.
+#[derive(serde::Serialize)]
+pub struct RoundResult {
+    pub round: u32,
+    pub setup: Setup,
+    pub pps: PpsResult,
+    pub tcp: TcpResult,
+    pub rr: RrResult,
+}
+
+/// What every measurement needs to know.
+pub struct Ctx<'a> {
+    pub plan: &'a Plan,
+    pub topo: &'a Topology,
+    pub loader: &'a Path,
+    pub pin_path: &'a Path,
+    pub datastore: &'a Path,
+    pub scratch: &'a Path,
+    pub trafgen_config: &'a Path,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    // SIGINT is already caught (see main); also clean up when told to stop.
+    util::catch_signals(&[libc::SIGTERM, libc::SIGHUP]);
+    let clock = Instant::now();
+    let plan = Plan::new(args, SystemTime::now())?;
+
+    util::step(format!(
+        "calico-ebpf bench{}",
+        if plan.quick { " (quick)" } else { "" }
+    ));
+    util::explain(format!(
+        "Setups, alternated within each of {} round(s): {}.\n\
+         Measures per setup and round: 64-byte UDP packets/s at the sink (trafgen, {}s),\n\
+         TCP throughput (iperf3, {}s), TCP request/response latency ({}s), and for our\n\
+         programs their cost per packet (kernel.bpf_stats_enabled).",
+        plan.rounds,
+        plan.setups
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.duration.as_secs(),
+        plan.duration.as_secs(),
+        plan.latency.as_secs(),
+    ));
+    util::ensure_can_become_root("the bench (namespaces, eBPF, iptables)")?;
+
+    util::step("Setup and release build");
+    setup::setup()?;
+    Cmd::new("cargo")
+        .args(["build", "--release", "-p", "calico-loader"])
+        .current_dir(util::workspace_root())
+        .run()?;
+    let loader = util::built_binary("calico-loader", true);
+    if !loader.is_file() {
+        bail!("{} is missing after the build", loader.display());
+    }
+    let machine = report::machine_info(&loader)?;
+
+    let pid = std::process::id();
+    let outcome = run(&plan, &loader, pid);
+    topology::check_nothing_left(pid);
+    let results = outcome?;
+
+    let summary = report::summarise(&plan, &results);
+    report::print_table(&plan, &machine, &summary);
+    report::write_json(&plan, &machine, &results, &summary, clock.elapsed())?;
+    util::info(format!(
+        "the bench took {:.0}s; every figure of every round is in {}",
+        clock.elapsed().as_secs_f64(),
+        plan.json.display()
+    ));
+    report::check_traffic(&results)
+}
+
+/// Builds everything, runs the rounds, tears everything down (guards, in
+/// reverse order of creation).
+fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<Vec<RoundResult>> {
+    util::step("Preparing");
+    topology::mount_bpffs()?;
+    let scratch = TempDir::create(std::env::temp_dir().join(format!("calico-bench-{pid}")))?;
+    let _bpf_stats = topology::BpfStats::enable()?;
+    let topo = Topology::create(pid)?;
+    let datastore = scratch.path().join("datastore");
+    topology::write_datastore(&topo, &datastore)?;
+    let trafgen_config = measure::write_trafgen_config(scratch.path(), &topo, plan.generator_cpu)?;
+    let _iperf = IperfServer::start(&topo)?;
+    let pin_path = PathBuf::from(format!("/sys/fs/bpf/calico-bench-{pid}"));
+    let _pins = PinGuard::new(loader, &topo, &pin_path);
+
+    let ctx = Ctx {
+        plan,
+        topo: &topo,
+        loader,
+        pin_path: &pin_path,
+        datastore: &datastore,
+        scratch: scratch.path(),
+        trafgen_config: &trafgen_config,
+    };
+    util::explain(plan.cpu_split());
+    util::explain(
+        "Every workload's eth0 has `ethtool -K eth0 gro on tx off` in all setups, so they are\n\
+         comparable: XDP needs GRO (NAPI) on the receiving veth, and a frame redirected by XDP\n\
+         loses its pending checksum, so the sender computes checksums itself.",
+    );
+
+    let mut results: Vec<RoundResult> = Vec::new();
+    for round in 1..=plan.rounds {
+        for (index, &setup) in plan.setups.iter().enumerate() {
+            util::step(format!(
+                "Round {round}/{}, setup {}/{}: {setup}",
+                plan.rounds,
+                index + 1,
+                plan.setups.len()
+            ));
+            let result = measure_setup(&ctx, setup, round)
+                .with_context(|| format!("round {round}, setup {setup}"))?;
+            let baseline = results
+                .iter()
+                .find(|r| r.round == round && r.setup == Setup::Linux);
+            if let Some(base) = baseline {
+                util::info(format!(
+                    "{setup} vs linux in this round: packets/s x{:.2}, TCP x{:.2}",
+                    report::ratio(result.pps.delivered_pps, base.pps.delivered_pps),
+                    report::ratio(result.tcp.gbps(), base.tcp.gbps()),
+                ));
+            }
+            results.push(result);
+        }
+    }
+    Ok(results)
+}
+
+/// Activates one setup, measures it, deactivates it.
+fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult> {
+    let active = Active::activate(ctx, setup)?;
+    let programs = active.programs(ctx)?;
+
+    util::info(format!(
+        "[1/3] 64-byte UDP gen -> sink: trafgen on CPU {}, {:.1}s warm-up, then {}s counted",
+        ctx.plan.generator_cpu,
+        ctx.plan.warmup.as_secs_f64(),
+        ctx.plan.duration.as_secs()
+    ));
+    let pps = measure::packet_rate(ctx, &active, &programs)?;
+    util::info(pps.describe());
+
+    util::info(format!(
+        "[2/3] TCP gen -> sink: iperf3 for {}s",
+        ctx.plan.duration.as_secs()
+    ));
+    let tcp = measure::tcp_throughput(ctx)?;
+    util::info(tcp.describe());
+
+    util::info(format!(
+        "[3/3] TCP request/response gen <-> sink: 64-byte ping-pong for {}s",
+        ctx.plan.latency.as_secs()
+    ));
+    let rr = measure::request_response(ctx)?;
+    util::info(rr.describe());
+
+    active.deactivate(ctx)?;
+    Ok(RoundResult {
+        round,
+        setup,
+        pps,
+        tcp,
+        rr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setups_are_named_as_in_the_docs() {
+        assert_eq!(Setup::Linux.to_string(), "linux");
+        assert_eq!(Setup::Iptables(1000).to_string(), "iptables-1000");
+        assert_eq!(Setup::Ours(Hook::Tc).to_string(), "ours-tc");
+        assert_eq!(Setup::Ours(Hook::Xdp).to_string(), "ours-xdp");
+    }
+
+    #[test]
+    fn quick_plan_is_short_and_linux_comes_first() {
+        let plan = Plan::new(&BenchArgs::quick(), SystemTime::UNIX_EPOCH).expect("plan");
+        assert_eq!(plan.rounds, 1);
+        assert_eq!(plan.setups.first(), Some(&Setup::Linux));
+        assert_eq!(
+            plan.setups,
+            [
+                Setup::Linux,
+                Setup::Iptables(0),
+                Setup::Iptables(1000),
+                Setup::Ours(Hook::Tc),
+                Setup::Ours(Hook::Xdp)
+            ]
+        );
+        assert!(plan.duration <= Duration::from_secs(2));
+        assert!(plan.json.ends_with("bench/bench-19700101T000000Z.json"));
+    }
+
+    #[test]
+    fn full_plan_has_every_rule_count_and_three_rounds() {
+        let args = BenchArgs {
+            quick: false,
+            rounds: None,
+            duration: None,
+            json: Some(PathBuf::from("/tmp/x.json")),
+        };
+        let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
+        assert_eq!(plan.rounds, 3);
+        assert_eq!(plan.setups.len(), 1 + IPTABLES_RULES.len() + 2);
+        assert_eq!(plan.json, PathBuf::from("/tmp/x.json"));
+        assert_eq!(plan.command, "cargo xtask bench --json /tmp/x.json");
+    }
+}

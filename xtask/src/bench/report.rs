@@ -1,0 +1,559 @@
+//! Statistics over rounds, the terminal table (Markdown, ready to paste), the
+//! JSON file, and what the machine and its tools are.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Plan, RoundResult, Setup};
+use crate::util::{self, Cmd};
+
+// ---------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------
+
+pub struct Timestamp {
+    /// `20250102T030405Z`, for file names.
+    pub compact: String,
+    /// `2025-01-02T03:04:05Z`.
+    pub iso: String,
+}
+
+/// UTC date and time of `time` (no time-zone database needed).
+pub fn timestamp(time: SystemTime) -> Timestamp {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Timestamp {
+        compact: format!("{year:04}{month:02}{day:02}T{hour:02}{minute:02}{second:02}Z"),
+        iso: format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Machine
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct MachineInfo {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    /// `nf_tables` or `legacy`: what Debian's `iptables` is here.
+    pub iptables_backend: String,
+    /// The workspace's revision (`git describe --always --dirty`).
+    pub revision: String,
+    pub tools: BTreeMap<String, String>,
+}
+
+impl MachineInfo {
+    pub fn one_line(&self) -> String {
+        format!(
+            "{}, {} CPUs, {:.0} GiB, Linux {}",
+            self.cpu_model, self.cpus, self.memory_gib, self.kernel
+        )
+    }
+}
+
+/// The first non-empty line a command prints (stdout, else stderr).
+fn first_line(cmd: &Cmd) -> String {
+    match cmd.capture() {
+        Ok(out) => [&out.stdout, &out.stderr]
+            .iter()
+            .flat_map(|s| {
+                String::from_utf8_lossy(s)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .map(|l| l.trim().to_owned())
+            .find(|l| !l.is_empty())
+            .unwrap_or_else(|| "?".into()),
+        Err(err) => format!("unavailable: {err:#}"),
+    }
+}
+
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        })
+}
+
+pub fn machine_info(loader: &Path) -> Result<MachineInfo> {
+    util::step("Machine and tools");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("cannot read the kernel release")?
+        .trim()
+        .to_owned();
+    let memory_kib: f64 = proc_field("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let mut tools = BTreeMap::new();
+    let mut tool = |name: &str, cmd: Cmd| {
+        tools.insert(name.to_owned(), first_line(&cmd));
+    };
+    tool("trafgen", Cmd::new("trafgen").arg("--version"));
+    tool("iperf3", Cmd::new("iperf3").arg("--version"));
+    tool(
+        "iptables",
+        Cmd::new("iptables").arg("--version").privileged(),
+    );
+    tool("bpftool", Cmd::new("bpftool").arg("version").privileged());
+    tool("iproute2", Cmd::new("ip").arg("-V"));
+    tool("ethtool", Cmd::new("ethtool").arg("--version"));
+    tool("calico-loader", Cmd::new(loader).arg("--version"));
+    let iptables = tools.get("iptables").cloned().unwrap_or_default();
+    let iptables_backend = if iptables.contains("nf_tables") {
+        "nf_tables"
+    } else if iptables.contains("legacy") {
+        "legacy"
+    } else {
+        "unknown"
+    }
+    .to_owned();
+    let revision = first_line(
+        &Cmd::new("git")
+            .args(["describe", "--always", "--dirty"])
+            .current_dir(util::workspace_root()),
+    );
+    let info = MachineInfo {
+        kernel,
+        cpu_model: proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into()),
+        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        memory_gib: memory_kib / (1024.0 * 1024.0),
+        iptables_backend,
+        revision,
+        tools,
+    };
+    util::info(info.one_line());
+    util::info(format!("iptables is {iptables}"));
+    Ok(info)
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------
+
+/// Median and range over rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// None without finite values.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            f64::midpoint(v[n / 2 - 1], v[n / 2])
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    fn show(spread: Option<Self>, decimals: usize) -> String {
+        match spread {
+            None => "-".into(),
+            Some(s) if s.min == s.max => format!("{:.decimals$}", s.median),
+            Some(s) => format!(
+                "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+                s.median, s.min, s.max
+            ),
+        }
+    }
+}
+
+/// `value / base`, NaN when there is no base.
+pub fn ratio(value: f64, base: f64) -> f64 {
+    if base > 0.0 { value / base } else { f64::NAN }
+}
+
+/// Ratios of one round's figures to linux in the same round.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Ratios {
+    pub pps: f64,
+    pub tcp: f64,
+    pub rr_p50: f64,
+}
+
+fn ratios(result: &RoundResult, results: &[RoundResult]) -> Ratios {
+    let base = results
+        .iter()
+        .find(|r| r.round == result.round && r.setup == Setup::Linux);
+    let rr = |r: &RoundResult| {
+        if r.rr.error.is_some() {
+            f64::NAN
+        } else {
+            r.rr.p50_us
+        }
+    };
+    match base {
+        Some(base) => Ratios {
+            pps: ratio(result.pps.delivered_pps, base.pps.delivered_pps),
+            tcp: ratio(result.tcp.gbps(), base.tcp.gbps()),
+            rr_p50: ratio(rr(result), rr(base)),
+        },
+        None => Ratios {
+            pps: f64::NAN,
+            tcp: f64::NAN,
+            rr_p50: f64::NAN,
+        },
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SetupSummary {
+    pub setup: String,
+    pub rounds: usize,
+    pub delivered_mpps: Option<Spread>,
+    pub offered_mpps: Option<Spread>,
+    pub pps_ratio_to_linux: Option<Spread>,
+    pub tcp_gbps: Option<Spread>,
+    pub tcp_ratio_to_linux: Option<Spread>,
+    pub rr_p50_us: Option<Spread>,
+    pub rr_p99_us: Option<Spread>,
+    pub rr_p50_ratio_to_linux: Option<Spread>,
+    /// ns per run of our from-workload program under the trafgen load.
+    pub bpf_ns_per_packet: Option<Spread>,
+    /// Busy percentage of each CPU during the packet-rate interval.
+    pub cpu_busy_pct: Vec<Option<Spread>>,
+}
+
+pub fn summarise(plan: &Plan, results: &[RoundResult]) -> Vec<SetupSummary> {
+    plan.setups
+        .iter()
+        .map(|&setup| {
+            let rounds: Vec<&RoundResult> = results.iter().filter(|r| r.setup == setup).collect();
+            let ratios: Vec<Ratios> = rounds.iter().map(|r| ratios(r, results)).collect();
+            let ok_rr = || rounds.iter().filter(|r| r.rr.error.is_none());
+            let ok_tcp = || rounds.iter().filter(|r| r.tcp.error.is_none());
+            SetupSummary {
+                setup: setup.to_string(),
+                rounds: rounds.len(),
+                delivered_mpps: Spread::of(rounds.iter().map(|r| r.pps.delivered_pps / 1e6)),
+                offered_mpps: Spread::of(rounds.iter().map(|r| r.pps.offered_pps / 1e6)),
+                pps_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.pps)),
+                tcp_gbps: Spread::of(ok_tcp().map(|r| r.tcp.gbps())),
+                tcp_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.tcp)),
+                rr_p50_us: Spread::of(ok_rr().map(|r| r.rr.p50_us)),
+                rr_p99_us: Spread::of(ok_rr().map(|r| r.rr.p99_us)),
+                rr_p50_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.rr_p50)),
+                bpf_ns_per_packet: Spread::of(
+                    rounds.iter().filter_map(|r| r.pps.bpf_ns_per_packet()),
+                ),
+                cpu_busy_pct: (0..plan.cpus)
+                    .map(|cpu| {
+                        Spread::of(rounds.iter().filter_map(|r| {
+                            r.pps.cpus.iter().find(|c| c.cpu == cpu).map(|c| c.busy_pct)
+                        }))
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+/// The results as a Markdown table (readable on a terminal, pasteable).
+pub fn markdown_table(summary: &[SetupSummary]) -> String {
+    let cpus = summary.first().map_or(0, |s| s.cpu_busy_pct.len());
+    let mut header = vec![
+        "setup".to_owned(),
+        "Mpps at sink".into(),
+        "× linux".into(),
+        "Mpps offered".into(),
+        "TCP Gbit/s".into(),
+        "× linux".into(),
+        "RR p50 µs".into(),
+        "RR p99 µs".into(),
+        "BPF ns/pkt".into(),
+    ];
+    header.extend((0..cpus).map(|c| format!("CPU{c} % (pps)")));
+    let rows: Vec<Vec<String>> = summary
+        .iter()
+        .map(|s| {
+            let mut row = vec![
+                format!("`{}`", s.setup),
+                Spread::show(s.delivered_mpps, 3),
+                Spread::show(s.pps_ratio_to_linux, 2),
+                Spread::show(s.offered_mpps, 3),
+                Spread::show(s.tcp_gbps, 2),
+                Spread::show(s.tcp_ratio_to_linux, 2),
+                Spread::show(s.rr_p50_us, 1),
+                Spread::show(s.rr_p99_us, 1),
+                Spread::show(s.bpf_ns_per_packet, 0),
+            ];
+            row.extend(s.cpu_busy_pct.iter().map(|c| Spread::show(*c, 0)));
+            row
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].chars().count(), 3])
+                .max()
+                .unwrap_or(3)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let mut text = String::from("|");
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            if i == 0 {
+                let _ = write!(text, " {cell}{} |", " ".repeat(pad));
+            } else {
+                let _ = write!(text, " {}{cell} |", " ".repeat(pad));
+            }
+        }
+        text.push('\n');
+        text
+    };
+    let mut table = line(&header);
+    table.push('|');
+    for (i, width) in widths.iter().enumerate() {
+        let dashes = "-".repeat(*width);
+        if i == 0 {
+            let _ = write!(table, " {dashes} |");
+        } else {
+            let _ = write!(table, " {}: |", &dashes[1..]);
+        }
+    }
+    table.push('\n');
+    for row in &rows {
+        table.push_str(&line(row));
+    }
+    table
+}
+
+pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary]) {
+    util::step("Results");
+    let spread = if plan.rounds > 1 {
+        format!("median (min–max) over {} rounds", plan.rounds)
+    } else {
+        "1 round".to_owned()
+    };
+    println!();
+    println!(
+        "{} · `{}` · {}",
+        timestamp(plan.started).iso,
+        plan.command,
+        machine.one_line()
+    );
+    println!(
+        "{spread}; {}s per packet-rate and TCP measurement, {}s of request/response; \
+         × linux = ratio to linux in the same round; iptables is {}.",
+        plan.duration.as_secs(),
+        plan.latency.as_secs(),
+        machine.iptables_backend
+    );
+    println!();
+    print!("{}", markdown_table(summary));
+    println!();
+    println!("- {}", plan.cpu_split());
+    println!(
+        "- Every workload's eth0 has `ethtool -K eth0 gro on tx off`, in all setups (XDP needs \
+         GRO on the receiving veth; XDP-redirected frames lose their pending checksum)."
+    );
+    println!(
+        "- CPU% (pps): how busy each CPU was during the packet-rate interval. trafgen's CPU is \
+         always at 100%; time on the other one is another program (the bench warns when it \
+         sees user-space time, which none of the measured paths spends)."
+    );
+    println!(
+        "- kernel.bpf_stats_enabled=1 during the whole bench: BPF ns/pkt is our from-workload \
+         program's run_time_ns/run_cnt under the trafgen load (the stats add two clock reads \
+         per run to ours setups)."
+    );
+    println!();
+}
+
+pub fn write_json(
+    plan: &Plan,
+    machine: &MachineInfo,
+    results: &[RoundResult],
+    summary: &[SetupSummary],
+    elapsed: Duration,
+) -> Result<()> {
+    let rounds: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let mut value = serde_json::to_value(r).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert(
+                    "ratios_to_linux".into(),
+                    serde_json::to_value(ratios(r, results)).unwrap_or_default(),
+                );
+            }
+            value
+        })
+        .collect();
+    let document = json!({
+        "tool": "cargo xtask bench",
+        "schema_version": 1,
+        "command": plan.command,
+        "started": timestamp(plan.started).iso,
+        "elapsed_s": elapsed.as_secs_f64(),
+        "quick": plan.quick,
+        "rounds": plan.rounds,
+        "duration_s": plan.duration.as_secs(),
+        "warmup_s": plan.warmup.as_secs_f64(),
+        "latency_duration_s": plan.latency.as_secs(),
+        "machine": machine,
+        "config": {
+            "setups": plan.setups.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "order": "every round runs every setup once, in this order; linux first",
+            "generator_cpu": plan.generator_cpu,
+            "cpu_split": plan.cpu_split(),
+            "workload_eth0": "ethtool -K eth0 gro on tx off (all setups)",
+            "udp_frame": "60 bytes + FCS: Ethernet/IPv4/UDP gen -> sink, port 9, IP checksum by csumip()",
+            "delivered": "Ip: InReceives in the sink namespace",
+            "offered": "tx packets + tx dropped of gen's eth0",
+            "iptables": "FORWARD -i <gen host side> -j cali-fw-<gen host side>; N x `-s 198.19.x.y/32 -j DROP`, then ACCEPT",
+            "tcp": "iperf3 -c sink -t DURATION -J (client in gen, server in sink)",
+            "request_response": "one TCP connection, 64 bytes each way, back to back, TCP_NODELAY",
+            "bpf_stats": "kernel.bpf_stats_enabled=1 for the whole bench; deltas of run_time_ns and run_cnt around the packet-rate interval",
+        },
+        "results": rounds,
+        "summary": summary,
+    });
+    if let Some(dir) = plan.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&document)?;
+    std::fs::write(&plan.json, text + "\n")
+        .with_context(|| format!("cannot write {}", plan.json.display()))?;
+    Ok(())
+}
+
+/// Fails when a setup moved no traffic in some round.
+pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
+    let mut problems = Vec::new();
+    for r in results {
+        let at = format!("{} (round {})", r.setup, r.round);
+        if r.pps.delivered_packets == 0 {
+            problems.push(format!(
+                "{at}: no UDP packet reached the sink ({} offered)",
+                r.pps.offered_packets
+            ));
+        }
+        match &r.tcp.error {
+            Some(err) => problems.push(format!("{at}: TCP failed: {err}")),
+            None if r.tcp.received_bps <= 0.0 => problems.push(format!("{at}: TCP moved nothing")),
+            None => {}
+        }
+        if let Some(err) = &r.rr.error {
+            problems.push(format!("{at}: request/response failed: {err}"));
+        }
+    }
+    if problems.is_empty() {
+        util::info("every setup moved traffic in every round");
+        Ok(())
+    } else {
+        bail!(
+            "some setups moved no traffic:\n  - {}",
+            problems.join("\n  - ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        let t = timestamp(UNIX_EPOCH);
+        assert_eq!(t.compact, "19700101T000000Z");
+        assert_eq!(t.iso, "1970-01-01T00:00:00Z");
+        // 2024-02-29T12:34:56Z, a leap day.
+        let t = timestamp(UNIX_EPOCH + Duration::from_secs(1_709_210_096));
+        assert_eq!(t.iso, "2024-02-29T12:34:56Z");
+        let t = timestamp(UNIX_EPOCH + Duration::from_secs(1_767_225_599));
+        assert_eq!(t.iso, "2025-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn spreads_have_a_median_and_a_range() {
+        let s = Spread::of([3.0, 1.0, 2.0]).expect("values");
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Spread::of([4.0, 1.0, 2.0, 3.0]).expect("values");
+        assert_eq!(s.median, 2.5);
+        assert_eq!(Spread::of([f64::NAN]), None);
+        assert_eq!(Spread::show(None, 1), "-");
+        assert_eq!(Spread::show(Spread::of([1.0]), 2), "1.00");
+        assert_eq!(
+            Spread::show(Spread::of([1.0, 2.0, 4.0]), 1),
+            "2.0 (1.0–4.0)"
+        );
+        assert!(ratio(1.0, 0.0).is_nan());
+        assert_eq!(ratio(1.0, 4.0), 0.25);
+    }
+
+    #[test]
+    fn the_table_is_aligned_markdown() {
+        let summary = SetupSummary {
+            setup: "linux".into(),
+            rounds: 1,
+            delivered_mpps: Spread::of([0.5]),
+            offered_mpps: Spread::of([0.5]),
+            pps_ratio_to_linux: Spread::of([1.0]),
+            tcp_gbps: Spread::of([10.0]),
+            tcp_ratio_to_linux: Spread::of([1.0]),
+            rr_p50_us: Spread::of([20.0]),
+            rr_p99_us: Spread::of([40.0]),
+            rr_p50_ratio_to_linux: Spread::of([1.0]),
+            bpf_ns_per_packet: None,
+            cpu_busy_pct: vec![Spread::of([1.0]), Spread::of([100.0])],
+        };
+        let table = markdown_table(&[summary]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("| setup "));
+        assert!(lines[0].ends_with("| CPU1 % (pps) |"));
+        assert!(lines[1].starts_with("| ---"));
+        assert!(lines[1].ends_with(": |"));
+        assert!(lines[2].starts_with("| `linux` "));
+        let width = |l: &str| l.chars().count();
+        assert_eq!(width(lines[0]), width(lines[1]));
+        assert_eq!(width(lines[0]), width(lines[2]));
+    }
+}

@@ -1,0 +1,755 @@
+//! The bench's topology and the setups activated on it: namespaces, kernel
+//! routes, iptables chains, the agent and its pins, and the sysctls the bench
+//! changes. Each is a guard that undoes itself on drop.
+
+use std::{
+    cell::Cell,
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::IsTerminal as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::{Ctx, Hook, Setup};
+use crate::util::{self, ChildGuard, Cmd, Netns};
+
+/// The node name the agent serves, and the endpoints are on.
+const NODE: &str = "bench";
+/// The MAC every host-side workload interface gets, as in Calico.
+pub const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
+/// The IPv6 link-local address the kernel derives from `HOST_SIDE_MAC`.
+const HOST_SIDE_LINK_LOCAL: &str = "fe80::ecee:eeff:feee:eeee";
+/// Calico's fake next hop for IPv4 workloads.
+const GATEWAY_V4: &str = "169.254.1.1";
+pub const IPERF_PORT: u16 = 5201;
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One workload: its namespace and how it is wired to the host namespace.
+pub struct Workload {
+    pub name: &'static str,
+    pub netns: Netns,
+    pub host_if: String,
+    pub mac: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+/// The host namespace and the two workloads. Fields drop in declaration
+/// order: the workload namespaces, then the host namespace.
+pub struct Topology {
+    pub gen_wl: Workload,
+    pub sink: Workload,
+    pub host: Netns,
+    /// Whether our own kernel routes and neighbours (for the setups without
+    /// the agent) are in place.
+    kernel_routes: Cell<bool>,
+}
+
+impl Topology {
+    pub fn create(pid: u32) -> Result<Self> {
+        util::step("Creating the topology");
+        util::explain(format!(
+            "cbench-host-{pid} plays the node; cbench-gen-{pid} and cbench-sink-{pid} are the\n\
+             workloads, each wired to it by a veth pair created inside the namespaces\n\
+             (`cali…`, MAC {HOST_SIDE_MAC}, on the host side). Each workload routes via\n\
+             {GATEWAY_V4}, with a static neighbour entry for it: no ARP in any setup."
+        ));
+        let host = Netns::create(format!("cbench-host-{pid}"))?;
+        host.ip(["link", "set", "lo", "up"]).run()?;
+        host.exec("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"])
+            .run()?;
+        let gen_wl = Workload::create(&host, pid, "gen", 1)?;
+        let sink = Workload::create(&host, pid, "sink", 2)?;
+        Ok(Self {
+            gen_wl,
+            sink,
+            host,
+            kernel_routes: Cell::new(false),
+        })
+    }
+
+    pub fn workloads(&self) -> [&Workload; 2] {
+        [&self.gen_wl, &self.sink]
+    }
+
+    /// For the setups without the agent: what the agent would write, a
+    /// scope-link route and a permanent neighbour entry per workload.
+    pub fn install_kernel_routes(&self) -> Result<()> {
+        if self.kernel_routes.get() {
+            return Ok(());
+        }
+        util::info(
+            "kernel routes and neighbour entries for the workloads (no agent in this setup):",
+        );
+        for wl in self.workloads() {
+            let ip = wl.ipv4.to_string();
+            self.host
+                .ip(["route", "replace", &format!("{ip}/32"), "dev", &wl.host_if])
+                .args(["scope", "link", "proto", "static"])
+                .run()?;
+            self.host
+                .ip([
+                    "neigh",
+                    "replace",
+                    &ip,
+                    "lladdr",
+                    &wl.mac,
+                    "dev",
+                    &wl.host_if,
+                ])
+                .args(["nud", "permanent"])
+                .run()?;
+        }
+        self.kernel_routes.set(true);
+        Ok(())
+    }
+
+    /// Before the agent starts: it writes its own routes and neighbours.
+    pub fn remove_kernel_routes(&self) -> Result<()> {
+        if !self.kernel_routes.get() {
+            return Ok(());
+        }
+        util::info("removing our kernel routes and neighbour entries: the agent writes its own");
+        for wl in self.workloads() {
+            let ip = wl.ipv4.to_string();
+            self.host
+                .ip(["route", "del", &format!("{ip}/32"), "dev", &wl.host_if])
+                .args(["proto", "static"])
+                .run()?;
+            self.host
+                .ip(["neigh", "del", &ip, "dev", &wl.host_if])
+                .run()?;
+        }
+        self.kernel_routes.set(false);
+        Ok(())
+    }
+}
+
+impl Workload {
+    fn create(host: &Netns, pid: u32, name: &'static str, index: u8) -> Result<Self> {
+        let netns = Netns::create(format!("cbench-{name}-{pid}"))?;
+        let wl = Self {
+            name,
+            netns,
+            // Readable in the output; at most 15 characters.
+            host_if: format!("calibench{name}"),
+            mac: format!("ca:fe:00:00:00:{index:02x}"),
+            ipv4: Ipv4Addr::new(198, 18, 0, index),
+            ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(index)),
+        };
+        util::info(format!(
+            "{name}: {} (host side) <-> eth0 in {}, {} / {}",
+            wl.host_if,
+            wl.netns.name(),
+            wl.ipv4,
+            wl.ipv6
+        ));
+        // Created inside the host namespace, peer moved straight into the
+        // workload namespace: nothing ever appears in the root namespace.
+        host.ip(["link", "add", &wl.host_if, "address", HOST_SIDE_MAC])
+            .args(["type", "veth", "peer", "name", "eth0", "address", &wl.mac])
+            .args(["netns", wl.netns.name()])
+            .run()?;
+        host.ip(["link", "set", &wl.host_if, "up"]).run()?;
+        let ip = |args: &[&str]| wl.netns.ip(args).run();
+        ip(&["link", "set", "lo", "up"])?;
+        ip(&["link", "set", "eth0", "up"])?;
+        ip(&["addr", "add", &format!("{}/32", wl.ipv4), "dev", "eth0"])?;
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", wl.ipv6),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
+        ip(&["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
+        ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            HOST_SIDE_LINK_LOCAL,
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "neigh",
+            "replace",
+            GATEWAY_V4,
+            "lladdr",
+            HOST_SIDE_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        // For every setup, so they are comparable: XDP-redirected frames need
+        // NAPI on the receiving veth (GRO on), and lose the skb's pending
+        // checksum (so the sender fills in checksums itself: tx off).
+        // (Its "Actual changes" list goes nowhere: stdout is the results.)
+        wl.netns
+            .exec("ethtool")
+            .args(["-K", "eth0", "gro", "on", "tx", "off"])
+            .output()?;
+        Ok(wl)
+    }
+
+    /// The WorkloadEndpoint resource, in the format the tests use.
+    fn endpoint_yaml(&self) -> String {
+        format!(
+            "apiVersion: projectcalico.org/v3\n\
+             kind: WorkloadEndpoint\n\
+             metadata:\n  name: {NODE}-cni-{name}-eth0\n  namespace: bench\n  labels: {{app: {name}}}\n\
+             spec:\n  node: {NODE}\n  orchestrator: cni\n  workload: {name}\n  endpoint: eth0\n  \
+             interfaceName: {ifname}\n  mac: \"{mac}\"\n  ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n",
+            name = self.name,
+            ifname = self.host_if,
+            mac = self.mac,
+            v4 = self.ipv4,
+            v6 = self.ipv6,
+        )
+    }
+}
+
+/// Writes both WorkloadEndpoints into `dir`, the agent's datastore.
+pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut yaml = String::new();
+    for wl in topo.workloads() {
+        let _ = write!(yaml, "---\n{}", wl.endpoint_yaml());
+    }
+    let file = dir.join("workloadendpoints.yaml");
+    std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
+    util::info(format!(
+        "WorkloadEndpoints for gen and sink: {}",
+        file.display()
+    ));
+    Ok(())
+}
+
+pub fn mount_bpffs() -> Result<()> {
+    let mounted = Cmd::new("mountpoint")
+        .args(["-q", "/sys/fs/bpf"])
+        .status()?
+        .success();
+    if mounted {
+        Ok(())
+    } else {
+        Cmd::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .privileged()
+            .run()
+    }
+}
+
+/// Whether `path` exists, looked at as root (bpffs is not readable by others).
+fn exists_as_root(path: &Path) -> bool {
+    if util::is_root() {
+        path.exists()
+    } else {
+        Cmd::new("test")
+            .arg("-e")
+            .arg(path)
+            .privileged()
+            .quiet()
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sysctl, iperf3 server, pins
+// ---------------------------------------------------------------------------
+
+const BPF_STATS: &str = "kernel.bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled=1` for the bench; the old value back on drop.
+pub struct BpfStats {
+    old: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        let old = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .context("cannot read kernel.bpf_stats_enabled")?
+            .trim()
+            .to_owned();
+        util::info(format!(
+            "{BPF_STATS} is {old}; setting it to 1 for the bench (run_time_ns and run_cnt per \
+             program), restored at the end"
+        ));
+        if old != "1" {
+            Cmd::new("sysctl")
+                .args(["-qw", &format!("{BPF_STATS}=1")])
+                .privileged()
+                .run()?;
+        }
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if self.old == "1" {
+            return;
+        }
+        let restore = Cmd::new("sysctl").args(["-qw", &format!("{BPF_STATS}={}", self.old)]);
+        if let Err(err) = restore.privileged().cleanup().run() {
+            util::warn(format!("could not restore {BPF_STATS}: {err:#}"));
+        }
+    }
+}
+
+/// `iperf3 -s` in the sink namespace for the whole bench.
+pub struct IperfServer {
+    _child: ChildGuard,
+}
+
+impl IperfServer {
+    pub fn start(topo: &Topology) -> Result<Self> {
+        let sink = &topo.sink;
+        let child = sink
+            .netns
+            .exec("iperf3")
+            .args(["-s", "-B", &sink.ipv4.to_string()])
+            .args(["-p", &IPERF_PORT.to_string(), "-i", "0"])
+            .spawn_prefixed("[iperf3 -s]")?;
+        let mut child = ChildGuard::new("the iperf3 server", child, true);
+        let listening = sink
+            .netns
+            .exec("ss")
+            .args(["-Hltn", &format!("sport = :{IPERF_PORT}")])
+            .quiet();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("the iperf3 server exited ({status}); see its [iperf3 -s] lines");
+            }
+            if !listening.output()?.trim().is_empty() {
+                return Ok(Self { _child: child });
+            }
+            if Instant::now() >= deadline {
+                bail!("the iperf3 server is not listening after 10s");
+            }
+            util::sleep(Duration::from_millis(100))?;
+        }
+    }
+}
+
+/// `nsenter --net=NETNS PROGRAM` as root.
+fn nsenter(netns: &Path, program: &Path) -> Cmd {
+    Cmd::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg(program)
+        .privileged()
+}
+
+/// `calico-loader cleanup` in the host namespace, then `rm -rf` of the pins,
+/// on drop.
+pub struct PinGuard {
+    loader: PathBuf,
+    host_netns: PathBuf,
+    pin_path: PathBuf,
+}
+
+impl PinGuard {
+    pub fn new(loader: &Path, topo: &Topology, pin_path: &Path) -> Self {
+        Self {
+            loader: loader.to_owned(),
+            host_netns: topo.host.path(),
+            pin_path: pin_path.to_owned(),
+        }
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        cleanup_pins(&self.loader, &self.host_netns, &self.pin_path);
+    }
+}
+
+fn cleanup_pins(loader: &Path, host_netns: &Path, pin_path: &Path) {
+    let cleanup = nsenter(host_netns, loader)
+        .arg("cleanup")
+        .arg("--pin-path")
+        .arg(pin_path)
+        .cleanup();
+    if let Err(err) = cleanup.run() {
+        util::warn(format!("{err:#}; removing the pins by hand"));
+    }
+    let rm = Cmd::new("rm").arg("-rf").arg(pin_path);
+    if let Err(err) = rm.privileged().cleanup().run() {
+        util::warn(format!("{err:#}"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Setups
+// ---------------------------------------------------------------------------
+
+/// One of our programs, and the hooks (`<interface>/<hook>`) it is attached
+/// to.
+pub struct Program {
+    pub id: u64,
+    pub hooks: Vec<String>,
+}
+
+/// The active setup. `deactivate` (or drop) leaves the topology with plain
+/// Linux forwarding, without kernel routes for the agent setups.
+pub enum Active<'a> {
+    Linux,
+    Iptables(IptablesRules<'a>),
+    Agent(Agent),
+}
+
+impl<'a> Active<'a> {
+    pub fn activate(ctx: &Ctx<'a>, setup: Setup) -> Result<Self> {
+        match setup {
+            Setup::Linux => {
+                ctx.topo.install_kernel_routes()?;
+                Ok(Self::Linux)
+            }
+            Setup::Iptables(rules) => {
+                ctx.topo.install_kernel_routes()?;
+                Ok(Self::Iptables(IptablesRules::install(ctx, rules)?))
+            }
+            Setup::Ours(hook) => {
+                ctx.topo.remove_kernel_routes()?;
+                Ok(Self::Agent(Agent::start(ctx, hook)?))
+            }
+        }
+    }
+
+    pub fn deactivate(self, ctx: &Ctx<'_>) -> Result<()> {
+        match self {
+            Self::Linux => Ok(()),
+            Self::Iptables(rules) => rules.remove(),
+            Self::Agent(agent) => agent.stop(ctx),
+        }
+    }
+
+    pub fn is_agent(&self) -> bool {
+        matches!(self, Self::Agent(_))
+    }
+
+    /// Our programs attached to the workloads' interfaces (none without the
+    /// agent).
+    pub fn programs(&self, ctx: &Ctx<'_>) -> Result<Vec<Program>> {
+        if !self.is_agent() {
+            return Ok(Vec::new());
+        }
+        let endpoints = dump_json(ctx, "endpoints")?;
+        let Value::Array(endpoints) = endpoints else {
+            bail!("`dump endpoints -o json` did not print an array");
+        };
+        let mut by_id: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for endpoint in &endpoints {
+            let Some(iface) = endpoint["interface"].as_str() else {
+                continue;
+            };
+            if !ctx.topo.workloads().iter().any(|w| w.host_if == iface) {
+                continue;
+            }
+            for hook in endpoint["hooks"].as_array().into_iter().flatten() {
+                let Some(hook) = hook.as_str() else { continue };
+                // The agent pins each link as <pins>/links/<interface>/<hook>.
+                let pin = ctx.pin_path.join("links").join(iface).join(hook);
+                let link = Cmd::new("bpftool")
+                    .args(["link", "show", "pinned"])
+                    .arg(&pin)
+                    .arg("-j")
+                    .privileged()
+                    .output()?;
+                let link: Value = serde_json::from_str(&link).with_context(|| {
+                    format!("bpftool printed invalid JSON for {}", pin.display())
+                })?;
+                let id = link["prog_id"]
+                    .as_u64()
+                    .with_context(|| format!("no prog_id for the link {}", pin.display()))?;
+                by_id.entry(id).or_default().push(format!("{iface}/{hook}"));
+            }
+        }
+        if by_id.is_empty() {
+            bail!("found none of our programs through the agent's pinned links");
+        }
+        Ok(by_id
+            .into_iter()
+            .map(|(id, hooks)| Program { id, hooks })
+            .collect())
+    }
+}
+
+/// `calico-loader dump WHAT -o json --pin-path P` (as root; dump only opens
+/// the pins, so it runs in any namespace).
+pub fn dump_json(ctx: &Ctx<'_>, what: &str) -> Result<Value> {
+    let out = dump_cmd(ctx.loader, ctx.pin_path, what).output()?;
+    serde_json::from_str(&out)
+        .with_context(|| format!("`dump {what} -o json` printed invalid JSON"))
+}
+
+fn dump_cmd(loader: &Path, pin_path: &Path, what: &str) -> Cmd {
+    Cmd::new(loader)
+        .args(["dump", what, "-o", "json", "--pin-path"])
+        .arg(pin_path)
+        .privileged()
+}
+
+/// Calico-style iptables policy for the generator's endpoint, in the host
+/// namespace: `FORWARD -i <gen> -j cali-fw-<gen>`, a chain of rules that do
+/// not match the traffic, then ACCEPT.
+pub struct IptablesRules<'a> {
+    host: &'a Netns,
+    iface: String,
+    chain: String,
+    installed: bool,
+}
+
+impl<'a> IptablesRules<'a> {
+    fn install(ctx: &Ctx<'a>, rules: u32) -> Result<Self> {
+        let iface = ctx.topo.gen_wl.host_if.clone();
+        let chain = format!("cali-fw-{iface}");
+        let file = ctx.scratch.join(format!("iptables-{rules}.rules"));
+        std::fs::write(&file, iptables_rules(&iface, &chain, rules))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        util::info(format!(
+            "{rules} non-matching rules (`-s 198.19.x.y/32 -j DROP`) then ACCEPT in {chain}, \
+             jumped to from FORWARD for packets from {iface}; loaded with iptables-restore"
+        ));
+        let host = &ctx.topo.host;
+        let mut guard = Self {
+            host,
+            iface,
+            chain,
+            installed: false,
+        };
+        host.exec("iptables-restore")
+            .arg("--noflush")
+            .arg(&file)
+            .run()?;
+        guard.installed = true;
+        let count = host
+            .exec("iptables")
+            .args(["-S", &guard.chain])
+            .output()?
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .count();
+        if count != rules as usize + 1 {
+            bail!(
+                "{} has {count} rules after iptables-restore, expected {}",
+                guard.chain,
+                rules + 1
+            );
+        }
+        Ok(guard)
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.installed = false;
+        self.commands().iter().try_for_each(Cmd::run)
+    }
+
+    fn commands(&self) -> [Cmd; 3] {
+        let iptables = |args: &[&str]| self.host.exec("iptables").args(args);
+        [
+            iptables(&["-D", "FORWARD", "-i", &self.iface, "-j", &self.chain]),
+            iptables(&["-F", &self.chain]),
+            iptables(&["-X", &self.chain]),
+        ]
+    }
+}
+
+impl Drop for IptablesRules<'_> {
+    fn drop(&mut self) {
+        if !self.installed {
+            return;
+        }
+        for cmd in self.commands() {
+            if let Err(err) = cmd.cleanup().run() {
+                util::warn(format!("{err:#}"));
+            }
+        }
+    }
+}
+
+/// The iptables-restore input: the jump, `rules` misses, the final ACCEPT.
+fn iptables_rules(iface: &str, chain: &str, rules: u32) -> String {
+    let mut text = format!("*filter\n:{chain} - [0:0]\n-A FORWARD -i {iface} -j {chain}\n");
+    for i in 0..rules {
+        // 198.19.0.0/16: benchmarking space, never the workloads' addresses.
+        let _ = writeln!(
+            text,
+            "-A {chain} -s 198.19.{}.{}/32 -j DROP",
+            i / 256,
+            i % 256
+        );
+    }
+    let _ = writeln!(text, "-A {chain} -j ACCEPT\nCOMMIT");
+    text
+}
+
+/// Our agent in the host namespace.
+pub struct Agent {
+    child: ChildGuard,
+}
+
+impl Agent {
+    fn start(ctx: &Ctx<'_>, hook: Hook) -> Result<Self> {
+        let host_netns = ctx.topo.host.path();
+        let mut run = nsenter(&host_netns, ctx.loader);
+        if !std::io::stderr().is_terminal() {
+            // Its log lines end up in a file or pipe: no colour codes there.
+            run = run.env("NO_COLOR", "1");
+        }
+        let child = run
+            .arg("run")
+            .arg("--datastore")
+            .arg(ctx.datastore)
+            .args([
+                "--node",
+                NODE,
+                "--attach-mode",
+                hook.as_str(),
+                "--detach-on-exit",
+            ])
+            .arg("--pin-path")
+            .arg(ctx.pin_path)
+            .spawn_prefixed("[agent]")?;
+        let mut agent = Self {
+            child: ChildGuard::new(format!("the agent ({})", hook.as_str()), child, true),
+        };
+        agent.wait_for_attachment(ctx)?;
+        Ok(agent)
+    }
+
+    /// Polls `dump endpoints -o json` until both workloads are attached.
+    fn wait_for_attachment(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        let dump = dump_cmd(ctx.loader, ctx.pin_path, "endpoints");
+        util::info(format!(
+            "waiting up to {}s for gen and sink to be attached: polling `{}`",
+            ATTACH_TIMEOUT.as_secs(),
+            dump.display()
+        ));
+        let dump = dump.quiet();
+        let wanted: Vec<&str> = ctx.topo.workloads().map(|w| w.host_if.as_str()).to_vec();
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut last: String;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the agent exited early ({status}); see its [agent] lines above");
+            }
+            let output = dump.capture()?;
+            if output.status.success() {
+                match serde_json::from_slice::<Value>(&output.stdout) {
+                    Ok(Value::Array(endpoints)) => {
+                        let attached: Vec<&str> = endpoints
+                            .iter()
+                            .filter(|e| e["attached"].as_bool() == Some(true))
+                            .filter_map(|e| e["interface"].as_str())
+                            .collect();
+                        if wanted.iter().all(|w| attached.contains(w)) {
+                            util::info("gen and sink attached");
+                            return Ok(());
+                        }
+                        last = format!("attached: {attached:?}");
+                    }
+                    Ok(other) => last = format!("unexpected JSON (not an array): {other}"),
+                    Err(err) => last = format!("invalid JSON: {err}"),
+                }
+            } else {
+                last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent did not attach gen and sink within {}s (last: {last})",
+                    ATTACH_TIMEOUT.as_secs()
+                );
+            }
+            util::sleep(Duration::from_millis(200))?;
+        }
+    }
+
+    /// SIGTERM; the agent detaches (`--detach-on-exit`). Pins it leaves
+    /// behind are reported and removed, so the next setup starts clean.
+    fn stop(mut self, ctx: &Ctx<'_>) -> Result<()> {
+        match self.child.stop(Duration::from_secs(10)) {
+            Some(status) if status.success() => {}
+            Some(status) => util::warn(format!("the agent exited with {status} on SIGTERM")),
+            None => bail!("the agent did not stop"),
+        }
+        drop(self);
+        if exists_as_root(ctx.pin_path) {
+            util::warn(format!(
+                "the agent left {} behind despite --detach-on-exit; cleaning up",
+                ctx.pin_path.display()
+            ));
+            cleanup_pins(ctx.loader, &ctx.topo.host.path(), ctx.pin_path);
+        }
+        Ok(())
+    }
+}
+
+/// Double-checks that the teardown left none of our namespaces or pins.
+pub fn check_nothing_left(pid: u32) {
+    let suffix = format!("-{pid}");
+    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("cbench-") && name.ends_with(&suffix))
+        .collect();
+    if !leftovers.is_empty() {
+        util::warn(format!(
+            "namespaces left behind: {} (remove with `ip netns del NAME`)",
+            leftovers.join(" ")
+        ));
+    }
+    let pins = PathBuf::from(format!("/sys/fs/bpf/calico-bench-{pid}"));
+    if exists_as_root(&pins) {
+        util::warn(format!("pins left behind: rm -rf {}", pins.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iptables_rules_jump_miss_then_accept() {
+        let text = iptables_rules("calibenchgen", "cali-fw-calibenchgen", 300);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "*filter");
+        assert_eq!(lines[1], ":cali-fw-calibenchgen - [0:0]");
+        assert_eq!(
+            lines[2],
+            "-A FORWARD -i calibenchgen -j cali-fw-calibenchgen"
+        );
+        assert_eq!(lines[3], "-A cali-fw-calibenchgen -s 198.19.0.0/32 -j DROP");
+        assert_eq!(
+            lines[3 + 299],
+            "-A cali-fw-calibenchgen -s 198.19.1.43/32 -j DROP"
+        );
+        assert_eq!(lines[lines.len() - 2], "-A cali-fw-calibenchgen -j ACCEPT");
+        assert_eq!(lines[lines.len() - 1], "COMMIT");
+        assert_eq!(lines.len(), 3 + 300 + 2);
+    }
+
+    #[test]
+    fn iptables_chain_names_fit() {
+        // iptables chain names are at most 28 characters.
+        let iface = format!("calibench{}", "sink");
+        assert!(iface.len() <= 15);
+        assert!(format!("cali-fw-{iface}").len() <= 28);
+    }
+}
