@@ -240,3 +240,22 @@ fn traffic_survives_an_agent_restart() {
     // The first guard's cleanup is now a no-op.
     drop(agent);
 }
+
+#[test]
+fn routes_the_host_already_had_are_left_alone() {
+    let topology = Topology::new(2);
+    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+    // The CNI plugin made wl1's route before the agent started.
+    topology.host.exec(&["ip", "route", "add", &format!("{}/32", wl1.v4), "dev", &wl1.host_ifname, "scope", "link"]);
+    let datastore = Datastore::new();
+    let mut agent = start(&topology, &datastore, &["--detach-on-exit"]);
+    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+    let ours = String::from_utf8_lossy(&topology.host.exec(&["ip", "route", "show", "proto", "81"]).stdout).into_owned();
+    assert!(ours.contains(&wl2.v4.to_string()), "the agent made wl2's route: {ours}");
+    assert!(!ours.contains(&wl1.v4.to_string()), "the agent did not take over wl1's route: {ours}");
+
+    agent.stop();
+    let routes = String::from_utf8_lossy(&topology.host.exec(&["ip", "route", "show"]).stdout).into_owned();
+    assert!(routes.contains(&wl1.v4.to_string()), "the CNI plugin's route survived the agent: {routes}");
+    assert!(!routes.contains(&wl2.v4.to_string()), "the agent removed its own route on exit: {routes}");
+}

@@ -233,13 +233,19 @@ impl Dataplane {
                 }
             }
         }
-        let existing: BTreeSet<KernelRoute> = self.netlink.our_routes().await?.into_iter().collect();
-        for route in existing.difference(&routes) {
+        // A route the host already has to the right interface (one the CNI plugin made, say) is
+        // left as it is and never removed; a route of ours that is no longer wanted goes; a
+        // missing one, or one pointing elsewhere, is (re)placed as ours.
+        let kernel = self.netlink.routes().await?;
+        let present: BTreeSet<KernelRoute> = kernel.iter().map(|(r, _)| *r).collect();
+        let ours: BTreeSet<KernelRoute> =
+            kernel.iter().filter(|(_, ours)| *ours).map(|(r, _)| *r).collect();
+        for route in ours.difference(&routes) {
             if let Err(e) = self.netlink.del_route(*route).await {
                 report.errors.push(e.to_string());
             }
         }
-        for route in routes.difference(&existing) {
+        for route in routes.difference(&present) {
             if let Err(e) = self.netlink.add_route(*route).await {
                 report.errors.push(e.to_string());
             }

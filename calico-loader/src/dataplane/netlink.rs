@@ -96,6 +96,11 @@ impl Netlink {
 
     /// The routes of ours that the kernel holds.
     pub async fn our_routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+        Ok(self.routes().await?.into_iter().filter(|(_, ours)| *ours).map(|(r, _)| r).collect())
+    }
+
+    /// Every interface route of the main table, and whether it is one of ours.
+    pub async fn routes(&self) -> Result<Vec<(KernelRoute, bool)>, NetlinkError> {
         let mut routes = Vec::new();
         for version in [IpVersion::V4, IpVersion::V6] {
             let message = match version {
@@ -104,9 +109,7 @@ impl Netlink {
             };
             let mut stream = self.handle.route().get(message).execute();
             while let Some(route) = stream.try_next().await.map_err(request("listing routes"))? {
-                if route.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
-                    continue;
-                }
+                let ours = route.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL);
                 let prefix_len = route.header.destination_prefix_length;
                 let mut destination = None;
                 let mut ifindex = None;
@@ -125,7 +128,7 @@ impl Netlink {
                 if let (Some(addr), Some(ifindex)) = (destination, ifindex)
                     && let Ok(net) = IpNet::new(addr, prefix_len)
                 {
-                    routes.push(KernelRoute { net, ifindex });
+                    routes.push((KernelRoute { net, ifindex }, ours));
                 }
             }
         }
