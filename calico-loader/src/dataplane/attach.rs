@@ -240,16 +240,21 @@ fn remove_pin(path: &Path) -> Result<(), AttachError> {
     }
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, AttachError> {
+/// The program called `name`, as the program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, AttachError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(AttachError::MissingProgram(name))?
         .try_into()
         .map_err(|source| AttachError::Program { name, source })
 }
 
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, AttachError> {
+    program(ebpf, name)
+}
+
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, AttachError> {
-    ebpf.program_mut(name)
-        .ok_or(AttachError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| AttachError::Program { name, source })
+    program(ebpf, name)
 }

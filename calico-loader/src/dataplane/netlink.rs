@@ -137,13 +137,7 @@ impl Netlink {
 
     /// Adds (or replaces) a scope-link route to a workload.
     pub async fn add_route(&self, route: KernelRoute) -> Result<(), NetlinkError> {
-        let message = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(route.net.addr(), route.net.prefix_len())
-            .map_err(|e| NetlinkError::InvalidRoute { net: route.net, reason: e.to_string() })?
-            .output_interface(route.ifindex)
-            .scope(RouteScope::Link)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
+        let message = route_message(route)?;
         self.handle
             .route()
             .add(message)
@@ -155,13 +149,7 @@ impl Netlink {
 
     /// Removes one of our routes.
     pub async fn del_route(&self, route: KernelRoute) -> Result<(), NetlinkError> {
-        let message = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(route.net.addr(), route.net.prefix_len())
-            .map_err(|e| NetlinkError::InvalidRoute { net: route.net, reason: e.to_string() })?
-            .output_interface(route.ifindex)
-            .scope(RouteScope::Link)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
+        let message = route_message(route)?;
         match self.handle.route().del(message).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -208,6 +196,17 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// The message for one of our scope-link workload routes.
+fn route_message(route: KernelRoute) -> Result<rtnetlink::packet_route::route::RouteMessage, NetlinkError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.net.addr(), route.net.prefix_len())
+        .map_err(|e| NetlinkError::InvalidRoute { net: route.net, reason: e.to_string() })?
+        .output_interface(route.ifindex)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .build())
 }
 
 fn is_not_found(error: &rtnetlink::Error) -> bool {
