@@ -23,7 +23,6 @@ mod topology;
 
 use std::{
     fmt::{self, Write as _},
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -32,12 +31,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     setup,
+    topology::{self as shared, AttachMode, NetnsPair, PinGuard},
     util::{self, Cmd, TempDir},
 };
 
 use self::{
     measure::{PpsResult, RrResult, TcpResult},
-    topology::{Active, IperfServer, PinGuard, Topology},
+    topology::{Active, IperfServer, Topology},
 };
 
 /// iptables rule counts measured by a full run, and by `--quick`.
@@ -83,12 +83,8 @@ impl BenchArgs {
 /// root (entering a namespace needs root).
 #[derive(clap::Args, Debug)]
 pub struct RrArgs {
-    #[arg(long)]
-    pub server_netns: String,
-    #[arg(long)]
-    pub client_netns: String,
-    #[arg(long)]
-    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub pair: NetnsPair,
     #[arg(long)]
     pub millis: u64,
     #[arg(long)]
@@ -97,31 +93,9 @@ pub struct RrArgs {
 
 /// Prints the request/response result as JSON on stdout.
 pub fn rr(args: &RrArgs) -> Result<()> {
-    let result = measure::ping_pong(
-        &args.server_netns,
-        &args.client_netns,
-        args.addr,
-        Duration::from_millis(args.millis),
-        args.cpu,
-    )?;
+    let result = measure::ping_pong(&args.pair, Duration::from_millis(args.millis), args.cpu)?;
     println!("{}", serde_json::to_string(&result.to_json())?);
     Ok(())
-}
-
-/// The from-workload hook our agent attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Tc,
-    Xdp,
-}
-
-impl Hook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tc => "tc",
-            Self::Xdp => "xdp",
-        }
-    }
 }
 
 /// One way of forwarding between the workloads; exactly one is active at a
@@ -134,7 +108,7 @@ pub enum Setup {
     /// non-matching rules, then ACCEPT.
     Iptables(u32),
     /// (d) Our agent, programs on this hook, no rules.
-    Ours(Hook),
+    Ours(AttachMode),
 }
 
 impl fmt::Display for Setup {
@@ -184,7 +158,7 @@ impl Plan {
         };
         let mut setups = vec![Setup::Linux];
         setups.extend(rule_counts.iter().map(|&n| Setup::Iptables(n)));
-        setups.extend([Setup::Ours(Hook::Tc), Setup::Ours(Hook::Xdp)]);
+        setups.extend([Setup::Ours(AttachMode::Tc), Setup::Ours(AttachMode::Xdp)]);
 
         let cpus = std::thread::available_parallelism()
             .context("cannot count the CPUs")?
@@ -305,7 +279,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
     let pid = std::process::id();
     let outcome = run(&plan, &loader, pid);
-    topology::check_nothing_left(pid);
+    let pins = shared::pin_path("bench", pid);
+    shared::check_nothing_left("cbench-", pid, Some(&pins));
     let results = outcome?;
 
     let summary = report::summarise(&plan, &results);
@@ -323,7 +298,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 /// reverse order of creation).
 fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<Vec<RoundResult>> {
     util::step("Preparing");
-    topology::mount_bpffs()?;
+    util::mount_bpffs()?;
     let scratch = TempDir::create(std::env::temp_dir().join(format!("calico-bench-{pid}")))?;
     let _bpf_stats = topology::BpfStats::enable()?;
     let topo = Topology::create(pid)?;
@@ -331,8 +306,8 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<Vec<RoundResult>> {
     topology::write_datastore(&topo, &datastore)?;
     let trafgen_config = measure::write_trafgen_config(scratch.path(), &topo, plan.generator_cpu)?;
     let _iperf = IperfServer::start(&topo)?;
-    let pin_path = PathBuf::from(format!("/sys/fs/bpf/calico-bench-{pid}"));
-    let _pins = PinGuard::new(loader, &topo, &pin_path);
+    let pin_path = shared::pin_path("bench", pid);
+    let _pins = PinGuard::new(loader, &topo.host.path(), &pin_path);
 
     let ctx = Ctx {
         plan,
@@ -423,8 +398,8 @@ mod tests {
     fn setups_are_named_as_in_the_docs() {
         assert_eq!(Setup::Linux.to_string(), "linux");
         assert_eq!(Setup::Iptables(1000).to_string(), "iptables-1000");
-        assert_eq!(Setup::Ours(Hook::Tc).to_string(), "ours-tc");
-        assert_eq!(Setup::Ours(Hook::Xdp).to_string(), "ours-xdp");
+        assert_eq!(Setup::Ours(AttachMode::Tc).to_string(), "ours-tc");
+        assert_eq!(Setup::Ours(AttachMode::Xdp).to_string(), "ours-xdp");
     }
 
     #[test]
@@ -438,8 +413,8 @@ mod tests {
                 Setup::Linux,
                 Setup::Iptables(0),
                 Setup::Iptables(1000),
-                Setup::Ours(Hook::Tc),
-                Setup::Ours(Hook::Xdp)
+                Setup::Ours(AttachMode::Tc),
+                Setup::Ours(AttachMode::Xdp)
             ]
         );
         assert!(plan.duration <= Duration::from_secs(2));

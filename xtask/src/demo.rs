@@ -9,52 +9,29 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
-    fs::File,
-    io::{BufRead, BufReader, IsTerminal as _, Write},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    ops::ControlFlow,
     path::{Path, PathBuf},
     sync::mpsc,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub use crate::topology::AttachMode;
 use crate::{
     build, setup,
+    topology::{
+        self, GATEWAY_V4, HOST_SIDE_LINK_LOCAL, HOST_SIDE_MAC, NetnsPair, PinGuard, Workload,
+    },
     util::{self, ChildGuard, Cmd, Netns, TempDir},
 };
 
 const NODE: &str = "demo-node";
 const WORKLOADS: u8 = 3;
-/// The MAC every host-side workload interface gets, as in Calico.
-const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
-/// The IPv6 link-local address the kernel derives from `HOST_SIDE_MAC`.
-const HOST_SIDE_LINK_LOCAL: &str = "fe80::ecee:eeff:feee:eeee";
-/// Calico's fake next hop for IPv4 workloads.
-const GATEWAY_V4: &str = "169.254.1.1";
 const TCP_PORT: u16 = 7777;
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// TC (clsact) programs on the host-side interfaces.
-    Tc,
-    /// XDP programs on the host-side interfaces.
-    Xdp,
-}
-
-impl AttachMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Tc => "tc",
-            Self::Xdp => "xdp",
-        }
-    }
-}
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -66,59 +43,10 @@ pub struct DemoArgs {
 /// Internal: the demo's TCP exchange, run through sudo when not root.
 #[derive(clap::Args, Debug)]
 pub struct TcpEchoArgs {
-    #[arg(long)]
-    pub server_netns: String,
-    #[arg(long)]
-    pub client_netns: String,
-    #[arg(long)]
-    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub pair: NetnsPair,
     #[arg(long)]
     pub message: String,
-}
-
-/// One workload: its namespace and how it is wired to the host namespace.
-struct Workload {
-    index: u8,
-    netns: Netns,
-    host_if: String,
-    mac: String,
-    ipv4: Ipv4Addr,
-    ipv6: Ipv6Addr,
-}
-
-impl Workload {
-    fn name(&self) -> String {
-        format!("wl{}", self.index)
-    }
-
-    fn endpoint_name(&self) -> String {
-        format!("{NODE}-cni-{}-eth0", self.name())
-    }
-}
-
-/// Removes the agent's pins: `calico-loader cleanup` (inside the host
-/// namespace, where the interfaces are), then `rm -rf` as a fallback.
-struct PinGuard {
-    loader: PathBuf,
-    host_netns: PathBuf,
-    pin_path: PathBuf,
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let cleanup = nsenter(&self.host_netns, &self.loader)
-            .arg("cleanup")
-            .arg("--pin-path")
-            .arg(&self.pin_path)
-            .cleanup();
-        if let Err(err) = cleanup.run() {
-            util::warn(format!("{err:#}; removing the pins by hand"));
-        }
-        let rm = Cmd::new("rm").arg("-rf").arg(&self.pin_path);
-        if let Err(err) = rm.privileged().cleanup().run() {
-            util::warn(format!("{err:#}"));
-        }
-    }
 }
 
 /// Everything the demo created. Fields drop in declaration order, which is
@@ -173,7 +101,9 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         util::warn(format!("the demo failed: {err:#}"));
     }
     drop(demo);
-    check_nothing_left(pid);
+    let pins = topology::pin_path("demo", pid);
+    // Not root: bpffs is not readable, so the pins are not looked at.
+    topology::check_nothing_left("cdemo-", pid, util::is_root().then_some(pins.as_path()));
     if result.is_ok() {
         util::step("Done: the demo's namespaces, pins and files are gone");
     }
@@ -187,7 +117,7 @@ fn run(demo: &mut Demo, loader: &Path, pid: u32, mode: AttachMode) -> Result<()>
     let agent = AgentCli {
         loader: loader.to_owned(),
         host_netns: demo.host.as_ref().expect("host created").path(),
-        pin_path: PathBuf::from(format!("/sys/fs/bpf/calico-demo-{pid}")),
+        pin_path: topology::pin_path("demo", pid),
     };
     start_agent(demo, &agent, &datastore, mode)?;
 
@@ -200,23 +130,11 @@ fn run(demo: &mut Demo, loader: &Path, pid: u32, mode: AttachMode) -> Result<()>
          (and MAC) to redirect to.",
     );
     agent.dump("routes").run()?;
-    util::step("Counters before any traffic");
-    agent.dump("counters").run()?;
-    let before = agent
-        .dump("counters")
-        .args(["-o", "json"])
-        .quiet()
-        .output()?;
+    let before = agent.counters("Counters before any traffic")?;
 
     traffic(&demo.workloads)?;
 
-    util::step("Counters after the traffic");
-    agent.dump("counters").run()?;
-    let after = agent
-        .dump("counters")
-        .args(["-o", "json"])
-        .quiet()
-        .output()?;
+    let after = agent.counters("Counters after the traffic")?;
     report_counter_difference(&before, &after)
 }
 
@@ -230,7 +148,7 @@ struct AgentCli {
 impl AgentCli {
     /// `calico-loader` inside the host namespace, as root.
     fn loader(&self) -> Cmd {
-        nsenter(&self.host_netns, &self.loader)
+        util::nsenter(&self.host_netns, &self.loader)
     }
 
     /// `calico-loader dump WHAT --pin-path P`.
@@ -239,24 +157,22 @@ impl AgentCli {
             .args(["dump", what, "--pin-path"])
             .arg(&self.pin_path)
     }
+
+    /// Shows the counters under a step header; returns them as JSON.
+    fn counters(&self, title: &str) -> Result<String> {
+        util::step(title);
+        self.dump("counters").run()?;
+        self.dump("counters").args(["-o", "json"]).quiet().output()
+    }
 }
 
 fn mount_bpffs() -> Result<()> {
     util::step("bpffs");
     util::explain("The agent pins its maps and programs in the BPF filesystem.");
-    let mounted = Cmd::new("mountpoint")
-        .args(["-q", "/sys/fs/bpf"])
-        .status()?
-        .success();
-    if mounted {
+    if util::mount_bpffs()? {
         util::info("/sys/fs/bpf is mounted");
-        Ok(())
-    } else {
-        Cmd::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .privileged()
-            .run()
     }
+    Ok(())
 }
 
 fn create_topology(demo: &mut Demo, pid: u32, mode: AttachMode) -> Result<()> {
@@ -279,7 +195,7 @@ fn create_topology(demo: &mut Demo, pid: u32, mode: AttachMode) -> Result<()> {
     for index in 1..=WORKLOADS {
         let netns = Netns::create(format!("cdemo-wl{index}-{pid}"))?;
         let workload = Workload {
-            index,
+            name: format!("wl{index}"),
             host_if: host_interface_name(&format!("demo{index}")),
             mac: format!("ca:fe:00:00:00:{index:02x}"),
             ipv4: Ipv4Addr::new(198, 18, 0, 10 + index),
@@ -300,7 +216,11 @@ fn write_datastore(demo: &mut Demo, pid: u32) -> Result<PathBuf> {
     let datastore = demo.datastore.insert(TempDir::create(
         std::env::temp_dir().join(format!("calico-demo-{pid}")),
     )?);
-    let yaml = workload_endpoints_yaml(&demo.workloads);
+    let yaml: String = demo
+        .workloads
+        .iter()
+        .map(|wl| wl.endpoint_yaml(NODE, "demo", "demo"))
+        .collect();
     let file = datastore.path().join("workloadendpoints.yaml");
     std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
     util::explain(format!(
@@ -326,32 +246,41 @@ fn start_agent(
          bpffs; its pins go to {}. Its log lines are prefixed [agent].",
         agent.pin_path.display()
     ));
-    demo.pins = Some(PinGuard {
-        loader: agent.loader.clone(),
-        host_netns: agent.host_netns.clone(),
-        pin_path: agent.pin_path.clone(),
-    });
-    let mut run = agent.loader();
-    if !std::io::stderr().is_terminal() {
-        // Its log lines end up in a file or pipe: no colour codes there.
-        run = run.env("NO_COLOR", "1");
-    }
-    let child = run
-        .arg("run")
-        .arg("--datastore")
-        .arg(datastore)
-        .args([
-            "--node",
-            NODE,
-            "--attach-mode",
-            mode.as_str(),
-            "--detach-on-exit",
-        ])
-        .arg("--pin-path")
-        .arg(&agent.pin_path)
-        .spawn_prefixed("[agent]")?;
+    demo.pins = Some(PinGuard::new(
+        &agent.loader,
+        &agent.host_netns,
+        &agent.pin_path,
+    ));
+    let child = topology::spawn_agent(
+        &agent.loader,
+        &agent.host_netns,
+        datastore,
+        NODE,
+        mode,
+        &agent.pin_path,
+    )?;
     let guard = demo.agent.insert(ChildGuard::new("the agent", child, true));
-    wait_for_attachment(guard, agent)
+    topology::wait_for_attachment(
+        guard,
+        agent.dump("endpoints").args(["-o", "json"]),
+        &format!("{WORKLOADS} attached endpoints"),
+        &format!("to {WORKLOADS} endpoints"),
+        Duration::from_millis(500),
+        |endpoints| {
+            let attached = endpoints
+                .iter()
+                .filter(|e| e["attached"].as_bool() == Some(true))
+                .count();
+            if attached >= usize::from(WORKLOADS) {
+                ControlFlow::Break(format!("{attached} endpoints attached"))
+            } else {
+                ControlFlow::Continue(format!(
+                    "{} endpoints known, {attached} attached",
+                    endpoints.len()
+                ))
+            }
+        },
+    )
 }
 
 fn traffic(workloads: &[Workload]) -> Result<()> {
@@ -368,33 +297,22 @@ fn traffic(workloads: &[Workload]) -> Result<()> {
         wl3.ipv4
     ));
     let tcp = TcpEchoArgs {
-        server_netns: wl3.netns.name().to_owned(),
-        client_netns: wl1.netns.name().to_owned(),
-        addr: SocketAddr::new(wl3.ipv4.into(), TCP_PORT),
-        message: format!("hello {} from {}", wl3.name(), wl1.name()),
+        pair: NetnsPair {
+            server_netns: wl3.netns.name().to_owned(),
+            client_netns: wl1.netns.name().to_owned(),
+            addr: SocketAddr::new(wl3.ipv4.into(), TCP_PORT),
+        },
+        message: format!("hello {} from {}", wl3.name, wl1.name),
     };
     if util::is_root() {
         tcp_echo(&tcp)
     } else {
         // Entering a namespace needs root: run this same exchange via sudo.
-        let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-        Cmd::new(exe)
-            .arg("tcp-echo")
-            .args(["--server-netns", &tcp.server_netns])
-            .args(["--client-netns", &tcp.client_netns])
-            .args(["--addr", &tcp.addr.to_string()])
+        tcp.pair
+            .xtask_as_root("tcp-echo")?
             .args(["--message", &tcp.message])
-            .privileged()
             .run()
     }
-}
-
-/// `nsenter --net=NETNS PROGRAM` as root.
-fn nsenter(netns: &Path, program: &Path) -> Cmd {
-    Cmd::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .arg(program)
-        .privileged()
 }
 
 /// `cali` + 11 hex characters, like Calico's names (15 characters at most).
@@ -411,140 +329,11 @@ fn host_interface_name(seed: &str) -> String {
 }
 
 fn wire_workload(host: &Netns, wl: &Workload, mode: AttachMode) -> Result<()> {
-    let wl_ns = wl.netns.name();
-    util::info(format!(
-        "{}: {} (host side) <-> eth0 in {wl_ns}, {} / {}",
-        wl.name(),
-        wl.host_if,
-        wl.ipv4,
-        wl.ipv6
-    ));
-    // Created inside the host namespace, peer moved straight into the
-    // workload namespace: nothing ever appears in the root namespace.
-    host.ip([
-        "link",
-        "add",
-        &wl.host_if,
-        "address",
-        HOST_SIDE_MAC,
-        "type",
-        "veth",
-    ])
-    .args(["peer", "name", "eth0", "address", &wl.mac, "netns", wl_ns])
-    .run()?;
-    host.ip(["link", "set", &wl.host_if, "up"]).run()?;
-    let ip = |args: &[&str]| wl.netns.ip(args).run();
-    ip(&["link", "set", "lo", "up"])?;
-    ip(&["link", "set", "eth0", "up"])?;
-    ip(&["addr", "add", &format!("{}/32", wl.ipv4), "dev", "eth0"])?;
-    ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{}/128", wl.ipv6),
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
-    ip(&["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
-    ip(&["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
-    ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        HOST_SIDE_LINK_LOCAL,
-        "dev",
-        "eth0",
-    ])?;
+    wl.wire(host)?;
     if mode == AttachMode::Xdp {
-        // Frames XDP-redirected into a veth are only received when the
-        // peer has NAPI, which GRO turns on; and a redirected frame loses
-        // the skb's pending-checksum state, so the workload must fill in
-        // its checksums itself (transmit checksum offload off).
-        wl.netns
-            .exec("ethtool")
-            .args(["-K", "eth0", "gro", "on", "tx", "off"])
-            .run()?;
+        wl.ethtool_for_xdp().run()?;
     }
     Ok(())
-}
-
-fn workload_endpoints_yaml(workloads: &[Workload]) -> String {
-    let mut yaml = String::new();
-    for wl in workloads {
-        let _ = write!(
-            yaml,
-            "---\n\
-             apiVersion: projectcalico.org/v3\n\
-             kind: WorkloadEndpoint\n\
-             metadata:\n  \
-               name: {name}\n  \
-               namespace: demo\n  \
-               labels: {{app: demo}}\n\
-             spec:\n  \
-               node: {NODE}\n  \
-               orchestrator: cni\n  \
-               workload: {workload}\n  \
-               endpoint: eth0\n  \
-               interfaceName: {iface}\n  \
-               mac: \"{mac}\"\n  \
-               ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n",
-            name = wl.endpoint_name(),
-            workload = wl.name(),
-            iface = wl.host_if,
-            mac = wl.mac,
-            v4 = wl.ipv4,
-            v6 = wl.ipv6,
-        );
-    }
-    yaml
-}
-
-/// Polls `dump endpoints -o json` until the three endpoints are attached.
-fn wait_for_attachment(guard: &mut ChildGuard, agent: &AgentCli) -> Result<()> {
-    let dump = agent.dump("endpoints").args(["-o", "json"]);
-    util::info(format!(
-        "waiting up to {}s for {WORKLOADS} attached endpoints: polling `{}`",
-        ATTACH_TIMEOUT.as_secs(),
-        dump.display()
-    ));
-    let dump = dump.quiet();
-    let deadline = Instant::now() + ATTACH_TIMEOUT;
-    let mut last: String;
-    loop {
-        if let Some(status) = guard.try_wait()? {
-            bail!("the agent exited early ({status}); see its [agent] lines above");
-        }
-        let output = dump.capture()?;
-        if output.status.success() {
-            match serde_json::from_slice::<Value>(&output.stdout) {
-                Ok(Value::Array(endpoints)) => {
-                    let attached = endpoints
-                        .iter()
-                        .filter(|e| e["attached"].as_bool() == Some(true))
-                        .count();
-                    if attached >= usize::from(WORKLOADS) {
-                        util::info(format!("{attached} endpoints attached"));
-                        return Ok(());
-                    }
-                    last = format!("{} endpoints known, {attached} attached", endpoints.len());
-                }
-                Ok(other) => last = format!("unexpected JSON (not an array): {other}"),
-                Err(err) => last = format!("invalid JSON: {err}"),
-            }
-        } else {
-            last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the agent did not attach to {WORKLOADS} endpoints within {}s (last: {last})",
-                ATTACH_TIMEOUT.as_secs()
-            );
-        }
-        util::sleep(Duration::from_millis(500))?;
-    }
 }
 
 fn ping(from: &Workload, to: &str, ipv6: bool) -> Result<()> {
@@ -555,59 +344,17 @@ fn ping(from: &Workload, to: &str, ipv6: bool) -> Result<()> {
     }
     cmd.args(["-c", "3", "-i", "0.2", "-W", "2", to])
         .run()
-        .with_context(|| format!("{} could not reach {to}", from.name()))
-}
-
-/// Runs `f` on a new thread that has entered network namespace `netns`:
-/// sockets it creates live in that namespace.
-fn spawn_in_netns<T, F>(netns: &str, f: F) -> thread::JoinHandle<Result<T>>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
-{
-    let path = util::netns_path(netns);
-    thread::spawn(move || {
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: setns on a valid namespace fd; it only affects this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot enter {}", path.display()));
-        }
-        f()
-    })
-}
-
-fn join<T>(handle: thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
-    handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))?
+        .with_context(|| format!("{} could not reach {to}", from.name))
 }
 
 /// A TCP echo: server thread in one namespace, client thread in another.
 pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
     const TIMEOUT: Duration = Duration::from_secs(5);
-    let addr = args.addr;
+    let addr = args.pair.addr;
     let (ready_tx, ready_rx) = mpsc::channel();
 
-    let server = spawn_in_netns(&args.server_netns, move || -> Result<()> {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("server: cannot bind {addr}"))?;
-        listener.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + TIMEOUT;
-        let (stream, peer) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        bail!("server: no connection within {TIMEOUT:?}");
-                    }
-                    util::sleep(Duration::from_millis(20))?;
-                }
-                Err(e) => return Err(e).context("server: accept failed"),
-            }
-        };
-        stream.set_nonblocking(false)?;
+    let server = util::spawn_in_netns(&args.pair.server_netns, move || -> Result<()> {
+        let (stream, peer) = util::accept_one(addr, &ready_tx, TIMEOUT, Duration::from_millis(20))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         let mut line = String::new();
         BufReader::new(&stream)
@@ -623,12 +370,12 @@ pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
         Ok(())
     });
     if ready_rx.recv_timeout(TIMEOUT).is_err() {
-        join(server, "server")?;
+        util::join(server, "server")?;
         bail!("the server did not start");
     }
 
     let message = args.message.clone();
-    let client = spawn_in_netns(&args.client_netns, move || -> Result<String> {
+    let client = util::spawn_in_netns(&args.pair.client_netns, move || -> Result<String> {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .with_context(|| format!("client: cannot connect to {addr}"))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
@@ -645,8 +392,8 @@ pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
             .context("client: reading the echo")?;
         Ok(reply.trim_end().to_owned())
     });
-    let client_result = join(client, "client");
-    let server_result = join(server, "server");
+    let client_result = util::join(client, "client");
+    let server_result = util::join(server, "server");
     let reply = client_result?;
     server_result?;
     eprintln!("    client got back: {reply:?}");
@@ -704,28 +451,6 @@ fn forwarded_packets(json: &str) -> Result<BTreeMap<String, u64>> {
         *map.entry(name).or_default() += entry["forwarded_packets"].as_u64().unwrap_or(0);
     }
     Ok(map)
-}
-
-/// Double-checks that the teardown left none of our namespaces or pins.
-fn check_nothing_left(pid: u32) {
-    let suffix = format!("-{pid}");
-    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("cdemo-") && name.ends_with(&suffix))
-        .collect();
-    if !leftovers.is_empty() {
-        util::warn(format!(
-            "namespaces left behind: {} (remove with `ip netns del NAME`)",
-            leftovers.join(" ")
-        ));
-    }
-    let pins = PathBuf::from(format!("/sys/fs/bpf/calico-demo-{pid}"));
-    if util::is_root() && pins.exists() {
-        util::warn(format!("pins left behind: rm -rf {}", pins.display()));
-    }
 }
 
 #[cfg(test)]

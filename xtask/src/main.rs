@@ -1,7 +1,8 @@
 //! Developer tasks for calico-ebpf, run as `cargo xtask <command>`.
 //!
 //! Every subcommand lives in its own module; `util` holds the shared command
-//! runner (which echoes each command before running it) and RAII guards.
+//! runner (which echoes each command before running it) and RAII guards, and
+//! `topology` what `demo` and `bench` both build (workloads, the agent, pins).
 
 mod bench;
 mod build;
@@ -9,6 +10,7 @@ mod demo;
 mod run;
 mod setup;
 mod test;
+mod topology;
 mod util;
 
 use std::process::ExitCode;

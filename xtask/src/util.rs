@@ -1,14 +1,21 @@
 //! Shared helpers: echoed command execution, privilege handling, paths,
-//! Ctrl-C handling and RAII guards for throwaway resources.
+//! Ctrl-C handling, network namespaces (entering them, from a command or a
+//! thread), bpffs, and RAII guards for throwaway resources.
 
 use std::{
     env,
     ffi::{OsStr, OsString},
     fmt::Display,
+    fs::File,
     io::{self, BufRead, BufReader, IsTerminal, Read},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -190,6 +197,21 @@ pub fn ensure_can_become_root(what: &str) -> Result<()> {
         bail!("{hint} (sudo refused)");
     }
     Ok(())
+}
+
+/// Whether `path` exists, looked at as root (bpffs is not readable by others).
+pub fn exists_as_root(path: &Path) -> bool {
+    if is_root() {
+        path.exists()
+    } else {
+        Cmd::new("test")
+            .arg("-e")
+            .arg(path)
+            .privileged()
+            .quiet()
+            .status()
+            .is_ok_and(|s| s.success())
+    }
 }
 
 /// Finds an executable on `PATH`.
@@ -431,6 +453,91 @@ pub fn shell_quote(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Network namespaces and bpffs
+// ---------------------------------------------------------------------------
+
+/// `nsenter --net=NETNS PROGRAM` as root: only the network namespace is
+/// switched, so the program shares our bpffs.
+pub fn nsenter(netns: &Path, program: &Path) -> Cmd {
+    Cmd::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg(program)
+        .privileged()
+}
+
+/// Runs `f` on a new thread that has entered network namespace `netns`:
+/// sockets it creates live in that namespace.
+pub fn spawn_in_netns<T, F>(netns: &str, f: F) -> thread::JoinHandle<Result<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let path = netns_path(netns);
+    thread::spawn(move || {
+        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: setns on a valid namespace fd; it only affects this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot enter {}", path.display()));
+        }
+        f()
+    })
+}
+
+/// Waits for a thread's result; `what` names the thread if it panicked.
+pub fn join<T>(handle: thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))?
+}
+
+/// A TCP server's start: binds `addr`, tells `ready`, then accepts one
+/// connection, polling every `poll` (so Ctrl-C is noticed) for `timeout` at
+/// most. The returned stream is blocking.
+pub fn accept_one(
+    addr: SocketAddr,
+    ready: &mpsc::Sender<()>,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<(TcpStream, SocketAddr)> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("server: cannot bind {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let _ = ready.send(());
+    let deadline = Instant::now() + timeout;
+    let (stream, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    bail!("server: no connection within {timeout:?}");
+                }
+                sleep(poll)?;
+            }
+            Err(e) => return Err(e).context("server: accept failed"),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    Ok((stream, peer))
+}
+
+/// Mounts the BPF filesystem on /sys/fs/bpf unless it is mounted already;
+/// returns whether it already was.
+pub fn mount_bpffs() -> Result<bool> {
+    let mounted = Cmd::new("mountpoint")
+        .args(["-q", "/sys/fs/bpf"])
+        .status()?
+        .success();
+    if !mounted {
+        Cmd::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .privileged()
+            .run()?;
+    }
+    Ok(mounted)
 }
 
 // ---------------------------------------------------------------------------

@@ -7,25 +7,26 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs::File,
     io::{ErrorKind, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
     Ctx,
-    topology::{Active, HOST_SIDE_MAC, IPERF_PORT, Program, Topology, dump_json},
+    topology::{Active, IPERF_PORT, Program, Topology, dump_json},
 };
-use crate::util::{self, ChildGuard, Cmd};
+use crate::{
+    topology::{HOST_SIDE_MAC, NetnsPair},
+    util::{self, ChildGuard, Cmd},
+};
 
 /// The request/response server's port in the sink.
 const RR_PORT: u16 = 7101;
@@ -661,23 +662,19 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 /// The ping-pong between gen and sink, in this process when root, else
 /// through `sudo xtask bench-rr` (entering a namespace needs root).
 pub fn request_response(ctx: &Ctx<'_>) -> Result<RrResult> {
-    let addr = SocketAddr::new(ctx.topo.sink.ipv4.into(), RR_PORT);
-    let server = ctx.topo.sink.netns.name();
-    let client = ctx.topo.gen_wl.netns.name();
+    let pair = NetnsPair {
+        server_netns: ctx.topo.sink.netns.name().to_owned(),
+        client_netns: ctx.topo.gen_wl.netns.name().to_owned(),
+        addr: SocketAddr::new(ctx.topo.sink.ipv4.into(), RR_PORT),
+    };
     let cpu = ctx.plan.latency_cpu;
     let result = if util::is_root() {
-        ping_pong(server, client, addr, ctx.plan.latency, cpu)
+        ping_pong(&pair, ctx.plan.latency, cpu)
     } else {
-        std::env::current_exe()
-            .context("cannot find the xtask binary")
-            .and_then(|exe| {
-                Cmd::new(exe)
-                    .arg("bench-rr")
-                    .args(["--server-netns", server, "--client-netns", client])
-                    .args(["--addr", &addr.to_string()])
-                    .args(["--millis", &ctx.plan.latency.as_millis().to_string()])
+        pair.xtask_as_root("bench-rr")
+            .and_then(|cmd| {
+                cmd.args(["--millis", &ctx.plan.latency.as_millis().to_string()])
                     .args(["--cpu", &cpu.to_string()])
-                    .privileged()
                     .output()
             })
             .and_then(|out| serde_json::from_str(&out).context("bench-rr printed invalid JSON"))
@@ -693,14 +690,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    let path = util::netns_path(netns);
-    thread::spawn(move || {
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: setns on a valid namespace fd; it only affects this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot enter {}", path.display()));
-        }
+    util::spawn_in_netns(netns, move || {
         pin_current_thread(cpu)?;
         f()
     })
@@ -725,44 +715,17 @@ fn pin_current_thread(cpu: usize) -> Result<()> {
     Ok(())
 }
 
-fn join<T>(handle: thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
-    handle
-        .join()
-        .map_err(|_| anyhow!("the {what} thread panicked"))?
-}
-
 /// One TCP connection gen -> sink; `RR_MESSAGE` bytes each way per exchange,
 /// back to back, for `duration` after a warm-up, both ends pinned to `cpu`.
 /// Returns the round-trip times' distribution.
-pub fn ping_pong(
-    server_netns: &str,
-    client_netns: &str,
-    addr: SocketAddr,
-    duration: Duration,
-    cpu: usize,
-) -> Result<RrResult> {
+pub fn ping_pong(pair: &NetnsPair, duration: Duration, cpu: usize) -> Result<RrResult> {
     const TIMEOUT: Duration = Duration::from_secs(3);
+    let addr = pair.addr;
     let (ready_tx, ready_rx) = mpsc::channel();
 
-    let server = spawn_in_netns(server_netns, cpu, move || -> Result<()> {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("server: cannot bind {addr}"))?;
-        listener.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + TIMEOUT;
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        bail!("server: no connection within {TIMEOUT:?}");
-                    }
-                    util::sleep(Duration::from_millis(10))?;
-                }
-                Err(e) => return Err(e).context("server: accept failed"),
-            }
-        };
-        stream.set_nonblocking(false)?;
+    let server = spawn_in_netns(&pair.server_netns, cpu, move || -> Result<()> {
+        let (mut stream, _) =
+            util::accept_one(addr, &ready_tx, TIMEOUT, Duration::from_millis(10))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         let mut buf = [0u8; RR_MESSAGE];
@@ -775,11 +738,11 @@ pub fn ping_pong(
         }
     });
     if ready_rx.recv_timeout(TIMEOUT).is_err() {
-        join(server, "server")?;
+        util::join(server, "server")?;
         bail!("the request/response server did not start");
     }
 
-    let client = spawn_in_netns(client_netns, cpu, move || -> Result<Vec<u64>> {
+    let client = spawn_in_netns(&pair.client_netns, cpu, move || -> Result<Vec<u64>> {
         let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .with_context(|| format!("client: cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
@@ -805,8 +768,8 @@ pub fn ping_pong(
         }
         Ok(nanos)
     });
-    let client = join(client, "client");
-    let server = join(server, "server");
+    let client = util::join(client, "client");
+    let server = util::join(server, "server");
     let nanos = client?;
     server?;
     RrResult::from_samples(nanos)

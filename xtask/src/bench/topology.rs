@@ -1,43 +1,31 @@
 //! The bench's topology and the setups activated on it: namespaces, kernel
 //! routes, iptables chains, the agent and its pins, and the sysctls the bench
-//! changes. Each is a guard that undoes itself on drop.
+//! changes. Each is a guard that undoes itself on drop. What the demo builds
+//! too (wiring a workload, starting the agent, its pins) is in
+//! `crate::topology`.
 
 use std::{
     cell::Cell,
     collections::BTreeMap,
     fmt::Write as _,
-    io::IsTerminal as _,
     net::{Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    ops::ControlFlow,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::{Ctx, Hook, Setup};
-use crate::util::{self, ChildGuard, Cmd, Netns};
+use super::{Ctx, Setup};
+use crate::{
+    topology::{self as shared, AttachMode, GATEWAY_V4, HOST_SIDE_MAC, Workload},
+    util::{self, ChildGuard, Cmd, Netns},
+};
 
 /// The node name the agent serves, and the endpoints are on.
 const NODE: &str = "bench";
-/// The MAC every host-side workload interface gets, as in Calico.
-pub const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
-/// The IPv6 link-local address the kernel derives from `HOST_SIDE_MAC`.
-const HOST_SIDE_LINK_LOCAL: &str = "fe80::ecee:eeff:feee:eeee";
-/// Calico's fake next hop for IPv4 workloads.
-const GATEWAY_V4: &str = "169.254.1.1";
 pub const IPERF_PORT: u16 = 5201;
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One workload: its namespace and how it is wired to the host namespace.
-pub struct Workload {
-    pub name: &'static str,
-    pub netns: Netns,
-    pub host_if: String,
-    pub mac: String,
-    pub ipv4: Ipv4Addr,
-    pub ipv6: Ipv6Addr,
-}
 
 /// The host namespace and the two workloads. Fields drop in declaration
 /// order: the workload namespaces, then the host namespace.
@@ -64,8 +52,8 @@ impl Topology {
         host.exec("sysctl")
             .args(["-qw", "net.ipv4.ip_forward=1"])
             .run()?;
-        let gen_wl = Workload::create(&host, pid, "gen", 1)?;
-        let sink = Workload::create(&host, pid, "sink", 2)?;
+        let gen_wl = create_workload(&host, pid, "gen", 1)?;
+        let sink = create_workload(&host, pid, "sink", 2)?;
         Ok(Self {
             gen_wl,
             sink,
@@ -131,58 +119,23 @@ impl Topology {
     }
 }
 
-impl Workload {
-    fn create(host: &Netns, pid: u32, name: &'static str, index: u8) -> Result<Self> {
-        let netns = Netns::create(format!("cbench-{name}-{pid}"))?;
-        let wl = Self {
-            name,
-            netns,
-            // Readable in the output; at most 15 characters.
-            host_if: format!("calibench{name}"),
-            mac: format!("ca:fe:00:00:00:{index:02x}"),
-            ipv4: Ipv4Addr::new(198, 18, 0, index),
-            ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(index)),
-        };
-        util::info(format!(
-            "{name}: {} (host side) <-> eth0 in {}, {} / {}",
-            wl.host_if,
-            wl.netns.name(),
-            wl.ipv4,
-            wl.ipv6
-        ));
-        // Created inside the host namespace, peer moved straight into the
-        // workload namespace: nothing ever appears in the root namespace.
-        host.ip(["link", "add", &wl.host_if, "address", HOST_SIDE_MAC])
-            .args(["type", "veth", "peer", "name", "eth0", "address", &wl.mac])
-            .args(["netns", wl.netns.name()])
-            .run()?;
-        host.ip(["link", "set", &wl.host_if, "up"]).run()?;
-        let ip = |args: &[&str]| wl.netns.ip(args).run();
-        ip(&["link", "set", "lo", "up"])?;
-        ip(&["link", "set", "eth0", "up"])?;
-        ip(&["addr", "add", &format!("{}/32", wl.ipv4), "dev", "eth0"])?;
-        ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/128", wl.ipv6),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ip(&["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
-        ip(&["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
-        ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            HOST_SIDE_LINK_LOCAL,
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
+/// A workload wired to `host` like the demo's, plus a static neighbour
+/// entry for the gateway (no ARP in any setup) and `ethtool_for_xdp` in
+/// every setup, so they are comparable.
+fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Workload> {
+    let netns = Netns::create(format!("cbench-{name}-{pid}"))?;
+    let wl = Workload {
+        name: name.to_owned(),
+        netns,
+        // Readable in the output; at most 15 characters.
+        host_if: format!("calibench{name}"),
+        mac: format!("ca:fe:00:00:00:{index:02x}"),
+        ipv4: Ipv4Addr::new(198, 18, 0, index),
+        ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(index)),
+    };
+    wl.wire(host)?;
+    wl.netns
+        .ip([
             "neigh",
             "replace",
             GATEWAY_V4,
@@ -192,33 +145,14 @@ impl Workload {
             "eth0",
             "nud",
             "permanent",
-        ])?;
-        // For every setup, so they are comparable: XDP-redirected frames need
-        // NAPI on the receiving veth (GRO on), and lose the skb's pending
-        // checksum (so the sender fills in checksums itself: tx off).
-        // (Its "Actual changes" list goes nowhere: stdout is the results.)
-        wl.netns
-            .exec("ethtool")
-            .args(["-K", "eth0", "gro", "on", "tx", "off"])
-            .output()?;
-        Ok(wl)
-    }
-
-    /// The WorkloadEndpoint resource, in the format the tests use.
-    fn endpoint_yaml(&self) -> String {
-        format!(
-            "apiVersion: projectcalico.org/v3\n\
-             kind: WorkloadEndpoint\n\
-             metadata:\n  name: {NODE}-cni-{name}-eth0\n  namespace: bench\n  labels: {{app: {name}}}\n\
-             spec:\n  node: {NODE}\n  orchestrator: cni\n  workload: {name}\n  endpoint: eth0\n  \
-             interfaceName: {ifname}\n  mac: \"{mac}\"\n  ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n",
-            name = self.name,
-            ifname = self.host_if,
-            mac = self.mac,
-            v4 = self.ipv4,
-            v6 = self.ipv6,
-        )
-    }
+        ])
+        .run()?;
+    // For every setup, so they are comparable: XDP-redirected frames need
+    // NAPI on the receiving veth (GRO on), and lose the skb's pending
+    // checksum (so the sender fills in checksums itself: tx off).
+    // (Its "Actual changes" list goes nowhere: stdout is the results.)
+    wl.ethtool_for_xdp().output()?;
+    Ok(wl)
 }
 
 /// Writes both WorkloadEndpoints into `dir`, the agent's datastore.
@@ -226,7 +160,7 @@ pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut yaml = String::new();
     for wl in topo.workloads() {
-        let _ = write!(yaml, "---\n{}", wl.endpoint_yaml());
+        yaml.push_str(&wl.endpoint_yaml(NODE, "bench", &wl.name));
     }
     let file = dir.join("workloadendpoints.yaml");
     std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
@@ -237,38 +171,8 @@ pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn mount_bpffs() -> Result<()> {
-    let mounted = Cmd::new("mountpoint")
-        .args(["-q", "/sys/fs/bpf"])
-        .status()?
-        .success();
-    if mounted {
-        Ok(())
-    } else {
-        Cmd::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .privileged()
-            .run()
-    }
-}
-
-/// Whether `path` exists, looked at as root (bpffs is not readable by others).
-fn exists_as_root(path: &Path) -> bool {
-    if util::is_root() {
-        path.exists()
-    } else {
-        Cmd::new("test")
-            .arg("-e")
-            .arg(path)
-            .privileged()
-            .quiet()
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
 // ---------------------------------------------------------------------------
-// Sysctl, iperf3 server, pins
+// Sysctl, iperf3 server
 // ---------------------------------------------------------------------------
 
 const BPF_STATS: &str = "kernel.bpf_stats_enabled";
@@ -343,53 +247,6 @@ impl IperfServer {
             }
             util::sleep(Duration::from_millis(100))?;
         }
-    }
-}
-
-/// `nsenter --net=NETNS PROGRAM` as root.
-fn nsenter(netns: &Path, program: &Path) -> Cmd {
-    Cmd::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .arg(program)
-        .privileged()
-}
-
-/// `calico-loader cleanup` in the host namespace, then `rm -rf` of the pins,
-/// on drop.
-pub struct PinGuard {
-    loader: PathBuf,
-    host_netns: PathBuf,
-    pin_path: PathBuf,
-}
-
-impl PinGuard {
-    pub fn new(loader: &Path, topo: &Topology, pin_path: &Path) -> Self {
-        Self {
-            loader: loader.to_owned(),
-            host_netns: topo.host.path(),
-            pin_path: pin_path.to_owned(),
-        }
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        cleanup_pins(&self.loader, &self.host_netns, &self.pin_path);
-    }
-}
-
-fn cleanup_pins(loader: &Path, host_netns: &Path, pin_path: &Path) {
-    let cleanup = nsenter(host_netns, loader)
-        .arg("cleanup")
-        .arg("--pin-path")
-        .arg(pin_path)
-        .cleanup();
-    if let Err(err) = cleanup.run() {
-        util::warn(format!("{err:#}; removing the pins by hand"));
-    }
-    let rm = Cmd::new("rm").arg("-rf").arg(pin_path);
-    if let Err(err) = rm.privileged().cleanup().run() {
-        util::warn(format!("{err:#}"));
     }
 }
 
@@ -604,27 +461,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn start(ctx: &Ctx<'_>, hook: Hook) -> Result<Self> {
-        let host_netns = ctx.topo.host.path();
-        let mut run = nsenter(&host_netns, ctx.loader);
-        if !std::io::stderr().is_terminal() {
-            // Its log lines end up in a file or pipe: no colour codes there.
-            run = run.env("NO_COLOR", "1");
-        }
-        let child = run
-            .arg("run")
-            .arg("--datastore")
-            .arg(ctx.datastore)
-            .args([
-                "--node",
-                NODE,
-                "--attach-mode",
-                hook.as_str(),
-                "--detach-on-exit",
-            ])
-            .arg("--pin-path")
-            .arg(ctx.pin_path)
-            .spawn_prefixed("[agent]")?;
+    fn start(ctx: &Ctx<'_>, hook: AttachMode) -> Result<Self> {
+        let child = shared::spawn_agent(
+            ctx.loader,
+            &ctx.topo.host.path(),
+            ctx.datastore,
+            NODE,
+            hook,
+            ctx.pin_path,
+        )?;
         let mut agent = Self {
             child: ChildGuard::new(format!("the agent ({})", hook.as_str()), child, true),
         };
@@ -634,49 +479,26 @@ impl Agent {
 
     /// Polls `dump endpoints -o json` until both workloads are attached.
     fn wait_for_attachment(&mut self, ctx: &Ctx<'_>) -> Result<()> {
-        let dump = dump_cmd(ctx.loader, ctx.pin_path, "endpoints");
-        util::info(format!(
-            "waiting up to {}s for gen and sink to be attached: polling `{}`",
-            ATTACH_TIMEOUT.as_secs(),
-            dump.display()
-        ));
-        let dump = dump.quiet();
         let wanted: Vec<&str> = ctx.topo.workloads().map(|w| w.host_if.as_str()).to_vec();
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
-        let mut last: String;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the agent exited early ({status}); see its [agent] lines above");
-            }
-            let output = dump.capture()?;
-            if output.status.success() {
-                match serde_json::from_slice::<Value>(&output.stdout) {
-                    Ok(Value::Array(endpoints)) => {
-                        let attached: Vec<&str> = endpoints
-                            .iter()
-                            .filter(|e| e["attached"].as_bool() == Some(true))
-                            .filter_map(|e| e["interface"].as_str())
-                            .collect();
-                        if wanted.iter().all(|w| attached.contains(w)) {
-                            util::info("gen and sink attached");
-                            return Ok(());
-                        }
-                        last = format!("attached: {attached:?}");
-                    }
-                    Ok(other) => last = format!("unexpected JSON (not an array): {other}"),
-                    Err(err) => last = format!("invalid JSON: {err}"),
+        shared::wait_for_attachment(
+            &mut self.child,
+            dump_cmd(ctx.loader, ctx.pin_path, "endpoints"),
+            "gen and sink to be attached",
+            "gen and sink",
+            Duration::from_millis(200),
+            |endpoints| {
+                let attached: Vec<&str> = endpoints
+                    .iter()
+                    .filter(|e| e["attached"].as_bool() == Some(true))
+                    .filter_map(|e| e["interface"].as_str())
+                    .collect();
+                if wanted.iter().all(|w| attached.contains(w)) {
+                    ControlFlow::Break("gen and sink attached".to_owned())
+                } else {
+                    ControlFlow::Continue(format!("attached: {attached:?}"))
                 }
-            } else {
-                last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the agent did not attach gen and sink within {}s (last: {last})",
-                    ATTACH_TIMEOUT.as_secs()
-                );
-            }
-            util::sleep(Duration::from_millis(200))?;
-        }
+            },
+        )
     }
 
     /// SIGTERM; the agent detaches (`--detach-on-exit`). Pins it leaves
@@ -688,36 +510,14 @@ impl Agent {
             None => bail!("the agent did not stop"),
         }
         drop(self);
-        if exists_as_root(ctx.pin_path) {
+        if util::exists_as_root(ctx.pin_path) {
             util::warn(format!(
                 "the agent left {} behind despite --detach-on-exit; cleaning up",
                 ctx.pin_path.display()
             ));
-            cleanup_pins(ctx.loader, &ctx.topo.host.path(), ctx.pin_path);
+            shared::cleanup_pins(ctx.loader, &ctx.topo.host.path(), ctx.pin_path);
         }
         Ok(())
-    }
-}
-
-/// Double-checks that the teardown left none of our namespaces or pins.
-pub fn check_nothing_left(pid: u32) {
-    let suffix = format!("-{pid}");
-    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("cbench-") && name.ends_with(&suffix))
-        .collect();
-    if !leftovers.is_empty() {
-        util::warn(format!(
-            "namespaces left behind: {} (remove with `ip netns del NAME`)",
-            leftovers.join(" ")
-        ));
-    }
-    let pins = PathBuf::from(format!("/sys/fs/bpf/calico-bench-{pid}"));
-    if exists_as_root(&pins) {
-        util::warn(format!("pins left behind: rm -rf {}", pins.display()));
     }
 }
 
