@@ -265,13 +265,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     ));
     util::ensure_can_become_root("the bench (namespaces, eBPF, iptables)")?;
 
-    util::step("Setup and release build");
+    // The kernel programs are always built optimised (aya-build uses --release); only the
+    // agent's own build differs. A full run measures an optimised agent; --quick, which only
+    // checks that every setup moves traffic, reuses the debug build the tests just made.
+    let release = !plan.quick;
+    util::step(if release { "Setup and release build" } else { "Setup and build" });
     setup::setup()?;
-    Cmd::new("cargo")
-        .args(["build", "--release", "-p", "calico-loader"])
-        .current_dir(util::workspace_root())
-        .run()?;
-    let loader = util::built_binary("calico-loader", true);
+    let mut build = Cmd::new("cargo").args(["build", "-p", "calico-loader"]);
+    if release {
+        build = build.arg("--release");
+    }
+    build.current_dir(util::workspace_root()).run()?;
+    let loader = util::built_binary("calico-loader", release);
     if !loader.is_file() {
         bail!("{} is missing after the build", loader.display());
     }
