@@ -1,5 +1,6 @@
 //! Calculation: from the datastore's resources to what this host's dataplane must serve.
 
+pub mod policy;
 pub mod selector;
 
 use std::collections::BTreeMap;

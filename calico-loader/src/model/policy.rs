@@ -1,0 +1,357 @@
+//! Which policies apply to an endpoint, and in which order: Calico's evaluation plan, before it is
+//! compiled for the dataplane.
+//!
+//! For each direction the plan is the endpoint's tiers in order, each with the policies of that
+//! tier that select the endpoint and apply to that direction, then the endpoint's profiles.
+//! Evaluation (done elsewhere) walks it: the first Allow or Deny decides, Pass leaves the tier,
+//! a tier whose policies decided nothing ends with its default action, and after the profiles
+//! comes a final deny.
+
+use std::{cmp::Ordering, collections::BTreeMap};
+
+use super::selector::{LabelSource, Selector};
+use crate::datastore::{
+    Kind, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint,
+};
+
+/// Label Calico gives every namespaced endpoint: its namespace.
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+/// Label Calico gives every workload endpoint: its orchestrator.
+pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
+/// Label a namespace carries with its own name, for `namespaceSelector`.
+pub const NAMESPACE_NAME_LABEL: &str = "projectcalico.org/name";
+/// Prefix of the Profile that carries a namespace's labels (`labelsToApply`), as Calico names
+/// the profiles it makes from Kubernetes namespaces.
+pub const NAMESPACE_PROFILE_PREFIX: &str = "kns.";
+
+/// A policy in a plan.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    /// [`Kind::NetworkPolicy`] or [`Kind::GlobalNetworkPolicy`].
+    pub kind: Kind,
+    /// The namespace of a NetworkPolicy.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{namespace}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// One tier of a plan: its policies that apply, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierPlan {
+    pub name: String,
+    /// What happens when the tier's policies decide nothing.
+    pub default_action: TierDefaultAction,
+    /// Whether the tier exists (in the datastore or built in). A policy naming a tier that does
+    /// not exist still applies, in a tier ordered after every real one and ending in Deny.
+    pub exists: bool,
+    pub policies: Vec<PolicyId>,
+}
+
+/// The evaluation plan of one endpoint in one direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectionPlan {
+    pub tiers: Vec<TierPlan>,
+    /// Profile names, in the endpoint's order; profiles that do not exist are left out.
+    pub profiles: Vec<String>,
+}
+
+/// The plans of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPlan {
+    pub ingress: DirectionPlan,
+    pub egress: DirectionPlan,
+}
+
+/// The labels policy sees on an endpoint: its profiles' `labelsToApply` (earlier profiles win),
+/// then its own labels on top, then the labels Calico adds (namespace and orchestrator).
+pub fn endpoint_labels(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for name in wep.spec.profiles.iter().rev() {
+        if let Some(profile) = snapshot.profile(name) {
+            labels.extend(profile.spec.labels_to_apply.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    labels.extend(wep.metadata.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.insert(NAMESPACE_LABEL.to_owned(), wep.namespace().to_owned());
+    if let Some(orchestrator) = &wep.spec.orchestrator {
+        labels.insert(ORCHESTRATOR_LABEL.to_owned(), orchestrator.clone());
+    }
+    labels
+}
+
+/// The labels of a namespace for `namespaceSelector`: those of the Profile `kns.<namespace>`
+/// (how Calico carries a Kubernetes namespace's labels), plus its name.
+pub fn namespace_labels(snapshot: &Snapshot, namespace: &str) -> BTreeMap<String, String> {
+    let mut labels = snapshot
+        .profile(&format!("{NAMESPACE_PROFILE_PREFIX}{namespace}"))
+        .map(|p| p.spec.labels_to_apply.clone())
+        .unwrap_or_default();
+    labels.insert(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned());
+    labels
+}
+
+/// Parses a selector field; an absent or empty one selects everything. Fields were validated
+/// when the datastore read them, so a failure here means none matches (never all).
+fn selects(text: Option<&str>, labels: &impl LabelSource) -> bool {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => true,
+        Some(text) => Selector::parse(text).is_ok_and(|s| s.matches(labels)),
+    }
+}
+
+struct Candidate {
+    tier: String,
+    order: f64,
+    id: PolicyId,
+    ingress: bool,
+    egress: bool,
+}
+
+/// The plan for `wep`: every NetworkPolicy of its namespace and every GlobalNetworkPolicy whose
+/// selectors match it, grouped by tier.
+pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPlan {
+    let labels = endpoint_labels(snapshot, wep);
+    let namespace_labels = namespace_labels(snapshot, wep.namespace());
+    let mut candidates = Vec::new();
+    for policy in snapshot.network_policies() {
+        if policy.namespace() != wep.namespace() || !selects(policy.spec.selector.as_deref(), &labels) {
+            continue;
+        }
+        candidates.push(Candidate {
+            tier: policy.spec.tier.clone(),
+            order: policy.spec.effective_order(),
+            id: PolicyId {
+                kind: Kind::NetworkPolicy,
+                namespace: Some(policy.namespace().to_owned()),
+                name: policy.name().to_owned(),
+            },
+            ingress: policy.spec.applies_to(PolicyType::Ingress),
+            egress: policy.spec.applies_to(PolicyType::Egress),
+        });
+    }
+    for policy in snapshot.global_network_policies() {
+        if !selects(policy.spec.selector.as_deref(), &labels)
+            || !selects(policy.spec.namespace_selector.as_deref(), &namespace_labels)
+        {
+            continue;
+        }
+        candidates.push(Candidate {
+            tier: policy.spec.tier.clone(),
+            order: policy.spec.effective_order(),
+            id: PolicyId { kind: Kind::GlobalNetworkPolicy, namespace: None, name: policy.name().to_owned() },
+            ingress: policy.spec.applies_to(PolicyType::Ingress),
+            egress: policy.spec.applies_to(PolicyType::Egress),
+        });
+    }
+    // Within a tier: by order (none last), then name, then namespace, then kind, as Felix sorts.
+    candidates.sort_by(|a, b| {
+        a.order
+            .partial_cmp(&b.order)
+            .unwrap_or(Ordering::Equal)
+            .then_with(|| a.id.name.cmp(&b.id.name))
+            .then_with(|| a.id.namespace.cmp(&b.id.namespace))
+            .then_with(|| a.id.kind.cmp(&b.id.kind))
+    });
+    let profiles: Vec<String> =
+        wep.spec.profiles.iter().filter(|name| snapshot.profile(name).is_some()).cloned().collect();
+    EndpointPlan {
+        ingress: direction_plan(snapshot, &candidates, |c| c.ingress, profiles.clone()),
+        egress: direction_plan(snapshot, &candidates, |c| c.egress, profiles),
+    }
+}
+
+fn direction_plan(
+    snapshot: &Snapshot,
+    candidates: &[Candidate],
+    applies: impl Fn(&Candidate) -> bool,
+    profiles: Vec<String>,
+) -> DirectionPlan {
+    let mut tiers: BTreeMap<String, Vec<PolicyId>> = BTreeMap::new();
+    for candidate in candidates.iter().filter(|c| applies(c)) {
+        tiers.entry(candidate.tier.clone()).or_default().push(candidate.id.clone());
+    }
+    let mut tiers: Vec<(f64, TierPlan)> = tiers
+        .into_iter()
+        .map(|(name, policies)| match snapshot.effective_tier(&name) {
+            Some(tier) => (
+                tier.spec.effective_order(),
+                TierPlan { name, default_action: tier.spec.default_action, exists: true, policies },
+            ),
+            None => (
+                f64::INFINITY,
+                TierPlan { name, default_action: TierDefaultAction::Deny, exists: false, policies },
+            ),
+        })
+        .collect();
+    // Tiers by order (none last; tiers that do not exist after every real one), then name.
+    tiers.sort_by(|(order_a, a), (order_b, b)| {
+        b.exists
+            .cmp(&a.exists)
+            .then_with(|| order_a.partial_cmp(order_b).unwrap_or(Ordering::Equal))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    DirectionPlan { tiers: tiers.into_iter().map(|(_, tier)| tier).collect(), profiles }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::LocalDatastore;
+
+    const WEP: &str = "
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node1-cni-web-eth0, namespace: prod, labels: {app: web}}
+spec: {node: node1, orchestrator: cni, interfaceName: cali1, ipNetworks: [198.18.0.24/32], profiles: [kns.prod, default-net]}
+";
+
+    fn snapshot(extra: &str) -> Snapshot {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a.yaml"), format!("{WEP}---{extra}")).expect("write");
+        let mut datastore = LocalDatastore::new(dir.path());
+        let sync = datastore.sync();
+        assert!(sync.errors.is_empty(), "{:?}", sync.errors);
+        sync.snapshot
+    }
+
+    fn plan(extra: &str) -> EndpointPlan {
+        let snapshot = snapshot(extra);
+        let wep = snapshot.workload_endpoints().next().expect("the endpoint").clone();
+        endpoint_plan(&snapshot, &wep)
+    }
+
+    fn names(plan: &DirectionPlan) -> Vec<(String, Vec<String>)> {
+        plan.tiers.iter().map(|t| (t.name.clone(), t.policies.iter().map(ToString::to_string).collect())).collect()
+    }
+
+    const PROFILES: &str = "
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: kns.prod}
+spec: {labelsToApply: {env: production, app: overridden}}
+---
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: default-net}
+spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
+";
+
+    #[test]
+    fn endpoint_labels_layer_profiles_own_labels_and_calicos() {
+        let snapshot = snapshot(PROFILES);
+        let wep = snapshot.workload_endpoints().next().expect("endpoint");
+        let labels = endpoint_labels(&snapshot, wep);
+        assert_eq!(labels["app"], "web", "the endpoint's own label wins over a profile's");
+        assert_eq!(labels["env"], "production");
+        assert_eq!(labels[NAMESPACE_LABEL], "prod");
+        assert_eq!(labels[ORCHESTRATOR_LABEL], "cni");
+        let ns = namespace_labels(&snapshot, "prod");
+        assert_eq!((ns["env"].as_str(), ns[NAMESPACE_NAME_LABEL].as_str()), ("production", "prod"));
+    }
+
+    #[test]
+    fn policies_are_grouped_by_tier_and_ordered() {
+        let plan = plan(&format!(
+            "{PROFILES}---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {{name: security}}
+spec: {{order: 10, defaultAction: Pass}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: b-later, namespace: prod}}
+spec: {{order: 200, selector: app == 'web', ingress: [{{action: Allow}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: a-no-order, namespace: prod}}
+spec: {{selector: all(), ingress: [{{action: Allow}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: c-first, namespace: prod}}
+spec: {{order: 100, ingress: [{{action: Allow}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: other-namespace, namespace: dev}}
+spec: {{order: 1, ingress: [{{action: Deny}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: not-selected, namespace: prod}}
+spec: {{order: 1, selector: app == 'db', ingress: [{{action: Deny}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: quarantine}}
+spec: {{tier: security, order: 5, selector: all(), namespaceSelector: env == 'production', types: [Ingress, Egress], ingress: [{{action: Pass}}], egress: [{{action: Pass}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: staging-only}}
+spec: {{tier: security, selector: all(), namespaceSelector: env == 'staging', ingress: [{{action: Deny}}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: egress-only}}
+spec: {{order: 1, selector: has(app), egress: [{{action: Allow}}]}}
+"
+        ));
+        assert_eq!(
+            names(&plan.ingress),
+            [
+                ("security".to_owned(), vec!["quarantine".to_owned()]),
+                ("default".to_owned(), vec!["prod/c-first".to_owned(), "prod/b-later".to_owned(), "prod/a-no-order".to_owned()]),
+            ]
+        );
+        assert_eq!(plan.ingress.tiers[0].default_action, TierDefaultAction::Pass);
+        assert_eq!(plan.ingress.tiers[1].default_action, TierDefaultAction::Deny);
+        assert_eq!(
+            names(&plan.egress),
+            [
+                ("security".to_owned(), vec!["quarantine".to_owned()]),
+                ("default".to_owned(), vec!["egress-only".to_owned()]),
+            ],
+            "a policy with only egress rules applies to egress only"
+        );
+        assert_eq!(plan.ingress.profiles, ["kns.prod", "default-net"]);
+    }
+
+    #[test]
+    fn a_missing_tier_comes_last_and_denies() {
+        let plan = plan(
+            "
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: typo}
+spec: {tier: securty, order: 1, ingress: [{action: Pass}]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: normal}
+spec: {order: 1, ingress: [{action: Allow}]}
+",
+        );
+        let tiers: Vec<(&str, bool, TierDefaultAction)> =
+            plan.ingress.tiers.iter().map(|t| (t.name.as_str(), t.exists, t.default_action)).collect();
+        assert_eq!(tiers, [("default", true, TierDefaultAction::Deny), ("securty", false, TierDefaultAction::Deny)]);
+        assert!(plan.ingress.profiles.is_empty(), "profiles that do not exist are left out");
+    }
+
+    #[test]
+    fn no_policy_means_no_tiers() {
+        let plan = plan("\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: default-net}\nspec: {}\n");
+        assert!(plan.ingress.tiers.is_empty() && plan.egress.tiers.is_empty());
+        assert_eq!(plan.egress.profiles, ["default-net"]);
+    }
+}
