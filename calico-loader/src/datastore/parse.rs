@@ -722,6 +722,21 @@ impl<'de> de::Visitor<'de> for Locate<'_> {
     }
 }
 
+/// Every selector-valued field that does not parse as Calico's selector language, with the
+/// parser's position and expectation in the message.
+fn selector_problems(resource: &Resource) -> Vec<FieldError> {
+    resource
+        .selector_fields()
+        .into_iter()
+        .filter_map(|(field, text)| {
+            crate::model::selector::Selector::parse(text).err().map(|e| FieldError {
+                field,
+                message: format!("invalid selector {text:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
@@ -1471,17 +1486,3 @@ items: null
     }
 }
 
-/// Every selector-valued field that does not parse as Calico's selector language, with the
-/// parser's position and expectation in the message.
-fn selector_problems(resource: &Resource) -> Vec<FieldError> {
-    resource
-        .selector_fields()
-        .into_iter()
-        .filter_map(|(field, text)| {
-            crate::model::selector::Selector::parse(text).err().map(|e| FieldError {
-                field,
-                message: format!("invalid selector {text:?}: {e}"),
-            })
-        })
-        .collect()
-}
