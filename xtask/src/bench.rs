@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the dataplane against Linux forwarding and iptables.
+//! `cargo xtask bench`: the dataplane against Linux forwarding, iptables and
+//! nftables.
 //!
 //! One topology (a host namespace and two workloads, `gen` and `sink`) is
 //! built once; then, round after round, each setup is activated alone, in
@@ -9,11 +10,12 @@
 //! Network safety: everything happens in network namespaces created here
 //! (`cbench-*-<pid>`), with benchmarking and documentation addresses only
 //! (`198.18.0.0/15`, `2001:db8::/32`). The veth pairs are created inside those
-//! namespaces and iptables rules only go into the host namespace's own
-//! tables. Every namespace, pin, rule, sysctl and file is removed or restored
+//! namespaces and iptables and nftables rules only go into the host
+//! namespace's own tables. Every namespace, pin, rule, sysctl and file is removed or restored
 //! at the end, on failure and on Ctrl-C (RAII guards).
 //!
-//! - `topology`: namespaces, routes, iptables rules, the agent, pins, sysctls.
+//! - `topology`: namespaces, routes, iptables and nftables rules, the agent,
+//!   pins, sysctls.
 //! - `measure`: trafgen, iperf3, the ping-pong, counters and bpf_stats.
 //! - `report`: statistics, the table, the JSON file, machine information.
 
@@ -43,6 +45,10 @@ use self::{
 /// iptables rule counts measured by a full run, and by `--quick`.
 const IPTABLES_RULES: &[u32] = &[0, 100, 1_000, 10_000];
 const IPTABLES_RULES_QUICK: &[u32] = &[0, 1_000];
+/// nftables rule (or set element) counts: the same as iptables in a full
+/// run; `--quick` only measures 1,000, as a list and as a set.
+const NFT_RULES: &[u32] = IPTABLES_RULES;
+const NFT_RULES_QUICK: &[u32] = &[1_000];
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -107,6 +113,13 @@ pub enum Setup {
     /// (b) Linux forwarding through a per-endpoint chain of this many
     /// non-matching rules, then ACCEPT.
     Iptables(u32),
+    /// (c) Linux forwarding through a per-endpoint nftables chain of this
+    /// many non-matching rules, then accept.
+    NftList(u32),
+    /// (c) Linux forwarding through a per-endpoint nftables chain whose one
+    /// rule matches a set of this many addresses (none the traffic's), then
+    /// accept.
+    NftSet(u32),
     /// (d) Our agent, programs on this hook, no rules.
     Ours(AttachMode),
 }
@@ -116,6 +129,8 @@ impl fmt::Display for Setup {
         match self {
             Self::Linux => f.write_str("linux"),
             Self::Iptables(rules) => write!(f, "iptables-{rules}"),
+            Self::NftList(rules) => write!(f, "nft-list-{rules}"),
+            Self::NftSet(rules) => write!(f, "nft-set-{rules}"),
             Self::Ours(hook) => write!(f, "ours-{}", hook.as_str()),
         }
     }
@@ -151,13 +166,15 @@ pub struct Plan {
 impl Plan {
     fn new(args: &BenchArgs, started: SystemTime) -> Result<Self> {
         let quick = args.quick;
-        let rule_counts = if quick {
-            IPTABLES_RULES_QUICK
+        let (iptables_rules, nft_rules) = if quick {
+            (IPTABLES_RULES_QUICK, NFT_RULES_QUICK)
         } else {
-            IPTABLES_RULES
+            (IPTABLES_RULES, NFT_RULES)
         };
         let mut setups = vec![Setup::Linux];
-        setups.extend(rule_counts.iter().map(|&n| Setup::Iptables(n)));
+        setups.extend(iptables_rules.iter().map(|&n| Setup::Iptables(n)));
+        setups.extend(nft_rules.iter().map(|&n| Setup::NftList(n)));
+        setups.extend(nft_rules.iter().map(|&n| Setup::NftSet(n)));
         setups.extend([Setup::Ours(AttachMode::Tc), Setup::Ours(AttachMode::Xdp)]);
 
         let cpus = std::thread::available_parallelism()
@@ -263,13 +280,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         plan.duration.as_secs(),
         plan.latency.as_secs(),
     ));
-    util::ensure_can_become_root("the bench (namespaces, eBPF, iptables)")?;
+    util::ensure_can_become_root("the bench (namespaces, eBPF, iptables, nftables)")?;
 
     // The kernel programs are always built optimised (aya-build uses --release); only the
     // agent's own build differs. A full run measures an optimised agent; --quick, which only
     // checks that every setup moves traffic, reuses the debug build the tests just made.
     let release = !plan.quick;
-    util::step(if release { "Setup and release build" } else { "Setup and build" });
+    util::step(if release {
+        "Setup and release build"
+    } else {
+        "Setup and build"
+    });
     setup::setup()?;
     let mut build = Cmd::new("cargo").args(["build", "-p", "calico-loader"]);
     if release {
@@ -403,6 +424,8 @@ mod tests {
     fn setups_are_named_as_in_the_docs() {
         assert_eq!(Setup::Linux.to_string(), "linux");
         assert_eq!(Setup::Iptables(1000).to_string(), "iptables-1000");
+        assert_eq!(Setup::NftList(1000).to_string(), "nft-list-1000");
+        assert_eq!(Setup::NftSet(10_000).to_string(), "nft-set-10000");
         assert_eq!(Setup::Ours(AttachMode::Tc).to_string(), "ours-tc");
         assert_eq!(Setup::Ours(AttachMode::Xdp).to_string(), "ours-xdp");
     }
@@ -418,6 +441,8 @@ mod tests {
                 Setup::Linux,
                 Setup::Iptables(0),
                 Setup::Iptables(1000),
+                Setup::NftList(1000),
+                Setup::NftSet(1000),
                 Setup::Ours(AttachMode::Tc),
                 Setup::Ours(AttachMode::Xdp)
             ]
@@ -436,7 +461,15 @@ mod tests {
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);
-        assert_eq!(plan.setups.len(), 1 + IPTABLES_RULES.len() + 2);
+        assert_eq!(
+            plan.setups.len(),
+            1 + IPTABLES_RULES.len() + 2 * NFT_RULES.len() + 2
+        );
+        for n in IPTABLES_RULES {
+            assert!(plan.setups.contains(&Setup::Iptables(*n)));
+            assert!(plan.setups.contains(&Setup::NftList(*n)));
+            assert!(plan.setups.contains(&Setup::NftSet(*n)));
+        }
         assert_eq!(plan.json, PathBuf::from("/tmp/x.json"));
         assert_eq!(plan.command, "cargo xtask bench --json /tmp/x.json");
     }

@@ -121,6 +121,7 @@ pub fn machine_info(loader: &Path) -> Result<MachineInfo> {
         "iptables",
         Cmd::new("iptables").arg("--version").privileged(),
     );
+    tool("nft", Cmd::new("nft").arg("--version").privileged());
     tool("bpftool", Cmd::new("bpftool").arg("version").privileged());
     tool("iproute2", Cmd::new("ip").arg("-V"));
     tool("ethtool", Cmd::new("ethtool").arg("--version"));
@@ -380,7 +381,8 @@ pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary])
     );
     println!(
         "{spread}; {}s per packet-rate and TCP measurement, {}s of request/response; \
-         × linux = ratio to linux in the same round; iptables is {}.",
+         × linux = ratio to linux in the same round; iptables is {}; nft-* use their own \
+         table inet calico_bench.",
         plan.duration.as_secs(),
         plan.latency.as_secs(),
         machine.iptables_backend
@@ -448,6 +450,8 @@ pub fn write_json(
             "delivered": "Ip: InReceives in the sink namespace",
             "offered": "tx packets + tx dropped of gen's eth0",
             "iptables": "FORWARD -i <gen host side> -j cali-fw-<gen host side>; N x `-s 198.19.x.y/32 -j DROP`, then ACCEPT",
+            "nft_list": "table inet calico_bench, loaded with nft -f: forward chain `iifname <gen host side> jump cali-fw-<gen host side>`; N x `ip saddr 198.19.x.y/32 drop`, then accept",
+            "nft_set": "table inet calico_bench, loaded with nft -f: forward chain `iifname <gen host side> jump cali-fw-<gen host side>`; `ip saddr @cali-fw-<gen host side>-src drop` (a `flags interval` set of the same N 198.19.x.y/32), then accept",
             "tcp": "iperf3 -c sink -t DURATION -J (client in gen, server in sink)",
             "request_response": "one TCP connection, 64 bytes each way, back to back, TCP_NODELAY",
             "bpf_stats": "kernel.bpf_stats_enabled=1 for the whole bench; deltas of run_time_ns and run_cnt around the packet-rate interval",

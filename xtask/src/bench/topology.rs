@@ -1,5 +1,5 @@
 //! The bench's topology and the setups activated on it: namespaces, kernel
-//! routes, iptables chains, the agent and its pins, and the sysctls the bench
+//! routes, iptables chains, nftables tables, the agent and its pins, and the sysctls the bench
 //! changes. Each is a guard that undoes itself on drop. What the demo builds
 //! too (wiring a workload, starting the agent, its pins) is in
 //! `crate::topology`.
@@ -266,6 +266,7 @@ pub struct Program {
 pub enum Active<'a> {
     Linux,
     Iptables(IptablesRules<'a>),
+    Nft(NftRules<'a>),
     Agent(Agent),
 }
 
@@ -280,6 +281,14 @@ impl<'a> Active<'a> {
                 ctx.topo.install_kernel_routes()?;
                 Ok(Self::Iptables(IptablesRules::install(ctx, rules)?))
             }
+            Setup::NftList(rules) => {
+                ctx.topo.install_kernel_routes()?;
+                Ok(Self::Nft(NftRules::install(ctx, NftShape::List, rules)?))
+            }
+            Setup::NftSet(rules) => {
+                ctx.topo.install_kernel_routes()?;
+                Ok(Self::Nft(NftRules::install(ctx, NftShape::Set, rules)?))
+            }
             Setup::Ours(hook) => {
                 ctx.topo.remove_kernel_routes()?;
                 Ok(Self::Agent(Agent::start(ctx, hook)?))
@@ -291,6 +300,7 @@ impl<'a> Active<'a> {
         match self {
             Self::Linux => Ok(()),
             Self::Iptables(rules) => rules.remove(),
+            Self::Nft(rules) => rules.remove(),
             Self::Agent(agent) => agent.stop(ctx),
         }
     }
@@ -413,7 +423,8 @@ impl<'a> IptablesRules<'a> {
 
     fn remove(mut self) -> Result<()> {
         self.installed = false;
-        self.commands().iter().try_for_each(Cmd::run)
+        self.commands().iter().try_for_each(Cmd::run)?;
+        remove_empty_iptables_nft_table(self.host)
     }
 
     fn commands(&self) -> [Cmd; 3] {
@@ -439,6 +450,52 @@ impl Drop for IptablesRules<'_> {
     }
 }
 
+/// The tables in `host`'s nftables ruleset, as `FAMILY NAME`.
+fn nft_tables(host: &Netns) -> Result<Vec<String>> {
+    Ok(host
+        .exec("nft")
+        .args(["list", "tables"])
+        .output()?
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table "))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// With iptables-nft, `-F`/`-X` leave `table ip filter` and its FORWARD
+/// base chain (empty, policy accept) behind, and every packet would still
+/// pass through that hook in later setups. Delete it when it holds no rule:
+/// the host namespace is ours, so nothing else uses it. (With
+/// iptables-legacy there is no such nftables table.) Not on drop: after a
+/// failure the namespace, and the table with it, is deleted anyway.
+fn remove_empty_iptables_nft_table(host: &Netns) -> Result<()> {
+    if !nft_tables(host)?.iter().any(|t| t == "ip filter") {
+        return Ok(());
+    }
+    let listing = host
+        .exec("nft")
+        .args(["-j", "list", "table", "ip", "filter"])
+        .output()?;
+    let listing: Value = serde_json::from_str(&listing)
+        .context("`nft -j list table ip filter` printed invalid JSON")?;
+    let rules = listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o.get("rule").is_some())
+        .count();
+    if rules > 0 {
+        util::warn(format!(
+            "table ip filter still holds {rules} rule(s) after removing the chain; leaving it"
+        ));
+        return Ok(());
+    }
+    util::info("deleting the empty `table ip filter` iptables-nft leaves behind (no hook left)");
+    host.exec("nft")
+        .args(["delete", "table", "ip", "filter"])
+        .run()
+}
+
 /// The iptables-restore input: the jump, `rules` misses, the final ACCEPT.
 fn iptables_rules(iface: &str, chain: &str, rules: u32) -> String {
     let mut text = format!("*filter\n:{chain} - [0:0]\n-A FORWARD -i {iface} -j {chain}\n");
@@ -452,6 +509,178 @@ fn iptables_rules(iface: &str, chain: &str, rules: u32) -> String {
         );
     }
     let _ = writeln!(text, "-A {chain} -j ACCEPT\nCOMMIT");
+    text
+}
+
+/// The nftables table of the `nft-*` setups, in the host namespace only.
+pub const NFT_TABLE: &str = "calico_bench";
+
+/// How an `nft-*` setup holds its N non-matching addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftShape {
+    /// N rules `ip saddr 198.19.x.y/32 drop`, like the iptables chain.
+    List,
+    /// One named `flags interval` set of the N addresses, matched by one
+    /// rule `ip saddr @SET drop`.
+    Set,
+}
+
+/// Calico-style nftables policy for the generator's endpoint, in the host
+/// namespace's table `inet calico_bench`: a forward base chain jumping, for
+/// packets from the generator's host side, to `cali-fw-<gen>`, whose
+/// non-matching rules (or set) come before the final accept. Loaded
+/// atomically with `nft -f`; `nft delete table` removes all of it.
+pub struct NftRules<'a> {
+    host: &'a Netns,
+    installed: bool,
+}
+
+impl<'a> NftRules<'a> {
+    fn install(ctx: &Ctx<'a>, shape: NftShape, rules: u32) -> Result<Self> {
+        let iface = ctx.topo.gen_wl.host_if.clone();
+        let chain = format!("cali-fw-{iface}");
+        let set = format!("{chain}-src");
+        let name = match shape {
+            NftShape::List => "list",
+            NftShape::Set => "set",
+        };
+        let file = ctx.scratch.join(format!("nft-{name}-{rules}.nft"));
+        std::fs::write(&file, nft_ruleset(&iface, &chain, &set, shape, rules))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        util::info(match shape {
+            NftShape::List => format!(
+                "{rules} non-matching rules (`ip saddr 198.19.x.y/32 drop`) then accept in \
+                 {chain} of table inet {NFT_TABLE}, jumped to from its forward chain for \
+                 packets from {iface}; loaded with nft -f"
+            ),
+            NftShape::Set => format!(
+                "one rule `ip saddr @{set} drop` ({rules} non-matching /32s in a `flags \
+                 interval` set) then accept in {chain} of table inet {NFT_TABLE}, jumped to \
+                 from its forward chain for packets from {iface}; loaded with nft -f"
+            ),
+        });
+        let host = &ctx.topo.host;
+        let tables = nft_tables(host)?;
+        if !tables.is_empty() {
+            bail!(
+                "the host namespace already has nftables tables ({}); every nft setup \
+                 expects to be the only ruleset",
+                tables.join(", ")
+            );
+        }
+        let mut guard = Self {
+            host,
+            installed: false,
+        };
+        // Marked first: a partly applied file cannot exist (nft -f is
+        // atomic), and deleting a missing table only warns on cleanup.
+        guard.installed = true;
+        host.exec("nft").arg("-f").arg(&file).run()?;
+
+        let listing = host
+            .exec("nft")
+            .args(["-j", "list", "table", "inet", NFT_TABLE])
+            .output()?;
+        let listing: Value = serde_json::from_str(&listing).with_context(|| {
+            format!("`nft -j list table inet {NFT_TABLE}` printed invalid JSON")
+        })?;
+        let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+        let chain_rules = objects
+            .iter()
+            .filter(|o| o["rule"]["chain"].as_str() == Some(chain.as_str()))
+            .count();
+        let elements = objects
+            .iter()
+            .find(|o| o["set"]["name"].as_str() == Some(set.as_str()))
+            .map(|o| o["set"]["elem"].as_array().map_or(0, Vec::len));
+        let (want_rules, want_elements) = match shape {
+            NftShape::List => (rules as usize + 1, None),
+            NftShape::Set => (2, Some(rules as usize)),
+        };
+        if chain_rules != want_rules || elements != want_elements {
+            bail!(
+                "{chain} has {chain_rules} rules and the set {elements:?} elements after \
+                 nft -f, expected {want_rules} and {want_elements:?}"
+            );
+        }
+        Ok(guard)
+    }
+
+    fn delete_table(&self) -> Cmd {
+        self.host
+            .exec("nft")
+            .args(["delete", "table", "inet", NFT_TABLE])
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.installed = false;
+        self.delete_table().run()?;
+        let tables = nft_tables(self.host)?;
+        if !tables.is_empty() {
+            bail!(
+                "nftables tables left in the host namespace after `nft delete table inet \
+                 {NFT_TABLE}`: {}",
+                tables.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NftRules<'_> {
+    fn drop(&mut self) {
+        if !self.installed {
+            return;
+        }
+        if let Err(err) = self.delete_table().cleanup().run() {
+            util::warn(format!("{err:#}"));
+        }
+    }
+}
+
+/// The `nft -f` input: the table is created empty and deleted first, so the
+/// file replaces whatever it held, in one transaction.
+fn nft_ruleset(iface: &str, chain: &str, set: &str, shape: NftShape, rules: u32) -> String {
+    // 198.19.0.0/16: benchmarking space, never the workloads' addresses.
+    let address = |i: u32| format!("198.19.{}.{}/32", i / 256, i % 256);
+    let mut text = format!(
+        "table inet {NFT_TABLE}\n\
+         delete table inet {NFT_TABLE}\n\
+         table inet {NFT_TABLE} {{\n"
+    );
+    if shape == NftShape::Set {
+        let _ = writeln!(
+            text,
+            "\tset {set} {{\n\t\ttype ipv4_addr\n\t\tflags interval"
+        );
+        if rules > 0 {
+            text.push_str("\t\telements = {\n");
+            for i in 0..rules {
+                let _ = writeln!(text, "\t\t\t{},", address(i));
+            }
+            text.push_str("\t\t}\n");
+        }
+        text.push_str("\t}\n");
+    }
+    let _ = write!(
+        text,
+        "\tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{iface}\" jump {chain}\n\
+         \t}}\n\
+         \tchain {chain} {{\n"
+    );
+    match shape {
+        NftShape::List => {
+            for i in 0..rules {
+                let _ = writeln!(text, "\t\tip saddr {} drop", address(i));
+            }
+        }
+        NftShape::Set => {
+            let _ = writeln!(text, "\t\tip saddr @{set} drop");
+        }
+    }
+    text.push_str("\t\taccept\n\t}\n}\n");
     text
 }
 
@@ -543,6 +772,59 @@ mod tests {
         assert_eq!(lines[lines.len() - 2], "-A cali-fw-calibenchgen -j ACCEPT");
         assert_eq!(lines[lines.len() - 1], "COMMIT");
         assert_eq!(lines.len(), 3 + 300 + 2);
+    }
+
+    #[test]
+    fn nft_list_jump_miss_then_accept() {
+        let text = nft_ruleset(
+            "calibenchgen",
+            "cali-fw-calibenchgen",
+            "cali-fw-calibenchgen-src",
+            NftShape::List,
+            300,
+        );
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(lines[0], "table inet calico_bench");
+        assert_eq!(lines[1], "delete table inet calico_bench");
+        assert_eq!(lines[2], "table inet calico_bench {");
+        assert_eq!(lines[3], "chain forward {");
+        assert_eq!(
+            lines[4],
+            "type filter hook forward priority filter; policy accept;"
+        );
+        assert_eq!(
+            lines[5],
+            "iifname \"calibenchgen\" jump cali-fw-calibenchgen"
+        );
+        assert_eq!(lines[7], "chain cali-fw-calibenchgen {");
+        assert_eq!(lines[8], "ip saddr 198.19.0.0/32 drop");
+        assert_eq!(lines[8 + 299], "ip saddr 198.19.1.43/32 drop");
+        assert_eq!(lines[8 + 300], "accept");
+        assert_eq!(&lines[lines.len() - 2..], ["}", "}"]);
+        assert!(!text.contains("set "));
+    }
+
+    #[test]
+    fn nft_set_holds_the_addresses_one_rule_matches() {
+        let text = nft_ruleset("g", "cali-fw-g", "cali-fw-g-src", NftShape::Set, 300);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(lines[3], "set cali-fw-g-src {");
+        assert_eq!(lines[4], "type ipv4_addr");
+        assert_eq!(lines[5], "flags interval");
+        assert_eq!(lines[6], "elements = {");
+        assert_eq!(lines[7], "198.19.0.0/32,");
+        assert_eq!(lines[7 + 299], "198.19.1.43/32,");
+        let chain = lines
+            .iter()
+            .position(|l| *l == "chain cali-fw-g {")
+            .expect("the chain");
+        assert_eq!(lines[chain + 1], "ip saddr @cali-fw-g-src drop");
+        assert_eq!(lines[chain + 2], "accept");
+        assert_eq!(text.matches(" drop").count(), 1);
+        // No elements: an empty set (nft rejects `elements = { }`).
+        let empty = nft_ruleset("g", "cali-fw-g", "cali-fw-g-src", NftShape::Set, 0);
+        assert!(!empty.contains("elements"));
+        assert!(empty.contains("ip saddr @cali-fw-g-src drop"));
     }
 
     #[test]
