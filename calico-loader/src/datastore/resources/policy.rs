@@ -1289,12 +1289,8 @@ impl NetworkPolicy {
     /// plus or instead Egress when there are egress rules (Egress alone when there are no
     /// ingress rules).
     pub fn apply_defaults(&mut self) {
-        if self.spec.tier.is_empty() {
-            self.spec.tier = default_tier();
-        }
-        if self.spec.types.is_empty() {
-            self.spec.types = default_types(&self.spec.ingress, &self.spec.egress);
-        }
+        let spec = &mut self.spec;
+        apply_policy_defaults(&mut spec.tier, &mut spec.types, &spec.ingress, &spec.egress);
     }
 
     /// Checks across fields (`validateNetworkPolicy`, `validateNetworkPolicySpec`, the
@@ -1313,49 +1309,32 @@ impl NetworkPolicy {
                 ),
             ));
         }
-        errors.extend(check_unique(&spec.types, "spec.types"));
-        errors.extend(check_unique(
-            &spec.performance_hints,
-            "spec.performanceHints",
-        ));
-        errors.extend(check_no_global(&[
-            ("spec.selector", spec.selector.as_deref()),
-            (
-                "spec.serviceAccountSelector",
-                spec.service_account_selector.as_deref(),
-            ),
-        ]));
-        errors.extend(validate_rules(
-            &spec.ingress,
-            PolicyType::Ingress,
+        errors.extend(validate_policy_common(
+            PolicyParts {
+                types: &spec.types,
+                performance_hints: &spec.performance_hints,
+                selectors: &self.spec_selectors(),
+                ingress: &spec.ingress,
+                egress: &spec.egress,
+            },
             RuleOwner::NetworkPolicy,
-            "spec.ingress",
-        ));
-        errors.extend(validate_rules(
-            &spec.egress,
-            PolicyType::Egress,
-            RuleOwner::NetworkPolicy,
-            "spec.egress",
         ));
         errors
+    }
+
+    /// The spec's own selector fields, with their paths.
+    fn spec_selectors(&self) -> [(&'static str, Option<&str>); 2] {
+        [
+            ("spec.selector", self.spec.selector.as_deref()),
+            ("spec.serviceAccountSelector", self.spec.service_account_selector.as_deref()),
+        ]
     }
 
     /// Every selector of the policy with its field path (`spec.selector`,
     /// `spec.serviceAccountSelector`, `spec.ingress[0].source.selector`...), for the caller to
     /// check with the selector parser.
     pub fn selector_fields(&self) -> impl Iterator<Item = (String, &str)> {
-        let spec = &self.spec;
-        [
-            ("spec.selector", spec.selector.as_deref()),
-            (
-                "spec.serviceAccountSelector",
-                spec.service_account_selector.as_deref(),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(path, s)| s.map(|s| (path.to_owned(), s)))
-        .chain(rule_selectors(&spec.ingress, "spec.ingress"))
-        .chain(rule_selectors(&spec.egress, "spec.egress"))
+        policy_selectors(self.spec_selectors(), &self.spec.ingress, &self.spec.egress)
     }
 }
 
@@ -1466,12 +1445,8 @@ impl GlobalNetworkPolicy {
 
     /// Fills in what Calico defaults, as [`NetworkPolicy::apply_defaults`] does.
     pub fn apply_defaults(&mut self) {
-        if self.spec.tier.is_empty() {
-            self.spec.tier = default_tier();
-        }
-        if self.spec.types.is_empty() {
-            self.spec.types = default_types(&self.spec.ingress, &self.spec.egress);
-        }
+        let spec = &mut self.spec;
+        apply_policy_defaults(&mut spec.tier, &mut spec.types, &spec.ingress, &spec.egress);
     }
 
     /// Checks across fields (`validateGlobalNetworkPolicy`, `validateGlobalNetworkPolicySpec`,
@@ -1515,52 +1490,87 @@ impl GlobalNetworkPolicy {
                 "applyOnForward must be true if either preDNAT or doNotTrack is true",
             ));
         }
-        errors.extend(check_unique(&spec.types, "spec.types"));
-        errors.extend(check_unique(
-            &spec.performance_hints,
-            "spec.performanceHints",
-        ));
-        errors.extend(check_no_global(&[
-            ("spec.selector", spec.selector.as_deref()),
-            (
-                "spec.serviceAccountSelector",
-                spec.service_account_selector.as_deref(),
-            ),
-            ("spec.namespaceSelector", spec.namespace_selector.as_deref()),
-        ]));
-        errors.extend(validate_rules(
-            &spec.ingress,
-            PolicyType::Ingress,
+        errors.extend(validate_policy_common(
+            PolicyParts {
+                types: &spec.types,
+                performance_hints: &spec.performance_hints,
+                selectors: &self.spec_selectors(),
+                ingress: &spec.ingress,
+                egress: &spec.egress,
+            },
             RuleOwner::GlobalNetworkPolicy,
-            "spec.ingress",
-        ));
-        errors.extend(validate_rules(
-            &spec.egress,
-            PolicyType::Egress,
-            RuleOwner::GlobalNetworkPolicy,
-            "spec.egress",
         ));
         errors
+    }
+
+    /// The spec's own selector fields, with their paths.
+    fn spec_selectors(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("spec.selector", self.spec.selector.as_deref()),
+            ("spec.serviceAccountSelector", self.spec.service_account_selector.as_deref()),
+            ("spec.namespaceSelector", self.spec.namespace_selector.as_deref()),
+        ]
     }
 
     /// Every selector of the policy with its field path (`spec.selector`,
     /// `spec.serviceAccountSelector`, `spec.namespaceSelector`,
     /// `spec.ingress[0].source.selector`...), for the caller to check with the selector parser.
     pub fn selector_fields(&self) -> impl Iterator<Item = (String, &str)> {
-        let spec = &self.spec;
-        [
-            ("spec.selector", spec.selector.as_deref()),
-            (
-                "spec.serviceAccountSelector",
-                spec.service_account_selector.as_deref(),
-            ),
-            ("spec.namespaceSelector", spec.namespace_selector.as_deref()),
-        ]
+        policy_selectors(self.spec_selectors(), &self.spec.ingress, &self.spec.egress)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What NetworkPolicy and GlobalNetworkPolicy share
+
+/// Calico's defaults for a policy: the tier `default`, and `types` inferred from the rules.
+fn apply_policy_defaults(
+    tier: &mut String,
+    types: &mut Vec<PolicyType>,
+    ingress: &[Rule],
+    egress: &[Rule],
+) {
+    if tier.is_empty() {
+        *tier = default_tier();
+    }
+    if types.is_empty() {
+        *types = default_types(ingress, egress);
+    }
+}
+
+/// The fields both policy kinds check the same way.
+struct PolicyParts<'a> {
+    types: &'a [PolicyType],
+    performance_hints: &'a [PerformanceHint],
+    /// The spec's own selector fields, with their paths.
+    selectors: &'a [(&'static str, Option<&'a str>)],
+    ingress: &'a [Rule],
+    egress: &'a [Rule],
+}
+
+/// The checks both policy kinds share: no repeated types or hints, no `global()` in the spec's
+/// selectors, and every rule.
+fn validate_policy_common(parts: PolicyParts<'_>, owner: RuleOwner) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    errors.extend(check_unique(parts.types, "spec.types"));
+    errors.extend(check_unique(parts.performance_hints, "spec.performanceHints"));
+    errors.extend(check_no_global(parts.selectors));
+    errors.extend(validate_rules(parts.ingress, PolicyType::Ingress, owner, "spec.ingress"));
+    errors.extend(validate_rules(parts.egress, PolicyType::Egress, owner, "spec.egress"));
+    errors
+}
+
+/// Every selector of a policy with its field path: the spec's own, then the rules'.
+fn policy_selectors<'a, const N: usize>(
+    spec_selectors: [(&'static str, Option<&'a str>); N],
+    ingress: &'a [Rule],
+    egress: &'a [Rule],
+) -> impl Iterator<Item = (String, &'a str)> {
+    spec_selectors
         .into_iter()
         .filter_map(|(path, s)| s.map(|s| (path.to_owned(), s)))
-        .chain(rule_selectors(&spec.ingress, "spec.ingress"))
-        .chain(rule_selectors(&spec.egress, "spec.egress"))
-    }
+        .chain(rule_selectors(ingress, "spec.ingress"))
+        .chain(rule_selectors(egress, "spec.egress"))
 }
 
 // ---------------------------------------------------------------------------------------------
