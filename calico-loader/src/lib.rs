@@ -5,4 +5,6 @@ pub mod agent;
 pub mod datastore;
 pub mod dataplane;
 pub mod inspect;
+pub mod microbench;
 pub mod model;
+pub mod packets;

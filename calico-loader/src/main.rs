@@ -51,6 +51,17 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
     },
+    /// Per-packet cost of the programs through BPF_PROG_TEST_RUN, for each route count (JSON
+    /// lines on stdout). Used by `cargo xtask bench`.
+    #[command(hide = true)]
+    Microbench {
+        /// Route counts to measure with.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
+        routes: Vec<u32>,
+        /// Packets per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        packets: u64,
+    },
     /// Detach every program, and remove the pinned maps and links and the kernel routes the
     /// agent made.
     Cleanup {
@@ -123,6 +134,14 @@ async fn main() -> anyhow::Result<()> {
                 DumpWhat::Endpoints => print(output, &inspect::endpoints(&layout).with_context(context)?, inspect::endpoints_table),
                 DumpWhat::Counters => print(output, &inspect::counters(&layout).with_context(context)?, inspect::counters_table),
             }
+        }
+        Command::Microbench { routes, packets } => {
+            for count in routes {
+                let result = calico_loader::microbench::run(count, packets)
+                    .with_context(|| format!("microbenchmark with {count} routes"))?;
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            Ok(())
         }
         Command::Cleanup { pin_path } => {
             let layout = PinLayout::new(&pin_path);

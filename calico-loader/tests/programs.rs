@@ -18,7 +18,7 @@ use calico_loader::{
     model::LocalEndpoint,
 };
 use ipnet::IpNet;
-use support::packets::*;
+use calico_loader::packets::*;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -461,4 +461,14 @@ fn duplicate_address_detection_is_left_to_the_kernel() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, packet);
     assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 0);
+}
+
+#[test]
+fn the_microbenchmark_forwards_and_measures() {
+    // The packet the microbenchmark times must take the forwarding path on both hooks (it
+    // errors otherwise), with a route map of realistic size.
+    let result = calico_loader::microbench::run(1000, 400).expect("microbenchmark");
+    assert_eq!(result.routes, 1000);
+    assert!(result.packets >= 400);
+    assert!(result.tc_ns_per_packet > 0.0 && result.xdp_ns_per_packet > 0.0, "{result:?}");
 }

@@ -1,5 +1,4 @@
-//! Shared test support: crafted packets, and (for the namespace tests) RAII guards.
+//! Shared test support: RAII guards for namespaces, workloads and the agent.
 #![allow(dead_code)]
 
-pub mod packets;
 pub mod netns;
