@@ -309,15 +309,34 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     shared::check_nothing_left("cbench-", pid, Some(&pins));
     let results = outcome?;
 
+    let microbench = microbench(&plan, &loader)?;
+
     let summary = report::summarise(&plan, &results);
     report::print_table(&plan, &machine, &summary);
-    report::write_json(&plan, &machine, &results, &summary, clock.elapsed())?;
+    report::print_microbench(&microbench);
+    report::write_json(&plan, &machine, &results, &summary, &microbench, clock.elapsed())?;
     util::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
         plan.json.display()
     ));
     report::check_traffic(&results)
+}
+
+/// The programs' own per-packet cost through BPF_PROG_TEST_RUN (`calico-loader microbench`),
+/// with 1k and 100k routes; --quick only checks that it runs, with few packets.
+fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
+    util::step("Microbenchmark: the programs through BPF_PROG_TEST_RUN");
+    let (routes, packets) = if plan.quick { ("1000", "2000") } else { ("1000,100000", "1000000") };
+    let output = Cmd::new(loader)
+        .args(["microbench", "--routes", routes, "--packets", packets])
+        .privileged()
+        .output()?;
+    output
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).with_context(|| format!("microbench output {line:?}")))
+        .collect()
 }
 
 /// Builds everything, runs the rounds, tears everything down (guards, in

@@ -413,6 +413,7 @@ pub fn write_json(
     machine: &MachineInfo,
     results: &[RoundResult],
     summary: &[SetupSummary],
+    microbench: &[serde_json::Value],
     elapsed: Duration,
 ) -> Result<()> {
     let rounds: Vec<serde_json::Value> = results
@@ -458,6 +459,7 @@ pub fn write_json(
         },
         "results": rounds,
         "summary": summary,
+        "microbench": microbench,
     });
     if let Some(dir) = plan.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -496,6 +498,25 @@ pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
             "some setups moved no traffic:\n  - {}",
             problems.join("\n  - ")
         )
+    }
+}
+
+/// Prints the BPF_PROG_TEST_RUN figures: ns per forwarded packet for each route count.
+pub fn print_microbench(rows: &[serde_json::Value]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("Programs alone (BPF_PROG_TEST_RUN, packet forwarded between two workloads):");
+    println!("{:>8}  {:>10}  {:>10}  {:>10}", "routes", "packets", "TC ns", "XDP ns");
+    for row in rows {
+        println!(
+            "{:>8}  {:>10}  {:>10.1}  {:>10.1}",
+            row["routes"].as_u64().unwrap_or(0),
+            row["packets"].as_u64().unwrap_or(0),
+            row["tc_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+            row["xdp_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+        );
     }
 }
 
@@ -561,3 +582,4 @@ mod tests {
         assert_eq!(width(lines[0]), width(lines[2]));
     }
 }
+
