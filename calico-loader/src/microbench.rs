@@ -12,7 +12,13 @@ use calico_ebpf_common::{RouteKind, RouteValue, program_names};
 use serde::Serialize;
 
 use crate::{
-    dataplane::{KERNEL_OBJECT, map_contents, maps::Maps, netlink::LinkDetails},
+    dataplane::{
+        KERNEL_OBJECT,
+        attach::{AttachError, program},
+        map_contents,
+        maps::Maps,
+        netlink::LinkDetails,
+    },
     model::LocalEndpoint,
     packets::{HOST_MAC, udp_v4_frame},
 };
@@ -34,8 +40,8 @@ pub enum MicrobenchError {
     Maps(#[from] crate::dataplane::maps::MapsError),
     #[error("program {name}: {source}")]
     Program { name: &'static str, source: ProgramError },
-    #[error("the kernel object has no program {0}")]
-    MissingProgram(&'static str),
+    #[error(transparent)]
+    Lookup(#[from] AttachError),
     #[error("the {hook} program returned {got} instead of a redirect: the benchmark packet was not forwarded")]
     NotForwarded { hook: &'static str, got: u32 },
 }
@@ -47,16 +53,6 @@ pub struct MicrobenchResult {
     pub packets: u64,
     pub tc_ns_per_packet: f64,
     pub xdp_ns_per_packet: f64,
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, MicrobenchError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(MicrobenchError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| MicrobenchError::Program { name, source })
 }
 
 /// The address of the `i`-th extra route: /32s in 198.18.0.0/15 after the two workloads'.

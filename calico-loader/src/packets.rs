@@ -32,8 +32,9 @@ pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> 
     frame
 }
 
-/// A UDP datagram with a correct checksum over the IPv4 pseudo-header.
-pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+/// A UDP datagram whose checksum covers `pseudo_header` (addresses, protocol and length, as the
+/// IP version defines it), which the caller builds with the datagram's length.
+fn udp(sport: u16, dport: u16, payload: &[u8], pseudo_header: impl FnOnce(u16) -> Vec<u8>) -> Vec<u8> {
     let len = (8 + payload.len()) as u16;
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());
@@ -41,15 +42,21 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
     udp.extend_from_slice(&len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&len.to_be_bytes());
+    let mut pseudo = pseudo_header(len);
     pseudo.extend_from_slice(&udp);
     let check = checksum(&pseudo);
     udp[6..8].copy_from_slice(&check.to_be_bytes());
     udp
+}
+
+/// A UDP datagram with a correct checksum over the IPv4 pseudo-header.
+pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    udp(sport, dport, payload, |len| {
+        let mut pseudo = [src.octets(), dst.octets()].concat();
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&len.to_be_bytes());
+        pseudo
+    })
 }
 
 /// An IPv4 packet (with `options`, a multiple of 4 bytes) carrying `payload` as `protocol`.
@@ -69,23 +76,14 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, protocol: u8, options: &[u8],
     ip
 }
 
+/// A UDP datagram with a correct checksum over the IPv6 pseudo-header.
 pub fn udp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let len = (8 + payload.len()) as u16;
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&sport.to_be_bytes());
-    udp.extend_from_slice(&dport.to_be_bytes());
-    udp.extend_from_slice(&len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 17]);
-    pseudo.extend_from_slice(&udp);
-    let check = checksum(&pseudo);
-    udp[6..8].copy_from_slice(&check.to_be_bytes());
-    udp
+    udp(sport, dport, payload, |len| {
+        let mut pseudo = [src.octets(), dst.octets()].concat();
+        pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        pseudo
+    })
 }
 
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, next_header: u8, payload: &[u8]) -> Vec<u8> {

@@ -240,8 +240,8 @@ fn remove_pin(path: &Path) -> Result<(), AttachError> {
     }
 }
 
-/// The program called `name`, as the program type `T`.
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, AttachError>
+/// The program called `name` in `ebpf`, as the program type `T`.
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, AttachError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
