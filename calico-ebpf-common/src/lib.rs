@@ -25,8 +25,44 @@ pub mod map_names {
     /// Per-CPU counters per workload interface: per-CPU hash of ifindex → [`crate::EndpointCounters`].
     pub const COUNTERS: &str = "cali_counters";
 
+    /// Policy, first lookup (IPv4): LPM trie of [`crate::PolicyAddrKeyV4`] → address class (`u32`).
+    pub const POLICY_ADDRS_V4: &str = "cali_paddr_v4";
+    /// Policy, first lookup (IPv6): LPM trie of [`crate::PolicyAddrKeyV6`] → address class (`u32`).
+    pub const POLICY_ADDRS_V6: &str = "cali_paddr_v6";
+    /// Policy, second lookup: LPM trie of [`crate::PolicyProtoKey`] → port class (`u32`).
+    pub const POLICY_PROTOS: &str = "cali_pproto";
+    /// Policy, third lookup: LPM trie of [`crate::PolicyPortKey`] → [`crate::PolicyVerdict`].
+    pub const POLICY_PORTS: &str = "cali_pports";
+    /// What each rule id stands for: hash of rule id (`u32`) → [`crate::RuleInfo`]. Written by
+    /// the agent for `trace`, `dump` and `bpftool`; the programs never read it.
+    pub const RULES: &str = "cali_rules";
+    /// Per-CPU hit counters per rule id: per-CPU array of [`crate::RuleCounters`].
+    pub const RULE_COUNTERS: &str = "cali_rule_ctrs";
+    /// Connection tracking: LRU hash of [`crate::ConntrackKey`] → [`crate::ConntrackValue`].
+    pub const CONNTRACK: &str = "cali_conntrack";
+    /// Events of the Log action: ring buffer of [`crate::LogEvent`].
+    pub const LOG_EVENTS: &str = "cali_log_events";
+    /// Result of the last `trace` run: per-CPU array (one slot) of [`crate::TraceResult`].
+    pub const TRACE: &str = "cali_trace";
+
     /// Every map the agent pins.
-    pub const ALL: [&str; 6] = [ROUTES_V4, ROUTES_V6, SOURCES_V4, SOURCES_V6, ENDPOINTS, COUNTERS];
+    pub const ALL: [&str; 15] = [
+        ROUTES_V4,
+        ROUTES_V6,
+        SOURCES_V4,
+        SOURCES_V6,
+        ENDPOINTS,
+        COUNTERS,
+        POLICY_ADDRS_V4,
+        POLICY_ADDRS_V6,
+        POLICY_PROTOS,
+        POLICY_PORTS,
+        RULES,
+        RULE_COUNTERS,
+        CONNTRACK,
+        LOG_EVENTS,
+        TRACE,
+    ];
 }
 
 /// Names of the programs in the object file.
@@ -37,6 +73,10 @@ pub mod program_names {
     pub const TC_TO_WORKLOAD: &str = "calico_tc_to_wl";
     /// XDP on the host side of a workload interface: packets *from* the workload.
     pub const XDP_FROM_WORKLOAD: &str = "calico_xdp_from_wl";
+    /// Never attached: run by `calico-loader trace` through BPF_PROG_TEST_RUN. It evaluates
+    /// conntrack (read only) and policy for one endpoint and direction, with the same code as
+    /// the attached programs, and writes what decided into the trace map.
+    pub const TRACE: &str = "calico_trace";
 }
 
 /// Default map sizes (entries). The LPM tries are not preallocated, so a large limit costs
@@ -48,6 +88,18 @@ pub mod map_sizes {
     pub const SOURCES: u32 = 65_536;
     /// Workload interfaces on one host (Calico's interface-state map is 1000, which users hit).
     pub const ENDPOINTS: u32 = 16_384;
+    /// Entries of the policy address tries (both families share the limit, each has it).
+    pub const POLICY_ADDRS: u32 = 1_048_576;
+    /// Entries of the policy protocol/source-port trie.
+    pub const POLICY_PROTOS: u32 = 1_048_576;
+    /// Entries of the policy destination-port trie.
+    pub const POLICY_PORTS: u32 = 1_048_576;
+    /// Rule ids (policy rules, tier defaults, profile rules): size of the rule counters array.
+    pub const RULES: u32 = 65_536;
+    /// Connection tracking entries (Calico's default is 512k).
+    pub const CONNTRACK: u32 = 524_288;
+    /// Bytes of the Log ring buffer.
+    pub const LOG_EVENTS_BYTES: u32 = 256 * 1024;
 }
 
 /// The MAC the host side of every workload interface carries, as Calico's CNI plugin sets it.
@@ -155,7 +207,12 @@ pub const ENDPOINT_NAME_LEN: usize = 96;
 pub struct EndpointInfo {
     /// Bits from [`endpoint_flags`].
     pub flags: u32,
-    /// Reserved; keeps the MACs 4-byte aligned.
+    /// Policy id of the endpoint's compiled ingress policy (first key part of the policy
+    /// address tries); never 0 once the entry exists.
+    pub ingress_policy: u32,
+    /// Policy id of the endpoint's compiled egress policy.
+    pub egress_policy: u32,
+    /// Reserved.
     pub _pad: u32,
     /// The workload's MAC (zero when unknown).
     pub mac: [u8; 6],
@@ -171,6 +228,8 @@ impl Default for EndpointInfo {
     fn default() -> Self {
         Self {
             flags: 0,
+            ingress_policy: 0,
+            egress_policy: 0,
             _pad: 0,
             mac: [0; 6],
             host_mac: [0; 6],
@@ -225,6 +284,11 @@ pub enum DropReason {
     UnknownInterface = 3,
     /// A redirect to the destination interface failed.
     RedirectFailed = 4,
+    /// Policy denied the packet (a rule, a tier's default action, or no profile allowing it).
+    PolicyDenied = 5,
+    /// The endpoint's compiled policy gave no verdict (it should always give one): dropped,
+    /// never allowed.
+    PolicyMissing = 6,
 }
 
 /// Number of slots in [`EndpointCounters::drops`].
@@ -232,12 +296,14 @@ pub const DROP_REASONS: usize = 8;
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         Self::SpoofedSource,
         Self::Blackhole,
         Self::Malformed,
         Self::UnknownInterface,
         Self::RedirectFailed,
+        Self::PolicyDenied,
+        Self::PolicyMissing,
     ];
 
     /// A short lowercase name for tables and JSON.
@@ -248,6 +314,8 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::UnknownInterface => "unknown-interface",
             Self::RedirectFailed => "redirect-failed",
+            Self::PolicyDenied => "policy-denied",
+            Self::PolicyMissing => "policy-missing",
         }
     }
 }
@@ -299,6 +367,361 @@ impl EndpointCounters {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Policy: three LPM lookups per new flow, whatever the number of rules.
+//
+// 1. {policy id, local address, remote address} → address class. The policy id names one
+//    endpoint's compiled policy in one direction (one generation of it); the local address is
+//    the endpoint's own (destination for ingress, source for egress) and is always matched in
+//    full; the remote address is matched by prefix.
+// 2. {address class, protocol, source port} → port class. Prefix 32 is the class's default for
+//    protocols no rule names; 40 a protocol's default; longer ones source-port prefixes.
+// 3. {port class, destination port} → verdict. For ICMP and ICMPv6 the "port" is
+//    `type << 8 | code`; for protocols without ports it is 0.
+
+/// Data part of the IPv4 policy address key. LPM prefix length = 32 + 32 + remote prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct PolicyAddrKeyV4 {
+    /// The compiled policy (host byte order; matched in full).
+    pub policy: u32,
+    /// The endpoint's own address (network byte order; matched in full).
+    pub local: [u8; 4],
+    /// The other side's address (network byte order; matched by prefix).
+    pub remote: [u8; 4],
+}
+
+/// Data part of the IPv6 policy address key. LPM prefix length = 32 + 128 + remote prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct PolicyAddrKeyV6 {
+    pub policy: u32,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+
+/// Prefix length of the fixed part of [`PolicyAddrKeyV4`] (policy id and local address).
+pub const POLICY_ADDR_V4_FIXED_BITS: u32 = 32 + 32;
+/// Prefix length of the fixed part of [`PolicyAddrKeyV6`].
+pub const POLICY_ADDR_V6_FIXED_BITS: u32 = 32 + 128;
+
+/// Data part of the protocol/source-port key. LPM prefix length: 32 (class), 40 (class and
+/// protocol) or 40 + source-port prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct PolicyProtoKey {
+    /// Address class (host byte order; matched in full).
+    pub class: u32,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source port, network byte order (0 for protocols without ports).
+    pub sport: [u8; 2],
+    /// Reserved, never part of a prefix.
+    pub _pad: u8,
+}
+
+/// Data part of the destination-port key. LPM prefix length: 32 + destination-port prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct PolicyPortKey {
+    /// Port class (host byte order; matched in full).
+    pub class: u32,
+    /// Destination port, or `type << 8 | code` for ICMP, network byte order.
+    pub dport: [u8; 2],
+    /// Reserved, never part of a prefix.
+    pub _pad: [u8; 2],
+}
+
+/// Values of [`PolicyVerdict::action`].
+pub mod verdict_action {
+    /// Let the packet through (and track its flow).
+    pub const ALLOW: u8 = 1;
+    /// Drop it.
+    pub const DENY: u8 = 2;
+}
+
+/// Bits of [`PolicyVerdict::flags`].
+pub mod verdict_flags {
+    /// A Log rule matched before the verdict: emit a [`crate::LogEvent`].
+    pub const LOG: u8 = 1;
+}
+
+/// What policy decided for a packet, and which rule decided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct PolicyVerdict {
+    /// A [`verdict_action`] value.
+    pub action: u8,
+    /// Bits from [`verdict_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Rule id of what decided (a rule, a tier's default action, or the final deny).
+    pub rule: u32,
+    /// Rule id of the first Log rule that matched, when [`verdict_flags::LOG`] is set.
+    pub log_rule: u32,
+}
+
+/// Values of [`RuleInfo::kind`].
+pub mod rule_kind {
+    /// A rule of a NetworkPolicy or GlobalNetworkPolicy.
+    pub const POLICY_RULE: u8 = 1;
+    /// The default action of a tier whose policies decided nothing.
+    pub const TIER_DEFAULT: u8 = 2;
+    /// A rule of a Profile.
+    pub const PROFILE_RULE: u8 = 3;
+    /// Nothing allowed the packet: the deny after the profiles.
+    pub const NO_MATCH: u8 = 4;
+}
+
+/// Values of direction fields: [`RuleInfo::direction`], [`LogEvent::direction`],
+/// [`TraceResult::direction`].
+pub mod direction {
+    /// Traffic into the endpoint.
+    pub const INGRESS: u8 = 0;
+    /// Traffic out of the endpoint.
+    pub const EGRESS: u8 = 1;
+}
+
+/// Length of [`RuleInfo::tier`].
+pub const RULE_TIER_LEN: usize = 64;
+/// Length of [`RuleInfo::policy`].
+pub const RULE_POLICY_LEN: usize = 192;
+
+/// What a rule id stands for (value of the rules map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// A [`rule_kind`] value.
+    pub kind: u8,
+    /// The rule's action: [`verdict_action`] values, plus 3 for Log and 4 for Pass.
+    pub action: u8,
+    /// A [`direction`] value.
+    pub direction: u8,
+    pub _pad: u8,
+    /// Index of the rule in its policy's or profile's rule list of that direction.
+    pub index: u32,
+    /// Tier name, NUL-padded (empty for profiles and the final deny).
+    pub tier: [u8; RULE_TIER_LEN],
+    /// Policy as `kind:namespace/name` or `kind:name` (`Profile:name` for profiles), NUL-padded.
+    pub policy: [u8; RULE_POLICY_LEN],
+}
+
+impl Default for RuleInfo {
+    fn default() -> Self {
+        Self {
+            kind: 0,
+            action: 0,
+            direction: 0,
+            _pad: 0,
+            index: 0,
+            tier: [0; RULE_TIER_LEN],
+            policy: [0; RULE_POLICY_LEN],
+        }
+    }
+}
+
+impl RuleInfo {
+    /// The tier name, up to the first NUL.
+    pub fn tier_bytes(&self) -> &[u8] {
+        until_nul(&self.tier)
+    }
+
+    /// The policy name, up to the first NUL.
+    pub fn policy_bytes(&self) -> &[u8] {
+        until_nul(&self.policy)
+    }
+}
+
+/// Per-CPU hits of one rule id: packets (and their bytes) whose verdict it decided, counted
+/// when policy is evaluated (a flow's first packet, or every packet of an untracked one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection tracking
+
+/// Key of the conntrack map: the flow's addresses and ports, normalized so that both
+/// directions find the same entry: side A is the lower (address, port) pair.
+///
+/// For ICMP echo both ports hold the identifier; for other protocols without ports both are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct ConntrackKey {
+    /// IPv4 addresses use the first four bytes, the rest zero.
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    /// Host byte order.
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Bits of [`ConntrackValue::flags`]. "Forward" is the direction of the flow's first packet.
+pub mod conntrack_flags {
+    /// The opener's SYN was seen.
+    pub const SYN_FWD: u16 = 1;
+    /// The responder's SYN-ACK was seen.
+    pub const SYN_REV: u16 = 2;
+    /// The handshake completed (the opener's ACK after the SYN-ACK).
+    pub const ESTABLISHED: u16 = 4;
+    /// A FIN from the opener.
+    pub const FIN_FWD: u16 = 8;
+    /// A FIN from the responder.
+    pub const FIN_REV: u16 = 16;
+    /// A RST from either side.
+    pub const RST: u16 = 32;
+    /// A reply was seen (any protocol).
+    pub const REPLIED: u16 = 64;
+}
+
+/// Value of the conntrack map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConntrackValue {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the entry was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the last packet.
+    pub last_seen_ns: u64,
+    /// Packets from the opener.
+    pub packets_fwd: u64,
+    /// Packets from the responder.
+    pub packets_rev: u64,
+    /// Bits from [`conntrack_flags`].
+    pub flags: u16,
+    /// 0 when side A of the key opened the flow, 1 when side B did.
+    pub opener: u8,
+    pub _pad: u8,
+    /// Policy id of the opener's egress policy that allowed the flow (0: the opener is not a
+    /// local workload). When the endpoint's policy id changes, the flow is checked again.
+    pub egress_policy: u32,
+    /// Policy id of the responder's ingress policy that allowed the flow (0: not a local
+    /// workload).
+    pub ingress_policy: u32,
+    /// Rule ids that allowed it (0 when the side had no policy).
+    pub egress_rule: u32,
+    pub ingress_rule: u32,
+    pub _pad2: u32,
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Calico's default conntrack timeouts (idle time since the last packet), in nanoseconds.
+pub mod conntrack_timeouts {
+    use super::SECOND_NS;
+    pub const TCP_SYN_SENT: u64 = 20 * SECOND_NS;
+    pub const TCP_ESTABLISHED: u64 = 3600 * SECOND_NS;
+    pub const TCP_FINS_SEEN: u64 = 30 * SECOND_NS;
+    pub const TCP_RESET: u64 = 40 * SECOND_NS;
+    pub const UDP: u64 = 60 * SECOND_NS;
+    pub const ICMP: u64 = 5 * SECOND_NS;
+    pub const OTHER: u64 = 600 * SECOND_NS;
+}
+
+impl ConntrackValue {
+    /// How long the entry may stay idle, given its protocol and state (Calico's defaults).
+    #[inline(always)]
+    pub fn timeout_ns(&self, proto: u8) -> u64 {
+        use conntrack_flags::*;
+        match proto {
+            6 => {
+                if self.flags & RST != 0 {
+                    conntrack_timeouts::TCP_RESET
+                } else if self.flags & (FIN_FWD | FIN_REV) == FIN_FWD | FIN_REV {
+                    conntrack_timeouts::TCP_FINS_SEEN
+                } else if self.flags & ESTABLISHED != 0 {
+                    conntrack_timeouts::TCP_ESTABLISHED
+                } else {
+                    conntrack_timeouts::TCP_SYN_SENT
+                }
+            }
+            17 | 136 => conntrack_timeouts::UDP,
+            1 | 58 => conntrack_timeouts::ICMP,
+            _ => conntrack_timeouts::OTHER,
+        }
+    }
+
+    /// Whether the entry has expired at `now_ns`.
+    #[inline(always)]
+    pub fn expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(proto)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log events and trace results
+
+/// One packet that matched a Log rule (when its flow's verdict was computed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LogEvent {
+    /// Host-side ifindex of the endpoint whose policy logged.
+    pub ifindex: u32,
+    /// The Log rule's id.
+    pub log_rule: u32,
+    /// What decided the packet afterwards.
+    pub rule: u32,
+    /// A [`verdict_action`] value.
+    pub action: u8,
+    /// A [`direction`] value.
+    pub direction: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub proto: u8,
+    /// IPv4 addresses use the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order (ICMP: type and code).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Values of [`TraceResult::decided_by`].
+pub mod trace_decided_by {
+    /// Policy: see [`crate::TraceResult::rule`].
+    pub const POLICY: u8 = 1;
+    /// An existing conntrack entry (the packet belongs to a tracked flow, or is an ICMP error
+    /// about one).
+    pub const CONNTRACK: u8 = 2;
+    /// No endpoint is known for the interface.
+    pub const NO_ENDPOINT: u8 = 3;
+    /// The packet could not be parsed.
+    pub const MALFORMED: u8 = 4;
+    /// The endpoint's policy gave no verdict.
+    pub const NO_VERDICT: u8 = 5;
+}
+
+/// What the trace program found (value of the trace map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TraceResult {
+    /// A [`verdict_action`] value.
+    pub action: u8,
+    /// A [`trace_decided_by`] value.
+    pub decided_by: u8,
+    /// A [`direction`] value.
+    pub direction: u8,
+    /// [`verdict_flags`] of the policy verdict.
+    pub flags: u8,
+    /// Rule id that decided (policy), or that allowed the flow (conntrack).
+    pub rule: u32,
+    /// First Log rule that matched.
+    pub log_rule: u32,
+    /// The policy id used.
+    pub policy: u32,
+    /// The address and port classes the lookups found.
+    pub address_class: u32,
+    pub port_class: u32,
+    /// Counts runs, so the caller can tell that the program wrote this result.
+    pub sequence: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays, with every
@@ -308,6 +731,17 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKeyV6 {}
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::EndpointCounters {}
+    unsafe impl aya::Pod for super::PolicyAddrKeyV4 {}
+    unsafe impl aya::Pod for super::PolicyAddrKeyV6 {}
+    unsafe impl aya::Pod for super::PolicyProtoKey {}
+    unsafe impl aya::Pod for super::PolicyPortKey {}
+    unsafe impl aya::Pod for super::PolicyVerdict {}
+    unsafe impl aya::Pod for super::RuleInfo {}
+    unsafe impl aya::Pod for super::RuleCounters {}
+    unsafe impl aya::Pod for super::ConntrackKey {}
+    unsafe impl aya::Pod for super::ConntrackValue {}
+    unsafe impl aya::Pod for super::LogEvent {}
+    unsafe impl aya::Pod for super::TraceResult {}
 }
 
 #[cfg(test)]
@@ -320,7 +754,17 @@ mod tests {
         assert_eq!(size_of::<RouteValue>(), 4 + 4 + 6 + 6 + 16);
         assert_eq!(size_of::<SourceKeyV4>(), 8);
         assert_eq!(size_of::<SourceKeyV6>(), 20);
-        assert_eq!(size_of::<EndpointInfo>(), 4 + 4 + 6 + 6 + IFNAME_LEN + ENDPOINT_NAME_LEN);
+        assert_eq!(size_of::<EndpointInfo>(), 4 * 4 + 6 + 6 + IFNAME_LEN + ENDPOINT_NAME_LEN);
+        assert_eq!(size_of::<PolicyAddrKeyV4>(), 12);
+        assert_eq!(size_of::<PolicyAddrKeyV6>(), 36);
+        assert_eq!(size_of::<PolicyProtoKey>(), 8);
+        assert_eq!(size_of::<PolicyPortKey>(), 8);
+        assert_eq!(size_of::<PolicyVerdict>(), 12);
+        assert_eq!(size_of::<RuleInfo>(), 8 + RULE_TIER_LEN + RULE_POLICY_LEN);
+        assert_eq!(size_of::<ConntrackKey>(), 40);
+        assert_eq!(size_of::<ConntrackValue>(), 4 * 8 + 4 + 5 * 4);
+        assert_eq!(size_of::<LogEvent>(), 16 + 32 + 4);
+        assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
         assert_eq!(size_of::<EndpointCounters>(), 9 * 8 + DROP_REASONS * 8);
     }
 

@@ -6,11 +6,15 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use calico_ebpf_common::{
-    DropReason, EndpointCounters, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6,
+    DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6,
     UNKNOWN_INTERFACE_COUNTERS,
 };
 
-use crate::maps::{COUNTERS, ENDPOINTS_MAP, ROUTES_V4, ROUTES_V6, SOURCES_V4, SOURCES_V6};
+use crate::{
+    flow::{Flow, flow_kind, parse_transport},
+    maps::{COUNTERS, ENDPOINTS_MAP, ROUTES_V4, ROUTES_V6, SCRATCH, SOURCES_V4, SOURCES_V6},
+    policy::{Admission, Side, admit},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -41,7 +45,7 @@ pub enum Action {
 
 /// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short.
 #[inline(always)]
-fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
     let start = data + offset;
     if start + core::mem::size_of::<T>() > data_end {
         return None;
@@ -76,6 +80,37 @@ pub fn count_to_workload(ifindex: u32, len: u64) {
     }
 }
 
+/// The per-CPU scratch flow, reset for a new packet (in place: a `Flow` is too large to build
+/// on the stack and copy).
+#[inline(always)]
+fn scratch_flow(family: u8, len: u64) -> Option<&'static mut Flow> {
+    let flow = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    flow.reset(family, len);
+    Some(flow)
+}
+
+/// The policy side of the workload whose endpoint entry this is.
+#[inline(always)]
+fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
+    Side { ifindex, ingress_policy: endpoint.ingress_policy, egress_policy: endpoint.egress_policy }
+}
+
+/// Counts a drop against the workload behind `ifindex` (the one whose policy decided).
+#[inline(always)]
+fn count_drop_for(ifindex: u32, reason: DropReason) -> Action {
+    count_drop(COUNTERS.get_ptr_mut(ifindex).unwrap_or(core::ptr::null_mut()), reason)
+}
+
+/// Maps a policy refusal onto its drop.
+#[inline(always)]
+fn refused(admission: Admission) -> Option<Action> {
+    match admission {
+        Admission::Allowed => None,
+        Admission::Denied { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyDenied)),
+        Admission::NoVerdict { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyMissing)),
+    }
+}
+
 /// Runs the pipeline for a packet that the workload behind `ifindex` sent.
 ///
 /// `[data, data_end)` must hold at least the headers (the TC entry point pulls them into the
@@ -98,21 +133,121 @@ pub fn from_workload(
         let unknown = COUNTERS.get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS).unwrap_or(core::ptr::null_mut());
         return count_drop(unknown, DropReason::UnknownInterface);
     };
+    let endpoint = unsafe { &*endpoint };
     if let Some(c) = unsafe { counters.as_mut() } {
         c.from_wl_packets += 1;
         c.from_wl_bytes += len;
     }
-    let host_mac = unsafe { (*endpoint).host_mac };
+    let host_mac = endpoint.host_mac;
+    let sender = side(ifindex, endpoint);
 
     let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
         return count_drop(counters, DropReason::Malformed);
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
-        ETH_P_IP => ipv4(data, data_end, ifindex, len, counters, redirect_needs_mac),
-        ETH_P_IPV6 => ipv6(data, data_end, ifindex, len, host_mac, counters, redirect_needs_mac),
+        ETH_P_IP => ipv4(data, data_end, ifindex, len, sender, counters, redirect_needs_mac),
+        ETH_P_IPV6 => ipv6(data, data_end, ifindex, len, host_mac, sender, counters, redirect_needs_mac),
         ETH_P_ARP => arp(data, data_end, host_mac, counters, len),
         _ => count_pass(counters, len),
     }
+}
+
+/// Runs the to-workload pipeline for a packet the kernel sends to the workload behind
+/// `ifindex`: the workload's ingress policy, through conntrack.
+#[inline(always)]
+pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Action {
+    let Some(endpoint) = ENDPOINTS_MAP.get_ptr(ifindex) else {
+        let unknown = COUNTERS.get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS).unwrap_or(core::ptr::null_mut());
+        return count_drop(unknown, DropReason::UnknownInterface);
+    };
+    let receiver = side(ifindex, unsafe { &*endpoint });
+    let counters = COUNTERS.get_ptr_mut(ifindex).unwrap_or(core::ptr::null_mut());
+    let Some(flow) = scratch_flow(0, len) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let parsed = match parse_ip(data, data_end, len, flow) {
+        Parsed::Ip => true,
+        Parsed::Other => false,
+        Parsed::Malformed => return count_drop(counters, DropReason::Malformed),
+    };
+    if parsed && let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
+        return drop;
+    }
+    count_to_workload(ifindex, len);
+    Action::Pass
+}
+
+/// What [`parse_ip`] found.
+pub enum Parsed {
+    /// An IPv4 or IPv6 packet, described in the flow.
+    Ip,
+    /// Not IP (ARP, for instance).
+    Other,
+    /// Truncated or invalid.
+    Malformed,
+}
+
+/// Reads the IP and transport headers after the Ethernet header into `flow`.
+#[inline(always)]
+pub fn parse_ip(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Parsed {
+    let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
+        return Parsed::Malformed;
+    };
+    match u16::from_be_bytes(unsafe { *eth_type }) {
+        ETH_P_IP => match parse_ipv4(data, data_end, len, flow) {
+            Some(_) => Parsed::Ip,
+            None => Parsed::Malformed,
+        },
+        ETH_P_IPV6 => match parse_ipv6(data, data_end, len, flow) {
+            Some(()) => Parsed::Ip,
+            None => Parsed::Malformed,
+        },
+        _ => Parsed::Other,
+    }
+}
+
+/// Validates an IPv4 header (honouring the IHL: the whole header, options included, must be
+/// present, and the datagram must be at least as long as its header and no longer than the
+/// frame) and reads it and the transport header into `flow`. Returns the header's length.
+///
+/// A BPF subprogram of its own, so that its temporaries do not add to the callers' stack.
+#[inline(never)]
+fn parse_ipv4(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Option<usize> {
+    let hdr = unsafe { &*ptr_at::<[u8; IPV4_MIN_HLEN]>(data, data_end, ETH_HLEN)? };
+    let version = hdr[0] >> 4;
+    let header_len = ((hdr[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as u64;
+    if version != 4
+        || header_len < IPV4_MIN_HLEN
+        || total_len < header_len as u64
+        || data + ETH_HLEN + header_len > data_end
+        || ETH_HLEN as u64 + total_len > len
+    {
+        return None;
+    }
+    flow.family = 4;
+    flow.src[..4].copy_from_slice(&hdr[12..16]);
+    flow.dst[..4].copy_from_slice(&hdr[16..20]);
+    flow.proto = hdr[9];
+    let first_fragment = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff == 0;
+    parse_transport(data, data_end, ETH_HLEN + header_len, first_fragment, flow)?;
+    Some(header_len)
+}
+
+/// Validates an IPv6 header and reads it and the transport header into `flow`. Extension
+/// headers are not followed: the first next-header value is the flow's protocol.
+#[inline(never)]
+fn parse_ipv6(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Option<()> {
+    let hdr = unsafe { &*ptr_at::<[u8; IPV6_HLEN]>(data, data_end, ETH_HLEN)? };
+    let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as u64;
+    if hdr[0] >> 4 != 6 || (ETH_HLEN + IPV6_HLEN) as u64 + payload_len > len {
+        return None;
+    }
+    flow.family = 6;
+    flow.src.copy_from_slice(&hdr[8..24]);
+    flow.dst.copy_from_slice(&hdr[24..40]);
+    flow.proto = hdr[6];
+    parse_transport(data, data_end, ETH_HLEN + IPV6_HLEN, true, flow)
 }
 
 /// Answers an ARP request on behalf of the gateway (proxy ARP, as Calico's host side does), so
@@ -163,42 +298,44 @@ fn ipv4(
     data_end: usize,
     ifindex: u32,
     len: u64,
+    sender: Side,
     counters: *mut EndpointCounters,
     redirect_needs_mac: bool,
 ) -> Action {
-    let Some(hdr) = ptr_at::<[u8; IPV4_MIN_HLEN]>(data, data_end, ETH_HLEN) else {
+    let Some(flow) = scratch_flow(4, len) else {
         return count_drop(counters, DropReason::Malformed);
     };
-    let hdr = unsafe { &mut *hdr };
-    let version = hdr[0] >> 4;
-    let header_len = ((hdr[0] & 0x0f) as usize) * 4;
-    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as u64;
-    // Honour the IHL: the whole header, options included, must be present, and the datagram
-    // must be at least as long as its header and no longer than the frame.
-    if version != 4
-        || header_len < IPV4_MIN_HLEN
-        || total_len < header_len as u64
-        || data + ETH_HLEN + header_len > data_end
-        || ETH_HLEN as u64 + total_len > len
-    {
+    let Some(_) = parse_ipv4(data, data_end, len, flow) else {
         return count_drop(counters, DropReason::Malformed);
-    }
-    let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
-    let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
+    };
+    let src = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
+    let dst = [flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]];
 
     let src_key = Key::new(64, SourceKeyV4 { ifindex, addr: src });
     if SOURCES_V4.get(&src_key).is_none() {
         return count_drop(counters, DropReason::SpoofedSource);
     }
 
-    let Some(route) = ROUTES_V4.get(&Key::new(32, dst)) else {
+    let route = ROUTES_V4.get(&Key::new(32, dst));
+    let local = match route.map(|r| RouteKind::from_u32(r.kind)) {
+        Some(Some(RouteKind::LocalWorkload)) => route,
+        Some(Some(RouteKind::Blackhole)) => return count_drop(counters, DropReason::Blackhole),
+        _ => None,
+    };
+    let receiver = match receiver_side(local) {
+        Ok(receiver) => receiver,
+        Err(drop) => return drop,
+    };
+    if let Some(drop) = refused(admit(flow, &sender, &receiver)) {
+        return drop;
+    }
+    let Some(route) = local else {
         return count_pass(counters, len);
     };
-    match RouteKind::from_u32(route.kind) {
-        Some(RouteKind::LocalWorkload) => {}
-        Some(RouteKind::Blackhole) => return count_drop(counters, DropReason::Blackhole),
-        _ => return count_pass(counters, len),
-    }
+    let Some(hdr) = ptr_at::<[u8; IPV4_MIN_HLEN]>(data, data_end, ETH_HLEN) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let hdr = unsafe { &mut *hdr };
     if hdr[8] <= 1 || (redirect_needs_mac && route.mac == [0; 6]) {
         // Let the kernel send the ICMP time-exceeded error, or resolve the neighbour.
         return count_pass(counters, len);
@@ -214,13 +351,27 @@ fn ipv4(
     redirect_to_workload(data, data_end, route, len, counters)
 }
 
+/// The receiving side of a packet routed to a local workload (none for other destinations).
+/// A local workload whose endpoint entry is missing has no policy programmed yet: its traffic
+/// is dropped, never let through unchecked.
 #[inline(always)]
+fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
+    let Some(route) = local else { return Ok(Side::NONE) };
+    match ENDPOINTS_MAP.get_ptr(route.ifindex) {
+        Some(endpoint) => Ok(side(route.ifindex, unsafe { &*endpoint })),
+        None => Err(count_drop_for(route.ifindex, DropReason::PolicyMissing)),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn ipv6(
     data: usize,
     data_end: usize,
     ifindex: u32,
     len: u64,
     host_mac: [u8; 6],
+    sender: Side,
     counters: *mut EndpointCounters,
     redirect_needs_mac: bool,
 ) -> Action {
@@ -239,31 +390,48 @@ fn ipv6(
     {
         return action;
     }
+    let Some(flow) = scratch_flow(6, len) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    if parse_ipv6(data, data_end, len, flow).is_none() {
+        return count_drop(counters, DropReason::Malformed);
+    }
     // Other link-local and multicast destinations (MLD, DAD, router solicitations) are for the
-    // host; the kernel answers them, and they are never forwarded.
-    let dst0 = hdr[24];
-    let dst1 = hdr[25];
+    // host and are never forwarded; neighbour discovery and MLD bypass policy, the rest is the
+    // workload's egress traffic to the host.
+    let dst0 = flow.dst[0];
+    let dst1 = flow.dst[1];
     if dst0 == 0xff || (dst0 == 0xfe && dst1 & 0xc0 == 0x80) {
+        if let Some(drop) = refused(admit(flow, &sender, &Side::NONE)) {
+            return drop;
+        }
         return count_pass(counters, len);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&hdr[24..40]);
+    if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
+        return count_pass(counters, len);
+    }
 
-    let src_key = Key::new(32 + 128, SourceKeyV6 { ifindex, addr: src });
+    let src_key = Key::new(32 + 128, SourceKeyV6 { ifindex, addr: flow.src });
     if SOURCES_V6.get(&src_key).is_none() {
         return count_drop(counters, DropReason::SpoofedSource);
     }
 
-    let Some(route) = ROUTES_V6.get(&Key::new(128, dst)) else {
+    let route = ROUTES_V6.get(&Key::new(128, flow.dst));
+    let local = match route.map(|r| RouteKind::from_u32(r.kind)) {
+        Some(Some(RouteKind::LocalWorkload)) => route,
+        Some(Some(RouteKind::Blackhole)) => return count_drop(counters, DropReason::Blackhole),
+        _ => None,
+    };
+    let receiver = match receiver_side(local) {
+        Ok(receiver) => receiver,
+        Err(drop) => return drop,
+    };
+    if let Some(drop) = refused(admit(flow, &sender, &receiver)) {
+        return drop;
+    }
+    let Some(route) = local else {
         return count_pass(counters, len);
     };
-    match RouteKind::from_u32(route.kind) {
-        Some(RouteKind::LocalWorkload) => {}
-        Some(RouteKind::Blackhole) => return count_drop(counters, DropReason::Blackhole),
-        _ => return count_pass(counters, len),
-    }
     if hdr[7] <= 1 || (redirect_needs_mac && route.mac == [0; 6]) {
         return count_pass(counters, len);
     }
@@ -426,4 +594,55 @@ fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
+}
+
+/// The trace program's work: for the endpoint behind `ifindex` and one direction, what
+/// conntrack (read only) and policy decide for the packet, written to the trace map. Nothing
+/// live changes: no conntrack entry, no counter, no Log event.
+#[inline(always)]
+pub fn trace(data: usize, data_end: usize, ifindex: u32, ingress: bool, len: u64) {
+    use calico_ebpf_common::{TraceResult, direction, trace_decided_by, verdict_action};
+
+    use crate::{maps::TRACE, policy};
+
+    let Some(slot) = TRACE.get_ptr_mut(0) else { return };
+    let slot = unsafe { &mut *slot };
+    let mut result = TraceResult {
+        direction: if ingress { direction::INGRESS } else { direction::EGRESS },
+        action: verdict_action::DENY,
+        sequence: slot.sequence + 1,
+        ..TraceResult::default()
+    };
+    let Some(flow) = scratch_flow(0, len) else { return };
+    match (ENDPOINTS_MAP.get_ptr(ifindex), parse_ip(data, data_end, len, flow)) {
+        (None, _) => result.decided_by = trace_decided_by::NO_ENDPOINT,
+        (Some(_), Parsed::Other | Parsed::Malformed) => result.decided_by = trace_decided_by::MALFORMED,
+        (Some(endpoint), Parsed::Ip) => {
+            let endpoint = unsafe { &*endpoint };
+            let policy_id = if ingress { endpoint.ingress_policy } else { endpoint.egress_policy };
+            result.policy = policy_id;
+            if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
+                result.action = verdict_action::ALLOW;
+                result.decided_by = trace_decided_by::CONNTRACK;
+            } else if let Some(rule) = policy::tracked(flow, policy_id, ingress) {
+                result.action = verdict_action::ALLOW;
+                result.decided_by = trace_decided_by::CONNTRACK;
+                result.rule = rule;
+            } else {
+                let found = policy::lookup(policy_id, flow, ingress);
+                result.address_class = found.address_class;
+                result.port_class = found.port_class;
+                if found.verdict.action == 0 {
+                    result.decided_by = trace_decided_by::NO_VERDICT;
+                } else {
+                    result.decided_by = trace_decided_by::POLICY;
+                    result.action = found.verdict.action;
+                    result.flags = found.verdict.flags;
+                    result.rule = found.verdict.rule;
+                    result.log_rule = found.verdict.log_rule;
+                }
+            }
+        }
+    }
+    *slot = result;
 }

@@ -10,8 +10,10 @@
 #![no_std]
 #![no_main]
 
+mod flow;
 mod forward;
 mod maps;
+mod policy;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
@@ -21,9 +23,21 @@ use aya_ebpf::{
 };
 use forward::Action;
 
-/// Bytes the pipeline reads directly: Ethernet plus the larger of a maximal IPv4 header (60)
-/// and an IPv6 header with a neighbour solicitation and its link-layer option (40 + 32).
-const HEADROOM_TO_PULL: u32 = 14 + 40 + 32;
+/// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header (60) and an ICMP error
+/// quoting another maximal IPv4 header and eight bytes of its payload (8 + 60 + 8). That covers
+/// IPv6 as well: a neighbour solicitation with its option (40 + 32) and an ICMPv6 error
+/// (40 + 8 + 40 + 8).
+const HEADROOM_TO_PULL: u32 = 14 + 60 + 8 + 60 + 8;
+
+/// Makes the first [`HEADROOM_TO_PULL`] bytes (or the whole packet) directly readable: direct
+/// packet access covers only the linear part of the skb.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    let len = ctx.len();
+    if ((ctx.data_end() - ctx.data()) as u32) < len.min(HEADROOM_TO_PULL) {
+        let _ = ctx.pull_data(len.min(HEADROOM_TO_PULL));
+    }
+}
 
 #[classifier]
 pub fn calico_tc_from_wl(ctx: TcContext) -> i32 {
@@ -33,10 +47,7 @@ pub fn calico_tc_from_wl(ctx: TcContext) -> i32 {
 fn try_tc_from_wl(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len();
-    // Direct packet access covers only the linear part of the skb; make the headers linear.
-    if ((ctx.data_end() - ctx.data()) as u32) < len.min(HEADROOM_TO_PULL) {
-        let _ = ctx.pull_data(len.min(HEADROOM_TO_PULL));
-    }
+    pull_headers(ctx);
     match forward::from_workload(ctx.data(), ctx.data_end(), ifindex, len as u64, false) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
@@ -61,7 +72,23 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
 #[classifier]
 pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    forward::count_to_workload(ifindex, ctx.len() as u64);
+    pull_headers(&ctx);
+    match forward::to_workload(ctx.data(), ctx.data_end(), ifindex, ctx.len() as u64) {
+        Action::Drop => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Run by `calico-loader trace` only (BPF_PROG_TEST_RUN): `cb[0]` is the endpoint's ifindex,
+/// `cb[1]` the direction (0 ingress, 1 egress). The result goes to the trace map.
+#[classifier]
+pub fn calico_trace(ctx: TcContext) -> i32 {
+    let (ifindex, ingress) = {
+        let cb = ctx.cb();
+        (cb[0], cb[1] == 0)
+    };
+    pull_headers(&ctx);
+    forward::trace(ctx.data(), ctx.data_end(), ifindex, ingress, ctx.len() as u64);
     TC_ACT_OK
 }
 

@@ -3,12 +3,13 @@
 //! loader checks that every name it expects is present in the object.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, PerCpuHashMap},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6,
-    map_sizes,
+    ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, LogEvent, PolicyAddrKeyV4,
+    PolicyAddrKeyV6, PolicyPortKey, PolicyProtoKey, PolicyVerdict, RouteKeyV4, RouteKeyV6,
+    RouteValue, RuleCounters, RuleInfo, SourceKeyV4, SourceKeyV6, TraceResult, map_sizes,
 };
 
 const ROUTES: usize = map_sizes::ROUTES as usize;
@@ -33,3 +34,45 @@ pub static ENDPOINTS_MAP: HashMap<u32, EndpointInfo, ENDPOINTS> = HashMap::new()
 /// One entry per endpoint, plus the shared entry for interfaces without an endpoint.
 #[btf_map(name = "cali_counters")]
 pub static COUNTERS: PerCpuHashMap<u32, EndpointCounters, { ENDPOINTS + 1 }> = PerCpuHashMap::new();
+
+const POLICY_ADDRS: usize = map_sizes::POLICY_ADDRS as usize;
+const POLICY_PROTOS: usize = map_sizes::POLICY_PROTOS as usize;
+const POLICY_PORTS: usize = map_sizes::POLICY_PORTS as usize;
+const RULES: usize = map_sizes::RULES as usize;
+const CONNTRACK: usize = map_sizes::CONNTRACK as usize;
+const LOG_EVENTS_BYTES: usize = map_sizes::LOG_EVENTS_BYTES as usize;
+/// `BPF_F_NO_PREALLOC`: entries are allocated when written.
+const NO_PREALLOC: usize = 1;
+
+#[btf_map(name = "cali_paddr_v4")]
+pub static POLICY_ADDRS_V4: LpmTrie<PolicyAddrKeyV4, u32, POLICY_ADDRS> = LpmTrie::new();
+
+#[btf_map(name = "cali_paddr_v6")]
+pub static POLICY_ADDRS_V6: LpmTrie<PolicyAddrKeyV6, u32, POLICY_ADDRS> = LpmTrie::new();
+
+#[btf_map(name = "cali_pproto")]
+pub static POLICY_PROTOS_MAP: LpmTrie<PolicyProtoKey, u32, POLICY_PROTOS> = LpmTrie::new();
+
+#[btf_map(name = "cali_pports")]
+pub static POLICY_PORTS_MAP: LpmTrie<PolicyPortKey, PolicyVerdict, POLICY_PORTS> = LpmTrie::new();
+
+/// Written by the agent for tools; declared here so that it lives in the object with the rest.
+#[btf_map(name = "cali_rules")]
+pub static RULES_MAP: HashMap<u32, RuleInfo, RULES, NO_PREALLOC> = HashMap::new();
+
+#[btf_map(name = "cali_rule_ctrs")]
+pub static RULE_COUNTERS: PerCpuArray<RuleCounters, RULES> = PerCpuArray::new();
+
+#[btf_map(name = "cali_conntrack")]
+pub static CONNTRACK_MAP: LruHashMap<ConntrackKey, ConntrackValue, CONNTRACK> = LruHashMap::new();
+
+#[btf_map(name = "cali_log_events")]
+pub static LOG_EVENTS: RingBuf<LogEvent, LOG_EVENTS_BYTES> = RingBuf::new();
+
+#[btf_map(name = "cali_trace")]
+pub static TRACE: PerCpuArray<TraceResult, 1> = PerCpuArray::new();
+
+/// Per-CPU scratch space (too large for the 512-byte stack): slot 0 holds the packet's flow,
+/// slot 1 the flow as its opener sent it, when a policy change makes conntrack check it again.
+#[btf_map(name = "cali_scratch")]
+pub static SCRATCH: PerCpuArray<crate::flow::Flow, 2> = PerCpuArray::new();

@@ -9,15 +9,24 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{
+    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     time::{Instant, sleep_until},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     dataplane::{ApplyReport, Dataplane, attach::AttachMode, bpffs::PinLayout, netlink},
-    datastore::local::{LocalDatastore, watch},
-    model::{Conflict, LocalEndpoint, local_endpoints},
+    datastore::{
+        Snapshot,
+        local::{LocalDatastore, watch},
+    },
+    model::{
+        Conflict, LocalEndpoint,
+        compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
+        local_endpoints,
+        rules::RuleRegistry,
+    },
 };
 
 /// Default directory of the local datastore.
@@ -35,6 +44,8 @@ pub struct AgentConfig {
     pub detach_on_exit: bool,
     /// Full resync period, as a safety net behind the event-driven updates.
     pub resync_interval: Duration,
+    /// Entries of the conntrack table.
+    pub conntrack_entries: u32,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -49,8 +60,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", config.datastore.display()))?;
     let mut link_events = netlink::link_events().context("subscribing to link events")?;
 
-    let mut dataplane = Dataplane::start(config.layout.clone(), config.mode)
+    let mut dataplane = Dataplane::start(config.layout.clone(), config.mode, config.conntrack_entries)
         .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
+    let mut log_events = match dataplane.take_log_events() {
+        // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which drops it last.
+        Some(ring) => Some(unsafe { AsyncFd::register(ring) }.context("watching the Log event ring buffer")?),
+        None => None,
+    };
+    let mut log_limiter = LogLimiter::default();
+    let mut conntrack_scan = tokio::time::interval(crate::dataplane::conntrack::SCAN_INTERVAL);
     info!(
         node = %config.node,
         datastore = %config.datastore.display(),
@@ -63,6 +81,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut log = ReportLog::default();
     let mut next_resync = Instant::now() + config.resync_interval;
+    let mut registry = RuleRegistry::default();
+    let mut policies = PolicyCache::default();
 
     loop {
         // The datastore logs each new problem with a file once; the last good version of that
@@ -70,7 +90,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let sync = datastore.sync();
         let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
         log.conflicts(&conflicts);
-        match dataplane.apply(&endpoints).await {
+        let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
+        match dataplane.apply(&endpoints, compiled, &mut registry).await {
             Ok(report) => {
                 log.log(&report, &endpoints, dataplane.mode());
                 log.summary(endpoints.len(), dataplane.attached().len(), report.waiting.len());
@@ -78,25 +99,51 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
         }
 
-        tokio::select! {
-            changed = datastore_changes.recv() => {
-                if changed.is_none() {
-                    anyhow::bail!("the datastore watch ended");
+        // Wait for something that calls for an apply; Log events and conntrack scans are
+        // handled without one.
+        let stop = loop {
+            tokio::select! {
+                changed = datastore_changes.recv() => {
+                    if changed.is_none() {
+                        anyhow::bail!("the datastore watch ended");
+                    }
+                    break false;
                 }
-            }
-            event = netlink::next_link_event(&mut link_events) => {
-                if event.is_none() {
-                    anyhow::bail!("the link event stream ended");
+                event = netlink::next_link_event(&mut link_events) => {
+                    if event.is_none() {
+                        anyhow::bail!("the link event stream ended");
+                    }
+                    // Interfaces come and go in bursts (a veth pair is two events): let them settle.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, netlink::next_link_event(&mut link_events)).await {}
+                    break false;
                 }
-                // Interfaces come and go in bursts (a veth pair is two events): let them settle.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, netlink::next_link_event(&mut link_events)).await {}
+                () = sleep_until(next_resync) => {
+                    next_resync = Instant::now() + config.resync_interval;
+                    break false;
+                }
+                ready = async { log_events.as_mut()?.readable_mut().await.ok() }, if log_events.is_some() => {
+                    if let Some(mut guard) = ready {
+                        let ring = guard.get_inner_mut();
+                        while let Some(item) = ring.next() {
+                            log_limiter.event(&item, &registry);
+                        }
+                        guard.clear_ready();
+                    }
+                }
+                _ = conntrack_scan.tick() => {
+                    match dataplane.expire_conntrack() {
+                        Ok(0) => {}
+                        Ok(removed) => debug!(removed, "expired conntrack entries removed"),
+                        Err(e) => warn!("scanning conntrack: {e}"),
+                    }
+                }
+                _ = sigterm.recv() => break true,
+                _ = sigint.recv() => break true,
             }
-            () = sleep_until(next_resync) => {
-                next_resync = Instant::now() + config.resync_interval;
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+        };
+        if stop {
+            break;
         }
     }
 
@@ -113,11 +160,116 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs the packets Log rules matched, at most [`LogLimiter::PER_SECOND`] a second; the rest
+/// are counted and the count logged.
+#[derive(Default)]
+struct LogLimiter {
+    window: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PER_SECOND: u32 = 20;
+
+    fn event(&mut self, bytes: &[u8], registry: &RuleRegistry) {
+        use calico_ebpf_common::{LogEvent, direction, verdict_action};
+        if bytes.len() < std::mem::size_of::<LogEvent>() {
+            return;
+        }
+        // SAFETY: LogEvent is plain data of this size; the ring buffer's bytes are unaligned.
+        let event: LogEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let now = std::time::Instant::now();
+        if self.window.is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1)) {
+            if self.suppressed > 0 {
+                warn!(suppressed = self.suppressed, "Log rule events dropped by the rate limit");
+            }
+            self.window = Some(now);
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged >= Self::PER_SECOND {
+            self.suppressed += 1;
+            return;
+        }
+        self.logged += 1;
+        let addr = |b: &[u8; 16]| crate::dataplane::conntrack::key_addr(event.family, b);
+        info!(
+            target: "calico_loader::policy_log",
+            rule = %registry.describe(event.log_rule),
+            direction = if event.direction == direction::INGRESS { "ingress" } else { "egress" },
+            ifindex = event.ifindex,
+            protocol = %crate::inspect::protocol_name(event.proto),
+            src = %addr(&event.src),
+            dst = %addr(&event.dst),
+            sport = event.sport,
+            dport = event.dport,
+            verdict = if event.action == verdict_action::ALLOW { "allow" } else { "deny" },
+            decided_by = %registry.describe(event.rule),
+            "policy Log"
+        );
+    }
+}
+
+/// The compiled policies of this node's endpoints, redone only when the resources change.
+#[derive(Default)]
+struct PolicyCache {
+    snapshot: Option<Snapshot>,
+    endpoints: BTreeSet<String>,
+    compiled: BTreeMap<String, CompiledEndpoint>,
+}
+
+impl PolicyCache {
+    /// Compiles the policy of every endpoint in `endpoints`. An endpoint whose policy does not
+    /// compile is left out (logged): the dataplane keeps its previous policy in force.
+    fn compile(
+        &mut self,
+        snapshot: &Snapshot,
+        endpoints: &BTreeMap<String, LocalEndpoint>,
+        registry: &mut RuleRegistry,
+        log: &mut ReportLog,
+    ) -> &BTreeMap<String, CompiledEndpoint> {
+        let keys: BTreeSet<String> = endpoints.values().map(|e| e.key.clone()).collect();
+        if self.snapshot.as_ref() == Some(snapshot) && self.endpoints == keys {
+            return &self.compiled;
+        }
+        let started = std::time::Instant::now();
+        let context = PolicyContext::new(snapshot);
+        let mut compiled = BTreeMap::new();
+        let mut errors = BTreeSet::new();
+        for endpoint in endpoints.values() {
+            let Some((namespace, name)) = endpoint.key.split_once('/') else { continue };
+            let Some(wep) = snapshot.workload_endpoint(namespace, name) else { continue };
+            match compile_endpoint(&context, registry, wep) {
+                Ok(policy) => {
+                    compiled.insert(endpoint.key.clone(), policy);
+                }
+                Err(e) => {
+                    errors.insert(format!(
+                        "{e}; the endpoint keeps the policy it had (or, having none, drops all its traffic)"
+                    ));
+                }
+            }
+        }
+        log.compile_errors(errors);
+        info!(
+            endpoints = compiled.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "policy compiled"
+        );
+        self.snapshot = Some(snapshot.clone());
+        self.endpoints = keys;
+        self.compiled = compiled;
+        &self.compiled
+    }
+}
+
 /// Logs what changed between applies, without repeating itself.
 #[derive(Default)]
 struct ReportLog {
     waiting: BTreeSet<(String, String)>,
     errors: BTreeSet<String>,
+    compile_errors: BTreeSet<String>,
     conflicts: BTreeSet<String>,
     summary: Option<(usize, usize, usize)>,
 }
@@ -133,6 +285,13 @@ impl ReportLog {
             );
             self.summary = Some(summary);
         }
+    }
+
+    fn compile_errors(&mut self, current: BTreeSet<String>) {
+        for e in current.difference(&self.compile_errors) {
+            error!("{e}");
+        }
+        self.compile_errors = current;
     }
 
     fn conflicts(&mut self, conflicts: &[Conflict]) {
@@ -174,6 +333,16 @@ impl ReportLog {
         let changes = report.map_changes;
         if changes.written + changes.removed > 0 {
             info!(written = changes.written, removed = changes.removed, "map entries updated");
+        }
+        for (endpoint, direction, policy_id, entries) in &report.policies {
+            info!(endpoint = %endpoint, direction, policy_id, entries, "policy programmed");
+        }
+        if !report.policies.is_empty() || report.policy_entries_removed > 0 {
+            info!(
+                in_use = report.policy_entries,
+                removed = report.policy_entries_removed,
+                "policy map entries"
+            );
         }
     }
 }

@@ -185,6 +185,193 @@ pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
     Ok(rows)
 }
 
+/// A conntrack entry as `dump conntrack` shows it. "Opener" is the side that sent the
+/// flow's first packet.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ConntrackRow {
+    pub protocol: u8,
+    pub opener: String,
+    pub responder: String,
+    pub state: String,
+    pub packets_forward: u64,
+    pub packets_reverse: u64,
+    pub age_seconds: f64,
+    pub idle_seconds: f64,
+    pub expires_in_seconds: f64,
+    pub egress_policy: u32,
+    pub ingress_policy: u32,
+    pub egress_rule: u32,
+    pub ingress_rule: u32,
+}
+
+fn endpoint_string(addr: std::net::IpAddr, port: u16, proto: u8) -> String {
+    let ported = matches!(proto, 6 | 17 | 132 | 136);
+    match (addr, ported) {
+        (std::net::IpAddr::V6(a), true) => format!("[{a}]:{port}"),
+        (a, true) => format!("{a}:{port}"),
+        (a, false) if port != 0 => format!("{a} id {port}"),
+        (a, false) => a.to_string(),
+    }
+}
+
+/// Every conntrack entry, oldest first.
+pub fn conntrack(layout: &PinLayout) -> anyhow::Result<Vec<ConntrackRow>> {
+    use crate::dataplane::conntrack::{self as ct, Conntrack};
+    let table = Conntrack::from_pin(layout)?;
+    let now = ct::monotonic_ns();
+    let mut entries = table.entries();
+    entries.sort_by_key(|(_, v)| v.created_ns);
+    let secs = |ns: u64| ns as f64 / 1e9;
+    Ok(entries
+        .iter()
+        .map(|(key, value)| {
+            let a = endpoint_string(ct::key_addr(key.family, &key.addr_a), key.port_a, key.proto);
+            let b = endpoint_string(ct::key_addr(key.family, &key.addr_b), key.port_b, key.proto);
+            let (opener, responder) = if value.opener == 0 { (a, b) } else { (b, a) };
+            let idle = now.saturating_sub(value.last_seen_ns);
+            ConntrackRow {
+                protocol: key.proto,
+                opener,
+                responder,
+                state: ct::state(key, value).to_owned(),
+                packets_forward: value.packets_fwd,
+                packets_reverse: value.packets_rev,
+                age_seconds: secs(now.saturating_sub(value.created_ns)),
+                idle_seconds: secs(idle),
+                expires_in_seconds: secs(value.timeout_ns(key.proto).saturating_sub(idle)),
+                egress_policy: value.egress_policy,
+                ingress_policy: value.ingress_policy,
+                egress_rule: value.egress_rule,
+                ingress_rule: value.ingress_rule,
+            }
+        })
+        .collect())
+}
+
+pub fn conntrack_table(rows: &[ConntrackRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                protocol_name(r.protocol),
+                r.opener.clone(),
+                r.responder.clone(),
+                r.state.clone(),
+                format!("{}/{}", r.packets_forward, r.packets_reverse),
+                format!("{:.0}s", r.idle_seconds),
+                format!("{:.0}s", r.expires_in_seconds),
+                format!("{}/{}", r.egress_rule, r.ingress_rule),
+            ]
+        })
+        .collect();
+    table(&["PROTO", "OPENER", "RESPONDER", "STATE", "PKTS fwd/rev", "IDLE", "EXPIRES", "RULES eg/in"], &cells)
+}
+
+/// A protocol's name, or its number.
+pub fn protocol_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        n => n.to_string(),
+    }
+}
+
+/// A rule id as `dump rules` shows it, with its hits summed over CPUs.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RuleRow {
+    pub id: u32,
+    pub direction: String,
+    pub kind: String,
+    pub tier: String,
+    pub policy: String,
+    pub index: u32,
+    pub action: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What a rule id's [`RuleInfo`](calico_ebpf_common::RuleInfo) says, in words.
+pub fn rule_words(info: &calico_ebpf_common::RuleInfo) -> (String, String, String) {
+    use calico_ebpf_common::rule_kind;
+    let kind = match info.kind {
+        rule_kind::POLICY_RULE => "rule",
+        rule_kind::TIER_DEFAULT => "tier-default",
+        rule_kind::PROFILE_RULE => "profile-rule",
+        rule_kind::NO_MATCH => "no-match",
+        _ => "unknown",
+    };
+    let direction = if info.direction == calico_ebpf_common::direction::INGRESS { "ingress" } else { "egress" };
+    let action = match info.action {
+        1 => "Allow",
+        2 => "Deny",
+        3 => "Log",
+        4 => "Pass",
+        _ => "-",
+    };
+    (kind.to_owned(), direction.to_owned(), action.to_owned())
+}
+
+/// Every rule id in use, with its hits.
+pub fn rules(layout: &PinLayout) -> anyhow::Result<Vec<RuleRow>> {
+    use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+    use calico_ebpf_common::{RuleCounters, RuleInfo, map_names};
+    let open = |name: &str| -> anyhow::Result<Map> {
+        Ok(Map::from_map_data(MapData::from_pin(layout.map(name))?)?)
+    };
+    let infos: HashMap<MapData, u32, RuleInfo> = HashMap::try_from(open(map_names::RULES)?)?;
+    let counters: PerCpuArray<MapData, RuleCounters> = PerCpuArray::try_from(open(map_names::RULE_COUNTERS)?)?;
+    let mut rows = Vec::new();
+    for entry in infos.iter() {
+        let (id, info) = entry?;
+        let (kind, direction, action) = rule_words(&info);
+        let (mut packets, mut bytes) = (0, 0);
+        if let Ok(per_cpu) = counters.get(&id, 0) {
+            for c in per_cpu.iter() {
+                packets += c.packets;
+                bytes += c.bytes;
+            }
+        }
+        rows.push(RuleRow {
+            id,
+            direction,
+            kind,
+            tier: text(info.tier_bytes()),
+            policy: text(info.policy_bytes()),
+            index: info.index,
+            action,
+            packets,
+            bytes,
+        });
+    }
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
+}
+
+pub fn rules_table(rows: &[RuleRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let index = if r.kind == "rule" || r.kind == "profile-rule" { r.index.to_string() } else { "-".into() };
+            vec![
+                r.id.to_string(),
+                r.direction.clone(),
+                if r.tier.is_empty() { "-".into() } else { r.tier.clone() },
+                if r.policy.is_empty() { "-".into() } else { r.policy.clone() },
+                index,
+                r.kind.clone(),
+                r.action.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "DIR", "TIER", "POLICY", "RULE", "KIND", "ACTION", "PACKETS", "BYTES"], &cells)
+}
+
 /// Renders rows as a table with aligned columns.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -8,3 +8,4 @@ pub mod inspect;
 pub mod microbench;
 pub mod model;
 pub mod packets;
+pub mod trace;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use calico_loader::{
     agent::{self, AgentConfig},
     dataplane::{self, attach::AttachMode, bpffs::{DEFAULT_PIN_PATH, PinLayout}},
-    inspect,
+    inspect, trace,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -41,6 +41,10 @@ enum Command {
         /// Seconds between full resyncs (changes are applied as they happen regardless).
         #[arg(long, default_value_t = 10)]
         resync_interval: u64,
+        /// Entries of the conntrack table (Calico's default is 512k). When it is full, the
+        /// least recently used entry makes room, so active flows keep working.
+        #[arg(long, env = "FELIX_BPFMAPSIZECONNTRACK", default_value_t = calico_ebpf_common::map_sizes::CONNTRACK)]
+        conntrack_size: u32,
     },
     /// Print what the pinned maps hold.
     Dump {
@@ -55,12 +59,45 @@ enum Command {
     /// lines on stdout). Used by `cargo xtask bench`.
     #[command(hide = true)]
     Microbench {
-        /// Route counts to measure with.
+        /// Route counts to measure with (with 10 rules).
         #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
         routes: Vec<u32>,
+        /// Rule counts to measure with (with 1,000 routes).
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        rules: Vec<u32>,
         /// Packets per measurement.
         #[arg(long, default_value_t = 200_000)]
         packets: u64,
+    },
+    /// Why a packet is allowed or dropped: runs the kernel's policy code on a packet built from
+    /// the arguments (BPF_PROG_TEST_RUN), changing nothing. Against the running agent's maps,
+    /// or, with --datastore, a "what if" for a directory of resources.
+    Trace {
+        /// Directory of resources to compile instead of the running agent's maps.
+        #[arg(long)]
+        datastore: Option<PathBuf>,
+        /// The WorkloadEndpoint whose policy to check.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        endpoint: String,
+        #[arg(long)]
+        direction: TraceDirection,
+        /// tcp, udp, icmp, icmpv6, sctp, udplite or a number.
+        #[arg(long)]
+        protocol: String,
+        /// Source address, with a port for TCP, UDP and SCTP.
+        #[arg(long, value_name = "IP[:PORT]")]
+        src: String,
+        /// Destination address, with a port for TCP, UDP and SCTP.
+        #[arg(long, value_name = "IP[:PORT]")]
+        dst: String,
+        #[arg(long, default_value_t = 8)]
+        icmp_type: u8,
+        #[arg(long, default_value_t = 0)]
+        icmp_code: u8,
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
     },
     /// Detach every program, and remove the pinned maps and links and the kernel routes the
     /// agent made.
@@ -75,6 +112,16 @@ enum DumpWhat {
     Routes,
     Endpoints,
     Counters,
+    /// Tracked connections.
+    Conntrack,
+    /// Rule ids in use, what they stand for, and their hits.
+    Rules,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TraceDirection {
+    Ingress,
+    Egress,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +151,7 @@ fn print<T: serde::Serialize>(output: Output, rows: &[T], table: impl Fn(&[T]) -
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
@@ -111,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     match Cli::parse().command {
-        Command::Run { datastore, node, pin_path, attach_mode, detach_on_exit, resync_interval } => {
+        Command::Run { datastore, node, pin_path, attach_mode, detach_on_exit, resync_interval, conntrack_size } => {
             let node = match node {
                 Some(node) => node,
                 None => hostname()?,
@@ -123,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                 mode: attach_mode,
                 detach_on_exit,
                 resync_interval: Duration::from_secs(resync_interval.max(1)),
+                conntrack_entries: conntrack_size.max(1),
             })
             .await
         }
@@ -133,13 +182,51 @@ async fn main() -> anyhow::Result<()> {
                 DumpWhat::Routes => print(output, &inspect::routes(&layout).with_context(context)?, inspect::routes_table),
                 DumpWhat::Endpoints => print(output, &inspect::endpoints(&layout).with_context(context)?, inspect::endpoints_table),
                 DumpWhat::Counters => print(output, &inspect::counters(&layout).with_context(context)?, inspect::counters_table),
+                DumpWhat::Conntrack => print(output, &inspect::conntrack(&layout).with_context(context)?, inspect::conntrack_table),
+                DumpWhat::Rules => print(output, &inspect::rules(&layout).with_context(context)?, inspect::rules_table),
             }
         }
-        Command::Microbench { routes, packets } => {
-            for count in routes {
-                let result = calico_loader::microbench::run(count, packets)
-                    .with_context(|| format!("microbenchmark with {count} routes"))?;
+        Command::Microbench { routes, rules, packets } => {
+            let runs = routes.iter().map(|&r| (r, 10)).chain(rules.iter().map(|&n| (1000, n)));
+            for (route_count, rule_count) in runs {
+                let result = calico_loader::microbench::run(route_count, rule_count, packets)
+                    .with_context(|| format!("microbenchmark with {route_count} routes and {rule_count} rules"))?;
                 println!("{}", serde_json::to_string(&result)?);
+            }
+            Ok(())
+        }
+        Command::Trace {
+            datastore,
+            endpoint,
+            direction,
+            protocol,
+            src,
+            dst,
+            icmp_type,
+            icmp_code,
+            pin_path,
+            output,
+        } => {
+            let (src, sport) = trace::parse_address(&src).context("--src")?;
+            let (dst, dport) = trace::parse_address(&dst).context("--dst")?;
+            let request = trace::TraceRequest {
+                endpoint,
+                ingress: matches!(direction, TraceDirection::Ingress),
+                protocol: trace::parse_protocol(&protocol)?,
+                src,
+                sport,
+                dst,
+                dport,
+                icmp_type,
+                icmp_code,
+            };
+            let report = match datastore {
+                Some(dir) => trace::offline(&dir, &request)?,
+                None => trace::live(&PinLayout::new(&pin_path), &request)?,
+            };
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", trace::text(&report)),
             }
             Ok(())
         }

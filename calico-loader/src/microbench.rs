@@ -1,8 +1,14 @@
 //! Per-packet cost of the real kernel programs, through BPF_PROG_TEST_RUN with repeat: the
-//! whole from-workload pipeline on a packet forwarded between two local workloads, with a
-//! given number of routes in the route map. `cargo xtask bench` runs it.
+//! whole from-workload pipeline on a packet between two local workloads, with a given number
+//! of routes in the route map and of rules in the receiver's ingress policy. `cargo xtask bench`
+//! runs it.
+//!
+//! Two packets are measured. A UDP datagram: its flow is tracked by the first run, so every
+//! later run is the established path (conntrack hit, forwarding). A TCP segment without SYN:
+//! no entry is ever made for it, so every run meets policy in full (the three policy lookups
+//! of a new flow) before being forwarded.
 
-use std::net::Ipv4Addr;
+use std::{fmt::Write as _, net::Ipv4Addr};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -15,12 +21,12 @@ use crate::{
     dataplane::{
         KERNEL_OBJECT,
         attach::{AttachError, program},
-        map_contents,
-        maps::Maps,
         netlink::LinkDetails,
+        private::{PrivateDataplane, PrivateDataplaneError},
     },
+    datastore::Snapshot,
     model::LocalEndpoint,
-    packets::{HOST_MAC, udp_v4_frame},
+    packets::{HOST_MAC, ethernet, ipv4, udp_v4_frame},
 };
 
 /// BPF_PROG_TEST_RUN runs on the loopback device, so the sender is ifindex 1.
@@ -28,6 +34,8 @@ const SENDER_IFINDEX: u32 = 1;
 const RECEIVER_IFINDEX: u32 = 4242;
 const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const RECEIVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The port the policy's last rule allows, and the TCP packet goes to.
+const SERVICE_PORT: u16 = 8080;
 /// Runs per BPF_PROG_TEST_RUN call: the program rewrites the same packet on every repeat, so a
 /// call must end before the TTL (255) runs out and the packet takes another path.
 const REPEAT_PER_CALL: u32 = 200;
@@ -36,6 +44,8 @@ const REPEAT_PER_CALL: u32 = 200;
 pub enum MicrobenchError {
     #[error("loading the kernel object (this needs root): {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Dataplane(#[from] PrivateDataplaneError),
     #[error(transparent)]
     Maps(#[from] crate::dataplane::maps::MapsError),
     #[error("program {name}: {source}")]
@@ -50,9 +60,13 @@ pub enum MicrobenchError {
 #[derive(Clone, Debug, Serialize)]
 pub struct MicrobenchResult {
     pub routes: u32,
+    pub rules: u32,
     pub packets: u64,
+    /// A tracked UDP flow (conntrack hit), TC and XDP.
     pub tc_ns_per_packet: f64,
     pub xdp_ns_per_packet: f64,
+    /// Policy evaluated on every packet (an untracked TCP segment), TC.
+    pub tc_policy_ns_per_packet: f64,
 }
 
 /// The address of the `i`-th extra route: /32s in 198.18.0.0/15 after the two workloads'.
@@ -61,11 +75,60 @@ fn extra_route(i: u32) -> [u8; 4] {
     [198, 18 + ((n >> 16) & 1) as u8, (n >> 8) as u8, n as u8]
 }
 
-/// Loads the programs (unpinned), programs two workloads and `routes` routes in all (at most
-/// 131,000), and runs `packets` forwarded packets through each hook.
-pub fn run(routes: u32, packets: u64) -> Result<MicrobenchResult, MicrobenchError> {
+/// The two workloads, an allow-all profile, and `rules` rules on the receiver's ingress (in
+/// policies of 1,000): the first allows UDP (the tracked flow), the others each allow TCP from
+/// their own /32 of 198.19.0.0/16 to a port; the last one allows the sender to
+/// [`SERVICE_PORT`].
+fn resources(rules: u32) -> String {
+    let mut yaml = String::from(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: allow-all}\n\
+         spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: sender, namespace: bench, labels: {role: sender}}\n\
+         spec: {node: n, interfaceName: lo, ipNetworks: [198.18.0.1/32], profiles: [allow-all]}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: receiver, namespace: bench, labels: {role: receiver}}\n\
+         spec: {node: n, interfaceName: receiver, ipNetworks: [198.18.0.2/32], profiles: [allow-all]}\n",
+    );
+    for n in 0..rules {
+        if n % 1000 == 0 {
+            let _ = write!(
+                yaml,
+                "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: bench-{:03}}}\n\
+                 spec:\n  order: {}\n  selector: role == 'receiver'\n  types: [Ingress]\n  ingress:\n",
+                n / 1000,
+                n / 1000
+            );
+        }
+        if n == 0 {
+            yaml.push_str("  - {action: Allow, protocol: UDP}\n");
+            continue;
+        }
+        let (source, port) = if n + 1 == rules {
+            (format!("{SENDER}/32"), SERVICE_PORT)
+        } else {
+            (format!("198.19.{}.{}/32", n / 250, n % 250 + 1), 10_000 + (n % 5000) as u16)
+        };
+        let _ = writeln!(
+            yaml,
+            "  - {{action: Allow, protocol: TCP, source: {{nets: [\"{source}\"]}}, destination: {{ports: [{port}]}}}}"
+        );
+    }
+    yaml
+}
+
+/// A TCP segment (ACK only) from the sender to the receiver's service port.
+fn tcp_ack_frame(sender_mac: [u8; 6]) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&40000u16.to_be_bytes());
+    tcp.extend_from_slice(&SERVICE_PORT.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    ethernet(HOST_MAC, sender_mac, 0x0800, &ipv4(SENDER, RECEIVER, 255, 6, &[], &tcp))
+}
+
+/// Loads the programs (unpinned), programs two workloads, `routes` routes in all (at most
+/// 131,000) and `rules` policy rules, and runs `packets` packets through each measurement.
+pub fn run(routes: u32, rules: u32, packets: u64) -> Result<MicrobenchResult, MicrobenchError> {
     let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
-    let mut maps = Maps::from_ebpf(&mut ebpf)?;
+    let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;
     let name = program_names::TC_FROM_WORKLOAD;
     let classifier: &mut SchedClassifier = program(&mut ebpf, name)?;
     classifier.load().map_err(|source| MicrobenchError::Program { name, source })?;
@@ -81,24 +144,28 @@ pub fn run(routes: u32, packets: u64) -> Result<MicrobenchResult, MicrobenchErro
         allowed_spoof: Vec::new(),
     };
     let sender_mac = [0xca, 0xfe, 0, 0, 0, 1];
-    let sender = endpoint("bench/sender", SENDER, sender_mac);
-    let receiver = endpoint("bench/receiver", RECEIVER, [0xca, 0xfe, 0, 0, 0, 2]);
     let link = |ifindex, name: &str| LinkDetails { ifindex, name: name.to_owned(), mac: HOST_MAC };
-    let (sender_link, receiver_link) = (link(SENDER_IFINDEX, "lo"), link(RECEIVER_IFINDEX, "receiver"));
-    let mut contents = map_contents([(&sender, &sender_link), (&receiver, &receiver_link)]);
+    let endpoints = [
+        (endpoint("bench/sender", SENDER, sender_mac), link(SENDER_IFINDEX, "lo")),
+        (endpoint("bench/receiver", RECEIVER, [0xca, 0xfe, 0, 0, 0, 2]), link(RECEIVER_IFINDEX, "receiver")),
+    ];
+    let snapshot = Snapshot::from_yaml("microbench.yaml", &resources(rules))
+        .map_err(|e| PrivateDataplaneError::Program(format!("{e:?}")))?;
+    let mut contents = dataplane.program(&snapshot, &endpoints)?;
     let route = contents.routes_v4[&(32, RECEIVER.octets())];
     for i in 0..routes.saturating_sub(2).min(131_000) {
         contents.routes_v4.insert((32, extra_route(i)), RouteValue { kind: RouteKind::LocalWorkload as u32, ..route });
     }
-    maps.reconcile(&contents)?;
+    dataplane.maps.reconcile(&contents)?;
 
-    let packet = udp_v4_frame(sender_mac, SENDER, RECEIVER, 255, &[]);
+    let udp = udp_v4_frame(sender_mac, SENDER, RECEIVER, 255, &[]);
+    let tcp = tcp_ack_frame(sender_mac);
     let calls = packets.div_ceil(u64::from(REPEAT_PER_CALL)).max(1);
-    let measure = |ebpf: &mut Ebpf, hook: &'static str| -> Result<f64, MicrobenchError> {
+    let measure = |ebpf: &mut Ebpf, hook: &'static str, packet: &[u8]| -> Result<f64, MicrobenchError> {
         let mut total_ns = 0.0;
         for _ in 0..calls {
             let mut opts = TestRunOptions::new();
-            opts.data_in = Some(&packet);
+            opts.data_in = Some(packet);
             opts.repeat = REPEAT_PER_CALL;
             let (result, redirect) = if hook == "tc" {
                 let p: &mut SchedClassifier = program(ebpf, program_names::TC_FROM_WORKLOAD)?;
@@ -115,12 +182,15 @@ pub fn run(routes: u32, packets: u64) -> Result<MicrobenchResult, MicrobenchErro
         }
         Ok(total_ns / calls as f64)
     };
-    let tc_ns_per_packet = measure(&mut ebpf, "tc")?;
-    let xdp_ns_per_packet = measure(&mut ebpf, "xdp")?;
+    let tc_ns_per_packet = measure(&mut ebpf, "tc", &udp)?;
+    let xdp_ns_per_packet = measure(&mut ebpf, "xdp", &udp)?;
+    let tc_policy_ns_per_packet = measure(&mut ebpf, "tc", &tcp)?;
     Ok(MicrobenchResult {
         routes: contents.routes_v4.len() as u32,
+        rules,
         packets: calls * u64::from(REPEAT_PER_CALL),
         tc_ns_per_packet,
         xdp_ns_per_packet,
+        tc_policy_ns_per_packet,
     })
 }

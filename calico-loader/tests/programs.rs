@@ -14,7 +14,8 @@ use aya::{
 };
 use calico_ebpf_common::{DropReason, EndpointCounters, RouteKind, RouteValue, program_names};
 use calico_loader::{
-    dataplane::{KERNEL_OBJECT, map_contents, maps::Maps, netlink::LinkDetails},
+    dataplane::{KERNEL_OBJECT, netlink::LinkDetails, private::PrivateDataplane},
+    datastore::Snapshot,
     model::LocalEndpoint,
 };
 use ipnet::IpNet;
@@ -42,7 +43,22 @@ const BLACKHOLE_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 1);
 
 struct Fixture {
     ebpf: Ebpf,
-    maps: Maps,
+    dataplane: PrivateDataplane,
+}
+
+/// The two test workloads as WorkloadEndpoints, with an allow-all profile (policy is tested in
+/// `policy.rs`); `spoof` is the sender's `allowSpoofedSourcePrefixes`.
+fn resources(spoof: &[&str]) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: allow-all}}\n\
+         spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: sender, namespace: test}}\n\
+         spec: {{node: n, interfaceName: lo, ipNetworks: [198.18.0.1/32, \"2001:db8::1/128\"], profiles: [allow-all], \
+         allowSpoofedSourcePrefixes: [{}]}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: receiver, namespace: test}}\n\
+         spec: {{node: n, interfaceName: cali-receiver, ipNetworks: [198.18.0.2/32, \"2001:db8::2/128\"], profiles: [allow-all]}}\n",
+        spoof.join(", ")
+    )
 }
 
 fn endpoint(key: &str, interface: &str, mac: [u8; 6], nets: &[&str]) -> LocalEndpoint {
@@ -62,7 +78,7 @@ impl Fixture {
         let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
             panic!("cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)")
         });
-        let maps = Maps::from_ebpf(&mut ebpf).expect("maps in the object");
+        let dataplane = PrivateDataplane::from_ebpf(&mut ebpf).expect("maps in the object");
         for name in [program_names::TC_FROM_WORKLOAD, program_names::TC_TO_WORKLOAD] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(name).expect(name).try_into().expect("classifier");
@@ -74,27 +90,30 @@ impl Fixture {
             .try_into()
             .expect("xdp");
         xdp.load().unwrap_or_else(|e| panic!("verifier rejected the XDP program: {e:?}"));
-        let mut fixture = Self { ebpf, maps };
-        fixture.program(true);
+        let mut fixture = Self { ebpf, dataplane };
+        fixture.program(true, &[]);
         fixture
     }
 
-    /// Programs the two endpoints (or only the receiver) and a blackhole route.
-    fn program(&mut self, with_sender: bool) {
-        let sender = endpoint("test/sender", "lo", SENDER_MAC, &["198.18.0.1/32", "2001:db8::1/128"]);
+    /// Programs the two endpoints (or only the receiver), with the sender allowed to send from
+    /// `spoof` too, and a blackhole route.
+    fn program(&mut self, with_sender: bool, spoof: &[&str]) {
+        let mut sender = endpoint("test/sender", "lo", SENDER_MAC, &["198.18.0.1/32", "2001:db8::1/128"]);
+        sender.allowed_spoof = spoof.iter().map(|n| n.parse().expect("test CIDR")).collect();
         let receiver = endpoint("test/receiver", "cali-receiver", RECEIVER_MAC, &["198.18.0.2/32", "2001:db8::2/128"]);
         let sender_link = LinkDetails { ifindex: SENDER_IFINDEX, name: "lo".into(), mac: HOST_MAC };
         let receiver_link = LinkDetails { ifindex: RECEIVER_IFINDEX, name: "cali-receiver".into(), mac: HOST_MAC };
-        let mut pairs = vec![(&receiver, &receiver_link)];
+        let mut pairs = vec![(receiver, receiver_link)];
         if with_sender {
-            pairs.push((&sender, &sender_link));
+            pairs.push((sender, sender_link));
         }
-        let mut contents = map_contents(pairs);
+        let snapshot = Snapshot::from_yaml("test.yaml", &resources(spoof)).expect("valid test resources");
+        let mut contents = self.dataplane.program(&snapshot, &pairs).expect("programming the dataplane");
         contents.routes_v4.insert(
             (24, [198, 19, 100, 0]),
             RouteValue { kind: RouteKind::Blackhole as u32, ..Default::default() },
         );
-        self.maps.reconcile(&contents).expect("programming the maps");
+        self.dataplane.maps.reconcile(&contents).expect("programming the maps");
     }
 
     fn run_tc(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
@@ -136,7 +155,7 @@ impl Fixture {
     }
 
     fn counters(&self, ifindex: u32) -> EndpointCounters {
-        self.maps.counters().expect("counters").get(&ifindex).copied().unwrap_or_default()
+        self.dataplane.maps.counters().expect("counters").get(&ifindex).copied().unwrap_or_default()
     }
 }
 
@@ -253,14 +272,7 @@ fn spoofed_sources_are_dropped_and_counted() {
 #[test]
 fn allowed_spoof_prefixes_are_accepted() {
     let mut f = Fixture::new();
-    let mut sender = endpoint("test/sender", "lo", SENDER_MAC, &["198.18.0.1/32"]);
-    sender.allowed_spoof = vec!["198.18.7.0/24".parse().expect("CIDR")];
-    let receiver = endpoint("test/receiver", "cali-receiver", RECEIVER_MAC, &["198.18.0.2/32"]);
-    let contents = map_contents([
-        (&sender, &LinkDetails { ifindex: SENDER_IFINDEX, name: "lo".into(), mac: HOST_MAC }),
-        (&receiver, &LinkDetails { ifindex: RECEIVER_IFINDEX, name: "cali-receiver".into(), mac: HOST_MAC }),
-    ]);
-    f.maps.reconcile(&contents).expect("maps");
+    f.program(true, &["198.18.7.0/24"]);
     let packet = udp_v4_frame(SENDER_MAC, Ipv4Addr::new(198, 18, 7, 9), RECEIVER_V4, 64, &[]);
     assert_eq!(f.run_tc(&packet).0, TC_ACT_REDIRECT);
     let outside = udp_v4_frame(SENDER_MAC, Ipv4Addr::new(198, 18, 8, 9), RECEIVER_V4, 64, &[]);
@@ -358,7 +370,7 @@ fn malformed_packets_are_dropped_and_counted() {
 #[test]
 fn unknown_interfaces_never_forward() {
     let mut f = Fixture::new();
-    f.program(false);
+    f.program(false, &[]);
     let packet = udp_v4_frame(SENDER_MAC, SENDER_V4, RECEIVER_V4, 64, &[]);
     assert_eq!(f.run_tc(&packet).0, TC_ACT_SHOT);
     assert_eq!(f.run_xdp(&packet).0, XDP_DROP);
@@ -467,8 +479,13 @@ fn duplicate_address_detection_is_left_to_the_kernel() {
 fn the_microbenchmark_forwards_and_measures() {
     // The packet the microbenchmark times must take the forwarding path on both hooks (it
     // errors otherwise), with a route map of realistic size.
-    let result = calico_loader::microbench::run(1000, 400).expect("microbenchmark");
-    assert_eq!(result.routes, 1000);
+    // Both measured packets (a tracked UDP flow, and a TCP segment that meets 100 rules of
+    // policy on every run) must be forwarded.
+    let result = calico_loader::microbench::run(1000, 100, 400).expect("microbenchmark");
+    assert_eq!((result.routes, result.rules), (1000, 100));
     assert!(result.packets >= 400);
-    assert!(result.tc_ns_per_packet > 0.0 && result.xdp_ns_per_packet > 0.0, "{result:?}");
+    assert!(
+        result.tc_ns_per_packet > 0.0 && result.xdp_ns_per_packet > 0.0 && result.tc_policy_ns_per_packet > 0.0,
+        "{result:?}"
+    );
 }

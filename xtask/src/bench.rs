@@ -324,12 +324,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// The programs' own per-packet cost through BPF_PROG_TEST_RUN (`calico-loader microbench`),
-/// with 1k and 100k routes; --quick only checks that it runs, with few packets.
+/// with 1k and 100k routes, and with 10, 1k and 10k rules; --quick only checks that it runs,
+/// with few packets.
 fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
     util::step("Microbenchmark: the programs through BPF_PROG_TEST_RUN");
-    let (routes, packets) = if plan.quick { ("1000", "2000") } else { ("1000,100000", "1000000") };
+    let (routes, rules, packets) =
+        if plan.quick { ("1000", "10", "2000") } else { ("1000,100000", "10,1000,10000", "1000000") };
     let output = Cmd::new(loader)
-        .args(["microbench", "--routes", routes, "--packets", packets])
+        .args(["microbench", "--routes", routes, "--rules", rules, "--packets", packets])
         .privileged()
         .output()?;
     output

@@ -216,11 +216,8 @@ fn write_datastore(demo: &mut Demo, pid: u32) -> Result<PathBuf> {
     let datastore = demo.datastore.insert(TempDir::create(
         std::env::temp_dir().join(format!("calico-demo-{pid}")),
     )?);
-    let yaml: String = demo
-        .workloads
-        .iter()
-        .map(|wl| wl.endpoint_yaml(NODE, "demo", "demo"))
-        .collect();
+    let mut yaml = crate::topology::allow_all_profile_yaml();
+    yaml.extend(demo.workloads.iter().map(|wl| wl.endpoint_yaml(NODE, "demo", "demo")));
     let file = datastore.path().join("workloadendpoints.yaml");
     std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
     util::explain(format!(

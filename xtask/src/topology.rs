@@ -123,7 +123,9 @@ impl Workload {
             .args(["-K", "eth0", "gro", "on", "tx", "off"])
     }
 
-    /// Its WorkloadEndpoint resource (`---` first), as the agent reads it.
+    /// Its WorkloadEndpoint resource (`---` first), as the agent reads it. It
+    /// names the [`ALLOW_ALL_PROFILE`], without which Calico (and the agent)
+    /// deny all of an endpoint's traffic.
     pub fn endpoint_yaml(&self, node: &str, namespace: &str, app: &str) -> String {
         format!(
             "---\n\
@@ -140,7 +142,8 @@ impl Workload {
                endpoint: eth0\n  \
                interfaceName: {iface}\n  \
                mac: \"{mac}\"\n  \
-               ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n",
+               ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n  \
+               profiles: [{ALLOW_ALL_PROFILE}]\n",
             name = self.name,
             iface = self.host_if,
             mac = self.mac,
@@ -334,4 +337,16 @@ impl NetnsPair {
             .args(["--addr", &self.addr.to_string()])
             .privileged())
     }
+}
+
+/// The profile the workloads name: allows everything both ways, like the
+/// namespace profiles of a typical Calico install.
+pub const ALLOW_ALL_PROFILE: &str = "allow-all";
+
+/// The [`ALLOW_ALL_PROFILE`] resource (`---` first).
+pub fn allow_all_profile_yaml() -> String {
+    format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: {ALLOW_ALL_PROFILE}\n\
+         spec:\n  ingress: [{{action: Allow}}]\n  egress: [{{action: Allow}}]\n"
+    )
 }

@@ -14,8 +14,9 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6,
-    UNKNOWN_INTERFACE_COUNTERS, map_names,
+    ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, PolicyAddrKeyV4, PolicyAddrKeyV6,
+    PolicyPortKey, PolicyProtoKey, PolicyVerdict, RouteKeyV4, RouteKeyV6, RouteValue, RuleCounters,
+    RuleInfo, SourceKeyV4, SourceKeyV6, TraceResult, UNKNOWN_INTERFACE_COUNTERS, map_names,
 };
 
 use super::bpffs::PinLayout;
@@ -46,6 +47,15 @@ pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
         map_names::SOURCES_V6 => (lpm(size_of::<SourceKeyV6>()), size_of::<u32>()),
         map_names::ENDPOINTS => (size_of::<u32>() as u32, size_of::<EndpointInfo>()),
         map_names::COUNTERS => (size_of::<u32>() as u32, size_of::<EndpointCounters>()),
+        map_names::POLICY_ADDRS_V4 => (lpm(size_of::<PolicyAddrKeyV4>()), size_of::<u32>()),
+        map_names::POLICY_ADDRS_V6 => (lpm(size_of::<PolicyAddrKeyV6>()), size_of::<u32>()),
+        map_names::POLICY_PROTOS => (lpm(size_of::<PolicyProtoKey>()), size_of::<u32>()),
+        map_names::POLICY_PORTS => (lpm(size_of::<PolicyPortKey>()), size_of::<PolicyVerdict>()),
+        map_names::RULES => (size_of::<u32>() as u32, size_of::<RuleInfo>()),
+        map_names::RULE_COUNTERS => (size_of::<u32>() as u32, size_of::<RuleCounters>()),
+        map_names::CONNTRACK => (size_of::<ConntrackKey>() as u32, size_of::<ConntrackValue>()),
+        map_names::LOG_EVENTS => (0, 0),
+        map_names::TRACE => (size_of::<u32>() as u32, size_of::<TraceResult>()),
         _ => return None,
     };
     Some((sizes.0, sizes.1 as u32))

@@ -3,8 +3,11 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod conntrack;
 pub mod maps;
 pub mod netlink;
+pub mod policy;
+pub mod private;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,7 +17,7 @@ use std::{
 use aya::{Ebpf, EbpfLoader};
 use calico_ebpf_common::{
     EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags,
-    fill_nul_padded, map_names, source_flags,
+    fill_nul_padded, map_names, map_sizes, source_flags,
 };
 use ipnet::IpNet;
 
@@ -23,8 +26,9 @@ use self::{
     bpffs::{BpffsError, PinLayout},
     maps::{MapContents, Maps, MapsError, ReconcileStats},
     netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
+    policy::{PolicyMaps, PolicyMapsError, PolicyProgrammer},
 };
-use crate::model::LocalEndpoint;
+use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
 
 /// The kernel programs, built for the BPF target by the build script.
 pub static KERNEL_OBJECT: &[u8] =
@@ -39,6 +43,8 @@ pub enum DataplaneError {
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error(transparent)]
+    PolicyMaps(#[from] PolicyMapsError),
+    #[error(transparent)]
     Attach(#[from] AttachError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -50,19 +56,51 @@ pub enum DataplaneError {
     IncompatiblePin { path: PathBuf, found_key: u32, found_value: u32, key: u32, value: u32 },
     #[error("inspecting the map pinned at {path}: {source}")]
     InspectPin { path: PathBuf, source: aya::maps::MapError },
+    #[error(
+        "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
+         resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
+    )]
+    ConntrackSize { path: PathBuf, found: u32, wanted: u32 },
+    #[error(transparent)]
+    Conntrack(#[from] conntrack::ConntrackError),
 }
 
 /// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
-/// agent restart) or creating and pinning them.
+/// agent restart) or creating and pinning them, with the default conntrack size.
 pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
+    load_object_with(layout, map_sizes::CONNTRACK)
+}
+
+/// [`load_object`] with a conntrack table of `conntrack_entries` entries. A pinned table of
+/// another size is refused (its entries would be lost by replacing it).
+pub fn load_object_with(layout: &PinLayout, conntrack_entries: u32) -> Result<Ebpf, DataplaneError> {
     layout.prepare()?;
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(map_names::CONNTRACK, conntrack_entries);
     for name in map_names::ALL {
         let path = layout.map(name);
         check_pinned_layout(name, &path)?;
         loader.map_pin_path(name, path);
     }
+    let conntrack = layout.map(map_names::CONNTRACK);
+    if conntrack.exists() {
+        let info = aya::maps::MapInfo::from_pin(&conntrack)
+            .map_err(|source| DataplaneError::InspectPin { path: conntrack.clone(), source })?;
+        if info.max_entries() != conntrack_entries {
+            return Err(DataplaneError::ConntrackSize {
+                path: conntrack,
+                found: info.max_entries(),
+                wanted: conntrack_entries,
+            });
+        }
+    }
     Ok(loader.load(KERNEL_OBJECT)?)
+}
+
+/// Loads the kernel object with maps of its own, pinned nowhere: for `trace --datastore`,
+/// which must not touch the host's dataplane.
+pub fn load_private_object() -> Result<Ebpf, DataplaneError> {
+    Ok(EbpfLoader::new().load(KERNEL_OBJECT)?)
 }
 
 /// Refuses to reuse a pinned map whose key or value size differs from this version's layout.
@@ -97,6 +135,12 @@ pub struct ApplyReport {
     pub waiting: Vec<(String, String)>,
     /// Map entries written and removed.
     pub map_changes: ReconcileStats,
+    /// Policy generations written: endpoint, direction, policy id, entries.
+    pub policies: Vec<(String, &'static str, u32, usize)>,
+    /// Policy map entries of replaced generations, deleted after the switch.
+    pub policy_entries_removed: usize,
+    /// Policy map entries in use after this apply.
+    pub policy_entries: usize,
     /// Problems with single endpoints; the others were programmed regardless.
     pub errors: Vec<String>,
 }
@@ -105,6 +149,10 @@ pub struct ApplyReport {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
+    policy_maps: PolicyMaps,
+    policy: PolicyProgrammer,
+    conntrack: conntrack::Conntrack,
+    log_events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     attacher: Attacher,
     netlink: Netlink,
     layout: PinLayout,
@@ -118,14 +166,25 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the programs and opens (or creates) the pinned maps.
-    pub fn start(layout: PinLayout, mode: AttachMode) -> Result<Self, DataplaneError> {
-        let mut ebpf = load_object(&layout)?;
+    pub fn start(layout: PinLayout, mode: AttachMode, conntrack_entries: u32) -> Result<Self, DataplaneError> {
+        let mut ebpf = load_object_with(&layout, conntrack_entries)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
+        let policy_maps = PolicyMaps::from_ebpf(&mut ebpf)?;
+        let conntrack = conntrack::Conntrack::from_ebpf(&mut ebpf)?;
+        let log_events = ebpf
+            .take_map(map_names::LOG_EVENTS)
+            .map(aya::maps::RingBuf::try_from)
+            .transpose()
+            .map_err(|source| MapsError::Map { name: map_names::LOG_EVENTS, source })?;
         let attacher = Attacher::load(&mut ebpf, layout.clone(), mode)?;
         let netlink = Netlink::connect()?;
         Ok(Self {
             ebpf,
             maps,
+            policy_maps,
+            policy: PolicyProgrammer::default(),
+            conntrack,
+            log_events,
             attacher,
             netlink,
             layout,
@@ -143,17 +202,32 @@ impl Dataplane {
         self.attacher.mode()
     }
 
+    /// The ring buffer of Log events, for the agent to read (once).
+    pub fn take_log_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.log_events.take()
+    }
+
+    /// Removes expired conntrack entries; returns how many went.
+    pub fn expire_conntrack(&mut self) -> Result<usize, DataplaneError> {
+        Ok(self.conntrack.expire()?)
+    }
+
     /// The interfaces this agent has programs attached to, with their ifindex.
     pub fn attached(&self) -> &BTreeMap<String, u32> {
         &self.attached
     }
 
-    /// Brings the dataplane in line with `desired` (keyed by interface name). Maps are written
+    /// Brings the dataplane in line with `desired` (keyed by interface name) and the endpoints'
+    /// compiled policies (keyed by endpoint; an endpoint missing there keeps the policy it has,
+    /// or, having none, gets no endpoint entry, so its traffic is dropped). Maps are written
     /// before programs are attached to a new interface, and programs are detached before an
-    /// interface's entries are removed, so a program never runs against a half-written endpoint.
+    /// interface's entries are removed, so a program never runs against a half-written
+    /// endpoint. New policy generations are complete before endpoint entries switch to them.
     pub async fn apply(
         &mut self,
         desired: &BTreeMap<String, LocalEndpoint>,
+        compiled: &BTreeMap<String, CompiledEndpoint>,
+        registry: &mut RuleRegistry,
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
         let links: BTreeMap<String, LinkDetails> =
@@ -194,8 +268,27 @@ impl Dataplane {
             report.detached.push(ifname);
         }
 
-        let contents = map_contents(present.values().copied());
+        let wanted: BTreeSet<String> = present.values().map(|(e, _)| e.key.clone()).collect();
+        let staged = self.policy.stage(&mut self.policy_maps, &wanted, compiled)?;
+        report.policies = staged.written;
+        report.errors.extend(staged.errors);
+        let programmed = present.values().copied().filter_map(|(endpoint, link)| {
+            match self.policy.policy_ids(&endpoint.key) {
+                Some(ids) => Some((endpoint, link, ids)),
+                None => {
+                    report.errors.push(format!(
+                        "endpoint {}: no policy could be programmed yet; its traffic is dropped",
+                        endpoint.key
+                    ));
+                    None
+                }
+            }
+        });
+        let contents = map_contents(programmed.collect::<Vec<_>>());
         report.map_changes = self.maps.reconcile(&contents)?;
+        report.policy_entries_removed = self.policy.retire(&mut self.policy_maps)?;
+        self.policy.sync_rules(&mut self.policy_maps, registry, compiled)?;
+        report.policy_entries = self.policy.entries();
 
         for (ifname, (endpoint, link)) in &present {
             if self.attached.get(*ifname) == Some(&link.ifindex) {
@@ -296,18 +389,20 @@ pub fn remove_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// The map contents that serve `endpoints`.
+/// The map contents that serve `endpoints`, each with its (ingress, egress) policy ids.
 pub fn map_contents<'a>(
-    endpoints: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails)>,
+    endpoints: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails, (u32, u32))>,
 ) -> MapContents {
     let mut contents = MapContents::default();
-    for (endpoint, link) in endpoints {
+    for (endpoint, link, (ingress_policy, egress_policy)) in endpoints {
         let ifindex = link.ifindex;
         let mac = endpoint.mac.unwrap_or([0; 6]);
         contents.endpoints.insert(
             ifindex,
             EndpointInfo {
                 flags: endpoint_flags::WORKLOAD,
+                ingress_policy,
+                egress_policy,
                 _pad: 0,
                 mac,
                 host_mac: link.mac,
@@ -377,7 +472,7 @@ mod tests {
     #[test]
     fn map_contents_encode_routes_sources_and_endpoint() {
         let (endpoint, link) = endpoint();
-        let contents = map_contents([(&endpoint, &link)]);
+        let contents = map_contents([(&endpoint, &link, (1, 2))]);
 
         let route = contents.routes_v4[&(32, [198, 18, 0, 11])];
         assert_eq!(route.kind, RouteKind::LocalWorkload as u32);
@@ -405,7 +500,7 @@ mod tests {
     fn an_endpoint_without_mac_gets_a_zero_mac() {
         let (mut endpoint, link) = endpoint();
         endpoint.mac = None;
-        let contents = map_contents([(&endpoint, &link)]);
+        let contents = map_contents([(&endpoint, &link, (1, 2))]);
         assert_eq!(contents.routes_v4[&(32, [198, 18, 0, 11])].mac, [0; 6]);
     }
 }

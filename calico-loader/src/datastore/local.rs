@@ -34,6 +34,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The resources of one YAML text (as a file of the datastore would hold them); a resource
+    /// given twice keeps its first definition.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the text, as for a file.
+    pub fn from_yaml(label: &str, text: &str) -> Result<Self, Vec<DatastoreError>> {
+        let mut resources = BTreeMap::new();
+        for resource in super::parse::parse_file(label, text)? {
+            resources.entry(resource.key()).or_insert(resource);
+        }
+        Ok(Self { resources })
+    }
+
     /// All workload endpoints, ordered by (namespace, name).
     pub fn workload_endpoints(&self) -> impl Iterator<Item = &WorkloadEndpoint> {
         self.of_kind(Kind::WorkloadEndpoint)

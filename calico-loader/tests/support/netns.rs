@@ -11,7 +11,10 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -139,7 +142,8 @@ impl Workload {
              kind: WorkloadEndpoint\n\
              metadata:\n  name: {node}-cni-wl{i}-eth0\n  namespace: test\n  labels: {{app: wl{i}}}\n\
              spec:\n  node: {node}\n  orchestrator: cni\n  workload: wl{i}\n  endpoint: eth0\n  \
-             interfaceName: {ifname}\n  mac: \"{mac}\"\n  ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n",
+             interfaceName: {ifname}\n  mac: \"{mac}\"\n  ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n  \
+             profiles: [{ALLOW_ALL_PROFILE}]\n",
             i = self.index,
             ifname = self.host_ifname,
             mac = self.mac_string(),
@@ -230,9 +234,22 @@ pub struct Datastore {
     pub dir: tempfile::TempDir,
 }
 
+/// The profile every test workload names: allows everything both ways, as the namespace
+/// profiles of a typical Calico install do. Without it an endpoint's traffic is denied.
+pub const ALLOW_ALL_PROFILE: &str = "test-allow-all";
+
 impl Datastore {
+    /// A datastore directory holding the allow-all profile the test workloads name.
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
+        let datastore = Self { dir: tempfile::tempdir().expect("temp dir") };
+        datastore.write(
+            "profile-allow-all.yaml",
+            &format!(
+                "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: {ALLOW_ALL_PROFILE}}}\n\
+                 spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}\n"
+            ),
+        );
+        datastore
     }
 
     pub fn path(&self) -> &Path {
@@ -315,6 +332,23 @@ impl Agent {
             return serde_json::Value::Null;
         }
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Runs `calico-loader trace ARGS -o json` against this agent's pins.
+    pub fn trace(&self, args: &[&str]) -> serde_json::Value {
+        let output = Command::new(loader_bin())
+            .arg("trace")
+            .args(args)
+            .args(["-o", "json", "--pin-path"])
+            .arg(&self.pin_path)
+            .output()
+            .expect("run trace");
+        assert!(
+            output.status.success(),
+            "trace {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("trace JSON")
     }
 
     /// Whether the endpoint on `ifname` is programmed and attached.
@@ -408,13 +442,26 @@ pub fn udp_exchange(from: &Workload, to: &Workload, dst: IpAddr, payload: &'stat
     receiver.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
 }
 
-/// Opens a TCP connection from `from` to `to`, sends a line and reads the echo.
+/// Opens a TCP connection from `from` to `to`, sends a line and reads the echo. The listener
+/// is closed before this returns, whether the connection worked or not.
 pub fn tcp_echo(from: &Workload, to: &Workload, dst: IpAddr, line: &'static str) -> std::io::Result<String> {
     let port = 5400 + u16::from(to.index);
     let listen = SocketAddr::new(if dst.is_ipv4() { "0.0.0.0".parse().expect("addr") } else { "::".parse().expect("addr") }, port);
     let listener = to.ns.enter(move || TcpListener::bind(listen).expect("bind TCP listener"));
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    let client_done = Arc::new(AtomicBool::new(false));
+    let done = client_done.clone();
     let server = thread::spawn(move || -> std::io::Result<()> {
-        let (mut stream, _) = listener.accept()?;
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !done.load(Ordering::SeqCst) => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut buf = [0u8; 256];
         let n = stream.read(&mut buf)?;
@@ -429,8 +476,10 @@ pub fn tcp_echo(from: &Workload, to: &Workload, dst: IpAddr, line: &'static str)
         let n = stream.read(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
     });
+    client_done.store(true, Ordering::SeqCst);
+    let served = server.join().expect("server thread");
     if result.is_ok() {
-        server.join().expect("server thread").expect("server side of the TCP exchange");
+        served.expect("server side of the TCP exchange");
     }
     result
 }

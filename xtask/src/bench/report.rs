@@ -508,14 +508,21 @@ pub fn print_microbench(rows: &[serde_json::Value]) {
     }
     println!();
     println!("Programs alone (BPF_PROG_TEST_RUN, packet forwarded between two workloads):");
-    println!("{:>8}  {:>10}  {:>10}  {:>10}", "routes", "packets", "TC ns", "XDP ns");
+    println!("  tracked: a UDP flow on its conntrack entry; policy: a TCP segment that meets");
+    println!("  the receiver's whole ingress policy on every packet");
+    println!(
+        "{:>8}  {:>7}  {:>10}  {:>14}  {:>14}  {:>14}",
+        "routes", "rules", "packets", "TC tracked ns", "XDP tracked ns", "TC policy ns"
+    );
     for row in rows {
         println!(
-            "{:>8}  {:>10}  {:>10.1}  {:>10.1}",
+            "{:>8}  {:>7}  {:>10}  {:>14.1}  {:>14.1}  {:>14.1}",
             row["routes"].as_u64().unwrap_or(0),
+            row["rules"].as_u64().unwrap_or(0),
             row["packets"].as_u64().unwrap_or(0),
             row["tc_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
             row["xdp_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+            row["tc_policy_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
         );
     }
 }

@@ -158,7 +158,7 @@ fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Work
 /// Writes both WorkloadEndpoints into `dir`, the agent's datastore.
 pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut yaml = String::new();
+    let mut yaml = crate::topology::allow_all_profile_yaml();
     for wl in topo.workloads() {
         yaml.push_str(&wl.endpoint_yaml(NODE, "bench", &wl.name));
     }

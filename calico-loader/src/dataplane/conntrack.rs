@@ -1,0 +1,102 @@
+//! The conntrack table from userspace: listing it, and removing expired entries (the kernel
+//! programs treat an expired entry as absent, but only a scan frees its slot).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names};
+
+use super::bpffs::PinLayout;
+
+/// How often the agent scans for expired entries (as Calico does).
+pub const SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("conntrack map: {0}")]
+    Map(#[from] MapError),
+    #[error("the kernel object has no map named {}", map_names::CONNTRACK)]
+    Missing,
+}
+
+/// The conntrack map.
+pub struct Conntrack {
+    map: HashMap<MapData, ConntrackKey, ConntrackValue>,
+}
+
+/// The clock the programs stamp entries with (`bpf_ktime_get_ns`: CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Conntrack {
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, ConntrackError> {
+        let map = ebpf.take_map(map_names::CONNTRACK).ok_or(ConntrackError::Missing)?;
+        Ok(Self { map: HashMap::try_from(map)? })
+    }
+
+    pub fn from_pin(layout: &PinLayout) -> Result<Self, ConntrackError> {
+        let map = Map::from_map_data(MapData::from_pin(layout.map(map_names::CONNTRACK))?)?;
+        Ok(Self { map: HashMap::try_from(map)? })
+    }
+
+    /// Every entry. Entries that go while the table is read are skipped.
+    pub fn entries(&self) -> Vec<(ConntrackKey, ConntrackValue)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Removes the entries idle for longer than their timeout; returns how many went.
+    pub fn expire(&mut self) -> Result<usize, ConntrackError> {
+        let now = monotonic_ns();
+        let expired: Vec<ConntrackKey> = self
+            .entries()
+            .into_iter()
+            .filter(|(key, value)| value.expired(key.proto, now))
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for key in &expired {
+            match self.map.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// An address of a conntrack key, in its family.
+pub fn key_addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+/// A readable state for an entry.
+pub fn state(key: &ConntrackKey, value: &ConntrackValue) -> &'static str {
+    use conntrack_flags::*;
+    let flags = value.flags;
+    if key.proto != 6 {
+        return if flags & REPLIED != 0 { "replied" } else { "new" };
+    }
+    if flags & RST != 0 {
+        "reset"
+    } else if flags & (FIN_FWD | FIN_REV) == FIN_FWD | FIN_REV {
+        "closing"
+    } else if flags & (FIN_FWD | FIN_REV) != 0 {
+        "fin-seen"
+    } else if flags & ESTABLISHED != 0 {
+        "established"
+    } else if flags & SYN_REV != 0 {
+        "syn-received"
+    } else {
+        "syn-sent"
+    }
+}

@@ -1,0 +1,461 @@
+//! Programming compiled policy into the policy maps, one generation at a time.
+//!
+//! Each endpoint's compiled policy for a direction is written under a fresh policy id, with
+//! fresh address and port class ids, next to the generation in force; only then does the
+//! endpoint's entry switch to the new id (one map write, see [`super::Dataplane::apply`]), and
+//! only after that are the old generation's entries deleted. A packet therefore always sees one
+//! whole generation. An endpoint whose policy fails to compile keeps its generation; one that
+//! never had one gets no endpoint entry, so its traffic is dropped, never let through unchecked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key};
+use calico_ebpf_common::{
+    POLICY_ADDR_V4_FIXED_BITS, POLICY_ADDR_V6_FIXED_BITS, PolicyAddrKeyV4, PolicyAddrKeyV6,
+    PolicyPortKey, PolicyProtoKey, PolicyVerdict, RuleCounters, RuleInfo, map_names, map_sizes,
+};
+
+use crate::model::{
+    compile::{CompiledDirection, CompiledEndpoint},
+    rules::RuleRegistry,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyMapsError {
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("the kernel object has no map named {0}")]
+    Missing(&'static str),
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapsError {
+    move |source| PolicyMapsError::Map { name, source }
+}
+
+/// Typed handles on the policy maps.
+pub struct PolicyMaps {
+    pub addrs_v4: LpmTrie<MapData, PolicyAddrKeyV4, u32>,
+    pub addrs_v6: LpmTrie<MapData, PolicyAddrKeyV6, u32>,
+    pub protos: LpmTrie<MapData, PolicyProtoKey, u32>,
+    pub ports: LpmTrie<MapData, PolicyPortKey, PolicyVerdict>,
+    pub rules: HashMap<MapData, u32, RuleInfo>,
+    pub rule_counters: PerCpuArray<MapData, RuleCounters>,
+}
+
+impl PolicyMaps {
+    /// Takes the policy maps out of a loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, PolicyMapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(PolicyMapsError::Missing(name));
+        Ok(Self {
+            addrs_v4: typed(map_names::POLICY_ADDRS_V4, take(map_names::POLICY_ADDRS_V4)?)?,
+            addrs_v6: typed(map_names::POLICY_ADDRS_V6, take(map_names::POLICY_ADDRS_V6)?)?,
+            protos: typed(map_names::POLICY_PROTOS, take(map_names::POLICY_PROTOS)?)?,
+            ports: typed(map_names::POLICY_PORTS, take(map_names::POLICY_PORTS)?)?,
+            rules: typed(map_names::RULES, take(map_names::RULES)?)?,
+            rule_counters: typed(map_names::RULE_COUNTERS, take(map_names::RULE_COUNTERS)?)?,
+        })
+    }
+}
+
+fn typed<T>(name: &'static str, map: aya::maps::Map) -> Result<T, PolicyMapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// One programmed generation of one endpoint's policy in one direction.
+#[derive(Clone, Debug)]
+struct Generation {
+    policy: u32,
+    class_base: u32,
+    port_class_base: u32,
+    compiled: CompiledDirection,
+}
+
+impl Generation {
+    fn entries(&self) -> usize {
+        entry_count(&self.compiled)
+    }
+}
+
+/// The rule ids a compiled policy's verdicts name.
+fn rule_ids(compiled: &CompiledDirection) -> impl Iterator<Item = u32> + '_ {
+    compiled
+        .ports
+        .iter()
+        .flat_map(|port| [port.verdict.rule, port.verdict.log_rule])
+        .filter(|id| *id != 0)
+}
+
+fn entry_count(compiled: &CompiledDirection) -> usize {
+    compiled.addrs_v4.len() + compiled.addrs_v6.len() + compiled.protos.len() + compiled.ports.len()
+}
+
+/// The programmed generations of one endpoint.
+#[derive(Clone, Debug, Default)]
+struct EndpointPolicy {
+    ingress: Option<Generation>,
+    egress: Option<Generation>,
+}
+
+/// What [`PolicyProgrammer::stage`] did.
+#[derive(Debug, Default)]
+pub struct StageReport {
+    /// Generations written (endpoint, direction, policy id, entries).
+    pub written: Vec<(String, &'static str, u32, usize)>,
+    /// Endpoints whose new policy could not be programmed (they keep their previous one).
+    pub errors: Vec<String>,
+}
+
+/// Keeps track of the programmed generations and writes new ones.
+pub struct PolicyProgrammer {
+    endpoints: BTreeMap<String, EndpointPolicy>,
+    /// Generations replaced by the last [`Self::stage`], to delete once the endpoint entries
+    /// point at their successors.
+    retired: Vec<Generation>,
+    next_policy: u32,
+    next_class: u32,
+    next_port_class: u32,
+    /// Entries held in the policy maps, all generations together.
+    entries: usize,
+    /// Whether entries left by an earlier agent may still be in the maps.
+    adopted: bool,
+    /// Rule ids whose description is in the rules map.
+    rules_written: BTreeMap<u32, RuleInfo>,
+    /// Entries an earlier agent left, deleted with the first retired generations.
+    stale: Option<StaleEntries>,
+}
+
+/// Entries the policy maps hold at most, all maps together (each map has its own limit; this
+/// is the smallest, so a generation that fits here fits in each).
+const ENTRY_BUDGET: usize = map_sizes::POLICY_PORTS as usize;
+
+impl Default for PolicyProgrammer {
+    fn default() -> Self {
+        Self {
+            endpoints: BTreeMap::new(),
+            retired: Vec::new(),
+            next_policy: 1,
+            next_class: 1,
+            next_port_class: 1,
+            entries: 0,
+            adopted: false,
+            rules_written: BTreeMap::new(),
+            stale: None,
+        }
+    }
+}
+
+impl PolicyProgrammer {
+    /// The policy ids (ingress, egress) of an endpoint, when both directions are programmed.
+    pub fn policy_ids(&self, endpoint: &str) -> Option<(u32, u32)> {
+        let policy = self.endpoints.get(endpoint)?;
+        Some((policy.ingress.as_ref()?.policy, policy.egress.as_ref()?.policy))
+    }
+
+    /// Entries the policy maps hold for the programmed generations.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Writes a new generation for every endpoint whose compiled policy changed. Endpoints
+    /// absent from `compiled` keep what they have (their compilation failed); endpoints absent
+    /// from `wanted` are forgotten, their generations retired.
+    pub fn stage(
+        &mut self,
+        maps: &mut PolicyMaps,
+        wanted: &BTreeSet<String>,
+        compiled: &BTreeMap<String, CompiledEndpoint>,
+    ) -> Result<StageReport, PolicyMapsError> {
+        let mut report = StageReport::default();
+        if !self.adopted {
+            self.adopt(maps)?;
+        }
+        let gone: Vec<String> =
+            self.endpoints.keys().filter(|key| !wanted.contains(*key)).cloned().collect();
+        for key in gone {
+            if let Some(policy) = self.endpoints.remove(&key) {
+                self.retired.extend(policy.ingress);
+                self.retired.extend(policy.egress);
+            }
+        }
+        for (key, endpoint) in compiled {
+            if !wanted.contains(key) {
+                continue;
+            }
+            for (direction, new) in [("ingress", &endpoint.ingress), ("egress", &endpoint.egress)] {
+                let current = self.endpoints.get(key).and_then(|p| match direction {
+                    "ingress" => p.ingress.as_ref(),
+                    _ => p.egress.as_ref(),
+                });
+                if current.is_some_and(|g| &g.compiled == new) {
+                    continue;
+                }
+                let needed = entry_count(new);
+                if self.entries + needed > ENTRY_BUDGET {
+                    report.errors.push(format!(
+                        "endpoint {key}: its {direction} policy compiles to {needed} map entries, \
+                         but only {} of {ENTRY_BUDGET} are free; its previous policy stays in force",
+                        ENTRY_BUDGET.saturating_sub(self.entries)
+                    ));
+                    continue;
+                }
+                let generation = Generation {
+                    policy: self.next_policy,
+                    class_base: self.next_class,
+                    port_class_base: self.next_port_class,
+                    compiled: new.clone(),
+                };
+                write_generation(maps, &generation)?;
+                self.next_policy += 1;
+                self.next_class += new.address_classes;
+                self.next_port_class += new.port_classes;
+                self.entries += needed;
+                report.written.push((key.clone(), direction, generation.policy, needed));
+                let slot = self.endpoints.entry(key.clone()).or_default();
+                let old = match direction {
+                    "ingress" => slot.ingress.replace(generation),
+                    _ => slot.egress.replace(generation),
+                };
+                self.retired.extend(old);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes the generations [`Self::stage`] replaced. Call once the endpoint entries point
+    /// at the new ones.
+    pub fn retire(&mut self, maps: &mut PolicyMaps) -> Result<usize, PolicyMapsError> {
+        let mut count = 0;
+        if let Some(stale) = self.stale.take() {
+            for key in &stale.addrs_v4 {
+                removed(maps.addrs_v4.remove(key), map_names::POLICY_ADDRS_V4)?;
+            }
+            for key in &stale.addrs_v6 {
+                removed(maps.addrs_v6.remove(key), map_names::POLICY_ADDRS_V6)?;
+            }
+            for key in &stale.protos {
+                removed(maps.protos.remove(key), map_names::POLICY_PROTOS)?;
+            }
+            for key in &stale.ports {
+                removed(maps.ports.remove(key), map_names::POLICY_PORTS)?;
+            }
+            self.entries = self.entries.saturating_sub(stale.len());
+            count += stale.len();
+        }
+        for generation in std::mem::take(&mut self.retired) {
+            delete_generation(maps, &generation)?;
+            self.entries = self.entries.saturating_sub(generation.entries());
+            count += generation.entries();
+        }
+        Ok(count)
+    }
+
+    /// Rule ids the programmed generations refer to.
+    pub fn live_rules(&self) -> BTreeSet<u32> {
+        let mut live = BTreeSet::new();
+        for policy in self.endpoints.values() {
+            for generation in policy.ingress.iter().chain(policy.egress.iter()) {
+                live.extend(rule_ids(&generation.compiled));
+            }
+        }
+        live
+    }
+
+    /// Makes the rules map describe exactly the rule ids in use, zeroing the counters of ids
+    /// that are new (or reused for another rule), and frees the registry's ids that neither a
+    /// programmed generation nor a compiled policy still waiting to be programmed (`pending`)
+    /// refers to.
+    pub fn sync_rules(
+        &mut self,
+        maps: &mut PolicyMaps,
+        registry: &mut RuleRegistry,
+        pending: &BTreeMap<String, CompiledEndpoint>,
+    ) -> Result<(), PolicyMapsError> {
+        let live = self.live_rules();
+        let mut desired = BTreeMap::new();
+        for id in &live {
+            desired.insert(*id, registry.info(*id).unwrap_or_default());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| PolicyMapsError::Cpus(e.to_string()))?;
+        for (id, info) in &desired {
+            if self.rules_written.get(id) == Some(info) {
+                continue;
+            }
+            let zeroes = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])
+                .map_err(|e| PolicyMapsError::Cpus(e.to_string()))?;
+            maps.rule_counters.set(*id, zeroes, 0).map_err(map_err(map_names::RULE_COUNTERS))?;
+            maps.rules.insert(id, info, 0).map_err(map_err(map_names::RULES))?;
+        }
+        for id in self.rules_written.keys().filter(|id| !desired.contains_key(id)) {
+            match maps.rules.remove(id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::RULES)(e)),
+            }
+        }
+        self.rules_written = desired;
+        let mut keep: std::collections::HashSet<u32> = live.into_iter().collect();
+        for endpoint in pending.values() {
+            for direction in [&endpoint.ingress, &endpoint.egress] {
+                keep.extend(rule_ids(direction));
+            }
+        }
+        registry.sweep(&keep);
+        Ok(())
+    }
+
+    /// On the first stage after a (re)start: the maps may hold generations an earlier agent
+    /// wrote, which stay in force until the endpoint entries switch. New ids start above
+    /// every id found, and everything found is retired once the switch is done.
+    fn adopt(&mut self, maps: &mut PolicyMaps) -> Result<(), PolicyMapsError> {
+        let mut stale = StaleEntries::default();
+        for key in maps.addrs_v4.keys() {
+            let key = key.map_err(map_err(map_names::POLICY_ADDRS_V4))?;
+            self.next_policy = self.next_policy.max(key.data().policy + 1);
+            stale.addrs_v4.push(key);
+        }
+        for key in maps.addrs_v6.keys() {
+            let key = key.map_err(map_err(map_names::POLICY_ADDRS_V6))?;
+            self.next_policy = self.next_policy.max(key.data().policy + 1);
+            stale.addrs_v6.push(key);
+        }
+        for key in maps.protos.keys() {
+            let key = key.map_err(map_err(map_names::POLICY_PROTOS))?;
+            self.next_class = self.next_class.max(key.data().class + 1);
+            stale.protos.push(key);
+        }
+        for key in maps.ports.keys() {
+            let key = key.map_err(map_err(map_names::POLICY_PORTS))?;
+            self.next_port_class = self.next_port_class.max(key.data().class + 1);
+            stale.ports.push(key);
+        }
+        for key in maps.rules.keys() {
+            let id = key.map_err(map_err(map_names::RULES))?;
+            // Unknown content: rewritten (and its counters zeroed) when the id is used again.
+            self.rules_written.insert(id, RuleInfo::default());
+        }
+        self.entries += stale.len();
+        self.stale = Some(stale);
+        self.adopted = true;
+        Ok(())
+    }
+}
+
+/// Entries found in the maps at start, deleted after the first switch.
+#[derive(Default)]
+struct StaleEntries {
+    addrs_v4: Vec<Key<PolicyAddrKeyV4>>,
+    addrs_v6: Vec<Key<PolicyAddrKeyV6>>,
+    protos: Vec<Key<PolicyProtoKey>>,
+    ports: Vec<Key<PolicyPortKey>>,
+}
+
+impl StaleEntries {
+    fn len(&self) -> usize {
+        self.addrs_v4.len() + self.addrs_v6.len() + self.protos.len() + self.ports.len()
+    }
+}
+
+fn addr_v4_key(generation: &Generation, entry: &crate::model::compile::AddrEntry<4>) -> Key<PolicyAddrKeyV4> {
+    Key::new(
+        POLICY_ADDR_V4_FIXED_BITS + u32::from(entry.remote_prefix),
+        PolicyAddrKeyV4 { policy: generation.policy, local: entry.local, remote: entry.remote },
+    )
+}
+
+fn addr_v6_key(generation: &Generation, entry: &crate::model::compile::AddrEntry<16>) -> Key<PolicyAddrKeyV6> {
+    Key::new(
+        POLICY_ADDR_V6_FIXED_BITS + u32::from(entry.remote_prefix),
+        PolicyAddrKeyV6 { policy: generation.policy, local: entry.local, remote: entry.remote },
+    )
+}
+
+fn proto_key(generation: &Generation, entry: &crate::model::compile::ProtoEntry) -> Key<PolicyProtoKey> {
+    let (prefix, proto, sport): (u32, u8, u16) = match (entry.proto, entry.sport) {
+        (None, _) => (32, 0, 0),
+        (Some(proto), None) => (40, proto, 0),
+        (Some(proto), Some((port, bits))) => (40 + u32::from(bits), proto, port),
+    };
+    Key::new(
+        prefix,
+        PolicyProtoKey {
+            class: generation.class_base + entry.class,
+            proto,
+            sport: sport.to_be_bytes(),
+            _pad: 0,
+        },
+    )
+}
+
+fn port_key(generation: &Generation, entry: &crate::model::compile::PortEntry) -> Key<PolicyPortKey> {
+    let (port, bits) = entry.dport;
+    Key::new(
+        32 + u32::from(bits),
+        PolicyPortKey {
+            class: generation.port_class_base + entry.port_class,
+            dport: port.to_be_bytes(),
+            _pad: [0; 2],
+        },
+    )
+}
+
+/// Writes a generation's entries: the last lookup's first, so that no lookup ever finds a class
+/// whose next step is missing.
+fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
+    let compiled = &generation.compiled;
+    for entry in &compiled.ports {
+        maps.ports
+            .insert(&port_key(generation, entry), entry.verdict, 0)
+            .map_err(map_err(map_names::POLICY_PORTS))?;
+    }
+    for entry in &compiled.protos {
+        maps.protos
+            .insert(&proto_key(generation, entry), generation.port_class_base + entry.port_class, 0)
+            .map_err(map_err(map_names::POLICY_PROTOS))?;
+    }
+    for entry in &compiled.addrs_v6 {
+        maps.addrs_v6
+            .insert(&addr_v6_key(generation, entry), generation.class_base + entry.class, 0)
+            .map_err(map_err(map_names::POLICY_ADDRS_V6))?;
+    }
+    for entry in &compiled.addrs_v4 {
+        maps.addrs_v4
+            .insert(&addr_v4_key(generation, entry), generation.class_base + entry.class, 0)
+            .map_err(map_err(map_names::POLICY_ADDRS_V4))?;
+    }
+    Ok(())
+}
+
+/// Removes an entry, tolerating one that is already gone.
+fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), PolicyMapsError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+const fn libc_enoent() -> i32 {
+    2
+}
+
+/// Deletes a generation's entries, first lookup first (the reverse of writing).
+fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
+    let compiled = &generation.compiled;
+    for entry in &compiled.addrs_v4 {
+        removed(maps.addrs_v4.remove(&addr_v4_key(generation, entry)), map_names::POLICY_ADDRS_V4)?;
+    }
+    for entry in &compiled.addrs_v6 {
+        removed(maps.addrs_v6.remove(&addr_v6_key(generation, entry)), map_names::POLICY_ADDRS_V6)?;
+    }
+    for entry in &compiled.protos {
+        removed(maps.protos.remove(&proto_key(generation, entry)), map_names::POLICY_PROTOS)?;
+    }
+    for entry in &compiled.ports {
+        removed(maps.ports.remove(&port_key(generation, entry)), map_names::POLICY_PORTS)?;
+    }
+    Ok(())
+}

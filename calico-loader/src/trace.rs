@@ -1,0 +1,321 @@
+//! `calico-loader trace`: why a packet is allowed or dropped.
+//!
+//! Builds the packet, and runs the kernel's own policy code on it through BPF_PROG_TEST_RUN:
+//! the `calico_trace` program shares conntrack and policy lookups with the attached programs
+//! and writes what decided into the trace map, while creating no conntrack entry, counting
+//! nothing and logging nothing. Against the running agent it uses the pinned maps; with
+//! `--datastore` it compiles a directory of resources into private maps, so nothing of the
+//! host is read or touched ("what if").
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use calico_ebpf_common::{
+    RuleInfo, TraceResult, direction, map_names, program_names, trace_decided_by, verdict_action,
+    verdict_flags,
+};
+use serde::Serialize;
+
+use crate::{
+    dataplane::{
+        attach::program, bpffs::PinLayout, load_object_with, load_private_object, maps::Maps,
+        netlink::LinkDetails, private::PrivateDataplane,
+    },
+    datastore::local::LocalDatastore,
+    inspect::rule_words,
+    model::LocalEndpoint,
+    packets,
+};
+
+/// Ifindex the endpoint gets in the private maps of a `--datastore` trace.
+const OFFLINE_IFINDEX: u32 = 1_000_000;
+
+/// What to trace.
+#[derive(Clone, Debug)]
+pub struct TraceRequest {
+    /// `namespace/name` of the WorkloadEndpoint.
+    pub endpoint: String,
+    pub ingress: bool,
+    pub protocol: u8,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+/// A rule id, in words.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RuleReport {
+    pub id: u32,
+    /// `rule`, `tier-default`, `profile-rule` or `no-match`.
+    pub kind: String,
+    pub tier: Option<String>,
+    pub policy: Option<String>,
+    pub rule: Option<u32>,
+    pub action: String,
+}
+
+/// The answer.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TraceReport {
+    pub endpoint: String,
+    pub direction: String,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// `policy`, `conntrack`, `no-endpoint`, `malformed` or `no-verdict`.
+    pub decided_by: String,
+    /// Tier of the deciding rule (or tier default), if any.
+    pub tier: Option<String>,
+    /// The deciding policy (`kind:namespace/name`), or profile (`Profile:name`).
+    pub policy: Option<String>,
+    /// Index of the deciding rule in its policy's rules for the direction.
+    pub rule: Option<u32>,
+    /// Everything about the deciding rule id.
+    pub decided_by_rule: Option<RuleReport>,
+    /// The first Log rule that matched, if any.
+    pub logged_by: Option<RuleReport>,
+    pub policy_id: u32,
+}
+
+/// Runs a trace against the running agent's pinned maps.
+pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceReport> {
+    let conntrack = layout.map(map_names::CONNTRACK);
+    let size = aya::maps::MapInfo::from_pin(&conntrack)
+        .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?
+        .max_entries();
+    let mut ebpf = load_object_with(layout, size).context("loading the programs over the pinned maps")?;
+    let maps = Maps::from_pins(layout)?;
+    let endpoints = maps.read()?.endpoints;
+    let Some((&ifindex, _)) =
+        endpoints.iter().find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
+    else {
+        bail!(
+            "endpoint {} is not programmed on this host (see `calico-loader dump endpoints`)",
+            request.endpoint
+        );
+    };
+    let rules: HashMap<MapData, u32, RuleInfo> = HashMap::try_from(Map::from_map_data(
+        MapData::from_pin(layout.map(map_names::RULES))?,
+    )?)?;
+    let result = run(&mut ebpf, ifindex, request)?;
+    Ok(report(request, &result, |id| rules.get(&id, 0).ok()))
+}
+
+/// Runs a trace against a directory of resources, in private maps.
+pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport> {
+    let mut datastore = LocalDatastore::new(dir);
+    let sync = datastore.sync();
+    for error in &sync.errors {
+        eprintln!("warning: {error}");
+    }
+    let snapshot = sync.snapshot;
+    let (namespace, name) = request
+        .endpoint
+        .split_once('/')
+        .context("--endpoint must be NAMESPACE/NAME")?;
+    let wep = snapshot.workload_endpoint(namespace, name).with_context(|| {
+        format!("no WorkloadEndpoint {namespace}/{name} in {}", dir.display())
+    })?;
+    let mut ebpf = load_private_object().context("loading the programs (this needs root)")?;
+    let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;
+    let endpoint = LocalEndpoint {
+        key: request.endpoint.clone(),
+        interface: wep.spec.interface_name.clone(),
+        mac: wep.spec.mac.map(|m| m.octets()),
+        networks: wep.spec.ip_networks.clone(),
+        allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
+    };
+    let link = LinkDetails { ifindex: OFFLINE_IFINDEX, name: endpoint.interface.clone(), mac: packets::HOST_MAC };
+    dataplane
+        .program(&snapshot, &[(endpoint, link)])
+        .with_context(|| format!("programming the policy of {}", request.endpoint))?;
+    let result = run(&mut ebpf, OFFLINE_IFINDEX, request)?;
+    Ok(report(request, &result, |id| dataplane.registry.info(id)))
+}
+
+/// The packet for a request: Ethernet, IP, and a transport header (a TCP SYN for TCP, an ICMP
+/// message of the given type and code, eight zero bytes for other protocols).
+pub fn packet(request: &TraceRequest) -> anyhow::Result<Vec<u8>> {
+    let ports = |flags: Option<u8>| {
+        let mut header = Vec::new();
+        header.extend_from_slice(&request.sport.to_be_bytes());
+        header.extend_from_slice(&request.dport.to_be_bytes());
+        match flags {
+            Some(flags) => {
+                header.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            }
+            None => header.extend_from_slice(&[0, 8, 0, 0]),
+        }
+        header
+    };
+    let transport = match request.protocol {
+        6 => ports(Some(0x02)),
+        17 | 132 | 136 => ports(None),
+        1 | 58 => vec![request.icmp_type, request.icmp_code, 0, 0, 0x12, 0x34, 0, 1],
+        _ => vec![0; 8],
+    };
+    let src_mac = [0xca, 0xfe, 0, 0, 0, 1];
+    Ok(match (request.src, request.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => packets::ethernet(
+            packets::HOST_MAC,
+            src_mac,
+            0x0800,
+            &packets::ipv4(src, dst, 64, request.protocol, &[], &transport),
+        ),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => packets::ethernet(
+            packets::HOST_MAC,
+            src_mac,
+            0x86dd,
+            &packets::ipv6(src, dst, 64, request.protocol, &transport),
+        ),
+        _ => bail!("--src and --dst must be of the same IP version"),
+    })
+}
+
+/// Runs the trace program once on the request's packet for the endpoint behind `ifindex`.
+fn run(ebpf: &mut Ebpf, ifindex: u32, request: &TraceRequest) -> anyhow::Result<TraceResult> {
+    let frame = packet(request)?;
+    let trace: &mut SchedClassifier = program(ebpf, program_names::TRACE)?;
+    trace.load().context("loading the trace program")?;
+    // The __sk_buff given to the program: everything zero but cb[0] (the endpoint's ifindex)
+    // and cb[1] (the direction), at offsets 48 and 52.
+    let mut context = [0u8; 68];
+    context[48..52].copy_from_slice(&ifindex.to_ne_bytes());
+    let dir = if request.ingress { direction::INGRESS } else { direction::EGRESS };
+    context[52..56].copy_from_slice(&u32::from(dir).to_ne_bytes());
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.ctx_in = Some(&context);
+    let results: PerCpuArray<_, TraceResult> = PerCpuArray::try_from(
+        ebpf.map(map_names::TRACE).context("the object has no trace map")?,
+    )?;
+    let before: Vec<u64> = results.get(&0, 0)?.iter().map(|r| r.sequence).collect();
+    let trace: &mut SchedClassifier = program(ebpf, program_names::TRACE)?;
+    trace.test_run(opts).context("running the trace program (BPF_PROG_TEST_RUN)")?;
+    let results: PerCpuArray<_, TraceResult> = PerCpuArray::try_from(
+        ebpf.map(map_names::TRACE).context("the object has no trace map")?,
+    )?;
+    let after = results.get(&0, 0)?;
+    // The run happened on one CPU: the slot whose sequence moved.
+    after
+        .iter()
+        .zip(before)
+        .find(|(result, before)| result.sequence != *before)
+        .map(|(result, _)| *result)
+        .context("the trace program wrote no result")
+}
+
+fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
+    if id == 0 {
+        return None;
+    }
+    let Some(info) = info else {
+        return Some(RuleReport { id, kind: "unknown".into(), tier: None, policy: None, rule: None, action: "-".into() });
+    };
+    let (kind, _, action) = rule_words(&info);
+    let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
+    let indexed = matches!(kind.as_str(), "rule" | "profile-rule");
+    Some(RuleReport {
+        id,
+        tier: text(info.tier_bytes()),
+        policy: text(info.policy_bytes()),
+        rule: indexed.then_some(info.index),
+        kind,
+        action,
+    })
+}
+
+fn report(request: &TraceRequest, result: &TraceResult, info: impl Fn(u32) -> Option<RuleInfo>) -> TraceReport {
+    let decided_by = match result.decided_by {
+        trace_decided_by::POLICY => "policy",
+        trace_decided_by::CONNTRACK => "conntrack",
+        trace_decided_by::NO_ENDPOINT => "no-endpoint",
+        trace_decided_by::MALFORMED => "malformed",
+        _ => "no-verdict",
+    };
+    let rule = rule_report(result.rule, info(result.rule));
+    let logged_by = if result.flags & verdict_flags::LOG != 0 {
+        rule_report(result.log_rule, info(result.log_rule))
+    } else {
+        None
+    };
+    TraceReport {
+        endpoint: request.endpoint.clone(),
+        direction: if request.ingress { "ingress" } else { "egress" }.into(),
+        verdict: if result.action == verdict_action::ALLOW { "allow" } else { "deny" }.into(),
+        decided_by: decided_by.into(),
+        tier: rule.as_ref().and_then(|r| r.tier.clone()),
+        policy: rule.as_ref().and_then(|r| r.policy.clone()),
+        rule: rule.as_ref().and_then(|r| r.rule),
+        decided_by_rule: rule,
+        logged_by,
+        policy_id: result.policy,
+    }
+}
+
+/// The report as lines for a terminal.
+pub fn text(report: &TraceReport) -> String {
+    let mut out = format!(
+        "endpoint:   {} ({})\nverdict:    {}\ndecided by: {}",
+        report.endpoint, report.direction, report.verdict, report.decided_by
+    );
+    if let Some(rule) = &report.decided_by_rule {
+        out.push_str(&format!("\nrule:       {}", describe(rule)));
+    }
+    if let Some(rule) = &report.logged_by {
+        out.push_str(&format!("\nlogged by:  {}", describe(rule)));
+    }
+    out.push('\n');
+    out
+}
+
+fn describe(rule: &RuleReport) -> String {
+    let mut parts = Vec::new();
+    if let Some(tier) = &rule.tier {
+        parts.push(format!("tier {tier}"));
+    }
+    if let Some(policy) = &rule.policy {
+        parts.push(policy.clone());
+    }
+    match rule.kind.as_str() {
+        "rule" | "profile-rule" => parts.push(format!("rule {} ({})", rule.rule.unwrap_or(0), rule.action)),
+        "tier-default" => parts.push(format!("default action ({})", rule.action)),
+        "no-match" => parts.push("no policy or profile allowed it (final deny)".into()),
+        _ => parts.push(format!("rule id {}", rule.id)),
+    }
+    parts.join(", ")
+}
+
+/// Parses `IP` or `IP:PORT` (`[v6]:PORT` for IPv6 with a port).
+pub fn parse_address(text: &str) -> anyhow::Result<(IpAddr, u16)> {
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok((addr, 0));
+    }
+    let socket: SocketAddr = text
+        .parse()
+        .with_context(|| format!("{text:?} is not IP, IP:PORT or [IPv6]:PORT"))?;
+    Ok((socket.ip(), socket.port()))
+}
+
+/// Parses a protocol name (as Calico spells them, any case) or number.
+pub fn parse_protocol(text: &str) -> anyhow::Result<u8> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        "sctp" => 132,
+        "udplite" => 136,
+        other => other.parse().with_context(|| format!("unknown protocol {text:?}"))?,
+    })
+}
