@@ -25,13 +25,15 @@ pub mod map_names {
     /// Per-CPU counters per workload interface: per-CPU hash of ifindex → [`crate::EndpointCounters`].
     pub const COUNTERS: &str = "cali_counters";
 
-    /// Policy, first lookup (IPv4): LPM trie of [`crate::PolicyAddrKeyV4`] → address class (`u32`).
+    /// Policies: hash of policy id (`u32`) → [`crate::PolicyInfo`].
+    pub const POLICIES: &str = "cali_policies";
+    /// Policy, first step (IPv4): hash of [`crate::PolicyAddrKeyV4`] → [`crate::AddressClass`].
     pub const POLICY_ADDRS_V4: &str = "cali_paddr_v4";
-    /// Policy, first lookup (IPv6): LPM trie of [`crate::PolicyAddrKeyV6`] → address class (`u32`).
+    /// Policy, first step (IPv6): hash of [`crate::PolicyAddrKeyV6`] → [`crate::AddressClass`].
     pub const POLICY_ADDRS_V6: &str = "cali_paddr_v6";
-    /// Policy, second lookup: LPM trie of [`crate::PolicyProtoKey`] → port class (`u32`).
+    /// Policy, second step: hash of [`crate::PolicyProtoKey`] → [`crate::PortClass`].
     pub const POLICY_PROTOS: &str = "cali_pproto";
-    /// Policy, third lookup: LPM trie of [`crate::PolicyPortKey`] → [`crate::PolicyVerdict`].
+    /// Policy, third step: hash of [`crate::PolicyPortKey`] → [`crate::PolicyVerdict`].
     pub const POLICY_PORTS: &str = "cali_pports";
     /// What each rule id stands for: hash of rule id (`u32`) → [`crate::RuleInfo`]. Written by
     /// the agent for `trace`, `dump` and `bpftool`; the programs never read it.
@@ -46,13 +48,14 @@ pub mod map_names {
     pub const TRACE: &str = "cali_trace";
 
     /// Every map the agent pins.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         ROUTES_V4,
         ROUTES_V6,
         SOURCES_V4,
         SOURCES_V6,
         ENDPOINTS,
         COUNTERS,
+        POLICIES,
         POLICY_ADDRS_V4,
         POLICY_ADDRS_V6,
         POLICY_PROTOS,
@@ -88,11 +91,14 @@ pub mod map_sizes {
     pub const SOURCES: u32 = 65_536;
     /// Workload interfaces on one host (Calico's interface-state map is 1000, which users hit).
     pub const ENDPOINTS: u32 = 16_384;
-    /// Entries of the policy address tries (both families share the limit, each has it).
+    /// Compiled policies (two per endpoint, plus room for the next generation of each).
+    pub const POLICIES: u32 = 4 * ENDPOINTS;
+    /// Entries of each policy address map (one per family). The policy maps are hashes that
+    /// allocate entries as they are written, so an unused limit costs nothing.
     pub const POLICY_ADDRS: u32 = 1_048_576;
-    /// Entries of the policy protocol/source-port trie.
+    /// Entries of the policy protocol/source-port map.
     pub const POLICY_PROTOS: u32 = 1_048_576;
-    /// Entries of the policy destination-port trie.
+    /// Entries of the policy destination-port map.
     pub const POLICY_PORTS: u32 = 1_048_576;
     /// Rule ids (policy rules, tier defaults, profile rules): size of the rule counters array.
     pub const RULES: u32 = 65_536;
@@ -368,68 +374,141 @@ impl EndpointCounters {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Policy: three LPM lookups per new flow, whatever the number of rules.
+// Policy: a verdict for a new flow in a few hash lookups, whatever the number of rules.
 //
-// 1. {policy id, local address, remote address} → address class. The policy id names one
+// Userspace compiles an endpoint's policy for one direction into three sets of prefix entries,
+// each to be matched longest prefix first:
+//
+// 1. {policy id, local address, remote address/len} → address class. The policy id names one
 //    endpoint's compiled policy in one direction (one generation of it); the local address is
-//    the endpoint's own (destination for ingress, source for egress) and is always matched in
-//    full; the remote address is matched by prefix.
-// 2. {address class, protocol, source port} → port class. Prefix 32 is the class's default for
-//    protocols no rule names; 40 a protocol's default; longer ones source-port prefixes.
-// 3. {port class, destination port} → verdict. For ICMP and ICMPv6 the "port" is
+//    the endpoint's own (destination for ingress, source for egress).
+// 2. {address class, protocol, source port/len} → port class; an entry without protocol is the
+//    class's default for protocols no rule names.
+// 3. {port class, destination port/len} → verdict. For ICMP and ICMPv6 the "port" is
 //    `type << 8 | code`; for protocols without ports it is 0.
+//
+// Each set is a hash whose keys hold the prefix (masked) and its length. The program finds the
+// longest match by trying, longest first, only the lengths that set uses for that policy or
+// class (a bitmap found one step earlier): the cost follows the number of distinct prefix
+// lengths, not the number of rules or entries. An LPM trie would do the same in one lookup, but
+// its cost grows with the entries it holds (measured: docs/policy-compilation.md).
 
-/// Data part of the IPv4 policy address key. LPM prefix length = 32 + 32 + remote prefix.
+/// Per policy id: which remote prefix lengths its address entries use (bit n: length n).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
-pub struct PolicyAddrKeyV4 {
-    /// The compiled policy (host byte order; matched in full).
-    pub policy: u32,
-    /// The endpoint's own address (network byte order; matched in full).
-    pub local: [u8; 4],
-    /// The other side's address (network byte order; matched by prefix).
-    pub remote: [u8; 4],
+pub struct PolicyInfo {
+    /// Lengths 0..=32 of IPv4 entries.
+    pub v4_lengths: u64,
+    /// Lengths 0..=128 of IPv6 entries (bit n of word n / 64).
+    pub v6_lengths: [u64; 3],
 }
 
-/// Data part of the IPv6 policy address key. LPM prefix length = 32 + 128 + remote prefix.
+/// Key of the IPv4 address map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct PolicyAddrKeyV4 {
+    /// The compiled policy (host byte order).
+    pub policy: u32,
+    /// The endpoint's own address (network byte order), matched in full.
+    pub local: [u8; 4],
+    /// The other side's address (network byte order), its bits past `prefix_len` zero.
+    pub remote: [u8; 4],
+    /// Prefix length of `remote`.
+    pub prefix_len: u32,
+}
+
+/// Key of the IPv6 address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
 pub struct PolicyAddrKeyV6 {
     pub policy: u32,
     pub local: [u8; 16],
     pub remote: [u8; 16],
+    pub prefix_len: u32,
 }
 
-/// Prefix length of the fixed part of [`PolicyAddrKeyV4`] (policy id and local address).
-pub const POLICY_ADDR_V4_FIXED_BITS: u32 = 32 + 32;
-/// Prefix length of the fixed part of [`PolicyAddrKeyV6`].
-pub const POLICY_ADDR_V6_FIXED_BITS: u32 = 32 + 128;
-
-/// Data part of the protocol/source-port key. LPM prefix length: 32 (class), 40 (class and
-/// protocol) or 40 + source-port prefix.
+/// Value of the address maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
-pub struct PolicyProtoKey {
-    /// Address class (host byte order; matched in full).
+pub struct AddressClass {
     pub class: u32,
+    /// Source-port prefix lengths (bit n: length n, 0..=16) of the class's protocol entries.
+    pub sport_lengths: u32,
+}
+
+/// Values of [`PolicyProtoKey::kind`].
+pub mod proto_kind {
+    /// The class's default, for protocols no rule names (protocol and source port zero).
+    pub const ANY: u8 = 0;
+    /// An entry for one protocol.
+    pub const ONE: u8 = 1;
+}
+
+/// Key of the protocol/source-port map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct PolicyProtoKey {
+    /// Address class (host byte order).
+    pub class: u32,
+    /// A [`proto_kind`] value.
+    pub kind: u8,
     /// IP protocol number.
     pub proto: u8,
-    /// Source port, network byte order (0 for protocols without ports).
+    /// Source port, network byte order, its bits past `sport_len` zero.
     pub sport: [u8; 2],
-    /// Reserved, never part of a prefix.
+    /// Prefix length of `sport` (0..=16).
+    pub sport_len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the protocol/source-port map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct PortClass {
+    pub port_class: u32,
+    /// Destination-port prefix lengths (bit n: length n, 0..=16) of the port class's entries.
+    pub dport_lengths: u32,
+}
+
+/// Key of the destination-port map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct PolicyPortKey {
+    /// Port class (host byte order).
+    pub class: u32,
+    /// Destination port, or `type << 8 | code` for ICMP, network byte order, its bits past
+    /// `dport_len` zero.
+    pub dport: [u8; 2],
+    /// Prefix length of `dport` (0..=16).
+    pub dport_len: u8,
     pub _pad: u8,
 }
 
-/// Data part of the destination-port key. LPM prefix length: 32 + destination-port prefix.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
-pub struct PolicyPortKey {
-    /// Port class (host byte order; matched in full).
-    pub class: u32,
-    /// Destination port, or `type << 8 | code` for ICMP, network byte order.
-    pub dport: [u8; 2],
-    /// Reserved, never part of a prefix.
-    pub _pad: [u8; 2],
+/// `value` with only its first `len` bits (of 16) kept.
+#[inline(always)]
+pub const fn mask_port(value: u16, len: u8) -> u16 {
+    if len == 0 { 0 } else { value & (u16::MAX << (16 - len as u32)) }
+}
+
+/// An IPv4 address (as bytes) with only its first `len` bits kept.
+#[inline(always)]
+pub fn mask_v4(addr: [u8; 4], len: u32) -> [u8; 4] {
+    let value = u32::from_be_bytes(addr);
+    let mask = if len == 0 { 0 } else if len >= 32 { u32::MAX } else { u32::MAX << (32 - len) };
+    (value & mask).to_be_bytes()
+}
+
+/// An IPv6 address (as bytes) with only its first `len` bits kept.
+#[inline(always)]
+pub fn mask_v6(addr: &[u8; 16], len: u32) -> [u8; 16] {
+    let hi = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+    let lo = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+    let mask = |len: u32| if len == 0 { 0 } else if len >= 64 { u64::MAX } else { u64::MAX << (64 - len) };
+    let (hi, lo) = if len >= 64 { (hi, lo & mask(len - 64)) } else { (hi & mask(len), 0) };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hi.to_be_bytes());
+    out[8..].copy_from_slice(&lo.to_be_bytes());
+    out
 }
 
 /// Values of [`PolicyVerdict::action`].
@@ -731,6 +810,9 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKeyV6 {}
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::EndpointCounters {}
+    unsafe impl aya::Pod for super::PolicyInfo {}
+    unsafe impl aya::Pod for super::AddressClass {}
+    unsafe impl aya::Pod for super::PortClass {}
     unsafe impl aya::Pod for super::PolicyAddrKeyV4 {}
     unsafe impl aya::Pod for super::PolicyAddrKeyV6 {}
     unsafe impl aya::Pod for super::PolicyProtoKey {}
@@ -755,10 +837,13 @@ mod tests {
         assert_eq!(size_of::<SourceKeyV4>(), 8);
         assert_eq!(size_of::<SourceKeyV6>(), 20);
         assert_eq!(size_of::<EndpointInfo>(), 4 * 4 + 6 + 6 + IFNAME_LEN + ENDPOINT_NAME_LEN);
-        assert_eq!(size_of::<PolicyAddrKeyV4>(), 12);
-        assert_eq!(size_of::<PolicyAddrKeyV6>(), 36);
-        assert_eq!(size_of::<PolicyProtoKey>(), 8);
+        assert_eq!(size_of::<PolicyInfo>(), 32);
+        assert_eq!(size_of::<PolicyAddrKeyV4>(), 16);
+        assert_eq!(size_of::<PolicyAddrKeyV6>(), 40);
+        assert_eq!(size_of::<PolicyProtoKey>(), 12);
         assert_eq!(size_of::<PolicyPortKey>(), 8);
+        assert_eq!(size_of::<AddressClass>(), 8);
+        assert_eq!(size_of::<PortClass>(), 8);
         assert_eq!(size_of::<PolicyVerdict>(), 12);
         assert_eq!(size_of::<RuleInfo>(), 8 + RULE_TIER_LEN + RULE_POLICY_LEN);
         assert_eq!(size_of::<ConntrackKey>(), 40);
@@ -766,6 +851,22 @@ mod tests {
         assert_eq!(size_of::<LogEvent>(), 16 + 32 + 4);
         assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
         assert_eq!(size_of::<EndpointCounters>(), 9 * 8 + DROP_REASONS * 8);
+    }
+
+    #[test]
+    fn masks_keep_the_prefix() {
+        assert_eq!(mask_port(0xabcd, 0), 0);
+        assert_eq!(mask_port(0xabcd, 8), 0xab00);
+        assert_eq!(mask_port(0xabcd, 16), 0xabcd);
+        assert_eq!(mask_v4([198, 18, 7, 9], 0), [0; 4]);
+        assert_eq!(mask_v4([198, 18, 7, 9], 20), [198, 18, 0, 0]);
+        assert_eq!(mask_v4([198, 18, 7, 9], 32), [198, 18, 7, 9]);
+        let a = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        assert_eq!(mask_v6(&a, 128), a);
+        assert_eq!(mask_v6(&a, 0), [0; 16]);
+        assert_eq!(mask_v6(&a, 32), [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(mask_v6(&a, 68), [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(mask_v6(&a, 72)[8], 5);
     }
 
     #[test]

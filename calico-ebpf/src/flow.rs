@@ -4,7 +4,7 @@
 //! Parsing works on the raw bytes `[data, data_end)` like the rest of the pipeline; every
 //! access is checked against `data_end`.
 
-use calico_ebpf_common::ConntrackKey;
+use calico_ebpf_common::{ConntrackKey, ConntrackValue};
 
 use crate::forward::ptr_at;
 
@@ -62,6 +62,10 @@ pub struct Flow {
     pub kind: u8,
     /// For an ICMP error, the conntrack key of the flow it reports on.
     pub related: ConntrackKey,
+    /// Working space of conntrack (the flow lives in a per-CPU map, not on the small stack):
+    /// the flow's own key, and a new entry being built.
+    pub key: ConntrackKey,
+    pub entry: ConntrackValue,
 }
 
 impl Flow {
@@ -81,17 +85,28 @@ impl Flow {
         self.kind = flow_kind::NORMAL;
     }
 
-    /// Writes the same flow seen from the other side into `out`: what the opener's packet
-    /// looked like when this one is a reply. ICMP echo replies become requests.
+    /// Writes into `out` what policy needs of this flow as its opener sent it: the flow itself
+    /// when `reverse` is false, else the flow seen from the other side (this packet being a
+    /// reply), with ICMP echo replies turned into requests. Field by field: a whole-struct copy
+    /// costs the caller's stack.
     #[inline(always)]
-    pub fn reverse_into(&self, out: &mut Flow) {
-        *out = *self;
+    pub fn opening_into(&self, out: &mut Flow, reverse: bool) {
+        out.family = self.family;
+        out.proto = self.proto;
+        out.len = self.len;
+        out.tcp_flags = self.tcp_flags;
+        out.kind = self.kind;
+        if !reverse {
+            out.src = self.src;
+            out.dst = self.dst;
+            out.sport = self.sport;
+            out.dport = self.dport;
+            return;
+        }
         out.src = self.dst;
         out.dst = self.src;
         out.sport = self.dport;
         out.dport = self.sport;
-        out.ct_sport = self.ct_dport;
-        out.ct_dport = self.ct_sport;
         if self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6 {
             let icmp_type = (self.dport >> 8) as u8;
             let request = match icmp_type {
@@ -105,28 +120,33 @@ impl Flow {
     }
 }
 
-/// Builds the normalized conntrack key of a flow: side A is the lower (address, port).
-/// Returns the key and whether the packet travels from side A.
-#[inline(always)]
-pub fn conntrack_key(
-    family: u8,
-    proto: u8,
-    src: &[u8; 16],
-    sport: u16,
-    dst: &[u8; 16],
-    dport: u16,
-) -> (ConntrackKey, bool) {
-    let src_first = match compare_addrs(src, dst) {
-        core::cmp::Ordering::Less => true,
-        core::cmp::Ordering::Greater => false,
-        core::cmp::Ordering::Equal => sport <= dport,
-    };
-    let key = if src_first {
-        ConntrackKey { addr_a: *src, addr_b: *dst, port_a: sport, port_b: dport, proto, family, _pad: [0; 2] }
-    } else {
-        ConntrackKey { addr_a: *dst, addr_b: *src, port_a: dport, port_b: sport, proto, family, _pad: [0; 2] }
-    };
-    (key, src_first)
+impl Flow {
+    /// Writes the flow's normalized conntrack key into `self.key` (side A is the lower
+    /// (address, port)); returns whether the packet travels from side A.
+    #[inline(always)]
+    pub fn fill_key(&mut self) -> bool {
+        let src_first = match compare_addrs(&self.src, &self.dst) {
+            core::cmp::Ordering::Less => true,
+            core::cmp::Ordering::Greater => false,
+            core::cmp::Ordering::Equal => self.ct_sport <= self.ct_dport,
+        };
+        let key = &mut self.key;
+        if src_first {
+            key.addr_a = self.src;
+            key.addr_b = self.dst;
+            key.port_a = self.ct_sport;
+            key.port_b = self.ct_dport;
+        } else {
+            key.addr_a = self.dst;
+            key.addr_b = self.src;
+            key.port_a = self.ct_dport;
+            key.port_b = self.ct_sport;
+        }
+        key.proto = self.proto;
+        key.family = self.family;
+        key._pad = [0; 2];
+        src_first
+    }
 }
 
 #[inline(always)]

@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use calico_ebpf_common::{
-    ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, LogEvent, PolicyAddrKeyV4,
-    PolicyAddrKeyV6, PolicyPortKey, PolicyProtoKey, PolicyVerdict, RouteKeyV4, RouteKeyV6,
+    AddressClass, ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, LogEvent,
+    PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey, PolicyVerdict,
+    PortClass, RouteKeyV4, RouteKeyV6,
     RouteValue, RuleCounters, RuleInfo, SourceKeyV4, SourceKeyV6, TraceResult, map_sizes,
 };
 
@@ -35,6 +36,7 @@ pub static ENDPOINTS_MAP: HashMap<u32, EndpointInfo, ENDPOINTS> = HashMap::new()
 #[btf_map(name = "cali_counters")]
 pub static COUNTERS: PerCpuHashMap<u32, EndpointCounters, { ENDPOINTS + 1 }> = PerCpuHashMap::new();
 
+const POLICIES: usize = map_sizes::POLICIES as usize;
 const POLICY_ADDRS: usize = map_sizes::POLICY_ADDRS as usize;
 const POLICY_PROTOS: usize = map_sizes::POLICY_PROTOS as usize;
 const POLICY_PORTS: usize = map_sizes::POLICY_PORTS as usize;
@@ -44,17 +46,22 @@ const LOG_EVENTS_BYTES: usize = map_sizes::LOG_EVENTS_BYTES as usize;
 /// `BPF_F_NO_PREALLOC`: entries are allocated when written.
 const NO_PREALLOC: usize = 1;
 
+// The policy maps allocate entries as they are written (and free them after an RCU grace
+// period, so a program never reads an entry that is being reused).
+#[btf_map(name = "cali_policies")]
+pub static POLICIES_MAP: HashMap<u32, PolicyInfo, POLICIES, NO_PREALLOC> = HashMap::new();
+
 #[btf_map(name = "cali_paddr_v4")]
-pub static POLICY_ADDRS_V4: LpmTrie<PolicyAddrKeyV4, u32, POLICY_ADDRS> = LpmTrie::new();
+pub static POLICY_ADDRS_V4: HashMap<PolicyAddrKeyV4, AddressClass, POLICY_ADDRS, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "cali_paddr_v6")]
-pub static POLICY_ADDRS_V6: LpmTrie<PolicyAddrKeyV6, u32, POLICY_ADDRS> = LpmTrie::new();
+pub static POLICY_ADDRS_V6: HashMap<PolicyAddrKeyV6, AddressClass, POLICY_ADDRS, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "cali_pproto")]
-pub static POLICY_PROTOS_MAP: LpmTrie<PolicyProtoKey, u32, POLICY_PROTOS> = LpmTrie::new();
+pub static POLICY_PROTOS_MAP: HashMap<PolicyProtoKey, PortClass, POLICY_PROTOS, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "cali_pports")]
-pub static POLICY_PORTS_MAP: LpmTrie<PolicyPortKey, PolicyVerdict, POLICY_PORTS> = LpmTrie::new();
+pub static POLICY_PORTS_MAP: HashMap<PolicyPortKey, PolicyVerdict, POLICY_PORTS, NO_PREALLOC> = HashMap::new();
 
 /// Written by the agent for tools; declared here so that it lives in the object with the rest.
 #[btf_map(name = "cali_rules")]
@@ -76,3 +83,7 @@ pub static TRACE: PerCpuArray<TraceResult, 1> = PerCpuArray::new();
 /// slot 1 the flow as its opener sent it, when a policy change makes conntrack check it again.
 #[btf_map(name = "cali_scratch")]
 pub static SCRATCH: PerCpuArray<crate::flow::Flow, 2> = PerCpuArray::new();
+
+/// Per-CPU state of the policy steps' prefix searches.
+#[btf_map(name = "cali_searches")]
+pub static SEARCHES: PerCpuArray<crate::policy::Searches, 1> = PerCpuArray::new();

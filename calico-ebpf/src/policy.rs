@@ -2,7 +2,7 @@
 //!
 //! A packet of a tracked flow passes on its conntrack entry. A new flow gets the verdict of
 //! the sending endpoint's egress policy and the receiving endpoint's ingress policy (each when
-//! that side is a local workload), each found in three LPM lookups whatever the number of rules
+//! that side is a local workload), each found in a few hash lookups whatever the number of rules
 //! (the layout is in `calico-ebpf-common`), and an allowed flow is tracked.
 //!
 //! Each entry remembers the policy ids that allowed it. When an endpoint's policy id changes
@@ -10,18 +10,21 @@
 //! against the new policy, and a flow the new policy denies is cut: its entry goes and the packet
 //! is dropped.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+};
 use calico_ebpf_common::{
-    ConntrackValue, LogEvent, POLICY_ADDR_V4_FIXED_BITS, POLICY_ADDR_V6_FIXED_BITS,
-    PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey, PolicyProtoKey, PolicyVerdict,
-    conntrack_flags, direction, verdict_action, verdict_flags,
+    AddressClass, ConntrackValue, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey,
+    PolicyProtoKey, PolicyVerdict, PortClass, conntrack_flags, direction, mask_port, mask_v4,
+    mask_v6, proto_kind, verdict_action, verdict_flags,
 };
 
 use crate::{
-    flow::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, conntrack_key, flow_kind, IPPROTO_TCP},
+    flow::{Flow, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, flow_kind},
     maps::{
-        CONNTRACK_MAP, LOG_EVENTS, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS_MAP,
-        POLICY_PROTOS_MAP, RULE_COUNTERS, SCRATCH,
+        CONNTRACK_MAP, LOG_EVENTS, POLICIES_MAP, POLICY_ADDRS_V4, POLICY_ADDRS_V6,
+        POLICY_PORTS_MAP, POLICY_PROTOS_MAP, RULE_COUNTERS, SCRATCH, SEARCHES,
     },
 };
 
@@ -48,7 +51,8 @@ pub enum Admission {
     NoVerdict { ifindex: u32 },
 }
 
-/// What the three lookups found: the verdict (action 0 when a lookup missed) and the classes.
+/// What the three steps found: the verdict (action 0 when a step missed) and the classes.
+#[repr(C)]
 pub struct Lookup {
     pub verdict: PolicyVerdict,
     pub address_class: u32,
@@ -57,37 +61,265 @@ pub struct Lookup {
 
 /// Finds the verdict of policy `policy` for `flow`, seen from the endpoint: for ingress the
 /// local address is the destination, for egress the source.
-#[inline(never)]
+#[inline(always)]
 pub fn lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
     let mut result = Lookup { verdict: PolicyVerdict::default(), address_class: 0, port_class: 0 };
+    calico_policy_lookup(policy, flow, u32::from(ingress), &mut result);
+    result
+}
+
+/// [`lookup`] as a global BPF function: the verifier checks it once, on its own, instead of
+/// once for every place the programs call it. Writes into `out`; returns 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn calico_policy_lookup(policy: u32, flow: *const Flow, ingress: u32, out: *mut Lookup) -> i32 {
+    let (Some(flow), Some(out)) = (unsafe { flow.as_ref() }, unsafe { out.as_mut() }) else {
+        return 0;
+    };
+    *out = policy_lookup(policy, flow, ingress != 0);
+    0
+}
+
+#[inline(always)]
+fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
+    let mut result = Lookup { verdict: PolicyVerdict::default(), address_class: 0, port_class: 0 };
+    let Some(info) = POLICIES_MAP.get_ptr(policy) else { return result };
+    let info = unsafe { &*info };
     let (local, remote) = if ingress { (&flow.dst, &flow.src) } else { (&flow.src, &flow.dst) };
     let class = if flow.family == 4 {
-        let key = PolicyAddrKeyV4 {
-            policy,
-            local: [local[0], local[1], local[2], local[3]],
-            remote: [remote[0], remote[1], remote[2], remote[3]],
-        };
-        POLICY_ADDRS_V4.get(&Key::new(POLICY_ADDR_V4_FIXED_BITS + 32, key)).copied()
+        address_class_v4(policy, info.v4_lengths, local, remote)
     } else {
-        let key = PolicyAddrKeyV6 { policy, local: *local, remote: *remote };
-        POLICY_ADDRS_V6.get(&Key::new(POLICY_ADDR_V6_FIXED_BITS + 128, key)).copied()
+        address_class_v6(policy, &info.v6_lengths, local, remote)
     };
     let Some(class) = class else { return result };
-    result.address_class = class;
-    let key = PolicyProtoKey { class, proto: flow.proto, sport: flow.sport.to_be_bytes(), _pad: 0 };
-    let Some(&port_class) = POLICY_PROTOS_MAP.get(&Key::new(32 + 8 + 16, key)) else {
-        return result;
-    };
-    result.port_class = port_class;
-    let key = PolicyPortKey { class: port_class, dport: flow.dport.to_be_bytes(), _pad: [0; 2] };
-    if let Some(verdict) = POLICY_PORTS_MAP.get(&Key::new(32 + 16, key)) {
-        result.verdict = *verdict;
+    result.address_class = class.class;
+    let Some(port_class) = port_class(&class, flow) else { return result };
+    result.port_class = port_class.port_class;
+    if let Some(verdict) = verdict(&port_class, flow.dport) {
+        result.verdict = verdict;
     }
     result
 }
 
-/// [`lookup`], then the live side effects: the deciding rule's counter and the Log event.
+/// The highest set bit of `bits` (which is not 0).
 #[inline(always)]
+fn highest_bit(bits: u64) -> u32 {
+    63 - bits.leading_zeros()
+}
+
+// Each step's longest-prefix search runs under `bpf_loop`: one callback call per prefix length
+// the step uses, longest first, until an entry is found. The verifier checks a callback once,
+// however many lengths there are.
+
+/// Search state of the IPv4 address step.
+#[repr(C)]
+pub struct AddrSearchV4 {
+    key: PolicyAddrKeyV4,
+    remote: [u8; 4],
+    bits: u64,
+    found: AddressClass,
+    hit: u32,
+}
+
+extern "C" fn addr_step_v4(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let search = unsafe { &mut (*searches).v4 };
+    if search.bits == 0 {
+        return 1;
+    }
+    let len = highest_bit(search.bits);
+    search.bits &= !(1u64 << len);
+    search.key.remote = mask_v4(search.remote, len);
+    search.key.prefix_len = len;
+    match POLICY_ADDRS_V4.get_ptr(&search.key) {
+        Some(class) => {
+            search.found = unsafe { *class };
+            search.hit = 1;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// Search state of the IPv6 address step: lengths 0..=128 in three words.
+#[repr(C)]
+pub struct AddrSearchV6 {
+    key: PolicyAddrKeyV6,
+    remote: [u8; 16],
+    bits: [u64; 3],
+    found: AddressClass,
+    hit: u32,
+}
+
+extern "C" fn addr_step_v6(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let search = unsafe { &mut (*searches).v6 };
+    let word = if search.bits[2] != 0 {
+        2
+    } else if search.bits[1] != 0 {
+        1
+    } else if search.bits[0] != 0 {
+        0
+    } else {
+        return 1;
+    };
+    let bit = highest_bit(search.bits[word]);
+    search.bits[word] &= !(1u64 << bit);
+    let len = word as u32 * 64 + bit;
+    search.key.remote = mask_v6(&search.remote, len);
+    search.key.prefix_len = len;
+    match POLICY_ADDRS_V6.get_ptr(&search.key) {
+        Some(class) => {
+            search.found = unsafe { *class };
+            search.hit = 1;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// Search state of the protocol/source-port step.
+#[repr(C)]
+pub struct ProtoSearch {
+    key: PolicyProtoKey,
+    sport: u16,
+    bits: u64,
+    found: PortClass,
+    hit: u32,
+}
+
+extern "C" fn proto_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let search = unsafe { &mut (*searches).proto };
+    if search.bits == 0 {
+        return 1;
+    }
+    let len = highest_bit(search.bits);
+    search.bits &= !(1u64 << len);
+    search.key.sport = mask_port(search.sport, len as u8).to_be_bytes();
+    search.key.sport_len = len as u8;
+    match POLICY_PROTOS_MAP.get_ptr(&search.key) {
+        Some(found) => {
+            search.found = unsafe { *found };
+            search.hit = 1;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// Search state of the destination-port step.
+#[repr(C)]
+pub struct PortSearch {
+    key: PolicyPortKey,
+    dport: u16,
+    bits: u64,
+    found: PolicyVerdict,
+    hit: u32,
+}
+
+extern "C" fn port_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let search = unsafe { &mut (*searches).port };
+    if search.bits == 0 {
+        return 1;
+    }
+    let len = highest_bit(search.bits);
+    search.bits &= !(1u64 << len);
+    search.key.dport = mask_port(search.dport, len as u8).to_be_bytes();
+    search.key.dport_len = len as u8;
+    match POLICY_PORTS_MAP.get_ptr(&search.key) {
+        Some(found) => {
+            search.found = unsafe { *found };
+            search.hit = 1;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// The per-CPU search states (too large for the stack the programs share with their calls).
+#[repr(C)]
+pub struct Searches {
+    pub v4: AddrSearchV4,
+    pub v6: AddrSearchV6,
+    pub proto: ProtoSearch,
+    pub port: PortSearch,
+}
+
+/// Runs `step` at most `lengths` times, until it returns 1.
+#[inline(always)]
+fn run_search(lengths: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
+    unsafe {
+        bpf_loop(lengths, step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+}
+
+/// Longest match among the IPv4 address entries of `policy`.
+#[inline(always)]
+fn address_class_v4(policy: u32, lengths: u64, local: &[u8; 16], remote: &[u8; 16]) -> Option<AddressClass> {
+    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v4 };
+    state.key.policy = policy;
+    state.key.local = [local[0], local[1], local[2], local[3]];
+    state.remote = [remote[0], remote[1], remote[2], remote[3]];
+    state.bits = lengths & ((1u64 << 33) - 1);
+    state.hit = 0;
+    run_search(33, addr_step_v4);
+    (state.hit != 0).then_some(state.found)
+}
+
+/// Longest match among the IPv6 address entries of `policy`.
+#[inline(always)]
+fn address_class_v6(policy: u32, lengths: &[u64; 3], local: &[u8; 16], remote: &[u8; 16]) -> Option<AddressClass> {
+    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v6 };
+    state.key.policy = policy;
+    state.key.local = *local;
+    state.remote = *remote;
+    state.bits = [lengths[0], lengths[1], lengths[2] & 1];
+    state.hit = 0;
+    run_search(129, addr_step_v6);
+    (state.hit != 0).then_some(state.found)
+}
+
+/// The port class for the flow's protocol and source port within an address class: its
+/// protocol's entries, longest source-port prefix first, else the class's default.
+#[inline(always)]
+fn port_class(class: &AddressClass, flow: &Flow) -> Option<PortClass> {
+    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).proto };
+    state.key = PolicyProtoKey {
+        class: class.class,
+        kind: proto_kind::ONE,
+        proto: flow.proto,
+        sport: [0; 2],
+        sport_len: 0,
+        _pad: [0; 3],
+    };
+    state.sport = flow.sport;
+    state.bits = u64::from(class.sport_lengths) & 0x1ffff;
+    state.hit = 0;
+    run_search(17, proto_step);
+    if state.hit != 0 {
+        return Some(state.found);
+    }
+    let key = PolicyProtoKey { class: class.class, kind: proto_kind::ANY, proto: 0, sport: [0; 2], sport_len: 0, _pad: [0; 3] };
+    POLICY_PROTOS_MAP.get_ptr(&key).map(|found| unsafe { *found })
+}
+
+/// The verdict for the destination port within a port class, longest prefix first.
+#[inline(always)]
+fn verdict(port_class: &PortClass, dport: u16) -> Option<PolicyVerdict> {
+    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).port };
+    state.key = PolicyPortKey { class: port_class.port_class, dport: [0; 2], dport_len: 0, _pad: 0 };
+    state.dport = dport;
+    state.bits = u64::from(port_class.dport_lengths) & 0x1ffff;
+    state.hit = 0;
+    run_search(17, port_step);
+    (state.hit != 0).then_some(state.found)
+}
+
+/// [`lookup`], then the live side effects: the deciding rule's counter and the Log event.
+/// A subprogram of its own, so that the Log event's stack space is counted once.
+#[inline(never)]
 fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerdict {
     let verdict = lookup(policy, flow, ingress).verdict;
     if verdict.action == 0 {
@@ -138,27 +370,26 @@ fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
 ///
 /// A BPF subprogram of its own (not inlined): its stack frame is separate from the parser's.
 #[inline(never)]
-pub fn admit(flow: &Flow, sender: &Side, receiver: &Side) -> Admission {
+pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
     let (sender, receiver) = (*sender, *receiver);
     if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
         return Admission::Allowed;
     }
-    let (key, from_a) =
-        conntrack_key(flow.family, flow.proto, &flow.src, flow.ct_sport, &flow.dst, flow.ct_dport);
+    let from_a = flow.fill_key();
     let now = unsafe { bpf_ktime_get_ns() };
     let tcp = flow.proto == IPPROTO_TCP;
     let syn_only = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
-    if let Some(entry) = CONNTRACK_MAP.get_ptr_mut(&key) {
+    if let Some(entry) = CONNTRACK_MAP.get_ptr_mut(&flow.key) {
         let entry = unsafe { &mut *entry };
         let closed = entry.flags & conntrack_flags::RST != 0
             || entry.flags & (conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV)
                 == conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV;
         // A new SYN on a closed connection starts a new one (port reuse).
         if !entry.expired(flow.proto, now) && !(syn_only && closed) {
-            return established(entry, flow, from_a, sender, receiver, now, &key);
+            return established(entry, flow, from_a, sender, receiver, now);
         }
-        let _ = CONNTRACK_MAP.remove(&key);
+        let _ = CONNTRACK_MAP.remove(&flow.key);
     }
 
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK_MAP.get_ptr(&flow.related).is_some() {
@@ -178,22 +409,21 @@ pub fn admit(flow: &Flow, sender: &Side, receiver: &Side) -> Admission {
     // whose entry a policy change removed) is judged on its own and opens nothing, so a cut
     // flow cannot come back through its other side.
     if !tcp || syn_only {
-        let entry = ConntrackValue {
-            created_ns: now,
-            last_seen_ns: now,
-            packets_fwd: 1,
-            packets_rev: 0,
-            flags: if syn_only { conntrack_flags::SYN_FWD } else { 0 },
-            opener: if from_a { 0 } else { 1 },
-            _pad: 0,
-            egress_policy: sender.egress_policy,
-            ingress_policy: receiver.ingress_policy,
-            egress_rule,
-            ingress_rule,
-            _pad2: 0,
-        };
+        let entry = &mut flow.entry;
+        entry.created_ns = now;
+        entry.last_seen_ns = now;
+        entry.packets_fwd = 1;
+        entry.packets_rev = 0;
+        entry.flags = if syn_only { conntrack_flags::SYN_FWD } else { 0 };
+        entry.opener = if from_a { 0 } else { 1 };
+        entry._pad = 0;
+        entry.egress_policy = sender.egress_policy;
+        entry.ingress_policy = receiver.ingress_policy;
+        entry.egress_rule = egress_rule;
+        entry.ingress_rule = ingress_rule;
+        entry._pad2 = 0;
         // A full table evicts its least recently used entry (LRU); live flows stay.
-        let _ = CONNTRACK_MAP.insert(&key, &entry, 0);
+        let _ = CONNTRACK_MAP.insert(&flow.key, &flow.entry, 0);
     }
     Admission::Allowed
 }
@@ -207,7 +437,6 @@ fn established(
     sender: Side,
     receiver: Side,
     now: u64,
-    key: &calico_ebpf_common::ConntrackKey,
 ) -> Admission {
     let forward = from_a == (entry.opener == 0);
     let (opener, responder) = if forward { (sender, receiver) } else { (receiver, sender) };
@@ -220,11 +449,7 @@ fn established(
             return Admission::NoVerdict { ifindex: opener.ifindex };
         };
         let opening = unsafe { &mut *opening };
-        if forward {
-            *opening = *flow;
-        } else {
-            flow.reverse_into(opening);
-        }
+        flow.opening_into(opening, !forward);
         if egress_changed {
             match check(opener, opening, false) {
                 Ok(rule) => {
@@ -232,7 +457,7 @@ fn established(
                     entry.egress_rule = rule;
                 }
                 Err(denied) => {
-                    let _ = CONNTRACK_MAP.remove(key);
+                    let _ = CONNTRACK_MAP.remove(&flow.key);
                     return denied;
                 }
             }
@@ -244,7 +469,7 @@ fn established(
                     entry.ingress_rule = rule;
                 }
                 Err(denied) => {
-                    let _ = CONNTRACK_MAP.remove(key);
+                    let _ = CONNTRACK_MAP.remove(&flow.key);
                     return denied;
                 }
             }
@@ -290,11 +515,10 @@ fn established(
 /// for an endpoint whose `ingress`/egress policy is `policy`. Returns the rule id that allowed
 /// the flow (0 when the entry passes it regardless, as for replies and related ICMP errors).
 #[inline(always)]
-pub fn tracked(flow: &Flow, policy: u32, ingress: bool) -> Option<u32> {
-    let (key, from_a) =
-        conntrack_key(flow.family, flow.proto, &flow.src, flow.ct_sport, &flow.dst, flow.ct_dport);
+pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
+    let from_a = flow.fill_key();
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = CONNTRACK_MAP.get_ptr(&key) {
+    if let Some(entry) = CONNTRACK_MAP.get_ptr(&flow.key) {
         let entry = unsafe { &*entry };
         if !entry.expired(flow.proto, now) {
             let forward = from_a == (entry.opener == 0);

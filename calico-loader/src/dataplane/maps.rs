@@ -14,7 +14,7 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, PolicyAddrKeyV4, PolicyAddrKeyV6,
+    AddressClass, PolicyInfo, PortClass, ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, PolicyAddrKeyV4, PolicyAddrKeyV6,
     PolicyPortKey, PolicyProtoKey, PolicyVerdict, RouteKeyV4, RouteKeyV6, RouteValue, RuleCounters,
     RuleInfo, SourceKeyV4, SourceKeyV6, TraceResult, UNKNOWN_INTERFACE_COUNTERS, map_names,
 };
@@ -47,10 +47,11 @@ pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
         map_names::SOURCES_V6 => (lpm(size_of::<SourceKeyV6>()), size_of::<u32>()),
         map_names::ENDPOINTS => (size_of::<u32>() as u32, size_of::<EndpointInfo>()),
         map_names::COUNTERS => (size_of::<u32>() as u32, size_of::<EndpointCounters>()),
-        map_names::POLICY_ADDRS_V4 => (lpm(size_of::<PolicyAddrKeyV4>()), size_of::<u32>()),
-        map_names::POLICY_ADDRS_V6 => (lpm(size_of::<PolicyAddrKeyV6>()), size_of::<u32>()),
-        map_names::POLICY_PROTOS => (lpm(size_of::<PolicyProtoKey>()), size_of::<u32>()),
-        map_names::POLICY_PORTS => (lpm(size_of::<PolicyPortKey>()), size_of::<PolicyVerdict>()),
+        map_names::POLICIES => (size_of::<u32>() as u32, size_of::<PolicyInfo>()),
+        map_names::POLICY_ADDRS_V4 => (size_of::<PolicyAddrKeyV4>() as u32, size_of::<AddressClass>()),
+        map_names::POLICY_ADDRS_V6 => (size_of::<PolicyAddrKeyV6>() as u32, size_of::<AddressClass>()),
+        map_names::POLICY_PROTOS => (size_of::<PolicyProtoKey>() as u32, size_of::<PortClass>()),
+        map_names::POLICY_PORTS => (size_of::<PolicyPortKey>() as u32, size_of::<PolicyVerdict>()),
         map_names::RULES => (size_of::<u32>() as u32, size_of::<RuleInfo>()),
         map_names::RULE_COUNTERS => (size_of::<u32>() as u32, size_of::<RuleCounters>()),
         map_names::CONNTRACK => (size_of::<ConntrackKey>() as u32, size_of::<ConntrackValue>()),

@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use calico_ebpf_common::{
-    POLICY_ADDR_V4_FIXED_BITS, POLICY_ADDR_V6_FIXED_BITS, PolicyAddrKeyV4, PolicyAddrKeyV6,
-    PolicyPortKey, PolicyProtoKey, PolicyVerdict, RuleCounters, RuleInfo, map_names, map_sizes,
+    AddressClass, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey,
+    PolicyVerdict, PortClass, RuleCounters, RuleInfo, map_names, map_sizes, mask_port, mask_v4,
+    mask_v6, proto_kind,
 };
 
 use crate::model::{
@@ -36,10 +37,11 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapsError {
 
 /// Typed handles on the policy maps.
 pub struct PolicyMaps {
-    pub addrs_v4: LpmTrie<MapData, PolicyAddrKeyV4, u32>,
-    pub addrs_v6: LpmTrie<MapData, PolicyAddrKeyV6, u32>,
-    pub protos: LpmTrie<MapData, PolicyProtoKey, u32>,
-    pub ports: LpmTrie<MapData, PolicyPortKey, PolicyVerdict>,
+    pub policies: HashMap<MapData, u32, PolicyInfo>,
+    pub addrs_v4: HashMap<MapData, PolicyAddrKeyV4, AddressClass>,
+    pub addrs_v6: HashMap<MapData, PolicyAddrKeyV6, AddressClass>,
+    pub protos: HashMap<MapData, PolicyProtoKey, PortClass>,
+    pub ports: HashMap<MapData, PolicyPortKey, PolicyVerdict>,
     pub rules: HashMap<MapData, u32, RuleInfo>,
     pub rule_counters: PerCpuArray<MapData, RuleCounters>,
 }
@@ -49,6 +51,7 @@ impl PolicyMaps {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, PolicyMapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(PolicyMapsError::Missing(name));
         Ok(Self {
+            policies: typed(map_names::POLICIES, take(map_names::POLICIES)?)?,
             addrs_v4: typed(map_names::POLICY_ADDRS_V4, take(map_names::POLICY_ADDRS_V4)?)?,
             addrs_v6: typed(map_names::POLICY_ADDRS_V6, take(map_names::POLICY_ADDRS_V6)?)?,
             protos: typed(map_names::POLICY_PROTOS, take(map_names::POLICY_PROTOS)?)?,
@@ -231,6 +234,9 @@ impl PolicyProgrammer {
     pub fn retire(&mut self, maps: &mut PolicyMaps) -> Result<usize, PolicyMapsError> {
         let mut count = 0;
         if let Some(stale) = self.stale.take() {
+            for key in &stale.policies {
+                removed(maps.policies.remove(key), map_names::POLICIES)?;
+            }
             for key in &stale.addrs_v4 {
                 removed(maps.addrs_v4.remove(key), map_names::POLICY_ADDRS_V4)?;
             }
@@ -312,24 +318,29 @@ impl PolicyProgrammer {
     /// every id found, and everything found is retired once the switch is done.
     fn adopt(&mut self, maps: &mut PolicyMaps) -> Result<(), PolicyMapsError> {
         let mut stale = StaleEntries::default();
+        for key in maps.policies.keys() {
+            let key = key.map_err(map_err(map_names::POLICIES))?;
+            self.next_policy = self.next_policy.max(key + 1);
+            stale.policies.push(key);
+        }
         for key in maps.addrs_v4.keys() {
             let key = key.map_err(map_err(map_names::POLICY_ADDRS_V4))?;
-            self.next_policy = self.next_policy.max(key.data().policy + 1);
+            self.next_policy = self.next_policy.max(key.policy + 1);
             stale.addrs_v4.push(key);
         }
         for key in maps.addrs_v6.keys() {
             let key = key.map_err(map_err(map_names::POLICY_ADDRS_V6))?;
-            self.next_policy = self.next_policy.max(key.data().policy + 1);
+            self.next_policy = self.next_policy.max(key.policy + 1);
             stale.addrs_v6.push(key);
         }
         for key in maps.protos.keys() {
             let key = key.map_err(map_err(map_names::POLICY_PROTOS))?;
-            self.next_class = self.next_class.max(key.data().class + 1);
+            self.next_class = self.next_class.max(key.class + 1);
             stale.protos.push(key);
         }
         for key in maps.ports.keys() {
             let key = key.map_err(map_err(map_names::POLICY_PORTS))?;
-            self.next_port_class = self.next_port_class.max(key.data().class + 1);
+            self.next_port_class = self.next_port_class.max(key.class + 1);
             stale.ports.push(key);
         }
         for key in maps.rules.keys() {
@@ -347,10 +358,11 @@ impl PolicyProgrammer {
 /// Entries found in the maps at start, deleted after the first switch.
 #[derive(Default)]
 struct StaleEntries {
-    addrs_v4: Vec<Key<PolicyAddrKeyV4>>,
-    addrs_v6: Vec<Key<PolicyAddrKeyV6>>,
-    protos: Vec<Key<PolicyProtoKey>>,
-    ports: Vec<Key<PolicyPortKey>>,
+    policies: Vec<u32>,
+    addrs_v4: Vec<PolicyAddrKeyV4>,
+    addrs_v6: Vec<PolicyAddrKeyV6>,
+    protos: Vec<PolicyProtoKey>,
+    ports: Vec<PolicyPortKey>,
 }
 
 impl StaleEntries {
@@ -359,73 +371,129 @@ impl StaleEntries {
     }
 }
 
-fn addr_v4_key(generation: &Generation, entry: &crate::model::compile::AddrEntry<4>) -> Key<PolicyAddrKeyV4> {
-    Key::new(
-        POLICY_ADDR_V4_FIXED_BITS + u32::from(entry.remote_prefix),
-        PolicyAddrKeyV4 { policy: generation.policy, local: entry.local, remote: entry.remote },
-    )
+/// A generation's entries as the kernel holds them: keys with their prefix masked and its
+/// length, class ids offset by the generation's bases, and the bitmaps of prefix lengths each
+/// policy and class uses.
+struct Encoded {
+    info: PolicyInfo,
+    addrs_v4: Vec<(PolicyAddrKeyV4, AddressClass)>,
+    addrs_v6: Vec<(PolicyAddrKeyV6, AddressClass)>,
+    protos: Vec<(PolicyProtoKey, PortClass)>,
+    ports: Vec<(PolicyPortKey, PolicyVerdict)>,
 }
 
-fn addr_v6_key(generation: &Generation, entry: &crate::model::compile::AddrEntry<16>) -> Key<PolicyAddrKeyV6> {
-    Key::new(
-        POLICY_ADDR_V6_FIXED_BITS + u32::from(entry.remote_prefix),
-        PolicyAddrKeyV6 { policy: generation.policy, local: entry.local, remote: entry.remote },
-    )
-}
-
-fn proto_key(generation: &Generation, entry: &crate::model::compile::ProtoEntry) -> Key<PolicyProtoKey> {
-    let (prefix, proto, sport): (u32, u8, u16) = match (entry.proto, entry.sport) {
-        (None, _) => (32, 0, 0),
-        (Some(proto), None) => (40, proto, 0),
-        (Some(proto), Some((port, bits))) => (40 + u32::from(bits), proto, port),
-    };
-    Key::new(
-        prefix,
-        PolicyProtoKey {
-            class: generation.class_base + entry.class,
-            proto,
-            sport: sport.to_be_bytes(),
-            _pad: 0,
-        },
-    )
-}
-
-fn port_key(generation: &Generation, entry: &crate::model::compile::PortEntry) -> Key<PolicyPortKey> {
-    let (port, bits) = entry.dport;
-    Key::new(
-        32 + u32::from(bits),
-        PolicyPortKey {
-            class: generation.port_class_base + entry.port_class,
-            dport: port.to_be_bytes(),
-            _pad: [0; 2],
-        },
-    )
-}
-
-/// Writes a generation's entries: the last lookup's first, so that no lookup ever finds a class
-/// whose next step is missing.
-fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
+fn encode(generation: &Generation) -> Encoded {
     let compiled = &generation.compiled;
-    for entry in &compiled.ports {
-        maps.ports
-            .insert(&port_key(generation, entry), entry.verdict, 0)
-            .map_err(map_err(map_names::POLICY_PORTS))?;
-    }
+    let mut sport_lengths = vec![0u32; compiled.address_classes as usize];
     for entry in &compiled.protos {
-        maps.protos
-            .insert(&proto_key(generation, entry), generation.port_class_base + entry.port_class, 0)
-            .map_err(map_err(map_names::POLICY_PROTOS))?;
+        if entry.proto.is_some() {
+            let len = entry.sport.map_or(0, |(_, bits)| bits);
+            if let Some(bits) = sport_lengths.get_mut(entry.class as usize) {
+                *bits |= 1 << len;
+            }
+        }
     }
-    for entry in &compiled.addrs_v6 {
-        maps.addrs_v6
-            .insert(&addr_v6_key(generation, entry), generation.class_base + entry.class, 0)
-            .map_err(map_err(map_names::POLICY_ADDRS_V6))?;
+    let mut dport_lengths = vec![0u32; compiled.port_classes as usize];
+    for entry in &compiled.ports {
+        if let Some(bits) = dport_lengths.get_mut(entry.port_class as usize) {
+            *bits |= 1 << entry.dport.1;
+        }
     }
-    for entry in &compiled.addrs_v4 {
-        maps.addrs_v4
-            .insert(&addr_v4_key(generation, entry), generation.class_base + entry.class, 0)
-            .map_err(map_err(map_names::POLICY_ADDRS_V4))?;
+    let address_class = |class: u32| AddressClass {
+        class: generation.class_base + class,
+        sport_lengths: sport_lengths.get(class as usize).copied().unwrap_or(0),
+    };
+    let port_class = |class: u32| PortClass {
+        port_class: generation.port_class_base + class,
+        dport_lengths: dport_lengths.get(class as usize).copied().unwrap_or(0),
+    };
+    let mut info = PolicyInfo::default();
+    let addrs_v4 = compiled
+        .addrs_v4
+        .iter()
+        .map(|entry| {
+            let len = u32::from(entry.remote_prefix);
+            info.v4_lengths |= 1 << len;
+            let key = PolicyAddrKeyV4 {
+                policy: generation.policy,
+                local: entry.local,
+                remote: mask_v4(entry.remote, len),
+                prefix_len: len,
+            };
+            (key, address_class(entry.class))
+        })
+        .collect();
+    let addrs_v6 = compiled
+        .addrs_v6
+        .iter()
+        .map(|entry| {
+            let len = u32::from(entry.remote_prefix);
+            info.v6_lengths[(len / 64) as usize] |= 1 << (len % 64);
+            let key = PolicyAddrKeyV6 {
+                policy: generation.policy,
+                local: entry.local,
+                remote: mask_v6(&entry.remote, len),
+                prefix_len: len,
+            };
+            (key, address_class(entry.class))
+        })
+        .collect();
+    let protos = compiled
+        .protos
+        .iter()
+        .map(|entry| {
+            let (kind, proto, sport, sport_len) = match (entry.proto, entry.sport) {
+                (None, _) => (proto_kind::ANY, 0, 0, 0),
+                (Some(proto), None) => (proto_kind::ONE, proto, 0, 0),
+                (Some(proto), Some((port, bits))) => (proto_kind::ONE, proto, mask_port(port, bits), bits),
+            };
+            let key = PolicyProtoKey {
+                class: generation.class_base + entry.class,
+                kind,
+                proto,
+                sport: sport.to_be_bytes(),
+                sport_len,
+                _pad: [0; 3],
+            };
+            (key, port_class(entry.port_class))
+        })
+        .collect();
+    let ports = compiled
+        .ports
+        .iter()
+        .map(|entry| {
+            let (port, bits) = entry.dport;
+            let key = PolicyPortKey {
+                class: generation.port_class_base + entry.port_class,
+                dport: mask_port(port, bits).to_be_bytes(),
+                dport_len: bits,
+                _pad: 0,
+            };
+            (key, entry.verdict)
+        })
+        .collect();
+    Encoded { info, addrs_v4, addrs_v6, protos, ports }
+}
+
+/// Writes a generation's entries: the last step's first and the policy's own entry last, so
+/// that no lookup ever finds a step whose next one is missing.
+fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
+    let encoded = encode(generation);
+    for (key, value) in &encoded.ports {
+        maps.ports.insert(key, value, 0).map_err(map_err(map_names::POLICY_PORTS))?;
     }
+    for (key, value) in &encoded.protos {
+        maps.protos.insert(key, value, 0).map_err(map_err(map_names::POLICY_PROTOS))?;
+    }
+    for (key, value) in &encoded.addrs_v6 {
+        maps.addrs_v6.insert(key, value, 0).map_err(map_err(map_names::POLICY_ADDRS_V6))?;
+    }
+    for (key, value) in &encoded.addrs_v4 {
+        maps.addrs_v4.insert(key, value, 0).map_err(map_err(map_names::POLICY_ADDRS_V4))?;
+    }
+    maps.policies
+        .insert(generation.policy, encoded.info, 0)
+        .map_err(map_err(map_names::POLICIES))?;
     Ok(())
 }
 
@@ -442,20 +510,21 @@ const fn libc_enoent() -> i32 {
     2
 }
 
-/// Deletes a generation's entries, first lookup first (the reverse of writing).
+/// Deletes a generation's entries, first step first (the reverse of writing).
 fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
-    let compiled = &generation.compiled;
-    for entry in &compiled.addrs_v4 {
-        removed(maps.addrs_v4.remove(&addr_v4_key(generation, entry)), map_names::POLICY_ADDRS_V4)?;
+    let encoded = encode(generation);
+    removed(maps.policies.remove(&generation.policy), map_names::POLICIES)?;
+    for (key, _) in &encoded.addrs_v4 {
+        removed(maps.addrs_v4.remove(key), map_names::POLICY_ADDRS_V4)?;
     }
-    for entry in &compiled.addrs_v6 {
-        removed(maps.addrs_v6.remove(&addr_v6_key(generation, entry)), map_names::POLICY_ADDRS_V6)?;
+    for (key, _) in &encoded.addrs_v6 {
+        removed(maps.addrs_v6.remove(key), map_names::POLICY_ADDRS_V6)?;
     }
-    for entry in &compiled.protos {
-        removed(maps.protos.remove(&proto_key(generation, entry)), map_names::POLICY_PROTOS)?;
+    for (key, _) in &encoded.protos {
+        removed(maps.protos.remove(key), map_names::POLICY_PROTOS)?;
     }
-    for entry in &compiled.ports {
-        removed(maps.ports.remove(&port_key(generation, entry)), map_names::POLICY_PORTS)?;
+    for (key, _) in &encoded.ports {
+        removed(maps.ports.remove(key), map_names::POLICY_PORTS)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Policy compilation: an endpoint's evaluation plan (tiers, policies, rules, profiles) turned
-//! into the contents of the kernel's three policy LPM tries, so that a packet's verdict takes
-//! three lookups however many rules apply (see "Policy: three LPM lookups per new flow" in
-//! `calico-ebpf-common`, and `docs/policy-compilation.md`).
+//! into the entries of the kernel's three policy tables, each matched longest prefix first, so
+//! that a packet's verdict takes a bounded number of lookups however many rules apply (see the
+//! policy section of `calico-ebpf-common`, and `docs/policy-compilation.md`).
 //!
 //! # Semantics
 //!
@@ -32,8 +32,8 @@
 //!    applied in order to the intervals not yet decided (Log marks, Pass sets aside until the next
 //!    group, Allow and Deny decide), what remains is the final deny. Identical port functions
 //!    share a port class; identical class tables share a class.
-//! 5. Each piecewise-constant function becomes LPM entries: a zero-length default for the value
-//!    that would need the most prefixes, and the prefixes of the other intervals.
+//! 5. Each piecewise-constant function becomes prefix entries: a zero-length default for the
+//!    value that would need the most prefixes, and the prefixes of the other intervals.
 
 mod conditions;
 mod context;
@@ -56,7 +56,7 @@ use super::{
     policy::{DirectionPlan, PolicyId, endpoint_plan},
     rules::{Direction, RuleRef, RuleRegistry},
 };
-use crate::datastore::{Action, IpVersion, Kind, Rule, Snapshot, TierDefaultAction, WorkloadEndpoint};
+use crate::datastore::{Action, Kind, Rule, Snapshot, TierDefaultAction, WorkloadEndpoint};
 
 /// The most addresses one network of an endpoint may hold: each is a local address with its own
 /// entries.
@@ -111,8 +111,8 @@ impl Default for TableLimits {
     }
 }
 
-/// An entry of a policy address trie: `{policy, local, remote}` with prefix length
-/// `POLICY_ADDR_V4_FIXED_BITS` (or `_V6_`) + `remote_prefix`, giving an address class.
+/// An entry of an address table: for the endpoint's `local` address (matched in full), a
+/// `remote` prefix, giving an address class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrEntry<const N: usize> {
     /// The endpoint's address, matched in full.
@@ -124,8 +124,10 @@ pub struct AddrEntry<const N: usize> {
     pub class: u32,
 }
 
-/// An entry of the protocol trie: `{class, proto, sport}` with prefix length 32 (`proto`
-/// `None`), 40 (`sport` `None`) or 40 + the source-port prefix, giving a port class.
+/// An entry of the protocol table: for an address class, a protocol (`None`: the class's default,
+/// for protocols it does not list) and a source-port prefix (`None`: length 0), giving a port
+/// class. For a packet, an entry of its protocol wins over the default, and a longer source-port
+/// prefix over a shorter one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProtoEntry {
     pub class: u32,
@@ -135,19 +137,8 @@ pub struct ProtoEntry {
     pub port_class: u32,
 }
 
-impl ProtoEntry {
-    /// The LPM prefix length of the entry.
-    pub fn prefix_len(&self) -> u32 {
-        match (self.proto, self.sport) {
-            (None, _) => 32,
-            (Some(_), None) => 40,
-            (Some(_), Some((_, bits))) => 40 + u32::from(bits),
-        }
-    }
-}
-
-/// An entry of the destination-port trie: `{port_class, dport}` with prefix length 32 + the
-/// destination-port prefix length, giving the verdict.
+/// An entry of the destination-port table: for a port class, a destination-port prefix, giving
+/// the verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortEntry {
     pub port_class: u32,
@@ -159,7 +150,7 @@ pub struct PortEntry {
 /// The compiled policy of one endpoint in one direction.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CompiledDirection {
-    /// LPM entries of the address tries. `class` is an index local to this CompiledDirection
+    /// Entries of the address tables. `class` is an index local to this CompiledDirection
     /// (0..address_classes), shared by both families' entries.
     pub addrs_v4: Vec<AddrEntry<4>>,
     pub addrs_v6: Vec<AddrEntry<16>>,
@@ -177,14 +168,18 @@ pub struct CompiledEndpoint {
 }
 
 impl CompiledDirection {
-    /// The verdict for a packet, found through the entries by longest-prefix match as the
-    /// kernel finds it. `sport` and `dport` are what the kernel puts in the keys: see
+    /// The verdict for a packet, found through the entries longest prefix first, as the kernel
+    /// finds it. `sport` and `dport` are what the kernel puts in the keys: see
     /// [`PacketTuple::key_ports`]. `None` where a lookup misses (which the kernel treats as a
     /// drop).
     pub fn lookup(&self, local: IpAddr, remote: IpAddr, proto: u8, sport: u16, dport: u16) -> Option<PolicyVerdict> {
         let class = match (local, remote) {
-            (IpAddr::V4(local), IpAddr::V4(remote)) => longest_addr_match(&self.addrs_v4, local.octets(), remote.octets()),
-            (IpAddr::V6(local), IpAddr::V6(remote)) => longest_addr_match(&self.addrs_v6, local.octets(), remote.octets()),
+            (IpAddr::V4(local), IpAddr::V4(remote)) => {
+                longest_addr_match(&self.addrs_v4, local.octets(), remote.octets())
+            }
+            (IpAddr::V6(local), IpAddr::V6(remote)) => {
+                longest_addr_match(&self.addrs_v6, local.octets(), remote.octets())
+            }
             _ => None,
         }?;
         let port_class = self
@@ -195,7 +190,7 @@ impl CompiledDirection {
                     && e.proto.is_none_or(|p| p == proto)
                     && e.sport.is_none_or(|(value, bits)| prefix_matches(sport, value, bits))
             })
-            .max_by_key(|e| e.prefix_len())?
+            .max_by_key(|e| (e.proto.is_some(), e.sport.map_or(0, |(_, bits)| bits)))?
             .port_class;
         self.ports
             .iter()
@@ -209,8 +204,8 @@ fn prefix_matches(value: u16, prefix: u16, bits: u8) -> bool {
     bits == 0 || (value ^ prefix) >> (16 - u32::from(bits).min(16)) == 0
 }
 
-/// The class of the longest entry for `local` whose remote prefix covers `remote`: the policy id
-/// and the local address are the fixed part of the kernel's key, matched in full.
+/// The class of the longest entry for `local` (matched in full) whose remote prefix covers
+/// `remote`.
 fn longest_addr_match<const N: usize>(entries: &[AddrEntry<N>], local: [u8; N], remote: [u8; N]) -> Option<u32> {
     let remote = bytes_value(&remote);
     let width = N as u32 * 8;
@@ -243,13 +238,6 @@ impl Family {
 
     fn max(self) -> u128 {
         ranges::max_of(self.width())
-    }
-
-    fn ip_version(self) -> IpVersion {
-        match self {
-            Family::V4 => IpVersion::V4,
-            Family::V6 => IpVersion::V6,
-        }
     }
 
     /// The family of `addr` and its value.
@@ -304,7 +292,8 @@ pub fn compile_endpoint(
     sources.sort_unstable();
     sources.dedup();
     let mut compile = |plan: &DirectionPlan, direction: Direction, locals: &[(Family, u128)]| {
-        let mut flattener = Flattener { ctx, registry: &mut *registry, endpoint: &endpoint, direction, steps: Vec::new() };
+        let mut flattener =
+            Flattener { ctx, registry: &mut *registry, endpoint: &endpoint, direction, steps: Vec::new() };
         let no_match = flattener.flatten(plan)?;
         table::compile(ctx, &endpoint, &flattener.steps, no_match, direction, locals)
     };
@@ -372,7 +361,8 @@ impl Flattener<'_, '_> {
     fn flatten(&mut self, plan: &DirectionPlan) -> Result<u32, CompileError> {
         let (snapshot, direction) = (self.ctx.snapshot(), self.direction);
         let missing = |owner: String| CompileError::Missing { endpoint: self.endpoint.to_owned(), owner };
-        for (group, tier) in (0u32..).zip(&plan.tiers) {
+        let mut group = 0;
+        for tier in &plan.tiers {
             for policy in &tier.policies {
                 let rules = policy_rules(snapshot, policy, direction)
                     .ok_or_else(|| missing(format!("{}:{policy}", policy.kind.as_str())))?;
@@ -384,12 +374,14 @@ impl Flattener<'_, '_> {
                 let id = self.registry.id(RuleRef::TierDefault { tier: tier.name.clone(), direction }, Action::Deny)?;
                 self.steps.push(Step { id, action: Action::Deny, group, conditions: None });
             }
+            group += 1;
         }
-        for (group, profile) in (u32::try_from(plan.tiers.len()).unwrap_or(u32::MAX)..).zip(&plan.profiles) {
+        for profile in &plan.profiles {
             let rules =
                 profile_rules(snapshot, profile, direction).ok_or_else(|| missing(format!("Profile:{profile}")))?;
             let rule_ref = |index| RuleRef::ProfileRule { profile: profile.clone(), direction, index };
             self.add_rules(rules, group, None, rule_ref)?;
+            group += 1;
         }
         self.registry.id(RuleRef::NoMatch { direction }, Action::Deny)
     }

@@ -342,7 +342,8 @@ mod tests {
         assert_eq!((info.kind, info.action, info.direction), (rule_kind::PROFILE_RULE, ACTION_PASS, 1));
         assert_eq!((info.tier_bytes(), info.policy_bytes()), (&b""[..], &b"Profile:kns.prod"[..]));
 
-        let id = registry.id(RuleRef::TierDefault { tier: "security".into(), direction: Direction::Ingress }, Action::Deny);
+        let id =
+            registry.id(RuleRef::TierDefault { tier: "security".into(), direction: Direction::Ingress }, Action::Deny);
         let info = registry.info(id.expect("id")).expect("registered");
         assert_eq!((info.kind, info.action, info.tier_bytes()), (rule_kind::TIER_DEFAULT, 2, &b"security"[..]));
         assert_eq!(registry.info(99), None);

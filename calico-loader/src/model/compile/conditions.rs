@@ -7,14 +7,12 @@ use ipnet::IpNet;
 
 use super::{
     CompileError, Family,
-    context::{
-        EndpointFacts, EndpointQuery, Members, NamespaceScope, PolicyContext, given, net_span,
-    },
+    context::{EndpointFacts, EndpointQuery, Members, NamespaceScope, PolicyContext, given, net_span},
     ranges::Ranges,
 };
 use crate::{
     datastore::{EntityRule, IpVersion, PortSpec, Rule, resources::IcmpMatch},
-    model::{rules::Direction, rules::RuleRef},
+    model::rules::{Direction, RuleRef},
 };
 
 /// The largest port (and ICMP `type << 8 | code`).
@@ -46,6 +44,15 @@ fn icmp_ranges(icmp: &IcmpMatch) -> Ranges {
     }
 }
 
+/// Whether `rule` applies to packets of `version`: its `ipVersion` is that one or none, and none
+/// of its `nets` and `notNets` lists is made only of CIDRs of the other version (Felix's
+/// `FilterRuleToIPVersion` leaves such a rule out of that version's dataplane).
+pub(super) fn applies_to(rule: &Rule, version: IpVersion) -> bool {
+    let lists = [&rule.source.nets, &rule.source.not_nets, &rule.destination.nets, &rule.destination.not_nets];
+    rule.ip_version.is_none_or(|v| v == version)
+        && lists.iter().all(|nets| nets.is_empty() || nets.iter().any(|net| IpVersion::of(net) == version))
+}
+
 /// Where a rule comes from, for errors.
 pub(super) struct Origin<'a> {
     pub(super) endpoint: &'a str,
@@ -69,10 +76,8 @@ pub(super) fn check_supported(rule: &Rule, origin: &Origin<'_>) -> Result<(), Co
             return Err(origin.unsupported(format!("{end}.services"), "the datastore has no Kubernetes services"));
         }
         if entity.service_accounts.as_ref().is_some_and(|sa| given(sa.selector.as_ref()).is_some()) {
-            return Err(origin.unsupported(
-                format!("{end}.serviceAccounts.selector"),
-                "the datastore has no ServiceAccount labels",
-            ));
+            return Err(origin
+                .unsupported(format!("{end}.serviceAccounts.selector"), "the datastore has no ServiceAccount labels"));
         }
     }
     Ok(())
@@ -114,10 +119,14 @@ pub(super) fn entity_queries(
     let selector = parse("selector", entity.selector.as_ref())?;
     let not_selector = parse("notSelector", entity.not_selector.as_ref())?;
     let namespace_selector = parse("namespaceSelector", entity.namespace_selector.as_ref())?;
-    let service_accounts = entity.service_accounts.as_ref().map(|sa| sa.names.clone()).filter(|names| !names.is_empty());
+    let service_accounts =
+        entity.service_accounts.as_ref().map(|sa| sa.names.clone()).filter(|names| !names.is_empty());
     let scoped = namespace_selector.is_some() || (namespace.is_some() && not_selector.is_some());
-    let negative = not_selector
-        .map(|selector| EndpointQuery { namespace: NamespaceScope::Any, selector: Some(selector), service_accounts: None });
+    let negative = not_selector.map(|selector| EndpointQuery {
+        namespace: NamespaceScope::Any,
+        selector: Some(selector),
+        service_accounts: None,
+    });
     let positive = (selector.is_some() || service_accounts.is_some() || scoped).then(|| EndpointQuery {
         namespace: match (namespace_selector, namespace) {
             (Some(selector), _) => NamespaceScope::Selected(selector),
@@ -171,7 +180,8 @@ impl PortSet {
 
     /// The ports of `proto` in the set (`proto` has ports).
     fn of(&self, proto: u8) -> Ranges {
-        let named = self.named.iter().filter(|(p, _)| *p == proto).map(|&(_, port)| (u128::from(port), u128::from(port)));
+        let named =
+            self.named.iter().filter(|(p, _)| *p == proto).map(|&(_, port)| (u128::from(port), u128::from(port)));
         if self.named.is_empty() { self.numeric.clone() } else { self.numeric.union(&Ranges::from_spans(named)) }
     }
 }
@@ -206,11 +216,6 @@ impl PortCondition {
         };
         let allowed = allowed.subtract(&self.negative.of(proto), PORT_MAX);
         (!allowed.is_empty()).then_some(allowed)
-    }
-
-    /// Protocols named by resolved named ports.
-    fn protocols(&self) -> impl Iterator<Item = u8> + '_ {
-        self.positive.iter().chain([&self.negative]).flat_map(|set| set.named.iter().map(|&(proto, _)| proto))
     }
 }
 
@@ -254,11 +259,11 @@ impl ProtoCondition {
             marks[1] = true;
             marks[58] = true;
         }
-        for condition in ports {
-            if condition.is_some() {
-                for proto in [6u8, 17, 132, 136].into_iter().chain(condition.protocols()) {
-                    marks[usize::from(proto)] = true;
-                }
+        // Port criteria tell the protocols with ports (named ports are TCP, UDP or SCTP) from
+        // the others.
+        if ports.iter().any(|condition| condition.is_some()) {
+            for proto in [6, 17, 132, 136] {
+                marks[proto] = true;
             }
         }
     }
@@ -345,7 +350,8 @@ impl Side {
 /// A rule's criteria, resolved.
 #[derive(Debug)]
 pub(super) struct Conditions {
-    pub(super) ip_version: Option<IpVersion>,
+    /// Whether it applies to IPv4 and to IPv6 packets: see [`applies_to`].
+    versions: [bool; 2],
     pub(super) proto: ProtoCondition,
     /// The other side: the source for ingress, the destination for egress.
     pub(super) remote: Side,
@@ -375,7 +381,7 @@ impl Conditions {
             Direction::Egress => (destination, source),
         };
         Ok(Conditions {
-            ip_version: rule.ip_version,
+            versions: [applies_to(rule, IpVersion::V4), applies_to(rule, IpVersion::V6)],
             proto: ProtoCondition {
                 protocol: rule.protocol.map(|p| p.number()),
                 not_protocol: rule.not_protocol.map(|p| p.number()),
@@ -389,6 +395,9 @@ impl Conditions {
 
     /// Whether it can match packets of `family` at all.
     pub(super) fn admits_family(&self, family: Family) -> bool {
-        self.ip_version.is_none_or(|v| v == family.ip_version())
+        match family {
+            Family::V4 => self.versions[0],
+            Family::V6 => self.versions[1],
+        }
     }
 }

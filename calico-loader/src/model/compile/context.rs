@@ -141,7 +141,13 @@ impl<'s> PolicyContext<'s> {
                 }
             })
             .collect();
-        Self { snapshot, limits: TableLimits::default(), endpoints, selectors: Mutex::default(), members: Mutex::default() }
+        Self {
+            snapshot,
+            limits: TableLimits::default(),
+            endpoints,
+            selectors: Mutex::default(),
+            members: Mutex::default(),
+        }
     }
 
     /// The same, with these limits on the size of each endpoint's compiled form.

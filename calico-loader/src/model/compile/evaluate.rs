@@ -4,9 +4,12 @@
 use std::net::IpAddr;
 
 use super::{
-    CompileError, PolicyContext, policy_rules, profile_rules,
-    conditions::{EntityQueries, Origin, check_supported, entity_queries, has_ports, icmp_matches, is_icmp},
+    CompileError, PolicyContext,
+    conditions::{
+        EntityQueries, Origin, applies_to, check_supported, entity_queries, has_ports, icmp_matches, is_icmp,
+    },
     context::EndpointQuery,
+    policy_rules, profile_rules,
 };
 use crate::{
     datastore::{Action, EntityRule, IpVersion, PortSpec, Rule, TierDefaultAction, WorkloadEndpoint},
@@ -181,7 +184,7 @@ fn rule_matches(
     };
     let proto = packet.proto;
     let icmp = |m| is_icmp(proto) && icmp_matches(m, packet.dport);
-    rule.ip_version.is_none_or(|v| v == version)
+    applies_to(rule, version)
         && rule.protocol.is_none_or(|p| p.number() == proto)
         && rule.not_protocol.is_none_or(|p| p.number() != proto)
         && rule.icmp.as_ref().is_none_or(icmp)

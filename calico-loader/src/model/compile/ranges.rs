@@ -1,5 +1,5 @@
 //! Sets of integers (addresses, ports) as sorted inclusive intervals, and their split into
-//! prefixes for LPM tries.
+//! prefixes for the policy tables.
 
 /// A set of integers: sorted, disjoint, non-adjacent inclusive intervals.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

@@ -1,8 +1,9 @@
-//! From steps to LPM entries: address classes by a sweep over the remote address space, then per
-//! class and protocol the port functions, each piecewise constant function written as a default
-//! and exceptions.
+//! From steps to prefix entries: address classes by a sweep over the remote address space, then
+//! per class and protocol the port functions; each piecewise constant function is written as a
+//! default and exceptions.
 
 use std::{
+    cmp::Reverse,
     collections::{HashMap, hash_map::Entry},
     hash::Hash,
 };
@@ -92,20 +93,18 @@ fn push_piece<T: PartialEq>(pieces: &mut Pieces<T>, lo: u128, hi: u128, value: T
     }
 }
 
-/// A piecewise constant function over `width`-bit integers as LPM entries: the default value
+/// A piecewise constant function over `width`-bit integers as prefix entries: the default value
 /// (for the zero-length prefix), and the prefixes (value, length) of the other pieces. The
 /// default is the value whose pieces would need the most prefixes (the first such on a tie).
-fn lpm<T: PartialEq + Copy>(pieces: &Pieces<T>, width: u8) -> (T, Vec<(u128, u8, T)>) {
+fn lpm<T: Eq + Hash + Copy>(pieces: &Pieces<T>, width: u8) -> (T, Vec<(u128, u8, T)>) {
     let split: Vec<Vec<(u128, u8)>> = pieces.iter().map(|&(lo, hi, _)| prefixes(lo, hi, width)).collect();
-    let mut counts: Vec<(T, usize)> = Vec::new();
-    for (&(_, _, value), blocks) in pieces.iter().zip(&split) {
-        match counts.iter_mut().find(|(v, _)| *v == value) {
-            Some((_, count)) => *count += blocks.len(),
-            None => counts.push((value, blocks.len())),
-        }
+    // Per value: its number of prefixes, and its first piece.
+    let mut counts: HashMap<T, (usize, Reverse<usize>)> = HashMap::new();
+    for (index, (&(_, _, value), blocks)) in pieces.iter().zip(&split).enumerate() {
+        counts.entry(value).or_insert((0, Reverse(index))).0 += blocks.len();
     }
-    // Pieces always cover the whole range, so there is at least one.
-    let (default, _) = counts.iter().fold(counts[0], |best, &c| if c.1 > best.1 { c } else { best });
+    // Pieces always cover their whole range, so there is at least one.
+    let default = counts.iter().max_by_key(|(_, count)| **count).map_or(pieces[0].2, |(value, _)| *value);
     let exceptions = pieces
         .iter()
         .zip(split)
@@ -181,7 +180,9 @@ fn remote_side(ctx: &PolicyContext<'_>, side: &Side, family: Family) -> Option<R
     let mut resolutions: Interner<PortCondition> = Interner::default();
     let resolution_of: Vec<u32> = combinations
         .iter()
-        .map(|combination| resolutions.intern(side.ports(combination.iter().map(|&k| &endpoints[owners[k as usize]]))).0)
+        .map(|combination| {
+            resolutions.intern(side.ports(combination.iter().map(|&k| &endpoints[owners[k as usize]]))).0
+        })
         .collect();
     let mut spans: Vec<Vec<(u128, u128)>> = vec![Vec::new(); resolutions.values.len()];
     for (lo, hi, combination) in pieces {
@@ -247,17 +248,23 @@ fn partition(sets: &[&Ranges], max: u128) -> (Pieces<usize>, Vec<Vec<u32>>) {
     let mut pieces = Vec::new();
     let (mut lo, mut next) = (0u128, 0usize);
     loop {
-        while let Some(&(at, set, start)) = events.get(next).filter(|e| e.0 == lo) {
-            match (start, holding.binary_search(&set)) {
-                (true, Err(position)) => holding.insert(position, set),
+        while let Some(&(_, set, start)) = events.get(next).filter(|e| e.0 == lo) {
+            // A set's intervals are disjoint and apart: it never starts while it holds.
+            let changed = match (start, holding.binary_search(&set)) {
+                (true, Err(position)) => {
+                    holding.insert(position, set);
+                    true
+                }
                 (false, Ok(position)) => {
                     holding.remove(position);
+                    true
                 }
-                _ => {}
+                _ => false,
+            };
+            if changed {
+                hash ^= keys[set as usize];
             }
-            hash ^= keys[set as usize];
             next += 1;
-            debug_assert_eq!(at, lo);
         }
         let hi = events.get(next).map_or(max, |&(at, _, _)| at - 1);
         let seen = by_hash.entry(hash).or_default();
@@ -408,7 +415,7 @@ fn paint(steps: &[(&Step, &Ranges)], no_match: u32) -> Pieces<PolicyVerdict> {
     pieces
 }
 
-/// Entries of the address trie of an `N`-byte family for `local`, the remote side as `lpm` gives
+/// Entries of the address table of an `N`-byte family for `local`, the remote side as `lpm` gives
 /// it.
 fn addr_entries<const N: usize>(local: u128, default: u32, exceptions: &[(u128, u8, u32)]) -> Vec<AddrEntry<N>> {
     let entry = |remote: u128, remote_prefix: u8, class: u32| AddrEntry {
@@ -609,7 +616,9 @@ impl Tables<'_> {
                 let (default, exceptions) = lpm(function, 16);
                 let entry = |sport, port_class| ProtoEntry { class, proto: Some(*proto), sport, port_class };
                 entries.push(entry(None, default));
-                entries.extend(exceptions.into_iter().map(|(sport, len, port_class)| entry(Some((sport as u16, len)), port_class)));
+                entries.extend(
+                    exceptions.into_iter().map(|(sport, len, port_class)| entry(Some((sport as u16, len)), port_class)),
+                );
             }
             self.check("protocol", self.out.protos.len() + entries.len(), self.limits.protos)?;
             self.out.protos.extend(entries);

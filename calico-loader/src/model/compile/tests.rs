@@ -13,7 +13,11 @@ fn snapshot(yaml: &str) -> Snapshot {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("test.yaml"), yaml).expect("write");
     let sync = LocalDatastore::new(dir.path()).sync();
-    assert!(sync.errors.is_empty(), "{}\n{yaml}", sync.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    assert!(
+        sync.errors.is_empty(),
+        "{}\n{yaml}",
+        sync.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    );
     sync.snapshot
 }
 
@@ -117,7 +121,8 @@ impl Fixture {
                 match rule(verdict.rule) {
                     None => format!("unknown rule {}", verdict.rule),
                     Some(decided) => {
-                        let logged = (verdict.flags & verdict_flags::LOG != 0).then(|| rule(verdict.log_rule)).flatten();
+                        let logged =
+                            (verdict.flags & verdict_flags::LOG != 0).then(|| rule(verdict.log_rule)).flatten();
                         describe(verdict.action == verdict_action::ALLOW, &decided, logged.as_ref())
                     }
                 }
@@ -174,7 +179,9 @@ spec: {labelsToApply: {env: dev}}
 "#;
 
 fn gnp(name: &str, spec: &str) -> String {
-    format!("---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
 }
 
 fn np(name: &str, spec: &str) -> String {
@@ -216,9 +223,12 @@ fn icmp(icmp_type: u8, code: u8) -> u16 {
     u16::from(icmp_type) << 8 | u16::from(code)
 }
 
+/// A named case: resources added to [`BASE`], and packets with their expected verdicts.
+type Case = (&'static str, String, Vec<((Direction, PacketTuple), &'static str)>);
+
 #[test]
 fn compiled_tables_give_the_expected_verdicts() {
-    let cases: Vec<(&str, String, Vec<((Direction, PacketTuple), &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no policy and no profile with rules: the final deny",
             String::new(),
@@ -425,6 +435,15 @@ fn compiled_tables_give_the_expected_verdicts() {
             ],
         ),
         (
+            "a rule whose nets are all of one IP version applies to that version only",
+            gnp("g", r#"{ingress: [{action: Deny, source: {notNets: ["2001:db8::/32"]}}, {action: Allow}]}"#),
+            vec![
+                (to_web("198.18.1.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("2001:db9::1", TCP, 1000, 80), "deny g#0"),
+                (to_web("2001:db8::1", TCP, 1000, 80), "allow g#1"),
+            ],
+        ),
+        (
             "protocol numbers and notProtocol",
             gnp("g", "{ingress: [{action: Allow, protocol: 47}, {action: Allow, notProtocol: UDP}]}"),
             vec![
@@ -470,7 +489,11 @@ fn compiled_tables_give_the_expected_verdicts() {
 
 #[test]
 fn an_allow_all_profile_compiles_to_one_entry_per_table() {
-    let fixture = Fixture::new(&format!("{BASE}{}", profile("open", "{ingress: [{action: Allow}], egress: [{action: Allow}]}")), "prod", "web");
+    let fixture = Fixture::new(
+        &format!("{BASE}{}", profile("open", "{ingress: [{action: Allow}], egress: [{action: Allow}]}")),
+        "prod",
+        "web",
+    );
     for compiled in [&fixture.compiled.ingress, &fixture.compiled.egress] {
         let counts = (compiled.addrs_v4.len(), compiled.addrs_v6.len(), compiled.protos.len(), compiled.ports.len());
         assert_eq!(counts, (1, 1, 1, 1), "{compiled:#?}");
@@ -506,10 +529,7 @@ fn unsupported_criteria_and_wide_networks_are_errors() {
     };
     for (yaml, field) in [
         (np("np", "{ingress: [{action: Allow}, {action: Allow, http: {methods: [GET]}}]}"), "http"),
-        (
-            np("np", "{ingress: [{action: Allow, source: {services: {name: frontend}}}]}"),
-            "source.services",
-        ),
+        (np("np", "{ingress: [{action: Allow, source: {services: {name: frontend}}}]}"), "source.services"),
         (
             gnp("g", "{ingress: [{action: Deny, source: {serviceAccounts: {selector: team == 'a'}}}]}"),
             "source.serviceAccounts.selector",
@@ -535,8 +555,14 @@ fn unsupported_criteria_and_wide_networks_are_errors() {
 
 #[test]
 fn compiled_forms_larger_than_the_limits_are_errors() {
-    let rules: Vec<String> =
-        (0..10).map(|k| format!("{{action: Allow, protocol: TCP, source: {{nets: [198.18.9.{k}/32]}}, destination: {{ports: [{}]}}}}", 80 + k)).collect();
+    let rules: Vec<String> = (0..10)
+        .map(|k| {
+            format!(
+                "{{action: Allow, protocol: TCP, source: {{nets: [198.18.9.{k}/32]}}, destination: {{ports: [{}]}}}}",
+                80 + k
+            )
+        })
+        .collect();
     let snapshot = snapshot(&format!("{BASE}{}", gnp("g", &format!("{{ingress: [{}]}}", rules.join(", ")))));
     let wep = snapshot.workload_endpoint("prod", "web").expect("endpoint");
     let compile = |limits: TableLimits| {
@@ -555,7 +581,10 @@ fn compiled_forms_larger_than_the_limits_are_errors() {
     ] {
         let error = compile(limits).expect_err("too large");
         assert!(matches!(&error, CompileError::TooLarge { table: t, .. } if *t == table), "{error}");
-        assert!(error.to_string().starts_with("WorkloadEndpoint prod/web: its compiled ingress policy needs more than"), "{error}");
+        assert!(
+            error.to_string().starts_with("WorkloadEndpoint prod/web: its compiled ingress policy needs more than"),
+            "{error}"
+        );
     }
 }
 
@@ -798,7 +827,8 @@ fn random_policies(rng: &mut Rng) -> String {
 /// Addresses at and around the edges of every net and endpoint network of the random cases.
 fn interesting_addresses() -> Vec<IpAddr> {
     let mut addresses = Vec::new();
-    let networks = NETS_V4.iter().chain(NETS_V6).chain(&["198.18.1.0/30", "198.18.4.0/24", "2001:db8::4:0/120", "203.0.113.0/24"]);
+    let networks =
+        NETS_V4.iter().chain(NETS_V6).chain(&["198.18.1.0/30", "198.18.4.0/24", "2001:db8::4:0/120", "203.0.113.0/24"]);
     for net in networks {
         let net: IpNet = net.parse().expect("test net");
         for edge in [net.network(), net.broadcast()] {
@@ -818,7 +848,8 @@ fn interesting_addresses() -> Vec<IpAddr> {
 fn random_policies_compile_to_what_the_evaluator_says() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let addresses = interesting_addresses();
-    let ports: &[u16] = &[0, 1, 53, 79, 80, 81, 442, 443, 444, 1023, 1024, 1025, 5353, 7999, 8000, 8080, 8081, 8082, 8100, 8101, 65535];
+    let ports: &[u16] =
+        &[0, 1, 53, 79, 80, 81, 442, 443, 444, 1023, 1024, 1025, 5353, 7999, 8000, 8080, 8081, 8082, 8100, 8101, 65535];
     let protocols: &[u8] = &[TCP, UDP, ICMP, ICMP6, 132, 136, 47, 0, 255];
     let mut checked = 0;
     for case in 0..200 {
@@ -833,7 +864,8 @@ fn random_policies_compile_to_what_the_evaluator_says() {
                 (true, Direction::Ingress) => &["198.18.0.10", "198.18.0.11"],
                 (true, Direction::Egress) => &["198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"],
             };
-            let local = ip(*rng.pick(locals));
+            let local = *rng.pick(locals);
+            let local = ip(local);
             let proto = *rng.pick(protocols);
             let port = |rng: &mut Rng| if rng.chance(80) { *rng.pick(ports) } else { rng.next() as u16 };
             let (sport, dport) = if proto == ICMP || proto == ICMP6 {
@@ -859,13 +891,17 @@ fn large_rule_set() -> String {
     for policy in 0..10 {
         let mut spec = format!("{{order: {policy}, ingress: [");
         for rule in 0..1000 {
-            let k = policy * 1000 + rule;
-            let net = if k % 2 == 0 {
+            let k: u32 = policy * 1000 + rule;
+            let net = if k.is_multiple_of(2) {
                 format!("198.18.{}.{}/32", k / 256, k % 256)
             } else {
                 format!("10.{}.{}.0/24", k / 256, k % 256)
             };
-            let _ = write!(spec, "{{action: Allow, protocol: TCP, source: {{nets: [{net}]}}, destination: {{ports: [{}]}}}},", 1000 + k % 5000);
+            let _ = write!(
+                spec,
+                "{{action: Allow, protocol: TCP, source: {{nets: [{net}]}}, destination: {{ports: [{}]}}}},",
+                1000 + k % 5000
+            );
         }
         spec.push_str("]}");
         yaml += &gnp(&format!("big{policy}"), &spec);
@@ -898,11 +934,16 @@ fn ten_thousand_rules_compile_quickly() {
     check_well_formed(ingress);
     assert!(ingress.addrs_v4.len() <= 10_001, "{}", ingress.addrs_v4.len());
 
-    let fixture = Fixture { snapshot: snapshot.clone(), registry, compiled, namespace: "prod".into(), name: "web".into() };
+    let fixture =
+        Fixture { snapshot: snapshot.clone(), registry, compiled, namespace: "prod".into(), name: "web".into() };
     let mut rng = Rng(42);
     for _ in 0..50 {
         let k = rng.below(10_000);
-        let src = if k % 2 == 0 { format!("198.18.{}.{}", k / 256, k % 256) } else { format!("10.{}.{}.7", k / 256, k % 256) };
+        let src = if k.is_multiple_of(2) {
+            format!("198.18.{}.{}", k / 256, k % 256)
+        } else {
+            format!("10.{}.{}.7", k / 256, k % 256)
+        };
         let port = (1000 + k % 5000) as u16;
         let expected = format!("allow big{}#{}", k / 1000, k % 1000);
         for (packet, expected) in [
@@ -949,7 +990,14 @@ fn measure(label: &str, yaml: &str) {
 #[test]
 #[ignore]
 fn bench_policy_shapes() {
-    let narrow = |k: usize| format!("{{action: Allow, protocol: TCP, source: {{nets: [198.18.{}.{}/32]}}, destination: {{ports: [{}]}}}}", k / 256, k % 256, 1000 + k);
+    let narrow = |k: usize| {
+        format!(
+            "{{action: Allow, protocol: TCP, source: {{nets: [198.18.{}.{}/32]}}, destination: {{ports: [{}]}}}}",
+            k / 256,
+            k % 256,
+            1000 + k
+        )
+    };
     let broad = |k: usize| format!("{{action: Deny, protocol: TCP, destination: {{ports: [{}]}}}}", 30000 + k);
     let policies = |rules: Vec<String>| {
         let mut yaml = String::from(BASE);
@@ -965,9 +1013,18 @@ fn bench_policy_shapes() {
     );
     measure(
         "5k rules from distinct /32s interleaved with 5k port rules from anywhere",
-        &policies((0..10_000).map(|k| if k % 2 == 0 { narrow(k) } else { broad(k) }).collect()),
+        &policies((0..10_000).map(|k: usize| if k.is_multiple_of(2) { narrow(k) } else { broad(k) }).collect()),
     );
-    let mut yaml = policies((0..1000).map(|k| format!("{{action: Allow, source: {{selector: app == 'a{}'}}, destination: {{ports: [http]}}}}", k % 300)).collect());
+    let mut yaml = policies(
+        (0..1000)
+            .map(|k| {
+                format!(
+                    "{{action: Allow, source: {{selector: app == 'a{}'}}, destination: {{ports: [http]}}}}",
+                    k % 300
+                )
+            })
+            .collect(),
+    );
     for k in 0..3000 {
         let _ = write!(
             yaml,
