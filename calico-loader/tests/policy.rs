@@ -257,7 +257,7 @@ fn rapid_policy_churn_never_lets_a_denied_probe_through() {
     let prober = {
         let (sent, stop) = (sent.clone(), stop.clone());
         thread::spawn(move || {
-            // New source ports keep making new flows, so each probe meets the policy itself.
+            // A denied packet creates no conntrack entry, so every probe meets the policy itself.
             while !stop.load(Ordering::SeqCst) {
                 let _ = sender.send_to(b"must never arrive", dst);
                 sent.fetch_add(1, Ordering::SeqCst);
@@ -355,7 +355,7 @@ fn ten_thousand_rules_on_one_endpoint() {
     });
     let applied = written.elapsed();
     eprintln!("10,000 rules in force {applied:?} after the file was written");
-    let line = agent.log().lines().filter(|l| l.contains("policy compiled")).last().map(str::to_owned);
+    let line = agent.log().lines().rfind(|l| l.contains("policy compiled")).map(str::to_owned);
     eprintln!("agent: {line:?}");
     let last = trace_last();
     assert_eq!(last["verdict"], "allow", "{last:#}");
