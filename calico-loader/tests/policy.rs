@@ -88,6 +88,33 @@ fn replies_pass_through_conntrack_and_unsolicited_connections_are_denied() {
     }
     assert!(policy_drops(&agent, &wl1.host_ifname) > 0, "wl1's ingress drops are counted");
 
+    // Errors about an allowed flow come back although wl1 accepts nothing new: a TCP RST from a
+    // port nobody listens on (the reply of the flow), and an ICMP port unreachable for UDP (an
+    // error quoting the flow).
+    for dst in [IpAddr::V4(wl2.v4), IpAddr::V6(wl2.v6)] {
+        let target = SocketAddr::new(dst, 5402);
+        let refused = wl1.ns.enter(move || TcpStream::connect_timeout(&target, Duration::from_secs(3)));
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "TCP to {target} with nothing listening: the RST must come back"
+        );
+        let target = SocketAddr::new(dst, 5302);
+        let unreachable = wl1.ns.enter(move || {
+            let socket = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).expect("bind");
+            socket.connect(target).expect("connect UDP");
+            socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+            let _ = socket.send(b"anyone?");
+            let mut buf = [0u8; 16];
+            socket.recv(&mut buf).map_err(|e| e.kind())
+        });
+        assert_eq!(
+            unreachable.map(|_| ()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "UDP to {target} with nothing listening: the ICMP port unreachable must come back"
+        );
+    }
+
     // The flows are in the conntrack table, with their state.
     let conntrack = agent.dump("conntrack");
     let rows = conntrack.as_array().expect("conntrack rows");
@@ -290,6 +317,77 @@ fn rapid_policy_churn_never_lets_a_denied_probe_through() {
     assert_eq!(received.load(Ordering::SeqCst), 0, "a denied probe got through during churn");
     // And what the policy allows still works after the churn.
     assert_eq!(udp_exchange(wl1, wl2, IpAddr::V4(wl2.v4), b"still allowed").as_deref(), Some(&b"still allowed"[..]));
+}
+
+#[test]
+fn a_policy_that_cannot_be_compiled_leaves_the_previous_one_in_force() {
+    let topology = Topology::new(2);
+    let datastore = Datastore::new();
+    let agent = start(&topology, &datastore, WL1_TO_WL2);
+    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+    assert!(tcp_echo(wl1, wl2, IpAddr::V4(wl2.v4), "before").is_ok());
+
+    // A valid resource the dataplane cannot enforce (HTTP matches need an L7 proxy): wl2's new
+    // policy is refused, and the one in force stays, rather than dropping the rule silently.
+    datastore.write(
+        "http.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: http-only}\n\
+         spec:\n  order: 1\n  selector: app == 'wl2'\n  ingress:\n  - {action: Allow, protocol: TCP, http: {methods: [GET]}}\n",
+    );
+    wait_for("the compile error in the agent's log", Duration::from_secs(10), || agent.log().contains("http-only"));
+    let line = agent.log().lines().find(|l| l.contains("http-only")).map(str::to_owned).unwrap_or_default();
+    assert!(line.contains("ERROR") && line.contains("keeps the policy it had"), "{line}");
+    assert_eq!(tcp_echo(wl1, wl2, IpAddr::V4(wl2.v4), "still").ok().as_deref(), Some("still"));
+    let trace = agent.trace(&[
+        "--endpoint", &endpoint_name(wl2), "--direction", "ingress", "--protocol", "tcp",
+        "--src", &format!("{}:40000", wl1.v4), "--dst", &format!("{}:5402", wl2.v4),
+    ]);
+    assert_eq!(trace["policy"], "NetworkPolicy:test/wl1-to-wl2", "{trace:#}");
+
+    // Without the offending rule, the new policy applies.
+    datastore.write(
+        "http.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: http-only}\n\
+         spec:\n  order: 1\n  selector: app == 'wl2'\n  ingress:\n  - {action: Deny, protocol: TCP}\n",
+    );
+    wait_for("the fixed policy to apply", Duration::from_secs(10), || {
+        tcp_echo(wl1, wl2, IpAddr::V4(wl2.v4), "denied").is_err()
+    });
+}
+
+#[test]
+fn a_full_conntrack_table_keeps_active_flows_working() {
+    let topology = Topology::new(2);
+    let datastore = Datastore::new();
+    let mut yaml = String::new();
+    for w in &topology.workloads {
+        yaml.push_str("---\n");
+        yaml.push_str(&w.endpoint_yaml(NODE));
+    }
+    datastore.write("endpoints.yaml", &yaml);
+    datastore.write("policies.yaml", WL1_TO_WL2);
+    let agent = Agent::start(&topology, &datastore, NODE, &["--conntrack-size", "256"]);
+    let ifnames: Vec<&str> = topology.workloads.iter().map(|w| w.host_ifname.as_str()).collect();
+    agent.wait_attached(&ifnames);
+    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+
+    let conversation = Conversation::open(wl1, wl2, IpAddr::V4(wl2.v4), 5402);
+    wait_for("the conversation to get going", Duration::from_secs(5), || conversation.ok.load(Ordering::SeqCst) >= 3);
+    // 5,000 new UDP flows (one per source port) against a 256-entry table.
+    let dst = SocketAddr::new(IpAddr::V4(wl2.v4), 5302);
+    wl1.ns.enter(move || {
+        for _ in 0..5000 {
+            if let Ok(socket) = UdpSocket::bind("0.0.0.0:0") {
+                let _ = socket.send_to(b"filler", dst);
+            }
+        }
+    });
+    let before = conversation.ok.load(Ordering::SeqCst);
+    thread::sleep(Duration::from_secs(1));
+    assert!(!conversation.broken.load(Ordering::SeqCst), "the active flow broke when the table filled");
+    assert!(conversation.ok.load(Ordering::SeqCst) > before + 5, "the active flow kept exchanging");
+    let entries = agent.dump("conntrack").as_array().map_or(0, Vec::len);
+    assert!(entries <= 256 + 16, "the table holds at most its size (per-CPU slack aside): {entries}");
 }
 
 #[test]
