@@ -498,24 +498,27 @@ fn expired_conntrack_entries_are_removed_and_live_ones_kept() {
     let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
         panic!("cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)")
     });
-    let mut map: aya::maps::HashMap<_, ConntrackKey, ConntrackValue> =
-        aya::maps::HashMap::try_from(ebpf.map_mut("cali_conntrack").expect("map")).expect("hash");
     let now = monotonic_ns();
     let second = 1_000_000_000u64;
     let key = |proto: u8, port: u16| ConntrackKey { proto, family: 4, port_a: port, port_b: 53, ..Default::default() };
     let entry = |idle: u64, flags: u16| ConntrackValue { created_ns: now - idle, last_seen_ns: now - idle, flags, ..Default::default() };
     // UDP: 60 s; TCP established: 1 h; TCP closing (both FINs): 30 s; ICMP: 5 s.
+    let closing = conntrack_flags::ESTABLISHED | conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV;
     let cases = [
         (key(17, 1), entry(61 * second, 0), false),
         (key(17, 2), entry(10 * second, 0), true),
         (key(6, 3), entry(600 * second, conntrack_flags::ESTABLISHED), true),
-        (key(6, 4), entry(31 * second, conntrack_flags::ESTABLISHED | conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV), false),
+        (key(6, 4), entry(31 * second, closing), false),
         (key(1, 5), entry(6 * second, 0), false),
     ];
-    for (k, v, _) in &cases {
-        map.insert(k, v, 0).expect("insert");
+    // Filled through the map, which then goes back to the object.
+    {
+        let mut map: aya::maps::HashMap<_, ConntrackKey, ConntrackValue> =
+            aya::maps::HashMap::try_from(ebpf.map_mut("cali_conntrack").expect("map")).expect("hash");
+        for (k, v, _) in &cases {
+            map.insert(k, v, 0).expect("insert");
+        }
     }
-    drop(map);
     let mut table = Conntrack::from_ebpf(&mut ebpf).expect("conntrack map");
     assert_eq!(table.expire().expect("expire"), 3);
     let left: Vec<u16> = table.entries().iter().map(|(k, _)| k.port_a).collect();
