@@ -664,9 +664,9 @@ pub mod conntrack_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConntrackValue {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the entry was created.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) when the entry was created.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the last packet.
+    /// `bpf_ktime_get_coarse_ns` of the last packet.
     pub last_seen_ns: u64,
     /// Packets from the opener.
     pub packets_fwd: u64,

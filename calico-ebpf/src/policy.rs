@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+    helpers::{generated::{bpf_ktime_get_coarse_ns, bpf_loop}},
 };
 use calico_ebpf_common::{
     AddressClass, ConntrackValue, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey,
@@ -376,7 +376,7 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         return Admission::Allowed;
     }
     let from_a = flow.fill_key();
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let tcp = flow.proto == IPPROTO_TCP;
     let syn_only = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
@@ -517,7 +517,7 @@ fn established(
 #[inline(always)]
 pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
     let from_a = flow.fill_key();
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(entry) = CONNTRACK_MAP.get_ptr(&flow.key) {
         let entry = unsafe { &*entry };
         if !entry.expired(flow.proto, now) {
