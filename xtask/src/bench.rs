@@ -5,7 +5,12 @@
 //! built once; then, round after round, each setup is activated alone, in
 //! turn, and measured: 64-byte UDP packets per second (trafgen), TCP
 //! throughput (iperf3), TCP request/response latency, and for our programs
-//! their cost per packet from `kernel.bpf_stats_enabled`.
+//! their cost per packet from `kernel.bpf_stats_enabled`. Our setups run
+//! with 0 to 10,000 policy rules (`ours-<hook>-N`). After the rounds, the
+//! control plane is measured on a running agent: the time to put 10,000
+//! rules in force, the time from a new endpoint to its first packet, and
+//! the agent's memory and its maps'. Last, the programs alone
+//! (`calico-loader microbench`).
 //!
 //! Network safety: everything happens in network namespaces created here
 //! (`cbench-*-<pid>`), with benchmarking and documentation addresses only
@@ -16,10 +21,16 @@
 //!
 //! - `topology`: namespaces, routes, iptables and nftables rules, the agent,
 //!   pins, sysctls.
+//! - `policy`: our setups' policies, their check with `calico-loader trace`,
+//!   the deciding rule's hits.
 //! - `measure`: trafgen, iperf3, the ping-pong, counters and bpf_stats.
-//! - `report`: statistics, the table, the JSON file, machine information.
+//! - `control`: the control-plane figures.
+//! - `report`: statistics, the tables, the goal checks, the JSON file,
+//!   machine information.
 
+mod control;
 mod measure;
+mod policy;
 mod report;
 mod topology;
 
@@ -38,7 +49,9 @@ use crate::{
 };
 
 use self::{
+    control::ControlPlane,
     measure::{PpsResult, RrResult, TcpResult},
+    policy::PolicyCheck,
     topology::{Active, IperfServer, Topology},
 };
 
@@ -49,11 +62,18 @@ const IPTABLES_RULES_QUICK: &[u32] = &[0, 1_000];
 /// run; `--quick` only measures 1,000, as a list and as a set.
 const NFT_RULES: &[u32] = IPTABLES_RULES;
 const NFT_RULES_QUICK: &[u32] = &[1_000];
+/// Policy rule counts of our setups, in each attach mode.
+const OURS_RULES: &[u32] = IPTABLES_RULES;
+const OURS_RULES_QUICK: &[u32] = &[0, 1_000];
+/// Rules the control-plane phase writes into the running agent's datastore.
+const CONTROL_PLANE_RULES: u32 = 10_000;
+const CONTROL_PLANE_RULES_QUICK: u32 = 1_000;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// One round with short durations (under 2 minutes), for CI. Fails if any
-    /// setup moved no traffic; asserts nothing about speed.
+    /// setup moved no traffic, or if in our setups the expected policy rule did
+    /// not decide; asserts nothing about speed.
     #[arg(long)]
     pub quick: bool,
 
@@ -120,8 +140,10 @@ pub enum Setup {
     /// rule matches a set of this many addresses (none the traffic's), then
     /// accept.
     NftSet(u32),
-    /// (d) Our agent, programs on this hook, no rules.
-    Ours(AttachMode),
+    /// (d) Our agent, programs on this hook, with this many ingress rules for
+    /// the sink (the last one allowing the generator; none: the allow-all
+    /// profile decides).
+    Ours(AttachMode, u32),
 }
 
 impl fmt::Display for Setup {
@@ -131,7 +153,7 @@ impl fmt::Display for Setup {
             Self::Iptables(rules) => write!(f, "iptables-{rules}"),
             Self::NftList(rules) => write!(f, "nft-list-{rules}"),
             Self::NftSet(rules) => write!(f, "nft-set-{rules}"),
-            Self::Ours(hook) => write!(f, "ours-{}", hook.as_str()),
+            Self::Ours(hook, rules) => write!(f, "ours-{}-{rules}", hook.as_str()),
         }
     }
 }
@@ -153,6 +175,8 @@ pub struct Plan {
     /// The request/response measurement.
     pub latency: Duration,
     pub setups: Vec<Setup>,
+    /// Rules of the control-plane phase.
+    pub control_plane_rules: u32,
     pub json: PathBuf,
     pub cpus: usize,
     /// The CPU trafgen is pinned to.
@@ -166,16 +190,18 @@ pub struct Plan {
 impl Plan {
     fn new(args: &BenchArgs, started: SystemTime) -> Result<Self> {
         let quick = args.quick;
-        let (iptables_rules, nft_rules) = if quick {
-            (IPTABLES_RULES_QUICK, NFT_RULES_QUICK)
+        let (iptables_rules, nft_rules, ours_rules) = if quick {
+            (IPTABLES_RULES_QUICK, NFT_RULES_QUICK, OURS_RULES_QUICK)
         } else {
-            (IPTABLES_RULES, NFT_RULES)
+            (IPTABLES_RULES, NFT_RULES, OURS_RULES)
         };
         let mut setups = vec![Setup::Linux];
         setups.extend(iptables_rules.iter().map(|&n| Setup::Iptables(n)));
         setups.extend(nft_rules.iter().map(|&n| Setup::NftList(n)));
         setups.extend(nft_rules.iter().map(|&n| Setup::NftSet(n)));
-        setups.extend([Setup::Ours(AttachMode::Tc), Setup::Ours(AttachMode::Xdp)]);
+        for hook in [AttachMode::Tc, AttachMode::Xdp] {
+            setups.extend(ours_rules.iter().map(|&n| Setup::Ours(hook, n)));
+        }
 
         let cpus = std::thread::available_parallelism()
             .context("cannot count the CPUs")?
@@ -210,6 +236,11 @@ impl Plan {
             warmup: Duration::from_millis(if quick { 500 } else { 1000 }),
             latency: Duration::from_secs(if quick { 1 } else { 2 }),
             setups,
+            control_plane_rules: if quick {
+                CONTROL_PLANE_RULES_QUICK
+            } else {
+                CONTROL_PLANE_RULES
+            },
             json,
             cpus,
             // trafgen pins its worker itself; CPU 1 when there is one.
@@ -242,6 +273,9 @@ pub struct RoundResult {
     pub pps: PpsResult,
     pub tcp: TcpResult,
     pub rr: RrResult,
+    /// Our setups: the policy in force (trace) and the deciding rule's hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyCheck>,
 }
 
 /// What every measurement needs to know.
@@ -269,7 +303,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "Setups, alternated within each of {} round(s): {}.\n\
          Measures per setup and round: 64-byte UDP packets/s at the sink (trafgen, {}s),\n\
          TCP throughput (iperf3, {}s), TCP request/response latency ({}s), and for our\n\
-         programs their cost per packet (kernel.bpf_stats_enabled).",
+         programs their cost per packet (kernel.bpf_stats_enabled).\n\
+         Then the control plane ({} rules) and the programs alone (microbench).",
         plan.rounds,
         plan.setups
             .iter()
@@ -279,6 +314,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         plan.duration.as_secs(),
         plan.duration.as_secs(),
         plan.latency.as_secs(),
+        plan.control_plane_rules,
     ));
     util::ensure_can_become_root("the bench (namespaces, eBPF, iptables, nftables)")?;
 
@@ -307,14 +343,29 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let outcome = run(&plan, &loader, pid);
     let pins = shared::pin_path("bench", pid);
     shared::check_nothing_left("cbench-", pid, Some(&pins));
-    let results = outcome?;
+    let (results, control_plane) = outcome?;
 
     let microbench = microbench(&plan, &loader)?;
 
     let summary = report::summarise(&plan, &results);
+    let goals = report::goal_checks(&plan, &results);
     report::print_table(&plan, &machine, &summary);
+    report::print_policy(&results);
+    report::print_goal_checks(&goals);
+    report::print_control_plane(&control_plane);
     report::print_microbench(&microbench);
-    report::write_json(&plan, &machine, &results, &summary, &microbench, clock.elapsed())?;
+    report::write_json(
+        &plan,
+        &machine,
+        &report::Figures {
+            results: &results,
+            summary: &summary,
+            goals: &goals,
+            control_plane: &control_plane,
+            microbench: &microbench,
+        },
+        clock.elapsed(),
+    )?;
     util::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
@@ -324,26 +375,41 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// The programs' own per-packet cost through BPF_PROG_TEST_RUN (`calico-loader microbench`),
-/// with 1k and 100k routes, and with 10, 1k and 10k rules; --quick only checks that it runs,
-/// with few packets.
+/// with 1k and 100k routes (10 rules each), and with 1k and 10k rules (1k routes); --quick only
+/// checks that it runs, with few packets, with 1k routes and 10 then 1k rules. (Each
+/// `--routes` count runs with 10 rules and each `--rules` count with 1k routes, so `--rules 10`
+/// would repeat the first row.) No conntrack-size variant: `microbench` has no flag for it.
 fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
     util::step("Microbenchmark: the programs through BPF_PROG_TEST_RUN");
-    let (routes, rules, packets) =
-        if plan.quick { ("1000", "10", "2000") } else { ("1000,100000", "10,1000,10000", "1000000") };
+    let (routes, rules, packets) = if plan.quick {
+        ("1000", "1000", "2000")
+    } else {
+        ("1000,100000", "1000,10000", "1000000")
+    };
     let output = Cmd::new(loader)
-        .args(["microbench", "--routes", routes, "--rules", rules, "--packets", packets])
+        .args([
+            "microbench",
+            "--routes",
+            routes,
+            "--rules",
+            rules,
+            "--packets",
+            packets,
+        ])
         .privileged()
         .output()?;
     output
         .lines()
         .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).with_context(|| format!("microbench output {line:?}")))
+        .map(|line| {
+            serde_json::from_str(line).with_context(|| format!("microbench output {line:?}"))
+        })
         .collect()
 }
 
-/// Builds everything, runs the rounds, tears everything down (guards, in
-/// reverse order of creation).
-fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<Vec<RoundResult>> {
+/// Builds everything, runs the rounds and the control-plane phase, tears
+/// everything down (guards, in reverse order of creation).
+fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, ControlPlane)> {
     util::step("Preparing");
     util::mount_bpffs()?;
     let scratch = TempDir::create(std::env::temp_dir().join(format!("calico-bench-{pid}")))?;
@@ -396,12 +462,13 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<Vec<RoundResult>> {
             results.push(result);
         }
     }
-    Ok(results)
+    let control_plane = control::measure(&ctx).context("the control-plane phase")?;
+    Ok((results, control_plane))
 }
 
 /// Activates one setup, measures it, deactivates it.
 fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult> {
-    let active = Active::activate(ctx, setup)?;
+    let mut active = Active::activate(ctx, setup)?;
     let programs = active.programs(ctx)?;
 
     util::info(format!(
@@ -427,6 +494,7 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
     let rr = measure::request_response(ctx)?;
     util::info(rr.describe());
 
+    let policy = active.policy_check(ctx)?;
     active.deactivate(ctx)?;
     Ok(RoundResult {
         round,
@@ -434,6 +502,7 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
         pps,
         tcp,
         rr,
+        policy,
     })
 }
 
@@ -447,8 +516,11 @@ mod tests {
         assert_eq!(Setup::Iptables(1000).to_string(), "iptables-1000");
         assert_eq!(Setup::NftList(1000).to_string(), "nft-list-1000");
         assert_eq!(Setup::NftSet(10_000).to_string(), "nft-set-10000");
-        assert_eq!(Setup::Ours(AttachMode::Tc).to_string(), "ours-tc");
-        assert_eq!(Setup::Ours(AttachMode::Xdp).to_string(), "ours-xdp");
+        assert_eq!(Setup::Ours(AttachMode::Tc, 0).to_string(), "ours-tc-0");
+        assert_eq!(
+            Setup::Ours(AttachMode::Xdp, 10_000).to_string(),
+            "ours-xdp-10000"
+        );
     }
 
     #[test]
@@ -464,10 +536,13 @@ mod tests {
                 Setup::Iptables(1000),
                 Setup::NftList(1000),
                 Setup::NftSet(1000),
-                Setup::Ours(AttachMode::Tc),
-                Setup::Ours(AttachMode::Xdp)
+                Setup::Ours(AttachMode::Tc, 0),
+                Setup::Ours(AttachMode::Tc, 1000),
+                Setup::Ours(AttachMode::Xdp, 0),
+                Setup::Ours(AttachMode::Xdp, 1000),
             ]
         );
+        assert_eq!(plan.control_plane_rules, 1000);
         assert!(plan.duration <= Duration::from_secs(2));
         assert!(plan.json.ends_with("bench/bench-19700101T000000Z.json"));
     }
@@ -484,13 +559,16 @@ mod tests {
         assert_eq!(plan.rounds, 3);
         assert_eq!(
             plan.setups.len(),
-            1 + IPTABLES_RULES.len() + 2 * NFT_RULES.len() + 2
+            1 + IPTABLES_RULES.len() + 2 * NFT_RULES.len() + 2 * OURS_RULES.len()
         );
         for n in IPTABLES_RULES {
             assert!(plan.setups.contains(&Setup::Iptables(*n)));
             assert!(plan.setups.contains(&Setup::NftList(*n)));
             assert!(plan.setups.contains(&Setup::NftSet(*n)));
+            assert!(plan.setups.contains(&Setup::Ours(AttachMode::Tc, *n)));
+            assert!(plan.setups.contains(&Setup::Ours(AttachMode::Xdp, *n)));
         }
+        assert_eq!(plan.control_plane_rules, 10_000);
         assert_eq!(plan.json, PathBuf::from("/tmp/x.json"));
         assert_eq!(plan.command, "cargo xtask bench --json /tmp/x.json");
     }

@@ -10,21 +10,29 @@ use std::{
     fmt::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     ops::ControlFlow,
-    path::Path,
-    time::{Duration, Instant},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    process::Child,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::{Ctx, Setup};
+use super::{
+    Ctx, Setup,
+    policy::{self, PolicyCheck},
+};
 use crate::{
     topology::{self as shared, AttachMode, GATEWAY_V4, HOST_SIDE_MAC, Workload},
     util::{self, ChildGuard, Cmd, Netns},
 };
 
 /// The node name the agent serves, and the endpoints are on.
-const NODE: &str = "bench";
+pub const NODE: &str = "bench";
+/// The namespace of the WorkloadEndpoints.
+pub const NAMESPACE: &str = "bench";
 pub const IPERF_PORT: u16 = 5201;
 
 /// The host namespace and the two workloads. Fields drop in declaration
@@ -33,6 +41,8 @@ pub struct Topology {
     pub gen_wl: Workload,
     pub sink: Workload,
     pub host: Netns,
+    /// Our process id, in the namespaces' names.
+    pub pid: u32,
     /// Whether our own kernel routes and neighbours (for the setups without
     /// the agent) are in place.
     kernel_routes: Cell<bool>,
@@ -58,6 +68,7 @@ impl Topology {
             gen_wl,
             sink,
             host,
+            pid,
             kernel_routes: Cell::new(false),
         })
     }
@@ -122,7 +133,7 @@ impl Topology {
 /// A workload wired to `host` like the demo's, plus a static neighbour
 /// entry for the gateway (no ARP in any setup) and `ethtool_for_xdp` in
 /// every setup, so they are comparable.
-fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Workload> {
+pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Workload> {
     let netns = Netns::create(format!("cbench-{name}-{pid}"))?;
     let wl = Workload {
         name: name.to_owned(),
@@ -155,12 +166,22 @@ fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Work
     Ok(wl)
 }
 
+/// `NAMESPACE/NAME` of a workload's WorkloadEndpoint, as `calico-loader trace` takes it.
+pub fn endpoint_key(wl: &Workload) -> String {
+    format!("{NAMESPACE}/{NODE}-cni-{}-eth0", wl.name)
+}
+
+/// A workload's WorkloadEndpoint (label `app: <its name>`).
+pub fn endpoint_yaml(wl: &Workload) -> String {
+    wl.endpoint_yaml(NODE, NAMESPACE, &wl.name)
+}
+
 /// Writes both WorkloadEndpoints into `dir`, the agent's datastore.
 pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut yaml = crate::topology::allow_all_profile_yaml();
     for wl in topo.workloads() {
-        yaml.push_str(&wl.endpoint_yaml(NODE, "bench", &wl.name));
+        yaml.push_str(&endpoint_yaml(wl));
     }
     let file = dir.join("workloadendpoints.yaml");
     std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
@@ -267,7 +288,7 @@ pub enum Active<'a> {
     Linux,
     Iptables(IptablesRules<'a>),
     Nft(NftRules<'a>),
-    Agent(Agent),
+    Agent(Box<Agent>),
 }
 
 impl<'a> Active<'a> {
@@ -289,9 +310,9 @@ impl<'a> Active<'a> {
                 ctx.topo.install_kernel_routes()?;
                 Ok(Self::Nft(NftRules::install(ctx, NftShape::Set, rules)?))
             }
-            Setup::Ours(hook) => {
+            Setup::Ours(hook, rules) => {
                 ctx.topo.remove_kernel_routes()?;
-                Ok(Self::Agent(Agent::start(ctx, hook)?))
+                Ok(Self::Agent(Box::new(Agent::start(ctx, hook, rules)?)))
             }
         }
     }
@@ -307,6 +328,26 @@ impl<'a> Active<'a> {
 
     pub fn is_agent(&self) -> bool {
         matches!(self, Self::Agent(_))
+    }
+
+    pub fn agent(&self) -> Option<&Agent> {
+        match self {
+            Self::Agent(agent) => Some(agent),
+            _ => None,
+        }
+    }
+
+    /// For our setups: the policy check made before measuring, with the deciding rule's hits
+    /// read now.
+    pub fn policy_check(&mut self, ctx: &Ctx<'_>) -> Result<Option<PolicyCheck>> {
+        let Self::Agent(agent) = self else {
+            return Ok(None);
+        };
+        let Some(mut check) = agent.policy.take() else {
+            return Ok(None);
+        };
+        policy::record_hits(ctx, &mut check)?;
+        Ok(Some(check))
     }
 
     /// Our programs attached to the workloads' interfaces (none without the
@@ -684,50 +725,52 @@ fn nft_ruleset(iface: &str, chain: &str, set: &str, shape: NftShape, rules: u32)
     text
 }
 
+/// How many agents the bench started: each logs into its own file.
+static AGENT_STARTS: AtomicU32 = AtomicU32::new(0);
+
 /// Our agent in the host namespace.
 pub struct Agent {
     child: ChildGuard,
+    /// Its process id (found by its command line), for /proc/<pid>/status and fdinfo.
+    pub pid: Option<u32>,
+    /// A copy of its log lines.
+    pub log: AgentLog,
+    /// The policy check made when it started; taken after the measurements.
+    policy: Option<PolicyCheck>,
 }
 
 impl Agent {
-    fn start(ctx: &Ctx<'_>, hook: AttachMode) -> Result<Self> {
-        let child = shared::spawn_agent(
-            ctx.loader,
-            &ctx.topo.host.path(),
-            ctx.datastore,
-            NODE,
-            hook,
-            ctx.pin_path,
-        )?;
-        let mut agent = Self {
-            child: ChildGuard::new(format!("the agent ({})", hook.as_str()), child, true),
+    /// Writes the datastore's policy for `rules` rules, starts the agent, waits until gen and
+    /// sink are attached and the expected rule decides trafgen's packet at the sink.
+    pub fn start(ctx: &Ctx<'_>, hook: AttachMode, rules: u32) -> Result<Self> {
+        policy::write_policy(ctx.datastore, rules, ctx.topo.gen_wl.ipv4)?;
+        let n = AGENT_STARTS.fetch_add(1, Ordering::Relaxed);
+        let log = AgentLog {
+            path: ctx
+                .scratch
+                .join(format!("agent-{n:02}-{}-{rules}.log", hook.as_str())),
         };
-        agent.wait_for_attachment(ctx)?;
-        Ok(agent)
-    }
-
-    /// Polls `dump endpoints -o json` until both workloads are attached.
-    fn wait_for_attachment(&mut self, ctx: &Ctx<'_>) -> Result<()> {
-        let wanted: Vec<&str> = ctx.topo.workloads().map(|w| w.host_if.as_str()).to_vec();
-        shared::wait_for_attachment(
-            &mut self.child,
-            dump_cmd(ctx.loader, ctx.pin_path, "endpoints"),
-            "gen and sink to be attached",
-            "gen and sink",
-            Duration::from_millis(200),
-            |endpoints| {
-                let attached: Vec<&str> = endpoints
-                    .iter()
-                    .filter(|e| e["attached"].as_bool() == Some(true))
-                    .filter_map(|e| e["interface"].as_str())
-                    .collect();
-                if wanted.iter().all(|w| attached.contains(w)) {
-                    ControlFlow::Break("gen and sink attached".to_owned())
-                } else {
-                    ControlFlow::Continue(format!("attached: {attached:?}"))
-                }
-            },
-        )
+        let started = Instant::now();
+        let child = spawn_agent(ctx, hook, &log.path)?;
+        let mut child = ChildGuard::new(format!("the agent ({})", hook.as_str()), child, true);
+        wait_for_attachment(&mut child, ctx)?;
+        let mut check = policy::verify(ctx, rules, &mut child, started)?;
+        check.agent_compile_ms = log
+            .lines_from(0)
+            .iter()
+            .find(|l| l.contains("policy compiled"))
+            .and_then(|l| log_field(l, "elapsed_ms"))
+            .and_then(|v| v.parse().ok());
+        let pid = agent_pid(ctx.loader, ctx.pin_path);
+        if pid.is_none() {
+            util::warn("cannot find the agent's process id in /proc");
+        }
+        Ok(Self {
+            child,
+            pid,
+            log,
+            policy: Some(check),
+        })
     }
 
     /// SIGTERM; the agent detaches (`--detach-on-exit`). Pins it leaves
@@ -747,6 +790,167 @@ impl Agent {
             shared::cleanup_pins(ctx.loader, &ctx.topo.host.path(), ctx.pin_path);
         }
         Ok(())
+    }
+}
+
+/// Polls `dump endpoints -o json` until both workloads are attached.
+fn wait_for_attachment(child: &mut ChildGuard, ctx: &Ctx<'_>) -> Result<()> {
+    let wanted: Vec<&str> = ctx.topo.workloads().map(|w| w.host_if.as_str()).to_vec();
+    shared::wait_for_attachment(
+        child,
+        dump_cmd(ctx.loader, ctx.pin_path, "endpoints"),
+        "gen and sink to be attached",
+        "gen and sink",
+        Duration::from_millis(200),
+        |endpoints| {
+            let attached: Vec<&str> = endpoints
+                .iter()
+                .filter(|e| e["attached"].as_bool() == Some(true))
+                .filter_map(|e| e["interface"].as_str())
+                .collect();
+            if wanted.iter().all(|w| attached.contains(w)) {
+                ControlFlow::Break("gen and sink attached".to_owned())
+            } else {
+                ControlFlow::Continue(format!("attached: {attached:?}"))
+            }
+        },
+    )
+}
+
+/// `calico-loader run` in the host namespace, with the arguments of `shared::spawn_agent`, its
+/// lines prefixed `[agent]` as there; `tee` also appends them to `log`, where the bench reads
+/// the agent's own timings ("policy compiled … elapsed_ms=…"). bash execs nsenter, which execs
+/// the agent: the child's pid is the agent's (when root), so SIGTERM reaches it; `tee -i`
+/// outlives a Ctrl-C to pass on the agent's last lines, and ends with them.
+fn spawn_agent(ctx: &Ctx<'_>, hook: AttachMode, log: &Path) -> Result<Child> {
+    const TEE: &str = r#"log=$1; shift; exec "$@" 2> >(exec tee -i -a "$log" >&2)"#;
+    util::info(format!(
+        "starting the agent; its log is also copied to {}",
+        log.display()
+    ));
+    Cmd::new("bash")
+        .args(["-c", TEE, "bash"])
+        .arg(log)
+        .arg("nsenter")
+        .arg(format!("--net={}", ctx.topo.host.path().display()))
+        .arg(ctx.loader)
+        .arg("run")
+        .arg("--datastore")
+        .arg(ctx.datastore)
+        .args([
+            "--node",
+            NODE,
+            "--attach-mode",
+            hook.as_str(),
+            "--detach-on-exit",
+        ])
+        .arg("--pin-path")
+        .arg(ctx.pin_path)
+        // Its log goes into a pipe: no colour codes there.
+        .env("NO_COLOR", "1")
+        .privileged()
+        .spawn_prefixed("[agent]")
+}
+
+/// The pid of the process running `loader run … --pin-path <pin_path>` (argv[0] is the
+/// loader's path: nsenter execs it as given).
+fn agent_pid(loader: &Path, pin_path: &Path) -> Option<u32> {
+    let loader = loader.as_os_str().as_bytes();
+    let pins = pin_path.as_os_str().as_bytes();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            (argv.first() == Some(&loader)
+                && argv.get(1) == Some(&b"run".as_slice())
+                && argv.contains(&pins))
+            .then_some(pid)
+        })
+}
+
+/// The copy of an agent's log lines (tracing's format: `<RFC 3339 UTC time>  INFO target:
+/// message key=value …`).
+pub struct AgentLog {
+    pub path: PathBuf,
+}
+
+impl AgentLog {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// The complete lines after the first `offset` bytes.
+    pub fn lines_from(&self, offset: u64) -> Vec<String> {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return Vec::new();
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete.lines().map(str::to_owned).collect()
+    }
+
+    /// Waits up to `timeout` for a line after `offset` containing `what`.
+    pub fn wait_for(&self, offset: u64, what: &str, timeout: Duration) -> Result<Option<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .lines_from(offset)
+                .into_iter()
+                .find(|l| l.contains(what))
+            {
+                return Ok(Some(line));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            util::sleep(Duration::from_millis(10))?;
+        }
+    }
+}
+
+/// The value of `key=value` in a log line (unquoted).
+pub fn log_field<'l>(line: &'l str, key: &str) -> Option<&'l str> {
+    line.split_whitespace().find_map(|word| {
+        word.strip_prefix(key)?
+            .strip_prefix('=')
+            .map(|v| v.trim_matches('"'))
+    })
+}
+
+/// The time of a log line: its first word, `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+pub fn log_time(line: &str) -> Option<SystemTime> {
+    let word = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = word.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let mut time = time.splitn(3, ':');
+    let hour: u64 = time.next()?.parse().ok()?;
+    let minute: u64 = time.next()?.parse().ok()?;
+    let seconds: f64 = time.next()?.parse().ok()?;
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let whole = days * 86_400 + hour * 3600 + minute * 60;
+    Some(UNIX_EPOCH + Duration::from_secs(whole) + Duration::from_secs_f64(seconds))
+}
+
+/// Milliseconds from `from` to `to` (negative when `to` is earlier).
+pub fn millis_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
     }
 }
 
@@ -833,5 +1037,30 @@ mod tests {
         let iface = format!("calibench{}", "sink");
         assert!(iface.len() <= 15);
         assert!(format!("cali-fw-{iface}").len() <= 28);
+    }
+
+    #[test]
+    fn agent_log_lines_are_read() {
+        let line = "2026-11-23T22:59:33.507652Z  INFO calico_loader::agent: policy compiled \
+                    endpoints=2 elapsed_ms=17";
+        assert_eq!(log_field(line, "elapsed_ms"), Some("17"));
+        assert_eq!(log_field(line, "endpoints"), Some("2"));
+        assert_eq!(log_field(line, "ms"), None);
+        assert_eq!(log_field("… attached mode=\"tc\" x=1", "mode"), Some("tc"));
+        let at = log_time(line).expect("a time");
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        // 2026-11-23T22:59:33.507652Z
+        assert!((secs - 1_795_474_773.507_652).abs() < 1e-5, "{secs}");
+        assert_eq!(
+            log_time("1970-01-01T00:00:01.5Z x"),
+            Some(UNIX_EPOCH + Duration::from_millis(1500))
+        );
+        assert_eq!(log_time("not a time"), None);
+        let t = UNIX_EPOCH + Duration::from_secs(10);
+        assert!((millis_between(t, t + Duration::from_millis(5)) - 5.0).abs() < 1e-9);
+        assert!((millis_between(t + Duration::from_millis(5), t) + 5.0).abs() < 1e-9);
     }
 }
