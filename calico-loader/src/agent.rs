@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -17,10 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     dataplane::{ApplyReport, Dataplane, attach::AttachMode, bpffs::PinLayout, netlink},
-    datastore::{
-        Snapshot,
-        local::{LocalDatastore, watch},
-    },
+    datastore::{AgentDatastore, DatastoreConfig, Snapshot},
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
@@ -35,7 +31,8 @@ pub const DEFAULT_DATASTORE_DIR: &str = "/etc/calico-ebpf/datastore";
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    pub datastore: PathBuf,
+    /// The datastore to follow: a local directory or etcd.
+    pub datastore: DatastoreConfig,
     pub node: String,
     pub layout: PinLayout,
     pub mode: AttachMode,
@@ -50,14 +47,11 @@ pub struct AgentConfig {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    if !config.datastore.exists() {
-        std::fs::create_dir_all(&config.datastore)
-            .with_context(|| format!("creating datastore directory {}", config.datastore.display()))?;
-        info!(dir = %config.datastore.display(), "created empty datastore directory");
-    }
-    let mut datastore = LocalDatastore::new(&config.datastore);
-    let mut datastore_changes = watch(&config.datastore)
-        .with_context(|| format!("watching {}", config.datastore.display()))?;
+    // etcd is followed in the background: while it is unreachable, the last good state (or,
+    // before the first listing, nothing) stays in force.
+    let mut datastore = AgentDatastore::start(&config.datastore)
+        .await
+        .with_context(|| format!("opening the datastore ({})", config.datastore))?;
     let mut link_events = netlink::link_events().context("subscribing to link events")?;
 
     let mut dataplane = Dataplane::start(config.layout.clone(), config.mode, config.conntrack_entries)
@@ -71,7 +65,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut conntrack_scan = tokio::time::interval(crate::dataplane::conntrack::SCAN_INTERVAL);
     info!(
         node = %config.node,
-        datastore = %config.datastore.display(),
+        datastore = %config.datastore,
         pins = %config.layout.root().display(),
         mode = config.mode.as_str(),
         "dataplane loaded"
@@ -103,7 +97,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // handled without one.
         let stop = loop {
             tokio::select! {
-                changed = datastore_changes.recv() => {
+                changed = datastore.changed() => {
                     if changed.is_none() {
                         anyhow::bail!("the datastore watch ended");
                     }

@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use calico_loader::{
-    agent::{self, AgentConfig},
+    agent::AgentConfig,
+    cli::{self, DatastoreArgs, GetOutput},
+    datastore::WriteMode,
     dataplane::{self, attach::AttachMode, bpffs::{DEFAULT_PIN_PATH, PinLayout}},
     inspect, trace,
 };
@@ -21,9 +23,9 @@ struct Cli {
 enum Command {
     /// Run the agent: load the dataplane and keep it in line with the datastore.
     Run {
-        /// Directory of projectcalico.org/v3 resources (YAML), followed live.
-        #[arg(long, env = "CALICO_DATASTORE_DIR", default_value = agent::DEFAULT_DATASTORE_DIR)]
-        datastore: PathBuf,
+        /// The datastore to follow live: a local directory (default) or etcd v3.
+        #[command(flatten)]
+        datastore: DatastoreArgs,
         /// This node's name: the agent serves the endpoints whose spec.node matches.
         /// Defaults to the hostname.
         #[arg(long, env = "NODENAME")]
@@ -45,6 +47,59 @@ enum Command {
         /// least recently used entry makes room, so active flows keep working.
         #[arg(long, env = "FELIX_BPFMAPSIZECONNTRACK", default_value_t = calico_ebpf_common::map_sizes::CONNTRACK)]
         conntrack_size: u32,
+    },
+    /// Create or replace resources from a file (`-` for stdin): all of them, or none.
+    Apply {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: String,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Create resources from a file; fails, storing nothing, if any exists.
+    Create {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: String,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Replace resources from a file; fails, storing nothing, if any does not exist or its
+    /// metadata.resourceVersion is stale.
+    Replace {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: String,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Delete the resources of a file, or KIND NAME.
+    Delete {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-", conflicts_with_all = ["kind", "name"])]
+        file: Option<String>,
+        /// Kind (like globalnetworkpolicy, gnp, workloadendpoints).
+        #[arg(required_unless_present = "file")]
+        kind: Option<String>,
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        /// Namespace, for namespaced kinds (default: default).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Show resources of a kind, or one by name.
+    Get {
+        /// Kind (like globalnetworkpolicy, gnp, workloadendpoints).
+        kind: String,
+        name: Option<String>,
+        /// Namespace, for namespaced kinds (default: default).
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'o', long = "output", default_value = "ps")]
+        output: GetOutput,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
     },
     /// Print what the pinned maps hold.
     Dump {
@@ -164,8 +219,8 @@ async fn main() -> anyhow::Result<()> {
                 Some(node) => node,
                 None => hostname()?,
             };
-            agent::run(AgentConfig {
-                datastore,
+            calico_loader::agent::run(AgentConfig {
+                datastore: datastore.config(),
                 node,
                 layout: PinLayout::new(pin_path),
                 mode: attach_mode,
@@ -174,6 +229,17 @@ async fn main() -> anyhow::Result<()> {
                 conntrack_entries: conntrack_size.max(1),
             })
             .await
+        }
+        Command::Apply { file, datastore } => cli::write(&datastore.config(), WriteMode::Apply, &file).await,
+        Command::Create { file, datastore } => cli::write(&datastore.config(), WriteMode::Create, &file).await,
+        Command::Replace { file, datastore } => cli::write(&datastore.config(), WriteMode::Replace, &file).await,
+        Command::Delete { file, kind, name, namespace, datastore } => match (file, kind, name) {
+            (Some(file), _, _) => cli::delete_file(&datastore.config(), &file).await,
+            (None, Some(kind), Some(name)) => cli::delete(&datastore.config(), &kind, &name, namespace.as_deref()).await,
+            _ => anyhow::bail!("delete needs -f FILE, or KIND and NAME"),
+        },
+        Command::Get { kind, name, namespace, all_namespaces, output, datastore } => {
+            cli::get(&datastore.config(), &kind, name.as_deref(), namespace.as_deref(), all_namespaces, output).await
         }
         Command::Dump { what, pin_path, output } => {
             let layout = PinLayout::new(&pin_path);

@@ -158,6 +158,17 @@ impl Snapshot {
     }
 }
 
+impl FromIterator<Resource> for Snapshot {
+    /// The snapshot of these resources; a key given twice keeps its first resource.
+    fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Self {
+        let mut resources = BTreeMap::new();
+        for resource in iter {
+            resources.entry(resource.key()).or_insert(resource);
+        }
+        Self { resources }
+    }
+}
+
 /// The key of the cluster-scoped resource `name` of `kind`.
 fn cluster_key(kind: Kind, name: &str) -> ResourceKey {
     ResourceKey {
@@ -386,7 +397,7 @@ impl LocalDatastore {
     }
 }
 
-fn read_text(path: &Path) -> io::Result<String> {
+pub(super) fn read_text(path: &Path) -> io::Result<String> {
     let bytes = std::fs::read(path)?;
     String::from_utf8(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
@@ -419,16 +430,16 @@ fn is_resource_file(name: &OsStr) -> bool {
 }
 
 /// The files under the datastore directory.
-struct Listing {
+pub(super) struct Listing {
     /// Paths relative to the directory, sorted.
-    files: BTreeSet<PathBuf>,
+    pub files: BTreeSet<PathBuf>,
     /// Directories (relative) that could not be read: what was there is not known.
     unlisted: Vec<PathBuf>,
     /// (label, problem) for each directory that could not be read.
-    errors: Vec<(String, String)>,
+    pub errors: Vec<(String, String)>,
 }
 
-fn list_files(root: &Path) -> Listing {
+pub(super) fn list_files(root: &Path) -> Listing {
     let mut listing = Listing {
         files: BTreeSet::new(),
         unlisted: Vec::new(),

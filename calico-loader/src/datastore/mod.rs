@@ -9,15 +9,25 @@
 //!   resource and field ([`DatastoreError`]).
 //! - [`local`]: the directory datastore ([`LocalDatastore`]), its [`Snapshot`] of the
 //!   resources in force, and a debounced [`watch`](local::watch) of the directory.
+//! - [`etcd`]: the etcd v3 datastore, with Calico's key layout.
+//! - [`backend`]: one interface over both: [`AgentDatastore`] for the agent, [`Store`] for the
+//!   CLI.
 
+pub mod backend;
 mod error;
+pub mod etcd;
 pub mod local;
 mod parse;
 pub mod resources;
 
 pub use error::{DatastoreError, ErrorKind};
 pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
-pub use parse::parse_file;
+pub use backend::{
+    AgentDatastore, DatastoreConfig, LocalStore, Store, StoreError, StoredResource, WriteMode,
+    WriteOutcome, WriteRequest,
+};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
+pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{
     Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, IpVersion, Kind,
     NetworkPolicy, NetworkPolicySpec, Order, PolicyType, PortSpec, Profile, ProfileSpec, Protocol,

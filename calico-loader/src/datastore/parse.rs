@@ -30,6 +30,92 @@ pub fn parse_file(file_label: &str, text: &str) -> Result<Vec<Resource>, Vec<Dat
         .map(|parsed| parsed.into_iter().map(|p| p.resource).collect())
 }
 
+/// A resource parsed from a file, with the document (or list item) it came from as JSON, for
+/// writers that store what the user wrote (the CLI).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedDocument {
+    /// The validated resource (Calico's defaults applied).
+    pub resource: Resource,
+    /// The object as written, as JSON; for an item of a `<Kind>List`, with `apiVersion` and
+    /// `kind` filled in.
+    pub raw: serde_json::Value,
+}
+
+/// [`parse_file`], also giving each resource's object as written. Validation is exactly
+/// `parse_file`'s.
+///
+/// # Errors
+///
+/// Every problem in the text, as for [`parse_file`].
+pub fn parse_documents(
+    file_label: &str,
+    text: &str,
+) -> Result<Vec<ParsedDocument>, Vec<DatastoreError>> {
+    let resources = parse_file(file_label, text)?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut raws = Vec::new();
+    for (index, chunk) in split_documents(text).into_iter().enumerate() {
+        let invalid = |message: String| {
+            vec![DatastoreError {
+                file: file_label.to_owned(),
+                document: Some(index + 1),
+                line: Some(chunk.first_line),
+                column: None,
+                resource: None,
+                field: None,
+                kind: ErrorKind::Syntax,
+                message,
+            }]
+        };
+        let mut value: Value = serde_yaml::from_str(chunk.text).map_err(|e| invalid(e.to_string()))?;
+        value.apply_merge().map_err(|e| invalid(e.to_string()))?;
+        let objects = match value {
+            Value::Null => Vec::new(),
+            Value::Sequence(items) => items,
+            value => {
+                let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+                match kind.strip_suffix("List") {
+                    Some(item_kind) if item_kind.is_empty() || Kind::from_name(item_kind).is_some() => {
+                        let items = match value.get("items") {
+                            Some(Value::Sequence(items)) => items.clone(),
+                            _ => Vec::new(),
+                        };
+                        items
+                            .into_iter()
+                            .map(|mut item| {
+                                if let (Some(kind), Value::Mapping(map)) = (Kind::from_name(item_kind), &mut item) {
+                                    map.entry("kind".into()).or_insert_with(|| kind.as_str().into());
+                                    map.entry("apiVersion".into()).or_insert_with(|| API_VERSION.into());
+                                }
+                                item
+                            })
+                            .collect()
+                    }
+                    _ => vec![value],
+                }
+            }
+        };
+        for object in objects {
+            raws.push(
+                serde_json::to_value(&object)
+                    .map_err(|e| invalid(format!("cannot be represented as JSON: {e}")))?,
+            );
+        }
+    }
+    if raws.len() != resources.len() {
+        return Err(vec![DatastoreError::file(
+            file_label,
+            ErrorKind::Unsupported,
+            format!("found {} resources but {} objects", resources.len(), raws.len()),
+        )]);
+    }
+    Ok(resources
+        .into_iter()
+        .zip(raws)
+        .map(|(resource, raw)| ParsedDocument { resource, raw })
+        .collect())
+}
+
 /// A resource with where it was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Located {

@@ -317,6 +317,11 @@ impl Agent {
         Self { child: Some(child), pin_path, log_path, host_ns, _log_dir: log_dir }
     }
 
+    /// The agent's process id, while it runs (nsenter execs it, so it is the child's).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }

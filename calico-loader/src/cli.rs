@@ -1,0 +1,409 @@
+//! The calicoctl-style commands: `apply|create|replace|delete -f FILE|-`, `delete KIND NAME`
+//! and `get KIND [NAME]`, against either datastore. Resources are validated by the same code the
+//! agent reads them with, before anything is stored.
+
+use std::{io::Read as _, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::datastore::{
+    DatastoreConfig, EtcdConfig, Kind, ResourceKey, Store, StoreError, StoredResource, WriteMode,
+    WriteOutcome, WriteRequest, etcd::plural, parse_documents, resources::DEFAULT_NAMESPACE,
+};
+
+use crate::agent::DEFAULT_DATASTORE_DIR;
+
+/// Which datastore: calicoctl's `DATASTORE_TYPE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatastoreType {
+    /// A directory of YAML/JSON files (`--datastore`).
+    Local,
+    /// etcd v3 (`--etcd-endpoints`), with Calico's key layout.
+    Etcdv3,
+}
+
+/// The datastore settings, as flags or as calicoctl's environment variables.
+#[derive(Args, Clone, Debug)]
+pub struct DatastoreArgs {
+    /// Datastore type: local (a directory) or etcdv3.
+    #[arg(long, env = "DATASTORE_TYPE", default_value = "local")]
+    pub datastore_type: DatastoreType,
+    /// Directory of projectcalico.org/v3 resources (YAML/JSON), for the local datastore.
+    #[arg(long, env = "CALICO_DATASTORE_DIR", default_value = DEFAULT_DATASTORE_DIR)]
+    pub datastore: PathBuf,
+    /// etcd endpoints, comma-separated (like http://127.0.0.1:2379).
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// CA certificate (PEM) for etcd's TLS.
+    #[arg(long, env = "ETCD_CA_CERT_FILE")]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's TLS.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for etcd's TLS.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+}
+
+impl DatastoreArgs {
+    /// The configuration these settings describe.
+    pub fn config(&self) -> DatastoreConfig {
+        match self.datastore_type {
+            DatastoreType::Local => DatastoreConfig::Local(self.datastore.clone()),
+            DatastoreType::Etcdv3 => DatastoreConfig::Etcd(EtcdConfig {
+                endpoints: self
+                    .etcd_endpoints
+                    .iter()
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty())
+                    .collect(),
+                ca_cert_file: self.etcd_ca_cert_file.clone(),
+                cert_file: self.etcd_cert_file.clone(),
+                key_file: self.etcd_key_file.clone(),
+            }),
+        }
+    }
+}
+
+/// Output of `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GetOutput {
+    /// A table of the main fields.
+    Ps,
+    /// A table with more fields.
+    Wide,
+    Yaml,
+    Json,
+}
+
+/// The kind a `get`/`delete` argument names: the kind (any case), its plural, or a short name
+/// calicoctl accepts.
+///
+/// # Errors
+///
+/// Names no kind.
+pub fn parse_kind(text: &str) -> anyhow::Result<Kind> {
+    let lower = text.to_ascii_lowercase();
+    let short = match lower.as_str() {
+        "wep" | "weps" => Some(Kind::WorkloadEndpoint),
+        "gnp" | "gnps" | "globalpolicy" | "globalpolicies" => Some(Kind::GlobalNetworkPolicy),
+        "np" | "nps" | "netpol" | "policy" | "policies" => Some(Kind::NetworkPolicy),
+        "hep" | "heps" => Some(Kind::HostEndpoint),
+        "pool" | "pools" => Some(Kind::IpPool),
+        "bgpconfig" | "bgpconfigs" => Some(Kind::BgpConfiguration),
+        "felixconfig" | "felixconfigs" => Some(Kind::FelixConfiguration),
+        "pro" | "pros" => Some(Kind::Profile),
+        _ => None,
+    };
+    short
+        .or_else(|| {
+            Kind::ALL
+                .iter()
+                .copied()
+                .find(|k| k.as_str().to_ascii_lowercase() == lower || plural(*k) == lower)
+        })
+        .with_context(|| {
+            let known: Vec<&str> = Kind::ALL.iter().map(|k| plural(*k)).collect();
+            format!(
+                "unknown resource kind {text:?} (known: {})",
+                known.join(", ")
+            )
+        })
+}
+
+/// Reads `-f FILE` (`-` for stdin): the text and its label for errors.
+fn read_input(file: &str) -> anyhow::Result<(String, String)> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading resources from stdin")?;
+        Ok(("stdin".into(), text))
+    } else {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        Ok((file.to_owned(), text))
+    }
+}
+
+/// The resources of `-f FILE`, validated; every problem is reported and nothing else done if
+/// any is invalid.
+fn read_requests(file: &str, mode: WriteMode) -> anyhow::Result<Vec<WriteRequest>> {
+    let (label, text) = read_input(file)?;
+    let documents = parse_documents(&label, &text).map_err(StoreError::Invalid)?;
+    if documents.is_empty() {
+        bail!("{label}: no resources found");
+    }
+    Ok(documents
+        .into_iter()
+        .map(|d| WriteRequest {
+            mode,
+            resource: d.resource,
+            raw: d.raw,
+        })
+        .collect())
+}
+
+/// `apply`, `create` or `replace -f FILE`: all resources of the file in one transaction.
+///
+/// # Errors
+///
+/// An invalid resource, a create of one that exists, a replace of one that does not, a stale
+/// `resourceVersion`, or the datastore failing: then nothing was stored.
+pub async fn write(config: &DatastoreConfig, mode: WriteMode, file: &str) -> anyhow::Result<()> {
+    let requests = read_requests(file, mode)?;
+    let mut store = Store::open(config).await?;
+    let outcomes = store.write(&requests).await?;
+    for (request, outcome) in requests.iter().zip(outcomes) {
+        let verb = match (mode, outcome) {
+            (WriteMode::Apply, _) => "applied",
+            (_, WriteOutcome::Created) => "created",
+            (_, WriteOutcome::Replaced) => "replaced",
+        };
+        println!("{verb} {}", request.resource.key());
+    }
+    println!(
+        "Successfully {} {} resource(s)",
+        match mode {
+            WriteMode::Apply => "applied",
+            WriteMode::Create => "created",
+            WriteMode::Replace => "replaced",
+        },
+        requests.len()
+    );
+    Ok(())
+}
+
+/// `delete -f FILE`: each resource of the file (at its `resourceVersion`, if given).
+///
+/// # Errors
+///
+/// An invalid file, a resource that does not exist or is at another version, or the datastore
+/// failing. Resources before the failing one are deleted.
+pub async fn delete_file(config: &DatastoreConfig, file: &str) -> anyhow::Result<()> {
+    let requests = read_requests(file, WriteMode::Replace)?;
+    let mut store = Store::open(config).await?;
+    for request in &requests {
+        let key = request.resource.key();
+        store
+            .delete(&key, request.expected_version().as_deref())
+            .await?;
+        println!("deleted {key}");
+    }
+    Ok(())
+}
+
+/// `delete KIND NAME [-n NS]`.
+///
+/// # Errors
+///
+/// Unknown kind, no such resource, or the datastore failing.
+pub async fn delete(
+    config: &DatastoreConfig,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    let kind = parse_kind(kind)?;
+    let key = ResourceKey {
+        kind,
+        namespace: kind
+            .is_namespaced()
+            .then(|| namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned()),
+        name: name.to_owned(),
+    };
+    let mut store = Store::open(config).await?;
+    store.delete(&key, None).await?;
+    println!("deleted {key}");
+    Ok(())
+}
+
+/// `get KIND [NAME] [-n NS | -A] [-o ps|wide|yaml|json]`, printed on stdout.
+///
+/// # Errors
+///
+/// Unknown kind, a named resource that does not exist, or the datastore failing.
+pub async fn get(
+    config: &DatastoreConfig,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    all_namespaces: bool,
+    output: GetOutput,
+) -> anyhow::Result<()> {
+    let kind = parse_kind(kind)?;
+    let namespace = if kind.is_namespaced() && !all_namespaces {
+        Some(namespace.unwrap_or(DEFAULT_NAMESPACE))
+    } else {
+        None
+    };
+    let mut store = Store::open(config).await?;
+    let resources = match name {
+        Some(name) => {
+            let key = ResourceKey {
+                kind,
+                namespace: kind
+                    .is_namespaced()
+                    .then(|| namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned()),
+                name: name.to_owned(),
+            };
+            match store.get(&key).await? {
+                Some(stored) => vec![stored],
+                None => return Err(StoreError::NotFound { key }.into()),
+            }
+        }
+        None => {
+            let (resources, errors) = store.list(kind, namespace).await?;
+            for e in errors {
+                eprintln!("warning: not shown: {e}");
+            }
+            resources
+        }
+    };
+    print!(
+        "{}",
+        render(kind, &resources, name.is_some(), all_namespaces, output)?
+    );
+    Ok(())
+}
+
+/// The text `get` prints.
+///
+/// # Errors
+///
+/// YAML or JSON encoding failing.
+pub fn render(
+    kind: Kind,
+    resources: &[StoredResource],
+    single: bool,
+    all_namespaces: bool,
+    output: GetOutput,
+) -> anyhow::Result<String> {
+    let document = || -> Value {
+        if single && resources.len() == 1 {
+            resources[0].value.clone()
+        } else {
+            json!({
+                "apiVersion": crate::datastore::resources::API_VERSION,
+                "kind": format!("{kind}List"),
+                "metadata": {},
+                "items": resources.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+            })
+        }
+    };
+    Ok(match output {
+        GetOutput::Yaml => serde_yaml::to_string(&document())?,
+        GetOutput::Json => format!("{}\n", serde_json::to_string_pretty(&document())?),
+        GetOutput::Ps | GetOutput::Wide => {
+            table(kind, resources, all_namespaces, output == GetOutput::Wide)
+        }
+    })
+}
+
+fn text_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, p| v.get(*p))
+}
+
+fn string_at(value: &Value, path: &[&str]) -> String {
+    match text_at(value, path) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A table in calicoctl's style: upper-case headers, columns padded with three spaces.
+fn table(kind: Kind, resources: &[StoredResource], all_namespaces: bool, wide: bool) -> String {
+    let mut headers: Vec<&str> = Vec::new();
+    if all_namespaces && kind.is_namespaced() {
+        headers.push("NAMESPACE");
+    }
+    headers.push(if kind == Kind::WorkloadEndpoint {
+        "WORKLOAD"
+    } else {
+        "NAME"
+    });
+    let columns: Vec<(&str, Vec<&str>)> = match kind {
+        Kind::WorkloadEndpoint => {
+            let mut c = vec![
+                ("NODE", vec!["spec", "node"]),
+                ("NETWORKS", vec!["spec", "ipNetworks"]),
+                ("INTERFACE", vec!["spec", "interfaceName"]),
+            ];
+            if wide {
+                c.push(("PROFILES", vec!["spec", "profiles"]));
+            }
+            c
+        }
+        Kind::NetworkPolicy | Kind::GlobalNetworkPolicy => {
+            let mut c = vec![("TIER", vec!["spec", "tier"])];
+            if wide {
+                c.push(("ORDER", vec!["spec", "order"]));
+                c.push(("SELECTOR", vec!["spec", "selector"]));
+            }
+            c
+        }
+        Kind::Tier => vec![("ORDER", vec!["spec", "order"])],
+        Kind::Profile if wide => vec![("LABELS", vec!["spec", "labelsToApply"])],
+        _ => Vec::new(),
+    };
+    headers.extend(columns.iter().map(|(h, _)| *h));
+    let mut rows: Vec<Vec<String>> = vec![headers.iter().map(|h| (*h).to_owned()).collect()];
+    for r in resources {
+        let mut row = Vec::new();
+        if all_namespaces && kind.is_namespaced() {
+            row.push(r.key.namespace.clone().unwrap_or_default());
+        }
+        row.push(r.key.name.clone());
+        for (header, path) in &columns {
+            let mut cell = string_at(&r.value, path);
+            if *header == "TIER" && cell.is_empty() {
+                cell = "default".into();
+            }
+            row.push(cell);
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_any_name() {
+        assert_eq!(parse_kind("gnp").ok(), Some(Kind::GlobalNetworkPolicy));
+        assert_eq!(
+            parse_kind("GlobalNetworkPolicies").ok(),
+            Some(Kind::GlobalNetworkPolicy)
+        );
+        assert_eq!(
+            parse_kind("workloadendpoint").ok(),
+            Some(Kind::WorkloadEndpoint)
+        );
+        assert_eq!(parse_kind("tiers").ok(), Some(Kind::Tier));
+        assert_eq!(parse_kind("ippools").ok(), Some(Kind::IpPool));
+        let e = parse_kind("widgets").expect_err("unknown");
+        assert!(e.to_string().contains("unknown resource kind \"widgets\""));
+    }
+}

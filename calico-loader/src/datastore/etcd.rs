@@ -1,0 +1,923 @@
+//! The etcd v3 datastore, with Calico's key layout: what `calicoctl` stores with
+//! `DATASTORE_TYPE=etcdv3` reads back here as the same resource, and the reverse.
+//!
+//! - Keys: `/calico/resources/v3/projectcalico.org/<plural>/<name>` for cluster-scoped kinds,
+//!   `/calico/resources/v3/projectcalico.org/<plural>/<namespace>/<name>` for namespaced ones.
+//!   Policies (`NetworkPolicy`, `GlobalNetworkPolicy` and their staged forms) are stored under
+//!   their tiered name, as libcalico-go does (`names.BackendTieredPolicyName`): a name without a
+//!   dot gets `default.` in front (key and `metadata.name`); reading takes a leading `default.`
+//!   away again (`names.ClientTieredPolicyName`).
+//! - Values: the v3 resource as JSON (`apiVersion`, `kind`, `metadata`, `spec`), with
+//!   `metadata.uid` and `metadata.creationTimestamp`; never `metadata.resourceVersion`, which is
+//!   the key's etcd mod revision.
+//! - Reading parses a value with the same code as the local datastore ([`parse_file`]), so
+//!   validation is identical. The key is authoritative for name and namespace.
+//! - [`EtcdStore`]: reads and transactional writes (create, replace, apply, delete) for the
+//!   CLI. [`EtcdSync`]: the agent's view: a list, then a watch from the listed revision; on
+//!   compaction or disconnection it lists again (with backoff) and converges; while etcd is
+//!   unreachable the last good state stays in force.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
+    WatchOptions,
+};
+use serde_json::{Map, Value};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use super::{
+    backend::{StoreError, StoredResource, WriteOutcome, WriteRequest, prepare_value},
+    error::{DatastoreError, ErrorKind},
+    local::{Snapshot, SyncResult},
+    parse::parse_file,
+    resources::{Kind, Resource, ResourceKey},
+};
+
+/// Where every Calico v3 resource lives in etcd.
+pub const KEY_PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+
+/// Timeout of one etcd request (a list, a transaction); a watch is not limited.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of connecting to an endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest wait between attempts to list again after a failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// How to reach etcd: as calicoctl's `ETCD_ENDPOINTS`, `ETCD_CA_CERT_FILE`, `ETCD_CERT_FILE`,
+/// `ETCD_KEY_FILE`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port` URLs.
+    pub endpoints: Vec<String>,
+    /// CA certificate (PEM) to check the servers' certificates with.
+    pub ca_cert_file: Option<PathBuf>,
+    /// Client certificate (PEM), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM), with `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdConfig {
+    /// The endpoints, comma-separated, for messages.
+    pub fn endpoints_label(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// A client for these endpoints. Connects lazily: an unreachable etcd shows up at the
+    /// first request.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] for no endpoints, a certificate or key that cannot be read, a
+    /// certificate without its key (or the reverse), or TLS files with `http://` endpoints.
+    pub async fn connect(&self) -> Result<Client, StoreError> {
+        if self.endpoints.is_empty() {
+            return Err(StoreError::Config(
+                "no etcd endpoints: set ETCD_ENDPOINTS (or --etcd-endpoints), like http://127.0.0.1:2379".into(),
+            ));
+        }
+        let mut options = ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                StoreError::Config(format!("{what} {}: cannot read: {e}", path.display()))
+            })
+        };
+        let tls_wanted =
+            self.ca_cert_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if tls_wanted {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca_cert_file {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
+                    "ETCD_CA_CERT_FILE",
+                    ca,
+                )?));
+            }
+            match (&self.cert_file, &self.key_file) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(
+                        read("ETCD_CERT_FILE", cert)?,
+                        read("ETCD_KEY_FILE", key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::Config(
+                        "ETCD_CERT_FILE and ETCD_KEY_FILE go together: set both or neither".into(),
+                    ));
+                }
+            }
+            if let Some(plain) = self.endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(StoreError::Config(format!(
+                    "etcd endpoint {plain}: TLS files are set, so endpoints must be https://"
+                )));
+            }
+            options = options.with_tls(tls);
+        }
+        Client::connect(&self.endpoints, Some(options))
+            .await
+            .map_err(|source| StoreError::Etcd {
+                endpoints: self.endpoints_label(),
+                source,
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// The plural Calico uses for `kind` in keys (and in `calicoctl get`).
+pub fn plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::WorkloadEndpoint => "workloadendpoints",
+        Kind::NetworkPolicy => "networkpolicies",
+        Kind::GlobalNetworkPolicy => "globalnetworkpolicies",
+        Kind::Profile => "profiles",
+        Kind::Tier => "tiers",
+        Kind::HostEndpoint => "hostendpoints",
+        Kind::GlobalNetworkSet => "globalnetworksets",
+        Kind::NetworkSet => "networksets",
+        Kind::IpPool => "ippools",
+        Kind::IpReservation => "ipreservations",
+        Kind::IpamConfiguration => "ipamconfigurations",
+        Kind::BgpConfiguration => "bgpconfigurations",
+        Kind::BgpPeer => "bgppeers",
+        Kind::BgpFilter => "bgpfilters",
+        Kind::FelixConfiguration => "felixconfigurations",
+        Kind::ClusterInformation => "clusterinformations",
+        Kind::Node => "nodes",
+        Kind::CalicoNodeStatus => "caliconodestatuses",
+        Kind::KubeControllersConfiguration => "kubecontrollersconfigurations",
+        Kind::StagedNetworkPolicy => "stagednetworkpolicies",
+        Kind::StagedGlobalNetworkPolicy => "stagedglobalnetworkpolicies",
+        Kind::StagedKubernetesNetworkPolicy => "stagedkubernetesnetworkpolicies",
+    }
+}
+
+/// The kind whose plural is `plural`.
+pub fn kind_from_plural(plural_name: &str) -> Option<Kind> {
+    Kind::ALL
+        .iter()
+        .copied()
+        .find(|&k| plural(k) == plural_name)
+}
+
+/// Whether names of `kind` carry their tier in the backend (`<tier>.<name>`).
+fn is_tiered_policy(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::NetworkPolicy
+            | Kind::GlobalNetworkPolicy
+            | Kind::StagedNetworkPolicy
+            | Kind::StagedGlobalNetworkPolicy
+    )
+}
+
+/// Names libcalico-go leaves as they are (`policyNameIsFormatted`).
+fn is_formatted_policy_name(name: &str) -> bool {
+    [
+        "knp.default.",
+        "kcnp.kube-admin.",
+        "kcnp.kube-baseline.",
+        "ossg.default.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// The name as stored: for a policy without a tier prefix, `default.<name>`.
+pub fn backend_name(kind: Kind, name: &str) -> String {
+    if is_tiered_policy(kind) && !name.contains('.') && !is_formatted_policy_name(name) {
+        format!("default.{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The name as the user sees it: a policy's `default.` prefix taken away.
+pub fn client_name(kind: Kind, name: &str) -> String {
+    if is_tiered_policy(kind)
+        && !is_formatted_policy_name(name)
+        && let Some(rest) = name.strip_prefix("default.")
+    {
+        return rest.to_owned();
+    }
+    name.to_owned()
+}
+
+/// The etcd key of a resource.
+pub fn etcd_key(key: &ResourceKey) -> String {
+    let name = backend_name(key.kind, &key.name);
+    match &key.namespace {
+        Some(namespace) if key.kind.is_namespaced() => {
+            format!("{KEY_PREFIX}{}/{namespace}/{name}", plural(key.kind))
+        }
+        _ => format!("{KEY_PREFIX}{}/{name}", plural(key.kind)),
+    }
+}
+
+/// The prefix of every key of `kind` (in `namespace`, if given and the kind is namespaced).
+pub fn kind_prefix(kind: Kind, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(namespace) if kind.is_namespaced() => {
+            format!("{KEY_PREFIX}{}/{namespace}/", plural(kind))
+        }
+        _ => format!("{KEY_PREFIX}{}/", plural(kind)),
+    }
+}
+
+/// The resource an etcd key names (with the client name), if it is a key of a known kind.
+pub fn parse_key(key: &str) -> Option<ResourceKey> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    let mut parts = rest.split('/');
+    let kind = kind_from_plural(parts.next()?)?;
+    let (namespace, name) = if kind.is_namespaced() {
+        (Some(parts.next()?.to_owned()), parts.next()?)
+    } else {
+        (None, parts.next()?)
+    };
+    if parts.next().is_some() || name.is_empty() || namespace.as_deref().is_some_and(str::is_empty)
+    {
+        return None;
+    }
+    Some(ResourceKey {
+        kind,
+        namespace,
+        name: client_name(kind, name),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+/// A problem with the key-value `key`.
+fn key_error(key: &str, kind: ErrorKind, message: impl Into<String>) -> DatastoreError {
+    DatastoreError {
+        file: key.to_owned(),
+        document: None,
+        line: None,
+        column: None,
+        resource: None,
+        field: None,
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Reads one key-value: the resource, validated as the local datastore validates files, and
+/// its value as the user sees it (client name, namespace from the key, `resourceVersion` the
+/// mod revision).
+///
+/// # Errors
+///
+/// The problems, naming the key as the file: a key of no known kind, a value that is not a
+/// JSON object, or a resource that does not validate.
+pub fn decode(
+    key: &str,
+    value: &[u8],
+    mod_revision: i64,
+) -> Result<StoredResource, Vec<DatastoreError>> {
+    let Some(resource_key) = parse_key(key) else {
+        return Err(vec![key_error(
+            key,
+            ErrorKind::Unsupported,
+            format!(
+                "not a key of a known kind (expected {KEY_PREFIX}<plural>/[<namespace>/]<name>)"
+            ),
+        )]);
+    };
+    let mut json: Value = serde_json::from_slice(value).map_err(|e| {
+        vec![key_error(
+            key,
+            ErrorKind::Syntax,
+            format!("value is not JSON: {e}"),
+        )]
+    })?;
+    let Some(object) = json.as_object_mut() else {
+        return Err(vec![key_error(
+            key,
+            ErrorKind::Syntax,
+            "value is not a JSON object",
+        )]);
+    };
+    let metadata = object
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(metadata) = metadata.as_object_mut() {
+        metadata.insert("name".into(), resource_key.name.clone().into());
+        if let Some(namespace) = &resource_key.namespace {
+            metadata.insert("namespace".into(), namespace.clone().into());
+        }
+        metadata.insert("resourceVersion".into(), mod_revision.to_string().into());
+    }
+    let text = serde_json::to_string(&json).map_err(|e| {
+        vec![key_error(
+            key,
+            ErrorKind::Syntax,
+            format!("value cannot be re-encoded: {e}"),
+        )]
+    })?;
+    let mut resources = parse_file(key, &text)?;
+    if resources.len() != 1 {
+        return Err(vec![key_error(
+            key,
+            ErrorKind::Unsupported,
+            format!("value holds {} resources, expected one", resources.len()),
+        )]);
+    }
+    let resource = resources.remove(0);
+    if resource.kind() != resource_key.kind {
+        return Err(vec![key_error(
+            key,
+            ErrorKind::Invalid,
+            format!(
+                "the key is for a {} but the value is a {}",
+                resource_key.kind,
+                resource.kind()
+            ),
+        )]);
+    }
+    Ok(StoredResource {
+        key: resource_key,
+        resource,
+        value: json,
+        version: mod_revision.to_string(),
+    })
+}
+
+/// The value to store for `request` in etcd: the user's object with the backend name.
+fn encode(request: &WriteRequest, existing: Option<&StoredResource>) -> Result<String, StoreError> {
+    let key = request.resource.key();
+    let mut value = prepare_value(request, existing);
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert("name".into(), backend_name(key.kind, &key.name).into());
+    }
+    serde_json::to_string(&value)
+        .map_err(|e| StoreError::Config(format!("{key}: cannot encode as JSON: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI's store
+
+/// Reads and writes resources in etcd, for the CLI.
+pub struct EtcdStore {
+    client: Client,
+    endpoints: String,
+}
+
+impl EtcdStore {
+    /// Connects (lazily) to etcd.
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdConfig::connect`].
+    pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            client: config.connect().await?,
+            endpoints: config.endpoints_label(),
+        })
+    }
+
+    fn etcd_error(&self, source: etcd_client::Error) -> StoreError {
+        StoreError::Etcd {
+            endpoints: self.endpoints.clone(),
+            source,
+        }
+    }
+
+    /// Every resource of `kind` (in `namespace`, if given), with the problems of the values
+    /// that do not read.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Etcd`] if etcd cannot be reached.
+    pub async fn list(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<StoredResource>, Vec<DatastoreError>), StoreError> {
+        let prefix = kind_prefix(kind, namespace);
+        let response = self
+            .client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.etcd_error(e))?;
+        let mut resources = Vec::new();
+        let mut errors = Vec::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            // A namespaced kind's prefix without a namespace also matches deeper keys: parse_key
+            // sorts them out.
+            match decode(&key, kv.value(), kv.mod_revision()) {
+                Ok(stored) if stored.key.kind == kind => resources.push(stored),
+                Ok(_) => {}
+                Err(e) => errors.extend(e),
+            }
+        }
+        resources.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((resources, errors))
+    }
+
+    /// The resource `key`, if stored.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Etcd`] if etcd cannot be reached, [`StoreError::Invalid`] if the stored
+    /// value does not read.
+    pub async fn get(&mut self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+        let etcd_key = etcd_key(key);
+        let response = self
+            .client
+            .get(etcd_key.as_str(), None)
+            .await
+            .map_err(|e| self.etcd_error(e))?;
+        match response.kvs().first() {
+            None => Ok(None),
+            Some(kv) => decode(&etcd_key, kv.value(), kv.mod_revision())
+                .map(Some)
+                .map_err(StoreError::Invalid),
+        }
+    }
+
+    /// The stored value of `key`, read or not: `(mod revision, resource if it reads)`.
+    async fn current(
+        &mut self,
+        key: &ResourceKey,
+    ) -> Result<Option<(i64, Option<StoredResource>)>, StoreError> {
+        let etcd_key = etcd_key(key);
+        let response = self
+            .client
+            .get(etcd_key.as_str(), None)
+            .await
+            .map_err(|e| self.etcd_error(e))?;
+        Ok(response.kvs().first().map(|kv| {
+            (
+                kv.mod_revision(),
+                decode(&etcd_key, kv.value(), kv.mod_revision()).ok(),
+            )
+        }))
+    }
+
+    /// Writes all of `requests` in one transaction, or none.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyExists`] (create), [`StoreError::NotFound`] (replace),
+    /// [`StoreError::Conflict`] (a stale `resourceVersion`), [`StoreError::Concurrent`] (a key
+    /// changed between the checks and the transaction), [`StoreError::Etcd`].
+    pub async fn write(
+        &mut self,
+        requests: &[WriteRequest],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut compares = Vec::new();
+        let mut operations = Vec::new();
+        let mut outcomes = Vec::new();
+        for request in requests {
+            let key = request.resource.key();
+            let etcd_key = etcd_key(&key);
+            let current = self.current(&key).await?;
+            let expected = request.expected_version();
+            let outcome = super::backend::check_write(
+                &key,
+                request.mode,
+                expected.as_deref(),
+                current.as_ref().map(|(rev, _)| rev.to_string()).as_deref(),
+            )?;
+            match &current {
+                Some((revision, _)) => compares.push(Compare::mod_revision(
+                    etcd_key.as_str(),
+                    CompareOp::Equal,
+                    *revision,
+                )),
+                None => compares.push(Compare::create_revision(
+                    etcd_key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )),
+            }
+            let existing = current.as_ref().and_then(|(_, stored)| stored.as_ref());
+            operations.push(TxnOp::put(etcd_key, encode(request, existing)?, None));
+            outcomes.push(outcome);
+        }
+        if operations.is_empty() {
+            return Ok(outcomes);
+        }
+        let response = self
+            .client
+            .txn(Txn::new().when(compares).and_then(operations))
+            .await
+            .map_err(|e| self.etcd_error(e))?;
+        if !response.succeeded() {
+            return Err(StoreError::Concurrent {
+                keys: requests
+                    .iter()
+                    .map(|r| r.resource.key().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Deletes `key` (if its version is `expected_version`, when given); returns what it was.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`], [`StoreError::Conflict`], [`StoreError::Concurrent`],
+    /// [`StoreError::Etcd`].
+    pub async fn delete(
+        &mut self,
+        key: &ResourceKey,
+        expected_version: Option<&str>,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let etcd_key = etcd_key(key);
+        let Some((revision, stored)) = self.current(key).await? else {
+            return Err(StoreError::NotFound { key: key.clone() });
+        };
+        if let Some(expected) = expected_version
+            && expected != revision.to_string()
+        {
+            return Err(StoreError::Conflict {
+                key: key.clone(),
+                expected: expected.to_owned(),
+                actual: revision.to_string(),
+            });
+        }
+        let response = self
+            .client
+            .txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        etcd_key.as_str(),
+                        CompareOp::Equal,
+                        revision,
+                    )])
+                    .and_then([TxnOp::delete(etcd_key.as_str(), None)]),
+            )
+            .await
+            .map_err(|e| self.etcd_error(e))?;
+        if !response.succeeded() {
+            return Err(StoreError::Concurrent {
+                keys: key.to_string(),
+            });
+        }
+        Ok(stored)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's view
+
+/// What the agent knows of etcd: the last good resource of every key, and the problems.
+#[derive(Default)]
+struct State {
+    /// Per etcd key, its last good resource.
+    good: BTreeMap<String, Resource>,
+    /// Per etcd key, the problems of its current value.
+    errors: BTreeMap<String, Vec<DatastoreError>>,
+    /// Errors reported by the last [`EtcdSync::sync`].
+    reported: BTreeSet<DatastoreError>,
+}
+
+impl State {
+    /// A key's new value.
+    fn put(&mut self, kv: &KeyValue) {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        match decode(&key, kv.value(), kv.mod_revision()) {
+            Ok(stored) => {
+                self.errors.remove(&key);
+                self.good.insert(key, stored.resource);
+            }
+            Err(errors) => {
+                if self.good.contains_key(&key) {
+                    warn!(key = %key, "invalid value in etcd; the last good version stays in force");
+                }
+                self.errors.insert(key, errors);
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        self.good.remove(&key);
+        self.errors.remove(&key);
+    }
+
+    /// Replaces everything with a full listing; an invalid value keeps the last good version
+    /// of its key.
+    fn reset(&mut self, kvs: &[KeyValue]) {
+        let listed: BTreeSet<String> = kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        self.good.retain(|k, _| listed.contains(k));
+        self.errors.clear();
+        for kv in kvs {
+            self.put(kv);
+        }
+    }
+}
+
+/// The agent's follower of etcd: a background task lists, watches from the listed revision
+/// and lists again after a compaction or disconnection; [`sync`](Self::sync) gives the
+/// resources in force, [`changed`](Self::changed) says when they changed.
+pub struct EtcdSync {
+    state: Arc<Mutex<State>>,
+    changes: mpsc::Receiver<()>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EtcdSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSync").finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdSync {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EtcdSync {
+    /// Starts following etcd. Returns at once; until the first listing succeeds the snapshot
+    /// is empty.
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdConfig::connect`] (configuration problems only).
+    pub async fn start(config: &EtcdConfig) -> Result<Self, StoreError> {
+        let client = config.connect().await?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(follow(
+            client,
+            config.endpoints_label(),
+            Arc::clone(&state),
+            tx,
+        ));
+        Ok(Self {
+            state,
+            changes: rx,
+            task,
+        })
+    }
+
+    /// The resources now in force and the problems (values that do not read, named by key).
+    /// New problems are logged once.
+    pub fn sync(&mut self) -> SyncResult {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let snapshot: Snapshot = state.good.values().cloned().collect();
+        let mut errors: Vec<DatastoreError> = state.errors.values().flatten().cloned().collect();
+        errors.sort();
+        let current: BTreeSet<DatastoreError> = errors.iter().cloned().collect();
+        let new_errors: Vec<DatastoreError> =
+            current.difference(&state.reported).cloned().collect();
+        for e in &new_errors {
+            warn!("{e}");
+        }
+        state.reported = current;
+        SyncResult {
+            snapshot,
+            errors,
+            new_errors,
+        }
+    }
+
+    /// Waits until the resources may have changed; `None` if the follower stopped.
+    /// Cancel-safe.
+    pub async fn changed(&mut self) -> Option<()> {
+        self.changes.recv().await
+    }
+}
+
+/// Why following stopped for a while.
+enum Interruption {
+    Compacted(i64),
+    Disconnected(String),
+}
+
+/// Lists, watches, and starts again, for ever.
+async fn follow(
+    mut client: Client,
+    endpoints: String,
+    state: Arc<Mutex<State>>,
+    tx: mpsc::Sender<()>,
+) {
+    let notify = || {
+        let _ = tx.try_send(());
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut unreachable_logged = false;
+    loop {
+        let listed = client
+            .get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
+            .await;
+        let response = match listed {
+            Ok(response) => response,
+            Err(e) => {
+                if !unreachable_logged {
+                    warn!(
+                        endpoints = %endpoints,
+                        "etcd unreachable ({e}); the last good state stays in force, retrying"
+                    );
+                    unreachable_logged = true;
+                } else {
+                    debug!("etcd still unreachable: {e}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let revision = response.header().map_or(0, |h| h.revision());
+        {
+            let mut state = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.reset(response.kvs());
+            info!(
+                endpoints = %endpoints,
+                revision,
+                keys = response.kvs().len(),
+                resources = state.good.len(),
+                "etcd listed"
+            );
+        }
+        unreachable_logged = false;
+        notify();
+
+        match watch_from(&mut client, revision + 1, &state, &notify).await {
+            Interruption::Compacted(compacted) => {
+                warn!(
+                    revision,
+                    compacted, "etcd compacted past the watch's revision; listing again"
+                );
+                backoff = BACKOFF_MIN;
+            }
+            Interruption::Disconnected(reason) => {
+                warn!(endpoints = %endpoints, "etcd watch interrupted ({reason}); the last good state stays in force, resyncing");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Applies watch events from `start` on until the watch breaks.
+async fn watch_from(
+    client: &mut Client,
+    start: i64,
+    state: &Mutex<State>,
+    notify: &impl Fn(),
+) -> Interruption {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(start)
+        .with_progress_notify();
+    let mut stream = match client.watch(KEY_PREFIX, Some(options)).await {
+        Ok(stream) => stream,
+        Err(e) => return Interruption::Disconnected(e.to_string()),
+    };
+    loop {
+        // etcd sends progress notifications about every 10 minutes; a dead connection is found
+        // by the HTTP/2 keep-alive.
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Interruption::Disconnected("stream closed".into()),
+            Err(e) => return Interruption::Disconnected(e.to_string()),
+        };
+        if response.compact_revision() > 0 {
+            return Interruption::Compacted(response.compact_revision());
+        }
+        if response.canceled() {
+            return Interruption::Disconnected(format!("canceled: {}", response.cancel_reason()));
+        }
+        if response.events().is_empty() {
+            continue;
+        }
+        {
+            let mut state = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                match event.event_type() {
+                    EventType::Put => state.put(kv),
+                    EventType::Delete => state.delete(kv.key()),
+                }
+            }
+        }
+        debug!(events = response.events().len(), "etcd changes");
+        notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_calico_layout() {
+        let key = ResourceKey {
+            kind: Kind::WorkloadEndpoint,
+            namespace: Some("ns1".into()),
+            name: "node1-k8s-pod1-eth0".into(),
+        };
+        assert_eq!(
+            etcd_key(&key),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/node1-k8s-pod1-eth0"
+        );
+        assert_eq!(parse_key(&etcd_key(&key)), Some(key));
+        let gnp = ResourceKey {
+            kind: Kind::GlobalNetworkPolicy,
+            namespace: None,
+            name: "deny-db".into(),
+        };
+        assert_eq!(
+            etcd_key(&gnp),
+            "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/default.deny-db"
+        );
+        assert_eq!(parse_key(&etcd_key(&gnp)), Some(gnp));
+        let tiered = ResourceKey {
+            kind: Kind::NetworkPolicy,
+            namespace: Some("prod".into()),
+            name: "security.block".into(),
+        };
+        assert_eq!(
+            etcd_key(&tiered),
+            "/calico/resources/v3/projectcalico.org/networkpolicies/prod/security.block"
+        );
+        assert_eq!(parse_key(&etcd_key(&tiered)), Some(tiered));
+        assert_eq!(
+            parse_key("/calico/resources/v3/projectcalico.org/profiles/kns.default")
+                .map(|k| k.name),
+            Some("kns.default".into())
+        );
+        assert_eq!(
+            parse_key("/calico/resources/v3/projectcalico.org/profiles/a/b"),
+            None
+        );
+        assert_eq!(
+            parse_key("/calico/resources/v3/projectcalico.org/widgets/a"),
+            None
+        );
+        assert_eq!(
+            parse_key("/calico/resources/v3/projectcalico.org/networkpolicies/a"),
+            None
+        );
+        for kind in Kind::ALL {
+            assert_eq!(kind_from_plural(plural(*kind)), Some(*kind));
+        }
+    }
+
+    #[test]
+    fn decodes_calicoctl_values() {
+        // As calicoctl (libcalico-go) stores a GlobalNetworkPolicy in the default tier.
+        let value = br#"{"kind":"GlobalNetworkPolicy","apiVersion":"projectcalico.org/v3","metadata":{"name":"default.deny-db","uid":"0c1d7a4e-5a43-4f5e-9d0e-2f1b6c1c9a11","creationTimestamp":"2024-05-01T10:00:00Z","labels":{"projectcalico.org/tier":"default"}},"spec":{"tier":"default","order":10,"selector":"app == 'db'","ingress":[{"action":"Deny","protocol":"TCP","source":{},"destination":{}}],"types":["Ingress"]}}"#;
+        let key = "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/default.deny-db";
+        let stored = decode(key, value, 42).expect("decodes");
+        assert_eq!(stored.key.name, "deny-db");
+        assert_eq!(stored.version, "42");
+        assert_eq!(
+            stored.resource.metadata().resource_version.as_deref(),
+            Some("42")
+        );
+        assert_eq!(stored.value["metadata"]["name"], "deny-db");
+        let policy = stored.resource.as_global_network_policy().expect("a GNP");
+        assert_eq!(policy.spec.tier, "default");
+
+        let errors = decode(key, br#"{"kind":"GlobalNetworkPolicy","apiVersion":"projectcalico.org/v3","metadata":{"name":"x"},"spec":{"selector":"app =="}}"#, 3)
+            .expect_err("a bad selector");
+        assert!(
+            errors[0].to_string().contains("spec.selector"),
+            "{}",
+            errors[0]
+        );
+        let errors = decode(
+            key,
+            br#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"x"}}"#,
+            3,
+        )
+        .expect_err("kind mismatch");
+        assert!(
+            errors[0].message.contains("GlobalNetworkPolicy"),
+            "{}",
+            errors[0]
+        );
+        assert!(decode(key, b"not json", 3).is_err());
+    }
+}

@@ -1,0 +1,657 @@
+//! The etcd datastore and the calicoctl-style CLI, against a real etcd (Debian's etcd-server,
+//! started by each test on 127.0.0.1 with a temporary data directory), and the local directory
+//! for comparison. The agent tests run it on etcd with real traffic between workloads in the
+//! test's own namespaces.
+
+mod support;
+
+use std::{
+    net::IpAddr,
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{etcd::Etcd, netns::*};
+
+const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+
+/// Where the CLI runs against.
+enum Backend {
+    Etcd(Etcd),
+    Local(tempfile::TempDir),
+}
+
+impl Backend {
+    fn loader(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        match self {
+            Backend::Etcd(etcd) => etcd.loader(args, stdin),
+            Backend::Local(dir) => {
+                use std::io::Write as _;
+                let mut child = std::process::Command::new(loader_bin())
+                    .args(args)
+                    .env("DATASTORE_TYPE", "local")
+                    .env("CALICO_DATASTORE_DIR", dir.path())
+                    .env("RUST_BACKTRACE", "0")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("run calico-loader");
+                let mut input = child.stdin.take().expect("stdin");
+                if let Some(text) = stdin {
+                    input.write_all(text.as_bytes()).expect("stdin");
+                }
+                drop(input);
+                child.wait_with_output().expect("output")
+            }
+        }
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.loader(args, stdin);
+        assert!(
+            out.status.success(),
+            "calico-loader {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.etcd_log_hint()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI and expects failure; returns stderr.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.loader(args, stdin);
+        assert!(
+            !out.status.success(),
+            "calico-loader {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn etcd_log_hint(&self) -> String {
+        match self {
+            Backend::Etcd(etcd) => format!("\netcd log tail:\n{}", tail(&etcd.log(), 20)),
+            Backend::Local(_) => String::new(),
+        }
+    }
+
+    fn get_json(&self, kind: &str, name: &str, namespace: Option<&str>) -> Value {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        serde_json::from_str(&self.ok(&args, None)).expect("get -o json prints JSON")
+    }
+
+    /// Everything stored, as text, to check that a refused write changed nothing.
+    fn everything(&self) -> String {
+        match self {
+            Backend::Etcd(etcd) => etcd.etcdctl(&["get", "/calico", "--prefix"]),
+            Backend::Local(dir) => {
+                let mut files = Vec::new();
+                collect(dir.path(), &mut files);
+                files.sort();
+                files.join("\n")
+            }
+        }
+    }
+}
+
+fn collect(dir: &std::path::Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else {
+            out.push(format!(
+                "{}: {}",
+                path.display(),
+                std::fs::read_to_string(&path).unwrap_or_default()
+            ));
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// (kind argument, name, namespace, document, a field path and the value it should have).
+struct Case {
+    kind: &'static str,
+    name: &'static str,
+    namespace: Option<&'static str>,
+    yaml: &'static str,
+    etcd_key: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        kind: "workloadendpoint",
+        name: "node1-k8s-pod1-eth0",
+        namespace: Some("ns1"),
+        yaml: "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: node1-k8s-pod1-eth0\n  namespace: ns1\n  labels: {app: web}\nspec:\n  node: node1\n  orchestrator: k8s\n  pod: pod1\n  endpoint: eth0\n  interfaceName: cali0123456789a\n  ipNetworks: [198.18.5.1/32]\n  profiles: [kns.ns1]\n",
+        etcd_key: "workloadendpoints/ns1/node1-k8s-pod1-eth0",
+    },
+    Case {
+        kind: "networkpolicy",
+        name: "allow-web",
+        namespace: Some("ns1"),
+        yaml: "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: allow-web, namespace: ns1}\nspec:\n  order: 100\n  selector: app == 'web'\n  ingress:\n  - {action: Allow, protocol: TCP, destination: {ports: [80]}}\n",
+        etcd_key: "networkpolicies/ns1/default.allow-web",
+    },
+    Case {
+        kind: "globalnetworkpolicy",
+        name: "deny-db",
+        namespace: None,
+        yaml: "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-db}\nspec:\n  selector: app == 'db'\n  types: [Ingress]\n  ingress:\n  - {action: Deny}\n",
+        etcd_key: "globalnetworkpolicies/default.deny-db",
+    },
+    Case {
+        kind: "profile",
+        name: "kns.ns1",
+        namespace: None,
+        yaml: "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: kns.ns1}\nspec:\n  ingress: [{action: Allow}]\n  egress: [{action: Allow}]\n  labelsToApply: {ns: ns1}\n",
+        etcd_key: "profiles/kns.ns1",
+    },
+    Case {
+        kind: "tier",
+        name: "security",
+        namespace: None,
+        yaml: "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 50}\n",
+        etcd_key: "tiers/security",
+    },
+    Case {
+        kind: "ippool",
+        name: "pool1",
+        namespace: None,
+        yaml: "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pool1}\nspec: {cidr: 198.18.0.0/16}\n",
+        etcd_key: "ippools/pool1",
+    },
+    Case {
+        kind: "globalnetworkset",
+        name: "blocked",
+        namespace: None,
+        yaml: "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: blocked, labels: {role: blocked}}\nspec: {nets: [198.19.0.0/24]}\n",
+        etcd_key: "globalnetworksets/blocked",
+    },
+];
+
+/// Create, get, replace, get, delete for every kind; with the etcd keys where calicoctl puts
+/// them.
+fn round_trip(backend: &Backend) {
+    for case in CASES {
+        let what = format!("{} {}", case.kind, case.name);
+        backend.ok(&["create", "-f", "-"], Some(case.yaml));
+        let got = backend.get_json(case.kind, case.name, case.namespace);
+        assert_eq!(got["metadata"]["name"], case.name, "{what}: {got}");
+        if let Some(ns) = case.namespace {
+            assert_eq!(got["metadata"]["namespace"], ns, "{what}");
+        }
+        assert!(
+            got["metadata"]["uid"].is_string(),
+            "{what}: a uid is added: {got}"
+        );
+        assert!(
+            got["metadata"]["creationTimestamp"].is_string(),
+            "{what}: {got}"
+        );
+        let version = got["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("resourceVersion")
+            .to_owned();
+        let input: serde_yaml::Value = serde_yaml::from_str(case.yaml).expect("yaml");
+        let input: Value = serde_json::to_value(input).expect("json");
+        assert_eq!(
+            got["spec"], input["spec"],
+            "{what}: the spec reads back as written"
+        );
+        if let Backend::Etcd(etcd) = backend {
+            let key = format!("{PREFIX}{}", case.etcd_key);
+            let stored = etcd.get(&key).unwrap_or_else(|| {
+                panic!("{what}: no key {key}; keys: {:?}", etcd.keys("/calico"))
+            });
+            let stored: Value = serde_json::from_str(&stored).expect("stored JSON");
+            assert!(
+                stored["metadata"].get("resourceVersion").is_none(),
+                "{what}: {stored}"
+            );
+            assert_eq!(stored["kind"], input["kind"]);
+            assert_eq!(stored["apiVersion"], "projectcalico.org/v3");
+        }
+        // The list shows it too.
+        let mut list_args = vec!["get", case.kind, "-o", "yaml"];
+        if case.namespace.is_some() {
+            list_args.push("-A");
+        }
+        assert!(
+            backend.ok(&list_args, None).contains(case.name),
+            "{what}: listed"
+        );
+
+        // Replace with a label added, at the version read.
+        let mut changed = got.clone();
+        changed["metadata"]["labels"]["changed"] = "yes".into();
+        let changed_text = serde_json::to_string(&changed).expect("json");
+        backend.ok(&["replace", "-f", "-"], Some(&changed_text));
+        let again = backend.get_json(case.kind, case.name, case.namespace);
+        assert_eq!(
+            again["metadata"]["labels"]["changed"], "yes",
+            "{what}: {again}"
+        );
+        assert_eq!(
+            again["metadata"]["uid"], got["metadata"]["uid"],
+            "{what}: replace keeps the uid"
+        );
+        assert_ne!(
+            again["metadata"]["resourceVersion"],
+            version.as_str(),
+            "{what}: a new version"
+        );
+        // The version read before the replace is stale now.
+        let stale = backend.fails(&["replace", "-f", "-"], Some(&changed_text));
+        assert!(stale.contains("stale"), "{what}: {stale}");
+
+        let mut delete = vec!["delete", case.kind, case.name];
+        if let Some(ns) = case.namespace {
+            delete.extend(["-n", ns]);
+        }
+        backend.ok(&delete, None);
+        let mut get = vec!["get", case.kind, case.name];
+        if let Some(ns) = case.namespace {
+            get.extend(["-n", ns]);
+        }
+        let gone = backend.fails(&get, None);
+        assert!(gone.contains("does not exist"), "{what}: {gone}");
+    }
+    assert!(
+        backend.everything().trim().is_empty() || matches!(backend, Backend::Local(_)),
+        "all deleted: {}",
+        backend.everything()
+    );
+}
+
+#[test]
+fn cli_round_trip_every_kind_on_etcd() {
+    round_trip(&Backend::Etcd(Etcd::start()));
+}
+
+#[test]
+fn cli_round_trip_every_kind_on_local() {
+    round_trip(&Backend::Local(tempfile::tempdir().expect("temp dir")));
+}
+
+/// `create` of an existing resource and `replace` of a missing one are refused; so is a
+/// `replace` at an old resourceVersion; nothing stored changes.
+fn create_replace_rules(backend: &Backend) {
+    let profile = "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: p1}\nspec: {ingress: [{action: Allow}]}\n";
+    let missing = backend.fails(&["replace", "-f", "-"], Some(profile));
+    assert!(missing.contains("Profile p1 does not exist"), "{missing}");
+    assert!(
+        backend.everything().trim().is_empty(),
+        "nothing stored: {}",
+        backend.everything()
+    );
+    backend.ok(&["create", "-f", "-"], Some(profile));
+    let before = backend.everything();
+    let exists = backend.fails(&["create", "-f", "-"], Some(profile));
+    assert!(exists.contains("Profile p1 already exists"), "{exists}");
+    assert_eq!(backend.everything(), before);
+    // apply works either way.
+    backend.ok(&["apply", "-f", "-"], Some(profile));
+}
+
+#[test]
+fn create_exists_and_replace_missing_are_refused_on_etcd() {
+    create_replace_rules(&Backend::Etcd(Etcd::start()));
+}
+
+#[test]
+fn create_exists_and_replace_missing_are_refused_on_local() {
+    create_replace_rules(&Backend::Local(tempfile::tempdir().expect("temp dir")));
+}
+
+/// A multi-document apply with one invalid document stores nothing, and the error names the
+/// resource, the field and the problem.
+fn apply_all_or_nothing(backend: &Backend) {
+    let file = "\
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: good-one}
+spec: {ingress: [{action: Allow}]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: broken}
+spec:
+  selector: app == 'web'
+  ingress:
+  - {action: Allow, source: {selector: \"app ==\"}}
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: also-good}
+spec: {order: 10}
+";
+    let before = backend.everything();
+    let error = backend.fails(&["apply", "-f", "-"], Some(file));
+    assert!(
+        error.contains("GlobalNetworkPolicy broken"),
+        "names the resource: {error}"
+    );
+    assert!(
+        error.contains("spec.ingress[0].source.selector"),
+        "names the field: {error}"
+    );
+    assert!(error.contains("nothing was stored"), "{error}");
+    assert_eq!(backend.everything(), before, "nothing stored changed");
+
+    // Fixed, the whole file goes in.
+    let fixed = file.replace("\"app ==\"", "\"app == 'x'\"");
+    backend.ok(&["apply", "-f", "-"], Some(&fixed));
+    for (kind, name) in [
+        ("profile", "good-one"),
+        ("gnp", "broken"),
+        ("tier", "also-good"),
+    ] {
+        backend.get_json(kind, name, None);
+    }
+
+    // A create of three where one exists stores none of the others.
+    let more = "\
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: new-one}
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: also-good}
+spec: {order: 10}
+";
+    let before = backend.everything();
+    let error = backend.fails(&["create", "-f", "-"], Some(more));
+    assert!(error.contains("Tier also-good already exists"), "{error}");
+    assert_eq!(backend.everything(), before);
+}
+
+#[test]
+fn apply_is_all_or_nothing_on_etcd() {
+    apply_all_or_nothing(&Backend::Etcd(Etcd::start()));
+}
+
+#[test]
+fn apply_is_all_or_nothing_on_local() {
+    apply_all_or_nothing(&Backend::Local(tempfile::tempdir().expect("temp dir")));
+}
+
+/// A value exactly as calicoctl (libcalico-go) stores it reads back as the resource; and what
+/// the CLI stores is what calicoctl would read.
+#[test]
+fn calicoctl_values_read_back() {
+    let etcd = Etcd::start();
+    let backend = Backend::Etcd(etcd);
+    let Backend::Etcd(etcd) = &backend else {
+        unreachable!()
+    };
+    etcd.put(
+        &format!("{PREFIX}globalnetworkpolicies/default.deny-db"),
+        r#"{"kind":"GlobalNetworkPolicy","apiVersion":"projectcalico.org/v3","metadata":{"name":"default.deny-db","uid":"6a1f9ab0-3d2c-4c7e-9a53-0d6f3e7a2b11","creationTimestamp":"2024-05-01T10:00:00Z","labels":{"projectcalico.org/tier":"default"}},"spec":{"tier":"default","order":10,"ingress":[{"action":"Deny","source":{},"destination":{}}],"egress":[],"selector":"app == 'db'","types":["Ingress"]}}"#,
+    );
+    let got = backend.get_json("globalnetworkpolicy", "deny-db", None);
+    assert_eq!(got["metadata"]["name"], "deny-db");
+    assert_eq!(
+        got["metadata"]["uid"],
+        "6a1f9ab0-3d2c-4c7e-9a53-0d6f3e7a2b11"
+    );
+    assert_eq!(got["spec"]["selector"], "app == 'db'");
+    let table = backend.ok(&["get", "gnp", "-o", "wide"], None);
+    assert!(
+        table.contains("deny-db") && table.contains("app == 'db'"),
+        "{table}"
+    );
+
+    // An invalid value put behind the CLI's back is reported, not shown.
+    etcd.put(&format!("{PREFIX}globalnetworkpolicies/default.bad"), r#"{"kind":"GlobalNetworkPolicy","apiVersion":"projectcalico.org/v3","metadata":{"name":"default.bad"},"spec":{"selector":"app =="}}"#);
+    let out = backend.loader(&["get", "gnp"], None);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("globalnetworkpolicies/default.bad") && stderr.contains("spec.selector"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent on etcd, with traffic
+
+const NODE: &str = "test-node";
+
+/// The value calicoctl stores for a resource: JSON of the v3 object, with uid and
+/// creationTimestamp.
+fn calicoctl_json(yaml: &str) -> String {
+    let value: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+    let mut value: Value = serde_json::to_value(value).expect("json");
+    value["metadata"]["uid"] = "0b7c3c1e-1111-4222-8333-444455556666".into();
+    value["metadata"]["creationTimestamp"] = "2024-05-01T10:00:00Z".into();
+    serde_json::to_string(&value).expect("json")
+}
+
+/// Etcd in the host namespace, holding the allow-all profile and the workloads' endpoints
+/// (put with etcdctl, as calicoctl stores them), and the agent following it.
+fn start_on_etcd(topology: &Topology, datastore: &Datastore) -> (Etcd, Agent) {
+    let etcd = Etcd::start_in(Some(&topology.host.path()));
+    etcd.put(
+        &format!("{PREFIX}profiles/{ALLOW_ALL_PROFILE}"),
+        &calicoctl_json(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: {ALLOW_ALL_PROFILE}}}\n\
+             spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}\n"
+        )),
+    );
+    for w in &topology.workloads {
+        etcd.put(
+            &format!(
+                "{PREFIX}workloadendpoints/test/{NODE}-cni-wl{}-eth0",
+                w.index
+            ),
+            &calicoctl_json(&w.endpoint_yaml(NODE)),
+        );
+    }
+    // An endpoint of another node: not programmed here, but its labels still feed selectors.
+    etcd.put(
+        &format!("{PREFIX}workloadendpoints/test/other-node-cni-remote-eth0"),
+        &calicoctl_json("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: other-node-cni-remote-eth0, namespace: test, labels: {app: remote}}\nspec: {node: other-node, orchestrator: cni, workload: remote, endpoint: eth0, interfaceName: caliremote0, ipNetworks: [198.18.1.99/32]}\n"),
+    );
+    let url = etcd.client_url.clone();
+    let agent = Agent::start(
+        topology,
+        datastore,
+        NODE,
+        &["--datastore-type", "etcdv3", "--etcd-endpoints", &url],
+    );
+    let ifnames: Vec<&str> = topology
+        .workloads
+        .iter()
+        .map(|w| w.host_ifname.as_str())
+        .collect();
+    agent.wait_attached(&ifnames);
+    (etcd, agent)
+}
+
+const DENY_KEY: &str =
+    "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/default.deny-wl1-to-wl2";
+
+/// Denies TCP from wl1 to wl2 (ingress of wl2), ahead of the allow-all profile.
+fn deny_policy() -> String {
+    calicoctl_json(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: default.deny-wl1-to-wl2}\n\
+         spec:\n  tier: default\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress:\n  \
+         - {action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}\n  - {action: Pass}\n",
+    )
+}
+
+fn tcp_works(topology: &Topology) -> bool {
+    let (w1, w2) = (topology.workload(1), topology.workload(2));
+    tcp_echo(w1, w2, IpAddr::V4(w2.v4), "hello\n").is_ok_and(|echo| echo == "hello\n")
+}
+
+#[test]
+fn agent_follows_keys_put_with_etcdctl() {
+    let topology = Topology::new(2);
+    let datastore = Datastore::new();
+    let (etcd, agent) = start_on_etcd(&topology, &datastore);
+    assert!(
+        tcp_works(&topology),
+        "allowed by the profile; agent log:\n{}",
+        agent.log()
+    );
+
+    etcd.put(DENY_KEY, &deny_policy());
+    wait_for(
+        "the deny policy to take effect",
+        Duration::from_secs(10),
+        || !tcp_works(&topology),
+    );
+    // ICMP is not denied.
+    let w2 = topology.workload(2);
+    assert!(topology.workload(1).ping(IpAddr::V4(w2.v4)));
+
+    etcd.del(DENY_KEY);
+    wait_for("the deny policy to go", Duration::from_secs(10), || {
+        tcp_works(&topology)
+    });
+
+    // The remote endpoint is not programmed on this node.
+    let endpoints = agent.dump("endpoints").to_string();
+    assert!(
+        !endpoints.contains("caliremote0") && !endpoints.contains("198.18.1.99"),
+        "{endpoints}"
+    );
+    agent.assert_running();
+}
+
+/// Sends UDP from wl1 to wl2 every 100 ms until stopped; counts exchanges that failed.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    fn start(topology: &Topology) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
+        // The workloads' namespaces outlive the probe: it is stopped before the topology goes.
+        let w1 = topology.workload(1).ns.path();
+        let w2 = topology.workload(2).ns.path();
+        let dst = topology.workload(2).v4;
+        let (s, n, l) = (stop.clone(), sent.clone(), lost.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                // Each probe: a ping of one packet, wl1 -> wl2, 1 s timeout.
+                let ok = std::process::Command::new("nsenter")
+                    .arg(format!("--net={}", w1.display()))
+                    .args(["ping", "-c", "1", "-W", "1", &dst.to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|st| st.success());
+                n.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    l.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = &w2;
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self {
+            stop,
+            sent,
+            lost,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.sent.load(Ordering::SeqCst),
+            self.lost.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn agent_survives_etcd_restart_and_compaction() {
+    let topology = Topology::new(2);
+    let datastore = Datastore::new();
+    let (mut etcd, mut agent) = start_on_etcd(&topology, &datastore);
+    assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
+
+    // etcd goes away: forwarding and enforcement go on with the last good state.
+    let probe = Probe::start(&topology);
+    etcd.kill();
+    thread::sleep(Duration::from_secs(3));
+    assert!(tcp_works(&topology), "forwarding goes on without etcd");
+    agent.assert_running();
+    // Back, and a change made at once, while the agent is reconnecting.
+    etcd.restart();
+    etcd.put(DENY_KEY, &deny_policy());
+    wait_for(
+        "the change made after the restart to take effect",
+        Duration::from_secs(20),
+        || !tcp_works(&topology),
+    );
+    let (sent, lost) = probe.finish();
+    assert!(sent >= 20, "probes sent: {sent}");
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {sent} pings wl1 -> wl2 failed during the outage; agent log:\n{}",
+        agent.log()
+    );
+
+    // Compaction while the agent cannot watch: freeze it, make changes (the last one removes
+    // the deny policy), compact past them and restart etcd so its watch breaks; it must resync.
+    let pid = agent.pid().expect("agent running");
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let scratch = format!("{PREFIX}profiles/scratch");
+    for i in 0..20 {
+        etcd.put(&scratch, &calicoctl_json(&format!("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: scratch, labels: {{n: \"{i}\"}}}}\n")));
+    }
+    etcd.del(DENY_KEY);
+    let revision = etcd.revision();
+    etcd.etcdctl(&["compact", &revision.to_string()]);
+    etcd.restart();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(
+        "the agent to resync after compaction",
+        Duration::from_secs(20),
+        || tcp_works(&topology),
+    );
+    agent.assert_running();
+    agent.stop();
+}
