@@ -120,6 +120,10 @@ enum Command {
         /// Rule counts to measure with (with 1,000 routes).
         #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
         rules: Vec<u32>,
+        /// Numbers of other flows in the conntrack table to measure with (with 1,000 routes
+        /// and 10 rules); the other runs have an empty table.
+        #[arg(long, value_delimiter = ',')]
+        conntrack: Vec<u32>,
         /// Packets per measurement.
         #[arg(long, default_value_t = 200_000)]
         packets: u64,
@@ -252,11 +256,16 @@ async fn main() -> anyhow::Result<()> {
                 DumpWhat::Rules => print(output, &inspect::rules(&layout).with_context(context)?, inspect::rules_table),
             }
         }
-        Command::Microbench { routes, rules, packets } => {
-            let runs = routes.iter().map(|&r| (r, 10)).chain(rules.iter().map(|&n| (1000, n)));
-            for (route_count, rule_count) in runs {
-                let result = calico_loader::microbench::run(route_count, rule_count, packets)
-                    .with_context(|| format!("microbenchmark with {route_count} routes and {rule_count} rules"))?;
+        Command::Microbench { routes, rules, conntrack, packets } => {
+            use calico_loader::microbench::{MicrobenchSetup, run};
+            let setup = |routes, rules, conntrack_entries| MicrobenchSetup { routes, rules, conntrack_entries };
+            let runs = routes
+                .iter()
+                .map(|&r| setup(r, 10, 0))
+                .chain(rules.iter().map(|&n| setup(1000, n, 0)))
+                .chain(conntrack.iter().map(|&c| setup(1000, 10, c)));
+            for setup in runs {
+                let result = run(setup, packets).with_context(|| format!("microbenchmark with {setup:?}"))?;
                 println!("{}", serde_json::to_string(&result)?);
             }
             Ok(())

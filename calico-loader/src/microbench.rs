@@ -54,6 +54,10 @@ pub enum MicrobenchError {
     Lookup(#[from] AttachError),
     #[error("the {hook} program returned {got} instead of a redirect: the benchmark packet was not forwarded")]
     NotForwarded { hook: &'static str, got: u32 },
+    #[error("the kernel object has no conntrack map")]
+    NoConntrack,
+    #[error("filling the conntrack table: {0}")]
+    Conntrack(aya::maps::MapError),
 }
 
 /// Nanoseconds per packet of each hook's program.
@@ -61,6 +65,8 @@ pub enum MicrobenchError {
 pub struct MicrobenchResult {
     pub routes: u32,
     pub rules: u32,
+    /// Other flows in the conntrack table while measuring.
+    pub conntrack_entries: u32,
     pub packets: u64,
     /// A tracked UDP flow (conntrack hit), TC and XDP.
     pub tc_ns_per_packet: f64,
@@ -124,10 +130,49 @@ fn tcp_ack_frame(sender_mac: [u8; 6]) -> Vec<u8> {
     ethernet(HOST_MAC, sender_mac, 0x0800, &ipv4(SENDER, RECEIVER, 255, 6, &[], &tcp))
 }
 
-/// Loads the programs (unpinned), programs two workloads, `routes` routes in all (at most
-/// 131,000) and `rules` policy rules, and runs `packets` packets through each measurement.
-pub fn run(routes: u32, rules: u32, packets: u64) -> Result<MicrobenchResult, MicrobenchError> {
-    let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
+/// What one measurement runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct MicrobenchSetup {
+    /// Routes in all (at most 131,000).
+    pub routes: u32,
+    /// Rules in the receiver's ingress policy.
+    pub rules: u32,
+    /// Entries of other flows put into the conntrack table first (the table is sized to hold
+    /// them and the measured flows).
+    pub conntrack_entries: u32,
+}
+
+/// Fills the conntrack table with `count` established TCP flows between addresses of
+/// 198.19.0.0/16 (none the measured packets use).
+fn fill_conntrack(ebpf: &mut Ebpf, count: u32) -> Result<(), MicrobenchError> {
+    use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names};
+    let map = ebpf.map_mut(map_names::CONNTRACK).ok_or(MicrobenchError::NoConntrack)?;
+    let mut table: aya::maps::HashMap<_, ConntrackKey, ConntrackValue> =
+        aya::maps::HashMap::try_from(map).map_err(MicrobenchError::Conntrack)?;
+    let now = crate::dataplane::conntrack::monotonic_ns();
+    let value = ConntrackValue {
+        created_ns: now,
+        last_seen_ns: now,
+        flags: conntrack_flags::SYN_FWD | conntrack_flags::SYN_REV | conntrack_flags::ESTABLISHED,
+        ..ConntrackValue::default()
+    };
+    for i in 0..count {
+        let mut key = ConntrackKey { proto: 6, family: 4, port_a: 40_000 + (i % 20_000) as u16, port_b: 443, ..ConntrackKey::default() };
+        key.addr_a[..4].copy_from_slice(&[198, 19, (i / 20_000 % 256) as u8, 1]);
+        key.addr_b[..4].copy_from_slice(&[198, 19, 255, (i / 5_120_000 % 256) as u8]);
+        table.insert(key, value, 0).map_err(MicrobenchError::Conntrack)?;
+    }
+    Ok(())
+}
+
+/// Loads the programs (unpinned), programs two workloads, the routes, rules and conntrack
+/// entries of `setup`, and runs `packets` packets through each measurement.
+pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, MicrobenchError> {
+    let MicrobenchSetup { routes, rules, conntrack_entries } = setup;
+    let mut loader = EbpfLoader::new();
+    let table_size = conntrack_entries.saturating_add(conntrack_entries / 4).max(calico_ebpf_common::map_sizes::CONNTRACK);
+    loader.map_max_entries(calico_ebpf_common::map_names::CONNTRACK, table_size);
+    let mut ebpf = loader.load(KERNEL_OBJECT)?;
     let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;
     let name = program_names::TC_FROM_WORKLOAD;
     let classifier: &mut SchedClassifier = program(&mut ebpf, name)?;
@@ -157,6 +202,7 @@ pub fn run(routes: u32, rules: u32, packets: u64) -> Result<MicrobenchResult, Mi
         contents.routes_v4.insert((32, extra_route(i)), RouteValue { kind: RouteKind::LocalWorkload as u32, ..route });
     }
     dataplane.maps.reconcile(&contents)?;
+    fill_conntrack(&mut ebpf, conntrack_entries)?;
 
     let udp = udp_v4_frame(sender_mac, SENDER, RECEIVER, 255, &[]);
     let tcp = tcp_ack_frame(sender_mac);
@@ -188,6 +234,7 @@ pub fn run(routes: u32, rules: u32, packets: u64) -> Result<MicrobenchResult, Mi
     Ok(MicrobenchResult {
         routes: contents.routes_v4.len() as u32,
         rules,
+        conntrack_entries,
         packets: calls * u64::from(REPEAT_PER_CALL),
         tc_ns_per_packet,
         xdp_ns_per_packet,

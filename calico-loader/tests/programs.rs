@@ -481,8 +481,9 @@ fn the_microbenchmark_forwards_and_measures() {
     // errors otherwise), with a route map of realistic size.
     // Both measured packets (a tracked UDP flow, and a TCP segment that meets 100 rules of
     // policy on every run) must be forwarded.
-    let result = calico_loader::microbench::run(1000, 100, 400).expect("microbenchmark");
-    assert_eq!((result.routes, result.rules), (1000, 100));
+    let setup = calico_loader::microbench::MicrobenchSetup { routes: 1000, rules: 100, conntrack_entries: 10_000 };
+    let result = calico_loader::microbench::run(setup, 400).expect("microbenchmark");
+    assert_eq!((result.routes, result.rules, result.conntrack_entries), (1000, 100, 10_000));
     assert!(result.packets >= 400);
     assert!(
         result.tc_ns_per_packet > 0.0 && result.xdp_ns_per_packet > 0.0 && result.tc_policy_ns_per_packet > 0.0,

@@ -378,13 +378,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 /// with 1k and 100k routes (10 rules each), and with 1k and 10k rules (1k routes); --quick only
 /// checks that it runs, with few packets, with 1k routes and 10 then 1k rules. (Each
 /// `--routes` count runs with 10 rules and each `--rules` count with 1k routes, so `--rules 10`
-/// would repeat the first row.) No conntrack-size variant: `microbench` has no flag for it.
+/// would repeat the first row.) The conntrack-size row has 1M other flows in the table (the
+/// first row has none); --quick fills 10k.
 fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
     util::step("Microbenchmark: the programs through BPF_PROG_TEST_RUN");
-    let (routes, rules, packets) = if plan.quick {
-        ("1000", "1000", "2000")
+    let (routes, rules, conntrack, packets) = if plan.quick {
+        ("1000", "1000", "10000", "2000")
     } else {
-        ("1000,100000", "1000,10000", "1000000")
+        ("1000,100000", "1000,10000", "1000000", "1000000")
     };
     let output = Cmd::new(loader)
         .args([
@@ -393,6 +394,8 @@ fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
             routes,
             "--rules",
             rules,
+            "--conntrack",
+            conntrack,
             "--packets",
             packets,
         ])

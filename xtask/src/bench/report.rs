@@ -548,15 +548,17 @@ pub fn print_microbench(rows: &[serde_json::Value]) {
     println!(
         "  policy: a TCP segment that meets the receiver's whole ingress policy on every packet."
     );
+    println!("  conntrack: other flows in the conntrack table while measuring.");
     println!(
-        "{:>8}  {:>7}  {:>10}  {:>14}  {:>14}  {:>14}",
-        "routes", "rules", "packets", "TC tracked ns", "XDP tracked ns", "TC policy ns"
+        "{:>8}  {:>7}  {:>10}  {:>10}  {:>14}  {:>14}  {:>14}",
+        "routes", "rules", "conntrack", "packets", "TC tracked ns", "XDP tracked ns", "TC policy ns"
     );
     for row in rows {
         println!(
-            "{:>8}  {:>7}  {:>10}  {:>14.1}  {:>14.1}  {:>14.1}",
+            "{:>8}  {:>7}  {:>10}  {:>10}  {:>14.1}  {:>14.1}  {:>14.1}",
             row["routes"].as_u64().unwrap_or(0),
             row["rules"].as_u64().unwrap_or(0),
+            row["conntrack_entries"].as_u64().unwrap_or(0),
             row["packets"].as_u64().unwrap_or(0),
             row["tc_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
             row["xdp_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
