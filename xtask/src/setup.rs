@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "etcd-server",
     "etcd-client",
+    // Certificates for the etcd TLS tests.
+    "openssl",
     "bird2",
     "sudo",
 ];

@@ -133,10 +133,12 @@ pub enum StoreError {
         managed: String,
     },
     /// etcd failed or cannot be reached.
-    #[error("etcd at {endpoints}: {source}")]
+    #[error("etcd at {endpoints}: {}{}", super::etcd::describe_error(.error), hint_suffix(*.hint))]
     Etcd {
         endpoints: String,
-        source: etcd_client::Error,
+        error: etcd_client::Error,
+        /// What to check, when the error alone does not say (TLS).
+        hint: Option<&'static str>,
     },
     /// A local file could not be read or written.
     #[error("{}: {source}", .path.display())]
@@ -147,6 +149,10 @@ pub enum StoreError {
     /// Settings that do not work (missing endpoints, unreadable certificates...).
     #[error("{0}")]
     Config(String),
+}
+
+fn hint_suffix(hint: Option<&str>) -> String {
+    hint.map_or_else(String::new, |h| format!(" ({h})"))
 }
 
 fn invalid_message(errors: &[DatastoreError]) -> String {

@@ -14,8 +14,9 @@
 //!   validation is identical. The key is authoritative for name and namespace.
 //! - [`EtcdStore`]: reads and transactional writes (create, replace, apply, delete) for the
 //!   CLI. [`EtcdSync`]: the agent's view: a list, then a watch from the listed revision; on
-//!   compaction or disconnection it lists again (with backoff) and converges; while etcd is
-//!   unreachable the last good state stays in force.
+//!   disconnection the watch resumes from the last revision seen (with backoff), and only if
+//!   etcd compacted that revision away does it list again; while etcd is unreachable the last
+//!   good state stays in force.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -69,6 +70,48 @@ impl EtcdConfig {
     /// The endpoints, comma-separated, for messages.
     pub fn endpoints_label(&self) -> String {
         self.endpoints.join(",")
+    }
+
+    /// A failure of etcd under these settings, as a [`StoreError::Etcd`].
+    pub fn error(&self, error: etcd_client::Error) -> StoreError {
+        StoreError::Etcd {
+            endpoints: self.endpoints_label(),
+            hint: self.hint(&error),
+            error,
+        }
+    }
+
+    /// What to check, for TLS failures whose own message leaves the cause unsaid.
+    pub fn hint(&self, error: &etcd_client::Error) -> Option<&'static str> {
+        let text = describe_error(error);
+        if text.contains("UnknownIssuer") {
+            return Some(if self.ca_cert_file.is_some() {
+                "etcd's certificate is not signed by the CA in ETCD_CA_CERT_FILE"
+            } else {
+                "etcd's certificate is not trusted: set ETCD_CA_CERT_FILE to the CA that signed it"
+            });
+        }
+        // With TLS 1.3 the client's handshake is done before etcd checks its certificate, so
+        // a refused (or missing) client certificate shows up as a closed connection: closed,
+        // reset, or a broken pipe when the request was being written as etcd closed it.
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        let closed = [
+            "connection closed",
+            "broken pipe",
+            "Connection reset",
+            "CertificateRequired",
+            "BadCertificate",
+        ];
+        if https && closed.iter().any(|c| text.contains(c)) {
+            return Some(if self.cert_file.is_some() {
+                "etcd closed the TLS connection: check that ETCD_CERT_FILE is signed by a CA etcd \
+                 trusts (--trusted-ca-file) and is meant for clients"
+            } else {
+                "etcd closed the TLS connection: if it requires client certificates \
+                 (--client-cert-auth), set ETCD_CERT_FILE and ETCD_KEY_FILE"
+            });
+        }
+        None
     }
 
     /// A client for these endpoints. Connects lazily: an unreachable etcd shows up at the
@@ -126,11 +169,35 @@ impl EtcdConfig {
         }
         Client::connect(&self.endpoints, Some(options))
             .await
-            .map_err(|source| StoreError::Etcd {
-                endpoints: self.endpoints_label(),
-                source,
-            })
+            .map_err(|error| self.error(error))
     }
+}
+
+/// An etcd client error with its causes, which `etcd_client::Error` does not give as its
+/// `source`: what went wrong with a connection or TLS is only said there.
+pub fn describe_error(error: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            let mut text = format!("{:?}", status.code());
+            if !status.message().is_empty() {
+                text = format!("{text}: {}", status.message());
+            }
+            (text, status.source())
+        }
+        etcd_client::Error::TransportError(e) => (format!("transport error: {e}"), e.source()),
+        etcd_client::Error::IoError(e) => (format!("I/O error: {e}"), e.source()),
+        other => (other.to_string(), None),
+    };
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        // tonic's transport error says only "transport error"; its causes say what.
+        if !c_text.is_empty() && c_text != "transport error" && !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,7 +439,7 @@ fn encode(request: &WriteRequest, existing: Option<&StoredResource>) -> Result<S
 /// Reads and writes resources in etcd, for the CLI.
 pub struct EtcdStore {
     client: Client,
-    endpoints: String,
+    config: EtcdConfig,
 }
 
 impl EtcdStore {
@@ -384,15 +451,12 @@ impl EtcdStore {
     pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
         Ok(Self {
             client: config.connect().await?,
-            endpoints: config.endpoints_label(),
+            config: config.clone(),
         })
     }
 
-    fn etcd_error(&self, source: etcd_client::Error) -> StoreError {
-        StoreError::Etcd {
-            endpoints: self.endpoints.clone(),
-            source,
-        }
+    fn etcd_error(&self, error: etcd_client::Error) -> StoreError {
+        self.config.error(error)
     }
 
     /// Every resource of `kind` (in `namespace`, if given), with the problems of the values
@@ -628,9 +692,10 @@ impl State {
     }
 }
 
-/// The agent's follower of etcd: a background task lists, watches from the listed revision
-/// and lists again after a compaction or disconnection; [`sync`](Self::sync) gives the
-/// resources in force, [`changed`](Self::changed) says when they changed.
+/// The agent's follower of etcd: a background task lists, watches from the listed revision,
+/// resumes the watch from the last revision seen after a disconnection, and lists again only
+/// when that revision was compacted; [`sync`](Self::sync) gives the resources in force,
+/// [`changed`](Self::changed) says when they changed.
 pub struct EtcdSync {
     state: Arc<Mutex<State>>,
     changes: mpsc::Receiver<()>,
@@ -660,12 +725,7 @@ impl EtcdSync {
         let client = config.connect().await?;
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(follow(
-            client,
-            config.endpoints_label(),
-            Arc::clone(&state),
-            tx,
-        ));
+        let task = tokio::spawn(follow(client, config.clone(), Arc::clone(&state), tx));
         Ok(Self {
             state,
             changes: rx,
@@ -704,72 +764,115 @@ impl EtcdSync {
     }
 }
 
-/// Why following stopped for a while.
+/// Why a watch stopped.
 enum Interruption {
+    /// etcd compacted the revision the watch was to start from; `.0` is the oldest revision it
+    /// keeps.
     Compacted(i64),
+    /// etcd's current revision (`.0`) is behind the last one seen: its data was replaced.
+    Rewound(i64),
+    /// The connection broke, or etcd canceled the watch.
     Disconnected(String),
 }
 
-/// Lists, watches, and starts again, for ever.
+/// How far a watch got.
+struct WatchProgress {
+    /// The revision the view is complete up to: every change up to it has been applied.
+    last: i64,
+    /// Whether etcd confirmed the watch (so it was reachable).
+    established: bool,
+}
+
+/// Lists, then watches from the listed revision + 1, for ever. When the watch breaks it is
+/// resumed from the last revision seen + 1, so nothing is missed and no list is needed; only
+/// when etcd has compacted that revision away (or its revision went back) does it list again.
+/// This is what Calico's watchers do (etcd's Go client resumes a broken watch from the last
+/// revision it delivered; a compaction error makes the syncer list again).
 async fn follow(
     mut client: Client,
-    endpoints: String,
+    config: EtcdConfig,
     state: Arc<Mutex<State>>,
     tx: mpsc::Sender<()>,
 ) {
+    let endpoints = config.endpoints_label();
     let notify = || {
         let _ = tx.try_send(());
     };
     let mut backoff = BACKOFF_MIN;
-    let mut unreachable_logged = false;
+    // An outage (etcd unreachable) is logged once, as a warning, until etcd answers again.
+    let mut outage_logged = false;
+    // The revision the view is complete up to; `None`: a full list is needed first.
+    let mut synced: Option<i64> = None;
     loop {
-        let listed = client
-            .get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
-            .await;
-        let response = match listed {
-            Ok(response) => response,
-            Err(e) => {
-                if !unreachable_logged {
-                    warn!(
-                        endpoints = %endpoints,
-                        "etcd unreachable ({e}); the last good state stays in force, retrying"
-                    );
-                    unreachable_logged = true;
-                } else {
-                    debug!("etcd still unreachable: {e}");
+        let resuming = synced.is_some();
+        let revision = match synced {
+            Some(revision) => revision,
+            None => match list(&mut client, &endpoints, &state).await {
+                Ok(revision) => {
+                    outage_logged = false;
+                    backoff = BACKOFF_MIN;
+                    notify();
+                    revision
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
+                Err(e) => {
+                    let e = config.error(e);
+                    if outage_logged {
+                        debug!("still unreachable: {e}");
+                    } else {
+                        warn!("{e}; the last good state stays in force, retrying");
+                        outage_logged = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
         };
-        let revision = response.header().map_or(0, |h| h.revision());
-        {
-            let mut state = state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.reset(response.kvs());
-            info!(
-                endpoints = %endpoints,
-                revision,
-                keys = response.kvs().len(),
-                resources = state.good.len(),
-                "etcd listed"
-            );
-        }
-        unreachable_logged = false;
-        notify();
 
-        match watch_from(&mut client, revision + 1, &state, &notify).await {
+        let mut progress = WatchProgress {
+            last: revision,
+            established: false,
+        };
+        let interruption = watch_from(&mut client, &mut progress, resuming, &state, &notify).await;
+        if progress.established {
+            outage_logged = false;
+            backoff = BACKOFF_MIN;
+        }
+        match interruption {
             Interruption::Compacted(compacted) => {
                 warn!(
-                    revision,
-                    compacted, "etcd compacted past the watch's revision; listing again"
+                    from = progress.last + 1,
+                    compacted,
+                    "etcd watch from revision {} refused: compacted (oldest kept: {compacted}); \
+                     falling back to a full list and a new watch",
+                    progress.last + 1
                 );
-                backoff = BACKOFF_MIN;
+                synced = None;
+            }
+            Interruption::Rewound(current) => {
+                warn!(
+                    endpoints = %endpoints,
+                    current,
+                    seen = progress.last,
+                    "etcd is at revision {current}, behind revision {} already seen: its data was \
+                     replaced; falling back to a full list and a new watch",
+                    progress.last
+                );
+                synced = None;
             }
             Interruption::Disconnected(reason) => {
-                warn!(endpoints = %endpoints, "etcd watch interrupted ({reason}); the last good state stays in force, resyncing");
+                synced = Some(progress.last);
+                if outage_logged {
+                    debug!("etcd watch still down ({reason})");
+                } else {
+                    warn!(
+                        endpoints = %endpoints,
+                        "etcd watch interrupted ({reason}); the last good state stays in force; \
+                         resuming the watch from revision {} (retrying with backoff)",
+                        progress.last + 1
+                    );
+                    outage_logged = true;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
@@ -777,36 +880,105 @@ async fn follow(
     }
 }
 
-/// Applies watch events from `start` on until the watch breaks.
+/// Lists every resource and replaces the view with them; returns the listing's revision.
+async fn list(
+    client: &mut Client,
+    endpoints: &str,
+    state: &Mutex<State>,
+) -> Result<i64, etcd_client::Error> {
+    let response = client
+        .get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    let mut state = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    state.reset(response.kvs());
+    info!(
+        endpoints = %endpoints,
+        revision,
+        keys = response.kvs().len(),
+        resources = state.good.len(),
+        "etcd listed"
+    );
+    Ok(revision)
+}
+
+/// Watches from `progress.last + 1` and applies the events until the watch breaks, moving
+/// `progress.last` on. `resuming`: the view comes from an earlier watch, not a fresh listing,
+/// so etcd's revision must not be behind it.
 async fn watch_from(
     client: &mut Client,
-    start: i64,
+    progress: &mut WatchProgress,
+    resuming: bool,
     state: &Mutex<State>,
     notify: &impl Fn(),
 ) -> Interruption {
     let options = WatchOptions::new()
         .with_prefix()
-        .with_start_revision(start)
+        .with_start_revision(progress.last + 1)
         .with_progress_notify();
-    let mut stream = match client.watch(KEY_PREFIX, Some(options)).await {
-        Ok(stream) => stream,
-        Err(e) => return Interruption::Disconnected(e.to_string()),
+    let mut stream = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.watch(KEY_PREFIX, Some(options)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Interruption::Disconnected(describe_error(&e)),
+        Err(_) => {
+            return Interruption::Disconnected(format!(
+                "no answer to the watch request in {REQUEST_TIMEOUT:?}"
+            ));
+        }
     };
     loop {
-        // etcd sends progress notifications about every 10 minutes; a dead connection is found
-        // by the HTTP/2 keep-alive.
-        let response = match stream.message().await {
+        // Until etcd confirms the watch, an answer is awaited for a request's time; then
+        // without limit: etcd sends progress notifications about every 10 minutes, and a dead
+        // connection is found by the HTTP/2 keep-alive.
+        let message = if progress.established {
+            stream.message().await
+        } else {
+            match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
+                Ok(message) => message,
+                Err(_) => {
+                    return Interruption::Disconnected(format!(
+                        "etcd did not confirm the watch in {REQUEST_TIMEOUT:?}"
+                    ));
+                }
+            }
+        };
+        let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => return Interruption::Disconnected("stream closed".into()),
-            Err(e) => return Interruption::Disconnected(e.to_string()),
+            Err(e) => return Interruption::Disconnected(describe_error(&e)),
         };
+        // etcd confirms a watch first and only then finds its start revision compacted.
         if response.compact_revision() > 0 {
             return Interruption::Compacted(response.compact_revision());
         }
         if response.canceled() {
             return Interruption::Disconnected(format!("canceled: {}", response.cancel_reason()));
         }
+        let header_revision = response.header().map_or(0, |h| h.revision());
+        if response.created() {
+            // A resumed watch on an etcd whose revision went back (its data replaced) would
+            // wait for revisions that mean something else: list instead.
+            if resuming && header_revision < progress.last {
+                return Interruption::Rewound(header_revision);
+            }
+            progress.established = true;
+            debug!(
+                from = progress.last + 1,
+                current = header_revision,
+                "etcd watch started"
+            );
+            continue;
+        }
         if response.events().is_empty() {
+            // A progress notification: etcd sends those only to a watch that has delivered
+            // every change up to the header's revision.
+            progress.last = progress.last.max(header_revision);
             continue;
         }
         {
@@ -819,9 +991,16 @@ async fn watch_from(
                     EventType::Put => state.put(kv),
                     EventType::Delete => state.delete(kv.key()),
                 }
+                // A batch's header revision may be ahead of its events while a watch catches
+                // up: only the events' own revisions count.
+                progress.last = progress.last.max(kv.mod_revision());
             }
         }
-        debug!(events = response.events().len(), "etcd changes");
+        debug!(
+            events = response.events().len(),
+            revision = progress.last,
+            "etcd changes"
+        );
         notify();
     }
 }

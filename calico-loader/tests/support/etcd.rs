@@ -1,6 +1,7 @@
 //! A real etcd for tests (Debian's `etcd-server`): a temporary data directory, 127.0.0.1 only,
 //! free ports; killed and removed on drop, also when a test fails. Optionally inside a test's
-//! network namespace, so that an agent running there reaches it on its own loopback.
+//! network namespace, so that an agent running there reaches it on its own loopback, and
+//! optionally with TLS (certificates made with `openssl` in the temporary directory).
 
 use std::{
     fs,
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Where Debian installs etcd.
+/// Where Debian installs etcd, etcdctl and openssl.
 fn binary(name: &str) -> PathBuf {
     let path = PathBuf::from("/usr/bin").join(name);
     if path.exists() {
@@ -19,8 +20,9 @@ fn binary(name: &str) -> PathBuf {
     }
     which(name).unwrap_or_else(|| {
         panic!(
-            "{name} is not installed: these tests need a real etcd (Debian packages etcd-server and \
-             etcd-client; `cargo xtask setup` installs them)"
+            "{name} is not installed: these tests need a real etcd, and openssl for its TLS \
+             certificates (Debian packages etcd-server, etcd-client and openssl; `cargo xtask \
+             setup` installs them)"
         )
     })
 }
@@ -39,15 +41,133 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// PEM files for etcd's TLS, all signed by one CA made for the test.
+pub struct TlsFiles {
+    /// The CA's certificate: what clients check etcd's certificate with, and what etcd checks
+    /// client certificates with.
+    pub ca_cert: PathBuf,
+    /// etcd's certificate, for `IP:127.0.0.1`, and its key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate (extended key usage `clientAuth`) and its key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// The `openssl` configuration for the test certificates: no dependence on the system's.
+const OPENSSL_CONFIG: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = calico-loader-test
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+";
+
+impl TlsFiles {
+    /// Makes a CA (EC P-256), and a server and a client certificate signed by it, in `dir`.
+    fn create(dir: &Path) -> Self {
+        let openssl = binary("openssl");
+        let config = dir.join("openssl.cnf");
+        fs::write(&config, OPENSSL_CONFIG).expect("write openssl.cnf");
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-new",
+            "-config",
+            "openssl.cnf",
+            "-extensions",
+            "ca",
+        ];
+        ca.extend(new_key);
+        ca.extend(["-subj", "/CN=calico-loader test CA"]);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
+        run(&ca);
+        for (name, serial) in [("server", "2"), ("client", "3")] {
+            let (subject, key, csr, cert) = (
+                format!("/CN=etcd test {name}"),
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let mut request = vec!["req", "-new", "-config", "openssl.cnf"];
+            request.extend(new_key);
+            request.extend(["-subj", subject.as_str()]);
+            request.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+            run(&request);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                csr.as_str(),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                "openssl.cnf",
+                "-extensions",
+                name,
+                "-out",
+                cert.as_str(),
+            ]);
+        }
+        Self {
+            ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
 /// A running etcd.
 pub struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub client_url: String,
     peer_url: String,
     /// The network namespace it runs in (`None`: the root one).
     netns: Option<PathBuf>,
+    /// With TLS: the certificates; etcd then requires a client certificate.
+    pub tls: Option<Box<TlsFiles>>,
 }
 
 impl Etcd {
@@ -58,13 +178,27 @@ impl Etcd {
 
     /// Starts etcd in `netns` (a `/run/netns/...` path), or the root namespace.
     pub fn start_in(netns: Option<&Path>) -> Self {
+        Self::start_with(netns, false)
+    }
+
+    /// Starts etcd in the root namespace with TLS on its client URL (`https://`), requiring
+    /// client certificates signed by the test's CA (`--client-cert-auth`). [`Etcd::etcdctl`]
+    /// and [`Etcd::loader`] use the client certificate.
+    pub fn start_tls() -> Self {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(netns: Option<&Path>, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("etcd temp dir");
+        let tls = tls.then(|| Box::new(TlsFiles::create(dir.path())));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Self {
             child: None,
             dir,
-            client_url: format!("http://127.0.0.1:{}", free_port()),
+            client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             netns: netns.map(Path::to_path_buf),
+            tls,
         };
         etcd.spawn();
         etcd
@@ -99,8 +233,15 @@ impl Etcd {
             .append(true)
             .open(self.log_path())
             .expect("etcd log");
-        let child = self
-            .command(&binary("etcd"))
+        let mut command = self.command(&binary("etcd"));
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg("--client-cert-auth")
+                .arg(format!("--trusted-ca-file={}", tls.ca_cert.display()));
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -152,14 +293,30 @@ impl Etcd {
         self.spawn();
     }
 
-    /// Runs `etcdctl ARGS` against this etcd.
+    /// Starts it again on the same ports with its data wiped: a new, empty store whose
+    /// revisions start again from 1.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            fs::remove_dir_all(&data).expect("remove etcd data");
+        }
+        self.spawn();
+    }
+
+    /// Runs `etcdctl ARGS` against this etcd (with the client certificate, with TLS).
     pub fn etcdctl_output(&self, args: &[&str]) -> Output {
-        self.command(&binary("etcdctl"))
+        let mut command = self.command(&binary("etcdctl"));
+        command
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.client_url))
-            .args(args)
-            .output()
-            .expect("run etcdctl")
+            .arg(format!("--endpoints={}", self.client_url));
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca_cert.display()))
+                .arg(format!("--cert={}", tls.client_cert.display()))
+                .arg(format!("--key={}", tls.client_key.display()));
+        }
+        command.args(args).output().expect("run etcdctl")
     }
 
     /// Runs `etcdctl ARGS` and returns its stdout; panics if it fails.
@@ -207,14 +364,37 @@ impl Etcd {
     }
 
     /// Runs `calico-loader ARGS` against this etcd (in its namespace), with `stdin` as input.
+    /// With TLS, `ETCD_CA_CERT_FILE`, `ETCD_CERT_FILE` and `ETCD_KEY_FILE` name the CA and the
+    /// client certificate.
     pub fn loader(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.loader_with(args, stdin, |_| {})
+    }
+
+    /// The same, with the command adjusted by `adjust` first (to change its environment).
+    pub fn loader_with(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Output {
         use std::io::Write as _;
-        let mut child = self
-            .command(Path::new(super::netns::loader_bin()))
+        let mut command = self.command(Path::new(super::netns::loader_bin()));
+        command
             .args(args)
             .env("DATASTORE_TYPE", "etcdv3")
             .env("ETCD_ENDPOINTS", &self.client_url)
-            .env("RUST_BACKTRACE", "0")
+            .env("RUST_BACKTRACE", "0");
+        for name in ["ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"] {
+            command.env_remove(name);
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .env("ETCD_CA_CERT_FILE", &tls.ca_cert)
+                .env("ETCD_CERT_FILE", &tls.client_cert)
+                .env("ETCD_KEY_FILE", &tls.client_key);
+        }
+        adjust(&mut command);
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
