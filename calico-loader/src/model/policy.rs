@@ -138,6 +138,11 @@ pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPla
         });
     }
     for policy in snapshot.global_network_policies() {
+        // doNotTrack and preDNAT policies apply to host endpoints only (Felix renders them in
+        // the raw and mangle tables of host interfaces), never to workload endpoints.
+        if policy.spec.do_not_track || policy.spec.pre_dnat {
+            continue;
+        }
         if !selects(policy.spec.selector.as_deref(), &labels)
             || !selects(policy.spec.namespace_selector.as_deref(), &namespace_labels)
         {
@@ -255,6 +260,31 @@ spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
         assert_eq!(labels[ORCHESTRATOR_LABEL], "cni");
         let ns = namespace_labels(&snapshot, "prod");
         assert_eq!((ns["env"].as_str(), ns[NAMESPACE_NAME_LABEL].as_str()), ("production", "prod"));
+    }
+
+    #[test]
+    fn host_endpoint_only_policies_do_not_apply_to_workloads() {
+        let plan = plan(
+            "
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: untracked}
+spec: {selector: all(), doNotTrack: true, applyOnForward: true, ingress: [{action: Allow}]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: pre-dnat}
+spec: {selector: all(), preDNAT: true, applyOnForward: true, ingress: [{action: Deny}]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: normal}
+spec: {selector: all(), ingress: [{action: Allow}]}
+",
+        );
+        let names: Vec<&str> =
+            plan.ingress.tiers.iter().flat_map(|t| t.policies.iter().map(|p| p.name.as_str())).collect();
+        assert_eq!(names, ["normal"]);
     }
 
     #[test]
