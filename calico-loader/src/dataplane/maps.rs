@@ -31,7 +31,7 @@ pub enum MapsError {
     Cpus(String),
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
@@ -283,7 +283,7 @@ impl Maps {
     }
 }
 
-fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+pub(super) fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
 where
     T: TryFrom<Map, Error = MapError>,
 {

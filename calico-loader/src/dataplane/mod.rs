@@ -26,7 +26,7 @@ use self::{
     bpffs::{BpffsError, PinLayout},
     maps::{MapContents, Maps, MapsError, ReconcileStats},
     netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
-    policy::{PolicyMaps, PolicyMapsError, PolicyProgrammer},
+    policy::{PolicyMaps, PolicyProgrammer},
 };
 use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
 
@@ -42,8 +42,6 @@ pub enum DataplaneError {
     Load(#[from] aya::EbpfError),
     #[error(transparent)]
     Maps(#[from] MapsError),
-    #[error(transparent)]
-    PolicyMaps(#[from] PolicyMapsError),
     #[error(transparent)]
     Attach(#[from] AttachError),
     #[error(transparent)]

@@ -16,24 +16,11 @@ use calico_ebpf_common::{
     mask_v6, proto_kind,
 };
 
+use super::maps::{MapsError, map_err, typed};
 use crate::model::{
     compile::{CompiledDirection, CompiledEndpoint},
     rules::RuleRegistry,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyMapsError {
-    #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
-    #[error("the kernel object has no map named {0}")]
-    Missing(&'static str),
-    #[error("cannot count CPUs: {0}")]
-    Cpus(String),
-}
-
-fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapsError {
-    move |source| PolicyMapsError::Map { name, source }
-}
 
 /// Typed handles on the policy maps.
 pub struct PolicyMaps {
@@ -48,8 +35,8 @@ pub struct PolicyMaps {
 
 impl PolicyMaps {
     /// Takes the policy maps out of a loaded object.
-    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, PolicyMapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(PolicyMapsError::Missing(name));
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
         Ok(Self {
             policies: typed(map_names::POLICIES, take(map_names::POLICIES)?)?,
             addrs_v4: typed(map_names::POLICY_ADDRS_V4, take(map_names::POLICY_ADDRS_V4)?)?,
@@ -60,13 +47,6 @@ impl PolicyMaps {
             rule_counters: typed(map_names::RULE_COUNTERS, take(map_names::RULE_COUNTERS)?)?,
         })
     }
-}
-
-fn typed<T>(name: &'static str, map: aya::maps::Map) -> Result<T, PolicyMapsError>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    T::try_from(map).map_err(map_err(name))
 }
 
 /// One programmed generation of one endpoint's policy in one direction.
@@ -172,7 +152,7 @@ impl PolicyProgrammer {
         maps: &mut PolicyMaps,
         wanted: &BTreeSet<String>,
         compiled: &BTreeMap<String, CompiledEndpoint>,
-    ) -> Result<StageReport, PolicyMapsError> {
+    ) -> Result<StageReport, MapsError> {
         let mut report = StageReport::default();
         if !self.adopted {
             self.adopt(maps)?;
@@ -231,7 +211,7 @@ impl PolicyProgrammer {
 
     /// Deletes the generations [`Self::stage`] replaced. Call once the endpoint entries point
     /// at the new ones.
-    pub fn retire(&mut self, maps: &mut PolicyMaps) -> Result<usize, PolicyMapsError> {
+    pub fn retire(&mut self, maps: &mut PolicyMaps) -> Result<usize, MapsError> {
         let mut count = 0;
         if let Some(stale) = self.stale.take() {
             for key in &stale.policies {
@@ -280,19 +260,19 @@ impl PolicyProgrammer {
         maps: &mut PolicyMaps,
         registry: &mut RuleRegistry,
         pending: &BTreeMap<String, CompiledEndpoint>,
-    ) -> Result<(), PolicyMapsError> {
+    ) -> Result<(), MapsError> {
         let live = self.live_rules();
         let mut desired = BTreeMap::new();
         for id in &live {
             desired.insert(*id, registry.info(*id).unwrap_or_default());
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| PolicyMapsError::Cpus(e.to_string()))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e.to_string()))?;
         for (id, info) in &desired {
             if self.rules_written.get(id) == Some(info) {
                 continue;
             }
             let zeroes = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])
-                .map_err(|e| PolicyMapsError::Cpus(e.to_string()))?;
+                .map_err(|e| MapsError::Cpus(e.to_string()))?;
             maps.rule_counters.set(*id, zeroes, 0).map_err(map_err(map_names::RULE_COUNTERS))?;
             maps.rules.insert(id, info, 0).map_err(map_err(map_names::RULES))?;
         }
@@ -316,7 +296,7 @@ impl PolicyProgrammer {
     /// On the first stage after a (re)start: the maps may hold generations an earlier agent
     /// wrote, which stay in force until the endpoint entries switch. New ids start above
     /// every id found, and everything found is retired once the switch is done.
-    fn adopt(&mut self, maps: &mut PolicyMaps) -> Result<(), PolicyMapsError> {
+    fn adopt(&mut self, maps: &mut PolicyMaps) -> Result<(), MapsError> {
         let mut stale = StaleEntries::default();
         for key in maps.policies.keys() {
             let key = key.map_err(map_err(map_names::POLICIES))?;
@@ -477,7 +457,7 @@ fn encode(generation: &Generation) -> Encoded {
 
 /// Writes a generation's entries: the last step's first and the policy's own entry last, so
 /// that no lookup ever finds a step whose next one is missing.
-fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
+fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), MapsError> {
     let encoded = encode(generation);
     for (key, value) in &encoded.ports {
         maps.ports.insert(key, value, 0).map_err(map_err(map_names::POLICY_PORTS))?;
@@ -498,20 +478,16 @@ fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<()
 }
 
 /// Removes an entry, tolerating one that is already gone.
-fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), PolicyMapsError> {
+fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), MapsError> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
     }
 }
 
-const fn libc_enoent() -> i32 {
-    2
-}
-
 /// Deletes a generation's entries, first step first (the reverse of writing).
-fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), PolicyMapsError> {
+fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), MapsError> {
     let encoded = encode(generation);
     removed(maps.policies.remove(&generation.policy), map_names::POLICIES)?;
     for (key, _) in &encoded.addrs_v4 {
