@@ -3,7 +3,11 @@
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../calico-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "calico-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "calico-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Nightly,
     )
 }

@@ -487,24 +487,50 @@ pub struct PolicyPortKey {
 /// `value` with only its first `len` bits (of 16) kept.
 #[inline(always)]
 pub const fn mask_port(value: u16, len: u8) -> u16 {
-    if len == 0 { 0 } else { value & (u16::MAX << (16 - len as u32)) }
+    if len == 0 {
+        0
+    } else {
+        value & (u16::MAX << (16 - len as u32))
+    }
 }
 
 /// An IPv4 address (as bytes) with only its first `len` bits kept.
 #[inline(always)]
 pub fn mask_v4(addr: [u8; 4], len: u32) -> [u8; 4] {
     let value = u32::from_be_bytes(addr);
-    let mask = if len == 0 { 0 } else if len >= 32 { u32::MAX } else { u32::MAX << (32 - len) };
+    let mask = if len == 0 {
+        0
+    } else if len >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - len)
+    };
     (value & mask).to_be_bytes()
 }
 
 /// An IPv6 address (as bytes) with only its first `len` bits kept.
 #[inline(always)]
 pub fn mask_v6(addr: &[u8; 16], len: u32) -> [u8; 16] {
-    let hi = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-    let lo = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
-    let mask = |len: u32| if len == 0 { 0 } else if len >= 64 { u64::MAX } else { u64::MAX << (64 - len) };
-    let (hi, lo) = if len >= 64 { (hi, lo & mask(len - 64)) } else { (hi & mask(len), 0) };
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let mask = |len: u32| {
+        if len == 0 {
+            0
+        } else if len >= 64 {
+            u64::MAX
+        } else {
+            u64::MAX << (64 - len)
+        }
+    };
+    let (hi, lo) = if len >= 64 {
+        (hi, lo & mask(len - 64))
+    } else {
+        (hi & mask(len), 0)
+    };
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&hi.to_be_bytes());
     out[8..].copy_from_slice(&lo.to_be_bytes());
@@ -836,7 +862,10 @@ mod tests {
         assert_eq!(size_of::<RouteValue>(), 4 + 4 + 6 + 6 + 16);
         assert_eq!(size_of::<SourceKeyV4>(), 8);
         assert_eq!(size_of::<SourceKeyV6>(), 20);
-        assert_eq!(size_of::<EndpointInfo>(), 4 * 4 + 6 + 6 + IFNAME_LEN + ENDPOINT_NAME_LEN);
+        assert_eq!(
+            size_of::<EndpointInfo>(),
+            4 * 4 + 6 + 6 + IFNAME_LEN + ENDPOINT_NAME_LEN
+        );
         assert_eq!(size_of::<PolicyInfo>(), 32);
         assert_eq!(size_of::<PolicyAddrKeyV4>(), 16);
         assert_eq!(size_of::<PolicyAddrKeyV6>(), 40);
@@ -861,17 +890,30 @@ mod tests {
         assert_eq!(mask_v4([198, 18, 7, 9], 0), [0; 4]);
         assert_eq!(mask_v4([198, 18, 7, 9], 20), [198, 18, 0, 0]);
         assert_eq!(mask_v4([198, 18, 7, 9], 32), [198, 18, 7, 9]);
-        let a = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let a = [
+            0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
         assert_eq!(mask_v6(&a, 128), a);
         assert_eq!(mask_v6(&a, 0), [0; 16]);
-        assert_eq!(mask_v6(&a, 32), [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(mask_v6(&a, 68), [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            mask_v6(&a, 32),
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            mask_v6(&a, 68),
+            [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
         assert_eq!(mask_v6(&a, 72)[8], 5);
     }
 
     #[test]
     fn route_kind_round_trips() {
-        for kind in [RouteKind::LocalWorkload, RouteKind::RemoteWorkload, RouteKind::Host, RouteKind::Blackhole] {
+        for kind in [
+            RouteKind::LocalWorkload,
+            RouteKind::RemoteWorkload,
+            RouteKind::Host,
+            RouteKind::Blackhole,
+        ] {
             assert_eq!(RouteKind::from_u32(kind as u32), Some(kind));
         }
         assert_eq!(RouteKind::from_u32(0), None);

@@ -218,7 +218,9 @@ pub fn parse_transport(
                 flow.kind = flow_kind::NEIGHBOUR_DISCOVERY;
                 return Some(());
             }
-            if is_icmp_error(flow.proto, icmp_type) && quoted_flow(data, data_end, l4 + 8, flow).is_some() {
+            if is_icmp_error(flow.proto, icmp_type)
+                && quoted_flow(data, data_end, l4 + 8, flow).is_some()
+            {
                 flow.kind = flow_kind::ICMP_ERROR;
             }
             return Some(());
@@ -259,7 +261,10 @@ fn quoted_flow(data: usize, data_end: usize, at: usize, flow: &mut Flow) -> Opti
     let (sport, dport) = match proto {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
             let ports = unsafe { &*ptr_at::<[u8; 4]>(data, data_end, l4)? };
-            (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]))
+            (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            )
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, l4)? };

@@ -92,13 +92,22 @@ fn scratch_flow(family: u8, len: u64) -> Option<&'static mut Flow> {
 /// The policy side of the workload whose endpoint entry this is.
 #[inline(always)]
 fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
-    Side { ifindex, ingress_policy: endpoint.ingress_policy, egress_policy: endpoint.egress_policy }
+    Side {
+        ifindex,
+        ingress_policy: endpoint.ingress_policy,
+        egress_policy: endpoint.egress_policy,
+    }
 }
 
 /// Counts a drop against the workload behind `ifindex` (the one whose policy decided).
 #[inline(always)]
 fn count_drop_for(ifindex: u32, reason: DropReason) -> Action {
-    count_drop(COUNTERS.get_ptr_mut(ifindex).unwrap_or(core::ptr::null_mut()), reason)
+    count_drop(
+        COUNTERS
+            .get_ptr_mut(ifindex)
+            .unwrap_or(core::ptr::null_mut()),
+        reason,
+    )
 }
 
 /// Maps a policy refusal onto its drop.
@@ -107,7 +116,9 @@ fn refused(admission: Admission) -> Option<Action> {
     match admission {
         Admission::Allowed => None,
         Admission::Denied { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyDenied)),
-        Admission::NoVerdict { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyMissing)),
+        Admission::NoVerdict { ifindex } => {
+            Some(count_drop_for(ifindex, DropReason::PolicyMissing))
+        }
     }
 }
 
@@ -127,10 +138,14 @@ pub fn from_workload(
     len: u64,
     redirect_needs_mac: bool,
 ) -> Action {
-    let counters = COUNTERS.get_ptr_mut(ifindex).unwrap_or(core::ptr::null_mut());
+    let counters = COUNTERS
+        .get_ptr_mut(ifindex)
+        .unwrap_or(core::ptr::null_mut());
     let Some(endpoint) = ENDPOINTS_MAP.get_ptr(ifindex) else {
         // Not an interface the agent manages (or one being removed): never forward for it.
-        let unknown = COUNTERS.get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS).unwrap_or(core::ptr::null_mut());
+        let unknown = COUNTERS
+            .get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS)
+            .unwrap_or(core::ptr::null_mut());
         return count_drop(unknown, DropReason::UnknownInterface);
     };
     let endpoint = unsafe { &*endpoint };
@@ -145,8 +160,25 @@ pub fn from_workload(
         return count_drop(counters, DropReason::Malformed);
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
-        ETH_P_IP => ipv4(data, data_end, ifindex, len, sender, counters, redirect_needs_mac),
-        ETH_P_IPV6 => ipv6(data, data_end, ifindex, len, host_mac, sender, counters, redirect_needs_mac),
+        ETH_P_IP => ipv4(
+            data,
+            data_end,
+            ifindex,
+            len,
+            sender,
+            counters,
+            redirect_needs_mac,
+        ),
+        ETH_P_IPV6 => ipv6(
+            data,
+            data_end,
+            ifindex,
+            len,
+            host_mac,
+            sender,
+            counters,
+            redirect_needs_mac,
+        ),
         ETH_P_ARP => arp(data, data_end, host_mac, counters, len),
         _ => count_pass(counters, len),
     }
@@ -157,11 +189,15 @@ pub fn from_workload(
 #[inline(always)]
 pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Action {
     let Some(endpoint) = ENDPOINTS_MAP.get_ptr(ifindex) else {
-        let unknown = COUNTERS.get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS).unwrap_or(core::ptr::null_mut());
+        let unknown = COUNTERS
+            .get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS)
+            .unwrap_or(core::ptr::null_mut());
         return count_drop(unknown, DropReason::UnknownInterface);
     };
     let receiver = side(ifindex, unsafe { &*endpoint });
-    let counters = COUNTERS.get_ptr_mut(ifindex).unwrap_or(core::ptr::null_mut());
+    let counters = COUNTERS
+        .get_ptr_mut(ifindex)
+        .unwrap_or(core::ptr::null_mut());
     let Some(flow) = scratch_flow(0, len) else {
         return count_drop(counters, DropReason::Malformed);
     };
@@ -356,7 +392,9 @@ fn ipv4(
 /// is dropped, never let through unchecked.
 #[inline(always)]
 fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
-    let Some(route) = local else { return Ok(Side::NONE) };
+    let Some(route) = local else {
+        return Ok(Side::NONE);
+    };
     match ENDPOINTS_MAP.get_ptr(route.ifindex) {
         Some(endpoint) => Ok(side(route.ifindex, unsafe { &*endpoint })),
         None => Err(count_drop_for(route.ifindex, DropReason::PolicyMissing)),
@@ -411,7 +449,13 @@ fn ipv6(
         return count_pass(counters, len);
     }
 
-    let src_key = Key::new(32 + 128, SourceKeyV6 { ifindex, addr: flow.src });
+    let src_key = Key::new(
+        32 + 128,
+        SourceKeyV6 {
+            ifindex,
+            addr: flow.src,
+        },
+    );
     if SOURCES_V6.get(&src_key).is_none() {
         return count_drop(counters, DropReason::SpoofedSource);
     }
@@ -461,7 +505,9 @@ fn redirect_to_workload(
         c.fwd_bytes += len;
     }
     count_to_workload(route.ifindex, len);
-    Action::Redirect { ifindex: route.ifindex }
+    Action::Redirect {
+        ifindex: route.ifindex,
+    }
 }
 
 /// Counts a failed redirect against the sending workload.
@@ -605,21 +651,38 @@ pub fn trace(data: usize, data_end: usize, ifindex: u32, ingress: bool, len: u64
 
     use crate::{maps::TRACE, policy};
 
-    let Some(slot) = TRACE.get_ptr_mut(0) else { return };
+    let Some(slot) = TRACE.get_ptr_mut(0) else {
+        return;
+    };
     let slot = unsafe { &mut *slot };
     let mut result = TraceResult {
-        direction: if ingress { direction::INGRESS } else { direction::EGRESS },
+        direction: if ingress {
+            direction::INGRESS
+        } else {
+            direction::EGRESS
+        },
         action: verdict_action::DENY,
         sequence: slot.sequence + 1,
         ..TraceResult::default()
     };
-    let Some(flow) = scratch_flow(0, len) else { return };
-    match (ENDPOINTS_MAP.get_ptr(ifindex), parse_ip(data, data_end, len, flow)) {
+    let Some(flow) = scratch_flow(0, len) else {
+        return;
+    };
+    match (
+        ENDPOINTS_MAP.get_ptr(ifindex),
+        parse_ip(data, data_end, len, flow),
+    ) {
         (None, _) => result.decided_by = trace_decided_by::NO_ENDPOINT,
-        (Some(_), Parsed::Other | Parsed::Malformed) => result.decided_by = trace_decided_by::MALFORMED,
+        (Some(_), Parsed::Other | Parsed::Malformed) => {
+            result.decided_by = trace_decided_by::MALFORMED
+        }
         (Some(endpoint), Parsed::Ip) => {
             let endpoint = unsafe { &*endpoint };
-            let policy_id = if ingress { endpoint.ingress_policy } else { endpoint.egress_policy };
+            let policy_id = if ingress {
+                endpoint.ingress_policy
+            } else {
+                endpoint.egress_policy
+            };
             result.policy = policy_id;
             if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
                 result.action = verdict_action::ALLOW;

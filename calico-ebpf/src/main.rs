@@ -88,7 +88,13 @@ pub fn calico_trace(ctx: TcContext) -> i32 {
         (cb[0], cb[1] == 0)
     };
     pull_headers(&ctx);
-    forward::trace(ctx.data(), ctx.data_end(), ifindex, ingress, ctx.len() as u64);
+    forward::trace(
+        ctx.data(),
+        ctx.data_end(),
+        ifindex,
+        ingress,
+        ctx.len() as u64,
+    );
     TC_ACT_OK
 }
 

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use calico_ebpf_common::{
     AddressClass, ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, LogEvent,
     PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey, PolicyVerdict,
-    PortClass, RouteKeyV4, RouteKeyV6,
-    RouteValue, RuleCounters, RuleInfo, SourceKeyV4, SourceKeyV6, TraceResult, map_sizes,
+    PortClass, RouteKeyV4, RouteKeyV6, RouteValue, RuleCounters, RuleInfo, SourceKeyV4,
+    SourceKeyV6, TraceResult, map_sizes,
 };
 
 const ROUTES: usize = map_sizes::ROUTES as usize;
@@ -52,16 +52,20 @@ const NO_PREALLOC: usize = 1;
 pub static POLICIES_MAP: HashMap<u32, PolicyInfo, POLICIES, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "cali_paddr_v4")]
-pub static POLICY_ADDRS_V4: HashMap<PolicyAddrKeyV4, AddressClass, POLICY_ADDRS, NO_PREALLOC> = HashMap::new();
+pub static POLICY_ADDRS_V4: HashMap<PolicyAddrKeyV4, AddressClass, POLICY_ADDRS, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map(name = "cali_paddr_v6")]
-pub static POLICY_ADDRS_V6: HashMap<PolicyAddrKeyV6, AddressClass, POLICY_ADDRS, NO_PREALLOC> = HashMap::new();
+pub static POLICY_ADDRS_V6: HashMap<PolicyAddrKeyV6, AddressClass, POLICY_ADDRS, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map(name = "cali_pproto")]
-pub static POLICY_PROTOS_MAP: HashMap<PolicyProtoKey, PortClass, POLICY_PROTOS, NO_PREALLOC> = HashMap::new();
+pub static POLICY_PROTOS_MAP: HashMap<PolicyProtoKey, PortClass, POLICY_PROTOS, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map(name = "cali_pports")]
-pub static POLICY_PORTS_MAP: HashMap<PolicyPortKey, PolicyVerdict, POLICY_PORTS, NO_PREALLOC> = HashMap::new();
+pub static POLICY_PORTS_MAP: HashMap<PolicyPortKey, PolicyVerdict, POLICY_PORTS, NO_PREALLOC> =
+    HashMap::new();
 
 /// Written by the agent for tools; declared here so that it lives in the object with the rest.
 #[btf_map(name = "cali_rules")]

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{generated::{bpf_ktime_get_coarse_ns, bpf_loop}},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
 };
 use calico_ebpf_common::{
     AddressClass, ConntrackValue, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey,
@@ -39,16 +39,24 @@ pub struct Side {
 }
 
 impl Side {
-    pub const NONE: Side = Side { ifindex: 0, ingress_policy: 0, egress_policy: 0 };
+    pub const NONE: Side = Side {
+        ifindex: 0,
+        ingress_policy: 0,
+        egress_policy: 0,
+    };
 }
 
 /// Outcome of [`admit`].
 pub enum Admission {
     Allowed,
     /// Denied by the policy of the workload behind `ifindex`.
-    Denied { ifindex: u32 },
+    Denied {
+        ifindex: u32,
+    },
     /// The policy of the workload behind `ifindex` gave no verdict.
-    NoVerdict { ifindex: u32 },
+    NoVerdict {
+        ifindex: u32,
+    },
 }
 
 /// What the three steps found: the verdict (action 0 when a step missed) and the classes.
@@ -63,7 +71,11 @@ pub struct Lookup {
 /// local address is the destination, for egress the source.
 #[inline(always)]
 pub fn lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
-    let mut result = Lookup { verdict: PolicyVerdict::default(), address_class: 0, port_class: 0 };
+    let mut result = Lookup {
+        verdict: PolicyVerdict::default(),
+        address_class: 0,
+        port_class: 0,
+    };
     calico_policy_lookup(policy, flow, u32::from(ingress), &mut result);
     result
 }
@@ -72,7 +84,12 @@ pub fn lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
 /// once for every place the programs call it. Writes into `out`; returns 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn calico_policy_lookup(policy: u32, flow: *const Flow, ingress: u32, out: *mut Lookup) -> i32 {
+pub extern "C" fn calico_policy_lookup(
+    policy: u32,
+    flow: *const Flow,
+    ingress: u32,
+    out: *mut Lookup,
+) -> i32 {
     let (Some(flow), Some(out)) = (unsafe { flow.as_ref() }, unsafe { out.as_mut() }) else {
         return 0;
     };
@@ -82,10 +99,20 @@ pub extern "C" fn calico_policy_lookup(policy: u32, flow: *const Flow, ingress: 
 
 #[inline(always)]
 fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
-    let mut result = Lookup { verdict: PolicyVerdict::default(), address_class: 0, port_class: 0 };
-    let Some(info) = POLICIES_MAP.get_ptr(policy) else { return result };
+    let mut result = Lookup {
+        verdict: PolicyVerdict::default(),
+        address_class: 0,
+        port_class: 0,
+    };
+    let Some(info) = POLICIES_MAP.get_ptr(policy) else {
+        return result;
+    };
     let info = unsafe { &*info };
-    let (local, remote) = if ingress { (&flow.dst, &flow.src) } else { (&flow.src, &flow.dst) };
+    let (local, remote) = if ingress {
+        (&flow.dst, &flow.src)
+    } else {
+        (&flow.src, &flow.dst)
+    };
     let class = if flow.family == 4 {
         address_class_v4(policy, info.v4_lengths, local, remote)
     } else {
@@ -93,7 +120,9 @@ fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
     };
     let Some(class) = class else { return result };
     result.address_class = class.class;
-    let Some(port_class) = port_class(&class, flow) else { return result };
+    let Some(port_class) = port_class(&class, flow) else {
+        return result;
+    };
     result.port_class = port_class.port_class;
     if let Some(verdict) = verdict(&port_class, flow.dport) {
         result.verdict = verdict;
@@ -122,7 +151,9 @@ pub struct AddrSearchV4 {
 }
 
 extern "C" fn addr_step_v4(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else {
+        return 1;
+    };
     let search = unsafe { &mut (*searches).v4 };
     if search.bits == 0 {
         return 1;
@@ -152,7 +183,9 @@ pub struct AddrSearchV6 {
 }
 
 extern "C" fn addr_step_v6(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else {
+        return 1;
+    };
     let search = unsafe { &mut (*searches).v6 };
     let word = if search.bits[2] != 0 {
         2
@@ -189,7 +222,9 @@ pub struct ProtoSearch {
 }
 
 extern "C" fn proto_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else {
+        return 1;
+    };
     let search = unsafe { &mut (*searches).proto };
     if search.bits == 0 {
         return 1;
@@ -219,7 +254,9 @@ pub struct PortSearch {
 }
 
 extern "C" fn port_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(searches) = SEARCHES.get_ptr_mut(0) else { return 1 };
+    let Some(searches) = SEARCHES.get_ptr_mut(0) else {
+        return 1;
+    };
     let search = unsafe { &mut (*searches).port };
     if search.bits == 0 {
         return 1;
@@ -257,7 +294,12 @@ fn run_search(lengths: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
 
 /// Longest match among the IPv4 address entries of `policy`.
 #[inline(always)]
-fn address_class_v4(policy: u32, lengths: u64, local: &[u8; 16], remote: &[u8; 16]) -> Option<AddressClass> {
+fn address_class_v4(
+    policy: u32,
+    lengths: u64,
+    local: &[u8; 16],
+    remote: &[u8; 16],
+) -> Option<AddressClass> {
     let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v4 };
     state.key.policy = policy;
     state.key.local = [local[0], local[1], local[2], local[3]];
@@ -270,7 +312,12 @@ fn address_class_v4(policy: u32, lengths: u64, local: &[u8; 16], remote: &[u8; 1
 
 /// Longest match among the IPv6 address entries of `policy`.
 #[inline(always)]
-fn address_class_v6(policy: u32, lengths: &[u64; 3], local: &[u8; 16], remote: &[u8; 16]) -> Option<AddressClass> {
+fn address_class_v6(
+    policy: u32,
+    lengths: &[u64; 3],
+    local: &[u8; 16],
+    remote: &[u8; 16],
+) -> Option<AddressClass> {
     let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v6 };
     state.key.policy = policy;
     state.key.local = *local;
@@ -301,15 +348,29 @@ fn port_class(class: &AddressClass, flow: &Flow) -> Option<PortClass> {
     if state.hit != 0 {
         return Some(state.found);
     }
-    let key = PolicyProtoKey { class: class.class, kind: proto_kind::ANY, proto: 0, sport: [0; 2], sport_len: 0, _pad: [0; 3] };
-    POLICY_PROTOS_MAP.get_ptr(&key).map(|found| unsafe { *found })
+    let key = PolicyProtoKey {
+        class: class.class,
+        kind: proto_kind::ANY,
+        proto: 0,
+        sport: [0; 2],
+        sport_len: 0,
+        _pad: [0; 3],
+    };
+    POLICY_PROTOS_MAP
+        .get_ptr(&key)
+        .map(|found| unsafe { *found })
 }
 
 /// The verdict for the destination port within a port class, longest prefix first.
 #[inline(always)]
 fn verdict(port_class: &PortClass, dport: u16) -> Option<PolicyVerdict> {
     let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).port };
-    state.key = PolicyPortKey { class: port_class.port_class, dport: [0; 2], dport_len: 0, _pad: 0 };
+    state.key = PolicyPortKey {
+        class: port_class.port_class,
+        dport: [0; 2],
+        dport_len: 0,
+        _pad: 0,
+    };
     state.dport = dport;
     state.bits = u64::from(port_class.dport_lengths) & 0x1ffff;
     state.hit = 0;
@@ -336,7 +397,11 @@ fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerd
             log_rule: verdict.log_rule,
             rule: verdict.rule,
             action: verdict.action,
-            direction: if ingress { direction::INGRESS } else { direction::EGRESS },
+            direction: if ingress {
+                direction::INGRESS
+            } else {
+                direction::EGRESS
+            },
             family: flow.family,
             proto: flow.proto,
             src: flow.src,
@@ -354,15 +419,23 @@ fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerd
 /// ingress policy; `Ok(rule)` when it may pass.
 #[inline(always)]
 fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
-    let policy = if ingress { side.ingress_policy } else { side.egress_policy };
+    let policy = if ingress {
+        side.ingress_policy
+    } else {
+        side.egress_policy
+    };
     if policy == 0 {
         return Ok(0);
     }
     let verdict = evaluate(side.ifindex, policy, flow, ingress);
     match verdict.action {
         verdict_action::ALLOW => Ok(verdict.rule),
-        verdict_action::DENY => Err(Admission::Denied { ifindex: side.ifindex }),
-        _ => Err(Admission::NoVerdict { ifindex: side.ifindex }),
+        verdict_action::DENY => Err(Admission::Denied {
+            ifindex: side.ifindex,
+        }),
+        _ => Err(Admission::NoVerdict {
+            ifindex: side.ifindex,
+        }),
     }
 }
 
@@ -414,7 +487,11 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         entry.last_seen_ns = now;
         entry.packets_fwd = 1;
         entry.packets_rev = 0;
-        entry.flags = if syn_only { conntrack_flags::SYN_FWD } else { 0 };
+        entry.flags = if syn_only {
+            conntrack_flags::SYN_FWD
+        } else {
+            0
+        };
         entry.opener = if from_a { 0 } else { 1 };
         entry._pad = 0;
         entry.egress_policy = sender.egress_policy;
@@ -439,14 +516,20 @@ fn established(
     now: u64,
 ) -> Admission {
     let forward = from_a == (entry.opener == 0);
-    let (opener, responder) = if forward { (sender, receiver) } else { (receiver, sender) };
+    let (opener, responder) = if forward {
+        (sender, receiver)
+    } else {
+        (receiver, sender)
+    };
     let egress_changed = opener.egress_policy != 0 && opener.egress_policy != entry.egress_policy;
     let ingress_changed =
         responder.ingress_policy != 0 && responder.ingress_policy != entry.ingress_policy;
     if egress_changed || ingress_changed {
         // The flow as its opener's packet, in the second scratch slot (too large for the stack).
         let Some(opening) = SCRATCH.get_ptr_mut(1) else {
-            return Admission::NoVerdict { ifindex: opener.ifindex };
+            return Admission::NoVerdict {
+                ifindex: opener.ifindex,
+            };
         };
         let opening = unsafe { &mut *opening };
         flow.opening_into(opening, !forward);

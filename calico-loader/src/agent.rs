@@ -54,11 +54,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the datastore ({})", config.datastore))?;
     let mut link_events = netlink::link_events().context("subscribing to link events")?;
 
-    let mut dataplane = Dataplane::start(config.layout.clone(), config.mode, config.conntrack_entries)
-        .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
+    let mut dataplane =
+        Dataplane::start(config.layout.clone(), config.mode, config.conntrack_entries)
+            .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
     let mut log_events = match dataplane.take_log_events() {
         // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which drops it last.
-        Some(ring) => Some(unsafe { AsyncFd::register(ring) }.context("watching the Log event ring buffer")?),
+        Some(ring) => {
+            Some(unsafe { AsyncFd::register(ring) }.context("watching the Log event ring buffer")?)
+        }
         None => None,
     };
     let mut log_limiter = LogLimiter::default();
@@ -88,7 +91,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         match dataplane.apply(&endpoints, compiled, &mut registry).await {
             Ok(report) => {
                 log.log(&report, &endpoints, dataplane.mode());
-                log.summary(endpoints.len(), dataplane.attached().len(), report.waiting.len());
+                log.summary(
+                    endpoints.len(),
+                    dataplane.attached().len(),
+                    report.waiting.len(),
+                );
             }
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
         }
@@ -143,7 +150,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     if config.detach_on_exit {
         info!("detaching programs and removing pins");
-        dataplane.teardown().await.context("tearing down the dataplane")?;
+        dataplane
+            .teardown()
+            .await
+            .context("tearing down the dataplane")?;
     } else {
         info!(
             pins = %config.layout.root().display(),
@@ -174,9 +184,15 @@ impl LogLimiter {
         // SAFETY: LogEvent is plain data of this size; the ring buffer's bytes are unaligned.
         let event: LogEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let now = std::time::Instant::now();
-        if self.window.is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1)) {
+        if self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+        {
             if self.suppressed > 0 {
-                warn!(suppressed = self.suppressed, "Log rule events dropped by the rate limit");
+                warn!(
+                    suppressed = self.suppressed,
+                    "Log rule events dropped by the rate limit"
+                );
             }
             self.window = Some(now);
             self.logged = 0;
@@ -232,8 +248,12 @@ impl PolicyCache {
         let mut compiled = BTreeMap::new();
         let mut errors = BTreeSet::new();
         for endpoint in endpoints.values() {
-            let Some((namespace, name)) = endpoint.key.split_once('/') else { continue };
-            let Some(wep) = snapshot.workload_endpoint(namespace, name) else { continue };
+            let Some((namespace, name)) = endpoint.key.split_once('/') else {
+                continue;
+            };
+            let Some(wep) = snapshot.workload_endpoint(namespace, name) else {
+                continue;
+            };
             match compile_endpoint(&context, registry, wep) {
                 Ok(policy) => {
                     compiled.insert(endpoint.key.clone(), policy);
@@ -296,7 +316,12 @@ impl ReportLog {
         self.conflicts = current;
     }
 
-    fn log(&mut self, report: &ApplyReport, endpoints: &BTreeMap<String, LocalEndpoint>, mode: AttachMode) {
+    fn log(
+        &mut self,
+        report: &ApplyReport,
+        endpoints: &BTreeMap<String, LocalEndpoint>,
+        mode: AttachMode,
+    ) {
         for (ifname, ifindex, key) in &report.attached {
             let addresses: Vec<String> = endpoints
                 .get(ifname)
@@ -326,7 +351,11 @@ impl ReportLog {
         self.errors = errors;
         let changes = report.map_changes;
         if changes.written + changes.removed > 0 {
-            info!(written = changes.written, removed = changes.removed, "map entries updated");
+            info!(
+                written = changes.written,
+                removed = changes.removed,
+                "map entries updated"
+            );
         }
         for (endpoint, direction, policy_id, entries) in &report.policies {
             info!(endpoint = %endpoint, direction, policy_id, entries, "policy programmed");

@@ -6,7 +6,9 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use calico_ebpf_common::{DropReason, EndpointInfo, RouteKind, RouteValue, UNKNOWN_INTERFACE_COUNTERS};
+use calico_ebpf_common::{
+    DropReason, EndpointInfo, RouteKind, RouteValue, UNKNOWN_INTERFACE_COUNTERS,
+};
 use serde::Serialize;
 
 use crate::dataplane::{
@@ -63,7 +65,10 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
     if mac == &[0; 6] {
         return "-".to_owned();
     }
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -74,8 +79,15 @@ fn endpoint_labels(maps: &Maps) -> anyhow::Result<BTreeMap<u32, EndpointInfo>> {
     Ok(maps.read()?.endpoints)
 }
 
-fn route_row(prefix: String, value: &RouteValue, endpoints: &BTreeMap<u32, EndpointInfo>) -> RouteRow {
-    let kind = RouteKind::from_u32(value.kind).map_or_else(|| format!("unknown({})", value.kind), |k| k.as_str().to_owned());
+fn route_row(
+    prefix: String,
+    value: &RouteValue,
+    endpoints: &BTreeMap<u32, EndpointInfo>,
+) -> RouteRow {
+    let kind = RouteKind::from_u32(value.kind).map_or_else(
+        || format!("unknown({})", value.kind),
+        |k| k.as_str().to_owned(),
+    );
     let endpoint = endpoints.get(&value.ifindex);
     RouteRow {
         prefix,
@@ -94,10 +106,18 @@ pub fn routes(layout: &PinLayout) -> anyhow::Result<Vec<RouteRow>> {
     let contents = maps.read()?;
     let mut rows = Vec::new();
     for ((len, addr), value) in &contents.routes_v4 {
-        rows.push(route_row(format!("{}/{len}", Ipv4Addr::from(*addr)), value, &contents.endpoints));
+        rows.push(route_row(
+            format!("{}/{len}", Ipv4Addr::from(*addr)),
+            value,
+            &contents.endpoints,
+        ));
     }
     for ((len, addr), value) in &contents.routes_v6 {
-        rows.push(route_row(format!("{}/{len}", Ipv6Addr::from(*addr)), value, &contents.endpoints));
+        rows.push(route_row(
+            format!("{}/{len}", Ipv6Addr::from(*addr)),
+            value,
+            &contents.endpoints,
+        ));
     }
     Ok(rows)
 }
@@ -142,11 +162,19 @@ pub fn endpoints(layout: &PinLayout) -> anyhow::Result<Vec<EndpointRow>> {
     };
     for ((len, key), flags) in &contents.sources_v4 {
         let key = source_v4_from_bytes(key);
-        add(key.ifindex, format!("{}/{}", Ipv4Addr::from(key.addr), len - 32), *flags);
+        add(
+            key.ifindex,
+            format!("{}/{}", Ipv4Addr::from(key.addr), len - 32),
+            *flags,
+        );
     }
     for ((len, key), flags) in &contents.sources_v6 {
         let key = source_v6_from_bytes(key);
-        add(key.ifindex, format!("{}/{}", Ipv6Addr::from(key.addr), len - 32), *flags);
+        add(
+            key.ifindex,
+            format!("{}/{}", Ipv6Addr::from(key.addr), len - 32),
+            *flags,
+        );
     }
     Ok(rows.into_values().collect())
 }
@@ -264,7 +292,19 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> String {
             ]
         })
         .collect();
-    table(&["PROTO", "OPENER", "RESPONDER", "STATE", "PKTS fwd/rev", "IDLE", "EXPIRES", "RULES eg/in"], &cells)
+    table(
+        &[
+            "PROTO",
+            "OPENER",
+            "RESPONDER",
+            "STATE",
+            "PKTS fwd/rev",
+            "IDLE",
+            "EXPIRES",
+            "RULES eg/in",
+        ],
+        &cells,
+    )
 }
 
 /// A protocol's name, or its number.
@@ -304,7 +344,11 @@ pub fn rule_words(info: &calico_ebpf_common::RuleInfo) -> (String, String, Strin
         rule_kind::NO_MATCH => "no-match",
         _ => "unknown",
     };
-    let direction = if info.direction == calico_ebpf_common::direction::INGRESS { "ingress" } else { "egress" };
+    let direction = if info.direction == calico_ebpf_common::direction::INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    };
     let action = match info.action {
         1 => "Allow",
         2 => "Deny",
@@ -323,7 +367,8 @@ pub fn rules(layout: &PinLayout) -> anyhow::Result<Vec<RuleRow>> {
         Ok(Map::from_map_data(MapData::from_pin(layout.map(name))?)?)
     };
     let infos: HashMap<MapData, u32, RuleInfo> = HashMap::try_from(open(map_names::RULES)?)?;
-    let counters: PerCpuArray<MapData, RuleCounters> = PerCpuArray::try_from(open(map_names::RULE_COUNTERS)?)?;
+    let counters: PerCpuArray<MapData, RuleCounters> =
+        PerCpuArray::try_from(open(map_names::RULE_COUNTERS)?)?;
     let mut rows = Vec::new();
     for entry in infos.iter() {
         let (id, info) = entry?;
@@ -355,12 +400,24 @@ pub fn rules_table(rows: &[RuleRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let index = if r.kind == "rule" || r.kind == "profile-rule" { r.index.to_string() } else { "-".into() };
+            let index = if r.kind == "rule" || r.kind == "profile-rule" {
+                r.index.to_string()
+            } else {
+                "-".into()
+            };
             vec![
                 r.id.to_string(),
                 r.direction.clone(),
-                if r.tier.is_empty() { "-".into() } else { r.tier.clone() },
-                if r.policy.is_empty() { "-".into() } else { r.policy.clone() },
+                if r.tier.is_empty() {
+                    "-".into()
+                } else {
+                    r.tier.clone()
+                },
+                if r.policy.is_empty() {
+                    "-".into()
+                } else {
+                    r.policy.clone()
+                },
                 index,
                 r.kind.clone(),
                 r.action.clone(),
@@ -369,7 +426,12 @@ pub fn rules_table(rows: &[RuleRow]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "DIR", "TIER", "POLICY", "RULE", "KIND", "ACTION", "PACKETS", "BYTES"], &cells)
+    table(
+        &[
+            "ID", "DIR", "TIER", "POLICY", "RULE", "KIND", "ACTION", "PACKETS", "BYTES",
+        ],
+        &cells,
+    )
 }
 
 /// Renders rows as a table with aligned columns.
@@ -382,8 +444,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let padded: Vec<String> =
-            cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         out.push_str(padded.join("  ").trim_end());
         out.push('\n');
     };
@@ -408,7 +473,10 @@ pub fn routes_table(rows: &[RouteRow]) -> String {
             ]
         })
         .collect();
-    table(&["PREFIX", "KIND", "INTERFACE", "IFINDEX", "MAC", "ENDPOINT"], &cells)
+    table(
+        &["PREFIX", "KIND", "INTERFACE", "IFINDEX", "MAC", "ENDPOINT"],
+        &cells,
+    )
 }
 
 pub fn endpoints_table(rows: &[EndpointRow]) -> String {
@@ -421,11 +489,25 @@ pub fn endpoints_table(rows: &[EndpointRow]) -> String {
                 r.ifindex.to_string(),
                 r.mac.clone(),
                 r.addresses.join(","),
-                if r.attached { r.hooks.join(",") } else { "no".to_owned() },
+                if r.attached {
+                    r.hooks.join(",")
+                } else {
+                    "no".to_owned()
+                },
             ]
         })
         .collect();
-    table(&["ENDPOINT", "INTERFACE", "IFINDEX", "MAC", "ADDRESSES", "ATTACHED"], &cells)
+    table(
+        &[
+            "ENDPOINT",
+            "INTERFACE",
+            "IFINDEX",
+            "MAC",
+            "ADDRESSES",
+            "ATTACHED",
+        ],
+        &cells,
+    )
 }
 
 pub fn counters_table(rows: &[CounterRow]) -> String {
@@ -446,12 +528,25 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
                 format!("{}/{}", r.to_workload_packets, r.to_workload_bytes),
                 format!("{}/{}", r.to_host_packets, r.to_host_bytes),
                 r.neighbour_replies.to_string(),
-                if drops.is_empty() { "-".to_owned() } else { drops.join(",") },
+                if drops.is_empty() {
+                    "-".to_owned()
+                } else {
+                    drops.join(",")
+                },
             ]
         })
         .collect();
     table(
-        &["ENDPOINT", "INTERFACE", "FROM-WL pkts/B", "FORWARDED pkts/B", "TO-WL pkts/B", "TO-HOST pkts/B", "NEIGH", "DROPS"],
+        &[
+            "ENDPOINT",
+            "INTERFACE",
+            "FROM-WL pkts/B",
+            "FORWARDED pkts/B",
+            "TO-WL pkts/B",
+            "TO-HOST pkts/B",
+            "NEIGH",
+            "DROPS",
+        ],
         &cells,
     )
 }

@@ -3,8 +3,8 @@
 
 pub mod agent;
 pub mod cli;
-pub mod datastore;
 pub mod dataplane;
+pub mod datastore;
 pub mod inspect;
 pub mod microbench;
 pub mod model;

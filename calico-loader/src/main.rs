@@ -6,14 +6,22 @@ use anyhow::Context as _;
 use calico_loader::{
     agent::AgentConfig,
     cli::{self, DatastoreArgs, GetOutput},
+    dataplane::{
+        self,
+        attach::AttachMode,
+        bpffs::{DEFAULT_PIN_PATH, PinLayout},
+    },
     datastore::WriteMode,
-    dataplane::{self, attach::AttachMode, bpffs::{DEFAULT_PIN_PATH, PinLayout}},
     inspect, trace,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "calico-loader", version, about = "calico-ebpf agent: Calico's L3 workload networking on eBPF")]
+#[command(
+    name = "calico-loader",
+    version,
+    about = "calico-ebpf agent: Calico's L3 workload networking on eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -193,12 +201,20 @@ fn hostname() -> anyhow::Result<String> {
     let mut buf = [0u8; 256];
     // SAFETY: buf is valid for buf.len() bytes.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    anyhow::ensure!(rc == 0, "gethostname failed: {}", std::io::Error::last_os_error());
+    anyhow::ensure!(
+        rc == 0,
+        "gethostname failed: {}",
+        std::io::Error::last_os_error()
+    );
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
-fn print<T: serde::Serialize>(output: Output, rows: &[T], table: impl Fn(&[T]) -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    output: Output,
+    rows: &[T],
+    table: impl Fn(&[T]) -> String,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
         Output::Table => print!("{}", table(rows)),
@@ -212,13 +228,22 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
         )
         .init();
 
     match Cli::parse().command {
-        Command::Run { datastore, node, pin_path, attach_mode, detach_on_exit, resync_interval, conntrack_size } => {
+        Command::Run {
+            datastore,
+            node,
+            pin_path,
+            attach_mode,
+            detach_on_exit,
+            resync_interval,
+            conntrack_size,
+        } => {
             let node = match node {
                 Some(node) => node,
                 None => hostname()?,
@@ -234,38 +259,106 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Apply { file, datastore } => cli::write(&datastore.config(), WriteMode::Apply, &file).await,
-        Command::Create { file, datastore } => cli::write(&datastore.config(), WriteMode::Create, &file).await,
-        Command::Replace { file, datastore } => cli::write(&datastore.config(), WriteMode::Replace, &file).await,
-        Command::Delete { file, kind, name, namespace, datastore } => match (file, kind, name) {
+        Command::Apply { file, datastore } => {
+            cli::write(&datastore.config(), WriteMode::Apply, &file).await
+        }
+        Command::Create { file, datastore } => {
+            cli::write(&datastore.config(), WriteMode::Create, &file).await
+        }
+        Command::Replace { file, datastore } => {
+            cli::write(&datastore.config(), WriteMode::Replace, &file).await
+        }
+        Command::Delete {
+            file,
+            kind,
+            name,
+            namespace,
+            datastore,
+        } => match (file, kind, name) {
             (Some(file), _, _) => cli::delete_file(&datastore.config(), &file).await,
-            (None, Some(kind), Some(name)) => cli::delete(&datastore.config(), &kind, &name, namespace.as_deref()).await,
+            (None, Some(kind), Some(name)) => {
+                cli::delete(&datastore.config(), &kind, &name, namespace.as_deref()).await
+            }
             _ => anyhow::bail!("delete needs -f FILE, or KIND and NAME"),
         },
-        Command::Get { kind, name, namespace, all_namespaces, output, datastore } => {
-            cli::get(&datastore.config(), &kind, name.as_deref(), namespace.as_deref(), all_namespaces, output).await
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+            datastore,
+        } => {
+            cli::get(
+                &datastore.config(),
+                &kind,
+                name.as_deref(),
+                namespace.as_deref(),
+                all_namespaces,
+                output,
+            )
+            .await
         }
-        Command::Dump { what, pin_path, output } => {
+        Command::Dump {
+            what,
+            pin_path,
+            output,
+        } => {
             let layout = PinLayout::new(&pin_path);
-            let context = || format!("reading the maps pinned under {} (is the agent running?)", pin_path.display());
+            let context = || {
+                format!(
+                    "reading the maps pinned under {} (is the agent running?)",
+                    pin_path.display()
+                )
+            };
             match what {
-                DumpWhat::Routes => print(output, &inspect::routes(&layout).with_context(context)?, inspect::routes_table),
-                DumpWhat::Endpoints => print(output, &inspect::endpoints(&layout).with_context(context)?, inspect::endpoints_table),
-                DumpWhat::Counters => print(output, &inspect::counters(&layout).with_context(context)?, inspect::counters_table),
-                DumpWhat::Conntrack => print(output, &inspect::conntrack(&layout).with_context(context)?, inspect::conntrack_table),
-                DumpWhat::Rules => print(output, &inspect::rules(&layout).with_context(context)?, inspect::rules_table),
+                DumpWhat::Routes => print(
+                    output,
+                    &inspect::routes(&layout).with_context(context)?,
+                    inspect::routes_table,
+                ),
+                DumpWhat::Endpoints => print(
+                    output,
+                    &inspect::endpoints(&layout).with_context(context)?,
+                    inspect::endpoints_table,
+                ),
+                DumpWhat::Counters => print(
+                    output,
+                    &inspect::counters(&layout).with_context(context)?,
+                    inspect::counters_table,
+                ),
+                DumpWhat::Conntrack => print(
+                    output,
+                    &inspect::conntrack(&layout).with_context(context)?,
+                    inspect::conntrack_table,
+                ),
+                DumpWhat::Rules => print(
+                    output,
+                    &inspect::rules(&layout).with_context(context)?,
+                    inspect::rules_table,
+                ),
             }
         }
-        Command::Microbench { routes, rules, conntrack, packets } => {
+        Command::Microbench {
+            routes,
+            rules,
+            conntrack,
+            packets,
+        } => {
             use calico_loader::microbench::{MicrobenchSetup, run};
-            let setup = |routes, rules, conntrack_entries| MicrobenchSetup { routes, rules, conntrack_entries };
+            let setup = |routes, rules, conntrack_entries| MicrobenchSetup {
+                routes,
+                rules,
+                conntrack_entries,
+            };
             let runs = routes
                 .iter()
                 .map(|&r| setup(r, 10, 0))
                 .chain(rules.iter().map(|&n| setup(1000, n, 0)))
                 .chain(conntrack.iter().map(|&c| setup(1000, 10, c)));
             for setup in runs {
-                let result = run(setup, packets).with_context(|| format!("microbenchmark with {setup:?}"))?;
+                let result = run(setup, packets)
+                    .with_context(|| format!("microbenchmark with {setup:?}"))?;
                 println!("{}", serde_json::to_string(&result)?);
             }
             Ok(())

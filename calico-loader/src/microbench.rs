@@ -49,10 +49,15 @@ pub enum MicrobenchError {
     #[error(transparent)]
     Maps(#[from] crate::dataplane::maps::MapsError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error(transparent)]
     Lookup(#[from] AttachError),
-    #[error("the {hook} program returned {got} instead of a redirect: the benchmark packet was not forwarded")]
+    #[error(
+        "the {hook} program returned {got} instead of a redirect: the benchmark packet was not forwarded"
+    )]
     NotForwarded { hook: &'static str, got: u32 },
     #[error("the kernel object has no conntrack map")]
     NoConntrack,
@@ -111,7 +116,10 @@ fn resources(rules: u32) -> String {
         let (source, port) = if n + 1 == rules {
             (format!("{SENDER}/32"), SERVICE_PORT)
         } else {
-            (format!("198.19.{}.{}/32", n / 250, n % 250 + 1), 10_000 + (n % 5000) as u16)
+            (
+                format!("198.19.{}.{}/32", n / 250, n % 250 + 1),
+                10_000 + (n % 5000) as u16,
+            )
         };
         let _ = writeln!(
             yaml,
@@ -127,7 +135,12 @@ fn tcp_ack_frame(sender_mac: [u8; 6]) -> Vec<u8> {
     tcp.extend_from_slice(&40000u16.to_be_bytes());
     tcp.extend_from_slice(&SERVICE_PORT.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-    ethernet(HOST_MAC, sender_mac, 0x0800, &ipv4(SENDER, RECEIVER, 255, 6, &[], &tcp))
+    ethernet(
+        HOST_MAC,
+        sender_mac,
+        0x0800,
+        &ipv4(SENDER, RECEIVER, 255, 6, &[], &tcp),
+    )
 }
 
 /// What one measurement runs with.
@@ -146,7 +159,9 @@ pub struct MicrobenchSetup {
 /// 198.19.0.0/16 (none the measured packets use).
 fn fill_conntrack(ebpf: &mut Ebpf, count: u32) -> Result<(), MicrobenchError> {
     use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names};
-    let map = ebpf.map_mut(map_names::CONNTRACK).ok_or(MicrobenchError::NoConntrack)?;
+    let map = ebpf
+        .map_mut(map_names::CONNTRACK)
+        .ok_or(MicrobenchError::NoConntrack)?;
     let mut table: aya::maps::HashMap<_, ConntrackKey, ConntrackValue> =
         aya::maps::HashMap::try_from(map).map_err(MicrobenchError::Conntrack)?;
     let now = crate::dataplane::conntrack::monotonic_ns();
@@ -157,10 +172,18 @@ fn fill_conntrack(ebpf: &mut Ebpf, count: u32) -> Result<(), MicrobenchError> {
         ..ConntrackValue::default()
     };
     for i in 0..count {
-        let mut key = ConntrackKey { proto: 6, family: 4, port_a: 40_000 + (i % 20_000) as u16, port_b: 443, ..ConntrackKey::default() };
+        let mut key = ConntrackKey {
+            proto: 6,
+            family: 4,
+            port_a: 40_000 + (i % 20_000) as u16,
+            port_b: 443,
+            ..ConntrackKey::default()
+        };
         key.addr_a[..4].copy_from_slice(&[198, 19, (i / 20_000 % 256) as u8, 1]);
         key.addr_b[..4].copy_from_slice(&[198, 19, 255, (i / 5_120_000 % 256) as u8]);
-        table.insert(key, value, 0).map_err(MicrobenchError::Conntrack)?;
+        table
+            .insert(key, value, 0)
+            .map_err(MicrobenchError::Conntrack)?;
     }
     Ok(())
 }
@@ -168,18 +191,27 @@ fn fill_conntrack(ebpf: &mut Ebpf, count: u32) -> Result<(), MicrobenchError> {
 /// Loads the programs (unpinned), programs two workloads, the routes, rules and conntrack
 /// entries of `setup`, and runs `packets` packets through each measurement.
 pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, MicrobenchError> {
-    let MicrobenchSetup { routes, rules, conntrack_entries } = setup;
+    let MicrobenchSetup {
+        routes,
+        rules,
+        conntrack_entries,
+    } = setup;
     let mut loader = EbpfLoader::new();
-    let table_size = conntrack_entries.saturating_add(conntrack_entries / 4).max(calico_ebpf_common::map_sizes::CONNTRACK);
+    let table_size = conntrack_entries
+        .saturating_add(conntrack_entries / 4)
+        .max(calico_ebpf_common::map_sizes::CONNTRACK);
     loader.map_max_entries(calico_ebpf_common::map_names::CONNTRACK, table_size);
     let mut ebpf = loader.load(KERNEL_OBJECT)?;
     let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;
     let name = program_names::TC_FROM_WORKLOAD;
     let classifier: &mut SchedClassifier = program(&mut ebpf, name)?;
-    classifier.load().map_err(|source| MicrobenchError::Program { name, source })?;
+    classifier
+        .load()
+        .map_err(|source| MicrobenchError::Program { name, source })?;
     let name = program_names::XDP_FROM_WORKLOAD;
     let xdp: &mut Xdp = program(&mut ebpf, name)?;
-    xdp.load().map_err(|source| MicrobenchError::Program { name, source })?;
+    xdp.load()
+        .map_err(|source| MicrobenchError::Program { name, source })?;
 
     let endpoint = |key: &str, ip: Ipv4Addr, mac: [u8; 6]| LocalEndpoint {
         key: key.to_owned(),
@@ -189,17 +221,33 @@ pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, Mic
         allowed_spoof: Vec::new(),
     };
     let sender_mac = [0xca, 0xfe, 0, 0, 0, 1];
-    let link = |ifindex, name: &str| LinkDetails { ifindex, name: name.to_owned(), mac: HOST_MAC };
+    let link = |ifindex, name: &str| LinkDetails {
+        ifindex,
+        name: name.to_owned(),
+        mac: HOST_MAC,
+    };
     let endpoints = [
-        (endpoint("bench/sender", SENDER, sender_mac), link(SENDER_IFINDEX, "lo")),
-        (endpoint("bench/receiver", RECEIVER, [0xca, 0xfe, 0, 0, 0, 2]), link(RECEIVER_IFINDEX, "receiver")),
+        (
+            endpoint("bench/sender", SENDER, sender_mac),
+            link(SENDER_IFINDEX, "lo"),
+        ),
+        (
+            endpoint("bench/receiver", RECEIVER, [0xca, 0xfe, 0, 0, 0, 2]),
+            link(RECEIVER_IFINDEX, "receiver"),
+        ),
     ];
     let snapshot = Snapshot::from_yaml("microbench.yaml", &resources(rules))
         .map_err(|e| PrivateDataplaneError::Program(format!("{e:?}")))?;
     let mut contents = dataplane.program(&snapshot, &endpoints)?;
     let route = contents.routes_v4[&(32, RECEIVER.octets())];
     for i in 0..routes.saturating_sub(2).min(131_000) {
-        contents.routes_v4.insert((32, extra_route(i)), RouteValue { kind: RouteKind::LocalWorkload as u32, ..route });
+        contents.routes_v4.insert(
+            (32, extra_route(i)),
+            RouteValue {
+                kind: RouteKind::LocalWorkload as u32,
+                ..route
+            },
+        );
     }
     dataplane.maps.reconcile(&contents)?;
     fill_conntrack(&mut ebpf, conntrack_entries)?;
@@ -207,27 +255,32 @@ pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, Mic
     let udp = udp_v4_frame(sender_mac, SENDER, RECEIVER, 255, &[]);
     let tcp = tcp_ack_frame(sender_mac);
     let calls = packets.div_ceil(u64::from(REPEAT_PER_CALL)).max(1);
-    let measure = |ebpf: &mut Ebpf, hook: &'static str, packet: &[u8]| -> Result<f64, MicrobenchError> {
-        let mut total_ns = 0.0;
-        for _ in 0..calls {
-            let mut opts = TestRunOptions::new();
-            opts.data_in = Some(packet);
-            opts.repeat = REPEAT_PER_CALL;
-            let (result, redirect) = if hook == "tc" {
-                let p: &mut SchedClassifier = program(ebpf, program_names::TC_FROM_WORKLOAD)?;
-                (p.test_run(opts), 7)
-            } else {
-                let p: &mut Xdp = program(ebpf, program_names::XDP_FROM_WORKLOAD)?;
-                (p.test_run(opts), 4)
-            };
-            let result = result.map_err(|source| MicrobenchError::Program { name: hook, source })?;
-            if result.return_value != redirect {
-                return Err(MicrobenchError::NotForwarded { hook, got: result.return_value });
+    let measure =
+        |ebpf: &mut Ebpf, hook: &'static str, packet: &[u8]| -> Result<f64, MicrobenchError> {
+            let mut total_ns = 0.0;
+            for _ in 0..calls {
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(packet);
+                opts.repeat = REPEAT_PER_CALL;
+                let (result, redirect) = if hook == "tc" {
+                    let p: &mut SchedClassifier = program(ebpf, program_names::TC_FROM_WORKLOAD)?;
+                    (p.test_run(opts), 7)
+                } else {
+                    let p: &mut Xdp = program(ebpf, program_names::XDP_FROM_WORKLOAD)?;
+                    (p.test_run(opts), 4)
+                };
+                let result =
+                    result.map_err(|source| MicrobenchError::Program { name: hook, source })?;
+                if result.return_value != redirect {
+                    return Err(MicrobenchError::NotForwarded {
+                        hook,
+                        got: result.return_value,
+                    });
+                }
+                total_ns += result.duration.as_nanos() as f64;
             }
-            total_ns += result.duration.as_nanos() as f64;
-        }
-        Ok(total_ns / calls as f64)
-    };
+            Ok(total_ns / calls as f64)
+        };
     let tc_ns_per_packet = measure(&mut ebpf, "tc", &udp)?;
     let xdp_ns_per_packet = measure(&mut ebpf, "xdp", &udp)?;
     let tc_policy_ns_per_packet = measure(&mut ebpf, "tc", &tcp)?;

@@ -10,7 +10,11 @@ pub const HOST_MAC: [u8; 6] = [0xee; 6];
 pub fn ones_complement_sum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
         sum += u32::from(word);
     }
     while sum >> 16 != 0 {
@@ -34,7 +38,12 @@ pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> 
 
 /// A UDP datagram whose checksum covers `pseudo_header` (addresses, protocol and length, as the
 /// IP version defines it), which the caller builds with the datagram's length.
-fn udp(sport: u16, dport: u16, payload: &[u8], pseudo_header: impl FnOnce(u16) -> Vec<u8>) -> Vec<u8> {
+fn udp(
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    pseudo_header: impl FnOnce(u16) -> Vec<u8>,
+) -> Vec<u8> {
     let len = (8 + payload.len()) as u16;
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());
@@ -60,7 +69,14 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u
 }
 
 /// An IPv4 packet (with `options`, a multiple of 4 bytes) carrying `payload` as `protocol`.
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    protocol: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     assert_eq!(options.len() % 4, 0);
     let header_len = 20 + options.len();
     let total = (header_len + payload.len()) as u16;
@@ -86,7 +102,13 @@ pub fn udp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u
     })
 }
 
-pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, next_header: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    next_header: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut ip = vec![0x60, 0, 0, 0];
     ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     ip.push(next_header);
@@ -98,14 +120,30 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, next_header: u8, payloa
 }
 
 /// An Ethernet frame with a UDP/IPv4 packet from `src` to `dst`.
-pub fn udp_v4_frame(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, options: &[u8]) -> Vec<u8> {
+pub fn udp_v4_frame(
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    options: &[u8],
+) -> Vec<u8> {
     let udp = udp_v4(src, dst, 40000, 5201, b"calico-ebpf test payload");
-    ethernet(HOST_MAC, src_mac, 0x0800, &ipv4(src, dst, ttl, 17, options, &udp))
+    ethernet(
+        HOST_MAC,
+        src_mac,
+        0x0800,
+        &ipv4(src, dst, ttl, 17, options, &udp),
+    )
 }
 
 pub fn udp_v6_frame(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
     let udp = udp_v6(src, dst, 40000, 5201, b"calico-ebpf test payload");
-    ethernet(HOST_MAC, src_mac, 0x86dd, &ipv6(src, dst, hop_limit, 17, &udp))
+    ethernet(
+        HOST_MAC,
+        src_mac,
+        0x86dd,
+        &ipv6(src, dst, hop_limit, 17, &udp),
+    )
 }
 
 /// A broadcast ARP request from `sender` asking for `target`.
@@ -122,7 +160,12 @@ pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> V
 pub fn assert_ipv4_checksums_valid(frame: &[u8]) {
     let ip = &frame[14..];
     let header_len = usize::from(ip[0] & 0x0f) * 4;
-    assert_eq!(ones_complement_sum(&ip[..header_len], 0), 0xffff, "IPv4 header checksum is wrong: {:02x?}", &ip[..header_len]);
+    assert_eq!(
+        ones_complement_sum(&ip[..header_len], 0),
+        0xffff,
+        "IPv4 header checksum is wrong: {:02x?}",
+        &ip[..header_len]
+    );
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let l4 = &ip[header_len..total];
     let mut pseudo = Vec::new();
@@ -130,7 +173,11 @@ pub fn assert_ipv4_checksums_valid(frame: &[u8]) {
     pseudo.extend_from_slice(&[0, ip[9]]);
     pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
     pseudo.extend_from_slice(l4);
-    assert_eq!(ones_complement_sum(&pseudo, 0), 0xffff, "UDP checksum is wrong");
+    assert_eq!(
+        ones_complement_sum(&pseudo, 0),
+        0xffff,
+        "UDP checksum is wrong"
+    );
 }
 
 pub fn assert_ipv6_udp_checksum_valid(frame: &[u8]) {
@@ -141,5 +188,9 @@ pub fn assert_ipv6_udp_checksum_valid(frame: &[u8]) {
     pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
     pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
     pseudo.extend_from_slice(l4);
-    assert_eq!(ones_complement_sum(&pseudo, 0), 0xffff, "UDP/IPv6 checksum is wrong");
+    assert_eq!(
+        ones_complement_sum(&pseudo, 0),
+        0xffff,
+        "UDP/IPv6 checksum is wrong"
+    );
 }

@@ -93,11 +93,13 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     let size = aya::maps::MapInfo::from_pin(&conntrack)
         .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?
         .max_entries();
-    let mut ebpf = load_object_with(layout, size).context("loading the programs over the pinned maps")?;
+    let mut ebpf =
+        load_object_with(layout, size).context("loading the programs over the pinned maps")?;
     let maps = Maps::from_pins(layout)?;
     let endpoints = maps.read()?.endpoints;
-    let Some((&ifindex, _)) =
-        endpoints.iter().find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
+    let Some((&ifindex, _)) = endpoints
+        .iter()
+        .find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
     else {
         bail!(
             "endpoint {} is not programmed on this host (see `calico-loader dump endpoints`)",
@@ -123,9 +125,14 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         .endpoint
         .split_once('/')
         .context("--endpoint must be NAMESPACE/NAME")?;
-    let wep = snapshot.workload_endpoint(namespace, name).with_context(|| {
-        format!("no WorkloadEndpoint {namespace}/{name} in {}", dir.display())
-    })?;
+    let wep = snapshot
+        .workload_endpoint(namespace, name)
+        .with_context(|| {
+            format!(
+                "no WorkloadEndpoint {namespace}/{name} in {}",
+                dir.display()
+            )
+        })?;
     let mut ebpf = load_private_object().context("loading the programs (this needs root)")?;
     let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;
     let endpoint = LocalEndpoint {
@@ -135,7 +142,11 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         networks: wep.spec.ip_networks.clone(),
         allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
     };
-    let link = LinkDetails { ifindex: OFFLINE_IFINDEX, name: endpoint.interface.clone(), mac: packets::HOST_MAC };
+    let link = LinkDetails {
+        ifindex: OFFLINE_IFINDEX,
+        name: endpoint.interface.clone(),
+        mac: packets::HOST_MAC,
+    };
     dataplane
         .program(&snapshot, &[(endpoint, link)])
         .with_context(|| format!("programming the policy of {}", request.endpoint))?;
@@ -152,7 +163,9 @@ pub fn packet(request: &TraceRequest) -> anyhow::Result<Vec<u8>> {
         header.extend_from_slice(&request.dport.to_be_bytes());
         match flags {
             Some(flags) => {
-                header.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                header.extend_from_slice(&[
+                    0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0,
+                ]);
             }
             None => header.extend_from_slice(&[0, 8, 0, 0]),
         }
@@ -191,19 +204,27 @@ fn run(ebpf: &mut Ebpf, ifindex: u32, request: &TraceRequest) -> anyhow::Result<
     // and cb[1] (the direction), at offsets 48 and 52.
     let mut context = [0u8; 68];
     context[48..52].copy_from_slice(&ifindex.to_ne_bytes());
-    let dir = if request.ingress { direction::INGRESS } else { direction::EGRESS };
+    let dir = if request.ingress {
+        direction::INGRESS
+    } else {
+        direction::EGRESS
+    };
     context[52..56].copy_from_slice(&u32::from(dir).to_ne_bytes());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(&frame);
     opts.ctx_in = Some(&context);
     let results: PerCpuArray<_, TraceResult> = PerCpuArray::try_from(
-        ebpf.map(map_names::TRACE).context("the object has no trace map")?,
+        ebpf.map(map_names::TRACE)
+            .context("the object has no trace map")?,
     )?;
     let before: Vec<u64> = results.get(&0, 0)?.iter().map(|r| r.sequence).collect();
     let trace: &mut SchedClassifier = program(ebpf, program_names::TRACE)?;
-    trace.test_run(opts).context("running the trace program (BPF_PROG_TEST_RUN)")?;
+    trace
+        .test_run(opts)
+        .context("running the trace program (BPF_PROG_TEST_RUN)")?;
     let results: PerCpuArray<_, TraceResult> = PerCpuArray::try_from(
-        ebpf.map(map_names::TRACE).context("the object has no trace map")?,
+        ebpf.map(map_names::TRACE)
+            .context("the object has no trace map")?,
     )?;
     let after = results.get(&0, 0)?;
     // The run happened on one CPU: the slot whose sequence moved.
@@ -220,7 +241,14 @@ fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
         return None;
     }
     let Some(info) = info else {
-        return Some(RuleReport { id, kind: "unknown".into(), tier: None, policy: None, rule: None, action: "-".into() });
+        return Some(RuleReport {
+            id,
+            kind: "unknown".into(),
+            tier: None,
+            policy: None,
+            rule: None,
+            action: "-".into(),
+        });
     };
     let (kind, _, action) = rule_words(&info);
     let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
@@ -235,7 +263,11 @@ fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
     })
 }
 
-fn report(request: &TraceRequest, result: &TraceResult, info: impl Fn(u32) -> Option<RuleInfo>) -> TraceReport {
+fn report(
+    request: &TraceRequest,
+    result: &TraceResult,
+    info: impl Fn(u32) -> Option<RuleInfo>,
+) -> TraceReport {
     let decided_by = match result.decided_by {
         trace_decided_by::POLICY => "policy",
         trace_decided_by::CONNTRACK => "conntrack",
@@ -252,7 +284,12 @@ fn report(request: &TraceRequest, result: &TraceResult, info: impl Fn(u32) -> Op
     TraceReport {
         endpoint: request.endpoint.clone(),
         direction: if request.ingress { "ingress" } else { "egress" }.into(),
-        verdict: if result.action == verdict_action::ALLOW { "allow" } else { "deny" }.into(),
+        verdict: if result.action == verdict_action::ALLOW {
+            "allow"
+        } else {
+            "deny"
+        }
+        .into(),
         decided_by: decided_by.into(),
         tier: rule.as_ref().and_then(|r| r.tier.clone()),
         policy: rule.as_ref().and_then(|r| r.policy.clone()),
@@ -288,7 +325,9 @@ fn describe(rule: &RuleReport) -> String {
         parts.push(policy.clone());
     }
     match rule.kind.as_str() {
-        "rule" | "profile-rule" => parts.push(format!("rule {} ({})", rule.rule.unwrap_or(0), rule.action)),
+        "rule" | "profile-rule" => {
+            parts.push(format!("rule {} ({})", rule.rule.unwrap_or(0), rule.action))
+        }
         "tier-default" => parts.push(format!("default action ({})", rule.action)),
         "no-match" => parts.push("no policy or profile allowed it (final deny)".into()),
         _ => parts.push(format!("rule id {}", rule.id)),
@@ -316,6 +355,8 @@ pub fn parse_protocol(text: &str) -> anyhow::Result<u8> {
         "icmpv6" => 58,
         "sctp" => 132,
         "udplite" => 136,
-        other => other.parse().with_context(|| format!("unknown protocol {text:?}"))?,
+        other => other
+            .parse()
+            .with_context(|| format!("unknown protocol {text:?}"))?,
     })
 }

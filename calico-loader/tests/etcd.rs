@@ -539,15 +539,27 @@ fn agent_follows_keys_put_with_etcdctl() {
                   spec:\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress:\n  \
                   - {action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}\n  - {action: Pass}\n";
     let applied = etcd.loader(&["apply", "-f", "-"], Some(policy));
-    assert!(applied.status.success(), "apply: {}", String::from_utf8_lossy(&applied.stderr));
-    wait_for("the policy applied with the CLI to take effect", Duration::from_secs(10), || {
-        !tcp_works(&topology)
-    });
+    assert!(
+        applied.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    wait_for(
+        "the policy applied with the CLI to take effect",
+        Duration::from_secs(10),
+        || !tcp_works(&topology),
+    );
     let deleted = etcd.loader(&["delete", "globalnetworkpolicy", "cli-deny"], None);
-    assert!(deleted.status.success(), "delete: {}", String::from_utf8_lossy(&deleted.stderr));
-    wait_for("the policy deleted with the CLI to go", Duration::from_secs(10), || {
-        tcp_works(&topology)
-    });
+    assert!(
+        deleted.status.success(),
+        "delete: {}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    wait_for(
+        "the policy deleted with the CLI to go",
+        Duration::from_secs(10),
+        || tcp_works(&topology),
+    );
 
     // The remote endpoint is not programmed on this node.
     let endpoints = agent.dump("endpoints").to_string();

@@ -13,13 +13,13 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use calico_ebpf_common::{DropReason, EndpointCounters, RouteKind, RouteValue, program_names};
+use calico_loader::packets::*;
 use calico_loader::{
     dataplane::{KERNEL_OBJECT, netlink::LinkDetails, private::PrivateDataplane},
     datastore::Snapshot,
     model::LocalEndpoint,
 };
 use ipnet::IpNet;
-use calico_loader::packets::*;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -66,7 +66,10 @@ fn endpoint(key: &str, interface: &str, mac: [u8; 6], nets: &[&str]) -> LocalEnd
         key: key.to_owned(),
         interface: interface.to_owned(),
         mac: Some(mac),
-        networks: nets.iter().map(|n| n.parse::<IpNet>().expect("test CIDR")).collect(),
+        networks: nets
+            .iter()
+            .map(|n| n.parse::<IpNet>().expect("test CIDR"))
+            .collect(),
         allowed_spoof: Vec::new(),
     }
 }
@@ -79,17 +82,26 @@ impl Fixture {
             panic!("cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)")
         });
         let dataplane = PrivateDataplane::from_ebpf(&mut ebpf).expect("maps in the object");
-        for name in [program_names::TC_FROM_WORKLOAD, program_names::TC_TO_WORKLOAD] {
-            let program: &mut SchedClassifier =
-                ebpf.program_mut(name).expect(name).try_into().expect("classifier");
-            program.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        for name in [
+            program_names::TC_FROM_WORKLOAD,
+            program_names::TC_TO_WORKLOAD,
+        ] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect(name)
+                .try_into()
+                .expect("classifier");
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
         let xdp: &mut Xdp = ebpf
             .program_mut(program_names::XDP_FROM_WORKLOAD)
             .expect("xdp program")
             .try_into()
             .expect("xdp");
-        xdp.load().unwrap_or_else(|e| panic!("verifier rejected the XDP program: {e:?}"));
+        xdp.load()
+            .unwrap_or_else(|e| panic!("verifier rejected the XDP program: {e:?}"));
         let mut fixture = Self { ebpf, dataplane };
         fixture.program(true, &[]);
         fixture
@@ -98,22 +110,53 @@ impl Fixture {
     /// Programs the two endpoints (or only the receiver), with the sender allowed to send from
     /// `spoof` too, and a blackhole route.
     fn program(&mut self, with_sender: bool, spoof: &[&str]) {
-        let mut sender = endpoint("test/sender", "lo", SENDER_MAC, &["198.18.0.1/32", "2001:db8::1/128"]);
-        sender.allowed_spoof = spoof.iter().map(|n| n.parse().expect("test CIDR")).collect();
-        let receiver = endpoint("test/receiver", "cali-receiver", RECEIVER_MAC, &["198.18.0.2/32", "2001:db8::2/128"]);
-        let sender_link = LinkDetails { ifindex: SENDER_IFINDEX, name: "lo".into(), mac: HOST_MAC };
-        let receiver_link = LinkDetails { ifindex: RECEIVER_IFINDEX, name: "cali-receiver".into(), mac: HOST_MAC };
+        let mut sender = endpoint(
+            "test/sender",
+            "lo",
+            SENDER_MAC,
+            &["198.18.0.1/32", "2001:db8::1/128"],
+        );
+        sender.allowed_spoof = spoof
+            .iter()
+            .map(|n| n.parse().expect("test CIDR"))
+            .collect();
+        let receiver = endpoint(
+            "test/receiver",
+            "cali-receiver",
+            RECEIVER_MAC,
+            &["198.18.0.2/32", "2001:db8::2/128"],
+        );
+        let sender_link = LinkDetails {
+            ifindex: SENDER_IFINDEX,
+            name: "lo".into(),
+            mac: HOST_MAC,
+        };
+        let receiver_link = LinkDetails {
+            ifindex: RECEIVER_IFINDEX,
+            name: "cali-receiver".into(),
+            mac: HOST_MAC,
+        };
         let mut pairs = vec![(receiver, receiver_link)];
         if with_sender {
             pairs.push((sender, sender_link));
         }
-        let snapshot = Snapshot::from_yaml("test.yaml", &resources(spoof)).expect("valid test resources");
-        let mut contents = self.dataplane.program(&snapshot, &pairs).expect("programming the dataplane");
+        let snapshot =
+            Snapshot::from_yaml("test.yaml", &resources(spoof)).expect("valid test resources");
+        let mut contents = self
+            .dataplane
+            .program(&snapshot, &pairs)
+            .expect("programming the dataplane");
         contents.routes_v4.insert(
             (24, [198, 19, 100, 0]),
-            RouteValue { kind: RouteKind::Blackhole as u32, ..Default::default() },
+            RouteValue {
+                kind: RouteKind::Blackhole as u32,
+                ..Default::default()
+            },
         );
-        self.dataplane.maps.reconcile(&contents).expect("programming the maps");
+        self.dataplane
+            .maps
+            .reconcile(&contents)
+            .expect("programming the maps");
     }
 
     fn run_tc(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
@@ -155,22 +198,43 @@ impl Fixture {
     }
 
     fn counters(&self, ifindex: u32) -> EndpointCounters {
-        self.dataplane.maps.counters().expect("counters").get(&ifindex).copied().unwrap_or_default()
+        self.dataplane
+            .maps
+            .counters()
+            .expect("counters")
+            .get(&ifindex)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
 /// The bytes of `original` and `rewritten` differ only where forwarding must change them.
 fn assert_forwarded_v4(original: &[u8], rewritten: &[u8]) {
     assert_eq!(rewritten.len(), original.len(), "length changed");
-    assert_eq!(&rewritten[0..6], &RECEIVER_MAC, "destination MAC is the receiving workload's");
-    assert_eq!(&rewritten[6..12], &HOST_MAC, "source MAC is the host side's");
-    assert_eq!(rewritten[14 + 8], original[14 + 8] - 1, "TTL decremented by one");
+    assert_eq!(
+        &rewritten[0..6],
+        &RECEIVER_MAC,
+        "destination MAC is the receiving workload's"
+    );
+    assert_eq!(
+        &rewritten[6..12],
+        &HOST_MAC,
+        "source MAC is the host side's"
+    );
+    assert_eq!(
+        rewritten[14 + 8],
+        original[14 + 8] - 1,
+        "TTL decremented by one"
+    );
     assert_ipv4_checksums_valid(rewritten);
     // Nothing else in the IP header or the payload changed.
     let header_len = usize::from(original[14] & 0x0f) * 4;
     for i in 14..original.len() {
         if i != 14 + 8 && i != 14 + 10 && i != 14 + 11 {
-            assert_eq!(rewritten[i], original[i], "byte {i} changed (IP header is {header_len} bytes)");
+            assert_eq!(
+                rewritten[i], original[i],
+                "byte {i} changed (IP header is {header_len} bytes)"
+            );
         }
     }
 }
@@ -180,7 +244,10 @@ fn tc_forwards_ipv4_between_local_workloads() {
     let mut f = Fixture::new();
     let packet = udp_v4_frame(SENDER_MAC, SENDER_V4, RECEIVER_V4, 64, &[]);
     let (verdict, out) = f.run_tc(&packet);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected to the receiving workload");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "redirected to the receiving workload"
+    );
     assert_forwarded_v4(&packet, &out);
     let sender = f.counters(SENDER_IFINDEX);
     assert_eq!((sender.from_wl_packets, sender.fwd_packets), (1, 1));
@@ -223,7 +290,11 @@ fn tc_forwards_ipv6_between_local_workloads() {
     assert_eq!(&out[0..6], &RECEIVER_MAC);
     assert_eq!(&out[6..12], &HOST_MAC);
     assert_eq!(out[14 + 7], 63, "hop limit decremented");
-    assert_eq!(&out[14 + 8..], &packet[14 + 8..], "addresses and payload untouched");
+    assert_eq!(
+        &out[14 + 8..],
+        &packet[14 + 8..],
+        "addresses and payload untouched"
+    );
     assert_ipv6_udp_checksum_valid(&out);
     assert_eq!(f.counters(RECEIVER_IFINDEX).to_wl_packets, 1);
 }
@@ -233,7 +304,10 @@ fn tc_answers_arp_for_the_gateway() {
     let mut f = Fixture::new();
     let packet = arp_request(SENDER_MAC, SENDER_V4, Ipv4Addr::new(169, 254, 1, 1));
     let (verdict, out) = f.run_tc(&packet);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "the reply goes back out of the same interface");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the reply goes back out of the same interface"
+    );
     assert_eq!(&out[0..6], &SENDER_MAC, "reply addressed to the asker");
     assert_eq!(&out[6..12], &HOST_MAC);
     assert_eq!(&out[12..14], &[0x08, 0x06]);
@@ -273,9 +347,21 @@ fn spoofed_sources_are_dropped_and_counted() {
 fn allowed_spoof_prefixes_are_accepted() {
     let mut f = Fixture::new();
     f.program(true, &["198.18.7.0/24"]);
-    let packet = udp_v4_frame(SENDER_MAC, Ipv4Addr::new(198, 18, 7, 9), RECEIVER_V4, 64, &[]);
+    let packet = udp_v4_frame(
+        SENDER_MAC,
+        Ipv4Addr::new(198, 18, 7, 9),
+        RECEIVER_V4,
+        64,
+        &[],
+    );
     assert_eq!(f.run_tc(&packet).0, TC_ACT_REDIRECT);
-    let outside = udp_v4_frame(SENDER_MAC, Ipv4Addr::new(198, 18, 8, 9), RECEIVER_V4, 64, &[]);
+    let outside = udp_v4_frame(
+        SENDER_MAC,
+        Ipv4Addr::new(198, 18, 8, 9),
+        RECEIVER_V4,
+        64,
+        &[],
+    );
     assert_eq!(f.run_tc(&outside).0, TC_ACT_SHOT);
 }
 
@@ -295,7 +381,10 @@ fn blackhole_routes_drop() {
     let mut f = Fixture::new();
     let packet = udp_v4_frame(SENDER_MAC, SENDER_V4, BLACKHOLE_V4, 64, &[]);
     assert_eq!(f.run_tc(&packet).0, TC_ACT_SHOT);
-    assert_eq!(f.counters(SENDER_IFINDEX).drops[DropReason::Blackhole as usize], 1);
+    assert_eq!(
+        f.counters(SENDER_IFINDEX).drops[DropReason::Blackhole as usize],
+        1
+    );
 }
 
 #[test]
@@ -337,7 +426,8 @@ fn malformed_packets_are_dropped_and_counted() {
     let v6 = udp_v6_frame(SENDER_MAC, SENDER_V6, RECEIVER_V6, 64);
     let v6_truncated = v6[..14 + 30].to_vec();
     // ARP cut short.
-    let arp_truncated = arp_request(SENDER_MAC, SENDER_V4, Ipv4Addr::new(169, 254, 1, 1))[..14 + 20].to_vec();
+    let arp_truncated =
+        arp_request(SENDER_MAC, SENDER_V4, Ipv4Addr::new(169, 254, 1, 1))[..14 + 20].to_vec();
 
     let cases = [
         ("truncated", truncated),
@@ -361,7 +451,10 @@ fn malformed_packets_are_dropped_and_counted() {
         assert_eq!(f.run_xdp(packet).0, XDP_DROP, "XDP: {name}");
         runs += 1;
     }
-    assert!(runs > cases.len() + cases.len() / 2, "most cases ran on both hooks ({runs} runs)");
+    assert!(
+        runs > cases.len() + cases.len() / 2,
+        "most cases ran on both hooks ({runs} runs)"
+    );
     let c = f.counters(SENDER_IFINDEX);
     assert_eq!(c.drops[DropReason::Malformed as usize], runs as u64);
     assert_eq!(c.fwd_packets, 0);
@@ -399,7 +492,12 @@ fn xdp_forwards_and_answers_arp() {
 
 /// A neighbour solicitation for `target` from `src`, with a source link-layer address option
 /// when `with_option`.
-fn neighbour_solicitation(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, with_option: bool) -> Vec<u8> {
+fn neighbour_solicitation(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+    with_option: bool,
+) -> Vec<u8> {
     let mut icmp = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&target.octets());
     if with_option {
@@ -408,7 +506,12 @@ fn neighbour_solicitation(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, with_o
     }
     let checksum = icmpv6_checksum(src, dst, &icmp);
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-    ethernet([0x33, 0x33, 0xff, 0xee, 0xee, 0xee], SENDER_MAC, 0x86dd, &ipv6(src, dst, 255, 58, &icmp))
+    ethernet(
+        [0x33, 0x33, 0xff, 0xee, 0xee, 0xee],
+        SENDER_MAC,
+        0x86dd,
+        &ipv6(src, dst, 255, 58, &icmp),
+    )
 }
 
 fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
@@ -428,11 +531,18 @@ fn tc_and_xdp_answer_neighbour_solicitations_for_the_gateway() {
     let mut f = Fixture::new();
     let gateway: Ipv6Addr = GATEWAY_V6.parse().expect("address");
     let solicited_node: Ipv6Addr = "ff02::1:ffee:eeee".parse().expect("address");
-    for (with_option, src) in [(true, SENDER_V6), (true, "fe80::c8fe:ff:fe00:1".parse().expect("address")), (false, SENDER_V6)] {
+    for (with_option, src) in [
+        (true, SENDER_V6),
+        (true, "fe80::c8fe:ff:fe00:1".parse().expect("address")),
+        (false, SENDER_V6),
+    ] {
         let dst = if with_option { solicited_node } else { gateway };
         let packet = neighbour_solicitation(src, dst, gateway, with_option);
         let (tc_verdict, out) = f.run_tc(&packet);
-        assert_eq!(tc_verdict, TC_ACT_REDIRECT, "answered back out of the same interface");
+        assert_eq!(
+            tc_verdict, TC_ACT_REDIRECT,
+            "answered back out of the same interface"
+        );
         let (xdp_verdict, xdp_out) = f.run_xdp(&packet);
         assert_eq!(xdp_verdict, XDP_REDIRECT);
         assert_eq!(out, xdp_out, "both hooks answer alike");
@@ -458,7 +568,11 @@ fn tc_and_xdp_answer_neighbour_solicitations_for_the_gateway() {
         zeroed[2] = 0;
         zeroed[3] = 0;
         let expected = icmpv6_checksum(gateway, src, &zeroed);
-        assert_eq!(u16::from_be_bytes([icmp[2], icmp[3]]), expected, "ICMPv6 checksum");
+        assert_eq!(
+            u16::from_be_bytes([icmp[2], icmp[3]]),
+            expected,
+            "ICMPv6 checksum"
+        );
     }
     assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 6);
 }
@@ -481,12 +595,21 @@ fn the_microbenchmark_forwards_and_measures() {
     // errors otherwise), with a route map of realistic size.
     // Both measured packets (a tracked UDP flow, and a TCP segment that meets 100 rules of
     // policy on every run) must be forwarded.
-    let setup = calico_loader::microbench::MicrobenchSetup { routes: 1000, rules: 100, conntrack_entries: 10_000 };
+    let setup = calico_loader::microbench::MicrobenchSetup {
+        routes: 1000,
+        rules: 100,
+        conntrack_entries: 10_000,
+    };
     let result = calico_loader::microbench::run(setup, 400).expect("microbenchmark");
-    assert_eq!((result.routes, result.rules, result.conntrack_entries), (1000, 100, 10_000));
+    assert_eq!(
+        (result.routes, result.rules, result.conntrack_entries),
+        (1000, 100, 10_000)
+    );
     assert!(result.packets >= 400);
     assert!(
-        result.tc_ns_per_packet > 0.0 && result.xdp_ns_per_packet > 0.0 && result.tc_policy_ns_per_packet > 0.0,
+        result.tc_ns_per_packet > 0.0
+            && result.xdp_ns_per_packet > 0.0
+            && result.tc_policy_ns_per_packet > 0.0,
         "{result:?}"
     );
 }
@@ -497,25 +620,44 @@ fn expired_conntrack_entries_are_removed_and_live_ones_kept() {
     use calico_loader::dataplane::conntrack::{Conntrack, monotonic_ns};
 
     let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
-        panic!("cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)")
+        panic!(
+            "cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)"
+        )
     });
     let now = monotonic_ns();
     let second = 1_000_000_000u64;
-    let key = |proto: u8, port: u16| ConntrackKey { proto, family: 4, port_a: port, port_b: 53, ..Default::default() };
-    let entry = |idle: u64, flags: u16| ConntrackValue { created_ns: now - idle, last_seen_ns: now - idle, flags, ..Default::default() };
+    let key = |proto: u8, port: u16| ConntrackKey {
+        proto,
+        family: 4,
+        port_a: port,
+        port_b: 53,
+        ..Default::default()
+    };
+    let entry = |idle: u64, flags: u16| ConntrackValue {
+        created_ns: now - idle,
+        last_seen_ns: now - idle,
+        flags,
+        ..Default::default()
+    };
     // UDP: 60 s; TCP established: 1 h; TCP closing (both FINs): 30 s; ICMP: 5 s.
-    let closing = conntrack_flags::ESTABLISHED | conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV;
+    let closing =
+        conntrack_flags::ESTABLISHED | conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV;
     let cases = [
         (key(17, 1), entry(61 * second, 0), false),
         (key(17, 2), entry(10 * second, 0), true),
-        (key(6, 3), entry(600 * second, conntrack_flags::ESTABLISHED), true),
+        (
+            key(6, 3),
+            entry(600 * second, conntrack_flags::ESTABLISHED),
+            true,
+        ),
         (key(6, 4), entry(31 * second, closing), false),
         (key(1, 5), entry(6 * second, 0), false),
     ];
     // Filled through the map, which then goes back to the object.
     {
         let mut map: aya::maps::HashMap<_, ConntrackKey, ConntrackValue> =
-            aya::maps::HashMap::try_from(ebpf.map_mut("cali_conntrack").expect("map")).expect("hash");
+            aya::maps::HashMap::try_from(ebpf.map_mut("cali_conntrack").expect("map"))
+                .expect("hash");
         for (k, v, _) in &cases {
             map.insert(k, v, 0).expect("insert");
         }

@@ -29,6 +29,7 @@
 //!   machine information.
 
 mod control;
+mod livegen;
 mod measure;
 mod policy;
 mod report;
@@ -50,9 +51,9 @@ use crate::{
 
 use self::{
     control::ControlPlane,
-    measure::{PpsResult, RrResult, TcpResult},
+    measure::{Generator, PpsResult, RrResult, TcpResult},
     policy::PolicyCheck,
-    topology::{Active, IperfServer, Topology},
+    topology::{Active, IperfServer, Topology, UdpSink},
 };
 
 /// iptables rule counts measured by a full run, and by `--quick`.
@@ -91,6 +92,11 @@ pub struct BenchArgs {
     /// target/bench/bench-<timestamp>.json].
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+
+    /// Only these setups, by name, comma-separated (e.g. `linux,ours-tc-0`),
+    /// in the usual order; goal checks that miss a setup are not evaluated.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub setups: Vec<String>,
 }
 
 impl BenchArgs {
@@ -101,6 +107,7 @@ impl BenchArgs {
             rounds: None,
             duration: None,
             json: None,
+            setups: Vec::new(),
         }
     }
 }
@@ -121,6 +128,88 @@ pub struct RrArgs {
 pub fn rr(args: &RrArgs) -> Result<()> {
     let result = measure::ping_pong(&args.pair, Duration::from_millis(args.millis), args.cpu)?;
     println!("{}", serde_json::to_string(&result.to_json())?);
+    Ok(())
+}
+
+/// Internal: the sink workload's UDP socket, run inside its namespace.
+#[derive(clap::Args, Debug)]
+pub struct UdpSinkArgs {
+    #[arg(long)]
+    pub port: u16,
+}
+
+/// Binds `0.0.0.0:PORT` with the smallest receive buffer and never reads: the
+/// generated packets reach a listening socket (and are dropped there once its
+/// buffer is full), as at a workload that listens, instead of each one making
+/// the stack attempt an ICMP port unreachable. Runs until killed.
+pub fn udp_sink(args: &UdpSinkArgs) -> Result<()> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, args.port))
+        .with_context(|| format!("cannot bind UDP port {}", args.port))?;
+    let size: libc::c_int = 0; // the kernel's minimum
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot set SO_RCVBUF");
+    }
+    println!("listening on UDP port {}, not reading", args.port);
+    loop {
+        util::sleep(Duration::from_secs(1))?;
+    }
+}
+
+/// Internal: the live-frames generator, run inside gen's namespace.
+#[derive(clap::Args, Debug)]
+pub struct LiveGenArgs {
+    /// The interface the frames leave by.
+    #[arg(long)]
+    pub ifname: String,
+    /// The CPU to run on.
+    #[arg(long)]
+    pub cpu: usize,
+    /// Stop after this long (or on SIGTERM/SIGINT).
+    #[arg(long)]
+    pub seconds: f64,
+    /// The frame, in hex.
+    #[arg(long)]
+    pub frame: String,
+}
+
+/// Sends the frame until told to stop, then prints `{"frames":N,"seconds":S}`.
+pub fn live_gen(args: &LiveGenArgs) -> Result<()> {
+    util::catch_signals(&[libc::SIGTERM]);
+    let frame = (0..args.frame.len())
+        .step_by(2)
+        .map(|i| {
+            args.frame
+                .get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .context("--frame must be hex bytes")
+        })
+        .collect::<Result<Vec<u8>>>()?;
+    let name = std::ffi::CString::new(args.ifname.as_str()).context("interface name")?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {} in this namespace", args.ifname);
+    }
+    measure::pin_current_thread(args.cpu)?;
+    println!(
+        "sending from {} (ifindex {ifindex}) on CPU {}",
+        args.ifname, args.cpu
+    );
+    let (frames, took) = livegen::generate(&frame, ifindex, Duration::from_secs_f64(args.seconds))?;
+    println!(
+        "{}",
+        serde_json::json!({"frames": frames, "seconds": took.as_secs_f64()})
+    );
     Ok(())
 }
 
@@ -164,6 +253,13 @@ impl serde::Serialize for Setup {
     }
 }
 
+/// The veths' offloads, as the output states them.
+pub const OFFLOADS: &str = "GRO is on for every veth end (workload eth0 and host side) in every \
+     setup: frames sent by XDP (the live-frames generator, our XDP redirects) are only received \
+     by a veth with NAPI. Transmit offloads (checksum, TSO) keep the veth default, on, except in \
+     ours-xdp-N, which sets `tx off` on both workloads: an XDP-redirected frame loses the skb's \
+     pending checksum, so XDP mode needs workloads that compute their own checksums.";
+
 /// What a run does, resolved from the arguments.
 pub struct Plan {
     pub quick: bool,
@@ -202,6 +298,18 @@ impl Plan {
         for hook in [AttachMode::Tc, AttachMode::Xdp] {
             setups.extend(ours_rules.iter().map(|&n| Setup::Ours(hook, n)));
         }
+        if !args.setups.is_empty() {
+            for name in &args.setups {
+                if !setups.iter().any(|setup| setup.to_string() == *name) {
+                    let known: Vec<String> = setups.iter().map(ToString::to_string).collect();
+                    bail!(
+                        "--setups: no setup named {name:?} in this run; known: {}",
+                        known.join(", ")
+                    );
+                }
+            }
+            setups.retain(|setup| args.setups.contains(&setup.to_string()));
+        }
 
         let cpus = std::thread::available_parallelism()
             .context("cannot count the CPUs")?
@@ -221,6 +329,9 @@ impl Plan {
         }
         if let Some(duration) = args.duration {
             let _ = write!(command, " --duration {duration}");
+        }
+        if !args.setups.is_empty() {
+            let _ = write!(command, " --setups {}", args.setups.join(","));
         }
         if let Some(json) = &args.json {
             let _ = write!(
@@ -255,11 +366,13 @@ impl Plan {
     pub fn cpu_split(&self) -> String {
         let g = self.generator_cpu;
         format!(
-            "{} CPUs: trafgen pinned to CPU {g} (its own `cpu({g})` config), everything else \
+            "{} CPUs: the generator pinned to CPU {g} (trafgen by its own `cpu({g})` \
+             configuration, the live-frames generator by sched_setaffinity), everything else \
              (iperf3, the agent, softirqs) unpinned. The veth receive path runs in the softirq \
-             of the sending CPU, so forwarding and delivery of the trafgen flow share CPU {g} \
-             with trafgen. Both ends of the request/response ping-pong are pinned to CPU {}, so \
-             its latency is the path through the stacks, not cross-CPU wake-ups.",
+             of the sending CPU (trafgen's send, or the end of each live-frames batch), so \
+             forwarding and delivery of the generated flow share CPU {g} with the generator. \
+             Both ends of the request/response ping-pong are pinned to CPU {}, so its latency \
+             is the path through the stacks, not cross-CPU wake-ups.",
             self.cpus, self.latency_cpu
         )
     }
@@ -270,7 +383,10 @@ impl Plan {
 pub struct RoundResult {
     pub round: u32,
     pub setup: Setup,
+    /// 64-byte UDP from trafgen.
     pub pps: PpsResult,
+    /// 64-byte UDP from the live-frames generator.
+    pub live: PpsResult,
     pub tcp: TcpResult,
     pub rr: RrResult,
     /// Our setups: the policy in force (trace) and the deciding rule's hits.
@@ -287,6 +403,8 @@ pub struct Ctx<'a> {
     pub datastore: &'a Path,
     pub scratch: &'a Path,
     pub trafgen_config: &'a Path,
+    /// `kernel.bpf_stats_enabled`: on, except while packet rates are counted.
+    pub bpf_stats: &'a topology::Sysctl,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -416,12 +534,25 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
     util::step("Preparing");
     util::mount_bpffs()?;
     let scratch = TempDir::create(std::env::temp_dir().join(format!("calico-bench-{pid}")))?;
-    let _bpf_stats = topology::BpfStats::enable()?;
+    let bpf_stats = topology::Sysctl::set(
+        "kernel.bpf_stats_enabled",
+        "1",
+        "run_time_ns and run_cnt per program; off while packet rates are counted",
+    )?;
+    // trafgen's socket gets the default send buffer (it is told not to tune
+    // socket memory); its packets can wait in the host side's NAPI ring, and
+    // with the default 208 KiB a full buffer makes trafgen's send fail (EAGAIN).
+    let _wmem = topology::Sysctl::set(
+        "net.core.wmem_default",
+        "4194304",
+        "trafgen's send buffer, room for the packets in the host side's NAPI ring",
+    )?;
     let topo = Topology::create(pid)?;
     let datastore = scratch.path().join("datastore");
     topology::write_datastore(&topo, &datastore)?;
     let trafgen_config = measure::write_trafgen_config(scratch.path(), &topo, plan.generator_cpu)?;
     let _iperf = IperfServer::start(&topo)?;
+    let _udp_sink = UdpSink::start(&topo)?;
     let pin_path = shared::pin_path("bench", pid);
     let _pins = PinGuard::new(loader, &topo.host.path(), &pin_path);
 
@@ -433,13 +564,10 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
         datastore: &datastore,
         scratch: scratch.path(),
         trafgen_config: &trafgen_config,
+        bpf_stats: &bpf_stats,
     };
     util::explain(plan.cpu_split());
-    util::explain(
-        "Every workload's eth0 has `ethtool -K eth0 gro on tx off` in all setups, so they are\n\
-         comparable: XDP needs GRO (NAPI) on the receiving veth, and a frame redirected by XDP\n\
-         loses its pending checksum, so the sender computes checksums itself.",
-    );
+    util::explain(OFFLOADS);
 
     let mut results: Vec<RoundResult> = Vec::new();
     for round in 1..=plan.rounds {
@@ -457,8 +585,10 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
                 .find(|r| r.round == round && r.setup == Setup::Linux);
             if let Some(base) = baseline {
                 util::info(format!(
-                    "{setup} vs linux in this round: packets/s x{:.2}, TCP x{:.2}",
+                    "{setup} vs linux in this round: packets/s x{:.2} (trafgen), x{:.2} (live \
+                     frames), TCP x{:.2}",
                     report::ratio(result.pps.delivered_pps, base.pps.delivered_pps),
+                    report::ratio(result.live.delivered_pps, base.live.delivered_pps),
                     report::ratio(result.tcp.gbps(), base.tcp.gbps()),
                 ));
             }
@@ -474,24 +604,31 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
     let mut active = Active::activate(ctx, setup)?;
     let programs = active.programs(ctx)?;
 
-    util::info(format!(
-        "[1/3] 64-byte UDP gen -> sink: trafgen on CPU {}, {:.1}s warm-up, then {}s counted",
-        ctx.plan.generator_cpu,
-        ctx.plan.warmup.as_secs_f64(),
-        ctx.plan.duration.as_secs()
-    ));
-    let pps = measure::packet_rate(ctx, &active, &programs)?;
-    util::info(pps.describe());
+    let mut rates = Vec::new();
+    for (step, generator) in (1..).zip(Generator::ALL) {
+        util::info(format!(
+            "[{step}/4] 64-byte UDP gen -> sink: {} on CPU {}, {:.1}s warm-up, then {}s counted",
+            generator.as_str(),
+            ctx.plan.generator_cpu,
+            ctx.plan.warmup.as_secs_f64(),
+            ctx.plan.duration.as_secs()
+        ));
+        let pps = measure::packet_rate(ctx, &active, &programs, generator)?;
+        util::info(pps.describe());
+        rates.push(pps);
+    }
+    let [pps, live] = <[PpsResult; 2]>::try_from(rates)
+        .map_err(|_| anyhow::anyhow!("one packet rate per generator"))?;
 
     util::info(format!(
-        "[2/3] TCP gen -> sink: iperf3 for {}s",
+        "[3/4] TCP gen -> sink: iperf3 for {}s",
         ctx.plan.duration.as_secs()
     ));
     let tcp = measure::tcp_throughput(ctx)?;
     util::info(tcp.describe());
 
     util::info(format!(
-        "[3/3] TCP request/response gen <-> sink: 64-byte ping-pong for {}s",
+        "[4/4] TCP request/response gen <-> sink: 64-byte ping-pong for {}s",
         ctx.plan.latency.as_secs()
     ));
     let rr = measure::request_response(ctx)?;
@@ -503,6 +640,7 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
         round,
         setup,
         pps,
+        live,
         tcp,
         rr,
         policy,
@@ -557,6 +695,7 @@ mod tests {
             rounds: None,
             duration: None,
             json: Some(PathBuf::from("/tmp/x.json")),
+            setups: Vec::new(),
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);
@@ -574,5 +713,21 @@ mod tests {
         assert_eq!(plan.control_plane_rules, 10_000);
         assert_eq!(plan.json, PathBuf::from("/tmp/x.json"));
         assert_eq!(plan.command, "cargo xtask bench --json /tmp/x.json");
+
+        let only = BenchArgs {
+            setups: vec!["ours-tc-0".into(), "linux".into()],
+            ..args
+        };
+        let plan = Plan::new(&only, SystemTime::UNIX_EPOCH).expect("plan");
+        assert_eq!(plan.setups, [Setup::Linux, Setup::Ours(AttachMode::Tc, 0)]);
+        assert!(plan.command.contains("--setups ours-tc-0,linux"));
+        let unknown = BenchArgs {
+            setups: vec!["ours-tc-7".into()],
+            ..only
+        };
+        let err = Plan::new(&unknown, SystemTime::UNIX_EPOCH)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("\"ours-tc-7\""), "{err}");
     }
 }

@@ -217,7 +217,11 @@ fn write_datastore(demo: &mut Demo, pid: u32) -> Result<PathBuf> {
         std::env::temp_dir().join(format!("calico-demo-{pid}")),
     )?);
     let mut yaml = crate::topology::allow_all_profile_yaml();
-    yaml.extend(demo.workloads.iter().map(|wl| wl.endpoint_yaml(NODE, "demo", "demo")));
+    yaml.extend(
+        demo.workloads
+            .iter()
+            .map(|wl| wl.endpoint_yaml(NODE, "demo", "demo")),
+    );
     let file = datastore.path().join("workloadendpoints.yaml");
     std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
     util::explain(format!(

@@ -50,6 +50,12 @@ enum Command {
     /// namespaces.
     #[command(hide = true)]
     BenchRr(bench::RrArgs),
+    /// Internal: the bench's UDP sink, a socket that listens and never reads.
+    #[command(hide = true)]
+    BenchUdpSink(bench::UdpSinkArgs),
+    /// Internal: the bench's live-frames generator, run inside gen's namespace.
+    #[command(hide = true)]
+    BenchLiveGen(bench::LiveGenArgs),
     /// Internal: the demo's TCP exchange between two namespaces.
     #[command(hide = true)]
     TcpEcho(demo::TcpEchoArgs),
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Command::TcpEcho(args) => demo::tcp_echo(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::BenchRr(args) => bench::rr(&args),
+        Command::BenchUdpSink(args) => bench::udp_sink(&args),
+        Command::BenchLiveGen(args) => bench::live_gen(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,7 +49,9 @@ impl FromStr for AttachMode {
         match s {
             "tc" => Ok(Self::Tc),
             "xdp" => Ok(Self::Xdp),
-            other => Err(format!("unknown attach mode {other:?} (expected tc or xdp)")),
+            other => Err(format!(
+                "unknown attach mode {other:?} (expected tc or xdp)"
+            )),
         }
     }
 }
@@ -66,7 +68,11 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Self::TcFromWorkload, Self::TcToWorkload, Self::XdpFromWorkload];
+    pub const ALL: [Hook; 3] = [
+        Self::TcFromWorkload,
+        Self::TcToWorkload,
+        Self::XdpFromWorkload,
+    ];
 
     /// The suffix of the link's pin name.
     pub fn pin_suffix(self) -> &'static str {
@@ -91,13 +97,29 @@ pub enum AttachError {
     #[error("the kernel object has no program named {0}")]
     MissingProgram(&'static str),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("attaching {hook:?} to {ifname}: {source}")]
-    Attach { ifname: String, hook: Hook, source: ProgramError },
+    Attach {
+        ifname: String,
+        hook: Hook,
+        source: ProgramError,
+    },
     #[error("link of {hook:?} on {ifname} is not a BPF link: {source}")]
-    Link { ifname: String, hook: Hook, source: aya::programs::links::LinkError },
+    Link {
+        ifname: String,
+        hook: Hook,
+        source: aya::programs::links::LinkError,
+    },
     #[error("pinning the {hook:?} link of {ifname} at {path}: {source}")]
-    Pin { ifname: String, hook: Hook, path: PathBuf, source: aya::pin::PinError },
+    Pin {
+        ifname: String,
+        hook: Hook,
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
     #[error("removing pinned link {path}: {source}")]
     Unpin { path: PathBuf, source: io::Error },
     #[error("listing {path}: {source}")]
@@ -113,11 +135,18 @@ pub struct Attacher {
 impl Attacher {
     /// Loads (verifies) every program of the object.
     pub fn load(ebpf: &mut Ebpf, layout: PinLayout, mode: AttachMode) -> Result<Self, AttachError> {
-        for name in [program_names::TC_FROM_WORKLOAD, program_names::TC_TO_WORKLOAD] {
-            classifier(ebpf, name)?.load().map_err(|source| AttachError::Program { name, source })?;
+        for name in [
+            program_names::TC_FROM_WORKLOAD,
+            program_names::TC_TO_WORKLOAD,
+        ] {
+            classifier(ebpf, name)?
+                .load()
+                .map_err(|source| AttachError::Program { name, source })?;
         }
         let name = program_names::XDP_FROM_WORKLOAD;
-        xdp(ebpf, name)?.load().map_err(|source| AttachError::Program { name, source })?;
+        xdp(ebpf, name)?
+            .load()
+            .map_err(|source| AttachError::Program { name, source })?;
         Ok(Self { layout, mode })
     }
 
@@ -130,10 +159,17 @@ impl Attacher {
     pub fn attach(&self, ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), AttachError> {
         let wanted = Hook::for_mode(self.mode);
         let dir = self.layout.interface_links_dir(ifname);
-        fs::create_dir_all(&dir).map_err(|source| AttachError::List { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| AttachError::List {
+            path: dir.clone(),
+            source,
+        })?;
         for hook in wanted {
             let path = self.layout.link(ifname, hook.pin_suffix());
-            let err = |source| AttachError::Attach { ifname: ifname.to_owned(), hook, source };
+            let err = |source| AttachError::Attach {
+                ifname: ifname.to_owned(),
+                hook,
+                source,
+            };
             let link: FdLink = match hook {
                 Hook::TcFromWorkload | Hook::TcToWorkload => {
                     let (name, attach_type) = if hook == Hook::TcFromWorkload {
@@ -160,7 +196,9 @@ impl Attacher {
                     // An interface takes one XDP link: the old one must go first.
                     remove_pin(&path)?;
                     let program = xdp(ebpf, program_names::XDP_FROM_WORKLOAD)?;
-                    let id = program.attach_to_if_index(ifindex, XdpMode::Driver).map_err(err)?;
+                    let id = program
+                        .attach_to_if_index(ifindex, XdpMode::Driver)
+                        .map_err(err)?;
                     let link = program.take_link(id).map_err(err)?;
                     FdLink::try_from(link).map_err(|source| AttachError::Link {
                         ifname: ifname.to_owned(),
@@ -213,13 +251,18 @@ pub fn pinned_links(layout: &PinLayout) -> Result<Vec<(String, Vec<Hook>)>, Atta
     };
     let mut interfaces = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| AttachError::List { path: dir.clone(), source })?;
+        let entry = entry.map_err(|source| AttachError::List {
+            path: dir.clone(),
+            source,
+        })?;
         let Some(dir_name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
         let ifname = PinLayout::interface_of_links_dir(&dir_name);
-        let hooks: Vec<Hook> =
-            Hook::ALL.into_iter().filter(|h| layout.link(&ifname, h.pin_suffix()).exists()).collect();
+        let hooks: Vec<Hook> = Hook::ALL
+            .into_iter()
+            .filter(|h| layout.link(&ifname, h.pin_suffix()).exists())
+            .collect();
         interfaces.push((ifname, hooks));
     }
     interfaces.sort();
@@ -235,7 +278,10 @@ fn remove_pin(path: &Path) -> Result<(), AttachError> {
         Err(_) => match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(AttachError::Unpin { path: path.to_owned(), source }),
+            Err(source) => Err(AttachError::Unpin {
+                path: path.to_owned(),
+                source,
+            }),
         },
     }
 }
@@ -251,7 +297,10 @@ where
         .map_err(|source| AttachError::Program { name, source })
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, AttachError> {
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, AttachError> {
     program(ebpf, name)
 }
 

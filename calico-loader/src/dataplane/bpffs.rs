@@ -70,9 +70,15 @@ impl PinLayout {
     /// root's parent) when nothing is mounted there, and creates the directories.
     pub fn prepare(&self) -> Result<(), BpffsError> {
         if !self.root.is_absolute() {
-            return Err(BpffsError::NotAbsolute { path: self.root.clone() });
+            return Err(BpffsError::NotAbsolute {
+                path: self.root.clone(),
+            });
         }
-        let existing = self.root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+        let existing = self
+            .root
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
         if !is_bpffs(existing) {
             // Mount the conventional bpffs when the pin path lives under it; any other place
             // gets its own mount right above the pin root.
@@ -82,13 +88,17 @@ impl PinLayout {
             } else {
                 self.root.parent().unwrap_or(default_mount).to_path_buf()
             };
-            mount_bpffs(&mount_point)
-                .map_err(|source| BpffsError::Mount { path: mount_point.clone(), source })?;
+            mount_bpffs(&mount_point).map_err(|source| BpffsError::Mount {
+                path: mount_point.clone(),
+                source,
+            })?;
             tracing::info!(path = %mount_point.display(), "mounted bpffs");
         }
         for dir in [self.root.clone(), self.links_dir()] {
-            std::fs::create_dir_all(&dir)
-                .map_err(|source| BpffsError::CreateDir { path: dir.clone(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| BpffsError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -112,7 +122,17 @@ fn mount_bpffs(path: &Path) -> io::Result<()> {
     let fstype = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -27,7 +27,10 @@ pub struct Conntrack {
 /// The clock the programs stamp entries with (`bpf_ktime_get_coarse_ns`:
 /// CLOCK_MONOTONIC_COARSE, a few ms of resolution, much cheaper per packet than the precise one).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -35,13 +38,19 @@ pub fn monotonic_ns() -> u64 {
 
 impl Conntrack {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, ConntrackError> {
-        let map = ebpf.take_map(map_names::CONNTRACK).ok_or(ConntrackError::Missing)?;
-        Ok(Self { map: HashMap::try_from(map)? })
+        let map = ebpf
+            .take_map(map_names::CONNTRACK)
+            .ok_or(ConntrackError::Missing)?;
+        Ok(Self {
+            map: HashMap::try_from(map)?,
+        })
     }
 
     pub fn from_pin(layout: &PinLayout) -> Result<Self, ConntrackError> {
         let map = Map::from_map_data(MapData::from_pin(layout.map(map_names::CONNTRACK))?)?;
-        Ok(Self { map: HashMap::try_from(map)? })
+        Ok(Self {
+            map: HashMap::try_from(map)?,
+        })
     }
 
     /// Every entry. Entries that go while the table is read are skipped.
@@ -63,7 +72,8 @@ impl Conntrack {
             match self.map.remove(key) {
                 Ok(()) => removed += 1,
                 Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -85,7 +95,11 @@ pub fn state(key: &ConntrackKey, value: &ConntrackValue) -> &'static str {
     use conntrack_flags::*;
     let flags = value.flags;
     if key.proto != 6 {
-        return if flags & REPLIED != 0 { "replied" } else { "new" };
+        return if flags & REPLIED != 0 {
+            "replied"
+        } else {
+            "new"
+        };
     }
     if flags & RST != 0 {
         "reset"

@@ -7,16 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
-    maps::{
-        HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
-        lpm_trie::Key,
-    },
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    AddressClass, PolicyInfo, PortClass, ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, PolicyAddrKeyV4, PolicyAddrKeyV6,
-    PolicyPortKey, PolicyProtoKey, PolicyVerdict, RouteKeyV4, RouteKeyV6, RouteValue, RuleCounters,
-    RuleInfo, SourceKeyV4, SourceKeyV6, TraceResult, UNKNOWN_INTERFACE_COUNTERS, map_names,
+    AddressClass, ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, PolicyAddrKeyV4,
+    PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey, PolicyVerdict, PortClass,
+    RouteKeyV4, RouteKeyV6, RouteValue, RuleCounters, RuleInfo, SourceKeyV4, SourceKeyV6,
+    TraceResult, UNKNOWN_INTERFACE_COUNTERS, map_names,
 };
 
 use super::bpffs::PinLayout;
@@ -24,7 +22,10 @@ use super::bpffs::PinLayout;
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("the kernel object has no map named {0}")]
     Missing(&'static str),
     #[error("cannot count CPUs: {0}")]
@@ -48,13 +49,25 @@ pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
         map_names::ENDPOINTS => (size_of::<u32>() as u32, size_of::<EndpointInfo>()),
         map_names::COUNTERS => (size_of::<u32>() as u32, size_of::<EndpointCounters>()),
         map_names::POLICIES => (size_of::<u32>() as u32, size_of::<PolicyInfo>()),
-        map_names::POLICY_ADDRS_V4 => (size_of::<PolicyAddrKeyV4>() as u32, size_of::<AddressClass>()),
-        map_names::POLICY_ADDRS_V6 => (size_of::<PolicyAddrKeyV6>() as u32, size_of::<AddressClass>()),
+        map_names::POLICY_ADDRS_V4 => (
+            size_of::<PolicyAddrKeyV4>() as u32,
+            size_of::<AddressClass>(),
+        ),
+        map_names::POLICY_ADDRS_V6 => (
+            size_of::<PolicyAddrKeyV6>() as u32,
+            size_of::<AddressClass>(),
+        ),
         map_names::POLICY_PROTOS => (size_of::<PolicyProtoKey>() as u32, size_of::<PortClass>()),
-        map_names::POLICY_PORTS => (size_of::<PolicyPortKey>() as u32, size_of::<PolicyVerdict>()),
+        map_names::POLICY_PORTS => (
+            size_of::<PolicyPortKey>() as u32,
+            size_of::<PolicyVerdict>(),
+        ),
         map_names::RULES => (size_of::<u32>() as u32, size_of::<RuleInfo>()),
         map_names::RULE_COUNTERS => (size_of::<u32>() as u32, size_of::<RuleCounters>()),
-        map_names::CONNTRACK => (size_of::<ConntrackKey>() as u32, size_of::<ConntrackValue>()),
+        map_names::CONNTRACK => (
+            size_of::<ConntrackKey>() as u32,
+            size_of::<ConntrackValue>(),
+        ),
         map_names::LOG_EVENTS => (0, 0),
         map_names::TRACE => (size_of::<u32>() as u32, size_of::<TraceResult>()),
         _ => return None,
@@ -94,7 +107,10 @@ pub fn source_v4_bytes(key: &SourceKeyV4) -> [u8; 8] {
 pub fn source_v4_from_bytes(bytes: &[u8; 8]) -> SourceKeyV4 {
     let mut addr = [0u8; 4];
     addr.copy_from_slice(&bytes[4..]);
-    SourceKeyV4 { ifindex: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), addr }
+    SourceKeyV4 {
+        ifindex: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        addr,
+    }
 }
 
 pub fn source_v6_bytes(key: &SourceKeyV6) -> [u8; 20] {
@@ -107,7 +123,10 @@ pub fn source_v6_bytes(key: &SourceKeyV6) -> [u8; 20] {
 pub fn source_v6_from_bytes(bytes: &[u8; 20]) -> SourceKeyV6 {
     let mut addr = [0u8; 16];
     addr.copy_from_slice(&bytes[4..]);
-    SourceKeyV6 { ifindex: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), addr }
+    SourceKeyV6 {
+        ifindex: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        addr,
+    }
 }
 
 /// How many entries a reconciliation added, changed and removed.
@@ -160,19 +179,27 @@ impl Maps {
         let mut contents = MapContents::default();
         for entry in self.routes_v4.iter() {
             let (key, value) = entry.map_err(map_err(map_names::ROUTES_V4))?;
-            contents.routes_v4.insert((key.prefix_len(), key.data()), value);
+            contents
+                .routes_v4
+                .insert((key.prefix_len(), key.data()), value);
         }
         for entry in self.routes_v6.iter() {
             let (key, value) = entry.map_err(map_err(map_names::ROUTES_V6))?;
-            contents.routes_v6.insert((key.prefix_len(), key.data()), value);
+            contents
+                .routes_v6
+                .insert((key.prefix_len(), key.data()), value);
         }
         for entry in self.sources_v4.iter() {
             let (key, value) = entry.map_err(map_err(map_names::SOURCES_V4))?;
-            contents.sources_v4.insert((key.prefix_len(), source_v4_bytes(&key.data())), value);
+            contents
+                .sources_v4
+                .insert((key.prefix_len(), source_v4_bytes(&key.data())), value);
         }
         for entry in self.sources_v6.iter() {
             let (key, value) = entry.map_err(map_err(map_names::SOURCES_V6))?;
-            contents.sources_v6.insert((key.prefix_len(), source_v6_bytes(&key.data())), value);
+            contents
+                .sources_v6
+                .insert((key.prefix_len(), source_v6_bytes(&key.data())), value);
         }
         for entry in self.endpoints.iter() {
             let (key, value) = entry.map_err(map_err(map_names::ENDPOINTS))?;
@@ -192,12 +219,17 @@ impl Maps {
         let (write, remove) = diff(&current.endpoints, &desired.endpoints);
         let name = map_names::ENDPOINTS;
         for (ifindex, info) in &write {
-            self.endpoints.insert(*ifindex, *info, 0).map_err(map_err(name))?;
+            self.endpoints
+                .insert(*ifindex, *info, 0)
+                .map_err(map_err(name))?;
         }
         for ifindex in &remove {
             self.endpoints.remove(ifindex).map_err(map_err(name))?;
         }
-        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
         let mut counted: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
         counted.insert(UNKNOWN_INTERFACE_COUNTERS);
         self.sync_counters(counted)?;
@@ -206,45 +238,69 @@ impl Maps {
         let name = map_names::SOURCES_V4;
         for ((len, key), value) in &write {
             let key = Key::new(*len, source_v4_from_bytes(key));
-            self.sources_v4.insert(&key, *value, 0).map_err(map_err(name))?;
+            self.sources_v4
+                .insert(&key, *value, 0)
+                .map_err(map_err(name))?;
         }
         for (len, key) in &remove {
             let key = Key::new(*len, source_v4_from_bytes(key));
             self.sources_v4.remove(&key).map_err(map_err(name))?;
         }
-        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
 
         let (write, remove) = diff(&current.sources_v6, &desired.sources_v6);
         let name = map_names::SOURCES_V6;
         for ((len, key), value) in &write {
             let key = Key::new(*len, source_v6_from_bytes(key));
-            self.sources_v6.insert(&key, *value, 0).map_err(map_err(name))?;
+            self.sources_v6
+                .insert(&key, *value, 0)
+                .map_err(map_err(name))?;
         }
         for (len, key) in &remove {
             let key = Key::new(*len, source_v6_from_bytes(key));
             self.sources_v6.remove(&key).map_err(map_err(name))?;
         }
-        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
 
         let (write, remove) = diff(&current.routes_v4, &desired.routes_v4);
         let name = map_names::ROUTES_V4;
         for ((len, key), value) in &write {
-            self.routes_v4.insert(&Key::new(*len, *key), *value, 0).map_err(map_err(name))?;
+            self.routes_v4
+                .insert(&Key::new(*len, *key), *value, 0)
+                .map_err(map_err(name))?;
         }
         for (len, key) in &remove {
-            self.routes_v4.remove(&Key::new(*len, *key)).map_err(map_err(name))?;
+            self.routes_v4
+                .remove(&Key::new(*len, *key))
+                .map_err(map_err(name))?;
         }
-        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
 
         let (write, remove) = diff(&current.routes_v6, &desired.routes_v6);
         let name = map_names::ROUTES_V6;
         for ((len, key), value) in &write {
-            self.routes_v6.insert(&Key::new(*len, *key), *value, 0).map_err(map_err(name))?;
+            self.routes_v6
+                .insert(&Key::new(*len, *key), *value, 0)
+                .map_err(map_err(name))?;
         }
         for (len, key) in &remove {
-            self.routes_v6.remove(&Key::new(*len, *key)).map_err(map_err(name))?;
+            self.routes_v6
+                .remove(&Key::new(*len, *key))
+                .map_err(map_err(name))?;
         }
-        stats += ReconcileStats { written: write.len(), removed: remove.len() };
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
         Ok(stats)
     }
 
@@ -260,10 +316,14 @@ impl Maps {
         for ifindex in wanted.difference(&present) {
             let zeroes = PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
                 .map_err(|e| MapsError::Cpus(e.to_string()))?;
-            self.counters.insert(ifindex, zeroes, 0).map_err(map_err(map_names::COUNTERS))?;
+            self.counters
+                .insert(ifindex, zeroes, 0)
+                .map_err(map_err(map_names::COUNTERS))?;
         }
         for ifindex in present.difference(&wanted) {
-            self.counters.remove(ifindex).map_err(map_err(map_names::COUNTERS))?;
+            self.counters
+                .remove(ifindex)
+                .map_err(map_err(map_names::COUNTERS))?;
         }
         Ok(())
     }
@@ -301,7 +361,11 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
         .filter(|(key, value)| current.get(key) != Some(value))
         .map(|(key, value)| (*key, *value))
         .collect();
-    let remove = current.keys().filter(|key| !desired.contains_key(key)).copied().collect();
+    let remove = current
+        .keys()
+        .filter(|key| !desired.contains_key(key))
+        .copied()
+        .collect();
     (write, remove)
 }
 
@@ -311,9 +375,17 @@ mod tests {
 
     #[test]
     fn source_keys_round_trip_through_their_byte_encoding() {
-        let v4 = SourceKeyV4 { ifindex: 0x0102_0304, addr: [198, 18, 0, 11] };
+        let v4 = SourceKeyV4 {
+            ifindex: 0x0102_0304,
+            addr: [198, 18, 0, 11],
+        };
         assert_eq!(source_v4_from_bytes(&source_v4_bytes(&v4)), v4);
-        let v6 = SourceKeyV6 { ifindex: 7, addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11] };
+        let v6 = SourceKeyV6 {
+            ifindex: 7,
+            addr: [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11,
+            ],
+        };
         assert_eq!(source_v6_from_bytes(&source_v6_bytes(&v6)), v6);
     }
 
@@ -321,7 +393,10 @@ mod tests {
     fn source_key_bytes_match_the_kernel_layout() {
         // The LPM key the kernel sees is {prefix_len, ifindex, addr}: ifindex in host byte
         // order first, then the address in network byte order.
-        let key = SourceKeyV4 { ifindex: 3, addr: [198, 18, 0, 11] };
+        let key = SourceKeyV4 {
+            ifindex: 3,
+            addr: [198, 18, 0, 11],
+        };
         let bytes = source_v4_bytes(&key);
         assert_eq!(&bytes[..4], &3u32.to_ne_bytes());
         assert_eq!(&bytes[4..], &[198, 18, 0, 11]);

@@ -16,8 +16,8 @@ use std::{
 
 use aya::{Ebpf, EbpfLoader};
 use calico_ebpf_common::{
-    EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags,
-    fill_nul_padded, map_names, map_sizes, source_flags,
+    EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded,
+    map_names, map_sizes, source_flags,
 };
 use ipnet::IpNet;
 
@@ -51,14 +51,27 @@ pub enum DataplaneError {
          version expects {key} and {value}: it was left by an incompatible version \
          (`calico-loader cleanup` removes it)"
     )]
-    IncompatiblePin { path: PathBuf, found_key: u32, found_value: u32, key: u32, value: u32 },
+    IncompatiblePin {
+        path: PathBuf,
+        found_key: u32,
+        found_value: u32,
+        key: u32,
+        value: u32,
+    },
     #[error("inspecting the map pinned at {path}: {source}")]
-    InspectPin { path: PathBuf, source: aya::maps::MapError },
+    InspectPin {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
     #[error(
         "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
          resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
     )]
-    ConntrackSize { path: PathBuf, found: u32, wanted: u32 },
+    ConntrackSize {
+        path: PathBuf,
+        found: u32,
+        wanted: u32,
+    },
     #[error(transparent)]
     Conntrack(#[from] conntrack::ConntrackError),
 }
@@ -71,7 +84,10 @@ pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
 
 /// [`load_object`] with a conntrack table of `conntrack_entries` entries. A pinned table of
 /// another size is refused (its entries would be lost by replacing it).
-pub fn load_object_with(layout: &PinLayout, conntrack_entries: u32) -> Result<Ebpf, DataplaneError> {
+pub fn load_object_with(
+    layout: &PinLayout,
+    conntrack_entries: u32,
+) -> Result<Ebpf, DataplaneError> {
     layout.prepare()?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(map_names::CONNTRACK, conntrack_entries);
@@ -82,8 +98,12 @@ pub fn load_object_with(layout: &PinLayout, conntrack_entries: u32) -> Result<Eb
     }
     let conntrack = layout.map(map_names::CONNTRACK);
     if conntrack.exists() {
-        let info = aya::maps::MapInfo::from_pin(&conntrack)
-            .map_err(|source| DataplaneError::InspectPin { path: conntrack.clone(), source })?;
+        let info = aya::maps::MapInfo::from_pin(&conntrack).map_err(|source| {
+            DataplaneError::InspectPin {
+                path: conntrack.clone(),
+                source,
+            }
+        })?;
         if info.max_entries() != conntrack_entries {
             return Err(DataplaneError::ConntrackSize {
                 path: conntrack,
@@ -106,8 +126,10 @@ fn check_pinned_layout(name: &str, path: &Path) -> Result<(), DataplaneError> {
     if !path.exists() {
         return Ok(());
     }
-    let info = aya::maps::MapInfo::from_pin(path)
-        .map_err(|source| DataplaneError::InspectPin { path: path.to_owned(), source })?;
+    let info = aya::maps::MapInfo::from_pin(path).map_err(|source| DataplaneError::InspectPin {
+        path: path.to_owned(),
+        source,
+    })?;
     if let Some((key, value)) = maps::expected_layout(name)
         && (info.key_size(), info.value_size()) != (key, value)
     {
@@ -164,7 +186,11 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the programs and opens (or creates) the pinned maps.
-    pub fn start(layout: PinLayout, mode: AttachMode, conntrack_entries: u32) -> Result<Self, DataplaneError> {
+    pub fn start(
+        layout: PinLayout,
+        mode: AttachMode,
+        conntrack_entries: u32,
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = load_object_with(&layout, conntrack_entries)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         let policy_maps = PolicyMaps::from_ebpf(&mut ebpf)?;
@@ -173,7 +199,10 @@ impl Dataplane {
             .take_map(map_names::LOG_EVENTS)
             .map(aya::maps::RingBuf::try_from)
             .transpose()
-            .map_err(|source| MapsError::Map { name: map_names::LOG_EVENTS, source })?;
+            .map_err(|source| MapsError::Map {
+                name: map_names::LOG_EVENTS,
+                source,
+            })?;
         let attacher = Attacher::load(&mut ebpf, layout.clone(), mode)?;
         let netlink = Netlink::connect()?;
         Ok(Self {
@@ -228,8 +257,13 @@ impl Dataplane {
         registry: &mut RuleRegistry,
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
-        let links: BTreeMap<String, LinkDetails> =
-            self.netlink.links().await?.into_iter().map(|l| (l.name.clone(), l)).collect();
+        let links: BTreeMap<String, LinkDetails> = self
+            .netlink
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect();
 
         let mut present: BTreeMap<&str, (&LocalEndpoint, &LinkDetails)> = BTreeMap::new();
         for (ifname, endpoint) in desired {
@@ -247,7 +281,9 @@ impl Dataplane {
             .attached
             .iter()
             .filter(|(ifname, ifindex)| {
-                present.get(ifname.as_str()).is_none_or(|(_, link)| link.ifindex != **ifindex)
+                present
+                    .get(ifname.as_str())
+                    .is_none_or(|(_, link)| link.ifindex != **ifindex)
             })
             .map(|(ifname, _)| ifname.clone())
             .collect();
@@ -267,7 +303,9 @@ impl Dataplane {
         }
 
         let wanted: BTreeSet<String> = present.values().map(|(e, _)| e.key.clone()).collect();
-        let staged = self.policy.stage(&mut self.policy_maps, &wanted, compiled)?;
+        let staged = self
+            .policy
+            .stage(&mut self.policy_maps, &wanted, compiled)?;
         report.policies = staged.written;
         report.errors.extend(staged.errors);
         let programmed = present.values().copied().filter_map(|(endpoint, link)| {
@@ -285,7 +323,8 @@ impl Dataplane {
         let contents = map_contents(programmed.collect::<Vec<_>>());
         report.map_changes = self.maps.reconcile(&contents)?;
         report.policy_entries_removed = self.policy.retire(&mut self.policy_maps)?;
-        self.policy.sync_rules(&mut self.policy_maps, registry, compiled)?;
+        self.policy
+            .sync_rules(&mut self.policy_maps, registry, compiled)?;
         report.policy_entries = self.policy.entries();
 
         for (ifname, (endpoint, link)) in &present {
@@ -295,9 +334,15 @@ impl Dataplane {
             match self.attacher.attach(&mut self.ebpf, ifname, link.ifindex) {
                 Ok(()) => {
                     self.attached.insert((*ifname).to_owned(), link.ifindex);
-                    report.attached.push(((*ifname).to_owned(), link.ifindex, endpoint.key.clone()));
+                    report.attached.push((
+                        (*ifname).to_owned(),
+                        link.ifindex,
+                        endpoint.key.clone(),
+                    ));
                 }
-                Err(e) => report.errors.push(format!("endpoint {}: {e}", endpoint.key)),
+                Err(e) => report
+                    .errors
+                    .push(format!("endpoint {}: {e}", endpoint.key)),
             }
         }
         self.adopted = true;
@@ -316,11 +361,18 @@ impl Dataplane {
         let mut neighbours = BTreeSet::new();
         for (endpoint, link) in present.values() {
             for net in &endpoint.networks {
-                routes.insert(KernelRoute { net: *net, ifindex: link.ifindex });
+                routes.insert(KernelRoute {
+                    net: *net,
+                    ifindex: link.ifindex,
+                });
                 if let Some(mac) = endpoint.mac
                     && net.prefix_len() == net.max_prefix_len()
                 {
-                    neighbours.insert(KernelNeighbour { addr: net.addr(), ifindex: link.ifindex, mac });
+                    neighbours.insert(KernelNeighbour {
+                        addr: net.addr(),
+                        ifindex: link.ifindex,
+                        mac,
+                    });
                 }
             }
         }
@@ -329,8 +381,11 @@ impl Dataplane {
         // missing one, or one pointing elsewhere, is (re)placed as ours.
         let kernel = self.netlink.routes().await?;
         let present: BTreeSet<KernelRoute> = kernel.iter().map(|(r, _)| *r).collect();
-        let ours: BTreeSet<KernelRoute> =
-            kernel.iter().filter(|(_, ours)| *ours).map(|(r, _)| *r).collect();
+        let ours: BTreeSet<KernelRoute> = kernel
+            .iter()
+            .filter(|(_, ours)| *ours)
+            .map(|(r, _)| *r)
+            .collect();
         for route in ours.difference(&routes) {
             if let Err(e) = self.netlink.del_route(*route).await {
                 report.errors.push(e.to_string());
@@ -381,7 +436,10 @@ pub fn remove_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
     let root = layout.root();
     if root.exists() {
         std::fs::remove_dir_all(root).map_err(|source| {
-            DataplaneError::Bpffs(BpffsError::CreateDir { path: root.to_owned(), source })
+            DataplaneError::Bpffs(BpffsError::CreateDir {
+                path: root.to_owned(),
+                source,
+            })
         })?;
     }
     Ok(())
@@ -419,17 +477,34 @@ pub fn map_contents<'a>(
             .networks
             .iter()
             .map(|net| (net, source_flags::OWN_ADDRESS))
-            .chain(endpoint.allowed_spoof.iter().map(|net| (net, source_flags::ALLOWED_SPOOF)));
+            .chain(
+                endpoint
+                    .allowed_spoof
+                    .iter()
+                    .map(|net| (net, source_flags::ALLOWED_SPOOF)),
+            );
         for (net, flag) in sources {
             let len = 32 + u32::from(net.prefix_len());
             match net {
                 IpNet::V4(net) => {
-                    let key = SourceKeyV4 { ifindex, addr: net.network().octets() };
-                    *contents.sources_v4.entry((len, maps::source_v4_bytes(&key))).or_default() |= flag;
+                    let key = SourceKeyV4 {
+                        ifindex,
+                        addr: net.network().octets(),
+                    };
+                    *contents
+                        .sources_v4
+                        .entry((len, maps::source_v4_bytes(&key)))
+                        .or_default() |= flag;
                 }
                 IpNet::V6(net) => {
-                    let key = SourceKeyV6 { ifindex, addr: net.network().octets() };
-                    *contents.sources_v6.entry((len, maps::source_v6_bytes(&key))).or_default() |= flag;
+                    let key = SourceKeyV6 {
+                        ifindex,
+                        addr: net.network().octets(),
+                    };
+                    *contents
+                        .sources_v6
+                        .entry((len, maps::source_v6_bytes(&key)))
+                        .or_default() |= flag;
                 }
             }
         }
@@ -437,10 +512,14 @@ pub fn map_contents<'a>(
             let len = u32::from(net.prefix_len());
             match net {
                 IpNet::V4(net) => {
-                    contents.routes_v4.insert((len, net.network().octets()), route);
+                    contents
+                        .routes_v4
+                        .insert((len, net.network().octets()), route);
                 }
                 IpNet::V6(net) => {
-                    contents.routes_v6.insert((len, net.network().octets()), route);
+                    contents
+                        .routes_v6
+                        .insert((len, net.network().octets()), route);
                 }
             }
         }
@@ -460,10 +539,20 @@ mod tests {
                 key: "ns/wep".into(),
                 interface: "cali0123456789a".into(),
                 mac: Some([0xca, 0xfe, 0, 0, 0, 1]),
-                networks: vec!["198.18.0.11/32".parse().unwrap(), "2001:db8::11/128".parse().unwrap()],
-                allowed_spoof: vec!["198.18.0.0/24".parse().unwrap(), "198.18.0.11/32".parse().unwrap()],
+                networks: vec![
+                    "198.18.0.11/32".parse().unwrap(),
+                    "2001:db8::11/128".parse().unwrap(),
+                ],
+                allowed_spoof: vec![
+                    "198.18.0.0/24".parse().unwrap(),
+                    "198.18.0.11/32".parse().unwrap(),
+                ],
             },
-            LinkDetails { ifindex: 7, name: "cali0123456789a".into(), mac: [0xee; 6] },
+            LinkDetails {
+                ifindex: 7,
+                name: "cali0123456789a".into(),
+                mac: [0xee; 6],
+            },
         )
     }
 
@@ -474,18 +563,37 @@ mod tests {
 
         let route = contents.routes_v4[&(32, [198, 18, 0, 11])];
         assert_eq!(route.kind, RouteKind::LocalWorkload as u32);
-        assert_eq!((route.ifindex, route.mac, route.host_mac), (7, [0xca, 0xfe, 0, 0, 0, 1], [0xee; 6]));
-        let v6: [u8; 16] = "2001:db8::11".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        assert_eq!(
+            (route.ifindex, route.mac, route.host_mac),
+            (7, [0xca, 0xfe, 0, 0, 0, 1], [0xee; 6])
+        );
+        let v6: [u8; 16] = "2001:db8::11"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
         assert_eq!(contents.routes_v6[&(128, v6)].ifindex, 7);
-        assert_eq!(contents.routes_v4.len(), 1, "allowed-spoof prefixes are not routes");
+        assert_eq!(
+            contents.routes_v4.len(),
+            1,
+            "allowed-spoof prefixes are not routes"
+        );
 
         // Source keys: prefix length covers the 32-bit ifindex plus the address prefix; an
         // address that is both own and allowed carries both flags.
-        let own = maps::source_v4_bytes(&SourceKeyV4 { ifindex: 7, addr: [198, 18, 0, 11] });
+        let own = maps::source_v4_bytes(&SourceKeyV4 {
+            ifindex: 7,
+            addr: [198, 18, 0, 11],
+        });
         assert_eq!(contents.sources_v4[&(64, own)], OWN_ADDRESS | ALLOWED_SPOOF);
-        let net = maps::source_v4_bytes(&SourceKeyV4 { ifindex: 7, addr: [198, 18, 0, 0] });
+        let net = maps::source_v4_bytes(&SourceKeyV4 {
+            ifindex: 7,
+            addr: [198, 18, 0, 0],
+        });
         assert_eq!(contents.sources_v4[&(56, net)], ALLOWED_SPOOF);
-        let own6 = maps::source_v6_bytes(&SourceKeyV6 { ifindex: 7, addr: v6 });
+        let own6 = maps::source_v6_bytes(&SourceKeyV6 {
+            ifindex: 7,
+            addr: v6,
+        });
         assert_eq!(contents.sources_v6[&(160, own6)], OWN_ADDRESS);
 
         let info = contents.endpoints[&7];

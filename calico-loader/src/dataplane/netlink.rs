@@ -27,7 +27,10 @@ pub enum NetlinkError {
     #[error("netlink connection: {0}")]
     Connect(#[source] std::io::Error),
     #[error("{what}: {source}")]
-    Request { what: String, source: rtnetlink::Error },
+    Request {
+        what: String,
+        source: rtnetlink::Error,
+    },
     #[error("invalid route {net}: {reason}")]
     InvalidRoute { net: IpNet, reason: String },
 }
@@ -79,7 +82,11 @@ impl Netlink {
         let mut links = Vec::new();
         let mut stream = self.handle.link().get().execute();
         while let Some(message) = stream.try_next().await.map_err(request("listing links"))? {
-            let mut details = LinkDetails { ifindex: message.header.index, name: String::new(), mac: [0; 6] };
+            let mut details = LinkDetails {
+                ifindex: message.header.index,
+                name: String::new(),
+                mac: [0; 6],
+            };
             for attribute in message.attributes {
                 match attribute {
                     LinkAttribute::IfName(name) => details.name = name,
@@ -96,7 +103,13 @@ impl Netlink {
 
     /// The routes of ours that the kernel holds.
     pub async fn our_routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
-        Ok(self.routes().await?.into_iter().filter(|(_, ours)| *ours).map(|(r, _)| r).collect())
+        Ok(self
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|(_, ours)| *ours)
+            .map(|(r, _)| r)
+            .collect())
     }
 
     /// Every interface route of the main table, and whether it is one of ours.
@@ -144,7 +157,10 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(request(format!("adding route {} dev #{}", route.net, route.ifindex)))
+            .map_err(request(format!(
+                "adding route {} dev #{}",
+                route.net, route.ifindex
+            )))
     }
 
     /// Removes one of our routes.
@@ -167,13 +183,20 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(request(format!("adding neighbour {} dev #{}", neighbour.addr, neighbour.ifindex)))
+            .map_err(request(format!(
+                "adding neighbour {} dev #{}",
+                neighbour.addr, neighbour.ifindex
+            )))
     }
 
     /// Removes a neighbour entry (a missing one is fine).
     pub async fn del_neighbour(&self, neighbour: KernelNeighbour) -> Result<(), NetlinkError> {
         let mut stream = self.handle.neighbours().get().execute();
-        while let Some(message) = stream.try_next().await.map_err(request("listing neighbours"))? {
+        while let Some(message) = stream
+            .try_next()
+            .await
+            .map_err(request("listing neighbours"))?
+        {
             if message.header.ifindex != neighbour.ifindex {
                 continue;
             }
@@ -199,10 +222,15 @@ impl Netlink {
 }
 
 /// The message for one of our scope-link workload routes.
-fn route_message(route: KernelRoute) -> Result<rtnetlink::packet_route::route::RouteMessage, NetlinkError> {
+fn route_message(
+    route: KernelRoute,
+) -> Result<rtnetlink::packet_route::route::RouteMessage, NetlinkError> {
     Ok(RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(route.net.addr(), route.net.prefix_len())
-        .map_err(|e| NetlinkError::InvalidRoute { net: route.net, reason: e.to_string() })?
+        .map_err(|e| NetlinkError::InvalidRoute {
+            net: route.net,
+            reason: e.to_string(),
+        })?
         .output_interface(route.ifindex)
         .scope(RouteScope::Link)
         .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
@@ -215,7 +243,8 @@ fn is_not_found(error: &rtnetlink::Error) -> bool {
 }
 
 /// A stream that yields whenever an interface appears, changes or disappears.
-pub fn link_events() -> Result<UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>, NetlinkError> {
+pub fn link_events()
+-> Result<UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>, NetlinkError> {
     let (mut connection, _handle, messages) =
         rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
     const RTMGRP_LINK: u32 = 1;

@@ -39,8 +39,14 @@ impl PolicyMaps {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
         Ok(Self {
             policies: typed(map_names::POLICIES, take(map_names::POLICIES)?)?,
-            addrs_v4: typed(map_names::POLICY_ADDRS_V4, take(map_names::POLICY_ADDRS_V4)?)?,
-            addrs_v6: typed(map_names::POLICY_ADDRS_V6, take(map_names::POLICY_ADDRS_V6)?)?,
+            addrs_v4: typed(
+                map_names::POLICY_ADDRS_V4,
+                take(map_names::POLICY_ADDRS_V4)?,
+            )?,
+            addrs_v6: typed(
+                map_names::POLICY_ADDRS_V6,
+                take(map_names::POLICY_ADDRS_V6)?,
+            )?,
             protos: typed(map_names::POLICY_PROTOS, take(map_names::POLICY_PROTOS)?)?,
             ports: typed(map_names::POLICY_PORTS, take(map_names::POLICY_PORTS)?)?,
             rules: typed(map_names::RULES, take(map_names::RULES)?)?,
@@ -136,7 +142,10 @@ impl PolicyProgrammer {
     /// The policy ids (ingress, egress) of an endpoint, when both directions are programmed.
     pub fn policy_ids(&self, endpoint: &str) -> Option<(u32, u32)> {
         let policy = self.endpoints.get(endpoint)?;
-        Some((policy.ingress.as_ref()?.policy, policy.egress.as_ref()?.policy))
+        Some((
+            policy.ingress.as_ref()?.policy,
+            policy.egress.as_ref()?.policy,
+        ))
     }
 
     /// Entries the policy maps hold for the programmed generations.
@@ -157,8 +166,12 @@ impl PolicyProgrammer {
         if !self.adopted {
             self.adopt(maps)?;
         }
-        let gone: Vec<String> =
-            self.endpoints.keys().filter(|key| !wanted.contains(*key)).cloned().collect();
+        let gone: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|key| !wanted.contains(*key))
+            .cloned()
+            .collect();
         for key in gone {
             if let Some(policy) = self.endpoints.remove(&key) {
                 self.retired.extend(policy.ingress);
@@ -197,7 +210,9 @@ impl PolicyProgrammer {
                 self.next_class += new.address_classes;
                 self.next_port_class += new.port_classes;
                 self.entries += needed;
-                report.written.push((key.clone(), direction, generation.policy, needed));
+                report
+                    .written
+                    .push((key.clone(), direction, generation.policy, needed));
                 let slot = self.endpoints.entry(key.clone()).or_default();
                 let old = match direction {
                     "ingress" => slot.ingress.replace(generation),
@@ -273,10 +288,18 @@ impl PolicyProgrammer {
             }
             let zeroes = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])
                 .map_err(|e| MapsError::Cpus(e.to_string()))?;
-            maps.rule_counters.set(*id, zeroes, 0).map_err(map_err(map_names::RULE_COUNTERS))?;
-            maps.rules.insert(id, info, 0).map_err(map_err(map_names::RULES))?;
+            maps.rule_counters
+                .set(*id, zeroes, 0)
+                .map_err(map_err(map_names::RULE_COUNTERS))?;
+            maps.rules
+                .insert(id, info, 0)
+                .map_err(map_err(map_names::RULES))?;
         }
-        for id in self.rules_written.keys().filter(|id| !desired.contains_key(id)) {
+        for id in self
+            .rules_written
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+        {
             match maps.rules.remove(id) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(map_names::RULES)(e)),
@@ -425,7 +448,9 @@ fn encode(generation: &Generation) -> Encoded {
             let (kind, proto, sport, sport_len) = match (entry.proto, entry.sport) {
                 (None, _) => (proto_kind::ANY, 0, 0, 0),
                 (Some(proto), None) => (proto_kind::ONE, proto, 0, 0),
-                (Some(proto), Some((port, bits))) => (proto_kind::ONE, proto, mask_port(port, bits), bits),
+                (Some(proto), Some((port, bits))) => {
+                    (proto_kind::ONE, proto, mask_port(port, bits), bits)
+                }
             };
             let key = PolicyProtoKey {
                 class: generation.class_base + entry.class,
@@ -452,7 +477,13 @@ fn encode(generation: &Generation) -> Encoded {
             (key, entry.verdict)
         })
         .collect();
-    Encoded { info, addrs_v4, addrs_v6, protos, ports }
+    Encoded {
+        info,
+        addrs_v4,
+        addrs_v6,
+        protos,
+        ports,
+    }
 }
 
 /// Writes a generation's entries: the last step's first and the policy's own entry last, so
@@ -460,16 +491,24 @@ fn encode(generation: &Generation) -> Encoded {
 fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), MapsError> {
     let encoded = encode(generation);
     for (key, value) in &encoded.ports {
-        maps.ports.insert(key, value, 0).map_err(map_err(map_names::POLICY_PORTS))?;
+        maps.ports
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::POLICY_PORTS))?;
     }
     for (key, value) in &encoded.protos {
-        maps.protos.insert(key, value, 0).map_err(map_err(map_names::POLICY_PROTOS))?;
+        maps.protos
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::POLICY_PROTOS))?;
     }
     for (key, value) in &encoded.addrs_v6 {
-        maps.addrs_v6.insert(key, value, 0).map_err(map_err(map_names::POLICY_ADDRS_V6))?;
+        maps.addrs_v6
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::POLICY_ADDRS_V6))?;
     }
     for (key, value) in &encoded.addrs_v4 {
-        maps.addrs_v4.insert(key, value, 0).map_err(map_err(map_names::POLICY_ADDRS_V4))?;
+        maps.addrs_v4
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::POLICY_ADDRS_V4))?;
     }
     maps.policies
         .insert(generation.policy, encoded.info, 0)
@@ -489,7 +528,10 @@ fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), MapsE
 /// Deletes a generation's entries, first step first (the reverse of writing).
 fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(), MapsError> {
     let encoded = encode(generation);
-    removed(maps.policies.remove(&generation.policy), map_names::POLICIES)?;
+    removed(
+        maps.policies.remove(&generation.policy),
+        map_names::POLICIES,
+    )?;
     for (key, _) in &encoded.addrs_v4 {
         removed(maps.addrs_v4.remove(key), map_names::POLICY_ADDRS_V4)?;
     }

@@ -68,7 +68,10 @@ impl PrivateDataplane {
                 .split_once('/')
                 .and_then(|(namespace, name)| snapshot.workload_endpoint(namespace, name))
                 .ok_or_else(|| PrivateDataplaneError::NoEndpoint(endpoint.key.clone()))?;
-            compiled.insert(endpoint.key.clone(), compile_endpoint(&context, &mut self.registry, wep)?);
+            compiled.insert(
+                endpoint.key.clone(),
+                compile_endpoint(&context, &mut self.registry, wep)?,
+            );
         }
         let wanted: BTreeSet<String> = compiled.keys().cloned().collect();
         let staged = self
@@ -81,13 +84,20 @@ impl PrivateDataplane {
         let mut programmed = Vec::new();
         for (endpoint, link) in endpoints {
             let ids = self.programmer.policy_ids(&endpoint.key).ok_or_else(|| {
-                PrivateDataplaneError::Program(format!("endpoint {}: no policy programmed", endpoint.key))
+                PrivateDataplaneError::Program(format!(
+                    "endpoint {}: no policy programmed",
+                    endpoint.key
+                ))
             })?;
             programmed.push((endpoint, link, ids));
         }
         let contents = map_contents(programmed);
-        self.maps.reconcile(&contents).map_err(DataplaneError::from)?;
-        self.programmer.retire(&mut self.policy_maps).map_err(DataplaneError::from)?;
+        self.maps
+            .reconcile(&contents)
+            .map_err(DataplaneError::from)?;
+        self.programmer
+            .retire(&mut self.policy_maps)
+            .map_err(DataplaneError::from)?;
         self.programmer
             .sync_rules(&mut self.policy_maps, &mut self.registry, &compiled)
             .map_err(DataplaneError::from)?;

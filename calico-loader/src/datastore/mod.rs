@@ -20,13 +20,13 @@ pub mod local;
 mod parse;
 pub mod resources;
 
-pub use error::{DatastoreError, ErrorKind};
-pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
 pub use backend::{
     AgentDatastore, DatastoreConfig, LocalStore, Store, StoreError, StoredResource, WriteMode,
     WriteOutcome, WriteRequest,
 };
+pub use error::{DatastoreError, ErrorKind};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
+pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
 pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{
     Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, IpVersion, Kind,

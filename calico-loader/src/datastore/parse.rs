@@ -67,15 +67,21 @@ pub fn parse_documents(
                 message,
             }]
         };
-        let mut value: Value = serde_yaml::from_str(chunk.text).map_err(|e| invalid(e.to_string()))?;
+        let mut value: Value =
+            serde_yaml::from_str(chunk.text).map_err(|e| invalid(e.to_string()))?;
         value.apply_merge().map_err(|e| invalid(e.to_string()))?;
         let objects = match value {
             Value::Null => Vec::new(),
             Value::Sequence(items) => items,
             value => {
-                let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let kind = value
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 match kind.strip_suffix("List") {
-                    Some(item_kind) if item_kind.is_empty() || Kind::from_name(item_kind).is_some() => {
+                    Some(item_kind)
+                        if item_kind.is_empty() || Kind::from_name(item_kind).is_some() =>
+                    {
                         let items = match value.get("items") {
                             Some(Value::Sequence(items)) => items.clone(),
                             _ => Vec::new(),
@@ -83,9 +89,13 @@ pub fn parse_documents(
                         items
                             .into_iter()
                             .map(|mut item| {
-                                if let (Some(kind), Value::Mapping(map)) = (Kind::from_name(item_kind), &mut item) {
-                                    map.entry("kind".into()).or_insert_with(|| kind.as_str().into());
-                                    map.entry("apiVersion".into()).or_insert_with(|| API_VERSION.into());
+                                if let (Some(kind), Value::Mapping(map)) =
+                                    (Kind::from_name(item_kind), &mut item)
+                                {
+                                    map.entry("kind".into())
+                                        .or_insert_with(|| kind.as_str().into());
+                                    map.entry("apiVersion".into())
+                                        .or_insert_with(|| API_VERSION.into());
                                 }
                                 item
                             })
@@ -106,7 +116,11 @@ pub fn parse_documents(
         return Err(vec![DatastoreError::file(
             file_label,
             ErrorKind::Unsupported,
-            format!("found {} resources but {} objects", resources.len(), raws.len()),
+            format!(
+                "found {} resources but {} objects",
+                resources.len(),
+                raws.len()
+            ),
         )]);
     }
     Ok(resources
@@ -815,10 +829,12 @@ fn selector_problems(resource: &Resource) -> Vec<FieldError> {
         .selector_fields()
         .into_iter()
         .filter_map(|(field, text)| {
-            crate::model::selector::Selector::parse(text).err().map(|e| FieldError {
-                field,
-                message: format!("invalid selector {text:?}: {e}"),
-            })
+            crate::model::selector::Selector::parse(text)
+                .err()
+                .map(|e| FieldError {
+                    field,
+                    message: format!("invalid selector {text:?}: {e}"),
+                })
         })
         .collect()
 }
@@ -1571,4 +1587,3 @@ items: null
         assert_eq!(chunks.len(), 1);
     }
 }
-

@@ -1335,9 +1335,19 @@ fn invalid_selectors_are_reported_with_field_and_position() {
     ));
     let fields: Vec<&str> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
     assert!(fields.contains(&"spec.selector"), "{errors:?}");
-    assert!(fields.contains(&"spec.ingress[0].source.selector"), "{errors:?}");
-    let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-    assert!(text.contains("position"), "the parser's position is in the message: {text}");
+    assert!(
+        fields.contains(&"spec.ingress[0].source.selector"),
+        "{errors:?}"
+    );
+    let text = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("position"),
+        "the parser's position is in the message: {text}"
+    );
     assert!(text.contains("NetworkPolicy"), "{text}");
 
     // A valid selector in every place passes.

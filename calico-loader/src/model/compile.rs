@@ -69,10 +69,20 @@ const MAX_LOCAL_HOST_BITS: u8 = 8;
 pub enum CompileError {
     /// A rule uses a criterion the dataplane cannot enforce.
     #[error("WorkloadEndpoint {endpoint}: {rule}: {field} is not supported: {reason}")]
-    Unsupported { endpoint: String, rule: String, field: String, reason: &'static str },
+    Unsupported {
+        endpoint: String,
+        rule: String,
+        field: String,
+        reason: &'static str,
+    },
     /// A selector does not parse (the datastore checks them, so this should not happen).
     #[error("WorkloadEndpoint {endpoint}: {rule}: {field}: {message}")]
-    InvalidSelector { endpoint: String, rule: String, field: String, message: String },
+    InvalidSelector {
+        endpoint: String,
+        rule: String,
+        field: String,
+        message: String,
+    },
     /// One of the endpoint's networks holds too many addresses to serve as local addresses.
     #[error(
         "WorkloadEndpoint {endpoint}: network {network} holds more than {MAX_LOCAL_NETWORK_ADDRESSES} addresses; \
@@ -83,8 +93,15 @@ pub enum CompileError {
     #[error("WorkloadEndpoint {endpoint}: {owner} is not in the snapshot")]
     Missing { endpoint: String, owner: String },
     /// The compiled form would not fit the kernel's tables.
-    #[error("WorkloadEndpoint {endpoint}: its compiled {direction} policy needs more than {limit} {table} entries")]
-    TooLarge { endpoint: String, direction: Direction, table: &'static str, limit: usize },
+    #[error(
+        "WorkloadEndpoint {endpoint}: its compiled {direction} policy needs more than {limit} {table} entries"
+    )]
+    TooLarge {
+        endpoint: String,
+        direction: Direction,
+        table: &'static str,
+        limit: usize,
+    },
     /// Every rule id is in use.
     #[error("no rule id left: all {capacity} are in use")]
     RuleIdsExhausted { capacity: u32 },
@@ -172,7 +189,14 @@ impl CompiledDirection {
     /// finds it. `sport` and `dport` are what the kernel puts in the keys: see
     /// [`PacketTuple::key_ports`]. `None` where a lookup misses (which the kernel treats as a
     /// drop).
-    pub fn lookup(&self, local: IpAddr, remote: IpAddr, proto: u8, sport: u16, dport: u16) -> Option<PolicyVerdict> {
+    pub fn lookup(
+        &self,
+        local: IpAddr,
+        remote: IpAddr,
+        proto: u8,
+        sport: u16,
+        dport: u16,
+    ) -> Option<PolicyVerdict> {
         let class = match (local, remote) {
             (IpAddr::V4(local), IpAddr::V4(remote)) => {
                 longest_addr_match(&self.addrs_v4, local.octets(), remote.octets())
@@ -188,7 +212,8 @@ impl CompiledDirection {
             .filter(|e| {
                 e.class == class
                     && e.proto.is_none_or(|p| p == proto)
-                    && e.sport.is_none_or(|(value, bits)| prefix_matches(sport, value, bits))
+                    && e.sport
+                        .is_none_or(|(value, bits)| prefix_matches(sport, value, bits))
             })
             .max_by_key(|e| (e.proto.is_some(), e.sport.map_or(0, |(_, bits)| bits)))?
             .port_class;
@@ -206,7 +231,11 @@ fn prefix_matches(value: u16, prefix: u16, bits: u8) -> bool {
 
 /// The class of the longest entry for `local` (matched in full) whose remote prefix covers
 /// `remote`.
-fn longest_addr_match<const N: usize>(entries: &[AddrEntry<N>], local: [u8; N], remote: [u8; N]) -> Option<u32> {
+fn longest_addr_match<const N: usize>(
+    entries: &[AddrEntry<N>],
+    local: [u8; N],
+    remote: [u8; N],
+) -> Option<u32> {
     let remote = bytes_value(&remote);
     let width = N as u32 * 8;
     entries
@@ -288,14 +317,29 @@ pub fn compile_endpoint(
     let plan = endpoint_plan(ctx.snapshot(), wep);
     let own = local_addresses(&endpoint, &wep.spec.ip_networks)?;
     let mut sources = own.clone();
-    sources.extend(local_addresses(&endpoint, &wep.spec.allow_spoofed_source_prefixes)?);
+    sources.extend(local_addresses(
+        &endpoint,
+        &wep.spec.allow_spoofed_source_prefixes,
+    )?);
     sources.sort_unstable();
     sources.dedup();
     let mut compile = |plan: &DirectionPlan, direction: Direction, locals: &[(Family, u128)]| {
-        let mut flattener =
-            Flattener { ctx, registry: &mut *registry, endpoint: &endpoint, direction, steps: Vec::new() };
+        let mut flattener = Flattener {
+            ctx,
+            registry: &mut *registry,
+            endpoint: &endpoint,
+            direction,
+            steps: Vec::new(),
+        };
         let no_match = flattener.flatten(plan)?;
-        table::compile(ctx, &endpoint, &flattener.steps, no_match, direction, locals)
+        table::compile(
+            ctx,
+            &endpoint,
+            &flattener.steps,
+            no_match,
+            direction,
+            locals,
+        )
     };
     Ok(CompiledEndpoint {
         ingress: compile(&plan.ingress, Direction::Ingress, &own)?,
@@ -304,11 +348,17 @@ pub fn compile_endpoint(
 }
 
 /// Every address of `networks` (network and broadcast addresses included), sorted.
-fn local_addresses(endpoint: &str, networks: &[IpNet]) -> Result<Vec<(Family, u128)>, CompileError> {
+fn local_addresses(
+    endpoint: &str,
+    networks: &[IpNet],
+) -> Result<Vec<(Family, u128)>, CompileError> {
     let mut addresses = Vec::new();
     for network in networks {
         if network.max_prefix_len() - network.prefix_len() > MAX_LOCAL_HOST_BITS {
-            return Err(CompileError::LocalNetworkTooWide { endpoint: endpoint.to_owned(), network: *network });
+            return Err(CompileError::LocalNetworkTooWide {
+                endpoint: endpoint.to_owned(),
+                network: *network,
+            });
         }
         let (family, first) = Family::split(network.network());
         let (_, last) = Family::split(network.broadcast());
@@ -320,7 +370,11 @@ fn local_addresses(endpoint: &str, networks: &[IpNet]) -> Result<Vec<(Family, u1
 }
 
 /// The rules of `policy` for `direction`.
-fn policy_rules<'s>(snapshot: &'s Snapshot, policy: &PolicyId, direction: Direction) -> Option<&'s [Rule]> {
+fn policy_rules<'s>(
+    snapshot: &'s Snapshot,
+    policy: &PolicyId,
+    direction: Direction,
+) -> Option<&'s [Rule]> {
     let (ingress, egress) = match (policy.kind, &policy.namespace) {
         (Kind::NetworkPolicy, Some(namespace)) => {
             let spec = &snapshot.network_policy(namespace, &policy.name)?.spec;
@@ -339,7 +393,11 @@ fn policy_rules<'s>(snapshot: &'s Snapshot, policy: &PolicyId, direction: Direct
 }
 
 /// The rules of profile `name` for `direction`.
-fn profile_rules<'s>(snapshot: &'s Snapshot, name: &str, direction: Direction) -> Option<&'s [Rule]> {
+fn profile_rules<'s>(
+    snapshot: &'s Snapshot,
+    name: &str,
+    direction: Direction,
+) -> Option<&'s [Rule]> {
     let spec = &snapshot.profile(name)?.spec;
     Some(match direction {
         Direction::Ingress => &spec.ingress,
@@ -360,30 +418,53 @@ impl Flattener<'_, '_> {
     /// Adds the steps of `plan`; returns the id of the final deny.
     fn flatten(&mut self, plan: &DirectionPlan) -> Result<u32, CompileError> {
         let (snapshot, direction) = (self.ctx.snapshot(), self.direction);
-        let missing = |owner: String| CompileError::Missing { endpoint: self.endpoint.to_owned(), owner };
+        let missing = |owner: String| CompileError::Missing {
+            endpoint: self.endpoint.to_owned(),
+            owner,
+        };
         let mut group = 0;
         for tier in &plan.tiers {
             for policy in &tier.policies {
                 let rules = policy_rules(snapshot, policy, direction)
                     .ok_or_else(|| missing(format!("{}:{policy}", policy.kind.as_str())))?;
-                let rule_ref =
-                    |index| RuleRef::PolicyRule { tier: tier.name.clone(), policy: policy.clone(), direction, index };
+                let rule_ref = |index| RuleRef::PolicyRule {
+                    tier: tier.name.clone(),
+                    policy: policy.clone(),
+                    direction,
+                    index,
+                };
                 self.add_rules(rules, group, policy.namespace.as_deref(), rule_ref)?;
             }
             if tier.default_action == TierDefaultAction::Deny {
-                let id = self.registry.id(RuleRef::TierDefault { tier: tier.name.clone(), direction }, Action::Deny)?;
-                self.steps.push(Step { id, action: Action::Deny, group, conditions: None });
+                let id = self.registry.id(
+                    RuleRef::TierDefault {
+                        tier: tier.name.clone(),
+                        direction,
+                    },
+                    Action::Deny,
+                )?;
+                self.steps.push(Step {
+                    id,
+                    action: Action::Deny,
+                    group,
+                    conditions: None,
+                });
             }
             group += 1;
         }
         for profile in &plan.profiles {
-            let rules =
-                profile_rules(snapshot, profile, direction).ok_or_else(|| missing(format!("Profile:{profile}")))?;
-            let rule_ref = |index| RuleRef::ProfileRule { profile: profile.clone(), direction, index };
+            let rules = profile_rules(snapshot, profile, direction)
+                .ok_or_else(|| missing(format!("Profile:{profile}")))?;
+            let rule_ref = |index| RuleRef::ProfileRule {
+                profile: profile.clone(),
+                direction,
+                index,
+            };
             self.add_rules(rules, group, None, rule_ref)?;
             group += 1;
         }
-        self.registry.id(RuleRef::NoMatch { direction }, Action::Deny)
+        self.registry
+            .id(RuleRef::NoMatch { direction }, Action::Deny)
     }
 
     /// Adds `rules` of a policy in `namespace` (`None`: global policy or profile).
@@ -396,10 +477,18 @@ impl Flattener<'_, '_> {
     ) -> Result<(), CompileError> {
         for (index, rule) in (0u32..).zip(rules) {
             let rule_ref = rule_ref(index);
-            let origin = Origin { endpoint: self.endpoint, rule: &rule_ref };
+            let origin = Origin {
+                endpoint: self.endpoint,
+                rule: &rule_ref,
+            };
             let conditions = Conditions::new(self.ctx, rule, namespace, self.direction, &origin)?;
             let id = self.registry.id(rule_ref, rule.action)?;
-            self.steps.push(Step { id, action: rule.action, group, conditions: Some(conditions) });
+            self.steps.push(Step {
+                id,
+                action: rule.action,
+                group,
+                conditions: Some(conditions),
+            });
         }
         Ok(())
     }

@@ -41,7 +41,10 @@ impl std::fmt::Display for Conflict {
 
 /// The endpoints of `node`, keyed by interface name. Endpoints are taken in key order; one that
 /// claims an interface or an address an earlier one already has is left out and reported.
-pub fn local_endpoints(snapshot: &Snapshot, node: &str) -> (BTreeMap<String, LocalEndpoint>, Vec<Conflict>) {
+pub fn local_endpoints(
+    snapshot: &Snapshot,
+    node: &str,
+) -> (BTreeMap<String, LocalEndpoint>, Vec<Conflict>) {
     let mut endpoints: BTreeMap<String, LocalEndpoint> = BTreeMap::new();
     let mut owners: BTreeMap<IpNet, String> = BTreeMap::new();
     let mut conflicts = Vec::new();
@@ -59,12 +62,17 @@ pub fn local_endpoints(snapshot: &Snapshot, node: &str) -> (BTreeMap<String, Loc
         if let Some(other) = endpoints.get(&endpoint.interface) {
             conflicts.push(Conflict {
                 endpoint: endpoint.key,
-                reason: format!("interface {} already belongs to {}", other.interface, other.key),
+                reason: format!(
+                    "interface {} already belongs to {}",
+                    other.interface, other.key
+                ),
             });
             continue;
         }
-        if let Some((net, owner)) =
-            endpoint.networks.iter().find_map(|net| owners.get(net).map(|owner| (net, owner)))
+        if let Some((net, owner)) = endpoint
+            .networks
+            .iter()
+            .find_map(|net| owners.get(net).map(|owner| (net, owner)))
         {
             conflicts.push(Conflict {
                 endpoint: endpoint.key.clone(),
@@ -101,7 +109,8 @@ mod tests {
 
     #[test]
     fn only_this_nodes_endpoints_are_local() {
-        let yaml = wep("a", "node1", "calia", "198.18.0.1/32") + &wep("b", "node2", "calib", "198.18.0.2/32");
+        let yaml = wep("a", "node1", "calia", "198.18.0.1/32")
+            + &wep("b", "node2", "calib", "198.18.0.2/32");
         let (endpoints, conflicts) = local_endpoints(&snapshot(&yaml), "node1");
         assert!(conflicts.is_empty());
         assert_eq!(endpoints.keys().collect::<Vec<_>>(), ["calia"]);
@@ -117,7 +126,19 @@ mod tests {
         let (endpoints, conflicts) = local_endpoints(&snapshot(&yaml), "n");
         assert_eq!(endpoints.len(), 1);
         assert_eq!(conflicts.len(), 2);
-        assert!(conflicts[0].to_string().contains("interface calia already belongs to ns/a"), "{}", conflicts[0]);
-        assert!(conflicts[1].to_string().contains("address 198.18.0.1/32 already belongs to ns/a"), "{}", conflicts[1]);
+        assert!(
+            conflicts[0]
+                .to_string()
+                .contains("interface calia already belongs to ns/a"),
+            "{}",
+            conflicts[0]
+        );
+        assert!(
+            conflicts[1]
+                .to_string()
+                .contains("address 198.18.0.1/32 already belongs to ns/a"),
+            "{}",
+            conflicts[1]
+        );
     }
 }

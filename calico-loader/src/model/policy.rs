@@ -10,9 +10,7 @@
 use std::{cmp::Ordering, collections::BTreeMap};
 
 use super::selector::{LabelSource, Selector};
-use crate::datastore::{
-    Kind, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint,
-};
+use crate::datastore::{Kind, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint};
 
 /// Label Calico gives every namespaced endpoint: its namespace.
 pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
@@ -76,10 +74,21 @@ pub fn endpoint_labels(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> BTreeMap<
     let mut labels = BTreeMap::new();
     for name in wep.spec.profiles.iter().rev() {
         if let Some(profile) = snapshot.profile(name) {
-            labels.extend(profile.spec.labels_to_apply.iter().map(|(k, v)| (k.clone(), v.clone())));
+            labels.extend(
+                profile
+                    .spec
+                    .labels_to_apply
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
         }
     }
-    labels.extend(wep.metadata.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.extend(
+        wep.metadata
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     labels.insert(NAMESPACE_LABEL.to_owned(), wep.namespace().to_owned());
     if let Some(orchestrator) = &wep.spec.orchestrator {
         labels.insert(ORCHESTRATOR_LABEL.to_owned(), orchestrator.clone());
@@ -122,7 +131,9 @@ pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPla
     let namespace_labels = namespace_labels(snapshot, wep.namespace());
     let mut candidates = Vec::new();
     for policy in snapshot.network_policies() {
-        if policy.namespace() != wep.namespace() || !selects(policy.spec.selector.as_deref(), &labels) {
+        if policy.namespace() != wep.namespace()
+            || !selects(policy.spec.selector.as_deref(), &labels)
+        {
             continue;
         }
         candidates.push(Candidate {
@@ -151,7 +162,11 @@ pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPla
         candidates.push(Candidate {
             tier: policy.spec.tier.clone(),
             order: policy.spec.effective_order(),
-            id: PolicyId { kind: Kind::GlobalNetworkPolicy, namespace: None, name: policy.name().to_owned() },
+            id: PolicyId {
+                kind: Kind::GlobalNetworkPolicy,
+                namespace: None,
+                name: policy.name().to_owned(),
+            },
             ingress: policy.spec.applies_to(PolicyType::Ingress),
             egress: policy.spec.applies_to(PolicyType::Egress),
         });
@@ -165,8 +180,13 @@ pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPla
             .then_with(|| a.id.namespace.cmp(&b.id.namespace))
             .then_with(|| a.id.kind.cmp(&b.id.kind))
     });
-    let profiles: Vec<String> =
-        wep.spec.profiles.iter().filter(|name| snapshot.profile(name).is_some()).cloned().collect();
+    let profiles: Vec<String> = wep
+        .spec
+        .profiles
+        .iter()
+        .filter(|name| snapshot.profile(name).is_some())
+        .cloned()
+        .collect();
     EndpointPlan {
         ingress: direction_plan(snapshot, &candidates, |c| c.ingress, profiles.clone()),
         egress: direction_plan(snapshot, &candidates, |c| c.egress, profiles),
@@ -181,18 +201,31 @@ fn direction_plan(
 ) -> DirectionPlan {
     let mut tiers: BTreeMap<String, Vec<PolicyId>> = BTreeMap::new();
     for candidate in candidates.iter().filter(|c| applies(c)) {
-        tiers.entry(candidate.tier.clone()).or_default().push(candidate.id.clone());
+        tiers
+            .entry(candidate.tier.clone())
+            .or_default()
+            .push(candidate.id.clone());
     }
     let mut tiers: Vec<(f64, TierPlan)> = tiers
         .into_iter()
         .map(|(name, policies)| match snapshot.effective_tier(&name) {
             Some(tier) => (
                 tier.spec.effective_order(),
-                TierPlan { name, default_action: tier.spec.default_action, exists: true, policies },
+                TierPlan {
+                    name,
+                    default_action: tier.spec.default_action,
+                    exists: true,
+                    policies,
+                },
             ),
             None => (
                 f64::INFINITY,
-                TierPlan { name, default_action: TierDefaultAction::Deny, exists: false, policies },
+                TierPlan {
+                    name,
+                    default_action: TierDefaultAction::Deny,
+                    exists: false,
+                    policies,
+                },
             ),
         })
         .collect();
@@ -203,7 +236,10 @@ fn direction_plan(
             .then_with(|| order_a.partial_cmp(order_b).unwrap_or(Ordering::Equal))
             .then_with(|| a.name.cmp(&b.name))
     });
-    DirectionPlan { tiers: tiers.into_iter().map(|(_, tier)| tier).collect(), profiles }
+    DirectionPlan {
+        tiers: tiers.into_iter().map(|(_, tier)| tier).collect(),
+        profiles,
+    }
 }
 
 #[cfg(test)]
@@ -229,12 +265,24 @@ spec: {node: node1, orchestrator: cni, interfaceName: cali1, ipNetworks: [198.18
 
     fn plan(extra: &str) -> EndpointPlan {
         let snapshot = snapshot(extra);
-        let wep = snapshot.workload_endpoints().next().expect("the endpoint").clone();
+        let wep = snapshot
+            .workload_endpoints()
+            .next()
+            .expect("the endpoint")
+            .clone();
         endpoint_plan(&snapshot, &wep)
     }
 
     fn names(plan: &DirectionPlan) -> Vec<(String, Vec<String>)> {
-        plan.tiers.iter().map(|t| (t.name.clone(), t.policies.iter().map(ToString::to_string).collect())).collect()
+        plan.tiers
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.policies.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect()
     }
 
     const PROFILES: &str = "
@@ -254,12 +302,18 @@ spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
         let snapshot = snapshot(PROFILES);
         let wep = snapshot.workload_endpoints().next().expect("endpoint");
         let labels = endpoint_labels(&snapshot, wep);
-        assert_eq!(labels["app"], "web", "the endpoint's own label wins over a profile's");
+        assert_eq!(
+            labels["app"], "web",
+            "the endpoint's own label wins over a profile's"
+        );
         assert_eq!(labels["env"], "production");
         assert_eq!(labels[NAMESPACE_LABEL], "prod");
         assert_eq!(labels[ORCHESTRATOR_LABEL], "cni");
         let ns = namespace_labels(&snapshot, "prod");
-        assert_eq!((ns["env"].as_str(), ns[NAMESPACE_NAME_LABEL].as_str()), ("production", "prod"));
+        assert_eq!(
+            (ns["env"].as_str(), ns[NAMESPACE_NAME_LABEL].as_str()),
+            ("production", "prod")
+        );
     }
 
     #[test]
@@ -282,8 +336,12 @@ metadata: {name: normal}
 spec: {selector: all(), ingress: [{action: Allow}]}
 ",
         );
-        let names: Vec<&str> =
-            plan.ingress.tiers.iter().flat_map(|t| t.policies.iter().map(|p| p.name.as_str())).collect();
+        let names: Vec<&str> = plan
+            .ingress
+            .tiers
+            .iter()
+            .flat_map(|t| t.policies.iter().map(|p| p.name.as_str()))
+            .collect();
         assert_eq!(names, ["normal"]);
     }
 
@@ -341,11 +399,24 @@ spec: {{order: 1, selector: has(app), egress: [{{action: Allow}}]}}
             names(&plan.ingress),
             [
                 ("security".to_owned(), vec!["quarantine".to_owned()]),
-                ("default".to_owned(), vec!["prod/c-first".to_owned(), "prod/b-later".to_owned(), "prod/a-no-order".to_owned()]),
+                (
+                    "default".to_owned(),
+                    vec![
+                        "prod/c-first".to_owned(),
+                        "prod/b-later".to_owned(),
+                        "prod/a-no-order".to_owned()
+                    ]
+                ),
             ]
         );
-        assert_eq!(plan.ingress.tiers[0].default_action, TierDefaultAction::Pass);
-        assert_eq!(plan.ingress.tiers[1].default_action, TierDefaultAction::Deny);
+        assert_eq!(
+            plan.ingress.tiers[0].default_action,
+            TierDefaultAction::Pass
+        );
+        assert_eq!(
+            plan.ingress.tiers[1].default_action,
+            TierDefaultAction::Deny
+        );
         assert_eq!(
             names(&plan.egress),
             [
@@ -372,15 +443,30 @@ metadata: {name: normal}
 spec: {order: 1, ingress: [{action: Allow}]}
 ",
         );
-        let tiers: Vec<(&str, bool, TierDefaultAction)> =
-            plan.ingress.tiers.iter().map(|t| (t.name.as_str(), t.exists, t.default_action)).collect();
-        assert_eq!(tiers, [("default", true, TierDefaultAction::Deny), ("securty", false, TierDefaultAction::Deny)]);
-        assert!(plan.ingress.profiles.is_empty(), "profiles that do not exist are left out");
+        let tiers: Vec<(&str, bool, TierDefaultAction)> = plan
+            .ingress
+            .tiers
+            .iter()
+            .map(|t| (t.name.as_str(), t.exists, t.default_action))
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("default", true, TierDefaultAction::Deny),
+                ("securty", false, TierDefaultAction::Deny)
+            ]
+        );
+        assert!(
+            plan.ingress.profiles.is_empty(),
+            "profiles that do not exist are left out"
+        );
     }
 
     #[test]
     fn no_policy_means_no_tiers() {
-        let plan = plan("\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: default-net}\nspec: {}\n");
+        let plan = plan(
+            "\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: default-net}\nspec: {}\n",
+        );
         assert!(plan.ingress.tiers.is_empty() && plan.egress.tiers.is_empty());
         assert_eq!(plan.egress.profiles, ["default-net"]);
     }

@@ -14,7 +14,9 @@ use std::{
     fmt,
 };
 
-use calico_ebpf_common::{RuleInfo, direction, fill_nul_padded, map_sizes, rule_kind, verdict_action};
+use calico_ebpf_common::{
+    RuleInfo, direction, fill_nul_padded, map_sizes, rule_kind, verdict_action,
+};
 
 use super::{compile::CompileError, policy::PolicyId};
 use crate::datastore::Action;
@@ -65,11 +67,20 @@ impl fmt::Display for Direction {
 pub enum RuleRef {
     /// Rule `index` of a policy's rules for `direction`. The tier is part of the identity: a
     /// policy moved to another tier gets new ids.
-    PolicyRule { tier: String, policy: PolicyId, direction: Direction, index: u32 },
+    PolicyRule {
+        tier: String,
+        policy: PolicyId,
+        direction: Direction,
+        index: u32,
+    },
     /// The default action of `tier`, when none of its policies' rules decided.
     TierDefault { tier: String, direction: Direction },
     /// Rule `index` of a profile's rules for `direction`.
-    ProfileRule { profile: String, direction: Direction, index: u32 },
+    ProfileRule {
+        profile: String,
+        direction: Direction,
+        index: u32,
+    },
     /// The deny after the profiles: nothing decided.
     NoMatch { direction: Direction },
 }
@@ -107,7 +118,9 @@ impl RuleRef {
     /// `Profile:name`; `None` for tier defaults and the final deny.
     pub fn owner(&self) -> Option<String> {
         match self {
-            RuleRef::PolicyRule { policy, .. } => Some(format!("{}:{policy}", policy.kind.as_str())),
+            RuleRef::PolicyRule { policy, .. } => {
+                Some(format!("{}:{policy}", policy.kind.as_str()))
+            }
             RuleRef::ProfileRule { profile, .. } => Some(format!("Profile:{profile}")),
             RuleRef::TierDefault { .. } | RuleRef::NoMatch { .. } => None,
         }
@@ -125,13 +138,30 @@ impl RuleRef {
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RuleRef::PolicyRule { tier, direction, index, .. } => {
-                write!(f, "{} {direction} rule {index} (tier {tier})", self.owner().unwrap_or_default())
+            RuleRef::PolicyRule {
+                tier,
+                direction,
+                index,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{} {direction} rule {index} (tier {tier})",
+                    self.owner().unwrap_or_default()
+                )
             }
-            RuleRef::ProfileRule { direction, index, .. } => {
-                write!(f, "{} {direction} rule {index}", self.owner().unwrap_or_default())
+            RuleRef::ProfileRule {
+                direction, index, ..
+            } => {
+                write!(
+                    f,
+                    "{} {direction} rule {index}",
+                    self.owner().unwrap_or_default()
+                )
             }
-            RuleRef::TierDefault { tier, direction } => write!(f, "default action of tier {tier} ({direction})"),
+            RuleRef::TierDefault { tier, direction } => {
+                write!(f, "default action of tier {tier} ({direction})")
+            }
             RuleRef::NoMatch { direction } => write!(f, "no rule allowed it ({direction})"),
         }
     }
@@ -189,7 +219,12 @@ impl Default for RuleRegistry {
 impl RuleRegistry {
     /// A registry handing out ids 1 to `capacity`.
     pub fn new(capacity: u32) -> Self {
-        Self { capacity, ids: HashMap::new(), entries: vec![None], free: BinaryHeap::new() }
+        Self {
+            capacity,
+            ids: HashMap::new(),
+            entries: vec![None],
+            free: BinaryHeap::new(),
+        }
     }
 
     /// How many ids it can hand out.
@@ -220,9 +255,13 @@ impl RuleRegistry {
         let id = match self.free.pop() {
             Some(Reverse(id)) => id,
             None => {
-                let next = u32::try_from(self.entries.len()).ok().filter(|&id| id <= self.capacity);
+                let next = u32::try_from(self.entries.len())
+                    .ok()
+                    .filter(|&id| id <= self.capacity);
                 let Some(id) = next else {
-                    return Err(CompileError::RuleIdsExhausted { capacity: self.capacity });
+                    return Err(CompileError::RuleIdsExhausted {
+                        capacity: self.capacity,
+                    });
                 };
                 self.entries.push(None);
                 id
@@ -241,7 +280,10 @@ impl RuleRegistry {
 
     /// Every id in use, with its entry, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &RuleEntry)> {
-        self.entries.iter().enumerate().filter_map(|(id, entry)| Some((u32::try_from(id).ok()?, entry.as_ref()?)))
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(id, entry)| Some((u32::try_from(id).ok()?, entry.as_ref()?)))
     }
 
     /// Keeps the ids for which `keep` is true and frees the others; returns the freed ids in
@@ -299,7 +341,11 @@ mod tests {
     fn policy_rule(name: &str, index: u32) -> RuleRef {
         RuleRef::PolicyRule {
             tier: "default".into(),
-            policy: PolicyId { kind: Kind::NetworkPolicy, namespace: Some("prod".into()), name: name.into() },
+            policy: PolicyId {
+                kind: Kind::NetworkPolicy,
+                namespace: Some("prod".into()),
+                name: name.into(),
+            },
             direction: Direction::Ingress,
             index,
         }
@@ -311,19 +357,38 @@ mod tests {
         let a = registry.id(policy_rule("a", 0), Action::Allow).expect("id");
         let b = registry.id(policy_rule("a", 1), Action::Deny).expect("id");
         assert_eq!((a, b), (1, 2));
-        assert_eq!(registry.id(policy_rule("a", 0), Action::Allow).expect("id"), a, "same rule, same id");
+        assert_eq!(
+            registry.id(policy_rule("a", 0), Action::Allow).expect("id"),
+            a,
+            "same rule, same id"
+        );
         let changed = registry.id(policy_rule("a", 0), Action::Deny).expect("id");
         assert_eq!(changed, 3, "a rule whose action changed is another rule");
         assert!(matches!(
-            registry.id(RuleRef::NoMatch { direction: Direction::Egress }, Action::Deny),
+            registry.id(
+                RuleRef::NoMatch {
+                    direction: Direction::Egress
+                },
+                Action::Deny
+            ),
             Err(CompileError::RuleIdsExhausted { capacity: 3 })
         ));
         assert_eq!(registry.sweep(&HashSet::from([b])), [1, 3]);
         assert_eq!(registry.len(), 1);
         assert_eq!(registry.get(a), None);
-        let reused = registry.id(RuleRef::NoMatch { direction: Direction::Egress }, Action::Deny).expect("id");
+        let reused = registry
+            .id(
+                RuleRef::NoMatch {
+                    direction: Direction::Egress,
+                },
+                Action::Deny,
+            )
+            .expect("id");
         assert_eq!(reused, 1, "freed ids are handed out again, lowest first");
-        assert_eq!(registry.iter().map(|(id, _)| id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            registry.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            [1, 2]
+        );
     }
 
     #[test]
@@ -331,21 +396,45 @@ mod tests {
         let mut registry = RuleRegistry::default();
         let id = registry.id(policy_rule("web", 4), Action::Log).expect("id");
         let info = registry.info(id).expect("registered");
-        assert_eq!((info.kind, info.action, info.direction, info.index), (rule_kind::POLICY_RULE, ACTION_LOG, 0, 4));
+        assert_eq!(
+            (info.kind, info.action, info.direction, info.index),
+            (rule_kind::POLICY_RULE, ACTION_LOG, 0, 4)
+        );
         assert_eq!(info.tier_bytes(), b"default");
         assert_eq!(info.policy_bytes(), b"NetworkPolicy:prod/web");
-        assert_eq!(registry.describe(id), "rule 1: Log: NetworkPolicy:prod/web ingress rule 4 (tier default)");
+        assert_eq!(
+            registry.describe(id),
+            "rule 1: Log: NetworkPolicy:prod/web ingress rule 4 (tier default)"
+        );
 
-        let profile = RuleRef::ProfileRule { profile: "kns.prod".into(), direction: Direction::Egress, index: 0 };
+        let profile = RuleRef::ProfileRule {
+            profile: "kns.prod".into(),
+            direction: Direction::Egress,
+            index: 0,
+        };
         let id = registry.id(profile, Action::Pass).expect("id");
         let info = registry.info(id).expect("registered");
-        assert_eq!((info.kind, info.action, info.direction), (rule_kind::PROFILE_RULE, ACTION_PASS, 1));
-        assert_eq!((info.tier_bytes(), info.policy_bytes()), (&b""[..], &b"Profile:kns.prod"[..]));
+        assert_eq!(
+            (info.kind, info.action, info.direction),
+            (rule_kind::PROFILE_RULE, ACTION_PASS, 1)
+        );
+        assert_eq!(
+            (info.tier_bytes(), info.policy_bytes()),
+            (&b""[..], &b"Profile:kns.prod"[..])
+        );
 
-        let id =
-            registry.id(RuleRef::TierDefault { tier: "security".into(), direction: Direction::Ingress }, Action::Deny);
+        let id = registry.id(
+            RuleRef::TierDefault {
+                tier: "security".into(),
+                direction: Direction::Ingress,
+            },
+            Action::Deny,
+        );
         let info = registry.info(id.expect("id")).expect("registered");
-        assert_eq!((info.kind, info.action, info.tier_bytes()), (rule_kind::TIER_DEFAULT, 2, &b"security"[..]));
+        assert_eq!(
+            (info.kind, info.action, info.tier_bytes()),
+            (rule_kind::TIER_DEFAULT, 2, &b"security"[..])
+        );
         assert_eq!(registry.info(99), None);
         assert_eq!(registry.describe(99), "rule 99: unknown");
     }

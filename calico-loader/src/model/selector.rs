@@ -88,7 +88,11 @@ pub struct SelectorError {
 }
 
 fn expected_suffix(expected: &str) -> String {
-    if expected.is_empty() { String::new() } else { format!(": expected {expected}") }
+    if expected.is_empty() {
+        String::new()
+    } else {
+        format!(": expected {expected}")
+    }
 }
 
 /// Labels a selector is evaluated against.
@@ -138,12 +142,18 @@ pub struct Scoped<'a, L: ?Sized> {
 impl<'a, L: ?Sized> Scoped<'a, L> {
     /// Labels of a global (non-namespaced) resource.
     pub fn global(labels: &'a L) -> Self {
-        Self { labels, is_global: true }
+        Self {
+            labels,
+            is_global: true,
+        }
     }
 
     /// Labels of a namespaced resource.
     pub fn namespaced(labels: &'a L) -> Self {
-        Self { labels, is_global: false }
+        Self {
+            labels,
+            is_global: false,
+        }
     }
 }
 
@@ -188,9 +198,15 @@ pub enum Expr {
     /// `key ends with "value"`; false when the label is absent.
     EndsWith { key: String, value: String },
     /// `key in {...}`; false when the label is absent.
-    In { key: String, values: BTreeSet<String> },
+    In {
+        key: String,
+        values: BTreeSet<String>,
+    },
     /// `key not in {...}`; true when the label is absent.
-    NotIn { key: String, values: BTreeSet<String> },
+    NotIn {
+        key: String,
+        values: BTreeSet<String>,
+    },
     /// `!operand`. The operand is never itself a `Not`.
     Not(Box<Expr>),
     /// `a && b && ...`, with at least two operands.
@@ -208,9 +224,15 @@ impl Expr {
             Expr::Has(key) => labels.get(key).is_some(),
             Expr::Eq { key, value } => labels.get(key) == Some(value.as_str()),
             Expr::Ne { key, value } => labels.get(key) != Some(value.as_str()),
-            Expr::Contains { key, value } => labels.get(key).is_some_and(|v| v.contains(value.as_str())),
-            Expr::StartsWith { key, value } => labels.get(key).is_some_and(|v| v.starts_with(value.as_str())),
-            Expr::EndsWith { key, value } => labels.get(key).is_some_and(|v| v.ends_with(value.as_str())),
+            Expr::Contains { key, value } => {
+                labels.get(key).is_some_and(|v| v.contains(value.as_str()))
+            }
+            Expr::StartsWith { key, value } => labels
+                .get(key)
+                .is_some_and(|v| v.starts_with(value.as_str())),
+            Expr::EndsWith { key, value } => {
+                labels.get(key).is_some_and(|v| v.ends_with(value.as_str()))
+            }
             Expr::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
             Expr::NotIn { key, values } => labels.get(key).is_none_or(|v| !values.contains(v)),
             Expr::Not(operand) => !operand.matches(labels),
@@ -241,7 +263,9 @@ impl Expr {
                 keys.insert(key);
             }
             Expr::Not(operand) => operand.collect_keys(keys),
-            Expr::And(operands) | Expr::Or(operands) => operands.iter().for_each(|op| op.collect_keys(keys)),
+            Expr::And(operands) | Expr::Or(operands) => {
+                operands.iter().for_each(|op| op.collect_keys(keys))
+            }
         }
     }
 
@@ -261,7 +285,12 @@ fn write_quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     write!(f, "{quote}{s}{quote}")
 }
 
-fn write_set(f: &mut fmt::Formatter<'_>, key: &str, op: &str, values: &BTreeSet<String>) -> fmt::Result {
+fn write_set(
+    f: &mut fmt::Formatter<'_>,
+    key: &str,
+    op: &str,
+    values: &BTreeSet<String>,
+) -> fmt::Result {
     write!(f, "{key} {op} {{")?;
     for (i, value) in values.iter().enumerate() {
         if i > 0 {
@@ -341,7 +370,9 @@ impl Selector {
     /// `!all()`: the selector that matches nothing (Calico's `selector.NoMatch`).
     #[must_use]
     pub fn none() -> Selector {
-        Selector { root: Expr::Not(Box::new(Expr::All)) }
+        Selector {
+            root: Expr::Not(Box::new(Expr::All)),
+        }
     }
 
     /// Whether `labels` satisfy this selector.
@@ -511,7 +542,11 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn new(input: &'a str) -> Self {
-        Lexer { input, pos: 0, last: None }
+        Lexer {
+            input,
+            pos: 0,
+            last: None,
+        }
     }
 
     fn rest_at(&self, pos: usize) -> &'a str {
@@ -534,7 +569,12 @@ impl<'a> Lexer<'a> {
     fn emit(&mut self, kind: Kind, value: &'a str, start: usize, end: usize) -> Token<'a> {
         self.pos = end;
         self.last = Some(kind);
-        Token { kind, value, start, end }
+        Token {
+            kind,
+            value,
+            start,
+            end,
+        }
     }
 
     /// Reads the next token. `expected` describes what the parser is looking for, for the error
@@ -572,7 +612,11 @@ impl<'a> Lexer<'a> {
                 };
                 if !rest.starts_with(double) {
                     let single = &double[..1];
-                    return Err(self.error(start, format!("unexpected {single:?}"), &format!("{double:?}")));
+                    return Err(self.error(
+                        start,
+                        format!("unexpected {single:?}"),
+                        &format!("{double:?}"),
+                    ));
                 }
                 (kind, 2)
             }
@@ -601,11 +645,18 @@ impl<'a> Lexer<'a> {
                 }
             }
             let word_len = key_len(rest);
-            let message =
-                if word_len == 0 { self.found_at(start) } else { format!("unexpected {:?}", &rest[..word_len]) };
+            let message = if word_len == 0 {
+                self.found_at(start)
+            } else {
+                format!("unexpected {:?}", &rest[..word_len])
+            };
             return Err(self.error(start, message, EXPECT_OPERATOR));
         }
-        for (function, kind) in [("has(", Kind::Has), ("all(", Kind::All), ("global(", Kind::Global)] {
+        for (function, kind) in [
+            ("has(", Kind::Has),
+            ("all(", Kind::All),
+            ("global(", Kind::Global),
+        ] {
             if rest.starts_with(function) {
                 return self.function(start, function, kind);
             }
@@ -616,7 +667,12 @@ impl<'a> Lexer<'a> {
 
     /// Reads the rest of `has(key)`, `all()` or `global()`, whose opening `function` (ending in
     /// `(`) starts at `start`.
-    fn function(&mut self, start: usize, function: &str, kind: Kind) -> Result<Token<'a>, SelectorError> {
+    fn function(
+        &mut self,
+        start: usize,
+        function: &str,
+        kind: Kind,
+    ) -> Result<Token<'a>, SelectorError> {
         let mut pos = start + function.len();
         pos += space_len(self.rest_at(pos));
         let mut key = "";
@@ -626,7 +682,11 @@ impl<'a> Lexer<'a> {
             pos += space_len(self.rest_at(pos));
         }
         if !self.rest_at(pos).starts_with(')') {
-            return Err(self.error(pos, self.found_at(pos), &format!("\")\" to close {function}")));
+            return Err(self.error(
+                pos,
+                self.found_at(pos),
+                &format!("\")\" to close {function}"),
+            ));
         }
         Ok(self.emit(kind, key, start, pos + 1))
     }
@@ -650,8 +710,14 @@ impl<'a> Lexer<'a> {
 }
 
 fn make_error(input: &str, byte_pos: usize, message: String, expected: &str) -> SelectorError {
-    let position = input.get(..byte_pos).map_or(byte_pos, |before| before.chars().count());
-    SelectorError { position, message, expected: expected.to_owned() }
+    let position = input
+        .get(..byte_pos)
+        .map_or(byte_pos, |before| before.chars().count());
+    SelectorError {
+        position,
+        message,
+        expected: expected.to_owned(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,7 +734,11 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn new(input: &'a str) -> Self {
-        Parser { lexer: Lexer::new(input), peeked: None, depth: 0 }
+        Parser {
+            lexer: Lexer::new(input),
+            peeked: None,
+            depth: 0,
+        }
     }
 
     /// The next token, without consuming it.
@@ -698,7 +768,11 @@ impl<'a> Parser<'a> {
     }
 
     fn after_operand(&self) -> &'static str {
-        if self.depth == 0 { EXPECT_AFTER_TOP } else { EXPECT_AFTER_NESTED }
+        if self.depth == 0 {
+            EXPECT_AFTER_TOP
+        } else {
+            EXPECT_AFTER_NESTED
+        }
     }
 
     fn parse_root(&mut self) -> Result<Expr, SelectorError> {
@@ -719,7 +793,11 @@ impl<'a> Parser<'a> {
             self.bump();
             operands.push(self.parse_and()?);
         }
-        Ok(if operands.len() == 1 { operands.swap_remove(0) } else { Expr::Or(operands) })
+        Ok(if operands.len() == 1 {
+            operands.swap_remove(0)
+        } else {
+            Expr::Or(operands)
+        })
     }
 
     fn parse_and(&mut self) -> Result<Expr, SelectorError> {
@@ -728,7 +806,11 @@ impl<'a> Parser<'a> {
             self.bump();
             operands.push(self.parse_operation()?);
         }
-        Ok(if operands.len() == 1 { operands.swap_remove(0) } else { Expr::And(operands) })
+        Ok(if operands.len() == 1 {
+            operands.swap_remove(0)
+        } else {
+            Expr::And(operands)
+        })
     }
 
     /// An operation, with any number of leading `!`.
@@ -795,7 +877,11 @@ impl<'a> Parser<'a> {
             Kind::In | Kind::NotIn => {
                 self.bump();
                 let values = self.parse_set()?;
-                return Ok(if op.kind == Kind::In { Expr::In { key, values } } else { Expr::NotIn { key, values } });
+                return Ok(if op.kind == Kind::In {
+                    Expr::In { key, values }
+                } else {
+                    Expr::NotIn { key, values }
+                });
             }
             _ => return Err(self.unexpected(op, EXPECT_OPERATOR)),
         };
@@ -847,7 +933,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn parse(text: &str) -> Selector {
@@ -953,8 +1042,16 @@ mod tests {
         ("a == 'a1' && b != 'b1'", &[("a", "a1"), ("b", "b1")], false),
         ("a != 'a1' && b == 'b1'", &[("a", "a1"), ("b", "b1")], false),
         ("a != 'a1' && b != 'b1'", &[("a", "a1"), ("b", "b1")], false),
-        ("a != 'a1' && !b == 'b1'", &[("a", "a1"), ("b", "b1")], false),
-        ("!a == 'a1' && b == 'b1'", &[("a", "a1"), ("b", "b1")], false),
+        (
+            "a != 'a1' && !b == 'b1'",
+            &[("a", "a1"), ("b", "b1")],
+            false,
+        ),
+        (
+            "!a == 'a1' && b == 'b1'",
+            &[("a", "a1"), ("b", "b1")],
+            false,
+        ),
         ("has(a) && !has(b)", &[("a", "a")], true),
         ("!has(b) && has(a)", &[("a", "a")], true),
         ("!(!has(a) || has(b))", &[("a", "a")], true),
@@ -963,7 +1060,11 @@ mod tests {
         ("a == 'a1' || b != 'b1'", &[("a", "a1"), ("b", "b1")], true),
         ("a != 'a1' || b == 'b1'", &[("a", "a1"), ("b", "b1")], true),
         ("a != 'a1' || b != 'b1'", &[("a", "a1"), ("b", "b1")], false),
-        ("! a == 'a1' || ! b == 'b1'", &[("a", "a1"), ("b", "b1")], false),
+        (
+            "! a == 'a1' || ! b == 'b1'",
+            &[("a", "a1"), ("b", "b1")],
+            false,
+        ),
         ("a=='b'&&c=='d'||e=='f'", &[("e", "f")], true),
         // Precedence: && binds tighter than ||, ! tighter than both.
         ("has(a) || has(b) && has(c)", &[("a", "")], true),
@@ -985,9 +1086,21 @@ mod tests {
         ("a == '{, }'", &[("a", "{, }")], true),
         ("a == '&& ||'", &[("a", "&& ||")], true),
         // Key syntax: prefixes, digits, dots, dashes, slashes, underscores, keyword-like keys.
-        ("projectcalico.org/namespace == 'prod'", &[("projectcalico.org/namespace", "prod")], true),
-        ("app.kubernetes.io/name in {'web'}", &[("app.kubernetes.io/name", "web")], true),
-        ("has(calico/k8s_NS-.1/role)", &[("calico/k8s_NS-.1/role", "")], true),
+        (
+            "projectcalico.org/namespace == 'prod'",
+            &[("projectcalico.org/namespace", "prod")],
+            true,
+        ),
+        (
+            "app.kubernetes.io/name in {'web'}",
+            &[("app.kubernetes.io/name", "web")],
+            true,
+        ),
+        (
+            "has(calico/k8s_NS-.1/role)",
+            &[("calico/k8s_NS-.1/role", "")],
+            true,
+        ),
         (
             "calico/k8s_ns == 'kube-system' && k8s-app == 'kube-dns'",
             &[("calico/k8s_ns", "kube-system"), ("k8s-app", "kube-dns")],
@@ -995,14 +1108,22 @@ mod tests {
         ),
         ("1 == '1'", &[("1", "1")], true),
         ("-a == 'b'", &[("-a", "b")], true),
-        ("contains contains 'contains'", &[("contains", "xcontainsx")], true),
+        (
+            "contains contains 'contains'",
+            &[("contains", "xcontainsx")],
+            true,
+        ),
         ("in in {'in'}", &[("in", "in")], true),
         ("not in {'x'}", &[("not", "x")], true),
         ("not not in {'x'}", &[("not", "x")], false),
         ("has == 'x'", &[("has", "x")], true),
         ("all != 'x'", &[("all", "x")], false),
         ("global == 'x'", &[("global", "x")], true),
-        ("startswith starts with 'v'", &[("startswith", "value")], true),
+        (
+            "startswith starts with 'v'",
+            &[("startswith", "value")],
+            true,
+        ),
         ("A == 'B'", &[("a", "B")], false),
     ];
 
@@ -1011,13 +1132,25 @@ mod tests {
         for &(text, pairs, expected) in MATCH_CASES {
             let selector = parse(text);
             let map = labels(pairs);
-            assert_eq!(selector.matches(&map), expected, "{text:?} against {pairs:?}");
+            assert_eq!(
+                selector.matches(&map),
+                expected,
+                "{text:?} against {pairs:?}"
+            );
             let canonical = selector.canonical();
             let reparsed = parse(&canonical);
             assert_eq!(reparsed, selector, "{text:?} canonical {canonical:?}");
-            assert_eq!(reparsed.matches(&map), expected, "{canonical:?} against {pairs:?}");
+            assert_eq!(
+                reparsed.matches(&map),
+                expected,
+                "{canonical:?} against {pairs:?}"
+            );
             let hashed: HashMap<String, String> = map.clone().into_iter().collect();
-            assert_eq!(selector.matches(&hashed), expected, "{text:?} against HashMap {pairs:?}");
+            assert_eq!(
+                selector.matches(&hashed),
+                expected,
+                "{text:?} against HashMap {pairs:?}"
+            );
         }
     }
 
@@ -1035,9 +1168,21 @@ mod tests {
         ];
         for (text, namespaced_expected, global_expected) in cases {
             let selector = parse(text);
-            assert_eq!(selector.matches(&Scoped::namespaced(&map)), namespaced_expected, "{text} namespaced");
-            assert_eq!(selector.matches(&map), namespaced_expected, "{text} plain map");
-            assert_eq!(selector.matches(&Scoped::global(&map)), global_expected, "{text} global");
+            assert_eq!(
+                selector.matches(&Scoped::namespaced(&map)),
+                namespaced_expected,
+                "{text} namespaced"
+            );
+            assert_eq!(
+                selector.matches(&map),
+                namespaced_expected,
+                "{text} plain map"
+            );
+            assert_eq!(
+                selector.matches(&Scoped::global(&map)),
+                global_expected,
+                "{text} global"
+            );
             assert_eq!(selector.uses_global(), text.contains("global"), "{text}");
         }
         assert!(!parse("all() && has(global)").uses_global());
@@ -1073,8 +1218,14 @@ mod tests {
         (r#"a in {"d"}"#, r#"a in {"d"}"#),
         (r#"a in {"a", "b"}"#, r#"a in {"a", "b"}"#),
         (r#"a in {"d", "a", "b"}"#, r#"a in {"a", "b", "d"}"#),
-        (r#"a in {"z", "x", "y", "a"}"#, r#"a in {"a", "x", "y", "z"}"#),
-        (r#"a in {"z", "z", "x", "y", "x", "a"}"#, r#"a in {"a", "x", "y", "z"}"#),
+        (
+            r#"a in {"z", "x", "y", "a"}"#,
+            r#"a in {"a", "x", "y", "z"}"#,
+        ),
+        (
+            r#"a in {"z", "z", "x", "y", "x", "a"}"#,
+            r#"a in {"a", "x", "y", "z"}"#,
+        ),
         ("a in {'x',}", r#"a in {"x"}"#),
         ("a notin {}", "a not in {}"),
         (r#"a in {'"', "'"}"#, r#"a in {'"', "'"}"#),
@@ -1084,10 +1235,22 @@ mod tests {
         ("!!(has(a) && has(b))", "(has(a) && has(b))"),
         ("!(has(a))", "!has(a)"),
         ("!(k == 'v')", r#"!k == "v""#),
-        ("a == 'b' && c == 'd' && e == 'f'", r#"(a == "b" && c == "d" && e == "f")"#),
-        ("(a == 'b' && c == 'd') && e == 'f'", r#"((a == "b" && c == "d") && e == "f")"#),
-        ("has(a) || has(b) && has(c)", "(has(a) || (has(b) && has(c)))"),
-        ("(has(a) || has(b)) && has(c)", "((has(a) || has(b)) && has(c))"),
+        (
+            "a == 'b' && c == 'd' && e == 'f'",
+            r#"(a == "b" && c == "d" && e == "f")"#,
+        ),
+        (
+            "(a == 'b' && c == 'd') && e == 'f'",
+            r#"((a == "b" && c == "d") && e == "f")"#,
+        ),
+        (
+            "has(a) || has(b) && has(c)",
+            "(has(a) || (has(b) && has(c)))",
+        ),
+        (
+            "(has(a) || has(b)) && has(c)",
+            "((has(a) || has(b)) && has(c))",
+        ),
         (
             "!(!(k == 'v' && has(t) || all()) && (a in {'b', 'c'}))",
             r#"!(!((k == "v" && has(t)) || all()) && a in {"b", "c"})"#,
@@ -1098,7 +1261,11 @@ mod tests {
     fn canonical_form_matches_calico_and_round_trips() {
         for &(input, expected) in CANONICAL_CASES {
             let selector = parse(input);
-            assert_eq!(selector.canonical(), expected, "canonical form of {input:?}");
+            assert_eq!(
+                selector.canonical(),
+                expected,
+                "canonical form of {input:?}"
+            );
             assert_eq!(selector.to_string(), expected);
             let reparsed = parse(expected);
             assert_eq!(reparsed, selector, "{input:?} round trip");
@@ -1124,7 +1291,9 @@ mod tests {
 
     #[test]
     fn label_keys_are_collected() {
-        let selector = parse("a == 'x' && (has(b) || !c in {}) && d/e.f not in {'y'} || all() || global() || a != ''");
+        let selector = parse(
+            "a == 'x' && (has(b) || !c in {}) && d/e.f not in {'y'} || all() || global() || a != ''",
+        );
         let keys: Vec<String> = selector.label_keys().into_iter().collect();
         assert_eq!(keys, ["a", "b", "c", "d/e.f"]);
         assert!(Selector::all().label_keys().is_empty());
@@ -1133,7 +1302,10 @@ mod tests {
     #[test]
     fn serializes_as_canonical_string() {
         let selector = parse("a=='b'");
-        assert_eq!(serde_json::to_string(&selector).ok().as_deref(), Some(r#""a == \"b\"""#));
+        assert_eq!(
+            serde_json::to_string(&selector).ok().as_deref(),
+            Some(r#""a == \"b\"""#)
+        );
     }
 
     /// (selector, 0-based character position of the error), from Calico's `badSelectors`, its
@@ -1255,27 +1427,74 @@ mod tests {
         let error = Selector::parse("a == 'b' && && c").err();
         assert_eq!(
             error.map(|e| e.to_string()).as_deref(),
-            Some(r#"unexpected token "&&" at position 12: expected a label key, has(), all(), global(), ! or ("#)
+            Some(
+                r#"unexpected token "&&" at position 12: expected a label key, has(), all(), global(), ! or ("#
+            )
         );
         let cases = [
-            ("b", "unexpected end of selector at position 1: expected an operator"),
-            ("a b", r#"unexpected "b" at position 2: expected an operator"#),
-            ("a == b", r#"unexpected label key "b" at position 5: expected a quoted string"#),
-            ("'x' == a", "unexpected string 'x' at position 0: expected a label key"),
-            ("a in 'x'", "unexpected string 'x' at position 5: expected { and a set"),
-            ("a in {'x' 'y'}", "unexpected string 'y' at position 10: expected , or }"),
-            ("(has(a)", "unexpected end of selector at position 7: expected &&, || or )"),
-            ("has(a))", r#"unexpected token ")" at position 6: expected &&, || or the end of the selector"#),
-            ("a == 'x", "unterminated string at position 5: expected a closing '"),
+            (
+                "b",
+                "unexpected end of selector at position 1: expected an operator",
+            ),
+            (
+                "a b",
+                r#"unexpected "b" at position 2: expected an operator"#,
+            ),
+            (
+                "a == b",
+                r#"unexpected label key "b" at position 5: expected a quoted string"#,
+            ),
+            (
+                "'x' == a",
+                "unexpected string 'x' at position 0: expected a label key",
+            ),
+            (
+                "a in 'x'",
+                "unexpected string 'x' at position 5: expected { and a set",
+            ),
+            (
+                "a in {'x' 'y'}",
+                "unexpected string 'y' at position 10: expected , or }",
+            ),
+            (
+                "(has(a)",
+                "unexpected end of selector at position 7: expected &&, || or )",
+            ),
+            (
+                "has(a))",
+                r#"unexpected token ")" at position 6: expected &&, || or the end of the selector"#,
+            ),
+            (
+                "a == 'x",
+                "unterminated string at position 5: expected a closing '",
+            ),
             ("a = 'x'", r#"unexpected "=" at position 2: expected "==""#),
-            ("has(a b)", r#"unexpected character 'b' at position 6: expected ")" to close has("#),
-            ("has()", "unexpected character ')' at position 4: expected a label key inside has()"),
-            ("a == 'b' && %", "unexpected character '%' at position 12: expected a label key"),
-            ("a == 'b'\n", r"unexpected character '\n' at position 8: expected &&, || or the end"),
+            (
+                "has(a b)",
+                r#"unexpected character 'b' at position 6: expected ")" to close has("#,
+            ),
+            (
+                "has()",
+                "unexpected character ')' at position 4: expected a label key inside has()",
+            ),
+            (
+                "a == 'b' && %",
+                "unexpected character '%' at position 12: expected a label key",
+            ),
+            (
+                "a == 'b'\n",
+                r"unexpected character '\n' at position 8: expected &&, || or the end",
+            ),
         ];
         for (text, prefix) in cases {
-            let message = Selector::parse(text).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(message.starts_with(prefix), "{text:?}: got {message:?}, want {prefix:?}…");
+            let message = Selector::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.starts_with(prefix),
+                "{text:?}: got {message:?}, want {prefix:?}…"
+            );
         }
     }
 
@@ -1365,24 +1584,37 @@ mod tests {
     #[test]
     fn parse_never_panics_and_round_trips() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let label_sets =
-            [labels(&[]), labels(&[("a", "v"), ("b", "w")]), labels(&[("a", ""), ("k8s.io/app", "v"), ("x-y_z", "w")])];
+        let label_sets = [
+            labels(&[]),
+            labels(&[("a", "v"), ("b", "w")]),
+            labels(&[("a", ""), ("k8s.io/app", "v"), ("x-y_z", "w")]),
+        ];
         let mut valid = 0;
         for _ in 0..50_000 {
             let pieces = rng.below(16);
-            let text: String = (0..pieces).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+            let text: String = (0..pieces)
+                .map(|_| PIECES[rng.below(PIECES.len())])
+                .collect();
             match Selector::parse(&text) {
                 Ok(selector) => {
                     valid += 1;
                     let canonical = selector.canonical();
-                    let reparsed = Selector::parse(&canonical)
-                        .unwrap_or_else(|e| panic!("canonical {canonical:?} of {text:?} fails: {e}"));
+                    let reparsed = Selector::parse(&canonical).unwrap_or_else(|e| {
+                        panic!("canonical {canonical:?} of {text:?} fails: {e}")
+                    });
                     assert_eq!(reparsed, selector, "{text:?}");
                     assert_eq!(reparsed.canonical(), canonical, "{text:?}");
                     for set in &label_sets {
                         for global in [false, true] {
-                            let scoped = Scoped { labels: set, is_global: global };
-                            assert_eq!(selector.matches(&scoped), reparsed.matches(&scoped), "{text:?}");
+                            let scoped = Scoped {
+                                labels: set,
+                                is_global: global,
+                            };
+                            assert_eq!(
+                                selector.matches(&scoped),
+                                reparsed.matches(&scoped),
+                                "{text:?}"
+                            );
                         }
                     }
                 }
@@ -1401,7 +1633,11 @@ mod tests {
         for &(text, _, _) in MATCH_CASES {
             for (end, _) in text.char_indices() {
                 if let Err(error) = Selector::parse(&text[..end]) {
-                    assert!(error.position <= text[..end].chars().count(), "{:?}: {error}", &text[..end]);
+                    assert!(
+                        error.position <= text[..end].chars().count(),
+                        "{:?}: {error}",
+                        &text[..end]
+                    );
                 }
             }
         }

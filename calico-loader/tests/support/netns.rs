@@ -103,10 +103,17 @@ impl Netns {
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = self.path();
         thread::spawn(move || {
-            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let file =
+                fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
             // SAFETY: a valid namespace fd; setns affects only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
             f()
         })
         .join()
@@ -116,7 +123,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -132,7 +141,11 @@ pub struct Workload {
 
 impl Workload {
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// The WorkloadEndpoint resource for this workload on `node`.
@@ -155,7 +168,8 @@ impl Workload {
     /// Pings `dst` from this workload; true when replies came back.
     pub fn ping(&self, dst: IpAddr) -> bool {
         let dst = dst.to_string();
-        self.ns.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &dst])
+        self.ns
+            .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &dst])
     }
 }
 
@@ -172,7 +186,10 @@ impl Topology {
     pub fn new(count: u8) -> Self {
         require_root();
         let host = Netns::new(unique("ceh"));
-        let mut topology = Self { host, workloads: Vec::new() };
+        let mut topology = Self {
+            host,
+            workloads: Vec::new(),
+        };
         for i in 1..=count {
             topology.add_workload(i);
         }
@@ -182,7 +199,10 @@ impl Topology {
     /// Creates workload `i` (its namespace, veth, addresses and routes).
     pub fn add_workload(&mut self, i: u8) -> &Workload {
         let ns = Netns::new(unique(&format!("cew{i}")));
-        let host_ifname = format!("cali{:08x}{i:02}", std::process::id() ^ u32::from(i) ^ NEXT_ID.fetch_add(1, Ordering::SeqCst));
+        let host_ifname = format!(
+            "cali{:08x}{i:02}",
+            std::process::id() ^ u32::from(i) ^ NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        );
         let host_ifname: String = host_ifname.chars().take(15).collect();
         let mac = [0xca, 0xfe, 0, 0, 0, i];
         let workload = Workload {
@@ -194,23 +214,84 @@ impl Topology {
             index: i,
         };
         self.host.exec(&[
-            "ip", "link", "add", &workload.host_ifname, "address", HOST_SIDE_MAC, "type", "veth",
-            "peer", "name", "eth0", "address", &workload.mac_string(), "netns", &workload.ns.name,
+            "ip",
+            "link",
+            "add",
+            &workload.host_ifname,
+            "address",
+            HOST_SIDE_MAC,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            &workload.mac_string(),
+            "netns",
+            &workload.ns.name,
         ]);
-        self.host.exec(&["ip", "link", "set", &workload.host_ifname, "up"]);
+        self.host
+            .exec(&["ip", "link", "set", &workload.host_ifname, "up"]);
         let ns = &workload.ns;
         ns.exec(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec(&["ip", "addr", "add", &format!("{}/32", workload.v4), "dev", "eth0"]);
-        ns.exec(&["ip", "-6", "addr", "add", &format!("{}/128", workload.v6), "dev", "eth0", "nodad"]);
-        ns.exec(&["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-        ns.exec(&["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-        ns.exec(&["ip", "-6", "route", "add", "default", "via", "fe80::ecee:eeff:feee:eeee", "dev", "eth0"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/32", workload.v4),
+            "dev",
+            "eth0",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", workload.v6),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fe80::ecee:eeff:feee:eeee",
+            "dev",
+            "eth0",
+        ]);
         self.workloads.push(workload);
         self.workloads.last().expect("just pushed")
     }
 
     pub fn workload(&self, i: u8) -> &Workload {
-        self.workloads.iter().find(|w| w.index == i).expect("workload exists")
+        self.workloads
+            .iter()
+            .find(|w| w.index == i)
+            .expect("workload exists")
     }
 
     /// Prepares every workload's eth0 for XDP mode: GRO on, because frames redirected into a
@@ -241,7 +322,9 @@ pub const ALLOW_ALL_PROFILE: &str = "test-allow-all";
 impl Datastore {
     /// A datastore directory holding the allow-all profile the test workloads name.
     pub fn new() -> Self {
-        let datastore = Self { dir: tempfile::tempdir().expect("temp dir") };
+        let datastore = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
         datastore.write(
             "profile-allow-all.yaml",
             &format!(
@@ -314,7 +397,13 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("start the agent");
-        Self { child: Some(child), pin_path, log_path, host_ns, _log_dir: log_dir }
+        Self {
+            child: Some(child),
+            pin_path,
+            log_path,
+            host_ns,
+            _log_dir: log_dir,
+        }
     }
 
     /// The agent's process id, while it runs (nsenter execs it, so it is the child's).
@@ -359,7 +448,8 @@ impl Agent {
     /// Whether the endpoint on `ifname` is programmed and attached.
     pub fn attached(&self, ifname: &str) -> bool {
         self.dump("endpoints").as_array().is_some_and(|rows| {
-            rows.iter().any(|r| r["interface"] == ifname && r["attached"] == true)
+            rows.iter()
+                .any(|r| r["interface"] == ifname && r["attached"] == true)
         })
     }
 
@@ -373,7 +463,10 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        panic!("interfaces {ifnames:?} not attached after 20 s; agent log:\n{}", self.log());
+        panic!(
+            "interfaces {ifnames:?} not attached after 20 s; agent log:\n{}",
+            self.log()
+        );
     }
 
     /// The counters row of `ifname`.
@@ -389,7 +482,8 @@ impl Agent {
             let pid = child.id() as i32;
             // SAFETY: signal 0 only checks that the process exists.
             let alive = unsafe { libc::kill(pid, 0) } == 0
-                && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+                && !fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "));
             assert!(alive, "the agent exited; log:\n{}", self.log());
         }
     }
@@ -429,38 +523,83 @@ impl Drop for Agent {
 }
 
 /// Sends one UDP datagram from `from` to `to` (port 5300 + index) and returns what arrived.
-pub fn udp_exchange(from: &Workload, to: &Workload, dst: IpAddr, payload: &'static [u8]) -> Option<Vec<u8>> {
+pub fn udp_exchange(
+    from: &Workload,
+    to: &Workload,
+    dst: IpAddr,
+    payload: &'static [u8],
+) -> Option<Vec<u8>> {
     let port = 5300 + u16::from(to.index);
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("addr");
-    let listen = SocketAddr::new(if dst.is_ipv4() { "0.0.0.0".parse().expect("addr") } else { "::".parse().expect("addr") }, port);
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse()
+    } else {
+        "[::]:0".parse()
+    }
+    .expect("addr");
+    let listen = SocketAddr::new(
+        if dst.is_ipv4() {
+            "0.0.0.0".parse().expect("addr")
+        } else {
+            "::".parse().expect("addr")
+        },
+        port,
+    );
     let receiver = to.ns.enter(move || {
         let socket = UdpSocket::bind(listen).expect("bind UDP receiver");
-        socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
         socket
     });
-    let sender = from.ns.enter(move || UdpSocket::bind(bind).expect("bind UDP sender"));
+    let sender = from
+        .ns
+        .enter(move || UdpSocket::bind(bind).expect("bind UDP sender"));
     // The first datagram may wait for neighbour resolution; send a few.
     for _ in 0..3 {
-        sender.send_to(payload, SocketAddr::new(dst, port)).expect("send UDP");
+        sender
+            .send_to(payload, SocketAddr::new(dst, port))
+            .expect("send UDP");
     }
     let mut buf = [0u8; 1500];
-    receiver.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    receiver
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, _)| buf[..n].to_vec())
 }
 
 /// Opens a TCP connection from `from` to `to`, sends a line and reads the echo. The listener
 /// is closed before this returns, whether the connection worked or not.
-pub fn tcp_echo(from: &Workload, to: &Workload, dst: IpAddr, line: &'static str) -> std::io::Result<String> {
+pub fn tcp_echo(
+    from: &Workload,
+    to: &Workload,
+    dst: IpAddr,
+    line: &'static str,
+) -> std::io::Result<String> {
     let port = 5400 + u16::from(to.index);
-    let listen = SocketAddr::new(if dst.is_ipv4() { "0.0.0.0".parse().expect("addr") } else { "::".parse().expect("addr") }, port);
-    let listener = to.ns.enter(move || TcpListener::bind(listen).expect("bind TCP listener"));
-    listener.set_nonblocking(true).expect("non-blocking listener");
+    let listen = SocketAddr::new(
+        if dst.is_ipv4() {
+            "0.0.0.0".parse().expect("addr")
+        } else {
+            "::".parse().expect("addr")
+        },
+        port,
+    );
+    let listener = to
+        .ns
+        .enter(move || TcpListener::bind(listen).expect("bind TCP listener"));
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     let client_done = Arc::new(AtomicBool::new(false));
     let done = client_done.clone();
     let server = thread::spawn(move || -> std::io::Result<()> {
         let mut stream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !done.load(Ordering::SeqCst) => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && !done.load(Ordering::SeqCst) =>
+                {
                     thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => return Err(e),
@@ -474,7 +613,8 @@ pub fn tcp_echo(from: &Workload, to: &Workload, dst: IpAddr, line: &'static str)
         Ok(())
     });
     let result = from.ns.enter(move || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(5))?;
+        let mut stream =
+            TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(line.as_bytes())?;
         let mut buf = [0u8; 256];

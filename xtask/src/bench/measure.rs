@@ -34,8 +34,9 @@ const RR_PORT: u16 = 7101;
 const RR_MESSAGE: usize = 64;
 /// Exchanges before the timed ones (connection warm-up).
 const RR_WARMUP: usize = 200;
-/// UDP destination port of the generated packets: nobody listens there.
-const UDP_PORT: u16 = 9;
+/// UDP destination port of the generated packets: the sink's socket listens
+/// there and never reads (`bench-udp-sink`).
+pub const UDP_PORT: u16 = 9;
 
 // ---------------------------------------------------------------------------
 // Packet rate
@@ -67,7 +68,7 @@ fn trafgen_config(src_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, cpu: usize) -> Re
             .join(", ")
     };
     Ok(format!(
-        "/* 64-byte UDP frame (60 bytes + FCS), {src} -> {dst}, port {UDP_PORT} (nobody listens). */\n\
+        "/* 64-byte UDP frame (60 bytes + FCS), {src} -> {dst}, port {UDP_PORT} (a socket that never reads). */\n\
          cpu({cpu}): {{\n  \
            /* Ethernet: to the host side, from gen's eth0, IPv4 */\n  \
            {dmac},\n  \
@@ -87,6 +88,44 @@ fn trafgen_config(src_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, cpu: usize) -> Re
         src_octets = octets(src),
         dst_octets = octets(dst),
     ))
+}
+
+/// The same frame as bytes, for the live-frames generator: what trafgen's configuration
+/// describes, with the IPv4 header checksum computed.
+pub fn udp_frame(src_mac: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Result<[u8; 60]> {
+    let mac = |text: &str| -> Result<[u8; 6]> {
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).with_context(|| format!("invalid MAC {text}")))
+            .collect::<Result<_>>()?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("invalid MAC {text}"))
+    };
+    let mut frame = [0u8; 60];
+    frame[0..6].copy_from_slice(&mac(HOST_SIDE_MAC)?);
+    frame[6..12].copy_from_slice(&mac(src_mac)?);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut frame[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    ip[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    let udp = &mut frame[34..42];
+    udp[0..2].copy_from_slice(&UDP_PORT.to_be_bytes());
+    udp[2..4].copy_from_slice(&UDP_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&26u16.to_be_bytes());
+    Ok(frame)
 }
 
 pub fn write_trafgen_config(dir: &Path, topo: &Topology, cpu: usize) -> Result<PathBuf> {
@@ -128,6 +167,7 @@ pub struct DataplaneCounters {
 
 #[derive(Debug, Serialize)]
 pub struct PpsResult {
+    pub generator: Generator,
     /// Seconds between the two readings of the sink's counter.
     pub interval_s: f64,
     /// `Ip: InReceives` in the sink namespace.
@@ -390,48 +430,124 @@ impl Snapshot {
     }
 }
 
-/// Runs trafgen in gen for warm-up + duration, and reads the counters after
-/// the warm-up and at the end.
-pub fn packet_rate(ctx: &Ctx<'_>, active: &Active<'_>, programs: &[Program]) -> Result<PpsResult> {
-    let plan = ctx.plan;
-    // We stop trafgen after the second snapshot; the timeout (SIGINT, which
-    // trafgen also handles) is a safety net.
-    let run_for = plan.warmup + plan.duration + Duration::from_secs(10);
-    let cpus = (plan.generator_cpu + 1).to_string();
-    let child = ctx
-        .topo
-        .gen_wl
-        .netns
-        .exec("timeout")
-        .args(["--preserve-status", "-s", "INT", "-k", "5"])
-        .arg(format!("{:.1}", run_for.as_secs_f64()))
-        .arg("trafgen")
-        // Leave the system's socket memory and IRQ affinities alone; fork a
-        // worker per CPU up to the generator's: only its cpu(N) sends.
-        .args(["--no-sock-mem", "--notouch-irq", "--cpus", &cpus])
-        .args(["--dev", "eth0", "--conf"])
-        .arg(ctx.trafgen_config)
-        .spawn_prefixed("[trafgen]")?;
-    let mut trafgen = ChildGuard::new("trafgen", child, true);
+/// What sends the 64-byte UDP frames from gen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generator {
+    /// trafgen: socket buffers from a packet socket's transmit ring, like packets born in a
+    /// workload's stack.
+    Trafgen,
+    /// BPF_PROG_TEST_RUN live frames (`bench-live-gen`): `xdp_frame`s sent by XDP_TX, like
+    /// frames from a NIC or a VM's tap.
+    LiveFrames,
+}
 
-    util::sleep(plan.warmup)?;
-    if let Some(status) = trafgen.try_wait()? {
-        bail!("trafgen exited during the warm-up ({status}); see its [trafgen] lines");
+impl Generator {
+    pub const ALL: [Self; 2] = [Self::Trafgen, Self::LiveFrames];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trafgen => "trafgen",
+            Self::LiveFrames => "live frames",
+        }
     }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Trafgen => "[trafgen]",
+            Self::LiveFrames => "[live frames]",
+        }
+    }
+
+    fn spawn(self, ctx: &Ctx<'_>, run_for: Duration) -> Result<ChildGuard> {
+        let plan = ctx.plan;
+        let gen_ns = &ctx.topo.gen_wl.netns;
+        let child = match self {
+            Self::Trafgen => {
+                let cpus = (plan.generator_cpu + 1).to_string();
+                gen_ns
+                    .exec("timeout")
+                    .args(["--preserve-status", "-s", "INT", "-k", "5"])
+                    .arg(format!("{:.1}", run_for.as_secs_f64()))
+                    .arg("trafgen")
+                    // Leave the system's socket memory and IRQ affinities alone; fork a
+                    // worker per CPU up to the generator's: only its cpu(N) sends.
+                    .args(["--no-sock-mem", "--notouch-irq", "--cpus", &cpus])
+                    .args(["--dev", "eth0", "--conf"])
+                    .arg(ctx.trafgen_config)
+                    .spawn_prefixed(self.prefix())?
+            }
+            Self::LiveFrames => {
+                let topo = ctx.topo;
+                let frame = udp_frame(&topo.gen_wl.mac, topo.gen_wl.ipv4, topo.sink.ipv4)?;
+                let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+                let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+                gen_ns
+                    .exec(exe)
+                    .args(["bench-live-gen", "--ifname", "eth0"])
+                    .args(["--cpu", &plan.generator_cpu.to_string()])
+                    .args(["--seconds", &format!("{:.1}", run_for.as_secs_f64())])
+                    .args(["--frame", &hex])
+                    .spawn_prefixed(self.prefix())?
+            }
+        };
+        Ok(ChildGuard::new(self.as_str(), child, true))
+    }
+}
+
+/// Runs the generator in gen for warm-up + duration, and reads the counters
+/// after the warm-up and at the end.
+pub fn packet_rate(
+    ctx: &Ctx<'_>,
+    active: &Active<'_>,
+    programs: &[Program],
+    generator: Generator,
+) -> Result<PpsResult> {
+    let plan = ctx.plan;
+    let name = generator.as_str();
+    let prefix = generator.prefix();
+    // We stop the generator after the second snapshot; its own time limit is
+    // a safety net.
+    let run_for = plan.warmup + plan.duration + Duration::from_secs(10);
+    let mut sender = generator.spawn(ctx, run_for)?;
+
+    // Our programs' cost comes from the warm-up, with bpf_stats on; the rate
+    // is counted with it off, as its clock reads (two per program run) would
+    // slow our setups only.
     let agent = active.is_agent();
+    let warmup_programs = if agent {
+        program_stats(
+            &Cmd::new("bpftool")
+                .args(["prog", "show", "-j"])
+                .privileged()
+                .output()?,
+        )?
+    } else {
+        BTreeMap::new()
+    };
+    util::sleep(plan.warmup)?;
+    if let Some(status) = sender.try_wait()? {
+        bail!("{name} exited during the warm-up ({status}); see its {prefix} lines");
+    }
     let before = Snapshot::take(ctx, agent)?;
+    if agent {
+        ctx.bpf_stats.set_again("0")?;
+    }
     util::sleep(plan.duration.saturating_sub(before.sink_at.elapsed()))?;
     let after = Snapshot::take(ctx, agent)?;
-    if trafgen.try_wait()?.is_some() {
-        bail!("trafgen stopped before the end of the interval; see its [trafgen] lines");
+    if agent {
+        ctx.bpf_stats.set_again("1")?;
+    }
+    if sender.try_wait()?.is_some() {
+        bail!("{name} stopped before the end of the interval; see its {prefix} lines");
     }
 
-    // Stop it now rather than at its timeout: SIGTERM to `timeout`, which
-    // passes it on to trafgen's processes; trafgen prints its summary.
-    match trafgen.stop(Duration::from_secs(10)) {
+    // Stop it now rather than at its time limit (SIGTERM; `timeout` passes it
+    // on to trafgen's processes); both print a summary.
+    match sender.stop(Duration::from_secs(10)) {
         Some(status) if status.success() => {}
-        Some(status) => bail!("trafgen failed ({status}); see its [trafgen] lines"),
-        None => bail!("trafgen did not stop"),
+        Some(status) => bail!("{name} failed ({status}); see its {prefix} lines"),
+        None => bail!("{name} did not stop"),
     }
 
     let interval = (after.sink_at - before.sink_at).as_secs_f64();
@@ -444,8 +560,8 @@ pub fn packet_rate(ctx: &Ctx<'_>, active: &Active<'_>, programs: &[Program]) -> 
     let costs = programs
         .iter()
         .map(|p| {
-            let (name, time_b, runs_b) = before.programs.get(&p.id).cloned().unwrap_or_default();
-            let (_, time_a, runs_a) = after.programs.get(&p.id).cloned().unwrap_or_default();
+            let (name, time_b, runs_b) = warmup_programs.get(&p.id).cloned().unwrap_or_default();
+            let (_, time_a, runs_a) = before.programs.get(&p.id).cloned().unwrap_or_default();
             let runs = runs_a.saturating_sub(runs_b);
             let run_time_ns = time_a.saturating_sub(time_b);
             ProgramCost {
@@ -467,6 +583,7 @@ pub fn packet_rate(ctx: &Ctx<'_>, active: &Active<'_>, programs: &[Program]) -> 
         _ => None,
     };
     let result = PpsResult {
+        generator,
         interval_s: interval,
         delivered_packets: delivered,
         delivered_pps: delivered as f64 / interval,
@@ -697,7 +814,7 @@ where
 }
 
 /// Pins the calling thread to one CPU.
-fn pin_current_thread(cpu: usize) -> Result<()> {
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
     // SAFETY: cpu_set_t is plain data, all zeroes is the empty set; CPU_SET
     // is bounds-checked by the caller below; sched_setaffinity(0, ...) only
     // affects the calling thread.
@@ -833,6 +950,27 @@ mod tests {
             .sum();
         assert_eq!(size, 60, "{config}");
         assert!(trafgen_config("zz", Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0).is_err());
+    }
+
+    #[test]
+    fn the_live_frame_is_the_trafgen_frame() {
+        let frame = udp_frame(
+            "ca:fe:00:00:00:01",
+            Ipv4Addr::new(198, 18, 0, 1),
+            Ipv4Addr::new(198, 18, 0, 2),
+        )
+        .expect("valid");
+        assert_eq!(&frame[0..6], &[0xee; 6]);
+        assert_eq!(&frame[6..12], &[0xca, 0xfe, 0, 0, 0, 1]);
+        assert_eq!(&frame[26..34], &[198, 18, 0, 1, 198, 18, 0, 2]);
+        // The IPv4 header sums to 0xffff with its checksum.
+        let sum: u32 = frame[14..34]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff);
+        assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), UDP_PORT);
+        assert!(udp_frame("zz", Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED).is_err());
     }
 
     #[test]

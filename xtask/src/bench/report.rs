@@ -212,6 +212,7 @@ pub fn ratio(value: f64, base: f64) -> f64 {
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Ratios {
     pub pps: f64,
+    pub live_pps: f64,
     pub tcp: f64,
     pub rr_p50: f64,
 }
@@ -230,11 +231,13 @@ fn ratios(result: &RoundResult, results: &[RoundResult]) -> Ratios {
     match base {
         Some(base) => Ratios {
             pps: ratio(result.pps.delivered_pps, base.pps.delivered_pps),
+            live_pps: ratio(result.live.delivered_pps, base.live.delivered_pps),
             tcp: ratio(result.tcp.gbps(), base.tcp.gbps()),
             rr_p50: ratio(rr(result), rr(base)),
         },
         None => Ratios {
             pps: f64::NAN,
+            live_pps: f64::NAN,
             tcp: f64::NAN,
             rr_p50: f64::NAN,
         },
@@ -248,6 +251,10 @@ pub struct SetupSummary {
     pub delivered_mpps: Option<Spread>,
     pub offered_mpps: Option<Spread>,
     pub pps_ratio_to_linux: Option<Spread>,
+    /// The same from the live-frames generator.
+    pub live_delivered_mpps: Option<Spread>,
+    pub live_offered_mpps: Option<Spread>,
+    pub live_pps_ratio_to_linux: Option<Spread>,
     pub tcp_gbps: Option<Spread>,
     pub tcp_ratio_to_linux: Option<Spread>,
     pub rr_p50_us: Option<Spread>,
@@ -255,6 +262,8 @@ pub struct SetupSummary {
     pub rr_p50_ratio_to_linux: Option<Spread>,
     /// ns per run of our from-workload program under the trafgen load.
     pub bpf_ns_per_packet: Option<Spread>,
+    /// The same under the live-frames load.
+    pub live_bpf_ns_per_packet: Option<Spread>,
     /// Busy percentage of each CPU during the packet-rate interval.
     pub cpu_busy_pct: Vec<Option<Spread>>,
 }
@@ -273,6 +282,9 @@ pub fn summarise(plan: &Plan, results: &[RoundResult]) -> Vec<SetupSummary> {
                 delivered_mpps: Spread::of(rounds.iter().map(|r| r.pps.delivered_pps / 1e6)),
                 offered_mpps: Spread::of(rounds.iter().map(|r| r.pps.offered_pps / 1e6)),
                 pps_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.pps)),
+                live_delivered_mpps: Spread::of(rounds.iter().map(|r| r.live.delivered_pps / 1e6)),
+                live_offered_mpps: Spread::of(rounds.iter().map(|r| r.live.offered_pps / 1e6)),
+                live_pps_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.live_pps)),
                 tcp_gbps: Spread::of(ok_tcp().map(|r| r.tcp.gbps())),
                 tcp_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.tcp)),
                 rr_p50_us: Spread::of(ok_rr().map(|r| r.rr.p50_us)),
@@ -280,6 +292,9 @@ pub fn summarise(plan: &Plan, results: &[RoundResult]) -> Vec<SetupSummary> {
                 rr_p50_ratio_to_linux: Spread::of(ratios.iter().map(|r| r.rr_p50)),
                 bpf_ns_per_packet: Spread::of(
                     rounds.iter().filter_map(|r| r.pps.bpf_ns_per_packet()),
+                ),
+                live_bpf_ns_per_packet: Spread::of(
+                    rounds.iter().filter_map(|r| r.live.bpf_ns_per_packet()),
                 ),
                 cpu_busy_pct: (0..plan.cpus)
                     .map(|cpu| {
@@ -302,16 +317,18 @@ pub fn markdown_table(summary: &[SetupSummary]) -> String {
     let cpus = summary.first().map_or(0, |s| s.cpu_busy_pct.len());
     let mut header = vec![
         "setup".to_owned(),
-        "Mpps at sink".into(),
+        "trafgen Mpps".into(),
         "× linux".into(),
-        "Mpps offered".into(),
+        "live Mpps".into(),
+        "× linux".into(),
         "TCP Gbit/s".into(),
         "× linux".into(),
         "RR p50 µs".into(),
         "RR p99 µs".into(),
-        "BPF ns/pkt".into(),
+        "BPF ns/pkt trafgen".into(),
+        "BPF ns/pkt live".into(),
     ];
-    header.extend((0..cpus).map(|c| format!("CPU{c} % (pps)")));
+    header.extend((0..cpus).map(|c| format!("CPU{c} % (trafgen)")));
     let rows: Vec<Vec<String>> = summary
         .iter()
         .map(|s| {
@@ -319,12 +336,14 @@ pub fn markdown_table(summary: &[SetupSummary]) -> String {
                 format!("`{}`", s.setup),
                 Spread::show(s.delivered_mpps, 3),
                 Spread::show(s.pps_ratio_to_linux, 2),
-                Spread::show(s.offered_mpps, 3),
+                Spread::show(s.live_delivered_mpps, 3),
+                Spread::show(s.live_pps_ratio_to_linux, 2),
                 Spread::show(s.tcp_gbps, 2),
                 Spread::show(s.tcp_ratio_to_linux, 2),
                 Spread::show(s.rr_p50_us, 1),
                 Spread::show(s.rr_p99_us, 1),
                 Spread::show(s.bpf_ns_per_packet, 0),
+                Spread::show(s.live_bpf_ns_per_packet, 0),
             ];
             row.extend(s.cpu_busy_pct.iter().map(|c| Spread::show(*c, 0)));
             row
@@ -395,19 +414,21 @@ pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary])
     print!("{}", markdown_table(summary));
     println!();
     println!("- {}", plan.cpu_split());
+    println!("- {}", crate::bench::OFFLOADS);
     println!(
-        "- Every workload's eth0 has `ethtool -K eth0 gro on tx off`, in all setups (XDP needs \
-         GRO on the receiving veth; XDP-redirected frames lose their pending checksum)."
+        "- trafgen: socket buffers from a packet socket (like a container's stack); live: \
+         BPF_PROG_TEST_RUN live frames sent by XDP_TX from gen's eth0 (xdp_frames, like a NIC \
+         or a VM's tap). The sink has a bound UDP socket that never reads."
     );
     println!(
-        "- CPU% (pps): how busy each CPU was during the packet-rate interval. trafgen's CPU is \
-         always at 100%; time on the other one is another program (the bench warns when it \
-         sees user-space time, which none of the measured paths spends)."
+        "- CPU% (trafgen): how busy each CPU was while trafgen's rate was counted. The \
+         generator's CPU is at 100%; time on the other one is another program (the bench warns \
+         when it sees user-space time, which none of the measured paths spends)."
     );
     println!(
-        "- kernel.bpf_stats_enabled=1 during the whole bench: BPF ns/pkt is our from-workload \
-         program's run_time_ns/run_cnt under the trafgen load (the stats add two clock reads \
-         per run to ours setups)."
+        "- BPF ns/pkt: our from-workload program's run_time_ns/run_cnt over the warm-up, with \
+         kernel.bpf_stats_enabled=1; it is 0 while rates are counted (its clock reads would \
+         slow our setups only)."
     );
     println!();
 }
@@ -445,7 +466,9 @@ pub fn write_json(
         "tool": "cargo xtask bench",
         // 2: `ours-<hook>-N` setups (were `ours-<hook>`), `policy` per round, `goal_checks`,
         // `control_plane`.
-        "schema_version": 2,
+        // 3: `live` per round (the live-frames generator), live_* in the summary, goal checks
+        // per generator, bpf_stats from the warm-up.
+        "schema_version": 3,
         "command": plan.command,
         "started": timestamp(plan.started).iso,
         "elapsed_s": elapsed.as_secs_f64(),
@@ -460,8 +483,14 @@ pub fn write_json(
             "order": "every round runs every setup once, in this order; linux first",
             "generator_cpu": plan.generator_cpu,
             "cpu_split": plan.cpu_split(),
-            "workload_eth0": "ethtool -K eth0 gro on tx off (all setups)",
+            "offloads": crate::bench::OFFLOADS,
+            "host_side": "ethtool -K <host side> gro on (NAPI, which frames sent by XDP need), both workloads, all setups",
             "udp_frame": "60 bytes + FCS: Ethernet/IPv4/UDP gen -> sink, port 9, IP checksum by csumip()",
+            "generators": {
+                "trafgen": "trafgen --cpus GEN+1 with cpu(GEN) in its configuration: socket buffers from a packet socket's TX ring",
+                "live_frames": "xtask bench-live-gen pinned to GEN: BPF_PROG_TEST_RUN, BPF_F_TEST_XDP_LIVE_FRAMES, an XDP program on gen's eth0 that writes the frame and returns XDP_TX; frames reach the host side as xdp_frames",
+            },
+            "sink_socket": "a UDP socket bound to port 9 in the sink (SO_RCVBUF minimum), never read: no ICMP port unreachable",
             "delivered": "Ip: InReceives in the sink namespace",
             "offered": "tx packets + tx dropped of gen's eth0",
             "iptables": "FORWARD -i <gen host side> -j cali-fw-<gen host side>; N x `-s 198.19.x.y/32 -j DROP`, then ACCEPT",
@@ -471,7 +500,7 @@ pub fn write_json(
             "control_plane": "after the rounds, one agent (tc): time until `calico-loader trace` (polled every 20 ms) shows the verdict of control_plane.rules rules renamed into its datastore; time from a new endpoint's WorkloadEndpoint to its first echo reply (ping every 5 ms); VmHWM; bytes_memlock of the maps it holds (bpftool)",
             "tcp": "iperf3 -c sink -t DURATION -J (client in gen, server in sink)",
             "request_response": "one TCP connection, 64 bytes each way, back to back, TCP_NODELAY",
-            "bpf_stats": "kernel.bpf_stats_enabled=1 for the whole bench; deltas of run_time_ns and run_cnt around the packet-rate interval",
+            "bpf_stats": "kernel.bpf_stats_enabled=1 during each warm-up (deltas of run_time_ns and run_cnt over it), 0 while packet rates are counted",
         },
         "results": rounds,
         "summary": figures.summary,
@@ -493,11 +522,14 @@ pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
     let mut problems = Vec::new();
     for r in results {
         let at = format!("{} (round {})", r.setup, r.round);
-        if r.pps.delivered_packets == 0 {
-            problems.push(format!(
-                "{at}: no UDP packet reached the sink ({} offered)",
-                r.pps.offered_packets
-            ));
+        for pps in [&r.pps, &r.live] {
+            if pps.delivered_packets == 0 {
+                problems.push(format!(
+                    "{at}: no UDP packet from {} reached the sink ({} offered)",
+                    pps.generator.as_str(),
+                    pps.offered_packets
+                ));
+            }
         }
         match &r.tcp.error {
             Some(err) => problems.push(format!("{at}: TCP failed: {err}")),
@@ -551,7 +583,13 @@ pub fn print_microbench(rows: &[serde_json::Value]) {
     println!("  conntrack: other flows in the conntrack table while measuring.");
     println!(
         "{:>8}  {:>7}  {:>10}  {:>10}  {:>14}  {:>14}  {:>14}",
-        "routes", "rules", "conntrack", "packets", "TC tracked ns", "XDP tracked ns", "TC policy ns"
+        "routes",
+        "rules",
+        "conntrack",
+        "packets",
+        "TC tracked ns",
+        "XDP tracked ns",
+        "TC policy ns"
     );
     for row in rows {
         println!(
@@ -694,6 +732,18 @@ fn pps(r: &RoundResult) -> f64 {
     r.pps.delivered_pps
 }
 
+fn live_pps(r: &RoundResult) -> f64 {
+    r.live.delivered_pps
+}
+
+/// The packet rates the rate goals are checked on: one per generator.
+type Metric = fn(&RoundResult) -> f64;
+
+const RATES: [(&str, Metric); 2] = [
+    ("packets/s (trafgen)", pps),
+    ("packets/s (live frames)", live_pps),
+];
+
 fn tcp(r: &RoundResult) -> f64 {
     if r.tcp.error.is_some() {
         f64::NAN
@@ -765,34 +815,40 @@ pub fn goal_checks(plan: &Plan, results: &[RoundResult]) -> Vec<GoalCheck> {
             });
         };
         let n = largest(&|_| true).unwrap_or(GOAL_RULES);
-        check(
-            format!("{}: rules vs none", hook.as_str()),
-            ours(n),
-            ours(0),
-            "packets/s",
-            pps,
-            0.9,
-            stand_in(n),
-        );
-        check(
-            format!("{}: no rules vs Linux forwarding", hook.as_str()),
-            ours(0),
-            Setup::Linux,
-            "packets/s",
-            pps,
-            1.5,
-            None,
-        );
         let m = largest(&|n| has(Setup::Iptables(n))).unwrap_or(GOAL_RULES);
-        check(
-            format!("{}: vs iptables, same rule count", hook.as_str()),
-            ours(m),
-            Setup::Iptables(m),
-            "packets/s",
-            pps,
-            20.0,
-            stand_in(m),
-        );
+        for (metric_name, metric) in RATES {
+            check(
+                format!("{}: rules vs none", hook.as_str()),
+                ours(n),
+                ours(0),
+                metric_name,
+                metric,
+                0.9,
+                stand_in(n),
+            );
+        }
+        for (metric_name, metric) in RATES {
+            check(
+                format!("{}: no rules vs Linux forwarding", hook.as_str()),
+                ours(0),
+                Setup::Linux,
+                metric_name,
+                metric,
+                1.5,
+                None,
+            );
+        }
+        for (metric_name, metric) in RATES {
+            check(
+                format!("{}: vs iptables, same rule count", hook.as_str()),
+                ours(m),
+                Setup::Iptables(m),
+                metric_name,
+                metric,
+                20.0,
+                stand_in(m),
+            );
+        }
         check(
             format!("{}: TCP vs Linux forwarding", hook.as_str()),
             ours(0),
@@ -1064,19 +1120,24 @@ mod tests {
             delivered_mpps: Spread::of([0.5]),
             offered_mpps: Spread::of([0.5]),
             pps_ratio_to_linux: Spread::of([1.0]),
+            live_delivered_mpps: Spread::of([1.5]),
+            live_offered_mpps: Spread::of([1.5]),
+            live_pps_ratio_to_linux: Spread::of([1.0]),
             tcp_gbps: Spread::of([10.0]),
             tcp_ratio_to_linux: Spread::of([1.0]),
             rr_p50_us: Spread::of([20.0]),
             rr_p99_us: Spread::of([40.0]),
             rr_p50_ratio_to_linux: Spread::of([1.0]),
             bpf_ns_per_packet: None,
+            live_bpf_ns_per_packet: None,
             cpu_busy_pct: vec![Spread::of([1.0]), Spread::of([100.0])],
         };
         let table = markdown_table(&[summary]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("| setup "));
-        assert!(lines[0].ends_with("| CPU1 % (pps) |"));
+        assert!(lines[0].ends_with("| CPU1 % (trafgen) |"));
+        assert!(lines[0].contains("| live Mpps |"));
         assert!(lines[1].starts_with("| ---"));
         assert!(lines[1].ends_with(": |"));
         assert!(lines[2].starts_with("| `linux` "));

@@ -64,6 +64,14 @@ impl Topology {
             .run()?;
         let gen_wl = create_workload(&host, pid, "gen", 1)?;
         let sink = create_workload(&host, pid, "sink", 2)?;
+        // NAPI on the host sides (GRO on): frames sent by XDP (the
+        // live-frames generator) are only received by a veth with NAPI. Both
+        // workloads, every setup.
+        for wl in [&gen_wl, &sink] {
+            host.exec("ethtool")
+                .args(["-K", &wl.host_if, "gro", "on"])
+                .output()?;
+        }
         Ok(Self {
             gen_wl,
             sink,
@@ -131,8 +139,8 @@ impl Topology {
 }
 
 /// A workload wired to `host` like the demo's, plus a static neighbour
-/// entry for the gateway (no ARP in any setup) and `ethtool_for_xdp` in
-/// every setup, so they are comparable.
+/// entry for the gateway (no ARP in any setup) and GRO on its eth0 (NAPI) in
+/// every setup.
 pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Workload> {
     let netns = Netns::create(format!("cbench-{name}-{pid}"))?;
     let wl = Workload {
@@ -158,12 +166,29 @@ pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<
             "permanent",
         ])
         .run()?;
-    // For every setup, so they are comparable: XDP-redirected frames need
-    // NAPI on the receiving veth (GRO on), and lose the skb's pending
-    // checksum (so the sender fills in checksums itself: tx off).
+    // For every setup: XDP-redirected frames need NAPI on the receiving veth
+    // (GRO on). Transmit offloads stay on (the veth default) except in our
+    // XDP setups: see `set_tx_offload`.
     // (Its "Actual changes" list goes nowhere: stdout is the results.)
-    wl.ethtool_for_xdp().output()?;
+    wl.netns
+        .exec("ethtool")
+        .args(["-K", "eth0", "gro", "on"])
+        .output()?;
     Ok(wl)
+}
+
+/// Transmit checksum offload (and with it TSO) on both workloads' eth0. Off
+/// for our XDP setups only: a frame XDP redirects loses the skb's pending
+/// checksum, so XDP mode needs workloads that fill in their checksums
+/// themselves; every other setup runs with the veth default (on).
+pub fn set_tx_offload(topo: &Topology, on: bool) -> Result<()> {
+    for wl in topo.workloads() {
+        wl.netns
+            .exec("ethtool")
+            .args(["-K", "eth0", "tx", if on { "on" } else { "off" }])
+            .output()?;
+    }
+    Ok(())
 }
 
 /// `NAMESPACE/NAME` of a workload's WorkloadEndpoint, as `calico-loader trace` takes it.
@@ -196,41 +221,47 @@ pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
 // Sysctl, iperf3 server
 // ---------------------------------------------------------------------------
 
-const BPF_STATS: &str = "kernel.bpf_stats_enabled";
-
-/// `kernel.bpf_stats_enabled=1` for the bench; the old value back on drop.
-pub struct BpfStats {
+/// A sysctl of the root namespace set for the bench; the old value back on drop.
+pub struct Sysctl {
+    name: &'static str,
     old: String,
 }
 
-impl BpfStats {
-    pub fn enable() -> Result<Self> {
-        let old = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .context("cannot read kernel.bpf_stats_enabled")?
+impl Sysctl {
+    /// Sets `name` to `value` unless it already is; `why` is shown.
+    pub fn set(name: &'static str, value: &str, why: &str) -> Result<Self> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let old = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {name}"))?
             .trim()
             .to_owned();
         util::info(format!(
-            "{BPF_STATS} is {old}; setting it to 1 for the bench (run_time_ns and run_cnt per \
-             program), restored at the end"
+            "{name} is {old}; setting it to {value} for the bench ({why}), restored at the end"
         ));
-        if old != "1" {
+        if old != value {
             Cmd::new("sysctl")
-                .args(["-qw", &format!("{BPF_STATS}=1")])
+                .args(["-qw", &format!("{name}={value}")])
                 .privileged()
                 .run()?;
         }
-        Ok(Self { old })
+        Ok(Self { name, old })
+    }
+
+    /// Sets it back now (and again, harmlessly, on drop).
+    pub fn set_again(&self, value: &str) -> Result<()> {
+        Cmd::new("sysctl")
+            .args(["-qw", &format!("{}={value}", self.name)])
+            .privileged()
+            .quiet()
+            .run()
     }
 }
 
-impl Drop for BpfStats {
+impl Drop for Sysctl {
     fn drop(&mut self) {
-        if self.old == "1" {
-            return;
-        }
-        let restore = Cmd::new("sysctl").args(["-qw", &format!("{BPF_STATS}={}", self.old)]);
+        let restore = Cmd::new("sysctl").args(["-qw", &format!("{}={}", self.name, self.old)]);
         if let Err(err) = restore.privileged().cleanup().run() {
-            util::warn(format!("could not restore {BPF_STATS}: {err:#}"));
+            util::warn(format!("could not restore {}: {err:#}", self.name));
         }
     }
 }
@@ -265,6 +296,44 @@ impl IperfServer {
             }
             if Instant::now() >= deadline {
                 bail!("the iperf3 server is not listening after 10s");
+            }
+            util::sleep(Duration::from_millis(100))?;
+        }
+    }
+}
+
+/// The sink's UDP socket on the generated packets' port (`xtask bench-udp-sink`) for the
+/// whole bench: it listens and never reads.
+pub struct UdpSink {
+    _child: ChildGuard,
+}
+
+impl UdpSink {
+    pub fn start(topo: &Topology) -> Result<Self> {
+        let sink = &topo.sink;
+        let port = super::measure::UDP_PORT.to_string();
+        let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+        let child = sink
+            .netns
+            .exec(exe)
+            .args(["bench-udp-sink", "--port", &port])
+            .spawn_prefixed("[udp sink]")?;
+        let mut child = ChildGuard::new("the UDP sink", child, true);
+        let listening = sink
+            .netns
+            .exec("ss")
+            .args(["-Hlun", &format!("sport = :{port}")])
+            .quiet();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("the UDP sink exited ({status}); see its [udp sink] lines");
+            }
+            if !listening.output()?.trim().is_empty() {
+                return Ok(Self { _child: child });
+            }
+            if Instant::now() >= deadline {
+                bail!("the UDP sink is not listening after 10s");
             }
             util::sleep(Duration::from_millis(100))?;
         }
@@ -312,6 +381,9 @@ impl<'a> Active<'a> {
             }
             Setup::Ours(hook, rules) => {
                 ctx.topo.remove_kernel_routes()?;
+                if hook == AttachMode::Xdp {
+                    set_tx_offload(ctx.topo, false)?;
+                }
                 Ok(Self::Agent(Box::new(Agent::start(ctx, hook, rules)?)))
             }
         }
@@ -322,7 +394,14 @@ impl<'a> Active<'a> {
             Self::Linux => Ok(()),
             Self::Iptables(rules) => rules.remove(),
             Self::Nft(rules) => rules.remove(),
-            Self::Agent(agent) => agent.stop(ctx),
+            Self::Agent(agent) => {
+                let xdp = agent.hook == AttachMode::Xdp;
+                agent.stop(ctx)?;
+                if xdp {
+                    set_tx_offload(ctx.topo, true)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -733,6 +812,7 @@ pub struct Agent {
     child: ChildGuard,
     /// Its process id (found by its command line), for /proc/<pid>/status and fdinfo.
     pub pid: Option<u32>,
+    pub hook: AttachMode,
     /// A copy of its log lines.
     pub log: AgentLog,
     /// The policy check made when it started; taken after the measurements.
@@ -768,6 +848,7 @@ impl Agent {
         Ok(Self {
             child,
             pid,
+            hook,
             log,
             policy: Some(check),
         })

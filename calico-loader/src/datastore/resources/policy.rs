@@ -1326,7 +1326,10 @@ impl NetworkPolicy {
     fn spec_selectors(&self) -> [(&'static str, Option<&str>); 2] {
         [
             ("spec.selector", self.spec.selector.as_deref()),
-            ("spec.serviceAccountSelector", self.spec.service_account_selector.as_deref()),
+            (
+                "spec.serviceAccountSelector",
+                self.spec.service_account_selector.as_deref(),
+            ),
         ]
     }
 
@@ -1507,8 +1510,14 @@ impl GlobalNetworkPolicy {
     fn spec_selectors(&self) -> [(&'static str, Option<&str>); 3] {
         [
             ("spec.selector", self.spec.selector.as_deref()),
-            ("spec.serviceAccountSelector", self.spec.service_account_selector.as_deref()),
-            ("spec.namespaceSelector", self.spec.namespace_selector.as_deref()),
+            (
+                "spec.serviceAccountSelector",
+                self.spec.service_account_selector.as_deref(),
+            ),
+            (
+                "spec.namespaceSelector",
+                self.spec.namespace_selector.as_deref(),
+            ),
         ]
     }
 
@@ -1553,10 +1562,23 @@ struct PolicyParts<'a> {
 fn validate_policy_common(parts: PolicyParts<'_>, owner: RuleOwner) -> Vec<FieldError> {
     let mut errors = Vec::new();
     errors.extend(check_unique(parts.types, "spec.types"));
-    errors.extend(check_unique(parts.performance_hints, "spec.performanceHints"));
+    errors.extend(check_unique(
+        parts.performance_hints,
+        "spec.performanceHints",
+    ));
     errors.extend(check_no_global(parts.selectors));
-    errors.extend(validate_rules(parts.ingress, PolicyType::Ingress, owner, "spec.ingress"));
-    errors.extend(validate_rules(parts.egress, PolicyType::Egress, owner, "spec.egress"));
+    errors.extend(validate_rules(
+        parts.ingress,
+        PolicyType::Ingress,
+        owner,
+        "spec.ingress",
+    ));
+    errors.extend(validate_rules(
+        parts.egress,
+        PolicyType::Egress,
+        owner,
+        "spec.egress",
+    ));
     errors
 }
 

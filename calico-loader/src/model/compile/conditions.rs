@@ -7,7 +7,9 @@ use ipnet::IpNet;
 
 use super::{
     CompileError, Family,
-    context::{EndpointFacts, EndpointQuery, Members, NamespaceScope, PolicyContext, given, net_span},
+    context::{
+        EndpointFacts, EndpointQuery, Members, NamespaceScope, PolicyContext, given, net_span,
+    },
     ranges::Ranges,
 };
 use crate::{
@@ -40,7 +42,10 @@ fn icmp_ranges(icmp: &IcmpMatch) -> Ranges {
     match (icmp.icmp_type, icmp.code) {
         (None, _) => Ranges::full(PORT_MAX),
         (Some(t), None) => Ranges::span(u128::from(t) << 8, u128::from(t) << 8 | 0xff),
-        (Some(t), Some(c)) => Ranges::span(u128::from(t) << 8 | u128::from(c), u128::from(t) << 8 | u128::from(c)),
+        (Some(t), Some(c)) => Ranges::span(
+            u128::from(t) << 8 | u128::from(c),
+            u128::from(t) << 8 | u128::from(c),
+        ),
     }
 }
 
@@ -48,9 +53,16 @@ fn icmp_ranges(icmp: &IcmpMatch) -> Ranges {
 /// of its `nets` and `notNets` lists is made only of CIDRs of the other version (Felix's
 /// `FilterRuleToIPVersion` leaves such a rule out of that version's dataplane).
 pub(super) fn applies_to(rule: &Rule, version: IpVersion) -> bool {
-    let lists = [&rule.source.nets, &rule.source.not_nets, &rule.destination.nets, &rule.destination.not_nets];
+    let lists = [
+        &rule.source.nets,
+        &rule.source.not_nets,
+        &rule.destination.nets,
+        &rule.destination.not_nets,
+    ];
     rule.ip_version.is_none_or(|v| v == version)
-        && lists.iter().all(|nets| nets.is_empty() || nets.iter().any(|net| IpVersion::of(net) == version))
+        && lists
+            .iter()
+            .all(|nets| nets.is_empty() || nets.iter().any(|net| IpVersion::of(net) == version))
 }
 
 /// Where a rule comes from, for errors.
@@ -61,7 +73,12 @@ pub(super) struct Origin<'a> {
 
 impl Origin<'_> {
     fn unsupported(&self, field: String, reason: &'static str) -> CompileError {
-        CompileError::Unsupported { endpoint: self.endpoint.to_owned(), rule: self.rule.to_string(), field, reason }
+        CompileError::Unsupported {
+            endpoint: self.endpoint.to_owned(),
+            rule: self.rule.to_string(),
+            field,
+            reason,
+        }
     }
 }
 
@@ -69,15 +86,27 @@ impl Origin<'_> {
 /// widen an Allow).
 pub(super) fn check_supported(rule: &Rule, origin: &Origin<'_>) -> Result<(), CompileError> {
     if rule.http.is_some() {
-        return Err(origin.unsupported("http".into(), "HTTP matches need an application layer proxy"));
+        return Err(origin.unsupported(
+            "http".into(),
+            "HTTP matches need an application layer proxy",
+        ));
     }
     for (end, entity) in [("source", &rule.source), ("destination", &rule.destination)] {
         if entity.services.is_some() {
-            return Err(origin.unsupported(format!("{end}.services"), "the datastore has no Kubernetes services"));
+            return Err(origin.unsupported(
+                format!("{end}.services"),
+                "the datastore has no Kubernetes services",
+            ));
         }
-        if entity.service_accounts.as_ref().is_some_and(|sa| given(sa.selector.as_ref()).is_some()) {
-            return Err(origin
-                .unsupported(format!("{end}.serviceAccounts.selector"), "the datastore has no ServiceAccount labels"));
+        if entity
+            .service_accounts
+            .as_ref()
+            .is_some_and(|sa| given(sa.selector.as_ref()).is_some())
+        {
+            return Err(origin.unsupported(
+                format!("{end}.serviceAccounts.selector"),
+                "the datastore has no ServiceAccount labels",
+            ));
         }
     }
     Ok(())
@@ -109,39 +138,50 @@ pub(super) fn entity_queries(
 ) -> Result<EntityQueries, CompileError> {
     let parse = |field: &str, text: Option<&String>| match given(text) {
         None => Ok(None),
-        Some(text) => ctx.selector(text).map(Some).map_err(|e| CompileError::InvalidSelector {
-            endpoint: origin.endpoint.to_owned(),
-            rule: origin.rule.to_string(),
-            field: format!("{end}.{field}"),
-            message: e.to_string(),
-        }),
+        Some(text) => ctx
+            .selector(text)
+            .map(Some)
+            .map_err(|e| CompileError::InvalidSelector {
+                endpoint: origin.endpoint.to_owned(),
+                rule: origin.rule.to_string(),
+                field: format!("{end}.{field}"),
+                message: e.to_string(),
+            }),
     };
     let selector = parse("selector", entity.selector.as_ref())?;
     let not_selector = parse("notSelector", entity.not_selector.as_ref())?;
     let namespace_selector = parse("namespaceSelector", entity.namespace_selector.as_ref())?;
-    let service_accounts =
-        entity.service_accounts.as_ref().map(|sa| sa.names.clone()).filter(|names| !names.is_empty());
+    let service_accounts = entity
+        .service_accounts
+        .as_ref()
+        .map(|sa| sa.names.clone())
+        .filter(|names| !names.is_empty());
     let scoped = namespace_selector.is_some() || (namespace.is_some() && not_selector.is_some());
     let negative = not_selector.map(|selector| EndpointQuery {
         namespace: NamespaceScope::Any,
         selector: Some(selector),
         service_accounts: None,
     });
-    let positive = (selector.is_some() || service_accounts.is_some() || scoped).then(|| EndpointQuery {
-        namespace: match (namespace_selector, namespace) {
-            (Some(selector), _) => NamespaceScope::Selected(selector),
-            (None, Some(namespace)) => NamespaceScope::Named(namespace.to_owned()),
-            (None, None) => NamespaceScope::Any,
-        },
-        selector,
-        service_accounts: service_accounts.map(|mut names| {
-            names.sort();
-            names.dedup();
-            names
-        }),
-    });
+    let positive =
+        (selector.is_some() || service_accounts.is_some() || scoped).then(|| EndpointQuery {
+            namespace: match (namespace_selector, namespace) {
+                (Some(selector), _) => NamespaceScope::Selected(selector),
+                (None, Some(namespace)) => NamespaceScope::Named(namespace.to_owned()),
+                (None, None) => NamespaceScope::Any,
+            },
+            selector,
+            service_accounts: service_accounts.map(|mut names| {
+                names.sort();
+                names.dedup();
+                names
+            }),
+        });
     let port_scope = positive.clone().unwrap_or_else(EndpointQuery::all);
-    Ok(EntityQueries { positive, negative, port_scope })
+    Ok(EntityQueries {
+        positive,
+        negative,
+        port_scope,
+    })
 }
 
 /// Port numbers, per protocol.
@@ -154,12 +194,21 @@ pub(super) struct PortSet {
 }
 
 impl PortSet {
-    const EMPTY: PortSet = PortSet { numeric: Ranges::EMPTY, named: Vec::new() };
+    const EMPTY: PortSet = PortSet {
+        numeric: Ranges::EMPTY,
+        named: Vec::new(),
+    };
 
     /// `specs` with their names looked up in `owners`' named ports.
-    fn resolve<'e>(specs: &[PortSpec], owners: impl Iterator<Item = &'e EndpointFacts> + Clone) -> PortSet {
+    fn resolve<'e>(
+        specs: &[PortSpec],
+        owners: impl Iterator<Item = &'e EndpointFacts> + Clone,
+    ) -> PortSet {
         let numeric = Ranges::from_spans(
-            specs.iter().filter_map(PortSpec::range).map(|(lo, hi)| (u128::from(lo), u128::from(hi))),
+            specs
+                .iter()
+                .filter_map(PortSpec::range)
+                .map(|(lo, hi)| (u128::from(lo), u128::from(hi))),
         );
         let mut named: Vec<(u8, u16)> = specs
             .iter()
@@ -169,7 +218,11 @@ impl PortSet {
             })
             .flat_map(|name| {
                 owners.clone().flat_map(move |owner| {
-                    owner.ports.iter().filter(move |(n, _, _)| n == name).map(|&(_, proto, port)| (proto, port))
+                    owner
+                        .ports
+                        .iter()
+                        .filter(move |(n, _, _)| n == name)
+                        .map(|&(_, proto, port)| (proto, port))
                 })
             })
             .collect();
@@ -180,9 +233,16 @@ impl PortSet {
 
     /// The ports of `proto` in the set (`proto` has ports).
     fn of(&self, proto: u8) -> Ranges {
-        let named =
-            self.named.iter().filter(|(p, _)| *p == proto).map(|&(_, port)| (u128::from(port), u128::from(port)));
-        if self.named.is_empty() { self.numeric.clone() } else { self.numeric.union(&Ranges::from_spans(named)) }
+        let named = self
+            .named
+            .iter()
+            .filter(|(p, _)| *p == proto)
+            .map(|&(_, port)| (u128::from(port), u128::from(port)));
+        if self.named.is_empty() {
+            self.numeric.clone()
+        } else {
+            self.numeric.union(&Ranges::from_spans(named))
+        }
     }
 }
 
@@ -197,7 +257,10 @@ pub(super) struct PortCondition {
 
 impl PortCondition {
     /// No condition.
-    pub(super) const NONE: PortCondition = PortCondition { positive: None, negative: PortSet::EMPTY };
+    pub(super) const NONE: PortCondition = PortCondition {
+        positive: None,
+        negative: PortSet::EMPTY,
+    };
 
     /// Whether there is a condition at all.
     pub(super) fn is_some(&self) -> bool {
@@ -284,7 +347,11 @@ pub(super) struct Side {
 
 impl Side {
     fn new(ctx: &PolicyContext<'_>, entity: &EntityRule, queries: EntityQueries) -> Self {
-        let named = entity.ports.iter().chain(&entity.not_ports).any(PortSpec::is_named);
+        let named = entity
+            .ports
+            .iter()
+            .chain(&entity.not_ports)
+            .any(PortSpec::is_named);
         Side {
             nets: entity.nets.clone(),
             not_nets: entity.not_nets.clone(),
@@ -299,7 +366,9 @@ impl Side {
     /// The addresses of `family` that match, or `None` when the side has no address criterion.
     pub(super) fn addresses(&self, family: Family) -> Option<Ranges> {
         let max = family.max();
-        let nets = |nets: &[IpNet]| Ranges::from_spans(nets.iter().filter_map(|net| net_span(net, family)));
+        let nets = |nets: &[IpNet]| {
+            Ranges::from_spans(nets.iter().filter_map(|net| net_span(net, family)))
+        };
         let mut conditions: Vec<Ranges> = Vec::new();
         if !self.nets.is_empty() {
             conditions.push(nets(&self.nets));
@@ -325,16 +394,23 @@ impl Side {
 
     /// Its named ports, as looked up in `owners` (the endpoints of the port scope that own the
     /// address).
-    pub(super) fn ports<'e>(&self, owners: impl Iterator<Item = &'e EndpointFacts> + Clone) -> PortCondition {
+    pub(super) fn ports<'e>(
+        &self,
+        owners: impl Iterator<Item = &'e EndpointFacts> + Clone,
+    ) -> PortCondition {
         PortCondition {
-            positive: (!self.ports.is_empty()).then(|| PortSet::resolve(&self.ports, owners.clone())),
+            positive: (!self.ports.is_empty())
+                .then(|| PortSet::resolve(&self.ports, owners.clone())),
             negative: PortSet::resolve(&self.not_ports, owners),
         }
     }
 
     /// Whether it names a port `name`.
     pub(super) fn names_port(&self, name: &str) -> bool {
-        self.ports.iter().chain(&self.not_ports).any(|spec| matches!(spec, PortSpec::Named(n) if n == name))
+        self.ports
+            .iter()
+            .chain(&self.not_ports)
+            .any(|spec| matches!(spec, PortSpec::Named(n) if n == name))
     }
 
     /// Whether the address criteria or the named ports depend on the address.
@@ -370,7 +446,11 @@ impl Conditions {
         origin: &Origin<'_>,
     ) -> Result<Self, CompileError> {
         check_supported(rule, origin)?;
-        let source = Side::new(ctx, &rule.source, entity_queries(ctx, &rule.source, namespace, "source", origin)?);
+        let source = Side::new(
+            ctx,
+            &rule.source,
+            entity_queries(ctx, &rule.source, namespace, "source", origin)?,
+        );
         let destination = Side::new(
             ctx,
             &rule.destination,
@@ -381,7 +461,10 @@ impl Conditions {
             Direction::Egress => (destination, source),
         };
         Ok(Conditions {
-            versions: [applies_to(rule, IpVersion::V4), applies_to(rule, IpVersion::V6)],
+            versions: [
+                applies_to(rule, IpVersion::V4),
+                applies_to(rule, IpVersion::V6),
+            ],
             proto: ProtoCondition {
                 protocol: rule.protocol.map(|p| p.number()),
                 not_protocol: rule.not_protocol.map(|p| p.number()),

@@ -64,7 +64,11 @@ pub(super) struct EndpointQuery {
 impl EndpointQuery {
     /// Every endpoint.
     pub(super) fn all() -> Self {
-        Self { namespace: NamespaceScope::Any, selector: None, service_accounts: None }
+        Self {
+            namespace: NamespaceScope::Any,
+            selector: None,
+            service_accounts: None,
+        }
     }
 
     pub(super) fn matches(&self, endpoint: &EndpointFacts) -> bool {
@@ -74,11 +78,16 @@ impl EndpointQuery {
             NamespaceScope::Selected(selector) => selector.matches(&*endpoint.namespace_labels),
         };
         namespace
-            && self.selector.as_ref().is_none_or(|s| s.matches(&endpoint.labels))
             && self
-                .service_accounts
+                .selector
                 .as_ref()
-                .is_none_or(|names| endpoint.service_account.as_ref().is_some_and(|sa| names.binary_search(sa).is_ok()))
+                .is_none_or(|s| s.matches(&endpoint.labels))
+            && self.service_accounts.as_ref().is_none_or(|names| {
+                endpoint
+                    .service_account
+                    .as_ref()
+                    .is_some_and(|sa| names.binary_search(sa).is_ok())
+            })
     }
 }
 
@@ -172,7 +181,10 @@ impl<'s> PolicyContext<'s> {
 
     /// `text` parsed (cached).
     pub(super) fn selector(&self, text: &str) -> Result<Arc<Selector>, SelectorError> {
-        let mut cache = self.selectors.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .selectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(selector) = cache.get(text) {
             return Ok(selector.clone());
         }
@@ -183,18 +195,31 @@ impl<'s> PolicyContext<'s> {
 
     /// The endpoints `query` matches (cached).
     pub(super) fn members(&self, query: &EndpointQuery) -> Arc<Members> {
-        if let Some(members) = self.members.lock().unwrap_or_else(PoisonError::into_inner).get(query) {
+        if let Some(members) = self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(query)
+        {
             return members.clone();
         }
-        let endpoints: Vec<usize> =
-            self.endpoints.iter().enumerate().filter(|(_, e)| query.matches(e)).map(|(i, _)| i).collect();
+        let endpoints: Vec<usize> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| query.matches(e))
+            .map(|(i, _)| i)
+            .collect();
         let nets = || endpoints.iter().flat_map(|&i| &self.endpoints[i].networks);
         let members = Arc::new(Members {
             v4: Ranges::from_spans(nets().filter_map(|net| net_span(net, Family::V4))),
             v6: Ranges::from_spans(nets().filter_map(|net| net_span(net, Family::V6))),
             endpoints,
         });
-        self.members.lock().unwrap_or_else(PoisonError::into_inner).insert(query.clone(), members.clone());
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(query.clone(), members.clone());
         members
     }
 }

@@ -6,13 +6,16 @@ use std::net::IpAddr;
 use super::{
     CompileError, PolicyContext,
     conditions::{
-        EntityQueries, Origin, applies_to, check_supported, entity_queries, has_ports, icmp_matches, is_icmp,
+        EntityQueries, Origin, applies_to, check_supported, entity_queries, has_ports,
+        icmp_matches, is_icmp,
     },
     context::EndpointQuery,
     policy_rules, profile_rules,
 };
 use crate::{
-    datastore::{Action, EntityRule, IpVersion, PortSpec, Rule, TierDefaultAction, WorkloadEndpoint},
+    datastore::{
+        Action, EntityRule, IpVersion, PortSpec, Rule, TierDefaultAction, WorkloadEndpoint,
+    },
     model::{
         policy::endpoint_plan,
         rules::{Direction, RuleRef},
@@ -77,7 +80,10 @@ pub fn evaluate(
         Direction::Egress => plan.egress,
     };
     let snapshot = ctx.snapshot();
-    let missing = |owner: String| CompileError::Missing { endpoint: endpoint.clone(), owner };
+    let missing = |owner: String| CompileError::Missing {
+        endpoint: endpoint.clone(),
+        owner,
+    };
 
     // Gather every rule list first, checking every rule, as compiling does.
     let mut tiers = Vec::new();
@@ -86,19 +92,31 @@ pub fn evaluate(
         for policy in &tier.policies {
             let rules = policy_rules(snapshot, policy, direction)
                 .ok_or_else(|| missing(format!("{}:{policy}", policy.kind.as_str())))?;
-            let rule_ref =
-                move |index| RuleRef::PolicyRule { tier: tier.name.clone(), policy: policy.clone(), direction, index };
+            let rule_ref = move |index| RuleRef::PolicyRule {
+                tier: tier.name.clone(),
+                policy: policy.clone(),
+                direction,
+                index,
+            };
             policies.push((rules, policy.namespace.as_deref(), rule_ref));
         }
         tiers.push((tier, policies));
     }
     let mut profiles = Vec::new();
     for profile in &plan.profiles {
-        let rules = profile_rules(snapshot, profile, direction).ok_or_else(|| missing(format!("Profile:{profile}")))?;
-        profiles.push((rules, move |index| RuleRef::ProfileRule { profile: profile.clone(), direction, index }));
+        let rules = profile_rules(snapshot, profile, direction)
+            .ok_or_else(|| missing(format!("Profile:{profile}")))?;
+        profiles.push((rules, move |index| RuleRef::ProfileRule {
+            profile: profile.clone(),
+            direction,
+            index,
+        }));
     }
     let resolve = |rule: &Rule, rule_ref: &RuleRef, namespace: Option<&str>| {
-        let origin = Origin { endpoint: &endpoint, rule: rule_ref };
+        let origin = Origin {
+            endpoint: &endpoint,
+            rule: rule_ref,
+        };
         check_supported(rule, &origin)?;
         Ok::<_, CompileError>((
             entity_queries(ctx, &rule.source, namespace, "source", &origin)?,
@@ -133,7 +151,11 @@ pub fn evaluate(
                 }
                 match rule.action {
                     Action::Allow | Action::Deny => {
-                        return Ok(Outcome { allow: rule.action == Action::Allow, rule: rule_ref, log_rule });
+                        return Ok(Outcome {
+                            allow: rule.action == Action::Allow,
+                            rule: rule_ref,
+                            log_rule,
+                        });
                     }
                     Action::Log => {
                         log_rule.get_or_insert(rule_ref);
@@ -146,8 +168,15 @@ pub fn evaluate(
             }
         }
         if !passed && tier.default_action == TierDefaultAction::Deny {
-            let rule = RuleRef::TierDefault { tier: tier.name.clone(), direction };
-            return Ok(Outcome { allow: false, rule, log_rule });
+            let rule = RuleRef::TierDefault {
+                tier: tier.name.clone(),
+                direction,
+            };
+            return Ok(Outcome {
+                allow: false,
+                rule,
+                log_rule,
+            });
         }
     }
     for (rules, rule_ref) in &profiles {
@@ -158,7 +187,11 @@ pub fn evaluate(
             }
             match rule.action {
                 Action::Allow | Action::Deny => {
-                    return Ok(Outcome { allow: rule.action == Action::Allow, rule: rule_ref, log_rule });
+                    return Ok(Outcome {
+                        allow: rule.action == Action::Allow,
+                        rule: rule_ref,
+                        log_rule,
+                    });
                 }
                 Action::Log => {
                     log_rule.get_or_insert(rule_ref);
@@ -167,7 +200,11 @@ pub fn evaluate(
             }
         }
     }
-    Ok(Outcome { allow: false, rule: RuleRef::NoMatch { direction }, log_rule })
+    Ok(Outcome {
+        allow: false,
+        rule: RuleRef::NoMatch { direction },
+        log_rule,
+    })
 }
 
 /// Whether `rule` (its entities' endpoint conditions resolved) matches `packet`.
@@ -190,7 +227,14 @@ fn rule_matches(
         && rule.icmp.as_ref().is_none_or(icmp)
         && !rule.not_icmp.as_ref().is_some_and(icmp)
         && entity_matches(ctx, &rule.source, source, packet.src, proto, packet.sport)
-        && entity_matches(ctx, &rule.destination, destination, packet.dst, proto, packet.dport)
+        && entity_matches(
+            ctx,
+            &rule.destination,
+            destination,
+            packet.dst,
+            proto,
+            packet.dport,
+        )
 }
 
 /// Whether one end of a packet (its address, and its port) matches `entity`.
@@ -203,16 +247,21 @@ fn entity_matches(
     port: u16,
 ) -> bool {
     let endpoints = ctx.endpoints();
-    let owned_by_match = |query: &EndpointQuery| endpoints.iter().any(|e| e.owns(addr) && query.matches(e));
+    let owned_by_match =
+        |query: &EndpointQuery| endpoints.iter().any(|e| e.owns(addr) && query.matches(e));
     let in_ports = |specs: &[PortSpec]| {
         has_ports(proto)
             && specs.iter().any(|spec| match spec {
                 PortSpec::Named(name) => endpoints.iter().any(|e| {
                     e.owns(addr)
                         && queries.port_scope.matches(e)
-                        && e.ports.iter().any(|(n, p, number)| n == name && *p == proto && *number == port)
+                        && e.ports
+                            .iter()
+                            .any(|(n, p, number)| n == name && *p == proto && *number == port)
                 }),
-                _ => spec.range().is_some_and(|(lo, hi)| (lo..=hi).contains(&port)),
+                _ => spec
+                    .range()
+                    .is_some_and(|(lo, hi)| (lo..=hi).contains(&port)),
             })
     };
     (entity.nets.is_empty() || entity.nets.iter().any(|net| net.contains(&addr)))

@@ -91,13 +91,21 @@ impl Ranges {
 
     /// `self` minus `other`, within 0 to `max`.
     pub(super) fn subtract(&self, other: &Ranges, max: u128) -> Ranges {
-        if other.is_empty() { self.clone() } else { self.intersect(&other.complement(max)) }
+        if other.is_empty() {
+            self.clone()
+        } else {
+            self.intersect(&other.complement(max))
+        }
     }
 }
 
 /// The largest value of a `width`-bit integer.
 pub(super) fn max_of(width: u8) -> u128 {
-    if width >= 128 { u128::MAX } else { (1u128 << width) - 1 }
+    if width >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << width) - 1
+    }
 }
 
 /// The prefixes (value, prefix length) that exactly cover `lo..=hi` of a `width`-bit space,
@@ -107,9 +115,17 @@ pub(super) fn prefixes(lo: u128, hi: u128, width: u8) -> Vec<(u128, u8)> {
     let mut start = lo;
     loop {
         // The largest aligned block at `start` that ends at or before `hi`.
-        let align = if start == 0 { u32::from(width) } else { start.trailing_zeros().min(u32::from(width)) };
+        let align = if start == 0 {
+            u32::from(width)
+        } else {
+            start.trailing_zeros().min(u32::from(width))
+        };
         let span = hi - start; // block of 2^k fits when 2^k - 1 <= span
-        let fit = if span == u128::MAX { 128 } else { 127 - (span + 1).leading_zeros() };
+        let fit = if span == u128::MAX {
+            128
+        } else {
+            127 - (span + 1).leading_zeros()
+        };
         let bits = align.min(fit);
         // `bits` <= width <= 128, so the prefix length fits in a u8.
         out.push((start, width - bits as u8));
@@ -135,8 +151,14 @@ mod tests {
         assert_eq!(a.union(&b).spans(), [(0, 3), (5, 40)]);
         assert_eq!(a.complement(50).spans(), [(4, 4), (10, 19), (31, 50)]);
         assert_eq!(a.subtract(&b, 50).spans(), [(0, 3), (5, 7), (22, 28)]);
-        assert_eq!(Ranges::full(u128::MAX).complement(u128::MAX), Ranges::default());
-        assert_eq!(Ranges::span(1, u128::MAX).complement(u128::MAX).spans(), [(0, 0)]);
+        assert_eq!(
+            Ranges::full(u128::MAX).complement(u128::MAX),
+            Ranges::default()
+        );
+        assert_eq!(
+            Ranges::span(1, u128::MAX).complement(u128::MAX).spans(),
+            [(0, 0)]
+        );
     }
 
     #[test]
@@ -144,7 +166,10 @@ mod tests {
         assert_eq!(prefixes(0, u128::MAX, 128), [(0, 0)]);
         assert_eq!(prefixes(0, 65535, 16), [(0, 0)]);
         assert_eq!(prefixes(80, 80, 16), [(80, 16)]);
-        assert_eq!(prefixes(8000, 8080, 16), [(8000, 10), (8064, 12), (8080, 16)]);
+        assert_eq!(
+            prefixes(8000, 8080, 16),
+            [(8000, 10), (8064, 12), (8080, 16)]
+        );
         assert_eq!(prefixes(1, 65535, 16).len(), 16);
         assert_eq!(prefixes(u128::MAX, u128::MAX, 128), [(u128::MAX, 128)]);
         for (lo, hi) in [(3u128, 200u128), (0, 254), (255, 255), (17, 4095)] {

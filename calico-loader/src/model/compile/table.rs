@@ -38,7 +38,11 @@ pub(super) fn compile(
         out: CompiledDirection::default(),
     };
     for family in [Family::V4, Family::V6] {
-        let addresses: Vec<u128> = locals.iter().filter(|(f, _)| *f == family).map(|&(_, a)| a).collect();
+        let addresses: Vec<u128> = locals
+            .iter()
+            .filter(|(f, _)| *f == family)
+            .map(|&(_, a)| a)
+            .collect();
         if !addresses.is_empty() {
             tables.family(ctx, steps, family, &addresses)?;
         }
@@ -57,7 +61,10 @@ struct Interner<T> {
 
 impl<T> Default for Interner<T> {
     fn default() -> Self {
-        Self { ids: HashMap::new(), values: Vec::new() }
+        Self {
+            ids: HashMap::new(),
+            values: Vec::new(),
+        }
     }
 }
 
@@ -97,19 +104,29 @@ fn push_piece<T: PartialEq>(pieces: &mut Pieces<T>, lo: u128, hi: u128, value: T
 /// (for the zero-length prefix), and the prefixes (value, length) of the other pieces. The
 /// default is the value whose pieces would need the most prefixes (the first such on a tie).
 fn lpm<T: Eq + Hash + Copy>(pieces: &Pieces<T>, width: u8) -> (T, Vec<(u128, u8, T)>) {
-    let split: Vec<Vec<(u128, u8)>> = pieces.iter().map(|&(lo, hi, _)| prefixes(lo, hi, width)).collect();
+    let split: Vec<Vec<(u128, u8)>> = pieces
+        .iter()
+        .map(|&(lo, hi, _)| prefixes(lo, hi, width))
+        .collect();
     // Per value: its number of prefixes, and its first piece.
     let mut counts: HashMap<T, (usize, Reverse<usize>)> = HashMap::new();
     for (index, (&(_, _, value), blocks)) in pieces.iter().zip(&split).enumerate() {
         counts.entry(value).or_insert((0, Reverse(index))).0 += blocks.len();
     }
     // Pieces always cover their whole range, so there is at least one.
-    let default = counts.iter().max_by_key(|(_, count)| **count).map_or(pieces[0].2, |(value, _)| *value);
+    let default = counts
+        .iter()
+        .max_by_key(|(_, count)| **count)
+        .map_or(pieces[0].2, |(value, _)| *value);
     let exceptions = pieces
         .iter()
         .zip(split)
         .filter(|((_, _, value), _)| *value != default)
-        .flat_map(|(&(_, _, value), blocks)| blocks.into_iter().map(move |(prefix, len)| (prefix, len, value)))
+        .flat_map(|(&(_, _, value), blocks)| {
+            blocks
+                .into_iter()
+                .map(move |(prefix, len)| (prefix, len, value))
+        })
         .collect();
     (default, exceptions)
 }
@@ -161,7 +178,9 @@ fn remote_side(ctx: &PolicyContext<'_>, side: &Side, family: Family) -> Option<R
         let ports = side.ports(std::iter::empty());
         return match addresses {
             None => Some(Remote::Everywhere(ports)),
-            Some(addresses) => (!addresses.is_empty()).then(|| Remote::Within(vec![(addresses, ports)])),
+            Some(addresses) => {
+                (!addresses.is_empty()).then(|| Remote::Within(vec![(addresses, ports)]))
+            }
         };
     };
     // Named ports: one address set per resolution, from the endpoints that have such a port.
@@ -170,18 +189,32 @@ fn remote_side(ctx: &PolicyContext<'_>, side: &Side, family: Family) -> Option<R
         .endpoints
         .iter()
         .copied()
-        .filter(|&i| endpoints[i].ports.iter().any(|(name, _, _)| side.names_port(name)))
+        .filter(|&i| {
+            endpoints[i]
+                .ports
+                .iter()
+                .any(|(name, _, _)| side.names_port(name))
+        })
         .collect();
     let sets: Vec<Ranges> = owners
         .iter()
-        .map(|&i| Ranges::from_spans(endpoints[i].networks.iter().filter_map(|net| net_span(net, family))))
+        .map(|&i| {
+            Ranges::from_spans(
+                endpoints[i]
+                    .networks
+                    .iter()
+                    .filter_map(|net| net_span(net, family)),
+            )
+        })
         .collect();
     let (pieces, combinations) = partition(&sets.iter().collect::<Vec<_>>(), family.max());
     let mut resolutions: Interner<PortCondition> = Interner::default();
     let resolution_of: Vec<u32> = combinations
         .iter()
         .map(|combination| {
-            resolutions.intern(side.ports(combination.iter().map(|&k| &endpoints[owners[k as usize]]))).0
+            resolutions
+                .intern(side.ports(combination.iter().map(|&k| &endpoints[owners[k as usize]])))
+                .0
         })
         .collect();
     let mut spans: Vec<Vec<(u128, u128)>> = vec![Vec::new(); resolutions.values.len()];
@@ -218,7 +251,12 @@ fn local_side(
     let owners: Vec<&EndpointFacts> = side
         .port_scope()
         .map(|scope| {
-            scope.endpoints.iter().map(|&i| &ctx.endpoints()[i]).filter(|e| e.networks.iter().any(owns)).collect()
+            scope
+                .endpoints
+                .iter()
+                .map(|&i| &ctx.endpoints()[i])
+                .filter(|e| e.networks.iter().any(owns))
+                .collect()
         })
         .unwrap_or_default();
     Some(side.ports(owners.into_iter()))
@@ -293,7 +331,9 @@ fn zobrist_keys(n: usize) -> Vec<u128> {
         state ^= state >> 27;
         state.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
-    (0..n).map(|_| u128::from(next()) << 64 | u128::from(next())).collect()
+    (0..n)
+        .map(|_| u128::from(next()) << 64 | u128::from(next()))
+        .collect()
 }
 
 /// Sets of elementary intervals, each able to find its next member at or after an index in
@@ -305,7 +345,9 @@ struct NextMember {
 impl NextMember {
     /// All of `0..n`.
     fn all(n: usize) -> Self {
-        Self { next: (0..=n).collect() }
+        Self {
+            next: (0..=n).collect(),
+        }
     }
 
     /// The first member at or after `i` (`n` if none).
@@ -336,7 +378,11 @@ impl NextMember {
 
 fn verdict(action: Action, rule: u32, log_rule: u32) -> PolicyVerdict {
     PolicyVerdict {
-        action: if action == Action::Allow { verdict_action::ALLOW } else { verdict_action::DENY },
+        action: if action == Action::Allow {
+            verdict_action::ALLOW
+        } else {
+            verdict_action::DENY
+        },
         flags: if log_rule == 0 { 0 } else { verdict_flags::LOG },
         _pad: [0; 2],
         rule,
@@ -383,7 +429,10 @@ fn paint(steps: &[(&Step, &Ranges)], no_match: u32) -> Pieces<PolicyVerdict> {
             }
         }
         for &(lo, hi) in ranges.spans() {
-            let (first, end) = (starts.partition_point(|&s| s < lo), starts.partition_point(|&s| s <= hi));
+            let (first, end) = (
+                starts.partition_point(|&s| s < lo),
+                starts.partition_point(|&s| s <= hi),
+            );
             if step.action == Action::Log {
                 let mut i = unlogged.at_or_after(first);
                 while i < end {
@@ -410,14 +459,23 @@ fn paint(steps: &[(&Step, &Ranges)], no_match: u32) -> Pieces<PolicyVerdict> {
     let mut pieces = Vec::new();
     for (i, decided) in verdicts.into_iter().enumerate() {
         let hi = starts.get(i + 1).map_or(PORT_MAX, |next| next - 1);
-        push_piece(&mut pieces, starts[i], hi, decided.unwrap_or_else(|| verdict(Action::Deny, no_match, logged[i])));
+        push_piece(
+            &mut pieces,
+            starts[i],
+            hi,
+            decided.unwrap_or_else(|| verdict(Action::Deny, no_match, logged[i])),
+        );
     }
     pieces
 }
 
 /// Entries of the address table of an `N`-byte family for `local`, the remote side as `lpm` gives
 /// it.
-fn addr_entries<const N: usize>(local: u128, default: u32, exceptions: &[(u128, u8, u32)]) -> Vec<AddrEntry<N>> {
+fn addr_entries<const N: usize>(
+    local: u128,
+    default: u32,
+    exceptions: &[(u128, u8, u32)],
+) -> Vec<AddrEntry<N>> {
     let entry = |remote: u128, remote_prefix: u8, class: u32| AddrEntry {
         local: value_bytes(local),
         remote: value_bytes(remote),
@@ -425,7 +483,11 @@ fn addr_entries<const N: usize>(local: u128, default: u32, exceptions: &[(u128, 
         class,
     };
     std::iter::once(entry(0, 0, default))
-        .chain(exceptions.iter().map(|&(remote, len, class)| entry(remote, len, class)))
+        .chain(
+            exceptions
+                .iter()
+                .map(|&(remote, len, class)| entry(remote, len, class)),
+        )
         .collect()
 }
 
@@ -466,8 +528,15 @@ impl Tables<'_> {
             .iter()
             .filter_map(|step| {
                 let Some(conditions) = &step.conditions else {
-                    let (remote, local) = (Remote::Everywhere(PortCondition::NONE), Local::Fixed(PortCondition::NONE));
-                    return Some(View { step, remote, local });
+                    let (remote, local) = (
+                        Remote::Everywhere(PortCondition::NONE),
+                        Local::Fixed(PortCondition::NONE),
+                    );
+                    return Some(View {
+                        step,
+                        remote,
+                        local,
+                    });
                 };
                 if !conditions.admits_family(family) {
                     return None;
@@ -478,7 +547,11 @@ impl Tables<'_> {
                 } else {
                     Local::Fixed(conditions.local.ports(std::iter::empty()))
                 };
-                Some(View { step, remote, local })
+                Some(View {
+                    step,
+                    remote,
+                    local,
+                })
             })
             .collect();
 
@@ -491,9 +564,11 @@ impl Tables<'_> {
                 .iter()
                 .filter_map(|view| match &view.local {
                     Local::Fixed(_) => None,
-                    Local::PerAddress(set, side) => {
-                        Some(local_ports.intern(local_side(ctx, set.as_ref(), side, family, address)).0)
-                    }
+                    Local::PerAddress(set, side) => Some(
+                        local_ports
+                            .intern(local_side(ctx, set.as_ref(), side, family, address))
+                            .0,
+                    ),
                 })
                 .collect();
             let group = *group_of.entry(signature.clone()).or_insert_with(|| {
@@ -504,7 +579,9 @@ impl Tables<'_> {
         }
 
         for (signature, group) in &groups {
-            let mut per_address = signature.iter().map(|&id| local_ports.values[id as usize].as_ref());
+            let mut per_address = signature
+                .iter()
+                .map(|&id| local_ports.values[id as usize].as_ref());
             let locals: Vec<Option<&PortCondition>> = views
                 .iter()
                 .map(|view| match &view.local {
@@ -518,11 +595,23 @@ impl Tables<'_> {
                 Family::V4 => self.out.addrs_v4.len(),
                 Family::V6 => self.out.addrs_v6.len(),
             };
-            self.check("address", entries + group.len() * (1 + exceptions.len()), self.limits.addrs)?;
+            self.check(
+                "address",
+                entries + group.len() * (1 + exceptions.len()),
+                self.limits.addrs,
+            )?;
             for &local in group {
                 match family {
-                    Family::V4 => self.out.addrs_v4.extend(addr_entries::<4>(local, default, &exceptions)),
-                    Family::V6 => self.out.addrs_v6.extend(addr_entries::<16>(local, default, &exceptions)),
+                    Family::V4 => {
+                        self.out
+                            .addrs_v4
+                            .extend(addr_entries::<4>(local, default, &exceptions))
+                    }
+                    Family::V6 => {
+                        self.out
+                            .addrs_v6
+                            .extend(addr_entries::<16>(local, default, &exceptions))
+                    }
                 }
             }
         }
@@ -576,7 +665,12 @@ impl Tables<'_> {
                         Direction::Ingress => (remote, local),
                         Direction::Egress => (local, remote),
                     };
-                    Some(Candidate { step, proto: step.conditions.as_ref().map(|c| &c.proto), sport, dport })
+                    Some(Candidate {
+                        step,
+                        proto: step.conditions.as_ref().map(|c| &c.proto),
+                        sport,
+                        dport,
+                    })
                 })
                 .collect();
             class_of.push(self.class(&candidates)?);
@@ -611,16 +705,32 @@ impl Tables<'_> {
         let (class, new) = self.classes.intern(ClassTable { default, protocols });
         if new {
             let table = &self.classes.values[class as usize];
-            let mut entries = vec![ProtoEntry { class, proto: None, sport: None, port_class: table.default }];
+            let mut entries = vec![ProtoEntry {
+                class,
+                proto: None,
+                sport: None,
+                port_class: table.default,
+            }];
             for (proto, function) in &table.protocols {
                 let (default, exceptions) = lpm(function, 16);
-                let entry = |sport, port_class| ProtoEntry { class, proto: Some(*proto), sport, port_class };
+                let entry = |sport, port_class| ProtoEntry {
+                    class,
+                    proto: Some(*proto),
+                    sport,
+                    port_class,
+                };
                 entries.push(entry(None, default));
                 entries.extend(
-                    exceptions.into_iter().map(|(sport, len, port_class)| entry(Some((sport as u16, len)), port_class)),
+                    exceptions.into_iter().map(|(sport, len, port_class)| {
+                        entry(Some((sport as u16, len)), port_class)
+                    }),
                 );
             }
-            self.check("protocol", self.out.protos.len() + entries.len(), self.limits.protos)?;
+            self.check(
+                "protocol",
+                self.out.protos.len() + entries.len(),
+                self.limits.protos,
+            )?;
             self.out.protos.extend(entries);
         }
         Ok(class)
@@ -628,7 +738,11 @@ impl Tables<'_> {
 
     /// The port class per source port for packets of `proto`; a new port class's entries are
     /// added.
-    fn sport_function(&mut self, candidates: &[Candidate<'_>], proto: u8) -> Result<Pieces<u32>, CompileError> {
+    fn sport_function(
+        &mut self,
+        candidates: &[Candidate<'_>],
+        proto: u8,
+    ) -> Result<Pieces<u32>, CompileError> {
         let matching: Vec<(&Step, Ranges, Ranges)> = candidates
             .iter()
             .filter_map(|c| {
@@ -662,12 +776,25 @@ impl Tables<'_> {
                 .collect();
             let (port_class, new) = self.port_functions.intern(paint(&steps, self.no_match));
             if new {
-                let (default, exceptions) = lpm(&self.port_functions.values[port_class as usize], 16);
-                let entry = |dport, verdict| PortEntry { port_class, dport, verdict };
+                let (default, exceptions) =
+                    lpm(&self.port_functions.values[port_class as usize], 16);
+                let entry = |dport, verdict| PortEntry {
+                    port_class,
+                    dport,
+                    verdict,
+                };
                 let entries: Vec<PortEntry> = std::iter::once(entry((0, 0), default))
-                    .chain(exceptions.into_iter().map(|(dport, len, verdict)| entry((dport as u16, len), verdict)))
+                    .chain(
+                        exceptions
+                            .into_iter()
+                            .map(|(dport, len, verdict)| entry((dport as u16, len), verdict)),
+                    )
                     .collect();
-                self.check("port", self.out.ports.len() + entries.len(), self.limits.ports)?;
+                self.check(
+                    "port",
+                    self.out.ports.len() + entries.len(),
+                    self.limits.ports,
+                )?;
                 self.out.ports.extend(entries);
             }
             push_piece(&mut pieces, lo, hi, port_class);

@@ -16,7 +16,11 @@ fn snapshot(yaml: &str) -> Snapshot {
     assert!(
         sync.errors.is_empty(),
         "{}\n{yaml}",
-        sync.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        sync.errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     sync.snapshot
 }
@@ -26,7 +30,13 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn packet(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> PacketTuple {
-    PacketTuple { src: ip(src), dst: ip(dst), proto, sport, dport }
+    PacketTuple {
+        src: ip(src),
+        dst: ip(dst),
+        proto,
+        sport,
+        dport,
+    }
 }
 
 /// `policy#index`, `tier:name`, `profile:name#index` or `no-match`.
@@ -54,23 +64,44 @@ fn check_well_formed(compiled: &CompiledDirection) {
     let mut addr_keys = HashSet::new();
     for e in &compiled.addrs_v4 {
         let remote = u32::from_be_bytes(e.remote);
-        assert!(e.remote_prefix == 32 || remote & (u32::MAX >> e.remote_prefix) == 0, "{e:?}");
-        assert!(addr_keys.insert((e.local.to_vec(), e.remote.to_vec(), e.remote_prefix)), "duplicate {e:?}");
+        assert!(
+            e.remote_prefix == 32 || remote & (u32::MAX >> e.remote_prefix) == 0,
+            "{e:?}"
+        );
+        assert!(
+            addr_keys.insert((e.local.to_vec(), e.remote.to_vec(), e.remote_prefix)),
+            "duplicate {e:?}"
+        );
         assert!(e.class < compiled.address_classes);
     }
     for e in &compiled.addrs_v6 {
         let remote = u128::from_be_bytes(e.remote);
-        assert!(e.remote_prefix == 128 || remote & (u128::MAX >> e.remote_prefix) == 0, "{e:?}");
-        assert!(addr_keys.insert((e.local.to_vec(), e.remote.to_vec(), e.remote_prefix)), "duplicate {e:?}");
+        assert!(
+            e.remote_prefix == 128 || remote & (u128::MAX >> e.remote_prefix) == 0,
+            "{e:?}"
+        );
+        assert!(
+            addr_keys.insert((e.local.to_vec(), e.remote.to_vec(), e.remote_prefix)),
+            "duplicate {e:?}"
+        );
         assert!(e.class < compiled.address_classes);
     }
     let mut proto_keys = HashSet::new();
     for e in &compiled.protos {
-        assert!(e.class < compiled.address_classes && e.port_class < compiled.port_classes, "{e:?}");
+        assert!(
+            e.class < compiled.address_classes && e.port_class < compiled.port_classes,
+            "{e:?}"
+        );
         if let Some((sport, bits)) = e.sport {
-            assert!((1..=16).contains(&bits) && (bits == 16 || sport & (u16::MAX >> bits) == 0), "{e:?}");
+            assert!(
+                (1..=16).contains(&bits) && (bits == 16 || sport & (u16::MAX >> bits) == 0),
+                "{e:?}"
+            );
         }
-        assert!(proto_keys.insert((e.class, e.proto, e.sport)), "duplicate {e:?}");
+        assert!(
+            proto_keys.insert((e.class, e.proto, e.sport)),
+            "duplicate {e:?}"
+        );
     }
     let mut port_keys = HashSet::new();
     for e in &compiled.ports {
@@ -96,17 +127,33 @@ impl Fixture {
         let mut registry = RuleRegistry::default();
         let compiled = {
             let ctx = PolicyContext::new(&snapshot);
-            let wep = snapshot.workload_endpoint(namespace, name).expect("the endpoint");
+            let wep = snapshot
+                .workload_endpoint(namespace, name)
+                .expect("the endpoint");
             compile_endpoint(&ctx, &mut registry, wep).expect("compiles")
         };
         check_well_formed(&compiled.ingress);
         check_well_formed(&compiled.egress);
-        Fixture { snapshot, registry, compiled, namespace: namespace.into(), name: name.into() }
+        Fixture {
+            snapshot,
+            registry,
+            compiled,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// The reference verdict and the compiled one, described.
-    fn verdicts(&self, ctx: &PolicyContext<'_>, direction: Direction, packet: &PacketTuple) -> (String, String) {
-        let wep = self.snapshot.workload_endpoint(&self.namespace, &self.name).expect("the endpoint");
+    fn verdicts(
+        &self,
+        ctx: &PolicyContext<'_>,
+        direction: Direction,
+        packet: &PacketTuple,
+    ) -> (String, String) {
+        let wep = self
+            .snapshot
+            .workload_endpoint(&self.namespace, &self.name)
+            .expect("the endpoint");
         let outcome = evaluate(ctx, wep, direction, packet).expect("evaluates");
         let reference = describe(outcome.allow, &outcome.rule, outcome.log_rule.as_ref());
         let (compiled, local, remote) = match direction {
@@ -121,9 +168,14 @@ impl Fixture {
                 match rule(verdict.rule) {
                     None => format!("unknown rule {}", verdict.rule),
                     Some(decided) => {
-                        let logged =
-                            (verdict.flags & verdict_flags::LOG != 0).then(|| rule(verdict.log_rule)).flatten();
-                        describe(verdict.action == verdict_action::ALLOW, &decided, logged.as_ref())
+                        let logged = (verdict.flags & verdict_flags::LOG != 0)
+                            .then(|| rule(verdict.log_rule))
+                            .flatten();
+                        describe(
+                            verdict.action == verdict_action::ALLOW,
+                            &decided,
+                            logged.as_ref(),
+                        )
                     }
                 }
             }
@@ -191,7 +243,9 @@ fn np(name: &str, spec: &str) -> String {
 }
 
 fn profile(name: &str, spec: &str) -> String {
-    format!("---\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
 }
 
 fn tier(name: &str, order: u32, default_action: &str) -> String {
@@ -224,7 +278,11 @@ fn icmp(icmp_type: u8, code: u8) -> u16 {
 }
 
 /// A named case: resources added to [`BASE`], and packets with their expected verdicts.
-type Case = (&'static str, String, Vec<((Direction, PacketTuple), &'static str)>);
+type Case = (
+    &'static str,
+    String,
+    Vec<((Direction, PacketTuple), &'static str)>,
+);
 
 #[test]
 fn compiled_tables_give_the_expected_verdicts() {
@@ -481,8 +539,14 @@ fn compiled_tables_give_the_expected_verdicts() {
         let ctx = PolicyContext::new(&fixture.snapshot);
         for ((direction, packet), expected) in packets {
             let (reference, compiled) = fixture.verdicts(&ctx, direction, &packet);
-            assert_eq!(reference, expected, "{name}: reference evaluator, {direction} {packet:?}");
-            assert_eq!(compiled, expected, "{name}: compiled tables, {direction} {packet:?}");
+            assert_eq!(
+                reference, expected,
+                "{name}: reference evaluator, {direction} {packet:?}"
+            );
+            assert_eq!(
+                compiled, expected,
+                "{name}: compiled tables, {direction} {packet:?}"
+            );
         }
     }
 }
@@ -490,12 +554,23 @@ fn compiled_tables_give_the_expected_verdicts() {
 #[test]
 fn an_allow_all_profile_compiles_to_one_entry_per_table() {
     let fixture = Fixture::new(
-        &format!("{BASE}{}", profile("open", "{ingress: [{action: Allow}], egress: [{action: Allow}]}")),
+        &format!(
+            "{BASE}{}",
+            profile(
+                "open",
+                "{ingress: [{action: Allow}], egress: [{action: Allow}]}"
+            )
+        ),
         "prod",
         "web",
     );
     for compiled in [&fixture.compiled.ingress, &fixture.compiled.egress] {
-        let counts = (compiled.addrs_v4.len(), compiled.addrs_v6.len(), compiled.protos.len(), compiled.ports.len());
+        let counts = (
+            compiled.addrs_v4.len(),
+            compiled.addrs_v6.len(),
+            compiled.protos.len(),
+            compiled.ports.len(),
+        );
         assert_eq!(counts, (1, 1, 1, 1), "{compiled:#?}");
         assert_eq!((compiled.address_classes, compiled.port_classes), (1, 1));
     }
@@ -506,14 +581,26 @@ fn every_local_address_gets_entries_and_spoofed_sources_only_egress() {
     let yaml = format!(
         "{BASE}---\napiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: wide, namespace: prod}}\n\
          spec: {{node: n1, interfaceName: caliwide, ipNetworks: [198.18.6.0/30], allowSpoofedSourcePrefixes: [198.18.7.0/31], profiles: [open]}}\n{}",
-        profile("open", "{ingress: [{action: Allow}], egress: [{action: Allow}]}")
+        profile(
+            "open",
+            "{ingress: [{action: Allow}], egress: [{action: Allow}]}"
+        )
     );
     let fixture = Fixture::new(&yaml, "prod", "wide");
     assert_eq!(fixture.compiled.ingress.addrs_v4.len(), 4);
     assert_eq!(fixture.compiled.egress.addrs_v4.len(), 6);
     let egress = &fixture.compiled.egress;
-    assert!(egress.lookup(ip("198.18.7.1"), ip("192.0.2.1"), TCP, 1, 2).is_some());
-    assert!(egress.lookup(ip("198.18.7.2"), ip("192.0.2.1"), TCP, 1, 2).is_none(), "not a local address");
+    assert!(
+        egress
+            .lookup(ip("198.18.7.1"), ip("192.0.2.1"), TCP, 1, 2)
+            .is_some()
+    );
+    assert!(
+        egress
+            .lookup(ip("198.18.7.2"), ip("192.0.2.1"), TCP, 1, 2)
+            .is_none(),
+        "not a local address"
+    );
 }
 
 #[test]
@@ -524,22 +611,54 @@ fn unsupported_criteria_and_wide_networks_are_errors() {
         let wep = snapshot.workload_endpoint("prod", name).expect("endpoint");
         let mut registry = RuleRegistry::default();
         let compiled = compile_endpoint(&ctx, &mut registry, wep);
-        let evaluated = evaluate(&ctx, wep, Direction::Ingress, &packet("198.18.1.1", WEB4, TCP, 1, 2));
+        let evaluated = evaluate(
+            &ctx,
+            wep,
+            Direction::Ingress,
+            &packet("198.18.1.1", WEB4, TCP, 1, 2),
+        );
         (compiled.map(|_| ()), evaluated.map(|_| ()))
     };
     for (yaml, field) in [
-        (np("np", "{ingress: [{action: Allow}, {action: Allow, http: {methods: [GET]}}]}"), "http"),
-        (np("np", "{ingress: [{action: Allow, source: {services: {name: frontend}}}]}"), "source.services"),
         (
-            gnp("g", "{ingress: [{action: Deny, source: {serviceAccounts: {selector: team == 'a'}}}]}"),
+            np(
+                "np",
+                "{ingress: [{action: Allow}, {action: Allow, http: {methods: [GET]}}]}",
+            ),
+            "http",
+        ),
+        (
+            np(
+                "np",
+                "{ingress: [{action: Allow, source: {services: {name: frontend}}}]}",
+            ),
+            "source.services",
+        ),
+        (
+            gnp(
+                "g",
+                "{ingress: [{action: Deny, source: {serviceAccounts: {selector: team == 'a'}}}]}",
+            ),
             "source.serviceAccounts.selector",
         ),
     ] {
         let (compiled, evaluated) = compile(&yaml, "web");
-        let Err(error) = compiled else { panic!("{yaml} compiled") };
-        assert!(matches!(&error, CompileError::Unsupported { field: f, .. } if f == field), "{error}");
-        assert!(error.to_string().starts_with("WorkloadEndpoint prod/web: "), "{error}");
-        assert_eq!(evaluated, Err(error), "the evaluator refuses the same rules");
+        let Err(error) = compiled else {
+            panic!("{yaml} compiled")
+        };
+        assert!(
+            matches!(&error, CompileError::Unsupported { field: f, .. } if f == field),
+            "{error}"
+        );
+        assert!(
+            error.to_string().starts_with("WorkloadEndpoint prod/web: "),
+            "{error}"
+        );
+        assert_eq!(
+            evaluated,
+            Err(error),
+            "the evaluator refuses the same rules"
+        );
     }
     let (compiled, _) = compile(
         "---\napiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: wide, namespace: prod}\n\
@@ -563,26 +682,52 @@ fn compiled_forms_larger_than_the_limits_are_errors() {
             )
         })
         .collect();
-    let snapshot = snapshot(&format!("{BASE}{}", gnp("g", &format!("{{ingress: [{}]}}", rules.join(", ")))));
+    let snapshot = snapshot(&format!(
+        "{BASE}{}",
+        gnp("g", &format!("{{ingress: [{}]}}", rules.join(", ")))
+    ));
     let wep = snapshot.workload_endpoint("prod", "web").expect("endpoint");
     let compile = |limits: TableLimits| {
         let ctx = PolicyContext::new(&snapshot).with_limits(limits);
         compile_endpoint(&ctx, &mut RuleRegistry::default(), wep).map(|compiled| compiled.ingress)
     };
     let ingress = compile(TableLimits::default()).expect("compiles");
-    let counts = (ingress.addrs_v4.len(), ingress.protos.len(), ingress.ports.len());
-    assert_eq!(counts, (11, 21, 21), "a class per source, TCP and the rest, a port class per class");
-    let exact = TableLimits { addrs: 11, protos: 21, ports: 21 };
+    let counts = (
+        ingress.addrs_v4.len(),
+        ingress.protos.len(),
+        ingress.ports.len(),
+    );
+    assert_eq!(
+        counts,
+        (11, 21, 21),
+        "a class per source, TCP and the rest, a port class per class"
+    );
+    let exact = TableLimits {
+        addrs: 11,
+        protos: 21,
+        ports: 21,
+    };
     assert_eq!(compile(exact), Ok(ingress));
     for (limits, table) in [
         (TableLimits { addrs: 10, ..exact }, "address"),
-        (TableLimits { protos: 20, ..exact }, "protocol"),
+        (
+            TableLimits {
+                protos: 20,
+                ..exact
+            },
+            "protocol",
+        ),
         (TableLimits { ports: 20, ..exact }, "port"),
     ] {
         let error = compile(limits).expect_err("too large");
-        assert!(matches!(&error, CompileError::TooLarge { table: t, .. } if *t == table), "{error}");
         assert!(
-            error.to_string().starts_with("WorkloadEndpoint prod/web: its compiled ingress policy needs more than"),
+            matches!(&error, CompileError::TooLarge { table: t, .. } if *t == table),
+            "{error}"
+        );
+        assert!(
+            error.to_string().starts_with(
+                "WorkloadEndpoint prod/web: its compiled ingress policy needs more than"
+            ),
             "{error}"
         );
     }
@@ -632,8 +777,23 @@ const NETS_V6: &[&str] = &[
     "2001:db8::10/128",
     "2001:db8:8000::/33",
 ];
-const SELECTORS: &[&str] = &["role == 'frontend'", "app == 'web'", "has(role)", "role in {'backend', 'db'}", "all()"];
-const PORTS: &[&str] = &["80", "443", "\"8000:8100\"", "8081", "\"1:1024\"", "http", "dns", "5353"];
+const SELECTORS: &[&str] = &[
+    "role == 'frontend'",
+    "app == 'web'",
+    "has(role)",
+    "role in {'backend', 'db'}",
+    "all()",
+];
+const PORTS: &[&str] = &[
+    "80",
+    "443",
+    "\"8000:8100\"",
+    "8081",
+    "\"1:1024\"",
+    "http",
+    "dns",
+    "5353",
+];
 
 /// The endpoints of the random cases: `prod/web` is compiled; the others overlap in addresses
 /// and have named ports with different numbers.
@@ -725,13 +885,19 @@ fn random_entity(rng: &mut Rng, v6: bool, ports: bool, named_only: bool) -> Stri
         }
     }
     if rng.chance(10) {
-        fields.push(format!("namespaceSelector: \"{}\"", rng.pick(&["env == 'dev'", "env == 'production'", "all()"])));
+        fields.push(format!(
+            "namespaceSelector: \"{}\"",
+            rng.pick(&["env == 'dev'", "env == 'production'", "all()"])
+        ));
     }
     if rng.chance(5) {
         fields.push("serviceAccounts: {names: [frontend-sa]}".into());
     }
-    let port_pool: Vec<&str> =
-        PORTS.iter().copied().filter(|p| !named_only || p.chars().all(|c| c.is_ascii_alphabetic())).collect();
+    let port_pool: Vec<&str> = PORTS
+        .iter()
+        .copied()
+        .filter(|p| !named_only || p.chars().all(|c| c.is_ascii_alphabetic()))
+        .collect();
     for (field, percent) in [("ports", 35), ("notPorts", 15)] {
         if ports && rng.chance(percent) {
             let n = 1 + rng.below(3);
@@ -763,7 +929,11 @@ fn random_rule(rng: &mut Rng, actions: &[&str]) -> String {
         fields.push(format!("protocol: {protocol}"));
         if protocol.starts_with("ICMP") && rng.chance(60) {
             let icmp_type = rng.pick(&[0, 3, 8, 128]);
-            let code = if rng.chance(50) { format!(", code: {}", rng.pick(&[0, 1])) } else { String::new() };
+            let code = if rng.chance(50) {
+                format!(", code: {}", rng.pick(&[0, 1]))
+            } else {
+                String::new()
+            };
             fields.push(format!("icmp: {{type: {icmp_type}{code}}}"));
         }
     }
@@ -780,14 +950,19 @@ fn random_rule(rng: &mut Rng, actions: &[&str]) -> String {
     let named_only = protocol.is_none();
     for end in ["source", "destination"] {
         if rng.chance(60) {
-            fields.push(format!("{end}: {}", random_entity(rng, v6, has_ports || named_only, named_only)));
+            fields.push(format!(
+                "{end}: {}",
+                random_entity(rng, v6, has_ports || named_only, named_only)
+            ));
         }
     }
     format!("{{{}}}", fields.join(", "))
 }
 
 fn random_rules(rng: &mut Rng, actions: &[&str]) -> String {
-    let rules: Vec<String> = (0..rng.below(6)).map(|_| random_rule(rng, actions)).collect();
+    let rules: Vec<String> = (0..rng.below(6))
+        .map(|_| random_rule(rng, actions))
+        .collect();
     format!("[{}]", rules.join(", "))
 }
 
@@ -797,7 +972,10 @@ fn random_policies(rng: &mut Rng) -> String {
         let tier = rng.pick(&["default", "t1", "t2", "missing"]);
         let selector = rng.pick(&["all()", "app == 'web'", "has(app)", "app == 'db'"]);
         let types = rng.pick(&["[Ingress]", "[Egress]", "[Ingress, Egress]"]);
-        let mut spec = format!("{{tier: {tier}, order: {}, selector: \"{selector}\", types: {types}", rng.below(3));
+        let mut spec = format!(
+            "{{tier: {tier}, order: {}, selector: \"{selector}\", types: {types}",
+            rng.below(3)
+        );
         let actions = ["Allow", "Deny", "Log", "Pass"];
         for (direction, name) in [("Ingress", "ingress"), ("Egress", "egress")] {
             if types.contains(direction) {
@@ -817,7 +995,11 @@ fn random_policies(rng: &mut Rng) -> String {
     for name in ["p0", "p1"] {
         if rng.chance(60) {
             let actions = ["Allow", "Deny", "Log", "Pass"];
-            let spec = format!("{{ingress: {}, egress: {}}}", random_rules(rng, &actions), random_rules(rng, &actions));
+            let spec = format!(
+                "{{ingress: {}, egress: {}}}",
+                random_rules(rng, &actions),
+                random_rules(rng, &actions)
+            );
             yaml += &profile(name, &spec);
         }
     }
@@ -827,8 +1009,12 @@ fn random_policies(rng: &mut Rng) -> String {
 /// Addresses at and around the edges of every net and endpoint network of the random cases.
 fn interesting_addresses() -> Vec<IpAddr> {
     let mut addresses = Vec::new();
-    let networks =
-        NETS_V4.iter().chain(NETS_V6).chain(&["198.18.1.0/30", "198.18.4.0/24", "2001:db8::4:0/120", "203.0.113.0/24"]);
+    let networks = NETS_V4.iter().chain(NETS_V6).chain(&[
+        "198.18.1.0/30",
+        "198.18.4.0/24",
+        "2001:db8::4:0/120",
+        "203.0.113.0/24",
+    ]);
     for net in networks {
         let net: IpNet = net.parse().expect("test net");
         for edge in [net.network(), net.broadcast()] {
@@ -848,8 +1034,10 @@ fn interesting_addresses() -> Vec<IpAddr> {
 fn random_policies_compile_to_what_the_evaluator_says() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let addresses = interesting_addresses();
-    let ports: &[u16] =
-        &[0, 1, 53, 79, 80, 81, 442, 443, 444, 1023, 1024, 1025, 5353, 7999, 8000, 8080, 8081, 8082, 8100, 8101, 65535];
+    let ports: &[u16] = &[
+        0, 1, 53, 79, 80, 81, 442, 443, 444, 1023, 1024, 1025, 5353, 7999, 8000, 8080, 8081, 8082,
+        8100, 8101, 65535,
+    ];
     let protocols: &[u8] = &[TCP, UDP, ICMP, ICMP6, 132, 136, 47, 0, 255];
     let mut checked = 0;
     for case in 0..200 {
@@ -862,23 +1050,49 @@ fn random_policies_compile_to_what_the_evaluator_says() {
             let locals: &[&str] = match (remote.is_ipv4(), direction) {
                 (false, _) => &[WEB6],
                 (true, Direction::Ingress) => &["198.18.0.10", "198.18.0.11"],
-                (true, Direction::Egress) => &["198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"],
+                (true, Direction::Egress) => {
+                    &["198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"]
+                }
             };
             let local = *rng.pick(locals);
             let local = ip(local);
             let proto = *rng.pick(protocols);
-            let port = |rng: &mut Rng| if rng.chance(80) { *rng.pick(ports) } else { rng.next() as u16 };
+            let port = |rng: &mut Rng| {
+                if rng.chance(80) {
+                    *rng.pick(ports)
+                } else {
+                    rng.next() as u16
+                }
+            };
             let (sport, dport) = if proto == ICMP || proto == ICMP6 {
-                (0, icmp(*rng.pick(&[0, 3, 8, 11, 128]), *rng.pick(&[0, 1, 2])))
+                (
+                    0,
+                    icmp(*rng.pick(&[0, 3, 8, 11, 128]), *rng.pick(&[0, 1, 2])),
+                )
             } else {
                 (port(&mut rng), port(&mut rng))
             };
             let packet = match direction {
-                Direction::Ingress => PacketTuple { src: remote, dst: local, proto, sport, dport },
-                Direction::Egress => PacketTuple { src: local, dst: remote, proto, sport, dport },
+                Direction::Ingress => PacketTuple {
+                    src: remote,
+                    dst: local,
+                    proto,
+                    sport,
+                    dport,
+                },
+                Direction::Egress => PacketTuple {
+                    src: local,
+                    dst: remote,
+                    proto,
+                    sport,
+                    dport,
+                },
             };
             let (reference, compiled) = fixture.verdicts(&ctx, direction, &packet);
-            assert_eq!(compiled, reference, "case {case}: {direction} {packet:?}\n{yaml}");
+            assert_eq!(
+                compiled, reference,
+                "case {case}: {direction} {packet:?}\n{yaml}"
+            );
             checked += 1;
         }
     }
@@ -932,10 +1146,19 @@ fn ten_thousand_rules_compile_quickly() {
     );
     assert!(elapsed.as_secs() < 60, "took {elapsed:?}");
     check_well_formed(ingress);
-    assert!(ingress.addrs_v4.len() <= 10_001, "{}", ingress.addrs_v4.len());
+    assert!(
+        ingress.addrs_v4.len() <= 10_001,
+        "{}",
+        ingress.addrs_v4.len()
+    );
 
-    let fixture =
-        Fixture { snapshot: snapshot.clone(), registry, compiled, namespace: "prod".into(), name: "web".into() };
+    let fixture = Fixture {
+        snapshot: snapshot.clone(),
+        registry,
+        compiled,
+        namespace: "prod".into(),
+        name: "web".into(),
+    };
     let mut rng = Rng(42);
     for _ in 0..50 {
         let k = rng.below(10_000);
@@ -998,22 +1221,43 @@ fn bench_policy_shapes() {
             1000 + k
         )
     };
-    let broad = |k: usize| format!("{{action: Deny, protocol: TCP, destination: {{ports: [{}]}}}}", 30000 + k);
+    let broad = |k: usize| {
+        format!(
+            "{{action: Deny, protocol: TCP, destination: {{ports: [{}]}}}}",
+            30000 + k
+        )
+    };
     let policies = |rules: Vec<String>| {
         let mut yaml = String::from(BASE);
         for (i, chunk) in rules.chunks(1000).enumerate() {
-            yaml += &gnp(&format!("big{i}"), &format!("{{order: {i}, ingress: [{}]}}", chunk.join(", ")));
+            yaml += &gnp(
+                &format!("big{i}"),
+                &format!("{{order: {i}, ingress: [{}]}}", chunk.join(", ")),
+            );
         }
         yaml
     };
-    measure("10k rules from distinct /32s", &policies((0..10_000).map(narrow).collect()));
+    measure(
+        "10k rules from distinct /32s",
+        &policies((0..10_000).map(narrow).collect()),
+    );
     measure(
         "10k rules from distinct /32s, 20 port rules from anywhere",
         &policies((0..20).map(broad).chain((0..10_000).map(narrow)).collect()),
     );
     measure(
         "5k rules from distinct /32s interleaved with 5k port rules from anywhere",
-        &policies((0..10_000).map(|k: usize| if k.is_multiple_of(2) { narrow(k) } else { broad(k) }).collect()),
+        &policies(
+            (0..10_000)
+                .map(|k: usize| {
+                    if k.is_multiple_of(2) {
+                        narrow(k)
+                    } else {
+                        broad(k)
+                    }
+                })
+                .collect(),
+        ),
     );
     let mut yaml = policies(
         (0..1000)
@@ -1036,5 +1280,8 @@ fn bench_policy_shapes() {
             8000 + k % 7
         );
     }
-    measure("1k selector rules over 3k endpoints with named ports", &yaml);
+    measure(
+        "1k selector rules over 3k endpoints with named ports",
+        &yaml,
+    );
 }
