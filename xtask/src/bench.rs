@@ -254,9 +254,10 @@ impl serde::Serialize for Setup {
 }
 
 /// The veths' offloads, as the output states them.
-pub const OFFLOADS: &str = "GRO is on for every veth end (workload eth0 and host side) in every \
-     setup: frames sent by XDP (the live-frames generator, our XDP redirects) are only received \
-     by a veth with NAPI. Transmit offloads (checksum, TSO) keep the veth default, on, except in \
+pub const OFFLOADS: &str = "GRO is on for the workloads' eth0 in every setup, and on the host \
+     side of gen's veth while the live-frames generator runs (otherwise the veth default, off): \
+     frames sent by XDP (the live-frames generator, our XDP redirects) are only received by a \
+     veth with NAPI. Transmit offloads (checksum, TSO) keep the veth default, on, except in \
      ours-xdp-N, which sets `tx off` on both workloads: an XDP-redirected frame loses the skb's \
      pending checksum, so XDP mode needs workloads that compute their own checksums.";
 
@@ -539,14 +540,6 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
         "1",
         "run_time_ns and run_cnt per program; off while packet rates are counted",
     )?;
-    // trafgen's socket gets the default send buffer (it is told not to tune
-    // socket memory); its packets can wait in the host side's NAPI ring, and
-    // with the default 208 KiB a full buffer makes trafgen's send fail (EAGAIN).
-    let _wmem = topology::Sysctl::set(
-        "net.core.wmem_default",
-        "4194304",
-        "trafgen's send buffer, room for the packets in the host side's NAPI ring",
-    )?;
     let topo = Topology::create(pid)?;
     let datastore = scratch.path().join("datastore");
     topology::write_datastore(&topo, &datastore)?;
@@ -613,7 +606,15 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
             ctx.plan.warmup.as_secs_f64(),
             ctx.plan.duration.as_secs()
         ));
-        let pps = measure::packet_rate(ctx, &active, &programs, generator)?;
+        let live = generator == Generator::LiveFrames;
+        if live {
+            topology::set_gen_host_gro(ctx.topo, true)?;
+        }
+        let pps = measure::packet_rate(ctx, &active, &programs, generator);
+        if live {
+            topology::set_gen_host_gro(ctx.topo, false)?;
+        }
+        let pps = pps?;
         util::info(pps.describe());
         rates.push(pps);
     }

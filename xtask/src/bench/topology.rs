@@ -64,14 +64,6 @@ impl Topology {
             .run()?;
         let gen_wl = create_workload(&host, pid, "gen", 1)?;
         let sink = create_workload(&host, pid, "sink", 2)?;
-        // NAPI on the host sides (GRO on): frames sent by XDP (the
-        // live-frames generator) are only received by a veth with NAPI. Both
-        // workloads, every setup.
-        for wl in [&gen_wl, &sink] {
-            host.exec("ethtool")
-                .args(["-K", &wl.host_if, "gro", "on"])
-                .output()?;
-        }
         Ok(Self {
             gen_wl,
             sink,
@@ -175,6 +167,22 @@ pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<
         .args(["-K", "eth0", "gro", "on"])
         .output()?;
     Ok(wl)
+}
+
+/// GRO (and with it NAPI) on the host side of gen's veth: on only while the
+/// live-frames generator runs, as frames sent by XDP are only received by a
+/// veth with NAPI; otherwise the veth default (off), as on a Calico host.
+pub fn set_gen_host_gro(topo: &Topology, on: bool) -> Result<()> {
+    topo.host
+        .exec("ethtool")
+        .args([
+            "-K",
+            &topo.gen_wl.host_if,
+            "gro",
+            if on { "on" } else { "off" },
+        ])
+        .output()?;
+    Ok(())
 }
 
 /// Transmit checksum offload (and with it TSO) on both workloads' eth0. Off
