@@ -83,7 +83,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: Option<u32>,
 
-    /// Seconds of each packet-rate and TCP measurement [default: 5, or 2 with
+    /// Seconds of each packet-rate and TCP measurement [default: 5, or 1 with
     /// --quick].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600))]
     pub duration: Option<u64>,
@@ -344,7 +344,7 @@ impl Plan {
         Ok(Self {
             quick,
             rounds: args.rounds.unwrap_or(if quick { 1 } else { 3 }),
-            duration: Duration::from_secs(args.duration.unwrap_or(if quick { 2 } else { 5 })),
+            duration: Duration::from_secs(args.duration.unwrap_or(if quick { 1 } else { 5 })),
             warmup: Duration::from_millis(if quick { 500 } else { 1000 }),
             latency: Duration::from_secs(if quick { 1 } else { 2 }),
             setups,
