@@ -29,14 +29,57 @@ use forward::Action;
 /// (40 + 8 + 40 + 8).
 const HEADROOM_TO_PULL: u32 = 14 + 60 + 8 + 60 + 8;
 
-/// Makes the first [`HEADROOM_TO_PULL`] bytes (or the whole packet) directly readable: direct
-/// packet access covers only the linear part of the skb.
+/// Makes the headers the pipeline reads directly readable: direct packet access covers only the
+/// linear part of the skb. A TCP or UDP packet whose IP header is already linear needs its
+/// transport header, no more: pulling further would move payload out of a large segment's page
+/// fragments into a reallocated head (a TSO segment's linear part ends with its TCP header).
+/// Anything else gets the first [`HEADROOM_TO_PULL`] bytes (or the whole packet).
 #[inline(always)]
 fn pull_headers(ctx: &TcContext) {
     let len = ctx.len();
-    if ((ctx.data_end() - ctx.data()) as u32) < len.min(HEADROOM_TO_PULL) {
-        let _ = ctx.pull_data(len.min(HEADROOM_TO_PULL));
+    let full = len.min(HEADROOM_TO_PULL);
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear >= full {
+        return;
     }
+    let need = match transport_header_end(ctx.data(), ctx.data_end()) {
+        Some(end) => end.min(full),
+        None => full,
+    };
+    if linear < need {
+        let _ = ctx.pull_data(need);
+    }
+}
+
+/// Where the TCP, UDP, UDP-Lite or SCTP header of an IPv4 or IPv6 packet ends, read from a
+/// linear IP header; `None` when the IP header is not linear, or for other protocols (an ICMP
+/// error quotes headers, a neighbour solicitation carries options: they get the full pull).
+#[inline(always)]
+fn transport_header_end(data: usize, data_end: usize) -> Option<u32> {
+    const ETH_HLEN: u32 = 14;
+    let eth_type = unsafe { *forward::ptr_at::<[u8; 2]>(data, data_end, 12)? };
+    let (l3_len, proto) = match u16::from_be_bytes(eth_type) {
+        0x0800 => {
+            let hdr = unsafe { &*forward::ptr_at::<[u8; 20]>(data, data_end, ETH_HLEN as usize)? };
+            let ihl = (hdr[0] & 0x0f) as u32 * 4;
+            if ihl < 20 {
+                return None;
+            }
+            (ihl, hdr[9])
+        }
+        0x86dd => {
+            let hdr = unsafe { &*forward::ptr_at::<[u8; 40]>(data, data_end, ETH_HLEN as usize)? };
+            (40, hdr[6])
+        }
+        _ => return None,
+    };
+    let l4_len = match proto {
+        6 => 20,
+        17 | 136 => 8,
+        132 => 12,
+        _ => return None,
+    };
+    Some(ETH_HLEN + l3_len + l4_len)
 }
 
 #[classifier]

@@ -191,7 +191,11 @@ fn removing_an_endpoint_stops_its_traffic_and_adding_it_back_restores_it() {
 
     datastore.remove("wl2.yaml");
     wait_for("wl2 to be removed", Duration::from_secs(10), || {
-        !agent.attached(&wl2.host_ifname)
+        agent.dump("endpoints").as_array().is_some_and(|rows| {
+            !rows
+                .iter()
+                .any(|r| r["interface"] == wl2.host_ifname.as_str())
+        })
     });
     assert!(
         agent.counters(&wl2.host_ifname).is_null(),

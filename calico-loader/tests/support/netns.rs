@@ -446,10 +446,20 @@ impl Agent {
     }
 
     /// Whether the endpoint on `ifname` is programmed and attached.
+    /// Whether `ifname` is attached with both of its programs: from the workload (TC ingress
+    /// or XDP) and to it (TC egress). The agent attaches them one after the other.
     pub fn attached(&self, ifname: &str) -> bool {
         self.dump("endpoints").as_array().is_some_and(|rows| {
-            rows.iter()
-                .any(|r| r["interface"] == ifname && r["attached"] == true)
+            rows.iter().any(|r| {
+                let hooks: Vec<&str> = r["hooks"]
+                    .as_array()
+                    .map(|h| h.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                r["interface"] == ifname
+                    && r["attached"] == true
+                    && hooks.contains(&"tc_egress")
+                    && (hooks.contains(&"tc_ingress") || hooks.contains(&"xdp"))
+            })
         })
     }
 
