@@ -653,6 +653,11 @@ impl ChildGuard {
         }
     }
 
+    /// What the process is, as given to [`ChildGuard::new`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `Some(status)` if the process has exited.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         self.child

@@ -42,22 +42,26 @@ pub const UDP_PORT: u16 = 9;
 // Packet rate
 // ---------------------------------------------------------------------------
 
+/// `aa:bb:cc:dd:ee:ff` as six bytes.
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).with_context(|| format!("invalid MAC {text}")))
+        .collect::<Result<_>>()?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("invalid MAC {text}"))
+}
+
 /// The trafgen configuration: one 60-byte frame (64 on the wire with the FCS)
 /// from `src` (MAC `src_mac`) to `dst` through the host side, sent only by the
 /// worker trafgen pins to `cpu`.
 fn trafgen_config(src_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, cpu: usize) -> Result<String> {
     let bytes = |mac: &str| -> Result<String> {
-        let parts: Vec<String> = mac
-            .split(':')
-            .map(|b| {
-                u8::from_str_radix(b, 16)
-                    .map(|b| format!("0x{b:02x}"))
-                    .with_context(|| format!("invalid MAC {mac}"))
-            })
-            .collect::<Result<_>>()?;
-        if parts.len() != 6 {
-            bail!("invalid MAC {mac}");
-        }
+        let parts: Vec<String> = parse_mac(mac)?
+            .iter()
+            .map(|b| format!("0x{b:02x}"))
+            .collect();
         Ok(parts.join(", "))
     };
     let octets = |ip: Ipv4Addr| {
@@ -93,18 +97,9 @@ fn trafgen_config(src_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, cpu: usize) -> Re
 /// The same frame as bytes, for the live-frames generator: what trafgen's configuration
 /// describes, with the IPv4 header checksum computed.
 pub fn udp_frame(src_mac: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Result<[u8; 60]> {
-    let mac = |text: &str| -> Result<[u8; 6]> {
-        let bytes: Vec<u8> = text
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).with_context(|| format!("invalid MAC {text}")))
-            .collect::<Result<_>>()?;
-        bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("invalid MAC {text}"))
-    };
     let mut frame = [0u8; 60];
-    frame[0..6].copy_from_slice(&mac(HOST_SIDE_MAC)?);
-    frame[6..12].copy_from_slice(&mac(src_mac)?);
+    frame[0..6].copy_from_slice(&parse_mac(HOST_SIDE_MAC)?);
+    frame[6..12].copy_from_slice(&parse_mac(src_mac)?);
     frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut frame[14..34];
     ip[0] = 0x45;
@@ -382,7 +377,6 @@ struct Snapshot {
     gen_at: Instant,
     cpus: Vec<CpuTimes>,
     softnet: (u64, u64),
-    programs: BTreeMap<u64, (String, u64, u64)>,
     counters: Option<(u64, u64, u64)>,
 }
 
@@ -404,18 +398,10 @@ impl Snapshot {
             &std::fs::read_to_string("/proc/net/softnet_stat")
                 .context("cannot read /proc/net/softnet_stat")?,
         );
-        let (programs, counters) = if agent {
-            let progs = Cmd::new("bpftool")
-                .args(["prog", "show", "-j"])
-                .privileged()
-                .output()?;
-            let counters = dump_json(ctx, "counters")?;
-            (
-                program_stats(&progs)?,
-                endpoint_counters(&counters, &topo.gen_wl.host_if),
-            )
+        let counters = if agent {
+            endpoint_counters(&dump_json(ctx, "counters")?, &topo.gen_wl.host_if)
         } else {
-            (BTreeMap::new(), None)
+            None
         };
         Ok(Self {
             sink_in_receives,
@@ -424,7 +410,6 @@ impl Snapshot {
             gen_at,
             cpus,
             softnet,
-            programs,
             counters,
         })
     }
@@ -515,20 +500,22 @@ pub fn packet_rate(
     // is counted with it off, as its clock reads (two per program run) would
     // slow our setups only.
     let agent = active.is_agent();
-    let warmup_programs = if agent {
-        program_stats(
-            &Cmd::new("bpftool")
-                .args(["prog", "show", "-j"])
-                .privileged()
-                .output()?,
-        )?
-    } else {
-        BTreeMap::new()
+    let read_programs = || -> Result<BTreeMap<u64, (String, u64, u64)>> {
+        if !agent {
+            return Ok(BTreeMap::new());
+        }
+        let json = Cmd::new("bpftool")
+            .args(["prog", "show", "-j"])
+            .privileged()
+            .output()?;
+        program_stats(&json)
     };
+    let warmup_start = read_programs()?;
     util::sleep(plan.warmup)?;
     if let Some(status) = sender.try_wait()? {
         bail!("{name} exited during the warm-up ({status}); see its {prefix} lines");
     }
+    let warmup_end = read_programs()?;
     let before = Snapshot::take(ctx, agent)?;
     if agent {
         ctx.bpf_stats.set_again("0")?;
@@ -560,8 +547,8 @@ pub fn packet_rate(
     let costs = programs
         .iter()
         .map(|p| {
-            let (name, time_b, runs_b) = warmup_programs.get(&p.id).cloned().unwrap_or_default();
-            let (_, time_a, runs_a) = before.programs.get(&p.id).cloned().unwrap_or_default();
+            let (name, time_b, runs_b) = warmup_start.get(&p.id).cloned().unwrap_or_default();
+            let (_, time_a, runs_a) = warmup_end.get(&p.id).cloned().unwrap_or_default();
             let runs = runs_a.saturating_sub(runs_b);
             let run_time_ns = time_a.saturating_sub(time_b);
             ProgramCost {

@@ -349,43 +349,9 @@ pub fn markdown_table(summary: &[SetupSummary]) -> String {
             row
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].chars().count(), 3])
-                .max()
-                .unwrap_or(3)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let mut text = String::from("|");
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = widths[i] - cell.chars().count();
-            if i == 0 {
-                let _ = write!(text, " {cell}{} |", " ".repeat(pad));
-            } else {
-                let _ = write!(text, " {}{cell} |", " ".repeat(pad));
-            }
-        }
-        text.push('\n');
-        text
-    };
-    let mut table = line(&header);
-    table.push('|');
-    for (i, width) in widths.iter().enumerate() {
-        let dashes = "-".repeat(*width);
-        if i == 0 {
-            let _ = write!(table, " {dashes} |");
-        } else {
-            let _ = write!(table, " {}: |", &dashes[1..]);
-        }
-    }
-    table.push('\n');
-    for row in &rows {
-        table.push_str(&line(row));
-    }
-    table
+    // The setup's name left-aligned, every figure right-aligned.
+    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
+    render_table(&header, &rows, &right)
 }
 
 pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary]) {

@@ -289,24 +289,8 @@ impl IperfServer {
             .args(["-p", &IPERF_PORT.to_string(), "-i", "0"])
             .spawn_prefixed("[iperf3 -s]")?;
         let mut child = ChildGuard::new("the iperf3 server", child, true);
-        let listening = sink
-            .netns
-            .exec("ss")
-            .args(["-Hltn", &format!("sport = :{IPERF_PORT}")])
-            .quiet();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!("the iperf3 server exited ({status}); see its [iperf3 -s] lines");
-            }
-            if !listening.output()?.trim().is_empty() {
-                return Ok(Self { _child: child });
-            }
-            if Instant::now() >= deadline {
-                bail!("the iperf3 server is not listening after 10s");
-            }
-            util::sleep(Duration::from_millis(100))?;
-        }
+        wait_listening(&mut child, sink, "-Hltn", IPERF_PORT, "[iperf3 -s]")?;
+        Ok(Self { _child: child })
     }
 }
 
@@ -327,24 +311,44 @@ impl UdpSink {
             .args(["bench-udp-sink", "--port", &port])
             .spawn_prefixed("[udp sink]")?;
         let mut child = ChildGuard::new("the UDP sink", child, true);
-        let listening = sink
-            .netns
-            .exec("ss")
-            .args(["-Hlun", &format!("sport = :{port}")])
-            .quiet();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!("the UDP sink exited ({status}); see its [udp sink] lines");
-            }
-            if !listening.output()?.trim().is_empty() {
-                return Ok(Self { _child: child });
-            }
-            if Instant::now() >= deadline {
-                bail!("the UDP sink is not listening after 10s");
-            }
-            util::sleep(Duration::from_millis(100))?;
+        wait_listening(
+            &mut child,
+            sink,
+            "-Hlun",
+            super::measure::UDP_PORT,
+            "[udp sink]",
+        )?;
+        Ok(Self { _child: child })
+    }
+}
+
+/// Waits up to 10 s until `ss SS_FLAGS sport = :PORT` in the workload lists
+/// the socket `child` opens; fails if `child` exits first (its output lines
+/// carry `prefix`).
+fn wait_listening(
+    child: &mut ChildGuard,
+    wl: &Workload,
+    ss_flags: &str,
+    port: u16,
+    prefix: &str,
+) -> Result<()> {
+    let listening = wl
+        .netns
+        .exec("ss")
+        .args([ss_flags, &format!("sport = :{port}")])
+        .quiet();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited ({status}); see its {prefix} lines", child.name());
         }
+        if !listening.output()?.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{} is not listening on port {port} after 10s", child.name());
+        }
+        util::sleep(Duration::from_millis(100))?;
     }
 }
 
