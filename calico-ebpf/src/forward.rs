@@ -12,7 +12,7 @@ use calico_ebpf_common::{
 
 use crate::{
     flow::{Flow, flow_kind, parse_transport},
-    maps::{COUNTERS, ENDPOINTS_MAP, ROUTES_V4, ROUTES_V6, SCRATCH, SOURCES_V4, SOURCES_V6},
+    maps::{COUNTERS, ENDPOINTS, ROUTES_V4, ROUTES_V6, SCRATCH, SOURCES_V4, SOURCES_V6},
     policy::{Admission, Side, admit},
 };
 
@@ -141,7 +141,7 @@ pub fn from_workload(
     let counters = COUNTERS
         .get_ptr_mut(ifindex)
         .unwrap_or(core::ptr::null_mut());
-    let Some(endpoint) = ENDPOINTS_MAP.get_ptr(ifindex) else {
+    let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
         // Not an interface the agent manages (or one being removed): never forward for it.
         let unknown = COUNTERS
             .get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS)
@@ -188,7 +188,7 @@ pub fn from_workload(
 /// `ifindex`: the workload's ingress policy, through conntrack.
 #[inline(always)]
 pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Action {
-    let Some(endpoint) = ENDPOINTS_MAP.get_ptr(ifindex) else {
+    let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
         let unknown = COUNTERS
             .get_ptr_mut(UNKNOWN_INTERFACE_COUNTERS)
             .unwrap_or(core::ptr::null_mut());
@@ -395,7 +395,7 @@ fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
     let Some(route) = local else {
         return Ok(Side::NONE);
     };
-    match ENDPOINTS_MAP.get_ptr(route.ifindex) {
+    match ENDPOINTS.get_ptr(route.ifindex) {
         Some(endpoint) => Ok(side(route.ifindex, unsafe { &*endpoint })),
         None => Err(count_drop_for(route.ifindex, DropReason::PolicyMissing)),
     }
@@ -669,7 +669,7 @@ pub fn trace(data: usize, data_end: usize, ifindex: u32, ingress: bool, len: u64
         return;
     };
     match (
-        ENDPOINTS_MAP.get_ptr(ifindex),
+        ENDPOINTS.get_ptr(ifindex),
         parse_ip(data, data_end, len, flow),
     ) {
         (None, _) => result.decided_by = trace_decided_by::NO_ENDPOINT,

@@ -23,8 +23,8 @@ use calico_ebpf_common::{
 use crate::{
     flow::{Flow, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, flow_kind},
     maps::{
-        CONNTRACK_MAP, LOG_EVENTS, POLICIES_MAP, POLICY_ADDRS_V4, POLICY_ADDRS_V6,
-        POLICY_PORTS_MAP, POLICY_PROTOS_MAP, RULE_COUNTERS, SCRATCH, SEARCHES,
+        CONNTRACK, LOG_EVENTS, POLICIES, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS,
+        POLICY_PROTOS, RULE_COUNTERS, SCRATCH, SEARCHES,
     },
 };
 
@@ -104,7 +104,7 @@ fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
         address_class: 0,
         port_class: 0,
     };
-    let Some(info) = POLICIES_MAP.get_ptr(policy) else {
+    let Some(info) = POLICIES.get_ptr(policy) else {
         return result;
     };
     let info = unsafe { &*info };
@@ -233,7 +233,7 @@ extern "C" fn proto_step(_index: u64, _ctx: *mut c_void) -> i64 {
     search.bits &= !(1u64 << len);
     search.key.sport = mask_port(search.sport, len as u8).to_be_bytes();
     search.key.sport_len = len as u8;
-    match POLICY_PROTOS_MAP.get_ptr(&search.key) {
+    match POLICY_PROTOS.get_ptr(&search.key) {
         Some(found) => {
             search.found = unsafe { *found };
             search.hit = 1;
@@ -265,7 +265,7 @@ extern "C" fn port_step(_index: u64, _ctx: *mut c_void) -> i64 {
     search.bits &= !(1u64 << len);
     search.key.dport = mask_port(search.dport, len as u8).to_be_bytes();
     search.key.dport_len = len as u8;
-    match POLICY_PORTS_MAP.get_ptr(&search.key) {
+    match POLICY_PORTS.get_ptr(&search.key) {
         Some(found) => {
             search.found = unsafe { *found };
             search.hit = 1;
@@ -356,9 +356,7 @@ fn port_class(class: &AddressClass, flow: &Flow) -> Option<PortClass> {
         sport_len: 0,
         _pad: [0; 3],
     };
-    POLICY_PROTOS_MAP
-        .get_ptr(&key)
-        .map(|found| unsafe { *found })
+    POLICY_PROTOS.get_ptr(&key).map(|found| unsafe { *found })
 }
 
 /// The verdict for the destination port within a port class, longest prefix first.
@@ -453,7 +451,7 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
     let tcp = flow.proto == IPPROTO_TCP;
     let syn_only = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
-    if let Some(entry) = CONNTRACK_MAP.get_ptr_mut(&flow.key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
         let entry = unsafe { &mut *entry };
         let closed = entry.flags & conntrack_flags::RST != 0
             || entry.flags & (conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV)
@@ -462,10 +460,10 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         if !entry.expired(flow.proto, now) && !(syn_only && closed) {
             return established(entry, flow, from_a, sender, receiver, now);
         }
-        let _ = CONNTRACK_MAP.remove(&flow.key);
+        let _ = CONNTRACK.remove(&flow.key);
     }
 
-    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK_MAP.get_ptr(&flow.related).is_some() {
+    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         // An error about a tracked flow (unreachable, too big, time exceeded) is part of it.
         return Admission::Allowed;
     }
@@ -500,7 +498,7 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         entry.ingress_rule = ingress_rule;
         entry._pad2 = 0;
         // A full table evicts its least recently used entry (LRU); live flows stay.
-        let _ = CONNTRACK_MAP.insert(&flow.key, &flow.entry, 0);
+        let _ = CONNTRACK.insert(&flow.key, &flow.entry, 0);
     }
     Admission::Allowed
 }
@@ -540,7 +538,7 @@ fn established(
                     entry.egress_rule = rule;
                 }
                 Err(denied) => {
-                    let _ = CONNTRACK_MAP.remove(&flow.key);
+                    let _ = CONNTRACK.remove(&flow.key);
                     return denied;
                 }
             }
@@ -552,7 +550,7 @@ fn established(
                     entry.ingress_rule = rule;
                 }
                 Err(denied) => {
-                    let _ = CONNTRACK_MAP.remove(&flow.key);
+                    let _ = CONNTRACK.remove(&flow.key);
                     return denied;
                 }
             }
@@ -601,7 +599,7 @@ fn established(
 pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
     let from_a = flow.fill_key();
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(entry) = CONNTRACK_MAP.get_ptr(&flow.key) {
+    if let Some(entry) = CONNTRACK.get_ptr(&flow.key) {
         let entry = unsafe { &*entry };
         if !entry.expired(flow.proto, now) {
             let forward = from_a == (entry.opener == 0);
@@ -620,7 +618,7 @@ pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
             }
         }
     }
-    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK_MAP.get_ptr(&flow.related).is_some() {
+    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         return Some(0);
     }
     None

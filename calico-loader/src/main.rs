@@ -53,7 +53,7 @@ enum Command {
         resync_interval: u64,
         /// Entries of the conntrack table (Calico's default is 512k). When it is full, the
         /// least recently used entry makes room, so active flows keep working.
-        #[arg(long, env = "FELIX_BPFMAPSIZECONNTRACK", default_value_t = calico_ebpf_common::map_sizes::CONNTRACK)]
+        #[arg(long, env = "FELIX_BPFMAPSIZECONNTRACK", default_value_t = <calico_ebpf_common::maps::Conntrack as calico_ebpf_common::maps::MapSpec>::DEF.max_entries)]
         conntrack_size: u32,
     },
     /// Create or replace resources from a file (`-` for stdin): all of them, or none.

@@ -197,9 +197,9 @@ pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, Mic
         conntrack_entries,
     } = setup;
     let mut loader = EbpfLoader::new();
-    let table_size = conntrack_entries
-        .saturating_add(conntrack_entries / 4)
-        .max(calico_ebpf_common::map_sizes::CONNTRACK);
+    let table_size = conntrack_entries.saturating_add(conntrack_entries / 4).max(
+        <calico_ebpf_common::maps::Conntrack as calico_ebpf_common::maps::MapSpec>::DEF.max_entries,
+    );
     loader.map_max_entries(calico_ebpf_common::map_names::CONNTRACK, table_size);
     let mut ebpf = loader.load(KERNEL_OBJECT)?;
     let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;

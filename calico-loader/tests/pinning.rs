@@ -6,10 +6,8 @@ mod support;
 use std::{path::PathBuf, process::Command};
 
 use aya::maps::MapInfo;
-use calico_ebpf_common::map_names;
-use calico_loader::dataplane::{
-    DataplaneError, bpffs::PinLayout, load_object, maps::expected_layout, remove_pins,
-};
+use calico_ebpf_common::{map_names, maps};
+use calico_loader::dataplane::{DataplaneError, bpffs::PinLayout, load_object, remove_pins};
 use support::netns::{require_root, unique};
 
 /// A pin root under /sys/fs/bpf, removed on drop.
@@ -36,20 +34,20 @@ fn maps_are_pinned_with_the_shared_layout_and_reused() {
     let root = PinRoot::new();
     let first = load_object(&root.0).expect("first load creates and pins the maps");
     let mut ids = Vec::new();
-    for name in map_names::ALL {
+    for def in maps::ALL {
+        let name = def.name;
         let info =
             MapInfo::from_pin(root.0.map(name)).unwrap_or_else(|e| panic!("{name} pinned: {e}"));
-        let (key, value) = expected_layout(name).expect("every map has a layout");
         assert_eq!(
-            (info.key_size(), info.value_size()),
-            (key, value),
+            (info.key_size(), info.value_size(), info.max_entries()),
+            (def.key_size, def.value_size, def.max_entries),
             "{name}: object and shared types agree"
         );
         ids.push(info.id());
     }
     drop(first);
     let _second = load_object(&root.0).expect("a second load reuses the pins");
-    for (name, id) in map_names::ALL.iter().zip(ids) {
+    for (name, id) in maps::ALL.iter().map(|def| def.name).zip(ids) {
         let info = MapInfo::from_pin(root.0.map(name)).expect("still pinned");
         assert_eq!(
             info.id(),

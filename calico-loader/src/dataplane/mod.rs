@@ -17,7 +17,9 @@ use std::{
 use aya::{Ebpf, EbpfLoader};
 use calico_ebpf_common::{
     EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded,
-    map_names, map_sizes, source_flags,
+    map_names,
+    maps::{Conntrack, MapSpec},
+    source_flags,
 };
 use ipnet::IpNet;
 
@@ -79,7 +81,7 @@ pub enum DataplaneError {
 /// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
 /// agent restart) or creating and pinning them, with the default conntrack size.
 pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
-    load_object_with(layout, map_sizes::CONNTRACK)
+    load_object_with(layout, Conntrack::DEF.max_entries)
 }
 
 /// [`load_object`] with a conntrack table of `conntrack_entries` entries. A pinned table of
@@ -91,7 +93,7 @@ pub fn load_object_with(
     layout.prepare()?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(map_names::CONNTRACK, conntrack_entries);
-    for name in map_names::ALL {
+    for name in calico_ebpf_common::maps::ALL.iter().map(|def| def.name) {
         let path = layout.map(name);
         check_pinned_layout(name, &path)?;
         loader.map_pin_path(name, path);

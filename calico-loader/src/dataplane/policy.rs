@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use calico_ebpf_common::{
     AddressClass, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey,
-    PolicyVerdict, PortClass, RuleCounters, RuleInfo, map_names, map_sizes, mask_port, mask_v4,
-    mask_v6, proto_kind,
+    PolicyVerdict, PortClass, RuleCounters, RuleInfo, map_names,
+    maps::{self, MapSpec},
+    mask_port, mask_v4, mask_v6, proto_kind,
 };
 
 use super::maps::{MapsError, map_err, typed};
@@ -120,7 +121,7 @@ pub struct PolicyProgrammer {
 
 /// Entries the policy maps hold at most, all maps together (each map has its own limit; this
 /// is the smallest, so a generation that fits here fits in each).
-const ENTRY_BUDGET: usize = map_sizes::POLICY_PORTS as usize;
+const ENTRY_BUDGET: usize = <maps::PolicyPorts as MapSpec>::DEF.max_entries as usize;
 
 impl Default for PolicyProgrammer {
     fn default() -> Self {

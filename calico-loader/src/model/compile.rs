@@ -45,7 +45,10 @@ mod tests;
 
 use std::net::IpAddr;
 
-use calico_ebpf_common::{PolicyVerdict, map_sizes};
+use calico_ebpf_common::{
+    PolicyVerdict,
+    maps::{MapSpec, PolicyAddrsV4, PolicyPorts, PolicyProtos},
+};
 use ipnet::IpNet;
 
 pub use context::PolicyContext;
@@ -121,9 +124,9 @@ pub struct TableLimits {
 impl Default for TableLimits {
     fn default() -> Self {
         Self {
-            addrs: map_sizes::POLICY_ADDRS as usize,
-            protos: map_sizes::POLICY_PROTOS as usize,
-            ports: map_sizes::POLICY_PORTS as usize,
+            addrs: PolicyAddrsV4::DEF.max_entries as usize,
+            protos: PolicyProtos::DEF.max_entries as usize,
+            ports: PolicyPorts::DEF.max_entries as usize,
         }
     }
 }

@@ -15,7 +15,9 @@ use std::{
 };
 
 use calico_ebpf_common::{
-    RuleInfo, direction, fill_nul_padded, map_sizes, rule_kind, verdict_action,
+    RuleInfo, direction, fill_nul_padded,
+    maps::{self, MapSpec},
+    rule_kind, verdict_action,
 };
 
 use super::{compile::CompileError, policy::PolicyId};
@@ -212,7 +214,7 @@ pub struct RuleRegistry {
 impl Default for RuleRegistry {
     /// A registry with as many ids as the rule counters array holds (its slot 0 stays unused).
     fn default() -> Self {
-        Self::new(map_sizes::RULES - 1)
+        Self::new(<maps::RuleCounters as MapSpec>::DEF.max_entries - 1)
     }
 }
 

@@ -1,0 +1,113 @@
+//! Per-CPU counters: per endpoint (packets and bytes by path, drops by reason) and per rule id
+//! (hits of the rule that decided a verdict).
+//!
+//! The programs only ever add to their own CPU's copy; readers (`calico-loader dump`) sum the
+//! CPUs.
+
+/// Why a packet was dropped. The value indexes [`EndpointCounters::drops`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The source address is not one the endpoint may send from.
+    SpoofedSource = 0,
+    /// The destination matched a blackhole route.
+    Blackhole = 1,
+    /// The packet is truncated or its headers are invalid.
+    Malformed = 2,
+    /// The packet arrived on an interface the agent does not know (no endpoint entry).
+    UnknownInterface = 3,
+    /// A redirect to the destination interface failed.
+    RedirectFailed = 4,
+    /// Policy denied the packet (a rule, a tier's default action, or no profile allowing it).
+    PolicyDenied = 5,
+    /// The endpoint's compiled policy gave no verdict (it should always give one): dropped,
+    /// never allowed.
+    PolicyMissing = 6,
+}
+
+/// Number of slots in [`EndpointCounters::drops`].
+pub const DROP_REASONS: usize = 8;
+
+impl DropReason {
+    /// Every reason, in counter-index order.
+    pub const ALL: [DropReason; 7] = [
+        Self::SpoofedSource,
+        Self::Blackhole,
+        Self::Malformed,
+        Self::UnknownInterface,
+        Self::RedirectFailed,
+        Self::PolicyDenied,
+        Self::PolicyMissing,
+    ];
+
+    /// A short lowercase name for tables and JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SpoofedSource => "spoofed-source",
+            Self::Blackhole => "blackhole",
+            Self::Malformed => "malformed",
+            Self::UnknownInterface => "unknown-interface",
+            Self::RedirectFailed => "redirect-failed",
+            Self::PolicyDenied => "policy-denied",
+            Self::PolicyMissing => "policy-missing",
+        }
+    }
+}
+
+/// Key of the counters entry that collects packets from interfaces without an endpoint entry
+/// (a program left attached to an interface the agent no longer knows). No interface has
+/// ifindex 0.
+pub const UNKNOWN_INTERFACE_COUNTERS: u32 = 0;
+
+/// Per-CPU counters of one workload interface. "From" and "to" are seen from the workload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointCounters {
+    /// Packets the workload sent (everything the from-workload program saw).
+    pub from_wl_packets: u64,
+    pub from_wl_bytes: u64,
+    /// Packets delivered to the workload, by a redirect from another workload or through the
+    /// kernel (the to-workload program).
+    pub to_wl_packets: u64,
+    pub to_wl_bytes: u64,
+    /// Packets from this workload forwarded to another local workload inside BPF.
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    /// Packets from this workload handed to the kernel stack (host or remote destinations).
+    pub to_host_packets: u64,
+    pub to_host_bytes: u64,
+    /// ARP requests and IPv6 neighbour solicitations answered by the program on the
+    /// gateway's behalf.
+    pub neighbour_replies: u64,
+    /// Dropped packets, indexed by [`DropReason`].
+    pub drops: [u64; DROP_REASONS],
+}
+
+impl EndpointCounters {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.from_wl_packets += other.from_wl_packets;
+        self.from_wl_bytes += other.from_wl_bytes;
+        self.to_wl_packets += other.to_wl_packets;
+        self.to_wl_bytes += other.to_wl_bytes;
+        self.fwd_packets += other.fwd_packets;
+        self.fwd_bytes += other.fwd_bytes;
+        self.to_host_packets += other.to_host_packets;
+        self.to_host_bytes += other.to_host_bytes;
+        self.neighbour_replies += other.neighbour_replies;
+        for (mine, theirs) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *mine += *theirs;
+        }
+    }
+}
+
+/// Per-CPU hits of one rule id: packets (and their bytes) whose verdict it decided, counted
+/// when policy is evaluated (a flow's first packet, or every packet of an untracked one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+crate::user_pod!(EndpointCounters, RuleCounters);

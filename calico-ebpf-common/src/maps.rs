@@ -1,0 +1,293 @@
+//! Every BPF map, defined once: its name, kind, key and value types, default size, flags and
+//! layout version, in the list of [`for_each_map!`](crate::for_each_map).
+//!
+//! Everything else is derived from that list:
+//! - here, a marker type per map implementing [`MapSpec`] (its [`MapDef`] and its key and value
+//!   types), [`map_names`] and [`ALL`], the maps the agent pins;
+//! - in the kernel programs, the `#[btf_map]` statics (the list is handed to a macro of theirs,
+//!   since a map's name must be a literal there);
+//! - in the agent, the typed handles, the layout check of a pinned map before it is adopted, and
+//!   the version records;
+//! - in `docs/maps.md`, the summary table (a test fails when it disagrees, and prints the table
+//!   to paste).
+//!
+//! A map's **layout version** changes whenever its key or value layout (or meaning) changes.
+//! The agent records the version of every map it pins in [`Versions`] (`cali_versions`), and
+//! refuses to adopt a pinned map of another version, naming the map and both versions.
+
+/// The kinds of map in use, with their kernel map type numbers (`enum bpf_map_type`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    PerCpuHash = 5,
+    PerCpuArray = 6,
+    LruHash = 9,
+    LpmTrie = 11,
+    RingBuf = 27,
+}
+
+impl MapKind {
+    /// The kernel's key size for a key type of `key` bytes: an LPM trie key is the prefix length
+    /// (`u32`) followed by the data; a ring buffer has no key.
+    pub const fn key_size(self, key: usize) -> u32 {
+        match self {
+            Self::LpmTrie => (4 + key) as u32,
+            Self::RingBuf => 0,
+            _ => key as u32,
+        }
+    }
+
+    /// The kernel's value size for a value type of `value` bytes (per CPU for per-CPU maps); a
+    /// ring buffer has none (its size is in bytes, `max_entries`).
+    pub const fn value_size(self, value: usize) -> u32 {
+        match self {
+            Self::RingBuf => 0,
+            _ => value as u32,
+        }
+    }
+
+    /// How `bpftool` and the docs call this kind.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hash => "hash",
+            Self::PerCpuHash => "percpu_hash",
+            Self::PerCpuArray => "percpu_array",
+            Self::LruHash => "lru_hash",
+            Self::LpmTrie => "lpm_trie",
+            Self::RingBuf => "ringbuf",
+        }
+    }
+}
+
+/// Marker types naming the map kinds at the type level, so that the agent can map a
+/// [`MapSpec`] onto the matching typed handle.
+pub mod kind {
+    pub struct Hash;
+    pub struct PerCpuHash;
+    pub struct PerCpuArray;
+    pub struct LruHash;
+    pub struct LpmTrie;
+    pub struct RingBuf;
+}
+
+/// Map flags used in the definitions.
+pub mod flags {
+    /// `BPF_F_NO_PREALLOC`: entries are allocated when written (and freed after an RCU grace
+    /// period, so a program never reads an entry that is being reused).
+    pub const NO_PREALLOC: u32 = 1;
+}
+
+/// One map's definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    /// Name in the object, in the kernel and under the pin directory (at most 15 characters).
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// The key type as written in the definition, and the kernel's key size.
+    pub key_type: &'static str,
+    pub key_size: u32,
+    /// The value type as written in the definition, and the kernel's value size.
+    pub value_type: &'static str,
+    pub value_size: u32,
+    /// Default number of entries (bytes for a ring buffer).
+    pub max_entries: u32,
+    /// Map flags (see [`flags`]).
+    pub flags: u32,
+    /// Layout version: changes when the key or value layout changes.
+    pub version: u32,
+    /// What the map holds (the definition's doc comment).
+    pub doc: &'static str,
+}
+
+/// A map, as a type: its definition and its key and value types.
+pub trait MapSpec {
+    /// One of the [`kind`] markers.
+    type Kind;
+    /// The key type (for an LPM trie, the data after the prefix length; `()` for a ring buffer).
+    type Key;
+    /// The value type (per CPU for per-CPU maps; the record type of a ring buffer).
+    type Value;
+    const DEF: MapDef;
+}
+
+/// Key of [`Versions`]: a map's name, NUL-padded.
+pub type VersionKey = [u8; 16];
+
+/// Value of [`Versions`]: how a map pinned by the agent was laid out when it was created.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VersionRecord {
+    /// [`MapDef::version`].
+    pub version: u32,
+    /// [`MapDef::key_size`] and [`MapDef::value_size`].
+    pub key_size: u32,
+    pub value_size: u32,
+    /// A [`MapKind`] as `u32`.
+    pub kind: u32,
+}
+
+crate::user_pod!(VersionRecord);
+
+/// Default number of workload interfaces on one host (Calico's interface-state map holds 1000,
+/// which users hit).
+pub const ENDPOINTS_MAX: u32 = 16_384;
+
+/// Hands the list of every map to `$callback!`, one entry per map:
+///
+/// ```text
+/// /// doc
+/// Marker CONST "name" Kind<Key, Value> max: entries, flags: flags, version: n;
+/// ```
+///
+/// This is the one place where a map is defined. This crate turns the list into [`MapSpec`]
+/// marker types, the kernel programs into `#[btf_map]` statics.
+#[macro_export]
+macro_rules! for_each_map {
+    ($callback:ident) => {
+        $callback! {
+            /// IPv4 routes, longest prefix first (Calico's default size of 256k).
+            RoutesV4 ROUTES_V4 "cali_routes_v4"
+                LpmTrie<$crate::routes::RouteKeyV4, $crate::routes::RouteValue>
+                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// IPv6 routes.
+            RoutesV6 ROUTES_V6 "cali_routes_v6"
+                LpmTrie<$crate::routes::RouteKeyV6, $crate::routes::RouteValue>
+                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// IPv4 prefixes each workload interface may send from (anti-spoofing), flags.
+            SourcesV4 SOURCES_V4 "cali_srcs_v4"
+                LpmTrie<$crate::routes::SourceKeyV4, u32>
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// IPv6 prefixes each workload interface may send from.
+            SourcesV6 SOURCES_V6 "cali_srcs_v6"
+                LpmTrie<$crate::routes::SourceKeyV6, u32>
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// Workload interfaces by host-side ifindex.
+            Endpoints ENDPOINTS "cali_endpoints"
+                Hash<u32, $crate::endpoints::EndpointInfo>
+                max: $crate::maps::ENDPOINTS_MAX, flags: 0, version: 1;
+            /// Per-CPU counters per workload interface, plus the shared entry (ifindex 0) of
+            /// interfaces without an endpoint.
+            Counters COUNTERS "cali_counters"
+                PerCpuHash<u32, $crate::counters::EndpointCounters>
+                max: $crate::maps::ENDPOINTS_MAX + 1, flags: 0, version: 1;
+            /// Compiled policies by policy id: the prefix lengths their address entries use
+            /// (two per endpoint, plus room for the next generation of each).
+            Policies POLICIES "cali_policies"
+                Hash<u32, $crate::policy::PolicyInfo>
+                max: 4 * $crate::maps::ENDPOINTS_MAX, flags: $crate::maps::flags::NO_PREALLOC,
+                version: 1;
+            /// Policy, first step (IPv4): policy, local address and remote prefix to address
+            /// class.
+            PolicyAddrsV4 POLICY_ADDRS_V4 "cali_paddr_v4"
+                Hash<$crate::policy::PolicyAddrKeyV4, $crate::policy::AddressClass>
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// Policy, first step (IPv6).
+            PolicyAddrsV6 POLICY_ADDRS_V6 "cali_paddr_v6"
+                Hash<$crate::policy::PolicyAddrKeyV6, $crate::policy::AddressClass>
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// Policy, second step: address class, protocol and source prefix to port class.
+            PolicyProtos POLICY_PROTOS "cali_pproto"
+                Hash<$crate::policy::PolicyProtoKey, $crate::policy::PortClass>
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// Policy, third step: port class and destination prefix to verdict.
+            PolicyPorts POLICY_PORTS "cali_pports"
+                Hash<$crate::policy::PolicyPortKey, $crate::policy::PolicyVerdict>
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// What each rule id stands for; written for `trace`, `dump` and `bpftool`, never
+            /// read by the programs.
+            Rules RULES "cali_rules"
+                Hash<u32, $crate::policy::RuleInfo>
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// Per-CPU hits per rule id.
+            RuleCounters RULE_COUNTERS "cali_rule_ctrs"
+                PerCpuArray<u32, $crate::counters::RuleCounters>
+                max: 65_536, flags: 0, version: 1;
+            /// Connection tracking (Calico's default size of 512k; `--conntrack-size`).
+            Conntrack CONNTRACK "cali_conntrack"
+                LruHash<$crate::conntrack::ConntrackKey, $crate::conntrack::ConntrackValue>
+                max: 524_288, flags: 0, version: 1;
+            /// Packets that matched a Log rule (size in bytes).
+            LogEvents LOG_EVENTS "cali_log_events"
+                RingBuf<(), $crate::events::LogEvent>
+                max: 256 * 1024, flags: 0, version: 1;
+            /// Result of the last `trace` run (one slot).
+            Trace TRACE "cali_trace"
+                PerCpuArray<u32, $crate::trace::TraceResult>
+                max: 1, flags: 0, version: 1;
+            /// The layout version of every map the agent pinned, by map name.
+            Versions VERSIONS "cali_versions"
+                Hash<$crate::maps::VersionKey, $crate::maps::VersionRecord>
+                max: 64, flags: 0, version: 1;
+        }
+    };
+}
+
+macro_rules! define_specs {
+    ($(
+        $(#[doc = $doc:literal])*
+        $Spec:ident $CONST:ident $name:literal $kind:ident<$K:ty, $V:ty>
+        max: $max:expr, flags: $flags:expr, version: $version:expr;
+    )*) => {
+        $(
+            $(#[doc = $doc])*
+            pub struct $Spec;
+
+            impl MapSpec for $Spec {
+                type Kind = kind::$kind;
+                type Key = $K;
+                type Value = $V;
+                const DEF: MapDef = MapDef {
+                    name: $name,
+                    kind: MapKind::$kind,
+                    key_type: stringify!($K),
+                    key_size: MapKind::$kind.key_size(core::mem::size_of::<$K>()),
+                    value_type: stringify!($V),
+                    value_size: MapKind::$kind.value_size(core::mem::size_of::<$V>()),
+                    max_entries: $max,
+                    flags: $flags,
+                    version: $version,
+                    doc: concat!($($doc, "\n"),*),
+                };
+            }
+        )*
+
+        /// The map names, as constants (the kernel limits them to 15 characters).
+        pub mod map_names {
+            $(pub const $CONST: &str = $name;)*
+        }
+
+        /// Every map, in the order the agent pins and checks them.
+        pub const ALL: &[MapDef] = &[$(<$Spec as MapSpec>::DEF),*];
+    };
+}
+
+crate::for_each_map!(define_specs);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limit_and_are_unique() {
+        for (i, def) in ALL.iter().enumerate() {
+            assert!(def.name.len() <= 15, "{} is too long", def.name);
+            assert!(
+                ALL[..i].iter().all(|other| other.name != def.name),
+                "{} is defined twice",
+                def.name
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_follow_the_kind() {
+        assert_eq!(RoutesV4::DEF.key_size, 8);
+        assert_eq!(RoutesV4::DEF.value_size, 36);
+        assert_eq!(SourcesV6::DEF.key_size, 24);
+        assert_eq!(LogEvents::DEF.key_size, 0);
+        assert_eq!(LogEvents::DEF.value_size, 0);
+        assert_eq!(Counters::DEF.max_entries, Endpoints::DEF.max_entries + 1);
+        assert!(RoutesV4::DEF.key_type.ends_with("RouteKeyV4"));
+    }
+}
