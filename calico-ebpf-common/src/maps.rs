@@ -291,3 +291,101 @@ mod tests {
         assert!(RoutesV4::DEF.key_type.ends_with("RouteKeyV4"));
     }
 }
+
+/// The summary table of `docs/maps.md`, rendered from the definitions; a test checks that the
+/// page holds exactly this table between its `maps-table` markers.
+#[cfg(test)]
+mod docs_table {
+    extern crate std;
+
+    use std::{borrow::ToOwned, format, string::String, vec::Vec};
+
+    use super::*;
+
+    const BEGIN: &str =
+        "<!-- maps-table:begin (generated from calico_ebpf_common::maps; a test checks it) -->";
+    const END: &str = "<!-- maps-table:end -->";
+
+    /// The type's name without its module path.
+    fn short(type_name: &str) -> String {
+        type_name
+            .rsplit("::")
+            .next()
+            .unwrap_or(type_name)
+            .trim()
+            .replace(' ', "")
+    }
+
+    fn render() -> String {
+        let mut out = String::from(
+            "| Name | Kind | Key | Value | Max entries | Flags | Version | What it holds |\n\
+             |---|---|---|---|---:|---|---:|---|\n",
+        );
+        for def in ALL {
+            let key = match def.kind {
+                MapKind::RingBuf => "–".into(),
+                MapKind::LpmTrie => {
+                    format!("prefix_len + `{}`, {} B", short(def.key_type), def.key_size)
+                }
+                _ => format!("`{}`, {} B", short(def.key_type), def.key_size),
+            };
+            let value = match def.kind {
+                MapKind::RingBuf => format!("`{}` records", short(def.value_type)),
+                MapKind::PerCpuHash | MapKind::PerCpuArray => {
+                    format!("`{}`, {} B per CPU", short(def.value_type), def.value_size)
+                }
+                _ => format!("`{}`, {} B", short(def.value_type), def.value_size),
+            };
+            let max = match def.kind {
+                MapKind::RingBuf => format!("{} bytes", def.max_entries),
+                _ => format!("{}", def.max_entries),
+            };
+            let flags = if def.flags & flags::NO_PREALLOC != 0 {
+                "no prealloc"
+            } else {
+                "–"
+            };
+            let doc: Vec<&str> = def.doc.lines().map(str::trim).collect();
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
+                def.name,
+                def.kind.as_str(),
+                key,
+                value,
+                max,
+                flags,
+                def.version,
+                doc.join(" ")
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn docs_maps_md_holds_the_generated_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/maps.md");
+        let page = std::fs::read_to_string(path).expect("docs/maps.md is readable");
+        let table = render();
+        let found = page
+            .split_once(BEGIN)
+            .and_then(|(_, rest)| rest.split_once(END))
+            .map(|(inside, _)| inside.trim().to_owned());
+        if found.as_deref() != Some(table.trim()) {
+            if std::env::var_os("UPDATE_DOCS").is_some() {
+                let updated = match page.split_once(BEGIN) {
+                    Some((before, rest)) => {
+                        let after = rest.split_once(END).map_or("", |(_, after)| after);
+                        format!("{before}{BEGIN}\n{table}{END}{after}")
+                    }
+                    None => panic!("docs/maps.md has no {BEGIN} marker"),
+                };
+                std::fs::write(path, updated).expect("write docs/maps.md");
+                return;
+            }
+            panic!(
+                "docs/maps.md disagrees with the map definitions; put this table between its \
+                 markers (or run `UPDATE_DOCS=1 cargo test -p calico-ebpf-common`):\n\n{table}"
+            );
+        }
+    }
+}

@@ -6,8 +6,14 @@ mod support;
 use std::{path::PathBuf, process::Command};
 
 use aya::maps::MapInfo;
-use calico_ebpf_common::{map_names, maps};
-use calico_loader::dataplane::{DataplaneError, bpffs::PinLayout, load_object, remove_pins};
+use aya::maps::{HashMap, Map, MapData};
+use calico_ebpf_common::{
+    fill_nul_padded, map_names,
+    maps::{self, MapSpec, VersionKey, VersionRecord},
+};
+use calico_loader::dataplane::{
+    DataplaneError, bpffs::PinLayout, load_object, remove_pins, versions::VersionError,
+};
 use support::netns::{require_root, unique};
 
 /// A pin root under /sys/fs/bpf, removed on drop.
@@ -81,12 +87,50 @@ fn an_incompatible_pinned_map_is_refused() {
         .expect("run bpftool");
     assert!(status.success(), "bpftool map create");
     match load_object(&root.0) {
-        Err(DataplaneError::IncompatiblePin {
+        Err(DataplaneError::Version(VersionError::Layout {
             path: refused,
             found_value: 8,
             ..
-        }) => assert_eq!(refused, path),
-        Err(other) => panic!("expected IncompatiblePin, got {other}"),
+        })) => assert_eq!(refused, path),
+        Err(other) => panic!("expected a layout refusal, got {other}"),
         Ok(_) => panic!("an incompatible pinned map was reused"),
+    }
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_version_is_refused_naming_both_versions() {
+    let root = PinRoot::new();
+    drop(load_object(&root.0).expect("first load creates and pins the maps"));
+    // What an agent with a newer conntrack layout would have recorded.
+    let versions_path = root.0.map(maps::Versions::DEF.name);
+    let map = MapData::from_pin(&versions_path)
+        .and_then(Map::from_map_data)
+        .expect("the versions map is pinned");
+    let mut versions: HashMap<MapData, VersionKey, VersionRecord> =
+        HashMap::try_from(map).expect("versions map type");
+    let name = maps::Conntrack::DEF.name;
+    let key: VersionKey = fill_nul_padded(name.as_bytes());
+    let mut record = versions
+        .get(&key, 0)
+        .expect("conntrack's version is recorded");
+    assert_eq!(record.version, maps::Conntrack::DEF.version);
+    record.version = maps::Conntrack::DEF.version + 1;
+    versions
+        .insert(key, record, 0)
+        .expect("record a newer version");
+    drop(versions);
+
+    match load_object(&root.0) {
+        Err(DataplaneError::Version(error @ VersionError::Version { .. })) => {
+            let text = error.to_string();
+            assert!(text.contains(name), "names the map: {text}");
+            assert!(
+                text.contains(&format!("version {}", record.version))
+                    && text.contains(&format!("version {}", maps::Conntrack::DEF.version)),
+                "names both versions: {text}"
+            );
+        }
+        Err(other) => panic!("expected a version refusal, got {other}"),
+        Ok(_) => panic!("a pinned map of another layout version was adopted"),
     }
 }

@@ -11,10 +11,8 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    AddressClass, ConntrackKey, ConntrackValue, EndpointCounters, EndpointInfo, PolicyAddrKeyV4,
-    PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey, PolicyVerdict, PortClass,
-    RouteKeyV4, RouteKeyV6, RouteValue, RuleCounters, RuleInfo, SourceKeyV4, SourceKeyV6,
-    TraceResult, UNKNOWN_INTERFACE_COUNTERS, map_names,
+    EndpointCounters, EndpointInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6,
+    UNKNOWN_INTERFACE_COUNTERS, map_names,
 };
 
 use super::bpffs::PinLayout;
@@ -34,45 +32,6 @@ pub enum MapsError {
 
 pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
-}
-
-/// Key and value sizes, in bytes, of the map called `name`, from the shared types: what a map
-/// pinned by an earlier agent must match before it is reused.
-pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
-    use std::mem::size_of;
-    let lpm = |data: usize| (size_of::<u32>() + data) as u32;
-    let sizes = match name {
-        map_names::ROUTES_V4 => (lpm(size_of::<RouteKeyV4>()), size_of::<RouteValue>()),
-        map_names::ROUTES_V6 => (lpm(size_of::<RouteKeyV6>()), size_of::<RouteValue>()),
-        map_names::SOURCES_V4 => (lpm(size_of::<SourceKeyV4>()), size_of::<u32>()),
-        map_names::SOURCES_V6 => (lpm(size_of::<SourceKeyV6>()), size_of::<u32>()),
-        map_names::ENDPOINTS => (size_of::<u32>() as u32, size_of::<EndpointInfo>()),
-        map_names::COUNTERS => (size_of::<u32>() as u32, size_of::<EndpointCounters>()),
-        map_names::POLICIES => (size_of::<u32>() as u32, size_of::<PolicyInfo>()),
-        map_names::POLICY_ADDRS_V4 => (
-            size_of::<PolicyAddrKeyV4>() as u32,
-            size_of::<AddressClass>(),
-        ),
-        map_names::POLICY_ADDRS_V6 => (
-            size_of::<PolicyAddrKeyV6>() as u32,
-            size_of::<AddressClass>(),
-        ),
-        map_names::POLICY_PROTOS => (size_of::<PolicyProtoKey>() as u32, size_of::<PortClass>()),
-        map_names::POLICY_PORTS => (
-            size_of::<PolicyPortKey>() as u32,
-            size_of::<PolicyVerdict>(),
-        ),
-        map_names::RULES => (size_of::<u32>() as u32, size_of::<RuleInfo>()),
-        map_names::RULE_COUNTERS => (size_of::<u32>() as u32, size_of::<RuleCounters>()),
-        map_names::CONNTRACK => (
-            size_of::<ConntrackKey>() as u32,
-            size_of::<ConntrackValue>(),
-        ),
-        map_names::LOG_EVENTS => (0, 0),
-        map_names::TRACE => (size_of::<u32>() as u32, size_of::<TraceResult>()),
-        _ => return None,
-    };
-    Some((sizes.0, sizes.1 as u32))
 }
 
 /// Owned handles on every map.
@@ -412,14 +371,5 @@ mod tests {
         let (write, remove) = diff(&current, &desired);
         assert_eq!(write, vec![(2, 21), (4, 40)]);
         assert_eq!(remove, vec![3]);
-    }
-
-    #[test]
-    fn expected_layouts_cover_every_map() {
-        for name in calico_ebpf_common::maps::ALL.iter().map(|def| def.name) {
-            assert!(expected_layout(name).is_some(), "{name}");
-        }
-        assert_eq!(expected_layout(map_names::ROUTES_V4), Some((8, 36)));
-        assert_eq!(expected_layout(map_names::SOURCES_V6), Some((24, 4)));
     }
 }

@@ -4,21 +4,23 @@
 pub mod attach;
 pub mod bpffs;
 pub mod conntrack;
+pub mod handles;
 pub mod maps;
 pub mod netlink;
 pub mod policy;
 pub mod private;
+pub mod versions;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::{Ebpf, EbpfLoader};
 use calico_ebpf_common::{
     EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded,
     map_names,
-    maps::{Conntrack, MapSpec},
+    maps::{Conntrack, MapSpec, Versions},
     source_flags,
 };
 use ipnet::IpNet;
@@ -48,18 +50,10 @@ pub enum DataplaneError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error(
-        "the map pinned at {path} has {found_key}-byte keys and {found_value}-byte values, but this \
-         version expects {key} and {value}: it was left by an incompatible version \
-         (`calico-loader cleanup` removes it)"
-    )]
-    IncompatiblePin {
-        path: PathBuf,
-        found_key: u32,
-        found_value: u32,
-        key: u32,
-        value: u32,
-    },
+    #[error(transparent)]
+    Version(#[from] versions::VersionError),
+    #[error(transparent)]
+    Handle(#[from] handles::HandleError),
     #[error("inspecting the map pinned at {path}: {source}")]
     InspectPin {
         path: PathBuf,
@@ -91,14 +85,15 @@ pub fn load_object_with(
     conntrack_entries: u32,
 ) -> Result<Ebpf, DataplaneError> {
     layout.prepare()?;
+    let records = versions::recorded(layout)?;
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::CONNTRACK, conntrack_entries);
-    for name in calico_ebpf_common::maps::ALL.iter().map(|def| def.name) {
-        let path = layout.map(name);
-        check_pinned_layout(name, &path)?;
-        loader.map_pin_path(name, path);
+    loader.map_max_entries(Conntrack::DEF.name, conntrack_entries);
+    for def in calico_ebpf_common::maps::ALL {
+        let path = layout.map(def.name);
+        versions::check_pinned(def, &path, &records)?;
+        loader.map_pin_path(def.name, path);
     }
-    let conntrack = layout.map(map_names::CONNTRACK);
+    let conntrack = layout.map(Conntrack::DEF.name);
     if conntrack.exists() {
         let info = aya::maps::MapInfo::from_pin(&conntrack).map_err(|source| {
             DataplaneError::InspectPin {
@@ -114,36 +109,18 @@ pub fn load_object_with(
             });
         }
     }
-    Ok(loader.load(KERNEL_OBJECT)?)
+    let mut ebpf = loader.load(KERNEL_OBJECT)?;
+    // The records are written whenever the object is loaded: a map created now gets its first
+    // record, an adopted one keeps the version it was checked against.
+    let mut records = handles::take::<Versions>(&mut ebpf)?;
+    versions::record(&mut records)?;
+    Ok(ebpf)
 }
 
 /// Loads the kernel object with maps of its own, pinned nowhere: for `trace --datastore`,
 /// which must not touch the host's dataplane.
 pub fn load_private_object() -> Result<Ebpf, DataplaneError> {
     Ok(EbpfLoader::new().load(KERNEL_OBJECT)?)
-}
-
-/// Refuses to reuse a pinned map whose key or value size differs from this version's layout.
-fn check_pinned_layout(name: &str, path: &Path) -> Result<(), DataplaneError> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let info = aya::maps::MapInfo::from_pin(path).map_err(|source| DataplaneError::InspectPin {
-        path: path.to_owned(),
-        source,
-    })?;
-    if let Some((key, value)) = maps::expected_layout(name)
-        && (info.key_size(), info.value_size()) != (key, value)
-    {
-        return Err(DataplaneError::IncompatiblePin {
-            path: path.to_owned(),
-            found_key: info.key_size(),
-            found_value: info.value_size(),
-            key,
-            value,
-        });
-    }
-    Ok(())
 }
 
 /// What one [`Dataplane::apply`] did.
