@@ -4,145 +4,34 @@
 pub mod attach;
 pub mod bpffs;
 pub mod conntrack;
+pub mod error;
 pub mod maps;
 pub mod netlink;
+pub mod object;
 pub mod policy;
 pub mod private;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use calico_ebpf_common::{
     EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded,
-    map_names, map_sizes, source_flags,
+    map_names, source_flags,
 };
 use ipnet::IpNet;
 
 use self::{
-    attach::{AttachError, AttachMode, Attacher},
-    bpffs::{BpffsError, PinLayout},
+    attach::{AttachMode, Attacher},
+    bpffs::PinLayout,
     maps::{MapContents, Maps, MapsError, ReconcileStats},
-    netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
+    netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink},
     policy::{PolicyMaps, PolicyProgrammer},
 };
+pub use self::{
+    error::DataplaneError,
+    object::{KERNEL_OBJECT, load_object, load_object_with, load_private_object, remove_pins},
+};
 use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
-
-/// The kernel programs, built for the BPF target by the build script.
-pub static KERNEL_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calico-ebpf"));
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error(transparent)]
-    Bpffs(#[from] BpffsError),
-    #[error("loading the kernel object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error(transparent)]
-    Maps(#[from] MapsError),
-    #[error(transparent)]
-    Attach(#[from] AttachError),
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error(
-        "the map pinned at {path} has {found_key}-byte keys and {found_value}-byte values, but this \
-         version expects {key} and {value}: it was left by an incompatible version \
-         (`calico-loader cleanup` removes it)"
-    )]
-    IncompatiblePin {
-        path: PathBuf,
-        found_key: u32,
-        found_value: u32,
-        key: u32,
-        value: u32,
-    },
-    #[error("inspecting the map pinned at {path}: {source}")]
-    InspectPin {
-        path: PathBuf,
-        source: aya::maps::MapError,
-    },
-    #[error(
-        "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
-         resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
-    )]
-    ConntrackSize {
-        path: PathBuf,
-        found: u32,
-        wanted: u32,
-    },
-    #[error(transparent)]
-    Conntrack(#[from] conntrack::ConntrackError),
-}
-
-/// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
-/// agent restart) or creating and pinning them, with the default conntrack size.
-pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
-    load_object_with(layout, map_sizes::CONNTRACK)
-}
-
-/// [`load_object`] with a conntrack table of `conntrack_entries` entries. A pinned table of
-/// another size is refused (its entries would be lost by replacing it).
-pub fn load_object_with(
-    layout: &PinLayout,
-    conntrack_entries: u32,
-) -> Result<Ebpf, DataplaneError> {
-    layout.prepare()?;
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::CONNTRACK, conntrack_entries);
-    for name in map_names::ALL {
-        let path = layout.map(name);
-        check_pinned_layout(name, &path)?;
-        loader.map_pin_path(name, path);
-    }
-    let conntrack = layout.map(map_names::CONNTRACK);
-    if conntrack.exists() {
-        let info = aya::maps::MapInfo::from_pin(&conntrack).map_err(|source| {
-            DataplaneError::InspectPin {
-                path: conntrack.clone(),
-                source,
-            }
-        })?;
-        if info.max_entries() != conntrack_entries {
-            return Err(DataplaneError::ConntrackSize {
-                path: conntrack,
-                found: info.max_entries(),
-                wanted: conntrack_entries,
-            });
-        }
-    }
-    Ok(loader.load(KERNEL_OBJECT)?)
-}
-
-/// Loads the kernel object with maps of its own, pinned nowhere: for `trace --datastore`,
-/// which must not touch the host's dataplane.
-pub fn load_private_object() -> Result<Ebpf, DataplaneError> {
-    Ok(EbpfLoader::new().load(KERNEL_OBJECT)?)
-}
-
-/// Refuses to reuse a pinned map whose key or value size differs from this version's layout.
-fn check_pinned_layout(name: &str, path: &Path) -> Result<(), DataplaneError> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let info = aya::maps::MapInfo::from_pin(path).map_err(|source| DataplaneError::InspectPin {
-        path: path.to_owned(),
-        source,
-    })?;
-    if let Some((key, value)) = maps::expected_layout(name)
-        && (info.key_size(), info.value_size()) != (key, value)
-    {
-        return Err(DataplaneError::IncompatiblePin {
-            path: path.to_owned(),
-            found_key: info.key_size(),
-            found_value: info.value_size(),
-            key,
-            value,
-        });
-    }
-    Ok(())
-}
 
 /// What one [`Dataplane::apply`] did.
 #[derive(Debug, Default)]
@@ -426,23 +315,6 @@ impl Dataplane {
         remove_pins(&layout)?;
         Ok(())
     }
-}
-
-/// Detaches everything attached under `layout` and removes its pins (maps and links).
-pub fn remove_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
-    for (ifname, _) in attach::pinned_links(layout)? {
-        attach::detach_interface(layout, &ifname)?;
-    }
-    let root = layout.root();
-    if root.exists() {
-        std::fs::remove_dir_all(root).map_err(|source| {
-            DataplaneError::Bpffs(BpffsError::CreateDir {
-                path: root.to_owned(),
-                source,
-            })
-        })?;
-    }
-    Ok(())
 }
 
 /// The map contents that serve `endpoints`, each with its (ingress, egress) policy ids.

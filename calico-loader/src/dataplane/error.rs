@@ -1,0 +1,51 @@
+//! The error of loading and programming the dataplane: one type for the object loader, the
+//! managers and the policy switch, so that the agent handles a single kind of failure.
+
+use std::path::PathBuf;
+
+use super::{
+    attach::AttachError, bpffs::BpffsError, conntrack::ConntrackError, maps::MapsError,
+    netlink::NetlinkError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("loading the kernel object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(
+        "the map pinned at {path} has {found_key}-byte keys and {found_value}-byte values, but this \
+         version expects {key} and {value}: it was left by an incompatible version \
+         (`calico-loader cleanup` removes it)"
+    )]
+    IncompatiblePin {
+        path: PathBuf,
+        found_key: u32,
+        found_value: u32,
+        key: u32,
+        value: u32,
+    },
+    #[error("inspecting the map pinned at {path}: {source}")]
+    InspectPin {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
+         resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
+    )]
+    ConntrackSize {
+        path: PathBuf,
+        found: u32,
+        wanted: u32,
+    },
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
+}
