@@ -1,4 +1,10 @@
-//! Typed handles on the pinned maps, and reconciliation of their contents with a desired state.
+//! The maps of the kernel object from userspace: which maps the agent opens, by name, as typed
+//! handles, and the key and value sizes a pinned map must have to be reused; then the forwarding
+//! maps read back and reconciled with a desired state.
+//!
+//! Everything that names a map lives here, so that one list decides which maps exist and how
+//! each is opened, whether from a freshly loaded object or from the pins. The managers decide
+//! what the maps should hold; they write through these handles.
 //!
 //! The maps themselves are the record of what is programmed: the agent reads them back and
 //! writes only the difference, so a restarted agent converges on what it finds without
@@ -7,7 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        RingBuf, lpm_trie::Key,
+    },
     util::nr_cpus,
 };
 use calico_ebpf_common::{
@@ -75,7 +84,7 @@ pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
     Some((sizes.0, sizes.1 as u32))
 }
 
-/// Owned handles on every map.
+/// Owned handles on the forwarding maps: routes, allowed sources, endpoints and their counters.
 pub struct Maps {
     pub routes_v4: LpmTrie<MapData, RouteKeyV4, RouteValue>,
     pub routes_v6: LpmTrie<MapData, RouteKeyV6, RouteValue>,
@@ -84,6 +93,109 @@ pub struct Maps {
     pub endpoints: HashMap<MapData, u32, EndpointInfo>,
     pub counters: PerCpuHashMap<MapData, u32, EndpointCounters>,
 }
+
+/// Owned handles on the policy maps.
+pub struct PolicyMaps {
+    pub policies: HashMap<MapData, u32, PolicyInfo>,
+    pub addrs_v4: HashMap<MapData, PolicyAddrKeyV4, AddressClass>,
+    pub addrs_v6: HashMap<MapData, PolicyAddrKeyV6, AddressClass>,
+    pub protos: HashMap<MapData, PolicyProtoKey, PortClass>,
+    pub ports: HashMap<MapData, PolicyPortKey, PolicyVerdict>,
+    pub rules: HashMap<MapData, u32, RuleInfo>,
+    pub rule_counters: PerCpuArray<MapData, RuleCounters>,
+}
+
+/// The handle on the conntrack table.
+pub type ConntrackMap = HashMap<MapData, ConntrackKey, ConntrackValue>;
+
+/// The handle on the ring buffer of Log events.
+pub type LogEvents = RingBuf<MapData>;
+
+impl PolicyMaps {
+    /// Takes the policy maps out of a loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            policies: typed(map_names::POLICIES, take(map_names::POLICIES)?)?,
+            addrs_v4: typed(
+                map_names::POLICY_ADDRS_V4,
+                take(map_names::POLICY_ADDRS_V4)?,
+            )?,
+            addrs_v6: typed(
+                map_names::POLICY_ADDRS_V6,
+                take(map_names::POLICY_ADDRS_V6)?,
+            )?,
+            protos: typed(map_names::POLICY_PROTOS, take(map_names::POLICY_PROTOS)?)?,
+            ports: typed(map_names::POLICY_PORTS, take(map_names::POLICY_PORTS)?)?,
+            rules: typed(map_names::RULES, take(map_names::RULES)?)?,
+            rule_counters: typed(map_names::RULE_COUNTERS, take(map_names::RULE_COUNTERS)?)?,
+        })
+    }
+}
+
+/// Takes the conntrack table out of a loaded object.
+pub fn conntrack_from_ebpf(ebpf: &mut aya::Ebpf) -> Result<ConntrackMap, MapsError> {
+    let name = map_names::CONNTRACK;
+    typed(name, ebpf.take_map(name).ok_or(MapsError::Missing(name))?)
+}
+
+/// Opens the conntrack table a running (or previous) agent pinned.
+pub fn conntrack_from_pin(layout: &PinLayout) -> Result<ConntrackMap, MapsError> {
+    let name = map_names::CONNTRACK;
+    let map = MapData::from_pin(layout.map(name))
+        .and_then(Map::from_map_data)
+        .map_err(map_err(name))?;
+    typed(name, map)
+}
+
+/// Takes the ring buffer of Log events out of a loaded object, when it has one.
+pub fn log_events_from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Option<LogEvents>, MapsError> {
+    ebpf.take_map(map_names::LOG_EVENTS)
+        .map(|map| typed(map_names::LOG_EVENTS, map))
+        .transpose()
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            routes_v4: typed(map_names::ROUTES_V4, take(map_names::ROUTES_V4)?)?,
+            routes_v6: typed(map_names::ROUTES_V6, take(map_names::ROUTES_V6)?)?,
+            sources_v4: typed(map_names::SOURCES_V4, take(map_names::SOURCES_V4)?)?,
+            sources_v6: typed(map_names::SOURCES_V6, take(map_names::SOURCES_V6)?)?,
+            endpoints: typed(map_names::ENDPOINTS, take(map_names::ENDPOINTS)?)?,
+            counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
+        })
+    }
+
+    /// Opens the maps a running (or previous) agent pinned.
+    pub fn from_pins(layout: &PinLayout) -> Result<Self, MapsError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(layout.map(name))
+                .and_then(Map::from_map_data)
+                .map_err(map_err(name))
+        };
+        Ok(Self {
+            routes_v4: typed(map_names::ROUTES_V4, open(map_names::ROUTES_V4)?)?,
+            routes_v6: typed(map_names::ROUTES_V6, open(map_names::ROUTES_V6)?)?,
+            sources_v4: typed(map_names::SOURCES_V4, open(map_names::SOURCES_V4)?)?,
+            sources_v6: typed(map_names::SOURCES_V6, open(map_names::SOURCES_V6)?)?,
+            endpoints: typed(map_names::ENDPOINTS, open(map_names::ENDPOINTS)?)?,
+            counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
+        })
+    }
+}
+
+pub(super) fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(map_err(name))
+}
+
+// The forwarding maps' contents: what the endpoint and route managers want them to hold, read
+// back and reconciled.
 
 /// The complete desired contents of the maps (counters excepted: those only get an entry per
 /// endpoint, created at zero and never overwritten).
@@ -144,36 +256,6 @@ impl std::ops::AddAssign for ReconcileStats {
 }
 
 impl Maps {
-    /// Takes the maps out of a freshly loaded object.
-    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
-        Ok(Self {
-            routes_v4: typed(map_names::ROUTES_V4, take(map_names::ROUTES_V4)?)?,
-            routes_v6: typed(map_names::ROUTES_V6, take(map_names::ROUTES_V6)?)?,
-            sources_v4: typed(map_names::SOURCES_V4, take(map_names::SOURCES_V4)?)?,
-            sources_v6: typed(map_names::SOURCES_V6, take(map_names::SOURCES_V6)?)?,
-            endpoints: typed(map_names::ENDPOINTS, take(map_names::ENDPOINTS)?)?,
-            counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
-        })
-    }
-
-    /// Opens the maps a running (or previous) agent pinned.
-    pub fn from_pins(layout: &PinLayout) -> Result<Self, MapsError> {
-        let open = |name: &'static str| {
-            MapData::from_pin(layout.map(name))
-                .and_then(Map::from_map_data)
-                .map_err(map_err(name))
-        };
-        Ok(Self {
-            routes_v4: typed(map_names::ROUTES_V4, open(map_names::ROUTES_V4)?)?,
-            routes_v6: typed(map_names::ROUTES_V6, open(map_names::ROUTES_V6)?)?,
-            sources_v4: typed(map_names::SOURCES_V4, open(map_names::SOURCES_V4)?)?,
-            sources_v6: typed(map_names::SOURCES_V6, open(map_names::SOURCES_V6)?)?,
-            endpoints: typed(map_names::ENDPOINTS, open(map_names::ENDPOINTS)?)?,
-            counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
-        })
-    }
-
     /// Reads back everything the maps hold (counters excepted).
     pub fn read(&self) -> Result<MapContents, MapsError> {
         let mut contents = MapContents::default();
@@ -341,13 +423,6 @@ impl Maps {
         }
         Ok(all)
     }
-}
-
-pub(super) fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
-where
-    T: TryFrom<Map, Error = MapError>,
-{
-    T::try_from(map).map_err(map_err(name))
 }
 
 /// The entries of `desired` that `current` lacks or holds with another value, and the keys of

@@ -16,16 +16,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::Ebpf;
 use calico_ebpf_common::{
     EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded,
-    map_names, source_flags,
+    source_flags,
 };
 use ipnet::IpNet;
 
 use self::{
     attach::{AttachMode, Attacher},
     bpffs::PinLayout,
-    maps::{MapContents, Maps, MapsError, ReconcileStats},
+    maps::{MapContents, Maps, PolicyMaps, ReconcileStats},
     netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink},
-    policy::{PolicyMaps, PolicyProgrammer},
+    policy::PolicyManager,
 };
 pub use self::{
     error::DataplaneError,
@@ -58,8 +58,7 @@ pub struct ApplyReport {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
-    policy_maps: PolicyMaps,
-    policy: PolicyProgrammer,
+    policy: PolicyManager,
     conntrack: conntrack::Conntrack,
     log_events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     attacher: Attacher,
@@ -82,23 +81,15 @@ impl Dataplane {
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = load_object_with(&layout, conntrack_entries)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
-        let policy_maps = PolicyMaps::from_ebpf(&mut ebpf)?;
+        let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
         let conntrack = conntrack::Conntrack::from_ebpf(&mut ebpf)?;
-        let log_events = ebpf
-            .take_map(map_names::LOG_EVENTS)
-            .map(aya::maps::RingBuf::try_from)
-            .transpose()
-            .map_err(|source| MapsError::Map {
-                name: map_names::LOG_EVENTS,
-                source,
-            })?;
+        let log_events = maps::log_events_from_ebpf(&mut ebpf)?;
         let attacher = Attacher::load(&mut ebpf, layout.clone(), mode)?;
         let netlink = Netlink::connect()?;
         Ok(Self {
             ebpf,
             maps,
-            policy_maps,
-            policy: PolicyProgrammer::default(),
+            policy,
             conntrack,
             log_events,
             attacher,
@@ -192,9 +183,7 @@ impl Dataplane {
         }
 
         let wanted: BTreeSet<String> = present.values().map(|(e, _)| e.key.clone()).collect();
-        let staged = self
-            .policy
-            .stage(&mut self.policy_maps, &wanted, compiled)?;
+        let staged = self.policy.stage(&wanted, compiled)?;
         report.policies = staged.written;
         report.errors.extend(staged.errors);
         let programmed = present.values().copied().filter_map(|(endpoint, link)| {
@@ -211,9 +200,8 @@ impl Dataplane {
         });
         let contents = map_contents(programmed.collect::<Vec<_>>());
         report.map_changes = self.maps.reconcile(&contents)?;
-        report.policy_entries_removed = self.policy.retire(&mut self.policy_maps)?;
-        self.policy
-            .sync_rules(&mut self.policy_maps, registry, compiled)?;
+        report.policy_entries_removed = self.policy.retire()?;
+        self.policy.sync_rules(registry, compiled)?;
         report.policy_entries = self.policy.entries();
 
         for (ifname, (endpoint, link)) in &present {

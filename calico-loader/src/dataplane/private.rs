@@ -8,9 +8,9 @@ use aya::Ebpf;
 
 use super::{
     DataplaneError, map_contents,
-    maps::{MapContents, Maps},
+    maps::{MapContents, Maps, PolicyMaps},
     netlink::LinkDetails,
-    policy::{PolicyMaps, PolicyProgrammer},
+    policy::PolicyManager,
 };
 use crate::{
     datastore::Snapshot,
@@ -36,8 +36,7 @@ pub enum PrivateDataplaneError {
 /// Maps of a loaded object, with the policy state that programs them.
 pub struct PrivateDataplane {
     pub maps: Maps,
-    pub policy_maps: PolicyMaps,
-    pub programmer: PolicyProgrammer,
+    pub policy: PolicyManager,
     pub registry: RuleRegistry,
 }
 
@@ -46,8 +45,7 @@ impl PrivateDataplane {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, PrivateDataplaneError> {
         Ok(Self {
             maps: Maps::from_ebpf(ebpf).map_err(DataplaneError::from)?,
-            policy_maps: PolicyMaps::from_ebpf(ebpf).map_err(DataplaneError::from)?,
-            programmer: PolicyProgrammer::default(),
+            policy: PolicyManager::new(PolicyMaps::from_ebpf(ebpf).map_err(DataplaneError::from)?),
             registry: RuleRegistry::default(),
         })
     }
@@ -75,15 +73,15 @@ impl PrivateDataplane {
         }
         let wanted: BTreeSet<String> = compiled.keys().cloned().collect();
         let staged = self
-            .programmer
-            .stage(&mut self.policy_maps, &wanted, &compiled)
+            .policy
+            .stage(&wanted, &compiled)
             .map_err(DataplaneError::from)?;
         if let Some(error) = staged.errors.first() {
             return Err(PrivateDataplaneError::Program(error.clone()));
         }
         let mut programmed = Vec::new();
         for (endpoint, link) in endpoints {
-            let ids = self.programmer.policy_ids(&endpoint.key).ok_or_else(|| {
+            let ids = self.policy.policy_ids(&endpoint.key).ok_or_else(|| {
                 PrivateDataplaneError::Program(format!(
                     "endpoint {}: no policy programmed",
                     endpoint.key
@@ -95,11 +93,9 @@ impl PrivateDataplane {
         self.maps
             .reconcile(&contents)
             .map_err(DataplaneError::from)?;
-        self.programmer
-            .retire(&mut self.policy_maps)
-            .map_err(DataplaneError::from)?;
-        self.programmer
-            .sync_rules(&mut self.policy_maps, &mut self.registry, &compiled)
+        self.policy.retire().map_err(DataplaneError::from)?;
+        self.policy
+            .sync_rules(&mut self.registry, &compiled)
             .map_err(DataplaneError::from)?;
         Ok(contents)
     }
