@@ -48,4 +48,8 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
+    /// A policy switch that must program every endpoint could not program this one (see
+    /// [`super::switch::Unprogrammed::Fail`]); nothing was switched.
+    #[error("{0}")]
+    Unprogrammed(String),
 }

@@ -2,15 +2,16 @@
 //! nowhere, programmed from a snapshot of resources. `trace --datastore`, the program tests and
 //! the microbenchmarks use it; the host's dataplane is never touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use aya::Ebpf;
 
 use super::{
-    DataplaneError, map_contents,
+    error::DataplaneError,
     maps::{MapContents, Maps, PolicyMaps},
     netlink::LinkDetails,
     policy::PolicyManager,
+    switch::{Unprogrammed, switch_policy},
 };
 use crate::{
     datastore::Snapshot,
@@ -52,7 +53,9 @@ impl PrivateDataplane {
 
     /// Programs `endpoints` (each with the link it is given) and their policies compiled from
     /// `snapshot`, which must hold a WorkloadEndpoint for each (`key` is `namespace/name`).
-    /// Returns the contents written to the forwarding maps, for a caller that adds to them.
+    /// Every endpoint must be programmed: a policy that cannot be is an error, and then no
+    /// endpoint entry has been switched. Returns the contents written to the forwarding maps,
+    /// for a caller that adds to them.
     pub fn program(
         &mut self,
         snapshot: &Snapshot,
@@ -71,32 +74,19 @@ impl PrivateDataplane {
                 compile_endpoint(&context, &mut self.registry, wep)?,
             );
         }
-        let wanted: BTreeSet<String> = compiled.keys().cloned().collect();
-        let staged = self
-            .policy
-            .stage(&wanted, &compiled)
-            .map_err(DataplaneError::from)?;
-        if let Some(error) = staged.errors.first() {
-            return Err(PrivateDataplaneError::Program(error.clone()));
-        }
-        let mut programmed = Vec::new();
-        for (endpoint, link) in endpoints {
-            let ids = self.policy.policy_ids(&endpoint.key).ok_or_else(|| {
-                PrivateDataplaneError::Program(format!(
-                    "endpoint {}: no policy programmed",
-                    endpoint.key
-                ))
-            })?;
-            programmed.push((endpoint, link, ids));
-        }
-        let contents = map_contents(programmed);
-        self.maps
-            .reconcile(&contents)
-            .map_err(DataplaneError::from)?;
-        self.policy.retire().map_err(DataplaneError::from)?;
-        self.policy
-            .sync_rules(&mut self.registry, &compiled)
-            .map_err(DataplaneError::from)?;
-        Ok(contents)
+        let endpoints: Vec<_> = endpoints.iter().map(|(e, link)| (e, link)).collect();
+        let switched = switch_policy(
+            &mut self.policy,
+            &mut self.maps,
+            &mut self.registry,
+            &endpoints,
+            &compiled,
+            Unprogrammed::Fail,
+        )
+        .map_err(|e| match e {
+            DataplaneError::Unprogrammed(error) => PrivateDataplaneError::Program(error),
+            other => PrivateDataplaneError::Dataplane(other),
+        })?;
+        Ok(switched.contents)
     }
 }
