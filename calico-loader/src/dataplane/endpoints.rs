@@ -7,7 +7,8 @@
 //! programs are detached before an interface's entries are removed and attached only after they
 //! are written, so a program never runs against a half-written endpoint. The entries themselves
 //! are written by the policy switch, because an endpoint entry names the policy generation in
-//! force (see [`super::switch::switch_policy`]).
+//! force (see [`super::switch::switch_policy`]); each endpoint entry brings a counters entry
+//! along (see [`super::maps::Maps::reconcile`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
