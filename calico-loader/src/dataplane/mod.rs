@@ -157,8 +157,8 @@ impl Dataplane {
         report.detached = detached.interfaces;
         report.errors.extend(detached.errors);
 
-        // New policy, then the endpoint and route entries that point at it, then the old
-        // policy goes.
+        // New policy, then the endpoint entries that switch to it (with their sources,
+        // counters and routes), then the old policy goes.
         let endpoints: Vec<_> = present.values().map(|(e, link)| (*e, link)).collect();
         let switched = switch_policy(
             &mut self.policy,
