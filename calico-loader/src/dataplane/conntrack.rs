@@ -1,12 +1,22 @@
-//! The conntrack table from userspace: listing it, and removing expired entries (the kernel
-//! programs treat an expired entry as absent, but only a scan frees its slot).
+//! The conntrack manager: the conntrack table from userspace. It removes expired entries (the
+//! kernel programs treat an expired entry as absent, but only a scan frees its slot), and lists
+//! the table with readable addresses and states for `dump` and Log events.
+//!
+//! Cutting the flows a new policy denies needs nothing from here: each entry remembers the policy
+//! ids that allowed it, and the programs re-check a flow whose endpoint switched generation (the
+//! switch itself is [`super::switch::switch_policy`]). What the agent owes that scheme is that
+//! an unchanged policy keeps its ids, so unchanged endpoints' flows are not re-checked.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::MapError;
 use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names};
 
-use super::bpffs::PinLayout;
+use super::{
+    bpffs::PinLayout,
+    handles::HandleError,
+    maps::{self, ConntrackMap, MapsError},
+};
 
 /// How often the agent scans for expired entries (as Calico does).
 pub const SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -17,11 +27,25 @@ pub enum ConntrackError {
     Map(#[from] MapError),
     #[error("the kernel object has no map named {}", map_names::CONNTRACK)]
     Missing,
+    #[error(transparent)]
+    Maps(MapsError),
+}
+
+impl From<MapsError> for ConntrackError {
+    fn from(error: MapsError) -> Self {
+        match error {
+            MapsError::Handle(HandleError::Missing(_)) => Self::Missing,
+            MapsError::Handle(HandleError::Map { source, .. }) | MapsError::Map { source, .. } => {
+                Self::Map(source)
+            }
+            other => Self::Maps(other),
+        }
+    }
 }
 
 /// The conntrack map.
 pub struct Conntrack {
-    map: HashMap<MapData, ConntrackKey, ConntrackValue>,
+    map: ConntrackMap,
 }
 
 /// The clock the programs stamp entries with (`bpf_ktime_get_coarse_ns`:
@@ -37,19 +61,17 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Conntrack {
+    /// Takes the table out of a loaded object.
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, ConntrackError> {
-        let map = ebpf
-            .take_map(map_names::CONNTRACK)
-            .ok_or(ConntrackError::Missing)?;
         Ok(Self {
-            map: HashMap::try_from(map)?,
+            map: maps::conntrack_from_ebpf(ebpf)?,
         })
     }
 
+    /// Opens the table a running (or previous) agent pinned.
     pub fn from_pin(layout: &PinLayout) -> Result<Self, ConntrackError> {
-        let map = Map::from_map_data(MapData::from_pin(layout.map(map_names::CONNTRACK))?)?;
         Ok(Self {
-            map: HashMap::try_from(map)?,
+            map: maps::conntrack_from_pin(layout)?,
         })
     }
 

@@ -71,6 +71,24 @@ where
     type Handle = Handle<S>;
 }
 
+/// Where handles come from: a freshly loaded object (the map is taken out of it) or the pins
+/// under a pin root (the map an agent pinned there is opened).
+pub trait MapSource {
+    fn open<S: Typed>(&mut self) -> Result<S::Handle, HandleError>;
+}
+
+impl MapSource for Ebpf {
+    fn open<S: Typed>(&mut self) -> Result<S::Handle, HandleError> {
+        take::<S>(self)
+    }
+}
+
+impl MapSource for &PinLayout {
+    fn open<S: Typed>(&mut self) -> Result<S::Handle, HandleError> {
+        open_pinned::<S>(self)
+    }
+}
+
 /// Takes map `S` out of a freshly loaded object.
 pub fn take<S: Typed>(ebpf: &mut Ebpf) -> Result<S::Handle, HandleError> {
     let name = S::DEF.name;

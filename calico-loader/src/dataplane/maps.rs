@@ -1,4 +1,9 @@
-//! Typed handles on the pinned maps, and reconciliation of their contents with a desired state.
+//! The maps of the kernel object from userspace: which maps each part of the agent holds, as
+//! typed handles derived from the map definitions (`calico_ebpf_common::maps`, through
+//! [`super::handles`]); then the forwarding maps read back and reconciled with a desired state.
+//!
+//! The managers decide what the maps should hold; they write through these handles. A handle
+//! set opens the same way from a freshly loaded object or from the pins ([`MapSource`]).
 //!
 //! The maps themselves are the record of what is programmed: the agent reads them back and
 //! writes only the difference, so a restarted agent converges on what it finds without
@@ -7,25 +12,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{MapError, PerCpuValues, lpm_trie::Key},
     util::nr_cpus,
 };
 use calico_ebpf_common::{
     EndpointCounters, EndpointInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6,
-    UNKNOWN_INTERFACE_COUNTERS, map_names,
+    UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
 };
 
-use super::bpffs::PinLayout;
+pub use super::handles::MapSource;
+use super::{
+    bpffs::PinLayout,
+    handles::{Handle, HandleError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
+    #[error(transparent)]
+    Handle(#[from] HandleError),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
         source: MapError,
     },
-    #[error("the kernel object has no map named {0}")]
-    Missing(&'static str),
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
 }
@@ -34,15 +43,98 @@ pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
-/// Owned handles on every map.
+/// Owned handles on the forwarding maps: routes, allowed sources, endpoints and their counters.
 pub struct Maps {
-    pub routes_v4: LpmTrie<MapData, RouteKeyV4, RouteValue>,
-    pub routes_v6: LpmTrie<MapData, RouteKeyV6, RouteValue>,
-    pub sources_v4: LpmTrie<MapData, SourceKeyV4, u32>,
-    pub sources_v6: LpmTrie<MapData, SourceKeyV6, u32>,
-    pub endpoints: HashMap<MapData, u32, EndpointInfo>,
-    pub counters: PerCpuHashMap<MapData, u32, EndpointCounters>,
+    pub routes_v4: Handle<spec::RoutesV4>,
+    pub routes_v6: Handle<spec::RoutesV6>,
+    pub sources_v4: Handle<spec::SourcesV4>,
+    pub sources_v6: Handle<spec::SourcesV6>,
+    pub endpoints: Handle<spec::Endpoints>,
+    pub counters: Handle<spec::Counters>,
 }
+
+/// Owned handles on the policy maps.
+pub struct PolicyMaps {
+    pub policies: Handle<spec::Policies>,
+    pub addrs_v4: Handle<spec::PolicyAddrsV4>,
+    pub addrs_v6: Handle<spec::PolicyAddrsV6>,
+    pub protos: Handle<spec::PolicyProtos>,
+    pub ports: Handle<spec::PolicyPorts>,
+    pub rules: Handle<spec::Rules>,
+    pub rule_counters: Handle<spec::RuleCounters>,
+}
+
+/// The handle on the conntrack table.
+pub type ConntrackMap = Handle<spec::Conntrack>;
+
+/// The handle on the ring buffer of Log events.
+pub type LogEvents = Handle<spec::LogEvents>;
+
+impl PolicyMaps {
+    /// Opens the policy maps from a loaded object or from the pins.
+    pub fn open(source: &mut impl MapSource) -> Result<Self, MapsError> {
+        Ok(Self {
+            policies: source.open::<spec::Policies>()?,
+            addrs_v4: source.open::<spec::PolicyAddrsV4>()?,
+            addrs_v6: source.open::<spec::PolicyAddrsV6>()?,
+            protos: source.open::<spec::PolicyProtos>()?,
+            ports: source.open::<spec::PolicyPorts>()?,
+            rules: source.open::<spec::Rules>()?,
+            rule_counters: source.open::<spec::RuleCounters>()?,
+        })
+    }
+
+    /// Takes the policy maps out of a loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        Self::open(ebpf)
+    }
+}
+
+/// Takes the conntrack table out of a loaded object.
+pub fn conntrack_from_ebpf(ebpf: &mut aya::Ebpf) -> Result<ConntrackMap, MapsError> {
+    Ok(ebpf.open::<spec::Conntrack>()?)
+}
+
+/// Opens the conntrack table a running (or previous) agent pinned.
+pub fn conntrack_from_pin(mut layout: &PinLayout) -> Result<ConntrackMap, MapsError> {
+    Ok(layout.open::<spec::Conntrack>()?)
+}
+
+/// Takes the ring buffer of Log events out of a loaded object, when it has one.
+pub fn log_events_from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Option<LogEvents>, MapsError> {
+    match ebpf.open::<spec::LogEvents>() {
+        Ok(events) => Ok(Some(events)),
+        Err(HandleError::Missing(_)) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+impl Maps {
+    /// Opens the forwarding maps from a loaded object or from the pins.
+    pub fn open(source: &mut impl MapSource) -> Result<Self, MapsError> {
+        Ok(Self {
+            routes_v4: source.open::<spec::RoutesV4>()?,
+            routes_v6: source.open::<spec::RoutesV6>()?,
+            sources_v4: source.open::<spec::SourcesV4>()?,
+            sources_v6: source.open::<spec::SourcesV6>()?,
+            endpoints: source.open::<spec::Endpoints>()?,
+            counters: source.open::<spec::Counters>()?,
+        })
+    }
+
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        Self::open(ebpf)
+    }
+
+    /// Opens the maps a running (or previous) agent pinned.
+    pub fn from_pins(layout: &PinLayout) -> Result<Self, MapsError> {
+        Self::open(&mut &*layout)
+    }
+}
+
+// The forwarding maps' contents: what the endpoint and route managers want them to hold, read
+// back and reconciled.
 
 /// The complete desired contents of the maps (counters excepted: those only get an entry per
 /// endpoint, created at zero and never overwritten).
@@ -103,36 +195,6 @@ impl std::ops::AddAssign for ReconcileStats {
 }
 
 impl Maps {
-    /// Takes the maps out of a freshly loaded object.
-    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
-        Ok(Self {
-            routes_v4: typed(map_names::ROUTES_V4, take(map_names::ROUTES_V4)?)?,
-            routes_v6: typed(map_names::ROUTES_V6, take(map_names::ROUTES_V6)?)?,
-            sources_v4: typed(map_names::SOURCES_V4, take(map_names::SOURCES_V4)?)?,
-            sources_v6: typed(map_names::SOURCES_V6, take(map_names::SOURCES_V6)?)?,
-            endpoints: typed(map_names::ENDPOINTS, take(map_names::ENDPOINTS)?)?,
-            counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
-        })
-    }
-
-    /// Opens the maps a running (or previous) agent pinned.
-    pub fn from_pins(layout: &PinLayout) -> Result<Self, MapsError> {
-        let open = |name: &'static str| {
-            MapData::from_pin(layout.map(name))
-                .and_then(Map::from_map_data)
-                .map_err(map_err(name))
-        };
-        Ok(Self {
-            routes_v4: typed(map_names::ROUTES_V4, open(map_names::ROUTES_V4)?)?,
-            routes_v6: typed(map_names::ROUTES_V6, open(map_names::ROUTES_V6)?)?,
-            sources_v4: typed(map_names::SOURCES_V4, open(map_names::SOURCES_V4)?)?,
-            sources_v6: typed(map_names::SOURCES_V6, open(map_names::SOURCES_V6)?)?,
-            endpoints: typed(map_names::ENDPOINTS, open(map_names::ENDPOINTS)?)?,
-            counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
-        })
-    }
-
     /// Reads back everything the maps hold (counters excepted).
     pub fn read(&self) -> Result<MapContents, MapsError> {
         let mut contents = MapContents::default();
@@ -300,13 +362,6 @@ impl Maps {
         }
         Ok(all)
     }
-}
-
-pub(super) fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
-where
-    T: TryFrom<Map, Error = MapError>,
-{
-    T::try_from(map).map_err(map_err(name))
 }
 
 /// The entries of `desired` that `current` lacks or holds with another value, and the keys of

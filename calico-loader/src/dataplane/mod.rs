@@ -1,127 +1,56 @@
 //! Dataplane programming: the kernel object, its pinned maps, the program attachments and the
 //! kernel routes, brought in line with the endpoints the model says this host should serve.
+//!
+//! The work is split among managers, each owning one slice of dataplane state, with desired
+//! state in and map or kernel writes out (as in Felix's internal dataplane):
+//!
+//! - [`endpoints::EndpointManager`]: the interfaces and their program attachments, and the
+//!   endpoint, allowed-source and counters entries;
+//! - [`routes::RouteManager`]: the route map entries, and the kernel routes and neighbour
+//!   entries the agent writes through netlink;
+//! - [`policy::PolicyManager`]: the policy generations in the policy maps, and the rules map;
+//! - [`conntrack::Conntrack`]: the conntrack table (expiry; listing).
+//!
+//! [`object`] loads the kernel object and adopts or removes the pins; [`maps`] opens every map;
+//! [`switch::switch_policy`] is the one ordered sequence that brings new policy into force.
+//! This module only says in which order the managers run.
 
 pub mod attach;
 pub mod bpffs;
 pub mod conntrack;
+pub mod endpoints;
+pub mod error;
 pub mod handles;
 pub mod maps;
 pub mod netlink;
+pub mod object;
 pub mod policy;
 pub mod private;
+pub mod routes;
+pub mod switch;
 pub mod versions;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-};
+use std::collections::BTreeMap;
 
-use aya::{Ebpf, EbpfLoader};
-use calico_ebpf_common::{
-    EndpointInfo, RouteKind, RouteValue, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded,
-    map_names,
-    maps::{Conntrack, MapSpec, Versions},
-    source_flags,
-};
-use ipnet::IpNet;
+use aya::Ebpf;
 
 use self::{
-    attach::{AttachError, AttachMode, Attacher},
-    bpffs::{BpffsError, PinLayout},
-    maps::{MapContents, Maps, MapsError, ReconcileStats},
-    netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
-    policy::{PolicyMaps, PolicyProgrammer},
+    attach::{AttachMode, Attacher},
+    bpffs::PinLayout,
+    conntrack::Conntrack,
+    endpoints::EndpointManager,
+    maps::{LogEvents, Maps, PolicyMaps, ReconcileStats},
+    netlink::Netlink,
+    policy::PolicyManager,
+    routes::RouteManager,
+    switch::{Unprogrammed, switch_policy},
+};
+pub use self::{
+    error::DataplaneError,
+    object::{KERNEL_OBJECT, load_object, load_object_with, load_private_object, remove_pins},
+    switch::map_contents,
 };
 use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
-
-/// The kernel programs, built for the BPF target by the build script.
-pub static KERNEL_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calico-ebpf"));
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error(transparent)]
-    Bpffs(#[from] BpffsError),
-    #[error("loading the kernel object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error(transparent)]
-    Maps(#[from] MapsError),
-    #[error(transparent)]
-    Attach(#[from] AttachError),
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error(transparent)]
-    Version(#[from] versions::VersionError),
-    #[error(transparent)]
-    Handle(#[from] handles::HandleError),
-    #[error("inspecting the map pinned at {path}: {source}")]
-    InspectPin {
-        path: PathBuf,
-        source: aya::maps::MapError,
-    },
-    #[error(
-        "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
-         resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
-    )]
-    ConntrackSize {
-        path: PathBuf,
-        found: u32,
-        wanted: u32,
-    },
-    #[error(transparent)]
-    Conntrack(#[from] conntrack::ConntrackError),
-}
-
-/// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
-/// agent restart) or creating and pinning them, with the default conntrack size.
-pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
-    load_object_with(layout, Conntrack::DEF.max_entries)
-}
-
-/// [`load_object`] with a conntrack table of `conntrack_entries` entries. A pinned table of
-/// another size is refused (its entries would be lost by replacing it).
-pub fn load_object_with(
-    layout: &PinLayout,
-    conntrack_entries: u32,
-) -> Result<Ebpf, DataplaneError> {
-    layout.prepare()?;
-    let records = versions::recorded(layout)?;
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(Conntrack::DEF.name, conntrack_entries);
-    for def in calico_ebpf_common::maps::ALL {
-        let path = layout.map(def.name);
-        versions::check_pinned(def, &path, &records)?;
-        loader.map_pin_path(def.name, path);
-    }
-    let conntrack = layout.map(Conntrack::DEF.name);
-    if conntrack.exists() {
-        let info = aya::maps::MapInfo::from_pin(&conntrack).map_err(|source| {
-            DataplaneError::InspectPin {
-                path: conntrack.clone(),
-                source,
-            }
-        })?;
-        if info.max_entries() != conntrack_entries {
-            return Err(DataplaneError::ConntrackSize {
-                path: conntrack,
-                found: info.max_entries(),
-                wanted: conntrack_entries,
-            });
-        }
-    }
-    let mut ebpf = loader.load(KERNEL_OBJECT)?;
-    // The records are written whenever the object is loaded: a map created now gets its first
-    // record, an adopted one keeps the version it was checked against.
-    let mut records = handles::take::<Versions>(&mut ebpf)?;
-    versions::record(&mut records)?;
-    Ok(ebpf)
-}
-
-/// Loads the kernel object with maps of its own, pinned nowhere: for `trace --datastore`,
-/// which must not touch the host's dataplane.
-pub fn load_private_object() -> Result<Ebpf, DataplaneError> {
-    Ok(EbpfLoader::new().load(KERNEL_OBJECT)?)
-}
 
 /// What one [`Dataplane::apply`] did.
 #[derive(Debug, Default)]
@@ -147,20 +76,14 @@ pub struct ApplyReport {
 /// The programmed dataplane of this host.
 pub struct Dataplane {
     ebpf: Ebpf,
-    maps: Maps,
-    policy_maps: PolicyMaps,
-    policy: PolicyProgrammer,
-    conntrack: conntrack::Conntrack,
-    log_events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
-    attacher: Attacher,
-    netlink: Netlink,
     layout: PinLayout,
-    /// Interfaces this agent attached to, with the ifindex it attached to.
-    attached: BTreeMap<String, u32>,
-    /// Neighbour entries this agent wrote.
-    neighbours: BTreeSet<KernelNeighbour>,
-    /// Whether pins left by an earlier agent have been looked at.
-    adopted: bool,
+    /// The forwarding maps, which the endpoint and route managers' entries fill.
+    maps: Maps,
+    endpoints: EndpointManager,
+    routes: RouteManager,
+    policy: PolicyManager,
+    conntrack: Conntrack,
+    log_events: Option<LogEvents>,
 }
 
 impl Dataplane {
@@ -172,31 +95,20 @@ impl Dataplane {
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = load_object_with(&layout, conntrack_entries)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
-        let policy_maps = PolicyMaps::from_ebpf(&mut ebpf)?;
-        let conntrack = conntrack::Conntrack::from_ebpf(&mut ebpf)?;
-        let log_events = ebpf
-            .take_map(map_names::LOG_EVENTS)
-            .map(aya::maps::RingBuf::try_from)
-            .transpose()
-            .map_err(|source| MapsError::Map {
-                name: map_names::LOG_EVENTS,
-                source,
-            })?;
+        let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
+        let conntrack = Conntrack::from_ebpf(&mut ebpf)?;
+        let log_events = maps::log_events_from_ebpf(&mut ebpf)?;
         let attacher = Attacher::load(&mut ebpf, layout.clone(), mode)?;
         let netlink = Netlink::connect()?;
         Ok(Self {
             ebpf,
             maps,
-            policy_maps,
-            policy: PolicyProgrammer::default(),
+            endpoints: EndpointManager::new(attacher, netlink.clone(), layout.clone()),
+            routes: RouteManager::new(netlink),
+            policy,
             conntrack,
             log_events,
-            attacher,
-            netlink,
             layout,
-            attached: BTreeMap::new(),
-            neighbours: BTreeSet::new(),
-            adopted: false,
         })
     }
 
@@ -205,11 +117,11 @@ impl Dataplane {
     }
 
     pub fn mode(&self) -> AttachMode {
-        self.attacher.mode()
+        self.endpoints.mode()
     }
 
     /// The ring buffer of Log events, for the agent to read (once).
-    pub fn take_log_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+    pub fn take_log_events(&mut self) -> Option<LogEvents> {
         self.log_events.take()
     }
 
@@ -220,7 +132,7 @@ impl Dataplane {
 
     /// The interfaces this agent has programs attached to, with their ifindex.
     pub fn attached(&self) -> &BTreeMap<String, u32> {
-        &self.attached
+        self.endpoints.attached()
     }
 
     /// Brings the dataplane in line with `desired` (keyed by interface name) and the endpoints'
@@ -236,356 +148,52 @@ impl Dataplane {
         registry: &mut RuleRegistry,
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
-        let links: BTreeMap<String, LinkDetails> = self
-            .netlink
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect();
 
-        let mut present: BTreeMap<&str, (&LocalEndpoint, &LinkDetails)> = BTreeMap::new();
-        for (ifname, endpoint) in desired {
-            match links.get(ifname) {
-                Some(link) => {
-                    present.insert(ifname, (endpoint, link));
-                }
-                None => report.waiting.push((ifname.clone(), endpoint.key.clone())),
-            }
-        }
+        // Which endpoints' interfaces exist.
+        let interfaces = self.endpoints.interfaces(desired).await?;
+        let present = interfaces.present;
+        report.waiting = interfaces.waiting;
 
-        // Detach from interfaces that are no longer wanted or were recreated under another
-        // ifindex, and, on the first pass, from whatever an earlier agent left attached.
-        let mut stale: BTreeSet<String> = self
-            .attached
-            .iter()
-            .filter(|(ifname, ifindex)| {
-                present
-                    .get(ifname.as_str())
-                    .is_none_or(|(_, link)| link.ifindex != **ifindex)
-            })
-            .map(|(ifname, _)| ifname.clone())
-            .collect();
-        if !self.adopted {
-            for (ifname, _) in attach::pinned_links(&self.layout)? {
-                if !present.contains_key(ifname.as_str()) {
-                    stale.insert(ifname);
-                }
-            }
-        }
-        for ifname in stale {
-            if let Err(e) = self.attacher.detach(&ifname) {
-                report.errors.push(e.to_string());
-            }
-            self.attached.remove(&ifname);
-            report.detached.push(ifname);
-        }
+        // Programs leave the interfaces that go before their entries do.
+        let detached = self.endpoints.detach_stale(&present)?;
+        report.detached = detached.interfaces;
+        report.errors.extend(detached.errors);
 
-        let wanted: BTreeSet<String> = present.values().map(|(e, _)| e.key.clone()).collect();
-        let staged = self
-            .policy
-            .stage(&mut self.policy_maps, &wanted, compiled)?;
-        report.policies = staged.written;
-        report.errors.extend(staged.errors);
-        let programmed = present.values().copied().filter_map(|(endpoint, link)| {
-            match self.policy.policy_ids(&endpoint.key) {
-                Some(ids) => Some((endpoint, link, ids)),
-                None => {
-                    report.errors.push(format!(
-                        "endpoint {}: no policy could be programmed yet; its traffic is dropped",
-                        endpoint.key
-                    ));
-                    None
-                }
-            }
-        });
-        let contents = map_contents(programmed.collect::<Vec<_>>());
-        report.map_changes = self.maps.reconcile(&contents)?;
-        report.policy_entries_removed = self.policy.retire(&mut self.policy_maps)?;
-        self.policy
-            .sync_rules(&mut self.policy_maps, registry, compiled)?;
-        report.policy_entries = self.policy.entries();
+        // New policy, then the endpoint entries that switch to it (with their sources,
+        // counters and routes), then the old policy goes.
+        let endpoints: Vec<_> = present.values().map(|(e, link)| (*e, link)).collect();
+        let switched = switch_policy(
+            &mut self.policy,
+            &mut self.maps,
+            registry,
+            &endpoints,
+            compiled,
+            Unprogrammed::Report,
+        )?;
+        report.policies = switched.written;
+        report.errors.extend(switched.errors);
+        report.map_changes = switched.map_changes;
+        report.policy_entries_removed = switched.entries_removed;
+        report.policy_entries = switched.entries;
 
-        for (ifname, (endpoint, link)) in &present {
-            if self.attached.get(*ifname) == Some(&link.ifindex) {
-                continue;
-            }
-            match self.attacher.attach(&mut self.ebpf, ifname, link.ifindex) {
-                Ok(()) => {
-                    self.attached.insert((*ifname).to_owned(), link.ifindex);
-                    report.attached.push((
-                        (*ifname).to_owned(),
-                        link.ifindex,
-                        endpoint.key.clone(),
-                    ));
-                }
-                Err(e) => report
-                    .errors
-                    .push(format!("endpoint {}: {e}", endpoint.key)),
-            }
-        }
-        self.adopted = true;
+        // Programs come to new interfaces once their entries are written.
+        let attached = self.endpoints.attach(&mut self.ebpf, &present);
+        report.attached = attached.interfaces;
+        report.errors.extend(attached.errors);
 
-        self.sync_kernel(&present, &mut report).await?;
+        // The kernel's routes and neighbours for host-originated traffic.
+        let kernel_errors = self.routes.sync_kernel(endpoints).await?;
+        report.errors.extend(kernel_errors);
         Ok(report)
-    }
-
-    /// Kernel routes and neighbour entries for the present endpoints.
-    async fn sync_kernel(
-        &mut self,
-        present: &BTreeMap<&str, (&LocalEndpoint, &LinkDetails)>,
-        report: &mut ApplyReport,
-    ) -> Result<(), DataplaneError> {
-        let mut routes = BTreeSet::new();
-        let mut neighbours = BTreeSet::new();
-        for (endpoint, link) in present.values() {
-            for net in &endpoint.networks {
-                routes.insert(KernelRoute {
-                    net: *net,
-                    ifindex: link.ifindex,
-                });
-                if let Some(mac) = endpoint.mac
-                    && net.prefix_len() == net.max_prefix_len()
-                {
-                    neighbours.insert(KernelNeighbour {
-                        addr: net.addr(),
-                        ifindex: link.ifindex,
-                        mac,
-                    });
-                }
-            }
-        }
-        // A route the host already has to the right interface (one the CNI plugin made, say) is
-        // left as it is and never removed; a route of ours that is no longer wanted goes; a
-        // missing one, or one pointing elsewhere, is (re)placed as ours.
-        let kernel = self.netlink.routes().await?;
-        let present: BTreeSet<KernelRoute> = kernel.iter().map(|(r, _)| *r).collect();
-        let ours: BTreeSet<KernelRoute> = kernel
-            .iter()
-            .filter(|(_, ours)| *ours)
-            .map(|(r, _)| *r)
-            .collect();
-        for route in ours.difference(&routes) {
-            if let Err(e) = self.netlink.del_route(*route).await {
-                report.errors.push(e.to_string());
-            }
-        }
-        for route in routes.difference(&present) {
-            if let Err(e) = self.netlink.add_route(*route).await {
-                report.errors.push(e.to_string());
-            }
-        }
-        for neighbour in self.neighbours.difference(&neighbours) {
-            if let Err(e) = self.netlink.del_neighbour(*neighbour).await {
-                report.errors.push(e.to_string());
-            }
-        }
-        for neighbour in neighbours.difference(&self.neighbours) {
-            if let Err(e) = self.netlink.add_neighbour(*neighbour).await {
-                report.errors.push(e.to_string());
-            }
-        }
-        self.neighbours = neighbours;
-        Ok(())
     }
 
     /// Detaches every program and removes every pin and kernel route of this agent.
     pub async fn teardown(mut self) -> Result<(), DataplaneError> {
-        for ifname in std::mem::take(&mut self.attached).into_keys() {
-            self.attacher.detach(&ifname)?;
-        }
-        for route in self.netlink.our_routes().await? {
-            self.netlink.del_route(route).await?;
-        }
-        for neighbour in std::mem::take(&mut self.neighbours) {
-            self.netlink.del_neighbour(neighbour).await?;
-        }
+        self.endpoints.detach_all()?;
+        self.routes.remove_all().await?;
         let layout = self.layout.clone();
         drop(self);
         remove_pins(&layout)?;
         Ok(())
-    }
-}
-
-/// Detaches everything attached under `layout` and removes its pins (maps and links).
-pub fn remove_pins(layout: &PinLayout) -> Result<(), DataplaneError> {
-    for (ifname, _) in attach::pinned_links(layout)? {
-        attach::detach_interface(layout, &ifname)?;
-    }
-    let root = layout.root();
-    if root.exists() {
-        std::fs::remove_dir_all(root).map_err(|source| {
-            DataplaneError::Bpffs(BpffsError::CreateDir {
-                path: root.to_owned(),
-                source,
-            })
-        })?;
-    }
-    Ok(())
-}
-
-/// The map contents that serve `endpoints`, each with its (ingress, egress) policy ids.
-pub fn map_contents<'a>(
-    endpoints: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails, (u32, u32))>,
-) -> MapContents {
-    let mut contents = MapContents::default();
-    for (endpoint, link, (ingress_policy, egress_policy)) in endpoints {
-        let ifindex = link.ifindex;
-        let mac = endpoint.mac.unwrap_or([0; 6]);
-        contents.endpoints.insert(
-            ifindex,
-            EndpointInfo {
-                flags: endpoint_flags::WORKLOAD,
-                ingress_policy,
-                egress_policy,
-                _pad: 0,
-                mac,
-                host_mac: link.mac,
-                ifname: fill_nul_padded(link.name.as_bytes()),
-                name: fill_nul_padded(endpoint.key.as_bytes()),
-            },
-        );
-        let route = RouteValue {
-            kind: RouteKind::LocalWorkload as u32,
-            ifindex,
-            mac,
-            host_mac: link.mac,
-            next_hop: [0; 16],
-        };
-        let sources = endpoint
-            .networks
-            .iter()
-            .map(|net| (net, source_flags::OWN_ADDRESS))
-            .chain(
-                endpoint
-                    .allowed_spoof
-                    .iter()
-                    .map(|net| (net, source_flags::ALLOWED_SPOOF)),
-            );
-        for (net, flag) in sources {
-            let len = 32 + u32::from(net.prefix_len());
-            match net {
-                IpNet::V4(net) => {
-                    let key = SourceKeyV4 {
-                        ifindex,
-                        addr: net.network().octets(),
-                    };
-                    *contents
-                        .sources_v4
-                        .entry((len, maps::source_v4_bytes(&key)))
-                        .or_default() |= flag;
-                }
-                IpNet::V6(net) => {
-                    let key = SourceKeyV6 {
-                        ifindex,
-                        addr: net.network().octets(),
-                    };
-                    *contents
-                        .sources_v6
-                        .entry((len, maps::source_v6_bytes(&key)))
-                        .or_default() |= flag;
-                }
-            }
-        }
-        for net in &endpoint.networks {
-            let len = u32::from(net.prefix_len());
-            match net {
-                IpNet::V4(net) => {
-                    contents
-                        .routes_v4
-                        .insert((len, net.network().octets()), route);
-                }
-                IpNet::V6(net) => {
-                    contents
-                        .routes_v6
-                        .insert((len, net.network().octets()), route);
-                }
-            }
-        }
-    }
-    contents
-}
-
-#[cfg(test)]
-mod tests {
-    use calico_ebpf_common::source_flags::{ALLOWED_SPOOF, OWN_ADDRESS};
-
-    use super::*;
-
-    fn endpoint() -> (LocalEndpoint, LinkDetails) {
-        (
-            LocalEndpoint {
-                key: "ns/wep".into(),
-                interface: "cali0123456789a".into(),
-                mac: Some([0xca, 0xfe, 0, 0, 0, 1]),
-                networks: vec![
-                    "198.18.0.11/32".parse().unwrap(),
-                    "2001:db8::11/128".parse().unwrap(),
-                ],
-                allowed_spoof: vec![
-                    "198.18.0.0/24".parse().unwrap(),
-                    "198.18.0.11/32".parse().unwrap(),
-                ],
-            },
-            LinkDetails {
-                ifindex: 7,
-                name: "cali0123456789a".into(),
-                mac: [0xee; 6],
-            },
-        )
-    }
-
-    #[test]
-    fn map_contents_encode_routes_sources_and_endpoint() {
-        let (endpoint, link) = endpoint();
-        let contents = map_contents([(&endpoint, &link, (1, 2))]);
-
-        let route = contents.routes_v4[&(32, [198, 18, 0, 11])];
-        assert_eq!(route.kind, RouteKind::LocalWorkload as u32);
-        assert_eq!(
-            (route.ifindex, route.mac, route.host_mac),
-            (7, [0xca, 0xfe, 0, 0, 0, 1], [0xee; 6])
-        );
-        let v6: [u8; 16] = "2001:db8::11"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
-        assert_eq!(contents.routes_v6[&(128, v6)].ifindex, 7);
-        assert_eq!(
-            contents.routes_v4.len(),
-            1,
-            "allowed-spoof prefixes are not routes"
-        );
-
-        // Source keys: prefix length covers the 32-bit ifindex plus the address prefix; an
-        // address that is both own and allowed carries both flags.
-        let own = maps::source_v4_bytes(&SourceKeyV4 {
-            ifindex: 7,
-            addr: [198, 18, 0, 11],
-        });
-        assert_eq!(contents.sources_v4[&(64, own)], OWN_ADDRESS | ALLOWED_SPOOF);
-        let net = maps::source_v4_bytes(&SourceKeyV4 {
-            ifindex: 7,
-            addr: [198, 18, 0, 0],
-        });
-        assert_eq!(contents.sources_v4[&(56, net)], ALLOWED_SPOOF);
-        let own6 = maps::source_v6_bytes(&SourceKeyV6 {
-            ifindex: 7,
-            addr: v6,
-        });
-        assert_eq!(contents.sources_v6[&(160, own6)], OWN_ADDRESS);
-
-        let info = contents.endpoints[&7];
-        assert_eq!(info.name_bytes(), b"ns/wep");
-        assert_eq!(info.ifname_bytes(), b"cali0123456789a");
-        assert_eq!(info.flags, endpoint_flags::WORKLOAD);
-    }
-
-    #[test]
-    fn an_endpoint_without_mac_gets_a_zero_mac() {
-        let (mut endpoint, link) = endpoint();
-        endpoint.mac = None;
-        let contents = map_contents([(&endpoint, &link, (1, 2))]);
-        assert_eq!(contents.routes_v4[&(32, [198, 18, 0, 11])].mac, [0; 6]);
     }
 }

@@ -1,15 +1,18 @@
-//! Programming compiled policy into the policy maps, one generation at a time.
+//! The policy manager: compiled policy in, policy map and rules map entries out, one generation
+//! at a time. It owns the policy maps, the record of which generation each endpoint has, and the
+//! syncing of the rules map (and the rule registry's ids) with the generations in force.
 //!
 //! Each endpoint's compiled policy for a direction is written under a fresh policy id, with
 //! fresh address and port class ids, next to the generation in force; only then does the
-//! endpoint's entry switch to the new id (one map write, see [`super::Dataplane::apply`]), and
-//! only after that are the old generation's entries deleted. A packet therefore always sees one
-//! whole generation. An endpoint whose policy fails to compile keeps its generation; one that
-//! never had one gets no endpoint entry, so its traffic is dropped, never let through unchecked.
+//! endpoint's entry switch to the new id (one map write, see [`super::switch::switch_policy`],
+//! the one place that orders these steps), and only after that are the old generation's
+//! entries deleted. A packet therefore always sees one whole generation. An endpoint whose
+//! policy fails to compile keeps its generation; one that never had one gets no endpoint entry,
+//! so its traffic is dropped, never let through unchecked.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{MapError, PerCpuValues};
 use calico_ebpf_common::{
     AddressClass, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey,
     PolicyVerdict, PortClass, RuleCounters, RuleInfo, map_names,
@@ -17,44 +20,11 @@ use calico_ebpf_common::{
     mask_port, mask_v4, mask_v6, proto_kind,
 };
 
-use super::maps::{MapsError, map_err, typed};
+use super::maps::{MapsError, PolicyMaps, map_err};
 use crate::model::{
     compile::{CompiledDirection, CompiledEndpoint},
     rules::RuleRegistry,
 };
-
-/// Typed handles on the policy maps.
-pub struct PolicyMaps {
-    pub policies: HashMap<MapData, u32, PolicyInfo>,
-    pub addrs_v4: HashMap<MapData, PolicyAddrKeyV4, AddressClass>,
-    pub addrs_v6: HashMap<MapData, PolicyAddrKeyV6, AddressClass>,
-    pub protos: HashMap<MapData, PolicyProtoKey, PortClass>,
-    pub ports: HashMap<MapData, PolicyPortKey, PolicyVerdict>,
-    pub rules: HashMap<MapData, u32, RuleInfo>,
-    pub rule_counters: PerCpuArray<MapData, RuleCounters>,
-}
-
-impl PolicyMaps {
-    /// Takes the policy maps out of a loaded object.
-    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
-        Ok(Self {
-            policies: typed(map_names::POLICIES, take(map_names::POLICIES)?)?,
-            addrs_v4: typed(
-                map_names::POLICY_ADDRS_V4,
-                take(map_names::POLICY_ADDRS_V4)?,
-            )?,
-            addrs_v6: typed(
-                map_names::POLICY_ADDRS_V6,
-                take(map_names::POLICY_ADDRS_V6)?,
-            )?,
-            protos: typed(map_names::POLICY_PROTOS, take(map_names::POLICY_PROTOS)?)?,
-            ports: typed(map_names::POLICY_PORTS, take(map_names::POLICY_PORTS)?)?,
-            rules: typed(map_names::RULES, take(map_names::RULES)?)?,
-            rule_counters: typed(map_names::RULE_COUNTERS, take(map_names::RULE_COUNTERS)?)?,
-        })
-    }
-}
 
 /// One programmed generation of one endpoint's policy in one direction.
 #[derive(Clone, Debug)]
@@ -91,7 +61,7 @@ struct EndpointPolicy {
     egress: Option<Generation>,
 }
 
-/// What [`PolicyProgrammer::stage`] did.
+/// What [`PolicyManager::stage`] did.
 #[derive(Debug, Default)]
 pub struct StageReport {
     /// Generations written (endpoint, direction, policy id, entries).
@@ -100,8 +70,9 @@ pub struct StageReport {
     pub errors: Vec<String>,
 }
 
-/// Keeps track of the programmed generations and writes new ones.
-pub struct PolicyProgrammer {
+/// Keeps track of the programmed generations and writes new ones into the policy maps it owns.
+pub struct PolicyManager {
+    maps: PolicyMaps,
     endpoints: BTreeMap<String, EndpointPolicy>,
     /// Generations replaced by the last [`Self::stage`], to delete once the endpoint entries
     /// point at their successors.
@@ -123,9 +94,12 @@ pub struct PolicyProgrammer {
 /// is the smallest, so a generation that fits here fits in each).
 const ENTRY_BUDGET: usize = <maps::PolicyPorts as MapSpec>::DEF.max_entries as usize;
 
-impl Default for PolicyProgrammer {
-    fn default() -> Self {
+impl PolicyManager {
+    /// A manager for policy maps that may hold generations an earlier agent wrote (they are
+    /// adopted on the first [`Self::stage`]).
+    pub fn new(maps: PolicyMaps) -> Self {
         Self {
+            maps,
             endpoints: BTreeMap::new(),
             retired: Vec::new(),
             next_policy: 1,
@@ -137,9 +111,7 @@ impl Default for PolicyProgrammer {
             stale: None,
         }
     }
-}
 
-impl PolicyProgrammer {
     /// The policy ids (ingress, egress) of an endpoint, when both directions are programmed.
     pub fn policy_ids(&self, endpoint: &str) -> Option<(u32, u32)> {
         let policy = self.endpoints.get(endpoint)?;
@@ -159,13 +131,12 @@ impl PolicyProgrammer {
     /// from `wanted` are forgotten, their generations retired.
     pub fn stage(
         &mut self,
-        maps: &mut PolicyMaps,
         wanted: &BTreeSet<String>,
         compiled: &BTreeMap<String, CompiledEndpoint>,
     ) -> Result<StageReport, MapsError> {
         let mut report = StageReport::default();
         if !self.adopted {
-            self.adopt(maps)?;
+            self.adopt()?;
         }
         let gone: Vec<String> = self
             .endpoints
@@ -206,7 +177,7 @@ impl PolicyProgrammer {
                     port_class_base: self.next_port_class,
                     compiled: new.clone(),
                 };
-                write_generation(maps, &generation)?;
+                write_generation(&mut self.maps, &generation)?;
                 self.next_policy += 1;
                 self.next_class += new.address_classes;
                 self.next_port_class += new.port_classes;
@@ -227,7 +198,8 @@ impl PolicyProgrammer {
 
     /// Deletes the generations [`Self::stage`] replaced. Call once the endpoint entries point
     /// at the new ones.
-    pub fn retire(&mut self, maps: &mut PolicyMaps) -> Result<usize, MapsError> {
+    pub fn retire(&mut self) -> Result<usize, MapsError> {
+        let maps = &mut self.maps;
         let mut count = 0;
         if let Some(stale) = self.stale.take() {
             for key in &stale.policies {
@@ -249,7 +221,7 @@ impl PolicyProgrammer {
             count += stale.len();
         }
         for generation in std::mem::take(&mut self.retired) {
-            delete_generation(maps, &generation)?;
+            delete_generation(&mut self.maps, &generation)?;
             self.entries = self.entries.saturating_sub(generation.entries());
             count += generation.entries();
         }
@@ -273,7 +245,6 @@ impl PolicyProgrammer {
     /// refers to.
     pub fn sync_rules(
         &mut self,
-        maps: &mut PolicyMaps,
         registry: &mut RuleRegistry,
         pending: &BTreeMap<String, CompiledEndpoint>,
     ) -> Result<(), MapsError> {
@@ -282,6 +253,7 @@ impl PolicyProgrammer {
         for id in &live {
             desired.insert(*id, registry.info(*id).unwrap_or_default());
         }
+        let maps = &mut self.maps;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e.to_string()))?;
         for (id, info) in &desired {
             if self.rules_written.get(id) == Some(info) {
@@ -320,7 +292,8 @@ impl PolicyProgrammer {
     /// On the first stage after a (re)start: the maps may hold generations an earlier agent
     /// wrote, which stay in force until the endpoint entries switch. New ids start above
     /// every id found, and everything found is retired once the switch is done.
-    fn adopt(&mut self, maps: &mut PolicyMaps) -> Result<(), MapsError> {
+    fn adopt(&mut self) -> Result<(), MapsError> {
+        let maps = &self.maps;
         let mut stale = StaleEntries::default();
         for key in maps.policies.keys() {
             let key = key.map_err(map_err(map_names::POLICIES))?;

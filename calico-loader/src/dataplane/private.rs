@@ -2,15 +2,16 @@
 //! nowhere, programmed from a snapshot of resources. `trace --datastore`, the program tests and
 //! the microbenchmarks use it; the host's dataplane is never touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use aya::Ebpf;
 
 use super::{
-    DataplaneError, map_contents,
-    maps::{MapContents, Maps},
+    error::DataplaneError,
+    maps::{MapContents, Maps, PolicyMaps},
     netlink::LinkDetails,
-    policy::{PolicyMaps, PolicyProgrammer},
+    policy::PolicyManager,
+    switch::{Unprogrammed, switch_policy},
 };
 use crate::{
     datastore::Snapshot,
@@ -36,8 +37,7 @@ pub enum PrivateDataplaneError {
 /// Maps of a loaded object, with the policy state that programs them.
 pub struct PrivateDataplane {
     pub maps: Maps,
-    pub policy_maps: PolicyMaps,
-    pub programmer: PolicyProgrammer,
+    pub policy: PolicyManager,
     pub registry: RuleRegistry,
 }
 
@@ -46,15 +46,16 @@ impl PrivateDataplane {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, PrivateDataplaneError> {
         Ok(Self {
             maps: Maps::from_ebpf(ebpf).map_err(DataplaneError::from)?,
-            policy_maps: PolicyMaps::from_ebpf(ebpf).map_err(DataplaneError::from)?,
-            programmer: PolicyProgrammer::default(),
+            policy: PolicyManager::new(PolicyMaps::from_ebpf(ebpf).map_err(DataplaneError::from)?),
             registry: RuleRegistry::default(),
         })
     }
 
     /// Programs `endpoints` (each with the link it is given) and their policies compiled from
     /// `snapshot`, which must hold a WorkloadEndpoint for each (`key` is `namespace/name`).
-    /// Returns the contents written to the forwarding maps, for a caller that adds to them.
+    /// Every endpoint must be programmed: a policy that cannot be is an error, and then no
+    /// endpoint entry has been switched. Returns the contents written to the forwarding maps,
+    /// for a caller that adds to them.
     pub fn program(
         &mut self,
         snapshot: &Snapshot,
@@ -73,34 +74,19 @@ impl PrivateDataplane {
                 compile_endpoint(&context, &mut self.registry, wep)?,
             );
         }
-        let wanted: BTreeSet<String> = compiled.keys().cloned().collect();
-        let staged = self
-            .programmer
-            .stage(&mut self.policy_maps, &wanted, &compiled)
-            .map_err(DataplaneError::from)?;
-        if let Some(error) = staged.errors.first() {
-            return Err(PrivateDataplaneError::Program(error.clone()));
-        }
-        let mut programmed = Vec::new();
-        for (endpoint, link) in endpoints {
-            let ids = self.programmer.policy_ids(&endpoint.key).ok_or_else(|| {
-                PrivateDataplaneError::Program(format!(
-                    "endpoint {}: no policy programmed",
-                    endpoint.key
-                ))
-            })?;
-            programmed.push((endpoint, link, ids));
-        }
-        let contents = map_contents(programmed);
-        self.maps
-            .reconcile(&contents)
-            .map_err(DataplaneError::from)?;
-        self.programmer
-            .retire(&mut self.policy_maps)
-            .map_err(DataplaneError::from)?;
-        self.programmer
-            .sync_rules(&mut self.policy_maps, &mut self.registry, &compiled)
-            .map_err(DataplaneError::from)?;
-        Ok(contents)
+        let endpoints: Vec<_> = endpoints.iter().map(|(e, link)| (e, link)).collect();
+        let switched = switch_policy(
+            &mut self.policy,
+            &mut self.maps,
+            &mut self.registry,
+            &endpoints,
+            &compiled,
+            Unprogrammed::Fail,
+        )
+        .map_err(|e| match e {
+            DataplaneError::Unprogrammed(error) => PrivateDataplaneError::Program(error),
+            other => PrivateDataplaneError::Dataplane(other),
+        })?;
+        Ok(switched.contents)
     }
 }

@@ -1,0 +1,212 @@
+//! The ordered policy switch: the one sequence that brings new policy into force, shared by the
+//! host's dataplane and the private one (`trace --datastore`, the program tests, the
+//! microbenchmarks).
+//!
+//! Policy must never fail open. An endpoint entry is how the programs find the policy of an
+//! interface, so the order in which the policy maps and the endpoint entries are written is what
+//! keeps a packet from meeting a half-written policy, or none. [`switch_policy`] is the only
+//! place that order is written down.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    endpoints::endpoint_entries,
+    error::DataplaneError,
+    maps::{MapContents, Maps, ReconcileStats},
+    netlink::LinkDetails,
+    policy::PolicyManager,
+    routes::route_entries,
+};
+use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
+
+/// What [`switch_policy`] does about an endpoint it cannot program (its policy does not fit, or
+/// it never had a complete generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unprogrammed {
+    /// Report it and go on: the endpoint keeps the generation it has, or, having none, gets no
+    /// endpoint entry (its traffic is dropped). The others are switched regardless.
+    Report,
+    /// Stop with [`DataplaneError::Unprogrammed`] before any endpoint entry is written.
+    Fail,
+}
+
+/// What [`switch_policy`] did.
+#[derive(Debug, Default)]
+pub struct Switched {
+    /// Policy generations written: endpoint, direction, policy id, entries.
+    pub written: Vec<(String, &'static str, u32, usize)>,
+    /// Endpoints that could not be programmed (with [`Unprogrammed::Report`]).
+    pub errors: Vec<String>,
+    /// What the forwarding maps hold now.
+    pub contents: MapContents,
+    /// Forwarding map entries written and removed.
+    pub map_changes: ReconcileStats,
+    /// Policy map entries of replaced generations, deleted after the switch.
+    pub entries_removed: usize,
+    /// Policy map entries in use after the switch.
+    pub entries: usize,
+}
+
+/// Brings the compiled policies of `endpoints` (each with its interface) into force, in the
+/// order that keeps policy from failing open:
+///
+/// 1. **stage**: every endpoint direction whose compiled policy changed gets a complete new
+///    generation in the policy maps, next to the one in force;
+/// 2. **switch**: the endpoint entries (with the allowed sources, counters and the route map
+///    entries that lead to them) are written, each naming its newest complete generation;
+/// 3. **retire**: only then are the replaced generations (and, after a restart, whatever an
+///    earlier agent left) deleted;
+/// 4. **sync rules**: the rules map is made to describe the rule ids in use, and the registry
+///    forgets the others.
+///
+/// The invariant: an endpoint entry never points at a policy generation that is not completely
+/// written, and no generation is removed while an endpoint entry may still point at it. An
+/// endpoint absent from `compiled` (its policy did not compile) keeps the generation in force;
+/// an endpoint that has none gets no entry, so its traffic is dropped, never let through
+/// unchecked. The error naming the policy, rule and field is the compiler's, reported by the
+/// caller; `unprogrammed` says what to do about endpoints that cannot be programmed here.
+pub fn switch_policy(
+    policy: &mut PolicyManager,
+    maps: &mut Maps,
+    registry: &mut RuleRegistry,
+    endpoints: &[(&LocalEndpoint, &LinkDetails)],
+    compiled: &BTreeMap<String, CompiledEndpoint>,
+    unprogrammed: Unprogrammed,
+) -> Result<Switched, DataplaneError> {
+    let wanted: BTreeSet<String> = endpoints.iter().map(|(e, _)| e.key.clone()).collect();
+    let staged = policy.stage(&wanted, compiled)?;
+    let mut errors = staged.errors;
+    if unprogrammed == Unprogrammed::Fail
+        && let Some(error) = errors.first()
+    {
+        return Err(DataplaneError::Unprogrammed(error.clone()));
+    }
+    let mut programmed = Vec::new();
+    for (endpoint, link) in endpoints {
+        match (policy.policy_ids(&endpoint.key), unprogrammed) {
+            (Some(ids), _) => programmed.push((*endpoint, *link, ids)),
+            (None, Unprogrammed::Report) => errors.push(format!(
+                "endpoint {}: no policy could be programmed yet; its traffic is dropped",
+                endpoint.key
+            )),
+            (None, Unprogrammed::Fail) => {
+                return Err(DataplaneError::Unprogrammed(format!(
+                    "endpoint {}: no policy programmed",
+                    endpoint.key
+                )));
+            }
+        }
+    }
+    let contents = map_contents(programmed);
+    let map_changes = maps.reconcile(&contents)?;
+    let entries_removed = policy.retire()?;
+    policy.sync_rules(registry, compiled)?;
+    Ok(Switched {
+        written: staged.written,
+        errors,
+        contents,
+        map_changes,
+        entries_removed,
+        entries: policy.entries(),
+    })
+}
+
+/// The forwarding map contents that serve `endpoints`, each with its (ingress, egress) policy
+/// ids: the endpoint manager's entries and the route manager's.
+pub fn map_contents<'a>(
+    endpoints: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails, (u32, u32))>,
+) -> MapContents {
+    let mut contents = MapContents::default();
+    for (endpoint, link, policy_ids) in endpoints {
+        endpoint_entries(&mut contents, endpoint, link, policy_ids);
+        route_entries(&mut contents, endpoint, link);
+    }
+    contents
+}
+
+#[cfg(test)]
+mod tests {
+    use calico_ebpf_common::{
+        RouteKind, SourceKeyV4, SourceKeyV6, endpoint_flags,
+        source_flags::{ALLOWED_SPOOF, OWN_ADDRESS},
+    };
+
+    use super::{super::maps, *};
+
+    fn endpoint() -> (LocalEndpoint, LinkDetails) {
+        (
+            LocalEndpoint {
+                key: "ns/wep".into(),
+                interface: "cali0123456789a".into(),
+                mac: Some([0xca, 0xfe, 0, 0, 0, 1]),
+                networks: vec![
+                    "198.18.0.11/32".parse().unwrap(),
+                    "2001:db8::11/128".parse().unwrap(),
+                ],
+                allowed_spoof: vec![
+                    "198.18.0.0/24".parse().unwrap(),
+                    "198.18.0.11/32".parse().unwrap(),
+                ],
+            },
+            LinkDetails {
+                ifindex: 7,
+                name: "cali0123456789a".into(),
+                mac: [0xee; 6],
+            },
+        )
+    }
+
+    #[test]
+    fn map_contents_encode_routes_sources_and_endpoint() {
+        let (endpoint, link) = endpoint();
+        let contents = map_contents([(&endpoint, &link, (1, 2))]);
+
+        let route = contents.routes_v4[&(32, [198, 18, 0, 11])];
+        assert_eq!(route.kind, RouteKind::LocalWorkload as u32);
+        assert_eq!(
+            (route.ifindex, route.mac, route.host_mac),
+            (7, [0xca, 0xfe, 0, 0, 0, 1], [0xee; 6])
+        );
+        let v6: [u8; 16] = "2001:db8::11"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        assert_eq!(contents.routes_v6[&(128, v6)].ifindex, 7);
+        assert_eq!(
+            contents.routes_v4.len(),
+            1,
+            "allowed-spoof prefixes are not routes"
+        );
+
+        // Source keys: prefix length covers the 32-bit ifindex plus the address prefix; an
+        // address that is both own and allowed carries both flags.
+        let own = maps::source_v4_bytes(&SourceKeyV4 {
+            ifindex: 7,
+            addr: [198, 18, 0, 11],
+        });
+        assert_eq!(contents.sources_v4[&(64, own)], OWN_ADDRESS | ALLOWED_SPOOF);
+        let net = maps::source_v4_bytes(&SourceKeyV4 {
+            ifindex: 7,
+            addr: [198, 18, 0, 0],
+        });
+        assert_eq!(contents.sources_v4[&(56, net)], ALLOWED_SPOOF);
+        let own6 = maps::source_v6_bytes(&SourceKeyV6 {
+            ifindex: 7,
+            addr: v6,
+        });
+        assert_eq!(contents.sources_v6[&(160, own6)], OWN_ADDRESS);
+
+        let info = contents.endpoints[&7];
+        assert_eq!(info.name_bytes(), b"ns/wep");
+        assert_eq!(info.ifname_bytes(), b"cali0123456789a");
+        assert_eq!(info.flags, endpoint_flags::WORKLOAD);
+    }
+
+    #[test]
+    fn an_endpoint_without_mac_gets_a_zero_mac() {
+        let (mut endpoint, link) = endpoint();
+        endpoint.mac = None;
+        let contents = map_contents([(&endpoint, &link, (1, 2))]);
+        assert_eq!(contents.routes_v4[&(32, [198, 18, 0, 11])].mac, [0; 6]);
+    }
+}
