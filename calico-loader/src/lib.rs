@@ -5,7 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;
-pub mod inspect;
+pub mod dump;
 pub mod microbench;
 pub mod model;
 pub mod packets;
