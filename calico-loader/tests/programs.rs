@@ -41,6 +41,45 @@ const RECEIVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const NOT_OURS_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
 const BLACKHOLE_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 1);
 
+/// Checks the IPv4 header checksum of a frame and the UDP checksum of its payload.
+fn assert_ipv4_checksums_valid(frame: &[u8]) {
+    let ip = &frame[14..];
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(
+        ones_complement_sum(&ip[..header_len], 0),
+        0xffff,
+        "IPv4 header checksum is wrong: {:02x?}",
+        &ip[..header_len]
+    );
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &ip[header_len..total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    assert_eq!(
+        ones_complement_sum(&pseudo, 0),
+        0xffff,
+        "UDP checksum is wrong"
+    );
+}
+
+fn assert_ipv6_udp_checksum_valid(frame: &[u8]) {
+    let ip = &frame[14..];
+    let l4 = &ip[40..];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[8..40]);
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
+    pseudo.extend_from_slice(l4);
+    assert_eq!(
+        ones_complement_sum(&pseudo, 0),
+        0xffff,
+        "UDP/IPv6 checksum is wrong"
+    );
+}
+
 struct Fixture {
     ebpf: Ebpf,
     dataplane: PrivateDataplane,
