@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::DatastoreArgs;
+use super::resources::DatastoreArgs;
 use crate::{
     agent::AgentConfig,
     dataplane::{

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use super::Output;
+use super::output::{Output, print};
 use crate::{
     dataplane::bpffs::{DEFAULT_PIN_PATH, PinLayout},
     dump,
@@ -76,16 +76,4 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
             dump::rules_table,
         ),
     }
-}
-
-fn print<T: serde::Serialize>(
-    output: Output,
-    rows: &[T],
-    table: impl Fn(&[T]) -> String,
-) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
-        Output::Table => print!("{}", table(rows)),
-    }
-    Ok(())
 }

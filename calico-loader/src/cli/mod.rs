@@ -7,16 +7,16 @@
 //! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
 //! - [`trace`]: `trace`, why a packet is allowed or dropped.
 //! - [`microbench`]: `microbench`, the programs' cost through BPF_PROG_TEST_RUN.
+//! - [`output`]: the table-or-JSON choice of `dump` and `trace`.
 
 pub mod agent;
 pub mod dump;
 pub mod microbench;
+pub mod output;
 pub mod resources;
 pub mod trace;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-pub use self::resources::{DatastoreArgs, DatastoreType, GetOutput};
+use clap::{Parser, Subcommand};
 
 /// `calico-loader`'s arguments.
 #[derive(Parser)]
@@ -59,13 +59,6 @@ pub enum Command {
     /// Detach every program, and remove the pinned maps and links and the kernel routes the
     /// agent made.
     Cleanup(agent::CleanupArgs),
-}
-
-/// Output format of `dump` and `trace`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 /// Logs go to stderr (coloured on a terminal), at `RUST_LOG`'s level or `info`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use super::Output;
+use super::output::Output;
 use crate::{
     dataplane::bpffs::{DEFAULT_PIN_PATH, PinLayout},
     trace,
