@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     cmd::{Cmd, CmdError},
-    output::warn,
+    output::{warn, with_causes},
 };
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -213,8 +213,9 @@ impl Drop for Netns {
         let del = Cmd::new("ip").args(["netns", "del", &self.name]);
         if let Err(err) = del.privileged().cleanup().run() {
             warn(format!(
-                "could not delete network namespace {}: {err}",
-                self.name
+                "could not delete network namespace {}: {}",
+                self.name,
+                with_causes(&err)
             ));
         }
     }

@@ -3,6 +3,7 @@
 
 use std::{
     env,
+    error::Error,
     fmt::Display,
     io::{self, IsTerminal as _},
 };
@@ -40,4 +41,34 @@ pub fn explain(text: impl Display) {
 /// Prints a warning.
 pub fn warn(text: impl Display) {
     eprintln!("{}", styled("1;33", format_args!("warning: {text}")));
+}
+
+/// `err` followed by its causes, `: `-separated, the way anyhow's `{:#}` shows an error.
+pub fn with_causes(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_causes_lists_the_chain_as_anyhow_does() {
+        let err = crate::cmd::CmdError::Spawn {
+            command: "ip netns add x".into(),
+            hint: String::new(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        };
+        assert_eq!(
+            with_causes(&err),
+            "failed to start `ip netns add x`: denied"
+        );
+    }
 }

@@ -174,7 +174,8 @@ fn bpf_linker() -> Result<()> {
     if let Err(err) = install(true) {
         signals::check_interrupted()?;
         output::warn(format!(
-            "{err:#}; retrying without --locked (newer compatible dependencies)"
+            "{}; retrying without --locked (newer compatible dependencies)",
+            output::with_causes(&err)
         ));
         install(false)?;
     }

@@ -275,11 +275,14 @@ pub fn cleanup_pins(loader: &Path, host_netns: &Path, pin_path: &Path) {
         .arg(pin_path)
         .cleanup();
     if let Err(err) = cleanup.run() {
-        output::warn(format!("{err:#}; removing the pins by hand"));
+        output::warn(format!(
+            "{}; removing the pins by hand",
+            output::with_causes(&err)
+        ));
     }
     let rm = Cmd::new("rm").arg("-rf").arg(pin_path);
     if let Err(err) = rm.privileged().cleanup().run() {
-        output::warn(format!("{err:#}"));
+        output::warn(output::with_causes(&err));
     }
 }
 

@@ -90,7 +90,7 @@ fn first_line(cmd: &Cmd) -> String {
             .map(|l| l.trim().to_owned())
             .find(|l| !l.is_empty())
             .unwrap_or_else(|| "?".into()),
-        Err(err) => format!("unavailable: {err:#}"),
+        Err(err) => format!("unavailable: {}", output::with_causes(&err)),
     }
 }
 

@@ -261,7 +261,11 @@ impl Drop for Sysctl {
     fn drop(&mut self) {
         let restore = Cmd::new("sysctl").args(["-qw", &format!("{}={}", self.name, self.old)]);
         if let Err(err) = restore.privileged().cleanup().run() {
-            output::warn(format!("could not restore {}: {err:#}", self.name));
+            output::warn(format!(
+                "could not restore {}: {}",
+                self.name,
+                output::with_causes(&err)
+            ));
         }
     }
 }
@@ -547,7 +551,7 @@ impl Drop for IptablesRules<'_> {
         }
         for cmd in self.commands() {
             if let Err(err) = cmd.cleanup().run() {
-                output::warn(format!("{err:#}"));
+                output::warn(output::with_causes(&err));
             }
         }
     }
@@ -737,7 +741,7 @@ impl Drop for NftRules<'_> {
             return;
         }
         if let Err(err) = self.delete_table().cleanup().run() {
-            output::warn(format!("{err:#}"));
+            output::warn(output::with_causes(&err));
         }
     }
 }
