@@ -163,7 +163,9 @@ impl Netns {
             panic!("Netns::exec needs a command to run in {}", self.name);
         };
         let cmd = self.command(program).args(rest);
-        let output = cmd.capture().unwrap_or_else(|e| panic!("{e}"));
+        let output = cmd
+            .capture()
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
         assert!(
             output.status.success(),
             "`{}` failed: {}{}",
@@ -194,17 +196,11 @@ impl Netns {
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = self.path();
         thread::spawn(move || {
-            enter_thread(&path).unwrap_or_else(|e| panic!("{e}: {}", io_source(&e)));
+            enter_thread(&path).unwrap_or_else(|e| panic!("{}", with_causes(&e)));
             f()
         })
         .join()
         .unwrap_or_else(|_| panic!("a thread in namespace {} panicked", self.name))
-    }
-}
-
-fn io_source(e: &EnterError) -> &io::Error {
-    match e {
-        EnterError::Open { source, .. } | EnterError::Setns { source, .. } => source,
     }
 }
 

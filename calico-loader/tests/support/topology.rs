@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use testbed::output::with_causes;
 pub use testbed::{Netns, netns::unique, privileges::require_root};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -30,7 +31,7 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 ///
 /// `ip` failing.
 pub fn netns(prefix: &str) -> Netns {
-    let ns = Netns::create(unique(prefix)).unwrap_or_else(|e| panic!("{e}"));
+    let ns = Netns::create(unique(prefix)).unwrap_or_else(|e| panic!("{}", with_causes(&e)));
     ns.exec(&["ip", "link", "set", "lo", "up"]);
     ns
 }
@@ -139,7 +140,7 @@ impl Topology {
                 "eth0",
                 &workload.mac_string(),
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
         let ns = &workload.ns;
         ns.exec(&["ip", "link", "set", "eth0", "up"]);
         ns.exec(&[
