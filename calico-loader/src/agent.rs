@@ -209,7 +209,7 @@ impl LogLimiter {
             rule = %registry.describe(event.log_rule),
             direction = if event.direction == direction::INGRESS { "ingress" } else { "egress" },
             ifindex = event.ifindex,
-            protocol = %crate::inspect::protocol_name(event.proto),
+            protocol = %crate::dump::protocol_name(event.proto),
             src = %addr(&event.src),
             dst = %addr(&event.dst),
             sport = event.sport,

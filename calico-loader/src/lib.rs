@@ -5,8 +5,13 @@ pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;
-pub mod inspect;
+pub mod dump;
 pub mod microbench;
 pub mod model;
+// Crafted packets: internal to `trace` and `microbench`, public only for the program tests
+// (feature `packets`).
+#[cfg(feature = "packets")]
 pub mod packets;
+#[cfg(not(feature = "packets"))]
+mod packets;
 pub mod trace;

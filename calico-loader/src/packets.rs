@@ -1,6 +1,9 @@
-//! Crafted packets: for program tests, microbenchmarks and (later) `trace`, and checks of what
-//! the programs wrote. Checksums are computed, so the packets are valid unless a test breaks
-//! them on purpose.
+//! Crafted packets: the one `trace` runs the policy code on, the microbenchmark's, and the
+//! program tests'. Checksums are computed, so the packets are valid unless a test breaks them on
+//! purpose.
+//!
+//! Internal to the crate; the `packets` feature makes it public for the program tests, and adds
+//! the builders only they use.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -92,6 +95,7 @@ pub fn ipv4(
     ip
 }
 
+#[cfg(feature = "packets")]
 /// A UDP datagram with a correct checksum over the IPv6 pseudo-header.
 pub fn udp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     udp(sport, dport, payload, |len| {
@@ -136,6 +140,7 @@ pub fn udp_v4_frame(
     )
 }
 
+#[cfg(feature = "packets")]
 pub fn udp_v6_frame(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
     let udp = udp_v6(src, dst, 40000, 5201, b"calico-ebpf test payload");
     ethernet(
@@ -146,6 +151,7 @@ pub fn udp_v6_frame(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u
     )
 }
 
+#[cfg(feature = "packets")]
 /// A broadcast ARP request from `sender` asking for `target`.
 pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
@@ -154,43 +160,4 @@ pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> V
     arp.extend_from_slice(&[0; 6]);
     arp.extend_from_slice(&target.octets());
     ethernet([0xff; 6], sender_mac, 0x0806, &arp)
-}
-
-/// Checks the IPv4 header checksum of a frame and the UDP checksum of its payload.
-pub fn assert_ipv4_checksums_valid(frame: &[u8]) {
-    let ip = &frame[14..];
-    let header_len = usize::from(ip[0] & 0x0f) * 4;
-    assert_eq!(
-        ones_complement_sum(&ip[..header_len], 0),
-        0xffff,
-        "IPv4 header checksum is wrong: {:02x?}",
-        &ip[..header_len]
-    );
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4 = &ip[header_len..total];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, ip[9]]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(l4);
-    assert_eq!(
-        ones_complement_sum(&pseudo, 0),
-        0xffff,
-        "UDP checksum is wrong"
-    );
-}
-
-pub fn assert_ipv6_udp_checksum_valid(frame: &[u8]) {
-    let ip = &frame[14..];
-    let l4 = &ip[40..];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[8..40]);
-    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
-    pseudo.extend_from_slice(l4);
-    assert_eq!(
-        ones_complement_sum(&pseudo, 0),
-        0xffff,
-        "UDP/IPv6 checksum is wrong"
-    );
 }

@@ -30,7 +30,7 @@ use crate::{
         netlink::LinkDetails, private::PrivateDataplane,
     },
     datastore::local::LocalDatastore,
-    inspect::rule_words,
+    dump::rule_words,
     model::LocalEndpoint,
     packets,
 };

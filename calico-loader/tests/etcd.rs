@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{etcd::Etcd, netns::*};
+use support::{etcd::Etcd, topology::*};
 
 const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
 
@@ -430,446 +430,451 @@ fn calicoctl_values_read_back() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// The agent on etcd, with traffic
+/// The agent on etcd, with traffic between workloads: these need root (BPF, network
+/// namespaces), and `cargo test -- privileged::` selects them.
+mod privileged {
+    use super::*;
 
-const NODE: &str = "test-node";
+    // ---------------------------------------------------------------------------------------------
+    // The agent on etcd, with traffic
 
-/// The value calicoctl stores for a resource: JSON of the v3 object, with uid and
-/// creationTimestamp.
-fn calicoctl_json(yaml: &str) -> String {
-    let value: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
-    let mut value: Value = serde_json::to_value(value).expect("json");
-    value["metadata"]["uid"] = "0b7c3c1e-1111-4222-8333-444455556666".into();
-    value["metadata"]["creationTimestamp"] = "2024-05-01T10:00:00Z".into();
-    serde_json::to_string(&value).expect("json")
-}
+    const NODE: &str = "test-node";
 
-/// Etcd in the host namespace, holding the allow-all profile and the workloads' endpoints
-/// (put with etcdctl, as calicoctl stores them), and the agent following it.
-fn start_on_etcd(topology: &Topology, datastore: &Datastore) -> (Etcd, Agent) {
-    let etcd = Etcd::start_in(Some(&topology.host.path()));
-    put_base(&etcd, topology);
-    let url = etcd.client_url.clone();
-    let agent = Agent::start(
-        topology,
-        datastore,
-        NODE,
-        &["--datastore-type", "etcdv3", "--etcd-endpoints", &url],
-    );
-    let ifnames: Vec<&str> = topology
-        .workloads
-        .iter()
-        .map(|w| w.host_ifname.as_str())
-        .collect();
-    agent.wait_attached(&ifnames);
-    (etcd, agent)
-}
+    /// The value calicoctl stores for a resource: JSON of the v3 object, with uid and
+    /// creationTimestamp.
+    fn calicoctl_json(yaml: &str) -> String {
+        let value: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        let mut value: Value = serde_json::to_value(value).expect("json");
+        value["metadata"]["uid"] = "0b7c3c1e-1111-4222-8333-444455556666".into();
+        value["metadata"]["creationTimestamp"] = "2024-05-01T10:00:00Z".into();
+        serde_json::to_string(&value).expect("json")
+    }
 
-/// The allow-all profile, the workloads' endpoints and an endpoint of another node.
-fn put_base(etcd: &Etcd, topology: &Topology) {
-    etcd.put(
+    /// Etcd in the host namespace, holding the allow-all profile and the workloads' endpoints
+    /// (put with etcdctl, as calicoctl stores them), and the agent following it.
+    fn start_on_etcd(topology: &Topology, datastore: &Datastore) -> (Etcd, Agent) {
+        let etcd = Etcd::start_in(Some(&topology.host.path()));
+        put_base(&etcd, topology);
+        let url = etcd.client_url.clone();
+        let agent = Agent::start(
+            topology,
+            datastore,
+            NODE,
+            &["--datastore-type", "etcdv3", "--etcd-endpoints", &url],
+        );
+        let ifnames: Vec<&str> = topology
+            .workloads
+            .iter()
+            .map(|w| w.host_ifname.as_str())
+            .collect();
+        agent.wait_attached(&ifnames);
+        (etcd, agent)
+    }
+
+    /// The allow-all profile, the workloads' endpoints and an endpoint of another node.
+    fn put_base(etcd: &Etcd, topology: &Topology) {
+        etcd.put(
         &format!("{PREFIX}profiles/{ALLOW_ALL_PROFILE}"),
         &calicoctl_json(&format!(
             "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: {ALLOW_ALL_PROFILE}}}\n\
              spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}\n"
         )),
     );
-    for w in &topology.workloads {
+        for w in &topology.workloads {
+            etcd.put(
+                &format!(
+                    "{PREFIX}workloadendpoints/test/{NODE}-cni-wl{}-eth0",
+                    w.index
+                ),
+                &calicoctl_json(&w.endpoint_yaml(NODE)),
+            );
+        }
+        // An endpoint of another node: not programmed here, but its labels still feed selectors.
         etcd.put(
-            &format!(
-                "{PREFIX}workloadendpoints/test/{NODE}-cni-wl{}-eth0",
-                w.index
-            ),
-            &calicoctl_json(&w.endpoint_yaml(NODE)),
-        );
-    }
-    // An endpoint of another node: not programmed here, but its labels still feed selectors.
-    etcd.put(
         &format!("{PREFIX}workloadendpoints/test/other-node-cni-remote-eth0"),
         &calicoctl_json("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: other-node-cni-remote-eth0, namespace: test, labels: {app: remote}}\nspec: {node: other-node, orchestrator: cni, workload: remote, endpoint: eth0, interfaceName: caliremote0, ipNetworks: [198.18.1.99/32]}\n"),
     );
-}
+    }
 
-const DENY_KEY: &str =
-    "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/default.deny-wl1-to-wl2";
+    const DENY_KEY: &str =
+        "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/default.deny-wl1-to-wl2";
 
-/// Denies TCP from wl1 to wl2 (ingress of wl2), ahead of the allow-all profile.
-fn deny_policy() -> String {
-    calicoctl_json(
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: default.deny-wl1-to-wl2}\n\
+    /// Denies TCP from wl1 to wl2 (ingress of wl2), ahead of the allow-all profile.
+    fn deny_policy() -> String {
+        calicoctl_json(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: default.deny-wl1-to-wl2}\n\
          spec:\n  tier: default\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress:\n  \
          - {action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}\n  - {action: Pass}\n",
-    )
-}
-
-fn tcp_works(topology: &Topology) -> bool {
-    let (w1, w2) = (topology.workload(1), topology.workload(2));
-    tcp_echo(w1, w2, IpAddr::V4(w2.v4), "hello\n").is_ok_and(|echo| echo == "hello\n")
-}
-
-#[test]
-fn agent_follows_keys_put_with_etcdctl() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let (etcd, agent) = start_on_etcd(&topology, &datastore);
-    assert!(
-        tcp_works(&topology),
-        "allowed by the profile; agent log:\n{}",
-        agent.log()
-    );
-
-    etcd.put(DENY_KEY, &deny_policy());
-    wait_for(
-        "the deny policy to take effect",
-        Duration::from_secs(10),
-        || !tcp_works(&topology),
-    );
-    // ICMP is not denied.
-    let w2 = topology.workload(2);
-    assert!(topology.workload(1).ping(IpAddr::V4(w2.v4)));
-
-    etcd.del(DENY_KEY);
-    wait_for("the deny policy to go", Duration::from_secs(10), || {
-        tcp_works(&topology)
-    });
-
-    // The same through the CLI: `apply` stores it, the agent enforces it; `delete` lifts it.
-    let policy = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: cli-deny}\n\
-                  spec:\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress:\n  \
-                  - {action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}\n  - {action: Pass}\n";
-    let applied = etcd.loader(&["apply", "-f", "-"], Some(policy));
-    assert!(
-        applied.status.success(),
-        "apply: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    wait_for(
-        "the policy applied with the CLI to take effect",
-        Duration::from_secs(10),
-        || !tcp_works(&topology),
-    );
-    let deleted = etcd.loader(&["delete", "globalnetworkpolicy", "cli-deny"], None);
-    assert!(
-        deleted.status.success(),
-        "delete: {}",
-        String::from_utf8_lossy(&deleted.stderr)
-    );
-    wait_for(
-        "the policy deleted with the CLI to go",
-        Duration::from_secs(10),
-        || tcp_works(&topology),
-    );
-
-    // The remote endpoint is not programmed on this node.
-    let endpoints = agent.dump("endpoints").to_string();
-    assert!(
-        !endpoints.contains("caliremote0") && !endpoints.contains("198.18.1.99"),
-        "{endpoints}"
-    );
-    agent.assert_running();
-}
-
-/// Sends UDP from wl1 to wl2 every 100 ms until stopped; counts exchanges that failed.
-struct Probe {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    lost: Arc<AtomicU64>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Probe {
-    fn start(topology: &Topology) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let lost = Arc::new(AtomicU64::new(0));
-        // The workloads' namespaces outlive the probe: it is stopped before the topology goes.
-        let w1 = topology.workload(1).ns.path();
-        let w2 = topology.workload(2).ns.path();
-        let dst = topology.workload(2).v4;
-        let (s, n, l) = (stop.clone(), sent.clone(), lost.clone());
-        let thread = thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                // Each probe: a ping of one packet, wl1 -> wl2, 1 s timeout.
-                let ok = std::process::Command::new("nsenter")
-                    .arg(format!("--net={}", w1.display()))
-                    .args(["ping", "-c", "1", "-W", "1", &dst.to_string()])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|st| st.success());
-                n.fetch_add(1, Ordering::SeqCst);
-                if !ok {
-                    l.fetch_add(1, Ordering::SeqCst);
-                }
-                let _ = &w2;
-                thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Self {
-            stop,
-            sent,
-            lost,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        (
-            self.sent.load(Ordering::SeqCst),
-            self.lost.load(Ordering::SeqCst),
         )
     }
-}
 
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    fn tcp_works(topology: &Topology) -> bool {
+        let (w1, w2) = (topology.workload(1), topology.workload(2));
+        tcp_echo(w1, w2, IpAddr::V4(w2.v4), "hello\n").is_ok_and(|echo| echo == "hello\n")
+    }
+
+    #[test]
+    fn agent_follows_keys_put_with_etcdctl() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (etcd, agent) = start_on_etcd(&topology, &datastore);
+        assert!(
+            tcp_works(&topology),
+            "allowed by the profile; agent log:\n{}",
+            agent.log()
+        );
+
+        etcd.put(DENY_KEY, &deny_policy());
+        wait_for(
+            "the deny policy to take effect",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+        // ICMP is not denied.
+        let w2 = topology.workload(2);
+        assert!(topology.workload(1).ping(IpAddr::V4(w2.v4)));
+
+        etcd.del(DENY_KEY);
+        wait_for("the deny policy to go", Duration::from_secs(10), || {
+            tcp_works(&topology)
+        });
+
+        // The same through the CLI: `apply` stores it, the agent enforces it; `delete` lifts it.
+        let policy = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: cli-deny}\n\
+                  spec:\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress:\n  \
+                  - {action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}\n  - {action: Pass}\n";
+        let applied = etcd.loader(&["apply", "-f", "-"], Some(policy));
+        assert!(
+            applied.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        wait_for(
+            "the policy applied with the CLI to take effect",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+        let deleted = etcd.loader(&["delete", "globalnetworkpolicy", "cli-deny"], None);
+        assert!(
+            deleted.status.success(),
+            "delete: {}",
+            String::from_utf8_lossy(&deleted.stderr)
+        );
+        wait_for(
+            "the policy deleted with the CLI to go",
+            Duration::from_secs(10),
+            || tcp_works(&topology),
+        );
+
+        // The remote endpoint is not programmed on this node.
+        let endpoints = agent.dump("endpoints").to_string();
+        assert!(
+            !endpoints.contains("caliremote0") && !endpoints.contains("198.18.1.99"),
+            "{endpoints}"
+        );
+        agent.assert_running();
+    }
+
+    /// Sends UDP from wl1 to wl2 every 100 ms until stopped; counts exchanges that failed.
+    struct Probe {
+        stop: Arc<AtomicBool>,
+        sent: Arc<AtomicU64>,
+        lost: Arc<AtomicU64>,
+        thread: Option<thread::JoinHandle<()>>,
+    }
+
+    impl Probe {
+        fn start(topology: &Topology) -> Self {
+            let stop = Arc::new(AtomicBool::new(false));
+            let sent = Arc::new(AtomicU64::new(0));
+            let lost = Arc::new(AtomicU64::new(0));
+            // The workloads' namespaces outlive the probe: it is stopped before the topology goes.
+            let w1 = topology.workload(1).ns.path();
+            let w2 = topology.workload(2).ns.path();
+            let dst = topology.workload(2).v4;
+            let (s, n, l) = (stop.clone(), sent.clone(), lost.clone());
+            let thread = thread::spawn(move || {
+                while !s.load(Ordering::SeqCst) {
+                    // Each probe: a ping of one packet, wl1 -> wl2, 1 s timeout.
+                    let ok = std::process::Command::new("nsenter")
+                        .arg(format!("--net={}", w1.display()))
+                        .args(["ping", "-c", "1", "-W", "1", &dst.to_string()])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|st| st.success());
+                    n.fetch_add(1, Ordering::SeqCst);
+                    if !ok {
+                        l.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = &w2;
+                    thread::sleep(Duration::from_millis(100));
+                }
+            });
+            Self {
+                stop,
+                sent,
+                lost,
+                thread: Some(thread),
+            }
+        }
+
+        fn finish(mut self) -> (u64, u64) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            (
+                self.sent.load(Ordering::SeqCst),
+                self.lost.load(Ordering::SeqCst),
+            )
         }
     }
-}
 
-/// How many times the agent listed etcd (as opposed to resuming its watch).
-fn listings(agent: &Agent) -> usize {
-    agent.log().matches("etcd listed").count()
-}
-
-#[test]
-fn agent_survives_etcd_restart() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let (mut etcd, mut agent) = start_on_etcd(&topology, &datastore);
-    assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
-
-    // etcd goes away: forwarding and enforcement go on with the last good state.
-    let probe = Probe::start(&topology);
-    etcd.kill();
-    thread::sleep(Duration::from_secs(3));
-    assert!(tcp_works(&topology), "forwarding goes on without etcd");
-    agent.assert_running();
-    // Back, and a change made at once, while the agent is reconnecting.
-    etcd.restart();
-    etcd.put(DENY_KEY, &deny_policy());
-    wait_for(
-        "the change made after the restart to take effect",
-        Duration::from_secs(20),
-        || !tcp_works(&topology),
-    );
-    let (sent, lost) = probe.finish();
-    assert!(sent >= 20, "probes sent: {sent}");
-    assert_eq!(
-        lost,
-        0,
-        "{lost} of {sent} pings wl1 -> wl2 failed during the outage; agent log:\n{}",
-        agent.log()
-    );
-    // The change came through the resumed watch: no second listing.
-    let log = agent.log();
-    assert!(log.contains("etcd watch interrupted"), "{log}");
-    assert_eq!(listings(&agent), 1, "agent log:\n{log}");
-    agent.assert_running();
-    agent.stop();
-}
-
-/// Freezes a process (SIGSTOP) until the guard goes; then it continues (SIGCONT), also when
-/// the test fails.
-struct Frozen(i32);
-
-impl Frozen {
-    fn new(pid: i32) -> Self {
-        // SAFETY: a signal to our own child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
-        Self(pid)
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
-}
 
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    /// How many times the agent listed etcd (as opposed to resuming its watch).
+    fn listings(agent: &Agent) -> usize {
+        agent.log().matches("etcd listed").count()
     }
-}
 
-/// After an interruption the agent resumes its watch from the last revision it saw + 1, so
-/// changes made meanwhile arrive as events and nothing is listed; when etcd has compacted that
-/// revision away, etcd refuses the resumed watch ("compacted") and the agent falls back to a
-/// full list and a new watch; when etcd's revision is behind what the agent saw (its data
-/// replaced), it lists as well.
-///
-/// Made deterministic by freezing the agent (SIGSTOP) while etcd restarts: its watch
-/// connection breaks before the changes that follow, which it cannot see. Thawed, it finds the
-/// connection gone and resumes from its last revision, which is still there (1), compacted
-/// (2) or beyond a new, empty store's revision (3). Each time the traffic between the
-/// workloads shows the agent converged on etcd's state, and the log which way it went.
-#[test]
-fn agent_resumes_its_watch_and_lists_again_only_after_compaction() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let (mut etcd, agent) = start_on_etcd(&topology, &datastore);
-    assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
-    assert_eq!(listings(&agent), 1, "agent log:\n{}", agent.log());
-    let pid = agent.pid().expect("agent running");
+    #[test]
+    fn agent_survives_etcd_restart() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (mut etcd, mut agent) = start_on_etcd(&topology, &datastore);
+        assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
 
-    // 1. Resumed: the deny policy, put while the agent was cut off, arrives through the
-    // resumed watch.
-    let frozen = Frozen::new(pid);
-    etcd.restart();
-    let resume_from = etcd.revision() + 1;
-    etcd.put(DENY_KEY, &deny_policy());
-    drop(frozen);
-    wait_for(
-        "the change to arrive through the resumed watch",
-        Duration::from_secs(20),
-        || !tcp_works(&topology),
-    );
-    let log = agent.log();
-    assert!(
-        log.contains(&format!("resuming the watch from revision {resume_from}")),
-        "{log}"
-    );
-    assert_eq!(listings(&agent), 1, "resumed without a listing:\n{log}");
-    assert!(!log.contains("falling back to a full list"), "{log}");
-
-    // 2. Compacted: cut off again, changes (the last one removes the deny policy) and a
-    // compaction past them; the agent's resumed watch gets etcd's compaction error.
-    let frozen = Frozen::new(pid);
-    etcd.restart();
-    let resume_from = etcd.revision() + 1;
-    let scratch = format!("{PREFIX}profiles/scratch");
-    for i in 0..5 {
-        etcd.put(&scratch, &calicoctl_json(&format!("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: scratch, labels: {{n: \"{i}\"}}}}\n")));
+        // etcd goes away: forwarding and enforcement go on with the last good state.
+        let probe = Probe::start(&topology);
+        etcd.kill();
+        thread::sleep(Duration::from_secs(3));
+        assert!(tcp_works(&topology), "forwarding goes on without etcd");
+        agent.assert_running();
+        // Back, and a change made at once, while the agent is reconnecting.
+        etcd.restart();
+        etcd.put(DENY_KEY, &deny_policy());
+        wait_for(
+            "the change made after the restart to take effect",
+            Duration::from_secs(20),
+            || !tcp_works(&topology),
+        );
+        let (sent, lost) = probe.finish();
+        assert!(sent >= 20, "probes sent: {sent}");
+        assert_eq!(
+            lost,
+            0,
+            "{lost} of {sent} pings wl1 -> wl2 failed during the outage; agent log:\n{}",
+            agent.log()
+        );
+        // The change came through the resumed watch: no second listing.
+        let log = agent.log();
+        assert!(log.contains("etcd watch interrupted"), "{log}");
+        assert_eq!(listings(&agent), 1, "agent log:\n{log}");
+        agent.assert_running();
+        agent.stop();
     }
-    etcd.del(DENY_KEY);
-    let compacted = etcd.revision();
-    assert!(compacted > resume_from, "{compacted} > {resume_from}");
-    etcd.etcdctl(&["compact", &compacted.to_string()]);
-    drop(frozen);
-    wait_for(
-        "the agent to list again after the compaction",
-        Duration::from_secs(20),
-        || tcp_works(&topology),
-    );
-    let log = agent.log();
-    assert!(
+
+    /// Freezes a process (SIGSTOP) until the guard goes; then it continues (SIGCONT), also when
+    /// the test fails.
+    struct Frozen(i32);
+
+    impl Frozen {
+        fn new(pid: i32) -> Self {
+            // SAFETY: a signal to our own child.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+            Self(pid)
+        }
+    }
+
+    impl Drop for Frozen {
+        fn drop(&mut self) {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+
+    /// After an interruption the agent resumes its watch from the last revision it saw + 1, so
+    /// changes made meanwhile arrive as events and nothing is listed; when etcd has compacted that
+    /// revision away, etcd refuses the resumed watch ("compacted") and the agent falls back to a
+    /// full list and a new watch; when etcd's revision is behind what the agent saw (its data
+    /// replaced), it lists as well.
+    ///
+    /// Made deterministic by freezing the agent (SIGSTOP) while etcd restarts: its watch
+    /// connection breaks before the changes that follow, which it cannot see. Thawed, it finds the
+    /// connection gone and resumes from its last revision, which is still there (1), compacted
+    /// (2) or beyond a new, empty store's revision (3). Each time the traffic between the
+    /// workloads shows the agent converged on etcd's state, and the log which way it went.
+    #[test]
+    fn agent_resumes_its_watch_and_lists_again_only_after_compaction() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (mut etcd, agent) = start_on_etcd(&topology, &datastore);
+        assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
+        assert_eq!(listings(&agent), 1, "agent log:\n{}", agent.log());
+        let pid = agent.pid().expect("agent running");
+
+        // 1. Resumed: the deny policy, put while the agent was cut off, arrives through the
+        // resumed watch.
+        let frozen = Frozen::new(pid);
+        etcd.restart();
+        let resume_from = etcd.revision() + 1;
+        etcd.put(DENY_KEY, &deny_policy());
+        drop(frozen);
+        wait_for(
+            "the change to arrive through the resumed watch",
+            Duration::from_secs(20),
+            || !tcp_works(&topology),
+        );
+        let log = agent.log();
+        assert!(
+            log.contains(&format!("resuming the watch from revision {resume_from}")),
+            "{log}"
+        );
+        assert_eq!(listings(&agent), 1, "resumed without a listing:\n{log}");
+        assert!(!log.contains("falling back to a full list"), "{log}");
+
+        // 2. Compacted: cut off again, changes (the last one removes the deny policy) and a
+        // compaction past them; the agent's resumed watch gets etcd's compaction error.
+        let frozen = Frozen::new(pid);
+        etcd.restart();
+        let resume_from = etcd.revision() + 1;
+        let scratch = format!("{PREFIX}profiles/scratch");
+        for i in 0..5 {
+            etcd.put(&scratch, &calicoctl_json(&format!("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: scratch, labels: {{n: \"{i}\"}}}}\n")));
+        }
+        etcd.del(DENY_KEY);
+        let compacted = etcd.revision();
+        assert!(compacted > resume_from, "{compacted} > {resume_from}");
+        etcd.etcdctl(&["compact", &compacted.to_string()]);
+        drop(frozen);
+        wait_for(
+            "the agent to list again after the compaction",
+            Duration::from_secs(20),
+            || tcp_works(&topology),
+        );
+        let log = agent.log();
+        assert!(
         log.contains(&format!(
             "etcd watch from revision {resume_from} refused: compacted (oldest kept: {compacted}); \
              falling back to a full list and a new watch"
         )),
         "the compaction fallback is logged:\n{log}"
     );
-    assert_eq!(listings(&agent), 2, "listed once more:\n{log}");
+        assert_eq!(listings(&agent), 2, "listed once more:\n{log}");
 
-    // 3. Rewound: the deny policy again (through the watch), then etcd's data replaced by a
-    // new store without it, whose revisions start again from 1.
-    etcd.put(DENY_KEY, &deny_policy());
-    wait_for(
-        "the deny policy to take effect",
-        Duration::from_secs(10),
-        || !tcp_works(&topology),
-    );
-    let frozen = Frozen::new(pid);
-    etcd.restart_empty();
-    put_base(&etcd, &topology);
-    drop(frozen);
-    wait_for(
-        "the agent to list the replaced store",
-        Duration::from_secs(20),
-        || tcp_works(&topology),
-    );
-    let log = agent.log();
-    assert!(
-        log.contains("its data was replaced; falling back to a full list and a new watch"),
-        "{log}"
-    );
-    assert_eq!(listings(&agent), 3, "listed once more:\n{log}");
-    agent.assert_running();
-}
-
-/// Sends UDP datagrams from `src` (an address of wl1's eth0) to wl2; whether one reached
-/// wl2's socket with that source. Each call uses a new source port, so a conntrack entry of
-/// an earlier call does not decide.
-fn udp_from_wl1(topology: &Topology, src: Ipv4Addr) -> bool {
-    let (w1, w2) = (topology.workload(1), topology.workload(2));
-    let dst = SocketAddr::from((w2.v4, 5399));
-    let receiver = w2.ns.enter(move || {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5399)).expect("bind UDP receiver");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .expect("timeout");
-        socket
-    });
-    let sender = w1
-        .ns
-        .enter(move || UdpSocket::bind((src, 0)).expect("bind UDP sender"));
-    for _ in 0..3 {
-        let _ = sender.send_to(b"probe", dst);
+        // 3. Rewound: the deny policy again (through the watch), then etcd's data replaced by a
+        // new store without it, whose revisions start again from 1.
+        etcd.put(DENY_KEY, &deny_policy());
+        wait_for(
+            "the deny policy to take effect",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+        let frozen = Frozen::new(pid);
+        etcd.restart_empty();
+        put_base(&etcd, &topology);
+        drop(frozen);
+        wait_for(
+            "the agent to list the replaced store",
+            Duration::from_secs(20),
+            || tcp_works(&topology),
+        );
+        let log = agent.log();
+        assert!(
+            log.contains("its data was replaced; falling back to a full list and a new watch"),
+            "{log}"
+        );
+        assert_eq!(listings(&agent), 3, "listed once more:\n{log}");
+        agent.assert_running();
     }
-    let mut buf = [0u8; 64];
-    matches!(receiver.recv_from(&mut buf), Ok((n, from)) if &buf[..n] == b"probe" && from.ip() == IpAddr::V4(src))
-}
 
-/// The address wl1 may send from besides its own, and that a WorkloadEndpoint of another node
-/// holds.
-const REMOTE_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 5);
-const REMOTE_KEY: &str =
-    "/calico/resources/v3/projectcalico.org/workloadendpoints/test/other-node-cni-client-eth0";
+    /// Sends UDP datagrams from `src` (an address of wl1's eth0) to wl2; whether one reached
+    /// wl2's socket with that source. Each call uses a new source port, so a conntrack entry of
+    /// an earlier call does not decide.
+    fn udp_from_wl1(topology: &Topology, src: Ipv4Addr) -> bool {
+        let (w1, w2) = (topology.workload(1), topology.workload(2));
+        let dst = SocketAddr::from((w2.v4, 5399));
+        let receiver = w2.ns.enter(move || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5399)).expect("bind UDP receiver");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            socket
+        });
+        let sender = w1
+            .ns
+            .enter(move || UdpSocket::bind((src, 0)).expect("bind UDP sender"));
+        for _ in 0..3 {
+            let _ = sender.send_to(b"probe", dst);
+        }
+        let mut buf = [0u8; 64];
+        matches!(receiver.recv_from(&mut buf), Ok((n, from)) if &buf[..n] == b"probe" && from.ip() == IpAddr::V4(src))
+    }
 
-fn remote_endpoint(role: &str) -> String {
-    calicoctl_json(&format!(
-        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+    /// The address wl1 may send from besides its own, and that a WorkloadEndpoint of another node
+    /// holds.
+    const REMOTE_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 5);
+    const REMOTE_KEY: &str =
+        "/calico/resources/v3/projectcalico.org/workloadendpoints/test/other-node-cni-client-eth0";
+
+    fn remote_endpoint(role: &str) -> String {
+        calicoctl_json(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
          metadata: {{name: other-node-cni-client-eth0, namespace: test, labels: {{role: {role}}}}}\n\
          spec: {{node: other-node, orchestrator: cni, workload: client, endpoint: eth0, \
          interfaceName: caliclient0, ipNetworks: [{REMOTE_ADDRESS}/32]}}\n"
-    ))
-}
+        ))
+    }
 
-/// Endpoints of other nodes feed the selectors of this node's policy, seen with real traffic.
-///
-/// wl2 (local) accepts UDP only from endpoints labelled `role == 'client'`, and wl1 (local)
-/// is not one. wl1 may also send from 198.18.5.5 (its `allowSpoofedSourcePrefixes`; the address
-/// is on its eth0), an address no endpoint of this node has but a WorkloadEndpoint of another
-/// node does. So UDP from wl1 to wl2 sent from 198.18.5.5 reaches wl2's socket exactly while
-/// that remote endpoint exists with `role: client`; from wl1's own address it never does.
-/// Datagrams go one way, so nothing needs a route back to 198.18.5.5. The remote endpoint is
-/// never programmed here.
-#[test]
-fn remote_endpoints_feed_local_policy_selectors() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let (etcd, agent) = start_on_etcd(&topology, &datastore);
-    let (w1, w2) = (topology.workload(1), topology.workload(2));
-    assert!(w1.ping(IpAddr::V4(w2.v4)), "agent log:\n{}", agent.log());
+    /// Endpoints of other nodes feed the selectors of this node's policy, seen with real traffic.
+    ///
+    /// wl2 (local) accepts UDP only from endpoints labelled `role == 'client'`, and wl1 (local)
+    /// is not one. wl1 may also send from 198.18.5.5 (its `allowSpoofedSourcePrefixes`; the address
+    /// is on its eth0), an address no endpoint of this node has but a WorkloadEndpoint of another
+    /// node does. So UDP from wl1 to wl2 sent from 198.18.5.5 reaches wl2's socket exactly while
+    /// that remote endpoint exists with `role: client`; from wl1's own address it never does.
+    /// Datagrams go one way, so nothing needs a route back to 198.18.5.5. The remote endpoint is
+    /// never programmed here.
+    #[test]
+    fn remote_endpoints_feed_local_policy_selectors() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (etcd, agent) = start_on_etcd(&topology, &datastore);
+        let (w1, w2) = (topology.workload(1), topology.workload(2));
+        assert!(w1.ping(IpAddr::V4(w2.v4)), "agent log:\n{}", agent.log());
 
-    // wl1 may send from the remote endpoint's address; the allow-all profile lets it through.
-    etcd.put(
-        &format!("{PREFIX}workloadendpoints/test/{NODE}-cni-wl1-eth0"),
-        &calicoctl_json(&format!(
-            "{}  allowSpoofedSourcePrefixes: [{REMOTE_ADDRESS}/32]\n",
-            w1.endpoint_yaml(NODE)
-        )),
-    );
-    w1.ns.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{REMOTE_ADDRESS}/32"),
-        "dev",
-        "eth0",
-    ]);
-    wait_for(
-        "UDP from 198.18.5.5 to pass (allowSpoofedSourcePrefixes)",
-        Duration::from_secs(10),
-        || udp_from_wl1(&topology, REMOTE_ADDRESS),
-    );
+        // wl1 may send from the remote endpoint's address; the allow-all profile lets it through.
+        etcd.put(
+            &format!("{PREFIX}workloadendpoints/test/{NODE}-cni-wl1-eth0"),
+            &calicoctl_json(&format!(
+                "{}  allowSpoofedSourcePrefixes: [{REMOTE_ADDRESS}/32]\n",
+                w1.endpoint_yaml(NODE)
+            )),
+        );
+        w1.ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{REMOTE_ADDRESS}/32"),
+            "dev",
+            "eth0",
+        ]);
+        wait_for(
+            "UDP from 198.18.5.5 to pass (allowSpoofedSourcePrefixes)",
+            Duration::from_secs(10),
+            || udp_from_wl1(&topology, REMOTE_ADDRESS),
+        );
 
-    // wl2 accepts UDP only from clients; other protocols go on to the profile.
-    etcd.put(
+        // wl2 accepts UDP only from clients; other protocols go on to the profile.
+        etcd.put(
         &format!("{PREFIX}globalnetworkpolicies/default.clients-only"),
         &calicoctl_json(
             "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: default.clients-only}\n\
@@ -878,65 +883,66 @@ fn remote_endpoints_feed_local_policy_selectors() {
              - {action: Deny, protocol: UDP}\n  - {action: Pass}\n",
         ),
     );
-    wait_for(
-        "UDP from 198.18.5.5 to be denied: no client has it",
-        Duration::from_secs(20),
-        || !udp_from_wl1(&topology, REMOTE_ADDRESS),
-    );
-    assert!(!udp_from_wl1(&topology, w1.v4), "wl1 is no client");
+        wait_for(
+            "UDP from 198.18.5.5 to be denied: no client has it",
+            Duration::from_secs(20),
+            || !udp_from_wl1(&topology, REMOTE_ADDRESS),
+        );
+        assert!(!udp_from_wl1(&topology, w1.v4), "wl1 is no client");
 
-    // The remote client appears: its address is allowed, wl1's own still is not.
-    etcd.put(REMOTE_KEY, &remote_endpoint("client"));
-    wait_for(
-        "UDP from the remote client's address to pass",
-        Duration::from_secs(20),
-        || udp_from_wl1(&topology, REMOTE_ADDRESS),
-    );
-    assert!(!udp_from_wl1(&topology, w1.v4), "wl1 is still no client");
-    assert!(tcp_works(&topology), "TCP goes on to the profile");
+        // The remote client appears: its address is allowed, wl1's own still is not.
+        etcd.put(REMOTE_KEY, &remote_endpoint("client"));
+        wait_for(
+            "UDP from the remote client's address to pass",
+            Duration::from_secs(20),
+            || udp_from_wl1(&topology, REMOTE_ADDRESS),
+        );
+        assert!(!udp_from_wl1(&topology, w1.v4), "wl1 is still no client");
+        assert!(tcp_works(&topology), "TCP goes on to the profile");
 
-    // Its label changes: no longer a client.
-    etcd.put(REMOTE_KEY, &remote_endpoint("server"));
-    wait_for(
-        "UDP from 198.18.5.5 to be denied again",
-        Duration::from_secs(20),
-        || !udp_from_wl1(&topology, REMOTE_ADDRESS),
-    );
+        // Its label changes: no longer a client.
+        etcd.put(REMOTE_KEY, &remote_endpoint("server"));
+        wait_for(
+            "UDP from 198.18.5.5 to be denied again",
+            Duration::from_secs(20),
+            || !udp_from_wl1(&topology, REMOTE_ADDRESS),
+        );
 
-    // A client again, then deleted.
-    etcd.put(REMOTE_KEY, &remote_endpoint("client"));
-    wait_for("UDP to pass again", Duration::from_secs(20), || {
-        udp_from_wl1(&topology, REMOTE_ADDRESS)
-    });
-    etcd.del(REMOTE_KEY);
-    wait_for(
-        "UDP from 198.18.5.5 to be denied once the remote endpoint is gone",
-        Duration::from_secs(20),
-        || !udp_from_wl1(&topology, REMOTE_ADDRESS),
-    );
+        // A client again, then deleted.
+        etcd.put(REMOTE_KEY, &remote_endpoint("client"));
+        wait_for("UDP to pass again", Duration::from_secs(20), || {
+            udp_from_wl1(&topology, REMOTE_ADDRESS)
+        });
+        etcd.del(REMOTE_KEY);
+        wait_for(
+            "UDP from 198.18.5.5 to be denied once the remote endpoint is gone",
+            Duration::from_secs(20),
+            || !udp_from_wl1(&topology, REMOTE_ADDRESS),
+        );
 
-    // Never programmed on this node: only wl1 and wl2 are, and 198.18.5.5 is only wl1's
-    // allowed source, no endpoint's address.
-    etcd.put(REMOTE_KEY, &remote_endpoint("client"));
-    wait_for("UDP to pass again", Duration::from_secs(20), || {
-        udp_from_wl1(&topology, REMOTE_ADDRESS)
-    });
-    let endpoints = agent.dump("endpoints");
-    let rows = endpoints.as_array().expect("endpoints");
-    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(
-        names,
-        ["test/test-node-cni-wl1-eth0", "test/test-node-cni-wl2-eth0"],
-        "{endpoints}"
-    );
-    assert!(
-        rows.iter()
-            .all(|r| !r["addresses"].to_string().contains("198.18.5.5")),
-        "{endpoints}"
-    );
-    let routes = agent.dump("routes").to_string();
-    assert!(!routes.contains("198.18.5.5"), "{routes}");
-    agent.assert_running();
+        // Never programmed on this node: only wl1 and wl2 are, and 198.18.5.5 is only wl1's
+        // allowed source, no endpoint's address.
+        etcd.put(REMOTE_KEY, &remote_endpoint("client"));
+        wait_for("UDP to pass again", Duration::from_secs(20), || {
+            udp_from_wl1(&topology, REMOTE_ADDRESS)
+        });
+        let endpoints = agent.dump("endpoints");
+        let rows = endpoints.as_array().expect("endpoints");
+        let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            ["test/test-node-cni-wl1-eth0", "test/test-node-cni-wl2-eth0"],
+            "{endpoints}"
+        );
+        assert!(
+            rows.iter()
+                .all(|r| !r["addresses"].to_string().contains("198.18.5.5")),
+            "{endpoints}"
+        );
+        let routes = agent.dump("routes").to_string();
+        assert!(!routes.contains("198.18.5.5"), "{routes}");
+        agent.assert_running();
+    }
 }
 
 /// The CLI over TLS, as calicoctl is set up for it: etcd on `https://127.0.0.1` with

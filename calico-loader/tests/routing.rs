@@ -6,447 +6,439 @@
 
 mod support;
 
-use std::{net::IpAddr, thread, time::Duration};
+/// Every test here needs root (BPF, network namespaces): `cargo test -- privileged::` selects
+/// them, and they fail without root.
+mod privileged {
+    use std::{net::IpAddr, thread, time::Duration};
 
-use support::netns::*;
+    use crate::support::topology::*;
 
-const NODE: &str = "test-node";
+    const NODE: &str = "test-node";
 
-fn forwarded(agent: &Agent, ifname: &str) -> u64 {
-    agent.counters(ifname)["forwarded_packets"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-fn start(topology: &Topology, datastore: &Datastore, extra: &[&str]) -> Agent {
-    let mut yaml = String::new();
-    for w in &topology.workloads {
-        yaml.push_str("---\n");
-        yaml.push_str(&w.endpoint_yaml(NODE));
+    fn forwarded(agent: &Agent, ifname: &str) -> u64 {
+        agent.counters(ifname)["forwarded_packets"]
+            .as_u64()
+            .unwrap_or(0)
     }
-    datastore.write("endpoints.yaml", &yaml);
-    let agent = Agent::start(topology, datastore, NODE, extra);
-    let ifnames: Vec<&str> = topology
-        .workloads
-        .iter()
-        .map(|w| w.host_ifname.as_str())
-        .collect();
-    agent.wait_attached(&ifnames);
-    agent
-}
 
-/// Pings, UDP and TCP between every pair, over IPv4 and IPv6, and checks the counters moved.
-fn assert_full_connectivity(topology: &Topology, agent: &Agent) {
-    assert!(
-        !topology.host_forwarding(),
-        "the host namespace must not forward by itself"
-    );
-    for a in &topology.workloads {
-        for b in &topology.workloads {
-            if a.index == b.index {
-                continue;
-            }
-            let before = forwarded(agent, &a.host_ifname);
-            for dst in [IpAddr::V4(b.v4), IpAddr::V6(b.v6)] {
+    fn start(topology: &Topology, datastore: &Datastore, extra: &[&str]) -> Agent {
+        let mut yaml = String::new();
+        for w in &topology.workloads {
+            yaml.push_str("---\n");
+            yaml.push_str(&w.endpoint_yaml(NODE));
+        }
+        datastore.write("endpoints.yaml", &yaml);
+        let agent = Agent::start(topology, datastore, NODE, extra);
+        let ifnames: Vec<&str> = topology
+            .workloads
+            .iter()
+            .map(|w| w.host_ifname.as_str())
+            .collect();
+        agent.wait_attached(&ifnames);
+        agent
+    }
+
+    /// Pings, UDP and TCP between every pair, over IPv4 and IPv6, and checks the counters moved.
+    fn assert_full_connectivity(topology: &Topology, agent: &Agent) {
+        assert!(
+            !topology.host_forwarding(),
+            "the host namespace must not forward by itself"
+        );
+        for a in &topology.workloads {
+            for b in &topology.workloads {
+                if a.index == b.index {
+                    continue;
+                }
+                let before = forwarded(agent, &a.host_ifname);
+                for dst in [IpAddr::V4(b.v4), IpAddr::V6(b.v6)] {
+                    assert!(
+                        a.ping(dst),
+                        "ping wl{} -> {dst} failed; agent log:\n{}",
+                        a.index,
+                        agent.log()
+                    );
+                    assert_eq!(
+                        udp_exchange(a, b, dst, b"udp through calico-ebpf").as_deref(),
+                        Some(&b"udp through calico-ebpf"[..]),
+                        "UDP wl{} -> {dst}",
+                        a.index
+                    );
+                    let echoed = tcp_echo(a, b, dst, "tcp through calico-ebpf")
+                        .unwrap_or_else(|e| panic!("TCP wl{} -> {dst}: {e}", a.index));
+                    assert_eq!(echoed, "tcp through calico-ebpf");
+                }
+                let after = forwarded(agent, &a.host_ifname);
                 assert!(
-                    a.ping(dst),
-                    "ping wl{} -> {dst} failed; agent log:\n{}",
-                    a.index,
-                    agent.log()
-                );
-                assert_eq!(
-                    udp_exchange(a, b, dst, b"udp through calico-ebpf").as_deref(),
-                    Some(&b"udp through calico-ebpf"[..]),
-                    "UDP wl{} -> {dst}",
+                    after >= before + 10,
+                    "wl{} forwarded {before} -> {after} packets in BPF",
                     a.index
                 );
-                let echoed = tcp_echo(a, b, dst, "tcp through calico-ebpf")
-                    .unwrap_or_else(|e| panic!("TCP wl{} -> {dst}: {e}", a.index));
-                assert_eq!(echoed, "tcp through calico-ebpf");
             }
-            let after = forwarded(agent, &a.host_ifname);
+        }
+        for w in &topology.workloads {
+            let c = agent.counters(&w.host_ifname);
             assert!(
-                after >= before + 10,
-                "wl{} forwarded {before} -> {after} packets in BPF",
-                a.index
+                c["to_workload_packets"].as_u64().unwrap_or(0) > 0,
+                "nothing delivered to wl{}: {c}",
+                w.index
+            );
+            assert!(
+                c["neighbour_replies"].as_u64().unwrap_or(0) > 0,
+                "wl{} resolved the gateway through BPF: {c}",
+                w.index
             );
         }
     }
-    for w in &topology.workloads {
-        let c = agent.counters(&w.host_ifname);
-        assert!(
-            c["to_workload_packets"].as_u64().unwrap_or(0) > 0,
-            "nothing delivered to wl{}: {c}",
-            w.index
-        );
-        assert!(
-            c["neighbour_replies"].as_u64().unwrap_or(0) > 0,
-            "wl{} resolved the gateway through BPF: {c}",
-            w.index
-        );
-    }
-}
 
-#[test]
-fn two_workloads_talk_through_bpf() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let agent = start(&topology, &datastore, &[]);
-    assert_full_connectivity(&topology, &agent);
+    #[test]
+    fn two_workloads_talk_through_bpf() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let agent = start(&topology, &datastore, &[]);
+        assert_full_connectivity(&topology, &agent);
 
-    let routes = agent.dump("routes");
-    let prefixes: Vec<&str> = routes
-        .as_array()
-        .expect("routes")
-        .iter()
-        .filter_map(|r| r["prefix"].as_str())
-        .collect();
-    for expected in [
-        "198.18.0.11/32",
-        "198.18.0.12/32",
-        "2001:db8::11/128",
-        "2001:db8::12/128",
-    ] {
-        assert!(
-            prefixes.contains(&expected),
-            "route {expected} missing from {prefixes:?}"
-        );
-    }
-}
-
-#[test]
-fn three_workloads_talk_through_bpf() {
-    let topology = Topology::new(3);
-    let datastore = Datastore::new();
-    let agent = start(&topology, &datastore, &[]);
-    assert_full_connectivity(&topology, &agent);
-}
-
-#[test]
-fn xdp_mode_forwards_too() {
-    let topology = Topology::new(2);
-    topology.prepare_for_xdp();
-    let datastore = Datastore::new();
-    let agent = start(&topology, &datastore, &["--attach-mode", "xdp"]);
-    let hooks = &agent.dump("endpoints")[0]["hooks"];
-    assert!(
-        hooks
+        let routes = agent.dump("routes");
+        let prefixes: Vec<&str> = routes
             .as_array()
-            .is_some_and(|h| h.iter().any(|x| x == "xdp")),
-        "XDP attached: {hooks}"
-    );
-    assert_full_connectivity(&topology, &agent);
-}
+            .expect("routes")
+            .iter()
+            .filter_map(|r| r["prefix"].as_str())
+            .collect();
+        for expected in [
+            "198.18.0.11/32",
+            "198.18.0.12/32",
+            "2001:db8::11/128",
+            "2001:db8::12/128",
+        ] {
+            assert!(
+                prefixes.contains(&expected),
+                "route {expected} missing from {prefixes:?}"
+            );
+        }
+    }
 
-#[test]
-fn spoofed_sources_are_dropped() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let agent = start(&topology, &datastore, &[]);
-    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+    #[test]
+    fn three_workloads_talk_through_bpf() {
+        let topology = Topology::new(3);
+        let datastore = Datastore::new();
+        let agent = start(&topology, &datastore, &[]);
+        assert_full_connectivity(&topology, &agent);
+    }
 
-    // wl1 claims an address that is not in its endpoint and sends from it.
-    wl1.ns
-        .exec(&["ip", "addr", "add", "198.18.0.99/32", "dev", "eth0"]);
-    let dst = wl2.v4.to_string();
-    assert!(
-        !wl1.ns
-            .try_exec(&["ping", "-c", "2", "-W", "1", "-I", "198.18.0.99", &dst]),
-        "a spoofed ping got through"
-    );
-    wl1.ns.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8::99/128",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    let dst6 = wl2.v6.to_string();
-    assert!(
-        !wl1.ns
-            .try_exec(&["ping", "-c", "2", "-W", "1", "-I", "2001:db8::99", &dst6])
-    );
-    let drops = agent.counters(&wl1.host_ifname)["drops"]["spoofed-source"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(drops >= 4, "spoofed packets counted: {drops}");
-    // Its real address still works.
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
-}
+    #[test]
+    fn xdp_mode_forwards_too() {
+        let topology = Topology::new(2);
+        topology.prepare_for_xdp();
+        let datastore = Datastore::new();
+        let agent = start(&topology, &datastore, &["--attach-mode", "xdp"]);
+        let hooks = &agent.dump("endpoints")[0]["hooks"];
+        assert!(
+            hooks
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x == "xdp")),
+            "XDP attached: {hooks}"
+        );
+        assert_full_connectivity(&topology, &agent);
+    }
 
-#[test]
-fn removing_an_endpoint_stops_its_traffic_and_adding_it_back_restores_it() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
-    datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
-    datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
-    let agent = Agent::start(&topology, &datastore, NODE, &[]);
-    agent.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+    #[test]
+    fn spoofed_sources_are_dropped() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let agent = start(&topology, &datastore, &[]);
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)));
 
-    datastore.remove("wl2.yaml");
-    wait_for("wl2 to be removed", Duration::from_secs(10), || {
-        agent.dump("endpoints").as_array().is_some_and(|rows| {
-            !rows
-                .iter()
-                .any(|r| r["interface"] == wl2.host_ifname.as_str())
-        })
-    });
-    assert!(
-        agent.counters(&wl2.host_ifname).is_null(),
-        "counters of a removed endpoint are gone"
-    );
-    let routes = agent.dump("routes").to_string();
-    assert!(
-        !routes.contains("198.18.0.12/32"),
-        "route of a removed endpoint is gone: {routes}"
-    );
-    assert!(
-        !wl1.ping(IpAddr::V4(wl2.v4)),
-        "traffic to a removed endpoint still flows"
-    );
-    assert!(
-        !wl2.ping(IpAddr::V4(wl1.v4)),
-        "traffic from a removed endpoint still flows"
-    );
+        // wl1 claims an address that is not in its endpoint and sends from it.
+        wl1.ns
+            .exec(&["ip", "addr", "add", "198.18.0.99/32", "dev", "eth0"]);
+        let dst = wl2.v4.to_string();
+        assert!(
+            !wl1.ns
+                .try_exec(&["ping", "-c", "2", "-W", "1", "-I", "198.18.0.99", &dst]),
+            "a spoofed ping got through"
+        );
+        wl1.ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::99/128",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        let dst6 = wl2.v6.to_string();
+        assert!(
+            !wl1.ns
+                .try_exec(&["ping", "-c", "2", "-W", "1", "-I", "2001:db8::99", &dst6])
+        );
+        let drops = agent.counters(&wl1.host_ifname)["drops"]["spoofed-source"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(drops >= 4, "spoofed packets counted: {drops}");
+        // Its real address still works.
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+    }
 
-    datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
-    agent.wait_attached(&[&wl2.host_ifname]);
-    assert!(
-        wl1.ping(IpAddr::V4(wl2.v4)),
-        "traffic restored; log:\n{}",
-        agent.log()
-    );
-    assert!(wl2.ping(IpAddr::V6(wl1.v6)));
-}
+    #[test]
+    fn removing_an_endpoint_stops_its_traffic_and_adding_it_back_restores_it() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
+        datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
+        let agent = Agent::start(&topology, &datastore, NODE, &[]);
+        agent.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)));
 
-#[test]
-fn an_invalid_file_leaves_the_running_state_alone() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
-    datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
-    datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
-    let agent = Agent::start(&topology, &datastore, NODE, &[]);
-    agent.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
-    let endpoints_before = agent.dump("endpoints");
+        datastore.remove("wl2.yaml");
+        wait_for("wl2 to be removed", Duration::from_secs(10), || {
+            agent.dump("endpoints").as_array().is_some_and(|rows| {
+                !rows
+                    .iter()
+                    .any(|r| r["interface"] == wl2.host_ifname.as_str())
+            })
+        });
+        assert!(
+            agent.counters(&wl2.host_ifname).is_null(),
+            "counters of a removed endpoint are gone"
+        );
+        let routes = agent.dump("routes").to_string();
+        assert!(
+            !routes.contains("198.18.0.12/32"),
+            "route of a removed endpoint is gone: {routes}"
+        );
+        assert!(
+            !wl1.ping(IpAddr::V4(wl2.v4)),
+            "traffic to a removed endpoint still flows"
+        );
+        assert!(
+            !wl2.ping(IpAddr::V4(wl1.v4)),
+            "traffic from a removed endpoint still flows"
+        );
 
-    // A broken edit of wl2's file, and a new file with an invalid CIDR.
-    datastore.write(
-        "wl2.yaml",
-        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: x\n",
-    );
-    let bad_cidr = wl1
-        .endpoint_yaml(NODE)
-        .replace("198.18.0.11/32", "198.18.0.300/32")
-        .replace("wl1-eth0", "wl9-eth0");
-    datastore.write("bad-cidr.yaml", &bad_cidr);
-    wait_for("the errors to be logged", Duration::from_secs(10), || {
-        let log = agent.log();
-        log.contains("wl2.yaml") && log.contains("bad-cidr.yaml") && log.contains("198.18.0.300")
-    });
-    thread::sleep(Duration::from_millis(500));
-    agent.assert_running();
-    assert_eq!(
-        agent.dump("endpoints"),
-        endpoints_before,
-        "the programmed state changed"
-    );
-    assert!(
-        wl1.ping(IpAddr::V4(wl2.v4)),
-        "traffic stopped after an invalid file"
-    );
-    assert!(wl2.ping(IpAddr::V6(wl1.v6)));
+        datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
+        agent.wait_attached(&[&wl2.host_ifname]);
+        assert!(
+            wl1.ping(IpAddr::V4(wl2.v4)),
+            "traffic restored; log:\n{}",
+            agent.log()
+        );
+        assert!(wl2.ping(IpAddr::V6(wl1.v6)));
+    }
 
-    // Fixing the file is picked up.
-    datastore.remove("bad-cidr.yaml");
-    datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
-    thread::sleep(Duration::from_millis(500));
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
-}
+    #[test]
+    fn an_invalid_file_leaves_the_running_state_alone() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
+        datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
+        let agent = Agent::start(&topology, &datastore, NODE, &[]);
+        agent.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
+        let endpoints_before = agent.dump("endpoints");
 
-#[test]
-fn an_interface_that_appears_later_is_attached() {
-    let mut topology = Topology::new(1);
-    let datastore = Datastore::new();
-    let wl1 = topology.workload(1);
-    datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
-    let agent = Agent::start(&topology, &datastore, NODE, &[]);
-    agent.wait_attached(&[&wl1.host_ifname.clone()]);
+        // A broken edit of wl2's file, and a new file with an invalid CIDR.
+        datastore.write(
+            "wl2.yaml",
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: x\n",
+        );
+        let bad_cidr = wl1
+            .endpoint_yaml(NODE)
+            .replace("198.18.0.11/32", "198.18.0.300/32")
+            .replace("wl1-eth0", "wl9-eth0");
+        datastore.write("bad-cidr.yaml", &bad_cidr);
+        wait_for("the errors to be logged", Duration::from_secs(10), || {
+            let log = agent.log();
+            log.contains("wl2.yaml")
+                && log.contains("bad-cidr.yaml")
+                && log.contains("198.18.0.300")
+        });
+        thread::sleep(Duration::from_millis(500));
+        agent.assert_running();
+        assert_eq!(
+            agent.dump("endpoints"),
+            endpoints_before,
+            "the programmed state changed"
+        );
+        assert!(
+            wl1.ping(IpAddr::V4(wl2.v4)),
+            "traffic stopped after an invalid file"
+        );
+        assert!(wl2.ping(IpAddr::V6(wl1.v6)));
 
-    // The endpoint of wl2 is known before its interface exists.
-    let ifname = {
-        let wl2 = topology.add_workload(2);
-        wl2.host_ifname.clone()
-    };
-    topology.host.exec(&["ip", "link", "del", &ifname]);
-    let wl2 = topology.workload(2);
-    datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
-    wait_for(
-        "the agent to wait for the interface",
-        Duration::from_secs(10),
-        || agent.log().contains("waiting for the interface"),
-    );
-    assert!(!agent.attached(&ifname));
+        // Fixing the file is picked up.
+        datastore.remove("bad-cidr.yaml");
+        datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
+        thread::sleep(Duration::from_millis(500));
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+    }
 
-    // Now the CNI plugin creates it.
-    topology.host.exec(&[
-        "ip",
-        "link",
-        "add",
-        &ifname,
-        "address",
-        HOST_SIDE_MAC,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "address",
-        &wl2.mac_string(),
-        "netns",
-        &wl2.ns.name,
-    ]);
-    topology.host.exec(&["ip", "link", "set", &ifname, "up"]);
-    let ns = &wl2.ns;
-    ns.exec(&["ip", "link", "set", "eth0", "up"]);
-    ns.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{}/32", wl2.v4),
-        "dev",
-        "eth0",
-    ]);
-    ns.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{}/128", wl2.v6),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    ns.exec(&[
-        "ip",
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    ns.exec(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    ns.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "fe80::ecee:eeff:feee:eeee",
-        "dev",
-        "eth0",
-    ]);
-    agent.wait_attached(&[&ifname]);
-    let wl1 = topology.workload(1);
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)), "log:\n{}", agent.log());
-    assert!(wl2.ping(IpAddr::V6(wl1.v6)));
-}
+    #[test]
+    fn an_interface_that_appears_later_is_attached() {
+        let mut topology = Topology::new(1);
+        let datastore = Datastore::new();
+        let wl1 = topology.workload(1);
+        datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
+        let agent = Agent::start(&topology, &datastore, NODE, &[]);
+        agent.wait_attached(&[&wl1.host_ifname.clone()]);
 
-#[test]
-fn traffic_survives_an_agent_restart() {
-    let topology = Topology::new(2);
-    let datastore = Datastore::new();
-    let mut agent = start(&topology, &datastore, &[]);
-    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+        // The endpoint of wl2 is known before its interface exists.
+        let ifname = {
+            let wl2 = topology.add_workload(2);
+            wl2.host_ifname.clone()
+        };
+        topology.host.exec(&["ip", "link", "del", &ifname]);
+        let wl2 = topology.workload(2);
+        datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
+        wait_for(
+            "the agent to wait for the interface",
+            Duration::from_secs(10),
+            || agent.log().contains("waiting for the interface"),
+        );
+        assert!(!agent.attached(&ifname));
 
-    // Without --detach-on-exit the programs stay attached and keep forwarding.
-    agent.stop();
-    let before = forwarded(&agent, &wl1.host_ifname);
-    assert!(
-        wl1.ping(IpAddr::V4(wl2.v4)),
-        "traffic stopped while the agent was down"
-    );
-    assert!(
-        forwarded(&agent, &wl1.host_ifname) > before,
-        "the BPF path carried it"
-    );
-
-    // A new agent adopts the pinned state.
-    let pin_path = agent.pin_path.clone();
-    let restarted = Agent::start_with_pins(&topology, &datastore, NODE, pin_path, &[]);
-    restarted.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
-    assert!(wl2.ping(IpAddr::V6(wl1.v6)));
-    assert!(
-        forwarded(&restarted, &wl1.host_ifname) > before,
-        "counters survived the restart"
-    );
-    drop(restarted);
-    // The first guard's cleanup is now a no-op.
-    drop(agent);
-}
-
-#[test]
-fn routes_the_host_already_had_are_left_alone() {
-    let topology = Topology::new(2);
-    let (wl1, wl2) = (topology.workload(1), topology.workload(2));
-    // The CNI plugin made wl1's route before the agent started.
-    topology.host.exec(&[
-        "ip",
-        "route",
-        "add",
-        &format!("{}/32", wl1.v4),
-        "dev",
-        &wl1.host_ifname,
-        "scope",
-        "link",
-    ]);
-    let datastore = Datastore::new();
-    let mut agent = start(&topology, &datastore, &["--detach-on-exit"]);
-    assert!(wl1.ping(IpAddr::V4(wl2.v4)));
-    let ours = String::from_utf8_lossy(
-        &topology
+        // Now the CNI plugin creates it.
+        topology
             .host
-            .exec(&["ip", "route", "show", "proto", "81"])
-            .stdout,
-    )
-    .into_owned();
-    assert!(
-        ours.contains(&wl2.v4.to_string()),
-        "the agent made wl2's route: {ours}"
-    );
-    assert!(
-        !ours.contains(&wl1.v4.to_string()),
-        "the agent did not take over wl1's route: {ours}"
-    );
+            .add_veth(&ifname, HOST_SIDE_MAC, &wl2.ns, "eth0", &wl2.mac_string())
+            .expect("create the veth pair");
+        let ns = &wl2.ns;
+        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/32", wl2.v4),
+            "dev",
+            "eth0",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", wl2.v6),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fe80::ecee:eeff:feee:eeee",
+            "dev",
+            "eth0",
+        ]);
+        agent.wait_attached(&[&ifname]);
+        let wl1 = topology.workload(1);
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)), "log:\n{}", agent.log());
+        assert!(wl2.ping(IpAddr::V6(wl1.v6)));
+    }
 
-    agent.stop();
-    let routes =
-        String::from_utf8_lossy(&topology.host.exec(&["ip", "route", "show"]).stdout).into_owned();
-    assert!(
-        routes.contains(&wl1.v4.to_string()),
-        "the CNI plugin's route survived the agent: {routes}"
-    );
-    assert!(
-        !routes.contains(&wl2.v4.to_string()),
-        "the agent removed its own route on exit: {routes}"
-    );
+    #[test]
+    fn traffic_survives_an_agent_restart() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let mut agent = start(&topology, &datastore, &[]);
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+
+        // Without --detach-on-exit the programs stay attached and keep forwarding.
+        agent.stop();
+        let before = forwarded(&agent, &wl1.host_ifname);
+        assert!(
+            wl1.ping(IpAddr::V4(wl2.v4)),
+            "traffic stopped while the agent was down"
+        );
+        assert!(
+            forwarded(&agent, &wl1.host_ifname) > before,
+            "the BPF path carried it"
+        );
+
+        // A new agent adopts the pinned state.
+        let pin_path = agent.pin_path.clone();
+        let restarted = Agent::start_with_pins(&topology, &datastore, NODE, pin_path, &[]);
+        restarted.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
+        assert!(wl2.ping(IpAddr::V6(wl1.v6)));
+        assert!(
+            forwarded(&restarted, &wl1.host_ifname) > before,
+            "counters survived the restart"
+        );
+        drop(restarted);
+        // The first guard's cleanup is now a no-op.
+        drop(agent);
+    }
+
+    #[test]
+    fn routes_the_host_already_had_are_left_alone() {
+        let topology = Topology::new(2);
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        // The CNI plugin made wl1's route before the agent started.
+        topology.host.exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", wl1.v4),
+            "dev",
+            &wl1.host_ifname,
+            "scope",
+            "link",
+        ]);
+        let datastore = Datastore::new();
+        let mut agent = start(&topology, &datastore, &["--detach-on-exit"]);
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)));
+        let ours = String::from_utf8_lossy(
+            &topology
+                .host
+                .exec(&["ip", "route", "show", "proto", "81"])
+                .stdout,
+        )
+        .into_owned();
+        assert!(
+            ours.contains(&wl2.v4.to_string()),
+            "the agent made wl2's route: {ours}"
+        );
+        assert!(
+            !ours.contains(&wl1.v4.to_string()),
+            "the agent did not take over wl1's route: {ours}"
+        );
+
+        agent.stop();
+        let routes = String::from_utf8_lossy(&topology.host.exec(&["ip", "route", "show"]).stdout)
+            .into_owned();
+        assert!(
+            routes.contains(&wl1.v4.to_string()),
+            "the CNI plugin's route survived the agent: {routes}"
+        );
+        assert!(
+            !routes.contains(&wl2.v4.to_string()),
+            "the agent removed its own route on exit: {routes}"
+        );
+    }
 }

@@ -4,13 +4,16 @@
 
 mod support;
 
-use std::process::Command;
+/// Every test here needs root (BPF, network namespaces): `cargo test -- privileged::` selects
+/// them, and they fail without root.
+mod privileged {
+    use std::process::Command;
 
-use support::netns::{loader_bin, require_root};
+    use crate::support::topology::{loader_bin, require_root};
 
-/// Three endpoints in two namespaces; namespace labels come from the `kns.` profiles. The
-/// profile `web-extra` that web names is defined by the cases that want it.
-const BASE: &str = r#"
+    /// Three endpoints in two namespaces; namespace labels come from the `kns.` profiles. The
+    /// profile `web-extra` that web names is defined by the cases that want it.
+    const BASE: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: Profile
 metadata: {name: kns.prod}
@@ -51,64 +54,64 @@ spec:
   profiles: [kns.dev]
 "#;
 
-struct Case {
-    name: &'static str,
-    resources: &'static str,
-    /// endpoint, direction, protocol, src, dst (and ICMP type, code)
-    args: &'static [&'static str],
-    verdict: &'static str,
-    /// `kind` of the deciding rule: rule, tier-default, profile-rule, no-match.
-    kind: &'static str,
-    policy: Option<&'static str>,
-    rule: Option<u64>,
-}
-
-const fn case(
-    name: &'static str,
-    resources: &'static str,
-    args: &'static [&'static str],
-    verdict: &'static str,
-    kind: &'static str,
-    policy: Option<&'static str>,
-    rule: Option<u64>,
-) -> Case {
-    Case {
-        name,
-        resources,
-        args,
-        verdict,
-        kind,
-        policy,
-        rule,
+    struct Case {
+        name: &'static str,
+        resources: &'static str,
+        /// endpoint, direction, protocol, src, dst (and ICMP type, code)
+        args: &'static [&'static str],
+        verdict: &'static str,
+        /// `kind` of the deciding rule: rule, tier-default, profile-rule, no-match.
+        kind: &'static str,
+        policy: Option<&'static str>,
+        rule: Option<u64>,
     }
-}
 
-const WEB_IN_TCP_80: &[&str] = &[
-    "--endpoint",
-    "prod/web",
-    "--direction",
-    "ingress",
-    "--protocol",
-    "tcp",
-    "--src",
-    "198.18.2.1:40000",
-    "--dst",
-    "198.18.1.1:80",
-];
-const WEB_IN_UDP_80: &[&str] = &[
-    "--endpoint",
-    "prod/web",
-    "--direction",
-    "ingress",
-    "--protocol",
-    "udp",
-    "--src",
-    "198.18.2.1:40000",
-    "--dst",
-    "198.18.1.1:80",
-];
+    const fn case(
+        name: &'static str,
+        resources: &'static str,
+        args: &'static [&'static str],
+        verdict: &'static str,
+        kind: &'static str,
+        policy: Option<&'static str>,
+        rule: Option<u64>,
+    ) -> Case {
+        Case {
+            name,
+            resources,
+            args,
+            verdict,
+            kind,
+            policy,
+            rule,
+        }
+    }
 
-const ALLOW_TCP_80: &str = "
+    const WEB_IN_TCP_80: &[&str] = &[
+        "--endpoint",
+        "prod/web",
+        "--direction",
+        "ingress",
+        "--protocol",
+        "tcp",
+        "--src",
+        "198.18.2.1:40000",
+        "--dst",
+        "198.18.1.1:80",
+    ];
+    const WEB_IN_UDP_80: &[&str] = &[
+        "--endpoint",
+        "prod/web",
+        "--direction",
+        "ingress",
+        "--protocol",
+        "udp",
+        "--src",
+        "198.18.2.1:40000",
+        "--dst",
+        "198.18.1.1:80",
+    ];
+
+    const ALLOW_TCP_80: &str = "
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {name: p, namespace: prod}
@@ -117,466 +120,467 @@ spec:
   ingress: [{action: Allow, protocol: TCP, destination: {ports: [80]}}]
 ";
 
-const CASES: &[Case] = &[
-    case(
-        "no policy and no allowing profile: final deny",
-        "",
-        WEB_IN_TCP_80,
-        "deny",
-        "no-match",
-        None,
-        None,
-    ),
-    case(
-        "protocol and port allow",
-        ALLOW_TCP_80,
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "other protocol: the tier's default deny",
-        ALLOW_TCP_80,
-        WEB_IN_UDP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "notProtocol",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, notProtocol: UDP}]\n",
-        WEB_IN_UDP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "protocol by number",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: 17}]\n",
-        WEB_IN_UDP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "port range, inside",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [\"60:80\"]}}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "port range, outside",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [\"81:90\"]}}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "notPorts",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {notPorts: [80, 443]}}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "named port on the local endpoint",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [http]}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "ingress",
-            "--protocol",
-            "tcp",
-            "--src",
-            "198.18.2.1:40000",
-            "--dst",
-            "198.18.1.1:8080",
-        ],
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "named port resolves per remote endpoint (egress to db's http = 9090)",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: app == 'web'\n  types: [Egress]\n  egress: [{action: Allow, protocol: TCP, destination: {selector: app == 'db', ports: [http]}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "egress",
-            "--protocol",
-            "tcp",
-            "--src",
-            "198.18.1.1:40000",
-            "--dst",
-            "198.18.1.2:9090",
-        ],
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "named port of another endpoint does not apply (db has no 8080)",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: app == 'web'\n  types: [Egress]\n  egress: [{action: Allow, protocol: TCP, destination: {selector: app == 'db', ports: [http]}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "egress",
-            "--protocol",
-            "tcp",
-            "--src",
-            "198.18.1.1:40000",
-            "--dst",
-            "198.18.1.2:8080",
-        ],
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "source nets",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {nets: [198.18.2.0/24]}}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "source notNets",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {notNets: [198.18.2.0/24]}}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "a NetworkPolicy's selector sees only its own namespace",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: app == 'client'}}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "namespaceSelector opens other namespaces",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: app == 'client', namespaceSelector: env == 'dev'}}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "a GlobalNetworkPolicy's selector sees every namespace",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, source: {selector: app == 'client'}}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "notSelector",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Deny, source: {notSelector: app == 'db'}}, {action: Allow}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "ICMP type matches",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 8, code: 0}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "ingress",
-            "--protocol",
-            "icmp",
-            "--src",
-            "198.18.2.1",
-            "--dst",
-            "198.18.1.1",
-            "--icmp-type",
-            "8",
-        ],
-        "allow",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "ICMP code differs",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 3, code: 1}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "ingress",
-            "--protocol",
-            "icmp",
-            "--src",
-            "198.18.2.1",
-            "--dst",
-            "198.18.1.1",
-            "--icmp-type",
-            "3",
-            "--icmp-code",
-            "4",
-        ],
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "notICMP",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, notICMP: {type: 8}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "ingress",
-            "--protocol",
-            "icmp",
-            "--src",
-            "198.18.2.1",
-            "--dst",
-            "198.18.1.1",
-            "--icmp-type",
-            "13",
-        ],
-        "allow",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "ICMPv6 echo",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMPv6, icmp: {type: 128}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "ingress",
-            "--protocol",
-            "icmpv6",
-            "--src",
-            "2001:db8::2:1",
-            "--dst",
-            "2001:db8::1:1",
-            "--icmp-type",
-            "128",
-        ],
-        "allow",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "ipVersion 6 does not match IPv4",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, ipVersion: 6}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "IPv6 source nets",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, ipVersion: 6, source: {nets: [\"2001:db8::2:0/112\"]}}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "ingress",
-            "--protocol",
-            "tcp",
-            "--src",
-            "[2001:db8::2:1]:40000",
-            "--dst",
-            "[2001:db8::1:1]:80",
-        ],
-        "allow",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "source ports",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Deny, protocol: UDP, source: {ports: [\"39000:41000\"]}}, {action: Allow}]\n",
-        WEB_IN_UDP_80,
-        "deny",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(0),
-    ),
-    case(
-        "order: the lower order decides first",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a-allow}\nspec:\n  order: 20\n  selector: all()\n  ingress: [{action: Allow}]\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: b-deny}\nspec:\n  order: 10\n  selector: all()\n  ingress: [{action: Deny, protocol: TCP}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "rule",
-        Some("GlobalNetworkPolicy:b-deny"),
-        Some(0),
-    ),
-    case(
-        "Pass goes to the next tier",
-        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 10}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.pass}\nspec:\n  tier: security\n  selector: all()\n  ingress: [{action: Pass, source: {nets: [198.18.2.0/24]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "a tier without a decision applies its default action",
-        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 10}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.pass}\nspec:\n  tier: security\n  selector: all()\n  ingress: [{action: Pass, source: {nets: [198.18.3.0/24]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "tier-default",
-        None,
-        None,
-    ),
-    case(
-        "a tier whose default action is Pass",
-        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 10, defaultAction: Pass}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.nothing}\nspec:\n  tier: security\n  selector: all()\n  ingress: [{action: Deny, source: {nets: [198.18.3.0/24]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-    case(
-        "Log records and goes on",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Log}, {action: Allow, protocol: TCP}]\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "rule",
-        Some("GlobalNetworkPolicy:g"),
-        Some(1),
-    ),
-    case(
-        "profiles after the policies",
-        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: web-extra}\nspec: {ingress: [{action: Deny, protocol: UDP}, {action: Allow}]}\n",
-        WEB_IN_TCP_80,
-        "allow",
-        "profile-rule",
-        Some("Profile:web-extra"),
-        Some(1),
-    ),
-    case(
-        "a GlobalNetworkPolicy's namespaceSelector narrows where it applies",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  namespaceSelector: env == 'dev'\n  ingress: [{action: Allow}]\n",
-        WEB_IN_TCP_80,
-        "deny",
-        "no-match",
-        None,
-        None,
-    ),
-    case(
-        "egress destination nets",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: app == 'web'\n  types: [Egress]\n  egress: [{action: Deny, destination: {nets: [198.18.1.0/24]}}, {action: Allow}]\n",
-        &[
-            "--endpoint",
-            "prod/web",
-            "--direction",
-            "egress",
-            "--protocol",
-            "udp",
-            "--src",
-            "198.18.1.1:5000",
-            "--dst",
-            "198.18.1.2:53",
-        ],
-        "deny",
-        "rule",
-        Some("NetworkPolicy:prod/p"),
-        Some(0),
-    ),
-];
+    const CASES: &[Case] = &[
+        case(
+            "no policy and no allowing profile: final deny",
+            "",
+            WEB_IN_TCP_80,
+            "deny",
+            "no-match",
+            None,
+            None,
+        ),
+        case(
+            "protocol and port allow",
+            ALLOW_TCP_80,
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "other protocol: the tier's default deny",
+            ALLOW_TCP_80,
+            WEB_IN_UDP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "notProtocol",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, notProtocol: UDP}]\n",
+            WEB_IN_UDP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "protocol by number",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: 17}]\n",
+            WEB_IN_UDP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "port range, inside",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [\"60:80\"]}}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "port range, outside",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [\"81:90\"]}}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "notPorts",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {notPorts: [80, 443]}}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "named port on the local endpoint",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [http]}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "tcp",
+                "--src",
+                "198.18.2.1:40000",
+                "--dst",
+                "198.18.1.1:8080",
+            ],
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "named port resolves per remote endpoint (egress to db's http = 9090)",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: app == 'web'\n  types: [Egress]\n  egress: [{action: Allow, protocol: TCP, destination: {selector: app == 'db', ports: [http]}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "egress",
+                "--protocol",
+                "tcp",
+                "--src",
+                "198.18.1.1:40000",
+                "--dst",
+                "198.18.1.2:9090",
+            ],
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "named port of another endpoint does not apply (db has no 8080)",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: app == 'web'\n  types: [Egress]\n  egress: [{action: Allow, protocol: TCP, destination: {selector: app == 'db', ports: [http]}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "egress",
+                "--protocol",
+                "tcp",
+                "--src",
+                "198.18.1.1:40000",
+                "--dst",
+                "198.18.1.2:8080",
+            ],
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "source nets",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {nets: [198.18.2.0/24]}}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "source notNets",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {notNets: [198.18.2.0/24]}}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "a NetworkPolicy's selector sees only its own namespace",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: app == 'client'}}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "namespaceSelector opens other namespaces",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: app == 'client', namespaceSelector: env == 'dev'}}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "a GlobalNetworkPolicy's selector sees every namespace",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, source: {selector: app == 'client'}}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "notSelector",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Deny, source: {notSelector: app == 'db'}}, {action: Allow}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "ICMP type matches",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 8, code: 0}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "icmp",
+                "--src",
+                "198.18.2.1",
+                "--dst",
+                "198.18.1.1",
+                "--icmp-type",
+                "8",
+            ],
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "ICMP code differs",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 3, code: 1}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "icmp",
+                "--src",
+                "198.18.2.1",
+                "--dst",
+                "198.18.1.1",
+                "--icmp-type",
+                "3",
+                "--icmp-code",
+                "4",
+            ],
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "notICMP",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, notICMP: {type: 8}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "icmp",
+                "--src",
+                "198.18.2.1",
+                "--dst",
+                "198.18.1.1",
+                "--icmp-type",
+                "13",
+            ],
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "ICMPv6 echo",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMPv6, icmp: {type: 128}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "icmpv6",
+                "--src",
+                "2001:db8::2:1",
+                "--dst",
+                "2001:db8::1:1",
+                "--icmp-type",
+                "128",
+            ],
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "ipVersion 6 does not match IPv4",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, ipVersion: 6}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "IPv6 source nets",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, ipVersion: 6, source: {nets: [\"2001:db8::2:0/112\"]}}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "ingress",
+                "--protocol",
+                "tcp",
+                "--src",
+                "[2001:db8::2:1]:40000",
+                "--dst",
+                "[2001:db8::1:1]:80",
+            ],
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "source ports",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Deny, protocol: UDP, source: {ports: [\"39000:41000\"]}}, {action: Allow}]\n",
+            WEB_IN_UDP_80,
+            "deny",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "order: the lower order decides first",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a-allow}\nspec:\n  order: 20\n  selector: all()\n  ingress: [{action: Allow}]\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: b-deny}\nspec:\n  order: 10\n  selector: all()\n  ingress: [{action: Deny, protocol: TCP}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "rule",
+            Some("GlobalNetworkPolicy:b-deny"),
+            Some(0),
+        ),
+        case(
+            "Pass goes to the next tier",
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 10}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.pass}\nspec:\n  tier: security\n  selector: all()\n  ingress: [{action: Pass, source: {nets: [198.18.2.0/24]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "a tier without a decision applies its default action",
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 10}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.pass}\nspec:\n  tier: security\n  selector: all()\n  ingress: [{action: Pass, source: {nets: [198.18.3.0/24]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "a tier whose default action is Pass",
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 10, defaultAction: Pass}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.nothing}\nspec:\n  tier: security\n  selector: all()\n  ingress: [{action: Deny, source: {nets: [198.18.3.0/24]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: TCP}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "Log records and goes on",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Log}, {action: Allow, protocol: TCP}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(1),
+        ),
+        case(
+            "profiles after the policies",
+            "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: web-extra}\nspec: {ingress: [{action: Deny, protocol: UDP}, {action: Allow}]}\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "profile-rule",
+            Some("Profile:web-extra"),
+            Some(1),
+        ),
+        case(
+            "a GlobalNetworkPolicy's namespaceSelector narrows where it applies",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  namespaceSelector: env == 'dev'\n  ingress: [{action: Allow}]\n",
+            WEB_IN_TCP_80,
+            "deny",
+            "no-match",
+            None,
+            None,
+        ),
+        case(
+            "egress destination nets",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: app == 'web'\n  types: [Egress]\n  egress: [{action: Deny, destination: {nets: [198.18.1.0/24]}}, {action: Allow}]\n",
+            &[
+                "--endpoint",
+                "prod/web",
+                "--direction",
+                "egress",
+                "--protocol",
+                "udp",
+                "--src",
+                "198.18.1.1:5000",
+                "--dst",
+                "198.18.1.2:53",
+            ],
+            "deny",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+    ];
 
-#[test]
-fn trace_gives_calicos_verdicts() {
-    require_root();
-    let mut failures = Vec::new();
-    for case in CASES {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("base.yaml"), BASE).expect("write");
-        std::fs::write(dir.path().join("case.yaml"), case.resources).expect("write");
-        let output = Command::new(loader_bin())
-            .arg("trace")
-            .arg("--datastore")
-            .arg(dir.path())
-            .args(case.args)
-            .args(["-o", "json"])
-            .output()
-            .expect("run trace");
-        if !output.status.success() {
-            failures.push(format!(
-                "{}: trace failed: {}",
-                case.name,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-            continue;
+    #[test]
+    fn trace_gives_calicos_verdicts() {
+        require_root();
+        let mut failures = Vec::new();
+        for case in CASES {
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::write(dir.path().join("base.yaml"), BASE).expect("write");
+            std::fs::write(dir.path().join("case.yaml"), case.resources).expect("write");
+            let output = Command::new(loader_bin())
+                .arg("trace")
+                .arg("--datastore")
+                .arg(dir.path())
+                .args(case.args)
+                .args(["-o", "json"])
+                .output()
+                .expect("run trace");
+            if !output.status.success() {
+                failures.push(format!(
+                    "{}: trace failed: {}",
+                    case.name,
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+                continue;
+            }
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+            let got = (
+                report["verdict"].as_str(),
+                report["decided_by_rule"]["kind"].as_str(),
+                report["policy"].as_str(),
+                report["rule"].as_u64(),
+            );
+            let tier_default_policy = if case.kind == "tier-default" {
+                report["policy"].as_str()
+            } else {
+                case.policy
+            };
+            let want = (
+                Some(case.verdict),
+                Some(case.kind),
+                tier_default_policy,
+                case.rule,
+            );
+            if got != want {
+                failures.push(format!(
+                    "{}: got {got:?}, want {want:?}\n{report:#}",
+                    case.name
+                ));
+            }
+            if case.name.starts_with("Log") && report["logged_by"]["rule"] != 0 {
+                failures.push(format!(
+                    "{}: the Log rule is reported: {report:#}",
+                    case.name
+                ));
+            }
         }
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-        let got = (
-            report["verdict"].as_str(),
-            report["decided_by_rule"]["kind"].as_str(),
-            report["policy"].as_str(),
-            report["rule"].as_u64(),
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            CASES.len(),
+            failures.join("\n")
         );
-        let tier_default_policy = if case.kind == "tier-default" {
-            report["policy"].as_str()
-        } else {
-            case.policy
-        };
-        let want = (
-            Some(case.verdict),
-            Some(case.kind),
-            tier_default_policy,
-            case.rule,
-        );
-        if got != want {
-            failures.push(format!(
-                "{}: got {got:?}, want {want:?}\n{report:#}",
-                case.name
-            ));
-        }
-        if case.name.starts_with("Log") && report["logged_by"]["rule"] != 0 {
-            failures.push(format!(
-                "{}: the Log rule is reported: {report:#}",
-                case.name
-            ));
-        }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n")
-    );
 }

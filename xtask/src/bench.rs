@@ -19,6 +19,7 @@
 //! namespace's own tables. Every namespace, pin, rule, sysctl and file is removed or restored
 //! at the end, on failure and on Ctrl-C (RAII guards).
 //!
+//! - `loader`: the endpoints' names and resources, `calico-loader dump`.
 //! - `topology`: namespaces, routes, iptables and nftables rules, the agent,
 //!   pins, sysctls.
 //! - `policy`: our setups' policies, their check with `calico-loader trace`,
@@ -30,6 +31,7 @@
 
 mod control;
 mod livegen;
+mod loader;
 mod measure;
 mod policy;
 mod report;
@@ -42,11 +44,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use testbed::{Cmd, TempDir, output, signals};
 
 use crate::{
-    setup,
+    paths, root, setup,
     topology::{self as shared, AttachMode, NetnsPair, PinGuard},
-    util::{self, Cmd, TempDir},
 };
 
 use self::{
@@ -161,7 +163,7 @@ pub fn udp_sink(args: &UdpSinkArgs) -> Result<()> {
     }
     println!("listening on UDP port {}, not reading", args.port);
     loop {
-        util::sleep(Duration::from_secs(1))?;
+        signals::sleep(Duration::from_secs(1))?;
     }
 }
 
@@ -184,7 +186,7 @@ pub struct LiveGenArgs {
 
 /// Sends the frame until told to stop, then prints `{"frames":N,"seconds":S}`.
 pub fn live_gen(args: &LiveGenArgs) -> Result<()> {
-    util::catch_signals(&[libc::SIGTERM]);
+    signals::catch_signals(&[libc::SIGTERM]);
     let frame = (0..args.frame.len())
         .step_by(2)
         .map(|i| {
@@ -317,7 +319,7 @@ impl Plan {
             .get();
         let json = match &args.json {
             Some(path) => path.clone(),
-            None => util::target_dir()
+            None => paths::target_dir()
                 .join("bench")
                 .join(format!("bench-{}.json", report::timestamp(started).compact)),
         };
@@ -338,7 +340,7 @@ impl Plan {
             let _ = write!(
                 command,
                 " --json {}",
-                util::shell_quote(&json.to_string_lossy())
+                testbed::cmd::shell_quote(&json.to_string_lossy())
             );
         }
         Ok(Self {
@@ -410,15 +412,15 @@ pub struct Ctx<'a> {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     // SIGINT is already caught (see main); also clean up when told to stop.
-    util::catch_signals(&[libc::SIGTERM, libc::SIGHUP]);
+    signals::catch_signals(&[libc::SIGTERM, libc::SIGHUP]);
     let clock = Instant::now();
     let plan = Plan::new(args, SystemTime::now())?;
 
-    util::step(format!(
+    output::step(format!(
         "calico-ebpf bench{}",
         if plan.quick { " (quick)" } else { "" }
     ));
-    util::explain(format!(
+    output::explain(format!(
         "Setups, alternated within each of {} round(s): {}.\n\
          Measures per setup and round: 64-byte UDP packets/s at the sink (trafgen, {}s),\n\
          TCP throughput (iperf3, {}s), TCP request/response latency ({}s), and for our\n\
@@ -435,13 +437,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         plan.latency.as_secs(),
         plan.control_plane_rules,
     ));
-    util::ensure_can_become_root("the bench (namespaces, eBPF, iptables, nftables)")?;
+    root::ensure_can_become_root("the bench (namespaces, eBPF, iptables, nftables)")?;
 
     // The kernel programs are always built optimised (aya-build uses --release); only the
     // agent's own build differs. A full run measures an optimised agent; --quick, which only
     // checks that every setup moves traffic, reuses the debug build the tests just made.
     let release = !plan.quick;
-    util::step(if release {
+    output::step(if release {
         "Setup and release build"
     } else {
         "Setup and build"
@@ -451,8 +453,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if release {
         build = build.arg("--release");
     }
-    build.current_dir(util::workspace_root()).run()?;
-    let loader = util::built_binary("calico-loader", release);
+    build.current_dir(paths::workspace_root()).run()?;
+    let loader = paths::built_binary("calico-loader", release);
     if !loader.is_file() {
         bail!("{} is missing after the build", loader.display());
     }
@@ -485,7 +487,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
         clock.elapsed(),
     )?;
-    util::info(format!(
+    output::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
         plan.json.display()
@@ -500,7 +502,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 /// would repeat the first row.) The conntrack-size row has 1M other flows in the table (the
 /// first row has none); --quick fills 10k.
 fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
-    util::step("Microbenchmark: the programs through BPF_PROG_TEST_RUN");
+    output::step("Microbenchmark: the programs through BPF_PROG_TEST_RUN");
     let (routes, rules, conntrack, packets) = if plan.quick {
         ("1000", "1000", "10000", "2000")
     } else {
@@ -532,8 +534,8 @@ fn microbench(plan: &Plan, loader: &Path) -> Result<Vec<serde_json::Value>> {
 /// Builds everything, runs the rounds and the control-plane phase, tears
 /// everything down (guards, in reverse order of creation).
 fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, ControlPlane)> {
-    util::step("Preparing");
-    util::mount_bpffs()?;
+    output::step("Preparing");
+    root::mount_bpffs()?;
     let scratch = TempDir::create(std::env::temp_dir().join(format!("calico-bench-{pid}")))?;
     let bpf_stats = topology::Sysctl::set(
         "kernel.bpf_stats_enabled",
@@ -559,13 +561,13 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
         trafgen_config: &trafgen_config,
         bpf_stats: &bpf_stats,
     };
-    util::explain(plan.cpu_split());
-    util::explain(OFFLOADS);
+    output::explain(plan.cpu_split());
+    output::explain(OFFLOADS);
 
     let mut results: Vec<RoundResult> = Vec::new();
     for round in 1..=plan.rounds {
         for (index, &setup) in plan.setups.iter().enumerate() {
-            util::step(format!(
+            output::step(format!(
                 "Round {round}/{}, setup {}/{}: {setup}",
                 plan.rounds,
                 index + 1,
@@ -577,7 +579,7 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
                 .iter()
                 .find(|r| r.round == round && r.setup == Setup::Linux);
             if let Some(base) = baseline {
-                util::info(format!(
+                output::info(format!(
                     "{setup} vs linux in this round: packets/s x{:.2} (trafgen), x{:.2} (live \
                      frames), TCP x{:.2}",
                     report::ratio(result.pps.delivered_pps, base.pps.delivered_pps),
@@ -599,7 +601,7 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
 
     let mut rates = Vec::new();
     for (step, generator) in (1..).zip(Generator::ALL) {
-        util::info(format!(
+        output::info(format!(
             "[{step}/4] 64-byte UDP gen -> sink: {} on CPU {}, {:.1}s warm-up, then {}s counted",
             generator.as_str(),
             ctx.plan.generator_cpu,
@@ -615,25 +617,25 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
             topology::set_gen_host_gro(ctx.topo, false)?;
         }
         let pps = pps?;
-        util::info(pps.describe());
+        output::info(pps.describe());
         rates.push(pps);
     }
     let [pps, live] = <[PpsResult; 2]>::try_from(rates)
         .map_err(|_| anyhow::anyhow!("one packet rate per generator"))?;
 
-    util::info(format!(
+    output::info(format!(
         "[3/4] TCP gen -> sink: iperf3 for {}s",
         ctx.plan.duration.as_secs()
     ));
     let tcp = measure::tcp_throughput(ctx)?;
-    util::info(tcp.describe());
+    output::info(tcp.describe());
 
-    util::info(format!(
+    output::info(format!(
         "[4/4] TCP request/response gen <-> sink: 64-byte ping-pong for {}s",
         ctx.plan.latency.as_secs()
     ));
     let rr = measure::request_response(ctx)?;
-    util::info(rr.describe());
+    output::info(rr.describe());
 
     let policy = active.policy_check(ctx)?;
     active.deactivate(ctx)?;

@@ -1,11 +1,9 @@
 //! `cargo xtask build`: setup, then `cargo build` of the default members.
 
 use anyhow::Result;
+use testbed::{Cmd, output};
 
-use crate::{
-    setup,
-    util::{self, Cmd},
-};
+use crate::{paths, setup};
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
@@ -22,15 +20,16 @@ pub fn build(args: &BuildArgs) -> Result<()> {
 /// `cargo build` of the workspace's default members. calico-loader's build
 /// script compiles the eBPF programs (nightly toolchain, via aya-build).
 pub fn cargo_build(release: bool) -> Result<()> {
-    util::step(format!(
+    output::step(format!(
         "Building the workspace ({})",
         if release { "release" } else { "debug" }
     ));
     let mut cmd = Cmd::new("cargo")
         .arg("build")
-        .current_dir(util::workspace_root());
+        .current_dir(paths::workspace_root());
     if release {
         cmd = cmd.arg("--release");
     }
-    cmd.run()
+    cmd.run()?;
+    Ok(())
 }

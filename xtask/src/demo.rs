@@ -19,14 +19,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+use testbed::{ChildGuard, Cmd, Netns, TempDir, netns, output, privileges, signals};
 
 pub use crate::topology::AttachMode;
 use crate::{
-    build, setup,
+    build, paths, root, setup, sockets,
     topology::{
         self, GATEWAY_V4, HOST_SIDE_LINK_LOCAL, HOST_SIDE_MAC, NetnsPair, PinGuard, Workload,
     },
-    util::{self, ChildGuard, Cmd, Netns, TempDir},
 };
 
 const NODE: &str = "demo-node";
@@ -63,8 +63,8 @@ struct Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        util::step("Cleaning up");
-        util::explain(
+        output::step("Cleaning up");
+        output::explain(
             "Stopping the agent (it detaches its programs: --detach-on-exit), removing its\n\
              pins, then deleting the namespaces (which deletes the veth pairs in them).",
         );
@@ -73,12 +73,12 @@ impl Drop for Demo {
 
 pub fn demo(args: &DemoArgs) -> Result<()> {
     // SIGINT is already caught (see main); also clean up when told to stop.
-    util::catch_signals(&[libc::SIGTERM, libc::SIGHUP]);
+    signals::catch_signals(&[libc::SIGTERM, libc::SIGHUP]);
     let pid = std::process::id();
     let mode = args.attach_mode;
 
-    util::step("calico-ebpf demo");
-    util::explain(
+    output::step("calico-ebpf demo");
+    output::explain(
         "Three workloads (network namespaces wl1..wl3) are wired to a \"host\" namespace\n\
          through veth pairs, the way Calico's CNI plugin does it: pure L3, a /32 (/128)\n\
          per workload, every workload routed via a fake gateway. calico-loader attaches\n\
@@ -86,11 +86,11 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
          Everything is torn down at the end (also on failure or Ctrl-C).",
     );
 
-    util::ensure_can_become_root("the demo (namespaces, eBPF)")?;
-    util::step("Setup and build");
+    root::ensure_can_become_root("the demo (namespaces, eBPF)")?;
+    output::step("Setup and build");
     setup::setup()?;
     build::cargo_build(false)?;
-    let loader = util::built_binary("calico-loader", false);
+    let loader = paths::built_binary("calico-loader", false);
     if !loader.is_file() {
         bail!("{} is missing after the build", loader.display());
     }
@@ -98,14 +98,18 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let mut demo = Demo::default();
     let result = run(&mut demo, &loader, pid, mode);
     if let Err(err) = &result {
-        util::warn(format!("the demo failed: {err:#}"));
+        output::warn(format!("the demo failed: {err:#}"));
     }
     drop(demo);
     let pins = topology::pin_path("demo", pid);
     // Not root: bpffs is not readable, so the pins are not looked at.
-    topology::check_nothing_left("cdemo-", pid, util::is_root().then_some(pins.as_path()));
+    topology::check_nothing_left(
+        "cdemo-",
+        pid,
+        privileges::is_root().then_some(pins.as_path()),
+    );
     if result.is_ok() {
-        util::step("Done: the demo's namespaces, pins and files are gone");
+        output::step("Done: the demo's namespaces, pins and files are gone");
     }
     result
 }
@@ -121,11 +125,11 @@ fn run(demo: &mut Demo, loader: &Path, pid: u32, mode: AttachMode) -> Result<()>
     };
     start_agent(demo, &agent, &datastore, mode)?;
 
-    util::step("Endpoints");
-    util::explain("The WorkloadEndpoints the agent found, and where it attached programs:");
+    output::step("Endpoints");
+    output::explain("The WorkloadEndpoints the agent found, and where it attached programs:");
     agent.dump("endpoints").run()?;
-    util::step("Routes");
-    util::explain(
+    output::step("Routes");
+    output::explain(
         "The route map the programs look up: each workload address and the interface\n\
          (and MAC) to redirect to.",
     );
@@ -148,7 +152,7 @@ struct AgentCli {
 impl AgentCli {
     /// `calico-loader` inside the host namespace, as root.
     fn loader(&self) -> Cmd {
-        util::nsenter(&self.host_netns, &self.loader)
+        netns::nsenter(&self.host_netns, &self.loader)
     }
 
     /// `calico-loader dump WHAT --pin-path P`.
@@ -160,24 +164,28 @@ impl AgentCli {
 
     /// Shows the counters under a step header; returns them as JSON.
     fn counters(&self, title: &str) -> Result<String> {
-        util::step(title);
+        output::step(title);
         self.dump("counters").run()?;
-        self.dump("counters").args(["-o", "json"]).quiet().output()
+        Ok(self
+            .dump("counters")
+            .args(["-o", "json"])
+            .quiet()
+            .output()?)
     }
 }
 
 fn mount_bpffs() -> Result<()> {
-    util::step("bpffs");
-    util::explain("The agent pins its maps and programs in the BPF filesystem.");
-    if util::mount_bpffs()? {
-        util::info("/sys/fs/bpf is mounted");
+    output::step("bpffs");
+    output::explain("The agent pins its maps and programs in the BPF filesystem.");
+    if root::mount_bpffs()? {
+        output::info("/sys/fs/bpf is mounted");
     }
     Ok(())
 }
 
 fn create_topology(demo: &mut Demo, pid: u32, mode: AttachMode) -> Result<()> {
-    util::step("Creating the host namespace");
-    util::explain(format!(
+    output::step("Creating the host namespace");
+    output::explain(format!(
         "cdemo-host-{pid} plays the node: the agent runs in it and the host side of\n\
          every workload's veth pair lives in it."
     ));
@@ -186,8 +194,8 @@ fn create_topology(demo: &mut Demo, pid: u32, mode: AttachMode) -> Result<()> {
         .insert(Netns::create(format!("cdemo-host-{pid}"))?);
     host.ip(["link", "set", "lo", "up"]).run()?;
 
-    util::step("Creating workloads wl1..wl3");
-    util::explain(format!(
+    output::step("Creating workloads wl1..wl3");
+    output::explain(format!(
         "Each workload gets a namespace and a veth pair: `cali…` (MAC {HOST_SIDE_MAC}) on the\n\
          host side, `eth0` in the workload, with a /32 and a /128, a link-scoped route to\n\
          {GATEWAY_V4} and default routes via {GATEWAY_V4} / {HOST_SIDE_LINK_LOCAL}."
@@ -212,7 +220,7 @@ fn create_topology(demo: &mut Demo, pid: u32, mode: AttachMode) -> Result<()> {
 
 /// Writes the workload endpoints; returns the datastore directory.
 fn write_datastore(demo: &mut Demo, pid: u32) -> Result<PathBuf> {
-    util::step("Writing the datastore");
+    output::step("Writing the datastore");
     let datastore = demo.datastore.insert(TempDir::create(
         std::env::temp_dir().join(format!("calico-demo-{pid}")),
     )?);
@@ -224,7 +232,7 @@ fn write_datastore(demo: &mut Demo, pid: u32) -> Result<PathBuf> {
     );
     let file = datastore.path().join("workloadendpoints.yaml");
     std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
-    util::explain(format!(
+    output::explain(format!(
         "The agent reads projectcalico.org/v3 resources from a directory. {}:",
         file.display()
     ));
@@ -238,11 +246,11 @@ fn start_agent(
     datastore: &Path,
     mode: AttachMode,
 ) -> Result<()> {
-    util::step(format!(
+    output::step(format!(
         "Starting the agent (attach mode {})",
         mode.as_str()
     ));
-    util::explain(format!(
+    output::explain(format!(
         "Only the network namespace is switched (nsenter --net), so the agent shares our\n\
          bpffs; its pins go to {}. Its log lines are prefixed [agent].",
         agent.pin_path.display()
@@ -288,12 +296,12 @@ fn traffic(workloads: &[Workload]) -> Result<()> {
     let [wl1, wl2, wl3] = workloads else {
         bail!("expected {WORKLOADS} workloads");
     };
-    util::step("Traffic");
-    util::explain("IPv4 ping wl1 → wl2 and wl1 → wl3, IPv6 ping wl2 → wl3:");
+    output::step("Traffic");
+    output::explain("IPv4 ping wl1 → wl2 and wl1 → wl3, IPv6 ping wl2 → wl3:");
     ping(wl1, &wl2.ipv4.to_string(), false)?;
     ping(wl1, &wl3.ipv4.to_string(), false)?;
     ping(wl2, &wl3.ipv6.to_string(), true)?;
-    util::explain(format!(
+    output::explain(format!(
         "A TCP exchange: an echo server in wl3 ({}:{TCP_PORT}), a client in wl1:",
         wl3.ipv4
     ));
@@ -305,14 +313,15 @@ fn traffic(workloads: &[Workload]) -> Result<()> {
         },
         message: format!("hello {} from {}", wl3.name, wl1.name),
     };
-    if util::is_root() {
+    if privileges::is_root() {
         tcp_echo(&tcp)
     } else {
         // Entering a namespace needs root: run this same exchange via sudo.
         tcp.pair
             .xtask_as_root("tcp-echo")?
             .args(["--message", &tcp.message])
-            .run()
+            .run()?;
+        Ok(())
     }
 }
 
@@ -338,8 +347,8 @@ fn wire_workload(host: &Netns, wl: &Workload, mode: AttachMode) -> Result<()> {
 }
 
 fn ping(from: &Workload, to: &str, ipv6: bool) -> Result<()> {
-    util::bail_if_interrupted()?;
-    let mut cmd = from.netns.exec("ping");
+    signals::check_interrupted()?;
+    let mut cmd = from.netns.command("ping");
     if ipv6 {
         cmd = cmd.arg("-6");
     }
@@ -354,8 +363,9 @@ pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
     let addr = args.pair.addr;
     let (ready_tx, ready_rx) = mpsc::channel();
 
-    let server = util::spawn_in_netns(&args.pair.server_netns, move || -> Result<()> {
-        let (stream, peer) = util::accept_one(addr, &ready_tx, TIMEOUT, Duration::from_millis(20))?;
+    let server = sockets::spawn_in_netns(&args.pair.server_netns, move || -> Result<()> {
+        let (stream, peer) =
+            sockets::accept_one(addr, &ready_tx, TIMEOUT, Duration::from_millis(20))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         let mut line = String::new();
         BufReader::new(&stream)
@@ -371,12 +381,12 @@ pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
         Ok(())
     });
     if ready_rx.recv_timeout(TIMEOUT).is_err() {
-        util::join(server, "server")?;
+        sockets::join(server, "server")?;
         bail!("the server did not start");
     }
 
     let message = args.message.clone();
-    let client = util::spawn_in_netns(&args.pair.client_netns, move || -> Result<String> {
+    let client = sockets::spawn_in_netns(&args.pair.client_netns, move || -> Result<String> {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .with_context(|| format!("client: cannot connect to {addr}"))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
@@ -393,8 +403,8 @@ pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
             .context("client: reading the echo")?;
         Ok(reply.trim_end().to_owned())
     });
-    let client_result = util::join(client, "client");
-    let server_result = util::join(server, "server");
+    let client_result = sockets::join(client, "client");
+    let server_result = sockets::join(server, "server");
     let reply = client_result?;
     server_result?;
     eprintln!("    client got back: {reply:?}");
@@ -408,7 +418,7 @@ pub fn tcp_echo(args: &TcpEchoArgs) -> Result<()> {
 fn report_counter_difference(before: &str, after: &str) -> Result<()> {
     let before = forwarded_packets(before).context("parsing the counters before")?;
     let after = forwarded_packets(after).context("parsing the counters after")?;
-    util::step("What the traffic did to the counters");
+    output::step("What the traffic did to the counters");
     let width = after.keys().map(String::len).max().unwrap_or(8).max(8);
     eprintln!(
         "    {:width$}  {:>10}  {:>10}  {:>8}",
@@ -425,12 +435,12 @@ fn report_counter_difference(before: &str, after: &str) -> Result<()> {
         );
     }
     if total > 0 {
-        util::info(format!(
+        output::info(format!(
             "forwarded_packets rose by {total}: those packets were forwarded by the eBPF \
              programs, workload to workload, without the host's routing stack"
         ));
     } else {
-        util::warn(
+        output::warn(
             "forwarded_packets did not rise: the traffic did not go through the eBPF \
              fast path (see the [agent] lines and `calico-loader dump counters` drops)",
         );

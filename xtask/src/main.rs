@@ -1,17 +1,22 @@
 //! Developer tasks for calico-ebpf, run as `cargo xtask <command>`.
 //!
-//! Every subcommand lives in its own module; `util` holds the shared command
-//! runner (which echoes each command before running it) and RAII guards, and
-//! `topology` what `demo` and `bench` both build (workloads, the agent, pins).
+//! Every subcommand lives in its own module. `topology` holds what `demo` and
+//! `bench` both build (workloads, the agent, pins); `paths`, `root` and
+//! `sockets` the workspace's paths, becoming root, and threads inside
+//! namespaces. The command runner (which echoes each command before running
+//! it), the namespace guard and the other RAII guards are the `testbed` crate's,
+//! shared with the integration tests.
 
 mod bench;
 mod build;
 mod demo;
+mod paths;
+mod root;
 mod run;
 mod setup;
+mod sockets;
 mod test;
 mod topology;
-mod util;
 
 use std::process::ExitCode;
 
@@ -63,8 +68,8 @@ enum Command {
 
 fn main() -> ExitCode {
     // Both before any thread exists (the first one edits the environment).
-    util::ensure_cargo_bin_on_path();
-    util::catch_signals(&[libc::SIGINT]);
+    paths::ensure_cargo_bin_on_path();
+    testbed::signals::catch_signals(&[libc::SIGINT]);
 
     let result = match Cli::parse().command {
         Command::Setup => setup::setup(),

@@ -2,12 +2,10 @@
 
 use std::ffi::OsString;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
+use testbed::{Cmd, output, signals};
 
-use crate::{
-    build, setup,
-    util::{self, Cmd},
-};
+use crate::{build, paths, root, setup};
 
 /// Where the agent reads projectcalico.org/v3 resources from by default.
 const DEFAULT_DATASTORE: &str = "/etc/calico-ebpf/datastore";
@@ -26,32 +24,47 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    util::ensure_can_become_root("the agent (it loads eBPF programs)")?;
+    root::ensure_can_become_root("the agent (it loads eBPF programs)")?;
     setup::setup()?;
     build::cargo_build(args.release)?;
 
-    let loader = util::built_binary("calico-loader", args.release);
+    let loader = paths::built_binary("calico-loader", args.release);
     let mut cmd = Cmd::new(&loader).arg("run");
     if !has_flag(&args.args, "--datastore") {
         cmd = cmd.args(["--datastore", DEFAULT_DATASTORE]);
     }
     if !has_flag(&args.args, "--node") {
-        cmd = cmd.args(["--node".to_owned(), util::hostname()?]);
+        cmd = cmd.args(["--node".to_owned(), hostname()?]);
     }
     cmd = cmd.args(&args.args).privileged();
 
-    util::step("Running the agent (Ctrl-C to stop)");
-    util::explain(
+    output::step("Running the agent (Ctrl-C to stop)");
+    output::explain(
         "calico-loader reads WorkloadEndpoints for this node from the datastore, attaches\n\
          the eBPF programs to their interfaces and keeps them in sync until stopped.",
     );
     // Ctrl-C reaches the agent directly (same process group); xtask only waits
     // for it and reports how it ended.
     let status = cmd.status()?;
-    if !status.success() && !util::interrupted() {
+    if !status.success() && !signals::interrupted() {
         bail!("`{}` failed ({status})", cmd.display());
     }
     Ok(())
+}
+
+/// This machine's host name.
+fn hostname() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("gethostname failed");
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).trim().to_owned();
+    if name.is_empty() {
+        bail!("this machine has an empty host name; pass --node NAME explicitly");
+    }
+    Ok(name)
 }
 
 /// Whether `flag` is among `args`, as `--flag VALUE` or `--flag=VALUE`.

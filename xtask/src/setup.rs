@@ -5,9 +5,9 @@
 
 use std::{collections::HashSet, time::Instant};
 
+use crate::root;
 use anyhow::{Context, Result, bail};
-
-use crate::util::{self, Cmd};
+use testbed::{Cmd, output, privileges, signals};
 
 /// Debian packages the build, the agent, the tests and the demo rely on.
 const APT_PACKAGES: &[&str] = &[
@@ -41,13 +41,13 @@ const NIGHTLY: &str = "nightly";
 
 pub fn setup() -> Result<()> {
     let start = Instant::now();
-    util::step("Setup: checking prerequisites");
+    output::step("Setup: checking prerequisites");
 
     apt_packages().context("installing Debian packages")?;
     nightly_rust_src().context("installing rust-src for the nightly toolchain")?;
     bpf_linker().context("installing bpf-linker")?;
 
-    util::info(format!(
+    output::info(format!(
         "setup finished in {:.1}s",
         start.elapsed().as_secs_f64()
     ));
@@ -57,7 +57,7 @@ pub fn setup() -> Result<()> {
 /// Debian packages, via one `dpkg-query` for the check and, only when
 /// something is missing, `apt-get update` + `apt-get install`.
 fn apt_packages() -> Result<()> {
-    if util::which("dpkg-query").is_none() || util::which("apt-get").is_none() {
+    if privileges::which("dpkg-query").is_none() || privileges::which("apt-get").is_none() {
         bail!(
             "dpkg-query/apt-get not found: this is not a Debian-like system; install these \
              packages (or their equivalents) by hand: {}",
@@ -84,20 +84,20 @@ fn apt_packages() -> Result<()> {
         .collect();
 
     if missing.is_empty() {
-        util::info(format!(
+        output::info(format!(
             "Debian packages: all {} installed",
             APT_PACKAGES.len()
         ));
         return Ok(());
     }
-    util::info(format!("Debian packages missing: {}", missing.join(" ")));
-    if !util::is_root() && util::which("sudo").is_none() {
+    output::info(format!("Debian packages missing: {}", missing.join(" ")));
+    if !privileges::is_root() && privileges::which("sudo").is_none() {
         bail!(
             "sudo is not installed, so packages cannot be installed as this user: run \
              `cargo xtask setup` once as root"
         );
     }
-    util::ensure_can_become_root("installing Debian packages")?;
+    root::ensure_can_become_root("installing Debian packages")?;
     Cmd::new("apt-get").arg("update").privileged().run()?;
     Cmd::new("apt-get")
         .args(["install", "-y"])
@@ -111,29 +111,31 @@ fn apt_packages() -> Result<()> {
 /// `rust-src` for the nightly toolchain: aya-build compiles the eBPF
 /// programs with `-Z build-std`, which needs the standard library's source.
 fn nightly_rust_src() -> Result<()> {
-    if util::which("rustup").is_none() {
+    if privileges::which("rustup").is_none() {
         bail!("rustup not found: install it (https://rustup.rs) and re-run `cargo xtask setup`");
     }
     let list = Cmd::new("rustup")
         .args(["component", "list", "--toolchain", NIGHTLY, "--installed"])
         .capture()?;
     if !list.status.success() {
-        util::info(format!("toolchain `{NIGHTLY}` is not installed"));
+        output::info(format!("toolchain `{NIGHTLY}` is not installed"));
         return Cmd::new("rustup")
             .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
             .args(["--component", "rust-src"])
-            .run();
+            .run()
+            .map_err(Into::into);
     }
     let has_rust_src = String::from_utf8_lossy(&list.stdout)
         .lines()
         .any(|line| line.trim() == "rust-src" || line.starts_with("rust-src-"));
     if has_rust_src {
-        util::info(format!("rust-src for `{NIGHTLY}`: installed"));
+        output::info(format!("rust-src for `{NIGHTLY}`: installed"));
         return Ok(());
     }
     Cmd::new("rustup")
         .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
-        .run()
+        .run()?;
+    Ok(())
 }
 
 /// bpf-linker, built against the system's LLVM 22.
@@ -141,15 +143,15 @@ fn bpf_linker() -> Result<()> {
     let wanted_minor = BPF_LINKER_VERSION
         .rsplit_once('.')
         .map_or(BPF_LINKER_VERSION, |(minor, _)| minor);
-    if util::which("bpf-linker").is_some() {
+    if privileges::which("bpf-linker").is_some() {
         let version = Cmd::new("bpf-linker").arg("--version").capture()?;
         let version = String::from_utf8_lossy(&version.stdout);
         let version = version.split_whitespace().nth(1).unwrap_or("unknown");
         if version == wanted_minor || version.starts_with(&format!("{wanted_minor}.")) {
-            util::info(format!("bpf-linker {version}: installed"));
+            output::info(format!("bpf-linker {version}: installed"));
             return Ok(());
         }
-        util::info(format!(
+        output::info(format!(
             "bpf-linker {version} found, but {BPF_LINKER_VERSION} is wanted"
         ));
     }
@@ -168,11 +170,12 @@ fn bpf_linker() -> Result<()> {
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             .run()
     };
-    util::info("building bpf-linker against LLVM 22 (takes a few minutes)");
+    output::info("building bpf-linker against LLVM 22 (takes a few minutes)");
     if let Err(err) = install(true) {
-        util::bail_if_interrupted()?;
-        util::warn(format!(
-            "{err:#}; retrying without --locked (newer compatible dependencies)"
+        signals::check_interrupted()?;
+        output::warn(format!(
+            "{}; retrying without --locked (newer compatible dependencies)",
+            output::with_causes(&err)
         ));
         install(false)?;
     }

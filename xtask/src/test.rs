@@ -3,11 +3,9 @@
 use std::ffi::OsString;
 
 use anyhow::Result;
+use testbed::{Cmd, output, privileges};
 
-use crate::{
-    bench, setup,
-    util::{self, Cmd},
-};
+use crate::{bench, paths, root, setup};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -19,11 +17,11 @@ pub struct TestArgs {
 
 pub fn test(args: &TestArgs) -> Result<()> {
     // The tests load eBPF programs and create network namespaces: fail fast.
-    util::ensure_can_become_root("`cargo xtask test` (the tests load eBPF programs)")?;
+    root::ensure_can_become_root("`cargo xtask test` (the tests load eBPF programs)")?;
     setup::setup()?;
 
-    util::step("Running the tests");
-    util::explain(
+    output::step("Running the tests");
+    output::explain(
         "calico-ebpf is excluded: it is a no_std crate for the BPF target and is\n\
          exercised through calico-loader's integration tests instead.",
     );
@@ -31,8 +29,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
         .args(["test", "--workspace", "--exclude", "calico-ebpf"])
         .args(&args.args)
         .env("RUST_BACKTRACE", "1")
-        .current_dir(util::workspace_root());
-    if !util::is_root() {
+        .current_dir(paths::workspace_root());
+    if !privileges::is_root() {
         // Cargo builds as this user; only the test binaries run as root,
         // e.g. CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E".
         let arch = std::env::consts::ARCH.to_uppercase();
@@ -46,7 +44,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     // The benchmark's quick mode, after the tests, so that CI (`.ci/run` ->
     // `cargo xtask test`) exercises it too: fails if any setup moved no
     // traffic, asserts nothing about speed.
-    util::step("Running the quick benchmark (`cargo xtask bench --quick`)");
+    output::step("Running the quick benchmark (`cargo xtask bench --quick`)");
     bench::bench(&bench::BenchArgs::quick())?;
 
     Ok(())

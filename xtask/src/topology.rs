@@ -17,10 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::root;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-
-use crate::util::{self, ChildGuard, Cmd, Netns};
+use testbed::{ChildGuard, Cmd, Netns, netns, output, signals};
 
 /// The MAC every host-side workload interface gets, as in Calico.
 pub const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
@@ -70,7 +70,7 @@ impl Workload {
     /// a /32 and a /128 on `eth0`, a link-scoped route to `GATEWAY_V4` and
     /// default routes via `GATEWAY_V4` / `HOST_SIDE_LINK_LOCAL`.
     pub fn wire(&self, host: &Netns) -> Result<()> {
-        util::info(format!(
+        output::info(format!(
             "{}: {} (host side) <-> eth0 in {}, {} / {}",
             self.name,
             self.host_if,
@@ -80,11 +80,7 @@ impl Workload {
         ));
         // Created inside the host namespace, peer moved straight into the
         // workload namespace: nothing ever appears in the root namespace.
-        host.ip(["link", "add", &self.host_if, "address", HOST_SIDE_MAC])
-            .args(["type", "veth", "peer", "name", "eth0", "address", &self.mac])
-            .args(["netns", self.netns.name()])
-            .run()?;
-        host.ip(["link", "set", &self.host_if, "up"]).run()?;
+        host.add_veth(&self.host_if, HOST_SIDE_MAC, &self.netns, "eth0", &self.mac)?;
         let ip = |args: &[&str]| self.netns.ip(args).run();
         ip(&["link", "set", "lo", "up"])?;
         ip(&["link", "set", "eth0", "up"])?;
@@ -109,7 +105,8 @@ impl Workload {
             HOST_SIDE_LINK_LOCAL,
             "dev",
             "eth0",
-        ])
+        ])?;
+        Ok(())
     }
 
     /// `ethtool -K eth0 gro on tx off` in the workload: frames XDP-redirected
@@ -119,7 +116,7 @@ impl Workload {
     /// offload off).
     pub fn ethtool_for_xdp(&self) -> Cmd {
         self.netns
-            .exec("ethtool")
+            .command("ethtool")
             .args(["-K", "eth0", "gro", "on", "tx", "off"])
     }
 
@@ -174,7 +171,7 @@ pub fn spawn_agent(
     mode: AttachMode,
     pin_path: &Path,
 ) -> Result<Child> {
-    let mut run = util::nsenter(host_netns, loader);
+    let mut run = netns::nsenter(host_netns, loader);
     if !std::io::stderr().is_terminal() {
         // Its log lines end up in a file or pipe: no colour codes there.
         run = run.env("NO_COLOR", "1");
@@ -192,6 +189,7 @@ pub fn spawn_agent(
         .arg("--pin-path")
         .arg(pin_path)
         .spawn_prefixed("[agent]")
+        .map_err(Into::into)
 }
 
 /// Polls `dump` (a `calico-loader dump endpoints -o json`) every `poll`
@@ -207,7 +205,7 @@ pub fn wait_for_attachment(
     poll: Duration,
     mut attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
 ) -> Result<()> {
-    util::info(format!(
+    output::info(format!(
         "waiting up to {}s for {waiting_for}: polling `{}`",
         ATTACH_TIMEOUT.as_secs(),
         dump.display()
@@ -223,7 +221,7 @@ pub fn wait_for_attachment(
             match serde_json::from_slice::<Value>(&output.stdout) {
                 Ok(Value::Array(endpoints)) => match attached(&endpoints) {
                     ControlFlow::Break(done) => {
-                        util::info(done);
+                        output::info(done);
                         return Ok(());
                     }
                     ControlFlow::Continue(seen) => seen,
@@ -240,7 +238,7 @@ pub fn wait_for_attachment(
                 ATTACH_TIMEOUT.as_secs()
             );
         }
-        util::sleep(poll)?;
+        signals::sleep(poll)?;
     }
 }
 
@@ -271,17 +269,20 @@ impl Drop for PinGuard {
 /// Removes the agent's pins: `calico-loader cleanup` (inside the host
 /// namespace, where the interfaces are), then `rm -rf` as a fallback.
 pub fn cleanup_pins(loader: &Path, host_netns: &Path, pin_path: &Path) {
-    let cleanup = util::nsenter(host_netns, loader)
+    let cleanup = netns::nsenter(host_netns, loader)
         .arg("cleanup")
         .arg("--pin-path")
         .arg(pin_path)
         .cleanup();
     if let Err(err) = cleanup.run() {
-        util::warn(format!("{err:#}; removing the pins by hand"));
+        output::warn(format!(
+            "{}; removing the pins by hand",
+            output::with_causes(&err)
+        ));
     }
     let rm = Cmd::new("rm").arg("-rf").arg(pin_path);
     if let Err(err) = rm.privileged().cleanup().run() {
-        util::warn(format!("{err:#}"));
+        output::warn(output::with_causes(&err));
     }
 }
 
@@ -297,13 +298,13 @@ pub fn check_nothing_left(netns_prefix: &str, pid: u32, pins: Option<&Path>) {
         .filter(|name| name.starts_with(netns_prefix) && name.ends_with(&suffix))
         .collect();
     if !leftovers.is_empty() {
-        util::warn(format!(
+        output::warn(format!(
             "namespaces left behind: {} (remove with `ip netns del NAME`)",
             leftovers.join(" ")
         ));
     }
-    if let Some(pins) = pins.filter(|p| util::exists_as_root(p)) {
-        util::warn(format!("pins left behind: rm -rf {}", pins.display()));
+    if let Some(pins) = pins.filter(|p| root::exists_as_root(p)) {
+        output::warn(format!("pins left behind: rm -rf {}", pins.display()));
     }
 }
 

@@ -378,7 +378,7 @@ impl Etcd {
         adjust: impl FnOnce(&mut Command),
     ) -> Output {
         use std::io::Write as _;
-        let mut command = self.command(Path::new(super::netns::loader_bin()));
+        let mut command = self.command(Path::new(super::topology::loader_bin()));
         command
             .args(args)
             .env("DATASTORE_TYPE", "etcdv3")

@@ -1,5 +1,5 @@
-//! Shared test support: RAII guards for namespaces, workloads and the agent.
+//! Shared test support: topologies of namespaces and workloads, the agent, and a real etcd.
 #![allow(dead_code)]
 
 pub mod etcd;
-pub mod netns;
+pub mod topology;

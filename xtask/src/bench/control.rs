@@ -36,22 +36,18 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
+use testbed::{Cmd, output, privileges, signals};
 
 use super::{
     Ctx, Setup,
+    loader::{endpoint_key, endpoint_yaml},
     policy::{
         Decider, POLICY_FILE, Staged, TRAFGEN_PORT, TraceOutcome, policy_count, policy_yaml,
         run_trace, trace_cmd,
     },
-    topology::{
-        Active, Agent, create_workload, endpoint_key, endpoint_yaml, log_field, log_time,
-        millis_between,
-    },
+    topology::{Active, Agent, create_workload, log_field, log_time, millis_between},
 };
-use crate::{
-    topology::AttachMode,
-    util::{self, Cmd},
-};
+use crate::{sockets, topology::AttachMode};
 
 /// The datastore file of the new endpoint.
 const NEW_ENDPOINT_FILE: &str = "workloadendpoint-new.yaml";
@@ -156,10 +152,10 @@ pub struct Memory {
 /// Runs the three parts on a fresh agent, then stops it and puts the datastore back.
 pub fn measure(ctx: &Ctx<'_>) -> Result<ControlPlane> {
     let rules = ctx.plan.control_plane_rules;
-    util::step(format!(
+    output::step(format!(
         "Control plane: {rules} rules into a running agent, a new endpoint, memory"
     ));
-    util::explain(format!(
+    output::explain(format!(
         "One agent (tc) with gen and sink and no policy. (1) The {rules} rules of the ours-*-N\n\
          setups are renamed into its datastore; `calico-loader trace` runs every {} ms until the\n\
          last rule decides trafgen's packet. (2) A third workload, new, sends to gen every {} ms\n\
@@ -206,7 +202,7 @@ fn phases(ctx: &Ctx<'_>, agent: &Agent, rules: u32) -> Result<ControlPlane> {
             .sum(),
         maps,
     };
-    util::info(format!(
+    output::info(format!(
         "agent (pid {pid}): VmHWM {} KiB, VmRSS {} KiB ({} KiB before the rules); {} BPF maps, \
          {:.1} MiB ({:.1} MiB before the rules)",
         memory.vm_hwm_kib.map_or("?".into(), |k| k.to_string()),
@@ -251,7 +247,7 @@ fn apply_policy(ctx: &Ctx<'_>, agent: &Agent, rules: u32) -> Result<PolicyApply>
     }
     let yaml = policy_yaml(rules, topo.gen_wl.ipv4);
     let staged = Staged::write(ctx.datastore, POLICY_FILE, &yaml)?;
-    util::info(format!(
+    output::info(format!(
         "before: trafgen's packet {}; renaming {rules} rules ({} policies, {} bytes) into {} and \
          polling the trace every {} ms until {} rule {} decides",
         before.describe(),
@@ -282,7 +278,7 @@ fn apply_policy(ctx: &Ctx<'_>, agent: &Agent, rules: u32) -> Result<PolicyApply>
                 TIMEOUT.as_secs()
             );
         }
-        util::sleep(TRACE_POLL)?;
+        signals::sleep(TRACE_POLL)?;
     };
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
     let compiled = agent
@@ -318,7 +314,7 @@ fn apply_policy(ctx: &Ctx<'_>, agent: &Agent, rules: u32) -> Result<PolicyApply>
             .and_then(log_time)
             .map(|t| millis_between(published, t)),
     };
-    util::info(format!(
+    output::info(format!(
         "{rules} rules in force after {:.0} ms ({} traces of {:.0} ms each); the agent's log: \
          file loaded {} ms after the rename, compiled in {} ms, programmed {} ms after the rename",
         apply.wall_ms,
@@ -339,12 +335,12 @@ fn apply_policy(ctx: &Ctx<'_>, agent: &Agent, rules: u32) -> Result<PolicyApply>
 fn new_endpoint(ctx: &Ctx<'_>, agent: &Agent) -> Result<NewEndpoint> {
     let topo = ctx.topo;
     let new = create_workload(&topo.host, topo.pid, "new", NEW_INDEX)?;
-    let mut probe = if util::is_root() {
+    let mut probe = if privileges::is_root() {
         Probe::udp_echo(ctx, &new)?
     } else {
         Probe::ping(ctx, &new)
     };
-    util::sleep(BEFORE_PUBLISH)?;
+    signals::sleep(BEFORE_PUBLISH)?;
     if probe.is_finished() {
         match probe.finish() {
             Ok(reply) => bail!(
@@ -360,7 +356,7 @@ fn new_endpoint(ctx: &Ctx<'_>, agent: &Agent) -> Result<NewEndpoint> {
         }
     }
     let staged = Staged::write(ctx.datastore, NEW_ENDPOINT_FILE, &endpoint_yaml(&new))?;
-    util::info(format!(
+    output::info(format!(
         "no reply in {} ms; renaming new's WorkloadEndpoint into {}",
         BEFORE_PUBLISH.as_millis(),
         ctx.datastore.join(NEW_ENDPOINT_FILE).display()
@@ -395,7 +391,7 @@ fn new_endpoint(ctx: &Ctx<'_>, agent: &Agent) -> Result<NewEndpoint> {
         agent_attached_ms: at_log(&format!("attached endpoint={}", endpoint_key(&new)))?,
     };
     let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}"));
-    util::info(format!(
+    output::info(format!(
         "first reply {:.0} ms after the rename (request {} of {}, sent {} ms after the rename, \
          every {:.1} ms); the agent's log: file loaded {} ms after the rename, compiled in {} ms, \
          attached logged {} ms after the rename",
@@ -440,7 +436,7 @@ impl Probe {
     fn udp_echo(ctx: &Ctx<'_>, new: &crate::topology::Workload) -> Result<Self> {
         let server = SocketAddr::new(ctx.topo.gen_wl.ipv4.into(), ECHO_PORT);
         let local = SocketAddr::new(new.ipv4.into(), 0);
-        util::info(format!(
+        output::info(format!(
             "new ({}) sends a datagram to a UDP echo server in gen ({server}) every {} ms until \
              the first reply (threads of xtask in cbench-new and cbench-gen)",
             new.ipv4,
@@ -449,13 +445,13 @@ impl Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let echo_stop = Arc::clone(&stop);
-        let echo = util::spawn_in_netns(ctx.topo.gen_wl.netns.name(), move || {
+        let echo = sockets::spawn_in_netns(ctx.topo.gen_wl.netns.name(), move || {
             let socket = UdpSocket::bind(server)
                 .with_context(|| format!("echo server: cannot bind {server}"))?;
             socket.set_read_timeout(Some(Duration::from_millis(50)))?;
             let _ = ready_tx.send(());
             let mut buf = [0u8; 64];
-            while !echo_stop.load(Ordering::Relaxed) && !util::interrupted() {
+            while !echo_stop.load(Ordering::Relaxed) && !signals::interrupted() {
                 match socket.recv_from(&mut buf) {
                     Ok((n, peer)) => {
                         let _ = socket.send_to(&buf[..n], peer);
@@ -468,20 +464,20 @@ impl Probe {
         });
         if ready_rx.recv_timeout(Duration::from_secs(3)).is_err() {
             stop.store(true, Ordering::Relaxed);
-            util::join(echo, "echo server")?;
+            sockets::join(echo, "echo server")?;
             bail!("the UDP echo server in gen did not start");
         }
         let deadline: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
         let sender_deadline = Arc::clone(&deadline);
         let sender_stop = Arc::clone(&stop);
-        let sender = util::spawn_in_netns(new.netns.name(), move || {
+        let sender = sockets::spawn_in_netns(new.netns.name(), move || {
             let socket =
                 UdpSocket::bind(local).with_context(|| format!("prober: cannot bind {local}"))?;
             let start = Instant::now();
             let mut sent: Vec<SystemTime> = Vec::new();
             let mut buf = [0u8; 64];
             loop {
-                if sender_stop.load(Ordering::Relaxed) || util::interrupted() {
+                if sender_stop.load(Ordering::Relaxed) || signals::interrupted() {
                     return Ok(None);
                 }
                 let given_up = sender_deadline
@@ -543,11 +539,11 @@ impl Probe {
     fn ping(ctx: &Ctx<'_>, new: &crate::topology::Workload) -> Self {
         let target = ctx.topo.gen_wl.ipv4.to_string();
         let interval = format!("{:.3}", PROBE_INTERVAL.as_secs_f64());
-        let ping = new.netns.exec("ping").args([
+        let ping = new.netns.command("ping").args([
             "-D", "-n", "-i", &interval, // Until one reply, for a while at most.
             "-c", "1", "-w", "15", &target,
         ]);
-        util::info(format!(
+        output::info(format!(
             "new pings gen until the first reply (not root: no UDP probe from our threads): `{}`",
             ping.display()
         ));
@@ -580,12 +576,12 @@ impl Probe {
             *deadline = Some(Instant::now() + PROBE_TIMEOUT);
         }
         let reply = match self.sender.take() {
-            Some(sender) => util::join(sender, "prober"),
+            Some(sender) => sockets::join(sender, "prober"),
             None => Ok(None),
         };
         self.stop.store(true, Ordering::Relaxed);
         if let Some(echo) = self.echo.take() {
-            util::join(echo, "echo server")?;
+            sockets::join(echo, "echo server")?;
         }
         reply?.with_context(|| format!("no reply within {}s", PROBE_TIMEOUT.as_secs()))
     }

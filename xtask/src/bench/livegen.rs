@@ -17,8 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
-use crate::util;
+use testbed::signals;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -206,7 +205,7 @@ pub fn generate(frame: &[u8], ifindex: u32, duration: Duration) -> Result<(u64, 
     };
     let started = Instant::now();
     let mut frames = 0u64;
-    while started.elapsed() < duration && !util::interrupted() {
+    while started.elapsed() < duration && !signals::interrupted() {
         let mut attr = TestRunAttr {
             prog_fd: u32::try_from(prog.as_raw_fd()).expect("a valid fd"),
             data_size_in: u32::try_from(data.len()).expect("at most 256"),

@@ -18,14 +18,16 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use testbed::{ChildGuard, Cmd, output, privileges, signals};
 
 use super::{
     Ctx,
-    topology::{Active, IPERF_PORT, Program, Topology, dump_json},
+    loader::dump_json,
+    topology::{Active, IPERF_PORT, Program, Topology, UDP_PORT},
 };
 use crate::{
+    sockets,
     topology::{HOST_SIDE_MAC, NetnsPair},
-    util::{self, ChildGuard, Cmd},
 };
 
 /// The request/response server's port in the sink.
@@ -34,9 +36,6 @@ const RR_PORT: u16 = 7101;
 const RR_MESSAGE: usize = 64;
 /// Exchanges before the timed ones (connection warm-up).
 const RR_WARMUP: usize = 200;
-/// UDP destination port of the generated packets: the sink's socket listens
-/// there and never reads (`bench-udp-sink`).
-pub const UDP_PORT: u16 = 9;
 
 // ---------------------------------------------------------------------------
 // Packet rate
@@ -127,7 +126,7 @@ pub fn write_trafgen_config(dir: &Path, topo: &Topology, cpu: usize) -> Result<P
     let file = dir.join("udp64.trafgen");
     let config = trafgen_config(&topo.gen_wl.mac, topo.gen_wl.ipv4, topo.sink.ipv4, cpu)?;
     std::fs::write(&file, config).with_context(|| format!("cannot write {}", file.display()))?;
-    util::info(format!("trafgen configuration: {}", file.display()));
+    output::info(format!("trafgen configuration: {}", file.display()));
     Ok(file)
 }
 
@@ -257,7 +256,7 @@ const FOREIGN_USER_PCT: f64 = 10.0;
 /// Warns when another program competed for the CPUs during a measurement.
 fn warn_if_disturbed(cpus: &[CpuUsage], what: &str) {
     for cpu in cpus.iter().filter(|c| c.user_pct > FOREIGN_USER_PCT) {
-        util::warn(format!(
+        output::warn(format!(
             "CPU{} spent {:.0}% in user space during the {what}: another program was running \
              on this machine, so this figure is disturbed",
             cpu.cpu, cpu.user_pct
@@ -384,7 +383,12 @@ impl Snapshot {
     fn take(ctx: &Ctx<'_>, agent: bool) -> Result<Self> {
         let topo = ctx.topo;
         // The sink's counter first and on its own, for a precise interval.
-        let snmp = topo.sink.netns.exec("cat").arg("/proc/net/snmp").output()?;
+        let snmp = topo
+            .sink
+            .netns
+            .command("cat")
+            .arg("/proc/net/snmp")
+            .output()?;
         let sink_at = Instant::now();
         let sink_in_receives = snmp_value(&snmp, "Ip", "InReceives")?;
         let gen_link = topo
@@ -451,7 +455,7 @@ impl Generator {
             Self::Trafgen => {
                 let cpus = (plan.generator_cpu + 1).to_string();
                 gen_ns
-                    .exec("timeout")
+                    .command("timeout")
                     .args(["--preserve-status", "-s", "INT", "-k", "5"])
                     .arg(format!("{:.1}", run_for.as_secs_f64()))
                     .arg("trafgen")
@@ -468,7 +472,7 @@ impl Generator {
                 let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
                 let exe = std::env::current_exe().context("cannot find the xtask binary")?;
                 gen_ns
-                    .exec(exe)
+                    .command(exe)
                     .args(["bench-live-gen", "--ifname", "eth0"])
                     .args(["--cpu", &plan.generator_cpu.to_string()])
                     .args(["--seconds", &format!("{:.1}", run_for.as_secs_f64())])
@@ -511,7 +515,7 @@ pub fn packet_rate(
         program_stats(&json)
     };
     let warmup_start = read_programs()?;
-    util::sleep(plan.warmup)?;
+    signals::sleep(plan.warmup)?;
     if let Some(status) = sender.try_wait()? {
         bail!("{name} exited during the warm-up ({status}); see its {prefix} lines");
     }
@@ -520,7 +524,7 @@ pub fn packet_rate(
     if agent {
         ctx.bpf_stats.set_again("0")?;
     }
-    util::sleep(plan.duration.saturating_sub(before.sink_at.elapsed()))?;
+    signals::sleep(plan.duration.saturating_sub(before.sink_at.elapsed()))?;
     let after = Snapshot::take(ctx, agent)?;
     if agent {
         ctx.bpf_stats.set_again("1")?;
@@ -597,7 +601,7 @@ fn check_fast_path(result: &PpsResult) {
         .as_ref()
         .map_or(0, |c| c.forwarded_packets);
     if result.delivered_packets > 0 && forwarded < result.delivered_packets / 2 {
-        util::warn(format!(
+        output::warn(format!(
             "only {forwarded} of {} delivered packets were forwarded by our programs",
             result.delivered_packets
         ));
@@ -657,7 +661,7 @@ pub fn tcp_throughput(ctx: &Ctx<'_>) -> Result<TcpResult> {
         .topo
         .gen_wl
         .netns
-        .exec("timeout")
+        .command("timeout")
         .arg((secs + 20).to_string())
         .arg("iperf3")
         .args([
@@ -668,7 +672,7 @@ pub fn tcp_throughput(ctx: &Ctx<'_>) -> Result<TcpResult> {
         ])
         .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
         .capture()?;
-    util::bail_if_interrupted()?;
+    signals::check_interrupted()?;
     let cpus = cpu_usage(&before, &read_proc_stat()?);
     warn_if_disturbed(&cpus, "TCP measurement");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -772,7 +776,7 @@ pub fn request_response(ctx: &Ctx<'_>) -> Result<RrResult> {
         addr: SocketAddr::new(ctx.topo.sink.ipv4.into(), RR_PORT),
     };
     let cpu = ctx.plan.latency_cpu;
-    let result = if util::is_root() {
+    let result = if privileges::is_root() {
         ping_pong(&pair, ctx.plan.latency, cpu)
     } else {
         pair.xtask_as_root("bench-rr")
@@ -780,10 +784,11 @@ pub fn request_response(ctx: &Ctx<'_>) -> Result<RrResult> {
                 cmd.args(["--millis", &ctx.plan.latency.as_millis().to_string()])
                     .args(["--cpu", &cpu.to_string()])
                     .output()
+                    .map_err(anyhow::Error::from)
             })
             .and_then(|out| serde_json::from_str(&out).context("bench-rr printed invalid JSON"))
     };
-    util::bail_if_interrupted()?;
+    signals::check_interrupted()?;
     Ok(result.unwrap_or_else(|err| RrResult::failed(format!("{err:#}"))))
 }
 
@@ -794,7 +799,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    util::spawn_in_netns(netns, move || {
+    sockets::spawn_in_netns(netns, move || {
         pin_current_thread(cpu)?;
         f()
     })
@@ -829,7 +834,7 @@ pub fn ping_pong(pair: &NetnsPair, duration: Duration, cpu: usize) -> Result<RrR
 
     let server = spawn_in_netns(&pair.server_netns, cpu, move || -> Result<()> {
         let (mut stream, _) =
-            util::accept_one(addr, &ready_tx, TIMEOUT, Duration::from_millis(10))?;
+            sockets::accept_one(addr, &ready_tx, TIMEOUT, Duration::from_millis(10))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         let mut buf = [0u8; RR_MESSAGE];
@@ -842,7 +847,7 @@ pub fn ping_pong(pair: &NetnsPair, duration: Duration, cpu: usize) -> Result<RrR
         }
     });
     if ready_rx.recv_timeout(TIMEOUT).is_err() {
-        util::join(server, "server")?;
+        sockets::join(server, "server")?;
         bail!("the request/response server did not start");
     }
 
@@ -865,15 +870,15 @@ pub fn ping_pong(pair: &NetnsPair, duration: Duration, cpu: usize) -> Result<RrR
         let mut nanos = Vec::with_capacity(1 << 16);
         let end = Instant::now() + duration;
         while Instant::now() < end {
-            util::bail_if_interrupted()?;
+            signals::check_interrupted()?;
             let start = Instant::now();
             exchange(&mut stream)?;
             nanos.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         Ok(nanos)
     });
-    let client = util::join(client, "client");
-    let server = util::join(server, "server");
+    let client = sockets::join(client, "client");
+    let server = sockets::join(server, "server");
     let nanos = client?;
     server?;
     RrResult::from_samples(nanos)

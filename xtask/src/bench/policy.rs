@@ -33,21 +33,19 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
+use testbed::{ChildGuard, Cmd, output, signals};
 
 use super::{
     Ctx,
-    topology::{dump_json, endpoint_key},
+    loader::{dump_json, endpoint_key},
 };
-use crate::{
-    topology::ALLOW_ALL_PROFILE,
-    util::{self, ChildGuard, Cmd},
-};
+use crate::topology::ALLOW_ALL_PROFILE;
 
 /// The datastore file holding the bench's policies (absent with no rules).
 pub const POLICY_FILE: &str = "bench-policy.yaml";
 /// Rules per GlobalNetworkPolicy (Calico's CRD limit is 1,024 per direction).
 pub const RULES_PER_POLICY: u32 = 1_000;
-/// The UDP port of trafgen's packets, both ways (see `measure::UDP_PORT`).
+/// The UDP port of trafgen's packets, both ways (see `topology::UDP_PORT`).
 pub const TRAFGEN_PORT: u16 = 9;
 /// How long the agent may take to put a policy in force.
 const POLICY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,7 +173,7 @@ pub fn write_policy(datastore: &Path, rules: u32, generator: Ipv4Addr) -> Result
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }
-        util::info(format!(
+        output::info(format!(
             "no policy: {} absent, the endpoints' allow-all profile decides",
             path.display()
         ));
@@ -183,7 +181,7 @@ pub fn write_policy(datastore: &Path, rules: u32, generator: Ipv4Addr) -> Result
     }
     Staged::write(datastore, POLICY_FILE, &policy_yaml(rules, generator))?.publish()?;
     let expected = Decider::expected(rules);
-    util::info(format!(
+    output::info(format!(
         "{rules} ingress rules for the sink in {} GlobalNetworkPolicies (`app == 'sink'`, at most \
          {RULES_PER_POLICY} rules each): {} x `Deny from 198.19.x.y/32` (as iptables' DROPs), then \
          `Allow from {generator}/32`, {} rule {}: {}",
@@ -316,7 +314,7 @@ pub fn verify(
         udp(topo.gen_wl.ipv4),
         udp(topo.sink.ipv4),
     );
-    util::info(format!(
+    output::info(format!(
         "waiting up to {}s for {} rule {} to allow trafgen's packet: polling `{}`",
         POLICY_TIMEOUT.as_secs(),
         expected.policy,
@@ -343,10 +341,10 @@ pub fn verify(
                 expected.rule
             );
         }
-        util::sleep(Duration::from_millis(100))?;
+        signals::sleep(Duration::from_millis(100))?;
     };
     let agent_ready_ms = started.elapsed().as_secs_f64() * 1e3;
-    util::info(format!(
+    output::info(format!(
         "trace: trafgen's packet at the sink's ingress: {} ({agent_ready_ms:.0} ms after the \
          agent started)",
         trace.describe()
@@ -371,7 +369,7 @@ pub fn verify(
                 miss.describe()
             );
         }
-        util::info(format!(
+        output::info(format!(
             "trace: from {} (the first address that misses): {}",
             miss_address(0),
             miss.describe()
@@ -413,7 +411,7 @@ pub fn record_hits(ctx: &Ctx<'_>, check: &mut PolicyCheck) -> Result<()> {
             .find(|r| r["id"].as_u64() == Some(u64::from(id)))
             .and_then(|r| r["packets"].as_u64())
     });
-    util::info(format!(
+    output::info(format!(
         "dump rules: {} of the bench's ingress rules programmed; the deciding rule ({} rule {}, \
          id {}) counted {} packet(s) (new flows)",
         check.rules_programmed.unwrap_or(0),

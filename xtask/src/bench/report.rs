@@ -12,12 +12,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::json;
+use testbed::{Cmd, output};
 
 use super::{Plan, RoundResult, Setup, control::ControlPlane, control::mib};
-use crate::{
-    topology::AttachMode,
-    util::{self, Cmd},
-};
+use crate::{paths, topology::AttachMode};
 
 // ---------------------------------------------------------------------------
 // Time
@@ -92,7 +90,7 @@ fn first_line(cmd: &Cmd) -> String {
             .map(|l| l.trim().to_owned())
             .find(|l| !l.is_empty())
             .unwrap_or_else(|| "?".into()),
-        Err(err) => format!("unavailable: {err:#}"),
+        Err(err) => format!("unavailable: {}", output::with_causes(&err)),
     }
 }
 
@@ -107,7 +105,7 @@ fn proc_field(file: &str, key: &str) -> Option<String> {
 }
 
 pub fn machine_info(loader: &Path) -> Result<MachineInfo> {
-    util::step("Machine and tools");
+    output::step("Machine and tools");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("cannot read the kernel release")?
         .trim()
@@ -142,7 +140,7 @@ pub fn machine_info(loader: &Path) -> Result<MachineInfo> {
     let revision = first_line(
         &Cmd::new("git")
             .args(["describe", "--always", "--dirty"])
-            .current_dir(util::workspace_root()),
+            .current_dir(paths::workspace_root()),
     );
     let info = MachineInfo {
         kernel,
@@ -153,8 +151,8 @@ pub fn machine_info(loader: &Path) -> Result<MachineInfo> {
         revision,
         tools,
     };
-    util::info(info.one_line());
-    util::info(format!("iptables is {iptables}"));
+    output::info(info.one_line());
+    output::info(format!("iptables is {iptables}"));
     Ok(info)
 }
 
@@ -355,7 +353,7 @@ pub fn markdown_table(summary: &[SetupSummary]) -> String {
 }
 
 pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary]) {
-    util::step("Results");
+    output::step("Results");
     let spread = if plan.rounds > 1 {
         format!("median (min–max) over {} rounds", plan.rounds)
     } else {
@@ -516,7 +514,7 @@ pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
         }
     }
     if problems.is_empty() {
-        util::info(
+        output::info(
             "every setup moved traffic in every round (and in ours, the expected rule decided)",
         );
         Ok(())

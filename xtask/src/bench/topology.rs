@@ -19,21 +19,22 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+use testbed::{ChildGuard, Cmd, Netns, output, signals};
 
 use super::{
     Ctx, Setup,
+    loader::{NODE, dump_cmd, dump_json, endpoint_yaml},
     policy::{self, PolicyCheck},
 };
 use crate::{
+    root,
     topology::{self as shared, AttachMode, GATEWAY_V4, HOST_SIDE_MAC, Workload},
-    util::{self, ChildGuard, Cmd, Netns},
 };
 
-/// The node name the agent serves, and the endpoints are on.
-pub const NODE: &str = "bench";
-/// The namespace of the WorkloadEndpoints.
-pub const NAMESPACE: &str = "bench";
 pub const IPERF_PORT: u16 = 5201;
+/// UDP destination port of the generated packets: the sink's socket listens
+/// there and never reads (`bench-udp-sink`).
+pub const UDP_PORT: u16 = 9;
 
 /// The host namespace and the two workloads. Fields drop in declaration
 /// order: the workload namespaces, then the host namespace.
@@ -50,8 +51,8 @@ pub struct Topology {
 
 impl Topology {
     pub fn create(pid: u32) -> Result<Self> {
-        util::step("Creating the topology");
-        util::explain(format!(
+        output::step("Creating the topology");
+        output::explain(format!(
             "cbench-host-{pid} plays the node; cbench-gen-{pid} and cbench-sink-{pid} are the\n\
              workloads, each wired to it by a veth pair created inside the namespaces\n\
              (`cali…`, MAC {HOST_SIDE_MAC}, on the host side). Each workload routes via\n\
@@ -59,7 +60,7 @@ impl Topology {
         ));
         let host = Netns::create(format!("cbench-host-{pid}"))?;
         host.ip(["link", "set", "lo", "up"]).run()?;
-        host.exec("sysctl")
+        host.command("sysctl")
             .args(["-qw", "net.ipv4.ip_forward=1"])
             .run()?;
         let gen_wl = create_workload(&host, pid, "gen", 1)?;
@@ -83,7 +84,7 @@ impl Topology {
         if self.kernel_routes.get() {
             return Ok(());
         }
-        util::info(
+        output::info(
             "kernel routes and neighbour entries for the workloads (no agent in this setup):",
         );
         for wl in self.workloads() {
@@ -114,7 +115,7 @@ impl Topology {
         if !self.kernel_routes.get() {
             return Ok(());
         }
-        util::info("removing our kernel routes and neighbour entries: the agent writes its own");
+        output::info("removing our kernel routes and neighbour entries: the agent writes its own");
         for wl in self.workloads() {
             let ip = wl.ipv4.to_string();
             self.host
@@ -163,7 +164,7 @@ pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<
     // XDP setups: see `set_tx_offload`.
     // (Its "Actual changes" list goes nowhere: stdout is the results.)
     wl.netns
-        .exec("ethtool")
+        .command("ethtool")
         .args(["-K", "eth0", "gro", "on"])
         .output()?;
     Ok(wl)
@@ -174,7 +175,7 @@ pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<
 /// veth with NAPI; otherwise the veth default (off), as on a Calico host.
 pub fn set_gen_host_gro(topo: &Topology, on: bool) -> Result<()> {
     topo.host
-        .exec("ethtool")
+        .command("ethtool")
         .args([
             "-K",
             &topo.gen_wl.host_if,
@@ -192,21 +193,11 @@ pub fn set_gen_host_gro(topo: &Topology, on: bool) -> Result<()> {
 pub fn set_tx_offload(topo: &Topology, on: bool) -> Result<()> {
     for wl in topo.workloads() {
         wl.netns
-            .exec("ethtool")
+            .command("ethtool")
             .args(["-K", "eth0", "tx", if on { "on" } else { "off" }])
             .output()?;
     }
     Ok(())
-}
-
-/// `NAMESPACE/NAME` of a workload's WorkloadEndpoint, as `calico-loader trace` takes it.
-pub fn endpoint_key(wl: &Workload) -> String {
-    format!("{NAMESPACE}/{NODE}-cni-{}-eth0", wl.name)
-}
-
-/// A workload's WorkloadEndpoint (label `app: <its name>`).
-pub fn endpoint_yaml(wl: &Workload) -> String {
-    wl.endpoint_yaml(NODE, NAMESPACE, &wl.name)
 }
 
 /// Writes both WorkloadEndpoints into `dir`, the agent's datastore.
@@ -218,7 +209,7 @@ pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
     }
     let file = dir.join("workloadendpoints.yaml");
     std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
-    util::info(format!(
+    output::info(format!(
         "WorkloadEndpoints for gen and sink: {}",
         file.display()
     ));
@@ -243,7 +234,7 @@ impl Sysctl {
             .with_context(|| format!("cannot read {name}"))?
             .trim()
             .to_owned();
-        util::info(format!(
+        output::info(format!(
             "{name} is {old}; setting it to {value} for the bench ({why}), restored at the end"
         ));
         if old != value {
@@ -261,7 +252,8 @@ impl Sysctl {
             .args(["-qw", &format!("{}={value}", self.name)])
             .privileged()
             .quiet()
-            .run()
+            .run()?;
+        Ok(())
     }
 }
 
@@ -269,7 +261,11 @@ impl Drop for Sysctl {
     fn drop(&mut self) {
         let restore = Cmd::new("sysctl").args(["-qw", &format!("{}={}", self.name, self.old)]);
         if let Err(err) = restore.privileged().cleanup().run() {
-            util::warn(format!("could not restore {}: {err:#}", self.name));
+            output::warn(format!(
+                "could not restore {}: {}",
+                self.name,
+                output::with_causes(&err)
+            ));
         }
     }
 }
@@ -284,7 +280,7 @@ impl IperfServer {
         let sink = &topo.sink;
         let child = sink
             .netns
-            .exec("iperf3")
+            .command("iperf3")
             .args(["-s", "-B", &sink.ipv4.to_string()])
             .args(["-p", &IPERF_PORT.to_string(), "-i", "0"])
             .spawn_prefixed("[iperf3 -s]")?;
@@ -303,21 +299,15 @@ pub struct UdpSink {
 impl UdpSink {
     pub fn start(topo: &Topology) -> Result<Self> {
         let sink = &topo.sink;
-        let port = super::measure::UDP_PORT.to_string();
+        let port = UDP_PORT.to_string();
         let exe = std::env::current_exe().context("cannot find the xtask binary")?;
         let child = sink
             .netns
-            .exec(exe)
+            .command(exe)
             .args(["bench-udp-sink", "--port", &port])
             .spawn_prefixed("[udp sink]")?;
         let mut child = ChildGuard::new("the UDP sink", child, true);
-        wait_listening(
-            &mut child,
-            sink,
-            "-Hlun",
-            super::measure::UDP_PORT,
-            "[udp sink]",
-        )?;
+        wait_listening(&mut child, sink, "-Hlun", UDP_PORT, "[udp sink]")?;
         Ok(Self { _child: child })
     }
 }
@@ -334,7 +324,7 @@ fn wait_listening(
 ) -> Result<()> {
     let listening = wl
         .netns
-        .exec("ss")
+        .command("ss")
         .args([ss_flags, &format!("sport = :{port}")])
         .quiet();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -348,7 +338,7 @@ fn wait_listening(
         if Instant::now() >= deadline {
             bail!("{} is not listening on port {port} after 10s", child.name());
         }
-        util::sleep(Duration::from_millis(100))?;
+        signals::sleep(Duration::from_millis(100))?;
     }
 }
 
@@ -488,21 +478,6 @@ impl<'a> Active<'a> {
     }
 }
 
-/// `calico-loader dump WHAT -o json --pin-path P` (as root; dump only opens
-/// the pins, so it runs in any namespace).
-pub fn dump_json(ctx: &Ctx<'_>, what: &str) -> Result<Value> {
-    let out = dump_cmd(ctx.loader, ctx.pin_path, what).output()?;
-    serde_json::from_str(&out)
-        .with_context(|| format!("`dump {what} -o json` printed invalid JSON"))
-}
-
-fn dump_cmd(loader: &Path, pin_path: &Path, what: &str) -> Cmd {
-    Cmd::new(loader)
-        .args(["dump", what, "-o", "json", "--pin-path"])
-        .arg(pin_path)
-        .privileged()
-}
-
 /// Calico-style iptables policy for the generator's endpoint, in the host
 /// namespace: `FORWARD -i <gen> -j cali-fw-<gen>`, a chain of rules that do
 /// not match the traffic, then ACCEPT.
@@ -520,7 +495,7 @@ impl<'a> IptablesRules<'a> {
         let file = ctx.scratch.join(format!("iptables-{rules}.rules"));
         std::fs::write(&file, iptables_rules(&iface, &chain, rules))
             .with_context(|| format!("cannot write {}", file.display()))?;
-        util::info(format!(
+        output::info(format!(
             "{rules} non-matching rules (`-s 198.19.x.y/32 -j DROP`) then ACCEPT in {chain}, \
              jumped to from FORWARD for packets from {iface}; loaded with iptables-restore"
         ));
@@ -531,13 +506,13 @@ impl<'a> IptablesRules<'a> {
             chain,
             installed: false,
         };
-        host.exec("iptables-restore")
+        host.command("iptables-restore")
             .arg("--noflush")
             .arg(&file)
             .run()?;
         guard.installed = true;
         let count = host
-            .exec("iptables")
+            .command("iptables")
             .args(["-S", &guard.chain])
             .output()?
             .lines()
@@ -560,7 +535,7 @@ impl<'a> IptablesRules<'a> {
     }
 
     fn commands(&self) -> [Cmd; 3] {
-        let iptables = |args: &[&str]| self.host.exec("iptables").args(args);
+        let iptables = |args: &[&str]| self.host.command("iptables").args(args);
         [
             iptables(&["-D", "FORWARD", "-i", &self.iface, "-j", &self.chain]),
             iptables(&["-F", &self.chain]),
@@ -576,7 +551,7 @@ impl Drop for IptablesRules<'_> {
         }
         for cmd in self.commands() {
             if let Err(err) = cmd.cleanup().run() {
-                util::warn(format!("{err:#}"));
+                output::warn(output::with_causes(&err));
             }
         }
     }
@@ -585,7 +560,7 @@ impl Drop for IptablesRules<'_> {
 /// The tables in `host`'s nftables ruleset, as `FAMILY NAME`.
 fn nft_tables(host: &Netns) -> Result<Vec<String>> {
     Ok(host
-        .exec("nft")
+        .command("nft")
         .args(["list", "tables"])
         .output()?
         .lines()
@@ -605,7 +580,7 @@ fn remove_empty_iptables_nft_table(host: &Netns) -> Result<()> {
         return Ok(());
     }
     let listing = host
-        .exec("nft")
+        .command("nft")
         .args(["-j", "list", "table", "ip", "filter"])
         .output()?;
     let listing: Value = serde_json::from_str(&listing)
@@ -617,15 +592,16 @@ fn remove_empty_iptables_nft_table(host: &Netns) -> Result<()> {
         .filter(|o| o.get("rule").is_some())
         .count();
     if rules > 0 {
-        util::warn(format!(
+        output::warn(format!(
             "table ip filter still holds {rules} rule(s) after removing the chain; leaving it"
         ));
         return Ok(());
     }
-    util::info("deleting the empty `table ip filter` iptables-nft leaves behind (no hook left)");
-    host.exec("nft")
+    output::info("deleting the empty `table ip filter` iptables-nft leaves behind (no hook left)");
+    host.command("nft")
         .args(["delete", "table", "ip", "filter"])
-        .run()
+        .run()?;
+    Ok(())
 }
 
 /// The iptables-restore input: the jump, `rules` misses, the final ACCEPT.
@@ -679,7 +655,7 @@ impl<'a> NftRules<'a> {
         let file = ctx.scratch.join(format!("nft-{name}-{rules}.nft"));
         std::fs::write(&file, nft_ruleset(&iface, &chain, &set, shape, rules))
             .with_context(|| format!("cannot write {}", file.display()))?;
-        util::info(match shape {
+        output::info(match shape {
             NftShape::List => format!(
                 "{rules} non-matching rules (`ip saddr 198.19.x.y/32 drop`) then accept in \
                  {chain} of table inet {NFT_TABLE}, jumped to from its forward chain for \
@@ -707,10 +683,10 @@ impl<'a> NftRules<'a> {
         // Marked first: a partly applied file cannot exist (nft -f is
         // atomic), and deleting a missing table only warns on cleanup.
         guard.installed = true;
-        host.exec("nft").arg("-f").arg(&file).run()?;
+        host.command("nft").arg("-f").arg(&file).run()?;
 
         let listing = host
-            .exec("nft")
+            .command("nft")
             .args(["-j", "list", "table", "inet", NFT_TABLE])
             .output()?;
         let listing: Value = serde_json::from_str(&listing).with_context(|| {
@@ -740,7 +716,7 @@ impl<'a> NftRules<'a> {
 
     fn delete_table(&self) -> Cmd {
         self.host
-            .exec("nft")
+            .command("nft")
             .args(["delete", "table", "inet", NFT_TABLE])
     }
 
@@ -765,7 +741,7 @@ impl Drop for NftRules<'_> {
             return;
         }
         if let Err(err) = self.delete_table().cleanup().run() {
-            util::warn(format!("{err:#}"));
+            output::warn(output::with_causes(&err));
         }
     }
 }
@@ -855,7 +831,7 @@ impl Agent {
             .and_then(|v| v.parse().ok());
         let pid = agent_pid(ctx.loader, ctx.pin_path);
         if pid.is_none() {
-            util::warn("cannot find the agent's process id in /proc");
+            output::warn("cannot find the agent's process id in /proc");
         }
         Ok(Self {
             child,
@@ -871,12 +847,12 @@ impl Agent {
     fn stop(mut self, ctx: &Ctx<'_>) -> Result<()> {
         match self.child.stop(Duration::from_secs(10)) {
             Some(status) if status.success() => {}
-            Some(status) => util::warn(format!("the agent exited with {status} on SIGTERM")),
+            Some(status) => output::warn(format!("the agent exited with {status} on SIGTERM")),
             None => bail!("the agent did not stop"),
         }
         drop(self);
-        if util::exists_as_root(ctx.pin_path) {
-            util::warn(format!(
+        if root::exists_as_root(ctx.pin_path) {
+            output::warn(format!(
                 "the agent left {} behind despite --detach-on-exit; cleaning up",
                 ctx.pin_path.display()
             ));
@@ -917,7 +893,7 @@ fn wait_for_attachment(child: &mut ChildGuard, ctx: &Ctx<'_>) -> Result<()> {
 /// outlives a Ctrl-C to pass on the agent's last lines, and ends with them.
 fn spawn_agent(ctx: &Ctx<'_>, hook: AttachMode, log: &Path) -> Result<Child> {
     const TEE: &str = r#"log=$1; shift; exec "$@" 2> >(exec tee -i -a "$log" >&2)"#;
-    util::info(format!(
+    output::info(format!(
         "starting the agent; its log is also copied to {}",
         log.display()
     ));
@@ -943,6 +919,7 @@ fn spawn_agent(ctx: &Ctx<'_>, hook: AttachMode, log: &Path) -> Result<Child> {
         .env("NO_COLOR", "1")
         .privileged()
         .spawn_prefixed("[agent]")
+        .map_err(Into::into)
 }
 
 /// The pid of the process running `loader run … --pin-path <pin_path>` (argv[0] is the
@@ -1003,7 +980,7 @@ impl AgentLog {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            util::sleep(Duration::from_millis(10))?;
+            signals::sleep(Duration::from_millis(10))?;
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Network-namespace topologies for integration tests, with RAII guards that remove every
-//! namespace, link and pin they made, also when a test fails.
+//! The integration tests' topologies: a host namespace with workloads wired to it the way
+//! Calico's CNI plugin wires them, a datastore directory and the agent, each a guard that
+//! removes what it made (namespaces, links, pins, processes), also when a test fails. The
+//! namespaces themselves are `testbed`'s, which `cargo xtask demo|bench` use too.
 //!
 //! Only 198.18.0.0/15 and 2001:db8::/32 are used, and nothing is added to the root namespace:
 //! the veth pairs are created directly inside the test's own namespaces.
@@ -8,9 +10,8 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -19,37 +20,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+use testbed::output::with_causes;
+pub use testbed::{Netns, netns::unique, privileges::require_root};
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
-/// A name unique to this process and call, short enough for interface names.
-pub fn unique(prefix: &str) -> String {
-    let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
-    format!("{prefix}{}x{id}", std::process::id() % 100_000)
-}
-
-/// Fails the test unless it runs as root: these tests need BPF and namespaces, and never skip.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "integration tests need root (BPF, network namespaces): run them through `cargo xtask test`"
-    );
-}
-
-/// Runs a command and panics with its output if it fails.
-pub fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+/// A namespace for a test, with its loopback up.
+///
+/// # Panics
+///
+/// `ip` failing.
+pub fn netns(prefix: &str) -> Netns {
+    let ns = Netns::create(unique(prefix)).unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+    ns.exec(&["ip", "link", "set", "lo", "up"]);
+    ns
 }
 
 /// Polls `condition` until it holds, or panics with `what` after `timeout`.
@@ -62,71 +46,6 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
         thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-/// A network namespace, deleted on drop (with every interface in it).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: String) -> Self {
-        run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// Runs a command inside the namespace and panics if it fails.
-    pub fn exec(&self, args: &[&str]) -> Output {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    /// Runs a command inside the namespace and returns whether it succeeded.
-    pub fn try_exec(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// Runs `f` on a thread that has entered this namespace; sockets it creates live here.
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        thread::spawn(move || {
-            let file =
-                fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-            // SAFETY: a valid namespace fd; setns affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-            f()
-        })
-        .join()
-        .expect("thread in namespace panicked")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// A workload: its own namespace, and a veth whose host side sits in the host namespace.
@@ -185,7 +104,7 @@ impl Topology {
     /// A host and `count` workloads with addresses 198.18.0.1i and 2001:db8::1i.
     pub fn new(count: u8) -> Self {
         require_root();
-        let host = Netns::new(unique("ceh"));
+        let host = netns("ceh");
         let mut topology = Self {
             host,
             workloads: Vec::new(),
@@ -198,7 +117,7 @@ impl Topology {
 
     /// Creates workload `i` (its namespace, veth, addresses and routes).
     pub fn add_workload(&mut self, i: u8) -> &Workload {
-        let ns = Netns::new(unique(&format!("cew{i}")));
+        let ns = netns(&format!("cew{i}"));
         let host_ifname = format!(
             "cali{:08x}{i:02}",
             std::process::id() ^ u32::from(i) ^ NEXT_ID.fetch_add(1, Ordering::SeqCst)
@@ -213,25 +132,15 @@ impl Topology {
             v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + u16::from(i)),
             index: i,
         };
-        self.host.exec(&[
-            "ip",
-            "link",
-            "add",
-            &workload.host_ifname,
-            "address",
-            HOST_SIDE_MAC,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "address",
-            &workload.mac_string(),
-            "netns",
-            &workload.ns.name,
-        ]);
         self.host
-            .exec(&["ip", "link", "set", &workload.host_ifname, "up"]);
+            .add_veth(
+                &workload.host_ifname,
+                HOST_SIDE_MAC,
+                &workload.ns,
+                "eth0",
+                &workload.mac_string(),
+            )
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
         let ns = &workload.ns;
         ns.exec(&["ip", "link", "set", "eth0", "up"]);
         ns.exec(&[

@@ -1,6 +1,7 @@
 //! The calicoctl-style commands: `apply|create|replace|delete -f FILE|-`, `delete KIND NAME`
-//! and `get KIND [NAME]`, against either datastore. Resources are validated by the same code the
-//! agent reads them with, before anything is stored.
+//! and `get KIND [NAME]`, against either datastore, with the datastore flags every command that
+//! reads resources shares. Resources are validated by the same code the agent reads them with,
+//! before anything is stored.
 
 use std::{io::Read as _, path::PathBuf};
 
@@ -8,12 +9,106 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::datastore::{
-    DatastoreConfig, EtcdConfig, Kind, ResourceKey, Store, StoreError, StoredResource, WriteMode,
-    WriteOutcome, WriteRequest, etcd::plural, parse_documents, resources::DEFAULT_NAMESPACE,
+use crate::{
+    agent::DEFAULT_DATASTORE_DIR,
+    datastore::{
+        DatastoreConfig, EtcdConfig, Kind, ResourceKey, Store, StoreError, StoredResource,
+        WriteMode, WriteOutcome, WriteRequest, etcd::plural, parse_documents,
+        resources::DEFAULT_NAMESPACE,
+    },
 };
 
-use crate::agent::DEFAULT_DATASTORE_DIR;
+// The arguments of `apply`, `create` and `replace`.
+#[derive(Args)]
+pub struct FileArgs {
+    #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+    pub file: String,
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+}
+
+impl FileArgs {
+    /// `apply`, `create` or `replace`, as `mode` says: see [`write`].
+    ///
+    /// # Errors
+    ///
+    /// As [`write`].
+    pub async fn write(&self, mode: WriteMode) -> anyhow::Result<()> {
+        write(&self.datastore.config(), mode, &self.file).await
+    }
+}
+
+// The arguments of `delete`.
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[arg(short = 'f', long = "filename", value_name = "FILE|-", conflicts_with_all = ["kind", "name"])]
+    pub file: Option<String>,
+    /// Kind (like globalnetworkpolicy, gnp, workloadendpoints).
+    #[arg(required_unless_present = "file")]
+    pub kind: Option<String>,
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Namespace, for namespaced kinds (default: default).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+}
+
+impl DeleteArgs {
+    /// `delete -f FILE` ([`delete_file`]) or `delete KIND NAME` ([`delete`]).
+    ///
+    /// # Errors
+    ///
+    /// As those, or neither a file nor a kind and a name given.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let config = self.datastore.config();
+        match (&self.file, &self.kind, &self.name) {
+            (Some(file), _, _) => delete_file(&config, file).await,
+            (None, Some(kind), Some(name)) => {
+                delete(&config, kind, name, self.namespace.as_deref()).await
+            }
+            _ => bail!("delete needs -f FILE, or KIND and NAME"),
+        }
+    }
+}
+
+// The arguments of `get`.
+#[derive(Args)]
+pub struct GetArgs {
+    /// Kind (like globalnetworkpolicy, gnp, workloadendpoints).
+    pub kind: String,
+    pub name: Option<String>,
+    /// Namespace, for namespaced kinds (default: default).
+    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short = 'o', long = "output", default_value = "ps")]
+    pub output: GetOutput,
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+}
+
+impl GetArgs {
+    /// `get`: see [`get`].
+    ///
+    /// # Errors
+    ///
+    /// As [`get`].
+    pub async fn run(&self) -> anyhow::Result<()> {
+        get(
+            &self.datastore.config(),
+            &self.kind,
+            self.name.as_deref(),
+            self.namespace.as_deref(),
+            self.all_namespaces,
+            self.output,
+        )
+        .await
+    }
+}
 
 /// Which datastore: calicoctl's `DATASTORE_TYPE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,0 +1,108 @@
+//! The `calico-loader` command line: its clap tree, and one function per command group that
+//! does the work. The commands are library functions so that every binary stays a thin
+//! `main` (parse, init logging, [`run`]).
+//!
+//! - [`agent`]: `run` (the agent) and `cleanup` (what an agent left).
+//! - [`resources`]: the calicoctl-style `apply|create|replace|delete|get`.
+//! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
+//! - [`trace`]: `trace`, why a packet is allowed or dropped.
+//! - [`microbench`]: `microbench`, the programs' cost through BPF_PROG_TEST_RUN.
+//! - [`output`]: the table-or-JSON choice of `dump` and `trace`.
+
+pub mod agent;
+pub mod dump;
+pub mod microbench;
+pub mod output;
+pub mod resources;
+pub mod trace;
+
+use clap::{Parser, Subcommand};
+
+/// `calico-loader`'s arguments.
+#[derive(Parser)]
+#[command(
+    name = "calico-loader",
+    version,
+    about = "calico-ebpf agent: Calico's L3 workload networking on eBPF"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the agent: load the dataplane and keep it in line with the datastore.
+    Run(agent::RunArgs),
+    /// Create or replace resources from a file (`-` for stdin): all of them, or none.
+    Apply(resources::FileArgs),
+    /// Create resources from a file; fails, storing nothing, if any exists.
+    Create(resources::FileArgs),
+    /// Replace resources from a file; fails, storing nothing, if any does not exist or its
+    /// metadata.resourceVersion is stale.
+    Replace(resources::FileArgs),
+    /// Delete the resources of a file, or KIND NAME.
+    Delete(resources::DeleteArgs),
+    /// Show resources of a kind, or one by name.
+    Get(resources::GetArgs),
+    /// Print what the pinned maps hold.
+    Dump(dump::DumpArgs),
+    /// Per-packet cost of the programs through BPF_PROG_TEST_RUN, for each route count (JSON
+    /// lines on stdout). Used by `cargo xtask bench`.
+    #[command(hide = true)]
+    Microbench(microbench::MicrobenchArgs),
+    /// Why a packet is allowed or dropped: runs the kernel's policy code on a packet built from
+    /// the arguments (BPF_PROG_TEST_RUN), changing nothing. Against the running agent's maps,
+    /// or, with --datastore, a "what if" for a directory of resources.
+    Trace(trace::TraceArgs),
+    /// Detach every program, and remove the pinned maps and links and the kernel routes the
+    /// agent made.
+    Cleanup(agent::CleanupArgs),
+}
+
+/// Logs go to stderr (coloured on a terminal), at `RUST_LOG`'s level or `info`.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
+        )
+        .init();
+}
+
+/// Runs the command `cli` names.
+///
+/// # Errors
+///
+/// Whatever the command fails with; `main` prints it and exits with 1.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    use crate::datastore::WriteMode;
+    match cli.command {
+        Command::Run(args) => agent::run(args).await,
+        Command::Apply(args) => args.write(WriteMode::Apply).await,
+        Command::Create(args) => args.write(WriteMode::Create).await,
+        Command::Replace(args) => args.write(WriteMode::Replace).await,
+        Command::Delete(args) => args.run().await,
+        Command::Get(args) => args.run().await,
+        Command::Dump(args) => dump::run(&args),
+        Command::Microbench(args) => microbench::run(&args),
+        Command::Trace(args) => trace::run(args),
+        Command::Cleanup(args) => agent::cleanup(&args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,27 @@
+//! Throwaway network setups for calico-ebpf's integration tests and developer tasks (`cargo
+//! xtask demo|bench`): one set of helpers, so both build namespaces, veth pairs and processes
+//! the same way and clean up the same way.
+//!
+//! - [`cmd`]: external commands, echoed before they run, as root when asked (directly, or
+//!   through `sudo -E`).
+//! - [`netns`]: the [`Netns`] guard (deleted on drop, also on panic), veth pairs, running
+//!   commands and threads inside a namespace, unique names.
+//! - [`guards`]: processes and directories removed on drop.
+//! - [`privileges`]: who we are, and finding programs.
+//! - [`output`]: step headers, notes and warnings on stderr.
+//! - [`signals`]: Ctrl-C noted instead of fatal, so guards get to clean up.
+//!
+//! Network safety is the caller's: it names the namespaces and picks the addresses (calico-ebpf
+//! uses `198.18.0.0/15` and `2001:db8::/32` only). Nothing here adds anything to the namespace
+//! it runs in.
+
+pub mod cmd;
+pub mod guards;
+pub mod netns;
+pub mod output;
+pub mod privileges;
+pub mod signals;
+
+pub use cmd::{Cmd, CmdError};
+pub use guards::{ChildGuard, TempDir};
+pub use netns::Netns;
