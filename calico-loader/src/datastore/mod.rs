@@ -5,6 +5,8 @@
 //!   its validation rules. Typed: `WorkloadEndpoint`, and the policy kinds `NetworkPolicy`,
 //!   `GlobalNetworkPolicy`, `Profile` and `Tier`; other kinds are kept untyped. Selectors stay
 //!   text: [`Resource::selector_fields`] lists them for the selector parser.
+//! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
+//!   the parser checks every selector field, the model evaluates them.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
 //!   resource and field ([`DatastoreError`]).
 //! - [`local`]: the directory datastore ([`LocalDatastore`]), its [`Snapshot`] of the
@@ -19,6 +21,7 @@ pub mod etcd;
 pub mod local;
 mod parse;
 pub mod resources;
+pub mod selector;
 
 pub use backend::{
     AgentDatastore, DatastoreConfig, LocalStore, Store, StoreError, StoredResource, WriteMode,

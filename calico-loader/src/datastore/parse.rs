@@ -829,7 +829,7 @@ fn selector_problems(resource: &Resource) -> Vec<FieldError> {
         .selector_fields()
         .into_iter()
         .filter_map(|(field, text)| {
-            crate::model::selector::Selector::parse(text)
+            super::selector::Selector::parse(text)
                 .err()
                 .map(|e| FieldError {
                     field,

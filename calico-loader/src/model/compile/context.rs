@@ -14,11 +14,11 @@ use super::{
     ranges::{Ranges, max_of},
 };
 use crate::{
-    datastore::Snapshot,
-    model::{
-        policy::{endpoint_labels, namespace_labels},
+    datastore::{
+        Snapshot,
         selector::{Selector, SelectorError},
     },
+    model::policy::{endpoint_labels, namespace_labels},
 };
 
 /// One WorkloadEndpoint of the snapshot (any node), as rule selectors see it.
