@@ -54,7 +54,7 @@ pub use evaluate::{Outcome, PacketTuple, evaluate};
 use self::conditions::{Conditions, Origin};
 use super::{
     policy::{DirectionPlan, PolicyId, endpoint_plan},
-    rules::{Direction, RuleRef, RuleRegistry},
+    rules::{Direction, RuleIdsExhausted, RuleRef, RuleRegistry},
 };
 use crate::datastore::{Action, Kind, Rule, Snapshot, TierDefaultAction, WorkloadEndpoint};
 
@@ -105,6 +105,12 @@ pub enum CompileError {
     /// Every rule id is in use.
     #[error("no rule id left: all {capacity} are in use")]
     RuleIdsExhausted { capacity: u32 },
+}
+
+impl From<RuleIdsExhausted> for CompileError {
+    fn from(RuleIdsExhausted { capacity }: RuleIdsExhausted) -> Self {
+        CompileError::RuleIdsExhausted { capacity }
+    }
 }
 
 /// The most entries the compiled policy of one endpoint in one direction may have in each
@@ -463,8 +469,9 @@ impl Flattener<'_, '_> {
             self.add_rules(rules, group, None, rule_ref)?;
             group += 1;
         }
-        self.registry
-            .id(RuleRef::NoMatch { direction }, Action::Deny)
+        Ok(self
+            .registry
+            .id(RuleRef::NoMatch { direction }, Action::Deny)?)
     }
 
     /// Adds `rules` of a policy in `namespace` (`None`: global policy or profile).
