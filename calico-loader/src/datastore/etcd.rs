@@ -34,11 +34,14 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{
-    backend::{StoreError, StoredResource, WriteOutcome, WriteRequest, prepare_value},
     error::{DatastoreError, ErrorKind},
-    local::{Snapshot, SyncResult},
     parse::parse_file,
     resources::{Kind, Resource, ResourceKey},
+    snapshot::{Snapshot, SyncResult},
+    store::{
+        StoreError, StoredResource, WriteOutcome, WriteRequest, check_write, describe_error,
+        prepare_value,
+    },
 };
 
 /// Where every Calico v3 resource lives in etcd.
@@ -171,33 +174,6 @@ impl EtcdConfig {
             .await
             .map_err(|error| self.error(error))
     }
-}
-
-/// An etcd client error with its causes, which `etcd_client::Error` does not give as its
-/// `source`: what went wrong with a connection or TLS is only said there.
-pub fn describe_error(error: &etcd_client::Error) -> String {
-    use std::error::Error as _;
-    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
-        etcd_client::Error::GRpcStatus(status) => {
-            let mut text = format!("{:?}", status.code());
-            if !status.message().is_empty() {
-                text = format!("{text}: {}", status.message());
-            }
-            (text, status.source())
-        }
-        etcd_client::Error::TransportError(e) => (format!("transport error: {e}"), e.source()),
-        etcd_client::Error::IoError(e) => (format!("I/O error: {e}"), e.source()),
-        other => (other.to_string(), None),
-    };
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        // tonic's transport error says only "transport error"; its causes say what.
-        if !c_text.is_empty() && c_text != "transport error" && !text.contains(&c_text) {
-            text = format!("{text}: {c_text}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,7 +527,7 @@ impl EtcdStore {
             let etcd_key = etcd_key(&key);
             let current = self.current(&key).await?;
             let expected = request.expected_version();
-            let outcome = super::backend::check_write(
+            let outcome = check_write(
                 &key,
                 request.mode,
                 expected.as_deref(),

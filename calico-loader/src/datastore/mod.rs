@@ -9,11 +9,16 @@
 //!   the parser checks every selector field, the model evaluates them.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
 //!   resource and field ([`DatastoreError`]).
-//! - [`local`]: the directory datastore ([`LocalDatastore`]), its [`Snapshot`] of the
-//!   resources in force, and a debounced [`watch`](local::watch) of the directory.
+//! - `snapshot`: the resources in force ([`Snapshot`]), what a sync gives ([`SyncResult`]).
+//! - [`local`]: the directory datastore ([`LocalDatastore`]) and a debounced
+//!   [`watch`](local::watch) of the directory.
+//! - `store`: what the CLI's stores share: a stored resource, a write, [`StoreError`].
 //! - [`etcd`]: the etcd v3 datastore, with Calico's key layout.
 //! - [`backend`]: one interface over both: [`AgentDatastore`] for the agent, [`Store`] for the
 //!   CLI.
+//!
+//! Each module imports only those listed before it (and `error`): nothing here imports the
+//! model.
 
 pub mod backend;
 mod error;
@@ -22,20 +27,21 @@ pub mod local;
 mod parse;
 pub mod resources;
 pub mod selector;
+mod snapshot;
+mod store;
 
-pub use backend::{
-    AgentDatastore, DatastoreConfig, LocalStore, Store, StoreError, StoredResource, WriteMode,
-    WriteOutcome, WriteRequest,
-};
+pub use backend::{AgentDatastore, DatastoreConfig, LocalStore, Store};
 pub use error::{DatastoreError, ErrorKind};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
-pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
+pub use local::{DatastoreWatch, LocalDatastore, WatchError, watch};
 pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{
     Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, IpVersion, Kind,
     NetworkPolicy, NetworkPolicySpec, Order, PolicyType, PortSpec, Profile, ProfileSpec, Protocol,
     Resource, ResourceKey, Rule, Tier, TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
+pub use snapshot::{Snapshot, SyncResult};
+pub use store::{StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest};
 
 #[cfg(test)]
 mod policy_tests;
