@@ -25,7 +25,7 @@ use tracing::info;
 
 use super::{
     error::DatastoreError,
-    etcd::{EtcdConfig, EtcdStore, EtcdSync, plural},
+    etcd::{EtcdConfig, EtcdStore, EtcdSync},
     local::{DatastoreWatch, LocalDatastore, list_files, read_text, watch},
     parse::parse_documents,
     resources::{Kind, ResourceKey},
@@ -214,7 +214,7 @@ impl LocalStore {
 
     /// The file (relative) the CLI keeps `key` in.
     pub fn managed_path(key: &ResourceKey) -> PathBuf {
-        let mut path = PathBuf::from(plural(key.kind));
+        let mut path = PathBuf::from(key.kind.plural());
         if let Some(namespace) = &key.namespace {
             path.push(namespace);
         }

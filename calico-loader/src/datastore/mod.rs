@@ -1,10 +1,11 @@
-//! The datastore: `projectcalico.org/v3` resources, as YAML (or JSON) files in a local
-//! directory.
+//! The datastore: `projectcalico.org/v3` resources, read from a directory of YAML (or JSON)
+//! files or from etcd v3.
 //!
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
-//!   its validation rules. Typed: `WorkloadEndpoint`, and the policy kinds `NetworkPolicy`,
-//!   `GlobalNetworkPolicy`, `Profile` and `Tier`; other kinds are kept untyped. Selectors stay
-//!   text: [`Resource::selector_fields`] lists them for the selector parser.
+//!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
+//!   `WorkloadEndpoint`, and the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`,
+//!   `Profile` and `Tier`; other kinds are kept untyped. Selectors stay text:
+//!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
 //!   the parser checks every selector field, the model evaluates them.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,

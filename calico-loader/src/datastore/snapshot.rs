@@ -2,13 +2,15 @@
 //! ([`SyncResult`]): what both datastores hand the agent, and what the model reads.
 //!
 //! A snapshot holds every valid resource, one per key, in key order (kind, namespace, name).
+//! Any typed kind is read with [`Snapshot::all`] and [`Snapshot::find`]; the named accessors
+//! (`workload_endpoints`, `tiers`...) are shorthands for the kinds the model reads.
 
 use std::collections::BTreeMap;
 
 use super::{
     error::DatastoreError,
     resources::{
-        GlobalNetworkPolicy, Kind, NetworkPolicy, Profile, Resource, ResourceKey, Tier,
+        GlobalNetworkPolicy, Kind, NetworkPolicy, Profile, Registered, Resource, ResourceKey, Tier,
         WorkloadEndpoint,
     },
 };
@@ -34,72 +36,72 @@ impl Snapshot {
         Ok(Self { resources })
     }
 
+    /// All resources of typed kind `K`, ordered by (namespace, name).
+    pub fn all<K: Registered>(&self) -> impl Iterator<Item = &K> {
+        self.of_kind(K::KIND).filter_map(K::from_resource)
+    }
+
+    /// The resource `name` of typed kind `K` (in `namespace`, for a namespaced kind), if
+    /// present.
+    pub fn find<K: Registered>(&self, namespace: Option<&str>, name: &str) -> Option<&K> {
+        let key = ResourceKey {
+            kind: K::KIND,
+            namespace: namespace.filter(|_| K::INFO.namespaced).map(str::to_owned),
+            name: name.to_owned(),
+        };
+        self.get(&key).and_then(K::from_resource)
+    }
+
     /// All workload endpoints, ordered by (namespace, name).
     pub fn workload_endpoints(&self) -> impl Iterator<Item = &WorkloadEndpoint> {
-        self.of_kind(Kind::WorkloadEndpoint)
-            .filter_map(Resource::as_workload_endpoint)
+        self.all()
     }
 
     /// The workload endpoint `namespace/name`, if present.
     pub fn workload_endpoint(&self, namespace: &str, name: &str) -> Option<&WorkloadEndpoint> {
-        let key = ResourceKey {
-            kind: Kind::WorkloadEndpoint,
-            namespace: Some(namespace.to_owned()),
-            name: name.to_owned(),
-        };
-        self.get(&key).and_then(Resource::as_workload_endpoint)
+        self.find(Some(namespace), name)
     }
 
     /// All network policies, ordered by (namespace, name).
     pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
-        self.of_kind(Kind::NetworkPolicy)
-            .filter_map(Resource::as_network_policy)
+        self.all()
     }
 
     /// The network policy `namespace/name`, if present.
     pub fn network_policy(&self, namespace: &str, name: &str) -> Option<&NetworkPolicy> {
-        self.get(&ResourceKey {
-            kind: Kind::NetworkPolicy,
-            namespace: Some(namespace.to_owned()),
-            name: name.to_owned(),
-        })
-        .and_then(Resource::as_network_policy)
+        self.find(Some(namespace), name)
     }
 
     /// All global network policies, ordered by name.
     pub fn global_network_policies(&self) -> impl Iterator<Item = &GlobalNetworkPolicy> {
-        self.of_kind(Kind::GlobalNetworkPolicy)
-            .filter_map(Resource::as_global_network_policy)
+        self.all()
     }
 
     /// The global network policy `name`, if present.
     pub fn global_network_policy(&self, name: &str) -> Option<&GlobalNetworkPolicy> {
-        self.get(&cluster_key(Kind::GlobalNetworkPolicy, name))
-            .and_then(Resource::as_global_network_policy)
+        self.find(None, name)
     }
 
     /// All profiles, ordered by name.
     pub fn profiles(&self) -> impl Iterator<Item = &Profile> {
-        self.of_kind(Kind::Profile).filter_map(Resource::as_profile)
+        self.all()
     }
 
     /// The profile `name`, if present.
     pub fn profile(&self, name: &str) -> Option<&Profile> {
-        self.get(&cluster_key(Kind::Profile, name))
-            .and_then(Resource::as_profile)
+        self.find(None, name)
     }
 
     /// All tiers defined in the datastore, ordered by name (not by their `order`). Calico's
     /// built-in tiers that the datastore does not define are not included: see
     /// [`effective_tier`](Self::effective_tier).
     pub fn tiers(&self) -> impl Iterator<Item = &Tier> {
-        self.of_kind(Kind::Tier).filter_map(Resource::as_tier)
+        self.all()
     }
 
     /// The tier `name`, if the datastore defines it.
     pub fn tier(&self, name: &str) -> Option<&Tier> {
-        self.get(&cluster_key(Kind::Tier, name))
-            .and_then(Resource::as_tier)
+        self.find(None, name)
     }
 
     /// The tier `name` as Calico would have it: the datastore's, or else, for `default`,
@@ -152,15 +154,6 @@ impl FromIterator<Resource> for Snapshot {
             resources.entry(resource.key()).or_insert(resource);
         }
         Self { resources }
-    }
-}
-
-/// The key of the cluster-scoped resource `name` of `kind`.
-fn cluster_key(kind: Kind, name: &str) -> ResourceKey {
-    ResourceKey {
-        kind,
-        namespace: None,
-        name: name.to_owned(),
     }
 }
 
