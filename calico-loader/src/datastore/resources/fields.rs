@@ -4,7 +4,8 @@
 //! so serde reports a problem with the field's path and serde_yaml places it at the value itself.
 //! This module holds those checks ([`Check`] and the `required`/`optional`/`list` helpers that
 //! apply them), the value types several kinds share ([`MacAddr`], [`Protocol`], [`Dscp`]),
-//! Kubernetes' name rules, and [`FieldError`], what a check across fields reports.
+//! `string_enum!` for Calico's string enums, selectors kept as text, Kubernetes' name rules,
+//! and [`FieldError`], what a check across fields reports.
 
 use std::{
     fmt,
@@ -672,6 +673,115 @@ impl Check for Mac {
     fn check(s: &str) -> Result<MacAddr, String> {
         s.parse()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enums, selectors and lists
+
+/// CRD limit: length of a selector (`MaxLength=1024`).
+pub(super) const MAX_SELECTOR_LEN: usize = 1024;
+
+/// `a, b or c`, for error messages.
+pub(super) fn one_of(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => (*only).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// An enum written as one of a fixed set of strings (case-sensitive, as Calico's enums are),
+/// with `ALL`, `as_str`, `FromStr`, `Display` and [`Check`].
+macro_rules! string_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $what:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value as Calico spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "invalid {} {s:?}: expected {}",
+                        $what,
+                        $crate::datastore::resources::fields::one_of(&[$($text),+])
+                    )),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl $crate::datastore::resources::fields::Check for $name {
+            type Out = $name;
+            fn check(s: &str) -> Result<$name, String> {
+                s.parse()
+            }
+        }
+    };
+}
+
+pub(super) use string_enum;
+
+/// A selector, kept as text (at most [`MAX_SELECTOR_LEN`] characters, the CRDs' limit); the
+/// parser checks it with the selector language once the resource is built.
+pub(super) struct SelectorText;
+impl Check for SelectorText {
+    type Out = String;
+    fn check(s: &str) -> Result<String, String> {
+        if s.len() > MAX_SELECTOR_LEN {
+            return Err(format!(
+                "selector is {} characters long, more than the limit of {MAX_SELECTOR_LEN}",
+                s.len()
+            ));
+        }
+        Ok(s.to_owned())
+    }
+}
+
+/// No value twice in a list (the Go validator's `unique`, and its explicit check on
+/// `types`).
+pub(super) fn check_unique<T: PartialEq + fmt::Display>(
+    items: &[T],
+    field: &str,
+) -> Vec<FieldError> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, item)| items[..*i].contains(item))
+        .map(|(i, item)| {
+            FieldError::new(
+                format!("{field}[{i}]"),
+                format!("'{item}' specified more than once"),
+            )
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,14 +6,14 @@
 use serde::Deserialize;
 
 use super::{
-    fields::{FieldError, list, nullable, optional},
+    fields::{FieldError, SelectorText, list, nullable, optional},
     kind::{Document, ResourceKind},
     kind_info::{KindInfo, TieredPolicyKeys},
     meta::ObjectMeta,
     policy::{
-        Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, SelectorText,
-        apply_policy_defaults, default_tier, is_global_network_policy_name, policy_selectors,
-        tier_name, validate_policy_common,
+        Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
+        default_tier, is_global_network_policy_name, policy_selectors, tier_name,
+        validate_policy_common,
     },
 };
 

@@ -5,14 +5,13 @@
 use serde::Deserialize;
 
 use super::{
-    fields::{FieldError, list, nullable, optional},
+    fields::{FieldError, SelectorText, list, nullable, optional},
     kind::{Document, ResourceKind},
     kind_info::{KindInfo, TieredPolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     policy::{
-        Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, SelectorText,
-        apply_policy_defaults, default_tier, is_network_policy_name, policy_selectors, tier_name,
-        validate_policy_common,
+        Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
+        default_tier, is_network_policy_name, policy_selectors, tier_name, validate_policy_common,
     },
 };
 

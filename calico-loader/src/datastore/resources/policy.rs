@@ -23,8 +23,8 @@ use serde::{Deserialize, Deserializer, de};
 use super::{
     fields::{
         AnyString, Check, CheckNumOrStr, Drive, FieldError, NumOrString, OrNull, PortName,
-        Protocol, ResourceName, is_dns_label, is_dns_subdomain, list, nullable, number, optional,
-        required,
+        Protocol, ResourceName, SelectorText, check_unique, is_dns_label, is_dns_subdomain, list,
+        nullable, number, optional, required, string_enum,
     },
     meta::check_annotations,
 };
@@ -42,8 +42,6 @@ const MAX_RULES: usize = 1024;
 const MAX_NETS: usize = 256;
 /// CRD limit: `ports`/`notPorts` entries (`MaxItems=50`).
 const MAX_PORTS: usize = 50;
-/// CRD limit: length of a selector (`MaxLength=1024`).
-const MAX_SELECTOR_LEN: usize = 1024;
 /// CRD limit: HTTP methods and paths (`MaxItems=20`).
 const MAX_HTTP_ITEMS: usize = 20;
 /// CRD limit: length of an HTTP path (`MaxLength=1024`).
@@ -51,71 +49,6 @@ const MAX_HTTP_PATH_LEN: usize = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Small value types
-
-/// `a, b or c`, for error messages.
-fn one_of(items: &[&str]) -> String {
-    match items {
-        [] => String::new(),
-        [only] => (*only).to_owned(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
-}
-
-/// An enum written as one of a fixed set of strings (case-sensitive, as Calico's enums are).
-macro_rules! string_enum {
-    (
-        $(#[$meta:meta])*
-        $name:ident, $what:literal {
-            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The value as Calico spells it.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(format!(
-                        "invalid {} {s:?}: expected {}",
-                        $what,
-                        one_of(&[$($text),+])
-                    )),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Check for $name {
-            type Out = $name;
-            fn check(s: &str) -> Result<$name, String> {
-                s.parse()
-            }
-        }
-    };
-}
 
 string_enum! {
     /// What a rule does with the packets it matches (Calico's `Action`).
@@ -457,21 +390,6 @@ impl Check for RuleNet {
             ));
         }
         Ok(net)
-    }
-}
-
-/// A selector, kept as text (at most 1024 characters, the CRDs' limit).
-pub(super) struct SelectorText;
-impl Check for SelectorText {
-    type Out = String;
-    fn check(s: &str) -> Result<String, String> {
-        if s.len() > MAX_SELECTOR_LEN {
-            return Err(format!(
-                "selector is {} characters long, more than the limit of {MAX_SELECTOR_LEN}",
-                s.len()
-            ));
-        }
-        Ok(s.to_owned())
     }
 }
 
@@ -1126,25 +1044,6 @@ pub(super) fn default_types(ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType
         (true, false) => vec![PolicyType::Egress],
         (false, false) => vec![PolicyType::Ingress, PolicyType::Egress],
     }
-}
-
-/// No value twice in a list (the Go validator's `unique`, and its explicit check on
-/// `types`).
-pub(super) fn check_unique<T: PartialEq + fmt::Display>(
-    items: &[T],
-    field: &str,
-) -> Vec<FieldError> {
-    items
-        .iter()
-        .enumerate()
-        .filter(|(i, item)| items[..*i].contains(item))
-        .map(|(i, item)| {
-            FieldError::new(
-                format!("{field}[{i}]"),
-                format!("'{item}' specified more than once"),
-            )
-        })
-        .collect()
 }
 
 /// Policy-level selectors must not use `global()` (the NetworkPolicySpec and
