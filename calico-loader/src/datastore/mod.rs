@@ -3,8 +3,8 @@
 //!
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
-//!   `WorkloadEndpoint`, and the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`,
-//!   `Profile` and `Tier`; other kinds are kept untyped. Selectors stay text:
+//!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
+//!   and `Tier`, and `IPPool`; other kinds are kept untyped. Selectors stay text:
 //!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
 //!   the parser checks every selector field, the model evaluates them.
@@ -44,5 +44,7 @@ pub use resources::{
 pub use snapshot::{Snapshot, SyncResult};
 pub use store::{StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest};
 
+#[cfg(test)]
+mod ip_pool_tests;
 #[cfg(test)]
 mod policy_tests;

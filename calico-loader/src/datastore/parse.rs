@@ -1447,6 +1447,7 @@ items: null
             Kind::GlobalNetworkPolicy,
             Kind::Profile,
             Kind::Tier,
+            Kind::IpPool,
         ];
         for kind in Kind::ALL.iter().filter(|k| !typed.contains(k)) {
             let text = format!(

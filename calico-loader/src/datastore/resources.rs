@@ -15,7 +15,7 @@
 //! - `kind`: the [`ResourceKind`] trait a typed kind implements, and the document shapes;
 //! - `policy`: what the policy kinds share (rules, orders, ports...);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
-//!   `profile`, `tier`;
+//!   `profile`, `tier`, `ip_pool`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
 //!
 //! Checks on a single value (an address, a name, a port) run while deserializing, so serde
@@ -24,6 +24,7 @@
 
 mod fields;
 mod global_network_policy;
+mod ip_pool;
 mod kind;
 mod kind_info;
 mod meta;
@@ -36,6 +37,9 @@ mod workload_endpoint;
 
 pub use fields::{Dscp, FieldError, MacAddr, Protocol};
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
+pub use ip_pool::{
+    AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
+};
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
 pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};

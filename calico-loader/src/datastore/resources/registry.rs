@@ -19,6 +19,7 @@ use std::fmt;
 use super::{
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
+    ip_pool::IpPool,
     kind::{DocumentWithStatus, ResourceKind},
     kind_info::{KindInfo, TieredPolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
@@ -46,7 +47,7 @@ registry! {
     /// Namespaced set of networks, for selectors.
     NetworkSet => untyped(KindInfo::namespaced("NetworkSet", "networksets", &["netsets"])),
     /// IP address pool.
-    IpPool => untyped(KindInfo::cluster("IPPool", "ippools", &["ipp", "ipps", "pool", "pools"])),
+    IpPool => typed(IpPool),
     /// Addresses IPAM must not hand out.
     IpReservation => untyped(KindInfo::cluster("IPReservation", "ipreservations", &["reservation", "reservations"])),
     /// IPAM settings.
