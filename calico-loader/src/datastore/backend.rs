@@ -24,7 +24,7 @@ use serde_json::Value;
 use tracing::info;
 
 use super::{
-    error::DatastoreError,
+    error::{DatastoreError, ErrorKind},
     etcd::{EtcdConfig, EtcdStore, EtcdSync},
     local::{DatastoreWatch, LocalDatastore, list_files, read_text, watch},
     parse::parse_documents,
@@ -232,7 +232,7 @@ impl LocalStore {
         }
         let listing = list_files(&self.dir);
         for (label, message) in listing.errors {
-            errors.push(DatastoreError::file(label, super::ErrorKind::Io, message));
+            errors.push(DatastoreError::file(label, ErrorKind::Io, message));
         }
         for file in listing.files {
             let label = file.display().to_string();
@@ -241,7 +241,7 @@ impl LocalStore {
                 Err(e) => {
                     errors.push(DatastoreError::file(
                         &label,
-                        super::ErrorKind::Io,
+                        ErrorKind::Io,
                         format!("cannot read: {e}"),
                     ));
                     continue;
