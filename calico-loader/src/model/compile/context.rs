@@ -10,7 +10,7 @@ use std::{
 use ipnet::IpNet;
 
 use super::{
-    Family, TableLimits,
+    compiled::{Family, TableLimits},
     ranges::{Ranges, max_of},
 };
 use crate::{
