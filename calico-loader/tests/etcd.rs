@@ -393,6 +393,51 @@ fn apply_is_all_or_nothing_on_local() {
     apply_all_or_nothing(&Backend::Local(tempfile::tempdir().expect("temp dir")));
 }
 
+/// An IPPool through the CLI: apply, get by plural and short name (table, YAML with the pool as
+/// written), and an invalid pool refused with its resource, field and problem, nothing stored.
+fn ip_pools(backend: &Backend) {
+    let pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pool-a}\nspec: {cidr: 198.18.0.0/16, natOutgoing: true, vxlanMode: CrossSubnet}\n";
+    backend.ok(&["apply", "-f", "-"], Some(pool));
+    let table = backend.ok(&["get", "ippools"], None);
+    assert!(table.lines().any(|line| line.trim() == "pool-a"), "{table}");
+    let yaml = backend.ok(&["get", "ipp", "pool-a", "-o", "yaml"], None);
+    let got: Value = serde_json::to_value(
+        serde_yaml::from_str::<serde_yaml::Value>(&yaml).expect("get -o yaml prints YAML"),
+    )
+    .expect("json");
+    assert_eq!(got["kind"], "IPPool", "{got}");
+    assert_eq!(got["spec"]["cidr"], "198.18.0.0/16", "{got}");
+    assert_eq!(got["spec"]["vxlanMode"], "CrossSubnet", "{got}");
+
+    let before = backend.everything();
+    let bad = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pool-b}\nspec:\n  cidr: 198.18.0.1/16\n";
+    let error = backend.fails(&["apply", "-f", "-"], Some(bad));
+    assert!(
+        error.contains("IPPool pool-b")
+            && error.contains("spec.cidr")
+            && error.contains("host bits are set"),
+        "{error}"
+    );
+    let bad = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pool-b}\nspec:\n  cidr: 198.19.0.0/16\n  ipipMode: Always\n  vxlanMode: Always\n";
+    let error = backend.fails(&["apply", "-f", "-"], Some(bad));
+    assert!(
+        error.contains("spec.vxlanMode") && error.contains("cannot both be enabled"),
+        "{error}"
+    );
+    assert_eq!(backend.everything(), before, "nothing stored");
+    backend.ok(&["delete", "pool", "pool-a"], None);
+}
+
+#[test]
+fn ip_pools_through_the_cli_on_etcd() {
+    ip_pools(&Backend::Etcd(Etcd::start()));
+}
+
+#[test]
+fn ip_pools_through_the_cli_on_local() {
+    ip_pools(&Backend::Local(tempfile::tempdir().expect("temp dir")));
+}
+
 /// A value exactly as calicoctl (libcalico-go) stores it reads back as the resource; and what
 /// the CLI stores is what calicoctl would read.
 #[test]

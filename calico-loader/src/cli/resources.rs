@@ -13,8 +13,7 @@ use crate::{
     agent::DEFAULT_DATASTORE_DIR,
     datastore::{
         DatastoreConfig, EtcdConfig, Kind, ResourceKey, Store, StoreError, StoredResource,
-        WriteMode, WriteOutcome, WriteRequest, etcd::plural, parse_documents,
-        resources::DEFAULT_NAMESPACE,
+        WriteMode, WriteOutcome, WriteRequest, parse_documents, resources::DEFAULT_NAMESPACE,
     },
 };
 
@@ -180,32 +179,13 @@ pub enum GetOutput {
 ///
 /// Names no kind.
 pub fn parse_kind(text: &str) -> anyhow::Result<Kind> {
-    let lower = text.to_ascii_lowercase();
-    let short = match lower.as_str() {
-        "wep" | "weps" => Some(Kind::WorkloadEndpoint),
-        "gnp" | "gnps" | "globalpolicy" | "globalpolicies" => Some(Kind::GlobalNetworkPolicy),
-        "np" | "nps" | "netpol" | "policy" | "policies" => Some(Kind::NetworkPolicy),
-        "hep" | "heps" => Some(Kind::HostEndpoint),
-        "pool" | "pools" => Some(Kind::IpPool),
-        "bgpconfig" | "bgpconfigs" => Some(Kind::BgpConfiguration),
-        "felixconfig" | "felixconfigs" => Some(Kind::FelixConfiguration),
-        "pro" | "pros" => Some(Kind::Profile),
-        _ => None,
-    };
-    short
-        .or_else(|| {
-            Kind::ALL
-                .iter()
-                .copied()
-                .find(|k| k.as_str().to_ascii_lowercase() == lower || plural(*k) == lower)
-        })
-        .with_context(|| {
-            let known: Vec<&str> = Kind::ALL.iter().map(|k| plural(*k)).collect();
-            format!(
-                "unknown resource kind {text:?} (known: {})",
-                known.join(", ")
-            )
-        })
+    Kind::lookup(text).with_context(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        format!(
+            "unknown resource kind {text:?} (known: {})",
+            known.join(", ")
+        )
+    })
 }
 
 /// Reads `-f FILE` (`-` for stdin): the text and its label for errors.

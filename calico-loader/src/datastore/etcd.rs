@@ -34,15 +34,18 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{
-    backend::{StoreError, StoredResource, WriteOutcome, WriteRequest, prepare_value},
     error::{DatastoreError, ErrorKind},
-    local::{Snapshot, SyncResult},
     parse::parse_file,
     resources::{Kind, Resource, ResourceKey},
+    snapshot::{Snapshot, SyncResult},
+    store::{
+        StoreError, StoredResource, WriteOutcome, WriteRequest, check_write, describe_error,
+        prepare_value,
+    },
 };
 
 /// Where every Calico v3 resource lives in etcd.
-pub const KEY_PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+pub use super::resources::KEY_PREFIX;
 
 /// Timeout of one etcd request (a list, a transaction); a watch is not limited.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,155 +176,37 @@ impl EtcdConfig {
     }
 }
 
-/// An etcd client error with its causes, which `etcd_client::Error` does not give as its
-/// `source`: what went wrong with a connection or TLS is only said there.
-pub fn describe_error(error: &etcd_client::Error) -> String {
-    use std::error::Error as _;
-    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
-        etcd_client::Error::GRpcStatus(status) => {
-            let mut text = format!("{:?}", status.code());
-            if !status.message().is_empty() {
-                text = format!("{text}: {}", status.message());
-            }
-            (text, status.source())
-        }
-        etcd_client::Error::TransportError(e) => (format!("transport error: {e}"), e.source()),
-        etcd_client::Error::IoError(e) => (format!("I/O error: {e}"), e.source()),
-        other => (other.to_string(), None),
-    };
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        // tonic's transport error says only "transport error"; its causes say what.
-        if !c_text.is_empty() && c_text != "transport error" && !text.contains(&c_text) {
-            text = format!("{text}: {c_text}");
-        }
-        cause = c.source();
-    }
-    text
-}
-
 // ---------------------------------------------------------------------------------------------
-// Keys
-
-/// The plural Calico uses for `kind` in keys (and in `calicoctl get`).
-pub fn plural(kind: Kind) -> &'static str {
-    match kind {
-        Kind::WorkloadEndpoint => "workloadendpoints",
-        Kind::NetworkPolicy => "networkpolicies",
-        Kind::GlobalNetworkPolicy => "globalnetworkpolicies",
-        Kind::Profile => "profiles",
-        Kind::Tier => "tiers",
-        Kind::HostEndpoint => "hostendpoints",
-        Kind::GlobalNetworkSet => "globalnetworksets",
-        Kind::NetworkSet => "networksets",
-        Kind::IpPool => "ippools",
-        Kind::IpReservation => "ipreservations",
-        Kind::IpamConfiguration => "ipamconfigurations",
-        Kind::BgpConfiguration => "bgpconfigurations",
-        Kind::BgpPeer => "bgppeers",
-        Kind::BgpFilter => "bgpfilters",
-        Kind::FelixConfiguration => "felixconfigurations",
-        Kind::ClusterInformation => "clusterinformations",
-        Kind::Node => "nodes",
-        Kind::CalicoNodeStatus => "caliconodestatuses",
-        Kind::KubeControllersConfiguration => "kubecontrollersconfigurations",
-        Kind::StagedNetworkPolicy => "stagednetworkpolicies",
-        Kind::StagedGlobalNetworkPolicy => "stagedglobalnetworkpolicies",
-        Kind::StagedKubernetesNetworkPolicy => "stagedkubernetesnetworkpolicies",
-    }
-}
-
-/// The kind whose plural is `plural`.
-pub fn kind_from_plural(plural_name: &str) -> Option<Kind> {
-    Kind::ALL
-        .iter()
-        .copied()
-        .find(|&k| plural(k) == plural_name)
-}
-
-/// Whether names of `kind` carry their tier in the backend (`<tier>.<name>`).
-fn is_tiered_policy(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::NetworkPolicy
-            | Kind::GlobalNetworkPolicy
-            | Kind::StagedNetworkPolicy
-            | Kind::StagedGlobalNetworkPolicy
-    )
-}
-
-/// Names libcalico-go leaves as they are (`policyNameIsFormatted`).
-fn is_formatted_policy_name(name: &str) -> bool {
-    [
-        "knp.default.",
-        "kcnp.kube-admin.",
-        "kcnp.kube-baseline.",
-        "ossg.default.",
-    ]
-    .iter()
-    .any(|p| name.starts_with(p))
-}
-
-/// The name as stored: for a policy without a tier prefix, `default.<name>`.
-pub fn backend_name(kind: Kind, name: &str) -> String {
-    if is_tiered_policy(kind) && !name.contains('.') && !is_formatted_policy_name(name) {
-        format!("default.{name}")
-    } else {
-        name.to_owned()
-    }
-}
-
-/// The name as the user sees it: a policy's `default.` prefix taken away.
-pub fn client_name(kind: Kind, name: &str) -> String {
-    if is_tiered_policy(kind)
-        && !is_formatted_policy_name(name)
-        && let Some(rest) = name.strip_prefix("default.")
-    {
-        return rest.to_owned();
-    }
-    name.to_owned()
-}
+// Keys: each kind's layout is its own ([`KindInfo::etcd`](super::resources::KindInfo)).
 
 /// The etcd key of a resource.
 pub fn etcd_key(key: &ResourceKey) -> String {
-    let name = backend_name(key.kind, &key.name);
-    match &key.namespace {
-        Some(namespace) if key.kind.is_namespaced() => {
-            format!("{KEY_PREFIX}{}/{namespace}/{name}", plural(key.kind))
-        }
-        _ => format!("{KEY_PREFIX}{}/{name}", plural(key.kind)),
-    }
+    let info = key.kind.info();
+    info.etcd.key(info, key.namespace.as_deref(), &key.name)
 }
 
 /// The prefix of every key of `kind` (in `namespace`, if given and the kind is namespaced).
 pub fn kind_prefix(kind: Kind, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(namespace) if kind.is_namespaced() => {
-            format!("{KEY_PREFIX}{}/{namespace}/", plural(kind))
-        }
-        _ => format!("{KEY_PREFIX}{}/", plural(kind)),
-    }
+    let info = kind.info();
+    info.etcd.prefix(info, namespace)
 }
 
 /// The resource an etcd key names (with the client name), if it is a key of a known kind.
 pub fn parse_key(key: &str) -> Option<ResourceKey> {
-    let rest = key.strip_prefix(KEY_PREFIX)?;
-    let mut parts = rest.split('/');
-    let kind = kind_from_plural(parts.next()?)?;
-    let (namespace, name) = if kind.is_namespaced() {
-        (Some(parts.next()?.to_owned()), parts.next()?)
-    } else {
-        (None, parts.next()?)
-    };
-    if parts.next().is_some() || name.is_empty() || namespace.as_deref().is_some_and(str::is_empty)
-    {
-        return None;
-    }
-    Some(ResourceKey {
-        kind,
-        namespace,
-        name: client_name(kind, name),
+    Kind::ALL.iter().find_map(|&kind| {
+        let info = kind.info();
+        let (namespace, name) = info.etcd.parse(info, key)?;
+        Some(ResourceKey {
+            kind,
+            namespace,
+            name,
+        })
     })
+}
+
+/// The `metadata.name` stored for a resource (a policy's tiered name).
+fn stored_name(key: &ResourceKey) -> String {
+    key.kind.info().etcd.stored_name(&key.name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,7 +312,7 @@ fn encode(request: &WriteRequest, existing: Option<&StoredResource>) -> Result<S
     let key = request.resource.key();
     let mut value = prepare_value(request, existing);
     if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("name".into(), backend_name(key.kind, &key.name).into());
+        metadata.insert("name".into(), stored_name(&key).into());
     }
     serde_json::to_string(&value)
         .map_err(|e| StoreError::Config(format!("{key}: cannot encode as JSON: {e}")))
@@ -551,7 +436,7 @@ impl EtcdStore {
             let etcd_key = etcd_key(&key);
             let current = self.current(&key).await?;
             let expected = request.expected_version();
-            let outcome = super::backend::check_write(
+            let outcome = check_write(
                 &key,
                 request.mode,
                 expected.as_deref(),
@@ -1059,7 +944,7 @@ mod tests {
             None
         );
         for kind in Kind::ALL {
-            assert_eq!(kind_from_plural(plural(*kind)), Some(*kind));
+            assert_eq!(Kind::from_plural(kind.plural()), Some(*kind));
         }
     }
 

@@ -21,175 +21,9 @@ use tracing::{debug, info, warn};
 use super::{
     error::{DatastoreError, ErrorKind},
     parse::{Located, parse_file_located},
-    resources::{
-        GlobalNetworkPolicy, Kind, NetworkPolicy, Profile, Resource, ResourceKey, Tier,
-        WorkloadEndpoint,
-    },
+    resources::{Resource, ResourceKey},
+    snapshot::{Snapshot, SyncResult},
 };
-
-/// The resources in force: every valid resource of the datastore, one per key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    resources: BTreeMap<ResourceKey, Resource>,
-}
-
-impl Snapshot {
-    /// The resources of one YAML text (as a file of the datastore would hold them); a resource
-    /// given twice keeps its first definition.
-    ///
-    /// # Errors
-    ///
-    /// Every problem with the text, as for a file.
-    pub fn from_yaml(label: &str, text: &str) -> Result<Self, Vec<DatastoreError>> {
-        let mut resources = BTreeMap::new();
-        for resource in super::parse::parse_file(label, text)? {
-            resources.entry(resource.key()).or_insert(resource);
-        }
-        Ok(Self { resources })
-    }
-
-    /// All workload endpoints, ordered by (namespace, name).
-    pub fn workload_endpoints(&self) -> impl Iterator<Item = &WorkloadEndpoint> {
-        self.of_kind(Kind::WorkloadEndpoint)
-            .filter_map(Resource::as_workload_endpoint)
-    }
-
-    /// The workload endpoint `namespace/name`, if present.
-    pub fn workload_endpoint(&self, namespace: &str, name: &str) -> Option<&WorkloadEndpoint> {
-        let key = ResourceKey {
-            kind: Kind::WorkloadEndpoint,
-            namespace: Some(namespace.to_owned()),
-            name: name.to_owned(),
-        };
-        self.get(&key).and_then(Resource::as_workload_endpoint)
-    }
-
-    /// All network policies, ordered by (namespace, name).
-    pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
-        self.of_kind(Kind::NetworkPolicy)
-            .filter_map(Resource::as_network_policy)
-    }
-
-    /// The network policy `namespace/name`, if present.
-    pub fn network_policy(&self, namespace: &str, name: &str) -> Option<&NetworkPolicy> {
-        self.get(&ResourceKey {
-            kind: Kind::NetworkPolicy,
-            namespace: Some(namespace.to_owned()),
-            name: name.to_owned(),
-        })
-        .and_then(Resource::as_network_policy)
-    }
-
-    /// All global network policies, ordered by name.
-    pub fn global_network_policies(&self) -> impl Iterator<Item = &GlobalNetworkPolicy> {
-        self.of_kind(Kind::GlobalNetworkPolicy)
-            .filter_map(Resource::as_global_network_policy)
-    }
-
-    /// The global network policy `name`, if present.
-    pub fn global_network_policy(&self, name: &str) -> Option<&GlobalNetworkPolicy> {
-        self.get(&cluster_key(Kind::GlobalNetworkPolicy, name))
-            .and_then(Resource::as_global_network_policy)
-    }
-
-    /// All profiles, ordered by name.
-    pub fn profiles(&self) -> impl Iterator<Item = &Profile> {
-        self.of_kind(Kind::Profile).filter_map(Resource::as_profile)
-    }
-
-    /// The profile `name`, if present.
-    pub fn profile(&self, name: &str) -> Option<&Profile> {
-        self.get(&cluster_key(Kind::Profile, name))
-            .and_then(Resource::as_profile)
-    }
-
-    /// All tiers defined in the datastore, ordered by name (not by their `order`). Calico's
-    /// built-in tiers that the datastore does not define are not included: see
-    /// [`effective_tier`](Self::effective_tier).
-    pub fn tiers(&self) -> impl Iterator<Item = &Tier> {
-        self.of_kind(Kind::Tier).filter_map(Resource::as_tier)
-    }
-
-    /// The tier `name`, if the datastore defines it.
-    pub fn tier(&self, name: &str) -> Option<&Tier> {
-        self.get(&cluster_key(Kind::Tier, name))
-            .and_then(Resource::as_tier)
-    }
-
-    /// The tier `name` as Calico would have it: the datastore's, or else, for `default`,
-    /// `kube-admin` and `kube-baseline`, the built-in one ([`Tier::builtin`]). `None` means
-    /// the tier does not exist (Calico would not accept a policy in it).
-    pub fn effective_tier(&self, name: &str) -> Option<Tier> {
-        self.tier(name).cloned().or_else(|| Tier::builtin(name))
-    }
-
-    /// All resources of `kind`, ordered by (namespace, name).
-    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
-        // Keys sort by kind first, and this is the least key of `kind`.
-        let first = ResourceKey {
-            kind,
-            namespace: None,
-            name: String::new(),
-        };
-        self.resources
-            .range(first..)
-            .take_while(move |(key, _)| key.kind == kind)
-            .map(|(_, r)| r)
-    }
-
-    /// The resource with this key, if present.
-    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        self.resources.get(key)
-    }
-
-    /// All resources, ordered by key (kind, namespace, name).
-    pub fn iter(&self) -> impl Iterator<Item = (&ResourceKey, &Resource)> {
-        self.resources.iter()
-    }
-
-    /// How many resources there are.
-    pub fn len(&self) -> usize {
-        self.resources.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.resources.is_empty()
-    }
-}
-
-impl FromIterator<Resource> for Snapshot {
-    /// The snapshot of these resources; a key given twice keeps its first resource.
-    fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Self {
-        let mut resources = BTreeMap::new();
-        for resource in iter {
-            resources.entry(resource.key()).or_insert(resource);
-        }
-        Self { resources }
-    }
-}
-
-/// The key of the cluster-scoped resource `name` of `kind`.
-fn cluster_key(kind: Kind, name: &str) -> ResourceKey {
-    ResourceKey {
-        kind,
-        namespace: None,
-        name: name.to_owned(),
-    }
-}
-
-/// The outcome of [`LocalDatastore::sync`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncResult {
-    /// The resources now in force.
-    pub snapshot: Snapshot,
-    /// Every problem the datastore has now, new or not, ordered by file. A file with errors
-    /// keeps its last good contents in force.
-    pub errors: Vec<DatastoreError>,
-    /// The subset of `errors` not reported by the previous sync (these are the ones `sync`
-    /// logged).
-    pub new_errors: Vec<DatastoreError>,
-}
 
 /// A directory of `projectcalico.org/v3` resources.
 ///
@@ -295,7 +129,7 @@ impl LocalDatastore {
         errors.sort();
         new_errors.sort();
 
-        self.snapshot = Snapshot { resources };
+        self.snapshot = resources.into_values().collect();
         debug!(
             resources = self.snapshot.len(),
             errors = errors.len(),
@@ -645,6 +479,7 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::datastore::resources::Kind;
 
     fn wep(name: &str, ip: &str) -> String {
         format!(

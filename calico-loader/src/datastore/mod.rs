@@ -1,17 +1,25 @@
-//! The datastore: `projectcalico.org/v3` resources, as YAML (or JSON) files in a local
-//! directory.
+//! The datastore: `projectcalico.org/v3` resources, read from a directory of YAML (or JSON)
+//! files or from etcd v3.
 //!
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
-//!   its validation rules. Typed: `WorkloadEndpoint`, and the policy kinds `NetworkPolicy`,
-//!   `GlobalNetworkPolicy`, `Profile` and `Tier`; other kinds are kept untyped. Selectors stay
-//!   text: [`Resource::selector_fields`] lists them for the selector parser.
+//!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
+//!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
+//!   and `Tier`, and `IPPool`; other kinds are kept untyped. Selectors stay text:
+//!   [`Resource::selector_fields`] lists them for the selector parser.
+//! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
+//!   the parser checks every selector field, the model evaluates them.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
 //!   resource and field ([`DatastoreError`]).
-//! - [`local`]: the directory datastore ([`LocalDatastore`]), its [`Snapshot`] of the
-//!   resources in force, and a debounced [`watch`](local::watch) of the directory.
+//! - `snapshot`: the resources in force ([`Snapshot`]), what a sync gives ([`SyncResult`]).
+//! - [`local`]: the directory datastore ([`LocalDatastore`]) and a debounced
+//!   [`watch`](local::watch) of the directory.
+//! - `store`: what the CLI's stores share: a stored resource, a write, [`StoreError`].
 //! - [`etcd`]: the etcd v3 datastore, with Calico's key layout.
 //! - [`backend`]: one interface over both: [`AgentDatastore`] for the agent, [`Store`] for the
 //!   CLI.
+//!
+//! Each module imports only those listed before it (and `error`): nothing here imports the
+//! model.
 
 pub mod backend;
 mod error;
@@ -19,20 +27,24 @@ pub mod etcd;
 pub mod local;
 mod parse;
 pub mod resources;
+pub mod selector;
+mod snapshot;
+mod store;
 
-pub use backend::{
-    AgentDatastore, DatastoreConfig, LocalStore, Store, StoreError, StoredResource, WriteMode,
-    WriteOutcome, WriteRequest,
-};
+pub use backend::{AgentDatastore, DatastoreConfig, LocalStore, Store};
 pub use error::{DatastoreError, ErrorKind};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
-pub use local::{DatastoreWatch, LocalDatastore, Snapshot, SyncResult, WatchError, watch};
+pub use local::{DatastoreWatch, LocalDatastore, WatchError, watch};
 pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{
     Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, IpVersion, Kind,
     NetworkPolicy, NetworkPolicySpec, Order, PolicyType, PortSpec, Profile, ProfileSpec, Protocol,
     Resource, ResourceKey, Rule, Tier, TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
+pub use snapshot::{Snapshot, SyncResult};
+pub use store::{StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest};
 
+#[cfg(test)]
+mod ip_pool_tests;
 #[cfg(test)]
 mod policy_tests;

@@ -10,10 +10,10 @@ use serde_yaml::Value;
 use super::{
     error::{DatastoreError, ErrorKind},
     resources::{
-        API_VERSION, DEFAULT_NAMESPACE, FieldError, GlobalNetworkPolicy, GlobalNetworkPolicySpec,
-        Kind, NetworkPolicy, NetworkPolicySpec, ObjectMeta, Profile, ProfileSpec, Resource, Tier,
-        TierSpec, TierStatus, UntypedResource, WorkloadEndpoint, WorkloadEndpointSpec,
+        API_VERSION, DEFAULT_NAMESPACE, FieldError, Kind, KindVisitor, Registered, Resource,
+        UntypedDocument, UntypedResource,
     },
+    selector::Selector,
 };
 
 /// Parses the text of one file: any number of YAML (or JSON) documents separated by `---`, each
@@ -474,7 +474,8 @@ impl Doc<'_> {
         self.parse_resource(kind, value, place).map(|r| vec![r])
     }
 
-    /// A resource of a recognised kind: deserialize, then validate.
+    /// A resource of a recognised kind: deserialize, then default and validate as its kind
+    /// says (see the registry), then parse its selectors.
     fn parse_resource(
         &self,
         kind: Kind,
@@ -482,87 +483,12 @@ impl Doc<'_> {
         place: &Place,
     ) -> Result<Resource, Vec<DatastoreError>> {
         let label = resource_label(&value);
-        let (resource, problems) = match kind {
-            Kind::WorkloadEndpoint => {
-                let doc: Document<WorkloadEndpointSpec> =
-                    self.deserialize(value, place, label.clone())?;
-                let mut wep = WorkloadEndpoint {
-                    metadata: doc.metadata,
-                    spec: doc.spec,
-                };
-                let mut problems = wep.metadata.validate(kind);
-                problems.extend(wep.validate());
-                (Resource::WorkloadEndpoint(Box::new(wep)), problems)
-            }
-            Kind::NetworkPolicy => {
-                let doc: OptionalSpecDocument<NetworkPolicySpec> =
-                    self.deserialize(value, place, label.clone())?;
-                let mut policy = NetworkPolicy {
-                    metadata: doc.metadata,
-                    spec: doc.spec.unwrap_or_default(),
-                };
-                let mut problems = policy.metadata.validate(kind);
-                policy.apply_defaults();
-                problems.extend(policy.validate());
-                (Resource::NetworkPolicy(Box::new(policy)), problems)
-            }
-            Kind::GlobalNetworkPolicy => {
-                let doc: OptionalSpecDocument<GlobalNetworkPolicySpec> =
-                    self.deserialize(value, place, label.clone())?;
-                let mut policy = GlobalNetworkPolicy {
-                    metadata: doc.metadata,
-                    spec: doc.spec.unwrap_or_default(),
-                };
-                let mut problems = policy.metadata.validate(kind);
-                policy.apply_defaults();
-                problems.extend(policy.validate());
-                (Resource::GlobalNetworkPolicy(Box::new(policy)), problems)
-            }
-            Kind::Profile => {
-                let doc: OptionalSpecDocument<ProfileSpec> =
-                    self.deserialize(value, place, label.clone())?;
-                let mut profile = Profile {
-                    metadata: doc.metadata,
-                    spec: doc.spec.unwrap_or_default(),
-                };
-                let mut problems = profile.metadata.validate(kind);
-                problems.extend(profile.validate());
-                (Resource::Profile(Box::new(profile)), problems)
-            }
-            Kind::Tier => {
-                let doc: TierDocument = self.deserialize(value, place, label.clone())?;
-                let mut tier = Tier {
-                    metadata: doc.metadata,
-                    spec: doc.spec.unwrap_or_default(),
-                    status: doc.status,
-                };
-                let mut problems = tier.metadata.validate(kind);
-                problems.extend(tier.validate());
-                (Resource::Tier(Box::new(tier)), problems)
-            }
-            _ => {
-                let doc: UntypedDocument = self.deserialize(value, place, label.clone())?;
-                let mut metadata = doc.metadata;
-                let mut problems = metadata.validate(kind);
-                let spec = doc.spec.unwrap_or(serde_json::Value::Null);
-                if !(spec.is_object() || spec.is_null()) {
-                    problems.push(FieldError {
-                        field: "spec".into(),
-                        message: "must be a mapping".into(),
-                    });
-                }
-                (
-                    Resource::Untyped(Box::new(UntypedResource {
-                        kind,
-                        metadata,
-                        spec,
-                        status: doc.status,
-                    })),
-                    problems,
-                )
-            }
-        };
-        let mut problems = problems;
+        let (resource, mut problems) = kind.visit(Build {
+            doc: self,
+            value,
+            place,
+            label,
+        })?;
         problems.extend(selector_problems(&resource));
         if problems.is_empty() {
             return Ok(resource);
@@ -652,61 +578,27 @@ fn resource_label(value: &Value) -> Option<String> {
     })
 }
 
-/// A whole document holding a typed resource with spec `S` (`apiVersion` and `kind` are
-/// already checked).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Document<S> {
-    #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
-    metadata: ObjectMeta,
-    spec: S,
+/// Deserializes one resource as the type its kind gives, and builds it (defaults, checks).
+struct Build<'a> {
+    doc: &'a Doc<'a>,
+    value: Value,
+    place: &'a Place,
+    label: Option<String>,
 }
 
-/// A whole document holding a typed resource whose spec may be left out (as Go allows:
-/// absent, or `null`, is the empty spec).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct OptionalSpecDocument<S> {
-    #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<S>,
-}
+impl KindVisitor for Build<'_> {
+    type Output = Result<(Resource, Vec<FieldError>), Vec<DatastoreError>>;
 
-/// A document holding a `Tier`, which alone of the typed kinds has a status.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TierDocument {
-    #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<TierSpec>,
-    #[serde(default)]
-    status: Option<TierStatus>,
-}
+    fn typed<K: Registered>(self) -> Self::Output {
+        let document = self.doc.deserialize(self.value, self.place, self.label)?;
+        let (resource, problems) = K::build(document);
+        Ok((resource.into_resource(), problems))
+    }
 
-/// A document holding a resource kept untyped.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct UntypedDocument {
-    #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<serde_json::Value>,
-    #[serde(default)]
-    status: Option<serde_json::Value>,
+    fn untyped(self, kind: Kind, wrap: fn(UntypedResource) -> Resource) -> Self::Output {
+        let document: UntypedDocument = self.doc.deserialize(self.value, self.place, self.label)?;
+        Ok(UntypedResource::build(kind, document, wrap))
+    }
 }
 
 /// A `List` or `<Kind>List` document.
@@ -829,12 +721,10 @@ fn selector_problems(resource: &Resource) -> Vec<FieldError> {
         .selector_fields()
         .into_iter()
         .filter_map(|(field, text)| {
-            crate::model::selector::Selector::parse(text)
-                .err()
-                .map(|e| FieldError {
-                    field,
-                    message: format!("invalid selector {text:?}: {e}"),
-                })
+            Selector::parse(text).err().map(|e| FieldError {
+                field,
+                message: format!("invalid selector {text:?}: {e}"),
+            })
         })
         .collect()
 }
@@ -1557,6 +1447,7 @@ items: null
             Kind::GlobalNetworkPolicy,
             Kind::Profile,
             Kind::Tier,
+            Kind::IpPool,
         ];
         for kind in Kind::ALL.iter().filter(|k| !typed.contains(k)) {
             let text = format!(

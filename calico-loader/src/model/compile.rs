@@ -34,274 +34,45 @@
 //!    share a port class; identical class tables share a class.
 //! 5. Each piecewise-constant function becomes prefix entries: a zero-length default for the
 //!    value that would need the most prefixes, and the prefixes of the other intervals.
+//!
+//! # Files
+//!
+//! This file flattens the plan (step 1) and drives the others, which never import it:
+//! `compiled` (what compiling produces, its limits and [`CompileError`]), `ranges` (sets of
+//! integers as intervals), `lookup` (the rules a plan's entries stand for), `context` (what
+//! every endpoint of the snapshot stands for), `conditions` (a rule's criteria, resolved),
+//! `table` (steps 2 to 5) and `evaluate` (the reference evaluator).
 
+mod compiled;
 mod conditions;
 mod context;
 mod evaluate;
+mod lookup;
 mod ranges;
 mod table;
 #[cfg(test)]
 mod tests;
 
-use std::net::IpAddr;
-
-use calico_ebpf_common::{
-    PolicyVerdict,
-    maps::{MapSpec, PolicyAddrsV4, PolicyPorts, PolicyProtos},
-};
 use ipnet::IpNet;
 
+pub use compiled::{
+    AddrEntry, CompileError, CompiledDirection, CompiledEndpoint, MAX_LOCAL_NETWORK_ADDRESSES,
+    PortEntry, ProtoEntry, TableLimits,
+};
 pub use context::PolicyContext;
 pub use evaluate::{Outcome, PacketTuple, evaluate};
 
-use self::conditions::{Conditions, Origin};
+use self::{
+    compiled::{Family, MAX_LOCAL_HOST_BITS},
+    conditions::{Conditions, Origin},
+    lookup::{policy_rules, profile_rules},
+    table::Step,
+};
 use super::{
-    policy::{DirectionPlan, PolicyId, endpoint_plan},
+    policy::{DirectionPlan, endpoint_plan},
     rules::{Direction, RuleRef, RuleRegistry},
 };
-use crate::datastore::{Action, Kind, Rule, Snapshot, TierDefaultAction, WorkloadEndpoint};
-
-/// The most addresses one network of an endpoint may hold: each is a local address with its own
-/// entries.
-pub const MAX_LOCAL_NETWORK_ADDRESSES: u32 = 1 << MAX_LOCAL_HOST_BITS;
-const MAX_LOCAL_HOST_BITS: u8 = 8;
-
-/// Why an endpoint's policy could not be compiled. The dataplane then keeps the endpoint's
-/// previous policy.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CompileError {
-    /// A rule uses a criterion the dataplane cannot enforce.
-    #[error("WorkloadEndpoint {endpoint}: {rule}: {field} is not supported: {reason}")]
-    Unsupported {
-        endpoint: String,
-        rule: String,
-        field: String,
-        reason: &'static str,
-    },
-    /// A selector does not parse (the datastore checks them, so this should not happen).
-    #[error("WorkloadEndpoint {endpoint}: {rule}: {field}: {message}")]
-    InvalidSelector {
-        endpoint: String,
-        rule: String,
-        field: String,
-        message: String,
-    },
-    /// One of the endpoint's networks holds too many addresses to serve as local addresses.
-    #[error(
-        "WorkloadEndpoint {endpoint}: network {network} holds more than {MAX_LOCAL_NETWORK_ADDRESSES} addresses; \
-         policy is compiled per local address"
-    )]
-    LocalNetworkTooWide { endpoint: String, network: IpNet },
-    /// The plan names a policy or profile the snapshot does not have.
-    #[error("WorkloadEndpoint {endpoint}: {owner} is not in the snapshot")]
-    Missing { endpoint: String, owner: String },
-    /// The compiled form would not fit the kernel's tables.
-    #[error(
-        "WorkloadEndpoint {endpoint}: its compiled {direction} policy needs more than {limit} {table} entries"
-    )]
-    TooLarge {
-        endpoint: String,
-        direction: Direction,
-        table: &'static str,
-        limit: usize,
-    },
-    /// Every rule id is in use.
-    #[error("no rule id left: all {capacity} are in use")]
-    RuleIdsExhausted { capacity: u32 },
-}
-
-/// The most entries the compiled policy of one endpoint in one direction may have in each
-/// table; compiling stops with [`CompileError::TooLarge`] beyond them. By default, the sizes
-/// of the kernel's maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableLimits {
-    /// Address entries, per family.
-    pub addrs: usize,
-    pub protos: usize,
-    pub ports: usize,
-}
-
-impl Default for TableLimits {
-    fn default() -> Self {
-        Self {
-            addrs: PolicyAddrsV4::DEF.max_entries as usize,
-            protos: PolicyProtos::DEF.max_entries as usize,
-            ports: PolicyPorts::DEF.max_entries as usize,
-        }
-    }
-}
-
-/// An entry of an address table: for the endpoint's `local` address (matched in full), a
-/// `remote` prefix, giving an address class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AddrEntry<const N: usize> {
-    /// The endpoint's address, matched in full.
-    pub local: [u8; N],
-    /// The remote prefix (host bits zero).
-    pub remote: [u8; N],
-    pub remote_prefix: u8,
-    /// Index local to the [`CompiledDirection`].
-    pub class: u32,
-}
-
-/// An entry of the protocol table: for an address class, a protocol (`None`: the class's default,
-/// for protocols it does not list) and a source-port prefix (`None`: length 0), giving a port
-/// class. For a packet, an entry of its protocol wins over the default, and a longer source-port
-/// prefix over a shorter one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ProtoEntry {
-    pub class: u32,
-    pub proto: Option<u8>,
-    /// Source port prefix: value and length in bits (1 to 16).
-    pub sport: Option<(u16, u8)>,
-    pub port_class: u32,
-}
-
-/// An entry of the destination-port table: for a port class, a destination-port prefix, giving
-/// the verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortEntry {
-    pub port_class: u32,
-    /// Destination port (ICMP: `type << 8 | code`) prefix: value and length in bits (0 to 16).
-    pub dport: (u16, u8),
-    pub verdict: PolicyVerdict,
-}
-
-/// The compiled policy of one endpoint in one direction.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct CompiledDirection {
-    /// Entries of the address tables. `class` is an index local to this CompiledDirection
-    /// (0..address_classes), shared by both families' entries.
-    pub addrs_v4: Vec<AddrEntry<4>>,
-    pub addrs_v6: Vec<AddrEntry<16>>,
-    pub protos: Vec<ProtoEntry>,
-    pub ports: Vec<PortEntry>,
-    pub address_classes: u32,
-    pub port_classes: u32,
-}
-
-/// The compiled policy of one endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct CompiledEndpoint {
-    pub ingress: CompiledDirection,
-    pub egress: CompiledDirection,
-}
-
-impl CompiledDirection {
-    /// The verdict for a packet, found through the entries longest prefix first, as the kernel
-    /// finds it. `sport` and `dport` are what the kernel puts in the keys: see
-    /// [`PacketTuple::key_ports`]. `None` where a lookup misses (which the kernel treats as a
-    /// drop).
-    pub fn lookup(
-        &self,
-        local: IpAddr,
-        remote: IpAddr,
-        proto: u8,
-        sport: u16,
-        dport: u16,
-    ) -> Option<PolicyVerdict> {
-        let class = match (local, remote) {
-            (IpAddr::V4(local), IpAddr::V4(remote)) => {
-                longest_addr_match(&self.addrs_v4, local.octets(), remote.octets())
-            }
-            (IpAddr::V6(local), IpAddr::V6(remote)) => {
-                longest_addr_match(&self.addrs_v6, local.octets(), remote.octets())
-            }
-            _ => None,
-        }?;
-        let port_class = self
-            .protos
-            .iter()
-            .filter(|e| {
-                e.class == class
-                    && e.proto.is_none_or(|p| p == proto)
-                    && e.sport
-                        .is_none_or(|(value, bits)| prefix_matches(sport, value, bits))
-            })
-            .max_by_key(|e| (e.proto.is_some(), e.sport.map_or(0, |(_, bits)| bits)))?
-            .port_class;
-        self.ports
-            .iter()
-            .filter(|e| e.port_class == port_class && prefix_matches(dport, e.dport.0, e.dport.1))
-            .max_by_key(|e| e.dport.1)
-            .map(|e| e.verdict)
-    }
-}
-
-fn prefix_matches(value: u16, prefix: u16, bits: u8) -> bool {
-    bits == 0 || (value ^ prefix) >> (16 - u32::from(bits).min(16)) == 0
-}
-
-/// The class of the longest entry for `local` (matched in full) whose remote prefix covers
-/// `remote`.
-fn longest_addr_match<const N: usize>(
-    entries: &[AddrEntry<N>],
-    local: [u8; N],
-    remote: [u8; N],
-) -> Option<u32> {
-    let remote = bytes_value(&remote);
-    let width = N as u32 * 8;
-    entries
-        .iter()
-        .filter(|e| {
-            let prefix = u32::from(e.remote_prefix);
-            e.local == local
-                && prefix <= width
-                && (prefix == 0 || (bytes_value(&e.remote) ^ remote) >> (width - prefix) == 0)
-        })
-        .max_by_key(|e| e.remote_prefix)
-        .map(|e| e.class)
-}
-
-/// An address family, with addresses as integers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn width(self) -> u8 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-
-    fn max(self) -> u128 {
-        ranges::max_of(self.width())
-    }
-
-    /// The family of `addr` and its value.
-    fn split(addr: IpAddr) -> (Family, u128) {
-        match addr {
-            IpAddr::V4(addr) => (Family::V4, u128::from(u32::from(addr))),
-            IpAddr::V6(addr) => (Family::V6, u128::from(addr)),
-        }
-    }
-}
-
-/// The big-endian value of up to 16 bytes.
-fn bytes_value(bytes: &[u8]) -> u128 {
-    bytes.iter().fold(0, |acc, &b| acc << 8 | u128::from(b))
-}
-
-/// The low `N` bytes of `value`, big-endian.
-fn value_bytes<const N: usize>(value: u128) -> [u8; N] {
-    let bytes = value.to_be_bytes();
-    std::array::from_fn(|i| bytes[16 - N + i])
-}
-
-/// One step of the flattened plan.
-#[derive(Debug)]
-struct Step {
-    id: u32,
-    action: Action,
-    /// The tier or profile it belongs to: a Pass skips the rest of the group.
-    group: u32,
-    /// `None`: matches every packet (a tier's default deny).
-    conditions: Option<Conditions>,
-}
+use crate::datastore::{Action, Rule, TierDefaultAction, WorkloadEndpoint};
 
 /// Compiles `wep`'s policy, both directions. Rule ids come from `registry` (the same rule keeps
 /// its id).
@@ -372,42 +143,6 @@ fn local_addresses(
     Ok(addresses)
 }
 
-/// The rules of `policy` for `direction`.
-fn policy_rules<'s>(
-    snapshot: &'s Snapshot,
-    policy: &PolicyId,
-    direction: Direction,
-) -> Option<&'s [Rule]> {
-    let (ingress, egress) = match (policy.kind, &policy.namespace) {
-        (Kind::NetworkPolicy, Some(namespace)) => {
-            let spec = &snapshot.network_policy(namespace, &policy.name)?.spec;
-            (&spec.ingress, &spec.egress)
-        }
-        (Kind::GlobalNetworkPolicy, None) => {
-            let spec = &snapshot.global_network_policy(&policy.name)?.spec;
-            (&spec.ingress, &spec.egress)
-        }
-        _ => return None,
-    };
-    Some(match direction {
-        Direction::Ingress => ingress,
-        Direction::Egress => egress,
-    })
-}
-
-/// The rules of profile `name` for `direction`.
-fn profile_rules<'s>(
-    snapshot: &'s Snapshot,
-    name: &str,
-    direction: Direction,
-) -> Option<&'s [Rule]> {
-    let spec = &snapshot.profile(name)?.spec;
-    Some(match direction {
-        Direction::Ingress => &spec.ingress,
-        Direction::Egress => &spec.egress,
-    })
-}
-
 /// Turns a plan into steps in evaluation order.
 struct Flattener<'c, 's> {
     ctx: &'c PolicyContext<'s>,
@@ -466,8 +201,9 @@ impl Flattener<'_, '_> {
             self.add_rules(rules, group, None, rule_ref)?;
             group += 1;
         }
-        self.registry
-            .id(RuleRef::NoMatch { direction }, Action::Deny)
+        Ok(self
+            .registry
+            .id(RuleRef::NoMatch { direction }, Action::Deny)?)
     }
 
     /// Adds `rules` of a policy in `namespace` (`None`: global policy or profile).

@@ -3,7 +3,6 @@
 pub mod compile;
 pub mod policy;
 pub mod rules;
-pub mod selector;
 
 use std::collections::BTreeMap;
 

@@ -9,8 +9,10 @@
 
 use std::{cmp::Ordering, collections::BTreeMap};
 
-use super::selector::{LabelSource, Selector};
-use crate::datastore::{Kind, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint};
+use crate::datastore::{
+    Kind, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint,
+    selector::{LabelSource, Selector},
+};
 
 /// Label Calico gives every namespaced endpoint: its namespace.
 pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";

@@ -20,7 +20,7 @@ use calico_ebpf_common::{
     rule_kind, verdict_action,
 };
 
-use super::{compile::CompileError, policy::PolicyId};
+use super::policy::PolicyId;
 use crate::datastore::Action;
 
 /// [`RuleInfo::action`] of a Log rule.
@@ -200,6 +200,14 @@ impl fmt::Display for RuleEntry {
     }
 }
 
+/// Every rule id of a [`RuleRegistry`] is in use: the rule could not be given one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no rule id left: all {capacity} are in use")]
+pub struct RuleIdsExhausted {
+    /// How many ids the registry hands out.
+    pub capacity: u32,
+}
+
 /// Assigns rule ids (1 up to a capacity; 0 means "none") to rules and keeps them stable.
 #[derive(Clone, Debug)]
 pub struct RuleRegistry {
@@ -248,8 +256,8 @@ impl RuleRegistry {
     ///
     /// # Errors
     ///
-    /// [`CompileError::RuleIdsExhausted`] when every id is in use.
-    pub fn id(&mut self, rule: RuleRef, action: Action) -> Result<u32, CompileError> {
+    /// [`RuleIdsExhausted`] when every id is in use.
+    pub fn id(&mut self, rule: RuleRef, action: Action) -> Result<u32, RuleIdsExhausted> {
         let key = (rule, action);
         if let Some(&id) = self.ids.get(&key) {
             return Ok(id);
@@ -261,7 +269,7 @@ impl RuleRegistry {
                     .ok()
                     .filter(|&id| id <= self.capacity);
                 let Some(id) = next else {
-                    return Err(CompileError::RuleIdsExhausted {
+                    return Err(RuleIdsExhausted {
                         capacity: self.capacity,
                     });
                 };
@@ -373,7 +381,7 @@ mod tests {
                 },
                 Action::Deny
             ),
-            Err(CompileError::RuleIdsExhausted { capacity: 3 })
+            Err(RuleIdsExhausted { capacity: 3 })
         ));
         assert_eq!(registry.sweep(&HashSet::from([b])), [1, 3]);
         assert_eq!(registry.len(), 1);

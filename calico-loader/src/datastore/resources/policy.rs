@@ -1,18 +1,19 @@
-//! Policy resources: `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile` and `Tier`, and the
-//! rules they hold.
+//! What the policy kinds share: the rules (`Rule`, `EntityRule` and what they hold), the small
+//! value types of policies (`Action`, `Order`, `PortSpec`...), and the checks and defaults that
+//! `NetworkPolicy`, `GlobalNetworkPolicy` and `Profile` apply alike. The kinds themselves are
+//! each in their own file.
 //!
 //! Field names follow Calico's Go API (`projectcalico/api`, `pkg/apis/projectcalico/v3`:
-//! `networkpolicy.go`, `globalnetworkpolicy.go`, `policy_common.go`, `profile.go`, `tier.go`,
-//! and `pkg/lib/numorstring`). The rules are those of libcalico-go's validator
-//! (`libcalico-go/lib/validator/v3/validator.go`) and of the CRDs' schema (limits, enums and CEL
-//! rules on the Go types), as of Calico v3.32. Each check names its Calico source.
+//! `policy_common.go` and `pkg/lib/numorstring`). The rules are those of libcalico-go's
+//! validator (`libcalico-go/lib/validator/v3/validator.go`) and of the CRDs' schema (limits,
+//! enums and CEL rules on the Go types), as of Calico v3.32. Each check names its Calico source.
 //!
 //! As for the other resources, checks on one value (a CIDR, a port, an enum) run while
 //! deserializing; checks across fields run in the `validate` methods, after `apply_defaults`
 //! has filled in what Calico defaults (policy `types`, `tier`).
 //!
-//! Selectors are kept as text: [`NetworkPolicy::selector_fields`] and its siblings list every
-//! selector with its field path, for the caller to parse.
+//! Selectors are kept as text: [`Rule::selector_fields`] and its siblings list every selector
+//! with its field path, for the caller to parse.
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
@@ -20,9 +21,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 
 use super::{
-    AnyString, Check, CheckNumOrStr, Drive, FieldError, Kind, NumOrString, ObjectMeta, OrNull,
-    PortName, Protocol, ResourceKey, ResourceName, check_annotations, check_labels, is_dns_label,
-    is_dns_subdomain, list, nullable, number, optional, required,
+    fields::{
+        AnyString, Check, CheckNumOrStr, Drive, FieldError, NumOrString, OrNull, PortName,
+        Protocol, ResourceName, SelectorText, check_unique, is_dns_label, is_dns_subdomain, list,
+        nullable, number, optional, required, string_enum,
+    },
+    meta::check_annotations,
 };
 
 /// Name of the tier policies belong to when they name none.
@@ -32,97 +36,19 @@ pub const KUBE_ADMIN_TIER: &str = "kube-admin";
 /// Name of the tier Calico reserves for Kubernetes baseline admin network policy.
 pub const KUBE_BASELINE_TIER: &str = "kube-baseline";
 
-/// Calico's built-in tiers: name, the order they must have, and their default action
-/// (`api/pkg/apis/projectcalico/v3/tier.go`: `DefaultTierOrder`, `KubeAdminTierOrder`,
-/// `KubeBaselineTierOrder` and the Tier CEL rules).
-const BUILTIN_TIERS: [(&str, f64, TierDefaultAction); 3] = [
-    (DEFAULT_TIER, 1_000_000.0, TierDefaultAction::Deny),
-    (KUBE_ADMIN_TIER, 1_000.0, TierDefaultAction::Pass),
-    (KUBE_BASELINE_TIER, 10_000_000.0, TierDefaultAction::Pass),
-];
-
 /// CRD limit: rules per direction (`+kubebuilder:validation:MaxItems=1024`).
 const MAX_RULES: usize = 1024;
 /// CRD limit: `nets`/`notNets` entries (`MaxItems=256`).
 const MAX_NETS: usize = 256;
 /// CRD limit: `ports`/`notPorts` entries (`MaxItems=50`).
 const MAX_PORTS: usize = 50;
-/// CRD limit: length of a selector (`MaxLength=1024`).
-const MAX_SELECTOR_LEN: usize = 1024;
 /// CRD limit: HTTP methods and paths (`MaxItems=20`).
 const MAX_HTTP_ITEMS: usize = 20;
 /// CRD limit: length of an HTTP path (`MaxLength=1024`).
 const MAX_HTTP_PATH_LEN: usize = 1024;
-/// Kubernetes' DNS-1123 label length, the limit on tier names.
-const MAX_TIER_NAME_LEN: usize = 63;
 
 // ---------------------------------------------------------------------------------------------
 // Small value types
-
-/// `a, b or c`, for error messages.
-fn one_of(items: &[&str]) -> String {
-    match items {
-        [] => String::new(),
-        [only] => (*only).to_owned(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
-}
-
-/// An enum written as one of a fixed set of strings (case-sensitive, as Calico's enums are).
-macro_rules! string_enum {
-    (
-        $(#[$meta:meta])*
-        $name:ident, $what:literal {
-            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The value as Calico spells it.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(format!(
-                        "invalid {} {s:?}: expected {}",
-                        $what,
-                        one_of(&[$($text),+])
-                    )),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Check for $name {
-            type Out = $name;
-            fn check(s: &str) -> Result<$name, String> {
-                s.parse()
-            }
-        }
-    };
-}
 
 string_enum! {
     /// What a rule does with the packets it matches (Calico's `Action`).
@@ -467,21 +393,6 @@ impl Check for RuleNet {
     }
 }
 
-/// A selector, kept as text (at most 1024 characters, the CRDs' limit).
-struct SelectorText;
-impl Check for SelectorText {
-    type Out = String;
-    fn check(s: &str) -> Result<String, String> {
-        if s.len() > MAX_SELECTOR_LEN {
-            return Err(format!(
-                "selector is {} characters long, more than the limit of {MAX_SELECTOR_LEN}",
-                s.len()
-            ));
-        }
-        Ok(s.to_owned())
-    }
-}
-
 fn icmp_type<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
     // `validate:"omitempty,gte=0,lte=254"` (policy_common.go).
     number(deserializer, "an ICMP type", |n| match u8::try_from(n) {
@@ -497,18 +408,12 @@ fn icmp_code<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D
     })
 }
 
-fn tier_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(super) fn tier_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     Ok(optional::<D, ResourceName>(deserializer)?.unwrap_or_else(|| DEFAULT_TIER.to_owned()))
 }
 
-fn default_tier() -> String {
+pub(super) fn default_tier() -> String {
     DEFAULT_TIER.to_owned()
-}
-
-fn tier_default_action<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<TierDefaultAction, D::Error> {
-    Ok(optional::<D, TierDefaultAction>(deserializer)?.unwrap_or_default())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1054,7 +959,7 @@ pub struct RuleMetadata {
 
 /// Which resource rules belong to: the checks on their direction differ.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum RuleOwner {
+pub(super) enum RuleOwner {
     NetworkPolicy,
     GlobalNetworkPolicy,
     Profile,
@@ -1063,7 +968,7 @@ enum RuleOwner {
 /// Checks the rules of one direction: each rule, their number, and (for policies) what
 /// `validateNetworkPolicySpec`/`validateGlobalNetworkPolicySpec` forbid in that direction.
 /// `field` is the list's path, like `spec.ingress`.
-fn validate_rules(
+pub(super) fn validate_rules(
     rules: &[Rule],
     direction: PolicyType,
     owner: RuleOwner,
@@ -1118,7 +1023,7 @@ fn validate_rules(
 }
 
 /// Selectors of a list of rules, with their full paths.
-fn rule_selectors<'a>(
+pub(super) fn rule_selectors<'a>(
     rules: &'a [Rule],
     field: &'a str,
 ) -> impl Iterator<Item = (String, &'a str)> + 'a {
@@ -1133,7 +1038,7 @@ fn rule_selectors<'a>(
 
 /// Calico's default for `types` (`defaultPolicyTypesField`, api/pkg/defaults): Egress alone if
 /// there are egress rules but no ingress rules, both if there are both, otherwise Ingress.
-fn default_types(ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
+pub(super) fn default_types(ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
     match (ingress.is_empty(), egress.is_empty()) {
         (_, true) => vec![PolicyType::Ingress],
         (true, false) => vec![PolicyType::Egress],
@@ -1141,25 +1046,9 @@ fn default_types(ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
     }
 }
 
-/// No value twice in a list (the Go validator's `unique`, and its explicit check on
-/// `types`).
-fn check_unique<T: PartialEq + fmt::Display>(items: &[T], field: &str) -> Vec<FieldError> {
-    items
-        .iter()
-        .enumerate()
-        .filter(|(i, item)| items[..*i].contains(item))
-        .map(|(i, item)| {
-            FieldError::new(
-                format!("{field}[{i}]"),
-                format!("'{item}' specified more than once"),
-            )
-        })
-        .collect()
-}
-
 /// Policy-level selectors must not use `global()` (the NetworkPolicySpec and
 /// GlobalNetworkPolicySpec CEL rules).
-fn check_no_global(selectors: &[(&str, Option<&str>)]) -> Vec<FieldError> {
+pub(super) fn check_no_global(selectors: &[(&str, Option<&str>)]) -> Vec<FieldError> {
     selectors
         .iter()
         .filter(|(_, s)| s.is_some_and(|s| s.contains("global(")))
@@ -1174,7 +1063,7 @@ fn check_no_global(selectors: &[(&str, Option<&str>)]) -> Vec<FieldError> {
 
 /// `networkPolicyNameRegex`: a DNS label, two dot-separated labels, or `knp.default.` or
 /// `ossg.default.` followed by a DNS subdomain.
-fn is_network_policy_name(name: &str) -> bool {
+pub(super) fn is_network_policy_name(name: &str) -> bool {
     if let Some(rest) = name
         .strip_prefix("knp.default.")
         .or_else(|| name.strip_prefix("ossg.default."))
@@ -1186,354 +1075,15 @@ fn is_network_policy_name(name: &str) -> bool {
 }
 
 /// `globalNetworkPolicyNameRegex`: a DNS label, or two dot-separated labels.
-fn is_global_network_policy_name(name: &str) -> bool {
+pub(super) fn is_global_network_policy_name(name: &str) -> bool {
     name.split('.').count() <= 2 && name.split('.').all(is_dns_label)
-}
-
-// ---------------------------------------------------------------------------------------------
-// NetworkPolicy
-
-/// A `NetworkPolicy`: ordered rules for the endpoints of one namespace that match a selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetworkPolicy {
-    /// Its metadata (namespace always set once parsed).
-    pub metadata: ObjectMeta,
-    /// Its specification.
-    pub spec: NetworkPolicySpec,
-}
-
-/// Specification of a [`NetworkPolicy`] (Calico's `NetworkPolicySpec`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NetworkPolicySpec {
-    /// The tier the policy belongs to (`default` when none is given).
-    #[serde(default = "default_tier", deserialize_with = "tier_name")]
-    pub tier: String,
-    /// Order within the tier: lower first; `None` applies after every order (see
-    /// [`effective_order`](Self::effective_order)). Ties go by name.
-    #[serde(default)]
-    pub order: Option<Order>,
-    /// The endpoints (of the policy's namespace) it applies to; `None` (or empty): all of them.
-    #[serde(default, deserialize_with = "optional::<_, SelectorText>")]
-    pub selector: Option<String>,
-    /// The directions it applies to. Once parsed, never empty: when not given, Calico's
-    /// default (see [`NetworkPolicy::apply_defaults`]).
-    #[serde(default, deserialize_with = "list::<_, PolicyType>")]
-    pub types: Vec<PolicyType>,
-    /// Ingress rules, in order.
-    #[serde(default, deserialize_with = "nullable")]
-    pub ingress: Vec<Rule>,
-    /// Egress rules, in order.
-    #[serde(default, deserialize_with = "nullable")]
-    pub egress: Vec<Rule>,
-    /// It applies only to pods whose service account matches this selector.
-    #[serde(default, deserialize_with = "optional::<_, SelectorText>")]
-    pub service_account_selector: Option<String>,
-    /// Hints to the policy engine.
-    #[serde(default, deserialize_with = "list::<_, PerformanceHint>")]
-    pub performance_hints: Vec<PerformanceHint>,
-}
-
-impl Default for NetworkPolicySpec {
-    /// An empty spec in the default tier (what a document without `spec` gives).
-    fn default() -> Self {
-        Self {
-            tier: default_tier(),
-            order: None,
-            selector: None,
-            types: Vec::new(),
-            ingress: Vec::new(),
-            egress: Vec::new(),
-            service_account_selector: None,
-            performance_hints: Vec::new(),
-        }
-    }
-}
-
-impl NetworkPolicySpec {
-    /// The order to sort by: [`f64::INFINITY`] when none is given, as Felix does.
-    pub fn effective_order(&self) -> f64 {
-        self.order.map_or(f64::INFINITY, Order::value)
-    }
-
-    /// Whether the policy applies to `direction`.
-    pub fn applies_to(&self, direction: PolicyType) -> bool {
-        self.types.contains(&direction)
-    }
-}
-
-impl NetworkPolicy {
-    /// The policy's name.
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
-
-    /// The policy's namespace (`default` when none was given).
-    pub fn namespace(&self) -> &str {
-        self.metadata
-            .namespace
-            .as_deref()
-            .unwrap_or(super::DEFAULT_NAMESPACE)
-    }
-
-    /// The policy's identity.
-    pub fn key(&self) -> ResourceKey {
-        ResourceKey {
-            kind: Kind::NetworkPolicy,
-            namespace: Some(self.namespace().to_owned()),
-            name: self.name().to_owned(),
-        }
-    }
-
-    /// Fills in what Calico defaults: the tier (`default`), and `types` when empty: Ingress,
-    /// plus or instead Egress when there are egress rules (Egress alone when there are no
-    /// ingress rules).
-    pub fn apply_defaults(&mut self) {
-        let spec = &mut self.spec;
-        apply_policy_defaults(&mut spec.tier, &mut spec.types, &spec.ingress, &spec.egress);
-    }
-
-    /// Checks across fields (`validateNetworkPolicy`, `validateNetworkPolicySpec`, the
-    /// NetworkPolicySpec CEL rules, and the rules'). Expects
-    /// [`apply_defaults`](Self::apply_defaults) to have run.
-    pub fn validate(&self) -> Vec<FieldError> {
-        let spec = &self.spec;
-        let mut errors = Vec::new();
-        if !is_network_policy_name(self.name()) {
-            errors.push(FieldError::new(
-                "metadata.name",
-                format!(
-                    "invalid NetworkPolicy name {:?}: must be a DNS label (lower case alphanumeric \
-                     characters or '-'), or two separated by one '.'",
-                    self.name()
-                ),
-            ));
-        }
-        errors.extend(validate_policy_common(
-            PolicyParts {
-                types: &spec.types,
-                performance_hints: &spec.performance_hints,
-                selectors: &self.spec_selectors(),
-                ingress: &spec.ingress,
-                egress: &spec.egress,
-            },
-            RuleOwner::NetworkPolicy,
-        ));
-        errors
-    }
-
-    /// The spec's own selector fields, with their paths.
-    fn spec_selectors(&self) -> [(&'static str, Option<&str>); 2] {
-        [
-            ("spec.selector", self.spec.selector.as_deref()),
-            (
-                "spec.serviceAccountSelector",
-                self.spec.service_account_selector.as_deref(),
-            ),
-        ]
-    }
-
-    /// Every selector of the policy with its field path (`spec.selector`,
-    /// `spec.serviceAccountSelector`, `spec.ingress[0].source.selector`...), for the caller to
-    /// check with the selector parser.
-    pub fn selector_fields(&self) -> impl Iterator<Item = (String, &str)> {
-        policy_selectors(self.spec_selectors(), &self.spec.ingress, &self.spec.egress)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// GlobalNetworkPolicy
-
-/// A `GlobalNetworkPolicy`: ordered rules for the endpoints (of any namespace, and host
-/// endpoints) that match a selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GlobalNetworkPolicy {
-    /// Its metadata.
-    pub metadata: ObjectMeta,
-    /// Its specification.
-    pub spec: GlobalNetworkPolicySpec,
-}
-
-/// Specification of a [`GlobalNetworkPolicy`] (Calico's `GlobalNetworkPolicySpec`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GlobalNetworkPolicySpec {
-    /// The tier the policy belongs to (`default` when none is given).
-    #[serde(default = "default_tier", deserialize_with = "tier_name")]
-    pub tier: String,
-    /// Order within the tier: lower first; `None` applies after every order (see
-    /// [`effective_order`](Self::effective_order)). Ties go by name.
-    #[serde(default)]
-    pub order: Option<Order>,
-    /// The endpoints it applies to; `None` (or empty): all of them.
-    #[serde(default, deserialize_with = "optional::<_, SelectorText>")]
-    pub selector: Option<String>,
-    /// The directions it applies to. Once parsed, never empty: when not given, Calico's
-    /// default (see [`GlobalNetworkPolicy::apply_defaults`]).
-    #[serde(default, deserialize_with = "list::<_, PolicyType>")]
-    pub types: Vec<PolicyType>,
-    /// Ingress rules, in order.
-    #[serde(default, deserialize_with = "nullable")]
-    pub ingress: Vec<Rule>,
-    /// Egress rules, in order.
-    #[serde(default, deserialize_with = "nullable")]
-    pub egress: Vec<Rule>,
-    /// Apply the rules before connection tracking, and do not track the packets they allow
-    /// (host endpoints only; needs `applyOnForward`).
-    #[serde(default, deserialize_with = "nullable")]
-    pub do_not_track: bool,
-    /// Apply the rules before DNAT (host endpoint ingress only; needs `applyOnForward`).
-    #[serde(default, rename = "preDNAT", deserialize_with = "nullable")]
-    pub pre_dnat: bool,
-    /// Apply the rules to forwarded traffic too (host endpoints).
-    #[serde(default, deserialize_with = "nullable")]
-    pub apply_on_forward: bool,
-    /// It applies only to pods whose service account matches this selector.
-    #[serde(default, deserialize_with = "optional::<_, SelectorText>")]
-    pub service_account_selector: Option<String>,
-    /// It applies only to endpoints whose namespace matches this selector.
-    #[serde(default, deserialize_with = "optional::<_, SelectorText>")]
-    pub namespace_selector: Option<String>,
-    /// Hints to the policy engine.
-    #[serde(default, deserialize_with = "list::<_, PerformanceHint>")]
-    pub performance_hints: Vec<PerformanceHint>,
-}
-
-impl Default for GlobalNetworkPolicySpec {
-    /// An empty spec in the default tier (what a document without `spec` gives).
-    fn default() -> Self {
-        Self {
-            tier: default_tier(),
-            order: None,
-            selector: None,
-            types: Vec::new(),
-            ingress: Vec::new(),
-            egress: Vec::new(),
-            do_not_track: false,
-            pre_dnat: false,
-            apply_on_forward: false,
-            service_account_selector: None,
-            namespace_selector: None,
-            performance_hints: Vec::new(),
-        }
-    }
-}
-
-impl GlobalNetworkPolicySpec {
-    /// The order to sort by: [`f64::INFINITY`] when none is given, as Felix does.
-    pub fn effective_order(&self) -> f64 {
-        self.order.map_or(f64::INFINITY, Order::value)
-    }
-
-    /// Whether the policy applies to `direction`.
-    pub fn applies_to(&self, direction: PolicyType) -> bool {
-        self.types.contains(&direction)
-    }
-}
-
-impl GlobalNetworkPolicy {
-    /// The policy's name.
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
-
-    /// The policy's identity.
-    pub fn key(&self) -> ResourceKey {
-        ResourceKey {
-            kind: Kind::GlobalNetworkPolicy,
-            namespace: None,
-            name: self.name().to_owned(),
-        }
-    }
-
-    /// Fills in what Calico defaults, as [`NetworkPolicy::apply_defaults`] does.
-    pub fn apply_defaults(&mut self) {
-        let spec = &mut self.spec;
-        apply_policy_defaults(&mut spec.tier, &mut spec.types, &spec.ingress, &spec.egress);
-    }
-
-    /// Checks across fields (`validateGlobalNetworkPolicy`, `validateGlobalNetworkPolicySpec`,
-    /// the GlobalNetworkPolicySpec CEL rules, and the rules'). Expects
-    /// [`apply_defaults`](Self::apply_defaults) to have run.
-    pub fn validate(&self) -> Vec<FieldError> {
-        let spec = &self.spec;
-        let mut errors = Vec::new();
-        if !is_global_network_policy_name(self.name()) {
-            errors.push(FieldError::new(
-                "metadata.name",
-                format!(
-                    "invalid GlobalNetworkPolicy name {:?}: must be a DNS label (lower case \
-                     alphanumeric characters or '-'), or two separated by one '.'",
-                    self.name()
-                ),
-            ));
-        }
-        if spec.do_not_track && spec.pre_dnat {
-            errors.push(FieldError::new(
-                "spec.preDNAT",
-                "preDNAT and doNotTrack cannot both be true",
-            ));
-        }
-        if spec.pre_dnat {
-            if !spec.egress.is_empty() {
-                errors.push(FieldError::new(
-                    "spec.egress",
-                    "a preDNAT policy cannot have any egress rules",
-                ));
-            } else if spec.applies_to(PolicyType::Egress) {
-                errors.push(FieldError::new(
-                    "spec.types",
-                    "a preDNAT policy cannot have the Egress type",
-                ));
-            }
-        }
-        if (spec.do_not_track || spec.pre_dnat) && !spec.apply_on_forward {
-            errors.push(FieldError::new(
-                "spec.applyOnForward",
-                "applyOnForward must be true if either preDNAT or doNotTrack is true",
-            ));
-        }
-        errors.extend(validate_policy_common(
-            PolicyParts {
-                types: &spec.types,
-                performance_hints: &spec.performance_hints,
-                selectors: &self.spec_selectors(),
-                ingress: &spec.ingress,
-                egress: &spec.egress,
-            },
-            RuleOwner::GlobalNetworkPolicy,
-        ));
-        errors
-    }
-
-    /// The spec's own selector fields, with their paths.
-    fn spec_selectors(&self) -> [(&'static str, Option<&str>); 3] {
-        [
-            ("spec.selector", self.spec.selector.as_deref()),
-            (
-                "spec.serviceAccountSelector",
-                self.spec.service_account_selector.as_deref(),
-            ),
-            (
-                "spec.namespaceSelector",
-                self.spec.namespace_selector.as_deref(),
-            ),
-        ]
-    }
-
-    /// Every selector of the policy with its field path (`spec.selector`,
-    /// `spec.serviceAccountSelector`, `spec.namespaceSelector`,
-    /// `spec.ingress[0].source.selector`...), for the caller to check with the selector parser.
-    pub fn selector_fields(&self) -> impl Iterator<Item = (String, &str)> {
-        policy_selectors(self.spec_selectors(), &self.spec.ingress, &self.spec.egress)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // What NetworkPolicy and GlobalNetworkPolicy share
 
 /// Calico's defaults for a policy: the tier `default`, and `types` inferred from the rules.
-fn apply_policy_defaults(
+pub(super) fn apply_policy_defaults(
     tier: &mut String,
     types: &mut Vec<PolicyType>,
     ingress: &[Rule],
@@ -1548,18 +1098,18 @@ fn apply_policy_defaults(
 }
 
 /// The fields both policy kinds check the same way.
-struct PolicyParts<'a> {
-    types: &'a [PolicyType],
-    performance_hints: &'a [PerformanceHint],
+pub(super) struct PolicyParts<'a> {
+    pub(super) types: &'a [PolicyType],
+    pub(super) performance_hints: &'a [PerformanceHint],
     /// The spec's own selector fields, with their paths.
-    selectors: &'a [(&'static str, Option<&'a str>)],
-    ingress: &'a [Rule],
-    egress: &'a [Rule],
+    pub(super) selectors: &'a [(&'static str, Option<&'a str>)],
+    pub(super) ingress: &'a [Rule],
+    pub(super) egress: &'a [Rule],
 }
 
 /// The checks both policy kinds share: no repeated types or hints, no `global()` in the spec's
 /// selectors, and every rule.
-fn validate_policy_common(parts: PolicyParts<'_>, owner: RuleOwner) -> Vec<FieldError> {
+pub(super) fn validate_policy_common(parts: PolicyParts<'_>, owner: RuleOwner) -> Vec<FieldError> {
     let mut errors = Vec::new();
     errors.extend(check_unique(parts.types, "spec.types"));
     errors.extend(check_unique(
@@ -1583,7 +1133,7 @@ fn validate_policy_common(parts: PolicyParts<'_>, owner: RuleOwner) -> Vec<Field
 }
 
 /// Every selector of a policy with its field path: the spec's own, then the rules'.
-fn policy_selectors<'a, const N: usize>(
+pub(super) fn policy_selectors<'a, const N: usize>(
     spec_selectors: [(&'static str, Option<&'a str>); N],
     ingress: &'a [Rule],
     egress: &'a [Rule],
@@ -1593,188 +1143,6 @@ fn policy_selectors<'a, const N: usize>(
         .filter_map(|(path, s)| s.map(|s| (path.to_owned(), s)))
         .chain(rule_selectors(ingress, "spec.ingress"))
         .chain(rule_selectors(egress, "spec.egress"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Profile
-
-/// A `Profile`: rules and labels shared by the endpoints that name it. Profiles apply after
-/// every tier, in the order the endpoint lists them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Profile {
-    /// Its metadata.
-    pub metadata: ObjectMeta,
-    /// Its specification.
-    pub spec: ProfileSpec,
-}
-
-/// Specification of a [`Profile`] (Calico's `ProfileSpec`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ProfileSpec {
-    /// Ingress rules, in order.
-    #[serde(default, deserialize_with = "nullable")]
-    pub ingress: Vec<Rule>,
-    /// Egress rules, in order.
-    #[serde(default, deserialize_with = "nullable")]
-    pub egress: Vec<Rule>,
-    /// Labels given to every endpoint that names the profile (the endpoint's own labels win).
-    #[serde(default, deserialize_with = "nullable")]
-    pub labels_to_apply: BTreeMap<String, String>,
-}
-
-impl Profile {
-    /// The profile's name.
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
-
-    /// The profile's identity.
-    pub fn key(&self) -> ResourceKey {
-        ResourceKey {
-            kind: Kind::Profile,
-            namespace: None,
-            name: self.name().to_owned(),
-        }
-    }
-
-    /// Checks the rules and `labelsToApply` (the `labels` validator).
-    pub fn validate(&self) -> Vec<FieldError> {
-        let mut errors = check_labels(&self.spec.labels_to_apply, "spec.labelsToApply");
-        errors.extend(validate_rules(
-            &self.spec.ingress,
-            PolicyType::Ingress,
-            RuleOwner::Profile,
-            "spec.ingress",
-        ));
-        errors.extend(validate_rules(
-            &self.spec.egress,
-            PolicyType::Egress,
-            RuleOwner::Profile,
-            "spec.egress",
-        ));
-        errors
-    }
-
-    /// Every selector of the profile's rules with its field path
-    /// (`spec.ingress[0].source.selector`...), for the caller to check with the selector parser.
-    pub fn selector_fields(&self) -> impl Iterator<Item = (String, &str)> {
-        rule_selectors(&self.spec.ingress, "spec.ingress")
-            .chain(rule_selectors(&self.spec.egress, "spec.egress"))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tier
-
-/// A `Tier`: an ordered group of policies. Tiers apply in order; within one, the first Allow or
-/// Deny decides, Pass goes to the next tier, and traffic that policies of the tier selected but
-/// did not decide gets the tier's default action.
-///
-/// Calico always has the tiers `default`, `kube-admin` and `kube-baseline` (see
-/// [`Tier::builtin`]); a policy's tier must exist for it to be created.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tier {
-    /// Its metadata.
-    pub metadata: ObjectMeta,
-    /// Its specification.
-    pub spec: TierSpec,
-    /// Its status, as the API server reports it (accepted, unused).
-    pub status: Option<TierStatus>,
-}
-
-/// Specification of a [`Tier`] (Calico's `TierSpec`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TierSpec {
-    /// Order among tiers: lower first; `None` applies after every order (ties go by name).
-    #[serde(default)]
-    pub order: Option<Order>,
-    /// What happens to traffic the tier's policies selected but did not decide (Deny unless
-    /// given).
-    #[serde(default, deserialize_with = "tier_default_action")]
-    pub default_action: TierDefaultAction,
-}
-
-impl TierSpec {
-    /// The order to sort by: [`f64::INFINITY`] when none is given, as Felix does.
-    pub fn effective_order(&self) -> f64 {
-        self.order.map_or(f64::INFINITY, Order::value)
-    }
-}
-
-/// Status of a [`Tier`] (Calico's `TierStatus`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TierStatus {
-    /// Kubernetes conditions, kept as JSON.
-    #[serde(default, deserialize_with = "nullable")]
-    pub conditions: Vec<serde_json::Value>,
-}
-
-impl Tier {
-    /// The tier's name.
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
-
-    /// The tier's identity.
-    pub fn key(&self) -> ResourceKey {
-        ResourceKey {
-            kind: Kind::Tier,
-            namespace: None,
-            name: self.name().to_owned(),
-        }
-    }
-
-    /// The built-in tier `name` as Calico creates it (`default`: order 1000000, Deny;
-    /// `kube-admin`: 1000, Pass; `kube-baseline`: 10000000, Pass), or `None` for other names.
-    pub fn builtin(name: &str) -> Option<Tier> {
-        let &(name, order, default_action) = BUILTIN_TIERS.iter().find(|t| t.0 == name)?;
-        Some(Tier {
-            metadata: ObjectMeta {
-                name: name.to_owned(),
-                ..ObjectMeta::default()
-            },
-            spec: TierSpec {
-                order: Order::new(order),
-                default_action,
-            },
-            status: None,
-        })
-    }
-
-    /// Checks the name (`validateTier`: a DNS label of at most 63 characters) and the
-    /// built-in tiers' order and default action (the Tier CEL rules).
-    pub fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        let name = self.name();
-        if name.len() > MAX_TIER_NAME_LEN || !is_dns_label(name) {
-            errors.push(FieldError::new(
-                "metadata.name",
-                format!(
-                    "invalid Tier name {name:?}: must be at most {MAX_TIER_NAME_LEN} lower case \
-                     alphanumeric characters or '-' (no '.'), starting and ending with an \
-                     alphanumeric character"
-                ),
-            ));
-        }
-        if let Some(&(_, order, default_action)) = BUILTIN_TIERS.iter().find(|t| t.0 == name) {
-            if self.spec.order.map(Order::value) != Some(order) {
-                errors.push(FieldError::new(
-                    "spec.order",
-                    format!("the {name} tier's order must be {order}"),
-                ));
-            }
-            if self.spec.default_action != default_action {
-                errors.push(FieldError::new(
-                    "spec.defaultAction",
-                    format!("the {name} tier's default action must be {default_action}"),
-                ));
-            }
-        }
-        errors
-    }
 }
 
 #[cfg(test)]
@@ -1849,23 +1217,5 @@ mod tests {
             default_types(&allow(), &allow()),
             [PolicyType::Ingress, PolicyType::Egress]
         );
-    }
-
-    #[test]
-    fn builtin_tiers() {
-        let default = Tier::builtin("default").unwrap();
-        assert_eq!(default.spec.effective_order(), 1_000_000.0);
-        assert_eq!(default.spec.default_action, TierDefaultAction::Deny);
-        assert!(default.validate().is_empty());
-        let admin = Tier::builtin("kube-admin").unwrap();
-        assert_eq!(admin.spec.default_action, TierDefaultAction::Pass);
-        assert!(admin.validate().is_empty());
-        assert!(
-            Tier::builtin("kube-baseline")
-                .unwrap()
-                .validate()
-                .is_empty()
-        );
-        assert!(Tier::builtin("security").is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::{
-    CompileError, Family,
+    compiled::{CompileError, Family},
     context::{
         EndpointFacts, EndpointQuery, Members, NamespaceScope, PolicyContext, given, net_span,
     },

@@ -10,15 +10,15 @@ use std::{
 use ipnet::IpNet;
 
 use super::{
-    Family, TableLimits,
+    compiled::{Family, TableLimits},
     ranges::{Ranges, max_of},
 };
 use crate::{
-    datastore::Snapshot,
-    model::{
-        policy::{endpoint_labels, namespace_labels},
+    datastore::{
+        Snapshot,
         selector::{Selector, SelectorError},
     },
+    model::policy::{endpoint_labels, namespace_labels},
 };
 
 /// One WorkloadEndpoint of the snapshot (any node), as rule selectors see it.

@@ -4,13 +4,13 @@
 use std::net::IpAddr;
 
 use super::{
-    CompileError, PolicyContext,
+    compiled::CompileError,
     conditions::{
         EntityQueries, Origin, applies_to, check_supported, entity_queries, has_ports,
         icmp_matches, is_icmp,
     },
-    context::EndpointQuery,
-    policy_rules, profile_rules,
+    context::{EndpointQuery, PolicyContext},
+    lookup::{policy_rules, profile_rules},
 };
 use crate::{
     datastore::{
@@ -65,7 +65,7 @@ pub struct Outcome {
 ///
 /// # Errors
 ///
-/// The errors [`compile_endpoint`](super::compile_endpoint) gives for rules of the plan it
+/// The errors `compile_endpoint` gives for rules of the plan it
 /// cannot enforce, whether or not this packet reaches them.
 pub fn evaluate(
     ctx: &PolicyContext<'_>,

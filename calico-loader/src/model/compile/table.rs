@@ -11,13 +11,26 @@ use std::{
 use calico_ebpf_common::{PolicyVerdict, verdict_action, verdict_flags};
 
 use super::{
-    AddrEntry, CompileError, CompiledDirection, Family, PortEntry, ProtoEntry, Step, TableLimits,
-    conditions::{PORT_MAX, PortCondition, ProtoCondition, Side},
+    compiled::{
+        AddrEntry, CompileError, CompiledDirection, Family, PortEntry, ProtoEntry, TableLimits,
+        value_bytes,
+    },
+    conditions::{Conditions, PORT_MAX, PortCondition, ProtoCondition, Side},
     context::{EndpointFacts, PolicyContext, net_span},
     ranges::{Ranges, prefixes},
-    value_bytes,
 };
 use crate::{datastore::Action, model::rules::Direction};
+
+/// One step of the flattened plan.
+#[derive(Debug)]
+pub(super) struct Step {
+    pub(super) id: u32,
+    pub(super) action: Action,
+    /// The tier or profile it belongs to: a Pass skips the rest of the group.
+    pub(super) group: u32,
+    /// `None`: matches every packet (a tier's default deny).
+    pub(super) conditions: Option<Conditions>,
+}
 
 /// Compiles `steps` (then the final deny `no_match`) for the endpoint's `locals` addresses.
 pub(super) fn compile(

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, fmt::Write as _, net::IpAddr, time::Instant};
 
-use super::*;
+use super::{compiled::value_bytes, *};
 use crate::{
     datastore::{LocalDatastore, Snapshot},
     model::rules::RuleRegistry,

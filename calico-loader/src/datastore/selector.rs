@@ -1,5 +1,10 @@
 //! Calico's label-selector language, as used by `projectcalico.org/v3` policies.
 //!
+//! It lives beside the resource types because it is part of the API they define: the datastore
+//! parses every selector-valued field when it reads a resource, and the model evaluates the
+//! parsed selectors against endpoints' labels (through [`LabelSource`], which holds nothing of
+//! the model's own state).
+//!
 //! Selectors appear in `NetworkPolicy`/`GlobalNetworkPolicy` `selector` and `namespaceSelector`,
 //! and in rules' `source`/`destination` `selector`, `notSelector` and `namespaceSelector`. This
 //! module mirrors the grammar and semantics of Calico's own implementation

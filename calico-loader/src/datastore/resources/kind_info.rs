@@ -1,0 +1,195 @@
+//! A kind's facts: its name, its plural, the short names the CLI accepts, whether it is
+//! namespaced, and how its resources are keyed in etcd ([`EtcdKeys`]).
+//!
+//! Every kind of the registry has one [`KindInfo`]: a typed kind gives it as its
+//! `ResourceKind::INFO`, an untyped kind on its registry line. Nothing here knows the kinds
+//! themselves, so the key layouts below serve any of them.
+
+use std::fmt;
+
+/// Where every Calico v3 resource lives in etcd (libcalico-go's `lib/backend/etcdv3` layout).
+pub const KEY_PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+
+/// What the datastore, the etcd layout and the CLI need to know of a kind.
+#[derive(Clone, Copy, Debug)]
+pub struct KindInfo {
+    /// The kind's name as written in `kind:`, exactly as Calico spells it (`IPPool`).
+    pub name: &'static str,
+    /// Calico's plural (`ippools`): in etcd keys, in the CLI, and in the local store's paths.
+    pub plural: &'static str,
+    /// Other names the CLI accepts, lower case (calicoctl's: `ipp`, `pool`...). The name in any
+    /// case and the plural are always accepted.
+    pub short_names: &'static [&'static str],
+    /// Whether resources of the kind live in a namespace.
+    pub namespaced: bool,
+    /// How its resources are keyed in etcd.
+    pub etcd: &'static dyn EtcdKeys,
+}
+
+impl KindInfo {
+    /// A cluster-scoped kind, keyed in etcd with Calico's v3 layout.
+    pub const fn cluster(
+        name: &'static str,
+        plural: &'static str,
+        short_names: &'static [&'static str],
+    ) -> Self {
+        Self {
+            name,
+            plural,
+            short_names,
+            namespaced: false,
+            etcd: &V3Keys,
+        }
+    }
+
+    /// A namespaced kind, keyed in etcd with Calico's v3 layout.
+    pub const fn namespaced(
+        name: &'static str,
+        plural: &'static str,
+        short_names: &'static [&'static str],
+    ) -> Self {
+        Self {
+            namespaced: true,
+            ..Self::cluster(name, plural, short_names)
+        }
+    }
+
+    /// The same kind, keyed in etcd by `etcd` instead.
+    pub const fn with_etcd_keys(self, etcd: &'static dyn EtcdKeys) -> Self {
+        Self { etcd, ..self }
+    }
+
+    /// Whether the CLI's `text` names this kind: its name in any case, its plural, or one of
+    /// its short names.
+    pub fn is_called(&self, text: &str) -> bool {
+        let lower = text.to_ascii_lowercase();
+        self.name.eq_ignore_ascii_case(text)
+            || self.plural == lower
+            || self.short_names.contains(&lower.as_str())
+    }
+}
+
+/// How a kind's resources are keyed in etcd. Most kinds use Calico's v3 layout ([`V3Keys`]);
+/// the policy kinds store their names tiered ([`TieredPolicyKeys`]); a kind stored elsewhere
+/// (IPAM's `/calico/ipam/v2/...`) gives its own.
+pub trait EtcdKeys: Sync + fmt::Debug {
+    /// The prefix of every key of the kind: of those in `namespace` when one is given and the
+    /// kind is namespaced.
+    fn prefix(&self, kind: &KindInfo, namespace: Option<&str>) -> String;
+
+    /// The key of the resource the user calls `name` (in `namespace`, for a namespaced kind).
+    fn key(&self, kind: &KindInfo, namespace: Option<&str>, name: &str) -> String;
+
+    /// The namespace (for a namespaced kind) and the name, as the user calls it, of the
+    /// resource `key` stands for, if `key` is one of the kind's keys.
+    fn parse(&self, kind: &KindInfo, key: &str) -> Option<(Option<String>, String)>;
+
+    /// The `metadata.name` stored in the value of the resource the user calls `name`.
+    fn stored_name(&self, name: &str) -> String {
+        name.to_owned()
+    }
+
+    /// The name the user sees for the stored name `stored`.
+    fn client_name(&self, stored: &str) -> String {
+        stored.to_owned()
+    }
+}
+
+/// Calico's v3 layout: [`KEY_PREFIX`]`<plural>/<name>` for cluster-scoped kinds,
+/// [`KEY_PREFIX`]`<plural>/<namespace>/<name>` for namespaced ones.
+#[derive(Debug)]
+pub struct V3Keys;
+
+impl EtcdKeys for V3Keys {
+    fn prefix(&self, kind: &KindInfo, namespace: Option<&str>) -> String {
+        v3_prefix(kind, namespace)
+    }
+
+    fn key(&self, kind: &KindInfo, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{}", v3_prefix(kind, namespace), self.stored_name(name))
+    }
+
+    fn parse(&self, kind: &KindInfo, key: &str) -> Option<(Option<String>, String)> {
+        v3_parse(kind, key).map(|(namespace, name)| (namespace, self.client_name(name)))
+    }
+}
+
+/// The v3 layout, with names stored tiered as libcalico-go 3.28+ does for `NetworkPolicy`,
+/// `GlobalNetworkPolicy` and their staged forms (`names.BackendTieredPolicyName`): a name
+/// without a dot is stored as `default.<name>`, in the key and in `metadata.name`; reading
+/// takes a leading `default.` away again (`names.ClientTieredPolicyName`). Names that already
+/// carry a tier, and Kubernetes-derived names (`knp.default.`...), are stored as they are.
+#[derive(Debug)]
+pub struct TieredPolicyKeys;
+
+impl EtcdKeys for TieredPolicyKeys {
+    fn prefix(&self, kind: &KindInfo, namespace: Option<&str>) -> String {
+        v3_prefix(kind, namespace)
+    }
+
+    fn key(&self, kind: &KindInfo, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{}", v3_prefix(kind, namespace), self.stored_name(name))
+    }
+
+    fn parse(&self, kind: &KindInfo, key: &str) -> Option<(Option<String>, String)> {
+        v3_parse(kind, key).map(|(namespace, name)| (namespace, self.client_name(name)))
+    }
+
+    fn stored_name(&self, name: &str) -> String {
+        if !name.contains('.') && !is_formatted_policy_name(name) {
+            format!("default.{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+
+    fn client_name(&self, stored: &str) -> String {
+        if !is_formatted_policy_name(stored)
+            && let Some(rest) = stored.strip_prefix("default.")
+        {
+            return rest.to_owned();
+        }
+        stored.to_owned()
+    }
+}
+
+/// Names libcalico-go leaves as they are (`policyNameIsFormatted`).
+fn is_formatted_policy_name(name: &str) -> bool {
+    [
+        "knp.default.",
+        "kcnp.kube-admin.",
+        "kcnp.kube-baseline.",
+        "ossg.default.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// `KEY_PREFIX<plural>/`, with `<namespace>/` for a namespaced kind given one.
+fn v3_prefix(kind: &KindInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(namespace) if kind.namespaced => {
+            format!("{KEY_PREFIX}{}/{namespace}/", kind.plural)
+        }
+        _ => format!("{KEY_PREFIX}{}/", kind.plural),
+    }
+}
+
+/// The namespace and the stored name of a v3 key of `kind`.
+fn v3_parse<'k>(kind: &KindInfo, key: &'k str) -> Option<(Option<String>, &'k str)> {
+    let rest = key
+        .strip_prefix(KEY_PREFIX)?
+        .strip_prefix(kind.plural)?
+        .strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let (namespace, name) = if kind.namespaced {
+        (Some(parts.next()?.to_owned()), parts.next()?)
+    } else {
+        (None, parts.next()?)
+    };
+    if parts.next().is_some() || name.is_empty() || namespace.as_deref().is_some_and(str::is_empty)
+    {
+        return None;
+    }
+    Some((namespace, name))
+}
