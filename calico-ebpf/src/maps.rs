@@ -82,12 +82,3 @@ pub static LOG_EVENTS: RingBuf<LogEvent, LOG_EVENTS_BYTES> = RingBuf::new();
 
 #[btf_map(name = "cali_trace")]
 pub static TRACE: PerCpuArray<TraceResult, 1> = PerCpuArray::new();
-
-/// Per-CPU scratch space (too large for the 512-byte stack): slot 0 holds the packet's flow,
-/// slot 1 the flow as its opener sent it, when a policy change makes conntrack check it again.
-#[btf_map(name = "cali_scratch")]
-pub static SCRATCH: PerCpuArray<crate::flow::Flow, 2> = PerCpuArray::new();
-
-/// Per-CPU state of the policy steps' prefix searches.
-#[btf_map(name = "cali_searches")]
-pub static SEARCHES: PerCpuArray<crate::policy::Searches, 1> = PerCpuArray::new();

@@ -1,31 +1,26 @@
-//! Policy and connection tracking: whether a flow may pass.
+//! Policy: the verdict of an endpoint's policy for a flow.
 //!
-//! A packet of a tracked flow passes on its conntrack entry. A new flow gets the verdict of
-//! the sending endpoint's egress policy and the receiving endpoint's ingress policy (each when
-//! that side is a local workload), each found in a few hash lookups whatever the number of rules
-//! (the layout is in `calico-ebpf-common`), and an allowed flow is tracked.
-//!
-//! Each entry remembers the policy ids that allowed it. When an endpoint's policy id changes
-//! (the agent switched it to a newly compiled policy), the next packet of the flow is checked
-//! against the new policy, and a flow the new policy denies is cut: its entry goes and the packet
-//! is dropped.
+//! A new flow gets the verdict of the sending endpoint's egress policy and the receiving
+//! endpoint's ingress policy (each when that side is a local workload), each found in a few hash
+//! lookups whatever the number of rules (the layout is in `calico-ebpf-common`): the address
+//! class of the remote address, the port class of the protocol and source port within it, and
+//! the verdict of the destination port within that. Each step is a longest-prefix search over
+//! the prefix lengths the policy uses, run under `bpf_loop`. Conntrack (in `conntrack.rs`)
+//! decides which packets meet policy at all.
 
-use aya_ebpf::{
-    cty::c_void,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
-};
+use aya_ebpf::{btf_maps::PerCpuArray, cty::c_void, helpers::generated::bpf_loop, macros::btf_map};
 use calico_ebpf_common::{
-    AddressClass, ConntrackValue, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey,
-    PolicyProtoKey, PolicyVerdict, PortClass, conntrack_flags, direction, mask_port, mask_v4,
-    mask_v6, proto_kind, verdict_action, verdict_flags,
+    AddressClass, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey, PolicyProtoKey,
+    PolicyVerdict, PortClass, direction, mask_port, mask_v4, mask_v6, proto_kind, verdict_action,
+    verdict_flags,
 };
 
 use crate::{
-    flow::{Flow, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, flow_kind},
     maps::{
-        CONNTRACK_MAP, LOG_EVENTS, POLICIES_MAP, POLICY_ADDRS_V4, POLICY_ADDRS_V6,
-        POLICY_PORTS_MAP, POLICY_PROTOS_MAP, RULE_COUNTERS, SCRATCH, SEARCHES,
+        LOG_EVENTS, POLICIES_MAP, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS_MAP,
+        POLICY_PROTOS_MAP, RULE_COUNTERS,
     },
+    packet::Flow,
 };
 
 /// A side of the flow that is a local workload, with its policies (0: none applies; both are
@@ -46,7 +41,7 @@ impl Side {
     };
 }
 
-/// Outcome of [`admit`].
+/// Outcome of admitting a packet (conntrack's `admit`), or of one side's check.
 pub enum Admission {
     Allowed,
     /// Denied by the policy of the workload behind `ifindex`.
@@ -284,6 +279,10 @@ pub struct Searches {
     pub port: PortSearch,
 }
 
+/// Per-CPU state of the policy steps' prefix searches.
+#[btf_map(name = "cali_searches")]
+pub static SEARCHES: PerCpuArray<Searches, 1> = PerCpuArray::new();
+
 /// Runs `step` at most `lengths` times, until it returns 1.
 #[inline(always)]
 fn run_search(lengths: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
@@ -418,7 +417,7 @@ fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerd
 /// Checks one side of a new (or re-checked) flow: the sender's egress policy or the receiver's
 /// ingress policy; `Ok(rule)` when it may pass.
 #[inline(always)]
-fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
+pub fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
     let policy = if ingress {
         side.ingress_policy
     } else {
@@ -437,191 +436,4 @@ fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
             ifindex: side.ifindex,
         }),
     }
-}
-
-/// Decides whether the packet `flow`, from `sender` to `receiver`, may pass, tracking its flow.
-///
-/// A BPF subprogram of its own (not inlined): its stack frame is separate from the parser's.
-#[inline(never)]
-pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
-    let (sender, receiver) = (*sender, *receiver);
-    if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
-        return Admission::Allowed;
-    }
-    let from_a = flow.fill_key();
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let tcp = flow.proto == IPPROTO_TCP;
-    let syn_only = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    if let Some(entry) = CONNTRACK_MAP.get_ptr_mut(&flow.key) {
-        let entry = unsafe { &mut *entry };
-        let closed = entry.flags & conntrack_flags::RST != 0
-            || entry.flags & (conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV)
-                == conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV;
-        // A new SYN on a closed connection starts a new one (port reuse).
-        if !entry.expired(flow.proto, now) && !(syn_only && closed) {
-            return established(entry, flow, from_a, sender, receiver, now);
-        }
-        let _ = CONNTRACK_MAP.remove(&flow.key);
-    }
-
-    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK_MAP.get_ptr(&flow.related).is_some() {
-        // An error about a tracked flow (unreachable, too big, time exceeded) is part of it.
-        return Admission::Allowed;
-    }
-
-    let egress_rule = match check(sender, flow, false) {
-        Ok(rule) => rule,
-        Err(denied) => return denied,
-    };
-    let ingress_rule = match check(receiver, flow, true) {
-        Ok(rule) => rule,
-        Err(denied) => return denied,
-    };
-    // A TCP flow is tracked from its SYN only: a stray segment of a flow nobody tracks (or
-    // whose entry a policy change removed) is judged on its own and opens nothing, so a cut
-    // flow cannot come back through its other side.
-    if !tcp || syn_only {
-        let entry = &mut flow.entry;
-        entry.created_ns = now;
-        entry.last_seen_ns = now;
-        entry.packets_fwd = 1;
-        entry.packets_rev = 0;
-        entry.flags = if syn_only {
-            conntrack_flags::SYN_FWD
-        } else {
-            0
-        };
-        entry.opener = if from_a { 0 } else { 1 };
-        entry._pad = 0;
-        entry.egress_policy = sender.egress_policy;
-        entry.ingress_policy = receiver.ingress_policy;
-        entry.egress_rule = egress_rule;
-        entry.ingress_rule = ingress_rule;
-        entry._pad2 = 0;
-        // A full table evicts its least recently used entry (LRU); live flows stay.
-        let _ = CONNTRACK_MAP.insert(&flow.key, &flow.entry, 0);
-    }
-    Admission::Allowed
-}
-
-/// A packet of a tracked flow: re-check it if a policy changed, then update the entry.
-#[inline(always)]
-fn established(
-    entry: &mut ConntrackValue,
-    flow: &Flow,
-    from_a: bool,
-    sender: Side,
-    receiver: Side,
-    now: u64,
-) -> Admission {
-    let forward = from_a == (entry.opener == 0);
-    let (opener, responder) = if forward {
-        (sender, receiver)
-    } else {
-        (receiver, sender)
-    };
-    let egress_changed = opener.egress_policy != 0 && opener.egress_policy != entry.egress_policy;
-    let ingress_changed =
-        responder.ingress_policy != 0 && responder.ingress_policy != entry.ingress_policy;
-    if egress_changed || ingress_changed {
-        // The flow as its opener's packet, in the second scratch slot (too large for the stack).
-        let Some(opening) = SCRATCH.get_ptr_mut(1) else {
-            return Admission::NoVerdict {
-                ifindex: opener.ifindex,
-            };
-        };
-        let opening = unsafe { &mut *opening };
-        flow.opening_into(opening, !forward);
-        if egress_changed {
-            match check(opener, opening, false) {
-                Ok(rule) => {
-                    entry.egress_policy = opener.egress_policy;
-                    entry.egress_rule = rule;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK_MAP.remove(&flow.key);
-                    return denied;
-                }
-            }
-        }
-        if ingress_changed {
-            match check(responder, opening, true) {
-                Ok(rule) => {
-                    entry.ingress_policy = responder.ingress_policy;
-                    entry.ingress_rule = rule;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK_MAP.remove(&flow.key);
-                    return denied;
-                }
-            }
-        }
-    }
-
-    let mut flags = entry.flags;
-    let tcp_flags = flow.tcp_flags;
-    if flow.proto == IPPROTO_TCP {
-        if tcp_flags & TCP_RST != 0 {
-            flags |= conntrack_flags::RST;
-        }
-        if forward {
-            if tcp_flags & TCP_FIN != 0 {
-                flags |= conntrack_flags::FIN_FWD;
-            }
-            if tcp_flags & TCP_ACK != 0 && flags & conntrack_flags::SYN_REV != 0 {
-                flags |= conntrack_flags::ESTABLISHED;
-            }
-        } else {
-            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                flags |= conntrack_flags::SYN_REV;
-            }
-            if tcp_flags & TCP_FIN != 0 {
-                flags |= conntrack_flags::FIN_REV;
-            }
-        }
-    }
-    if !forward {
-        flags |= conntrack_flags::REPLIED;
-        entry.packets_rev += 1;
-    } else {
-        entry.packets_fwd += 1;
-    }
-    if flags != entry.flags {
-        entry.flags = flags;
-    }
-    entry.last_seen_ns = now;
-    Admission::Allowed
-}
-
-/// Read-only conntrack check for `trace`: whether the packet would pass on an existing entry
-/// for an endpoint whose `ingress`/egress policy is `policy`. Returns the rule id that allowed
-/// the flow (0 when the entry passes it regardless, as for replies and related ICMP errors).
-#[inline(always)]
-pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
-    let from_a = flow.fill_key();
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(entry) = CONNTRACK_MAP.get_ptr(&flow.key) {
-        let entry = unsafe { &*entry };
-        if !entry.expired(flow.proto, now) {
-            let forward = from_a == (entry.opener == 0);
-            // On the opener's side (egress, forward) or the responder's (ingress, forward) the
-            // entry holds for the policy that allowed it; a reply passes either way.
-            let (stored, rule) = if ingress {
-                (entry.ingress_policy, entry.ingress_rule)
-            } else {
-                (entry.egress_policy, entry.egress_rule)
-            };
-            if !forward {
-                return Some(0);
-            }
-            if stored == policy {
-                return Some(rule);
-            }
-        }
-    }
-    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK_MAP.get_ptr(&flow.related).is_some() {
-        return Some(0);
-    }
-    None
 }
