@@ -73,6 +73,14 @@ pub fn transport_header_end(data: usize, data_end: usize) -> Option<u32> {
     Some(ETH_HLEN as u32 + l3_len + l4_len)
 }
 
+/// IPv4 as a type. What differs between the address families is a trait per mechanism (the
+/// routes, the policy's address step), implemented for [`V4`] and [`V6`], so that their callers
+/// take one generic path for both.
+pub struct V4;
+
+/// IPv6 as a type: see [`V4`].
+pub struct V6;
+
 /// Values of [`Flow::kind`].
 pub mod flow_kind {
     /// A packet of its own flow.

@@ -10,9 +10,9 @@
 
 use aya_ebpf::{btf_maps::PerCpuArray, cty::c_void, helpers::generated::bpf_loop, macros::btf_map};
 use calico_ebpf_common::{
-    AddressClass, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey, PolicyProtoKey,
-    PolicyVerdict, PortClass, direction, mask_port, mask_v4, mask_v6, proto_kind, verdict_action,
-    verdict_flags,
+    AddressClass, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey,
+    PolicyProtoKey, PolicyVerdict, PortClass, direction, mask_port, mask_v4, mask_v6, proto_kind,
+    verdict_action, verdict_flags,
 };
 
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
         LOG_EVENTS, POLICIES_MAP, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS_MAP,
         POLICY_PROTOS_MAP, RULE_COUNTERS,
     },
-    packet::Flow,
+    packet::{Flow, V4, V6},
 };
 
 /// A side of the flow that is a local workload, with its policies (0: none applies; both are
@@ -109,9 +109,9 @@ fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
         (&flow.src, &flow.dst)
     };
     let class = if flow.family == 4 {
-        address_class_v4(policy, info.v4_lengths, local, remote)
+        address_class::<V4>(policy, info, local, remote)
     } else {
-        address_class_v6(policy, &info.v6_lengths, local, remote)
+        address_class::<V6>(policy, info, local, remote)
     };
     let Some(class) = class else { return result };
     result.address_class = class.class;
@@ -135,29 +135,60 @@ fn highest_bit(bits: u64) -> u32 {
 // the step uses, longest first, until an entry is found. The verifier checks a callback once,
 // however many lengths there are.
 
-/// Search state of the IPv4 address step.
+/// What the address step's search needs of an address family.
+pub trait AddrFamily: Sized {
+    /// The policy's address key: policy id, local address, remote prefix and its length.
+    type Key;
+    /// The remote address.
+    type Addr;
+    /// The prefix lengths the policy uses, one bit per length.
+    type Lengths;
+    /// How many prefix lengths there are (0..=32, 0..=128).
+    const LENGTHS: u32;
+
+    /// This family's search state among the per-CPU searches.
+    fn search(searches: &mut Searches) -> &mut AddrSearch<Self>;
+
+    /// Sets up a search in `policy`: the key's policy and local address, the remote address,
+    /// the lengths the policy uses.
+    fn start(
+        search: &mut AddrSearch<Self>,
+        policy: u32,
+        info: &PolicyInfo,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    );
+
+    /// Takes the longest length out of `bits`; `None` when none is left.
+    fn take_longest(bits: &mut Self::Lengths) -> Option<u32>;
+
+    /// Sets the key's remote prefix to `remote` masked to `len`.
+    fn set_prefix(key: &mut Self::Key, remote: &Self::Addr, len: u32);
+
+    /// The address class of the key's entry.
+    fn get(key: &Self::Key) -> Option<*const AddressClass>;
+}
+
+/// Search state of the address step.
 #[repr(C)]
-pub struct AddrSearchV4 {
-    key: PolicyAddrKeyV4,
-    remote: [u8; 4],
-    bits: u64,
+pub struct AddrSearch<F: AddrFamily> {
+    key: F::Key,
+    remote: F::Addr,
+    bits: F::Lengths,
     found: AddressClass,
     hit: u32,
 }
 
-extern "C" fn addr_step_v4(_index: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn addr_step<F: AddrFamily>(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(searches) = SEARCHES.get_ptr_mut(0) else {
         return 1;
     };
-    let search = unsafe { &mut (*searches).v4 };
-    if search.bits == 0 {
+    let search = F::search(unsafe { &mut *searches });
+    let Some(len) = F::take_longest(&mut search.bits) else {
         return 1;
-    }
-    let len = highest_bit(search.bits);
-    search.bits &= !(1u64 << len);
-    search.key.remote = mask_v4(search.remote, len);
-    search.key.prefix_len = len;
-    match POLICY_ADDRS_V4.get_ptr(&search.key) {
+    };
+    F::set_prefix(&mut search.key, &search.remote, len);
+    match F::get(&search.key) {
         Some(class) => {
             search.found = unsafe { *class };
             search.hit = 1;
@@ -167,42 +198,105 @@ extern "C" fn addr_step_v4(_index: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Search state of the IPv6 address step: lengths 0..=128 in three words.
-#[repr(C)]
-pub struct AddrSearchV6 {
-    key: PolicyAddrKeyV6,
-    remote: [u8; 16],
-    bits: [u64; 3],
-    found: AddressClass,
-    hit: u32,
+impl AddrFamily for V4 {
+    type Key = PolicyAddrKeyV4;
+    type Addr = [u8; 4];
+    type Lengths = u64;
+    const LENGTHS: u32 = 33;
+
+    #[inline(always)]
+    fn search(searches: &mut Searches) -> &mut AddrSearch<Self> {
+        &mut searches.v4
+    }
+
+    #[inline(always)]
+    fn start(
+        search: &mut AddrSearch<Self>,
+        policy: u32,
+        info: &PolicyInfo,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    ) {
+        search.key.policy = policy;
+        search.key.local = [local[0], local[1], local[2], local[3]];
+        search.remote = [remote[0], remote[1], remote[2], remote[3]];
+        search.bits = info.v4_lengths & ((1u64 << 33) - 1);
+    }
+
+    #[inline(always)]
+    fn take_longest(bits: &mut u64) -> Option<u32> {
+        if *bits == 0 {
+            return None;
+        }
+        let len = highest_bit(*bits);
+        *bits &= !(1u64 << len);
+        Some(len)
+    }
+
+    #[inline(always)]
+    fn set_prefix(key: &mut PolicyAddrKeyV4, remote: &[u8; 4], len: u32) {
+        key.remote = mask_v4(*remote, len);
+        key.prefix_len = len;
+    }
+
+    #[inline(always)]
+    fn get(key: &PolicyAddrKeyV4) -> Option<*const AddressClass> {
+        POLICY_ADDRS_V4.get_ptr(key)
+    }
 }
 
-extern "C" fn addr_step_v6(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(searches) = SEARCHES.get_ptr_mut(0) else {
-        return 1;
-    };
-    let search = unsafe { &mut (*searches).v6 };
-    let word = if search.bits[2] != 0 {
-        2
-    } else if search.bits[1] != 0 {
-        1
-    } else if search.bits[0] != 0 {
-        0
-    } else {
-        return 1;
-    };
-    let bit = highest_bit(search.bits[word]);
-    search.bits[word] &= !(1u64 << bit);
-    let len = word as u32 * 64 + bit;
-    search.key.remote = mask_v6(&search.remote, len);
-    search.key.prefix_len = len;
-    match POLICY_ADDRS_V6.get_ptr(&search.key) {
-        Some(class) => {
-            search.found = unsafe { *class };
-            search.hit = 1;
+/// IPv6: lengths 0..=128 in three words.
+impl AddrFamily for V6 {
+    type Key = PolicyAddrKeyV6;
+    type Addr = [u8; 16];
+    type Lengths = [u64; 3];
+    const LENGTHS: u32 = 129;
+
+    #[inline(always)]
+    fn search(searches: &mut Searches) -> &mut AddrSearch<Self> {
+        &mut searches.v6
+    }
+
+    #[inline(always)]
+    fn start(
+        search: &mut AddrSearch<Self>,
+        policy: u32,
+        info: &PolicyInfo,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    ) {
+        let lengths = &info.v6_lengths;
+        search.key.policy = policy;
+        search.key.local = *local;
+        search.remote = *remote;
+        search.bits = [lengths[0], lengths[1], lengths[2] & 1];
+    }
+
+    #[inline(always)]
+    fn take_longest(bits: &mut [u64; 3]) -> Option<u32> {
+        let word = if bits[2] != 0 {
+            2
+        } else if bits[1] != 0 {
             1
-        }
-        None => 0,
+        } else if bits[0] != 0 {
+            0
+        } else {
+            return None;
+        };
+        let bit = highest_bit(bits[word]);
+        bits[word] &= !(1u64 << bit);
+        Some(word as u32 * 64 + bit)
+    }
+
+    #[inline(always)]
+    fn set_prefix(key: &mut PolicyAddrKeyV6, remote: &[u8; 16], len: u32) {
+        key.remote = mask_v6(remote, len);
+        key.prefix_len = len;
+    }
+
+    #[inline(always)]
+    fn get(key: &PolicyAddrKeyV6) -> Option<*const AddressClass> {
+        POLICY_ADDRS_V6.get_ptr(key)
     }
 }
 
@@ -273,8 +367,8 @@ extern "C" fn port_step(_index: u64, _ctx: *mut c_void) -> i64 {
 /// The per-CPU search states (too large for the stack the programs share with their calls).
 #[repr(C)]
 pub struct Searches {
-    pub v4: AddrSearchV4,
-    pub v6: AddrSearchV6,
+    pub v4: AddrSearch<V4>,
+    pub v6: AddrSearch<V6>,
     pub proto: ProtoSearch,
     pub port: PortSearch,
 }
@@ -291,40 +385,19 @@ fn run_search(lengths: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
     }
 }
 
-/// Longest match among the IPv4 address entries of `policy`.
+/// Longest match among the address entries of `policy` of the family `F`.
 #[inline(always)]
-fn address_class_v4(
+fn address_class<F: AddrFamily>(
     policy: u32,
-    lengths: u64,
+    info: &PolicyInfo,
     local: &[u8; 16],
     remote: &[u8; 16],
 ) -> Option<AddressClass> {
-    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v4 };
-    state.key.policy = policy;
-    state.key.local = [local[0], local[1], local[2], local[3]];
-    state.remote = [remote[0], remote[1], remote[2], remote[3]];
-    state.bits = lengths & ((1u64 << 33) - 1);
-    state.hit = 0;
-    run_search(33, addr_step_v4);
-    (state.hit != 0).then_some(state.found)
-}
-
-/// Longest match among the IPv6 address entries of `policy`.
-#[inline(always)]
-fn address_class_v6(
-    policy: u32,
-    lengths: &[u64; 3],
-    local: &[u8; 16],
-    remote: &[u8; 16],
-) -> Option<AddressClass> {
-    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v6 };
-    state.key.policy = policy;
-    state.key.local = *local;
-    state.remote = *remote;
-    state.bits = [lengths[0], lengths[1], lengths[2] & 1];
-    state.hit = 0;
-    run_search(129, addr_step_v6);
-    (state.hit != 0).then_some(state.found)
+    let search = F::search(unsafe { &mut *SEARCHES.get_ptr_mut(0)? });
+    F::start(search, policy, info, local, remote);
+    search.hit = 0;
+    run_search(F::LENGTHS, addr_step::<F>);
+    (search.hit != 0).then_some(search.found)
 }
 
 /// The port class for the flow's protocol and source port within an address class: its

@@ -11,7 +11,7 @@ use calico_ebpf_common::{RouteValue, SourceKeyV4, SourceKeyV6};
 
 use crate::{
     maps::{ROUTES_V4, ROUTES_V6, SOURCES_V4, SOURCES_V6},
-    packet::{Flow, flow_kind, parse_ipv4, parse_ipv6},
+    packet::{Flow, V4, V6, flow_kind, parse_ipv4, parse_ipv6},
 };
 
 /// Bytes at the start of the IP header that a forwarded packet has rewritten: they
@@ -51,8 +51,6 @@ pub trait Family {
     /// Decrements the TTL or hop limit (which is above 1), keeping the header valid.
     fn decrement_hop_limit(hdr: &mut [u8; FORWARD_HEADER_LEN]);
 }
-
-pub struct V4;
 
 impl Family for V4 {
     const FAMILY: u8 = 4;
@@ -97,8 +95,6 @@ impl Family for V4 {
         hdr[11] = check[1];
     }
 }
-
-pub struct V6;
 
 impl Family for V6 {
     const FAMILY: u8 = 6;

@@ -17,11 +17,11 @@ use crate::{
     maps::ENDPOINTS_MAP,
     neighbour,
     packet::{
-        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Parsed, ipv6_header, parse_ip, ptr_at,
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Parsed, V4, V6, ipv6_header, parse_ip, ptr_at,
         scratch_flow,
     },
     policy::{Admission, Side},
-    routes::{FORWARD_HEADER_LEN, Family, OnLink, V4, V6},
+    routes::{FORWARD_HEADER_LEN, Family, OnLink},
 };
 
 /// The policy side of the workload whose endpoint entry this is.
