@@ -5,15 +5,25 @@
 //!   BPF; everything else goes to the kernel stack.
 //! - `calico_tc_to_wl` (TC egress): packets *to* a workload through the kernel stack.
 //!
-//! The entry points are thin: they read the context and map the pipeline's [`forward::Action`]
-//! onto the hook's return codes.
+//! The entry points are thin: they read the context and map the pipeline's [`Action`] onto the
+//! hook's return codes.
+//!
+//! Modules, from the pipelines down: `workload` (the from/to-workload pipelines) and `trace`;
+//! `neighbour` (ARP and NDP answers), `routes` (anti-spoofing, routes, per address family),
+//! `conntrack`, `policy`; `counters` (outcomes and their counters), `maps`; `packet` (packet
+//! access and parsing, the leaf).
 #![no_std]
 #![no_main]
 
-mod flow;
-mod forward;
+mod conntrack;
+mod counters;
 mod maps;
+mod neighbour;
+mod packet;
 mod policy;
+mod routes;
+mod trace;
+mod workload;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
@@ -21,7 +31,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use forward::Action;
+use counters::{Action, count_redirect_failure};
 
 /// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header (60) and an ICMP error
 /// quoting another maximal IPv4 header and eight bytes of its payload (8 + 60 + 8). That covers
@@ -42,44 +52,13 @@ fn pull_headers(ctx: &TcContext) {
     if linear >= full {
         return;
     }
-    let need = match transport_header_end(ctx.data(), ctx.data_end()) {
+    let need = match packet::transport_header_end(ctx.data(), ctx.data_end()) {
         Some(end) => end.min(full),
         None => full,
     };
     if linear < need {
         let _ = ctx.pull_data(need);
     }
-}
-
-/// Where the TCP, UDP, UDP-Lite or SCTP header of an IPv4 or IPv6 packet ends, read from a
-/// linear IP header; `None` when the IP header is not linear, or for other protocols (an ICMP
-/// error quotes headers, a neighbour solicitation carries options: they get the full pull).
-#[inline(always)]
-fn transport_header_end(data: usize, data_end: usize) -> Option<u32> {
-    const ETH_HLEN: u32 = 14;
-    let eth_type = unsafe { *forward::ptr_at::<[u8; 2]>(data, data_end, 12)? };
-    let (l3_len, proto) = match u16::from_be_bytes(eth_type) {
-        0x0800 => {
-            let hdr = unsafe { &*forward::ptr_at::<[u8; 20]>(data, data_end, ETH_HLEN as usize)? };
-            let ihl = (hdr[0] & 0x0f) as u32 * 4;
-            if ihl < 20 {
-                return None;
-            }
-            (ihl, hdr[9])
-        }
-        0x86dd => {
-            let hdr = unsafe { &*forward::ptr_at::<[u8; 40]>(data, data_end, ETH_HLEN as usize)? };
-            (40, hdr[6])
-        }
-        _ => return None,
-    };
-    let l4_len = match proto {
-        6 => 20,
-        17 | 136 => 8,
-        132 => 12,
-        _ => return None,
-    };
-    Some(ETH_HLEN + l3_len + l4_len)
 }
 
 #[classifier]
@@ -91,21 +70,21 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len();
     pull_headers(ctx);
-    match forward::from_workload(ctx.data(), ctx.data_end(), ifindex, len as u64, false) {
+    match workload::from_workload(ctx.data(), ctx.data_end(), ifindex, len as u64, false) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Redirect { ifindex: target } => {
             // Straight into the target workload's namespace, skipping the host's backlog.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                forward::count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex);
             }
             ret
         }
         Action::Reflect => {
             let ret = unsafe { bpf_redirect(ifindex, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                forward::count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex);
             }
             ret
         }
@@ -116,7 +95,7 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
 pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     pull_headers(&ctx);
-    match forward::to_workload(ctx.data(), ctx.data_end(), ifindex, ctx.len() as u64) {
+    match workload::to_workload(ctx.data(), ctx.data_end(), ifindex, ctx.len() as u64) {
         Action::Drop => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
@@ -131,7 +110,7 @@ pub fn calico_trace(ctx: TcContext) -> i32 {
         (cb[0], cb[1] == 0)
     };
     pull_headers(&ctx);
-    forward::trace(
+    trace::trace(
         ctx.data(),
         ctx.data_end(),
         ifindex,
@@ -149,13 +128,13 @@ pub fn calico_xdp_from_wl(ctx: XdpContext) -> u32 {
 fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    match forward::from_workload(data, data_end, ifindex, (data_end - data) as u64, true) {
+    match workload::from_workload(data, data_end, ifindex, (data_end - data) as u64, true) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Redirect { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                forward::count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex);
             }
             ret
         }
@@ -165,7 +144,7 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         Action::Reflect => {
             let ret = unsafe { bpf_redirect(ifindex, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                forward::count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex);
             }
             ret
         }

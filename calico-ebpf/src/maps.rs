@@ -5,6 +5,10 @@
 //! A map's name must be a literal in `#[btf_map]`, so the definitions are handed to
 //! [`declare_maps!`] as tokens rather than read as constants. Each map is a static named like
 //! its `map_names` constant (`ROUTES_V4` is `cali_routes_v4`).
+//!
+//! The programs' per-CPU scratch maps are not pinned and not shared with the agent: they are
+//! declared beside their types (`cali_scratch` in `packet.rs`, `cali_searches` in
+//! `policy.rs`).
 
 use aya_ebpf::{
     btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -66,12 +70,3 @@ macro_rules! declare_map {
 }
 
 calico_ebpf_common::for_each_map!(declare_maps);
-
-/// Per-CPU scratch space (too large for the 512-byte stack): slot 0 holds the packet's flow,
-/// slot 1 the flow as its opener sent it, when a policy change makes conntrack check it again.
-#[btf_map(name = "cali_scratch")]
-pub static SCRATCH: PerCpuArray<crate::flow::Flow, 2> = PerCpuArray::new();
-
-/// Per-CPU state of the policy steps' prefix searches.
-#[btf_map(name = "cali_searches")]
-pub static SEARCHES: PerCpuArray<crate::policy::Searches, 1> = PerCpuArray::new();

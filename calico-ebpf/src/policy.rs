@@ -1,31 +1,26 @@
-//! Policy and connection tracking: whether a flow may pass.
+//! Policy: the verdict of an endpoint's policy for a flow.
 //!
-//! A packet of a tracked flow passes on its conntrack entry. A new flow gets the verdict of
-//! the sending endpoint's egress policy and the receiving endpoint's ingress policy (each when
-//! that side is a local workload), each found in a few hash lookups whatever the number of rules
-//! (the layout is in `calico-ebpf-common`), and an allowed flow is tracked.
-//!
-//! Each entry remembers the policy ids that allowed it. When an endpoint's policy id changes
-//! (the agent switched it to a newly compiled policy), the next packet of the flow is checked
-//! against the new policy, and a flow the new policy denies is cut: its entry goes and the packet
-//! is dropped.
+//! A new flow gets the verdict of the sending endpoint's egress policy and the receiving
+//! endpoint's ingress policy (each when that side is a local workload), each found in a few hash
+//! lookups whatever the number of rules (the layout is in `calico-ebpf-common`): the address
+//! class of the remote address, the port class of the protocol and source port within it, and
+//! the verdict of the destination port within that. Each step is a longest-prefix search over
+//! the prefix lengths the policy uses, run under `bpf_loop`. Conntrack (in `conntrack.rs`)
+//! decides which packets meet policy at all.
 
-use aya_ebpf::{
-    cty::c_void,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
-};
+use aya_ebpf::{btf_maps::PerCpuArray, cty::c_void, helpers::generated::bpf_loop, macros::btf_map};
 use calico_ebpf_common::{
-    AddressClass, ConntrackValue, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyPortKey,
-    PolicyProtoKey, PolicyVerdict, PortClass, conntrack_flags, direction, mask_port, mask_v4,
-    mask_v6, proto_kind, verdict_action, verdict_flags,
+    AddressClass, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey,
+    PolicyProtoKey, PolicyVerdict, PortClass, direction, mask_port, mask_v4, mask_v6, proto_kind,
+    verdict_action, verdict_flags,
 };
 
 use crate::{
-    flow::{Flow, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, flow_kind},
     maps::{
-        CONNTRACK, LOG_EVENTS, POLICIES, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS,
-        POLICY_PROTOS, RULE_COUNTERS, SCRATCH, SEARCHES,
+        LOG_EVENTS, POLICIES, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS, POLICY_PROTOS,
+        RULE_COUNTERS,
     },
+    packet::{Flow, V4, V6},
 };
 
 /// A side of the flow that is a local workload, with its policies (0: none applies; both are
@@ -46,7 +41,7 @@ impl Side {
     };
 }
 
-/// Outcome of [`admit`].
+/// Outcome of admitting a packet (conntrack's `admit`), or of one side's check.
 pub enum Admission {
     Allowed,
     /// Denied by the policy of the workload behind `ifindex`.
@@ -114,9 +109,9 @@ fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
         (&flow.src, &flow.dst)
     };
     let class = if flow.family == 4 {
-        address_class_v4(policy, info.v4_lengths, local, remote)
+        address_class::<V4>(policy, info, local, remote)
     } else {
-        address_class_v6(policy, &info.v6_lengths, local, remote)
+        address_class::<V6>(policy, info, local, remote)
     };
     let Some(class) = class else { return result };
     result.address_class = class.class;
@@ -140,29 +135,60 @@ fn highest_bit(bits: u64) -> u32 {
 // the step uses, longest first, until an entry is found. The verifier checks a callback once,
 // however many lengths there are.
 
-/// Search state of the IPv4 address step.
+/// What the address step's search needs of an address family.
+pub trait AddrFamily: Sized {
+    /// The policy's address key: policy id, local address, remote prefix and its length.
+    type Key;
+    /// The remote address.
+    type Addr;
+    /// The prefix lengths the policy uses, one bit per length.
+    type Lengths;
+    /// How many prefix lengths there are (0..=32, 0..=128).
+    const LENGTHS: u32;
+
+    /// This family's search state among the per-CPU searches.
+    fn search(searches: &mut Searches) -> &mut AddrSearch<Self>;
+
+    /// Sets up a search in `policy`: the key's policy and local address, the remote address,
+    /// the lengths the policy uses.
+    fn start(
+        search: &mut AddrSearch<Self>,
+        policy: u32,
+        info: &PolicyInfo,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    );
+
+    /// Takes the longest length out of `bits`; `None` when none is left.
+    fn take_longest(bits: &mut Self::Lengths) -> Option<u32>;
+
+    /// Sets the key's remote prefix to `remote` masked to `len`.
+    fn set_prefix(key: &mut Self::Key, remote: &Self::Addr, len: u32);
+
+    /// The address class of the key's entry.
+    fn get(key: &Self::Key) -> Option<*const AddressClass>;
+}
+
+/// Search state of the address step.
 #[repr(C)]
-pub struct AddrSearchV4 {
-    key: PolicyAddrKeyV4,
-    remote: [u8; 4],
-    bits: u64,
+pub struct AddrSearch<F: AddrFamily> {
+    key: F::Key,
+    remote: F::Addr,
+    bits: F::Lengths,
     found: AddressClass,
     hit: u32,
 }
 
-extern "C" fn addr_step_v4(_index: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn addr_step<F: AddrFamily>(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(searches) = SEARCHES.get_ptr_mut(0) else {
         return 1;
     };
-    let search = unsafe { &mut (*searches).v4 };
-    if search.bits == 0 {
+    let search = F::search(unsafe { &mut *searches });
+    let Some(len) = F::take_longest(&mut search.bits) else {
         return 1;
-    }
-    let len = highest_bit(search.bits);
-    search.bits &= !(1u64 << len);
-    search.key.remote = mask_v4(search.remote, len);
-    search.key.prefix_len = len;
-    match POLICY_ADDRS_V4.get_ptr(&search.key) {
+    };
+    F::set_prefix(&mut search.key, &search.remote, len);
+    match F::get(&search.key) {
         Some(class) => {
             search.found = unsafe { *class };
             search.hit = 1;
@@ -172,42 +198,105 @@ extern "C" fn addr_step_v4(_index: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Search state of the IPv6 address step: lengths 0..=128 in three words.
-#[repr(C)]
-pub struct AddrSearchV6 {
-    key: PolicyAddrKeyV6,
-    remote: [u8; 16],
-    bits: [u64; 3],
-    found: AddressClass,
-    hit: u32,
+impl AddrFamily for V4 {
+    type Key = PolicyAddrKeyV4;
+    type Addr = [u8; 4];
+    type Lengths = u64;
+    const LENGTHS: u32 = 33;
+
+    #[inline(always)]
+    fn search(searches: &mut Searches) -> &mut AddrSearch<Self> {
+        &mut searches.v4
+    }
+
+    #[inline(always)]
+    fn start(
+        search: &mut AddrSearch<Self>,
+        policy: u32,
+        info: &PolicyInfo,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    ) {
+        search.key.policy = policy;
+        search.key.local = [local[0], local[1], local[2], local[3]];
+        search.remote = [remote[0], remote[1], remote[2], remote[3]];
+        search.bits = info.v4_lengths & ((1u64 << 33) - 1);
+    }
+
+    #[inline(always)]
+    fn take_longest(bits: &mut u64) -> Option<u32> {
+        if *bits == 0 {
+            return None;
+        }
+        let len = highest_bit(*bits);
+        *bits &= !(1u64 << len);
+        Some(len)
+    }
+
+    #[inline(always)]
+    fn set_prefix(key: &mut PolicyAddrKeyV4, remote: &[u8; 4], len: u32) {
+        key.remote = mask_v4(*remote, len);
+        key.prefix_len = len;
+    }
+
+    #[inline(always)]
+    fn get(key: &PolicyAddrKeyV4) -> Option<*const AddressClass> {
+        POLICY_ADDRS_V4.get_ptr(key)
+    }
 }
 
-extern "C" fn addr_step_v6(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(searches) = SEARCHES.get_ptr_mut(0) else {
-        return 1;
-    };
-    let search = unsafe { &mut (*searches).v6 };
-    let word = if search.bits[2] != 0 {
-        2
-    } else if search.bits[1] != 0 {
-        1
-    } else if search.bits[0] != 0 {
-        0
-    } else {
-        return 1;
-    };
-    let bit = highest_bit(search.bits[word]);
-    search.bits[word] &= !(1u64 << bit);
-    let len = word as u32 * 64 + bit;
-    search.key.remote = mask_v6(&search.remote, len);
-    search.key.prefix_len = len;
-    match POLICY_ADDRS_V6.get_ptr(&search.key) {
-        Some(class) => {
-            search.found = unsafe { *class };
-            search.hit = 1;
+/// IPv6: lengths 0..=128 in three words.
+impl AddrFamily for V6 {
+    type Key = PolicyAddrKeyV6;
+    type Addr = [u8; 16];
+    type Lengths = [u64; 3];
+    const LENGTHS: u32 = 129;
+
+    #[inline(always)]
+    fn search(searches: &mut Searches) -> &mut AddrSearch<Self> {
+        &mut searches.v6
+    }
+
+    #[inline(always)]
+    fn start(
+        search: &mut AddrSearch<Self>,
+        policy: u32,
+        info: &PolicyInfo,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    ) {
+        let lengths = &info.v6_lengths;
+        search.key.policy = policy;
+        search.key.local = *local;
+        search.remote = *remote;
+        search.bits = [lengths[0], lengths[1], lengths[2] & 1];
+    }
+
+    #[inline(always)]
+    fn take_longest(bits: &mut [u64; 3]) -> Option<u32> {
+        let word = if bits[2] != 0 {
+            2
+        } else if bits[1] != 0 {
             1
-        }
-        None => 0,
+        } else if bits[0] != 0 {
+            0
+        } else {
+            return None;
+        };
+        let bit = highest_bit(bits[word]);
+        bits[word] &= !(1u64 << bit);
+        Some(word as u32 * 64 + bit)
+    }
+
+    #[inline(always)]
+    fn set_prefix(key: &mut PolicyAddrKeyV6, remote: &[u8; 16], len: u32) {
+        key.remote = mask_v6(remote, len);
+        key.prefix_len = len;
+    }
+
+    #[inline(always)]
+    fn get(key: &PolicyAddrKeyV6) -> Option<*const AddressClass> {
+        POLICY_ADDRS_V6.get_ptr(key)
     }
 }
 
@@ -278,11 +367,15 @@ extern "C" fn port_step(_index: u64, _ctx: *mut c_void) -> i64 {
 /// The per-CPU search states (too large for the stack the programs share with their calls).
 #[repr(C)]
 pub struct Searches {
-    pub v4: AddrSearchV4,
-    pub v6: AddrSearchV6,
+    pub v4: AddrSearch<V4>,
+    pub v6: AddrSearch<V6>,
     pub proto: ProtoSearch,
     pub port: PortSearch,
 }
+
+/// Per-CPU state of the policy steps' prefix searches.
+#[btf_map(name = "cali_searches")]
+pub static SEARCHES: PerCpuArray<Searches, 1> = PerCpuArray::new();
 
 /// Runs `step` at most `lengths` times, until it returns 1.
 #[inline(always)]
@@ -292,40 +385,19 @@ fn run_search(lengths: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
     }
 }
 
-/// Longest match among the IPv4 address entries of `policy`.
+/// Longest match among the address entries of `policy` of the family `F`.
 #[inline(always)]
-fn address_class_v4(
+fn address_class<F: AddrFamily>(
     policy: u32,
-    lengths: u64,
+    info: &PolicyInfo,
     local: &[u8; 16],
     remote: &[u8; 16],
 ) -> Option<AddressClass> {
-    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v4 };
-    state.key.policy = policy;
-    state.key.local = [local[0], local[1], local[2], local[3]];
-    state.remote = [remote[0], remote[1], remote[2], remote[3]];
-    state.bits = lengths & ((1u64 << 33) - 1);
-    state.hit = 0;
-    run_search(33, addr_step_v4);
-    (state.hit != 0).then_some(state.found)
-}
-
-/// Longest match among the IPv6 address entries of `policy`.
-#[inline(always)]
-fn address_class_v6(
-    policy: u32,
-    lengths: &[u64; 3],
-    local: &[u8; 16],
-    remote: &[u8; 16],
-) -> Option<AddressClass> {
-    let state = unsafe { &mut (*SEARCHES.get_ptr_mut(0)?).v6 };
-    state.key.policy = policy;
-    state.key.local = *local;
-    state.remote = *remote;
-    state.bits = [lengths[0], lengths[1], lengths[2] & 1];
-    state.hit = 0;
-    run_search(129, addr_step_v6);
-    (state.hit != 0).then_some(state.found)
+    let search = F::search(unsafe { &mut *SEARCHES.get_ptr_mut(0)? });
+    F::start(search, policy, info, local, remote);
+    search.hit = 0;
+    run_search(F::LENGTHS, addr_step::<F>);
+    (search.hit != 0).then_some(search.found)
 }
 
 /// The port class for the flow's protocol and source port within an address class: its
@@ -416,7 +488,7 @@ fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerd
 /// Checks one side of a new (or re-checked) flow: the sender's egress policy or the receiver's
 /// ingress policy; `Ok(rule)` when it may pass.
 #[inline(always)]
-fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
+pub fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
     let policy = if ingress {
         side.ingress_policy
     } else {
@@ -435,191 +507,4 @@ fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
             ifindex: side.ifindex,
         }),
     }
-}
-
-/// Decides whether the packet `flow`, from `sender` to `receiver`, may pass, tracking its flow.
-///
-/// A BPF subprogram of its own (not inlined): its stack frame is separate from the parser's.
-#[inline(never)]
-pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
-    let (sender, receiver) = (*sender, *receiver);
-    if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
-        return Admission::Allowed;
-    }
-    let from_a = flow.fill_key();
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let tcp = flow.proto == IPPROTO_TCP;
-    let syn_only = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
-        let entry = unsafe { &mut *entry };
-        let closed = entry.flags & conntrack_flags::RST != 0
-            || entry.flags & (conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV)
-                == conntrack_flags::FIN_FWD | conntrack_flags::FIN_REV;
-        // A new SYN on a closed connection starts a new one (port reuse).
-        if !entry.expired(flow.proto, now) && !(syn_only && closed) {
-            return established(entry, flow, from_a, sender, receiver, now);
-        }
-        let _ = CONNTRACK.remove(&flow.key);
-    }
-
-    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
-        // An error about a tracked flow (unreachable, too big, time exceeded) is part of it.
-        return Admission::Allowed;
-    }
-
-    let egress_rule = match check(sender, flow, false) {
-        Ok(rule) => rule,
-        Err(denied) => return denied,
-    };
-    let ingress_rule = match check(receiver, flow, true) {
-        Ok(rule) => rule,
-        Err(denied) => return denied,
-    };
-    // A TCP flow is tracked from its SYN only: a stray segment of a flow nobody tracks (or
-    // whose entry a policy change removed) is judged on its own and opens nothing, so a cut
-    // flow cannot come back through its other side.
-    if !tcp || syn_only {
-        let entry = &mut flow.entry;
-        entry.created_ns = now;
-        entry.last_seen_ns = now;
-        entry.packets_fwd = 1;
-        entry.packets_rev = 0;
-        entry.flags = if syn_only {
-            conntrack_flags::SYN_FWD
-        } else {
-            0
-        };
-        entry.opener = if from_a { 0 } else { 1 };
-        entry._pad = 0;
-        entry.egress_policy = sender.egress_policy;
-        entry.ingress_policy = receiver.ingress_policy;
-        entry.egress_rule = egress_rule;
-        entry.ingress_rule = ingress_rule;
-        entry._pad2 = 0;
-        // A full table evicts its least recently used entry (LRU); live flows stay.
-        let _ = CONNTRACK.insert(&flow.key, &flow.entry, 0);
-    }
-    Admission::Allowed
-}
-
-/// A packet of a tracked flow: re-check it if a policy changed, then update the entry.
-#[inline(always)]
-fn established(
-    entry: &mut ConntrackValue,
-    flow: &Flow,
-    from_a: bool,
-    sender: Side,
-    receiver: Side,
-    now: u64,
-) -> Admission {
-    let forward = from_a == (entry.opener == 0);
-    let (opener, responder) = if forward {
-        (sender, receiver)
-    } else {
-        (receiver, sender)
-    };
-    let egress_changed = opener.egress_policy != 0 && opener.egress_policy != entry.egress_policy;
-    let ingress_changed =
-        responder.ingress_policy != 0 && responder.ingress_policy != entry.ingress_policy;
-    if egress_changed || ingress_changed {
-        // The flow as its opener's packet, in the second scratch slot (too large for the stack).
-        let Some(opening) = SCRATCH.get_ptr_mut(1) else {
-            return Admission::NoVerdict {
-                ifindex: opener.ifindex,
-            };
-        };
-        let opening = unsafe { &mut *opening };
-        flow.opening_into(opening, !forward);
-        if egress_changed {
-            match check(opener, opening, false) {
-                Ok(rule) => {
-                    entry.egress_policy = opener.egress_policy;
-                    entry.egress_rule = rule;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK.remove(&flow.key);
-                    return denied;
-                }
-            }
-        }
-        if ingress_changed {
-            match check(responder, opening, true) {
-                Ok(rule) => {
-                    entry.ingress_policy = responder.ingress_policy;
-                    entry.ingress_rule = rule;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK.remove(&flow.key);
-                    return denied;
-                }
-            }
-        }
-    }
-
-    let mut flags = entry.flags;
-    let tcp_flags = flow.tcp_flags;
-    if flow.proto == IPPROTO_TCP {
-        if tcp_flags & TCP_RST != 0 {
-            flags |= conntrack_flags::RST;
-        }
-        if forward {
-            if tcp_flags & TCP_FIN != 0 {
-                flags |= conntrack_flags::FIN_FWD;
-            }
-            if tcp_flags & TCP_ACK != 0 && flags & conntrack_flags::SYN_REV != 0 {
-                flags |= conntrack_flags::ESTABLISHED;
-            }
-        } else {
-            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                flags |= conntrack_flags::SYN_REV;
-            }
-            if tcp_flags & TCP_FIN != 0 {
-                flags |= conntrack_flags::FIN_REV;
-            }
-        }
-    }
-    if !forward {
-        flags |= conntrack_flags::REPLIED;
-        entry.packets_rev += 1;
-    } else {
-        entry.packets_fwd += 1;
-    }
-    if flags != entry.flags {
-        entry.flags = flags;
-    }
-    entry.last_seen_ns = now;
-    Admission::Allowed
-}
-
-/// Read-only conntrack check for `trace`: whether the packet would pass on an existing entry
-/// for an endpoint whose `ingress`/egress policy is `policy`. Returns the rule id that allowed
-/// the flow (0 when the entry passes it regardless, as for replies and related ICMP errors).
-#[inline(always)]
-pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
-    let from_a = flow.fill_key();
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(entry) = CONNTRACK.get_ptr(&flow.key) {
-        let entry = unsafe { &*entry };
-        if !entry.expired(flow.proto, now) {
-            let forward = from_a == (entry.opener == 0);
-            // On the opener's side (egress, forward) or the responder's (ingress, forward) the
-            // entry holds for the policy that allowed it; a reply passes either way.
-            let (stored, rule) = if ingress {
-                (entry.ingress_policy, entry.ingress_rule)
-            } else {
-                (entry.egress_policy, entry.egress_rule)
-            };
-            if !forward {
-                return Some(0);
-            }
-            if stored == policy {
-                return Some(rule);
-            }
-        }
-    }
-    if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
-        return Some(0);
-    }
-    None
 }

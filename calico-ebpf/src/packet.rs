@@ -1,12 +1,20 @@
-//! What policy and conntrack need from a packet: its addresses, protocol and ports, TCP flags,
-//! and for an ICMP error the flow it is about.
+//! Packet access and parsing: bounds-checked pointers into the packet, the header constants, and
+//! what policy and conntrack need from a packet (its addresses, protocol and ports, TCP flags,
+//! and for an ICMP error the flow it is about), read into a [`Flow`].
 //!
 //! Parsing works on the raw bytes `[data, data_end)` like the rest of the pipeline; every
-//! access is checked against `data_end`.
+//! access is checked against `data_end`. This module is the leaf of the crate: it uses no other
+//! module of it, so every other part can build on it.
 
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use calico_ebpf_common::{ConntrackKey, ConntrackValue};
 
-use crate::forward::ptr_at;
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const IPV4_MIN_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -20,10 +28,58 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *mut T)
+}
+
+/// Where the TCP, UDP, UDP-Lite or SCTP header of an IPv4 or IPv6 packet ends, read from a
+/// linear IP header; `None` when the IP header is not linear, or for other protocols (an ICMP
+/// error quotes headers, a neighbour solicitation carries options: they get the full pull).
+#[inline(always)]
+pub fn transport_header_end(data: usize, data_end: usize) -> Option<u32> {
+    let eth_type = unsafe { *ptr_at::<[u8; 2]>(data, data_end, 12)? };
+    let (l3_len, proto) = match u16::from_be_bytes(eth_type) {
+        ETH_P_IP => {
+            let hdr = unsafe { &*ptr_at::<[u8; 20]>(data, data_end, ETH_HLEN)? };
+            let ihl = (hdr[0] & 0x0f) as u32 * 4;
+            if ihl < 20 {
+                return None;
+            }
+            (ihl, hdr[9])
+        }
+        ETH_P_IPV6 => {
+            let hdr = unsafe { &*ptr_at::<[u8; 40]>(data, data_end, ETH_HLEN)? };
+            (40, hdr[6])
+        }
+        _ => return None,
+    };
+    let l4_len = match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP | IPPROTO_UDPLITE => 8,
+        IPPROTO_SCTP => 12,
+        _ => return None,
+    };
+    Some(ETH_HLEN as u32 + l3_len + l4_len)
+}
+
+/// IPv4 as a type. What differs between the address families is a trait per mechanism (the
+/// routes, the policy's address step), implemented for [`V4`] and [`V6`], so that their callers
+/// take one generic path for both.
+pub struct V4;
+
+/// IPv6 as a type: see [`V4`].
+pub struct V6;
 
 /// Values of [`Flow::kind`].
 pub mod flow_kind {
@@ -84,73 +140,30 @@ impl Flow {
         self.tcp_flags = 0;
         self.kind = flow_kind::NORMAL;
     }
-
-    /// Writes into `out` what policy needs of this flow as its opener sent it: the flow itself
-    /// when `reverse` is false, else the flow seen from the other side (this packet being a
-    /// reply), with ICMP echo replies turned into requests. Field by field: a whole-struct copy
-    /// costs the caller's stack.
-    #[inline(always)]
-    pub fn opening_into(&self, out: &mut Flow, reverse: bool) {
-        out.family = self.family;
-        out.proto = self.proto;
-        out.len = self.len;
-        out.tcp_flags = self.tcp_flags;
-        out.kind = self.kind;
-        if !reverse {
-            out.src = self.src;
-            out.dst = self.dst;
-            out.sport = self.sport;
-            out.dport = self.dport;
-            return;
-        }
-        out.src = self.dst;
-        out.dst = self.src;
-        out.sport = self.dport;
-        out.dport = self.sport;
-        if self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6 {
-            let icmp_type = (self.dport >> 8) as u8;
-            let request = match icmp_type {
-                ICMP_ECHO_REPLY if self.proto == IPPROTO_ICMP => ICMP_ECHO_REQUEST,
-                ICMPV6_ECHO_REPLY if self.proto == IPPROTO_ICMPV6 => ICMPV6_ECHO_REQUEST,
-                other => other,
-            };
-            out.sport = 0;
-            out.dport = (request as u16) << 8 | (self.dport & 0xff);
-        }
-    }
 }
 
-impl Flow {
-    /// Writes the flow's normalized conntrack key into `self.key` (side A is the lower
-    /// (address, port)); returns whether the packet travels from side A.
-    #[inline(always)]
-    pub fn fill_key(&mut self) -> bool {
-        let src_first = match compare_addrs(&self.src, &self.dst) {
-            core::cmp::Ordering::Less => true,
-            core::cmp::Ordering::Greater => false,
-            core::cmp::Ordering::Equal => self.ct_sport <= self.ct_dport,
-        };
-        let key = &mut self.key;
-        if src_first {
-            key.addr_a = self.src;
-            key.addr_b = self.dst;
-            key.port_a = self.ct_sport;
-            key.port_b = self.ct_dport;
-        } else {
-            key.addr_a = self.dst;
-            key.addr_b = self.src;
-            key.port_a = self.ct_dport;
-            key.port_b = self.ct_sport;
-        }
-        key.proto = self.proto;
-        key.family = self.family;
-        key._pad = [0; 2];
-        src_first
-    }
-}
+/// Per-CPU scratch space (too large for the 512-byte stack): slot 0 holds the packet's flow,
+/// slot 1 the flow as its opener sent it, when a policy change makes conntrack check it again.
+#[btf_map(name = "cali_scratch")]
+pub static SCRATCH: PerCpuArray<Flow, 2> = PerCpuArray::new();
 
+/// Slot of [`SCRATCH`] that holds the packet's flow.
+pub const PACKET_FLOW: u32 = 0;
+/// Slot of [`SCRATCH`] that holds the flow as its opener sent it.
+pub const OPENING_FLOW: u32 = 1;
+
+/// The per-CPU scratch flow, reset for a new packet (in place: a `Flow` is too large to build
+/// on the stack and copy).
 #[inline(always)]
-fn compare_addrs(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
+pub fn scratch_flow(family: u8, len: u64) -> Option<&'static mut Flow> {
+    let flow = unsafe { &mut *SCRATCH.get_ptr_mut(PACKET_FLOW)? };
+    flow.reset(family, len);
+    Some(flow)
+}
+
+/// Orders two addresses as big-endian numbers (conntrack keys put the lower side first).
+#[inline(always)]
+pub fn compare_addrs(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
     let a_hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     let b_hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     if a_hi != b_hi {
@@ -159,6 +172,87 @@ fn compare_addrs(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
     let a_lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
     let b_lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
     a_lo.cmp(&b_lo)
+}
+
+/// What [`parse_ip`] found.
+pub enum Parsed {
+    /// An IPv4 or IPv6 packet, described in the flow.
+    Ip,
+    /// Not IP (ARP, for instance).
+    Other,
+    /// Truncated or invalid.
+    Malformed,
+}
+
+/// Reads the IP and transport headers after the Ethernet header into `flow`.
+#[inline(always)]
+pub fn parse_ip(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Parsed {
+    let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
+        return Parsed::Malformed;
+    };
+    match u16::from_be_bytes(unsafe { *eth_type }) {
+        ETH_P_IP => match parse_ipv4(data, data_end, len, flow) {
+            Some(_) => Parsed::Ip,
+            None => Parsed::Malformed,
+        },
+        ETH_P_IPV6 => match parse_ipv6(data, data_end, len, flow) {
+            Some(()) => Parsed::Ip,
+            None => Parsed::Malformed,
+        },
+        _ => Parsed::Other,
+    }
+}
+
+/// Validates an IPv4 header (honouring the IHL: the whole header, options included, must be
+/// present, and the datagram must be at least as long as its header and no longer than the
+/// frame) and reads it and the transport header into `flow`. Returns the header's length.
+///
+/// A BPF subprogram of its own, so that its temporaries do not add to the callers' stack.
+#[inline(never)]
+pub fn parse_ipv4(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Option<usize> {
+    let hdr = unsafe { &*ptr_at::<[u8; IPV4_MIN_HLEN]>(data, data_end, ETH_HLEN)? };
+    let version = hdr[0] >> 4;
+    let header_len = ((hdr[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as u64;
+    if version != 4
+        || header_len < IPV4_MIN_HLEN
+        || total_len < header_len as u64
+        || data + ETH_HLEN + header_len > data_end
+        || ETH_HLEN as u64 + total_len > len
+    {
+        return None;
+    }
+    flow.family = 4;
+    flow.src[..4].copy_from_slice(&hdr[12..16]);
+    flow.dst[..4].copy_from_slice(&hdr[16..20]);
+    flow.proto = hdr[9];
+    let first_fragment = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff == 0;
+    parse_transport(data, data_end, ETH_HLEN + header_len, first_fragment, flow)?;
+    Some(header_len)
+}
+
+/// The IPv6 header after the Ethernet header, when it is valid: version 6, and the payload
+/// length within the packet's length `len`.
+#[inline(always)]
+pub fn ipv6_header(data: usize, data_end: usize, len: u64) -> Option<&'static mut [u8; IPV6_HLEN]> {
+    let hdr = unsafe { &mut *ptr_at::<[u8; IPV6_HLEN]>(data, data_end, ETH_HLEN)? };
+    let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as u64;
+    if hdr[0] >> 4 != 6 || (ETH_HLEN + IPV6_HLEN) as u64 + payload_len > len {
+        return None;
+    }
+    Some(hdr)
+}
+
+/// Validates an IPv6 header and reads it and the transport header into `flow`. Extension
+/// headers are not followed: the first next-header value is the flow's protocol.
+#[inline(never)]
+pub fn parse_ipv6(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Option<()> {
+    let hdr = ipv6_header(data, data_end, len)?;
+    flow.family = 6;
+    flow.src.copy_from_slice(&hdr[8..24]);
+    flow.dst.copy_from_slice(&hdr[24..40]);
+    flow.proto = hdr[6];
+    parse_transport(data, data_end, ETH_HLEN + IPV6_HLEN, true, flow)
 }
 
 /// Whether an ICMP type (of `proto`) is an error message that quotes the packet it is about.
@@ -177,7 +271,7 @@ fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
 /// set). `first_fragment` is false for a non-first IPv4 fragment, which carries no transport
 /// header: its ports stay 0. Returns `None` when the header is truncated.
 #[inline(always)]
-pub fn parse_transport(
+fn parse_transport(
     data: usize,
     data_end: usize,
     l4: usize,
@@ -233,7 +327,8 @@ pub fn parse_transport(
 }
 
 /// Reads the packet an ICMP error quotes (its IP header and first eight bytes, at `at`) into
-/// `flow.related`. `None` when it is truncated or not of the same family.
+/// `flow.related`, ordered as conntrack orders its keys. `None` when it is truncated or not of
+/// the same family.
 #[inline(always)]
 fn quoted_flow(data: usize, data_end: usize, at: usize, flow: &mut Flow) -> Option<()> {
     // The quoted packet's source and destination go straight into the key, then get ordered.

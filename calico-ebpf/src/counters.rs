@@ -1,0 +1,103 @@
+//! What the hook does with a packet ([`Action`]), and the per-CPU endpoint counters that record
+//! it.
+//!
+//! An outcome is counted where it is decided: the functions that decide a drop or a pass
+//! return it through these helpers, so the TC and XDP hooks count in the same way. The counters
+//! are per-CPU hash entries keyed by the host-side ifindex; updates are plain increments.
+
+use calico_ebpf_common::{DropReason, EndpointCounters, UNKNOWN_INTERFACE_COUNTERS};
+
+use crate::maps::COUNTERS;
+
+/// What the hook does with the packet.
+pub enum Action {
+    /// Hand the packet to the kernel stack.
+    Pass,
+    /// Drop the packet (already counted).
+    Drop,
+    /// Deliver the (rewritten) packet to the workload behind this host-side ifindex.
+    Redirect { ifindex: u32 },
+    /// Send the (rewritten) packet back out of the interface it came in on.
+    Reflect,
+}
+
+/// The counters of the endpoint behind `ifindex` (null when it has none).
+#[inline(always)]
+pub fn endpoint_counters(ifindex: u32) -> *mut EndpointCounters {
+    COUNTERS
+        .get_ptr_mut(ifindex)
+        .unwrap_or(core::ptr::null_mut())
+}
+
+#[inline(always)]
+pub fn count_drop(counters: *mut EndpointCounters, reason: DropReason) -> Action {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.drops[reason as usize] += 1;
+    }
+    Action::Drop
+}
+
+#[inline(always)]
+pub fn count_pass(counters: *mut EndpointCounters, len: u64) -> Action {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.to_host_packets += 1;
+        c.to_host_bytes += len;
+    }
+    Action::Pass
+}
+
+/// Counts a drop against the workload behind `ifindex` (the one whose policy decided).
+#[inline(always)]
+pub fn count_drop_for(ifindex: u32, reason: DropReason) -> Action {
+    count_drop(endpoint_counters(ifindex), reason)
+}
+
+/// Drops a packet from an interface without an endpoint entry, counted under the shared key.
+#[inline(always)]
+pub fn count_unknown_interface() -> Action {
+    count_drop_for(UNKNOWN_INTERFACE_COUNTERS, DropReason::UnknownInterface)
+}
+
+/// Counts a packet the workload sent.
+#[inline(always)]
+pub fn count_from_workload(counters: *mut EndpointCounters, len: u64) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.from_wl_packets += 1;
+        c.from_wl_bytes += len;
+    }
+}
+
+/// Counts a packet forwarded inside BPF by the workload that sent it.
+#[inline(always)]
+pub fn count_forwarded(counters: *mut EndpointCounters, len: u64) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.fwd_packets += 1;
+        c.fwd_bytes += len;
+    }
+}
+
+/// Counts an ARP or neighbour discovery answer sent back to the workload.
+#[inline(always)]
+pub fn count_neighbour_reply(counters: *mut EndpointCounters) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.neighbour_replies += 1;
+    }
+}
+
+/// Counts a packet delivered to the workload behind `ifindex`.
+#[inline(always)]
+pub fn count_to_workload(ifindex: u32, len: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
+        let c = unsafe { &mut *c };
+        c.to_wl_packets += 1;
+        c.to_wl_bytes += len;
+    }
+}
+
+/// Counts a failed redirect against the sending workload.
+#[inline(always)]
+pub fn count_redirect_failure(ifindex: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
+        unsafe { (*c).drops[DropReason::RedirectFailed as usize] += 1 };
+    }
+}

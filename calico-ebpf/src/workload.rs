@@ -1,0 +1,234 @@
+//! The workload pipelines: packets from a workload (shared by the TC and XDP entry points) and
+//! packets the kernel sends to a workload (TC egress).
+//!
+//! They work on the raw packet bytes `[data, data_end)`, check every access against
+//! `data_end`, rewrite headers in place and return what the hook should do with the packet.
+//! Counting happens here too, so both hooks count the same way. IPv4 and IPv6 take one path,
+//! generic over the address family ([`Family`]).
+
+use calico_ebpf_common::{DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue};
+
+use crate::{
+    conntrack::admit,
+    counters::{
+        Action, count_drop, count_drop_for, count_forwarded, count_from_workload, count_pass,
+        count_to_workload, count_unknown_interface, endpoint_counters,
+    },
+    maps::ENDPOINTS,
+    neighbour,
+    packet::{
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Parsed, V4, V6, ipv6_header, parse_ip, ptr_at,
+        scratch_flow,
+    },
+    policy::{Admission, Side},
+    routes::{FORWARD_HEADER_LEN, Family, OnLink},
+};
+
+/// The policy side of the workload whose endpoint entry this is.
+#[inline(always)]
+fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
+    Side {
+        ifindex,
+        ingress_policy: endpoint.ingress_policy,
+        egress_policy: endpoint.egress_policy,
+    }
+}
+
+/// Maps a policy refusal onto its drop.
+#[inline(always)]
+fn refused(admission: Admission) -> Option<Action> {
+    match admission {
+        Admission::Allowed => None,
+        Admission::Denied { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyDenied)),
+        Admission::NoVerdict { ifindex } => {
+            Some(count_drop_for(ifindex, DropReason::PolicyMissing))
+        }
+    }
+}
+
+/// Runs the pipeline for a packet that the workload behind `ifindex` sent.
+///
+/// `[data, data_end)` must hold at least the headers (the TC entry point pulls them into the
+/// linear area); `len` is the whole packet's length, which may extend into fragments that
+/// direct access cannot see, so length fields are checked against `len`.
+///
+/// `redirect_needs_mac` says whether the hook can only deliver to a workload whose MAC is known
+/// (XDP: the receiving veth checks the destination MAC); such packets then go to the kernel.
+#[inline(always)]
+pub fn from_workload(
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+    redirect_needs_mac: bool,
+) -> Action {
+    let counters = endpoint_counters(ifindex);
+    let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
+        // Not an interface the agent manages (or one being removed): never forward for it.
+        return count_unknown_interface();
+    };
+    let endpoint = unsafe { &*endpoint };
+    count_from_workload(counters, len);
+    let host_mac = endpoint.host_mac;
+    let sender = side(ifindex, endpoint);
+
+    let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    match u16::from_be_bytes(unsafe { *eth_type }) {
+        ETH_P_IP => ip::<V4>(
+            data,
+            data_end,
+            ifindex,
+            len,
+            sender,
+            counters,
+            redirect_needs_mac,
+        ),
+        ETH_P_IPV6 => {
+            let Some(hdr) = ipv6_header(data, data_end, len) else {
+                return count_drop(counters, DropReason::Malformed);
+            };
+            // Neighbour solicitations (for the gateway, normally) are answered here, like ARP,
+            // so the workload's IPv6 gateway does not depend on the host side's own addresses
+            // being ready.
+            if let Some(action) = neighbour::solicitation(data, data_end, hdr, host_mac, counters) {
+                return action;
+            }
+            ip::<V6>(
+                data,
+                data_end,
+                ifindex,
+                len,
+                sender,
+                counters,
+                redirect_needs_mac,
+            )
+        }
+        ETH_P_ARP => neighbour::arp(data, data_end, host_mac, counters, len),
+        _ => count_pass(counters, len),
+    }
+}
+
+/// The from-workload pipeline of an IP packet: parsing, anti-spoofing, route, conntrack and
+/// policy, then delivery to a local workload or hand-off to the kernel.
+#[inline(always)]
+fn ip<F: Family>(
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+    sender: Side,
+    counters: *mut EndpointCounters,
+    redirect_needs_mac: bool,
+) -> Action {
+    let Some(flow) = scratch_flow(F::FAMILY, len) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    if F::parse(data, data_end, len, flow).is_none() {
+        return count_drop(counters, DropReason::Malformed);
+    }
+    match F::on_link(flow) {
+        OnLink::No => {}
+        OnLink::Policed => {
+            if let Some(drop) = refused(admit(flow, &sender, &Side::NONE)) {
+                return drop;
+            }
+            return count_pass(counters, len);
+        }
+        OnLink::Housekeeping => return count_pass(counters, len),
+    }
+
+    if !F::source_allowed(ifindex, flow) {
+        return count_drop(counters, DropReason::SpoofedSource);
+    }
+
+    let route = F::route(flow);
+    let local = match route.map(|r| RouteKind::from_u32(r.kind)) {
+        Some(Some(RouteKind::LocalWorkload)) => route,
+        Some(Some(RouteKind::Blackhole)) => return count_drop(counters, DropReason::Blackhole),
+        _ => None,
+    };
+    let receiver = match receiver_side(local) {
+        Ok(receiver) => receiver,
+        Err(drop) => return drop,
+    };
+    if let Some(drop) = refused(admit(flow, &sender, &receiver)) {
+        return drop;
+    }
+    let Some(route) = local else {
+        return count_pass(counters, len);
+    };
+    let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let hdr = unsafe { &mut *hdr };
+    if F::hop_limit(hdr) <= 1 || (redirect_needs_mac && route.mac == [0; 6]) {
+        // Let the kernel send the ICMP time-exceeded error, or resolve the neighbour.
+        return count_pass(counters, len);
+    }
+    F::decrement_hop_limit(hdr);
+    redirect_to_workload(data, data_end, route, len, counters)
+}
+
+/// The receiving side of a packet routed to a local workload (none for other destinations).
+/// A local workload whose endpoint entry is missing has no policy programmed yet: its traffic
+/// is dropped, never let through unchecked.
+#[inline(always)]
+fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
+    let Some(route) = local else {
+        return Ok(Side::NONE);
+    };
+    match ENDPOINTS.get_ptr(route.ifindex) {
+        Some(endpoint) => Ok(side(route.ifindex, unsafe { &*endpoint })),
+        None => Err(count_drop_for(route.ifindex, DropReason::PolicyMissing)),
+    }
+}
+
+/// Rewrites the Ethernet header for delivery to a local workload and returns the redirect.
+#[inline(always)]
+fn redirect_to_workload(
+    data: usize,
+    data_end: usize,
+    route: &RouteValue,
+    len: u64,
+    counters: *mut EndpointCounters,
+) -> Action {
+    let Some(eth) = ptr_at::<[u8; 12]>(data, data_end, 0) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let eth = unsafe { &mut *eth };
+    if route.mac != [0; 6] {
+        eth[0..6].copy_from_slice(&route.mac);
+    }
+    eth[6..12].copy_from_slice(&route.host_mac);
+    count_forwarded(counters, len);
+    count_to_workload(route.ifindex, len);
+    Action::Redirect {
+        ifindex: route.ifindex,
+    }
+}
+
+/// Runs the to-workload pipeline for a packet the kernel sends to the workload behind
+/// `ifindex`: the workload's ingress policy, through conntrack.
+#[inline(always)]
+pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Action {
+    let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
+        return count_unknown_interface();
+    };
+    let receiver = side(ifindex, unsafe { &*endpoint });
+    let counters = endpoint_counters(ifindex);
+    let Some(flow) = scratch_flow(0, len) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let parsed = match parse_ip(data, data_end, len, flow) {
+        Parsed::Ip => true,
+        Parsed::Other => false,
+        Parsed::Malformed => return count_drop(counters, DropReason::Malformed),
+    };
+    if parsed && let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
+        return drop;
+    }
+    count_to_workload(ifindex, len);
+    Action::Pass
+}
