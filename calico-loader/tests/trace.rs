@@ -308,6 +308,15 @@ spec:
             Some(0),
         ),
         case(
+            "notSelector: global() excludes every endpoint, so the client (an endpoint) is not denied",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Deny, source: {notSelector: global()}}, {action: Allow}]\n",
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(1),
+        ),
+        case(
             "ICMP type matches",
             "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: all()\n  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 8, code: 0}}]\n",
             &[

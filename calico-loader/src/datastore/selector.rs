@@ -153,6 +153,18 @@ impl<'a, L: ?Sized> Scoped<'a, L> {
         }
     }
 
+    /// Labels of an endpoint, for an endpoint selector (a rule's `selector` or `notSelector`).
+    /// There Calico's `global()` is true for every set of labels: its parser's `GlobalNode`
+    /// evaluates to true, and only in a `namespaceSelector` does libcalico-go rewrite `global()`
+    /// to `!has(projectcalico.org/namespace)`. (Calico's validator refuses `global()` in a
+    /// rule's `selector`, not in its `notSelector`, where it excludes every endpoint.)
+    pub fn endpoint(labels: &'a L) -> Self {
+        Self {
+            labels,
+            is_global: true,
+        }
+    }
+
     /// Labels of a namespaced resource.
     pub fn namespaced(labels: &'a L) -> Self {
         Self {
@@ -187,8 +199,9 @@ pub enum Expr {
     /// Calico only allows `global()` in a rule's `namespaceSelector`, where it turns it into
     /// `!has(projectcalico.org/namespace)` before evaluating
     /// (`libcalico-go/lib/backend/syncersv1/updateprocessors/rules.go`); its parser's own
-    /// `GlobalNode.Evaluate` returns true for everything. Here `global()` tests the flag instead,
-    /// which gives the meaning Calico's policy translation intends.
+    /// `GlobalNode.Evaluate` returns true for everything. Here `global()` tests the flag, so the
+    /// caller says which meaning applies: [`Scoped::endpoint`] for an endpoint selector (true),
+    /// the namespace's labels for a namespace selector (false: a workload is in a namespace).
     Global,
     /// `has(key)`.
     Has(String),

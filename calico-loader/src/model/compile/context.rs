@@ -16,7 +16,7 @@ use super::{
 use crate::{
     datastore::{
         Snapshot,
-        selector::{Selector, SelectorError},
+        selector::{Scoped, Selector, SelectorError},
     },
     model::policy::{endpoint_labels, namespace_labels},
 };
@@ -71,6 +71,9 @@ impl EndpointQuery {
         }
     }
 
+    /// Whether `endpoint` meets the query. The namespace selector sees the namespace's labels,
+    /// where `global()` means "not in a namespace" (so no workload endpoint); the endpoint
+    /// selector sees the endpoint's labels, where Calico's `global()` is true.
     pub(super) fn matches(&self, endpoint: &EndpointFacts) -> bool {
         let namespace = match &self.namespace {
             NamespaceScope::Any => true,
@@ -81,7 +84,7 @@ impl EndpointQuery {
             && self
                 .selector
                 .as_ref()
-                .is_none_or(|s| s.matches(&endpoint.labels))
+                .is_none_or(|s| s.matches(&Scoped::endpoint(&endpoint.labels)))
             && self.service_accounts.as_ref().is_none_or(|names| {
                 endpoint
                     .service_account

@@ -349,6 +349,16 @@ fn compiled_tables_give_the_expected_verdicts() {
             ],
         ),
         (
+            "notSelector: global() excludes every endpoint (Calico's global() is true in endpoint selectors)",
+            gnp("g", "{ingress: [{action: Deny, source: {notSelector: global()}}, {action: Allow}]}"),
+            vec![
+                (to_web("198.18.9.9", TCP, 1000, 80), "deny g#0"),
+                (to_web("198.18.1.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("198.18.2.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("2001:db8::1:1", TCP, 1000, 80), "allow g#1"),
+            ],
+        ),
+        (
             "a NetworkPolicy's notSelector alone limits the rule to the policy's namespace",
             np("np", "{ingress: [{action: Deny, source: {notSelector: role == 'frontend'}}, {action: Allow}]}"),
             vec![
