@@ -59,7 +59,7 @@ pub mod program_names {
 }
 
 /// The bytes of a NUL-padded field up to the first NUL.
-pub(crate) fn until_nul(bytes: &[u8]) -> &[u8] {
+pub fn until_nul(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
 }

@@ -9,13 +9,14 @@ mod privileged {
     use std::{path::PathBuf, process::Command};
 
     use crate::support::topology::{require_root, unique};
-    use aya::maps::{HashMap, Map, MapData, MapInfo};
+    use aya::maps::MapInfo;
     use calico_ebpf_common::{
         fill_nul_padded, map_names,
-        maps::{self, MapSpec, VersionKey, VersionRecord},
+        maps::{self, MapSpec, VersionKey},
     };
     use calico_loader::dataplane::{
-        DataplaneError, bpffs::PinLayout, load_object, remove_pins, versions::VersionError,
+        DataplaneError, bpffs::PinLayout, handles::open_pinned, load_object, remove_pins,
+        versions::VersionError,
     };
 
     /// A pin root under /sys/fs/bpf, removed on drop.
@@ -104,12 +105,8 @@ mod privileged {
         let root = PinRoot::new();
         drop(load_object(&root.0).expect("first load creates and pins the maps"));
         // What an agent with a newer conntrack layout would have recorded.
-        let versions_path = root.0.map(maps::Versions::DEF.name);
-        let map = MapData::from_pin(&versions_path)
-            .and_then(Map::from_map_data)
-            .expect("the versions map is pinned");
-        let mut versions: HashMap<MapData, VersionKey, VersionRecord> =
-            HashMap::try_from(map).expect("versions map type");
+        let mut versions =
+            open_pinned::<maps::Versions>(&root.0).expect("the versions map is pinned");
         let name = maps::Conntrack::DEF.name;
         let key: VersionKey = fill_nul_padded(name.as_bytes());
         let mut record = versions

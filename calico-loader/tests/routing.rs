@@ -304,57 +304,7 @@ mod privileged {
             .host
             .add_veth(&ifname, HOST_SIDE_MAC, &wl2.ns, "eth0", &wl2.mac_string())
             .expect("create the veth pair");
-        let ns = &wl2.ns;
-        ns.exec(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/32", wl2.v4),
-            "dev",
-            "eth0",
-        ]);
-        ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/128", wl2.v6),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        ns.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fe80::ecee:eeff:feee:eeee",
-            "dev",
-            "eth0",
-        ]);
+        wl2.configure_eth0();
         agent.wait_attached(&[&ifname]);
         let wl1 = topology.workload(1);
         assert!(wl1.ping(IpAddr::V4(wl2.v4)), "log:\n{}", agent.log());

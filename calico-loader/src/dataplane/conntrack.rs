@@ -10,12 +10,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::MapError;
-use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names};
+use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names, maps as spec};
 
 use super::{
     bpffs::PinLayout,
-    handles::HandleError,
-    maps::{self, ConntrackMap, MapsError},
+    handles::{HandleError, MapSource},
+    maps::ConntrackMap,
 };
 
 /// How often the agent scans for expired entries (as Calico does).
@@ -27,18 +27,13 @@ pub enum ConntrackError {
     Map(#[from] MapError),
     #[error("the kernel object has no map named {}", map_names::CONNTRACK)]
     Missing,
-    #[error(transparent)]
-    Maps(MapsError),
 }
 
-impl From<MapsError> for ConntrackError {
-    fn from(error: MapsError) -> Self {
+impl From<HandleError> for ConntrackError {
+    fn from(error: HandleError) -> Self {
         match error {
-            MapsError::Handle(HandleError::Missing(_)) => Self::Missing,
-            MapsError::Handle(HandleError::Map { source, .. }) | MapsError::Map { source, .. } => {
-                Self::Map(source)
-            }
-            other => Self::Maps(other),
+            HandleError::Missing(_) => Self::Missing,
+            HandleError::Map { source, .. } => Self::Map(source),
         }
     }
 }
@@ -64,14 +59,14 @@ impl Conntrack {
     /// Takes the table out of a loaded object.
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, ConntrackError> {
         Ok(Self {
-            map: maps::conntrack_from_ebpf(ebpf)?,
+            map: ebpf.open::<spec::Conntrack>()?,
         })
     }
 
     /// Opens the table a running (or previous) agent pinned.
-    pub fn from_pin(layout: &PinLayout) -> Result<Self, ConntrackError> {
+    pub fn from_pin(mut layout: &PinLayout) -> Result<Self, ConntrackError> {
         Ok(Self {
-            map: maps::conntrack_from_pin(layout)?,
+            map: layout.open::<spec::Conntrack>()?,
         })
     }
 

@@ -54,11 +54,7 @@ impl<V> HandleKind<(), V> for kind::RingBuf {
     type Handle = RingBuf<MapData>;
 }
 
-/// The typed handle of map `S`.
-pub type Handle<S> =
-    <<S as MapSpec>::Kind as HandleKind<<S as MapSpec>::Key, <S as MapSpec>::Value>>::Handle;
-
-/// A map spec whose kind has a handle type.
+/// A map spec whose kind has a handle type: every map of the list.
 pub trait Typed: MapSpec {
     type Handle: TryFrom<Map, Error = MapError>;
 }
@@ -68,8 +64,11 @@ where
     S: MapSpec,
     S::Kind: HandleKind<S::Key, S::Value>,
 {
-    type Handle = Handle<S>;
+    type Handle = <S::Kind as HandleKind<S::Key, S::Value>>::Handle;
 }
+
+/// The typed handle of map `S`.
+pub type Handle<S> = <S as Typed>::Handle;
 
 /// Where handles come from: a freshly loaded object (the map is taken out of it) or the pins
 /// under a pin root (the map an agent pinned there is opened).

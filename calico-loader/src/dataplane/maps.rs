@@ -90,16 +90,6 @@ impl PolicyMaps {
     }
 }
 
-/// Takes the conntrack table out of a loaded object.
-pub fn conntrack_from_ebpf(ebpf: &mut aya::Ebpf) -> Result<ConntrackMap, MapsError> {
-    Ok(ebpf.open::<spec::Conntrack>()?)
-}
-
-/// Opens the conntrack table a running (or previous) agent pinned.
-pub fn conntrack_from_pin(mut layout: &PinLayout) -> Result<ConntrackMap, MapsError> {
-    Ok(layout.open::<spec::Conntrack>()?)
-}
-
 /// Takes the ring buffer of Log events out of a loaded object, when it has one.
 pub fn log_events_from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Option<LogEvents>, MapsError> {
     match ebpf.open::<spec::LogEvents>() {

@@ -14,13 +14,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, MapInfo};
+use aya::maps::{MapError, MapInfo};
 use calico_ebpf_common::{
     fill_nul_padded,
-    maps::{self, MapDef, MapSpec, VersionKey, VersionRecord, Versions},
+    maps::{self, MapDef, MapSpec, VersionRecord, Versions},
+    until_nul,
 };
 
-use super::bpffs::PinLayout;
+use super::{
+    bpffs::PinLayout,
+    handles::{self, Handle, HandleError},
+};
 
 /// The version of maps pinned before the agent recorded versions.
 const UNRECORDED_VERSION: u32 = 1;
@@ -62,6 +66,8 @@ pub enum VersionError {
         name: &'static str,
         source: MapError,
     },
+    #[error(transparent)]
+    Handle(#[from] HandleError),
 }
 
 /// The version records pinned under `layout`, by map name (empty when nothing is pinned, or
@@ -73,16 +79,14 @@ pub fn recorded(layout: &PinLayout) -> Result<BTreeMap<String, VersionRecord>, V
     }
     check_layout(&Versions::DEF, &path, UNRECORDED_VERSION)?;
     let name = Versions::DEF.name;
-    let map = MapData::from_pin(&path)
-        .and_then(Map::from_map_data)
-        .map_err(|source| VersionError::Map { name, source })?;
-    let map: HashMap<MapData, VersionKey, VersionRecord> =
-        HashMap::try_from(map).map_err(|source| VersionError::Map { name, source })?;
+    let map = handles::open_pinned::<Versions>(layout)?;
     let mut records = BTreeMap::new();
     for entry in map.iter() {
         let (key, record) = entry.map_err(|source| VersionError::Map { name, source })?;
-        let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
-        records.insert(String::from_utf8_lossy(&key[..end]).into_owned(), record);
+        records.insert(
+            String::from_utf8_lossy(until_nul(&key)).into_owned(),
+            record,
+        );
     }
     Ok(records)
 }
@@ -142,9 +146,7 @@ fn check_layout(def: &MapDef, path: &Path, version: u32) -> Result<(), VersionEr
 
 /// Records the version, kind and sizes of every map in the versions map (a handle on the
 /// loaded object's `cali_versions`).
-pub fn record(
-    versions: &mut HashMap<MapData, VersionKey, VersionRecord>,
-) -> Result<(), VersionError> {
+pub fn record(versions: &mut Handle<Versions>) -> Result<(), VersionError> {
     let name = Versions::DEF.name;
     for def in maps::ALL {
         let record = VersionRecord {

@@ -59,6 +59,49 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Configures the workload's side as Calico's CNI plugin does: eth0 up, its /32 and /128,
+    /// the gateway 169.254.1.1 on the link and default routes through it (IPv6: through the
+    /// host side's link-local address).
+    pub fn configure_eth0(&self) {
+        let ns = &self.ns;
+        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        let v4 = format!("{}/32", self.v4);
+        ns.exec(&["ip", "addr", "add", &v4, "dev", "eth0"]);
+        let v6 = format!("{}/128", self.v6);
+        ns.exec(&["ip", "-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fe80::ecee:eeff:feee:eeee",
+            "dev",
+            "eth0",
+        ]);
+    }
+
     pub fn mac_string(&self) -> String {
         self.mac
             .iter()
@@ -141,57 +184,7 @@ impl Topology {
                 &workload.mac_string(),
             )
             .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
-        let ns = &workload.ns;
-        ns.exec(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/32", workload.v4),
-            "dev",
-            "eth0",
-        ]);
-        ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/128", workload.v6),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        ns.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fe80::ecee:eeff:feee:eeee",
-            "dev",
-            "eth0",
-        ]);
+        workload.configure_eth0();
         self.workloads.push(workload);
         self.workloads.last().expect("just pushed")
     }
