@@ -15,7 +15,8 @@
 //! - `kind`: the [`ResourceKind`] trait a typed kind implements, and the document shapes;
 //! - `policy`: what the policy kinds share (rules, orders, ports...);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
-//!   `profile`, `tier`, `ip_pool`;
+//!   `profile`, `tier`, `network_set` (with what both set kinds share), `global_network_set`,
+//!   `ip_pool`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
 //!
 //! Checks on a single value (an address, a name, a port) run while deserializing, so serde
@@ -24,11 +25,13 @@
 
 mod fields;
 mod global_network_policy;
+mod global_network_set;
 mod ip_pool;
 mod kind;
 mod kind_info;
 mod meta;
 mod network_policy;
+mod network_set;
 mod policy;
 mod profile;
 mod registry;
@@ -37,13 +40,15 @@ mod workload_endpoint;
 
 pub use fields::{Dscp, FieldError, MacAddr, Protocol};
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
+pub use global_network_set::{GlobalNetworkSet, GlobalNetworkSetSpec};
 pub use ip_pool::{
     AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
 };
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
 pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys};
-pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};
+pub use meta::{API_VERSION, DEFAULT_NAMESPACE, NAMESPACE_LABEL, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
+pub use network_set::{NetworkSet, NetworkSetSpec};
 pub use policy::{
     Action, DEFAULT_TIER, EntityRule, HttpMatch, HttpPath, IcmpMatch, IpVersion, KUBE_ADMIN_TIER,
     KUBE_BASELINE_TIER, Order, PerformanceHint, PolicyType, PortSpec, Rule, RuleMetadata,

@@ -19,11 +19,13 @@ use std::fmt;
 use super::{
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
+    global_network_set::GlobalNetworkSet,
     ip_pool::IpPool,
     kind::{DocumentWithStatus, ResourceKind},
     kind_info::{KindInfo, TieredPolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     network_policy::NetworkPolicy,
+    network_set::NetworkSet,
     profile::Profile,
     tier::Tier,
     workload_endpoint::WorkloadEndpoint,
@@ -43,9 +45,9 @@ registry! {
     /// A host's interface.
     HostEndpoint => untyped(KindInfo::cluster("HostEndpoint", "hostendpoints", &["hep", "heps"])),
     /// Cluster-wide set of networks, for selectors.
-    GlobalNetworkSet => untyped(KindInfo::cluster("GlobalNetworkSet", "globalnetworksets", &["gnetsets"])),
+    GlobalNetworkSet => typed(GlobalNetworkSet),
     /// Namespaced set of networks, for selectors.
-    NetworkSet => untyped(KindInfo::namespaced("NetworkSet", "networksets", &["netsets"])),
+    NetworkSet => typed(NetworkSet),
     /// IP address pool.
     IpPool => typed(IpPool),
     /// Addresses IPAM must not hand out.
