@@ -184,6 +184,13 @@ const CASES: &[Case] = &[
         yaml: "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: blocked, labels: {role: blocked}}\nspec: {nets: [198.19.0.0/24]}\n",
         etcd_key: "globalnetworksets/blocked",
     },
+    Case {
+        kind: "networkset",
+        name: "partners",
+        namespace: Some("ns1"),
+        yaml: "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: partners, namespace: ns1, labels: {role: partners}}\nspec: {nets: [198.19.1.0/24, \"2001:db8:1::/48\"]}\n",
+        etcd_key: "networksets/ns1/partners",
+    },
 ];
 
 /// Create, get, replace, get, delete for every kind; with the etcd keys where calicoctl puts
