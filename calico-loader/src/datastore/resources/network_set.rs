@@ -4,7 +4,7 @@
 //!
 //! A set is never an endpoint: it has no interface, no ports and no service account. Its nets
 //! stand, whole, for the addresses of the set wherever a rule's selector matches the set's
-//! labels (the model's `compile::context`).
+//! labels (docs/policy-compilation.md).
 
 use std::collections::BTreeMap;
 

@@ -37,19 +37,19 @@ pub(super) struct Selectable {
     pub(super) service_account: Option<String>,
 }
 
+impl Selectable {
+    /// Whether `addr` is one of its addresses (in one of its networks).
+    pub(super) fn owns(&self, addr: IpAddr) -> bool {
+        self.networks.iter().any(|net| net.contains(&addr))
+    }
+}
+
 /// A namespace, as `namespaceSelector` sees it.
 #[derive(Clone, Debug)]
 pub(super) struct NamespaceFacts {
     pub(super) name: String,
     /// The labels of Profile `kns.<name>`, plus `projectcalico.org/name`.
     pub(super) labels: Arc<BTreeMap<String, String>>,
-}
-
-impl Selectable {
-    /// Whether `addr` is one of its addresses (in one of its networks).
-    pub(super) fn owns(&self, addr: IpAddr) -> bool {
-        self.networks.iter().any(|net| net.contains(&addr))
-    }
 }
 
 /// Which namespaces a rule's endpoints and sets may be in.
