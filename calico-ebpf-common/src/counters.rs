@@ -73,7 +73,8 @@ pub struct EndpointCounters {
     /// Packets from this workload forwarded to another local workload inside BPF.
     pub fwd_packets: u64,
     pub fwd_bytes: u64,
-    /// Packets from this workload handed to the kernel stack (host or remote destinations).
+    /// Packets from this workload handed to the kernel stack (the host's own addresses,
+    /// destinations without a workload route, and what the FIB lookup could not decide).
     pub to_host_packets: u64,
     pub to_host_bytes: u64,
     /// ARP requests and IPv6 neighbour solicitations answered by the program on the
@@ -81,6 +82,14 @@ pub struct EndpointCounters {
     pub neighbour_replies: u64,
     /// Dropped packets, indexed by [`DropReason`].
     pub drops: [u64; DROP_REASONS],
+    /// Packets from this workload forwarded to a workload of another host inside BPF: a FIB
+    /// lookup and a redirect out of the interface it names.
+    pub fwd_remote_packets: u64,
+    pub fwd_remote_bytes: u64,
+    /// Packets that arrived on a data interface and were delivered to this workload inside BPF
+    /// (also counted in `to_wl_*`).
+    pub from_data_packets: u64,
+    pub from_data_bytes: u64,
 }
 
 impl EndpointCounters {
@@ -98,6 +107,10 @@ impl EndpointCounters {
         for (mine, theirs) in self.drops.iter_mut().zip(other.drops.iter()) {
             *mine += *theirs;
         }
+        self.fwd_remote_packets += other.fwd_remote_packets;
+        self.fwd_remote_bytes += other.fwd_remote_bytes;
+        self.from_data_packets += other.from_data_packets;
+        self.from_data_bytes += other.from_data_bytes;
     }
 }
 

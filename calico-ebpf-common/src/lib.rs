@@ -52,6 +52,11 @@ pub mod program_names {
     pub const TC_TO_WORKLOAD: &str = "calico_tc_to_wl";
     /// XDP on the host side of a workload interface: packets *from* the workload.
     pub const XDP_FROM_WORKLOAD: &str = "calico_xdp_from_wl";
+    /// TC ingress on a data interface (one that matches `--data-interfaces`): packets from
+    /// other hosts, delivered straight into a local workload; everything else passes untouched.
+    pub const TC_FROM_DATA: &str = "calico_tc_data";
+    /// XDP on a data interface: as [`TC_FROM_DATA`], in xdp mode.
+    pub const XDP_FROM_DATA: &str = "calico_xdp_data";
     /// Never attached: run by `calico-loader trace` through BPF_PROG_TEST_RUN. It evaluates
     /// conntrack (read only) and policy for one endpoint and direction, with the same code as
     /// the attached programs, and writes what decided into the trace map.
@@ -79,7 +84,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<RouteValue>(), 4 + 4 + 6 + 6 + 16);
+        assert_eq!(size_of::<RouteValue>(), 4 + 4 + 6 + 6 + 16 + 4);
+        assert_eq!(size_of::<NodeInfo>(), NODE_NAME_LEN);
         assert_eq!(size_of::<SourceKeyV4>(), 8);
         assert_eq!(size_of::<SourceKeyV6>(), 20);
         assert_eq!(
@@ -99,7 +105,7 @@ mod tests {
         assert_eq!(size_of::<ConntrackValue>(), 4 * 8 + 4 + 5 * 4);
         assert_eq!(size_of::<LogEvent>(), 16 + 32 + 4);
         assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
-        assert_eq!(size_of::<EndpointCounters>(), 9 * 8 + DROP_REASONS * 8);
+        assert_eq!(size_of::<EndpointCounters>(), 9 * 8 + DROP_REASONS * 8 + 4 * 8);
     }
 
     #[test]

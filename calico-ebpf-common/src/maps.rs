@@ -149,11 +149,16 @@ macro_rules! for_each_map {
             /// IPv4 routes, longest prefix first (Calico's default size of 256k).
             RoutesV4 ROUTES_V4 "cali_routes_v4"
                 LpmTrie<$crate::routes::RouteKeyV4, $crate::routes::RouteValue>
-                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 2;
             /// IPv6 routes.
             RoutesV6 ROUTES_V6 "cali_routes_v6"
                 LpmTrie<$crate::routes::RouteKeyV6, $crate::routes::RouteValue>
-                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 2;
+            /// The nodes remote routes lead to, by node id: their names; written for `dump` and
+            /// `trace`, never read by the programs.
+            Nodes NODES "cali_nodes"
+                Hash<u32, $crate::routes::NodeInfo>
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
             /// IPv4 prefixes each workload interface may send from (anti-spoofing), flags.
             SourcesV4 SOURCES_V4 "cali_srcs_v4"
                 LpmTrie<$crate::routes::SourceKeyV4, u32>
@@ -170,7 +175,7 @@ macro_rules! for_each_map {
             /// interfaces without an endpoint.
             Counters COUNTERS "cali_counters"
                 PerCpuHash<u32, $crate::counters::EndpointCounters>
-                max: $crate::maps::ENDPOINTS_MAX + 1, flags: 0, version: 1;
+                max: $crate::maps::ENDPOINTS_MAX + 1, flags: 0, version: 2;
             /// Compiled policies by policy id: the prefix lengths their address entries use
             /// (two per endpoint, plus room for the next generation of each).
             Policies POLICIES "cali_policies"
@@ -283,7 +288,7 @@ mod tests {
     #[test]
     fn sizes_follow_the_kind() {
         assert_eq!(RoutesV4::DEF.key_size, 8);
-        assert_eq!(RoutesV4::DEF.value_size, 36);
+        assert_eq!(RoutesV4::DEF.value_size, 40);
         assert_eq!(SourcesV6::DEF.key_size, 24);
         assert_eq!(LogEvents::DEF.key_size, 0);
         assert_eq!(LogEvents::DEF.value_size, 0);

@@ -1,9 +1,10 @@
 //! Routing: where a destination goes (the route maps, longest prefix first) and which sources
 //! each workload interface may send from (the allowed-source maps, anti-spoofing).
 //!
-//! The agent writes one route per `ipNetworks` prefix of each local endpoint and one
-//! allowed-source entry per prefix an endpoint may send from; the programs look both up for
-//! every packet from a workload.
+//! The agent writes one route per `ipNetworks` prefix of each endpoint (local ones lead to their
+//! interface, other nodes' to their node) and one allowed-source entry per prefix a local
+//! endpoint may send from; the programs look both up for every packet from a workload, and the
+//! route of the destination for every packet arriving on a data interface.
 
 /// What a route points at.
 #[repr(u32)]
@@ -11,7 +12,9 @@
 pub enum RouteKind {
     /// A workload on this host, reached through its interface.
     LocalWorkload = 1,
-    /// A workload on another host, reached through a next hop.
+    /// A workload on another host (Calico's `WORKLOAD` without `LOCAL`): a workload's own
+    /// address, or later a block of addresses, that lives on [`RouteValue::node`]. The programs
+    /// forward to it through the kernel's FIB (the route BIRD or an administrator installed).
     RemoteWorkload = 2,
     /// An address of this host.
     Host = 3,
@@ -62,8 +65,40 @@ pub struct RouteValue {
     /// For a local workload: the MAC of the host side of its interface (source MAC of forwarded
     /// frames).
     pub host_mac: [u8; 6],
-    /// For a remote workload: the next hop (IPv4 in the first four bytes).
+    /// For a remote workload: the node's address as a next hop (IPv4 in the first four bytes);
+    /// all zeroes when unknown. The programs do not read it: the kernel's FIB decides the next
+    /// hop. It is there for `dump` and `trace`, and for the blocks that come from IPAM.
     pub next_hop: [u8; 16],
+    /// For a remote workload: the id of the node it lives on (a key of the nodes map, which
+    /// holds its name); 0 when unknown.
+    pub node: u32,
+}
+
+/// Length of [`NodeInfo::name`]: a DNS name (a Kubernetes node name) fits whole.
+pub const NODE_NAME_LEN: usize = 256;
+
+/// Value of the nodes map, keyed by the node id that [`RouteValue::node`] holds: what `dump`
+/// and `trace` say about the node a remote route leads to. The programs never read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name (`spec.node` of its endpoints), NUL-padded.
+    pub name: [u8; NODE_NAME_LEN],
+}
+
+impl Default for NodeInfo {
+    fn default() -> Self {
+        Self {
+            name: [0; NODE_NAME_LEN],
+        }
+    }
+}
+
+impl NodeInfo {
+    /// The stored name, up to the first NUL.
+    pub fn name_bytes(&self) -> &[u8] {
+        crate::until_nul(&self.name)
+    }
 }
 
 /// Data part of an allowed-source key: the ingress interface, then the address. The ifindex is
@@ -92,4 +127,4 @@ pub mod source_flags {
     pub const ALLOWED_SPOOF: u32 = 2;
 }
 
-crate::user_pod!(RouteValue, SourceKeyV4, SourceKeyV6);
+crate::user_pod!(RouteValue, NodeInfo, SourceKeyV4, SourceKeyV6);

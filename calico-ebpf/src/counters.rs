@@ -17,6 +17,9 @@ pub enum Action {
     Drop,
     /// Deliver the (rewritten) packet to the workload behind this host-side ifindex.
     Redirect { ifindex: u32 },
+    /// Send the packet (one hop older) out of this interface to the next hop the FIB lookup
+    /// found: towards a workload of another host.
+    Forward { ifindex: u32 },
     /// Send the (rewritten) packet back out of the interface it came in on.
     Reflect,
 }
@@ -73,6 +76,27 @@ pub fn count_forwarded(counters: *mut EndpointCounters, len: u64) {
     if let Some(c) = unsafe { counters.as_mut() } {
         c.fwd_packets += 1;
         c.fwd_bytes += len;
+    }
+}
+
+/// Counts a packet forwarded inside BPF to another host by the workload that sent it.
+#[inline(always)]
+pub fn count_forwarded_remote(counters: *mut EndpointCounters, len: u64) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.fwd_remote_packets += 1;
+        c.fwd_remote_bytes += len;
+    }
+}
+
+/// Counts a packet from a data interface delivered to the workload behind `ifindex`.
+#[inline(always)]
+pub fn count_from_data(ifindex: u32, len: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
+        let c = unsafe { &mut *c };
+        c.to_wl_packets += 1;
+        c.to_wl_bytes += len;
+        c.from_data_packets += 1;
+        c.from_data_bytes += len;
     }
 }
 

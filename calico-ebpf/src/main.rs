@@ -1,22 +1,29 @@
-//! calico-ebpf kernel programs: attached to the host side of every workload interface.
+//! calico-ebpf kernel programs: attached to the host side of every workload interface, and to
+//! the host's data interfaces.
 //!
 //! - `calico_tc_from_wl` (TC ingress) and `calico_xdp_from_wl` (XDP): packets *from* a workload:
-//!   anti-spoofing, gateway ARP, route lookup, and forwarding to another local workload inside
-//!   BPF; everything else goes to the kernel stack.
+//!   anti-spoofing, gateway ARP, route lookup, and forwarding inside BPF to another local
+//!   workload or, through the kernel's FIB, to a workload of another host; everything else goes
+//!   to the kernel stack.
 //! - `calico_tc_to_wl` (TC egress): packets *to* a workload through the kernel stack.
+//! - `calico_tc_data` (TC ingress) and `calico_xdp_data` (XDP) on a data interface: packets
+//!   from other hosts, delivered straight into a local workload; the rest passes untouched.
 //!
 //! The entry points are thin: they read the context and map the pipeline's [`Action`] onto the
 //! hook's return codes.
 //!
-//! Modules, from the pipelines down: `workload` (the from/to-workload pipelines) and `trace`;
-//! `neighbour` (ARP and NDP answers), `routes` (anti-spoofing, routes, per address family),
-//! `conntrack`, `policy`; `counters` (outcomes and their counters), `maps`; `packet` (packet
-//! access and parsing, the leaf).
+//! Modules, from the pipelines down: `workload` (the from/to-workload pipelines),
+//! `data_interface` (packets from other hosts) and `trace`; `forward` (the FIB lookup and what
+//! differs between the hooks), `neighbour` (ARP and NDP answers), `routes` (anti-spoofing,
+//! routes, per address family), `conntrack`, `policy`; `counters` (outcomes and their counters),
+//! `maps`; `packet` (packet access and parsing, the leaf).
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod counters;
+mod data_interface;
+mod forward;
 mod maps;
 mod neighbour;
 mod packet;
@@ -32,6 +39,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use counters::{Action, count_redirect_failure};
+use forward::{Tc, Xdp};
 
 /// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header (60) and an ICMP error
 /// quoting another maximal IPv4 header and eight bytes of its payload (8 + 60 + 8). That covers
@@ -70,12 +78,20 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len();
     pull_headers(ctx);
-    match workload::from_workload(ctx.data(), ctx.data_end(), ifindex, len as u64, false) {
+    match workload::from_workload(&Tc(ctx), ctx.data(), ctx.data_end(), ifindex, len as u64) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Redirect { ifindex: target } => {
             // Straight into the target workload's namespace, skipping the host's backlog.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
+            if ret != TC_ACT_REDIRECT {
+                count_redirect_failure(ifindex);
+            }
+            ret
+        }
+        Action::Forward { ifindex: out } => {
+            // Out of the FIB's interface, with the MACs of the kernel's neighbour entry.
+            let ret = forward::redirect_neigh(out) as i32;
             if ret != TC_ACT_REDIRECT {
                 count_redirect_failure(ifindex);
             }
@@ -128,10 +144,11 @@ pub fn calico_xdp_from_wl(ctx: XdpContext) -> u32 {
 fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    match workload::from_workload(data, data_end, ifindex, (data_end - data) as u64, true) {
+    match workload::from_workload(&Xdp(ctx), data, data_end, ifindex, (data_end - data) as u64) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
-        Action::Redirect { ifindex: target } => {
+        // The MACs are rewritten already (the target's, or the FIB's next hop).
+        Action::Redirect { ifindex: target } | Action::Forward { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
                 count_redirect_failure(ifindex);
@@ -148,6 +165,56 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
             }
             ret
         }
+    }
+}
+
+/// Packet type of an skb addressed to this host (`PACKET_HOST`).
+const PACKET_HOST: u32 = 0;
+
+#[classifier]
+pub fn calico_tc_data(ctx: TcContext) -> i32 {
+    let to_this_host = unsafe { (*ctx.skb.skb).pkt_type } == PACKET_HOST;
+    let len = ctx.len();
+    pull_headers(&ctx);
+    match data_interface::from_data_interface::<Tc>(
+        ctx.data(),
+        ctx.data_end(),
+        len as u64,
+        to_this_host,
+    ) {
+        Action::Redirect { ifindex: target } => {
+            // Straight into the workload's namespace.
+            let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
+            if ret != TC_ACT_REDIRECT {
+                count_redirect_failure(target);
+            }
+            ret
+        }
+        Action::Drop => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
+}
+
+#[xdp]
+pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // A group address (broadcast, multicast) has the low bit of its first byte set.
+    let to_this_host = packet::ptr_at::<u8>(data, data_end, 0).is_some_and(|b| unsafe { *b } & 1 == 0);
+    match data_interface::from_data_interface::<Xdp>(
+        data,
+        data_end,
+        (data_end - data) as u64,
+        to_this_host,
+    ) {
+        Action::Redirect { ifindex: target } => {
+            let ret = unsafe { bpf_redirect(target, 0) } as u32;
+            if ret != xdp_action::XDP_REDIRECT {
+                count_redirect_failure(target);
+            }
+            ret
+        }
+        Action::Drop => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
     }
 }
 

@@ -1,6 +1,6 @@
-//! Where a workload's packet may go, per address family: anti-spoofing (the sender's source
-//! prefixes), the route of its destination, which destinations stay on the link, and the
-//! TTL/hop-limit rewrite of a forwarded packet.
+//! Where a packet may go, per address family: anti-spoofing (a workload's source prefixes), the
+//! route of its destination, which destinations stay on the link, and the TTL/hop-limit rewrite
+//! of a forwarded packet.
 //!
 //! [`Family`] gathers what differs between IPv4 and IPv6 (maps, key types, prefix lengths,
 //! header fields), so that the workload pipeline has one path for both; each implementation is
@@ -50,6 +50,9 @@ pub trait Family {
 
     /// Decrements the TTL or hop limit (which is above 1), keeping the header valid.
     fn decrement_hop_limit(hdr: &mut [u8; FORWARD_HEADER_LEN]);
+
+    /// The IP packet's length (header included), from the first [`FORWARD_HEADER_LEN`] bytes.
+    fn ip_len(hdr: &[u8; FORWARD_HEADER_LEN]) -> u16;
 }
 
 impl Family for V4 {
@@ -93,6 +96,11 @@ impl Family for V4 {
         let check = (check as u16).to_be_bytes();
         hdr[10] = check[0];
         hdr[11] = check[1];
+    }
+
+    #[inline(always)]
+    fn ip_len(hdr: &[u8; FORWARD_HEADER_LEN]) -> u16 {
+        u16::from_be_bytes([hdr[2], hdr[3]])
     }
 }
 
@@ -146,5 +154,12 @@ impl Family for V6 {
     #[inline(always)]
     fn decrement_hop_limit(hdr: &mut [u8; FORWARD_HEADER_LEN]) {
         hdr[7] -= 1;
+    }
+
+    /// The payload length and the 40-byte header (a jumbogram's 0 stays small: the FIB
+    /// lookup then finds no MTU problem, and the kernel's own checks still apply).
+    #[inline(always)]
+    fn ip_len(hdr: &[u8; FORWARD_HEADER_LEN]) -> u16 {
+        u16::from_be_bytes([hdr[4], hdr[5]]).saturating_add(40)
     }
 }

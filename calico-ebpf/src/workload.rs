@@ -4,21 +4,24 @@
 //! They work on the raw packet bytes `[data, data_end)`, check every access against
 //! `data_end`, rewrite headers in place and return what the hook should do with the packet.
 //! Counting happens here too, so both hooks count the same way. IPv4 and IPv6 take one path,
-//! generic over the address family ([`Family`]).
+//! generic over the address family ([`Family`]); what differs between the hooks is the
+//! [`Hook`].
 
 use calico_ebpf_common::{DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue};
 
 use crate::{
     conntrack::admit,
     counters::{
-        Action, count_drop, count_drop_for, count_forwarded, count_from_workload, count_pass,
-        count_to_workload, count_unknown_interface, endpoint_counters,
+        Action, count_drop, count_drop_for, count_forwarded, count_forwarded_remote,
+        count_from_workload, count_pass, count_to_workload, count_unknown_interface,
+        endpoint_counters,
     },
+    forward::{self, Hook},
     maps::ENDPOINTS,
     neighbour,
     packet::{
-        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Parsed, V4, V6, ipv6_header, parse_ip, ptr_at,
-        scratch_flow,
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, Parsed, V4, V6, ipv6_header, parse_ip,
+        ptr_at, scratch_flow,
     },
     policy::{Admission, Side},
     routes::{FORWARD_HEADER_LEN, Family, OnLink},
@@ -26,7 +29,7 @@ use crate::{
 
 /// The policy side of the workload whose endpoint entry this is.
 #[inline(always)]
-fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
+pub fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
     Side {
         ifindex,
         ingress_policy: endpoint.ingress_policy,
@@ -36,7 +39,7 @@ fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
 
 /// Maps a policy refusal onto its drop.
 #[inline(always)]
-fn refused(admission: Admission) -> Option<Action> {
+pub fn refused(admission: Admission) -> Option<Action> {
     match admission {
         Admission::Allowed => None,
         Admission::Denied { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyDenied)),
@@ -52,15 +55,16 @@ fn refused(admission: Admission) -> Option<Action> {
 /// linear area); `len` is the whole packet's length, which may extend into fragments that
 /// direct access cannot see, so length fields are checked against `len`.
 ///
-/// `redirect_needs_mac` says whether the hook can only deliver to a workload whose MAC is known
-/// (XDP: the receiving veth checks the destination MAC); such packets then go to the kernel.
+/// `hook` is the hook the program runs on: it says whether delivery needs the target's MAC
+/// (XDP: the receiving veth checks the destination MAC; such packets then go to the kernel),
+/// and runs the FIB lookup for destinations on other hosts.
 #[inline(always)]
-pub fn from_workload(
+pub fn from_workload<H: Hook>(
+    hook: &H,
     data: usize,
     data_end: usize,
     ifindex: u32,
     len: u64,
-    redirect_needs_mac: bool,
 ) -> Action {
     let counters = endpoint_counters(ifindex);
     let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
@@ -76,15 +80,7 @@ pub fn from_workload(
         return count_drop(counters, DropReason::Malformed);
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
-        ETH_P_IP => ip::<V4>(
-            data,
-            data_end,
-            ifindex,
-            len,
-            sender,
-            counters,
-            redirect_needs_mac,
-        ),
+        ETH_P_IP => ip::<V4, H>(hook, data, data_end, ifindex, len, sender, counters),
         ETH_P_IPV6 => {
             let Some(hdr) = ipv6_header(data, data_end, len) else {
                 return count_drop(counters, DropReason::Malformed);
@@ -95,15 +91,7 @@ pub fn from_workload(
             if let Some(action) = neighbour::solicitation(data, data_end, hdr, host_mac, counters) {
                 return action;
             }
-            ip::<V6>(
-                data,
-                data_end,
-                ifindex,
-                len,
-                sender,
-                counters,
-                redirect_needs_mac,
-            )
+            ip::<V6, H>(hook, data, data_end, ifindex, len, sender, counters)
         }
         ETH_P_ARP => neighbour::arp(data, data_end, host_mac, counters, len),
         _ => count_pass(counters, len),
@@ -111,16 +99,17 @@ pub fn from_workload(
 }
 
 /// The from-workload pipeline of an IP packet: parsing, anti-spoofing, route, conntrack and
-/// policy, then delivery to a local workload or hand-off to the kernel.
+/// policy, then delivery to a local workload, forwarding to a workload of another host, or
+/// hand-off to the kernel.
 #[inline(always)]
-fn ip<F: Family>(
+fn ip<F: Family, H: Hook>(
+    hook: &H,
     data: usize,
     data_end: usize,
     ifindex: u32,
     len: u64,
     sender: Side,
     counters: *mut EndpointCounters,
-    redirect_needs_mac: bool,
 ) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return count_drop(counters, DropReason::Malformed);
@@ -144,8 +133,13 @@ fn ip<F: Family>(
     }
 
     let route = F::route(flow);
+    let mut remote = false;
     let local = match route.map(|r| RouteKind::from_u32(r.kind)) {
         Some(Some(RouteKind::LocalWorkload)) => route,
+        Some(Some(RouteKind::RemoteWorkload)) => {
+            remote = true;
+            None
+        }
         Some(Some(RouteKind::Blackhole)) => return count_drop(counters, DropReason::Blackhole),
         _ => None,
     };
@@ -157,13 +151,16 @@ fn ip<F: Family>(
         return drop;
     }
     let Some(route) = local else {
+        if remote {
+            return forward_to_remote::<F, H>(hook, data, data_end, ifindex, len, flow, counters);
+        }
         return count_pass(counters, len);
     };
     let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {
         return count_drop(counters, DropReason::Malformed);
     };
     let hdr = unsafe { &mut *hdr };
-    if F::hop_limit(hdr) <= 1 || (redirect_needs_mac && route.mac == [0; 6]) {
+    if F::hop_limit(hdr) <= 1 || (H::XDP && route.mac == [0; 6]) {
         // Let the kernel send the ICMP time-exceeded error, or resolve the neighbour.
         return count_pass(counters, len);
     }
@@ -171,11 +168,51 @@ fn ip<F: Family>(
     redirect_to_workload(data, data_end, route, len, counters)
 }
 
+/// Forwards a packet for a workload of another host (policy and conntrack have let it
+/// through): the kernel's FIB names the egress interface and next hop, and the packet leaves
+/// through the program, one hop older. What the lookup cannot decide goes to the kernel: no
+/// route, no neighbour entry yet (the kernel resolves it, and forwards this packet), a packet too
+/// big for the egress MTU, an expiring TTL.
+#[inline(always)]
+fn forward_to_remote<F: Family, H: Hook>(
+    hook: &H,
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+    flow: &Flow,
+    counters: *mut EndpointCounters,
+) -> Action {
+    let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {
+        return count_drop(counters, DropReason::Malformed);
+    };
+    let hdr = unsafe { &mut *hdr };
+    if F::hop_limit(hdr) <= 1 {
+        return count_pass(counters, len);
+    }
+    let Some(out) = forward::lookup(hook, flow, ifindex, F::ip_len(hdr)) else {
+        return count_pass(counters, len);
+    };
+    if H::XDP {
+        // XDP has no neighbour output: the MACs come from the lookup.
+        let (Some((dmac, smac)), Some(eth)) = (forward::macs(), ptr_at::<[u8; 12]>(data, data_end, 0))
+        else {
+            return count_pass(counters, len);
+        };
+        let eth = unsafe { &mut *eth };
+        eth[0..6].copy_from_slice(&dmac);
+        eth[6..12].copy_from_slice(&smac);
+    }
+    F::decrement_hop_limit(hdr);
+    count_forwarded_remote(counters, len);
+    Action::Forward { ifindex: out }
+}
+
 /// The receiving side of a packet routed to a local workload (none for other destinations).
 /// A local workload whose endpoint entry is missing has no policy programmed yet: its traffic
 /// is dropped, never let through unchecked.
 #[inline(always)]
-fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
+pub fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
     let Some(route) = local else {
         return Ok(Side::NONE);
     };

@@ -14,13 +14,20 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use regex::Regex;
+
 use crate::{
-    dataplane::{ApplyReport, Dataplane, attach::AttachMode, bpffs::PinLayout, netlink},
+    dataplane::{
+        ApplyReport, Dataplane,
+        attach::{AttachMode, Role},
+        bpffs::PinLayout,
+        netlink,
+    },
     datastore::{AgentDatastore, DatastoreConfig, Snapshot},
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
-        local_endpoints,
+        local_endpoints, remote_endpoints,
         rules::RuleRegistry,
     },
 };
@@ -36,6 +43,8 @@ pub struct AgentConfig {
     pub node: String,
     pub layout: PinLayout,
     pub mode: AttachMode,
+    /// Which of the host's interfaces are data interfaces (traffic from other hosts).
+    pub data_interfaces: Regex,
     /// Detach programs and remove pins on exit (by default they stay, so traffic survives a
     /// restart).
     pub detach_on_exit: bool,
@@ -54,9 +63,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the datastore ({})", config.datastore))?;
     let mut link_events = netlink::link_events().context("subscribing to link events")?;
 
-    let mut dataplane =
-        Dataplane::start(config.layout.clone(), config.mode, config.conntrack_entries)
-            .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
+    let mut dataplane = Dataplane::start(
+        config.layout.clone(),
+        config.mode,
+        config.conntrack_entries,
+        config.data_interfaces.clone(),
+    )
+    .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
     let mut log_events = match dataplane.take_log_events() {
         // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which drops it last.
         Some(ring) => {
@@ -71,6 +84,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         datastore = %config.datastore,
         pins = %config.layout.root().display(),
         mode = config.mode.as_str(),
+        data_interfaces = %config.data_interfaces,
         "dataplane loaded"
     );
 
@@ -85,17 +99,27 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // The datastore logs each new problem with a file once; the last good version of that
         // file stays in the snapshot.
         let sync = datastore.sync();
-        let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
+        let (endpoints, mut conflicts) = local_endpoints(&sync.snapshot, &config.node);
+        let (remote, remote_conflicts) =
+            remote_endpoints(&sync.snapshot, &config.node, &endpoints);
+        conflicts.extend(remote_conflicts);
         log.conflicts(&conflicts);
         let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
-        match dataplane.apply(&endpoints, compiled, &mut registry).await {
+        match dataplane
+            .apply(&endpoints, &remote, compiled, &mut registry)
+            .await
+        {
             Ok(report) => {
                 log.log(&report, &endpoints, dataplane.mode());
-                log.summary(
-                    endpoints.len(),
-                    dataplane.attached().len(),
-                    report.waiting.len(),
-                );
+                let attached = dataplane.attached();
+                let workloads = attached.values().filter(|(_, r)| *r == Role::Workload);
+                log.summary(Summary {
+                    endpoints: endpoints.len(),
+                    attached: workloads.count(),
+                    waiting: report.waiting.len(),
+                    data_interfaces: attached.values().filter(|(_, r)| *r == Role::Data).count(),
+                    remote_endpoints: remote.len(),
+                });
             }
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
         }
@@ -278,6 +302,16 @@ impl PolicyCache {
     }
 }
 
+/// What this node serves, in numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Summary {
+    endpoints: usize,
+    attached: usize,
+    waiting: usize,
+    data_interfaces: usize,
+    remote_endpoints: usize,
+}
+
 /// Logs what changed between applies, without repeating itself.
 #[derive(Default)]
 struct ReportLog {
@@ -285,17 +319,24 @@ struct ReportLog {
     errors: BTreeSet<String>,
     compile_errors: BTreeSet<String>,
     conflicts: BTreeSet<String>,
-    summary: Option<(usize, usize, usize)>,
+    summary: Option<Summary>,
 }
 
 impl ReportLog {
     /// One line saying what this node serves, whenever that changes.
-    fn summary(&mut self, endpoints: usize, attached: usize, waiting: usize) {
-        let summary = (endpoints, attached, waiting);
+    fn summary(&mut self, summary: Summary) {
         if self.summary != Some(summary) {
+            let Summary {
+                endpoints,
+                attached,
+                waiting,
+                data_interfaces,
+                remote_endpoints,
+            } = summary;
             info!(
                 "serving {endpoints} endpoint(s) of this node: {attached} interface(s) attached, \
-                 {waiting} waiting for their interface"
+                 {waiting} waiting for their interface; {data_interfaces} data interface(s) \
+                 attached; routes to {remote_endpoints} endpoint(s) of other nodes"
             );
             self.summary = Some(summary);
         }
@@ -334,6 +375,14 @@ impl ReportLog {
                 mode = mode.as_str(),
                 addresses = %addresses.join(","),
                 "attached"
+            );
+        }
+        for (ifname, ifindex) in &report.attached_data {
+            info!(
+                interface = %ifname,
+                ifindex,
+                mode = mode.as_str(),
+                "attached data interface"
             );
         }
         for ifname in &report.detached {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use calico_ebpf_common::{
-    DropReason, EndpointInfo, RouteKind, RouteValue, UNKNOWN_INTERFACE_COUNTERS,
+    DropReason, EndpointInfo, NodeInfo, RouteKind, RouteValue, UNKNOWN_INTERFACE_COUNTERS,
 };
 use serde::Serialize;
 
@@ -27,6 +27,10 @@ pub struct RouteRow {
     pub endpoint: String,
     pub mac: String,
     pub host_mac: String,
+    /// The node a remote route leads to (empty for local routes).
+    pub node: String,
+    /// A remote route's next hop, when it has one ("-" otherwise).
+    pub next_hop: String,
 }
 
 /// An endpoint as `dump endpoints` shows it.
@@ -58,6 +62,12 @@ pub struct CounterRow {
     pub to_host_packets: u64,
     pub to_host_bytes: u64,
     pub neighbour_replies: u64,
+    /// Forwarded to a workload of another host inside BPF.
+    pub forwarded_remote_packets: u64,
+    pub forwarded_remote_bytes: u64,
+    /// Delivered from a data interface inside BPF (part of `to_workload_*`).
+    pub from_data_interface_packets: u64,
+    pub from_data_interface_bytes: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -79,24 +89,43 @@ fn endpoint_labels(maps: &Maps) -> anyhow::Result<BTreeMap<u32, EndpointInfo>> {
     Ok(maps.read()?.endpoints)
 }
 
+/// A route's next hop: "-" when unknown (all zeroes).
+pub fn next_hop_string(family: u8, next_hop: &[u8; 16]) -> String {
+    if next_hop == &[0; 16] {
+        return "-".to_owned();
+    }
+    crate::dataplane::conntrack::key_addr(family, next_hop).to_string()
+}
+
 fn route_row(
     prefix: String,
+    family: u8,
     value: &RouteValue,
     endpoints: &BTreeMap<u32, EndpointInfo>,
+    nodes: &BTreeMap<u32, NodeInfo>,
 ) -> RouteRow {
-    let kind = RouteKind::from_u32(value.kind).map_or_else(
+    let kind = RouteKind::from_u32(value.kind);
+    let kind_name = kind.map_or_else(
         || format!("unknown({})", value.kind),
         |k| k.as_str().to_owned(),
     );
-    let endpoint = endpoints.get(&value.ifindex);
+    let local = kind == Some(RouteKind::LocalWorkload);
+    let endpoint = local.then(|| endpoints.get(&value.ifindex)).flatten();
+    let node = match nodes.get(&value.node) {
+        Some(node) => text(node.name_bytes()),
+        None if value.node != 0 => format!("#{}", value.node),
+        None => String::new(),
+    };
     RouteRow {
         prefix,
-        kind,
+        kind: kind_name,
         ifindex: value.ifindex,
         interface: endpoint.map(|e| text(e.ifname_bytes())).unwrap_or_default(),
         endpoint: endpoint.map(|e| text(e.name_bytes())).unwrap_or_default(),
         mac: mac_string(&value.mac),
         host_mac: mac_string(&value.host_mac),
+        node,
+        next_hop: next_hop_string(family, &value.next_hop),
     }
 }
 
@@ -108,15 +137,19 @@ pub fn routes(layout: &PinLayout) -> anyhow::Result<Vec<RouteRow>> {
     for ((len, addr), value) in &contents.routes_v4 {
         rows.push(route_row(
             format!("{}/{len}", Ipv4Addr::from(*addr)),
+            4,
             value,
             &contents.endpoints,
+            &contents.nodes,
         ));
     }
     for ((len, addr), value) in &contents.routes_v6 {
         rows.push(route_row(
             format!("{}/{len}", Ipv6Addr::from(*addr)),
+            6,
             value,
             &contents.endpoints,
+            &contents.nodes,
         ));
     }
     Ok(rows)
@@ -204,6 +237,10 @@ pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
             to_host_packets: total.to_host_packets,
             to_host_bytes: total.to_host_bytes,
             neighbour_replies: total.neighbour_replies,
+            forwarded_remote_packets: total.fwd_remote_packets,
+            forwarded_remote_bytes: total.fwd_remote_bytes,
+            from_data_interface_packets: total.from_data_packets,
+            from_data_interface_bytes: total.from_data_bytes,
             drops: DropReason::ALL
                 .iter()
                 .map(|reason| (reason.as_str().to_owned(), total.drops[*reason as usize]))
@@ -463,18 +500,23 @@ pub fn routes_table(rows: &[RouteRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
+            let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
             vec![
                 r.prefix.clone(),
                 r.kind.clone(),
-                r.interface.clone(),
+                dash(&r.interface),
                 r.ifindex.to_string(),
                 r.mac.clone(),
-                r.endpoint.clone(),
+                dash(&r.endpoint),
+                dash(&r.node),
+                r.next_hop.clone(),
             ]
         })
         .collect();
     table(
-        &["PREFIX", "KIND", "INTERFACE", "IFINDEX", "MAC", "ENDPOINT"],
+        &[
+            "PREFIX", "KIND", "INTERFACE", "IFINDEX", "MAC", "ENDPOINT", "NODE", "NEXT-HOP",
+        ],
         &cells,
     )
 }
@@ -525,7 +567,15 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
                 r.interface.clone(),
                 format!("{}/{}", r.from_workload_packets, r.from_workload_bytes),
                 format!("{}/{}", r.forwarded_packets, r.forwarded_bytes),
+                format!(
+                    "{}/{}",
+                    r.forwarded_remote_packets, r.forwarded_remote_bytes
+                ),
                 format!("{}/{}", r.to_workload_packets, r.to_workload_bytes),
+                format!(
+                    "{}/{}",
+                    r.from_data_interface_packets, r.from_data_interface_bytes
+                ),
                 format!("{}/{}", r.to_host_packets, r.to_host_bytes),
                 r.neighbour_replies.to_string(),
                 if drops.is_empty() {
@@ -542,7 +592,9 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
             "INTERFACE",
             "FROM-WL pkts/B",
             "FORWARDED pkts/B",
+            "TO-REMOTE pkts/B",
             "TO-WL pkts/B",
+            "FROM-DATA pkts/B",
             "TO-HOST pkts/B",
             "NEIGH",
             "DROPS",

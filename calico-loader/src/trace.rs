@@ -1,13 +1,15 @@
-//! `calico-loader trace`: why a packet is allowed or dropped.
+//! `calico-loader trace`: why a packet is allowed or dropped, and where its addresses live.
 //!
 //! Builds the packet, and runs the kernel's own policy code on it through BPF_PROG_TEST_RUN:
 //! the `calico_trace` program shares conntrack and policy lookups with the attached programs
 //! and writes what decided into the trace map, while creating no conntrack entry, counting
-//! nothing and logging nothing. Against the running agent it uses the pinned maps; with
-//! `--datastore` it compiles a directory of resources into private maps, so nothing of the
-//! host is read or touched ("what if").
+//! nothing and logging nothing. Against the running agent it uses the pinned maps (the route
+//! maps say where the source and destination live); with `--datastore` it compiles a directory
+//! of resources into private maps, so nothing of the host is read or touched ("what if"), and
+//! the endpoints of the resources say where the addresses live.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::Path,
 };
@@ -19,9 +21,10 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use calico_ebpf_common::{
-    RuleInfo, TraceResult, direction, map_names, program_names, trace_decided_by, verdict_action,
-    verdict_flags,
+    EndpointInfo, NodeInfo, RouteKind, RouteValue, RuleInfo, TraceResult, direction, map_names,
+    program_names, trace_decided_by, verdict_action, verdict_flags,
 };
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
@@ -29,9 +32,9 @@ use crate::{
         attach::program, bpffs::PinLayout, load_object_with, load_private_object, maps::Maps,
         netlink::LinkDetails, private::PrivateDataplane,
     },
-    datastore::local::LocalDatastore,
+    datastore::{Snapshot, local::LocalDatastore},
     dump::rule_words,
-    model::LocalEndpoint,
+    model::{LocalEndpoint, local_endpoints, remote_endpoints},
     packets,
 };
 
@@ -65,6 +68,33 @@ pub struct RuleReport {
     pub action: String,
 }
 
+/// Where an address of the traced packet lives.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Location {
+    pub address: String,
+    /// `local-workload`, `remote-workload`, `host`, `blackhole`, or `none` (no route of ours:
+    /// the kernel's routing table decides).
+    pub route: String,
+    /// The local workload's endpoint (`namespace/name`), for a local route.
+    pub endpoint: Option<String>,
+    /// Its interface.
+    pub interface: Option<String>,
+    /// The node a remote route leads to.
+    pub node: Option<String>,
+}
+
+impl Location {
+    fn nowhere(address: IpAddr) -> Self {
+        Self {
+            address: address.to_string(),
+            route: "none".into(),
+            endpoint: None,
+            interface: None,
+            node: None,
+        }
+    }
+}
+
 /// The answer.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TraceReport {
@@ -85,6 +115,10 @@ pub struct TraceReport {
     /// The first Log rule that matched, if any.
     pub logged_by: Option<RuleReport>,
     pub policy_id: u32,
+    /// Where the source lives.
+    pub source: Location,
+    /// Where the destination lives.
+    pub destination: Location,
 }
 
 /// Runs a trace against the running agent's pinned maps.
@@ -96,7 +130,8 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     let mut ebpf =
         load_object_with(layout, size).context("loading the programs over the pinned maps")?;
     let maps = Maps::from_pins(layout)?;
-    let endpoints = maps.read()?.endpoints;
+    let contents = maps.read()?;
+    let endpoints = &contents.endpoints;
     let Some((&ifindex, _)) = endpoints
         .iter()
         .find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
@@ -110,7 +145,29 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
         MapData::from_pin(layout.map(map_names::RULES))?,
     )?)?;
     let result = run(&mut ebpf, ifindex, request)?;
-    Ok(report(request, &result, |id| rules.get(&id, 0).ok()))
+    let mut report = report(request, &result, |id| rules.get(&id, 0).ok());
+    let locate = |addr: IpAddr| {
+        let route = match addr {
+            IpAddr::V4(_) => longest_match(
+                contents
+                    .routes_v4
+                    .iter()
+                    .map(|((len, net), route)| (prefix(IpAddr::from(*net), *len), route)),
+                addr,
+            ),
+            IpAddr::V6(_) => longest_match(
+                contents
+                    .routes_v6
+                    .iter()
+                    .map(|((len, net), route)| (prefix(IpAddr::from(*net), *len), route)),
+                addr,
+            ),
+        };
+        route_location(addr, route, endpoints, &contents.nodes)
+    };
+    report.source = locate(request.src);
+    report.destination = locate(request.dst);
+    Ok(report)
 }
 
 /// Runs a trace against a directory of resources, in private maps.
@@ -151,7 +208,81 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         .program(&snapshot, &[(endpoint, link)])
         .with_context(|| format!("programming the policy of {}", request.endpoint))?;
     let result = run(&mut ebpf, OFFLINE_IFINDEX, request)?;
-    Ok(report(request, &result, |id| dataplane.registry.info(id)))
+    let mut report = report(request, &result, |id| dataplane.registry.info(id));
+    report.source = locate_in(&snapshot, &wep.spec.node, request.src);
+    report.destination = locate_in(&snapshot, &wep.spec.node, request.dst);
+    Ok(report)
+}
+
+/// The prefix `addr/len` (`None` for an invalid length).
+fn prefix(addr: IpAddr, len: u32) -> Option<IpNet> {
+    u8::try_from(len)
+        .ok()
+        .and_then(|len| IpNet::new(addr, len).ok())
+}
+
+/// The value of the longest prefix among `entries` that holds `addr`.
+fn longest_match<T>(entries: impl Iterator<Item = (Option<IpNet>, T)>, addr: IpAddr) -> Option<T> {
+    entries
+        .filter_map(|(net, value)| net.filter(|net| net.contains(&addr)).map(|net| (net, value)))
+        .max_by_key(|(net, _)| net.prefix_len())
+        .map(|(_, value)| value)
+}
+
+/// Where the route map's entry for `addr` says it lives.
+fn route_location(
+    addr: IpAddr,
+    route: Option<&RouteValue>,
+    endpoints: &BTreeMap<u32, EndpointInfo>,
+    nodes: &BTreeMap<u32, NodeInfo>,
+) -> Location {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let Some(route) = route else {
+        return Location::nowhere(addr);
+    };
+    let kind = RouteKind::from_u32(route.kind);
+    let endpoint = (kind == Some(RouteKind::LocalWorkload))
+        .then(|| endpoints.get(&route.ifindex))
+        .flatten();
+    Location {
+        address: addr.to_string(),
+        route: kind.map_or_else(|| format!("unknown({})", route.kind), |k| k.as_str().into()),
+        endpoint: endpoint.map(|e| text(e.name_bytes())),
+        interface: endpoint.map(|e| text(e.ifname_bytes())),
+        node: nodes.get(&route.node).map(|n| text(n.name_bytes())),
+    }
+}
+
+/// Where the endpoints of `snapshot` say `addr` lives, seen from `node` (the traced endpoint's).
+fn locate_in(snapshot: &Snapshot, node: &str, addr: IpAddr) -> Location {
+    let (local, _) = local_endpoints(snapshot, node);
+    let (remote, _) = remote_endpoints(snapshot, node, &local);
+    let local = local.values().flat_map(|e| {
+        e.networks.iter().map(|net| {
+            (
+                Some(*net),
+                (RouteKind::LocalWorkload, Some(e.key.as_str()), Some(e.interface.as_str()), None),
+            )
+        })
+    });
+    let remote = remote.iter().flat_map(|e| {
+        e.networks.iter().map(|net| {
+            (
+                Some(*net),
+                (RouteKind::RemoteWorkload, None, None, Some(e.node.as_str())),
+            )
+        })
+    });
+    match longest_match(local.chain(remote), addr) {
+        None => Location::nowhere(addr),
+        Some((kind, endpoint, interface, node)) => Location {
+            address: addr.to_string(),
+            route: kind.as_str().into(),
+            endpoint: endpoint.map(str::to_owned),
+            interface: interface.map(str::to_owned),
+            node: node.map(str::to_owned),
+        },
+    }
 }
 
 /// The packet for a request: Ethernet, IP, and a transport header (a TCP SYN for TCP, an ICMP
@@ -297,6 +428,8 @@ fn report(
         decided_by_rule: rule,
         logged_by,
         policy_id: result.policy,
+        source: Location::nowhere(request.src),
+        destination: Location::nowhere(request.dst),
     }
 }
 
@@ -312,7 +445,27 @@ pub fn text(report: &TraceReport) -> String {
     if let Some(rule) = &report.logged_by {
         out.push_str(&format!("\nlogged by:  {}", describe(rule)));
     }
+    out.push_str(&format!("\nsource:     {}", whereabouts(&report.source)));
+    out.push_str(&format!("\ndest:       {}", whereabouts(&report.destination)));
     out.push('\n');
+    out
+}
+
+/// A location in words: `198.18.1.11, remote-workload on node b`.
+fn whereabouts(location: &Location) -> String {
+    let mut out = format!("{}, {}", location.address, location.route);
+    if let Some(endpoint) = &location.endpoint {
+        out.push_str(&format!(" {endpoint}"));
+    }
+    if let Some(interface) = &location.interface {
+        out.push_str(&format!(" ({interface})"));
+    }
+    if let Some(node) = &location.node {
+        out.push_str(&format!(" on node {node}"));
+    }
+    if location.route == "none" {
+        out.push_str(" (the kernel's routes decide)");
+    }
     out
 }
 

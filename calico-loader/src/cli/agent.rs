@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
+use regex::Regex;
 
 use super::resources::DatastoreArgs;
 use crate::{
@@ -31,6 +32,17 @@ pub struct RunArgs {
     /// Hook for packets from workloads: tc (default, measured faster on veth) or xdp.
     #[arg(long, default_value = "tc")]
     pub attach_mode: AttachMode,
+    /// Which of the host's interfaces are data interfaces (a regular expression on their
+    /// names): packets from other hosts arriving there are delivered into local workloads by
+    /// the programs attached to them. Calico's default (Felix's BPFDataIfacePattern).
+    #[arg(
+        long,
+        env = "FELIX_BPFDATAIFACEPATTERN",
+        value_name = "REGEX",
+        default_value = dataplane::DEFAULT_DATA_INTERFACES,
+        value_parser = parse_pattern
+    )]
+    pub data_interfaces: Regex,
     /// Detach programs and remove pins on exit. By default they stay, as in Calico, so
     /// traffic keeps flowing while the agent restarts.
     #[arg(long)]
@@ -66,6 +78,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         node,
         layout: PinLayout::new(args.pin_path),
         mode: args.attach_mode,
+        data_interfaces: args.data_interfaces,
         detach_on_exit: args.detach_on_exit,
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
         conntrack_entries: args.conntrack_size.max(1),
@@ -91,6 +104,11 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
         args.pin_path.display()
     );
     Ok(())
+}
+
+/// A data-interface pattern, with the regex error when it does not compile.
+fn parse_pattern(text: &str) -> Result<Regex, String> {
+    Regex::new(text).map_err(|e| format!("not a regular expression: {e}"))
 }
 
 /// This machine's host name, the default node name.

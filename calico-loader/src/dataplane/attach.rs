@@ -1,5 +1,5 @@
-//! Attaching the programs to workload interfaces, with every link pinned under
-//! `<pin root>/links/<ifname>/<hook>`.
+//! Attaching the programs to workload interfaces and data interfaces, with every link pinned
+//! under `<pin root>/links/<ifname>/<hook>`.
 //!
 //! A pinned link outlives the agent: when the agent exits (without `--detach-on-exit`) the
 //! programs stay attached and keep forwarding with the pinned maps, as Calico does, so a restart
@@ -56,6 +56,15 @@ impl FromStr for AttachMode {
     }
 }
 
+/// What an interface is to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// The host side of a workload's interface.
+    Workload,
+    /// A data interface of the host (`--data-interfaces`): traffic from other hosts.
+    Data,
+}
+
 /// One attachment point of a program on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
@@ -65,13 +74,19 @@ pub enum Hook {
     TcToWorkload,
     /// XDP on the host side: packets from the workload.
     XdpFromWorkload,
+    /// TC ingress of a data interface: packets from other hosts.
+    TcFromData,
+    /// XDP on a data interface: packets from other hosts.
+    XdpFromData,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [
+    pub const ALL: [Hook; 5] = [
         Self::TcFromWorkload,
         Self::TcToWorkload,
         Self::XdpFromWorkload,
+        Self::TcFromData,
+        Self::XdpFromData,
     ];
 
     /// The suffix of the link's pin name.
@@ -80,14 +95,30 @@ impl Hook {
             Self::TcFromWorkload => "tc_ingress",
             Self::TcToWorkload => "tc_egress",
             Self::XdpFromWorkload => "xdp",
+            Self::TcFromData => "data_tc_ingress",
+            Self::XdpFromData => "data_xdp",
         }
     }
 
-    /// The hooks a mode uses. Egress towards the workload is always TC: XDP has no egress hook.
-    pub fn for_mode(mode: AttachMode) -> [Hook; 2] {
-        match mode {
-            AttachMode::Tc => [Self::TcFromWorkload, Self::TcToWorkload],
-            AttachMode::Xdp => [Self::XdpFromWorkload, Self::TcToWorkload],
+    /// The hooks an interface of `role` uses in `mode`. Egress towards a workload is always TC:
+    /// XDP has no egress hook. A data interface only has its ingress.
+    pub fn for_interface(role: Role, mode: AttachMode) -> &'static [Hook] {
+        match (role, mode) {
+            (Role::Workload, AttachMode::Tc) => &[Self::TcFromWorkload, Self::TcToWorkload],
+            (Role::Workload, AttachMode::Xdp) => &[Self::XdpFromWorkload, Self::TcToWorkload],
+            (Role::Data, AttachMode::Tc) => &[Self::TcFromData],
+            (Role::Data, AttachMode::Xdp) => &[Self::XdpFromData],
+        }
+    }
+
+    /// The program attached at this hook.
+    fn program(self) -> &'static str {
+        match self {
+            Self::TcFromWorkload => program_names::TC_FROM_WORKLOAD,
+            Self::TcToWorkload => program_names::TC_TO_WORKLOAD,
+            Self::XdpFromWorkload => program_names::XDP_FROM_WORKLOAD,
+            Self::TcFromData => program_names::TC_FROM_DATA,
+            Self::XdpFromData => program_names::XDP_FROM_DATA,
         }
     }
 }
@@ -138,15 +169,17 @@ impl Attacher {
         for name in [
             program_names::TC_FROM_WORKLOAD,
             program_names::TC_TO_WORKLOAD,
+            program_names::TC_FROM_DATA,
         ] {
             classifier(ebpf, name)?
                 .load()
                 .map_err(|source| AttachError::Program { name, source })?;
         }
-        let name = program_names::XDP_FROM_WORKLOAD;
-        xdp(ebpf, name)?
-            .load()
-            .map_err(|source| AttachError::Program { name, source })?;
+        for name in [program_names::XDP_FROM_WORKLOAD, program_names::XDP_FROM_DATA] {
+            xdp(ebpf, name)?
+                .load()
+                .map_err(|source| AttachError::Program { name, source })?;
+        }
         Ok(Self { layout, mode })
     }
 
@@ -154,16 +187,22 @@ impl Attacher {
         self.mode
     }
 
-    /// Attaches this mode's programs to `ifname`, replacing whatever links an earlier agent left
-    /// pinned there, and removes pins of the other mode's hooks.
-    pub fn attach(&self, ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), AttachError> {
-        let wanted = Hook::for_mode(self.mode);
+    /// Attaches this mode's programs for an interface of `role` to `ifname`, replacing whatever
+    /// links an earlier agent left pinned there, and removes the pins of every other hook.
+    pub fn attach(
+        &self,
+        ebpf: &mut Ebpf,
+        ifname: &str,
+        ifindex: u32,
+        role: Role,
+    ) -> Result<(), AttachError> {
+        let wanted = Hook::for_interface(role, self.mode);
         let dir = self.layout.interface_links_dir(ifname);
         fs::create_dir_all(&dir).map_err(|source| AttachError::List {
             path: dir.clone(),
             source,
         })?;
-        for hook in wanted {
+        for &hook in wanted {
             let path = self.layout.link(ifname, hook.pin_suffix());
             let err = |source| AttachError::Attach {
                 ifname: ifname.to_owned(),
@@ -171,13 +210,13 @@ impl Attacher {
                 source,
             };
             let link: FdLink = match hook {
-                Hook::TcFromWorkload | Hook::TcToWorkload => {
-                    let (name, attach_type) = if hook == Hook::TcFromWorkload {
-                        (program_names::TC_FROM_WORKLOAD, TcAttachType::Ingress)
+                Hook::TcFromWorkload | Hook::TcToWorkload | Hook::TcFromData => {
+                    let attach_type = if hook == Hook::TcToWorkload {
+                        TcAttachType::Egress
                     } else {
-                        (program_names::TC_TO_WORKLOAD, TcAttachType::Egress)
+                        TcAttachType::Ingress
                     };
-                    let program = classifier(ebpf, name)?;
+                    let program = classifier(ebpf, hook.program())?;
                     let id = program
                         .attach_with_options(
                             ifname,
@@ -192,13 +231,25 @@ impl Attacher {
                         source,
                     })?
                 }
-                Hook::XdpFromWorkload => {
+                Hook::XdpFromWorkload | Hook::XdpFromData => {
                     // An interface takes one XDP link: the old one must go first.
                     remove_pin(&path)?;
-                    let program = xdp(ebpf, program_names::XDP_FROM_WORKLOAD)?;
-                    let id = program
-                        .attach_to_if_index(ifindex, XdpMode::Driver)
-                        .map_err(err)?;
+                    let program = xdp(ebpf, hook.program())?;
+                    let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+                        Ok(id) => id,
+                        // A NIC whose driver has no XDP of its own gets the generic hook.
+                        Err(driver) if hook == Hook::XdpFromData => {
+                            let id = program
+                                .attach_to_if_index(ifindex, XdpMode::Skb)
+                                .map_err(err)?;
+                            tracing::warn!(
+                                interface = ifname,
+                                "no driver-mode XDP ({driver}); attached in generic (skb) mode"
+                            );
+                            id
+                        }
+                        Err(driver) => return Err(err(driver)),
+                    };
                     let link = program.take_link(id).map_err(err)?;
                     FdLink::try_from(link).map_err(|source| AttachError::Link {
                         ifname: ifname.to_owned(),

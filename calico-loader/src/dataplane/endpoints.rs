@@ -1,9 +1,11 @@
 //! The endpoint manager: desired workload endpoints in; their interfaces' program attachments,
-//! endpoint map entries, allowed-source entries and counters entries out.
+//! endpoint map entries, allowed-source entries and counters entries out. The host's data
+//! interfaces (those that match `--data-interfaces`) get their programs here too.
 //!
-//! It finds which endpoints' interfaces exist, detaches the programs from interfaces that are no
-//! longer wanted (and, on its first pass, from whatever an earlier agent left attached), and
-//! attaches them to new ones. The attachments are ordered around the map writes by the caller:
+//! It finds which endpoints' interfaces exist and which interfaces are data interfaces,
+//! detaches the programs from interfaces that are no longer wanted (and, on its first pass, from
+//! whatever an earlier agent left attached), turns on the forwarding sysctls a new interface
+//! needs ([`super::sysctl`]) and attaches the programs to it. The attachments are ordered around the map writes by the caller:
 //! programs are detached before an interface's entries are removed and attached only after they
 //! are written, so a program never runs against a half-written endpoint. The entries themselves
 //! are written by the policy switch, because an endpoint entry names the policy generation in
@@ -17,12 +19,14 @@ use calico_ebpf_common::{
     EndpointInfo, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded, source_flags,
 };
 use ipnet::IpNet;
+use regex::Regex;
 
 use super::{
-    attach::{self, AttachError, AttachMode, Attacher},
+    attach::{self, AttachError, AttachMode, Attacher, Role},
     bpffs::PinLayout,
     maps::{self, MapContents},
     netlink::{LinkDetails, Netlink, NetlinkError},
+    sysctl::Forwarding,
 };
 use crate::model::LocalEndpoint;
 
@@ -30,12 +34,18 @@ use crate::model::LocalEndpoint;
 /// kernel says about its interface.
 pub type Present<'a> = BTreeMap<&'a str, (&'a LocalEndpoint, LinkDetails)>;
 
-/// The interfaces of the desired endpoints, as the kernel has them now.
+/// The host's data interfaces, keyed by name.
+pub type DataInterfaces = BTreeMap<String, LinkDetails>;
+
+/// The interfaces of the desired endpoints, and the data interfaces, as the kernel has them
+/// now.
 #[derive(Debug, Default)]
 pub struct Interfaces<'a> {
     pub present: Present<'a>,
     /// Endpoints whose interface does not exist (yet): interface name, endpoint.
     pub waiting: Vec<(String, String)>,
+    /// Interfaces that match the data-interface pattern and belong to no endpoint.
+    pub data: DataInterfaces,
 }
 
 /// What [`EndpointManager::detach_stale`] did.
@@ -52,27 +62,41 @@ pub struct Detached {
 pub struct Attached {
     /// Interfaces that got programs attached, with their ifindex and endpoint.
     pub interfaces: Vec<(String, u32, String)>,
+    /// Data interfaces that got programs attached, with their ifindex.
+    pub data: Vec<(String, u32)>,
     /// Problems with single endpoints; the others were attached regardless.
     pub errors: Vec<String>,
 }
 
-/// Keeps the programs attached to exactly the interfaces of the present endpoints.
+/// Keeps the programs attached to exactly the interfaces of the present endpoints and the data
+/// interfaces.
 pub struct EndpointManager {
     attacher: Attacher,
     netlink: Netlink,
     layout: PinLayout,
-    /// Interfaces this agent attached to, with the ifindex it attached to.
-    attached: BTreeMap<String, u32>,
+    /// Which interfaces are data interfaces.
+    data_pattern: Regex,
+    forwarding: Forwarding,
+    /// Interfaces this agent attached to, with the ifindex it attached to and their role.
+    attached: BTreeMap<String, (u32, Role)>,
     /// Whether pins left by an earlier agent have been looked at.
     adopted: bool,
 }
 
 impl EndpointManager {
-    pub fn new(attacher: Attacher, netlink: Netlink, layout: PinLayout) -> Self {
+    pub fn new(
+        attacher: Attacher,
+        netlink: Netlink,
+        layout: PinLayout,
+        data_pattern: Regex,
+        forwarding: Forwarding,
+    ) -> Self {
         Self {
             attacher,
             netlink,
             layout,
+            data_pattern,
+            forwarding,
             attached: BTreeMap::new(),
             adopted: false,
         }
@@ -82,13 +106,13 @@ impl EndpointManager {
         self.attacher.mode()
     }
 
-    /// The interfaces this agent has programs attached to, with their ifindex.
-    pub fn attached(&self) -> &BTreeMap<String, u32> {
+    /// The interfaces this agent has programs attached to, with their ifindex and role.
+    pub fn attached(&self) -> &BTreeMap<String, (u32, Role)> {
         &self.attached
     }
 
     /// Splits `desired` (keyed by interface name) into the endpoints whose interface exists and
-    /// those still waiting for it.
+    /// those still waiting for it, and finds the data interfaces.
     pub async fn interfaces<'a>(
         &self,
         desired: &'a BTreeMap<String, LocalEndpoint>,
@@ -111,26 +135,37 @@ impl EndpointManager {
                     .push((ifname.clone(), endpoint.key.clone())),
             }
         }
+        interfaces.data = links
+            .into_iter()
+            .filter(|(name, _)| !desired.contains_key(name) && is_data_interface(&self.data_pattern, name))
+            .collect();
         Ok(interfaces)
     }
 
-    /// Detaches from interfaces that are no longer wanted or were recreated under another
-    /// ifindex, and, on the first pass, from whatever an earlier agent left attached.
-    pub fn detach_stale(&mut self, present: &Present<'_>) -> Result<Detached, AttachError> {
+    /// Detaches from interfaces that are no longer wanted, were recreated under another ifindex
+    /// or changed role, and, on the first pass, from whatever an earlier agent left attached.
+    pub fn detach_stale(
+        &mut self,
+        present: &Present<'_>,
+        data: &DataInterfaces,
+    ) -> Result<Detached, AttachError> {
         let mut detached = Detached::default();
+        let wanted = |ifname: &str| -> Option<(u32, Role)> {
+            match (present.get(ifname), data.get(ifname)) {
+                (Some((_, link)), _) => Some((link.ifindex, Role::Workload)),
+                (None, Some(link)) => Some((link.ifindex, Role::Data)),
+                (None, None) => None,
+            }
+        };
         let mut stale: BTreeSet<String> = self
             .attached
             .iter()
-            .filter(|(ifname, ifindex)| {
-                present
-                    .get(ifname.as_str())
-                    .is_none_or(|(_, link)| link.ifindex != **ifindex)
-            })
+            .filter(|(ifname, attached)| wanted(ifname) != Some(**attached))
             .map(|(ifname, _)| ifname.clone())
             .collect();
         if !self.adopted {
             for (ifname, _) in attach::pinned_links(&self.layout)? {
-                if !present.contains_key(ifname.as_str()) {
+                if wanted(&ifname).is_none() {
                     stale.insert(ifname);
                 }
             }
@@ -145,30 +180,60 @@ impl EndpointManager {
         Ok(detached)
     }
 
-    /// Attaches the programs to every present interface that does not have them yet. Call once
-    /// the endpoints' entries are written.
-    pub fn attach(&mut self, ebpf: &mut Ebpf, present: &Present<'_>) -> Attached {
+    /// Attaches the programs to every present interface and data interface that does not have
+    /// them yet, after turning on its forwarding sysctls. Call once the endpoints' entries are
+    /// written.
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        present: &Present<'_>,
+        data: &DataInterfaces,
+    ) -> Attached {
         let mut attached = Attached::default();
         for (ifname, (endpoint, link)) in present {
-            if self.attached.get(*ifname) == Some(&link.ifindex) {
-                continue;
-            }
-            match self.attacher.attach(ebpf, ifname, link.ifindex) {
-                Ok(()) => {
-                    self.attached.insert((*ifname).to_owned(), link.ifindex);
-                    attached.interfaces.push((
-                        (*ifname).to_owned(),
-                        link.ifindex,
-                        endpoint.key.clone(),
-                    ));
-                }
+            match self.attach_one(ebpf, ifname, link.ifindex, Role::Workload) {
+                Ok(false) => {}
+                Ok(true) => attached.interfaces.push((
+                    (*ifname).to_owned(),
+                    link.ifindex,
+                    endpoint.key.clone(),
+                )),
                 Err(e) => attached
                     .errors
                     .push(format!("endpoint {}: {e}", endpoint.key)),
             }
         }
+        for (ifname, link) in data {
+            match self.attach_one(ebpf, ifname, link.ifindex, Role::Data) {
+                Ok(false) => {}
+                Ok(true) => attached.data.push((ifname.clone(), link.ifindex)),
+                Err(e) => attached.errors.push(format!("data interface {ifname}: {e}")),
+            }
+        }
         self.adopted = true;
         attached
+    }
+
+    /// Turns on forwarding for `ifname` and attaches its programs, unless they are attached
+    /// already; whether it attached.
+    fn attach_one(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifname: &str,
+        ifindex: u32,
+        role: Role,
+    ) -> Result<bool, String> {
+        if self.attached.get(ifname) == Some(&(ifindex, role)) {
+            return Ok(false);
+        }
+        self.forwarding
+            .enable(ifname, role)
+            .map_err(|e| e.to_string())?;
+        self.attacher
+            .attach(ebpf, ifname, ifindex, role)
+            .map_err(|e| e.to_string())?;
+        self.attached.insert(ifname.to_owned(), (ifindex, role));
+        Ok(true)
     }
 
     /// Detaches the programs from every interface this agent attached to.
@@ -178,6 +243,12 @@ impl EndpointManager {
         }
         Ok(())
     }
+}
+
+/// Whether the interface `name` is a data interface: one the pattern matches, other than the
+/// loopback.
+pub fn is_data_interface(pattern: &Regex, name: &str) -> bool {
+    name != "lo" && pattern.is_match(name)
 }
 
 /// Adds to `contents` the entries that serve `endpoint` on `link` with the policy generations
@@ -236,6 +307,44 @@ pub fn endpoint_entries(
                     .entry((len, maps::source_v6_bytes(&key)))
                     .or_default() |= flag;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::DEFAULT_DATA_INTERFACES;
+
+    #[test]
+    fn calicos_default_pattern_matches_data_interfaces_only() {
+        let pattern = Regex::new(DEFAULT_DATA_INTERFACES).expect("the default pattern compiles");
+        for name in [
+            "eth0",
+            "ens3",
+            "enp0s31f6",
+            "eno1",
+            "enx001122334455",
+            "bond0",
+            "wlan0",
+            "wlp2s0",
+            "ibp1s0",
+        ] {
+            assert!(is_data_interface(&pattern, name), "{name} is a data interface");
+        }
+        for name in [
+            "lo",
+            "cali0123456789a",
+            "tap0",
+            "docker0",
+            "vxlan.calico",
+            "tunl0",
+            "veth1",
+            "br0",
+            "en0",
+            "ib0",
+        ] {
+            assert!(!is_data_interface(&pattern, name), "{name} is not a data interface");
         }
     }
 }

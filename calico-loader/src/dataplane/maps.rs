@@ -16,8 +16,8 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6,
-    UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
+    EndpointCounters, EndpointInfo, NodeInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4,
+    SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
 };
 
 pub use super::handles::MapSource;
@@ -43,10 +43,12 @@ pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
-/// Owned handles on the forwarding maps: routes, allowed sources, endpoints and their counters.
+/// Owned handles on the forwarding maps: routes and the nodes they lead to, allowed sources,
+/// endpoints and their counters.
 pub struct Maps {
     pub routes_v4: Handle<spec::RoutesV4>,
     pub routes_v6: Handle<spec::RoutesV6>,
+    pub nodes: Handle<spec::Nodes>,
     pub sources_v4: Handle<spec::SourcesV4>,
     pub sources_v6: Handle<spec::SourcesV6>,
     pub endpoints: Handle<spec::Endpoints>,
@@ -105,6 +107,7 @@ impl Maps {
         Ok(Self {
             routes_v4: source.open::<spec::RoutesV4>()?,
             routes_v6: source.open::<spec::RoutesV6>()?,
+            nodes: source.open::<spec::Nodes>()?,
             sources_v4: source.open::<spec::SourcesV4>()?,
             sources_v6: source.open::<spec::SourcesV6>()?,
             endpoints: source.open::<spec::Endpoints>()?,
@@ -132,6 +135,8 @@ impl Maps {
 pub struct MapContents {
     pub routes_v4: BTreeMap<(u32, RouteKeyV4), RouteValue>,
     pub routes_v6: BTreeMap<(u32, RouteKeyV6), RouteValue>,
+    /// The nodes remote routes name, by node id.
+    pub nodes: BTreeMap<u32, NodeInfo>,
     pub sources_v4: BTreeMap<(u32, [u8; 8]), u32>,
     pub sources_v6: BTreeMap<(u32, [u8; 20]), u32>,
     pub endpoints: BTreeMap<u32, EndpointInfo>,
@@ -200,6 +205,10 @@ impl Maps {
                 .routes_v6
                 .insert((key.prefix_len(), key.data()), value);
         }
+        for entry in self.nodes.iter() {
+            let (id, info) = entry.map_err(map_err(map_names::NODES))?;
+            contents.nodes.insert(id, info);
+        }
         for entry in self.sources_v4.iter() {
             let (key, value) = entry.map_err(map_err(map_names::SOURCES_V4))?;
             contents
@@ -220,7 +229,8 @@ impl Maps {
     }
 
     /// Makes the maps hold exactly `desired`. Entries are written before stale ones are removed,
-    /// so a prefix that moves from one endpoint to another is never missing in between.
+    /// so a prefix that moves from one endpoint to another is never missing in between; a node
+    /// is written before the routes that name it and removed after them.
     pub fn reconcile(&mut self, desired: &MapContents) -> Result<ReconcileStats, MapsError> {
         let current = self.read()?;
         let mut stats = ReconcileStats::default();
@@ -279,6 +289,12 @@ impl Maps {
             removed: remove.len(),
         };
 
+        let (write_nodes, remove_nodes) = diff(&current.nodes, &desired.nodes);
+        let name = map_names::NODES;
+        for (id, info) in &write_nodes {
+            self.nodes.insert(*id, *info, 0).map_err(map_err(name))?;
+        }
+
         let (write, remove) = diff(&current.routes_v4, &desired.routes_v4);
         let name = map_names::ROUTES_V4;
         for ((len, key), value) in &write {
@@ -311,6 +327,15 @@ impl Maps {
         stats += ReconcileStats {
             written: write.len(),
             removed: remove.len(),
+        };
+
+        let name = map_names::NODES;
+        for id in &remove_nodes {
+            self.nodes.remove(id).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats {
+            written: write_nodes.len(),
+            removed: remove_nodes.len(),
         };
         Ok(stats)
     }

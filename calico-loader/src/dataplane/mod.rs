@@ -4,10 +4,11 @@
 //! The work is split among managers, each owning one slice of dataplane state, with desired
 //! state in and map or kernel writes out (as in Felix's internal dataplane):
 //!
-//! - [`endpoints::EndpointManager`]: the interfaces and their program attachments, and the
-//!   endpoint, allowed-source and counters entries;
-//! - [`routes::RouteManager`]: the route map entries, and the kernel routes and neighbour
-//!   entries the agent writes through netlink;
+//! - [`endpoints::EndpointManager`]: the workload and data interfaces, their forwarding
+//!   sysctls and program attachments, and the endpoint, allowed-source and counters entries;
+//! - [`routes::RouteManager`]: the route map entries (local workloads, and other nodes'
+//!   workloads with the nodes they live on), and the kernel routes and neighbour entries the
+//!   agent writes through netlink;
 //! - [`policy::PolicyManager`]: the policy generations in the policy maps, and the rules map;
 //! - [`conntrack::Conntrack`]: the conntrack table (expiry; listing).
 //!
@@ -28,14 +29,16 @@ pub mod policy;
 pub mod private;
 pub mod routes;
 pub mod switch;
+pub mod sysctl;
 pub mod versions;
 
 use std::collections::BTreeMap;
 
 use aya::Ebpf;
+use regex::Regex;
 
 use self::{
-    attach::{AttachMode, Attacher},
+    attach::{AttachMode, Attacher, Role},
     bpffs::PinLayout,
     conntrack::Conntrack,
     endpoints::EndpointManager,
@@ -44,19 +47,28 @@ use self::{
     policy::PolicyManager,
     routes::RouteManager,
     switch::{Unprogrammed, switch_policy},
+    sysctl::Forwarding,
 };
 pub use self::{
     error::DataplaneError,
     object::{KERNEL_OBJECT, load_object, load_object_with, load_private_object, remove_pins},
     switch::map_contents,
 };
-use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
+use crate::model::{
+    LocalEndpoint, RemoteEndpoint, compile::CompiledEndpoint, rules::RuleRegistry,
+};
+
+/// Calico's default pattern of data interfaces (Felix's `BPFDataIfacePattern`): the host's
+/// physical and bonded interfaces, by the kernel's and systemd's naming schemes.
+pub const DEFAULT_DATA_INTERFACES: &str = "^((en|wl|ww|sl|ib)[Popsx].*|(eth|wlan|wwan|bond).*)";
 
 /// What one [`Dataplane::apply`] did.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     /// Interfaces that got programs attached, with their ifindex and endpoint.
     pub attached: Vec<(String, u32, String)>,
+    /// Data interfaces that got programs attached, with their ifindex.
+    pub attached_data: Vec<(String, u32)>,
     /// Interfaces that lost their programs.
     pub detached: Vec<String>,
     /// Endpoints whose interface does not exist (yet).
@@ -87,14 +99,17 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the programs and opens (or creates) the pinned maps.
+    /// Loads the programs and opens (or creates) the pinned maps. Interfaces whose name
+    /// `data_interfaces` matches get the data-interface programs.
     pub fn start(
         layout: PinLayout,
         mode: AttachMode,
         conntrack_entries: u32,
+        data_interfaces: Regex,
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = load_object_with(&layout, conntrack_entries)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
+        let nodes = maps.read()?.nodes;
         let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
         let conntrack = Conntrack::from_ebpf(&mut ebpf)?;
         let log_events = maps::log_events_from_ebpf(&mut ebpf)?;
@@ -103,8 +118,14 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             maps,
-            endpoints: EndpointManager::new(attacher, netlink.clone(), layout.clone()),
-            routes: RouteManager::new(netlink),
+            endpoints: EndpointManager::new(
+                attacher,
+                netlink.clone(),
+                layout.clone(),
+                data_interfaces,
+                Forwarding::new(),
+            ),
+            routes: RouteManager::new(netlink, &nodes),
             policy,
             conntrack,
             log_events,
@@ -130,12 +151,13 @@ impl Dataplane {
         Ok(self.conntrack.expire()?)
     }
 
-    /// The interfaces this agent has programs attached to, with their ifindex.
-    pub fn attached(&self) -> &BTreeMap<String, u32> {
+    /// The interfaces this agent has programs attached to, with their ifindex and role.
+    pub fn attached(&self) -> &BTreeMap<String, (u32, Role)> {
         self.endpoints.attached()
     }
 
-    /// Brings the dataplane in line with `desired` (keyed by interface name) and the endpoints'
+    /// Brings the dataplane in line with `desired` (keyed by interface name), the endpoints of
+    /// other nodes (`remote`, whose addresses get routes to their node) and the endpoints'
     /// compiled policies (keyed by endpoint; an endpoint missing there keeps the policy it has,
     /// or, having none, gets no endpoint entry, so its traffic is dropped). Maps are written
     /// before programs are attached to a new interface, and programs are detached before an
@@ -144,18 +166,20 @@ impl Dataplane {
     pub async fn apply(
         &mut self,
         desired: &BTreeMap<String, LocalEndpoint>,
+        remote: &[RemoteEndpoint],
         compiled: &BTreeMap<String, CompiledEndpoint>,
         registry: &mut RuleRegistry,
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
 
-        // Which endpoints' interfaces exist.
+        // Which endpoints' interfaces exist, and which are the data interfaces.
         let interfaces = self.endpoints.interfaces(desired).await?;
         let present = interfaces.present;
+        let data = interfaces.data;
         report.waiting = interfaces.waiting;
 
         // Programs leave the interfaces that go before their entries do.
-        let detached = self.endpoints.detach_stale(&present)?;
+        let detached = self.endpoints.detach_stale(&present, &data)?;
         report.detached = detached.interfaces;
         report.errors.extend(detached.errors);
 
@@ -167,6 +191,7 @@ impl Dataplane {
             &mut self.maps,
             registry,
             &endpoints,
+            self.routes.remote_routes(remote),
             compiled,
             Unprogrammed::Report,
         )?;
@@ -177,8 +202,9 @@ impl Dataplane {
         report.policy_entries = switched.entries;
 
         // Programs come to new interfaces once their entries are written.
-        let attached = self.endpoints.attach(&mut self.ebpf, &present);
+        let attached = self.endpoints.attach(&mut self.ebpf, &present, &data);
         report.attached = attached.interfaces;
+        report.attached_data = attached.data;
         report.errors.extend(attached.errors);
 
         // The kernel's routes and neighbours for host-originated traffic.

@@ -80,6 +80,7 @@ impl PrivateDataplane {
             &mut self.maps,
             &mut self.registry,
             &endpoints,
+            MapContents::default(),
             &compiled,
             Unprogrammed::Fail,
         )

@@ -1,36 +1,53 @@
-//! The route manager: present endpoints in; route map entries, kernel routes and kernel
-//! neighbour entries out.
+//! The route manager: present endpoints and other nodes' endpoints in; route map entries, the
+//! nodes they name, kernel routes and kernel neighbour entries out.
 //!
-//! The route map tells the programs where each local workload prefix lives. The kernel routes
-//! (`scope link proto 81`) and the permanent neighbour entries let the host stack reach the
-//! workloads for the traffic the programs hand to it. The route map entries are written by the
-//! policy switch together with the endpoint entries they point at (see
-//! [`super::switch::switch_policy`]); the kernel side is brought in line here, through netlink.
+//! The route map tells the programs where each workload prefix lives: a local workload behind
+//! its interface, or a workload of another node (whose traffic the programs forward through the
+//! kernel's FIB). The kernel routes (`scope link proto 81`) and the permanent neighbour entries
+//! let the host stack reach the local workloads for the traffic the programs hand to it. The
+//! route map entries are written by the policy switch together with the endpoint entries they
+//! point at (see [`super::switch::switch_policy`]); the kernel side is brought in line here,
+//! through netlink. Routes to other nodes in the kernel are not the agent's: BIRD (or an
+//! administrator) installs them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use calico_ebpf_common::{RouteKind, RouteValue};
+use calico_ebpf_common::{NodeInfo, RouteKind, RouteValue, fill_nul_padded};
 use ipnet::IpNet;
 
 use super::{
     maps::MapContents,
     netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
 };
-use crate::model::LocalEndpoint;
+use crate::model::{LocalEndpoint, RemoteEndpoint};
 
-/// Keeps the kernel routes and neighbour entries of the present endpoints.
+/// Keeps the kernel routes and neighbour entries of the present endpoints, and the ids of the
+/// nodes remote routes lead to.
 pub struct RouteManager {
     netlink: Netlink,
     /// Neighbour entries this agent wrote.
     neighbours: BTreeSet<KernelNeighbour>,
+    node_ids: NodeIds,
 }
 
 impl RouteManager {
-    pub fn new(netlink: Netlink) -> Self {
+    /// A manager that keeps the node ids the nodes map holds (`nodes`, as an earlier agent left
+    /// it), so that a restart rewrites no route.
+    pub fn new(netlink: Netlink, nodes: &BTreeMap<u32, NodeInfo>) -> Self {
         Self {
             netlink,
             neighbours: BTreeSet::new(),
+            node_ids: NodeIds::adopt(nodes),
         }
+    }
+
+    /// The route map entries of other nodes' endpoints (`remote-workload`, naming their node),
+    /// and the nodes map entries they name. Node ids are kept for as long as a node has
+    /// endpoints.
+    pub fn remote_routes(&mut self, remote: &[RemoteEndpoint]) -> MapContents {
+        self.node_ids
+            .assign(remote.iter().map(|endpoint| endpoint.node.as_str()));
+        remote_route_entries(remote, &self.node_ids)
     }
 
     /// Brings the kernel routes and neighbour entries in line with `present`: a route per
@@ -117,8 +134,37 @@ pub fn route_entries(contents: &mut MapContents, endpoint: &LocalEndpoint, link:
         mac: endpoint.mac.unwrap_or([0; 6]),
         host_mac: link.mac,
         next_hop: [0; 16],
+        node: 0,
     };
-    for net in &endpoint.networks {
+    insert_routes(contents, &endpoint.networks, route);
+}
+
+/// The route map entries of `remote` endpoints, each a `remote-workload` entry per prefix that
+/// names its node, and the nodes map entries of those nodes (`ids` must know every one).
+pub fn remote_route_entries(remote: &[RemoteEndpoint], ids: &NodeIds) -> MapContents {
+    let mut contents = MapContents::default();
+    for endpoint in remote {
+        let Some(node) = ids.get(&endpoint.node) else {
+            continue;
+        };
+        contents.nodes.insert(
+            node,
+            NodeInfo {
+                name: fill_nul_padded(endpoint.node.as_bytes()),
+            },
+        );
+        let route = RouteValue {
+            kind: RouteKind::RemoteWorkload as u32,
+            node,
+            ..RouteValue::default()
+        };
+        insert_routes(&mut contents, &endpoint.networks, route);
+    }
+    contents
+}
+
+fn insert_routes(contents: &mut MapContents, networks: &[IpNet], route: RouteValue) {
+    for net in networks {
         let len = u32::from(net.prefix_len());
         match net {
             IpNet::V4(net) => {
@@ -132,5 +178,111 @@ pub fn route_entries(contents: &mut MapContents, endpoint: &LocalEndpoint, link:
                     .insert((len, net.network().octets()), route);
             }
         }
+    }
+}
+
+/// The ids of the nodes remote routes lead to (the key of the nodes map, and
+/// `RouteValue::node`): a node keeps its id for as long as it is wanted, so its routes are
+/// not rewritten when other nodes come and go. Ids start at 1 (0 means unknown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeIds {
+    ids: BTreeMap<String, u32>,
+}
+
+impl NodeIds {
+    /// The ids a nodes map holds.
+    pub fn adopt(nodes: &BTreeMap<u32, NodeInfo>) -> Self {
+        let ids = nodes
+            .iter()
+            .filter(|(id, _)| **id != 0)
+            .map(|(id, info)| {
+                (
+                    String::from_utf8_lossy(info.name_bytes()).into_owned(),
+                    *id,
+                )
+            })
+            .collect();
+        Self { ids }
+    }
+
+    /// Gives every name of `names` an id: the one it has, or the lowest free one. Names that are
+    /// not among them lose theirs.
+    pub fn assign<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let wanted: BTreeSet<&str> = names.into_iter().collect();
+        self.ids.retain(|name, _| wanted.contains(name.as_str()));
+        let mut used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let mut next = 1;
+        for name in wanted {
+            if self.ids.contains_key(name) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            used.insert(next);
+            self.ids.insert(name.to_owned(), next);
+        }
+    }
+
+    /// The id of `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: fill_nul_padded(name.as_bytes()),
+        }
+    }
+
+    fn remote(key: &str, node: &str, nets: &[&str]) -> RemoteEndpoint {
+        RemoteEndpoint {
+            key: key.to_owned(),
+            node: node.to_owned(),
+            networks: nets.iter().map(|n| n.parse().expect("test CIDR")).collect(),
+        }
+    }
+
+    #[test]
+    fn node_ids_are_kept_while_wanted_and_reused_when_free() {
+        let mut ids = NodeIds::adopt(&[(3, node("b")), (1, node("a"))].into());
+        ids.assign(["a", "b", "c"]);
+        assert_eq!((ids.get("a"), ids.get("b"), ids.get("c")), (Some(1), Some(3), Some(2)));
+        ids.assign(["b", "c", "d"]);
+        assert_eq!(ids.get("a"), None, "a node without endpoints loses its id");
+        assert_eq!(
+            (ids.get("b"), ids.get("c"), ids.get("d")),
+            (Some(3), Some(2), Some(1)),
+            "the others keep theirs; the freed id is reused"
+        );
+    }
+
+    #[test]
+    fn remote_endpoints_become_remote_workload_routes_naming_their_node() {
+        let endpoints = [
+            remote("ns/b", "node-b", &["198.18.1.11/32", "2001:db8:0:1::11/128"]),
+            remote("ns/c", "node-c", &["198.18.2.0/26"]),
+        ];
+        let mut ids = NodeIds::default();
+        ids.assign(endpoints.iter().map(|e| e.node.as_str()));
+        let contents = remote_route_entries(&endpoints, &ids);
+
+        let b = contents.routes_v4[&(32, [198, 18, 1, 11])];
+        assert_eq!(b.kind, RouteKind::RemoteWorkload as u32);
+        assert_eq!((b.ifindex, b.mac, b.next_hop), (0, [0; 6], [0; 16]));
+        assert_eq!(contents.nodes[&b.node].name_bytes(), b"node-b");
+        let v6: [u8; 16] = "2001:db8:0:1::11"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("address")
+            .octets();
+        assert_eq!(contents.routes_v6[&(128, v6)].node, b.node);
+        let c = contents.routes_v4[&(26, [198, 18, 2, 0])];
+        assert_eq!(contents.nodes[&c.node].name_bytes(), b"node-c");
+        assert_eq!(contents.nodes.len(), 2);
     }
 }

@@ -53,7 +53,8 @@ pub struct Switched {
 /// 1. **stage**: every endpoint direction whose compiled policy changed gets a complete new
 ///    generation in the policy maps, next to the one in force;
 /// 2. **switch**: the endpoint entries (with the allowed sources, counters and the route map
-///    entries that lead to them) are written, each naming its newest complete generation;
+///    entries that lead to them, and `remote`'s routes to other nodes' workloads) are written,
+///    each naming its newest complete generation;
 /// 3. **retire**: only then are the replaced generations (and, after a restart, whatever an
 ///    earlier agent left) deleted;
 /// 4. **sync rules**: the rules map is made to describe the rule ids in use, and the registry
@@ -70,6 +71,7 @@ pub fn switch_policy(
     maps: &mut Maps,
     registry: &mut RuleRegistry,
     endpoints: &[(&LocalEndpoint, &LinkDetails)],
+    remote: MapContents,
     compiled: &BTreeMap<String, CompiledEndpoint>,
     unprogrammed: Unprogrammed,
 ) -> Result<Switched, DataplaneError> {
@@ -97,7 +99,7 @@ pub fn switch_policy(
             }
         }
     }
-    let contents = map_contents(programmed);
+    let contents = map_contents(programmed, remote);
     let map_changes = maps.reconcile(&contents)?;
     let entries_removed = policy.retire()?;
     policy.sync_rules(registry, compiled)?;
@@ -112,11 +114,14 @@ pub fn switch_policy(
 }
 
 /// The forwarding map contents that serve `endpoints`, each with its (ingress, egress) policy
-/// ids: the endpoint manager's entries and the route manager's.
+/// ids: the endpoint manager's entries and the route manager's, on top of `remote` (the routes
+/// to other nodes' workloads, and their nodes). A local endpoint's route wins over a remote one
+/// for the same prefix.
 pub fn map_contents<'a>(
     endpoints: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails, (u32, u32))>,
+    remote: MapContents,
 ) -> MapContents {
-    let mut contents = MapContents::default();
+    let mut contents = remote;
     for (endpoint, link, policy_ids) in endpoints {
         endpoint_entries(&mut contents, endpoint, link, policy_ids);
         route_entries(&mut contents, endpoint, link);
@@ -159,7 +164,7 @@ mod tests {
     #[test]
     fn map_contents_encode_routes_sources_and_endpoint() {
         let (endpoint, link) = endpoint();
-        let contents = map_contents([(&endpoint, &link, (1, 2))]);
+        let contents = map_contents([(&endpoint, &link, (1, 2))], MapContents::default());
 
         let route = contents.routes_v4[&(32, [198, 18, 0, 11])];
         assert_eq!(route.kind, RouteKind::LocalWorkload as u32);
@@ -206,7 +211,7 @@ mod tests {
     fn an_endpoint_without_mac_gets_a_zero_mac() {
         let (mut endpoint, link) = endpoint();
         endpoint.mac = None;
-        let contents = map_contents([(&endpoint, &link, (1, 2))]);
+        let contents = map_contents([(&endpoint, &link, (1, 2))], MapContents::default());
         assert_eq!(contents.routes_v4[&(32, [198, 18, 0, 11])].mac, [0; 6]);
     }
 }

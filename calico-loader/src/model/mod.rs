@@ -25,6 +25,17 @@ pub struct LocalEndpoint {
     pub allowed_spoof: Vec<IpNet>,
 }
 
+/// A workload endpoint of another node, as the route map needs it: where its addresses live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// `namespace/name` of the WorkloadEndpoint.
+    pub key: String,
+    /// The node it lives on (`spec.node`).
+    pub node: String,
+    /// Its addresses (`ipNetworks`).
+    pub networks: Vec<IpNet>,
+}
+
 /// An endpoint the model had to leave out, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
@@ -87,6 +98,50 @@ pub fn local_endpoints(
     (endpoints, conflicts)
 }
 
+/// The endpoints of every node but `node`, in key order, each with the addresses it alone
+/// routes: an address that a local endpoint (of `local`) or an earlier remote endpoint already
+/// has is left out of it and reported, so that every address leads to one place.
+pub fn remote_endpoints(
+    snapshot: &Snapshot,
+    node: &str,
+    local: &BTreeMap<String, LocalEndpoint>,
+) -> (Vec<RemoteEndpoint>, Vec<Conflict>) {
+    let mut owners: BTreeMap<IpNet, String> = local
+        .values()
+        .flat_map(|e| e.networks.iter().map(|net| (*net, e.key.clone())))
+        .collect();
+    let mut remote = Vec::new();
+    let mut conflicts = Vec::new();
+    for wep in snapshot.workload_endpoints() {
+        if wep.spec.node == node {
+            continue;
+        }
+        let key = format!("{}/{}", wep.namespace(), wep.name());
+        let mut networks = Vec::new();
+        for net in &wep.spec.ip_networks {
+            match owners.get(net) {
+                Some(owner) => conflicts.push(Conflict {
+                    endpoint: key.clone(),
+                    reason: format!(
+                        "address {net} already belongs to {owner}; it is routed there, not to node {}",
+                        wep.spec.node
+                    ),
+                }),
+                None => {
+                    owners.insert(*net, key.clone());
+                    networks.push(*net);
+                }
+            }
+        }
+        remote.push(RemoteEndpoint {
+            key,
+            node: wep.spec.node.clone(),
+            networks,
+        });
+    }
+    (remote, conflicts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +170,52 @@ mod tests {
         assert_eq!(endpoints.keys().collect::<Vec<_>>(), ["calia"]);
         assert_eq!(endpoints["calia"].key, "ns/a");
         assert_eq!(endpoints["calia"].mac, None);
+    }
+
+    #[test]
+    fn other_nodes_endpoints_are_remote() {
+        let yaml = wep("a", "node1", "calia", "198.18.0.1/32")
+            + &wep("b", "node2", "calib", "198.18.1.2/32")
+            + &wep("c", "node3", "calic", "198.18.2.3/32");
+        let snapshot = snapshot(&yaml);
+        let (local, _) = local_endpoints(&snapshot, "node1");
+        let (remote, conflicts) = remote_endpoints(&snapshot, "node1", &local);
+        assert!(conflicts.is_empty());
+        let found: Vec<(&str, &str, String)> = remote
+            .iter()
+            .map(|r| (r.key.as_str(), r.node.as_str(), r.networks[0].to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("ns/b", "node2", "198.18.1.2/32".to_owned()),
+                ("ns/c", "node3", "198.18.2.3/32".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_remote_address_that_is_already_routed_is_left_out_and_reported() {
+        let yaml = wep("a", "node1", "calia", "198.18.0.1/32")
+            + &wep("b", "node2", "calib", "198.18.0.1/32")
+            + &wep("c", "node3", "calic", "198.18.2.3/32")
+            + &wep("d", "node4", "calid", "198.18.2.3/32");
+        let snapshot = snapshot(&yaml);
+        let (local, _) = local_endpoints(&snapshot, "node1");
+        let (remote, conflicts) = remote_endpoints(&snapshot, "node1", &local);
+        let routed: Vec<(&str, usize)> = remote
+            .iter()
+            .map(|r| (r.key.as_str(), r.networks.len()))
+            .collect();
+        assert_eq!(routed, [("ns/b", 0), ("ns/c", 1), ("ns/d", 0)]);
+        let messages: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "WorkloadEndpoint ns/b: address 198.18.0.1/32 already belongs to ns/a; it is routed there, not to node node2",
+                "WorkloadEndpoint ns/d: address 198.18.2.3/32 already belongs to ns/c; it is routed there, not to node node4"
+            ]
+        );
     }
 
     #[test]
