@@ -112,10 +112,16 @@ impl Workload {
 
     /// The WorkloadEndpoint resource for this workload on `node`.
     pub fn endpoint_yaml(&self, node: &str) -> String {
+        self.endpoint_yaml_labelled(node, &format!("app: wl{}", self.index))
+    }
+
+    /// The WorkloadEndpoint resource for this workload on `node`, with `labels` (YAML flow
+    /// mapping entries, such as `app: wl1, host: a`).
+    pub fn endpoint_yaml_labelled(&self, node: &str, labels: &str) -> String {
         format!(
             "apiVersion: projectcalico.org/v3\n\
              kind: WorkloadEndpoint\n\
-             metadata:\n  name: {node}-cni-wl{i}-eth0\n  namespace: test\n  labels: {{app: wl{i}}}\n\
+             metadata:\n  name: {node}-cni-wl{i}-eth0\n  namespace: test\n  labels: {{{labels}}}\n\
              spec:\n  node: {node}\n  orchestrator: cni\n  workload: wl{i}\n  endpoint: eth0\n  \
              interfaceName: {ifname}\n  mac: \"{mac}\"\n  ipNetworks: [\"{v4}/32\", \"{v6}/128\"]\n  \
              profiles: [{ALLOW_ALL_PROFILE}]\n",
@@ -139,6 +145,9 @@ impl Workload {
 pub struct Topology {
     pub host: Netns,
     pub workloads: Vec<Workload>,
+    /// The third byte of the workloads' IPv4 addresses, and the fourth group of their IPv6
+    /// addresses: hosts of one test use different ones.
+    pub subnet: u8,
 }
 
 pub const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
@@ -146,11 +155,19 @@ pub const HOST_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
 impl Topology {
     /// A host and `count` workloads with addresses 198.18.0.1i and 2001:db8::1i.
     pub fn new(count: u8) -> Self {
+        Self::with_subnet(0, count)
+    }
+
+    /// A host and `count` workloads with addresses 198.18.`subnet`.1i and
+    /// 2001:db8:0:`subnet`::1i (inside 198.18.`subnet`.0/26 and 2001:db8:0:`subnet`::/122, the
+    /// blocks Calico's IPAM would give the host).
+    pub fn with_subnet(subnet: u8, count: u8) -> Self {
         require_root();
         let host = netns("ceh");
         let mut topology = Self {
             host,
             workloads: Vec::new(),
+            subnet,
         };
         for i in 1..=count {
             topology.add_workload(i);
@@ -171,8 +188,17 @@ impl Topology {
             ns,
             host_ifname,
             mac,
-            v4: Ipv4Addr::new(198, 18, 0, 10 + i),
-            v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + u16::from(i)),
+            v4: Ipv4Addr::new(198, 18, self.subnet, 10 + i),
+            v6: Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                u16::from(self.subnet),
+                0,
+                0,
+                0,
+                0x10 + u16::from(i),
+            ),
             index: i,
         };
         self.host
@@ -205,11 +231,53 @@ impl Topology {
         }
     }
 
-    /// Whether the host namespace's kernel forwards IPv4 (a new namespace does not).
-    pub fn host_forwarding(&self) -> bool {
-        let out = self.host.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]);
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    /// How many packets the host namespace's kernel has forwarded itself: IPv4
+    /// `ForwDatagrams` (`/proc/net/snmp`) and IPv6 `Ip6OutForwDatagrams` (`/proc/net/snmp6`).
+    /// Packets the programs redirect never count here.
+    pub fn kernel_forwarded(&self) -> (u64, u64) {
+        (
+            snmp_counter(&self.host, "/proc/net/snmp", "Ip:", "ForwDatagrams"),
+            snmp_counter(&self.host, "/proc/net/snmp6", "", "Ip6OutForwDatagrams"),
+        )
     }
+
+    /// The value of a per-namespace sysctl of the host, such as
+    /// `net/ipv4/conf/eth0/forwarding`.
+    pub fn sysctl(&self, path: &str) -> String {
+        let out = self.host.exec(&["cat", &format!("/proc/sys/{path}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// A counter of `/proc/net/snmp` (a line of names after `table`, then a line of values) or of
+/// `/proc/net/snmp6` (`name value` lines, `table` empty), read inside `ns`.
+fn snmp_counter(ns: &Netns, file: &str, table: &str, name: &str) -> u64 {
+    let out = ns.exec(&["cat", file]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if table.is_empty() {
+        return text
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(name)).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in {file}:\n{text}"));
+    }
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|line| line.starts_with(table))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let [names, values] = rows.as_slice() else {
+        panic!("{file} has no {table} table:\n{text}");
+    };
+    let column = names
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_else(|| panic!("no {name} in {file}'s {table} table"));
+    values[column]
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} in {file} is not a number"))
 }
 
 /// A temporary datastore directory.
@@ -379,6 +447,12 @@ impl Agent {
             "interfaces {ifnames:?} not attached after 20 s; agent log:\n{}",
             self.log()
         );
+    }
+
+    /// Whether `ifname` has a data-interface program attached by this agent.
+    pub fn data_interface_attached(&self, ifname: &str) -> bool {
+        let dir = self.pin_path.join("links").join(ifname);
+        dir.join("data_tc_ingress").exists() || dir.join("data_xdp").exists()
     }
 
     /// The counters row of `ifname`.
