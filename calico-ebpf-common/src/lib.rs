@@ -105,7 +105,10 @@ mod tests {
         assert_eq!(size_of::<ConntrackValue>(), 4 * 8 + 4 + 5 * 4);
         assert_eq!(size_of::<LogEvent>(), 16 + 32 + 4);
         assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
-        assert_eq!(size_of::<EndpointCounters>(), 9 * 8 + DROP_REASONS * 8 + 4 * 8);
+        assert_eq!(
+            size_of::<EndpointCounters>(),
+            9 * 8 + DROP_REASONS * 8 + 4 * 8
+        );
     }
 
     #[test]

@@ -53,8 +53,7 @@ fn ip<F: Family, H: Hook>(data: usize, data_end: usize, len: u64) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return Action::Pass;
     };
-    if F::parse(data, data_end, len, flow).is_none()
-        || flow.kind == flow_kind::NEIGHBOUR_DISCOVERY
+    if F::parse(data, data_end, len, flow).is_none() || flow.kind == flow_kind::NEIGHBOUR_DISCOVERY
     {
         return Action::Pass;
     }

@@ -199,8 +199,8 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
 pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // A group address (broadcast, multicast) has the low bit of its first byte set.
-    let to_this_host =
-        packet::ptr_at::<[u8; 6]>(data, data_end, 0).is_some_and(|mac| unsafe { (*mac)[0] } & 1 == 0);
+    let to_this_host = packet::ptr_at::<[u8; 6]>(data, data_end, 0)
+        .is_some_and(|mac| unsafe { (*mac)[0] } & 1 == 0);
     match data_interface::from_data_interface::<Xdp>(
         data,
         data_end,

@@ -195,7 +195,8 @@ fn forward_to_remote<F: Family, H: Hook>(
     };
     if H::XDP {
         // XDP has no neighbour output: the MACs come from the lookup.
-        let (Some((dmac, smac)), Some(eth)) = (forward::macs(), ptr_at::<[u8; 12]>(data, data_end, 0))
+        let (Some((dmac, smac)), Some(eth)) =
+            (forward::macs(), ptr_at::<[u8; 12]>(data, data_end, 0))
         else {
             return count_pass(counters, len);
         };

@@ -100,8 +100,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // file stays in the snapshot.
         let sync = datastore.sync();
         let (endpoints, mut conflicts) = local_endpoints(&sync.snapshot, &config.node);
-        let (remote, remote_conflicts) =
-            remote_endpoints(&sync.snapshot, &config.node, &endpoints);
+        let (remote, remote_conflicts) = remote_endpoints(&sync.snapshot, &config.node, &endpoints);
         conflicts.extend(remote_conflicts);
         log.conflicts(&conflicts);
         let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);

@@ -500,7 +500,13 @@ pub fn routes_table(rows: &[RouteRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+            let dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.to_owned()
+                }
+            };
             vec![
                 r.prefix.clone(),
                 r.kind.clone(),
@@ -515,7 +521,14 @@ pub fn routes_table(rows: &[RouteRow]) -> String {
         .collect();
     table(
         &[
-            "PREFIX", "KIND", "INTERFACE", "IFINDEX", "MAC", "ENDPOINT", "NODE", "NEXT-HOP",
+            "PREFIX",
+            "KIND",
+            "INTERFACE",
+            "IFINDEX",
+            "MAC",
+            "ENDPOINT",
+            "NODE",
+            "NEXT-HOP",
         ],
         &cells,
     )

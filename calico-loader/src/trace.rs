@@ -224,7 +224,10 @@ fn prefix(addr: IpAddr, len: u32) -> Option<IpNet> {
 /// The value of the longest prefix among `entries` that holds `addr`.
 fn longest_match<T>(entries: impl Iterator<Item = (Option<IpNet>, T)>, addr: IpAddr) -> Option<T> {
     entries
-        .filter_map(|(net, value)| net.filter(|net| net.contains(&addr)).map(|net| (net, value)))
+        .filter_map(|(net, value)| {
+            net.filter(|net| net.contains(&addr))
+                .map(|net| (net, value))
+        })
         .max_by_key(|(net, _)| net.prefix_len())
         .map(|(_, value)| value)
 }
@@ -261,7 +264,12 @@ fn locate_in(snapshot: &Snapshot, node: &str, addr: IpAddr) -> Location {
         e.networks.iter().map(|net| {
             (
                 Some(*net),
-                (RouteKind::LocalWorkload, Some(e.key.as_str()), Some(e.interface.as_str()), None),
+                (
+                    RouteKind::LocalWorkload,
+                    Some(e.key.as_str()),
+                    Some(e.interface.as_str()),
+                    None,
+                ),
             )
         })
     });
@@ -446,7 +454,10 @@ pub fn text(report: &TraceReport) -> String {
         out.push_str(&format!("\nlogged by:  {}", describe(rule)));
     }
     out.push_str(&format!("\nsource:     {}", whereabouts(&report.source)));
-    out.push_str(&format!("\ndest:       {}", whereabouts(&report.destination)));
+    out.push_str(&format!(
+        "\ndest:       {}",
+        whereabouts(&report.destination)
+    ));
     out.push('\n');
     out
 }

@@ -38,12 +38,34 @@ mod privileged {
             let a = Topology::with_subnet(0, 2);
             let b = Topology::with_subnet(1, 1);
             a.host
-                .add_veth("eth0", "02:00:00:00:00:0a", &b.host, "eth0", "02:00:00:00:00:0b")
+                .add_veth(
+                    "eth0",
+                    "02:00:00:00:00:0a",
+                    &b.host,
+                    "eth0",
+                    "02:00:00:00:00:0b",
+                )
                 .expect("the veth pair between the hosts");
             b.host.exec(&["ip", "link", "set", "eth0", "up"]);
             for (host, v4, v6, peer_v4, peer_v6, peer_block_v4, peer_block_v6) in [
-                (&a, A_V4, A_V6, B_V4, B_V6, "198.18.1.0/26", "2001:db8:0:1::/122"),
-                (&b, B_V4, B_V6, A_V4, A_V6, "198.18.0.0/26", "2001:db8::/122"),
+                (
+                    &a,
+                    A_V4,
+                    A_V6,
+                    B_V4,
+                    B_V6,
+                    "198.18.1.0/26",
+                    "2001:db8:0:1::/122",
+                ),
+                (
+                    &b,
+                    B_V4,
+                    B_V6,
+                    A_V4,
+                    A_V6,
+                    "198.18.0.0/26",
+                    "2001:db8::/122",
+                ),
             ] {
                 let ns = &host.host;
                 ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
@@ -65,9 +87,10 @@ mod privileged {
             for (host, node, label) in [(&a, HOST_A, "a"), (&b, HOST_B, "b")] {
                 for w in &host.workloads {
                     yaml.push_str("---\n");
-                    yaml.push_str(
-                        &w.endpoint_yaml_labelled(node, &format!("app: wl{}, host: {label}", w.index)),
-                    );
+                    yaml.push_str(&w.endpoint_yaml_labelled(
+                        node,
+                        &format!("app: wl{}, host: {label}", w.index),
+                    ));
                 }
             }
             datastore.write("endpoints.yaml", &yaml);
@@ -82,12 +105,17 @@ mod privileged {
                 Agent::start(&self.b, &self.datastore, HOST_B, extra),
             );
             for (host, agent) in [(&self.a, &agents.0), (&self.b, &agents.1)] {
-                let ifnames: Vec<&str> =
-                    host.workloads.iter().map(|w| w.host_ifname.as_str()).collect();
+                let ifnames: Vec<&str> = host
+                    .workloads
+                    .iter()
+                    .map(|w| w.host_ifname.as_str())
+                    .collect();
                 agent.wait_attached(&ifnames);
-                wait_for("the data interface's program", Duration::from_secs(20), || {
-                    agent.data_interface_attached("eth0")
-                });
+                wait_for(
+                    "the data interface's program",
+                    Duration::from_secs(20),
+                    || agent.data_interface_attached("eth0"),
+                );
             }
             agents
         }
@@ -189,12 +217,7 @@ mod privileged {
 
     /// Runs `ping ARGS` in the workload; its output, whatever the exit status.
     fn ping_output(w: &Workload, args: &[&str]) -> String {
-        let output = w
-            .ns
-            .command("ping")
-            .args(args)
-            .capture()
-            .expect("run ping");
+        let output = w.ns.command("ping").args(args).capture().expect("run ping");
         format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -264,7 +287,11 @@ mod privileged {
         assert_eq!(trace["destination"]["route"], "remote-workload", "{trace}");
         assert_eq!(trace["destination"]["node"], HOST_B, "{trace}");
         assert_eq!(trace["source"]["route"], "local-workload", "{trace}");
-        assert_eq!(trace["source"]["interface"], a1.host_ifname.as_str(), "{trace}");
+        assert_eq!(
+            trace["source"]["interface"],
+            a1.host_ifname.as_str(),
+            "{trace}"
+        );
 
         // tc mode: every pair, both ways, both families, through the programs only.
         assert_cross_host_connectivity(&hosts, &agents, "tc");
@@ -298,10 +325,14 @@ mod privileged {
         for dst in [IpAddr::V4(a1.v4), IpAddr::V6(a1.v6)] {
             assert!(b1.ping(dst), "host B's workload still opens flows to {dst}");
         }
-        hosts.datastore.write("policy.yaml", &host_a_policy("Allow"));
-        wait_for("host B to allow host A again", Duration::from_secs(15), || {
-            a1.ping(IpAddr::V4(b1.v4))
-        });
+        hosts
+            .datastore
+            .write("policy.yaml", &host_a_policy("Allow"));
+        wait_for(
+            "host B to allow host A again",
+            Duration::from_secs(15),
+            || a1.ping(IpAddr::V4(b1.v4)),
+        );
         assert!(a1.ping(IpAddr::V6(b1.v6)));
         assert_eq!(
             tcp_echo(a1, b1, IpAddr::V4(b1.v4), "allowed again").expect("TCP allowed again"),
@@ -349,7 +380,10 @@ mod privileged {
                 after.0 + after.1 > before.0 + before.1,
                 "host A's kernel forwarded the packet that found no neighbour ({dst}): {before:?} -> {after:?}"
             );
-            assert!(a1.ns.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &dst]));
+            assert!(
+                a1.ns
+                    .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &dst])
+            );
             assert_eq!(
                 hosts.a.kernel_forwarded(),
                 after,

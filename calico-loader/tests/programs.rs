@@ -24,7 +24,7 @@ mod privileged {
     };
     use ipnet::IpNet;
 
-    use crate::support::topology::require_root;
+    use crate::support::topology::{Netns, netns, require_root};
 
     const TC_ACT_OK: u32 = 0;
     const TC_ACT_SHOT: u32 = 2;
@@ -130,6 +130,7 @@ mod privileged {
             for name in [
                 program_names::TC_FROM_WORKLOAD,
                 program_names::TC_TO_WORKLOAD,
+                program_names::TC_FROM_DATA,
             ] {
                 let program: &mut SchedClassifier = ebpf
                     .program_mut(name)
@@ -140,13 +141,18 @@ mod privileged {
                     .load()
                     .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
             }
-            let xdp: &mut Xdp = ebpf
-                .program_mut(program_names::XDP_FROM_WORKLOAD)
-                .expect("xdp program")
-                .try_into()
-                .expect("xdp");
-            xdp.load()
-                .unwrap_or_else(|e| panic!("verifier rejected the XDP program: {e:?}"));
+            for name in [
+                program_names::XDP_FROM_WORKLOAD,
+                program_names::XDP_FROM_DATA,
+            ] {
+                let xdp: &mut Xdp = ebpf
+                    .program_mut(name)
+                    .expect("xdp program")
+                    .try_into()
+                    .expect("xdp");
+                xdp.load()
+                    .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+            }
             let mut fixture = Self { ebpf, dataplane };
             fixture.program(true, &[]);
             fixture
@@ -214,9 +220,23 @@ mod privileged {
             &mut self,
             packet: &[u8],
         ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+            self.try_run_classifier(program_names::TC_FROM_WORKLOAD, packet)
+        }
+
+        /// Runs the TC program of a data interface.
+        fn run_tc_data(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+            self.try_run_classifier(program_names::TC_FROM_DATA, packet)
+                .expect("BPF_PROG_TEST_RUN")
+        }
+
+        fn try_run_classifier(
+            &mut self,
+            name: &str,
+            packet: &[u8],
+        ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
             let program: &mut SchedClassifier = self
                 .ebpf
-                .program_mut(program_names::TC_FROM_WORKLOAD)
+                .program_mut(name)
                 .expect("program")
                 .try_into()
                 .expect("classifier");
@@ -230,9 +250,18 @@ mod privileged {
         }
 
         fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+            self.run_xdp_program(program_names::XDP_FROM_WORKLOAD, packet)
+        }
+
+        /// Runs the XDP program of a data interface.
+        fn run_xdp_data(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+            self.run_xdp_program(program_names::XDP_FROM_DATA, packet)
+        }
+
+        fn run_xdp_program(&mut self, name: &str, packet: &[u8]) -> (u32, Vec<u8>) {
             let program: &mut Xdp = self
                 .ebpf
-                .program_mut(program_names::XDP_FROM_WORKLOAD)
+                .program_mut(name)
                 .expect("program")
                 .try_into()
                 .expect("xdp");
@@ -243,6 +272,21 @@ mod privileged {
             let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
             out.truncate(result.data_size_out as usize);
             (result.return_value, out)
+        }
+
+        /// Adds route map entries to what is programmed.
+        fn add_routes(
+            &mut self,
+            v4: &[((u32, [u8; 4]), RouteValue)],
+            v6: &[((u32, [u8; 16]), RouteValue)],
+        ) {
+            let mut contents = self.dataplane.maps.read().expect("read the maps");
+            contents.routes_v4.extend(v4.iter().copied());
+            contents.routes_v6.extend(v6.iter().copied());
+            self.dataplane
+                .maps
+                .reconcile(&contents)
+                .expect("programming the maps");
         }
 
         fn counters(&self, ifindex: u32) -> EndpointCounters {
@@ -719,5 +763,260 @@ mod privileged {
         for (k, _, kept) in &cases {
             assert_eq!(left.contains(&k.port_a), *kept, "entry {k:?}");
         }
+    }
+
+    /// A workload of another host, and another whose host's MAC nobody knows (see
+    /// [`fib_namespace`]).
+    const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
+    const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 5);
+    const COLD_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 5);
+    /// The data interface of the FIB namespace, and the next hop's MAC.
+    const DATA_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+    /// The remote-workload routes of the blocks of `REMOTE_*` and `COLD_V4`.
+    fn remote_routes(f: &mut Fixture) {
+        let remote = RouteValue {
+            kind: RouteKind::RemoteWorkload as u32,
+            node: 7,
+            ..Default::default()
+        };
+        f.add_routes(
+            &[
+                ((26, [198, 18, 1, 0]), remote),
+                ((26, [198, 18, 2, 0]), remote),
+            ],
+            &[(
+                (122, Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0).octets()),
+                remote,
+            )],
+        );
+    }
+
+    /// A namespace whose FIB knows where the remote workloads live: a data interface `d0` (a
+    /// veth whose peer stays in the namespace) on 198.19.0.0/24 and 2001:db8:ff::/64; 198.18.1.0/26 and 2001:db8:0:1::/122 via
+    /// host B (.2, ::2), whose MAC is known (a permanent neighbour entry); 198.18.2.0/26 via .3,
+    /// whose MAC is not. Forwarding is on for its loopback, the interface BPF_PROG_TEST_RUN
+    /// runs programs on inside it.
+    fn fib_namespace() -> Netns {
+        let ns = netns("cfib");
+        ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            "d0",
+            "address",
+            "02:00:00:00:00:0a",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "d1",
+        ]);
+        ns.exec(&["ip", "link", "set", "d1", "up"]);
+        ns.exec(&["ip", "link", "set", "d0", "up"]);
+        ns.exec(&["ip", "addr", "add", "198.19.0.1/24", "dev", "d0"]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ff::1/64",
+            "dev",
+            "d0",
+            "nodad",
+        ]);
+        for (addr, ip) in [("198.19.0.2", "ip"), ("2001:db8:ff::2", "ip")] {
+            ns.exec(&[
+                ip,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                "02:00:00:00:00:0b",
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        ns.exec(&["ip", "route", "add", "198.18.1.0/26", "via", "198.19.0.2"]);
+        ns.exec(&["ip", "route", "add", "198.18.2.0/26", "via", "198.19.0.3"]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "2001:db8:0:1::/122",
+            "via",
+            "2001:db8:ff::2",
+        ]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.conf.lo.forwarding=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.lo.forwarding=1"]);
+        ns
+    }
+
+    /// Runs `run` on a thread inside `ns`: BPF_PROG_TEST_RUN runs programs on the loopback of
+    /// the caller's namespace, and their FIB lookups use that namespace's tables.
+    fn inside<T: Send>(ns: &Netns, run: impl FnOnce() -> T + Send) -> T {
+        let path = ns.path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    testbed::netns::enter_thread(&path).expect("enter the FIB namespace");
+                    run()
+                })
+                .join()
+                .expect("the test thread")
+        })
+    }
+
+    #[test]
+    fn workloads_forward_to_remote_workloads_through_the_fib() {
+        let mut f = Fixture::new();
+        remote_routes(&mut f);
+        let ns = fib_namespace();
+        let v4 = udp_v4_frame(SENDER_MAC, SENDER_V4, REMOTE_V4, 64, &[]);
+        let v6 = udp_v6_frame(SENDER_MAC, SENDER_V6, REMOTE_V6, 64);
+        let (tc, tc6, xdp, xdp6) = inside(&ns, || {
+            (f.run_tc(&v4), f.run_tc(&v6), f.run_xdp(&v4), f.run_xdp(&v6))
+        });
+
+        // TC: bpf_redirect_neigh fills in the MACs after the program; the program made the
+        // packet one hop older.
+        assert_eq!(tc.0, TC_ACT_REDIRECT, "forwarded by the program");
+        assert_eq!(
+            &tc.1[..12],
+            &v4[..12],
+            "MACs are left to bpf_redirect_neigh"
+        );
+        assert_eq!(tc.1[14 + 8], 63, "TTL decremented");
+        assert_ipv4_checksums_valid(&tc.1);
+        assert_eq!(tc6.0, TC_ACT_REDIRECT);
+        assert_eq!(tc6.1[14 + 7], 63, "hop limit decremented");
+        assert_ipv6_udp_checksum_valid(&tc6.1);
+
+        // XDP: the MACs come from the FIB lookup (the data interface's, the next hop's).
+        assert_eq!(xdp.0, XDP_REDIRECT);
+        assert_eq!(&xdp.1[0..6], &NEXT_HOP_MAC, "to host B's MAC");
+        assert_eq!(&xdp.1[6..12], &DATA_MAC, "from the data interface's MAC");
+        assert_eq!(xdp.1[14 + 8], 63);
+        assert_ipv4_checksums_valid(&xdp.1);
+        assert_eq!(xdp6.0, XDP_REDIRECT);
+        assert_eq!(
+            (&xdp6.1[0..6], &xdp6.1[6..12]),
+            (&NEXT_HOP_MAC[..], &DATA_MAC[..])
+        );
+        assert_eq!(xdp6.1[14 + 7], 63);
+
+        let c = f.counters(SENDER_IFINDEX);
+        assert_eq!(
+            (c.fwd_remote_packets, c.fwd_packets, c.to_host_packets),
+            (4, 0, 0)
+        );
+        assert_eq!(c.fwd_remote_bytes, 2 * (v4.len() + v6.len()) as u64);
+    }
+
+    #[test]
+    fn what_the_fib_cannot_decide_goes_to_the_kernel() {
+        let mut f = Fixture::new();
+        remote_routes(&mut f);
+        let ns = fib_namespace();
+        // No neighbour entry for the next hop yet; an expiring TTL.
+        let cold = udp_v4_frame(SENDER_MAC, SENDER_V4, COLD_V4, 64, &[]);
+        let expiring = udp_v4_frame(SENDER_MAC, SENDER_V4, REMOTE_V4, 1, &[]);
+        let v6_expiring = udp_v6_frame(SENDER_MAC, SENDER_V6, REMOTE_V6, 1);
+        let results = inside(&ns, || {
+            [&cold, &expiring, &v6_expiring].map(|packet| (f.run_tc(packet), f.run_xdp(packet)))
+        });
+        for ((tc, xdp), packet) in results.iter().zip([&cold, &expiring, &v6_expiring]) {
+            assert_eq!(tc.0, TC_ACT_OK);
+            assert_eq!(&tc.1, packet, "a packet for the kernel is not rewritten");
+            assert_eq!(xdp.0, XDP_PASS);
+            assert_eq!(&xdp.1, packet);
+        }
+        // Outside that namespace nothing routes there (and forwarding is off on its loopback):
+        // the kernel gets the packet too.
+        let remote = udp_v4_frame(SENDER_MAC, SENDER_V4, REMOTE_V4, 64, &[]);
+        let no_fib = netns("cnofib");
+        let (tc, _) = inside(&no_fib, || f.run_tc(&remote));
+        assert_eq!(tc, TC_ACT_OK);
+        let c = f.counters(SENDER_IFINDEX);
+        assert_eq!((c.to_host_packets, c.fwd_remote_packets), (7, 0));
+    }
+
+    /// A frame from another host to `dst`, addressed to the loopback BPF_PROG_TEST_RUN runs on
+    /// (its MAC is all zeroes), so that TC sees it as addressed to this host.
+    fn from_other_host_v4(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+        let mut frame = udp_v4_frame(NEXT_HOP_MAC, REMOTE_V4, dst, ttl, &[]);
+        frame[0..6].copy_from_slice(&[0; 6]);
+        frame
+    }
+
+    #[test]
+    fn data_interfaces_deliver_into_local_workloads() {
+        let mut f = Fixture::new();
+        let v4 = from_other_host_v4(RECEIVER_V4, 63);
+        let mut v6 = udp_v6_frame(NEXT_HOP_MAC, REMOTE_V6, RECEIVER_V6, 63);
+        v6[0..6].copy_from_slice(&[0; 6]);
+
+        let (verdict, out) = f.run_tc_data(&v4);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "into the workload");
+        assert_eq!(&out[0..6], &RECEIVER_MAC, "to the workload's MAC");
+        assert_eq!(&out[6..12], &HOST_MAC, "from its host side's");
+        assert_eq!(out[14 + 8], 62, "TTL decremented");
+        assert_ipv4_checksums_valid(&out);
+        let (verdict, out) = f.run_xdp_data(&v4);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!((&out[0..6], out[14 + 8]), (&RECEIVER_MAC[..], 62));
+        let (verdict, out) = f.run_tc_data(&v6);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out[14 + 7], 62, "hop limit decremented");
+        assert_ipv6_udp_checksum_valid(&out);
+
+        let receiver = f.counters(RECEIVER_IFINDEX);
+        assert_eq!((receiver.from_data_packets, receiver.to_wl_packets), (3, 3));
+        assert_eq!(
+            receiver.from_data_bytes,
+            2 * v4.len() as u64 + v6.len() as u64
+        );
+    }
+
+    #[test]
+    fn data_interfaces_pass_everything_else_untouched() {
+        let mut f = Fixture::new();
+        let mut for_another_mac = from_other_host_v4(RECEIVER_V4, 64);
+        for_another_mac[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        let mut multicast = from_other_host_v4(RECEIVER_V4, 64);
+        multicast[0..6].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);
+        let cases = [
+            ("not a workload", from_other_host_v4(NOT_OURS_V4, 64), true),
+            (
+                "a blackhole prefix",
+                from_other_host_v4(BLACKHOLE_V4, 64),
+                true,
+            ),
+            ("expiring TTL", from_other_host_v4(RECEIVER_V4, 1), true),
+            (
+                "ARP",
+                arp_request(NEXT_HOP_MAC, REMOTE_V4, RECEIVER_V4),
+                true,
+            ),
+            ("a multicast frame", multicast, true),
+            // XDP does not know the interface's own MAC: a unicast frame for another MAC
+            // reaches it only when the interface is promiscuous.
+            ("a frame for another MAC", for_another_mac, false),
+        ];
+        for (name, packet, xdp_passes) in &cases {
+            let (verdict, out) = f.run_tc_data(packet);
+            assert_eq!(verdict, TC_ACT_OK, "TC: {name}");
+            assert_eq!(&out, packet, "TC: {name} is not rewritten");
+            if *xdp_passes {
+                let (verdict, out) = f.run_xdp_data(packet);
+                assert_eq!(verdict, XDP_PASS, "XDP: {name}");
+                assert_eq!(&out, packet, "XDP: {name} is not rewritten");
+            }
+        }
+        assert_eq!(f.counters(RECEIVER_IFINDEX).to_wl_packets, 0);
     }
 }

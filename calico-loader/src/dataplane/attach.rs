@@ -175,7 +175,10 @@ impl Attacher {
                 .load()
                 .map_err(|source| AttachError::Program { name, source })?;
         }
-        for name in [program_names::XDP_FROM_WORKLOAD, program_names::XDP_FROM_DATA] {
+        for name in [
+            program_names::XDP_FROM_WORKLOAD,
+            program_names::XDP_FROM_DATA,
+        ] {
             xdp(ebpf, name)?
                 .load()
                 .map_err(|source| AttachError::Program { name, source })?;

@@ -137,7 +137,9 @@ impl EndpointManager {
         }
         interfaces.data = links
             .into_iter()
-            .filter(|(name, _)| !desired.contains_key(name) && is_data_interface(&self.data_pattern, name))
+            .filter(|(name, _)| {
+                !desired.contains_key(name) && is_data_interface(&self.data_pattern, name)
+            })
             .collect();
         Ok(interfaces)
     }
@@ -207,7 +209,9 @@ impl EndpointManager {
             match self.attach_one(ebpf, ifname, link.ifindex, Role::Data) {
                 Ok(false) => {}
                 Ok(true) => attached.data.push((ifname.clone(), link.ifindex)),
-                Err(e) => attached.errors.push(format!("data interface {ifname}: {e}")),
+                Err(e) => attached
+                    .errors
+                    .push(format!("data interface {ifname}: {e}")),
             }
         }
         self.adopted = true;
@@ -330,7 +334,10 @@ mod tests {
             "wlp2s0",
             "ibp1s0",
         ] {
-            assert!(is_data_interface(&pattern, name), "{name} is a data interface");
+            assert!(
+                is_data_interface(&pattern, name),
+                "{name} is a data interface"
+            );
         }
         for name in [
             "lo",
@@ -344,7 +351,10 @@ mod tests {
             "en0",
             "ib0",
         ] {
-            assert!(!is_data_interface(&pattern, name), "{name} is not a data interface");
+            assert!(
+                !is_data_interface(&pattern, name),
+                "{name} is not a data interface"
+            );
         }
     }
 }

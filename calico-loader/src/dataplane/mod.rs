@@ -54,9 +54,7 @@ pub use self::{
     object::{KERNEL_OBJECT, load_object, load_object_with, load_private_object, remove_pins},
     switch::map_contents,
 };
-use crate::model::{
-    LocalEndpoint, RemoteEndpoint, compile::CompiledEndpoint, rules::RuleRegistry,
-};
+use crate::model::{LocalEndpoint, RemoteEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
 
 /// Calico's default pattern of data interfaces (Felix's `BPFDataIfacePattern`): the host's
 /// physical and bonded interfaces, by the kernel's and systemd's naming schemes.

@@ -195,12 +195,7 @@ impl NodeIds {
         let ids = nodes
             .iter()
             .filter(|(id, _)| **id != 0)
-            .map(|(id, info)| {
-                (
-                    String::from_utf8_lossy(info.name_bytes()).into_owned(),
-                    *id,
-                )
-            })
+            .map(|(id, info)| (String::from_utf8_lossy(info.name_bytes()).into_owned(), *id))
             .collect();
         Self { ids }
     }
@@ -252,7 +247,10 @@ mod tests {
     fn node_ids_are_kept_while_wanted_and_reused_when_free() {
         let mut ids = NodeIds::adopt(&[(3, node("b")), (1, node("a"))].into());
         ids.assign(["a", "b", "c"]);
-        assert_eq!((ids.get("a"), ids.get("b"), ids.get("c")), (Some(1), Some(3), Some(2)));
+        assert_eq!(
+            (ids.get("a"), ids.get("b"), ids.get("c")),
+            (Some(1), Some(3), Some(2))
+        );
         ids.assign(["b", "c", "d"]);
         assert_eq!(ids.get("a"), None, "a node without endpoints loses its id");
         assert_eq!(
@@ -265,7 +263,11 @@ mod tests {
     #[test]
     fn remote_endpoints_become_remote_workload_routes_naming_their_node() {
         let endpoints = [
-            remote("ns/b", "node-b", &["198.18.1.11/32", "2001:db8:0:1::11/128"]),
+            remote(
+                "ns/b",
+                "node-b",
+                &["198.18.1.11/32", "2001:db8:0:1::11/128"],
+            ),
             remote("ns/c", "node-c", &["198.18.2.0/26"]),
         ];
         let mut ids = NodeIds::default();
