@@ -318,6 +318,7 @@ struct ReportLog {
     errors: BTreeSet<String>,
     compile_errors: BTreeSet<String>,
     conflicts: BTreeSet<String>,
+    remote_conflicts: BTreeSet<String>,
     summary: Option<Summary>,
 }
 
@@ -354,6 +355,16 @@ impl ReportLog {
             error!("{conflict}; the endpoint is left out");
         }
         self.conflicts = current;
+    }
+
+    /// Other nodes' endpoints whose addresses are routed elsewhere (their other addresses
+    /// still get routes).
+    fn remote_conflicts(&mut self, conflicts: &[Conflict]) {
+        let current: BTreeSet<String> = conflicts.iter().map(ToString::to_string).collect();
+        for conflict in current.difference(&self.remote_conflicts) {
+            error!("{conflict}");
+        }
+        self.remote_conflicts = current;
     }
 
     fn log(

@@ -735,4 +735,81 @@ spec:
             failures.join("\n")
         );
     }
+
+    /// Runs `trace --datastore` on `BASE` with `args` and `-o FORMAT`; its stdout.
+    fn trace_base(args: &[&str], format: &str) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("base.yaml"), BASE).expect("write");
+        let output = Command::new(loader_bin())
+            .arg("trace")
+            .arg("--datastore")
+            .arg(dir.path())
+            .args(args)
+            .args(["-o", format])
+            .output()
+            .expect("run trace");
+        assert!(
+            output.status.success(),
+            "trace failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    #[test]
+    fn trace_says_where_the_addresses_live() {
+        require_root();
+        // web lives on n1, client on n2: seen from web's node, the client is a remote workload.
+        let args = [
+            "--endpoint",
+            "prod/web",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "tcp",
+            "--src",
+            "198.18.2.1:40000",
+            "--dst",
+            "198.18.1.1:8080",
+        ];
+        let report: serde_json::Value =
+            serde_json::from_str(&trace_base(&args, "json")).expect("JSON");
+        let source = &report["source"];
+        assert_eq!(
+            (&source["address"], &source["route"], &source["node"]),
+            (
+                &"198.18.2.1".into(),
+                &"remote-workload".into(),
+                &"n2".into()
+            ),
+            "{report:#}"
+        );
+        let destination = &report["destination"];
+        assert_eq!(
+            (
+                &destination["route"],
+                &destination["endpoint"],
+                &destination["interface"]
+            ),
+            (
+                &"local-workload".into(),
+                &"prod/web".into(),
+                &"caliweb".into()
+            ),
+            "{report:#}"
+        );
+        let text = trace_base(&args, "table");
+        assert!(
+            text.contains("source:     198.18.2.1, remote-workload on node n2"),
+            "{text}"
+        );
+
+        // An address no endpoint has: the kernel's routes decide.
+        let mut args = args;
+        args[7] = "198.19.9.9:40000";
+        let report: serde_json::Value =
+            serde_json::from_str(&trace_base(&args, "json")).expect("JSON");
+        assert_eq!(report["source"]["route"], "none", "{report:#}");
+        assert!(report["source"]["node"].is_null(), "{report:#}");
+    }
 }

@@ -214,4 +214,33 @@ mod tests {
         let contents = map_contents([(&endpoint, &link, (1, 2))], MapContents::default());
         assert_eq!(contents.routes_v4[&(32, [198, 18, 0, 11])].mac, [0; 6]);
     }
+
+    #[test]
+    fn a_local_route_wins_over_a_remote_one_for_the_same_prefix() {
+        use calico_ebpf_common::{NodeInfo, RouteValue};
+
+        let (endpoint, link) = endpoint();
+        let remote_route = RouteValue {
+            kind: RouteKind::RemoteWorkload as u32,
+            node: 1,
+            ..RouteValue::default()
+        };
+        let mut remote = MapContents::default();
+        remote
+            .routes_v4
+            .insert((32, [198, 18, 0, 11]), remote_route);
+        remote.routes_v4.insert((26, [198, 18, 1, 0]), remote_route);
+        remote.nodes.insert(1, NodeInfo::default());
+        let contents = map_contents([(&endpoint, &link, (1, 2))], remote);
+        assert_eq!(
+            contents.routes_v4[&(32, [198, 18, 0, 11])].kind,
+            RouteKind::LocalWorkload as u32
+        );
+        assert_eq!(contents.routes_v4[&(26, [198, 18, 1, 0])], remote_route);
+        assert_eq!(
+            contents.nodes.len(),
+            1,
+            "the nodes of remote routes are kept"
+        );
+    }
 }

@@ -123,7 +123,8 @@ pub fn remote_endpoints(
                 Some(owner) => conflicts.push(Conflict {
                     endpoint: key.clone(),
                     reason: format!(
-                        "address {net} already belongs to {owner}; it is routed there, not to node {}",
+                        "address {net} already belongs to {owner}; this node routes it there, \
+                         not to node {}",
                         wep.spec.node
                     ),
                 }),
@@ -212,8 +213,8 @@ mod tests {
         assert_eq!(
             messages,
             [
-                "WorkloadEndpoint ns/b: address 198.18.0.1/32 already belongs to ns/a; it is routed there, not to node node2",
-                "WorkloadEndpoint ns/d: address 198.18.2.3/32 already belongs to ns/c; it is routed there, not to node node4"
+                "WorkloadEndpoint ns/b: address 198.18.0.1/32 already belongs to ns/a; this node routes it there, not to node node2",
+                "WorkloadEndpoint ns/d: address 198.18.2.3/32 already belongs to ns/c; this node routes it there, not to node node4"
             ]
         );
     }
