@@ -2,7 +2,7 @@
 //! leaves (`bpf_fib_lookup`, against the routes BIRD or an administrator installed), and the
 //! program sends it there itself instead of handing it to the kernel's forwarding path.
 //!
-//! What differs between the hooks is here too, as [`Hook`]: how the lookup is called, and how a
+//! What differs between the hooks is here too, as [`Hook`]: what the lookup checks, and how a
 //! packet leaves. TC sends it with `bpf_redirect_neigh`, which fills in the MACs through the
 //! kernel's neighbour table (and keeps its entries fresh); XDP rewrites the MACs from the
 //! lookup's answer and calls `bpf_redirect`.
@@ -10,14 +10,16 @@
 //! The lookup's parameters live in a per-CPU scratch map ([`FIB`]), not on the small stack.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{bpf_fib_lookup, bpf_redir_neigh},
     btf_maps::PerCpuArray,
+    cty::c_void,
     helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect_neigh},
     macros::btf_map,
     programs::{TcContext, XdpContext},
 };
 
-use crate::packet::Flow;
+use crate::packet::{Flow, IPPROTO_ICMP, IPPROTO_ICMPV6};
 
 /// `AF_INET` and `AF_INET6`, as the FIB lookup names the families.
 const AF_INET: u8 = 2;
@@ -78,8 +80,9 @@ pub trait Hook {
     /// fills in the MACs of a forwarded packet.
     const XDP: bool;
 
-    /// Runs `bpf_fib_lookup` on this hook's context.
-    fn fib_lookup(&self, params: &mut FibLookup) -> i64;
+    /// The hook's context (the `__sk_buff` or `xdp_md`), as the helpers take it. The FIB
+    /// lookup helper is the same for both; the kernel picks its variant by program type.
+    fn ctx(&self) -> *mut c_void;
 }
 
 /// The TC hook.
@@ -92,16 +95,8 @@ impl Hook for Tc<'_> {
     const XDP: bool = false;
 
     #[inline(always)]
-    fn fib_lookup(&self, params: &mut FibLookup) -> i64 {
-        let params = (params as *mut FibLookup).cast::<bpf_fib_lookup>();
-        unsafe {
-            fib_lookup_helper(
-                self.0.skb.skb.cast(),
-                params,
-                core::mem::size_of::<FibLookup>() as i32,
-                0,
-            )
-        }
+    fn ctx(&self) -> *mut c_void {
+        self.0.as_ptr()
     }
 }
 
@@ -109,38 +104,42 @@ impl Hook for Xdp<'_> {
     const XDP: bool = true;
 
     #[inline(always)]
-    fn fib_lookup(&self, params: &mut FibLookup) -> i64 {
-        let params = (params as *mut FibLookup).cast::<bpf_fib_lookup>();
-        unsafe {
-            fib_lookup_helper(
-                self.0.ctx.cast(),
-                params,
-                core::mem::size_of::<FibLookup>() as i32,
-                0,
-            )
-        }
+    fn ctx(&self) -> *mut c_void {
+        self.0.as_ptr()
     }
 }
 
-/// Where the FIB sends a packet of `flow` that arrived on `ifindex`: the egress interface, with
-/// the next hop and MACs in the scratch map; `None` when the kernel should handle the packet
-/// (no route, no neighbour yet, fragmentation needed, forwarding disabled on `ifindex`, ...).
-/// `ip_len` is the IP packet's length, checked against the egress MTU in XDP.
+/// Where the FIB sends a packet of `flow` that arrived on `ifindex` (`ctx` is the hook's
+/// context): the egress interface, with the next hop and MACs in the scratch map; `None` when
+/// the kernel should handle the packet (no route, no neighbour yet, fragmentation needed,
+/// forwarding disabled on `ifindex`, ...). `ip_len` is the IP packet's length, checked against
+/// the egress MTU in XDP.
 #[inline(always)]
-pub fn lookup<H: Hook>(hook: &H, flow: &Flow, ifindex: u32, ip_len: u16) -> Option<u32> {
+pub fn lookup<H: Hook>(ctx: *mut c_void, flow: &Flow, ifindex: u32, ip_len: u16) -> Option<u32> {
     let scratch = unsafe { &mut *FIB.get_ptr_mut(0)? };
     let params = &mut scratch.lookup;
     params.family = if flow.family == 4 { AF_INET } else { AF_INET6 };
     params.l4_protocol = flow.proto;
-    params.sport = flow.sport.to_be_bytes();
-    params.dport = flow.dport.to_be_bytes();
+    // Ports matter to policy routing rules and multipath hashing; ICMP has none (the flow's
+    // "ports" there are its type and code).
+    let ports = flow.proto != IPPROTO_ICMP && flow.proto != IPPROTO_ICMPV6;
+    params.sport = if ports { flow.sport } else { 0 }.to_be_bytes();
+    params.dport = if ports { flow.dport } else { 0 }.to_be_bytes();
     params.tot_len = if H::XDP { ip_len } else { 0 };
     params.ifindex = ifindex;
     params.flowinfo = 0;
     params.src = flow.src;
     params.dst = flow.dst;
     params.vlan = 0;
-    if hook.fib_lookup(params) != FIB_SUCCESS {
+    let rc = unsafe {
+        fib_lookup_helper(
+            ctx,
+            (params as *mut FibLookup).cast::<bpf_fib_lookup>(),
+            core::mem::size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    if rc != FIB_SUCCESS {
         return None;
     }
     Some(params.ifindex)

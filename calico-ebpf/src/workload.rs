@@ -7,6 +7,7 @@
 //! generic over the address family ([`Family`]); what differs between the hooks is the
 //! [`Hook`].
 
+use aya_ebpf::cty::c_void;
 use calico_ebpf_common::{DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue};
 
 use crate::{
@@ -152,7 +153,11 @@ fn ip<F: Family, H: Hook>(
     }
     let Some(route) = local else {
         if remote {
-            return forward_to_remote::<F, H>(hook, data, data_end, ifindex, len, flow, counters);
+            let out = forward_to_remote::<F, H>(hook.ctx(), data, data_end, ifindex, flow);
+            if out != 0 {
+                count_forwarded_remote(counters, len);
+                return Action::Forward { ifindex: out };
+            }
         }
         return count_pass(counters, len);
     };
@@ -168,45 +173,46 @@ fn ip<F: Family, H: Hook>(
     redirect_to_workload(data, data_end, route, len, counters)
 }
 
-/// Forwards a packet for a workload of another host (policy and conntrack have let it
-/// through): the kernel's FIB names the egress interface and next hop, and the packet leaves
-/// through the program, one hop older. What the lookup cannot decide goes to the kernel: no
-/// route, no neighbour entry yet (the kernel resolves it, and forwards this packet), a packet too
-/// big for the egress MTU, an expiring TTL.
-#[inline(always)]
+/// Prepares a packet for a workload of another host (policy and conntrack have let it through)
+/// to leave through the program: the kernel's FIB names the egress interface and next hop, and
+/// the packet becomes one hop older (in XDP, its MACs become the FIB's). Returns the egress
+/// ifindex, or 0 when the kernel should forward the packet: an expiring TTL, no route, no
+/// neighbour entry yet (the kernel resolves it, and forwards this packet), a packet too big for
+/// the egress MTU.
+///
+/// A BPF subprogram of its own (`ctx` is the hook's context): the from-workload path of local
+/// traffic does not carry its code.
+#[inline(never)]
 fn forward_to_remote<F: Family, H: Hook>(
-    hook: &H,
+    ctx: *mut c_void,
     data: usize,
     data_end: usize,
     ifindex: u32,
-    len: u64,
     flow: &Flow,
-    counters: *mut EndpointCounters,
-) -> Action {
+) -> u32 {
     let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {
-        return count_drop(counters, DropReason::Malformed);
+        return 0;
     };
     let hdr = unsafe { &mut *hdr };
     if F::hop_limit(hdr) <= 1 {
-        return count_pass(counters, len);
+        return 0;
     }
-    let Some(out) = forward::lookup(hook, flow, ifindex, F::ip_len(hdr)) else {
-        return count_pass(counters, len);
+    let Some(out) = forward::lookup::<H>(ctx, flow, ifindex, F::ip_len(hdr)) else {
+        return 0;
     };
     if H::XDP {
         // XDP has no neighbour output: the MACs come from the lookup.
         let (Some((dmac, smac)), Some(eth)) =
             (forward::macs(), ptr_at::<[u8; 12]>(data, data_end, 0))
         else {
-            return count_pass(counters, len);
+            return 0;
         };
         let eth = unsafe { &mut *eth };
         eth[0..6].copy_from_slice(&dmac);
         eth[6..12].copy_from_slice(&smac);
     }
     F::decrement_hop_limit(hdr);
-    count_forwarded_remote(counters, len);
-    Action::Forward { ifindex: out }
+    out
 }
 
 /// The receiving side of a packet routed to a local workload (none for other destinations).

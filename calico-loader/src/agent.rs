@@ -99,10 +99,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // The datastore logs each new problem with a file once; the last good version of that
         // file stays in the snapshot.
         let sync = datastore.sync();
-        let (endpoints, mut conflicts) = local_endpoints(&sync.snapshot, &config.node);
-        let (remote, remote_conflicts) = remote_endpoints(&sync.snapshot, &config.node, &endpoints);
-        conflicts.extend(remote_conflicts);
+        let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
         log.conflicts(&conflicts);
+        let (remote, remote_conflicts) = remote_endpoints(&sync.snapshot, &config.node, &endpoints);
+        log.remote_conflicts(&remote_conflicts);
         let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
         match dataplane
             .apply(&endpoints, &remote, compiled, &mut registry)
