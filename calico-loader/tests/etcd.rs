@@ -972,8 +972,9 @@ mod privileged {
             || !udp_from_wl1(&topology, REMOTE_ADDRESS),
         );
 
-        // Never programmed on this node: only wl1 and wl2 are, and 198.18.5.5 is only wl1's
-        // allowed source, no endpoint's address.
+        // Never programmed as an endpoint of this node: only wl1 and wl2 are, and 198.18.5.5 is
+        // only wl1's allowed source, no local endpoint's address. The route map knows it as the
+        // other node's.
         etcd.put(REMOTE_KEY, &remote_endpoint("client"));
         wait_for("UDP to pass again", Duration::from_secs(20), || {
             udp_from_wl1(&topology, REMOTE_ADDRESS)
@@ -991,8 +992,16 @@ mod privileged {
                 .all(|r| !r["addresses"].to_string().contains("198.18.5.5")),
             "{endpoints}"
         );
-        let routes = agent.dump("routes").to_string();
-        assert!(!routes.contains("198.18.5.5"), "{routes}");
+        let routes = agent.dump("routes");
+        let route = routes
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["prefix"] == "198.18.5.5/32"))
+            .unwrap_or_else(|| panic!("no route to the remote endpoint: {routes}"));
+        assert_eq!(
+            (&route["kind"], &route["node"], &route["interface"]),
+            (&"remote-workload".into(), &"other-node".into(), &"".into()),
+            "{routes}"
+        );
         agent.assert_running();
     }
 }
