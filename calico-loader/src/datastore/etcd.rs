@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use super::{
     error::{DatastoreError, ErrorKind},
     parse::parse_file,
-    resources::{Kind, Resource, ResourceKey},
+    resources::{Kind, Resource, ResourceKey, is_v3_key_of},
     snapshot::{Snapshot, SyncResult},
     store::{
         StoreError, StoredResource, WriteOutcome, WriteRequest, check_write, describe_error,
@@ -204,6 +204,16 @@ pub fn parse_key(key: &str) -> Option<ResourceKey> {
     })
 }
 
+/// Whether `key` is one no kind reads although it lies in the v3 tree: a kind stored
+/// elsewhere (`IPAMConfiguration`, at `/calico/ipam/v2/config`) under its v3 plural, where
+/// calicoctl writes it. The agent passes over such keys.
+pub fn is_passed_over(key: &str) -> bool {
+    Kind::ALL.iter().any(|&kind| {
+        let info = kind.info();
+        info.etcd.stores_outside_v3() && is_v3_key_of(info, key)
+    })
+}
+
 /// The `metadata.name` stored for a resource (a policy's tiered name).
 fn stored_name(key: &ResourceKey) -> String {
     key.kind.info().etcd.stored_name(&key.name)
@@ -239,6 +249,20 @@ pub fn decode(
     value: &[u8],
     mod_revision: i64,
 ) -> Result<StoredResource, Vec<DatastoreError>> {
+    decode_versioned(key, value, &mod_revision.to_string())
+}
+
+/// [`decode`], with `version` as the resource version (the local directory's file hash for a
+/// kind it keeps at its etcd key's path).
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_versioned(
+    key: &str,
+    value: &[u8],
+    version: &str,
+) -> Result<StoredResource, Vec<DatastoreError>> {
     let Some(resource_key) = parse_key(key) else {
         return Err(vec![key_error(
             key,
@@ -248,13 +272,11 @@ pub fn decode(
             ),
         )]);
     };
-    let mut json: Value = serde_json::from_slice(value).map_err(|e| {
-        vec![key_error(
-            key,
-            ErrorKind::Syntax,
-            format!("value is not JSON: {e}"),
-        )]
-    })?;
+    let info = resource_key.kind.info();
+    let mut json: Value = info
+        .etcd
+        .decode_value(info, &resource_key.name, value)
+        .map_err(|e| vec![key_error(key, ErrorKind::Syntax, e)])?;
     let Some(object) = json.as_object_mut() else {
         return Err(vec![key_error(
             key,
@@ -270,7 +292,7 @@ pub fn decode(
         if let Some(namespace) = &resource_key.namespace {
             metadata.insert("namespace".into(), namespace.clone().into());
         }
-        metadata.insert("resourceVersion".into(), mod_revision.to_string().into());
+        metadata.insert("resourceVersion".into(), version.into());
     }
     let text = serde_json::to_string(&json).map_err(|e| {
         vec![key_error(
@@ -303,19 +325,22 @@ pub fn decode(
         key: resource_key,
         resource,
         value: json,
-        version: mod_revision.to_string(),
+        version: version.to_owned(),
     })
 }
 
 /// The value to store for `request` in etcd: the user's object with the backend name.
-fn encode(request: &WriteRequest, existing: Option<&StoredResource>) -> Result<String, StoreError> {
+pub(super) fn encode(request: &WriteRequest, existing: Option<&StoredResource>) -> Result<String, StoreError> {
     let key = request.resource.key();
     let mut value = prepare_value(request, existing);
     if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.insert("name".into(), stored_name(&key).into());
     }
-    serde_json::to_string(&value)
-        .map_err(|e| StoreError::Config(format!("{key}: cannot encode as JSON: {e}")))
+    key.kind
+        .info()
+        .etcd
+        .encode_value(&value)
+        .map_err(|e| StoreError::Config(format!("{key}: cannot encode: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,6 +567,10 @@ impl State {
     /// A key's new value.
     fn put(&mut self, kv: &KeyValue) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if is_passed_over(&key) {
+            debug!(key = %key, "not read: the kind is stored elsewhere");
+            return;
+        }
         match decode(&key, kv.value(), kv.mod_revision()) {
             Ok(stored) => {
                 self.errors.remove(&key);

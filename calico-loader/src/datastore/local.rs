@@ -263,6 +263,12 @@ fn is_resource_file(name: &OsStr) -> bool {
     matches!(extension.as_deref(), Some("yaml" | "yml" | "json"))
 }
 
+/// The top-level directory that holds IPAM's objects (blocks, affinities, handles, the IPAM
+/// configuration) under the datastore directory, at their etcd keys' paths without `/calico/`
+/// (`ipam/v2/assignment/ipv4/block/198.18.0.0-26`). It is not read for resources, and its
+/// changes do not wake the agent.
+pub const IPAM_DIR: &str = "ipam";
+
 /// The files under the datastore directory.
 pub(super) struct Listing {
     /// Paths relative to the directory, sorted.
@@ -321,6 +327,10 @@ pub(super) fn list_files(root: &Path) -> Listing {
                 continue;
             }
             let path = relative.join(&name);
+            if path.as_os_str() == IPAM_DIR {
+                // IPAM's objects, not resources (see IPAM_DIR).
+                continue;
+            }
             // Follows symbolic links; a dangling one is skipped.
             let Ok(metadata) = std::fs::metadata(entry.path()) else {
                 continue;
@@ -401,9 +411,10 @@ pub fn watch(dir: impl AsRef<Path>) -> Result<DatastoreWatch, WatchError> {
         return Err(WatchError::NotADirectory(dir.to_path_buf()));
     }
     let (raw_tx, raw_rx) = std_mpsc::channel::<()>();
+    let ipam_dir = dir.join(IPAM_DIR);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
-            Ok(event) => is_relevant(&event),
+            Ok(event) => is_relevant(&event) && !only_under(&event, &ipam_dir),
             Err(e) => {
                 // Lost events (queue overflow...): a sync puts things right.
                 warn!("datastore watch: {e}");
@@ -448,6 +459,13 @@ fn is_relevant(event: &notify::Event) -> bool {
             event.kind,
             EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)
         )
+}
+
+/// Whether every path of `event` is under `dir` (and it names some).
+fn only_under(event: &notify::Event, dir: &Path) -> bool {
+    !event.need_rescan()
+        && !event.paths.is_empty()
+        && event.paths.iter().all(|p| p.starts_with(dir))
 }
 
 /// Forwards one notification per burst of raw events: after `DEBOUNCE` of quiet, or

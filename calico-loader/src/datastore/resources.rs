@@ -15,7 +15,7 @@
 //! - `kind`: the [`ResourceKind`] trait a typed kind implements, and the document shapes;
 //! - `policy`: what the policy kinds share (rules, orders, ports...);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
-//!   `profile`, `tier`, `ip_pool`;
+//!   `profile`, `tier`, `ip_pool`, `ipam_configuration`, `node`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
 //!
 //! Checks on a single value (an address, a name, a port) run while deserializing, so serde
@@ -25,10 +25,12 @@
 mod fields;
 mod global_network_policy;
 mod ip_pool;
+mod ipam_configuration;
 mod kind;
 mod kind_info;
 mod meta;
 mod network_policy;
+mod node;
 mod policy;
 mod profile;
 mod registry;
@@ -40,14 +42,22 @@ pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
 pub use ip_pool::{
     AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
 };
+pub use ipam_configuration::{
+    IPAM_CONFIG_KEY, IPAM_CONFIGURATION_NAME, IpamConfigKeys, IpamConfiguration,
+    IpamConfigurationSpec, StoredIpamConfig, VmAddressPersistence,
+};
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
-pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys};
+pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys, is_v3_key_of};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
 pub use policy::{
     Action, DEFAULT_TIER, EntityRule, HttpMatch, HttpPath, IcmpMatch, IpVersion, KUBE_ADMIN_TIER,
     KUBE_BASELINE_TIER, Order, PerformanceHint, PolicyType, PortSpec, Rule, RuleMetadata,
     ServiceAccountMatch, ServiceMatch, TierDefaultAction,
+};
+pub use node::{
+    Node, NodeAddress, NodeAddressType, NodeBgpSpec, NodeInterface, NodeSpec, NodeStatus,
+    NodeWireguardSpec, OrchRef,
 };
 pub use profile::{Profile, ProfileSpec};
 pub use registry::{

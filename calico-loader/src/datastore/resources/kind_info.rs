@@ -93,6 +93,50 @@ pub trait EtcdKeys: Sync + fmt::Debug {
     fn client_name(&self, stored: &str) -> String {
         stored.to_owned()
     }
+
+    /// Whether the kind lives outside the v3 tree ([`KEY_PREFIX`]), in a value of its own
+    /// shape (IPAM's `/calico/ipam/v2/config`). Such a kind's value goes through
+    /// [`encode_value`](Self::encode_value) and [`decode_value`](Self::decode_value); the local
+    /// directory keeps it in the file at its key's path without `/calico/`
+    /// (`<dir>/ipam/v2/config`), with the same text; and a key under the v3 tree in the kind's
+    /// plural (what calicoctl writes there) is not the kind's and is passed over.
+    fn stores_outside_v3(&self) -> bool {
+        false
+    }
+
+    /// The value to store for the v3 object `object` (its `metadata` filled in): the object's
+    /// JSON itself, unless the layout stores another shape.
+    ///
+    /// # Errors
+    ///
+    /// The object cannot be put in the stored shape (it was validated before, so this is a
+    /// bug's message).
+    fn encode_value(&self, object: &serde_json::Value) -> Result<String, String> {
+        serde_json::to_string(object).map_err(|e| e.to_string())
+    }
+
+    /// The v3 object (`apiVersion`, `kind`, `metadata`, `spec`) the stored `value` of the
+    /// resource named `name` stands for: the value's JSON itself, unless the layout stores
+    /// another shape.
+    ///
+    /// # Errors
+    ///
+    /// The value is not JSON, or not of the stored shape.
+    fn decode_value(
+        &self,
+        kind: &KindInfo,
+        name: &str,
+        value: &[u8],
+    ) -> Result<serde_json::Value, String> {
+        let _ = (kind, name);
+        serde_json::from_slice(value).map_err(|e| format!("value is not JSON: {e}"))
+    }
+}
+
+/// Whether `key` is under the v3 tree in the plural of `kind` (a key calicoctl would write for
+/// it there).
+pub fn is_v3_key_of(kind: &KindInfo, key: &str) -> bool {
+    key.starts_with(&v3_prefix(kind, None))
 }
 
 /// Calico's v3 layout: [`KEY_PREFIX`]`<plural>/<name>` for cluster-scoped kinds,

@@ -20,10 +20,12 @@ use super::{
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
     ip_pool::IpPool,
+    ipam_configuration::IpamConfiguration,
     kind::{DocumentWithStatus, ResourceKind},
     kind_info::{KindInfo, TieredPolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     network_policy::NetworkPolicy,
+    node::Node,
     profile::Profile,
     tier::Tier,
     workload_endpoint::WorkloadEndpoint,
@@ -51,7 +53,7 @@ registry! {
     /// Addresses IPAM must not hand out.
     IpReservation => untyped(KindInfo::cluster("IPReservation", "ipreservations", &["reservation", "reservations"])),
     /// IPAM settings.
-    IpamConfiguration => untyped(KindInfo::cluster("IPAMConfiguration", "ipamconfigurations", &["ipamconfig", "ipamconfigs"])),
+    IpamConfiguration => typed(IpamConfiguration),
     /// BGP settings.
     BgpConfiguration => untyped(KindInfo::cluster("BGPConfiguration", "bgpconfigurations", &["bgpconfig", "bgpconfigs"])),
     /// BGP peer.
@@ -63,7 +65,7 @@ registry! {
     /// Cluster-wide information.
     ClusterInformation => untyped(KindInfo::cluster("ClusterInformation", "clusterinformations", &["clusterinfo", "clusterinfos"])),
     /// A Calico node.
-    Node => untyped(KindInfo::cluster("Node", "nodes", &["no", "nos"])),
+    Node => typed(Node),
     /// Request for a node's status.
     CalicoNodeStatus => untyped(KindInfo::cluster("CalicoNodeStatus", "caliconodestatuses", &["nodestatus", "nodestatuses"])),
     /// kube-controllers settings.
