@@ -6,6 +6,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod datastore;
 pub mod dump;
+pub mod ipam;
 pub mod microbench;
 pub mod model;
 // Crafted packets: internal to `trace` and `microbench`, public only for the program tests

@@ -57,10 +57,7 @@ pub struct CleanupArgs {
 ///
 /// No host name for a default node name, or the agent failing (see [`crate::agent::run`]).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let node = match args.node {
-        Some(node) => node,
-        None => hostname()?,
-    };
+    let node = node_name(args.node)?;
     crate::agent::run(AgentConfig {
         datastore: args.datastore.config(),
         node,
@@ -91,6 +88,18 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
         args.pin_path.display()
     );
     Ok(())
+}
+
+/// The node name: `explicit` (`--node` or `NODENAME`), else the host name.
+///
+/// # Errors
+///
+/// No name given and `gethostname` failing.
+pub fn node_name(explicit: Option<String>) -> anyhow::Result<String> {
+    match explicit {
+        Some(node) if !node.is_empty() => Ok(node),
+        _ => hostname(),
+    }
 }
 
 /// This machine's host name, the default node name.

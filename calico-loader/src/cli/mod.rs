@@ -4,6 +4,7 @@
 //!
 //! - [`agent`]: `run` (the agent) and `cleanup` (what an agent left).
 //! - [`resources`]: the calicoctl-style `apply|create|replace|delete|get`.
+//! - [`ipam`]: `ipam show|assign|release|check`, Calico's IPAM.
 //! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
 //! - [`trace`]: `trace`, why a packet is allowed or dropped.
 //! - [`microbench`]: `microbench`, the programs' cost through BPF_PROG_TEST_RUN.
@@ -11,6 +12,7 @@
 
 pub mod agent;
 pub mod dump;
+pub mod ipam;
 pub mod microbench;
 pub mod output;
 pub mod resources;
@@ -46,6 +48,8 @@ pub enum Command {
     Delete(resources::DeleteArgs),
     /// Show resources of a kind, or one by name.
     Get(resources::GetArgs),
+    /// Calico IPAM: show the pools' use, assign and release addresses, check for leaks.
+    Ipam(ipam::IpamArgs),
     /// Print what the pinned maps hold.
     Dump(dump::DumpArgs),
     /// Per-packet cost of the programs through BPF_PROG_TEST_RUN, for each route count (JSON
@@ -88,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replace(args) => args.write(WriteMode::Replace).await,
         Command::Delete(args) => args.run().await,
         Command::Get(args) => args.run().await,
+        Command::Ipam(args) => ipam::run(args).await,
         Command::Dump(args) => dump::run(&args),
         Command::Microbench(args) => microbench::run(&args),
         Command::Trace(args) => trace::run(args),

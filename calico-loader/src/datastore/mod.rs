@@ -42,7 +42,9 @@ pub use resources::{
     Resource, ResourceKey, Rule, Tier, TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
 pub use snapshot::{Snapshot, SyncResult};
-pub use store::{StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest};
+pub use store::{
+    StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest, now_rfc3339, rfc3339,
+};
 
 #[cfg(test)]
 mod ip_pool_tests;

@@ -256,7 +256,7 @@ fn new_uid() -> String {
 }
 
 /// The time now, as `2024-05-01T10:00:00Z`.
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -265,7 +265,7 @@ fn now_rfc3339() -> String {
 
 /// Seconds since the epoch as an RFC 3339 UTC time (days to civil date, after Howard
 /// Hinnant's algorithm).
-fn rfc3339(secs: u64) -> String {
+pub fn rfc3339(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     let z = days + 719_468;
