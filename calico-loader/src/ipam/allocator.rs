@@ -27,8 +27,8 @@
 //!
 //! Releasing (by address or by handle) frees the ordinals, deletes a block left empty with no
 //! owner, decrements the handles (a handle at 0 is deleted), and gives up a block left empty
-//! whose owner has another block: affinity to `pendingDeletion`, delete the block, delete the
-//! affinity.
+//! whose owner has another block of the family: affinity to `pendingDeletion`, delete the
+//! block, delete the affinity.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -1259,8 +1259,9 @@ impl<S: IpamStore> Ipam<S> {
         Err(IpamError::TooManyRetries)
     }
 
-    /// Gives up a block left empty whose owner has another block (kube-controllers' rule for
-    /// empty blocks, applied when the block empties), so that a host keeps one block.
+    /// Gives up a block left empty whose owner has another block of its family
+    /// (kube-controllers' rule for empty blocks, applied when the block empties, without its
+    /// grace period), so that a host keeps one block of each family.
     async fn give_up_if_empty(&mut self, block: &AllocationBlock) {
         if !block.is_unused() {
             return;
@@ -1268,8 +1269,9 @@ impl<S: IpamStore> Ipam<S> {
         let Some(owner) = block.host().map(str::to_owned) else {
             return;
         };
+        let family = Family::of_net(block.cidr);
         let owned = match self
-            .affinities_under(&node_affinity_prefix(&owner, None))
+            .affinities_under(&node_affinity_prefix(&owner, Some(family)))
             .await
         {
             Ok(affinities) => affinities.len(),
