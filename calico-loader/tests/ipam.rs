@@ -124,7 +124,9 @@ impl Backend {
     }
 
     fn json(&self, key: &str) -> Value {
-        let text = self.value(key).unwrap_or_else(|| panic!("{key} is missing"));
+        let text = self
+            .value(key)
+            .unwrap_or_else(|| panic!("{key} is missing"));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key}: {e}: {text}"))
     }
 
@@ -154,11 +156,16 @@ fn ip(text: &str) -> IpAddr {
 fn blocks_claimed_borrowed_and_released(backend: &Backend) {
     backend.ok(&["apply", "-f", "-"], Some(TINY_POOL));
     let block = |cidr: &str| format!("/calico/ipam/v2/assignment/ipv4/block/{cidr}");
-    let affinity = |node: &str, cidr: &str| format!("/calico/ipam/v2/host/{node}/ipv4/block/{cidr}");
+    let affinity =
+        |node: &str, cidr: &str| format!("/calico/ipam/v2/host/{node}/ipv4/block/{cidr}");
 
     // node-a: one address, from a block it claims (confirmed affinity, block affine to it).
     let a1 = backend.assign("node-a", "a1", &[]);
-    assert_eq!(a1.len(), 1, "one IPv4 address by default, none without an IPv6 pool");
+    assert_eq!(
+        a1.len(),
+        1,
+        "one IPv4 address by default, none without an IPv6 pool"
+    );
     let a_block = backend
         .ipam_keys()
         .into_iter()
@@ -212,8 +219,14 @@ fn blocks_claimed_borrowed_and_released(backend: &Backend) {
     }
     // node-a's block is full and no block is left: the maxBlocksPerHost limit is not the
     // reason, so it borrows... except every block is full.
-    let err = backend.fails(&["ipam", "assign", "--node", "node-a", "--handle", "x"], None);
-    assert!(err.contains("assigned 0 of 1 requested IPv4 addresses"), "{err}");
+    let err = backend.fails(
+        &["ipam", "assign", "--node", "node-a", "--handle", "x"],
+        None,
+    );
+    assert!(
+        err.contains("assigned 0 of 1 requested IPv4 addresses"),
+        "{err}"
+    );
     assert!(err.contains("198.18.0.0/28"), "{err}");
 
     // Free one address of node-b's block: node-a borrows it (strictAffinity is false).
@@ -237,7 +250,10 @@ fn blocks_claimed_borrowed_and_released(backend: &Backend) {
     let b_net: ipnet::IpNet = b_block.replacen('-', "/", 1).parse().expect("cidr");
     assert!(b_net.contains(&borrowed[0]), "{borrowed:?} from {b_net}");
     let bj = backend.json(&block(&b_block));
-    assert_eq!(bj["affinity"], "host:node-b", "borrowing does not move the block");
+    assert_eq!(
+        bj["affinity"], "host:node-b",
+        "borrowing does not move the block"
+    );
     assert_eq!(bj["attributes"][0]["secondary"]["node"], "node-a");
 
     // With strictAffinity, node-a may not borrow.
@@ -247,7 +263,10 @@ fn blocks_claimed_borrowed_and_released(backend: &Backend) {
             "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {strictAffinity: true}\n",
         ),
     );
-    let err = backend.fails(&["ipam", "assign", "--node", "node-a", "--handle", "y"], None);
+    let err = backend.fails(
+        &["ipam", "assign", "--node", "node-a", "--handle", "y"],
+        None,
+    );
     assert!(err.contains("strictAffinity"), "{err}");
 
     // maxBlocksPerHost 1: node-e may claim one block only... and none is free; a new node
@@ -259,8 +278,14 @@ fn blocks_claimed_borrowed_and_released(backend: &Backend) {
             "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {strictAffinity: true, maxBlocksPerHost: 1}\n",
         ),
     );
-    let err = backend.fails(&["ipam", "assign", "--node", "node-c", "--handle", "z"], None);
-    assert!(err.contains("maxBlocksPerHost") && err.contains("1"), "{err}");
+    let err = backend.fails(
+        &["ipam", "assign", "--node", "node-c", "--handle", "z"],
+        None,
+    );
+    assert!(
+        err.contains("maxBlocksPerHost") && err.contains("1"),
+        "{err}"
+    );
 
     // Releasing by address; a second release of it is refused; check finds the leaks (no
     // endpoints hold the addresses) and no inconsistency between blocks and handles.
@@ -271,11 +296,19 @@ fn blocks_claimed_borrowed_and_released(backend: &Backend) {
     let report = backend.ok(&["ipam", "check"], None);
     let in_use = 4 + 4 + 4; // node-a's block, node-c's and node-d's
     assert!(
-        report.contains(&format!("Found {in_use} IPs that are allocated in IPAM but not actually in use.")),
+        report.contains(&format!(
+            "Found {in_use} IPs that are allocated in IPAM but not actually in use."
+        )),
         "{report}"
     );
-    assert!(report.contains("Found 0 handles mentioned in blocks"), "{report}");
-    assert!(report.contains("Found 0 handle counts that disagree"), "{report}");
+    assert!(
+        report.contains("Found 0 handles mentioned in blocks"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Found 0 handle counts that disagree"),
+        "{report}"
+    );
 
     let show = backend.ok(&["ipam", "show", "--show-blocks"], None);
     assert!(show.contains("| GROUPING |"), "{show}");
@@ -345,20 +378,40 @@ fn fifty_at_once(backend: &Backend) {
     assert_eq!(v4.len(), 50, "distinct IPv4 addresses");
     assert_eq!(v6.len(), 50, "distinct IPv6 addresses");
     let report = backend.ok(&["ipam", "check"], None);
-    assert!(report.contains("IPAM blocks record 100 allocations."), "{report}");
-    assert!(report.contains("Found 0 handles with no matching IPs (and 50 handles with matches)."), "{report}");
-    assert!(report.contains("Found 0 handle counts that disagree"), "{report}");
-    assert!(report.contains("Found 0 handles mentioned in blocks"), "{report}");
+    assert!(
+        report.contains("IPAM blocks record 100 allocations."),
+        "{report}"
+    );
+    assert!(
+        report.contains("Found 0 handles with no matching IPs (and 50 handles with matches)."),
+        "{report}"
+    );
+    assert!(
+        report.contains("Found 0 handle counts that disagree"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Found 0 handles mentioned in blocks"),
+        "{report}"
+    );
 
     spawn_all("release");
     let keys = backend.ipam_keys();
     assert!(
-        !keys.iter().any(|k| k.starts_with("/calico/ipam/v2/handle/")),
+        !keys
+            .iter()
+            .any(|k| k.starts_with("/calico/ipam/v2/handle/")),
         "no handle left: {keys:?}"
     );
     let report = backend.ok(&["ipam", "check"], None);
-    assert!(report.contains("IPAM blocks record 0 allocations."), "{report}");
-    assert!(report.contains("Check complete; found 0 problems."), "{report}");
+    assert!(
+        report.contains("IPAM blocks record 0 allocations."),
+        "{report}"
+    );
+    assert!(
+        report.contains("Check complete; found 0 problems."),
+        "{report}"
+    );
 }
 
 #[test]
@@ -400,14 +453,21 @@ fn keys_and_values_match_calico() {
         .lines()
         .find(|l| l.starts_with("| Block"))
         .unwrap_or_else(|| panic!("no block row: {show}"));
-    assert!(block_row.contains("| 198.18.0.4/30 ") && block_row.contains("| 2 (50%) "), "{show}");
+    assert!(
+        block_row.contains("| 198.18.0.4/30 ") && block_row.contains("| 2 (50%) "),
+        "{show}"
+    );
     let report = backend.ok(&["ipam", "check"], None);
-    assert!(report.contains("Found 0 handle counts that disagree"), "{report}");
+    assert!(
+        report.contains("Found 0 handle counts that disagree"),
+        "{report}"
+    );
     // node-x uses its block (confirmed, as an empty affinity value is).
     let got = backend.assign("node-x", "h2", &[]);
     assert_eq!(got, [ip("198.18.0.5")], "first free ordinal first");
     assert_eq!(
-        etcd.get("/calico/ipam/v2/assignment/ipv4/block/198.18.0.4-30").expect("block"),
+        etcd.get("/calico/ipam/v2/assignment/ipv4/block/198.18.0.4-30")
+            .expect("block"),
         r#"{"cidr":"198.18.0.4/30","affinity":"host:node-x","allocations":[0,1,0,null],"unallocated":[3],"attributes":[{"handle_id":"k8s-pod-network.abc","secondary":{"namespace":"default","node":"node-x","pod":"web","timestamp":"2024-05-01 10:00:00.000000001 +0000 UTC"}},{"handle_id":"h2","secondary":{"node":"node-x"}}],"sequenceNumber":1714557600000000001,"sequenceNumberForAllocation":{"0":1714557599000000000,"1":1714557600000000000,"2":1714557599000000001},"deleted":false}"#
     );
     assert_eq!(
@@ -416,10 +476,14 @@ fn keys_and_values_match_calico() {
     );
     // Releasing Calico's handle frees ordinals 0 and 2 (its attribute goes, h2's is renumbered)
     // and deletes the handle.
-    let out = backend.ok(&["ipam", "release", "--handle", "k8s-pod-network.abc"], None);
+    let out = backend.ok(
+        &["ipam", "release", "--handle", "k8s-pod-network.abc"],
+        None,
+    );
     assert_eq!(out, "released 198.18.0.4\nreleased 198.18.0.6\n");
     assert_eq!(
-        etcd.get("/calico/ipam/v2/assignment/ipv4/block/198.18.0.4-30").expect("block"),
+        etcd.get("/calico/ipam/v2/assignment/ipv4/block/198.18.0.4-30")
+            .expect("block"),
         r#"{"cidr":"198.18.0.4/30","affinity":"host:node-x","allocations":[null,0,null,null],"unallocated":[3,0,2],"attributes":[{"handle_id":"h2","secondary":{"node":"node-x"}}],"sequenceNumber":1714557600000000002,"sequenceNumberForAllocation":{"1":1714557600000000000},"deleted":false}"#
     );
     assert_eq!(etcd.get("/calico/ipam/v2/handle/k8s-pod-network.abc"), None);
@@ -430,7 +494,10 @@ fn keys_and_values_match_calico() {
         .keys("/calico/ipam/v2/host/node-y/")
         .pop()
         .expect("node-y's affinity");
-    assert_eq!(etcd.get(&key).as_deref(), Some(r#"{"state":"confirmed","deleted":false}"#));
+    assert_eq!(
+        etcd.get(&key).as_deref(),
+        Some(r#"{"state":"confirmed","deleted":false}"#)
+    );
     let cidr = key.rsplit('/').next().expect("cidr");
     let value = etcd
         .get(&format!("/calico/ipam/v2/assignment/ipv4/block/{cidr}"))
@@ -450,9 +517,16 @@ fn keys_and_values_match_calico() {
         "\"deleted\"",
     ]
     .iter()
-    .map(|f| value.find(f).unwrap_or_else(|| panic!("{f} missing in {value}")))
+    .map(|f| {
+        value
+            .find(f)
+            .unwrap_or_else(|| panic!("{f} missing in {value}"))
+    })
     .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "Go's field order: {value}");
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "Go's field order: {value}"
+    );
     assert_eq!(fields.len(), 9, "{value}");
 }
 
@@ -480,7 +554,10 @@ fn ipam_configuration(backend: &Backend) {
         &["apply", "-f", "-"],
         Some("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: other}\nspec: {}\n"),
     );
-    assert!(err.contains("metadata.name") && err.contains("\"default\""), "{err}");
+    assert!(
+        err.contains("metadata.name") && err.contains("\"default\""),
+        "{err}"
+    );
     let err = backend.fails(
         &["apply", "-f", "-"],
         Some("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {maxBlocksPerHost: -1}\n"),
@@ -521,27 +598,69 @@ fn bad_input_is_refused_clearly() {
         &["apply", "-f", "-"],
         Some("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: big}\nspec: {cidr: 198.18.0.0/16}\n"),
     );
-    assert!(err.contains("overlaps IPPool tiny (198.18.0.0/28)"), "{err}");
+    assert!(
+        err.contains("overlaps IPPool tiny (198.18.0.0/28)"),
+        "{err}"
+    );
     let err = backend.fails(
         &["apply", "-f", "-"],
         Some("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: small}\nspec: {cidr: 198.19.0.0/16, blockSize: 19}\n"),
     );
-    assert!(err.contains("spec.blockSize") && err.contains("between 20 and 32"), "{err}");
+    assert!(
+        err.contains("spec.blockSize") && err.contains("between 20 and 32"),
+        "{err}"
+    );
     let err = backend.fails(
-        &["ipam", "assign", "--node", "n", "--handle", "h", "--ip", "198.18.0.300"],
+        &[
+            "ipam",
+            "assign",
+            "--node",
+            "n",
+            "--handle",
+            "h",
+            "--ip",
+            "198.18.0.300",
+        ],
         None,
     );
-    assert!(err.contains("invalid value '198.18.0.300' for '--ip"), "{err}");
+    assert!(
+        err.contains("invalid value '198.18.0.300' for '--ip"),
+        "{err}"
+    );
     let err = backend.fails(
-        &["ipam", "assign", "--node", "n", "--handle", "h", "--ip", "198.19.0.1"],
+        &[
+            "ipam",
+            "assign",
+            "--node",
+            "n",
+            "--handle",
+            "h",
+            "--ip",
+            "198.19.0.1",
+        ],
         None,
     );
-    assert!(err.contains("198.19.0.1 is not in any enabled IP pool"), "{err}");
+    assert!(
+        err.contains("198.19.0.1 is not in any enabled IP pool"),
+        "{err}"
+    );
     let err = backend.fails(
-        &["ipam", "assign", "--node", "n", "--handle", "h", "--pool", "198.19.0.0/24"],
+        &[
+            "ipam",
+            "assign",
+            "--node",
+            "n",
+            "--handle",
+            "h",
+            "--pool",
+            "198.19.0.0/24",
+        ],
         None,
     );
-    assert!(err.contains("the given pool (198.19.0.0/24) does not exist"), "{err}");
+    assert!(
+        err.contains("the given pool (198.19.0.0/24) does not exist"),
+        "{err}"
+    );
     let err = backend.fails(&["ipam", "assign", "--node", "n", "--handle", "a/b"], None);
     assert!(err.contains("invalid handle"), "{err}");
     // A requested address is assigned; twice is refused.
@@ -550,7 +669,16 @@ fn bad_input_is_refused_clearly() {
         [ip("198.18.0.9")]
     );
     let err = backend.fails(
-        &["ipam", "assign", "--node", "m", "--handle", "h2", "--ip", "198.18.0.9"],
+        &[
+            "ipam",
+            "assign",
+            "--node",
+            "m",
+            "--handle",
+            "h2",
+            "--ip",
+            "198.18.0.9",
+        ],
         None,
     );
     assert!(err.contains("198.18.0.9 is already assigned"), "{err}");

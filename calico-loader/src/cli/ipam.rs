@@ -143,8 +143,7 @@ async fn typed<K: crate::datastore::resources::Registered + Clone>(
 ) -> anyhow::Result<Vec<K>> {
     let (resources, errors) = store.list(kind, None).await?;
     for e in errors {
-        if e
-            .resource
+        if e.resource
             .as_deref()
             .is_some_and(|r| r.starts_with(&format!("{kind} ")))
         {
@@ -175,7 +174,11 @@ async fn assign(args: AssignArgs) -> anyhow::Result<()> {
     let has_v4_pool_asked = args.pool.iter().any(|p| matches!(p, IpNet::V4(_)));
     let num_v4 = args
         .ipv4
-        .unwrap_or(if args.pool.is_empty() || has_v4_pool_asked { 1 } else { 0 });
+        .unwrap_or(if args.pool.is_empty() || has_v4_pool_asked {
+            1
+        } else {
+            0
+        });
     let num_v6 = args.ipv6.unwrap_or(usize::from(has_v6_pool));
     if num_v4 == 0 && num_v6 == 0 {
         bail!("nothing to assign: --ipv4 and --ipv6 are both 0");
@@ -249,18 +252,31 @@ async fn run_check(args: &CheckArgs) -> anyhow::Result<()> {
 async fn show(args: &ShowArgs) -> anyhow::Result<()> {
     let mut ipam = open(&args.datastore.config()).await?;
     let blocks = ipam.blocks().await?;
-    print!("{}", utilization_table(ipam.pools(), &blocks, args.show_blocks));
+    print!(
+        "{}",
+        utilization_table(ipam.pools(), &blocks, args.show_blocks)
+    );
     Ok(())
 }
 
 /// calicoctl's `ipam show` table: a row per pool (its size, and the addresses in use in its
 /// blocks), with `show_blocks` a row per block after it; blocks in no pool are shown (with
 /// `show_blocks`) after the pools, as calicoctl's orphaned blocks.
-pub fn utilization_table(pools: &[IpPool], blocks: &[AllocationBlock], show_blocks: bool) -> String {
+pub fn utilization_table(
+    pools: &[IpPool],
+    blocks: &[AllocationBlock],
+    show_blocks: bool,
+) -> String {
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut placed = vec![false; blocks.len()];
     let row = |grouping: &str, cidr: String, in_use: f64, capacity: f64| {
-        let percent = |n: f64| if capacity > 0.0 { 100.0 * n / capacity } else { 0.0 };
+        let percent = |n: f64| {
+            if capacity > 0.0 {
+                100.0 * n / capacity
+            } else {
+                0.0
+            }
+        };
         [
             grouping.to_owned(),
             cidr,
@@ -293,7 +309,12 @@ pub fn utilization_table(pools: &[IpPool], blocks: &[AllocationBlock], show_bloc
             block_rows.push(block_row(block));
         }
         let bits = i32::from(pool.spec.cidr.max_prefix_len() - pool.spec.cidr.prefix_len());
-        rows.push(row("IP Pool", pool.spec.cidr.to_string(), in_use, 2f64.powi(bits)));
+        rows.push(row(
+            "IP Pool",
+            pool.spec.cidr.to_string(),
+            in_use,
+            2f64.powi(bits),
+        ));
         if show_blocks {
             rows.extend(block_rows);
         }
@@ -305,7 +326,10 @@ pub fn utilization_table(pools: &[IpPool], blocks: &[AllocationBlock], show_bloc
             }
         }
     }
-    render_table(&["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"], &rows)
+    render_table(
+        &["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"],
+        &rows,
+    )
 }
 
 fn overlaps(a: IpNet, b: IpNet) -> bool {

@@ -330,7 +330,10 @@ pub fn decode_versioned(
 }
 
 /// The value to store for `request` in etcd: the user's object with the backend name.
-pub(super) fn encode(request: &WriteRequest, existing: Option<&StoredResource>) -> Result<String, StoreError> {
+pub(super) fn encode(
+    request: &WriteRequest,
+    existing: Option<&StoredResource>,
+) -> Result<String, StoreError> {
     let key = request.resource.key();
     let mut value = prepare_value(request, existing);
     if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -519,6 +519,24 @@ mod tests {
     }
 
     #[test]
+    fn ipam_objects_are_not_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "a.yaml", &wep("a", "198.18.0.1"));
+        // IPAM's files, even one named like a resource file, are not parsed.
+        write(
+            d,
+            "ipam/v2/handle/h1",
+            r#"{"block":{"198.18.0.0/26":1},"deleted":false}"#,
+        );
+        write(d, "ipam/v2/config.json", "not: [a resource");
+        let mut store = LocalDatastore::new(d);
+        let result = store.sync();
+        assert!(result.errors.is_empty(), "{:?}", result.errors);
+        assert_eq!(names(&result.snapshot), ["WorkloadEndpoint default/a"]);
+    }
+
+    #[test]
     fn reads_resource_files_recursively_and_skips_others() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

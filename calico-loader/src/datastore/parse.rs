@@ -1448,6 +1448,8 @@ items: null
             Kind::Profile,
             Kind::Tier,
             Kind::IpPool,
+            Kind::IpamConfiguration,
+            Kind::Node,
         ];
         for kind in Kind::ALL.iter().filter(|k| !typed.contains(k)) {
             let text = format!(

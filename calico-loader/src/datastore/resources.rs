@@ -50,14 +50,14 @@ pub use kind::{Document, DocumentWithStatus, ResourceKind};
 pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys, is_v3_key_of};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
+pub use node::{
+    Node, NodeAddress, NodeAddressType, NodeBgpSpec, NodeInterface, NodeSpec, NodeStatus,
+    NodeWireguardSpec, OrchRef,
+};
 pub use policy::{
     Action, DEFAULT_TIER, EntityRule, HttpMatch, HttpPath, IcmpMatch, IpVersion, KUBE_ADMIN_TIER,
     KUBE_BASELINE_TIER, Order, PerformanceHint, PolicyType, PortSpec, Rule, RuleMetadata,
     ServiceAccountMatch, ServiceMatch, TierDefaultAction,
-};
-pub use node::{
-    Node, NodeAddress, NodeAddressType, NodeBgpSpec, NodeInterface, NodeSpec, NodeStatus,
-    NodeWireguardSpec, OrchRef,
 };
 pub use profile::{Profile, ProfileSpec};
 pub use registry::{

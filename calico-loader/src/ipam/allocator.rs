@@ -46,9 +46,7 @@ use super::{
         BlockAffinity, CONFIRMED, PENDING, PENDING_DELETION, affinity_key, node_affinity_prefix,
         parse_affinity_key,
     },
-    block::{
-        AllocationBlock, BLOCK_PREFIX, address_value, block_key, parse_block_key,
-    },
+    block::{AllocationBlock, BLOCK_PREFIX, address_value, block_key, parse_block_key},
     config::IpamSettings,
     handle::{HANDLE_PREFIX, IpamHandle, check_handle_id, handle_key},
     store::{IpamStore, IpamStoreError, Revision},
@@ -81,7 +79,9 @@ pub enum IpamError {
     #[error("no enabled IPv{0} pool (an IPPool that is not disabled and allows Workload)")]
     NoEnabledPool(u8),
     /// No enabled pool of the family selects the node.
-    #[error("no enabled IPv{version} pool selects node {node} (check the pools' nodeSelector and the Node's labels)")]
+    #[error(
+        "no enabled IPv{version} pool selects node {node} (check the pools' nodeSelector and the Node's labels)"
+    )]
     NoPoolForNode { version: u8, node: String },
     /// A requested pool that is not an enabled pool.
     #[error("the given pool ({0}) does not exist, or is not enabled")]
@@ -93,21 +93,27 @@ pub enum IpamError {
     #[error("{0} is already assigned")]
     AlreadyAssigned(IpAddr),
     /// An address in another host's block, with strict affinity.
-    #[error("{ip} is in block {block}, which is not this node's ({owner}), and strictAffinity is on")]
+    #[error(
+        "{ip} is in block {block}, which is not this node's ({owner}), and strictAffinity is on"
+    )]
     StrictAffinity {
         ip: IpAddr,
         block: IpNet,
         owner: String,
     },
     /// The node owns as many blocks as it may, and they are full.
-    #[error("node {node} needs a new IPAM block but already has {owned}: the limit (maxBlocksPerHost) is {limit}")]
+    #[error(
+        "node {node} needs a new IPAM block but already has {owned}: the limit (maxBlocksPerHost) is {limit}"
+    )]
     BlockLimit {
         node: String,
         owned: usize,
         limit: usize,
     },
     /// Fewer addresses could be had than asked.
-    #[error("assigned {assigned} of {requested} requested IPv{version} addresses: {reason}; none kept")]
+    #[error(
+        "assigned {assigned} of {requested} requested IPv{version} addresses: {reason}; none kept"
+    )]
     Exhausted {
         version: u8,
         requested: usize,
@@ -492,10 +498,10 @@ impl<S: IpamStore> Ipam<S> {
             }
             if let Err(e) = result {
                 let taken: Vec<IpAddr> = assigned.v4.iter().chain(&assigned.v6).copied().collect();
-                if !taken.is_empty() {
-                    if let Err(release) = self.release_ips(&taken).await {
-                        warn!("could not release {taken:?} after a failed assignment: {release}");
-                    }
+                if !taken.is_empty()
+                    && let Err(release) = self.release_ips(&taken).await
+                {
+                    warn!("could not release {taken:?} after a failed assignment: {release}");
                 }
                 return Err(e);
             }
@@ -776,7 +782,9 @@ impl<S: IpamStore> Ipam<S> {
                 .is_some_and(|p| !Self::selects(p, &labels));
             if unselected {
                 match self.release_block_affinity(node, cidr, true, None).await {
-                    Ok(()) => info!(%cidr, node, "gave up an empty block whose pool no longer selects the node"),
+                    Ok(()) => {
+                        info!(%cidr, node, "gave up an empty block whose pool no longer selects the node")
+                    }
                     Err(e) => debug!(%cidr, node, "kept block: {e}"),
                 }
             }
@@ -1313,7 +1321,11 @@ fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, IpamError> {
 /// How many blocks `pool` holds, and where the node's walk through them starts: FNV-1 (32 bits)
 /// of the node's name, as libcalico-go seeds its walk with (its random start differs).
 fn walk_start(pool: &IpPool, node: &str) -> (u128, u128) {
-    let bits = u32::from(pool.spec.block_size.saturating_sub(pool.spec.cidr.prefix_len()));
+    let bits = u32::from(
+        pool.spec
+            .block_size
+            .saturating_sub(pool.spec.cidr.prefix_len()),
+    );
     let count = 1u128.checked_shl(bits.min(127)).unwrap_or(u128::MAX);
     let hash = node.bytes().fold(0x811c_9dc5_u32, |hash, b| {
         hash.wrapping_mul(0x0100_0193) ^ u32::from(b)
@@ -1379,7 +1391,10 @@ mod tests {
     fn rfc3339_reads_what_it_writes() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2024-05-01T10:00:00Z"), Some(1_714_557_600));
-        assert_eq!(parse_rfc3339(&crate::datastore::rfc3339(951_782_400)), Some(951_782_400));
+        assert_eq!(
+            parse_rfc3339(&crate::datastore::rfc3339(951_782_400)),
+            Some(951_782_400)
+        );
         assert_eq!(parse_rfc3339("garbage"), None);
     }
 }

@@ -84,7 +84,11 @@ pub struct AllocationAttribute {
     )]
     pub alternate_owner_attrs: BTreeMap<String, String>,
     /// When the allocation was released into its cool-down (newer Calico; kept as read).
-    #[serde(rename = "releasedAt", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "releasedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub released_at: Option<serde_json::Value>,
 }
 
@@ -121,7 +125,11 @@ pub struct AllocationBlock {
     #[serde(default)]
     pub deleted: bool,
     /// The deprecated form of `affinity` (`hostAffinity: <node>`), read when present.
-    #[serde(rename = "hostAffinity", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "hostAffinity",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub host_affinity: Option<String>,
 }
 
@@ -347,7 +355,8 @@ impl AllocationBlock {
                     if ordinals.contains(&ordinal) {
                         continue;
                     }
-                    if let Some(handle) = self.attribute_of(ordinal).and_then(|a| a.handle_id.clone())
+                    if let Some(handle) =
+                        self.attribute_of(ordinal).and_then(|a| a.handle_id.clone())
                     {
                         *by_handle.entry(handle).or_insert(0) += 1;
                     }
@@ -363,9 +372,7 @@ impl AllocationBlock {
     /// Releases every address of `handle`: the addresses released.
     pub fn release_handle(&mut self, handle: &str) -> Vec<IpAddr> {
         let ordinals: Vec<usize> = (0..self.allocations.len())
-            .filter(|&o| {
-                self.attribute_of(o).and_then(|a| a.handle_id.as_deref()) == Some(handle)
-            })
+            .filter(|&o| self.attribute_of(o).and_then(|a| a.handle_id.as_deref()) == Some(handle))
             .collect();
         let ips = ordinals.iter().map(|&o| self.address(o)).collect();
         self.free_ordinals(&ordinals);
@@ -422,13 +429,19 @@ mod tests {
             "/calico/ipam/v2/assignment/ipv6/block/2001:db8::-122"
         );
         assert_eq!(parse_block_key(&block_key(v6)), Some(v6));
-        assert_eq!(parse_block_key("/calico/ipam/v2/assignment/ipv4/block/x"), None);
+        assert_eq!(
+            parse_block_key("/calico/ipam/v2/assignment/ipv4/block/x"),
+            None
+        );
     }
 
     #[test]
     fn a_new_block_serializes_as_go_does() {
-        let mut block =
-            AllocationBlock::new("198.18.0.0/30".parse().unwrap(), "node1", "2024-05-01T10:00:00Z".into());
+        let mut block = AllocationBlock::new(
+            "198.18.0.0/30".parse().unwrap(),
+            "node1",
+            "2024-05-01T10:00:00Z".into(),
+        );
         block.sequence_number = 5;
         assert_eq!(
             serde_json::to_string(&block).unwrap(),
@@ -438,10 +451,15 @@ mod tests {
 
     #[test]
     fn assign_and_release_keep_attributes_tidy() {
-        let mut block =
-            AllocationBlock::new("198.18.0.0/30".parse().unwrap(), "node1", "t".into());
+        let mut block = AllocationBlock::new("198.18.0.0/30".parse().unwrap(), "node1", "t".into());
         let a = block.auto_assign(2, "h1", &attrs());
-        assert_eq!(a, ["198.18.0.0".parse::<IpAddr>().unwrap(), "198.18.0.1".parse().unwrap()]);
+        assert_eq!(
+            a,
+            [
+                "198.18.0.0".parse::<IpAddr>().unwrap(),
+                "198.18.0.1".parse().unwrap()
+            ]
+        );
         assert!(block.assign("198.18.0.3".parse().unwrap(), "h2", &attrs()));
         assert!(!block.assign("198.18.0.3".parse().unwrap(), "h3", &attrs()));
         assert_eq!(block.allocations, [Some(0), Some(0), None, Some(1)]);
@@ -450,7 +468,10 @@ mod tests {
             block.release(&["198.18.0.0".parse().unwrap(), "198.18.0.2".parse().unwrap()]);
         assert_eq!(missing, ["198.18.0.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(by_handle, BTreeMap::from([("h1".to_owned(), 1)]));
-        assert_eq!(block.release_handle("h1"), ["198.18.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            block.release_handle("h1"),
+            ["198.18.0.1".parse::<IpAddr>().unwrap()]
+        );
         // h1's attribute is gone; h2's is renumbered.
         assert_eq!(block.allocations, [None, None, None, Some(0)]);
         assert_eq!(block.attributes.as_ref().map(Vec::len), Some(1));

@@ -55,7 +55,11 @@ pub fn check(
             allocations.insert(ip, (handle, block.cidr));
         }
     }
-    let _ = writeln!(out, "IPAM blocks record {} allocations.\n", allocations.len());
+    let _ = writeln!(
+        out,
+        "IPAM blocks record {} allocations.\n",
+        allocations.len()
+    );
     let mut in_use: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
     for endpoint in endpoints {
         for net in &endpoint.addresses {
@@ -66,7 +70,10 @@ pub fn check(
     }
     let _ = writeln!(out, "Found {} workload IPs.\n", in_use.len());
 
-    let _ = writeln!(out, "Scanning for IPs that are allocated but not actually in use...");
+    let _ = writeln!(
+        out,
+        "Scanning for IPs that are allocated but not actually in use..."
+    );
     let mut leaked = 0;
     for (ip, (handle, block)) in &allocations {
         if !in_use.contains_key(ip) {
@@ -115,7 +122,10 @@ pub fn check(
         }
     }
     problems += outside + unallocated;
-    let _ = writeln!(out, "Found {outside} in-use IPs that are not in active IP pools.");
+    let _ = writeln!(
+        out,
+        "Found {outside} in-use IPs that are not in active IP pools."
+    );
     let _ = writeln!(
         out,
         "Found {unallocated} in-use IPs that are in active IP pools but have no corresponding IPAM allocation.\n"
@@ -150,7 +160,10 @@ pub fn check(
         missing.len()
     );
 
-    let _ = writeln!(out, "Scanning for handles whose counts disagree with the blocks...");
+    let _ = writeln!(
+        out,
+        "Scanning for handles whose counts disagree with the blocks..."
+    );
     let mut miscounted = 0;
     for (id, handle) in handles {
         let in_blocks = held.get(id).cloned().unwrap_or_default();

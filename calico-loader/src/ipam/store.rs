@@ -130,7 +130,11 @@ impl EtcdIpamStore {
 
 impl IpamStore for EtcdIpamStore {
     async fn get(&mut self, key: &str) -> Result<Option<StoredValue>, IpamStoreError> {
-        let response = self.client.get(key, None).await.map_err(|e| self.error(e))?;
+        let response = self
+            .client
+            .get(key, None)
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(response.kvs().first().map(|kv| StoredValue {
             key: key.to_owned(),
             value: kv.value().to_vec(),
@@ -300,8 +304,7 @@ impl LocalIpamStore {
             let child_key = format!("{key}/{name}");
             let path = entry.path();
             if entry.file_type().map_err(Self::io(&path))?.is_dir() {
-                if prefix.starts_with(&format!("{child_key}/")) || child_key.starts_with(prefix)
-                {
+                if prefix.starts_with(&format!("{child_key}/")) || child_key.starts_with(prefix) {
                     self.walk(&path, &child_key, prefix, out)?;
                 }
             } else if child_key.starts_with(prefix)

@@ -158,11 +158,7 @@ pub struct StoredIpamConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub kube_virt_vm_address_persistence: Option<String>,
-    #[serde(
-        rename = "ipCooldownSeconds",
-        default,
-        skip_serializing_if = "is_zero"
-    )]
+    #[serde(rename = "ipCooldownSeconds", default, skip_serializing_if = "is_zero")]
     pub ip_cooldown_seconds: i64,
 }
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     fields::{
-        AnyString, Check, CheckNumOrStr, FieldError, Ipv4, Ipv6, Mac, MacAddr, NumOrString, OrNull, ResourceName,
-        list, nullable, optional, parse_cidr_or_ip, required, string_enum,
+        AnyString, Check, CheckNumOrStr, FieldError, Ipv4, Ipv6, Mac, MacAddr, NumOrString, OrNull,
+        ResourceName, list, nullable, optional, parse_cidr_or_ip, required, string_enum,
     },
     kind::{DocumentWithStatus, ResourceKind},
     kind_info::KindInfo,
@@ -166,7 +166,11 @@ pub struct NodeAddress {
     #[serde(deserialize_with = "required::<_, StrictNetwork>")]
     pub address: IpNet,
     /// What kind of address it is.
-    #[serde(default, rename = "type", deserialize_with = "optional::<_, NodeAddressType>")]
+    #[serde(
+        default,
+        rename = "type",
+        deserialize_with = "optional::<_, NodeAddressType>"
+    )]
     pub address_type: Option<NodeAddressType>,
 }
 
@@ -209,7 +213,11 @@ pub struct NodeStatus {
     )]
     pub wireguard_public_key_v6: Option<String>,
     /// The Kubernetes node's pod CIDRs.
-    #[serde(default, rename = "podCIDRs", deserialize_with = "list::<_, AnyString>")]
+    #[serde(
+        default,
+        rename = "podCIDRs",
+        deserialize_with = "list::<_, AnyString>"
+    )]
     pub pod_cidrs: Vec<String>,
 }
 
@@ -290,8 +298,8 @@ fn as_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, 
             NumOrString::Str(s) => parse_as_number(s).map(Some),
         }
     };
-    let value = deserializer
-        .deserialize_option(OrNull(CheckNumOrStr::new("an AS number", convert)))?;
+    let value =
+        deserializer.deserialize_option(OrNull(CheckNumOrStr::new("an AS number", convert)))?;
     Ok(value.flatten())
 }
 
