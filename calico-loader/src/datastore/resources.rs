@@ -41,7 +41,10 @@ pub use ip_pool::{
     AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
 };
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
-pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys};
+pub use kind_info::{
+    EtcdKeys, KEY_PREFIX, KindInfo, POLICY_NAME_ANNOTATION, POLICY_TIER_LABEL, PolicyKeys,
+    StoredForm, V3Keys,
+};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
 pub use policy::{
