@@ -1022,6 +1022,140 @@ mod privileged {
         agent.assert_running();
     }
 
+    /// A GlobalNetworkPolicy of wl2's ingress in Calico 3.32's form (`new_form`) or 3.28's,
+    /// named `name`, with `rules` (YAML flow sequence) ahead of the allow-all profile.
+    fn wl2_policy(name: &str, new_form: bool, rules: &str) -> (String, String) {
+        let stored = if new_form {
+            name.to_owned()
+        } else {
+            format!("default.{name}")
+        };
+        let mut value: Value = serde_json::from_str(&calicoctl_json(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {stored}}}\n\
+             spec:\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress: {rules}\n"
+        )))
+        .expect("JSON");
+        if new_form {
+            value["metadata"]["labels"] = serde_json::json!({"projectcalico.org/tier": "default"});
+            value["metadata"]["annotations"] = serde_json::json!({"projectcalico.org/metadata": format!("{{\"name\":\"{name}\"}}")});
+        }
+        (
+            format!("{PREFIX}globalnetworkpolicies/{stored}"),
+            value.to_string(),
+        )
+    }
+
+    /// How often the agent reported `name` stored twice.
+    fn duplicates_logged(agent: &Agent, name: &str) -> usize {
+        agent
+            .log()
+            .matches(&format!("GlobalNetworkPolicy {name} is stored twice"))
+            .count()
+    }
+
+    /// The agent sees a policy stored in Calico 3.32's form and in 3.28's as one policy: the
+    /// newer form is enforced; deleting either leaves the other in force; the duplicate is
+    /// logged once while it lasts, however often the agent reads its state again.
+    ///
+    /// A sentinel policy that denies ping to wl2 shows when the agent has applied everything
+    /// put before it (etcd's events come in order), so that a change that must not change the
+    /// traffic is checked after the agent has seen it.
+    #[test]
+    fn agent_enforces_one_policy_stored_in_two_forms() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (etcd, agent) = start_on_etcd(&topology, &datastore);
+        let (w1, w2) = (topology.workload(1), topology.workload(2));
+        assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
+        let deny_tcp =
+            "[{action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}, {action: Pass}]";
+        let pass = "[{action: Pass}]";
+        let (sentinel_key, sentinel) = wl2_policy(
+            "sentinel",
+            true,
+            "[{action: Deny, protocol: ICMP}, {action: Pass}]",
+        );
+        // Puts the sentinel, waits until ping is denied, and takes it away again.
+        let applied_so_far = || {
+            etcd.put(&sentinel_key, &sentinel);
+            wait_for(
+                "the sentinel to take effect",
+                Duration::from_secs(10),
+                || !w1.ping(IpAddr::V4(w2.v4)),
+            );
+            etcd.del(&sentinel_key);
+            wait_for("the sentinel to go", Duration::from_secs(10), || {
+                w1.ping(IpAddr::V4(w2.v4))
+            });
+        };
+
+        // The older form alone is enforced under its name.
+        let (old_key, old_deny) = wl2_policy("two-forms", false, deny_tcp);
+        etcd.put(&old_key, &old_deny);
+        wait_for(
+            "the older form to take effect",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+        // The newer form of the same policy wins.
+        let (new_key, new_pass) = wl2_policy("two-forms", true, pass);
+        etcd.put(&new_key, &new_pass);
+        wait_for("the newer form to win", Duration::from_secs(10), || {
+            tcp_works(&topology)
+        });
+        // Other changes make the agent read its state again; the duplicate is logged once.
+        for i in 0..3 {
+            etcd.put(
+                &format!("{PREFIX}profiles/scratch"),
+                &calicoctl_json(&format!("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: scratch, labels: {{n: \"{i}\"}}}}\n")),
+            );
+        }
+        applied_so_far();
+        assert!(tcp_works(&topology), "the newer form is still in force");
+        assert_eq!(duplicates_logged(&agent, "two-forms"), 1, "{}", agent.log());
+        assert!(
+            agent.log().contains(&format!(
+                "at {new_key} (Calico 3.32's form, in force) and at {old_key} (Calico \
+                 3.28-3.31's form, ignored while both exist)"
+            )),
+            "{}",
+            agent.log()
+        );
+
+        // The newer form deleted: the older is in force again.
+        etcd.del(&new_key);
+        wait_for(
+            "the older form to be back in force",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+
+        // Both again, the newer now denying and the older passing; the older deleted: the
+        // newer stays in force.
+        let (_, new_deny) = wl2_policy("two-forms", true, deny_tcp);
+        let (_, old_pass) = wl2_policy("two-forms", false, pass);
+        etcd.put(&new_key, &new_deny);
+        etcd.put(&old_key, &old_pass);
+        applied_so_far();
+        assert!(!tcp_works(&topology), "the newer form is in force");
+        assert_eq!(
+            duplicates_logged(&agent, "two-forms"),
+            2,
+            "a new duplicate, logged once: {}",
+            agent.log()
+        );
+        etcd.del(&old_key);
+        applied_so_far();
+        assert!(!tcp_works(&topology), "the newer form stays in force");
+        // The policy goes only with its last form.
+        etcd.del(&new_key);
+        wait_for("the policy to go", Duration::from_secs(10), || {
+            tcp_works(&topology)
+        });
+        assert_eq!(duplicates_logged(&agent, "two-forms"), 2, "{}", agent.log());
+        agent.assert_running();
+    }
+
     /// Sends UDP from wl1 to wl2 every 100 ms until stopped; counts exchanges that failed.
     struct Probe {
         stop: Arc<AtomicBool>,
