@@ -661,7 +661,7 @@ impl EtcdStore {
                     return Err(StoreError::KeyTaken {
                         key,
                         etcd_key: target.etcd_key.clone(),
-                        holder: other.clone(),
+                        holder: Box::new(other.clone()),
                     });
                 }
             };

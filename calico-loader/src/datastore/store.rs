@@ -100,7 +100,7 @@ pub enum StoreError {
     KeyTaken {
         key: ResourceKey,
         etcd_key: String,
-        holder: ResourceKey,
+        holder: Box<ResourceKey>,
     },
     /// A resource changed between the checks and the transaction.
     #[error("{keys}: changed while being written; nothing was stored, try again")]

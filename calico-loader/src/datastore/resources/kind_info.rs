@@ -228,22 +228,23 @@ impl EtcdKeys for PolicyKeys {
 
     fn write_name(&self, name: &str, form: StoredForm, value: &mut Value) {
         let tier = policy_tier(value).to_owned();
-        if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut)
-            && !spec
-                .get("types")
-                .is_some_and(|t| t.as_array().is_some_and(|t| !t.is_empty()))
-        {
-            let has = |rules: &str| {
-                spec.get(rules)
-                    .and_then(Value::as_array)
-                    .is_some_and(|r| !r.is_empty())
-            };
-            let types: &[&str] = match (has("ingress"), has("egress")) {
-                (_, false) => &["Ingress"],
-                (false, true) => &["Egress"],
-                (true, true) => &["Ingress", "Egress"],
-            };
-            spec.insert("types".into(), types.into());
+        if let Some(object) = value.as_object_mut() {
+            let spec = object
+                .entry("spec")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if spec.is_null() {
+                *spec = Value::Object(Map::new());
+            }
+            if let Some(spec) = spec.as_object_mut()
+                && !has_items(spec, "types")
+            {
+                let types: &[&str] = match (has_items(spec, "ingress"), has_items(spec, "egress")) {
+                    (_, false) => &["Ingress"],
+                    (false, true) => &["Egress"],
+                    (true, true) => &["Ingress", "Egress"],
+                };
+                spec.insert("types".into(), types.into());
+            }
         }
         let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
             return;
@@ -287,6 +288,14 @@ fn untiered_policy_name(stored: &str) -> Option<&str> {
     stored
         .strip_prefix(DEFAULT_TIER_PREFIX)
         .filter(|name| !name.is_empty() && !name.contains('.'))
+}
+
+/// Whether `object[field]` is a list with something in it.
+fn has_items(object: &Map<String, Value>, field: &str) -> bool {
+    object
+        .get(field)
+        .and_then(Value::as_array)
+        .is_some_and(|items| !items.is_empty())
 }
 
 /// A policy value's tier: `spec.tier`, or `default` when it names none.
@@ -551,6 +560,11 @@ mod tests {
             json!({"projectcalico.org/tier": "security"})
         );
         assert_eq!(security["spec"]["types"], json!(["Ingress", "Egress"]));
+
+        // A policy without a spec is stored with one, as Calico's types serialise it.
+        let mut empty = json!({"metadata": {"name": "empty"}});
+        PolicyKeys.write_name("empty", StoredForm::Current, &mut empty);
+        assert_eq!(empty["spec"], json!({"types": ["Ingress"]}));
 
         // Other kinds: the name only.
         let mut profile = json!({"metadata": {"name": "x"}, "spec": {}});
