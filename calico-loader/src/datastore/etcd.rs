@@ -10,7 +10,8 @@
 //!   is one policy, the newer form in force; the duplicate is logged once.
 //! - Values: the v3 resource as JSON (`apiVersion`, `kind`, `metadata`, `spec`), with
 //!   `metadata.uid` and `metadata.creationTimestamp`; never `metadata.resourceVersion`, which is
-//!   the key's etcd mod revision.
+//!   the key's etcd mod revision. A policy also gets the `projectcalico.org/tier` label and its
+//!   defaulted `spec.types`, as libcalico-go 3.32 stores them.
 //! - Reading parses a value with the same code as the local datastore ([`parse_file`]), so
 //!   validation is identical. The key is authoritative for name and namespace (a policy's
 //!   value only tells whether a `default.<name>` key is the older form of `<name>`).
@@ -194,7 +195,7 @@ pub fn etcd_key(key: &ResourceKey) -> String {
 
 /// Every key a resource may be stored at, newest form first: Calico 3.32's, and for a
 /// default-tier policy the one Calico 3.28 to 3.31 used.
-pub fn etcd_keys(key: &ResourceKey) -> Vec<(StoredForm, String)> {
+fn etcd_keys(key: &ResourceKey) -> Vec<(StoredForm, String)> {
     let info = key.kind.info();
     let mut keys = vec![(StoredForm::Current, etcd_key(key))];
     if let Some(tiered) = info.etcd.key(
@@ -208,10 +209,10 @@ pub fn etcd_keys(key: &ResourceKey) -> Vec<(StoredForm, String)> {
     keys
 }
 
-/// The form of a resource `key` read from the etcd key `etcd_key`: [`StoredForm::Current`]
+/// The form of the resource `key` read from the etcd key `read_at`: [`StoredForm::Current`]
 /// when that is the key it would be written at now.
-pub fn stored_form(etcd_key_read: &str, key: &ResourceKey) -> StoredForm {
-    if etcd_key(key) == etcd_key_read {
+fn stored_form(read_at: &str, key: &ResourceKey) -> StoredForm {
+    if etcd_key(key) == read_at {
         StoredForm::Current
     } else {
         StoredForm::Tiered

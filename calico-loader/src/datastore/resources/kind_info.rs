@@ -74,7 +74,7 @@ impl KindInfo {
 }
 
 /// Which Calico release's format a key-value is stored in. Only a default-tier policy has two:
-/// see [`PolicyKeys`].
+/// see [`PolicyKeys`]. Forms order newest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StoredForm {
     /// Under the resource's own name: every kind, and the policies as Calico 3.32 stores them.
