@@ -253,8 +253,8 @@ fn holder(key: &str, value: &[u8]) -> Option<ResourceKey> {
     let etcd = parts.kind.info().etcd;
     let mut json: Value = serde_json::from_slice(value).unwrap_or(Value::Null);
     let name = etcd
-        .read_name(&parts.stored_name, &mut json)
-        .or_else(|_| etcd.read_name(&parts.stored_name, &mut Value::Null))
+        .read_value(&parts.stored_name, &mut json)
+        .or_else(|_| etcd.read_value(&parts.stored_name, &mut Value::Null))
         .unwrap_or(parts.stored_name);
     Some(ResourceKey {
         kind: parts.kind,
@@ -383,7 +383,7 @@ pub fn decode(
         .kind
         .info()
         .etcd
-        .read_name(&parts.stored_name, &mut json)
+        .read_value(&parts.stored_name, &mut json)
         .map_err(|e| {
             vec![DatastoreError {
                 field: Some(e.field),
@@ -456,7 +456,10 @@ fn encode(
 ) -> Result<String, StoreError> {
     let key = request.resource.key();
     let mut value = prepare_value(request, existing);
-    key.kind.info().etcd.write_name(&key.name, form, &mut value);
+    key.kind
+        .info()
+        .etcd
+        .write_value(&key.name, form, &mut value);
     serde_json::to_string(&value)
         .map_err(|e| StoreError::Config(format!("{key}: cannot encode as JSON: {e}")))
 }

@@ -93,7 +93,7 @@ impl StoredForm {
     }
 }
 
-/// How a kind's resources are keyed in etcd, and the name kept in a stored value. Most kinds
+/// How a kind's resources are keyed in etcd, and what the store adds to their values. Most kinds
 /// use Calico's v3 layout ([`V3Keys`]); the policy kinds add the name annotation and read the
 /// keys of older Calico versions too ([`PolicyKeys`]); a kind stored elsewhere (IPAM's
 /// `/calico/ipam/v2/...`) gives its own.
@@ -117,20 +117,20 @@ pub trait EtcdKeys: Sync + fmt::Debug {
     /// if `key` is one of the kind's keys.
     fn parse(&self, kind: &KindInfo, key: &str) -> Option<(Option<String>, String)>;
 
-    /// The name the user knows the value stored under the key name part `stored` by; takes out
-    /// of `value` what the store adds to it.
+    /// Reads a value stored under the key name part `stored`: the name the user knows it by.
+    /// Takes out of `value` what the store added to it.
     ///
     /// # Errors
     ///
     /// A value whose stored additions do not read, with the field's path.
-    fn read_name(&self, stored: &str, value: &mut Value) -> Result<String, FieldError> {
+    fn read_value(&self, stored: &str, value: &mut Value) -> Result<String, FieldError> {
         let _ = value;
         Ok(stored.to_owned())
     }
 
-    /// Puts into `value` (a resource object) what the store keeps with the resource the user
-    /// calls `name` when it is stored in `form`: at least `metadata.name`, the key's name part.
-    fn write_name(&self, name: &str, form: StoredForm, value: &mut Value) {
+    /// Completes `value` (a resource object) as the store writes it for the resource the user
+    /// calls `name`, in `form`: at least `metadata.name`, the key's name part.
+    fn write_value(&self, name: &str, form: StoredForm, value: &mut Value) {
         let _ = form;
         if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             metadata.insert("name".into(), name.into());
@@ -212,7 +212,7 @@ impl EtcdKeys for PolicyKeys {
         v3_parse(kind, key).map(|(namespace, name)| (namespace, name.to_owned()))
     }
 
-    fn read_name(&self, stored: &str, value: &mut Value) -> Result<String, FieldError> {
+    fn read_value(&self, stored: &str, value: &mut Value) -> Result<String, FieldError> {
         let annotated = take_policy_name_annotation(value)?;
         let Some(untiered) = untiered_policy_name(stored) else {
             return Ok(stored.to_owned());
@@ -226,7 +226,7 @@ impl EtcdKeys for PolicyKeys {
         Ok(if tiered { untiered } else { stored }.to_owned())
     }
 
-    fn write_name(&self, name: &str, form: StoredForm, value: &mut Value) {
+    fn write_value(&self, name: &str, form: StoredForm, value: &mut Value) {
         let tier = policy_tier(value).to_owned();
         if let Some(object) = value.as_object_mut() {
             let spec = object
@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn policy_names_read_from_each_form() {
         let read = |stored: &str, mut value: Value| {
-            let name = PolicyKeys.read_name(stored, &mut value);
+            let name = PolicyKeys.read_value(stored, &mut value);
             (name, value)
         };
         let named = |name: &str| json!({ "name": name }).to_string();
@@ -497,7 +497,7 @@ mod tests {
         let mut profile = value("kns.a", Some(&named("x")), json!({}));
         let before = profile.clone();
         assert_eq!(
-            PROFILE.etcd.read_name("kns.a", &mut profile),
+            PROFILE.etcd.read_value("kns.a", &mut profile),
             Ok("kns.a".into())
         );
         assert_eq!(profile, before);
@@ -509,7 +509,7 @@ mod tests {
             "metadata": {"name": "web", "labels": {"app": "x"}},
             "spec": {"selector": "all()", "egress": [{"action": "Allow"}]},
         });
-        PolicyKeys.write_name("web", StoredForm::Current, &mut current);
+        PolicyKeys.write_value("web", StoredForm::Current, &mut current);
         assert_eq!(
             current,
             json!({
@@ -523,7 +523,7 @@ mod tests {
         );
         // What was written reads back under the name.
         assert_eq!(
-            PolicyKeys.read_name("web", &mut current.clone()),
+            PolicyKeys.read_value("web", &mut current.clone()),
             Ok("web".into())
         );
 
@@ -532,7 +532,7 @@ mod tests {
             "metadata": {"name": "web", "annotations": {"note": "kept"}},
             "spec": {"ingress": [{"action": "Deny"}], "types": ["Ingress", "Egress"]},
         });
-        PolicyKeys.write_name("web", StoredForm::Tiered, &mut tiered);
+        PolicyKeys.write_value("web", StoredForm::Tiered, &mut tiered);
         assert_eq!(tiered["metadata"]["name"], "default.web");
         assert_eq!(
             tiered["metadata"]["annotations"],
@@ -544,7 +544,7 @@ mod tests {
             "kept"
         );
         assert_eq!(
-            PolicyKeys.read_name("default.web", &mut tiered),
+            PolicyKeys.read_value("default.web", &mut tiered),
             Ok("web".into())
         );
 
@@ -553,7 +553,7 @@ mod tests {
             "metadata": {"name": "security.block", "labels": {"projectcalico.org/tier": "x"}},
             "spec": {"tier": "security", "ingress": [{"action": "Deny"}], "egress": [{"action": "Deny"}]},
         });
-        PolicyKeys.write_name("security.block", StoredForm::Current, &mut security);
+        PolicyKeys.write_value("security.block", StoredForm::Current, &mut security);
         assert_eq!(security["metadata"]["name"], "security.block");
         assert_eq!(
             security["metadata"]["labels"],
@@ -563,14 +563,14 @@ mod tests {
 
         // A policy without a spec is stored with one, as Calico's types serialise it.
         let mut empty = json!({"metadata": {"name": "empty"}});
-        PolicyKeys.write_name("empty", StoredForm::Current, &mut empty);
+        PolicyKeys.write_value("empty", StoredForm::Current, &mut empty);
         assert_eq!(empty["spec"], json!({"types": ["Ingress"]}));
 
         // Other kinds: the name only.
         let mut profile = json!({"metadata": {"name": "x"}, "spec": {}});
         PROFILE
             .etcd
-            .write_name("p", StoredForm::Current, &mut profile);
+            .write_value("p", StoredForm::Current, &mut profile);
         assert_eq!(profile, json!({"metadata": {"name": "p"}, "spec": {}}));
     }
 }
