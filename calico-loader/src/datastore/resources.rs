@@ -45,7 +45,10 @@ pub use ip_pool::{
     AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
 };
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
-pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys};
+pub use kind_info::{
+    EtcdKeys, KEY_PREFIX, KindInfo, POLICY_NAME_ANNOTATION, POLICY_TIER_LABEL, PolicyKeys,
+    StoredForm, V3Keys,
+};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, NAMESPACE_LABEL, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
 pub use network_set::{NetworkSet, NetworkSetSpec};

@@ -22,7 +22,7 @@ use super::{
     global_network_set::GlobalNetworkSet,
     ip_pool::IpPool,
     kind::{DocumentWithStatus, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind_info::{KindInfo, PolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     network_policy::NetworkPolicy,
     network_set::NetworkSet,
@@ -71,9 +71,9 @@ registry! {
     /// kube-controllers settings.
     KubeControllersConfiguration => untyped(KindInfo::cluster("KubeControllersConfiguration", "kubecontrollersconfigurations", &["kubecontrollersconfig", "kubecontrollersconfigs"])),
     /// Namespaced policy, staged (not enforced).
-    StagedNetworkPolicy => untyped(KindInfo::namespaced("StagedNetworkPolicy", "stagednetworkpolicies", &["stagedpolicy", "stagedpolicies", "snp", "spol", "spols"]).with_etcd_keys(&TieredPolicyKeys)),
+    StagedNetworkPolicy => untyped(KindInfo::namespaced("StagedNetworkPolicy", "stagednetworkpolicies", &["stagedpolicy", "stagedpolicies", "snp", "spol", "spols"]).with_etcd_keys(&PolicyKeys)),
     /// Cluster-wide policy, staged (not enforced).
-    StagedGlobalNetworkPolicy => untyped(KindInfo::cluster("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", &["sgnp", "sgnps"]).with_etcd_keys(&TieredPolicyKeys)),
+    StagedGlobalNetworkPolicy => untyped(KindInfo::cluster("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", &["sgnp", "sgnps"]).with_etcd_keys(&PolicyKeys)),
     /// Kubernetes network policy, staged (not enforced).
     StagedKubernetesNetworkPolicy => untyped(KindInfo::namespaced("StagedKubernetesNetworkPolicy", "stagedkubernetesnetworkpolicies", &["stagedkubernetespolicy", "stagedkubernetespolicies", "sknp", "skpol", "skpols"])),
 }
