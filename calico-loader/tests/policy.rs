@@ -364,6 +364,162 @@ spec:
         });
     }
 
+    /// Denies all ingress, then lets what a NetworkPolicy's selector `role == 'trusted'` stands
+    /// for reach wl2 on TCP 5402 (tcp_echo) and 5500 (a conversation). `NAMESPACES` is the
+    /// rule's `namespaceSelector`, if any.
+    const FROM_TRUSTED: &str = "\
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: isolate}
+spec: {selector: all(), types: [Ingress]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: from-trusted, namespace: test}
+spec:
+  order: 10
+  selector: app == 'wl2'
+  ingress:
+  - {action: Allow, protocol: TCP, source: {NAMESPACES selector: role == 'trusted'}, destination: {ports: [5402, 5500]}}
+";
+
+    #[test]
+    fn network_sets_feed_selectors_and_their_changes_reach_established_flows() {
+        let topology = Topology::new(3);
+        let datastore = Datastore::new();
+        let agent = start(
+            &topology,
+            &datastore,
+            &FROM_TRUSTED.replace("NAMESPACES ", ""),
+        );
+        let (wl1, wl2, wl3) = (
+            topology.workload(1),
+            topology.workload(2),
+            topology.workload(3),
+        );
+        // What the agent's maps say about TCP from `from` to wl2 (fast, so it is what we wait
+        // on; real traffic then checks it).
+        let verdict = |from: &Workload| {
+            agent.trace(&[
+                "--endpoint",
+                &endpoint_name(wl2),
+                "--direction",
+                "ingress",
+                "--protocol",
+                "tcp",
+                "--src",
+                &format!("{}:40000", from.v4),
+                "--dst",
+                &format!("{}:5402", wl2.v4),
+            ])["verdict"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let wait_verdict = |from: &Workload, want: &str, what: &str| {
+            wait_for(what, Duration::from_secs(10), || {
+                verdict(from).as_deref() == Some(want)
+            });
+        };
+        assert_eq!(verdict(wl1).as_deref(), Some("deny"), "no set yet");
+
+        // A NetworkSet of the policy's namespace whose CIDR holds wl1 (198.18.0.11).
+        datastore.write(
+            "sets.yaml",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkSet\n\
+             metadata: {name: trusted, namespace: test, labels: {role: trusted}}\n\
+             spec: {nets: [198.18.0.8/30]}\n",
+        );
+        wait_verdict(wl1, "allow", "the NetworkSet to let wl1 in");
+        assert_eq!(
+            tcp_echo(wl1, wl2, IpAddr::V4(wl2.v4), "in the set")
+                .ok()
+                .as_deref(),
+            Some("in the set"),
+            "wl1 is in the set's CIDR"
+        );
+        assert!(
+            tcp_echo(wl3, wl2, IpAddr::V4(wl2.v4), "outside").is_err(),
+            "wl3 (198.18.0.13) is outside the set's CIDR"
+        );
+        let conversation = Conversation::open(wl1, wl2, IpAddr::V4(wl2.v4), 5500);
+        wait_for(
+            "the conversation to get going",
+            Duration::from_secs(5),
+            || conversation.ok.load(Ordering::SeqCst) >= 5,
+        );
+
+        // The set changes to wl3's address alone: wl1's established connection is cut on its
+        // next packet, as for an endpoint or policy change, and wl3 gets in.
+        datastore.write(
+            "sets.yaml",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkSet\n\
+             metadata: {name: trusted, namespace: test, labels: {role: trusted}}\n\
+             spec: {nets: [198.18.0.13]}\n",
+        );
+        let changed = Instant::now();
+        wait_for(
+            "wl1's established flow to be cut",
+            Duration::from_secs(10),
+            || conversation.broken.load(Ordering::SeqCst),
+        );
+        eprintln!(
+            "flow cut {:?} after the set file changed",
+            changed.elapsed()
+        );
+        drop(conversation);
+        assert_eq!(verdict(wl1).as_deref(), Some("deny"));
+        assert_eq!(
+            tcp_echo(wl3, wl2, IpAddr::V4(wl2.v4), "now in")
+                .ok()
+                .as_deref(),
+            Some("now in"),
+            "wl3 is the set now"
+        );
+
+        // The set deleted: nobody is trusted.
+        datastore.remove("sets.yaml");
+        wait_verdict(wl3, "deny", "the deleted set to stop letting wl3 in");
+        assert!(
+            tcp_echo(wl3, wl2, IpAddr::V4(wl2.v4), "gone").is_err(),
+            "the set is gone"
+        );
+
+        // A GlobalNetworkSet reaches the NetworkPolicy through `namespaceSelector: global()`,
+        // IPv6 included.
+        datastore.write(
+            "policies.yaml",
+            &FROM_TRUSTED.replace("NAMESPACES ", "namespaceSelector: global(), "),
+        );
+        datastore.write(
+            "global-sets.yaml",
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\n\
+             metadata: {name: trusted, labels: {role: trusted}}\n\
+             spec: {nets: [198.18.0.8/29, \"2001:db8::10/124\"]}\n",
+        );
+        wait_verdict(wl1, "allow", "the GlobalNetworkSet to let wl1 in");
+        for dst in [IpAddr::V4(wl2.v4), IpAddr::V6(wl2.v6)] {
+            assert_eq!(
+                tcp_echo(wl1, wl2, dst, "global").ok().as_deref(),
+                Some("global"),
+                "wl1 -> {dst} through the GlobalNetworkSet"
+            );
+        }
+        datastore.remove("global-sets.yaml");
+        wait_verdict(
+            wl1,
+            "deny",
+            "the deleted GlobalNetworkSet to stop letting wl1 in",
+        );
+        assert!(
+            tcp_echo(wl1, wl2, IpAddr::V4(wl2.v4), "gone").is_err(),
+            "the GlobalNetworkSet is gone"
+        );
+        assert!(
+            policy_drops(&agent, &wl2.host_ifname) > 0,
+            "the denied packets were counted as policy drops"
+        );
+    }
+
     #[test]
     fn rapid_policy_churn_never_lets_a_denied_probe_through() {
         let topology = Topology::new(2);

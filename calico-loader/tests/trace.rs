@@ -120,6 +120,53 @@ spec:
   ingress: [{action: Allow, protocol: TCP, destination: {ports: [80]}}]
 ";
 
+    /// TCP to web's port 80 from `src`.
+    const fn web_in_tcp_80_from(src: &'static str) -> [&'static str; 10] {
+        [
+            "--endpoint",
+            "prod/web",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "tcp",
+            "--src",
+            src,
+            "--dst",
+            "198.18.1.1:80",
+        ]
+    }
+    /// From an address of the sets below, outside every endpoint.
+    const FROM_198_19: &[&str] = &web_in_tcp_80_from("198.19.3.3:40000");
+    const FROM_198_20: &[&str] = &web_in_tcp_80_from("198.20.1.1:40000");
+    /// From an address near the client's (198.18.2.1), of no endpoint.
+    const FROM_198_18_2_9: &[&str] = &web_in_tcp_80_from("198.18.2.9:40000");
+
+    /// A GlobalNetworkSet `db-subnets`: 198.19.0.0/16, `role: db-subnets` (then `---`).
+    macro_rules! db_subnets {
+        () => {
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: db-subnets, labels: {role: db-subnets}}\nspec: {nets: [198.19.0.0/16]}\n---\n"
+        };
+    }
+
+    /// A NetworkSet `partners` in namespace `$ns`: 198.20.0.0/16, `role: partners` (then `---`).
+    macro_rules! partners_in {
+        ($ns:literal) => {
+            concat!(
+                "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: partners, namespace: ",
+                $ns,
+                ", labels: {role: partners}}\nspec: {nets: [198.20.0.0/16]}\n---\n"
+            )
+        };
+    }
+
+    /// A GlobalNetworkSet `dmz` holding every endpoint of [`BASE`]: 198.18.0.0/16, `zone: dmz`
+    /// (then `---`).
+    macro_rules! dmz {
+        () => {
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: dmz, labels: {zone: dmz}}\nspec: {nets: [198.18.0.0/16]}\n---\n"
+        };
+    }
+
     const CASES: &[Case] = &[
         case(
             "no policy and no allowing profile: final deny",
@@ -526,6 +573,102 @@ spec:
             "rule",
             Some("NetworkPolicy:prod/p"),
             Some(0),
+        ),
+        case(
+            "a GlobalNetworkSet's nets stand for a GlobalNetworkPolicy's selector",
+            concat!(
+                db_subnets!(),
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, source: {selector: role == 'db-subnets'}}]\n"
+            ),
+            FROM_198_19,
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "a NetworkPolicy's plain selector does not see a GlobalNetworkSet",
+            concat!(
+                db_subnets!(),
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: role == 'db-subnets'}}]\n"
+            ),
+            FROM_198_19,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "namespaceSelector: global() selects a GlobalNetworkSet",
+            concat!(
+                db_subnets!(),
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {namespaceSelector: global(), selector: role == 'db-subnets'}}]\n"
+            ),
+            FROM_198_19,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "a NetworkPolicy sees a NetworkSet of its namespace",
+            concat!(
+                partners_in!("prod"),
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: role == 'partners'}}]\n"
+            ),
+            FROM_198_20,
+            "allow",
+            "rule",
+            Some("NetworkPolicy:prod/p"),
+            Some(0),
+        ),
+        case(
+            "a NetworkPolicy does not see a NetworkSet of another namespace",
+            concat!(
+                partners_in!("dev"),
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {selector: role == 'partners'}}]\n"
+            ),
+            FROM_198_20,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "namespaceSelector: global() does not select a NetworkSet",
+            concat!(
+                partners_in!("prod"),
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  selector: all()\n  ingress: [{action: Allow, source: {namespaceSelector: global()}}]\n"
+            ),
+            FROM_198_20,
+            "deny",
+            "tier-default",
+            None,
+            None,
+        ),
+        case(
+            "an endpoint inside a set's CIDR matches its own selector first",
+            concat!(
+                dmz!(),
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, source: {selector: app == 'client'}}, {action: Deny, source: {selector: zone == 'dmz'}}, {action: Allow}]\n"
+            ),
+            WEB_IN_TCP_80,
+            "allow",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(0),
+        ),
+        case(
+            "an address of the set's CIDR that is no endpoint's matches the set only",
+            concat!(
+                dmz!(),
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, source: {selector: app == 'client'}}, {action: Deny, source: {selector: zone == 'dmz'}}, {action: Allow}]\n"
+            ),
+            FROM_198_18_2_9,
+            "deny",
+            "rule",
+            Some("GlobalNetworkPolicy:g"),
+            Some(1),
         ),
     ];
 

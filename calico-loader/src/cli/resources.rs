@@ -466,6 +466,7 @@ fn table(kind: Kind, resources: &[StoredResource], all_namespaces: bool, wide: b
         }
         Kind::Tier => vec![("ORDER", vec!["spec", "order"])],
         Kind::Profile if wide => vec![("LABELS", vec!["spec", "labelsToApply"])],
+        Kind::NetworkSet | Kind::GlobalNetworkSet if wide => vec![("NETS", vec!["spec", "nets"])],
         _ => Vec::new(),
     };
     headers.extend(columns.iter().map(|(h, _)| *h));
@@ -520,5 +521,27 @@ mod tests {
         assert_eq!(parse_kind("ippools").ok(), Some(Kind::IpPool));
         let e = parse_kind("widgets").expect_err("unknown");
         assert!(e.to_string().contains("unknown resource kind \"widgets\""));
+    }
+
+    #[test]
+    fn wide_tables_of_sets_show_their_nets_as_calicoctl_does() {
+        let text = "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: partners, namespace: prod}\nspec: {nets: [198.19.0.0/16, \"2001:db8::/48\"]}\n";
+        let resource = crate::datastore::parse_file("sets.yaml", text)
+            .expect("valid")
+            .remove(0);
+        let value: Value = serde_yaml::from_str(text).expect("YAML");
+        let stored = StoredResource {
+            key: resource.key(),
+            resource,
+            value,
+            version: "1".into(),
+        };
+        let wide = table(Kind::NetworkSet, std::slice::from_ref(&stored), true, true);
+        assert_eq!(
+            wide,
+            "NAMESPACE   NAME       NETS\nprod        partners   198.19.0.0/16,2001:db8::/48\n"
+        );
+        let narrow = table(Kind::NetworkSet, &[stored], false, false);
+        assert_eq!(narrow, "NAME\npartners\n");
     }
 }

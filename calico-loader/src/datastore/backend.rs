@@ -25,10 +25,10 @@ use tracing::info;
 
 use super::{
     error::{DatastoreError, ErrorKind},
-    etcd::{EtcdConfig, EtcdStore, EtcdSync, decode_versioned, encode},
+    etcd::{EtcdConfig, EtcdStore, EtcdSync, decode_versioned, encode, etcd_key},
     local::{DatastoreWatch, LocalDatastore, list_files, read_text, watch},
     parse::parse_documents,
-    resources::{Kind, ResourceKey},
+    resources::{Kind, ResourceKey, StoredForm},
     snapshot::SyncResult,
     store::{StoreError, StoredResource, WriteOutcome, WriteRequest, check_write, prepare_value},
 };
@@ -217,8 +217,7 @@ impl LocalStore {
     pub fn managed_path(key: &ResourceKey) -> PathBuf {
         let info = key.kind.info();
         if info.etcd.stores_outside_v3() {
-            let etcd_key = info.etcd.key(info, key.namespace.as_deref(), &key.name);
-            return PathBuf::from(etcd_key.trim_start_matches("/calico/"));
+            return PathBuf::from(etcd_key(key).trim_start_matches("/calico/"));
         }
         let mut path = PathBuf::from(key.kind.plural());
         if let Some(namespace) = &key.namespace {
@@ -388,7 +387,7 @@ impl LocalStore {
                     self.check_managed(&key, entry)?;
                 }
                 let text = if key.kind.info().etcd.stores_outside_v3() {
-                    encode(request, entry.map(|e| &e.stored))?
+                    encode(request, entry.map(|e| &e.stored), StoredForm::Current)?
                 } else {
                     let value = prepare_value(request, entry.map(|e| &e.stored));
                     serde_yaml::to_string(&value).map_err(|e| {

@@ -4,7 +4,8 @@
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
 //!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
-//!   and `Tier`, `IPPool`, `IPAMConfiguration` and `Node`; other kinds are kept untyped. Selectors stay text:
+//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `IPPool`, `IPAMConfiguration`
+//!   and `Node`; other kinds are kept untyped. Selectors stay text:
 //!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
 //!   the parser checks every selector field, the model evaluates them.
@@ -37,9 +38,10 @@ pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
 pub use local::{DatastoreWatch, LocalDatastore, WatchError, watch};
 pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{
-    Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, IpVersion, Kind,
-    NetworkPolicy, NetworkPolicySpec, Order, PolicyType, PortSpec, Profile, ProfileSpec, Protocol,
-    Resource, ResourceKey, Rule, Tier, TierDefaultAction, TierSpec, WorkloadEndpoint,
+    Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, GlobalNetworkSet, IpVersion,
+    Kind, NAMESPACE_LABEL, NetworkPolicy, NetworkPolicySpec, NetworkSet, NetworkSetSpec, Order,
+    PolicyType, PortSpec, Profile, ProfileSpec, Protocol, Resource, ResourceKey, Rule, Tier,
+    TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
 pub use snapshot::{Snapshot, SyncResult};
 pub use store::{
@@ -48,6 +50,8 @@ pub use store::{
 
 #[cfg(test)]
 mod ip_pool_tests;
+#[cfg(test)]
+mod network_set_tests;
 #[cfg(test)]
 mod node_tests;
 #[cfg(test)]

@@ -1447,6 +1447,8 @@ items: null
             Kind::GlobalNetworkPolicy,
             Kind::Profile,
             Kind::Tier,
+            Kind::GlobalNetworkSet,
+            Kind::NetworkSet,
             Kind::IpPool,
             Kind::IpamConfiguration,
             Kind::Node,
@@ -1463,7 +1465,7 @@ items: null
             assert_eq!(r.metadata.namespace.is_some(), kind.is_namespaced());
         }
         let e = error(
-            "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: t}\nspec: [1]\n",
+            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: t}\nspec: [1]\n",
         );
         assert_eq!(e.field.as_deref(), Some("spec"));
     }

@@ -15,7 +15,8 @@
 //! - `kind`: the [`ResourceKind`] trait a typed kind implements, and the document shapes;
 //! - `policy`: what the policy kinds share (rules, orders, ports...);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
-//!   `profile`, `tier`, `ip_pool`, `ipam_configuration`, `node`;
+//!   `profile`, `tier`, `network_set` (with what both set kinds share), `global_network_set`,
+//!   `ip_pool`, `ipam_configuration`, `node`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
 //!
 //! Checks on a single value (an address, a name, a port) run while deserializing, so serde
@@ -24,12 +25,14 @@
 
 mod fields;
 mod global_network_policy;
+mod global_network_set;
 mod ip_pool;
 mod ipam_configuration;
 mod kind;
 mod kind_info;
 mod meta;
 mod network_policy;
+mod network_set;
 mod node;
 mod policy;
 mod profile;
@@ -39,6 +42,7 @@ mod workload_endpoint;
 
 pub use fields::{Dscp, FieldError, MacAddr, Protocol};
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
+pub use global_network_set::{GlobalNetworkSet, GlobalNetworkSetSpec};
 pub use ip_pool::{
     AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
 };
@@ -47,9 +51,13 @@ pub use ipam_configuration::{
     IpamConfigurationSpec, StoredIpamConfig, VmAddressPersistence,
 };
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
-pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, TieredPolicyKeys, V3Keys, is_v3_key_of};
-pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};
+pub use kind_info::{
+    EtcdKeys, KEY_PREFIX, KindInfo, POLICY_NAME_ANNOTATION, POLICY_TIER_LABEL, PolicyKeys,
+    StoredForm, V3Keys, is_v3_key_of,
+};
+pub use meta::{API_VERSION, DEFAULT_NAMESPACE, NAMESPACE_LABEL, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
+pub use network_set::{NetworkSet, NetworkSetSpec};
 pub use node::{
     Node, NodeAddress, NodeAddressType, NodeBgpSpec, NodeInterface, NodeSpec, NodeStatus,
     NodeWireguardSpec, OrchRef,

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use super::{
     error::DatastoreError,
     resources::{
-        GlobalNetworkPolicy, Kind, NetworkPolicy, Profile, Registered, Resource, ResourceKey, Tier,
-        WorkloadEndpoint,
+        GlobalNetworkPolicy, GlobalNetworkSet, Kind, NetworkPolicy, NetworkSet, Profile,
+        Registered, Resource, ResourceKey, Tier, WorkloadEndpoint,
     },
 };
 
@@ -80,6 +80,16 @@ impl Snapshot {
     /// The global network policy `name`, if present.
     pub fn global_network_policy(&self, name: &str) -> Option<&GlobalNetworkPolicy> {
         self.find(None, name)
+    }
+
+    /// All network sets, ordered by (namespace, name).
+    pub fn network_sets(&self) -> impl Iterator<Item = &NetworkSet> {
+        self.all()
+    }
+
+    /// All global network sets, ordered by name.
+    pub fn global_network_sets(&self) -> impl Iterator<Item = &GlobalNetworkSet> {
+        self.all()
     }
 
     /// All profiles, ordered by name.

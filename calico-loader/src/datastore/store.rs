@@ -92,6 +92,16 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    /// The etcd key a resource would be written at holds another resource: a policy named
+    /// `default.<name>`, where Calico 3.28-3.31 stored the policy `<name>`.
+    #[error(
+        "{key}: its etcd key {etcd_key} holds {holder} (stored by Calico 3.28-3.31 as default.<name>); delete or rename that one first"
+    )]
+    KeyTaken {
+        key: ResourceKey,
+        etcd_key: String,
+        holder: Box<ResourceKey>,
+    },
     /// A resource changed between the checks and the transaction.
     #[error("{keys}: changed while being written; nothing was stored, try again")]
     Concurrent { keys: String },

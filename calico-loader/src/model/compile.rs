@@ -9,9 +9,10 @@
 //! policies in order, each policy's rules in order; Allow and Deny decide, Pass leaves the tier,
 //! Log records the first Log rule and goes on; a tier where nothing decided or passed ends with
 //! its default action; then the profiles (Pass leaves the profile); then deny. Selectors stand
-//! for the addresses of the WorkloadEndpoints (of every node) they match, NetworkPolicy rules
-//! being limited to the policy's namespace unless they give a `namespaceSelector`. Named ports
-//! stand for the ports of that name on the endpoint that owns the address. Port criteria apply
+//! for the addresses of the WorkloadEndpoints (of every node) and the whole networks of the
+//! NetworkSets and GlobalNetworkSets they match, NetworkPolicy rules being limited to the
+//! policy's namespace unless they give a `namespaceSelector`. Named ports stand for the ports
+//! of that name on the endpoint that owns the address (network sets have none). Port criteria apply
 //! only to protocols with ports: `ports` never matches another protocol, `notPorts` always does.
 //!
 //! # Algorithm
@@ -40,8 +41,8 @@
 //! This file flattens the plan (step 1) and drives the others, which never import it:
 //! `compiled` (what compiling produces, its limits and [`CompileError`]), `ranges` (sets of
 //! integers as intervals), `lookup` (the rules a plan's entries stand for), `context` (what
-//! every endpoint of the snapshot stands for), `conditions` (a rule's criteria, resolved),
-//! `table` (steps 2 to 5) and `evaluate` (the reference evaluator).
+//! every endpoint and network set of the snapshot stands for), `conditions` (a rule's
+//! criteria, resolved), `table` (steps 2 to 5) and `evaluate` (the reference evaluator).
 
 mod compiled;
 mod conditions;

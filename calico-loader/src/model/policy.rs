@@ -9,13 +9,11 @@
 
 use std::{cmp::Ordering, collections::BTreeMap};
 
+pub use crate::datastore::NAMESPACE_LABEL;
 use crate::datastore::{
-    Kind, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint,
+    Kind, NetworkSet, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint,
     selector::{LabelSource, Selector},
 };
-
-/// Label Calico gives every namespaced endpoint: its namespace.
-pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
 /// Label Calico gives every workload endpoint: its orchestrator.
 pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
 /// Label a namespace carries with its own name, for `namespaceSelector`.
@@ -73,8 +71,40 @@ pub struct EndpointPlan {
 /// The labels policy sees on an endpoint: its profiles' `labelsToApply` (earlier profiles win),
 /// then its own labels on top, then the labels Calico adds (namespace and orchestrator).
 pub fn endpoint_labels(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> BTreeMap<String, String> {
+    let mut labels = inherited_labels(
+        snapshot,
+        wep.spec.profiles.iter().map(String::as_str),
+        &wep.metadata.labels,
+    );
+    labels.insert(NAMESPACE_LABEL.to_owned(), wep.namespace().to_owned());
+    if let Some(orchestrator) = &wep.spec.orchestrator {
+        labels.insert(ORCHESTRATOR_LABEL.to_owned(), orchestrator.clone());
+    }
+    labels
+}
+
+/// The labels rule selectors see on a NetworkSet, as libcalico-go gives them: those of its
+/// namespace's profile `kns.<namespace>`, then its own labels on top, then the namespace label.
+pub fn network_set_labels(snapshot: &Snapshot, set: &NetworkSet) -> BTreeMap<String, String> {
+    let profile = format!("{NAMESPACE_PROFILE_PREFIX}{}", set.namespace());
+    let mut labels = inherited_labels(
+        snapshot,
+        std::iter::once(profile.as_str()),
+        &set.metadata.labels,
+    );
+    labels.insert(NAMESPACE_LABEL.to_owned(), set.namespace().to_owned());
+    labels
+}
+
+/// The `labelsToApply` of `profiles` (earlier profiles win; missing ones give none), with `own`
+/// on top.
+fn inherited_labels<'p>(
+    snapshot: &Snapshot,
+    profiles: impl DoubleEndedIterator<Item = &'p str>,
+    own: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
-    for name in wep.spec.profiles.iter().rev() {
+    for name in profiles.rev() {
         if let Some(profile) = snapshot.profile(name) {
             labels.extend(
                 profile
@@ -85,16 +115,7 @@ pub fn endpoint_labels(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> BTreeMap<
             );
         }
     }
-    labels.extend(
-        wep.metadata
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    labels.insert(NAMESPACE_LABEL.to_owned(), wep.namespace().to_owned());
-    if let Some(orchestrator) = &wep.spec.orchestrator {
-        labels.insert(ORCHESTRATOR_LABEL.to_owned(), orchestrator.clone());
-    }
+    labels.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
     labels
 }
 
@@ -315,6 +336,34 @@ spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
         assert_eq!(
             (ns["env"].as_str(), ns[NAMESPACE_NAME_LABEL].as_str()),
             ("production", "prod")
+        );
+    }
+
+    #[test]
+    fn network_set_labels_are_its_namespace_profiles_then_its_own_then_the_namespace() {
+        let snapshot = snapshot(&format!(
+            "{PROFILES}---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {{name: partners, namespace: prod, labels: {{app: partners}}}}
+spec: {{nets: [198.19.0.0/16]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {{name: bare, namespace: nowhere}}
+"
+        ));
+        let sets: Vec<&NetworkSet> = snapshot.network_sets().collect();
+        let labels = network_set_labels(&snapshot, sets[1]);
+        assert_eq!(labels["env"], "production", "from Profile kns.prod");
+        assert_eq!(labels["app"], "partners", "its own label wins");
+        assert_eq!(labels[NAMESPACE_LABEL], "prod");
+        assert!(!labels.contains_key(ORCHESTRATOR_LABEL));
+        let labels = network_set_labels(&snapshot, sets[0]);
+        assert_eq!(
+            labels.into_iter().collect::<Vec<_>>(),
+            [(NAMESPACE_LABEL.to_owned(), "nowhere".to_owned())],
+            "a namespace without a profile gives only the namespace label"
         );
     }
 

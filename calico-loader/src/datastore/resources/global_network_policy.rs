@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
     kind::{Document, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind_info::{KindInfo, PolicyKeys},
     meta::ObjectMeta,
     policy::{
         Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
@@ -139,7 +139,7 @@ impl ResourceKind for GlobalNetworkPolicy {
         "globalnetworkpolicies",
         &["gnp", "gnps", "globalpolicy", "globalpolicies"],
     )
-    .with_etcd_keys(&TieredPolicyKeys);
+    .with_etcd_keys(&PolicyKeys);
 
     /// The spec may be left out: an empty policy in the default tier.
     type Document = Document<Option<GlobalNetworkPolicySpec>>;

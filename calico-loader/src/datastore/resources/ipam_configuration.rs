@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::{
     fields::{FieldError, nullable, number, optional, string_enum},
     kind::{Document, ResourceKind},
-    kind_info::{EtcdKeys, KindInfo},
+    kind_info::{EtcdKeys, KindInfo, StoredForm},
     meta::{API_VERSION, ObjectMeta},
 };
 
@@ -196,13 +196,22 @@ impl EtcdKeys for IpamConfigKeys {
         IPAM_CONFIG_KEY.to_owned()
     }
 
-    fn key(&self, _kind: &KindInfo, _namespace: Option<&str>, name: &str) -> String {
-        if name == IPAM_CONFIGURATION_NAME {
-            IPAM_CONFIG_KEY.to_owned()
-        } else {
-            // No key holds another name: a key that does not exist, so a get finds nothing.
-            format!("{IPAM_CONFIG_KEY}/{name}")
-        }
+    /// One form only ([`StoredForm::Current`]).
+    fn key(
+        &self,
+        _kind: &KindInfo,
+        _namespace: Option<&str>,
+        name: &str,
+        form: StoredForm,
+    ) -> Option<String> {
+        (form == StoredForm::Current).then(|| {
+            if name == IPAM_CONFIGURATION_NAME {
+                IPAM_CONFIG_KEY.to_owned()
+            } else {
+                // No key holds another name: a key that does not exist, so a get finds nothing.
+                format!("{IPAM_CONFIG_KEY}/{name}")
+            }
+        })
     }
 
     fn parse(&self, _kind: &KindInfo, key: &str) -> Option<(Option<String>, String)> {

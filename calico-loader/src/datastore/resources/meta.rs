@@ -20,6 +20,10 @@ pub const API_VERSION: &str = "projectcalico.org/v3";
 /// Namespace given to namespaced resources that do not name one (as `calicoctl` does).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// Label Calico gives every namespaced endpoint and network set: its namespace. Rule selectors
+/// see it; resources must not set it themselves.
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+
 /// Kubernetes object metadata, as every `projectcalico.org/v3` resource carries it.
 ///
 /// All of Kubernetes' `ObjectMeta` fields are accepted; the datastore uses `name`, `namespace`,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
     kind::{Document, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind_info::{KindInfo, PolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     policy::{
         Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
@@ -123,7 +123,7 @@ impl ResourceKind for NetworkPolicy {
         "networkpolicies",
         &["np", "nps", "netpol", "policy", "policies", "pol", "pols"],
     )
-    .with_etcd_keys(&TieredPolicyKeys);
+    .with_etcd_keys(&PolicyKeys);
 
     /// The spec may be left out: an empty policy in the default tier.
     type Document = Document<Option<NetworkPolicySpec>>;

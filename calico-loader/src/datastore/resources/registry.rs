@@ -19,12 +19,14 @@ use std::fmt;
 use super::{
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
+    global_network_set::GlobalNetworkSet,
     ip_pool::IpPool,
     ipam_configuration::IpamConfiguration,
     kind::{DocumentWithStatus, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind_info::{KindInfo, PolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     network_policy::NetworkPolicy,
+    network_set::NetworkSet,
     node::Node,
     profile::Profile,
     tier::Tier,
@@ -45,9 +47,9 @@ registry! {
     /// A host's interface.
     HostEndpoint => untyped(KindInfo::cluster("HostEndpoint", "hostendpoints", &["hep", "heps"])),
     /// Cluster-wide set of networks, for selectors.
-    GlobalNetworkSet => untyped(KindInfo::cluster("GlobalNetworkSet", "globalnetworksets", &["gnetsets"])),
+    GlobalNetworkSet => typed(GlobalNetworkSet),
     /// Namespaced set of networks, for selectors.
-    NetworkSet => untyped(KindInfo::namespaced("NetworkSet", "networksets", &["netsets"])),
+    NetworkSet => typed(NetworkSet),
     /// IP address pool.
     IpPool => typed(IpPool),
     /// Addresses IPAM must not hand out.
@@ -71,9 +73,9 @@ registry! {
     /// kube-controllers settings.
     KubeControllersConfiguration => untyped(KindInfo::cluster("KubeControllersConfiguration", "kubecontrollersconfigurations", &["kubecontrollersconfig", "kubecontrollersconfigs"])),
     /// Namespaced policy, staged (not enforced).
-    StagedNetworkPolicy => untyped(KindInfo::namespaced("StagedNetworkPolicy", "stagednetworkpolicies", &["stagedpolicy", "stagedpolicies", "snp", "spol", "spols"]).with_etcd_keys(&TieredPolicyKeys)),
+    StagedNetworkPolicy => untyped(KindInfo::namespaced("StagedNetworkPolicy", "stagednetworkpolicies", &["stagedpolicy", "stagedpolicies", "snp", "spol", "spols"]).with_etcd_keys(&PolicyKeys)),
     /// Cluster-wide policy, staged (not enforced).
-    StagedGlobalNetworkPolicy => untyped(KindInfo::cluster("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", &["sgnp", "sgnps"]).with_etcd_keys(&TieredPolicyKeys)),
+    StagedGlobalNetworkPolicy => untyped(KindInfo::cluster("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", &["sgnp", "sgnps"]).with_etcd_keys(&PolicyKeys)),
     /// Kubernetes network policy, staged (not enforced).
     StagedKubernetesNetworkPolicy => untyped(KindInfo::namespaced("StagedKubernetesNetworkPolicy", "stagedkubernetesnetworkpolicies", &["stagedkubernetespolicy", "stagedkubernetespolicies", "sknp", "skpol", "skpols"])),
 }

@@ -1,5 +1,5 @@
-//! A rule's match criteria, resolved for compiling: selectors turned into the endpoints (and
-//! addresses) they stand for, ports into sets of numbers per protocol.
+//! A rule's match criteria, resolved for compiling: selectors turned into the endpoints and
+//! network sets (and addresses) they stand for, ports into sets of numbers per protocol.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use super::{
     compiled::{CompileError, Family},
     context::{
-        EndpointFacts, EndpointQuery, Members, NamespaceScope, PolicyContext, given, net_span,
+        Members, NamespaceScope, PolicyContext, Selectable, SelectableQuery, given, net_span,
     },
     ranges::Ranges,
 };
@@ -112,18 +112,19 @@ pub(super) fn check_supported(rule: &Rule, origin: &Origin<'_>) -> Result<(), Co
     Ok(())
 }
 
-/// The endpoint conditions of an entity rule, as Calico converts them.
+/// The selector conditions of an entity rule, as Calico converts them.
 pub(super) struct EntityQueries {
-    /// The address must be an endpoint's that matches this.
-    pub(super) positive: Option<EndpointQuery>,
-    /// The address must not be an endpoint's that matches this (`notSelector`).
-    pub(super) negative: Option<EndpointQuery>,
-    /// The endpoints whose named ports the entity's named ports stand for: those of
-    /// `positive`, or every endpoint.
-    pub(super) port_scope: EndpointQuery,
+    /// The address must be in the networks of an endpoint or network set that matches this.
+    pub(super) positive: Option<SelectableQuery>,
+    /// The address must not be in the networks of an endpoint or network set that matches
+    /// this (`notSelector`).
+    pub(super) negative: Option<SelectableQuery>,
+    /// What the entity's named ports are looked up in: what `positive` matches, or
+    /// everything (only endpoints have named ports).
+    pub(super) port_scope: SelectableQuery,
 }
 
-/// The endpoint conditions of `entity` in a rule of a policy in `namespace` (`None`: a global
+/// The selector conditions of `entity` in a rule of a policy in `namespace` (`None`: a global
 /// policy or a profile), as libcalico-go's `getEndpointSelector` builds them: `selector` and the
 /// service account names make the positive condition; the namespace (the `namespaceSelector`'s,
 /// else a NetworkPolicy's own) joins it as soon as any of `selector`, service account names,
@@ -157,13 +158,13 @@ pub(super) fn entity_queries(
         .map(|sa| sa.names.clone())
         .filter(|names| !names.is_empty());
     let scoped = namespace_selector.is_some() || (namespace.is_some() && not_selector.is_some());
-    let negative = not_selector.map(|selector| EndpointQuery {
+    let negative = not_selector.map(|selector| SelectableQuery {
         namespace: NamespaceScope::Any,
         selector: Some(selector),
         service_accounts: None,
     });
     let positive =
-        (selector.is_some() || service_accounts.is_some() || scoped).then(|| EndpointQuery {
+        (selector.is_some() || service_accounts.is_some() || scoped).then(|| SelectableQuery {
             namespace: match (namespace_selector, namespace) {
                 (Some(selector), _) => NamespaceScope::Selected(selector),
                 (None, Some(namespace)) => NamespaceScope::Named(namespace.to_owned()),
@@ -176,7 +177,7 @@ pub(super) fn entity_queries(
                 names
             }),
         });
-    let port_scope = positive.clone().unwrap_or_else(EndpointQuery::all);
+    let port_scope = positive.clone().unwrap_or_else(SelectableQuery::all);
     Ok(EntityQueries {
         positive,
         negative,
@@ -202,7 +203,7 @@ impl PortSet {
     /// `specs` with their names looked up in `owners`' named ports.
     fn resolve<'e>(
         specs: &[PortSpec],
-        owners: impl Iterator<Item = &'e EndpointFacts> + Clone,
+        owners: impl Iterator<Item = &'e Selectable> + Clone,
     ) -> PortSet {
         let numeric = Ranges::from_spans(
             specs
@@ -396,7 +397,7 @@ impl Side {
     /// address).
     pub(super) fn ports<'e>(
         &self,
-        owners: impl Iterator<Item = &'e EndpointFacts> + Clone,
+        owners: impl Iterator<Item = &'e Selectable> + Clone,
     ) -> PortCondition {
         PortCondition {
             positive: (!self.ports.is_empty())

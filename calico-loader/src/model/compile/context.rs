@@ -1,5 +1,6 @@
-//! What policy needs to know about every endpoint of the snapshot, computed once, and which
-//! endpoints (and so which addresses) a rule's selectors stand for.
+//! What policy needs to know about everything of the snapshot that rule selectors can match
+//! (workload endpoints of every node, network sets, global network sets), computed once, and
+//! which of them (and so which addresses) a rule's selectors stand for.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,53 +17,65 @@ use super::{
 use crate::{
     datastore::{
         Snapshot,
-        selector::{Scoped, Selector, SelectorError},
+        selector::{Expr, Scoped, Selector, SelectorError},
     },
-    model::policy::{endpoint_labels, namespace_labels},
+    model::policy::{endpoint_labels, namespace_labels, network_set_labels},
 };
 
-/// One WorkloadEndpoint of the snapshot (any node), as rule selectors see it.
+/// Something of the snapshot that rule selectors can match, as they see it: a WorkloadEndpoint
+/// (any node), a NetworkSet or a GlobalNetworkSet. Its networks stand, whole, for its
+/// addresses; only endpoints have named ports and a service account.
 #[derive(Clone, Debug)]
-pub(super) struct EndpointFacts {
-    pub(super) namespace: String,
+pub(super) struct Selectable {
+    /// Its namespace; `None` for a GlobalNetworkSet.
+    pub(super) namespace: Option<NamespaceFacts>,
     pub(super) labels: BTreeMap<String, String>,
-    pub(super) namespace_labels: Arc<BTreeMap<String, String>>,
+    /// An endpoint's `ipNetworks`, a set's `nets`.
     pub(super) networks: Vec<IpNet>,
     /// Its named ports: name, protocol number, port.
     pub(super) ports: Vec<(String, u8, u16)>,
     pub(super) service_account: Option<String>,
 }
 
-impl EndpointFacts {
-    /// Whether `addr` is one of its addresses (in one of its `ipNetworks`).
+impl Selectable {
+    /// Whether `addr` is one of its addresses (in one of its networks).
     pub(super) fn owns(&self, addr: IpAddr) -> bool {
         self.networks.iter().any(|net| net.contains(&addr))
     }
 }
 
-/// Which namespaces a rule's endpoints may be in.
+/// A namespace, as `namespaceSelector` sees it.
+#[derive(Clone, Debug)]
+pub(super) struct NamespaceFacts {
+    pub(super) name: String,
+    /// The labels of Profile `kns.<name>`, plus `projectcalico.org/name`.
+    pub(super) labels: Arc<BTreeMap<String, String>>,
+}
+
+/// Which namespaces a rule's endpoints and sets may be in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum NamespaceScope {
-    /// Any (a global policy or a profile without `namespaceSelector`).
+    /// Any, or none (a global policy or a profile without `namespaceSelector`).
     Any,
-    /// This one (a NetworkPolicy's own, when the rule gives no `namespaceSelector`).
+    /// This one (a NetworkPolicy's own, when the rule gives no `namespaceSelector`): never a
+    /// GlobalNetworkSet.
     Named(String),
-    /// Those whose labels match (`namespaceSelector`).
+    /// Those whose labels match (`namespaceSelector`); see [`namespace_selector_matches`].
     Selected(Arc<Selector>),
 }
 
-/// A condition on endpoints, as Calico turns a rule's entity selectors into one: namespace,
-/// then selector, then service account names; all must hold.
+/// A condition on what rule selectors match, as Calico turns a rule's entity selectors into
+/// one: namespace, then selector, then service account names; all must hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(super) struct EndpointQuery {
+pub(super) struct SelectableQuery {
     pub(super) namespace: NamespaceScope,
     pub(super) selector: Option<Arc<Selector>>,
     /// Sorted; `None` when the rule names none.
     pub(super) service_accounts: Option<Vec<String>>,
 }
 
-impl EndpointQuery {
-    /// Every endpoint.
+impl SelectableQuery {
+    /// Everything.
     pub(super) fn all() -> Self {
         Self {
             namespace: NamespaceScope::Any,
@@ -71,34 +84,63 @@ impl EndpointQuery {
         }
     }
 
-    /// Whether `endpoint` meets the query. The namespace selector sees the namespace's labels,
-    /// where `global()` means "not in a namespace" (so no workload endpoint); the endpoint
-    /// selector sees the endpoint's labels, where Calico's `global()` is true.
-    pub(super) fn matches(&self, endpoint: &EndpointFacts) -> bool {
+    /// Whether `item` meets the query. The namespace selector sees the namespace's labels
+    /// (see [`namespace_selector_matches`]); the selector sees the item's labels, where
+    /// Calico's `global()` is true; service account names match only endpoints.
+    pub(super) fn matches(&self, item: &Selectable) -> bool {
         let namespace = match &self.namespace {
             NamespaceScope::Any => true,
-            NamespaceScope::Named(name) => endpoint.namespace == *name,
-            NamespaceScope::Selected(selector) => selector.matches(&*endpoint.namespace_labels),
+            NamespaceScope::Named(name) => item.namespace.as_ref().is_some_and(|n| n.name == *name),
+            NamespaceScope::Selected(selector) => {
+                namespace_selector_matches(selector, item.namespace.as_ref())
+            }
         };
         namespace
             && self
                 .selector
                 .as_ref()
-                .is_none_or(|s| s.matches(&Scoped::endpoint(&endpoint.labels)))
+                .is_none_or(|s| s.matches(&Scoped::endpoint(&item.labels)))
             && self.service_accounts.as_ref().is_none_or(|names| {
-                endpoint
-                    .service_account
+                item.service_account
                     .as_ref()
                     .is_some_and(|sa| names.binary_search(sa).is_ok())
             })
     }
 }
 
-/// The endpoints a query matches, and their addresses.
+/// Whether a rule's `namespaceSelector` selects what is in `namespace` (`None`: in none, a
+/// GlobalNetworkSet), as libcalico-go's rule conversion makes it a selector on the item's own
+/// labels: the namespace's labels are looked up under a prefix, `all()` becomes
+/// `has(projectcalico.org/namespace)` and `global()` becomes `!has(projectcalico.org/namespace)`.
+/// So in a namespace the selector sees the namespace's labels, with `global()` false; outside
+/// any, it sees no labels, with `all()` false and `global()` true.
+pub(super) fn namespace_selector_matches(
+    selector: &Selector,
+    namespace: Option<&NamespaceFacts>,
+) -> bool {
+    match namespace {
+        Some(namespace) => selector.matches(&Scoped::namespaced(&*namespace.labels)),
+        None => matches_outside_namespaces(selector.expr()),
+    }
+}
+
+/// [`namespace_selector_matches`] for an item in no namespace.
+fn matches_outside_namespaces(expr: &Expr) -> bool {
+    match expr {
+        Expr::All => false,
+        Expr::Global => true,
+        Expr::Not(operand) => !matches_outside_namespaces(operand),
+        Expr::And(operands) => operands.iter().all(matches_outside_namespaces),
+        Expr::Or(operands) => operands.iter().any(matches_outside_namespaces),
+        label_test => label_test.matches(&BTreeMap::<String, String>::new()),
+    }
+}
+
+/// What a query matches, and their addresses.
 #[derive(Debug)]
 pub(super) struct Members {
-    /// Indexes into [`PolicyContext::endpoints`].
-    pub(super) endpoints: Vec<usize>,
+    /// Indexes into [`PolicyContext::selectables`].
+    pub(super) selectables: Vec<usize>,
     v4: Ranges,
     v6: Ranges,
 }
@@ -113,50 +155,63 @@ impl Members {
     }
 }
 
-/// Everything compiling a snapshot's endpoints shares: the facts about every endpoint, and
-/// caches of parsed selectors and of the endpoints each selector stands for. Build one per
-/// snapshot; it may be shared between threads.
+/// Everything compiling a snapshot's endpoints shares: what rule selectors can match
+/// (endpoints and network sets), and caches of parsed selectors and of what each selector
+/// stands for. Build one per snapshot; it may be shared between threads.
 #[derive(Debug)]
 pub struct PolicyContext<'s> {
     snapshot: &'s Snapshot,
     limits: TableLimits,
-    endpoints: Vec<EndpointFacts>,
+    selectables: Vec<Selectable>,
     selectors: Mutex<HashMap<String, Arc<Selector>>>,
-    members: Mutex<HashMap<EndpointQuery, Arc<Members>>>,
+    members: Mutex<HashMap<SelectableQuery, Arc<Members>>>,
 }
 
 impl<'s> PolicyContext<'s> {
-    /// Gathers the labels, namespace labels, addresses, named ports and service account of every
-    /// WorkloadEndpoint in `snapshot`.
+    /// Gathers the labels, namespace, networks, named ports and service account of every
+    /// WorkloadEndpoint, NetworkSet and GlobalNetworkSet in `snapshot`.
     pub fn new(snapshot: &'s Snapshot) -> Self {
         let mut namespaces: HashMap<String, Arc<BTreeMap<String, String>>> = HashMap::new();
-        let endpoints = snapshot
+        let mut namespace = |name: &str| NamespaceFacts {
+            name: name.to_owned(),
+            labels: namespaces
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(namespace_labels(snapshot, name)))
+                .clone(),
+        };
+        let mut selectables: Vec<Selectable> = snapshot
             .workload_endpoints()
-            .map(|wep| {
-                let namespace = wep.namespace().to_owned();
-                let namespace_labels = namespaces
-                    .entry(namespace.clone())
-                    .or_insert_with(|| Arc::new(namespace_labels(snapshot, &namespace)))
-                    .clone();
-                EndpointFacts {
-                    labels: endpoint_labels(snapshot, wep),
-                    namespace,
-                    namespace_labels,
-                    networks: wep.spec.ip_networks.clone(),
-                    ports: wep
-                        .spec
-                        .ports
-                        .iter()
-                        .filter_map(|p| Some((p.name.clone()?, p.protocol.number(), p.port)))
-                        .collect(),
-                    service_account: wep.spec.service_account_name.clone(),
-                }
+            .map(|wep| Selectable {
+                namespace: Some(namespace(wep.namespace())),
+                labels: endpoint_labels(snapshot, wep),
+                networks: wep.spec.ip_networks.clone(),
+                ports: wep
+                    .spec
+                    .ports
+                    .iter()
+                    .filter_map(|p| Some((p.name.clone()?, p.protocol.number(), p.port)))
+                    .collect(),
+                service_account: wep.spec.service_account_name.clone(),
             })
             .collect();
+        selectables.extend(snapshot.network_sets().map(|set| Selectable {
+            namespace: Some(namespace(set.namespace())),
+            labels: network_set_labels(snapshot, set),
+            networks: set.spec.nets.clone(),
+            ports: Vec::new(),
+            service_account: None,
+        }));
+        selectables.extend(snapshot.global_network_sets().map(|set| Selectable {
+            namespace: None,
+            labels: set.metadata.labels.clone(),
+            networks: set.spec.nets.clone(),
+            ports: Vec::new(),
+            service_account: None,
+        }));
         Self {
             snapshot,
             limits: TableLimits::default(),
-            endpoints,
+            selectables,
             selectors: Mutex::default(),
             members: Mutex::default(),
         }
@@ -178,8 +233,9 @@ impl<'s> PolicyContext<'s> {
         self.snapshot
     }
 
-    pub(super) fn endpoints(&self) -> &[EndpointFacts] {
-        &self.endpoints
+    /// Everything rule selectors can match.
+    pub(super) fn selectables(&self) -> &[Selectable] {
+        &self.selectables
     }
 
     /// `text` parsed (cached).
@@ -196,8 +252,8 @@ impl<'s> PolicyContext<'s> {
         Ok(selector)
     }
 
-    /// The endpoints `query` matches (cached).
-    pub(super) fn members(&self, query: &EndpointQuery) -> Arc<Members> {
+    /// What `query` matches (cached).
+    pub(super) fn members(&self, query: &SelectableQuery) -> Arc<Members> {
         if let Some(members) = self
             .members
             .lock()
@@ -206,18 +262,22 @@ impl<'s> PolicyContext<'s> {
         {
             return members.clone();
         }
-        let endpoints: Vec<usize> = self
-            .endpoints
+        let selectables: Vec<usize> = self
+            .selectables
             .iter()
             .enumerate()
-            .filter(|(_, e)| query.matches(e))
+            .filter(|(_, item)| query.matches(item))
             .map(|(i, _)| i)
             .collect();
-        let nets = || endpoints.iter().flat_map(|&i| &self.endpoints[i].networks);
+        let nets = || {
+            selectables
+                .iter()
+                .flat_map(|&i| &self.selectables[i].networks)
+        };
         let members = Arc::new(Members {
             v4: Ranges::from_spans(nets().filter_map(|net| net_span(net, Family::V4))),
             v6: Ranges::from_spans(nets().filter_map(|net| net_span(net, Family::V6))),
-            endpoints,
+            selectables,
         });
         self.members
             .lock()

@@ -9,7 +9,7 @@ use super::{
         EntityQueries, Origin, applies_to, check_supported, entity_queries, has_ports,
         icmp_matches, is_icmp,
     },
-    context::{EndpointQuery, PolicyContext},
+    context::{PolicyContext, SelectableQuery},
     lookup::{policy_rules, profile_rules},
 };
 use crate::{
@@ -246,16 +246,20 @@ fn entity_matches(
     proto: u8,
     port: u16,
 ) -> bool {
-    let endpoints = ctx.endpoints();
-    let owned_by_match =
-        |query: &EndpointQuery| endpoints.iter().any(|e| e.owns(addr) && query.matches(e));
+    let selectables = ctx.selectables();
+    let owned_by_match = |query: &SelectableQuery| {
+        selectables
+            .iter()
+            .any(|item| item.owns(addr) && query.matches(item))
+    };
     let in_ports = |specs: &[PortSpec]| {
         has_ports(proto)
             && specs.iter().any(|spec| match spec {
-                PortSpec::Named(name) => endpoints.iter().any(|e| {
-                    e.owns(addr)
-                        && queries.port_scope.matches(e)
-                        && e.ports
+                PortSpec::Named(name) => selectables.iter().any(|item| {
+                    item.owns(addr)
+                        && queries.port_scope.matches(item)
+                        && item
+                            .ports
                             .iter()
                             .any(|(n, p, number)| n == name && *p == proto && *number == port)
                 }),

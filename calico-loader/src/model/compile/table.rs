@@ -16,7 +16,7 @@ use super::{
         value_bytes,
     },
     conditions::{Conditions, PORT_MAX, PortCondition, ProtoCondition, Side},
-    context::{EndpointFacts, PolicyContext, net_span},
+    context::{PolicyContext, Selectable, net_span},
     ranges::{Ranges, prefixes},
 };
 use crate::{datastore::Action, model::rules::Direction};
@@ -196,14 +196,15 @@ fn remote_side(ctx: &PolicyContext<'_>, side: &Side, family: Family) -> Option<R
             }
         };
     };
-    // Named ports: one address set per resolution, from the endpoints that have such a port.
-    let endpoints = ctx.endpoints();
+    // Named ports: one address set per resolution, from the endpoints that have such a port
+    // (network sets have none).
+    let selectables = ctx.selectables();
     let owners: Vec<usize> = scope
-        .endpoints
+        .selectables
         .iter()
         .copied()
         .filter(|&i| {
-            endpoints[i]
+            selectables[i]
                 .ports
                 .iter()
                 .any(|(name, _, _)| side.names_port(name))
@@ -213,7 +214,7 @@ fn remote_side(ctx: &PolicyContext<'_>, side: &Side, family: Family) -> Option<R
         .iter()
         .map(|&i| {
             Ranges::from_spans(
-                endpoints[i]
+                selectables[i]
                     .networks
                     .iter()
                     .filter_map(|net| net_span(net, family)),
@@ -226,7 +227,13 @@ fn remote_side(ctx: &PolicyContext<'_>, side: &Side, family: Family) -> Option<R
         .iter()
         .map(|combination| {
             resolutions
-                .intern(side.ports(combination.iter().map(|&k| &endpoints[owners[k as usize]])))
+                .intern(
+                    side.ports(
+                        combination
+                            .iter()
+                            .map(|&k| &selectables[owners[k as usize]]),
+                    ),
+                )
                 .0
         })
         .collect();
@@ -261,14 +268,14 @@ fn local_side(
         return None;
     }
     let owns = |net| net_span(net, family).is_some_and(|(lo, hi)| lo <= address && address <= hi);
-    let owners: Vec<&EndpointFacts> = side
+    let owners: Vec<&Selectable> = side
         .port_scope()
         .map(|scope| {
             scope
-                .endpoints
+                .selectables
                 .iter()
-                .map(|&i| &ctx.endpoints()[i])
-                .filter(|e| e.networks.iter().any(owns))
+                .map(|&i| &ctx.selectables()[i])
+                .filter(|item| item.networks.iter().any(owns))
                 .collect()
         })
         .unwrap_or_default();

@@ -248,6 +248,20 @@ fn profile(name: &str, spec: &str) -> String {
     )
 }
 
+/// A GlobalNetworkSet; `labels` and `nets` are YAML flow values.
+fn gns(name: &str, labels: &str, nets: &str) -> String {
+    format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {{name: {name}, labels: {labels}}}\nspec: {{nets: {nets}}}\n"
+    )
+}
+
+/// A NetworkSet in `namespace`; `labels` and `nets` are YAML flow values.
+fn netset(namespace: &str, name: &str, labels: &str, nets: &str) -> String {
+    format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec: {{nets: {nets}}}\n"
+    )
+}
+
 fn tier(name: &str, order: u32, default_action: &str) -> String {
     format!(
         "---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: {name}}}\nspec: {{order: {order}, defaultAction: {default_action}}}\n"
@@ -534,6 +548,168 @@ fn compiled_tables_give_the_expected_verdicts() {
             ],
         ),
         (
+            "a GlobalNetworkSet's nets, whole, stand for a selector that matches it",
+            gns("db-subnets", "{role: db-subnets}", r#"[198.19.0.0/16, "2001:db8:ff::/48"]"#)
+                + &gnp("g", "{ingress: [{action: Allow, source: {selector: role == 'db-subnets'}}], egress: [{action: Allow, destination: {selector: role == 'db-subnets'}}]}"),
+            vec![
+                (to_web("198.19.0.0", TCP, 1000, 80), "allow g#0"),
+                (to_web("198.19.255.255", UDP, 1000, 80), "allow g#0"),
+                (to_web("198.20.0.0", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.18.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("2001:db8:ff:ffff::1", TCP, 1000, 80), "allow g#0"),
+                (to_web("2001:db8:100::1", TCP, 1000, 80), "deny tier:default"),
+                (from_web("198.19.7.7", TCP, 1000, 5432), "allow g#0"),
+                (from_web("198.20.7.7", TCP, 1000, 5432), "deny tier:default"),
+            ],
+        ),
+        (
+            "a set's bare IP is a /32 and its host bits are cleared",
+            gns("g-set", "{role: ext}", "[198.19.0.7/24, 198.20.0.1]")
+                + &gnp("g", "{ingress: [{action: Allow, source: {selector: role == 'ext'}}]}"),
+            vec![
+                (to_web("198.19.0.200", TCP, 1000, 80), "allow g#0"),
+                (to_web("198.20.0.1", TCP, 1000, 80), "allow g#0"),
+                (to_web("198.20.0.2", TCP, 1000, 80), "deny tier:default"),
+            ],
+        ),
+        (
+            "a NetworkPolicy's plain selector does not see GlobalNetworkSets",
+            gns("db-subnets", "{role: db-subnets}", "[198.19.0.0/16]")
+                + &np("np", "{ingress: [{action: Allow, source: {selector: role == 'db-subnets'}}]}"),
+            vec![(to_web("198.19.1.1", TCP, 1000, 80), "deny tier:default")],
+        ),
+        (
+            "namespaceSelector: global() selects GlobalNetworkSets, not NetworkSets or endpoints",
+            gns("g-db", "{role: db}", "[198.19.0.0/16]")
+                + &gns("g-other", "{role: other}", "[198.21.0.0/16]")
+                + &netset("prod", "n-db", "{role: db}", "[198.20.0.0/16]")
+                + &np(
+                    "np",
+                    "{ingress: [{action: Allow, protocol: TCP, source: {namespaceSelector: global(), selector: role == 'db'}},
+                                {action: Allow, protocol: UDP, source: {namespaceSelector: global()}}]}",
+                ),
+            vec![
+                (to_web("198.19.1.1", TCP, 1000, 80), "allow np#0"),
+                (to_web("198.21.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.21.1.1", UDP, 1000, 80), "allow np#1"),
+                (to_web("198.20.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.20.1.1", UDP, 1000, 80), "deny tier:default"),
+                (to_web("198.18.1.1", UDP, 1000, 80), "deny tier:default"),
+            ],
+        ),
+        (
+            "a namespaceSelector other than global() never selects a GlobalNetworkSet, except through a negation",
+            gns("g-db", "{role: db}", "[198.19.0.0/16]")
+                + &gnp(
+                    "g",
+                    "{ingress: [{action: Allow, protocol: TCP, source: {namespaceSelector: all()}},
+                                {action: Allow, protocol: UDP, source: {namespaceSelector: \"!has(env)\"}}]}",
+                ),
+            vec![
+                (to_web("198.19.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.18.1.1", TCP, 1000, 80), "allow g#0"),
+                (to_web("198.19.1.1", UDP, 1000, 80), "allow g#1"),
+                (to_web("198.18.1.1", UDP, 1000, 80), "deny tier:default"),
+            ],
+        ),
+        (
+            "a NetworkPolicy sees the NetworkSets of its own namespace; a GlobalNetworkPolicy sees every namespace's",
+            netset("prod", "ext", "{role: ext}", "[198.20.0.0/16]")
+                + &netset("dev", "ext", "{role: ext}", "[198.21.0.0/16]")
+                + &np("np", "{ingress: [{action: Allow, protocol: TCP, source: {selector: role == 'ext'}}]}")
+                + &gnp("g", "{order: 1, ingress: [{action: Allow, protocol: UDP, source: {selector: role == 'ext'}}]}"),
+            vec![
+                (to_web("198.20.1.1", TCP, 1000, 80), "allow np#0"),
+                (to_web("198.21.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.20.1.1", UDP, 1000, 80), "allow g#0"),
+                (to_web("198.21.1.1", UDP, 1000, 80), "allow g#0"),
+            ],
+        ),
+        (
+            "a NetworkSet has its namespace's labels, for namespaceSelector and (through kns.) for selector",
+            netset("prod", "ext", "{role: ext}", "[198.20.0.0/16]")
+                + &netset("dev", "ext", "{role: ext}", "[198.21.0.0/16]")
+                + &gnp(
+                    "g",
+                    "{ingress: [{action: Allow, protocol: TCP, source: {namespaceSelector: env == 'dev', selector: role == 'ext'}},
+                                {action: Allow, protocol: UDP, source: {selector: env == 'production' && role == 'ext'}}]}",
+                ),
+            vec![
+                (to_web("198.21.1.1", TCP, 1000, 80), "allow g#0"),
+                (to_web("198.20.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.20.1.1", UDP, 1000, 80), "allow g#1"),
+                (to_web("198.21.1.1", UDP, 1000, 80), "deny tier:default"),
+            ],
+        ),
+        (
+            "sets have no service account and no named ports; numeric ports apply to their whole nets",
+            gns("look-alike", "{role: frontend}", "[198.19.0.0/16]")
+                + &gnp(
+                    "g",
+                    "{ingress: [{action: Allow, source: {serviceAccounts: {names: [frontend-sa]}}}],
+                      egress: [{action: Allow, protocol: TCP, destination: {selector: role == 'frontend', ports: [http, 443]}}]}",
+                ),
+            vec![
+                (to_web("198.19.1.1", TCP, 1000, 80), "deny tier:default"),
+                (to_web("198.18.1.1", TCP, 1000, 80), "allow g#0"),
+                (from_web("198.19.1.1", TCP, 1000, 8081), "deny tier:default"),
+                (from_web("198.19.1.1", TCP, 1000, 443), "allow g#0"),
+                (from_web("198.18.1.1", TCP, 1000, 8081), "allow g#0"),
+                (from_web("198.18.1.1", TCP, 1000, 443), "allow g#0"),
+            ],
+        ),
+        (
+            "an endpoint inside a set's CIDR: each selector keeps its own addresses",
+            gns("dmz", "{zone: dmz}", "[198.18.0.0/16]")
+                + &gnp(
+                    "g",
+                    "{ingress: [{action: Allow, protocol: TCP, source: {selector: role == 'frontend'}},
+                                {action: Log, protocol: ICMP, source: {selector: zone == 'dmz', notSelector: role == 'frontend'}},
+                                {action: Deny, source: {selector: zone == 'dmz'}},
+                                {action: Allow}]}",
+                ),
+            vec![
+                (to_web("198.18.1.1", TCP, 1000, 80), "allow g#0"),
+                (to_web("198.18.1.1", UDP, 1000, 80), "deny g#2"),
+                (to_web("198.18.1.2", TCP, 1000, 80), "deny g#2"),
+                (to_web("198.18.1.2", ICMP, 0, icmp(8, 0)), "deny g#2 log g#1"),
+                (to_web("198.18.1.1", ICMP, 0, icmp(8, 0)), "deny g#2"),
+                (to_web("198.19.0.1", TCP, 1000, 80), "allow g#3"),
+                (to_web("2001:db8::1:1", TCP, 1000, 80), "allow g#0"),
+                (to_web("2001:db8::1:2", UDP, 1000, 80), "allow g#3"),
+            ],
+        ),
+        (
+            "a notSelector that matches a set excludes its whole CIDR, endpoints inside included",
+            gns("dmz", "{zone: dmz}", "[198.18.0.0/16]")
+                + &gnp("g", "{ingress: [{action: Deny, source: {notSelector: zone == 'dmz'}}, {action: Allow}]}"),
+            vec![
+                (to_web("198.18.1.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("198.18.200.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("198.19.0.1", TCP, 1000, 80), "deny g#0"),
+            ],
+        ),
+        (
+            "a set that holds the endpoint's own address matches on the local side",
+            gns("dmz", "{zone: dmz}", "[198.18.0.0/24]")
+                + &gnp("g", "{ingress: [{action: Allow, destination: {selector: zone == 'dmz'}}]}"),
+            vec![
+                (to_web("203.0.113.9", TCP, 1000, 80), "allow g#0"),
+                (to_web("2001:db8::1:1", TCP, 1000, 80), "deny tier:default"),
+            ],
+        ),
+        (
+            "notSelector: global() excludes GlobalNetworkSets and NetworkSets too",
+            gns("g-set", "{role: ext}", "[198.19.0.0/16]")
+                + &netset("dev", "n-set", "{role: ext}", "[198.20.0.0/16]")
+                + &gnp("g", "{ingress: [{action: Deny, source: {notSelector: global()}}, {action: Allow}]}"),
+            vec![
+                (to_web("198.19.1.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("198.20.1.1", TCP, 1000, 80), "allow g#1"),
+                (to_web("198.21.1.1", TCP, 1000, 80), "deny g#0"),
+            ],
+        ),
+        (
             "egress: the destination is the remote side",
             np("np", "{egress: [{action: Allow, destination: {selector: role == 'frontend'}}, {action: Deny, source: {nets: [198.18.0.10/32]}}]}"),
             vec![
@@ -559,6 +735,77 @@ fn compiled_tables_give_the_expected_verdicts() {
             );
         }
     }
+}
+
+/// `global()` in each place a rule can hold a selector, over endpoints and both kinds of set.
+/// Calico's validator refuses `global()` in a rule's `selector` (so no resource reaches the
+/// compiler with one); the query such a selector would make still matches as Calico's selector
+/// engine evaluates it: true for everything.
+#[test]
+fn global_matches_global_network_sets_where_calico_says() {
+    use super::context::{NamespaceScope, SelectableQuery};
+
+    let yaml = format!(
+        "{BASE}{}{}",
+        gns("g-set", "{role: ext}", "[198.19.0.0/16]"),
+        netset("prod", "n-set", "{role: ext}", "[198.20.0.0/16]")
+    );
+    let snapshot = snapshot(&yaml);
+    let ctx = PolicyContext::new(&snapshot);
+    let global = || ctx.selector("global()").expect("parses");
+    let matched = |query: SelectableQuery| -> Vec<String> {
+        let mut networks: Vec<String> = ctx
+            .members(&query)
+            .selectables
+            .iter()
+            .map(|&i| ctx.selectables()[i].networks[0].to_string())
+            .collect();
+        networks.sort();
+        networks
+    };
+    let everything = [
+        "198.18.0.10/32",
+        "198.18.1.1/32",
+        "198.18.2.1/32",
+        "198.19.0.0/16",
+        "198.20.0.0/16",
+    ];
+    assert_eq!(
+        matched(SelectableQuery {
+            namespace: NamespaceScope::Any,
+            selector: Some(global()),
+            service_accounts: None,
+        }),
+        everything,
+        "selector: global() in a global policy"
+    );
+    assert_eq!(
+        matched(SelectableQuery {
+            namespace: NamespaceScope::Selected(global()),
+            selector: None,
+            service_accounts: None,
+        }),
+        ["198.19.0.0/16"],
+        "namespaceSelector: global() selects the GlobalNetworkSet only"
+    );
+    assert_eq!(
+        matched(SelectableQuery {
+            namespace: NamespaceScope::Selected(global()),
+            selector: Some(global()),
+            service_accounts: None,
+        }),
+        ["198.19.0.0/16"],
+        "both"
+    );
+    assert_eq!(
+        matched(SelectableQuery {
+            namespace: NamespaceScope::Named("prod".into()),
+            selector: Some(global()),
+            service_accounts: None,
+        }),
+        ["198.18.0.10/32", "198.18.1.1/32", "198.20.0.0/16"],
+        "selector: global() in a NetworkPolicy of prod sees prod only"
+    );
 }
 
 #[test]
@@ -805,8 +1052,9 @@ const PORTS: &[&str] = &[
     "5353",
 ];
 
-/// The endpoints of the random cases: `prod/web` is compiled; the others overlap in addresses
-/// and have named ports with different numbers.
+/// The endpoints and network sets of the random cases: `prod/web` is compiled; the others
+/// overlap in addresses (the sets' CIDRs hold endpoints, `web` itself included) and the
+/// endpoints have named ports with different numbers.
 const RANDOM_ENDPOINTS: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: WorkloadEndpoint
@@ -872,6 +1120,21 @@ apiVersion: projectcalico.org/v3
 kind: Tier
 metadata: {name: t2}
 spec: {order: 20, defaultAction: Deny}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: outside, labels: {role: db}}
+spec: {nets: [198.18.1.0/24, "2001:db8::1:0/112", 203.0.113.64/26]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: partners, namespace: prod, labels: {role: frontend}}
+spec: {nets: [198.18.0.0/23, 198.18.5.5/32]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: dev-nets, namespace: dev, labels: {role: backend}}
+spec: {nets: [203.0.113.0/25, "2001:db8::4:80/121"]}
 "#;
 
 /// A random entity rule of a rule whose nets are of `v6`, with ports when `ports`.
@@ -897,7 +1160,7 @@ fn random_entity(rng: &mut Rng, v6: bool, ports: bool, named_only: bool) -> Stri
     if rng.chance(10) {
         fields.push(format!(
             "namespaceSelector: \"{}\"",
-            rng.pick(&["env == 'dev'", "env == 'production'", "all()"])
+            rng.pick(&["env == 'dev'", "env == 'production'", "all()", "global()"])
         ));
     }
     if rng.chance(5) {
@@ -1016,7 +1279,8 @@ fn random_policies(rng: &mut Rng) -> String {
     yaml
 }
 
-/// Addresses at and around the edges of every net and endpoint network of the random cases.
+/// Addresses at and around the edges of every net, endpoint network and set network of the
+/// random cases.
 fn interesting_addresses() -> Vec<IpAddr> {
     let mut addresses = Vec::new();
     let networks = NETS_V4.iter().chain(NETS_V6).chain(&[
@@ -1024,6 +1288,10 @@ fn interesting_addresses() -> Vec<IpAddr> {
         "198.18.4.0/24",
         "2001:db8::4:0/120",
         "203.0.113.0/24",
+        "203.0.113.0/25",
+        "203.0.113.64/26",
+        "198.18.0.0/23",
+        "2001:db8::4:80/121",
     ]);
     for net in networks {
         let net: IpNet = net.parse().expect("test net");
