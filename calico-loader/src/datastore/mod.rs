@@ -45,6 +45,8 @@ pub use snapshot::{Snapshot, SyncResult};
 pub use store::{StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest};
 
 #[cfg(test)]
+mod bgp_tests;
+#[cfg(test)]
 mod ip_pool_tests;
 #[cfg(test)]
 mod policy_tests;
