@@ -28,12 +28,7 @@
 //!
 //! The same model renders the same text: every list is sorted by the model.
 
-use std::{
-    fmt::Write as _,
-    net::IpAddr,
-    path::Path,
-    process::Command,
-};
+use std::{fmt::Write as _, net::IpAddr, path::Path, process::Command};
 
 use ipnet::IpNet;
 
@@ -41,7 +36,7 @@ use super::{
     BgpError,
     model::{
         BgpModel, BgpSession, BirdDebug, Encapsulation, Family, FamilyRouting,
-        LOCAL_ROUTE_PREFERENCE, NextHop, TtlSecurity,
+        LOCAL_ROUTE_PREFERENCE, NextHop, SessionKind, TtlSecurity,
     },
 };
 
@@ -185,7 +180,9 @@ fn render_family(out: &mut Config, routing: &FamilyRouting) {
             out.line(&format!("route {range} blackhole;  # service range"));
         }
         for (peer, gateway) in &routing.peer_routes {
-            out.line(&format!("route {peer} via {gateway};  # BGP peer's reachableBy"));
+            out.line(&format!(
+                "route {peer} via {gateway};  # BGP peer's reachableBy"
+            ));
         }
     });
     out.blank();
@@ -223,7 +220,10 @@ fn render_family(out: &mut Config, routing: &FamilyRouting) {
                 ));
             }
             for pool in routing.pools.iter().filter(|p| !p.disable_bgp_export) {
-                out.line(&format!("if ( net ~ {} ) then {{ accept; }}  # pool", pool.cidr));
+                out.line(&format!(
+                    "if ( net ~ {} ) then {{ accept; }}  # pool",
+                    pool.cidr
+                ));
             }
         },
     );
@@ -242,25 +242,29 @@ fn render_family(out: &mut Config, routing: &FamilyRouting) {
     out.blank();
 
     out.line("# What BIRD installs in the kernel.");
-    out.block(&format!("filter calico_kernel_programming_v{n}"), "", |out| {
-        for range in &routing.rejected_ranges {
-            out.line(&format!(
-                "if ( net ~ {range} ) then {{ reject; }}  # service range: announced only"
-            ));
-        }
-        for pool in &routing.pools {
-            let why = match pool.encapsulation {
-                Encapsulation::None => continue,
-                Encapsulation::Vxlan => "VXLAN pool: BIRD does not install its routes",
-                Encapsulation::Ipip => "IPIP pool: BIRD 2 cannot install tunnel routes",
-            };
-            out.line(&format!(
-                "if ( net ~ {} ) then {{ reject; }}  # {why}",
-                pool.cidr
-            ));
-        }
-        out.line("accept;");
-    });
+    out.block(
+        &format!("filter calico_kernel_programming_v{n}"),
+        "",
+        |out| {
+            for range in &routing.rejected_ranges {
+                out.line(&format!(
+                    "if ( net ~ {range} ) then {{ reject; }}  # service range: announced only"
+                ));
+            }
+            for pool in &routing.pools {
+                let why = match pool.encapsulation {
+                    Encapsulation::None => continue,
+                    Encapsulation::Vxlan => "VXLAN pool: BIRD does not install its routes",
+                    Encapsulation::Ipip => "IPIP pool: BIRD 2 cannot install tunnel routes",
+                };
+                out.line(&format!(
+                    "if ( net ~ {} ) then {{ reject; }}  # {why}",
+                    pool.cidr
+                ));
+            }
+            out.line("accept;");
+        },
+    );
     out.blank();
 
     out.line("# Routes between BIRD and the kernel.");
@@ -304,16 +308,7 @@ fn render_session(out: &mut Config, model: &BgpModel, session: &BgpSession) {
         &format!("protocol bgp {} from bgp_template", session.name),
         "",
         |out| {
-            let peer_node = session
-                .peer_node
-                .as_ref()
-                .map(|node| format!(", node {node}"))
-                .unwrap_or_default();
-            out.line(&format!(
-                "description \"{}: {}{peer_node}\";",
-                session.kind.description(),
-                session.origin
-            ));
+            out.line(&format!("description \"{}\";", description(session)));
             let mut local = String::from("local");
             if let Some(source) = session.source_address {
                 let _ = write!(local, " {source}");
@@ -323,7 +318,11 @@ fn render_session(out: &mut Config, model: &BgpModel, session: &BgpSession) {
             }
             let _ = write!(local, " as {};", session.local_as);
             out.line(&local);
-            out.line(&neighbor(session.peer_ip, session.peer_port, session.peer_as));
+            out.line(&neighbor(
+                session.peer_ip,
+                session.peer_port,
+                session.peer_as,
+            ));
             match session.ttl_security {
                 None => {}
                 Some(TtlSecurity::Off) => {
@@ -369,6 +368,16 @@ fn render_session(out: &mut Config, model: &BgpModel, session: &BgpSession) {
             });
         },
     );
+}
+
+/// What `birdc show protocols all` says a session is: `node-to-node mesh with node-2`,
+/// `global: BGPPeer tor`, `node specific: BGPPeer rrs (reverse), node rr-1`.
+fn description(session: &BgpSession) -> String {
+    match (session.kind, &session.peer_node) {
+        (SessionKind::Mesh, Some(node)) => format!("node-to-node mesh with {node}"),
+        (kind, Some(node)) => format!("{}: {}, node {node}", kind.description(), session.origin),
+        (kind, None) => format!("{}: {}", kind.description(), session.origin),
+    }
 }
 
 fn neighbor(ip: IpAddr, port: Option<u16>, as_number: u32) -> String {

@@ -49,8 +49,9 @@ use super::BgpError;
 use crate::datastore::{
     resources::{
         AsNumber, BgpConfiguration, BgpConfigurationSpec, BgpPassword, BgpPeer, DEFAULT_AS_NUMBER,
-        DEFAULT_BGP_CONFIGURATION, DEFAULT_LISTEN_PORT, IpPool, IpipMode, LogSeverity, NODE_BGP_CONFIGURATION_PREFIX,
-        NextHopMode, PasswordSource, SourceAddress, VxlanMode, check_password,
+        DEFAULT_BGP_CONFIGURATION, DEFAULT_LISTEN_PORT, IpPool, IpipMode, LogSeverity,
+        NODE_BGP_CONFIGURATION_PREFIX, NextHopMode, PasswordSource, SourceAddress, VxlanMode,
+        check_password,
     },
     selector::Selector,
 };
@@ -547,7 +548,8 @@ impl<'a> Cluster<'a> {
 
     /// A node's AS number: its own, else the cluster's.
     fn node_as(&self, node: &NodeFacts) -> u32 {
-        node.as_number.map_or_else(|| self.global_as(), AsNumber::value)
+        node.as_number
+            .map_or_else(|| self.global_as(), AsNumber::value)
     }
 
     /// The listen port configured for a node (`node.<name>`, else `default`), if any.
@@ -600,9 +602,7 @@ impl<'a> Cluster<'a> {
             .filter(|node| node.has_address(ip) && self.node_as(node) == as_number)
             .filter(|node| {
                 port.is_none_or(|port| {
-                    self.listen_port(&node.name)
-                        .unwrap_or(DEFAULT_LISTEN_PORT)
-                        == port
+                    self.listen_port(&node.name).unwrap_or(DEFAULT_LISTEN_PORT) == port
                 })
             })
             .collect()
@@ -675,7 +675,10 @@ impl Peerings {
         if self.0.contains_key(&key) {
             return;
         }
-        if scope == Scope::Node && self.0.contains_key(&(Scope::Global, peering.ip, peering.port))
+        if scope == Scope::Node
+            && self
+                .0
+                .contains_key(&(Scope::Global, peering.ip, peering.port))
         {
             return;
         }
@@ -728,13 +731,7 @@ fn forward_peerings(cluster: &Cluster<'_>, peer: &BgpPeer) -> Result<Vec<Peering
     if let Some(selector) = &spec.peer_selector {
         let mut peerings = Vec::new();
         for node in cluster.nodes_matching(selector, &origin.resource, "spec.peerSelector")? {
-            peerings.extend(node_as_peerings(
-                cluster,
-                node,
-                &Family::ALL,
-                peer,
-                &origin,
-            ));
+            peerings.extend(node_as_peerings(cluster, node, &Family::ALL, peer, &origin));
         }
         return Ok(peerings);
     }
@@ -1050,9 +1047,12 @@ fn of_family(nets: impl IntoIterator<Item = IpNet>, family: Family) -> Vec<IpNet
 /// This node's BGP model, from `input`, with passwords read through `passwords`.
 pub fn build(input: &BgpInput, passwords: &dyn PasswordReader) -> Result<BgpModel, BgpError> {
     let this = &input.node;
-    let router_id = this.ipv4.map(|net| net.addr()).ok_or_else(|| BgpError::NoRouterId {
-        node: this.name.clone(),
-    })?;
+    let router_id = this
+        .ipv4
+        .map(|net| net.addr())
+        .ok_or_else(|| BgpError::NoRouterId {
+            node: this.name.clone(),
+        })?;
     let cluster = Cluster::new(input);
     let default_spec = cluster.default.map(|c| c.spec.clone()).unwrap_or_default();
     let own = cluster.per_node.get(this.name.as_str()).map(|c| &c.spec);
@@ -1077,8 +1077,7 @@ pub fn build(input: &BgpInput, passwords: &dyn PasswordReader) -> Result<BgpMode
             if Family::of(*ip) != family {
                 continue;
             }
-            if let Some(session) =
-                peering_session(&cluster, this, *scope, peering, &mut passwords)?
+            if let Some(session) = peering_session(&cluster, this, *scope, peering, &mut passwords)?
             {
                 if let Some(gateway) = peering.reachable_by {
                     peer_routes.push((IpNet::from(*ip), gateway));

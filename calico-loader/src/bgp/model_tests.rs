@@ -41,7 +41,10 @@ pub(super) fn reflector(mut node: NodeFacts, cluster_id: &str) -> NodeFacts {
 /// The resources of kind `K` in a YAML stream.
 pub(super) fn resources<K: crate::datastore::resources::Registered + Clone>(yaml: &str) -> Vec<K> {
     match parse_file("test.yaml", yaml) {
-        Ok(resources) => resources.iter().filter_map(|r| r.typed::<K>().cloned()).collect(),
+        Ok(resources) => resources
+            .iter()
+            .filter_map(|r| r.typed::<K>().cloned())
+            .collect(),
         Err(errors) => panic!("{}", errors[0]),
     }
 }
@@ -219,7 +222,10 @@ fn without_the_mesh_only_bgp_peers_make_sessions() {
 fn route_reflectors_reflect_for_their_clients_through_a_peer_selector() {
     let nodes = vec![
         labelled(
-            reflector(node("rr-1", "198.18.0.10", Some("2001:db8::10")), "244.0.0.1"),
+            reflector(
+                node("rr-1", "198.18.0.10", Some("2001:db8::10")),
+                "244.0.0.1",
+            ),
             &[("route-reflector", "true")],
         ),
         labelled(
@@ -231,10 +237,7 @@ fn route_reflectors_reflect_for_their_clients_through_a_peer_selector() {
     ];
     let configured = |this: &str| {
         let mut input = cluster(this, &nodes);
-        input.configurations = vec![bgp_configuration(
-            "default",
-            "nodeToNodeMeshEnabled: false",
-        )];
+        input.configurations = vec![bgp_configuration("default", "nodeToNodeMeshEnabled: false")];
         input.peers = vec![bgp_peer(
             "peer-with-rrs",
             "nodeSelector: all(), peerSelector: route-reflector == 'true'",
@@ -377,14 +380,20 @@ fn a_node_selector_picks_the_nodes_by_label() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    assert_eq!(with_peer("node-1"), ["Mesh_198_18_0_2", "Node_198_18_0_254"]);
+    assert_eq!(
+        with_peer("node-1"),
+        ["Mesh_198_18_0_2", "Node_198_18_0_254"]
+    );
     assert_eq!(with_peer("node-2"), ["Mesh_198_18_0_1"]);
 }
 
 #[test]
 fn a_peer_selector_expands_to_the_selected_nodes_addresses() {
     let nodes = vec![
-        labelled(node("edge-1", "198.18.0.21", Some("2001:db8::21")), &[("edge", "")]),
+        labelled(
+            node("edge-1", "198.18.0.21", Some("2001:db8::21")),
+            &[("edge", "")],
+        ),
         {
             let mut n = labelled(node("edge-2", "198.18.0.22", None), &[("edge", "")]);
             n.as_number = Some(AsNumber::new(65022));
@@ -453,7 +462,10 @@ fn a_global_peer_at_a_calico_nodes_address_is_passive_on_the_greater_side() {
 fn a_global_peer_wins_over_a_node_specific_one_to_the_same_address() {
     let mut input = cluster("node-1", &three_nodes());
     input.peers = vec![
-        bgp_peer("a-node-tor", "node: node-1, peerIP: 198.18.0.254, asNumber: 65009"),
+        bgp_peer(
+            "a-node-tor",
+            "node: node-1, peerIP: 198.18.0.254, asNumber: 65009",
+        ),
         bgp_peer("z-global-tor", "peerIP: 198.18.0.254, asNumber: 65001"),
     ];
     let m = model(&input);
@@ -615,8 +627,14 @@ fn passwords_are_read_from_their_source_and_checked() {
         .insert(PasswordSource::Env("MESH_PASSWORD".into()), "mesh".into());
     let m = build(&input, &passwords).expect("model");
     let tor = m.session("Global_198_18_0_254").expect("tor");
-    assert_eq!(tor.password.as_ref().map(|p| p.expose()), Some("tor secret"));
-    assert!(!format!("{tor:?}").contains("tor secret"), "Debug shows no password");
+    assert_eq!(
+        tor.password.as_ref().map(|p| p.expose()),
+        Some("tor secret")
+    );
+    assert!(
+        !format!("{tor:?}").contains("tor secret"),
+        "Debug shows no password"
+    );
     let mesh = m.session("Mesh_198_18_0_2").expect("mesh");
     assert_eq!(mesh.password.as_ref().map(|p| p.expose()), Some("mesh"));
 
