@@ -4,7 +4,8 @@
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
 //!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
-//!   and `Tier`, and `IPPool`; other kinds are kept untyped. Selectors stay text:
+//!   and `Tier`, `IPPool`, and the BGP kinds `BGPConfiguration` and `BGPPeer`; other kinds are
+//!   kept untyped. Selectors stay text:
 //!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
 //!   the parser checks every selector field, the model evaluates them.
