@@ -4,7 +4,7 @@
 //!
 //! The file, top to bottom:
 //!
-//! - `router id`: the node's IPv4 address;
+//! - `router id`: the node's IPv4 address; `log stderr all` (the agent keeps BIRD's messages);
 //! - `protocol device`, and `protocol direct` on every interface except workload (`cali*`),
 //!   `kube-ipvs*` and `ignoredInterfaces` ones (for resolving next hops);
 //! - per family:
@@ -18,7 +18,8 @@
 //!     workload routes) win over BGP routes to the same prefix, so a peer announcing a local
 //!     workload's address never displaces its route;
 //!   - `calico_kernel_programming_v4|6`: what is installed in the kernel: everything but
-//!     service ranges and encapsulated pools' routes;
+//!     interface routes (BIRD 2 would duplicate them), service ranges and encapsulated pools'
+//!     routes;
 //!   - `protocol kernel kernel4|6`: `learn`, `persist`, `scan time 2`, `graceful restart`,
 //!     `merge paths on` (ECMP);
 //! - `template bgp bgp_template`: graceful restart and Calico's short connect and retry
@@ -57,6 +58,7 @@ pub fn render(model: &BgpModel) -> String {
     out.line("# Do not edit: the agent rewrites it.");
     out.blank();
     out.line(&format!("router id {};", model.router_id));
+    out.line("log stderr all;  # the agent runs BIRD and keeps its messages");
     out.blank();
     render_interfaces(&mut out, model);
     for family in Family::ALL {
@@ -246,6 +248,10 @@ fn render_family(out: &mut Config, routing: &FamilyRouting) {
         &format!("filter calico_kernel_programming_v{n}"),
         "",
         |out| {
+            out.line(
+                "if ( source = RTS_DEVICE ) then { reject; }  # interface routes: the kernel \
+                 has its own",
+            );
             for range in &routing.rejected_ranges {
                 out.line(&format!(
                     "if ( net ~ {range} ) then {{ reject; }}  # service range: announced only"

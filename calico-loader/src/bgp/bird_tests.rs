@@ -199,6 +199,7 @@ fn the_statements_that_matter() {
     let text = bird::render(&model);
 
     assert!(text.contains("router id 198.18.0.1;\n"), "{text}");
+    assert!(text.contains("log stderr all;"), "{text}");
     // Kernel protocols: learn, persist, graceful restart, ECMP; our filters both ways.
     for n in [4, 6] {
         let kernel = block(&text, &format!("protocol kernel kernel{n}"));
@@ -267,6 +268,10 @@ fn the_statements_that_matter() {
             .contains("if ( net ~ 198.18.64.0/18 ) then { preference = 110; }")
     );
     let programming = block(&text, "filter calico_kernel_programming_v4");
+    assert!(
+        programming.contains("if ( source = RTS_DEVICE ) then { reject; }"),
+        "{programming}"
+    );
     for rejected in ["198.19.0.0/16", "198.18.192.0/20", "198.18.208.0/20"] {
         assert!(
             programming.contains(&format!("if ( net ~ {rejected} ) then {{ reject; }}")),

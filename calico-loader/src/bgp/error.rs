@@ -50,6 +50,30 @@ pub enum BgpError {
         /// Why it could not run.
         message: String,
     },
+    /// BIRD did not start, or did not answer on its control socket.
+    #[error("BIRD did not start: {message}")]
+    Start {
+        /// Why, with BIRD's last messages.
+        message: String,
+    },
+    /// A `birdc` command failed.
+    #[error("birdc {command} failed: {message}")]
+    Control {
+        /// The command (`configure`).
+        command: String,
+        /// What birdc printed.
+        message: String,
+    },
+    /// A file of BIRD's run directory could not be written or moved.
+    #[error("cannot {what} {}: {message}", path.display())]
+    Io {
+        /// What was being done (`write`, `rename`...).
+        what: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's message.
+        message: String,
+    },
     /// BIRD refused a configuration.
     #[error("BIRD refused the configuration {}: {message}", path.display())]
     Rejected {

@@ -7,14 +7,18 @@
 //! (from `Node` resources and IPAM); nothing here reads the datastore. [`model::build`] turns
 //! them into a [`BgpModel`], Calico's peer selection (confd's) applied to this node;
 //! [`bird::render`] writes one BIRD 2 configuration for IPv4 and IPv6 from it, the same text for
-//! the same model; [`bird::check`] has BIRD parse a written configuration.
+//! the same model; [`bird::check`] has BIRD parse a written configuration; [`daemon::Bird`]
+//! runs BIRD on it, reloads it, and keeps the last good configuration when BIRD refuses a new
+//! one.
 //!
 //! Each module imports only the datastore's resource types and selectors.
 
 pub mod bird;
+pub mod daemon;
 mod error;
 pub mod model;
 
+pub use daemon::{Bird, BirdSettings, ProtocolStatus, Reload};
 pub use error::BgpError;
 pub use model::{
     BgpInput, BgpModel, BgpSession, Encapsulation, Family, FamilyRouting, NodeFacts, Password,
