@@ -181,8 +181,13 @@ impl Bird {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let program = if settings.netns.is_some() {
+            "nsenter"
+        } else {
+            bird::BIRD
+        };
         let mut child = command.spawn().map_err(|e| BgpError::BirdMissing {
-            program: bird::BIRD.to_owned(),
+            program: program.to_owned(),
             message: e.to_string(),
         })?;
         let messages = Arc::new(Mutex::new(VecDeque::new()));
