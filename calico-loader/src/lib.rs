@@ -2,6 +2,7 @@
 //! the model to dataplane programming. The kernel programs live in the `calico-ebpf` crate.
 
 pub mod agent;
+pub mod bgp;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;

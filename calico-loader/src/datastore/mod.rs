@@ -4,8 +4,9 @@
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
 //!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
-//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `IPPool`, `IPAMConfiguration`
-//!   and `Node`; other kinds are kept untyped. Selectors stay text:
+//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `IPPool`, `IPAMConfiguration`,
+//!   `Node`, and the BGP kinds `BGPConfiguration` and `BGPPeer`; other kinds are kept untyped.
+//!   Selectors stay text:
 //!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
 //!   the parser checks every selector field, the model evaluates them.
@@ -48,6 +49,8 @@ pub use store::{
     StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest, now_rfc3339, rfc3339,
 };
 
+#[cfg(test)]
+mod bgp_tests;
 #[cfg(test)]
 mod ip_pool_tests;
 #[cfg(test)]

@@ -16,13 +16,15 @@
 //! - `policy`: what the policy kinds share (rules, orders, ports...);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
 //!   `profile`, `tier`, `network_set` (with what both set kinds share), `global_network_set`,
-//!   `ip_pool`, `ipam_configuration`, `node`;
+//!   `ip_pool`, `ipam_configuration`, `node`, `bgp_configuration`, `bgp_peer`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
 //!
 //! Checks on a single value (an address, a name, a port) run while deserializing, so serde
 //! reports them with the field's path and line; checks across fields run afterwards
 //! ([`ObjectMeta::validate`], [`ResourceKind::validate`]).
 
+mod bgp_configuration;
+mod bgp_peer;
 mod fields;
 mod global_network_policy;
 mod global_network_set;
@@ -40,7 +42,18 @@ mod registry;
 mod tier;
 mod workload_endpoint;
 
-pub use fields::{Dscp, FieldError, MacAddr, Protocol};
+pub use bgp_configuration::{
+    BgpConfiguration, BgpConfigurationSpec, BindMode, Community, DEFAULT_AS_NUMBER,
+    DEFAULT_BGP_CONFIGURATION, DEFAULT_LISTEN_PORT, LogSeverity, NODE_BGP_CONFIGURATION_PREFIX,
+    NORMAL_ROUTE_PRIORITY, PrefixAdvertisement, ProgramClusterRoutes, ServiceIpBlock,
+    ServiceLoadBalancerAggregation,
+};
+pub use bgp_peer::{
+    BgpPassword, BgpPeer, BgpPeerSpec, MAX_KEEPALIVE_SECS, MAX_PASSWORD_LEN, MAX_RESTART_SECS,
+    NextHopMode, PasswordSource, PeerAddress, ReversePeering, SecretKeySelector, SourceAddress,
+    check_password,
+};
+pub use fields::{AsNumber, Dscp, FieldError, MacAddr, Protocol};
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
 pub use global_network_set::{GlobalNetworkSet, GlobalNetworkSetSpec};
 pub use ip_pool::{

@@ -17,6 +17,8 @@
 use std::fmt;
 
 use super::{
+    bgp_configuration::BgpConfiguration,
+    bgp_peer::BgpPeer,
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
     global_network_set::GlobalNetworkSet,
@@ -57,9 +59,9 @@ registry! {
     /// IPAM settings.
     IpamConfiguration => typed(IpamConfiguration),
     /// BGP settings.
-    BgpConfiguration => untyped(KindInfo::cluster("BGPConfiguration", "bgpconfigurations", &["bgpconfig", "bgpconfigs"])),
+    BgpConfiguration => typed(BgpConfiguration),
     /// BGP peer.
-    BgpPeer => untyped(KindInfo::cluster("BGPPeer", "bgppeers", &["bgpp", "bgpps", "bp", "bps"])),
+    BgpPeer => typed(BgpPeer),
     /// BGP route filter.
     BgpFilter => untyped(KindInfo::cluster("BGPFilter", "bgpfilters", &["bgpf", "bgpfs", "bf", "bfs"])),
     /// Felix (per-node agent) settings.
