@@ -30,7 +30,7 @@ use super::{
         AnyString, AsNumber, Check, EndpointNetwork, FieldError, Ipv4, Ipv6, ResourceName,
         duration, list, nullable, number, optional, string_enum,
     },
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::ObjectMeta,
 };
@@ -553,20 +553,7 @@ impl ResourceKind for BgpConfiguration {
     /// The spec may be left out: every value takes its default.
     type Document = Document<Option<BgpConfigurationSpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// The name (`default` or `node.<name>`), the fields only `default` may set, the mesh
     /// settings that need the mesh, the community rules, the password's shape, and the fields

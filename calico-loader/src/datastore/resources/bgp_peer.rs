@@ -22,7 +22,7 @@ use super::{
         AnyString, AsNumber, Check, FieldError, Ip, LongSelectorText, ResourceName, duration, list,
         nullable, number, optional, string_enum,
     },
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::ObjectMeta,
 };
@@ -460,20 +460,7 @@ impl ResourceKind for BgpPeer {
     /// `peerSelector`).
     type Document = Document<Option<BgpPeerSpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// `validateBGPPeerSpec` and the CEL rules, the times BIRD accepts, the password's shape,
     /// and the fields not built here.

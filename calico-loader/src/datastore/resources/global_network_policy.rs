@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::{KindInfo, PolicyKeys},
     meta::ObjectMeta,
     policy::{
@@ -144,20 +144,7 @@ impl ResourceKind for GlobalNetworkPolicy {
     /// The spec may be left out: an empty policy in the default tier.
     type Document = Document<Option<GlobalNetworkPolicySpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// Fills in what Calico defaults, as `NetworkPolicy`'s does.
     fn apply_defaults(&mut self) {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     fields::{FieldError, nullable, number, optional, string_enum},
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::{EtcdKeys, KindInfo, StoredForm},
     meta::{API_VERSION, ObjectMeta},
 };
@@ -110,20 +110,7 @@ impl ResourceKind for IpamConfiguration {
     /// The spec may be left out: then every field has its default.
     type Document = Document<Option<IpamConfigurationSpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// libcalico-go's `validateMetadata`: the name is `default`.
     fn validate(&self) -> Vec<FieldError> {

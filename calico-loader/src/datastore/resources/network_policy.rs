@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::{KindInfo, PolicyKeys},
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     policy::{
@@ -128,20 +128,7 @@ impl ResourceKind for NetworkPolicy {
     /// The spec may be left out: an empty policy in the default tier.
     type Document = Document<Option<NetworkPolicySpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// Fills in what Calico defaults: the tier (`default`), and `types` when empty: Ingress,
     /// plus or instead Egress when there are egress rules (Egress alone when there are no

@@ -18,7 +18,7 @@ use super::{
         AnyString, Check, CheckNumOrStr, FieldError, Ipv4, Ipv6, Mac, MacAddr, NumOrString, OrNull,
         ResourceName, list, nullable, optional, parse_cidr_or_ip, required, string_enum,
     },
-    kind::{DocumentWithStatus, ResourceKind},
+    kind::{DocumentWithStatus, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::ObjectMeta,
 };
@@ -321,21 +321,7 @@ impl ResourceKind for Node {
     /// The spec may be left out; a status is accepted.
     type Document = DocumentWithStatus<Option<NodeSpec>, NodeStatus>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-            status: document.status,
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec, status);
 
     /// `validateNodeSpec`: a `bgp` section, when given, must say something.
     fn validate(&self) -> Vec<FieldError> {
