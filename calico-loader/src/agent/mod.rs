@@ -143,6 +143,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         });
     }
     let mut registration_pending = true;
+    let mut node_known = false;
     let mut routing = Routing::new(&config.node, config.routing.clone());
     let mut supervision = tokio::time::interval(SUPERVISION_INTERVAL);
 
@@ -165,17 +166,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
         }
         // BGP follows the datastore once it has been read whole and the Node registered (and,
-        // if written, seen), so that a partial view never stops a running BIRD.
-        let node_known = match *registration.borrow() {
-            Registration::Pending => false,
-            Registration::Finished { wrote } => {
-                !wrote
-                    || sync
-                        .snapshot
-                        .find::<crate::datastore::resources::Node>(None, &config.node)
-                        .is_some()
-            }
-        };
+        // if written, seen once), so that a partial view never stops a running BIRD.
+        node_known = node_known
+            || match *registration.borrow() {
+                Registration::Pending => false,
+                Registration::Finished { wrote } => {
+                    !wrote
+                        || sync
+                            .snapshot
+                            .find::<crate::datastore::resources::Node>(None, &config.node)
+                            .is_some()
+                }
+            };
         if sync.complete && node_known {
             routing.update(&sync.snapshot, &sync.ipam).await;
         }

@@ -592,7 +592,11 @@ mod tests {
             "ipam/v2/host/node-1/ipv4/block/198.18.0.0-26",
             r#"{"state":"confirmed","deleted":false}"#,
         );
-        write(d, "ipam/v2/assignment/ipv4/block/198.18.0.0-26", "{not json");
+        write(
+            d,
+            "ipam/v2/assignment/ipv4/block/198.18.0.0-26",
+            "{not json",
+        );
         write(d, "ipam/v2/assignment/ipv4/block/.198.18.0.64-26.tmp", "{}");
         let mut store = LocalDatastore::new(d);
         let result = store.sync();
