@@ -23,7 +23,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     str::FromStr,
     time::Duration,
 };
@@ -180,8 +180,7 @@ pub fn is_global_unicast(ip: IpAddr) -> bool {
             !(ip.is_unspecified()
                 || ip.is_loopback()
                 || ip.is_multicast()
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip == Ipv6Addr::UNSPECIFIED)
+                || (ip.segments()[0] & 0xffc0) == 0xfe80)
         }
     }
 }

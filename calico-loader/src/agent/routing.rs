@@ -19,6 +19,7 @@
 //!   with `--detach-on-exit` it is stopped and its routes removed.
 
 use std::{
+    collections::BTreeSet,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -44,12 +45,17 @@ pub const SUPERVISION_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between attempts to start BIRD.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
-/// This node's BGP input from the datastore, or why the node has no BGP.
+/// This node's BGP input from the datastore, and the IPAM values left out of it because they
+/// do not read; or why the node has no BGP.
 ///
 /// # Errors
 ///
 /// Why the node has no BGP: no Node resource, or no IPv4 address on it.
-pub fn bgp_input(snapshot: &Snapshot, ipam: &IpamObjects, node: &str) -> Result<BgpInput, String> {
+pub fn bgp_input(
+    snapshot: &Snapshot,
+    ipam: &IpamObjects,
+    node: &str,
+) -> Result<(BgpInput, Vec<String>), String> {
     let Some(own) = snapshot.find::<Node>(None, node) else {
         return Err(format!("this node ({node}) has no Node resource"));
     };
@@ -61,10 +67,7 @@ pub fn bgp_input(snapshot: &Snapshot, ipam: &IpamObjects, node: &str) -> Result<
         ));
     }
     let blocks = NodeBlocks::of(ipam, node);
-    for problem in &blocks.problems {
-        warn!("IPAM object left out of BGP: {problem}");
-    }
-    Ok(BgpInput {
+    let input = BgpInput {
         node: facts,
         other_nodes: snapshot
             .all::<Node>()
@@ -76,7 +79,8 @@ pub fn bgp_input(snapshot: &Snapshot, ipam: &IpamObjects, node: &str) -> Result<
         pools: snapshot.all::<IpPool>().map(PoolFacts::from).collect(),
         blocks: blocks.blocks,
         borrowed: blocks.borrowed,
-    })
+    };
+    Ok((input, blocks.problems))
 }
 
 /// How the agent runs BGP.
@@ -97,6 +101,8 @@ pub struct Routing {
     wanted: Option<String>,
     /// What was last said about BGP's state (why it is off, what failed), so each is said once.
     said: Option<String>,
+    /// The IPAM values that do not read, as last logged.
+    ipam_problems: BTreeSet<String>,
     /// When BIRD may be started next, and the delay after that.
     next_start: Instant,
     start_delay: Duration,
@@ -111,6 +117,7 @@ impl Routing {
             bird: None,
             wanted: None,
             said: None,
+            ipam_problems: BTreeSet::new(),
             next_start: Instant::now(),
             start_delay: Duration::ZERO,
         };
@@ -145,7 +152,14 @@ impl Routing {
             return;
         }
         let input = match bgp_input(snapshot, ipam, &self.node) {
-            Ok(input) => input,
+            Ok((input, problems)) => {
+                let problems: BTreeSet<String> = problems.into_iter().collect();
+                for problem in problems.difference(&self.ipam_problems) {
+                    warn!("IPAM object left out of BGP: {problem}");
+                }
+                self.ipam_problems = problems;
+                input
+            }
             Err(why) => {
                 self.wanted = None;
                 self.say(Said {
@@ -174,7 +188,7 @@ impl Routing {
                     info!("BIRD reconfigured: {summary}");
                     self.said = None;
                 }
-                Ok(Reload::Unchanged) => {}
+                Ok(Reload::Unchanged) => self.said = None,
                 Err(e) => self.say(error_line(&format!(
                     "{e}; the BIRD configuration in force stays"
                 ))),
