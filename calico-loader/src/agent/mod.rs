@@ -26,7 +26,7 @@ use self::{
 };
 use crate::{
     dataplane::{ApplyReport, Dataplane, attach::AttachMode, bpffs::PinLayout, netlink},
-    datastore::{AgentDatastore, DatastoreConfig, Snapshot},
+    datastore::{AgentDatastore, DatastoreConfig, Snapshot, resources::Node},
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
@@ -171,11 +171,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             || match *registration.borrow() {
                 Registration::Pending => false,
                 Registration::Finished { wrote } => {
-                    !wrote
-                        || sync
-                            .snapshot
-                            .find::<crate::datastore::resources::Node>(None, &config.node)
-                            .is_some()
+                    !wrote || sync.snapshot.find::<Node>(None, &config.node).is_some()
                 }
             };
         if sync.complete && node_known {
