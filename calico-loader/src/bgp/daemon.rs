@@ -1,25 +1,34 @@
-//! Running BIRD: start it on a configuration, reload it with a new one, ask it about its
-//! sessions, stop it.
+//! Running BIRD: start it on a configuration, or adopt the one already running in a run
+//! directory; reload it with a new configuration, ask it about its sessions, tell whether it
+//! still runs, stop it or leave it running.
 //!
 //! Everything of one BIRD lives in its run directory (created with mode 0700): the
 //! configuration in force (`bird.conf`, mode 0600: it may hold passwords), the candidate being
-//! checked (`bird.conf.new`), the control socket (`bird.ctl`) and the pid file (`bird.pid`).
-//! BIRD runs in the foreground as the agent's child (`bird -f -R`; `-R` recovers routes after a
-//! graceful restart), in a given network namespace if asked (through `nsenter --net=`, which
-//! becomes BIRD itself). Its messages (`log stderr all`) go to the agent's log, target `bird`.
+//! checked (`bird.conf.new`), the control socket (`bird.ctl`), the pid file (`bird.pid`) and
+//! BIRD's messages (`bird.log`). BIRD runs in the foreground (`bird -f -R`; `-R` recovers
+//! routes after a graceful restart) in a process group of its own, with its messages
+//! (`log stderr all`) going to `bird.log`, which the agent follows into its own log (target
+//! `bird`). Nothing ties BIRD to the agent's life: an agent that exits or is killed leaves it
+//! running, and the next one adopts it through its socket ([`Bird::adopt`]). It runs in a
+//! given network namespace if asked (through `nsenter --net=`, which becomes BIRD itself).
 //!
 //! A new configuration is checked first (`bird -p -c`); only then does it replace `bird.conf`
 //! and BIRD re-read it (`birdc configure`). A configuration BIRD refuses leaves the last good
 //! one in force, in the file as in BIRD.
 
 use std::{
-    collections::VecDeque,
     fs,
-    io::{self, BufRead as _, BufReader, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
+    os::unix::{
+        fs::{DirBuilderExt as _, OpenOptionsExt as _},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -32,11 +41,15 @@ use super::{BgpError, bird, model::SessionKind};
 pub const BIRDC: &str = "birdc";
 /// How many of BIRD's last messages an error about its start carries.
 const KEPT_MESSAGES: usize = 20;
+/// How often BIRD's log file is read for new messages.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// How long a stopping BIRD has before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how to run one BIRD.
 #[derive(Clone, Debug)]
 pub struct BirdSettings {
-    /// The run directory: configuration, control socket, pid file.
+    /// The run directory: configuration, control socket, pid file, messages.
     pub run_dir: PathBuf,
     /// The network namespace to run BIRD in (`/run/netns/<name>`), or none for the agent's.
     pub netns: Option<PathBuf>,
@@ -61,16 +74,27 @@ impl BirdSettings {
 
     /// The control socket.
     pub fn socket_path(&self) -> PathBuf {
-        self.run_dir.join("bird.ctl")
+        socket_path(&self.run_dir)
+    }
+
+    /// BIRD's messages.
+    pub fn log_path(&self) -> PathBuf {
+        self.run_dir.join("bird.log")
+    }
+
+    /// BIRD's pid file.
+    pub fn pid_path(&self) -> PathBuf {
+        self.run_dir.join("bird.pid")
     }
 
     fn candidate_path(&self) -> PathBuf {
         self.run_dir.join("bird.conf.new")
     }
+}
 
-    fn pid_path(&self) -> PathBuf {
-        self.run_dir.join("bird.pid")
-    }
+/// The control socket of the BIRD whose run directory is `run_dir`.
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("bird.ctl")
 }
 
 /// What [`Bird::apply`] did.
@@ -104,14 +128,27 @@ impl ProtocolStatus {
     }
 }
 
-/// A running BIRD, stopped when dropped (its kernel routes stay: `persist`).
+/// How this agent knows the BIRD process.
+enum Process {
+    /// Started by this agent: its child.
+    Child(Child),
+    /// Started by an earlier agent and adopted: known by its pid (its parent is gone).
+    Adopted(u32),
+}
+
+/// A running BIRD. Dropping it stops BIRD (its kernel routes stay: `persist`), unless it was
+/// [released](Bird::release) to outlive the agent.
 pub struct Bird {
     settings: BirdSettings,
-    child: Child,
+    process: Process,
     /// The configuration in force.
     current: String,
-    /// BIRD's last messages.
-    messages: Arc<Mutex<VecDeque<String>>>,
+    /// Where this BIRD's messages start in `bird.log`.
+    log_start: u64,
+    /// Relays `bird.log` into the agent's log until set.
+    relay_stop: Arc<AtomicBool>,
+    /// Set by [`Bird::release`]: dropping leaves BIRD running.
+    released: bool,
 }
 
 fn io_error(what: &str, path: &Path, error: &io::Error) -> BgpError {
@@ -147,20 +184,87 @@ fn install(settings: &BirdSettings, text: &str) -> Result<(), BgpError> {
     fs::rename(&candidate, &config).map_err(|e| io_error("rename", &candidate, &e))
 }
 
+/// Whether process `pid` runs BIRD (it exists, is not a zombie, and is called `bird`).
+fn is_bird_process(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `<pid> (<comm>) <state> ...`: the name may hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let name = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next();
+    name == bird::BIRD && !matches!(state, Some("Z" | "X"))
+}
+
+/// Follows `path` from `offset` on a thread of its own, logging each line BIRD writes (target
+/// `bird`), until `stop` is set.
+fn relay_log(path: PathBuf, offset: u64, stop: Arc<AtomicBool>) {
+    let spawned = thread::Builder::new()
+        .name("bird-log".into())
+        .spawn(move || {
+            let Ok(mut file) = fs::File::open(&path) else {
+                return;
+            };
+            if file.seek(SeekFrom::Start(offset)).is_err() {
+                return;
+            }
+            let mut reader = BufReader::new(file);
+            let mut line = String::new();
+            loop {
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        thread::sleep(LOG_POLL);
+                    }
+                    Ok(_) if line.ends_with('\n') => {
+                        info!(target: "bird", "{}", line.trim_end());
+                        line.clear();
+                    }
+                    // Part of a line: the rest comes with the next read.
+                    Ok(_) => {}
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot follow BIRD's messages in its log file: {e}");
+    }
+}
+
 impl Bird {
     /// Starts BIRD on `config` (checked first) and waits until it answers on its control
-    /// socket.
+    /// socket. A BIRD already answering on the socket is an error: [`Bird::adopt`] it instead.
     pub fn start(settings: BirdSettings, config: &str) -> Result<Bird, BgpError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&settings.run_dir)
             .map_err(|e| io_error("create", &settings.run_dir, &e))?;
-        install(&settings, config)?;
         let socket = settings.socket_path();
+        if birdc_at(&socket, &["show", "status"]).is_ok() {
+            return Err(BgpError::Start {
+                message: format!(
+                    "a BIRD already answers on {}; adopt it or stop it first",
+                    socket.display()
+                ),
+            });
+        }
+        install(&settings, config)?;
         if socket.exists() {
             fs::remove_file(&socket).map_err(|e| io_error("remove", &socket, &e))?;
         }
+        // A new BIRD's log starts empty: the last one's messages were relayed already.
+        let log_path = settings.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(|e| io_error("write", &log_path, &e))?;
         let mut command = match &settings.netns {
             Some(netns) => {
                 let mut c = Command::new("nsenter");
@@ -180,48 +284,82 @@ impl Bird {
             .arg(settings.pid_path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(log)
+            // Its own process group: a signal to the agent's group (Ctrl-C) is not BIRD's.
+            .process_group(0);
         let program = if settings.netns.is_some() {
             "nsenter"
         } else {
             bird::BIRD
         };
-        let mut child = command.spawn().map_err(|e| BgpError::BirdMissing {
+        let child = command.spawn().map_err(|e| BgpError::BirdMissing {
             program: program.to_owned(),
             message: e.to_string(),
         })?;
-        let messages = Arc::new(Mutex::new(VecDeque::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let kept = Arc::clone(&messages);
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    info!(target: "bird", "{line}");
-                    if let Ok(mut kept) = kept.lock() {
-                        if kept.len() == KEPT_MESSAGES {
-                            kept.pop_front();
-                        }
-                        kept.push_back(line);
-                    }
-                }
-            });
-        }
         let mut bird = Bird {
             settings,
-            child,
+            process: Process::Child(child),
             current: config.to_owned(),
-            messages,
+            log_start: 0,
+            relay_stop: Arc::new(AtomicBool::new(false)),
+            released: false,
         };
+        relay_log(bird.settings.log_path(), 0, Arc::clone(&bird.relay_stop));
         bird.wait_ready()?;
         info!(pid = bird.pid(), run_dir = %bird.settings.run_dir.display(), "BIRD started");
         Ok(bird)
     }
 
+    /// The BIRD already running with `settings`' run directory, if one answers on its socket:
+    /// started by an earlier agent, it is taken over as it is, with the configuration of
+    /// `bird.conf` in force. `None` if no BIRD answers.
+    ///
+    /// # Errors
+    ///
+    /// A BIRD answers but its pid file does not name a running BIRD.
+    pub fn adopt(settings: BirdSettings) -> Result<Option<Bird>, BgpError> {
+        let socket = settings.socket_path();
+        if !socket.exists() || birdc_at(&socket, &["show", "status"]).is_err() {
+            return Ok(None);
+        }
+        let pid_path = settings.pid_path();
+        let pid = fs::read_to_string(&pid_path)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|&pid| is_bird_process(pid))
+            .ok_or_else(|| BgpError::Start {
+                message: format!(
+                    "a BIRD answers on {}, but {} does not name a running bird process",
+                    socket.display(),
+                    pid_path.display()
+                ),
+            })?;
+        // The configuration BIRD last accepted; unreadable, the next apply reloads.
+        let current = fs::read_to_string(settings.config_path()).unwrap_or_default();
+        let log_start = fs::metadata(settings.log_path()).map_or(0, |m| m.len());
+        let bird = Bird {
+            settings,
+            process: Process::Adopted(pid),
+            current,
+            log_start,
+            relay_stop: Arc::new(AtomicBool::new(false)),
+            released: false,
+        };
+        relay_log(
+            bird.settings.log_path(),
+            log_start,
+            Arc::clone(&bird.relay_stop),
+        );
+        info!(pid, run_dir = %bird.settings.run_dir.display(), "BIRD adopted: it was running already");
+        Ok(Some(bird))
+    }
+
     fn wait_ready(&mut self) -> Result<(), BgpError> {
         let deadline = Instant::now() + self.settings.start_timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if !self.is_running() {
                 return Err(BgpError::Start {
-                    message: format!("bird exited ({status}){}", self.last_messages()),
+                    message: format!("bird exited{}", self.last_messages()),
                 });
             }
             if self.birdc(&["show", "status"]).is_ok() {
@@ -241,18 +379,37 @@ impl Bird {
         }
     }
 
+    /// BIRD's last messages since this BIRD started or was adopted, for an error.
     fn last_messages(&self) -> String {
-        let kept = self.messages.lock().map(|k| k.clone()).unwrap_or_default();
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(self.settings.log_path())
+            && file.seek(SeekFrom::Start(self.log_start)).is_ok()
+        {
+            let _ = file.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let kept = &lines[lines.len().saturating_sub(KEPT_MESSAGES)..];
         if kept.is_empty() {
             String::new()
         } else {
-            format!("; its last messages:\n{}", Vec::from(kept).join("\n"))
+            format!("; its last messages:\n{}", kept.join("\n"))
         }
     }
 
     /// BIRD's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Child(child) => child.id(),
+            Process::Adopted(pid) => *pid,
+        }
+    }
+
+    /// Whether BIRD still runs. A child that exited is reaped here.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Process::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Process::Adopted(pid) => is_bird_process(*pid),
+        }
     }
 
     /// The settings BIRD runs with.
@@ -284,63 +441,99 @@ impl Bird {
 
     /// Runs `birdc` with `args` on this BIRD's socket and returns what it printed.
     pub fn birdc(&self, args: &[&str]) -> Result<String, BgpError> {
-        let command = args.join(" ");
-        let output = Command::new(BIRDC)
-            .arg("-s")
-            .arg(self.settings.socket_path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| BgpError::BirdMissing {
-                program: BIRDC.to_owned(),
-                message: e.to_string(),
-            })?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() {
-            Ok(stdout)
-        } else {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            Err(BgpError::Control {
-                command,
-                message: format!("{}{}", stdout.trim(), stderr.trim()),
-            })
-        }
+        birdc_at(&self.settings.socket_path(), args)
     }
 
     /// The state of each protocol (`birdc show protocols`).
     pub fn protocols(&self) -> Result<Vec<ProtocolStatus>, BgpError> {
-        let text = self.birdc(&["show", "protocols"])?;
-        Ok(parse_protocols(&text))
+        protocols_at(&self.settings.socket_path())
     }
 
-    /// Stops BIRD (`birdc down`, else killed) and waits for it.
+    /// Stops BIRD (`birdc down`, else killed) and waits for it. Its BGP peers are told, and
+    /// withdraw its routes.
     pub fn stop(mut self) {
         self.shut_down();
     }
 
+    /// Leaves BIRD running when this handle goes, for the next agent to adopt.
+    pub fn release(mut self) {
+        self.released = true;
+        info!(pid = self.pid(), "BIRD left running");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     fn shut_down(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
+        if !self.is_running() {
             return;
         }
-        if self.birdc(&["down"]).is_ok() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
+        if self.birdc(&["down"]).is_ok() && self.wait_exit(STOP_TIMEOUT) {
+            info!(pid = self.pid(), "BIRD stopped");
+            return;
         }
         warn!(pid = self.pid(), "BIRD did not stop; killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Process::Adopted(pid) => {
+                if let Ok(pid) = i32::try_from(*pid) {
+                    // SAFETY: a signal to a process checked to be BIRD just before.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                let _ = self.wait_exit(STOP_TIMEOUT);
+            }
+        }
     }
 }
 
 impl Drop for Bird {
     fn drop(&mut self) {
-        self.shut_down();
+        if !self.released {
+            self.shut_down();
+        }
+        self.relay_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Runs `birdc -s <socket>` with `args` and returns what it printed.
+pub fn birdc_at(socket: &Path, args: &[&str]) -> Result<String, BgpError> {
+    let command = args.join(" ");
+    let output = Command::new(BIRDC)
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BgpError::BirdMissing {
+            program: BIRDC.to_owned(),
+            message: e.to_string(),
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(BgpError::Control {
+            command,
+            message: format!("{}{}", stdout.trim(), stderr.trim()),
+        })
+    }
+}
+
+/// The state of each protocol of the BIRD on `socket` (`birdc show protocols`).
+pub fn protocols_at(socket: &Path) -> Result<Vec<ProtocolStatus>, BgpError> {
+    Ok(parse_protocols(&birdc_at(socket, &["show", "protocols"])?))
 }
 
 /// The rows of `birdc show protocols`: `Name Proto Table State Since Info`, where Since is one

@@ -50,7 +50,7 @@ use crate::datastore::{
     resources::{
         AsNumber, BgpConfiguration, BgpConfigurationSpec, BgpPassword, BgpPeer, DEFAULT_AS_NUMBER,
         DEFAULT_BGP_CONFIGURATION, DEFAULT_LISTEN_PORT, IpPool, IpipMode, LogSeverity,
-        NODE_BGP_CONFIGURATION_PREFIX, NextHopMode, PasswordSource, SourceAddress, VxlanMode,
+        NODE_BGP_CONFIGURATION_PREFIX, NextHopMode, Node, PasswordSource, SourceAddress, VxlanMode,
         check_password,
     },
     selector::Selector,
@@ -98,6 +98,28 @@ impl NodeFacts {
     /// Whether `ip` is one of the node's addresses.
     fn has_address(&self, ip: IpAddr) -> bool {
         self.address(Family::of(ip)) == Some(ip)
+    }
+}
+
+impl From<&Node> for NodeFacts {
+    /// A `Node`'s `spec.bgp` and labels. An address of the wrong family (which the datastore
+    /// refuses) is left out.
+    fn from(node: &Node) -> Self {
+        let bgp = node.spec.bgp.clone().unwrap_or_default();
+        Self {
+            name: node.name().to_owned(),
+            ipv4: match bgp.ipv4_address {
+                Some(IpNet::V4(net)) => Some(net),
+                _ => None,
+            },
+            ipv6: match bgp.ipv6_address {
+                Some(IpNet::V6(net)) => Some(net),
+                _ => None,
+            },
+            as_number: bgp.as_number.map(AsNumber::new),
+            route_reflector_cluster_id: bgp.route_reflector_cluster_id,
+            labels: node.metadata.labels.clone(),
+        }
     }
 }
 

@@ -24,7 +24,11 @@
 //! - [`EtcdSync`]: the agent's view: a list, then a watch from the listed revision; on
 //!   disconnection the watch resumes from the last revision seen (with backoff), and only if
 //!   etcd compacted that revision away does it list again; while etcd is unreachable the last
-//!   good state stays in force.
+//!   good state stays in force. Besides the resources it follows IPAM's block affinities and
+//!   blocks ([`IpamObjects`], kept as stored): one list and one watch cover the key range from
+//!   `/calico/ipam/v2/` to the end of the v3 tree ([`FOLLOWED_RANGE`]), which in Calico's
+//!   layout holds IPAM's keys and the resources only, so both come from the same revision.
+//!   Other keys in the range (IPAM's handles and configuration) are passed over.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -45,7 +49,7 @@ use super::{
     error::{DatastoreError, ErrorKind},
     parse::parse_file,
     resources::{Kind, Resource, ResourceKey, StoredForm, is_v3_key_of},
-    snapshot::{Snapshot, SyncResult},
+    snapshot::{IpamObjects, Snapshot, SyncResult},
     store::{
         StoreError, StoredResource, WriteOutcome, WriteRequest, check_write, describe_error,
         prepare_value,
@@ -54,6 +58,13 @@ use super::{
 
 /// Where every Calico v3 resource lives in etcd.
 pub use super::resources::KEY_PREFIX;
+
+/// Where IPAM's objects live in etcd.
+pub const IPAM_PREFIX: &str = "/calico/ipam/v2/";
+
+/// The keys the agent follows: from IPAM's prefix to the end of the v3 tree (the first key
+/// after every key starting with [`KEY_PREFIX`]).
+pub const FOLLOWED_RANGE: (&str, &str) = (IPAM_PREFIX, "/calico/resources/v3/projectcalico.org0");
 
 /// Timeout of one etcd request (a list, a transaction); a watch is not limited.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -796,6 +807,10 @@ struct State {
     good: BTreeMap<String, Resource>,
     /// Per etcd key, the problems of its current value.
     errors: BTreeMap<String, Vec<DatastoreError>>,
+    /// IPAM's block affinities and blocks, as stored.
+    ipam: IpamObjects,
+    /// Whether the keys were listed yet.
+    listed: bool,
     /// Errors reported by the last [`EtcdSync::sync`].
     reported: BTreeSet<DatastoreError>,
     /// Resources stored in two forms, as reported by the last [`EtcdSync::sync`].
@@ -814,12 +829,20 @@ impl State {
         (resources.into_values().cloned().collect(), duplicates)
     }
 
-    /// A key's new value.
-    fn put(&mut self, kv: &KeyValue) {
+    /// A key's new value; whether it is one the agent follows.
+    fn put(&mut self, kv: &KeyValue) -> bool {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if IpamObjects::follows(&key) {
+            self.ipam.values.insert(key, kv.value().to_vec());
+            return true;
+        }
+        if !key.starts_with(KEY_PREFIX) {
+            // IPAM's handles and configuration.
+            return false;
+        }
         if is_passed_over(&key) {
             debug!(key = %key, "not read: the kind is stored elsewhere");
-            return;
+            return false;
         }
         match decode(&key, kv.value(), kv.mod_revision()) {
             Ok(stored) => {
@@ -833,12 +856,16 @@ impl State {
                 self.errors.insert(key, errors);
             }
         }
+        true
     }
 
-    fn delete(&mut self, key: &[u8]) {
+    /// A key deleted; whether it was one the agent follows.
+    fn delete(&mut self, key: &[u8]) -> bool {
         let key = String::from_utf8_lossy(key).into_owned();
-        self.good.remove(&key);
-        self.errors.remove(&key);
+        let ipam = self.ipam.values.remove(&key).is_some();
+        let resource = self.good.remove(&key).is_some();
+        let error = self.errors.remove(&key).is_some();
+        ipam || resource || error
     }
 
     /// Replaces everything with a full listing; an invalid value keeps the last good version
@@ -850,9 +877,11 @@ impl State {
             .collect();
         self.good.retain(|k, _| listed.contains(k));
         self.errors.clear();
+        self.ipam = IpamObjects::default();
         for kv in kvs {
             self.put(kv);
         }
+        self.listed = true;
     }
 }
 
@@ -924,6 +953,8 @@ impl EtcdSync {
             snapshot,
             errors,
             new_errors,
+            ipam: state.ipam.clone(),
+            complete: state.listed,
         }
     }
 
@@ -1056,8 +1087,9 @@ async fn list(
     endpoints: &str,
     state: &Mutex<State>,
 ) -> Result<i64, etcd_client::Error> {
+    let (from, to) = FOLLOWED_RANGE;
     let response = client
-        .get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
+        .get(from, Some(GetOptions::new().with_range(to)))
         .await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let mut state = state
@@ -1069,6 +1101,7 @@ async fn list(
         revision,
         keys = response.kvs().len(),
         resources = state.good.len(),
+        ipam_objects = state.ipam.values.len(),
         "etcd listed"
     );
     Ok(revision)
@@ -1084,24 +1117,21 @@ async fn watch_from(
     state: &Mutex<State>,
     notify: &impl Fn(),
 ) -> Interruption {
+    let (from, to) = FOLLOWED_RANGE;
     let options = WatchOptions::new()
-        .with_prefix()
+        .with_range(to)
         .with_start_revision(progress.last + 1)
         .with_progress_notify();
-    let mut stream = match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.watch(KEY_PREFIX, Some(options)),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Interruption::Disconnected(describe_error(&e)),
-        Err(_) => {
-            return Interruption::Disconnected(format!(
-                "no answer to the watch request in {REQUEST_TIMEOUT:?}"
-            ));
-        }
-    };
+    let mut stream =
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.watch(from, Some(options))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Interruption::Disconnected(describe_error(&e)),
+            Err(_) => {
+                return Interruption::Disconnected(format!(
+                    "no answer to the watch request in {REQUEST_TIMEOUT:?}"
+                ));
+            }
+        };
     loop {
         // Until etcd confirms the watch, an answer is awaited for a request's time; then
         // without limit: etcd sends progress notifications about every 10 minutes, and a dead
@@ -1151,16 +1181,17 @@ async fn watch_from(
             progress.last = progress.last.max(header_revision);
             continue;
         }
+        let mut changed = false;
         {
             let mut state = state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
+                changed |= match event.event_type() {
                     EventType::Put => state.put(kv),
                     EventType::Delete => state.delete(kv.key()),
-                }
+                };
                 // A batch's header revision may be ahead of its events while a watch catches
                 // up: only the events' own revisions count.
                 progress.last = progress.last.max(kv.mod_revision());
@@ -1171,7 +1202,10 @@ async fn watch_from(
             revision = progress.last,
             "etcd changes"
         );
-        notify();
+        // Changes of keys passed over (IPAM's handles) do not wake the agent.
+        if changed {
+            notify();
+        }
     }
 }
 
@@ -1194,6 +1228,34 @@ mod tests {
         decode(key, value.as_bytes(), 7)
             .unwrap_or_else(|e| panic!("{key} reads: {e:?}"))
             .key
+    }
+
+    #[test]
+    fn the_followed_range_holds_ipam_and_the_v3_tree() {
+        let (from, to) = FOLLOWED_RANGE;
+        let inside = |key: &str| from <= key && key < to;
+        let mut end = KEY_PREFIX.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        assert_eq!(to.as_bytes(), end, "the first key after the v3 tree");
+        for key in [
+            "/calico/ipam/v2/host/node-1/ipv4/block/198.18.0.0-26",
+            "/calico/ipam/v2/assignment/ipv4/block/198.18.0.0-26",
+            "/calico/ipam/v2/handle/h1",
+            "/calico/resources/v3/projectcalico.org/nodes/node-1",
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/ns/wep",
+        ] {
+            assert!(inside(key), "{key}");
+        }
+        for key in [
+            "/calico/felix/v2/host/node-1/status",
+            "/calico/bgp/v1/global/as_num",
+            "/calico/v1/config",
+            "/calico/resources/v3/projectcalico.orgx",
+        ] {
+            assert!(!inside(key), "{key}");
+        }
     }
 
     #[test]

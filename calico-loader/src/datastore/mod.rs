@@ -12,7 +12,8 @@
 //!   the parser checks every selector field, the model evaluates them.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
 //!   resource and field ([`DatastoreError`]).
-//! - `snapshot`: the resources in force ([`Snapshot`]), what a sync gives ([`SyncResult`]).
+//! - `snapshot`: the resources in force ([`Snapshot`]), what a sync gives ([`SyncResult`]),
+//!   with IPAM's block affinities and blocks as stored ([`IpamObjects`]).
 //! - [`local`]: the directory datastore ([`LocalDatastore`]) and a debounced
 //!   [`watch`](local::watch) of the directory.
 //! - `store`: what the CLI's stores share: a stored resource, a write, [`StoreError`].
@@ -44,7 +45,7 @@ pub use resources::{
     PolicyType, PortSpec, Profile, ProfileSpec, Protocol, Resource, ResourceKey, Rule, Tier,
     TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
-pub use snapshot::{Snapshot, SyncResult};
+pub use snapshot::{IpamObjects, Snapshot, SyncResult};
 pub use store::{
     StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest, now_rfc3339, rfc3339,
 };

@@ -14,7 +14,9 @@
 //! - [`allocator`]: [`Ipam`], which assigns and releases addresses as libcalico-go's
 //!   `ipam.go` does: own blocks first, then a new block (pending affinity, block, confirmed
 //!   affinity), then, without strict affinity, another host's block; empty blocks given up;
-//! - [`check`]: a report of leaks and inconsistencies between blocks, handles and endpoints.
+//! - [`check`]: a report of leaks and inconsistencies between blocks, handles and endpoints;
+//! - [`node_blocks`]: what a node routes by: its confirmed blocks and borrowed addresses, from
+//!   the affinities and blocks the agent follows.
 
 pub mod affinity;
 pub mod allocator;
@@ -22,6 +24,7 @@ pub mod block;
 pub mod check;
 pub mod config;
 pub mod handle;
+pub mod node_blocks;
 pub mod store;
 
 use std::net::IpAddr;

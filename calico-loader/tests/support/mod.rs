@@ -1,5 +1,7 @@
-//! Shared test support: topologies of namespaces and workloads, the agent, and a real etcd.
+//! Shared test support: topologies of namespaces and workloads, the agent, a real etcd, and
+//! clusters of hosts joined by a fabric.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod topology;
