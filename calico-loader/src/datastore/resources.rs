@@ -13,7 +13,8 @@
 //! - `kind_info`: a kind's facts ([`KindInfo`]) and etcd key layouts ([`EtcdKeys`]);
 //! - `meta`: `apiVersion` and [`ObjectMeta`], what every resource carries;
 //! - `kind`: the [`ResourceKind`] trait a typed kind implements, and the document shapes;
-//! - `policy`: what the policy kinds share (rules, orders, ports...);
+//! - `policy`: what the policy kinds share (rules, orders, ports...), and `policy_keys`, how
+//!   they are keyed in etcd ([`PolicyKeys`]);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
 //!   `profile`, `tier`, `network_set` (with what both set kinds share), `global_network_set`,
 //!   `ip_pool`, `ipam_configuration`, `node`, `bgp_configuration`, `bgp_peer`;
@@ -37,6 +38,7 @@ mod network_policy;
 mod network_set;
 mod node;
 mod policy;
+mod policy_keys;
 mod profile;
 mod registry;
 mod tier;
@@ -64,10 +66,7 @@ pub use ipam_configuration::{
     IpamConfigurationSpec, StoredIpamConfig, VmAddressPersistence,
 };
 pub use kind::{Document, DocumentWithStatus, ResourceKind};
-pub use kind_info::{
-    EtcdKeys, KEY_PREFIX, KindInfo, POLICY_NAME_ANNOTATION, POLICY_TIER_LABEL, PolicyKeys,
-    StoredForm, V3Keys, is_v3_key_of,
-};
+pub use kind_info::{EtcdKeys, KEY_PREFIX, KindInfo, StoredForm, V3Keys, is_v3_key_of};
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, NAMESPACE_LABEL, ObjectMeta};
 pub use network_policy::{NetworkPolicy, NetworkPolicySpec};
 pub use network_set::{NetworkSet, NetworkSetSpec};
@@ -80,6 +79,7 @@ pub use policy::{
     KUBE_BASELINE_TIER, Order, PerformanceHint, PolicyType, PortSpec, Rule, RuleMetadata,
     ServiceAccountMatch, ServiceMatch, TierDefaultAction,
 };
+pub use policy_keys::{POLICY_NAME_ANNOTATION, POLICY_TIER_LABEL, PolicyKeys};
 pub use profile::{Profile, ProfileSpec};
 pub use registry::{
     Kind, KindVisitor, Registered, Resource, ResourceKey, UntypedDocument, UntypedResource,

@@ -8,13 +8,14 @@ use serde::Deserialize;
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
     kind::{Document, ResourceKind, document_parts},
-    kind_info::{KindInfo, PolicyKeys},
+    kind_info::KindInfo,
     meta::ObjectMeta,
     policy::{
         Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
         default_tier, is_global_network_policy_name, policy_selectors, tier_name,
         validate_policy_common,
     },
+    policy_keys::PolicyKeys,
 };
 
 /// A `GlobalNetworkPolicy`: ordered rules for the endpoints (of any namespace, and host
