@@ -4,7 +4,10 @@
 //! spread without a restart; an agent restarted after SIGKILL adopts its BIRD, and a BIRD
 //! killed is started again, the other hosts keeping the routes; bad BGP input leaves the last
 //! good BIRD configuration in force; a host whose Node is removed has its routes withdrawn.
-//! And one host on the local directory datastore, whose blocks reach BIRD from IPAM's files.
+//! Then the same cluster with routers around it: a top-of-rack router (GoBGP, an independent
+//! speaker) peered over eBGP, and route reflection with the mesh off; workloads reach the
+//! network behind the ToR and each other. And one host on the local directory datastore, whose
+//! blocks reach BIRD from IPAM's files.
 
 mod support;
 
@@ -585,6 +588,7 @@ mod privileged {
     ) {
         let deadline = Instant::now() + PATIENCE;
         loop {
+            let rib: Vec<RibEntry> = tor.rib("ipv4").into_iter().chain(tor.rib("ipv6")).collect();
             let mut wrong = Vec::new();
             for (owner, blocks) in owned {
                 let owner = cluster.host(*owner);
@@ -599,8 +603,9 @@ mod privileged {
                             cluster.hosts.iter().map(|h| h.v6.into()).collect(),
                         ),
                     };
-                    let entry = tor.route(&block.to_string());
-                    if !entry.as_ref().is_some_and(|e| ok(owner_address, &hosts, e)) {
+                    let prefix = block.to_string();
+                    let entry = rib.iter().find(|e| e.prefix == prefix);
+                    if !entry.is_some_and(|e| ok(owner_address, &hosts, e)) {
                         wrong.push(format!("{block} of {}: {entry:?}", owner.name));
                     }
                 }

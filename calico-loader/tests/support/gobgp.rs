@@ -1,9 +1,10 @@
 //! A top-of-rack router for the routing tests: GoBGP (Debian's `gobgpd`), an independent BGP
 //! speaker, in a namespace of its own plugged into a [`Cluster`]'s fabric, with an "external"
-//! network behind it (a namespace on a link of its own). The test configures it, not the
-//! project: one eBGP neighbor per host address, and the external network's prefixes
-//! originated. GoBGP does not touch the kernel (no zebra here); [`Tor::install_learned_routes`]
-//! does what zebra would, so that traffic to the workloads finds its way back.
+//! network behind it (a namespace on a link of its own). Its configuration is written here,
+//! independently of the agent's: one eBGP neighbor per host address, and the external
+//! network's prefixes originated. GoBGP does not touch the kernel (no zebra here);
+//! [`Tor::install_learned_routes`] does what zebra would, so that traffic to the workloads
+//! finds its way back.
 //!
 //! Every part is a guard: gobgpd is stopped, and the namespaces deleted, when the `Tor` goes,
 //! also when a test fails. Only 198.18.0.0/15 and 2001:db8::/32 are used; gobgpd listens inside
@@ -256,12 +257,6 @@ impl Tor {
             .collect();
         entries.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         entries
-    }
-
-    /// What GoBGP holds for exactly `prefix`, if anything.
-    pub fn route(&self, prefix: &str) -> Option<RibEntry> {
-        let family = if prefix.contains(':') { "ipv6" } else { "ipv4" };
-        self.rib(family).into_iter().find(|e| e.prefix == prefix)
     }
 
     /// Installs in the ToR's kernel the routes GoBGP learned (its best paths, not the prefixes
