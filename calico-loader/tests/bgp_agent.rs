@@ -4,7 +4,10 @@
 //! spread without a restart; an agent restarted after SIGKILL adopts its BIRD, and a BIRD
 //! killed is started again, the other hosts keeping the routes; bad BGP input leaves the last
 //! good BIRD configuration in force; a host whose Node is removed has its routes withdrawn.
-//! And one host on the local directory datastore, whose blocks reach BIRD from IPAM's files.
+//! Then the same cluster with routers around it: a top-of-rack router (GoBGP, an independent
+//! speaker) peered over eBGP, and route reflection with the mesh off; workloads reach the
+//! network behind the ToR and each other. And one host on the local directory datastore, whose
+//! blocks reach BIRD from IPAM's files.
 
 mod support;
 
@@ -21,6 +24,7 @@ mod privileged {
 
     use crate::support::{
         cluster::{Cluster, Host, tail},
+        gobgp::{EXTERNAL_NET_V4, EXTERNAL_NET_V6, EXTERNAL_V4, EXTERNAL_V6, RibEntry, Tor},
         topology::{Agent, Datastore, Topology, loader_bin, require_root, wait_for},
     };
 
@@ -512,6 +516,369 @@ mod privileged {
             for host in &cluster.hosts {
                 eprintln!("=== {}\n{}", host.name, host.log());
             }
+        }
+    }
+
+    /// The top-of-rack router's AS, and the cluster's (the default).
+    const TOR_AS: u32 = 65001;
+    const CLUSTER_AS: u32 = 64512;
+
+    /// Global BGPPeers: every host peers over eBGP with the ToR, one session per family, with
+    /// `next_hop_mode` if given.
+    fn tor_peers(tor: &Tor, next_hop_mode: Option<&str>) -> String {
+        let mode = next_hop_mode
+            .map(|m| format!(", nextHopMode: {m}"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: tor-v4}}\n\
+             spec: {{peerIP: {}, asNumber: {TOR_AS}{mode}}}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: tor-v6}}\n\
+             spec: {{peerIP: '{}', asNumber: {TOR_AS}{mode}}}\n",
+            tor.v4, tor.v6
+        )
+    }
+
+    /// Route reflection as Calico's docs set it up: the mesh off, and every node peering with
+    /// the nodes labelled as reflectors (which peer back with every node).
+    const ROUTE_REFLECTION: &str = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\n\
+        metadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false}\n---\n\
+        apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: peer-with-route-reflectors}\n\
+        spec: {nodeSelector: all(), peerSelector: route-reflector == 'true'}\n";
+
+    /// Waits until `node status` on host `i` lists exactly `expected` (peer address, peer
+    /// type), each session established.
+    fn wait_peer_types(cluster: &Cluster, i: u8, expected: &[(IpAddr, &str)]) {
+        let host = cluster.host(i);
+        let mut want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(ip, kind)| (ip.to_string(), (*kind).to_owned()))
+            .collect();
+        want.sort();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let rows = host.status_rows();
+            let mut have: Vec<(String, String)> = rows
+                .iter()
+                .filter(|r| r.get(4).is_some_and(|info| info.starts_with("Established")))
+                .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
+                .collect();
+            have.sort();
+            if have == want && rows.len() == want.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: expected the sessions {want:?}, established; node status:\n{}\n{}",
+                host.name,
+                String::from_utf8_lossy(&host.node_status().stdout),
+                cluster.logs()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until what the ToR holds for each host's blocks passes `ok` (given the owner's
+    /// fabric address of the block's family, and every host's); fails saying `expected`.
+    fn wait_tor_routes(
+        cluster: &Cluster,
+        tor: &Tor,
+        owned: &[(u8, Vec<IpNet>)],
+        expected: &str,
+        ok: impl Fn(IpAddr, &[IpAddr], &RibEntry) -> bool,
+    ) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let rib: Vec<RibEntry> = tor.rib("ipv4").into_iter().chain(tor.rib("ipv6")).collect();
+            let mut wrong = Vec::new();
+            for (owner, blocks) in owned {
+                let owner = cluster.host(*owner);
+                for block in blocks {
+                    let (owner_address, hosts): (IpAddr, Vec<IpAddr>) = match block {
+                        IpNet::V4(_) => (
+                            owner.v4.into(),
+                            cluster.hosts.iter().map(|h| h.v4.into()).collect(),
+                        ),
+                        IpNet::V6(_) => (
+                            owner.v6.into(),
+                            cluster.hosts.iter().map(|h| h.v6.into()).collect(),
+                        ),
+                    };
+                    let prefix = block.to_string();
+                    let entry = rib.iter().find(|e| e.prefix == prefix);
+                    if !entry.is_some_and(|e| ok(owner_address, &hosts, e)) {
+                        wrong.push(format!("{block} of {}: {entry:?}", owner.name));
+                    }
+                }
+            }
+            if wrong.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ToR's routes to the blocks: expected {expected}; not so for:\n{}\n\
+                 its RIB:\n{}{}\n{}",
+                wrong.join("\n"),
+                tor.gobgp(&["global", "rib", "-a", "ipv4"]),
+                tor.gobgp(&["global", "rib", "-a", "ipv6"]),
+                cluster.logs()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every host sent the block over its eBGP session, from the cluster's AS.
+    fn from_every_host(hosts: &[IpAddr], entry: &RibEntry) -> bool {
+        entry.paths.len() == hosts.len()
+            && hosts.iter().all(|h| {
+                entry
+                    .paths
+                    .iter()
+                    .any(|p| p.neighbor == Some(*h) && p.as_path == [CLUSTER_AS])
+            })
+    }
+
+    /// Every path GoBGP holds for the block, and so its best one, leads to the owner.
+    fn to_the_owner(owner: IpAddr, hosts: &[IpAddr], entry: &RibEntry) -> bool {
+        from_every_host(hosts, entry)
+            && entry.paths.iter().all(|p| p.next_hop == owner)
+            && entry.best().is_some_and(|p| p.next_hop == owner)
+    }
+
+    /// Pings `dst` from host `i`'s workload until replies come back (routes may still be
+    /// settling), failing after 10 s with the routes of the way.
+    fn assert_ping(cluster: &Cluster, i: u8, dst: IpAddr, tor: &Tor) {
+        let host = cluster.host(i);
+        let workload = &host.workloads[0];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !workload.ping(dst) {
+            let family = if dst.is_ipv4() { "-4" } else { "-6" };
+            assert!(
+                Instant::now() < deadline,
+                "ping from {}'s workload ({}) to {dst} failed; the hosts' routes:\n{}\
+                 the ToR's routes:\n{}\n{}",
+                host.name,
+                if dst.is_ipv4() {
+                    IpAddr::V4(workload.v4)
+                } else {
+                    IpAddr::V6(workload.v6)
+                },
+                cluster
+                    .hosts
+                    .iter()
+                    .map(|h| format!("{}:\n{}", h.name, h.ip(&[family, "route"])))
+                    .collect::<String>(),
+                String::from_utf8_lossy(&tor.ns.exec(&["ip", family, "route"]).stdout),
+                cluster.logs()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Routers around the cluster. First a top-of-rack router (GoBGP, an independent
+    /// speaker, eBGP through a global BGPPeer) beside the mesh: it learns every block with
+    /// its owner as next hop, and the prefixes it originates reach the hosts' kernels and let
+    /// workloads reach the network behind it. Then route reflection (the mesh off, host-1 the
+    /// reflector, as Calico's docs set it up): the hosts route to each other's blocks through
+    /// the reflector's sessions, and workloads reach each other across hosts. Traffic leaving
+    /// a host goes through its kernel, by the routes BIRD installed.
+    #[test]
+    fn a_tor_router_and_route_reflection_carry_the_routes() {
+        require_root();
+        let mut steps = Steps::new();
+        let mut cluster = Cluster::new(3);
+        let neighbors: Vec<IpAddr> = cluster
+            .hosts
+            .iter()
+            .flat_map(|h| [IpAddr::V4(h.v4), IpAddr::V6(h.v6)])
+            .collect();
+        let tor = Tor::start(&cluster, TOR_AS, &neighbors, CLUSTER_AS);
+        let (tor4, tor6) = (IpAddr::V4(tor.v4), IpAddr::V6(tor.v6));
+        for host in &cluster.hosts {
+            host.enable_forwarding();
+        }
+        cluster.apply(&format!(
+            "{POOLS}---\n{ALLOW_ALL}---\n{}",
+            tor_peers(&tor, None)
+        ));
+        let url = cluster.etcd.client_url.clone();
+        for i in 1..=3 {
+            let host = cluster.host_mut(i);
+            let (v4, v6) = (host.v4.to_string(), host.v6.to_string());
+            host.start_agent(&url, &[], &["--ip", &v4, "--ip6", &v6]);
+        }
+        cluster.wait_nodes(PATIENCE);
+        // Each host claims an IPv4 and an IPv6 block, and runs a workload with its first
+        // addresses.
+        let mut owned: Vec<(u8, Vec<IpNet>)> = Vec::new();
+        for i in 1..=3 {
+            let assigned = assign(&cluster, cluster.host(i), &format!("wl-host-{i}"), &[]);
+            let addresses: Vec<IpAddr> = assigned
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) = (
+                addresses.iter().find(|a| a.is_ipv4()).copied(),
+                addresses.iter().find(|a| a.is_ipv6()).copied(),
+            ) else {
+                panic!("ipam assign gave no IPv4 and IPv6 address: {assigned}");
+            };
+            owned.push((i, blocks_of(&assigned)));
+            let host = cluster.host_mut(i);
+            let yaml = host
+                .add_workload(i, v4, v6)
+                .endpoint_yaml(&format!("host-{i}"));
+            cluster.apply(&yaml);
+        }
+        for host in &cluster.hosts {
+            host.agent()
+                .wait_attached(&[&host.workloads[0].host_ifname]);
+        }
+        steps.step("cluster, ToR and agents up; a block and a workload on each host");
+
+        // --- The ToR, beside the node-to-node mesh.
+        for i in 1..=3 {
+            let mut expected: Vec<(IpAddr, &str)> = peers_of(&cluster, i, &[])
+                .into_iter()
+                .map(|peer| (peer, "node-to-node mesh"))
+                .collect();
+            expected.extend([(tor4, "global"), (tor6, "global")]);
+            wait_peer_types(&cluster, i, &expected);
+        }
+        // Each host announces its blocks with itself as the next hop, and passes on those it
+        // learned over the mesh with itself as the next hop too (BIRD's default for an eBGP
+        // session, as in Calico): GoBGP may pick any host's path.
+        wait_tor_routes(
+            &cluster,
+            &tor,
+            &owned,
+            "every host announcing every block, itself the next hop",
+            |owner, hosts, entry| {
+                from_every_host(hosts, entry)
+                    && hosts.iter().all(|h| {
+                        entry
+                            .paths
+                            .iter()
+                            .any(|p| p.neighbor == Some(*h) && p.next_hop == *h)
+                    })
+                    && entry.paths.iter().any(|p| p.next_hop == owner)
+            },
+        );
+        steps.step("the ToR peers with every host; each announces every block");
+        // `nextHopMode: Keep` passes the owner's address on: every path leads to the owner.
+        cluster.apply(&tor_peers(&tor, Some("Keep")));
+        wait_tor_routes(
+            &cluster,
+            &tor,
+            &owned,
+            "every path's next hop the block's owner",
+            to_the_owner,
+        );
+        steps.step("nextHopMode Keep: the ToR routes every block to its owner");
+        for host in &cluster.hosts {
+            for (prefix, via) in [(EXTERNAL_NET_V4, tor4), (EXTERNAL_NET_V6, tor6)] {
+                wait_for(
+                    &format!("{} to route {prefix} via the ToR", host.name),
+                    PATIENCE,
+                    || {
+                        let routes = host.routes_to(prefix);
+                        routes.contains(&format!("via {via} dev eth0"))
+                            && routes.contains("proto bird")
+                    },
+                );
+            }
+        }
+        let learned = tor.install_learned_routes();
+        assert_eq!(learned.len(), 6, "the ToR learned: {learned:?}");
+        for i in 1..=3 {
+            for dst in [IpAddr::V4(EXTERNAL_V4), IpAddr::V6(EXTERNAL_V6)] {
+                assert_ping(&cluster, i, dst, &tor);
+            }
+        }
+        steps.step("the ToR's prefixes reach every host; workloads reach the network behind it");
+
+        // --- Route reflection: the mesh off, host-1 the reflector.
+        let json = cluster.loader(&["get", "node", "host-1", "-o", "json"], None);
+        let mut node: serde_json::Value = serde_json::from_str(&json).expect("node JSON");
+        node["metadata"]["labels"]["route-reflector"] = "true".into();
+        node["spec"]["bgp"]["routeReflectorClusterID"] = "244.0.0.1".into();
+        cluster.apply(&node.to_string());
+        cluster.apply(ROUTE_REFLECTION);
+        let (h1, h2, h3) = (cluster.host(1), cluster.host(2), cluster.host(3));
+        wait_peer_types(
+            &cluster,
+            1,
+            &[
+                (IpAddr::V4(h2.v4), "node specific"),
+                (IpAddr::V6(h2.v6), "node specific"),
+                (IpAddr::V4(h3.v4), "node specific"),
+                (IpAddr::V6(h3.v6), "node specific"),
+                (tor4, "global"),
+                (tor6, "global"),
+            ],
+        );
+        for i in 2..=3 {
+            wait_peer_types(
+                &cluster,
+                i,
+                &[
+                    (IpAddr::V4(h1.v4), "node specific"),
+                    (IpAddr::V6(h1.v6), "node specific"),
+                    (tor4, "global"),
+                    (tor6, "global"),
+                ],
+            );
+        }
+        wait_all_block_routes(&cluster, &owned);
+        // The clients learn each other's blocks from the reflector, which passed them on
+        // unchanged but for the reflection attributes.
+        for (client, other) in [(2, 3), (3, 2)] {
+            for block in &owned[usize::from(other - 1)].1 {
+                let route = cluster.host(client).birdc(&[
+                    "show",
+                    "route",
+                    "for",
+                    &block.to_string(),
+                    "all",
+                ]);
+                let protocol = match block {
+                    IpNet::V4(_) => "Node_198_19_0_1 ",
+                    IpNet::V6(_) => "Node_2001_db8_0_ff__1 ",
+                };
+                for expected in [
+                    protocol,
+                    &format!("BGP.originator_id: {}", cluster.host(other).v4),
+                    "BGP.cluster_list: 244.0.0.1",
+                ] {
+                    assert!(
+                        route.contains(expected),
+                        "host-{client}'s route to {block} lacks {expected:?}:\n{route}"
+                    );
+                }
+            }
+        }
+        steps.step("route reflection: sessions with the reflector, every block routed");
+        for (from, to) in [(2, 3), (3, 1), (1, 2)] {
+            let workload = &cluster.host(to).workloads[0];
+            for dst in [IpAddr::V4(workload.v4), IpAddr::V6(workload.v6)] {
+                assert_ping(&cluster, from, dst, &tor);
+            }
+        }
+        wait_tor_routes(
+            &cluster,
+            &tor,
+            &owned,
+            "every path's next hop the block's owner",
+            to_the_owner,
+        );
+        steps.step("workloads reach each other across hosts; the ToR still has every block");
+        for host in &cluster.hosts {
+            host.agent().assert_running();
+        }
+        if std::env::var_os("DUMP_LOGS").is_some() {
+            for host in &cluster.hosts {
+                eprintln!("=== {}\n{}", host.name, host.log());
+            }
+            eprintln!("=== gobgpd\n{}", tor.log());
         }
     }
 

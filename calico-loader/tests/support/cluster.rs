@@ -2,7 +2,8 @@
 //! pin path and run directory (so its own BIRD), joined by a fabric (a bridge in a namespace of
 //! its own) on 198.19.0.0/24 and 2001:db8:0:ff::/64, all sharing one etcd that runs in the
 //! fabric's namespace. Every part is a guard: agents (and their BIRDs), etcd, namespaces and
-//! directories go when the cluster does, also when a test fails.
+//! directories go when the cluster does, also when a test fails. Routers other than the hosts
+//! (a top-of-rack router, `gobgp.rs`) plug into the same fabric.
 //!
 //! Only 198.18.0.0/15 and 2001:db8::/32 are used, and nothing is added to the root namespace.
 
@@ -80,6 +81,12 @@ impl Host {
         self.workloads.last().expect("just pushed")
     }
 
+    /// Turns on IPv4 and IPv6 forwarding in the host's namespace (a new namespace has it
+    /// off), so that its kernel forwards by the routes BIRD installed.
+    pub fn enable_forwarding(&self) {
+        enable_forwarding(&self.ns);
+    }
+
     /// The agent (panics if none runs).
     pub fn agent(&self) -> &Agent {
         self.agent.as_ref().expect("the host's agent runs")
@@ -114,6 +121,18 @@ impl Host {
             .ok()?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         (comm.trim_end() == "bird").then_some(pid)
+    }
+
+    /// `birdc ARGS` on the host's BIRD (its run directory's socket): what it printed.
+    pub fn birdc(&self, args: &[&str]) -> String {
+        let output = Command::new("birdc")
+            .arg("-s")
+            .arg(self.run_dir.join("bird.ctl"))
+            .args(args)
+            .output()
+            .expect("run birdc (Debian package bird2)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
     }
 
     /// `calico-loader node status --run-dir RUN_DIR`.
@@ -199,37 +218,8 @@ impl Cluster {
         let mut hosts = Vec::new();
         for i in 1..=count {
             let ns = netns(&format!("chost{i}"));
-            let port = format!("vh{i}");
-            fabric
-                .add_veth(
-                    &port,
-                    &format!("02:00:c6:13:ff:{i:02x}"),
-                    &ns,
-                    "eth0",
-                    &format!("02:00:c6:13:00:{i:02x}"),
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-            bridge(&["link", "set", &port, "master", "br0"]);
-            ns.exec(&["ip", "link", "set", "eth0", "up"]);
+            plug(&fabric, &ns, i);
             let (v4, v6) = (fabric_v4(i), fabric_v6(i));
-            ns.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v4}/{FABRIC_PREFIX_V4}"),
-                "dev",
-                "eth0",
-            ]);
-            ns.exec(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/{FABRIC_PREFIX_V6}"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
             let dirs = tempfile::tempdir().expect("host dir");
             hosts.push(Host {
                 name: format!("host-{i}"),
@@ -250,6 +240,16 @@ impl Cluster {
             etcd,
             fabric,
         }
+    }
+
+    /// Plugs `ns` into the fabric as member `i` (not a host's index): its `eth0` on the bridge,
+    /// with addresses [`fabric_v4`]`(i)` and [`fabric_v6`]`(i)`. For routers beside the hosts.
+    pub fn plug(&self, ns: &Netns, i: u8) {
+        assert!(
+            self.hosts.iter().all(|h| h.index != i),
+            "fabric address {i} belongs to a host"
+        );
+        plug(&self.fabric, ns, i);
     }
 
     /// Host `i` (from 1).
@@ -298,6 +298,53 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Joins `ns` to the fabric's bridge as member `i`: a veth `vh<i>` on the bridge, `eth0` in
+/// `ns`, up, with [`fabric_v4`]`(i)` and [`fabric_v6`]`(i)`.
+fn plug(fabric: &Netns, ns: &Netns, i: u8) {
+    let port = format!("vh{i}");
+    fabric
+        .add_veth(
+            &port,
+            &format!("02:00:c6:13:ff:{i:02x}"),
+            ns,
+            "eth0",
+            &format!("02:00:c6:13:00:{i:02x}"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    fabric.exec(&["ip", "link", "set", &port, "master", "br0"]);
+    ns.exec(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{}/{FABRIC_PREFIX_V4}", fabric_v4(i)),
+        "dev",
+        "eth0",
+    ]);
+    ns.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/{FABRIC_PREFIX_V6}", fabric_v6(i)),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+}
+
+/// Turns on IPv4 and IPv6 forwarding in `ns` (never called on the root namespace: every
+/// namespace here is one a test created).
+pub fn enable_forwarding(ns: &Netns) {
+    ns.exec(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
 }
 
 /// The last `n` lines of `text`.
