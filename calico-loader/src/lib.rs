@@ -2,10 +2,12 @@
 //! the model to dataplane programming. The kernel programs live in the `calico-ebpf` crate.
 
 pub mod agent;
+pub mod bgp;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;
 pub mod dump;
+pub mod ipam;
 pub mod microbench;
 pub mod model;
 // Crafted packets: internal to `trace` and `microbench`, public only for the program tests

@@ -146,15 +146,15 @@ const CASES: &[Case] = &[
         kind: "networkpolicy",
         name: "allow-web",
         namespace: Some("ns1"),
-        yaml: "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: allow-web, namespace: ns1}\nspec:\n  order: 100\n  selector: app == 'web'\n  ingress:\n  - {action: Allow, protocol: TCP, destination: {ports: [80]}}\n",
-        etcd_key: "networkpolicies/ns1/default.allow-web",
+        yaml: "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: allow-web, namespace: ns1}\nspec:\n  order: 100\n  selector: app == 'web'\n  types: [Ingress]\n  ingress:\n  - {action: Allow, protocol: TCP, destination: {ports: [80]}}\n",
+        etcd_key: "networkpolicies/ns1/allow-web",
     },
     Case {
         kind: "globalnetworkpolicy",
         name: "deny-db",
         namespace: None,
         yaml: "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-db}\nspec:\n  selector: app == 'db'\n  types: [Ingress]\n  ingress:\n  - {action: Deny}\n",
-        etcd_key: "globalnetworkpolicies/default.deny-db",
+        etcd_key: "globalnetworkpolicies/deny-db",
     },
     Case {
         kind: "profile",
@@ -482,6 +482,408 @@ fn calicoctl_values_read_back() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Policies in the formats of Calico 3.28 to 3.32
+
+/// The uid every value of these tests carries.
+const UID: &str = "6a1f9ab0-3d2c-4c7e-9a53-0d6f3e7a2b11";
+
+/// A policy value as libcalico-go stores it: `metadata.name` as the key has it, then `extra`
+/// metadata fields (JSON, each with a leading comma).
+fn policy_value(
+    kind: &str,
+    stored_name: &str,
+    namespace: Option<&str>,
+    extra: &str,
+    spec: &str,
+) -> String {
+    let namespace = namespace.map_or_else(String::new, |ns| format!(r#""namespace":"{ns}","#));
+    format!(
+        r#"{{"kind":"{kind}","apiVersion":"projectcalico.org/v3","metadata":{{"name":"{stored_name}",{namespace}"uid":"{UID}","creationTimestamp":"2024-05-01T10:00:00Z"{extra}}},"spec":{spec}}}"#
+    )
+}
+
+/// The name annotation libcalico-go adds (3.29.4 on), holding `name`.
+fn name_annotation(name: &str) -> String {
+    format!(r#""projectcalico.org/metadata":"{{\"name\":\"{name}\"}}""#)
+}
+
+/// Calico 3.28 to 3.29.3: `default.<name>` in the key and `metadata.name`, nothing else.
+fn calico_3_28(kind: &str, name: &str, namespace: Option<&str>, spec: &str) -> String {
+    policy_value(kind, &format!("default.{name}"), namespace, "", spec)
+}
+
+/// Calico 3.29.4 to 3.31: the same, with the name as given in the annotation.
+fn calico_3_31(kind: &str, name: &str, namespace: Option<&str>, spec: &str) -> String {
+    let extra = format!(r#","annotations":{{{}}}"#, name_annotation(name));
+    policy_value(kind, &format!("default.{name}"), namespace, &extra, spec)
+}
+
+/// Calico 3.32: its own name, the tier label, the annotation.
+fn calico_3_32(kind: &str, name: &str, namespace: Option<&str>, spec: &str) -> String {
+    let extra = format!(
+        r#","labels":{{"projectcalico.org/tier":"default"}},"annotations":{{{}}}"#,
+        name_annotation(name)
+    );
+    policy_value(kind, name, namespace, &extra, spec)
+}
+
+/// A default-tier spec that denies TCP to `app == '<app>'`, as calicoctl completes it.
+fn deny_spec(app: &str) -> String {
+    format!(
+        r#"{{"order":10,"ingress":[{{"action":"Deny","protocol":"TCP","source":{{}},"destination":{{}}}}],"selector":"app == '{app}'","types":["Ingress"]}}"#
+    )
+}
+
+/// The names `get KIND -o yaml` lists, and the list as JSON.
+fn listed(backend: &Backend, args: &[&str]) -> (Vec<String>, Value) {
+    let mut all = vec!["get"];
+    all.extend(args);
+    all.extend(["-o", "json"]);
+    let list: Value = serde_json::from_str(&backend.ok(&all, None)).expect("JSON list");
+    let names = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().expect("name").to_owned())
+        .collect();
+    (names, list)
+}
+
+/// What the CLI writes for a policy is what Calico 3.32 writes: the key and `metadata.name`
+/// are the policy's own name, with the name annotation, the tier label and the defaulted
+/// `types`; the staged kinds too. Shown, the annotation is not there.
+#[test]
+fn policies_are_stored_as_calico_3_32_stores_them() {
+    let backend = Backend::Etcd(Etcd::start());
+    let Backend::Etcd(etcd) = &backend else {
+        unreachable!()
+    };
+    backend.ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 50}\n\
+             ---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-db}\n\
+             spec:\n  selector: app == 'db'\n  ingress: [{action: Deny}]\n\
+             ---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: allow-out, namespace: ns1}\n\
+             spec:\n  selector: app == 'web'\n  egress: [{action: Allow}]\n\
+             ---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.block}\n\
+             spec:\n  tier: security\n  selector: all()\n  ingress: [{action: Deny}]\n  egress: [{action: Deny}]\n\
+             ---\napiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata: {name: trial}\n\
+             spec:\n  selector: app == 'db'\n  ingress: [{action: Allow}]\n",
+        ),
+    );
+    let stored = |key: &str| -> Value {
+        let text = etcd
+            .get(&format!("{PREFIX}{key}"))
+            .unwrap_or_else(|| panic!("no key {key}; keys: {:?}", etcd.keys("/calico")));
+        serde_json::from_str(&text).expect("stored JSON")
+    };
+    assert_eq!(
+        etcd.keys(&format!("{PREFIX}globalnetworkpolicies/")),
+        [
+            format!("{PREFIX}globalnetworkpolicies/deny-db"),
+            format!("{PREFIX}globalnetworkpolicies/security.block"),
+        ]
+    );
+    let deny = stored("globalnetworkpolicies/deny-db");
+    assert_eq!(deny["metadata"]["name"], "deny-db", "{deny}");
+    assert_eq!(
+        deny["metadata"]["annotations"],
+        serde_json::json!({"projectcalico.org/metadata": "{\"name\":\"deny-db\"}"}),
+        "{deny}"
+    );
+    assert_eq!(
+        deny["metadata"]["labels"],
+        serde_json::json!({"projectcalico.org/tier": "default"})
+    );
+    assert_eq!(deny["spec"]["types"], serde_json::json!(["Ingress"]));
+    assert!(
+        deny["metadata"]["uid"].is_string() && deny["metadata"]["creationTimestamp"].is_string()
+    );
+    assert!(deny["metadata"].get("resourceVersion").is_none());
+
+    let allow = stored("networkpolicies/ns1/allow-out");
+    assert_eq!(allow["metadata"]["name"], "allow-out");
+    assert_eq!(allow["metadata"]["namespace"], "ns1");
+    assert_eq!(
+        allow["metadata"]["annotations"]["projectcalico.org/metadata"],
+        "{\"name\":\"allow-out\"}"
+    );
+    assert_eq!(allow["spec"]["types"], serde_json::json!(["Egress"]));
+
+    let block = stored("globalnetworkpolicies/security.block");
+    assert_eq!(block["metadata"]["name"], "security.block");
+    assert_eq!(
+        block["metadata"]["labels"],
+        serde_json::json!({"projectcalico.org/tier": "security"})
+    );
+    assert_eq!(
+        block["spec"]["types"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+
+    let trial = stored("stagedglobalnetworkpolicies/trial");
+    assert_eq!(trial["metadata"]["name"], "trial");
+    assert_eq!(
+        trial["metadata"]["annotations"]["projectcalico.org/metadata"],
+        "{\"name\":\"trial\"}"
+    );
+
+    // Read back: the user's name, no annotation, the labels as stored.
+    let got = backend.get_json("gnp", "deny-db", None);
+    assert_eq!(got["metadata"]["name"], "deny-db");
+    assert!(got["metadata"].get("annotations").is_none(), "{got}");
+    assert_eq!(
+        got["metadata"]["labels"]["projectcalico.org/tier"],
+        "default"
+    );
+    let (names, _) = listed(&backend, &["sgnp"]);
+    assert_eq!(names, ["trial"]);
+}
+
+/// Policies exactly as Calico 3.28, 3.31 and 3.32 store them, put with etcdctl, are listed and
+/// shown under the names their users gave them. One stored only in the older form is replaced
+/// and deleted where it is, in its form; a new one goes in 3.32's.
+#[test]
+fn policies_of_every_calico_version_read_back() {
+    let backend = Backend::Etcd(Etcd::start());
+    let Backend::Etcd(etcd) = &backend else {
+        unreachable!()
+    };
+    let gnp = "GlobalNetworkPolicy";
+    let put = |key: &str, value: &str| etcd.put(&format!("{PREFIX}{key}"), value);
+    put(
+        "globalnetworkpolicies/default.v328",
+        &calico_3_28(gnp, "v328", None, &deny_spec("a")),
+    );
+    put(
+        "globalnetworkpolicies/default.v331",
+        &calico_3_31(gnp, "v331", None, &deny_spec("b")),
+    );
+    put(
+        "globalnetworkpolicies/v332",
+        &calico_3_32(gnp, "v332", None, &deny_spec("c")),
+    );
+    // Calico 3.32, a policy its user named `default.named`: the annotation holds that name.
+    put(
+        "globalnetworkpolicies/default.named",
+        &policy_value(
+            gnp,
+            "default.named",
+            None,
+            &format!(
+                r#","labels":{{"projectcalico.org/tier":"default"}},"annotations":{{{}}}"#,
+                name_annotation("default.named")
+            ),
+            &deny_spec("d"),
+        ),
+    );
+    // Calico 3.31, a policy in another tier: the same in every version.
+    put(
+        "globalnetworkpolicies/security.block",
+        &policy_value(
+            gnp,
+            "security.block",
+            None,
+            &format!(
+                r#","labels":{{"projectcalico.org/tier":"security"}},"annotations":{{{}}}"#,
+                name_annotation("security.block")
+            ),
+            r#"{"tier":"security","selector":"all()","types":["Ingress"]}"#,
+        ),
+    );
+    put(
+        "networkpolicies/ns1/default.np331",
+        &calico_3_31("NetworkPolicy", "np331", Some("ns1"), &deny_spec("e")),
+    );
+    put(
+        "stagedglobalnetworkpolicies/default.staged330",
+        &calico_3_31(
+            "StagedGlobalNetworkPolicy",
+            "staged330",
+            None,
+            &deny_spec("f"),
+        ),
+    );
+
+    let (names, list) = listed(&backend, &["gnp"]);
+    assert_eq!(
+        names,
+        ["default.named", "security.block", "v328", "v331", "v332"]
+    );
+    for item in list["items"].as_array().expect("items") {
+        assert!(item["metadata"].get("annotations").is_none(), "{item}");
+        assert_eq!(item["metadata"]["uid"], UID);
+    }
+    let got = backend.get_json("gnp", "v331", None);
+    assert_eq!(got["metadata"]["name"], "v331");
+    assert_eq!(got["spec"]["selector"], "app == 'b'");
+    assert_eq!(got["metadata"]["creationTimestamp"], "2024-05-01T10:00:00Z");
+    assert_eq!(
+        backend.get_json("gnp", "v328", None)["spec"]["selector"],
+        "app == 'a'"
+    );
+    assert_eq!(
+        backend.get_json("gnp", "default.named", None)["spec"]["selector"],
+        "app == 'd'"
+    );
+    assert_eq!(
+        backend.get_json("np", "np331", Some("ns1"))["metadata"]["name"],
+        "np331"
+    );
+    assert_eq!(
+        backend.get_json("sgnp", "staged330", None)["metadata"]["name"],
+        "staged330"
+    );
+    // Its tiered key is not a name of its own.
+    let missing = backend.fails(&["get", "gnp", "default.v331"], None);
+    assert!(
+        missing.contains("GlobalNetworkPolicy default.v331 does not exist"),
+        "{missing}"
+    );
+
+    // `replace` of a policy stored only in the older form writes its key, in its form.
+    let mut changed = got.clone();
+    changed["spec"]["order"] = 20.into();
+    backend.ok(&["replace", "-f", "-"], Some(&changed.to_string()));
+    assert_eq!(
+        etcd.get(&format!("{PREFIX}globalnetworkpolicies/v331")),
+        None,
+        "not moved"
+    );
+    let stored: Value = serde_json::from_str(
+        &etcd
+            .get(&format!("{PREFIX}globalnetworkpolicies/default.v331"))
+            .expect("still there"),
+    )
+    .expect("JSON");
+    assert_eq!(stored["metadata"]["name"], "default.v331", "{stored}");
+    assert_eq!(
+        stored["metadata"]["annotations"]["projectcalico.org/metadata"],
+        "{\"name\":\"v331\"}"
+    );
+    assert_eq!(stored["metadata"]["uid"], UID, "kept");
+    assert_eq!(stored["spec"]["order"], 20);
+    assert_eq!(backend.get_json("gnp", "v331", None)["spec"]["order"], 20);
+    // So does `apply`.
+    let mut applied = backend.get_json("gnp", "v328", None);
+    applied["spec"]["order"] = 30.into();
+    backend.ok(&["apply", "-f", "-"], Some(&applied.to_string()));
+    assert_eq!(
+        etcd.get(&format!("{PREFIX}globalnetworkpolicies/v328")),
+        None,
+        "not moved"
+    );
+    assert_eq!(backend.get_json("gnp", "v328", None)["spec"]["order"], 30);
+
+    // `create` finds it in either form; nothing changes.
+    let before = backend.everything();
+    let exists = backend.fails(&["create", "-f", "-"], Some(&changed.to_string()));
+    assert!(
+        exists.contains("GlobalNetworkPolicy v331 already exists"),
+        "{exists}"
+    );
+    // A new policy named `default.v328` would take the older form's key.
+    let mut taken = applied.clone();
+    taken["metadata"]["name"] = "default.v328".into();
+    if let Some(metadata) = taken["metadata"].as_object_mut() {
+        metadata.remove("resourceVersion");
+        metadata.remove("uid");
+    }
+    let error = backend.fails(&["apply", "-f", "-"], Some(&taken.to_string()));
+    assert!(
+        error.contains(&format!(
+            "{PREFIX}globalnetworkpolicies/default.v328 holds GlobalNetworkPolicy v328"
+        )),
+        "{error}"
+    );
+    assert_eq!(backend.everything(), before, "nothing stored");
+
+    // `delete` removes the older key.
+    backend.ok(&["delete", "gnp", "v331"], None);
+    backend.ok(&["delete", "np", "np331", "-n", "ns1"], None);
+    backend.ok(&["delete", "sgnp", "staged330"], None);
+    for key in [
+        "globalnetworkpolicies/default.v331",
+        "networkpolicies/ns1/default.np331",
+        "stagedglobalnetworkpolicies/default.staged330",
+    ] {
+        assert_eq!(etcd.get(&format!("{PREFIX}{key}")), None, "{key} deleted");
+    }
+    let (names, _) = listed(&backend, &["gnp"]);
+    assert_eq!(names, ["default.named", "security.block", "v328", "v332"]);
+
+    // A new one goes in 3.32's form.
+    let mut fresh = applied;
+    fresh["metadata"] = serde_json::json!({"name": "fresh"});
+    backend.ok(&["create", "-f", "-"], Some(&fresh.to_string()));
+    assert!(
+        etcd.get(&format!("{PREFIX}globalnetworkpolicies/fresh"))
+            .is_some()
+    );
+    assert_eq!(
+        etcd.get(&format!("{PREFIX}globalnetworkpolicies/default.fresh")),
+        None
+    );
+}
+
+/// A policy stored in both forms is one policy: the newer is listed, shown and replaced; the
+/// duplicate is logged once per command; `delete` removes both.
+#[test]
+fn a_policy_stored_in_both_forms_is_one_policy() {
+    let backend = Backend::Etcd(Etcd::start());
+    let Backend::Etcd(etcd) = &backend else {
+        unreachable!()
+    };
+    let old_key = format!("{PREFIX}globalnetworkpolicies/default.both");
+    let new_key = format!("{PREFIX}globalnetworkpolicies/both");
+    let old_value = calico_3_31("GlobalNetworkPolicy", "both", None, &deny_spec("old"));
+    etcd.put(&old_key, &old_value);
+    etcd.put(
+        &new_key,
+        &calico_3_32("GlobalNetworkPolicy", "both", None, &deny_spec("new")),
+    );
+
+    let out = backend.loader(&["get", "gnp", "-o", "json"], None);
+    assert!(out.status.success());
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON list");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["metadata"]["name"], "both");
+    assert_eq!(
+        items[0]["spec"]["selector"], "app == 'new'",
+        "the newer form"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("is stored twice").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "GlobalNetworkPolicy both is stored twice: at {new_key} (Calico 3.32's form, in force) \
+             and at {old_key} (Calico 3.28-3.31's form, ignored while both exist)"
+        )),
+        "{stderr}"
+    );
+    let got = backend.get_json("gnp", "both", None);
+    assert_eq!(got["spec"]["selector"], "app == 'new'");
+
+    // A replace goes to the newer key; the older is left as it was.
+    let mut changed = got;
+    changed["spec"]["order"] = 40.into();
+    backend.ok(&["replace", "-f", "-"], Some(&changed.to_string()));
+    assert_eq!(etcd.get(&old_key).as_deref(), Some(old_value.as_str()));
+    assert_eq!(backend.get_json("gnp", "both", None)["spec"]["order"], 40);
+
+    // Deleting it deletes both: the older does not come back.
+    backend.ok(&["delete", "gnp", "both"], None);
+    assert_eq!(
+        etcd.keys(&format!("{PREFIX}globalnetworkpolicies/")),
+        Vec::<String>::new()
+    );
+    let gone = backend.fails(&["get", "gnp", "both"], None);
+    assert!(gone.contains("does not exist"), "{gone}");
+}
+
 /// The agent on etcd, with traffic between workloads: these need root (BPF, network
 /// namespaces), and `cargo test -- privileged::` selects them.
 mod privileged {
@@ -624,6 +1026,140 @@ mod privileged {
             !endpoints.contains("caliremote0") && !endpoints.contains("198.18.1.99"),
             "{endpoints}"
         );
+        agent.assert_running();
+    }
+
+    /// A GlobalNetworkPolicy of wl2's ingress in Calico 3.32's form (`new_form`) or 3.28's,
+    /// named `name`, with `rules` (YAML flow sequence) ahead of the allow-all profile.
+    fn wl2_policy(name: &str, new_form: bool, rules: &str) -> (String, String) {
+        let stored = if new_form {
+            name.to_owned()
+        } else {
+            format!("default.{name}")
+        };
+        let mut value: Value = serde_json::from_str(&calicoctl_json(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {stored}}}\n\
+             spec:\n  order: 10\n  selector: app == 'wl2'\n  types: [Ingress]\n  ingress: {rules}\n"
+        )))
+        .expect("JSON");
+        if new_form {
+            value["metadata"]["labels"] = serde_json::json!({"projectcalico.org/tier": "default"});
+            value["metadata"]["annotations"] = serde_json::json!({"projectcalico.org/metadata": format!("{{\"name\":\"{name}\"}}")});
+        }
+        (
+            format!("{PREFIX}globalnetworkpolicies/{stored}"),
+            value.to_string(),
+        )
+    }
+
+    /// How often the agent reported `name` stored twice.
+    fn duplicates_logged(agent: &Agent, name: &str) -> usize {
+        agent
+            .log()
+            .matches(&format!("GlobalNetworkPolicy {name} is stored twice"))
+            .count()
+    }
+
+    /// The agent sees a policy stored in Calico 3.32's form and in 3.28's as one policy: the
+    /// newer form is enforced; deleting either leaves the other in force; the duplicate is
+    /// logged once while it lasts, however often the agent reads its state again.
+    ///
+    /// A sentinel policy that denies ping to wl2 shows when the agent has applied everything
+    /// put before it (etcd's events come in order), so that a change that must not change the
+    /// traffic is checked after the agent has seen it.
+    #[test]
+    fn agent_enforces_one_policy_stored_in_two_forms() {
+        let topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (etcd, agent) = start_on_etcd(&topology, &datastore);
+        let (w1, w2) = (topology.workload(1), topology.workload(2));
+        assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
+        let deny_tcp =
+            "[{action: Deny, protocol: TCP, source: {selector: app == 'wl1'}}, {action: Pass}]";
+        let pass = "[{action: Pass}]";
+        let (sentinel_key, sentinel) = wl2_policy(
+            "sentinel",
+            true,
+            "[{action: Deny, protocol: ICMP}, {action: Pass}]",
+        );
+        // Puts the sentinel, waits until ping is denied, and takes it away again.
+        let applied_so_far = || {
+            etcd.put(&sentinel_key, &sentinel);
+            wait_for(
+                "the sentinel to take effect",
+                Duration::from_secs(10),
+                || !w1.ping(IpAddr::V4(w2.v4)),
+            );
+            etcd.del(&sentinel_key);
+            wait_for("the sentinel to go", Duration::from_secs(10), || {
+                w1.ping(IpAddr::V4(w2.v4))
+            });
+        };
+
+        // The older form alone is enforced under its name.
+        let (old_key, old_deny) = wl2_policy("two-forms", false, deny_tcp);
+        etcd.put(&old_key, &old_deny);
+        wait_for(
+            "the older form to take effect",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+        // The newer form of the same policy wins.
+        let (new_key, new_pass) = wl2_policy("two-forms", true, pass);
+        etcd.put(&new_key, &new_pass);
+        wait_for("the newer form to win", Duration::from_secs(10), || {
+            tcp_works(&topology)
+        });
+        // Other changes make the agent read its state again; the duplicate is logged once.
+        for i in 0..3 {
+            etcd.put(
+                &format!("{PREFIX}profiles/scratch"),
+                &calicoctl_json(&format!("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {{name: scratch, labels: {{n: \"{i}\"}}}}\n")),
+            );
+        }
+        applied_so_far();
+        assert!(tcp_works(&topology), "the newer form is still in force");
+        assert_eq!(duplicates_logged(&agent, "two-forms"), 1, "{}", agent.log());
+        assert!(
+            agent.log().contains(&format!(
+                "at {new_key} (Calico 3.32's form, in force) and at {old_key} (Calico \
+                 3.28-3.31's form, ignored while both exist)"
+            )),
+            "{}",
+            agent.log()
+        );
+
+        // The newer form deleted: the older is in force again.
+        etcd.del(&new_key);
+        wait_for(
+            "the older form to be back in force",
+            Duration::from_secs(10),
+            || !tcp_works(&topology),
+        );
+
+        // Both again, the newer now denying and the older passing; the older deleted: the
+        // newer stays in force.
+        let (_, new_deny) = wl2_policy("two-forms", true, deny_tcp);
+        let (_, old_pass) = wl2_policy("two-forms", false, pass);
+        etcd.put(&new_key, &new_deny);
+        etcd.put(&old_key, &old_pass);
+        applied_so_far();
+        assert!(!tcp_works(&topology), "the newer form is in force");
+        assert_eq!(
+            duplicates_logged(&agent, "two-forms"),
+            2,
+            "a new duplicate, logged once: {}",
+            agent.log()
+        );
+        etcd.del(&old_key);
+        applied_so_far();
+        assert!(!tcp_works(&topology), "the newer form stays in force");
+        // The policy goes only with its last form.
+        etcd.del(&new_key);
+        wait_for("the policy to go", Duration::from_secs(10), || {
+            tcp_works(&topology)
+        });
+        assert_eq!(duplicates_logged(&agent, "two-forms"), 2, "{}", agent.log());
         agent.assert_running();
     }
 

@@ -36,6 +36,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if !has_flag(&args.args, "--node") {
         cmd = cmd.args(["--node".to_owned(), hostname()?]);
     }
+    if !has_flag(&args.args, "--networking-backend") {
+        // BGP only where asked for: BIRD would otherwise start in this (root) namespace,
+        // announcing to whatever peers the datastore names.
+        cmd = cmd.args(["--networking-backend", "none"]);
+    }
     cmd = cmd.args(&args.args).privileged();
 
     output::step("Running the agent (Ctrl-C to stop)");

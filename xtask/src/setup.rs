@@ -32,6 +32,9 @@ const APT_PACKAGES: &[&str] = &[
     // Certificates for the etcd TLS tests.
     "openssl",
     "bird2",
+    // An independent BGP speaker, the top-of-rack router of the routing tests (its
+    // systemd unit starts only with an /etc/gobgpd.conf, which nothing writes).
+    "gobgpd",
     "sudo",
 ];
 

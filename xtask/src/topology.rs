@@ -185,6 +185,9 @@ pub fn spawn_agent(
             "--attach-mode",
             mode.as_str(),
             "--detach-on-exit",
+            // No BIRD: these topologies have one host.
+            "--networking-backend",
+            "none",
         ])
         .arg("--pin-path")
         .arg(pin_path)

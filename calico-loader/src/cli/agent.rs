@@ -1,20 +1,37 @@
 //! `calico-loader run`, the agent, and `calico-loader cleanup`, which removes what an agent left
-//! (an agent keeps its programs attached and its maps pinned when it exits, as Calico does).
+//! (an agent keeps its programs attached, its maps pinned and BIRD running when it exits, as
+//! Calico does).
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use regex::Regex;
 
 use super::resources::DatastoreArgs;
 use crate::{
-    agent::AgentConfig,
+    agent::{
+        AgentConfig,
+        node::{AddressSetting, NodeSettings},
+        routing::{DEFAULT_RUN_DIR, RoutingConfig},
+    },
+    bgp::{Bird, BirdSettings},
     dataplane::{
         self,
         attach::AttachMode,
         bpffs::{DEFAULT_PIN_PATH, PinLayout},
+        netlink::BIRD_ROUTE_PROTOCOL,
     },
+    datastore::resources::AsNumber,
 };
+
+/// What routes between hosts (calico-node's `CALICO_NETWORKING_BACKEND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetworkingBackend {
+    /// BGP, with BIRD.
+    Bird,
+    /// Nothing: no BIRD (the Node is registered all the same).
+    None,
+}
 
 // The arguments of `run` (its help text is the subcommand's).
 #[derive(Args)]
@@ -54,6 +71,25 @@ pub struct RunArgs {
     /// least recently used entry makes room, so active flows keep working.
     #[arg(long, env = "FELIX_BPFMAPSIZECONNTRACK", default_value_t = <calico_ebpf_common::maps::Conntrack as calico_ebpf_common::maps::MapSpec>::DEF.max_entries)]
     pub conntrack_size: u32,
+    /// This node's IPv4 address for BGP, written to its Node: an address (its prefix length
+    /// is the interface's unless given), `autodetect` (the first global address of an
+    /// interface that is not a workload's, docker's...), or `none`. Not given: the Node's
+    /// address is kept, and autodetected if it has none.
+    #[arg(long, env = "IP", value_name = "ADDRESS|autodetect|none")]
+    pub ip: Option<AddressSetting>,
+    /// This node's IPv6 address for BGP: as --ip, but when not given the Node's is only kept.
+    #[arg(long, env = "IP6", value_name = "ADDRESS|autodetect|none")]
+    pub ip6: Option<AddressSetting>,
+    /// This node's AS number, written to its Node (a number, or <0-65535>.<0-65535>). Not
+    /// given: the Node's is kept (none: the cluster's).
+    #[arg(long = "as", env = "AS", value_name = "AS")]
+    pub as_number: Option<AsNumber>,
+    /// BIRD's run directory: its configuration, control socket, pid file and log.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// What routes between hosts: bird (BGP) or none.
+    #[arg(long, env = "CALICO_NETWORKING_BACKEND", default_value = "bird")]
+    pub networking_backend: NetworkingBackend,
 }
 
 // The arguments of `cleanup`.
@@ -61,6 +97,9 @@ pub struct RunArgs {
 pub struct CleanupArgs {
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// BIRD's run directory: the BIRD running there is stopped, and its routes removed.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
 }
 
 /// `run`: the agent, until SIGINT or SIGTERM.
@@ -69,10 +108,7 @@ pub struct CleanupArgs {
 ///
 /// No host name for a default node name, or the agent failing (see [`crate::agent::run`]).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let node = match args.node {
-        Some(node) => node,
-        None => hostname()?,
-    };
+    let node = node_name(args.node)?;
     crate::agent::run(AgentConfig {
         datastore: args.datastore.config(),
         node,
@@ -82,12 +118,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         detach_on_exit: args.detach_on_exit,
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
         conntrack_entries: args.conntrack_size.max(1),
+        node_settings: NodeSettings {
+            ipv4: args.ip.unwrap_or_default(),
+            ipv6: args.ip6.unwrap_or_default(),
+            as_number: args.as_number,
+        },
+        routing: RoutingConfig {
+            enabled: args.networking_backend == NetworkingBackend::Bird,
+            run_dir: args.run_dir,
+        },
     })
     .await
 }
 
-/// `cleanup`: deletes the kernel routes the agent made, detaches every program and removes the
-/// pins under `--pin-path`.
+/// `cleanup`: stops the BIRD of `--run-dir` and removes the routes BIRD installed, deletes the
+/// kernel routes the agent made, detaches every program and removes the pins under
+/// `--pin-path`.
 ///
 /// # Errors
 ///
@@ -95,6 +141,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     let layout = PinLayout::new(&args.pin_path);
     let netlink = dataplane::netlink::Netlink::connect()?;
+    match Bird::adopt(BirdSettings::new(&args.run_dir)) {
+        Ok(Some(bird)) => {
+            let pid = bird.pid();
+            bird.stop();
+            let removed = netlink.del_routes_of_protocol(BIRD_ROUTE_PROTOCOL).await?;
+            eprintln!("stopped BIRD (pid {pid}) and removed the {removed} route(s) it installed");
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("BIRD not stopped: {e}"),
+    }
     for route in netlink.our_routes().await? {
         netlink.del_route(route).await?;
     }
@@ -109,6 +165,18 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
 /// A data-interface pattern, with the regex error when it does not compile.
 fn parse_pattern(text: &str) -> Result<Regex, String> {
     Regex::new(text).map_err(|e| format!("not a regular expression: {e}"))
+}
+
+/// The node name: `explicit` (`--node` or `NODENAME`), else the host name.
+///
+/// # Errors
+///
+/// No name given and `gethostname` failing.
+pub fn node_name(explicit: Option<String>) -> anyhow::Result<String> {
+    match explicit {
+        Some(node) if !node.is_empty() => Ok(node),
+        _ => hostname(),
+    }
 }
 
 /// This machine's host name, the default node name.

@@ -4,6 +4,8 @@
 //!
 //! - [`agent`]: `run` (the agent) and `cleanup` (what an agent left).
 //! - [`resources`]: the calicoctl-style `apply|create|replace|delete|get`.
+//! - [`ipam`]: `ipam show|assign|release|check`, Calico's IPAM.
+//! - [`node`]: `node status`, this node's BGP sessions.
 //! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
 //! - [`trace`]: `trace`, why a packet is allowed or dropped.
 //! - [`microbench`]: `microbench`, the programs' cost through BPF_PROG_TEST_RUN.
@@ -11,7 +13,9 @@
 
 pub mod agent;
 pub mod dump;
+pub mod ipam;
 pub mod microbench;
+pub mod node;
 pub mod output;
 pub mod resources;
 pub mod trace;
@@ -46,6 +50,10 @@ pub enum Command {
     Delete(resources::DeleteArgs),
     /// Show resources of a kind, or one by name.
     Get(resources::GetArgs),
+    /// Calico IPAM: show the pools' use, assign and release addresses, check for leaks.
+    Ipam(ipam::IpamArgs),
+    /// This node: `node status` shows its BGP sessions, as calicoctl does.
+    Node(node::NodeArgs),
     /// Print what the pinned maps hold.
     Dump(dump::DumpArgs),
     /// Per-packet cost of the programs through BPF_PROG_TEST_RUN, for each route count (JSON
@@ -56,8 +64,8 @@ pub enum Command {
     /// the arguments (BPF_PROG_TEST_RUN), changing nothing. Against the running agent's maps,
     /// or, with --datastore, a "what if" for a directory of resources.
     Trace(trace::TraceArgs),
-    /// Detach every program, and remove the pinned maps and links and the kernel routes the
-    /// agent made.
+    /// Detach every program, remove the pinned maps and links and the kernel routes the agent
+    /// made, and stop BIRD (removing the routes it installed).
     Cleanup(agent::CleanupArgs),
 }
 
@@ -88,6 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replace(args) => args.write(WriteMode::Replace).await,
         Command::Delete(args) => args.run().await,
         Command::Get(args) => args.run().await,
+        Command::Ipam(args) => ipam::run(args).await,
+        Command::Node(args) => node::run(&args),
         Command::Dump(args) => dump::run(&args),
         Command::Microbench(args) => microbench::run(&args),
         Command::Trace(args) => trace::run(args),

@@ -229,6 +229,7 @@ fn read_requests(file: &str, mode: WriteMode) -> anyhow::Result<Vec<WriteRequest
 pub async fn write(config: &DatastoreConfig, mode: WriteMode, file: &str) -> anyhow::Result<()> {
     let requests = read_requests(file, mode)?;
     let mut store = Store::open(config).await?;
+    check_pool_overlaps(&mut store, &requests).await?;
     let outcomes = store.write(&requests).await?;
     for (request, outcome) in requests.iter().zip(outcomes) {
         let verb = match (mode, outcome) {
@@ -247,6 +248,45 @@ pub async fn write(config: &DatastoreConfig, mode: WriteMode, file: &str) -> any
         },
         requests.len()
     );
+    Ok(())
+}
+
+/// Refuses IP pools that overlap another pool (stored, or in the same file), as libcalico-go
+/// does when a pool is written.
+///
+/// # Errors
+///
+/// The first overlap found, naming both pools.
+async fn check_pool_overlaps(store: &mut Store, requests: &[WriteRequest]) -> anyhow::Result<()> {
+    use crate::datastore::resources::IpPool;
+    let new: Vec<&IpPool> = requests
+        .iter()
+        .filter_map(|r| r.resource.typed::<IpPool>())
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let (stored, _) = store.list(Kind::IpPool, None).await?;
+    let mut pools: Vec<IpPool> = stored
+        .iter()
+        .filter_map(|s| s.resource.typed::<IpPool>().cloned())
+        .filter(|p| !new.iter().any(|n| n.name() == p.name()))
+        .collect();
+    for pool in new {
+        let cidr = pool.spec.cidr;
+        if let Some(other) = pools.iter().find(|p| {
+            let o = p.spec.cidr;
+            o.contains(&cidr.network()) || cidr.contains(&o.network())
+        }) {
+            bail!(
+                "IPPool {}: spec.cidr: {cidr} overlaps IPPool {} ({}); nothing was stored",
+                pool.name(),
+                other.name(),
+                other.spec.cidr
+            );
+        }
+        pools.push(pool.clone());
+    }
     Ok(())
 }
 

@@ -263,3 +263,93 @@ pub async fn next_link_event(
 ) -> Option<()> {
     events.next().await.map(|_| ())
 }
+
+// ---------------------------------------------------------------------------------------------
+// For the node's registration and for BGP
+
+/// An address of an interface, with the prefix length of its subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub ifindex: u32,
+    pub interface: String,
+    pub net: IpNet,
+}
+
+/// The protocol number of the routes BIRD installs (`proto bird`).
+pub const BIRD_ROUTE_PROTOCOL: u8 = 12;
+
+impl Netlink {
+    /// Every address of every interface, in the kernel's order (by interface, then as each
+    /// interface lists them).
+    pub async fn addresses(&self) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let names: std::collections::HashMap<u32, String> = self
+            .links()
+            .await?
+            .into_iter()
+            .map(|link| (link.ifindex, link.name))
+            .collect();
+        let mut addresses = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Some(message) = stream
+            .try_next()
+            .await
+            .map_err(request("listing addresses"))?
+        {
+            // IPv4's own address is IFA_LOCAL (IFA_ADDRESS is the peer's on a point-to-point
+            // link); IPv6 has IFA_ADDRESS only.
+            let mut local = None;
+            let mut address = None;
+            for attribute in &message.attributes {
+                match attribute {
+                    AddressAttribute::Local(ip) => local = Some(*ip),
+                    AddressAttribute::Address(ip) => address = Some(*ip),
+                    _ => {}
+                }
+            }
+            let Some(ip) = local.or(address) else {
+                continue;
+            };
+            let Ok(net) = IpNet::new(ip, message.header.prefix_len) else {
+                continue;
+            };
+            let ifindex = message.header.index;
+            addresses.push(InterfaceAddress {
+                ifindex,
+                interface: names.get(&ifindex).cloned().unwrap_or_default(),
+                net,
+            });
+        }
+        Ok(addresses)
+    }
+
+    /// Removes every route of the main table with `protocol`; returns how many went.
+    pub async fn del_routes_of_protocol(&self, protocol: u8) -> Result<usize, NetlinkError> {
+        let mut removed = 0;
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let message = match version {
+                IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+                IpVersion::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+            };
+            let mut routes = Vec::new();
+            let mut stream = self.handle.route().get(message).execute();
+            while let Some(route) = stream.try_next().await.map_err(request("listing routes"))? {
+                if u8::from(route.header.protocol) == protocol {
+                    routes.push(route);
+                }
+            }
+            for route in routes {
+                match self.handle.route().del(route).execute().await {
+                    Ok(()) => removed += 1,
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(request(format!("removing routes of protocol {protocol}"))(
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -25,10 +25,10 @@ use tracing::info;
 
 use super::{
     error::{DatastoreError, ErrorKind},
-    etcd::{EtcdConfig, EtcdStore, EtcdSync},
+    etcd::{EtcdConfig, EtcdStore, EtcdSync, decode_versioned, encode, etcd_key},
     local::{DatastoreWatch, LocalDatastore, list_files, read_text, watch},
     parse::parse_documents,
-    resources::{Kind, ResourceKey},
+    resources::{Kind, ResourceKey, StoredForm},
     snapshot::SyncResult,
     store::{StoreError, StoredResource, WriteOutcome, WriteRequest, check_write, prepare_value},
 };
@@ -212,8 +212,13 @@ impl LocalStore {
         }
     }
 
-    /// The file (relative) the CLI keeps `key` in.
+    /// The file (relative) the CLI keeps `key` in: for a kind stored outside the v3 tree, its
+    /// etcd key's path without `/calico/` (`ipam/v2/config`).
     pub fn managed_path(key: &ResourceKey) -> PathBuf {
+        let info = key.kind.info();
+        if info.etcd.stores_outside_v3() {
+            return PathBuf::from(etcd_key(key).trim_start_matches("/calico/"));
+        }
         let mut path = PathBuf::from(key.kind.plural());
         if let Some(namespace) = &key.namespace {
             path.push(namespace);
@@ -230,6 +235,7 @@ impl LocalStore {
         if !self.dir.exists() {
             return (entries, errors);
         }
+        self.load_outside_v3(&mut entries, &mut errors);
         let listing = list_files(&self.dir);
         for (label, message) in listing.errors {
             errors.push(DatastoreError::file(label, ErrorKind::Io, message));
@@ -276,6 +282,46 @@ impl LocalStore {
             }
         }
         (entries, errors)
+    }
+
+    /// The resources of kinds kept at their etcd key's path (the IPAM configuration), in the
+    /// same text as etcd holds.
+    fn load_outside_v3(
+        &self,
+        entries: &mut BTreeMap<ResourceKey, LocalEntry>,
+        errors: &mut Vec<DatastoreError>,
+    ) {
+        for &kind in Kind::ALL {
+            let info = kind.info();
+            if !info.etcd.stores_outside_v3() {
+                continue;
+            }
+            let etcd_key = info.etcd.prefix(info, None);
+            let file = PathBuf::from(etcd_key.trim_start_matches("/calico/"));
+            let label = file.display().to_string();
+            let bytes = match std::fs::read(self.dir.join(&file)) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    errors.push(DatastoreError::file(
+                        &label,
+                        ErrorKind::Io,
+                        format!("cannot read: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let version = format!("{:016x}", fnv1a(&bytes));
+            match decode_versioned(&etcd_key, &bytes, &version) {
+                Ok(stored) => {
+                    entries.insert(stored.key.clone(), LocalEntry { file, stored });
+                }
+                Err(e) => errors.extend(e.into_iter().map(|mut e| {
+                    e.file.clone_from(&label);
+                    e
+                })),
+            }
+        }
     }
 
     fn list(
@@ -340,10 +386,14 @@ impl LocalStore {
                 if let Some(entry) = entry {
                     self.check_managed(&key, entry)?;
                 }
-                let value = prepare_value(request, entry.map(|e| &e.stored));
-                let text = serde_yaml::to_string(&value).map_err(|e| {
-                    StoreError::Config(format!("{key}: cannot encode as YAML: {e}"))
-                })?;
+                let text = if key.kind.info().etcd.stores_outside_v3() {
+                    encode(request, entry.map(|e| &e.stored), StoredForm::Current)?
+                } else {
+                    let value = prepare_value(request, entry.map(|e| &e.stored));
+                    serde_yaml::to_string(&value).map_err(|e| {
+                        StoreError::Config(format!("{key}: cannot encode as YAML: {e}"))
+                    })?
+                };
                 let path = self.dir.join(Self::managed_path(&key));
                 let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(Self::io(&parent))?;

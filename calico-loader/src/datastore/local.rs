@@ -22,7 +22,7 @@ use super::{
     error::{DatastoreError, ErrorKind},
     parse::{Located, parse_file_located},
     resources::{Resource, ResourceKey},
-    snapshot::{Snapshot, SyncResult},
+    snapshot::{IpamObjects, Snapshot, SyncResult},
 };
 
 /// A directory of `projectcalico.org/v3` resources.
@@ -139,6 +139,8 @@ impl LocalDatastore {
             snapshot: self.snapshot.clone(),
             errors,
             new_errors,
+            ipam: read_ipam_objects(&self.dir),
+            complete: true,
         }
     }
 
@@ -263,6 +265,53 @@ fn is_resource_file(name: &OsStr) -> bool {
     matches!(extension.as_deref(), Some("yaml" | "yml" | "json"))
 }
 
+/// The top-level directory that holds IPAM's objects (blocks, affinities, handles, the IPAM
+/// configuration) under the datastore directory, at their etcd keys' paths without `/calico/`
+/// (`ipam/v2/assignment/ipv4/block/198.18.0.0-26`). It is never read for resources. A sync
+/// reads its block affinities and blocks as they are ([`IpamObjects`]), and only their changes
+/// wake the agent (not those of handles, of the configuration or of IPAM's lock file).
+pub const IPAM_DIR: &str = "ipam";
+
+/// The directory (relative to the datastore's) that holds the keys under `prefix`.
+fn ipam_key_dir(prefix: &str) -> &str {
+    prefix.trim_start_matches("/calico/").trim_end_matches('/')
+}
+
+/// The block affinities and blocks under `root`'s IPAM directory, by etcd key. Hidden files
+/// (IPAM's temporary files) are skipped; a file that cannot be read is left out (IPAM's own
+/// commands report such problems).
+fn read_ipam_objects(root: &Path) -> IpamObjects {
+    let mut objects = IpamObjects::default();
+    for prefix in IpamObjects::PREFIXES {
+        let mut pending = vec![PathBuf::from(ipam_key_dir(prefix))];
+        while let Some(relative) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(root.join(&relative)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if is_ignored_name(&name) {
+                    continue;
+                }
+                let path = relative.join(&name);
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => pending.push(path),
+                    Ok(kind) if kind.is_file() => match std::fs::read(entry.path()) {
+                        Ok(value) => {
+                            objects
+                                .values
+                                .insert(format!("/calico/{}", path.display()), value);
+                        }
+                        Err(e) => debug!(file = %path.display(), "IPAM file not read: {e}"),
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+    objects
+}
+
 /// The files under the datastore directory.
 pub(super) struct Listing {
     /// Paths relative to the directory, sorted.
@@ -321,6 +370,10 @@ pub(super) fn list_files(root: &Path) -> Listing {
                 continue;
             }
             let path = relative.join(&name);
+            if path.as_os_str() == IPAM_DIR {
+                // IPAM's objects, not resources (see IPAM_DIR).
+                continue;
+            }
             // Follows symbolic links; a dangling one is skipped.
             let Ok(metadata) = std::fs::metadata(entry.path()) else {
                 continue;
@@ -386,7 +439,8 @@ impl std::fmt::Debug for DatastoreWatch {
 
 /// Watches `dir` recursively (inotify) and notifies, about 150 ms after things settle, that
 /// something in it changed, so the caller can [`sync`](LocalDatastore::sync). Files written in
-/// place, created, removed or renamed over (as editors save) all count; reads do not.
+/// place, created, removed or renamed over (as editors save) all count; reads do not. Under
+/// [`IPAM_DIR`], only block affinities and blocks count.
 ///
 /// Works without a Tokio runtime (a thread debounces), though [`DatastoreWatch::recv`] is
 /// async.
@@ -401,9 +455,21 @@ pub fn watch(dir: impl AsRef<Path>) -> Result<DatastoreWatch, WatchError> {
         return Err(WatchError::NotADirectory(dir.to_path_buf()));
     }
     let (raw_tx, raw_rx) = std_mpsc::channel::<()>();
+    let ipam_dir = dir.join(IPAM_DIR);
+    let followed: Vec<PathBuf> = IpamObjects::PREFIXES
+        .iter()
+        .map(|prefix| dir.join(ipam_key_dir(prefix)))
+        .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
-            Ok(event) => is_relevant(&event),
+            Ok(event) => {
+                is_relevant(&event)
+                    && (!only_under(&event, &ipam_dir)
+                        || event
+                            .paths
+                            .iter()
+                            .any(|p| followed.iter().any(|f| p.starts_with(f))))
+            }
             Err(e) => {
                 // Lost events (queue overflow...): a sync puts things right.
                 warn!("datastore watch: {e}");
@@ -448,6 +514,13 @@ fn is_relevant(event: &notify::Event) -> bool {
             event.kind,
             EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)
         )
+}
+
+/// Whether every path of `event` is under `dir` (and it names some).
+fn only_under(event: &notify::Event, dir: &Path) -> bool {
+    !event.need_rescan()
+        && !event.paths.is_empty()
+        && event.paths.iter().all(|p| p.starts_with(dir))
 }
 
 /// Forwards one notification per burst of raw events: after `DEBOUNCE` of quiet, or
@@ -498,6 +571,80 @@ mod tests {
             fs::create_dir_all(parent).unwrap();
         }
         fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn ipam_objects_are_not_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "a.yaml", &wep("a", "198.18.0.1"));
+        // IPAM's files, even one named like a resource file, are not parsed.
+        write(
+            d,
+            "ipam/v2/handle/h1",
+            r#"{"block":{"198.18.0.0/26":1},"deleted":false}"#,
+        );
+        write(d, "ipam/v2/config.json", "not: [a resource");
+        // Block affinities and blocks are carried as they are, by etcd key; a value that does
+        // not read is IPAM's business, not the datastore's.
+        write(
+            d,
+            "ipam/v2/host/node-1/ipv4/block/198.18.0.0-26",
+            r#"{"state":"confirmed","deleted":false}"#,
+        );
+        write(
+            d,
+            "ipam/v2/assignment/ipv4/block/198.18.0.0-26",
+            "{not json",
+        );
+        write(d, "ipam/v2/assignment/ipv4/block/.198.18.0.64-26.tmp", "{}");
+        let mut store = LocalDatastore::new(d);
+        let result = store.sync();
+        assert!(result.errors.is_empty(), "{:?}", result.errors);
+        assert_eq!(names(&result.snapshot), ["WorkloadEndpoint default/a"]);
+        assert!(result.complete);
+        let keys: Vec<&str> = result.ipam.values.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "/calico/ipam/v2/assignment/ipv4/block/198.18.0.0-26",
+                "/calico/ipam/v2/host/node-1/ipv4/block/198.18.0.0-26",
+            ]
+        );
+        assert_eq!(
+            result.ipam.values["/calico/ipam/v2/assignment/ipv4/block/198.18.0.0-26"],
+            b"{not json"
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_wakes_for_block_affinities_and_blocks_only_under_ipam() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "ipam/.lock", "");
+        write(d, "ipam/v2/handle/h0", "{}");
+        let mut w = watch(d).unwrap();
+        assert!(!changed_within(&mut w, Duration::from_millis(400)).await);
+
+        for (path, wakes) in [
+            ("ipam/v2/handle/h1", false),
+            ("ipam/.lock", false),
+            ("ipam/v2/config", false),
+            ("ipam/v2/host/node-1/ipv4/block/198.18.0.0-26", true),
+            ("ipam/v2/assignment/ipv6/block/2001:db8::-122", true),
+        ] {
+            write(d, path, "{}");
+            assert_eq!(
+                changed_within(&mut w, Duration::from_millis(600)).await,
+                wakes,
+                "{path}"
+            );
+        }
+        fs::remove_file(d.join("ipam/v2/host/node-1/ipv4/block/198.18.0.0-26")).unwrap();
+        assert!(
+            changed_within(&mut w, Duration::from_secs(2)).await,
+            "a removed affinity"
+        );
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
 //!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
-//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, and `IPPool`; other kinds are
-//!   kept untyped. Selectors stay text:
+//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `IPPool`, `IPAMConfiguration`,
+//!   `Node`, and the BGP kinds `BGPConfiguration` and `BGPPeer`; other kinds are kept untyped.
+//!   Selectors stay text:
 //!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;
 //!   the parser checks every selector field, the model evaluates them.
 //! - [`parse_file`]: a file's text to resources, with errors that name file, document, line,
 //!   resource and field ([`DatastoreError`]).
-//! - `snapshot`: the resources in force ([`Snapshot`]), what a sync gives ([`SyncResult`]).
+//! - `snapshot`: the resources in force ([`Snapshot`]), what a sync gives ([`SyncResult`]),
+//!   with IPAM's block affinities and blocks as stored ([`IpamObjects`]).
 //! - [`local`]: the directory datastore ([`LocalDatastore`]) and a debounced
 //!   [`watch`](local::watch) of the directory.
 //! - `store`: what the CLI's stores share: a stored resource, a write, [`StoreError`].
@@ -43,12 +45,18 @@ pub use resources::{
     PolicyType, PortSpec, Profile, ProfileSpec, Protocol, Resource, ResourceKey, Rule, Tier,
     TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
-pub use snapshot::{Snapshot, SyncResult};
-pub use store::{StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest};
+pub use snapshot::{IpamObjects, Snapshot, SyncResult};
+pub use store::{
+    StoreError, StoredResource, WriteMode, WriteOutcome, WriteRequest, now_rfc3339, rfc3339,
+};
 
+#[cfg(test)]
+mod bgp_tests;
 #[cfg(test)]
 mod ip_pool_tests;
 #[cfg(test)]
 mod network_set_tests;
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod policy_tests;

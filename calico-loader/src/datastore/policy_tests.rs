@@ -1094,6 +1094,12 @@ fn rule_checks() {
             "global() can only be used in an EntityRule namespaceSelector",
         ),
         case(
+            egress("{action: Allow, destination: {selector: \"global() && a == 'b'\"}}"),
+            NP,
+            "spec.egress[0].destination.selector",
+            "global() can only be used in an EntityRule namespaceSelector",
+        ),
+        case(
             ingress("{action: Allow, source: {namespaceSelector: \"global() || has(x)\"}}"),
             NP,
             "spec.ingress[0].source.namespaceSelector",

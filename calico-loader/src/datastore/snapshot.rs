@@ -1,5 +1,7 @@
 //! The resources in force ([`Snapshot`]) and the outcome of reading a datastore again
-//! ([`SyncResult`]): what both datastores hand the agent, and what the model reads.
+//! ([`SyncResult`]): what both datastores hand the agent, and what the model reads. Beside the
+//! resources, a sync carries IPAM's block affinities and blocks as stored ([`IpamObjects`]):
+//! the agent routes by them, and the datastore never reads them as resources.
 //!
 //! A snapshot holds every valid resource, one per key, in key order (kind, namespace, name).
 //! Any typed kind is read with [`Snapshot::all`] and [`Snapshot::find`]; the named accessors
@@ -167,6 +169,29 @@ impl FromIterator<Resource> for Snapshot {
     }
 }
 
+/// IPAM's objects the agent follows, as stored: every block affinity
+/// (`/calico/ipam/v2/host/<node>/ipv4/block/<cidr>`) and every block
+/// (`/calico/ipam/v2/assignment/ipv4/block/<cidr>`), by etcd key, with etcd's bytes. The
+/// local directory holds the same keys as files (`ipam/v2/host/...`), named by the same keys.
+/// Reading them is IPAM's business (`crate::ipam`); handles and IPAM's configuration are not
+/// followed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpamObjects {
+    /// Value by key, in key order.
+    pub values: BTreeMap<String, Vec<u8>>,
+}
+
+impl IpamObjects {
+    /// The key prefixes followed: block affinities, then blocks.
+    pub const PREFIXES: [&'static str; 2] =
+        ["/calico/ipam/v2/host/", "/calico/ipam/v2/assignment/"];
+
+    /// Whether `key` is one of the keys followed.
+    pub fn follows(key: &str) -> bool {
+        Self::PREFIXES.iter().any(|prefix| key.starts_with(prefix))
+    }
+}
+
 /// The outcome of [`LocalDatastore::sync`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncResult {
@@ -178,4 +203,11 @@ pub struct SyncResult {
     /// The subset of `errors` not reported by the previous sync (these are the ones `sync`
     /// logged).
     pub new_errors: Vec<DatastoreError>,
+    /// IPAM's block affinities and blocks.
+    pub ipam: IpamObjects,
+    /// Whether the whole datastore has been read at least once. A directory is read whole on
+    /// every sync; etcd is listed in the background, and until both the resources and IPAM's
+    /// objects were listed, what a sync gives is empty or partial: nothing is missing from it
+    /// for sure.
+    pub complete: bool,
 }

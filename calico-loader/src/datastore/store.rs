@@ -92,6 +92,16 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    /// The etcd key a resource would be written at holds another resource: a policy named
+    /// `default.<name>`, where Calico 3.28-3.31 stored the policy `<name>`.
+    #[error(
+        "{key}: its etcd key {etcd_key} holds {holder} (stored by Calico 3.28-3.31 as default.<name>); delete or rename that one first"
+    )]
+    KeyTaken {
+        key: ResourceKey,
+        etcd_key: String,
+        holder: Box<ResourceKey>,
+    },
     /// A resource changed between the checks and the transaction.
     #[error("{keys}: changed while being written; nothing was stored, try again")]
     Concurrent { keys: String },
@@ -256,7 +266,7 @@ fn new_uid() -> String {
 }
 
 /// The time now, as `2024-05-01T10:00:00Z`.
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -265,7 +275,7 @@ fn now_rfc3339() -> String {
 
 /// Seconds since the epoch as an RFC 3339 UTC time (days to civil date, after Howard
 /// Hinnant's algorithm).
-fn rfc3339(secs: u64) -> String {
+pub fn rfc3339(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     let z = days + 719_468;

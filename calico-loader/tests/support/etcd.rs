@@ -1,6 +1,7 @@
 //! A real etcd for tests (Debian's `etcd-server`): a temporary data directory, 127.0.0.1 only,
 //! free ports; killed and removed on drop, also when a test fails. Optionally inside a test's
-//! network namespace, so that an agent running there reaches it on its own loopback, and
+//! network namespace, so that an agent running there reaches it on its own loopback (or, with
+//! [`Etcd::start_on`], on an address of that namespace, for agents in other namespaces), and
 //! optionally with TLS (certificates made with `openssl` in the temporary directory).
 
 use std::{
@@ -178,24 +179,34 @@ impl Etcd {
 
     /// Starts etcd in `netns` (a `/run/netns/...` path), or the root namespace.
     pub fn start_in(netns: Option<&Path>) -> Self {
-        Self::start_with(netns, false)
+        Self::start_with(netns, false, "127.0.0.1")
+    }
+
+    /// Starts etcd in `netns`, serving clients on `address` (an address of that namespace, so
+    /// that agents in namespaces joined to it reach it).
+    pub fn start_on(netns: &Path, address: std::net::IpAddr) -> Self {
+        let host = match address {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+        };
+        Self::start_with(Some(netns), false, &host)
     }
 
     /// Starts etcd in the root namespace with TLS on its client URL (`https://`), requiring
     /// client certificates signed by the test's CA (`--client-cert-auth`). [`Etcd::etcdctl`]
     /// and [`Etcd::loader`] use the client certificate.
     pub fn start_tls() -> Self {
-        Self::start_with(None, true)
+        Self::start_with(None, true, "127.0.0.1")
     }
 
-    fn start_with(netns: Option<&Path>, tls: bool) -> Self {
+    fn start_with(netns: Option<&Path>, tls: bool, host: &str) -> Self {
         let dir = tempfile::tempdir().expect("etcd temp dir");
         let tls = tls.then(|| Box::new(TlsFiles::create(dir.path())));
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Self {
             child: None,
             dir,
-            client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+            client_url: format!("{scheme}://{host}:{}", free_port()),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             netns: netns.map(Path::to_path_buf),
             tls,

@@ -59,6 +59,35 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Workload `i` of `host`, with addresses `v4` and `v6`: its namespace, and a veth whose
+    /// host side (`cali...`) is in `host`, configured as Calico's CNI plugin does.
+    pub fn create(host: &Netns, i: u8, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+        let ns = netns(&format!("cew{i}"));
+        let host_ifname = format!(
+            "cali{:08x}{i:02}",
+            std::process::id() ^ u32::from(i) ^ NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        );
+        let host_ifname: String = host_ifname.chars().take(15).collect();
+        let workload = Workload {
+            ns,
+            host_ifname,
+            mac: [0xca, 0xfe, 0, 0, 0, i],
+            v4,
+            v6,
+            index: i,
+        };
+        host.add_veth(
+            &workload.host_ifname,
+            HOST_SIDE_MAC,
+            &workload.ns,
+            "eth0",
+            &workload.mac_string(),
+        )
+        .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+        workload.configure_eth0();
+        workload
+    }
+
     /// Configures the workload's side as Calico's CNI plugin does: eth0 up, its /32 and /128,
     /// the gateway 169.254.1.1 on the link and default routes through it (IPv6: through the
     /// host side's link-local address).
@@ -177,40 +206,13 @@ impl Topology {
 
     /// Creates workload `i` (its namespace, veth, addresses and routes).
     pub fn add_workload(&mut self, i: u8) -> &Workload {
-        let ns = netns(&format!("cew{i}"));
-        let host_ifname = format!(
-            "cali{:08x}{i:02}",
-            std::process::id() ^ u32::from(i) ^ NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        let subnet = self.subnet;
+        let workload = Workload::create(
+            &self.host,
+            i,
+            Ipv4Addr::new(198, 18, subnet, 10 + i),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, u16::from(subnet), 0, 0, 0, 0x10 + u16::from(i)),
         );
-        let host_ifname: String = host_ifname.chars().take(15).collect();
-        let mac = [0xca, 0xfe, 0, 0, 0, i];
-        let workload = Workload {
-            ns,
-            host_ifname,
-            mac,
-            v4: Ipv4Addr::new(198, 18, self.subnet, 10 + i),
-            v6: Ipv6Addr::new(
-                0x2001,
-                0xdb8,
-                0,
-                u16::from(self.subnet),
-                0,
-                0,
-                0,
-                0x10 + u16::from(i),
-            ),
-            index: i,
-        };
-        self.host
-            .add_veth(
-                &workload.host_ifname,
-                HOST_SIDE_MAC,
-                &workload.ns,
-                "eth0",
-                &workload.mac_string(),
-            )
-            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
-        workload.configure_eth0();
         self.workloads.push(workload);
         self.workloads.last().expect("just pushed")
     }
@@ -326,13 +328,20 @@ pub fn loader_bin() -> &'static str {
     env!("CARGO_BIN_EXE_calico-loader")
 }
 
-/// A running agent inside the host namespace. On drop it is stopped, and its pins are removed.
+/// A running agent inside the host namespace. On drop it is stopped, its pins are removed
+/// and the BIRD of its run directory is stopped (`calico-loader cleanup`), unless it was
+/// [forgotten](Agent::forget).
 pub struct Agent {
     child: Option<Child>,
     pub pin_path: PathBuf,
+    /// BIRD's run directory (`--run-dir`).
+    pub run_dir: PathBuf,
     pub log_path: PathBuf,
     host_ns: PathBuf,
+    /// Whether dropping it cleans up after it.
+    cleanup: bool,
     _log_dir: tempfile::TempDir,
+    _run_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -350,19 +359,52 @@ impl Agent {
         pin_path: PathBuf,
         extra: &[&str],
     ) -> Self {
+        let run_dir = tempfile::tempdir().expect("run dir");
+        let mut args = vec![
+            "--datastore",
+            datastore.path().to_str().expect("UTF-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        let mut agent = Self::spawn(
+            &topology.host.path(),
+            node,
+            pin_path,
+            run_dir.path().join("calico"),
+            &args,
+            &[],
+        );
+        agent._run_dir = Some(run_dir);
+        agent
+    }
+
+    /// Starts `calico-loader run --node NODE --pin-path PIN_PATH --run-dir RUN_DIR ARGS` in
+    /// the namespace `host_ns`, with `env` added to its environment.
+    pub fn spawn(
+        host_ns: &Path,
+        node: &str,
+        pin_path: PathBuf,
+        run_dir: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log_dir = tempfile::tempdir().expect("temp dir");
         let log_path = log_dir.path().join("agent.log");
         let log = fs::File::create(&log_path).expect("agent log");
-        let host_ns = topology.host.path();
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net={}", host_ns.display()))
             .arg(loader_bin())
             .args(["run", "--node", node, "--resync-interval", "2"])
-            .arg("--datastore")
-            .arg(datastore.path())
             .arg("--pin-path")
             .arg(&pin_path)
-            .args(extra)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(args);
+        for name in ["IP", "IP6", "AS", "CALICO_NETWORKING_BACKEND", "NODENAME"] {
+            command.env_remove(name);
+        }
+        let child = command
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -370,10 +412,28 @@ impl Agent {
         Self {
             child: Some(child),
             pin_path,
+            run_dir,
             log_path,
-            host_ns,
+            host_ns: host_ns.to_path_buf(),
+            cleanup: true,
             _log_dir: log_dir,
+            _run_dir: None,
         }
+    }
+
+    /// Kills the agent with SIGKILL, as a crash: nothing of its own clean-up runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Drops the guard without cleaning up after the agent (which must have exited): its pins
+    /// and BIRD stay, for the next agent to take over.
+    pub fn forget(mut self) {
+        self.kill();
+        self.cleanup = false;
     }
 
     /// The agent's process id, while it runs (nsenter execs it, so it is the child's).
@@ -495,12 +555,17 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        // Detach whatever is still attached and remove the pins.
+        if !self.cleanup {
+            return;
+        }
+        // Stop BIRD, detach whatever is still attached and remove the pins.
         let _ = Command::new("nsenter")
             .arg(format!("--net={}", self.host_ns.display()))
             .arg(loader_bin())
             .args(["cleanup", "--pin-path"])
             .arg(&self.pin_path)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -912,6 +912,9 @@ fn spawn_agent(ctx: &Ctx<'_>, hook: AttachMode, log: &Path) -> Result<Child> {
             "--attach-mode",
             hook.as_str(),
             "--detach-on-exit",
+            // No BIRD: these topologies have one host.
+            "--networking-backend",
+            "none",
         ])
         .arg("--pin-path")
         .arg(ctx.pin_path)

@@ -255,6 +255,69 @@ impl<'de> Deserialize<'de> for Dscp {
     }
 }
 
+/// A BGP AS number (Calico's `numorstring.ASNumber`): 0 to 4294967295, given as a number, as a
+/// string of digits, or in "asdot" notation (`<high>.<low>`, each 0-65535).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AsNumber(u32);
+
+impl AsNumber {
+    /// The AS number with this value.
+    pub const fn new(value: u32) -> Self {
+        Self(value)
+    }
+
+    /// Its value.
+    pub const fn value(self) -> u32 {
+        self.0
+    }
+
+    fn from_number(n: i128) -> Result<Self, String> {
+        u32::try_from(n)
+            .map(Self)
+            .map_err(|_| format!("invalid AS number {n}: must be between 0 and 4294967295"))
+    }
+}
+
+impl FromStr for AsNumber {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || {
+            format!(
+                "invalid AS number {s:?}: expected a number between 0 and 4294967295, or \
+                 <0-65535>.<0-65535>"
+            )
+        };
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse::<u32>().map(Self).map_err(|_| invalid());
+        }
+        let (high, low) = s.split_once('.').ok_or_else(invalid)?;
+        let half = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            part.parse::<u16>().map_err(|_| invalid())
+        };
+        Ok(Self((u32::from(half(high)?) << 16) | u32::from(half(low)?)))
+    }
+}
+
+impl fmt::Display for AsNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AsNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let convert = |value: NumOrString<'_>| match value {
+            NumOrString::Num(n) => Self::from_number(n),
+            NumOrString::Str(s) => s.parse(),
+        };
+        CheckNumOrStr::new("an AS number", convert).drive(deserializer)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deserialization helpers: single-value checks run inside serde's visit of the value, so that
 // errors come with the field's path and serde_yaml places them at the value itself.
@@ -472,6 +535,88 @@ pub(super) fn non_negative<'de, D: Deserializer<'de>>(deserializer: D) -> Result
         Err(_) => Err(format!("invalid value {v}: too large")),
     };
     Ok(number(deserializer, "a number", check)?.unwrap_or(0))
+}
+
+/// A duration as Go writes it (Kubernetes' `metav1.Duration`): a sequence of decimal numbers,
+/// each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), like `90s`, `1m30s` or `1.5h`;
+/// `0` alone is zero. Negative durations are refused.
+struct GoDuration;
+impl Check for GoDuration {
+    type Out = std::time::Duration;
+    fn check(s: &str) -> Result<std::time::Duration, String> {
+        parse_go_duration(s).map_err(|problem| format!("invalid duration {s:?}: {problem}"))
+    }
+}
+
+/// An optional duration ([`GoDuration`]); a number gets an error that asks for a unit.
+pub(super) fn duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let convert = |value: NumOrString<'_>| match value {
+        NumOrString::Num(n) => Err(format!(
+            "invalid duration {n}: a duration is a string with a unit, like \"{n}s\""
+        )),
+        NumOrString::Str("") => Ok(None),
+        NumOrString::Str(s) => GoDuration::check(s).map(Some),
+    };
+    let value = deserializer.deserialize_option(OrNull(CheckNumOrStr::new(
+        "a duration like \"90s\"",
+        convert,
+    )))?;
+    Ok(value.flatten())
+}
+
+fn parse_go_duration(s: &str) -> Result<std::time::Duration, &'static str> {
+    const UNITS: [(&str, f64); 8] = [
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("µs", 1e-6),
+        ("μs", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    let unsigned = s.strip_prefix('+').unwrap_or(s);
+    if unsigned.starts_with('-') {
+        return Err("must not be negative");
+    }
+    if unsigned == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if unsigned.is_empty() {
+        return Err("expected a number and a unit, like 90s or 2m");
+    }
+    let mut rest = unsigned;
+    let mut seconds = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits);
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return Err("expected a number and a unit, like 90s or 2m");
+        }
+        let value: f64 = number
+            .parse()
+            .map_err(|_| "expected a number and a unit, like 90s or 2m")?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale = UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|&(_, scale)| scale)
+            .ok_or(if unit.is_empty() {
+                "missing unit (ns, us, ms, s, m or h)"
+            } else {
+                "unknown unit: expected ns, us, ms, s, m or h"
+            })?;
+        seconds += value * scale;
+        rest = next;
+    }
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| "too large")
 }
 
 /// Any string.
@@ -765,6 +910,24 @@ impl Check for SelectorText {
     }
 }
 
+/// CRD limit: length of the selectors of a BGPPeer (`MaxLength=4096`).
+pub(super) const MAX_LONG_SELECTOR_LEN: usize = 4096;
+
+/// A selector of up to [`MAX_LONG_SELECTOR_LEN`] characters (a BGPPeer's), kept as text.
+pub(super) struct LongSelectorText;
+impl Check for LongSelectorText {
+    type Out = String;
+    fn check(s: &str) -> Result<String, String> {
+        if s.len() > MAX_LONG_SELECTOR_LEN {
+            return Err(format!(
+                "selector is {} characters long, more than the limit of {MAX_LONG_SELECTOR_LEN}",
+                s.len()
+            ));
+        }
+        Ok(s.to_owned())
+    }
+}
+
 /// No value twice in a list (the Go validator's `unique`, and its explicit check on
 /// `types`).
 pub(super) fn check_unique<T: PartialEq + fmt::Display>(
@@ -917,6 +1080,43 @@ mod tests {
         assert!(check_label_value("").is_ok());
         assert!(check_label_value("Web_1.x").is_ok());
         assert!(check_label_value("web!").is_err());
+    }
+
+    #[test]
+    fn as_numbers() {
+        assert_eq!("64512".parse(), Ok(AsNumber::new(64512)));
+        assert_eq!("1.10".parse(), Ok(AsNumber::new(65546)));
+        assert_eq!("65535.65535".parse(), Ok(AsNumber::new(u32::MAX)));
+        assert_eq!(AsNumber::new(65546).to_string(), "65546");
+        for bad in [
+            "",
+            "4294967296",
+            "65536.0",
+            "1.",
+            ".1",
+            "1.2.3",
+            "-1",
+            "+5",
+            "x",
+        ] {
+            assert!(bad.parse::<AsNumber>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        let ok = |s: &str| GoDuration::check(s).unwrap();
+        assert_eq!(ok("90s"), Duration::from_secs(90));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("250ms"), Duration::from_millis(250));
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok("+2m"), Duration::from_secs(120));
+        for bad in ["", "5", "s", "-1s", "1d", "1..5s", "1 s", "0s5"] {
+            assert!(GoDuration::check(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

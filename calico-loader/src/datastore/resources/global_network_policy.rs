@@ -7,14 +7,15 @@ use serde::Deserialize;
 
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
-    kind::{Document, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind::{Document, ResourceKind, document_parts},
+    kind_info::KindInfo,
     meta::ObjectMeta,
     policy::{
         Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
         default_tier, is_global_network_policy_name, policy_selectors, tier_name,
         validate_policy_common,
     },
+    policy_keys::PolicyKeys,
 };
 
 /// A `GlobalNetworkPolicy`: ordered rules for the endpoints (of any namespace, and host
@@ -139,25 +140,12 @@ impl ResourceKind for GlobalNetworkPolicy {
         "globalnetworkpolicies",
         &["gnp", "gnps", "globalpolicy", "globalpolicies"],
     )
-    .with_etcd_keys(&TieredPolicyKeys);
+    .with_etcd_keys(&PolicyKeys);
 
     /// The spec may be left out: an empty policy in the default tier.
     type Document = Document<Option<GlobalNetworkPolicySpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// Fills in what Calico defaults, as `NetworkPolicy`'s does.
     fn apply_defaults(&mut self) {

@@ -4,7 +4,7 @@
 
 use super::{
     fields::FieldError,
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::ObjectMeta,
     network_set::{NetworkSetSpec, check_set_labels},
@@ -39,20 +39,7 @@ impl ResourceKind for GlobalNetworkSet {
     /// The spec may be left out, as Go allows: no networks.
     type Document = Document<Option<GlobalNetworkSetSpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// The label Calico reserves (`validateGlobalNetworkSet`).
     fn validate(&self) -> Vec<FieldError> {

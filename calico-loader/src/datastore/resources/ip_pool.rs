@@ -18,7 +18,7 @@ use super::{
         Check, FieldError, SelectorText, check_unique, list, nullable, number, optional, required,
         string_enum,
     },
-    kind::{DocumentWithStatus, ResourceKind},
+    kind::{DocumentWithStatus, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::ObjectMeta,
 };
@@ -260,21 +260,7 @@ impl ResourceKind for IpPool {
     /// The spec is required (its `cidr` is); a status is accepted.
     type Document = DocumentWithStatus<IpPoolSpec, IpPoolStatus>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec,
-            status: document.status,
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(spec, status);
 
     /// Calico's defaults (`validateAndSetDefaults`): the block size for the pool's family and
     /// `nodeSelector: all()`. The modes default to Never and Automatic as they deserialize;

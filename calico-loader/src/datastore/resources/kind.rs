@@ -60,6 +60,39 @@ pub trait ResourceKind: Sized {
     }
 }
 
+/// The [`ResourceKind`] methods every kind's type writes alike, for a type whose fields are
+/// `metadata`, `spec` and, when `status` is named, `status`: `from_document`, `metadata` and
+/// `metadata_mut`. `spec` takes the document's spec as it is; `optional spec` takes the spec's
+/// default when the document leaves it out (`Document<Option<Spec>>`).
+macro_rules! document_parts {
+    (spec $(, $status:ident)?) => {
+        $crate::datastore::resources::kind::document_parts!(@methods [] $(, $status)?);
+    };
+    (optional spec $(, $status:ident)?) => {
+        $crate::datastore::resources::kind::document_parts!(
+            @methods [.unwrap_or_default()] $(, $status)?
+        );
+    };
+    (@methods [$($spec:tt)*] $(, $status:ident)?) => {
+        fn from_document(document: Self::Document) -> Self {
+            Self {
+                metadata: document.metadata,
+                spec: document.spec $($spec)*,
+                $($status: document.$status,)?
+            }
+        }
+
+        fn metadata(&self) -> &ObjectMeta {
+            &self.metadata
+        }
+
+        fn metadata_mut(&mut self) -> &mut ObjectMeta {
+            &mut self.metadata
+        }
+    };
+}
+pub(crate) use document_parts;
+
 /// A whole document without status: `apiVersion` and `kind` (already checked by the parser),
 /// `metadata` and `spec`. With `S` an `Option`, the spec may be left out or `null`, as Go
 /// allows.

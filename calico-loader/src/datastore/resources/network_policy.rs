@@ -6,13 +6,14 @@ use serde::Deserialize;
 
 use super::{
     fields::{FieldError, SelectorText, list, nullable, optional},
-    kind::{Document, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind::{Document, ResourceKind, document_parts},
+    kind_info::KindInfo,
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     policy::{
         Order, PerformanceHint, PolicyParts, PolicyType, Rule, RuleOwner, apply_policy_defaults,
         default_tier, is_network_policy_name, policy_selectors, tier_name, validate_policy_common,
     },
+    policy_keys::PolicyKeys,
 };
 
 /// A `NetworkPolicy`: ordered rules for the endpoints of one namespace that match a selector.
@@ -123,25 +124,12 @@ impl ResourceKind for NetworkPolicy {
         "networkpolicies",
         &["np", "nps", "netpol", "policy", "policies", "pol", "pols"],
     )
-    .with_etcd_keys(&TieredPolicyKeys);
+    .with_etcd_keys(&PolicyKeys);
 
     /// The spec may be left out: an empty policy in the default tier.
     type Document = Document<Option<NetworkPolicySpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// Fills in what Calico defaults: the tier (`default`), and `types` when empty: Ingress,
     /// plus or instead Egress when there are egress rules (Egress alone when there are no

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     fields::{Cidr, FieldError, list},
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::{DEFAULT_NAMESPACE, NAMESPACE_LABEL, ObjectMeta},
 };
@@ -62,20 +62,7 @@ impl ResourceKind for NetworkSet {
     /// The spec may be left out, as Go allows: no networks.
     type Document = Document<Option<NetworkSetSpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// The label Calico reserves (`validateNetworkSet`).
     fn validate(&self) -> Vec<FieldError> {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     fields::{FieldError, nullable},
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::{ObjectMeta, check_labels},
     policy::{PolicyType, Rule, RuleOwner, rule_selectors, validate_rules},
@@ -58,20 +58,7 @@ impl ResourceKind for Profile {
     /// The spec may be left out: no rules, no labels.
     type Document = Document<Option<ProfileSpec>>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec);
 
     /// Checks the rules and `labelsToApply` (the `labels` validator).
     fn validate(&self) -> Vec<FieldError> {

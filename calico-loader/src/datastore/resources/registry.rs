@@ -17,15 +17,20 @@
 use std::fmt;
 
 use super::{
+    bgp_configuration::BgpConfiguration,
+    bgp_peer::BgpPeer,
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
     global_network_set::GlobalNetworkSet,
     ip_pool::IpPool,
+    ipam_configuration::IpamConfiguration,
     kind::{DocumentWithStatus, ResourceKind},
-    kind_info::{KindInfo, TieredPolicyKeys},
+    kind_info::KindInfo,
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
     network_policy::NetworkPolicy,
     network_set::NetworkSet,
+    node::Node,
+    policy_keys::PolicyKeys,
     profile::Profile,
     tier::Tier,
     workload_endpoint::WorkloadEndpoint,
@@ -53,11 +58,11 @@ registry! {
     /// Addresses IPAM must not hand out.
     IpReservation => untyped(KindInfo::cluster("IPReservation", "ipreservations", &["reservation", "reservations"])),
     /// IPAM settings.
-    IpamConfiguration => untyped(KindInfo::cluster("IPAMConfiguration", "ipamconfigurations", &["ipamconfig", "ipamconfigs"])),
+    IpamConfiguration => typed(IpamConfiguration),
     /// BGP settings.
-    BgpConfiguration => untyped(KindInfo::cluster("BGPConfiguration", "bgpconfigurations", &["bgpconfig", "bgpconfigs"])),
+    BgpConfiguration => typed(BgpConfiguration),
     /// BGP peer.
-    BgpPeer => untyped(KindInfo::cluster("BGPPeer", "bgppeers", &["bgpp", "bgpps", "bp", "bps"])),
+    BgpPeer => typed(BgpPeer),
     /// BGP route filter.
     BgpFilter => untyped(KindInfo::cluster("BGPFilter", "bgpfilters", &["bgpf", "bgpfs", "bf", "bfs"])),
     /// Felix (per-node agent) settings.
@@ -65,15 +70,15 @@ registry! {
     /// Cluster-wide information.
     ClusterInformation => untyped(KindInfo::cluster("ClusterInformation", "clusterinformations", &["clusterinfo", "clusterinfos"])),
     /// A Calico node.
-    Node => untyped(KindInfo::cluster("Node", "nodes", &["no", "nos"])),
+    Node => typed(Node),
     /// Request for a node's status.
     CalicoNodeStatus => untyped(KindInfo::cluster("CalicoNodeStatus", "caliconodestatuses", &["nodestatus", "nodestatuses"])),
     /// kube-controllers settings.
     KubeControllersConfiguration => untyped(KindInfo::cluster("KubeControllersConfiguration", "kubecontrollersconfigurations", &["kubecontrollersconfig", "kubecontrollersconfigs"])),
     /// Namespaced policy, staged (not enforced).
-    StagedNetworkPolicy => untyped(KindInfo::namespaced("StagedNetworkPolicy", "stagednetworkpolicies", &["stagedpolicy", "stagedpolicies", "snp", "spol", "spols"]).with_etcd_keys(&TieredPolicyKeys)),
+    StagedNetworkPolicy => untyped(KindInfo::namespaced("StagedNetworkPolicy", "stagednetworkpolicies", &["stagedpolicy", "stagedpolicies", "snp", "spol", "spols"]).with_etcd_keys(&PolicyKeys)),
     /// Cluster-wide policy, staged (not enforced).
-    StagedGlobalNetworkPolicy => untyped(KindInfo::cluster("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", &["sgnp", "sgnps"]).with_etcd_keys(&TieredPolicyKeys)),
+    StagedGlobalNetworkPolicy => untyped(KindInfo::cluster("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", &["sgnp", "sgnps"]).with_etcd_keys(&PolicyKeys)),
     /// Kubernetes network policy, staged (not enforced).
     StagedKubernetesNetworkPolicy => untyped(KindInfo::namespaced("StagedKubernetesNetworkPolicy", "stagedkubernetesnetworkpolicies", &["stagedkubernetespolicy", "stagedkubernetespolicies", "sknp", "skpol", "skpols"])),
 }

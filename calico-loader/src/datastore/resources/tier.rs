@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer};
 use super::{
     fields::is_dns_label,
     fields::{FieldError, nullable, optional},
-    kind::{DocumentWithStatus, ResourceKind},
+    kind::{DocumentWithStatus, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::ObjectMeta,
     policy::{DEFAULT_TIER, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER, Order, TierDefaultAction},
@@ -105,21 +105,7 @@ impl ResourceKind for Tier {
     /// The spec may be left out (no order, Deny); a status is accepted.
     type Document = DocumentWithStatus<Option<TierSpec>, TierStatus>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec.unwrap_or_default(),
-            status: document.status,
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(optional spec, status);
 
     /// Checks the name (`validateTier`: a DNS label of at most 63 characters) and the
     /// built-in tiers' order and default action (the Tier CEL rules).

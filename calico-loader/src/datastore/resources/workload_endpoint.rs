@@ -15,7 +15,7 @@ use super::{
         Ipv4, Ipv6, Mac, MacAddr, PortName, Protocol, ResourceName, host_port, list, non_negative,
         nullable, optional, port_number, port_protocol, required,
     },
-    kind::{Document, ResourceKind},
+    kind::{Document, ResourceKind, document_parts},
     kind_info::KindInfo,
     meta::{DEFAULT_NAMESPACE, ObjectMeta},
 };
@@ -51,20 +51,7 @@ impl ResourceKind for WorkloadEndpoint {
     /// The spec is required: `node` and `interfaceName` are.
     type Document = Document<WorkloadEndpointSpec>;
 
-    fn from_document(document: Self::Document) -> Self {
-        Self {
-            metadata: document.metadata,
-            spec: document.spec,
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+    document_parts!(spec);
 
     /// Checks across fields that deserializing cannot: every NAT's internal IP is one of the
     /// endpoint's networks, and every port has a name or a host port.

@@ -1,5 +1,11 @@
 //! The agent: follows the datastore and the host's interfaces, and keeps the dataplane in line
-//! with the endpoints of this node.
+//! with the endpoints of this node, and BGP (BIRD) in line with the cluster's routing.
+//!
+//! - [`node`]: this node's `Node` resource, created or updated at start (addresses, AS);
+//! - [`routing`]: BIRD, configured from the datastore and supervised.
+
+pub mod node;
+pub mod routing;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,14 +22,13 @@ use tracing::{debug, error, info, warn};
 
 use regex::Regex;
 
+use self::{
+    node::{NodeSettings, NodeUpdate},
+    routing::{Routing, RoutingConfig, SUPERVISION_INTERVAL},
+};
 use crate::{
-    dataplane::{
-        ApplyReport, Dataplane,
-        attach::{AttachMode, Role},
-        bpffs::PinLayout,
-        netlink,
-    },
-    datastore::{AgentDatastore, DatastoreConfig, Snapshot},
+    dataplane::{ApplyReport, Dataplane, attach::{AttachMode, Role}, bpffs::PinLayout, netlink},
+    datastore::{AgentDatastore, DatastoreConfig, Snapshot, resources::Node},
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
@@ -52,6 +57,34 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     /// Entries of the conntrack table.
     pub conntrack_entries: u32,
+    /// What the agent sets on its Node at start.
+    pub node_settings: NodeSettings,
+    /// BGP: whether BIRD runs, and where its files are.
+    pub routing: RoutingConfig,
+}
+
+/// Where the agent's registration of its Node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Registration {
+    /// Still trying.
+    Pending,
+    /// Done: whether the Node was written (so the datastore's view may not show it yet).
+    Finished { wrote: bool },
+}
+
+/// The file in the run directory that names the agent's process (for `node status`).
+pub const AGENT_PID_FILE: &str = "calico-loader.pid";
+
+/// Writes the agent's pid into the run directory (created, mode 0700, if missing).
+fn write_pid_file(run_dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)?;
+    let path = run_dir.join(AGENT_PID_FILE);
+    std::fs::write(&path, format!("{}\n", std::process::id()))?;
+    Ok(path)
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -95,6 +128,34 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut registry = RuleRegistry::default();
     let mut policies = PolicyCache::default();
 
+    let pid_file = match write_pid_file(&config.routing.run_dir) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            warn!(run_dir = %config.routing.run_dir.display(), "cannot write the agent's pid file: {e}");
+            None
+        }
+    };
+    // The Node is registered in the background: while the datastore cannot be reached, the
+    // dataplane runs on the last good state anyway.
+    let (registration_tx, mut registration) = tokio::sync::watch::channel(Registration::Pending);
+    {
+        let (datastore, node, settings) = (
+            config.datastore.clone(),
+            config.node.clone(),
+            config.node_settings.clone(),
+        );
+        tokio::spawn(async move {
+            let outcome = node::register(&datastore, &node, &settings).await;
+            let _ = registration_tx.send(Registration::Finished {
+                wrote: outcome == Some(NodeUpdate::Written),
+            });
+        });
+    }
+    let mut registration_pending = true;
+    let mut node_known = false;
+    let mut routing = Routing::new(&config.node, config.routing.clone());
+    let mut supervision = tokio::time::interval(SUPERVISION_INTERVAL);
+
     loop {
         // The datastore logs each new problem with a file once; the last good version of that
         // file stays in the snapshot.
@@ -121,6 +182,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 });
             }
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
+        }
+        // BGP follows the datastore once it has been read whole and the Node registered (and,
+        // if written, seen once), so that a partial view never stops a running BIRD.
+        node_known = node_known
+            || match *registration.borrow() {
+                Registration::Pending => false,
+                Registration::Finished { wrote } => {
+                    !wrote || sync.snapshot.find::<Node>(None, &config.node).is_some()
+                }
+            };
+        if sync.complete && node_known {
+            routing.update(&sync.snapshot, &sync.ipam).await;
         }
 
         // Wait for something that calls for an apply; Log events and conntrack scans are
@@ -155,6 +228,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         guard.clear_ready();
                     }
                 }
+                changed = registration.changed(), if registration_pending => {
+                    registration_pending = false;
+                    if changed.is_ok() {
+                        break false;
+                    }
+                }
+                _ = supervision.tick() => routing.supervise(),
                 _ = conntrack_scan.tick() => {
                     match dataplane.expire_conntrack() {
                         Ok(0) => {}
@@ -171,6 +251,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
 
+    routing.finish(config.detach_on_exit).await;
+    if let Some(path) = pid_file {
+        let _ = std::fs::remove_file(path);
+    }
     if config.detach_on_exit {
         info!("detaching programs and removing pins");
         dataplane
