@@ -30,7 +30,7 @@ use crate::{
 
 /// The policy side of the workload whose endpoint entry this is.
 #[inline(always)]
-pub fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
+fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
     Side {
         ifindex,
         ingress_policy: endpoint.ingress_policy,
@@ -58,7 +58,7 @@ pub fn refused(admission: Admission) -> Option<Action> {
 ///
 /// `hook` is the hook the program runs on: it says whether delivery needs the target's MAC
 /// (XDP: the receiving veth checks the destination MAC; such packets then go to the kernel),
-/// and runs the FIB lookup for destinations on other hosts.
+/// and gives the context the FIB lookup for destinations on other hosts runs on.
 #[inline(always)]
 pub fn from_workload<H: Hook>(
     hook: &H,

@@ -146,23 +146,17 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     )?)?;
     let result = run(&mut ebpf, ifindex, request)?;
     let mut report = report(request, &result, |id| rules.get(&id, 0).ok());
+    // A prefix of one family never holds an address of the other.
     let locate = |addr: IpAddr| {
-        let route = match addr {
-            IpAddr::V4(_) => longest_match(
-                contents
-                    .routes_v4
-                    .iter()
-                    .map(|((len, net), route)| (prefix(IpAddr::from(*net), *len), route)),
-                addr,
-            ),
-            IpAddr::V6(_) => longest_match(
-                contents
-                    .routes_v6
-                    .iter()
-                    .map(|((len, net), route)| (prefix(IpAddr::from(*net), *len), route)),
-                addr,
-            ),
-        };
+        let v4 = contents
+            .routes_v4
+            .iter()
+            .map(|((len, net), route)| (prefix(IpAddr::from(*net), *len), route));
+        let v6 = contents
+            .routes_v6
+            .iter()
+            .map(|((len, net), route)| (prefix(IpAddr::from(*net), *len), route));
+        let route = longest_match(v4.chain(v6), addr);
         route_location(addr, route, endpoints, &contents.nodes)
     };
     report.source = locate(request.src);
