@@ -41,6 +41,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // announcing to whatever peers the datastore names.
         cmd = cmd.args(["--networking-backend", "none"]);
     }
+    if !has_flag(&args.args, "--data-interfaces") {
+        // No programs on this machine's own interfaces (and no forwarding turned on there)
+        // unless asked for: `'^$'` matches no interface.
+        cmd = cmd.args(["--data-interfaces", "^$"]);
+    }
     cmd = cmd.args(&args.args).privileged();
 
     output::step("Running the agent (Ctrl-C to stop)");

@@ -27,7 +27,12 @@ use self::{
     routing::{Routing, RoutingConfig, SUPERVISION_INTERVAL},
 };
 use crate::{
-    dataplane::{ApplyReport, Dataplane, attach::{AttachMode, Role}, bpffs::PinLayout, netlink},
+    dataplane::{
+        ApplyReport, Dataplane,
+        attach::{AttachMode, Role},
+        bpffs::PinLayout,
+        netlink,
+    },
     datastore::{AgentDatastore, DatastoreConfig, Snapshot, resources::Node},
     model::{
         Conflict, LocalEndpoint,

@@ -211,7 +211,16 @@ impl Topology {
             &self.host,
             i,
             Ipv4Addr::new(198, 18, subnet, 10 + i),
-            Ipv6Addr::new(0x2001, 0xdb8, 0, u16::from(subnet), 0, 0, 0, 0x10 + u16::from(i)),
+            Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                u16::from(subnet),
+                0,
+                0,
+                0,
+                0x10 + u16::from(i),
+            ),
         );
         self.workloads.push(workload);
         self.workloads.last().expect("just pushed")
