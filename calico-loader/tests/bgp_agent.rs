@@ -1,6 +1,8 @@
 //! Integration tests: the agent drives BGP. Three hosts, each a network namespace with its own
 //! agent and BIRD, on one fabric and one etcd: each registers its Node, claims blocks through
-//! IPAM, and routes to the others' blocks through the routes BIRD learns; blocks claimed later
+//! IPAM, and routes to the others' blocks through the routes BIRD learns; a workload on each
+//! host reaches every other through the BPF programs, by those routes, the kernels forwarding
+//! none of it; blocks claimed later
 //! spread without a restart; an agent restarted after SIGKILL adopts its BIRD, and a BIRD
 //! killed is started again, the other hosts keeping the routes; bad BGP input leaves the last
 //! good BIRD configuration in force; a host whose Node is removed has its routes withdrawn.
@@ -25,7 +27,7 @@ mod privileged {
     use crate::support::{
         cluster::{Cluster, Host, tail},
         gobgp::{EXTERNAL_NET_V4, EXTERNAL_NET_V6, EXTERNAL_V4, EXTERNAL_V6, RibEntry, Tor},
-        topology::{Agent, Datastore, Topology, loader_bin, require_root, wait_for},
+        topology::{Agent, Datastore, Topology, loader_bin, require_root, tcp_echo, wait_for},
     };
 
     /// How long sessions, routes and reloads have to happen (BIRD connects after 2 s and
@@ -85,6 +87,10 @@ mod privileged {
             IpNet::V6(net) => IpAddr::V6((u128::from(net.network()) + u128::from(n)).into()),
         }
     }
+
+    /// The index of each host's workload in the full-mesh step (workload 1 of host-3 holds
+    /// borrowed addresses).
+    const MESH_WORKLOAD: u8 = 2;
 
     /// The profile the test workloads name.
     const ALLOW_ALL: &str = "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: test-allow-all}\n\
@@ -343,6 +349,127 @@ mod privileged {
             }
         }
         steps.step("addresses borrowed by a workload on host-3 routed to it");
+
+        // --- Full mesh through the programs: a workload on each host with addresses of its
+        // own blocks reaches every other, and the programs forward the traffic by the routes
+        // BIRD installed; the hosts' kernels forward none of it.
+        let mut mesh: Vec<(u8, String)> = Vec::new();
+        let mut endpoints = String::new();
+        for i in 1..=3 {
+            let (block4, block6) = (
+                owned[usize::from(i - 1)].1[0],
+                owned[usize::from(i - 1)].1[1],
+            );
+            let (IpAddr::V4(v4), IpAddr::V6(v6)) = (nth(block4, 20), nth(block6, 20)) else {
+                panic!("block families");
+            };
+            let handle = format!("wl-mesh-{i}");
+            for ip in [v4.to_string(), v6.to_string()] {
+                assign(&cluster, cluster.host(i), &handle, &["--ip", &ip]);
+            }
+            let host = cluster.host_mut(i);
+            let workload = host.add_workload(MESH_WORKLOAD, v4, v6);
+            endpoints.push_str(&format!(
+                "---\n{}",
+                workload.endpoint_yaml(&format!("host-{i}"))
+            ));
+            mesh.push((i, workload.host_ifname.clone()));
+        }
+        cluster.apply(&endpoints);
+        let mesh_workload = |i: u8| {
+            cluster
+                .host(i)
+                .workloads
+                .iter()
+                .find(|w| w.index == MESH_WORKLOAD)
+                .expect("the mesh workload")
+        };
+        for (i, ifname) in &mesh {
+            let host = cluster.host(*i);
+            let agent = host.agent();
+            agent.wait_attached(&[ifname]);
+            wait_for(
+                &format!("{}'s data interface program", host.name),
+                PATIENCE,
+                || agent.data_interface_attached("eth0"),
+            );
+            // The other hosts' workloads are remote workloads in this host's route map.
+            for (j, _) in mesh.iter().filter(|(j, _)| j != i) {
+                let other = mesh_workload(*j);
+                for prefix in [format!("{}/32", other.v4), format!("{}/128", other.v6)] {
+                    wait_for(
+                        &format!("{}'s route map to hold {prefix}", host.name),
+                        PATIENCE,
+                        || {
+                            agent.dump("routes").as_array().is_some_and(|rows| {
+                                rows.iter().any(|r| {
+                                    r["prefix"] == prefix.as_str() && r["kind"] == "remote-workload"
+                                })
+                            })
+                        },
+                    );
+                }
+            }
+        }
+        let pairs: Vec<(u8, u8)> = (1..=3)
+            .flat_map(|i| (1..=3).filter(move |j| *j != i).map(move |j| (i, j)))
+            .collect();
+        let destinations = |j: u8| {
+            let w = mesh_workload(j);
+            [IpAddr::V4(w.v4), IpAddr::V6(w.v6)]
+        };
+        // The first packets may meet cold neighbour entries, which the kernel resolves (and
+        // forwards those packets itself); warm them up first.
+        for (i, j) in &pairs {
+            for dst in destinations(*j) {
+                assert!(
+                    mesh_workload(*i).ping(dst),
+                    "warm-up ping host-{i} -> {dst} failed; routes:\n{}{}\n{}",
+                    cluster.host(*i).bird_routes(),
+                    cluster.host(*i).ip(&["-6", "route"]),
+                    cluster.logs()
+                );
+            }
+        }
+        let mesh_counters = |(i, ifname): &(u8, String)| {
+            let c = cluster.host(*i).agent().counters(ifname);
+            (
+                c["forwarded_remote_packets"].as_u64().unwrap_or(0),
+                c["from_data_interface_packets"].as_u64().unwrap_or(0),
+            )
+        };
+        let kernel_before: Vec<(u64, u64)> =
+            cluster.hosts.iter().map(Host::kernel_forwarded).collect();
+        let counters_before: Vec<(u64, u64)> = mesh.iter().map(mesh_counters).collect();
+        for (i, j) in &pairs {
+            let (from, to) = (mesh_workload(*i), mesh_workload(*j));
+            for dst in destinations(*j) {
+                assert!(from.ping(dst), "ping host-{i} -> {dst}");
+                let echoed = tcp_echo(from, to, dst, "across the mesh")
+                    .unwrap_or_else(|e| panic!("TCP host-{i} -> {dst}: {e}\n{}", cluster.logs()));
+                assert_eq!(echoed, "across the mesh");
+            }
+        }
+        let kernel_after: Vec<(u64, u64)> =
+            cluster.hosts.iter().map(Host::kernel_forwarded).collect();
+        assert_eq!(
+            kernel_after, kernel_before,
+            "the hosts' kernels forwarded none of it ((IPv4, IPv6) per host)"
+        );
+        for (entry, (forwarded, delivered)) in mesh.iter().zip(counters_before) {
+            let (i, ifname) = entry;
+            let (forwarded_now, delivered_now) = mesh_counters(entry);
+            // Per other host and family: 2 echo requests and 2 replies, and a TCP exchange
+            // each way.
+            let least = 2 * 2 * 4;
+            assert!(
+                forwarded_now >= forwarded + least && delivered_now >= delivered + least,
+                "host-{i}'s workload: forwarded to other hosts {forwarded} -> {forwarded_now}, \
+                 from the data interface {delivered} -> {delivered_now}, in BPF: {}",
+                cluster.host(*i).agent().counters(ifname)
+            );
+        }
+        steps.step("full mesh: every workload reaches every other through the programs");
 
         // --- A block claimed later spreads without a restart: 64 more addresses fill
         // host-2's IPv4 block and claim another.

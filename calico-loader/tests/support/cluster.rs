@@ -17,7 +17,9 @@ use std::{
 
 use super::{
     etcd::Etcd,
-    topology::{Agent, Netns, Workload, loader_bin, netns, require_root, unique, wait_for},
+    topology::{
+        Agent, Netns, Workload, kernel_forwarded, loader_bin, netns, require_root, unique, wait_for,
+    },
 };
 
 /// The fabric's IPv4 subnet prefix length, and its bridge's address (where etcd listens).
@@ -85,6 +87,12 @@ impl Host {
     /// off), so that its kernel forwards by the routes BIRD installed.
     pub fn enable_forwarding(&self) {
         enable_forwarding(&self.ns);
+    }
+
+    /// How many packets the host's kernel has forwarded itself: IPv4 `ForwDatagrams` and IPv6
+    /// `Ip6OutForwDatagrams`.
+    pub fn kernel_forwarded(&self) -> (u64, u64) {
+        kernel_forwarded(&self.ns)
     }
 
     /// The agent (panics if none runs).

@@ -242,14 +242,10 @@ impl Topology {
         }
     }
 
-    /// How many packets the host namespace's kernel has forwarded itself: IPv4
-    /// `ForwDatagrams` (`/proc/net/snmp`) and IPv6 `Ip6OutForwDatagrams` (`/proc/net/snmp6`).
-    /// Packets the programs redirect never count here.
+    /// How many packets the host namespace's kernel has forwarded itself
+    /// ([`kernel_forwarded`]).
     pub fn kernel_forwarded(&self) -> (u64, u64) {
-        (
-            snmp_counter(&self.host, "/proc/net/snmp", "Ip:", "ForwDatagrams"),
-            snmp_counter(&self.host, "/proc/net/snmp6", "", "Ip6OutForwDatagrams"),
-        )
+        kernel_forwarded(&self.host)
     }
 
     /// The value of a per-namespace sysctl of the host, such as
@@ -258,6 +254,16 @@ impl Topology {
         let out = self.host.exec(&["cat", &format!("/proc/sys/{path}")]);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+}
+
+/// How many packets `ns`'s kernel has forwarded itself: IPv4 `ForwDatagrams`
+/// (`/proc/net/snmp`) and IPv6 `Ip6OutForwDatagrams` (`/proc/net/snmp6`). Packets the
+/// programs redirect never count here.
+pub fn kernel_forwarded(ns: &Netns) -> (u64, u64) {
+    (
+        snmp_counter(ns, "/proc/net/snmp", "Ip:", "ForwDatagrams"),
+        snmp_counter(ns, "/proc/net/snmp6", "", "Ip6OutForwDatagrams"),
+    )
 }
 
 /// A counter of `/proc/net/snmp` (a line of names after `table`, then a line of values) or of
