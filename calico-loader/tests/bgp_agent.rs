@@ -2,10 +2,10 @@
 //! agent and BIRD, on one fabric and one etcd: each registers its Node, claims blocks through
 //! IPAM, and routes to the others' blocks through the routes BIRD learns; a workload on each
 //! host reaches every other through the BPF programs, by those routes, the kernels forwarding
-//! none of it; blocks claimed later
-//! spread without a restart; an agent restarted after SIGKILL adopts its BIRD, and a BIRD
-//! killed is started again, the other hosts keeping the routes; bad BGP input leaves the last
-//! good BIRD configuration in force; a host whose Node is removed has its routes withdrawn.
+//! none of it; blocks claimed later spread without a restart; an agent restarted after SIGKILL
+//! adopts its BIRD, and a BIRD killed is started again, the other hosts keeping the routes; bad
+//! BGP input leaves the last good BIRD configuration in force; a host whose Node is removed has
+//! its routes withdrawn.
 //! Then the same cluster with routers around it: a top-of-rack router (GoBGP, an independent
 //! speaker) peered over eBGP, and route reflection with the mesh off; workloads reach the
 //! network behind the ToR and each other. And one host on the local directory datastore, whose
