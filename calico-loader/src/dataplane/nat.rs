@@ -231,6 +231,35 @@ mod tests {
     }
 
     #[test]
+    fn pools_from_the_datastore_disabled_ones_included() {
+        let yaml = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: nat}
+spec: {cidr: 198.18.0.0/16, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: nat-disabled}
+spec: {cidr: 2001:db8::/48, natOutgoing: true, disabled: true}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: plain}
+spec: {cidr: 198.19.128.0/17}
+";
+        let resources = crate::datastore::parse_file("pools.yaml", yaml).expect("valid pools");
+        let pools = NatPools::from_pools(resources.iter().filter_map(|r| r.typed::<IpPool>()));
+        assert_eq!(
+            pools,
+            self::pools(
+                &["198.18.0.0/16", "2001:db8::/48"],
+                &["198.18.0.0/16", "198.19.128.0/17", "2001:db8::/48"],
+            )
+        );
+    }
+
+    #[test]
     fn no_nat_pools_only_removes_the_tables() {
         let script = pools(&[], &["198.18.0.0/16", "2001:db8::/48"]).script();
         assert_eq!(
