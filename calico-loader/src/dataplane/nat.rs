@@ -214,8 +214,12 @@ impl NatManager {
     ///
     /// `nft` missing or failing.
     pub fn remove(&mut self) -> Result<(), NatError> {
-        self.in_force = None;
-        remove_nat_tables()
+        let programmed = self.in_force.take().is_some_and(|p| !p.nat.is_empty());
+        match remove_nat_tables() {
+            // Without nft, no table of ours was ever written.
+            Err(NatError::Spawn { .. }) if !programmed => Ok(()),
+            result => result,
+        }
     }
 }
 
