@@ -31,9 +31,13 @@ use crate::{
         ApplyReport, Dataplane,
         attach::{AttachMode, Role},
         bpffs::PinLayout,
+        nat::NatPools,
         netlink,
     },
-    datastore::{AgentDatastore, DatastoreConfig, Snapshot, resources::Node},
+    datastore::{
+        AgentDatastore, DatastoreConfig, Snapshot,
+        resources::{IpPool, Node},
+    },
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
@@ -170,8 +174,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let (remote, remote_conflicts) = remote_endpoints(&sync.snapshot, &config.node, &endpoints);
         log.remote_conflicts(&remote_conflicts);
         let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
+        let nat_pools = NatPools::from_pools(sync.snapshot.all::<IpPool>());
         match dataplane
-            .apply(&endpoints, &remote, compiled, &mut registry)
+            .apply(&endpoints, &remote, compiled, &mut registry, &nat_pools)
             .await
         {
             Ok(report) => {

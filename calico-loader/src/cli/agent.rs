@@ -132,7 +132,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// `cleanup`: stops the BIRD of `--run-dir` and removes the routes BIRD installed, deletes the
-/// kernel routes the agent made, detaches every program and removes the pins under
+/// kernel routes and the outgoing NAT tables the agent made, detaches every program and removes the pins under
 /// `--pin-path`.
 ///
 /// # Errors
@@ -153,6 +153,9 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     }
     for route in netlink.our_routes().await? {
         netlink.del_route(route).await?;
+    }
+    if let Err(e) = dataplane::nat::remove_nat_tables() {
+        eprintln!("outgoing NAT tables not removed: {e}");
     }
     dataplane::remove_pins(&layout)?;
     eprintln!(

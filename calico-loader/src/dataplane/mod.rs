@@ -10,7 +10,8 @@
 //!   workloads with the nodes they live on), and the kernel routes and neighbour entries the
 //!   agent writes through netlink;
 //! - [`policy::PolicyManager`]: the policy generations in the policy maps, and the rules map;
-//! - [`conntrack::Conntrack`]: the conntrack table (expiry; listing).
+//! - [`conntrack::Conntrack`]: the conntrack table (expiry; listing);
+//! - [`nat::NatManager`]: outgoing NAT for natOutgoing pools, an nftables table in the kernel.
 //!
 //! [`object`] loads the kernel object and adopts or removes the pins; [`maps`] opens every map;
 //! [`switch::switch_policy`] is the one ordered sequence that brings new policy into force.
@@ -23,6 +24,7 @@ pub mod endpoints;
 pub mod error;
 pub mod handles;
 pub mod maps;
+pub mod nat;
 pub mod netlink;
 pub mod object;
 pub mod policy;
@@ -43,6 +45,7 @@ use self::{
     conntrack::Conntrack,
     endpoints::EndpointManager,
     maps::{LogEvents, Maps, PolicyMaps, ReconcileStats},
+    nat::{NatManager, NatPools},
     netlink::Netlink,
     policy::PolicyManager,
     routes::RouteManager,
@@ -93,6 +96,7 @@ pub struct Dataplane {
     routes: RouteManager,
     policy: PolicyManager,
     conntrack: Conntrack,
+    nat: NatManager,
     log_events: Option<LogEvents>,
 }
 
@@ -126,6 +130,7 @@ impl Dataplane {
             routes: RouteManager::new(netlink, &nodes),
             policy,
             conntrack,
+            nat: NatManager::new(),
             log_events,
             layout,
         })
@@ -161,13 +166,18 @@ impl Dataplane {
     /// before programs are attached to a new interface, and programs are detached before an
     /// interface's entries are removed, so a program never runs against a half-written
     /// endpoint. New policy generations are complete before endpoint entries switch to them.
+    /// Outgoing NAT follows `nat_pools`; a failure there is logged and leaves the rest alone.
     pub async fn apply(
         &mut self,
         desired: &BTreeMap<String, LocalEndpoint>,
         remote: &[RemoteEndpoint],
         compiled: &BTreeMap<String, CompiledEndpoint>,
         registry: &mut RuleRegistry,
+        nat_pools: &NatPools,
     ) -> Result<ApplyReport, DataplaneError> {
+        // Outgoing NAT, in the kernel, for the traffic the programs leave to it.
+        tokio::task::block_in_place(|| self.nat.sync(nat_pools));
+
         let mut report = ApplyReport::default();
 
         // Which endpoints' interfaces exist, and which are the data interfaces.
@@ -211,8 +221,11 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Detaches every program and removes every pin and kernel route of this agent.
+    /// Detaches every program and removes every pin, kernel route and NAT table of this agent.
     pub async fn teardown(mut self) -> Result<(), DataplaneError> {
+        if let Err(e) = self.nat.remove() {
+            tracing::warn!("removing the outgoing NAT tables: {e}");
+        }
         self.endpoints.detach_all()?;
         self.routes.remove_all().await?;
         let layout = self.layout.clone();
