@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    process::Output,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,72 +16,11 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{etcd::Etcd, topology::*};
+use support::{cli::Backend, etcd::Etcd, topology::*};
 
 const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
 
-/// Where the CLI runs against.
-enum Backend {
-    Etcd(Etcd),
-    Local(tempfile::TempDir),
-}
-
 impl Backend {
-    fn loader(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        match self {
-            Backend::Etcd(etcd) => etcd.loader(args, stdin),
-            Backend::Local(dir) => {
-                use std::io::Write as _;
-                let mut child = std::process::Command::new(loader_bin())
-                    .args(args)
-                    .env("DATASTORE_TYPE", "local")
-                    .env("CALICO_DATASTORE_DIR", dir.path())
-                    .env("RUST_BACKTRACE", "0")
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("run calico-loader");
-                let mut input = child.stdin.take().expect("stdin");
-                if let Some(text) = stdin {
-                    input.write_all(text.as_bytes()).expect("stdin");
-                }
-                drop(input);
-                child.wait_with_output().expect("output")
-            }
-        }
-    }
-
-    /// Runs the CLI and expects success; returns stdout.
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.loader(args, stdin);
-        assert!(
-            out.status.success(),
-            "calico-loader {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.etcd_log_hint()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs the CLI and expects failure; returns stderr.
-    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.loader(args, stdin);
-        assert!(
-            !out.status.success(),
-            "calico-loader {args:?} should have failed; stdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn etcd_log_hint(&self) -> String {
-        match self {
-            Backend::Etcd(etcd) => format!("\netcd log tail:\n{}", tail(&etcd.log(), 20)),
-            Backend::Local(_) => String::new(),
-        }
-    }
-
     fn get_json(&self, kind: &str, name: &str, namespace: Option<&str>) -> Value {
         let mut args = vec!["get", kind, name, "-o", "json"];
         if let Some(ns) = namespace {
@@ -118,11 +56,6 @@ fn collect(dir: &std::path::Path, out: &mut Vec<String>) {
             ));
         }
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// (kind argument, name, namespace, document, a field path and the value it should have).

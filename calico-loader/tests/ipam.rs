@@ -6,86 +6,12 @@
 
 mod support;
 
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    process::{Command, Output, Stdio},
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use serde_json::Value;
-use support::{etcd::Etcd, topology::loader_bin};
-
-/// Where the CLI runs against.
-enum Backend {
-    Etcd(Etcd),
-    Local(tempfile::TempDir),
-}
+use support::cli::Backend;
 
 impl Backend {
-    fn etcd() -> Self {
-        Backend::Etcd(Etcd::start())
-    }
-
-    fn local() -> Self {
-        Backend::Local(tempfile::tempdir().expect("tempdir"))
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(loader_bin());
-        command
-            .args(args)
-            .env("RUST_BACKTRACE", "0")
-            .env("RUST_LOG", "warn")
-            .env_remove("NODENAME")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        match self {
-            Backend::Etcd(etcd) => {
-                command
-                    .env("DATASTORE_TYPE", "etcdv3")
-                    .env("ETCD_ENDPOINTS", &etcd.client_url);
-            }
-            Backend::Local(dir) => {
-                command
-                    .env("DATASTORE_TYPE", "local")
-                    .env("CALICO_DATASTORE_DIR", dir.path());
-            }
-        }
-        command
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write as _;
-        let mut child = self.command(args).spawn().expect("run calico-loader");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).expect("stdin");
-        }
-        drop(input);
-        child.wait_with_output().expect("output")
-    }
-
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "calico-loader {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(args, stdin);
-        assert!(
-            !out.status.success(),
-            "calico-loader {args:?} should fail; stdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
     /// Every IPAM key, as etcd or the directory holds them.
     fn ipam_keys(&self) -> BTreeSet<String> {
         match self {

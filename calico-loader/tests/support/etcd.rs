@@ -388,7 +388,13 @@ impl Etcd {
         stdin: Option<&str>,
         adjust: impl FnOnce(&mut Command),
     ) -> Output {
-        use std::io::Write as _;
+        let mut command = self.loader_command(args);
+        adjust(&mut command);
+        super::cli::run_with_stdin(command, stdin)
+    }
+
+    /// The command `calico-loader ARGS` against this etcd (in its namespace), not yet started.
+    pub fn loader_command(&self, args: &[&str]) -> Command {
         let mut command = self.command(Path::new(super::topology::loader_bin()));
         command
             .args(args)
@@ -404,19 +410,7 @@ impl Etcd {
                 .env("ETCD_CERT_FILE", &tls.client_cert)
                 .env("ETCD_KEY_FILE", &tls.client_key);
         }
-        adjust(&mut command);
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run calico-loader");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).expect("write stdin");
-        }
-        drop(input);
-        child.wait_with_output().expect("calico-loader output")
+        command
     }
 }
 
