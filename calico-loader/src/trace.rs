@@ -32,9 +32,9 @@ use crate::{
         attach::program, bpffs::PinLayout, load_object_with, load_private_object, maps::Maps,
         netlink::LinkDetails, private::PrivateDataplane,
     },
-    datastore::{Snapshot, local::LocalDatastore},
+    datastore::{IpamObjects, Snapshot, local::LocalDatastore},
     dump::rule_words,
-    model::{LocalEndpoint, local_endpoints, remote_endpoints},
+    model::{LocalEndpoint, local_endpoints, remote_workloads},
     packets,
 };
 
@@ -203,8 +203,8 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         .with_context(|| format!("programming the policy of {}", request.endpoint))?;
     let result = run(&mut ebpf, OFFLINE_IFINDEX, request)?;
     let mut report = report(request, &result, |id| dataplane.registry.info(id));
-    report.source = locate_in(&snapshot, &wep.spec.node, request.src);
-    report.destination = locate_in(&snapshot, &wep.spec.node, request.dst);
+    report.source = locate_in(&snapshot, &sync.ipam, &wep.spec.node, request.src);
+    report.destination = locate_in(&snapshot, &sync.ipam, &wep.spec.node, request.dst);
     Ok(report)
 }
 
@@ -250,10 +250,11 @@ fn route_location(
     }
 }
 
-/// Where the endpoints of `snapshot` say `addr` lives, seen from `node` (the traced endpoint's).
-fn locate_in(snapshot: &Snapshot, node: &str, addr: IpAddr) -> Location {
+/// Where the endpoints of `snapshot` and the IPAM blocks of `ipam` say `addr` lives, seen from
+/// `node` (the traced endpoint's).
+fn locate_in(snapshot: &Snapshot, ipam: &IpamObjects, node: &str, addr: IpAddr) -> Location {
     let (local, _) = local_endpoints(snapshot, node);
-    let (remote, _) = remote_endpoints(snapshot, node, &local);
+    let (remote, _) = remote_workloads(snapshot, ipam, node, &local);
     let local = local.values().flat_map(|e| {
         e.networks.iter().map(|net| {
             (
@@ -267,7 +268,7 @@ fn locate_in(snapshot: &Snapshot, node: &str, addr: IpAddr) -> Location {
             )
         })
     });
-    let remote = remote.iter().flat_map(|e| {
+    let remote_endpoints = remote.endpoints.iter().flat_map(|e| {
         e.networks.iter().map(|net| {
             (
                 Some(*net),
@@ -275,6 +276,13 @@ fn locate_in(snapshot: &Snapshot, node: &str, addr: IpAddr) -> Location {
             )
         })
     });
+    let remote_blocks = remote.blocks.iter().map(|b| {
+        (
+            Some(b.cidr),
+            (RouteKind::RemoteWorkload, None, None, Some(b.node.as_str())),
+        )
+    });
+    let remote = remote_blocks.chain(remote_endpoints);
     match longest_match(local.chain(remote), addr) {
         None => Location::nowhere(addr),
         Some((kind, endpoint, interface, node)) => Location {

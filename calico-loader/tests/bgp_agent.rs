@@ -302,6 +302,38 @@ mod privileged {
             "{text}"
         );
         assert!(text.contains("\nIPv6 BGP status\n"), "{text}");
+        // Each agent's route map knows where the others' blocks live: their node, and the
+        // node's address as next hop, from IPAM and the Nodes (not from BIRD).
+        for (i, _) in &owned {
+            let host = cluster.host(*i);
+            for (j, blocks) in owned.iter().filter(|(j, _)| j != i) {
+                let owner = cluster.host(*j);
+                for block in blocks {
+                    let next_hop = match block {
+                        IpNet::V4(_) => owner.v4.to_string(),
+                        IpNet::V6(_) => owner.v6.to_string(),
+                    };
+                    let prefix = block.to_string();
+                    wait_for(
+                        &format!(
+                            "{}'s route map to lead {prefix} to {} via {next_hop}",
+                            host.name, owner.name
+                        ),
+                        PATIENCE,
+                        || {
+                            host.agent().dump("routes").as_array().is_some_and(|rows| {
+                                rows.iter().any(|r| {
+                                    r["prefix"] == prefix.as_str()
+                                        && r["kind"] == "remote-workload"
+                                        && r["node"] == owner.name.as_str()
+                                        && r["next_hop"] == next_hop.as_str()
+                                })
+                            })
+                        },
+                    );
+                }
+            }
+        }
         steps.step("blocks routed, v4 and v6; every session established");
 
         // --- A workload on host-3 with addresses borrowed from host-1's blocks: BIRD learns

@@ -41,7 +41,7 @@ use crate::{
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
-        local_endpoints, remote_endpoints,
+        local_endpoints, remote_workloads,
         rules::RuleRegistry,
     },
 };
@@ -171,7 +171,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let sync = datastore.sync();
         let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
         log.conflicts(&conflicts);
-        let (remote, remote_conflicts) = remote_endpoints(&sync.snapshot, &config.node, &endpoints);
+        let (remote, remote_conflicts) =
+            remote_workloads(&sync.snapshot, &sync.ipam, &config.node, &endpoints);
         log.remote_conflicts(&remote_conflicts);
         let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
         let nat_pools = NatPools::from_pools(sync.snapshot.all::<IpPool>());
@@ -188,7 +189,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     attached: workloads.count(),
                     waiting: report.waiting.len(),
                     data_interfaces: attached.values().filter(|(_, r)| *r == Role::Data).count(),
-                    remote_endpoints: remote.len(),
+                    remote_endpoints: remote.endpoints.len(),
+                    remote_blocks: remote.blocks.len(),
                 });
             }
             Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
@@ -403,6 +405,7 @@ struct Summary {
     waiting: usize,
     data_interfaces: usize,
     remote_endpoints: usize,
+    remote_blocks: usize,
 }
 
 /// Logs what changed between applies, without repeating itself.
@@ -426,11 +429,13 @@ impl ReportLog {
                 waiting,
                 data_interfaces,
                 remote_endpoints,
+                remote_blocks,
             } = summary;
             info!(
                 "serving {endpoints} endpoint(s) of this node: {attached} interface(s) attached, \
                  {waiting} waiting for their interface; {data_interfaces} data interface(s) \
-                 attached; routes to {remote_endpoints} endpoint(s) of other nodes"
+                 attached; routes to {remote_endpoints} endpoint(s) and {remote_blocks} IPAM block(s) \
+                 of other nodes"
             );
             self.summary = Some(summary);
         }

@@ -57,7 +57,9 @@ pub use self::{
     object::{KERNEL_OBJECT, load_object, load_object_with, load_private_object, remove_pins},
     switch::map_contents,
 };
-use crate::model::{LocalEndpoint, RemoteEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
+use crate::model::{
+    LocalEndpoint, RemoteWorkloads, compile::CompiledEndpoint, rules::RuleRegistry,
+};
 
 /// Calico's default pattern of data interfaces (Felix's `BPFDataIfacePattern`): the host's
 /// physical and bonded interfaces, by the kernel's and systemd's naming schemes.
@@ -159,8 +161,8 @@ impl Dataplane {
         self.endpoints.attached()
     }
 
-    /// Brings the dataplane in line with `desired` (keyed by interface name), the endpoints of
-    /// other nodes (`remote`, whose addresses get routes to their node) and the endpoints'
+    /// Brings the dataplane in line with `desired` (keyed by interface name), the workloads of
+    /// other nodes (`remote`, whose endpoints and blocks get routes to their node) and the endpoints'
     /// compiled policies (keyed by endpoint; an endpoint missing there keeps the policy it has,
     /// or, having none, gets no endpoint entry, so its traffic is dropped). Maps are written
     /// before programs are attached to a new interface, and programs are detached before an
@@ -170,7 +172,7 @@ impl Dataplane {
     pub async fn apply(
         &mut self,
         desired: &BTreeMap<String, LocalEndpoint>,
-        remote: &[RemoteEndpoint],
+        remote: &RemoteWorkloads,
         compiled: &BTreeMap<String, CompiledEndpoint>,
         registry: &mut RuleRegistry,
         nat_pools: &NatPools,

@@ -19,7 +19,7 @@ use super::{
     maps::MapContents,
     netlink::{KernelNeighbour, KernelRoute, LinkDetails, Netlink, NetlinkError},
 };
-use crate::model::{LocalEndpoint, RemoteEndpoint};
+use crate::model::{LocalEndpoint, RemoteWorkloads};
 
 /// Keeps the kernel routes and neighbour entries of the present endpoints, and the ids of the
 /// nodes remote routes lead to.
@@ -41,12 +41,17 @@ impl RouteManager {
         }
     }
 
-    /// The route map entries of other nodes' endpoints (`remote-workload`, naming their node),
-    /// and the nodes map entries they name. Node ids are kept for as long as a node has
-    /// endpoints.
-    pub fn remote_routes(&mut self, remote: &[RemoteEndpoint]) -> MapContents {
-        self.node_ids
-            .assign(remote.iter().map(|endpoint| endpoint.node.as_str()));
+    /// The route map entries of other nodes' endpoints and blocks (`remote-workload`, naming
+    /// their node), and the nodes map entries they name. Node ids are kept for as long as a
+    /// node has endpoints or blocks.
+    pub fn remote_routes(&mut self, remote: &RemoteWorkloads) -> MapContents {
+        self.node_ids.assign(
+            remote
+                .endpoints
+                .iter()
+                .map(|endpoint| endpoint.node.as_str())
+                .chain(remote.blocks.iter().map(|block| block.node.as_str())),
+        );
         remote_route_entries(remote, &self.node_ids)
     }
 
@@ -139,28 +144,52 @@ pub fn route_entries(contents: &mut MapContents, endpoint: &LocalEndpoint, link:
     insert_routes(contents, &endpoint.networks, route);
 }
 
-/// The route map entries of `remote` endpoints, each a `remote-workload` entry per prefix that
-/// names its node, and the nodes map entries of those nodes (`ids` must know every one).
-pub fn remote_route_entries(remote: &[RemoteEndpoint], ids: &NodeIds) -> MapContents {
+/// The route map entries of `remote` workloads: a `remote-workload` entry per block and per
+/// endpoint prefix, naming its node and, when the node's Node gives an address of the prefix's
+/// family, with that address as next hop; and the nodes map entries of those nodes (`ids`
+/// must know every one). An endpoint's prefix that is also a block is the endpoint's.
+pub fn remote_route_entries(remote: &RemoteWorkloads, ids: &NodeIds) -> MapContents {
     let mut contents = MapContents::default();
-    for endpoint in remote {
-        let Some(node) = ids.get(&endpoint.node) else {
+    let blocks = remote
+        .blocks
+        .iter()
+        .map(|block| (block.node.as_str(), std::slice::from_ref(&block.cidr)));
+    let endpoints = remote
+        .endpoints
+        .iter()
+        .map(|endpoint| (endpoint.node.as_str(), endpoint.networks.as_slice()));
+    for (name, networks) in blocks.chain(endpoints) {
+        let Some(node) = ids.get(name) else {
             continue;
         };
         contents.nodes.insert(
             node,
             NodeInfo {
-                name: fill_nul_padded(endpoint.node.as_bytes()),
+                name: fill_nul_padded(name.as_bytes()),
             },
         );
-        let route = RouteValue {
-            kind: RouteKind::RemoteWorkload as u32,
-            node,
-            ..RouteValue::default()
-        };
-        insert_routes(&mut contents, &endpoint.networks, route);
+        let addresses = remote.node_addresses.get(name).copied().unwrap_or_default();
+        for net in networks {
+            let route = RouteValue {
+                kind: RouteKind::RemoteWorkload as u32,
+                node,
+                next_hop: addresses.for_family_of(net).map_or([0; 16], next_hop_bytes),
+                ..RouteValue::default()
+            };
+            insert_routes(&mut contents, std::slice::from_ref(net), route);
+        }
     }
     contents
+}
+
+/// A next hop as [`RouteValue::next_hop`] holds it: IPv4 in the first four bytes.
+fn next_hop_bytes(addr: std::net::IpAddr) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    match addr {
+        std::net::IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => bytes = v6.octets(),
+    }
+    bytes
 }
 
 fn insert_routes(contents: &mut MapContents, networks: &[IpNet], route: RouteValue) {
@@ -235,8 +264,8 @@ mod tests {
         }
     }
 
-    fn remote(key: &str, node: &str, nets: &[&str]) -> RemoteEndpoint {
-        RemoteEndpoint {
+    fn remote(key: &str, node: &str, nets: &[&str]) -> crate::model::RemoteEndpoint {
+        crate::model::RemoteEndpoint {
             key: key.to_owned(),
             node: node.to_owned(),
             networks: nets.iter().map(|n| n.parse().expect("test CIDR")).collect(),
@@ -262,17 +291,20 @@ mod tests {
 
     #[test]
     fn remote_endpoints_become_remote_workload_routes_naming_their_node() {
-        let endpoints = [
-            remote(
-                "ns/b",
-                "node-b",
-                &["198.18.1.11/32", "2001:db8:0:1::11/128"],
-            ),
-            remote("ns/c", "node-c", &["198.18.2.0/26"]),
-        ];
+        let remote = RemoteWorkloads {
+            endpoints: vec![
+                remote(
+                    "ns/b",
+                    "node-b",
+                    &["198.18.1.11/32", "2001:db8:0:1::11/128"],
+                ),
+                remote("ns/c", "node-c", &["198.18.2.0/26"]),
+            ],
+            ..RemoteWorkloads::default()
+        };
         let mut ids = NodeIds::default();
-        ids.assign(endpoints.iter().map(|e| e.node.as_str()));
-        let contents = remote_route_entries(&endpoints, &ids);
+        ids.assign(remote.endpoints.iter().map(|e| e.node.as_str()));
+        let contents = remote_route_entries(&remote, &ids);
 
         let b = contents.routes_v4[&(32, [198, 18, 1, 11])];
         assert_eq!(b.kind, RouteKind::RemoteWorkload as u32);
@@ -286,5 +318,67 @@ mod tests {
         let c = contents.routes_v4[&(26, [198, 18, 2, 0])];
         assert_eq!(contents.nodes[&c.node].name_bytes(), b"node-c");
         assert_eq!(contents.nodes.len(), 2);
+    }
+
+    #[test]
+    fn remote_blocks_lead_to_their_node_through_its_address() {
+        use crate::model::{NodeAddresses, RemoteBlock};
+        let block = |cidr: &str, node: &str| RemoteBlock {
+            cidr: cidr.parse().expect("test CIDR"),
+            node: node.to_owned(),
+        };
+        let remote = RemoteWorkloads {
+            // A borrowed address of node-c inside node-b's block.
+            endpoints: vec![remote("ns/c", "node-c", &["198.18.1.5/32"])],
+            blocks: vec![
+                block("198.18.1.0/26", "node-b"),
+                block("2001:db8:0:1::/122", "node-b"),
+                block("198.18.2.0/26", "node-d"),
+            ],
+            node_addresses: [
+                (
+                    "node-b".to_owned(),
+                    NodeAddresses {
+                        v4: Some("198.19.0.2".parse().expect("address")),
+                        v6: Some("2001:db8:ff::2".parse().expect("address")),
+                    },
+                ),
+                (
+                    "node-c".to_owned(),
+                    NodeAddresses {
+                        v4: Some("198.19.0.3".parse().expect("address")),
+                        v6: None,
+                    },
+                ),
+            ]
+            .into(),
+        };
+        let mut ids = NodeIds::default();
+        ids.assign(["node-b", "node-c", "node-d"]);
+        let contents = remote_route_entries(&remote, &ids);
+
+        let b = contents.routes_v4[&(26, [198, 18, 1, 0])];
+        assert_eq!(b.kind, RouteKind::RemoteWorkload as u32);
+        assert_eq!(contents.nodes[&b.node].name_bytes(), b"node-b");
+        assert_eq!(crate::dump::next_hop_string(4, &b.next_hop), "198.19.0.2");
+        let v6: [u8; 16] = "2001:db8:0:1::"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("address")
+            .octets();
+        let b6 = contents.routes_v6[&(122, v6)];
+        assert_eq!(b6.node, b.node);
+        assert_eq!(
+            crate::dump::next_hop_string(6, &b6.next_hop),
+            "2001:db8:ff::2"
+        );
+        let borrowed = contents.routes_v4[&(32, [198, 18, 1, 5])];
+        assert_eq!(contents.nodes[&borrowed.node].name_bytes(), b"node-c");
+        assert_eq!(
+            crate::dump::next_hop_string(4, &borrowed.next_hop),
+            "198.19.0.3"
+        );
+        let d = contents.routes_v4[&(26, [198, 18, 2, 0])];
+        assert_eq!(contents.nodes[&d.node].name_bytes(), b"node-d");
+        assert_eq!(d.next_hop, [0; 16], "a node without a Node has no next hop");
     }
 }

@@ -80,6 +80,22 @@ impl NodeBlocks {
     }
 }
 
+/// Every block that is affine to a node, with that node, in CIDR order: the affinity the blocks
+/// themselves hold (`host:<node>`), which is what Felix's routes follow. Blocks being deleted,
+/// and blocks that do not read, are left out ([`NodeBlocks::of`] reports the latter).
+pub fn affine_blocks(objects: &IpamObjects) -> Vec<(IpNet, String)> {
+    let mut blocks: Vec<(IpNet, String)> = objects
+        .values
+        .iter()
+        .filter(|(key, _)| parse_block_key(key).is_some())
+        .filter_map(|(_, value)| serde_json::from_slice::<AllocationBlock>(value).ok())
+        .filter(|block| !block.deleted)
+        .filter_map(|block| Some((block.cidr, block.host()?.to_owned())))
+        .collect();
+    blocks.sort();
+    blocks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +179,39 @@ mod tests {
         assert!(a.blocks.is_empty() && a.borrowed.is_empty());
         assert_eq!(a.problems.len(), 2, "{:?}", a.problems);
         assert!(a.problems.iter().any(|p| p.starts_with(&key)));
+    }
+
+    #[test]
+    fn affine_blocks_follow_the_blocks_own_affinity() {
+        let (deleted_key, deleted) = block("198.18.0.8/30", "node-c");
+        let deleted = deleted.replace(r#""deleted":false"#, r#""deleted":true"#);
+        let (unowned_key, unowned) = block("198.18.0.12/30", "node-c");
+        let unowned = unowned.replace(r#""affinity":"host:node-c""#, r#""affinity":null"#);
+        let objects = objects(&[
+            // An affinity without its block routes nothing yet.
+            affinity("node-a", "198.18.0.16/30", CONFIRMED),
+            block("198.18.0.4/30", "node-b"),
+            block("198.18.0.0/30", "node-a"),
+            (deleted_key, deleted),
+            (unowned_key, unowned),
+            (
+                block_key("198.18.0.20/30".parse().unwrap()),
+                "{not json".to_owned(),
+            ),
+        ]);
+        let blocks = affine_blocks(&objects);
+        assert_eq!(
+            blocks,
+            [
+                (
+                    "198.18.0.0/30".parse::<IpNet>().unwrap(),
+                    "node-a".to_owned()
+                ),
+                (
+                    "198.18.0.4/30".parse::<IpNet>().unwrap(),
+                    "node-b".to_owned()
+                ),
+            ]
+        );
     }
 }

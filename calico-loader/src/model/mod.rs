@@ -4,11 +4,17 @@ pub mod compile;
 pub mod policy;
 pub mod rules;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use ipnet::IpNet;
 
-use crate::datastore::Snapshot;
+use crate::{
+    datastore::{IpamObjects, Snapshot, resources::Node},
+    ipam::node_blocks::affine_blocks,
+};
 
 /// A workload endpoint of this node, as the dataplane needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +40,87 @@ pub struct RemoteEndpoint {
     pub node: String,
     /// Its addresses (`ipNetworks`).
     pub networks: Vec<IpNet>,
+}
+
+/// An IPAM block of another node: every address in it lives on that node, unless a more
+/// specific route (a borrowed address's endpoint) says otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteBlock {
+    /// The block's CIDR.
+    pub cidr: IpNet,
+    /// The node it is affine to.
+    pub node: String,
+}
+
+/// A node's addresses as next hops: its Node's `spec.bgp.ipv4Address` and `ipv6Address`,
+/// without their prefix lengths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl NodeAddresses {
+    /// The address of the family of `net`.
+    pub fn for_family_of(&self, net: &IpNet) -> Option<IpAddr> {
+        match net {
+            IpNet::V4(_) => self.v4.map(IpAddr::V4),
+            IpNet::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// Where the workloads of other nodes live, as the route map needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteWorkloads {
+    /// Other nodes' endpoints, each with the addresses it alone routes.
+    pub endpoints: Vec<RemoteEndpoint>,
+    /// Other nodes' IPAM blocks.
+    pub blocks: Vec<RemoteBlock>,
+    /// The addresses of the nodes, by name (the next hops of their routes).
+    pub node_addresses: BTreeMap<String, NodeAddresses>,
+}
+
+/// Other nodes' workloads: their endpoints (see [`remote_endpoints`]), the IPAM blocks affine
+/// to them (`affinity: host:<node>` in the block, as Felix's route resolver reads blocks), and
+/// the Nodes' addresses. Blocks affine to `node` itself, or to no node, are not among them:
+/// this node's own workloads have routes of their own, and the addresses of a block without an
+/// affinity live wherever their endpoints are.
+pub fn remote_workloads(
+    snapshot: &Snapshot,
+    ipam: &IpamObjects,
+    node: &str,
+    local: &BTreeMap<String, LocalEndpoint>,
+) -> (RemoteWorkloads, Vec<Conflict>) {
+    let (endpoints, conflicts) = remote_endpoints(snapshot, node, local);
+    let blocks = affine_blocks(ipam)
+        .into_iter()
+        .filter(|(_, owner)| owner != node)
+        .map(|(cidr, node)| RemoteBlock { cidr, node })
+        .collect();
+    let node_addresses = snapshot
+        .all::<Node>()
+        .map(|n| {
+            let bgp = n.spec.bgp.clone().unwrap_or_default();
+            let addresses = NodeAddresses {
+                v4: match bgp.ipv4_address {
+                    Some(IpNet::V4(net)) => Some(net.addr()),
+                    _ => None,
+                },
+                v6: match bgp.ipv6_address {
+                    Some(IpNet::V6(net)) => Some(net.addr()),
+                    _ => None,
+                },
+            };
+            (n.name().to_owned(), addresses)
+        })
+        .collect();
+    let remote = RemoteWorkloads {
+        endpoints,
+        blocks,
+        node_addresses,
+    };
+    (remote, conflicts)
 }
 
 /// An endpoint the model had to leave out, and why.
