@@ -10,17 +10,22 @@
 //! - [`privileges`]: who we are, and finding programs.
 //! - [`output`]: step headers, notes and warnings on stderr.
 //! - [`signals`]: Ctrl-C noted instead of fatal, so guards get to clean up.
+//! - [`vm`]: real VMs (qemu, a Debian kernel, a busybox initramfs built once into a cache) on
+//!   a tap in a test's namespace, driven through their serial console; [`cpio`] writes their
+//!   initramfs.
 //!
 //! Network safety is the caller's: it names the namespaces and picks the addresses (calico-ebpf
 //! uses `198.18.0.0/15` and `2001:db8::/32` only). Nothing here adds anything to the namespace
 //! it runs in.
 
 pub mod cmd;
+pub mod cpio;
 pub mod guards;
 pub mod netns;
 pub mod output;
 pub mod privileges;
 pub mod signals;
+pub mod vm;
 
 pub use cmd::{Cmd, CmdError};
 pub use guards::{ChildGuard, TempDir};

@@ -17,6 +17,7 @@ mod setup;
 mod sockets;
 mod test;
 mod topology;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,8 @@ enum Command {
     /// Setup, release build, then benchmark the dataplane against Linux
     /// forwarding and iptables in throwaway namespaces (as root).
     Bench(bench::BenchArgs),
+    /// Setup, then build the test VMs' kernel and initramfs into a cache (once).
+    VmImage(vm::VmImageArgs),
     /// Internal: the bench's request/response measurement between two
     /// namespaces.
     #[command(hide = true)]
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::demo(&args),
         Command::TcpEcho(args) => demo::tcp_echo(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::VmImage(args) => vm::vm_image(&args),
         Command::BenchRr(args) => bench::rr(&args),
         Command::BenchUdpSink(args) => bench::udp_sink(&args),
         Command::BenchLiveGen(args) => bench::live_gen(&args),

@@ -35,6 +35,9 @@ const APT_PACKAGES: &[&str] = &[
     // An independent BGP speaker, the top-of-rack router of the routing tests (its
     // systemd unit starts only with an /etc/gobgpd.conf, which nothing writes).
     "gobgpd",
+    // Test VMs: qemu (TCG), and the static busybox of their initramfs.
+    "qemu-system-x86",
+    "busybox-static",
     "sudo",
 ];
 
