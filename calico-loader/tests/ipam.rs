@@ -219,7 +219,15 @@ fn blocks_claimed_borrowed_and_released(backend: &Backend) {
     assert!(out.contains("released"), "{out}");
     let err = backend.fails(&["ipam", "release", "--ip", &borrowed[0].to_string()], None);
     assert!(err.contains("is not assigned"), "{err}");
-    let report = backend.ok(&["ipam", "check"], None);
+    // Leaks are problems: the report is on stdout, and the exit status says so.
+    let out = backend.loader(&["ipam", "check"], None);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "leaks make check fail: {report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("IPAM check found 12 problem(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let in_use = 4 + 4 + 4; // node-a's block, node-c's and node-d's
     assert!(
         report.contains(&format!(
@@ -303,7 +311,15 @@ fn fifty_at_once(backend: &Backend) {
     }
     assert_eq!(v4.len(), 50, "distinct IPv4 addresses");
     assert_eq!(v6.len(), 50, "distinct IPv6 addresses");
-    let report = backend.ok(&["ipam", "check"], None);
+    // No endpoint holds them, so all 100 are leaks to check (which fails), but blocks and
+    // handles agree.
+    let out = backend.loader(&["ipam", "check"], None);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains("Found 100 IPs that are allocated in IPAM but not actually in use."),
+        "{report}"
+    );
     assert!(
         report.contains("IPAM blocks record 100 allocations."),
         "{report}"
@@ -383,9 +399,14 @@ fn keys_and_values_match_calico() {
         block_row.contains("| 198.18.0.4/30 ") && block_row.contains("| 2 (50%) "),
         "{show}"
     );
-    let report = backend.ok(&["ipam", "check"], None);
+    // Its two addresses have no endpoint: leaks, so check reports them and fails; but the
+    // handle's counts agree with the block.
+    let out = backend.loader(&["ipam", "check"], None);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{report}");
     assert!(
-        report.contains("Found 0 handle counts that disagree"),
+        report.contains("Found 0 handle counts that disagree")
+            && report.contains("Check complete; found 2 problems."),
         "{report}"
     );
     // node-x uses its block (confirmed, as an empty affinity value is).

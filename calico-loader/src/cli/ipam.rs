@@ -17,7 +17,7 @@ use crate::{
     ipam::{
         AnyIpamStore, AssignRequest, EtcdIpamStore, Family, Ipam, LocalIpamStore,
         block::AllocationBlock,
-        check::{EndpointAddresses, check},
+        check::{EndpointAddresses, OPENSTACK_ORCHESTRATOR, check},
     },
 };
 
@@ -234,6 +234,7 @@ async fn run_check(args: &CheckArgs) -> anyhow::Result<()> {
             .map(|w| EndpointAddresses {
                 name: format!("{}/{}", w.namespace(), w.name()),
                 addresses: w.spec.ip_networks.clone(),
+                outside_ipam: w.spec.orchestrator.as_deref() == Some(OPENSTACK_ORCHESTRATOR),
             })
             .collect();
     let pools: Vec<IpNet> = ipam
@@ -246,6 +247,12 @@ async fn run_check(args: &CheckArgs) -> anyhow::Result<()> {
     let handles = ipam.handles().await.context("reading the IPAM handles")?;
     let report = check(&blocks, &handles, &endpoints, &pools);
     print!("{}", report.text);
+    if report.problems > 0 {
+        bail!(
+            "IPAM check found {} problem(s), listed above",
+            report.problems
+        );
+    }
     Ok(())
 }
 

@@ -18,7 +18,13 @@ pub struct EndpointAddresses {
     /// `namespace/name`.
     pub name: String,
     pub addresses: Vec<IpNet>,
+    /// Whether its addresses come from outside Calico IPAM: OpenStack's endpoints
+    /// (orchestrator `openstack`) hold addresses Neutron assigned, which no block records.
+    pub outside_ipam: bool,
 }
+
+/// The orchestrator whose endpoints' addresses IPAM does not assign.
+pub const OPENSTACK_ORCHESTRATOR: &str = "openstack";
 
 /// The report: its text and how many problems it found.
 pub struct CheckReport {
@@ -61,10 +67,14 @@ pub fn check(
         allocations.len()
     );
     let mut in_use: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
+    let mut outside_ipam: BTreeSet<IpAddr> = BTreeSet::new();
     for endpoint in endpoints {
         for net in &endpoint.addresses {
             if net.prefix_len() == net.max_prefix_len() {
                 in_use.entry(net.addr()).or_default().push(&endpoint.name);
+                if endpoint.outside_ipam {
+                    outside_ipam.insert(net.addr());
+                }
             }
         }
     }
@@ -95,12 +105,16 @@ pub fn check(
         out,
         "Scanning for IPs that are in use by a workload but not allocated in IPAM..."
     );
-    let (mut outside, mut unallocated) = (0, 0);
+    let (mut outside, mut unallocated, mut assigned_elsewhere) = (0, 0, 0);
     for (ip, owners) in &in_use {
         if owners.len() > 1 {
             let _ = writeln!(out, "  {ip} has multiple owners: {}.", owners.join(", "));
         }
         if allocations.contains_key(ip) {
+            continue;
+        }
+        if outside_ipam.contains(ip) {
+            assigned_elsewhere += 1;
             continue;
         }
         if pools.iter().any(|p| p.contains(ip)) {
@@ -122,6 +136,13 @@ pub fn check(
         }
     }
     problems += outside + unallocated;
+    if assigned_elsewhere > 0 {
+        let _ = writeln!(
+            out,
+            "Found {assigned_elsewhere} in-use IPs assigned outside Calico IPAM (OpenStack \
+             endpoints); not problems."
+        );
+    }
     let _ = writeln!(
         out,
         "Found {outside} in-use IPs that are not in active IP pools."
@@ -189,5 +210,50 @@ pub fn check(
     CheckReport {
         text: out,
         problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str, addresses: &[&str], outside_ipam: bool) -> EndpointAddresses {
+        EndpointAddresses {
+            name: name.to_owned(),
+            addresses: addresses.iter().map(|a| a.parse().expect("CIDR")).collect(),
+            outside_ipam,
+        }
+    }
+
+    #[test]
+    fn openstack_addresses_outside_ipam_are_not_problems() {
+        let pools = ["198.18.0.0/16".parse().expect("CIDR")];
+        let endpoints = [
+            endpoint("openstack/vm1", &["198.18.5.10/32", "203.0.113.9/32"], true),
+            endpoint("default/c1", &["198.18.5.11/32"], false),
+        ];
+        let report = check(&[], &BTreeMap::new(), &endpoints, &pools);
+        // The container's address is in a pool without an allocation: one problem. The VM's
+        // addresses, in a pool or not, are Neutron's.
+        assert_eq!(report.problems, 1, "{}", report.text);
+        assert!(
+            report
+                .text
+                .contains("198.18.5.11 in use by Workload(default/c1)")
+        );
+        assert!(
+            !report.text.contains("198.18.5.10 in use"),
+            "{}",
+            report.text
+        );
+        assert!(
+            report
+                .text
+                .contains("Found 2 in-use IPs assigned outside Calico IPAM"),
+            "{}",
+            report.text
+        );
+        let clean = check(&[], &BTreeMap::new(), &endpoints[..1], &pools);
+        assert_eq!(clean.problems, 0, "{}", clean.text);
     }
 }
