@@ -27,7 +27,9 @@ mod privileged {
     use crate::support::{
         cluster::{Cluster, Host, tail},
         gobgp::{EXTERNAL_NET_V4, EXTERNAL_NET_V6, EXTERNAL_V4, EXTERNAL_V6, RibEntry, Tor},
-        topology::{Agent, Datastore, Topology, loader_bin, require_root, tcp_echo, wait_for},
+        topology::{
+            Agent, Datastore, Pinger, Topology, loader_bin, require_root, tcp_echo, wait_for,
+        },
     };
 
     /// How long sessions, routes and reloads have to happen (BIRD connects after 2 s and
@@ -525,6 +527,15 @@ mod privileged {
         let h2_blocks = owned[1].1.clone();
         let bird_pid = cluster.host(2).bird_pid().expect("host-2's BIRD runs");
         let since_before: Vec<Vec<String>> = cluster.host(2).status_rows();
+        // A user's ping from host-1's workload to host-2's, over both families, runs
+        // throughout the restart.
+        let pingers: Vec<Pinger> = {
+            let to = mesh_workload(2);
+            [IpAddr::V4(to.v4), IpAddr::V6(to.v6)]
+                .into_iter()
+                .map(|dst| mesh_workload(1).ping_continuously(dst))
+                .collect()
+        };
         cluster.host_mut(2).agent.take().expect("agent").forget();
         let down = Instant::now();
         keeps_routes_until(&cluster, &h2_blocks, "host-2's agent is down", || {
@@ -538,6 +549,15 @@ mod privileged {
         keeps_routes_until(&cluster, &h2_blocks, "host-2's agent restarts", || {
             cluster.host(2).log().contains("BIRD adopted")
         });
+        thread::sleep(Duration::from_secs(2));
+        for pinger in pingers {
+            let (sent, received, text) = pinger.finish();
+            assert!(sent >= 30, "the ping ran through the restart: {text}");
+            assert_eq!(
+                received, sent,
+                "no ping lost while the agent restarted: {text}"
+            );
+        }
         assert_eq!(
             cluster.host(2).bird_pid(),
             Some(bird_pid),

@@ -168,6 +168,65 @@ impl Workload {
         self.ns
             .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &dst])
     }
+
+    /// Pings `dst` every 100 ms until [`Pinger::finish`]: what a user watches while
+    /// something restarts.
+    pub fn ping_continuously(&self, dst: IpAddr) -> Pinger {
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.ns.name(), "ping", "-n", "-i", "0.1"])
+            .arg(dst.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ping");
+        Pinger {
+            child: Some(child),
+            dst,
+        }
+    }
+}
+
+/// A ping running in the background; killed on drop.
+pub struct Pinger {
+    child: Option<Child>,
+    dst: IpAddr,
+}
+
+impl Pinger {
+    /// Stops the ping (SIGINT, as Ctrl-C) and returns (transmitted, received) and its output.
+    pub fn finish(mut self) -> (u64, u64, String) {
+        let child = self.child.take().expect("a running ping");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().expect("ping's output");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let summary = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("ping to {} printed no summary: {text}", self.dst));
+        let number_before = |word: &str| -> u64 {
+            let words: Vec<&str> = summary
+                .split([' ', ','])
+                .filter(|w| !w.is_empty())
+                .collect();
+            words
+                .iter()
+                .position(|w| *w == word)
+                .and_then(|i| words.get(i.checked_sub(1)?))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no count before {word:?} in {summary:?}"))
+        };
+        (number_before("packets"), number_before("received"), text)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A host namespace with workloads attached to it.
