@@ -28,7 +28,8 @@ mod privileged {
         cluster::{Cluster, Host, tail},
         gobgp::{EXTERNAL_NET_V4, EXTERNAL_NET_V6, EXTERNAL_V4, EXTERNAL_V6, RibEntry, Tor},
         topology::{
-            Agent, Datastore, Pinger, Topology, loader_bin, require_root, tcp_echo, wait_for,
+            Agent, Datastore, Pinger, Topology, Workload, loader_bin, require_root, tcp_echo,
+            wait_for,
         },
     };
 
@@ -97,6 +98,16 @@ mod privileged {
     /// The profile the test workloads name.
     const ALLOW_ALL: &str = "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: test-allow-all}\n\
         spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}\n";
+
+    /// Host `i`'s workload of the full-mesh step.
+    fn mesh_workload_of(cluster: &Cluster, i: u8) -> &Workload {
+        cluster
+            .host(i)
+            .workloads
+            .iter()
+            .find(|w| w.index == MESH_WORKLOAD)
+            .expect("the mesh workload")
+    }
 
     fn assign(cluster: &Cluster, host: &Host, handle: &str, extra: &[&str]) -> String {
         let mut args = vec!["ipam", "assign", "--node", &host.name, "--handle", handle];
@@ -410,14 +421,7 @@ mod privileged {
             mesh.push((i, workload.host_ifname.clone()));
         }
         cluster.apply(&endpoints);
-        let mesh_workload = |i: u8| {
-            cluster
-                .host(i)
-                .workloads
-                .iter()
-                .find(|w| w.index == MESH_WORKLOAD)
-                .expect("the mesh workload")
-        };
+        let mesh_workload = |i: u8| mesh_workload_of(&cluster, i);
         for (i, ifname) in &mesh {
             let host = cluster.host(*i);
             let agent = host.agent();
@@ -592,6 +596,16 @@ mod privileged {
 
         // --- BIRD killed: the agent starts it again with graceful restart; the others keep
         // host-2's routes meanwhile.
+        // Traffic between host-2's workload and host-3's keeps flowing throughout.
+        let mesh_workload = |i: u8| mesh_workload_of(&cluster, i);
+        let pingers: Vec<Pinger> = {
+            let to = mesh_workload(2);
+            [IpAddr::V4(to.v4), IpAddr::V6(to.v6)]
+                .into_iter()
+                .map(|dst| mesh_workload(3).ping_continuously(dst))
+                .collect()
+        };
+        thread::sleep(Duration::from_millis(500));
         // SAFETY: a signal to the BIRD this test's cluster runs.
         assert_eq!(unsafe { libc::kill(bird_pid as i32, libc::SIGKILL) }, 0);
         let peers = peers_of(&cluster, 2, &[]);
@@ -604,6 +618,11 @@ mod privileged {
         });
         wait_log(cluster.host(2), "BIRD exited; starting it again");
         wait_all_block_routes(&cluster, &owned);
+        for pinger in pingers {
+            let (sent, received, text) = pinger.finish();
+            assert!(sent >= 20, "the ping ran through BIRD's restart: {text}");
+            assert_eq!(received, sent, "no ping lost while BIRD restarted: {text}");
+        }
         steps.step("BIRD killed: started again, routes kept");
 
         // --- Bad input leaves the last good configuration in force.
