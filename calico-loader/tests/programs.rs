@@ -115,6 +115,7 @@ mod privileged {
                 .map(|n| n.parse::<IpNet>().expect("test CIDR"))
                 .collect(),
             allowed_spoof: Vec::new(),
+            ipv4_gateway: None,
         }
     }
 
@@ -181,11 +182,13 @@ mod privileged {
                 ifindex: SENDER_IFINDEX,
                 name: "lo".into(),
                 mac: HOST_MAC,
+                tap: false,
             };
             let receiver_link = LinkDetails {
                 ifindex: RECEIVER_IFINDEX,
                 name: "cali-receiver".into(),
                 mac: HOST_MAC,
+                tap: false,
             };
             let mut pairs = vec![(receiver, receiver_link)];
             if with_sender {
