@@ -412,6 +412,18 @@ mod privileged {
         );
         let agent = Agent::start(&topology, &datastore, NODE, &[]);
         agent.wait_attached(&[&wl.host_ifname, &vm1.tap, &vm2.tap]);
+        let endpoints = agent.dump("endpoints");
+        let row = |ifname: &str| {
+            endpoints
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["interface"] == ifname).cloned())
+                .unwrap_or_default()
+        };
+        assert_eq!(row(&vm1.tap)["tap"], true, "{endpoints}");
+        assert_eq!(row(&vm1.tap)["dhcp_server"], "169.254.1.1");
+        assert_eq!(row(&vm2.tap)["dhcp_server"], subnet_gateway.to_string());
+        assert_eq!(row(&wl.host_ifname)["tap"], false);
+        assert_eq!(row(&wl.host_ifname)["dhcp_server"], serde_json::Value::Null);
 
         // ARP: the gateway, the subnet's gateway, anything; answered with the tap's MAC.
         assert!(
