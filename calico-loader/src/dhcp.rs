@@ -464,7 +464,7 @@ fn serve(socket: std::os::fd::OwnedFd, leases: &Leases, stop: &AtomicBool) {
                 &mut from_len,
             )
         };
-        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         let packet = &buf[..n as usize];
