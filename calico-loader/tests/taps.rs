@@ -146,7 +146,9 @@ mod privileged {
    "projectcalico.org/openstack-project-parent-id": ""}},
   "annotations": {{"openstack.projectcalico.org/network-id": "8d4d1b1e-0000-4000-8000-000000000001"}}}},
  "spec": {{"orchestrator": "openstack", "workload": "{vm_id}", "node": "{NODE}", "endpoint": "{port_id}",
-  "interfaceName": "{tap}", "mac": "{mac}", "ipNetworks": ["{ip}/32"]{gateway}}}}}"#,
+  "interfaceName": "{tap}", "mac": "{mac}", "ipNetworks": ["{ip}/32"]{gateway},
+  "ipNATs": [{{"internalIP": "{ip}", "externalIP": "198.19.0.{last}"}}]}}}}"#,
+                last = self.ip.octets()[3],
                 node = NODE.replace('-', "--"),
                 vm = vm_id.replace('-', "--"),
                 port = port_id.replace('-', "--"),
@@ -335,6 +337,28 @@ mod privileged {
         (to_workload, to_vm)
     }
 
+    /// Pings `dst` from the VM; whether the echo reply came back to the VM's MAC from the
+    /// tap's.
+    fn vm_pings(vm: &Vm, dst: Ipv4Addr) -> bool {
+        let mut icmp = vec![8, 0, 0, 0, 0x7a, 0x9e, 0, 1];
+        icmp.extend_from_slice(b"ping from the stand-in vm");
+        let check = calico_loader::packets::checksum(&icmp);
+        icmp[2..4].copy_from_slice(&check.to_be_bytes());
+        let frame = ethernet(
+            TAP_MAC,
+            vm.mac,
+            0x0800,
+            &ipv4(vm.ip, dst, 64, 1, &[], &icmp),
+        );
+        (0..3).any(|_| {
+            vm.send(&frame);
+            vm.receive(Duration::from_secs(1), |f| {
+                ethertype(f) == 0x0800 && f[23] == 1 && f[34] == 0 && f[38..40] == [0x7a, 0x9e]
+            })
+            .is_some_and(|reply| reply[0..6] == vm.mac && reply[6..12] == TAP_MAC)
+        })
+    }
+
     fn arp_answered(vm: &Vm, target: Ipv4Addr) -> bool {
         vm.send(&arp_request(vm.mac, vm.ip, target));
         vm.receive(Duration::from_secs(2), |f| {
@@ -437,7 +461,12 @@ mod privileged {
         );
         assert!(arp_answered(&vm1, wl.v4), "ARP for another address");
 
-        // UDP both ways between the VM and the container, delivered by the programs.
+        // Ping and UDP both ways between the VM and the container, delivered by the programs.
+        assert!(
+            vm_pings(&vm1, wl.v4),
+            "ping from the VM; log:\n{}",
+            agent.log()
+        );
         let before = agent.counters(&wl.host_ifname)["forwarded_packets"]
             .as_u64()
             .unwrap_or(0);
