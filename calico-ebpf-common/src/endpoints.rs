@@ -30,8 +30,11 @@ pub struct EndpointInfo {
     pub ingress_policy: u32,
     /// Policy id of the endpoint's compiled egress policy.
     pub egress_policy: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// The address this host answers DHCP as for the workload (server identifier and router:
+    /// the endpoint's `ipv4Gateway`, else `169.254.1.1`), network byte order; all zeroes when
+    /// the workload is not served DHCP (only taps are). DHCP requests to this address or to
+    /// the broadcast address go to the agent whatever the endpoint's policy says.
+    pub dhcp_server: [u8; 4],
     /// The workload's MAC (zero when unknown).
     pub mac: [u8; 6],
     /// The MAC of the host side of the interface.
@@ -48,7 +51,7 @@ impl Default for EndpointInfo {
             flags: 0,
             ingress_policy: 0,
             egress_policy: 0,
-            _pad: 0,
+            dhcp_server: [0; 4],
             mac: [0; 6],
             host_mac: [0; 6],
             ifname: [0; IFNAME_LEN],
@@ -73,6 +76,19 @@ impl EndpointInfo {
 pub mod endpoint_flags {
     /// The interface is a workload interface managed by the agent.
     pub const WORKLOAD: u32 = 1;
+    /// The interface is a tap (a VM's): packets are delivered into it with `bpf_redirect`
+    /// out of its egress, never with the peer redirect, and only with the VM's MAC.
+    pub const TAP: u32 = 2;
 }
+
+/// `skb->mark` of a packet the from-workload or data-interface program has already judged and
+/// counted, sent out of a tap's egress (`bpf_redirect`): the tap's `calico_tc_to_wl` clears the
+/// mark and lets it through without judging or counting it again.
+pub const MARK_DELIVERED: u32 = 0x0ca1_0e01;
+
+/// `skb->mark` (`SO_MARK`) of the agent's own DHCP replies to a tap: the tap's
+/// `calico_tc_to_wl` clears the mark, counts the packet and lets it through whatever the
+/// endpoint's ingress policy says (a VM must be able to boot).
+pub const MARK_AGENT_REPLY: u32 = 0x0ca1_0e02;
 
 crate::user_pod!(EndpointInfo);

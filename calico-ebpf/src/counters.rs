@@ -15,8 +15,14 @@ pub enum Action {
     Pass,
     /// Drop the packet (already counted).
     Drop,
-    /// Deliver the (rewritten) packet to the workload behind this host-side ifindex.
+    /// Deliver the (rewritten) packet to the workload behind this host-side ifindex, a veth:
+    /// TC uses the peer redirect, XDP `bpf_redirect`.
     Redirect { ifindex: u32 },
+    /// Deliver the (rewritten) packet to the workload behind this host-side ifindex, a tap:
+    /// `bpf_redirect` out of its egress (the peer redirect drops anything aimed at a tap). In
+    /// TC the packet carries [`calico_ebpf_common::MARK_DELIVERED`], so that the tap's
+    /// `calico_tc_to_wl` does not judge or count it again.
+    Transmit { ifindex: u32 },
     /// Send the packet (one hop older) out of this interface to the next hop the FIB lookup
     /// found: towards a workload of another host.
     Forward { ifindex: u32 },

@@ -18,7 +18,7 @@ use crate::{
     packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, V4, V6, flow_kind, ptr_at, scratch_flow},
     policy::Side,
     routes::{FORWARD_HEADER_LEN, Family},
-    workload::{receiver_side, refused},
+    workload::{delivery, receiver_side, refused},
 };
 
 /// Runs the pipeline for a packet that arrived on a data interface. `to_this_host` says whether
@@ -63,7 +63,7 @@ fn ip<F: Family, H: Hook>(data: usize, data_end: usize, len: u64) -> Action {
     if RouteKind::from_u32(route.kind) != Some(RouteKind::LocalWorkload) {
         return Action::Pass;
     }
-    let receiver = match receiver_side(Some(route)) {
+    let (receiver, tap) = match receiver_side(Some(route)) {
         Ok(receiver) => receiver,
         Err(drop) => return drop,
     };
@@ -74,18 +74,18 @@ fn ip<F: Family, H: Hook>(data: usize, data_end: usize, len: u64) -> Action {
         return Action::Pass;
     };
     let hdr = unsafe { &mut *hdr };
-    if F::hop_limit(hdr) <= 1 || (H::XDP && route.mac == [0; 6]) {
+    if F::hop_limit(hdr) <= 1 || ((H::XDP || tap) && route.mac == [0; 6]) {
         // The kernel sends the ICMP time-exceeded error, or resolves the workload's MAC.
         return Action::Pass;
     }
     F::decrement_hop_limit(hdr);
-    deliver(data, data_end, route, len)
+    deliver(data, data_end, route, tap, len)
 }
 
 /// Rewrites the Ethernet header for the workload the route leads to, counts the delivery and
 /// returns the redirect.
 #[inline(always)]
-fn deliver(data: usize, data_end: usize, route: &RouteValue, len: u64) -> Action {
+fn deliver(data: usize, data_end: usize, route: &RouteValue, tap: bool, len: u64) -> Action {
     let Some(eth) = ptr_at::<[u8; 12]>(data, data_end, 0) else {
         return Action::Pass;
     };
@@ -95,7 +95,5 @@ fn deliver(data: usize, data_end: usize, route: &RouteValue, len: u64) -> Action
     }
     eth[6..12].copy_from_slice(&route.host_mac);
     count_from_data(route.ifindex, len);
-    Action::Redirect {
-        ifindex: route.ifindex,
-    }
+    delivery(route.ifindex, tap)
 }

@@ -23,6 +23,7 @@
 mod conntrack;
 mod counters;
 mod data_interface;
+mod dhcp;
 mod forward;
 mod maps;
 mod neighbour;
@@ -38,7 +39,8 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use counters::{Action, count_redirect_failure};
+use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED};
+use counters::{Action, count_redirect_failure, count_to_workload};
 use forward::{Tc, Xdp};
 
 /// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header (60) and an ICMP error
@@ -89,6 +91,13 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
             }
             ret
         }
+        Action::Transmit { ifindex: target } => {
+            let ret = transmit(ctx, target);
+            if ret != TC_ACT_REDIRECT {
+                count_redirect_failure(ifindex);
+            }
+            ret
+        }
         Action::Forward { ifindex: out } => {
             // Out of the FIB's interface, with the MACs of the kernel's neighbour entry.
             let ret = forward::redirect_neigh(out) as i32;
@@ -107,9 +116,32 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
     }
 }
 
+/// Sends a packet out of a tap's egress (TC): `bpf_redirect_peer` drops anything aimed at a
+/// tap. The mark tells the tap's `calico_tc_to_wl` that the packet was judged and counted.
+#[inline(always)]
+fn transmit(ctx: &TcContext, target: u32) -> i32 {
+    unsafe { (*ctx.skb.skb).mark = MARK_DELIVERED };
+    unsafe { bpf_redirect(target, 0) as i32 }
+}
+
 #[classifier]
 pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let skb = ctx.skb.skb;
+    let ifindex = unsafe { (*skb).ifindex };
+    match unsafe { (*skb).mark } {
+        // Judged and counted by the program that sent it here (into a tap).
+        MARK_DELIVERED => {
+            unsafe { (*skb).mark = 0 };
+            return TC_ACT_OK;
+        }
+        // The agent's DHCP reply to a VM: it passes whatever the endpoint's policy says.
+        MARK_AGENT_REPLY => {
+            unsafe { (*skb).mark = 0 };
+            count_to_workload(ifindex, ctx.len() as u64);
+            return TC_ACT_OK;
+        }
+        _ => {}
+    }
     pull_headers(&ctx);
     match workload::to_workload(ctx.data(), ctx.data_end(), ifindex, ctx.len() as u64) {
         Action::Drop => TC_ACT_SHOT,
@@ -148,7 +180,9 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         // The MACs are rewritten already (the target's, or the FIB's next hop).
-        Action::Redirect { ifindex: target } | Action::Forward { ifindex: target } => {
+        Action::Redirect { ifindex: target }
+        | Action::Transmit { ifindex: target }
+        | Action::Forward { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
                 count_redirect_failure(ifindex);
@@ -190,6 +224,13 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
             }
             ret
         }
+        Action::Transmit { ifindex: target } => {
+            let ret = transmit(&ctx, target);
+            if ret != TC_ACT_REDIRECT {
+                count_redirect_failure(target);
+            }
+            ret
+        }
         Action::Drop => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
@@ -207,7 +248,7 @@ pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
         (data_end - data) as u64,
         to_this_host,
     ) {
-        Action::Redirect { ifindex: target } => {
+        Action::Redirect { ifindex: target } | Action::Transmit { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
                 count_redirect_failure(target);

@@ -39,8 +39,10 @@ pub fn arp(
     let sender_mac = [arp[8], arp[9], arp[10], arp[11], arp[12], arp[13]];
     let sender_ip = [arp[14], arp[15], arp[16], arp[17]];
     let target_ip = [arp[24], arp[25], arp[26], arp[27]];
-    if target_ip == sender_ip || target_ip == [0; 4] {
-        // Gratuitous ARP or a probe: nothing to answer.
+    if target_ip == sender_ip || sender_ip == [0; 4] || target_ip == [0; 4] {
+        // Gratuitous ARP, or an address conflict probe (RFC 5227: sender 0.0.0.0), which a
+        // DHCP client sends for the address it was offered: nothing to answer. Answering the
+        // probe would tell the client its address is taken.
         return count_pass(counters, len);
     }
     arp[7] = 2; // reply

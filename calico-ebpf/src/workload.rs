@@ -8,7 +8,9 @@
 //! [`Hook`].
 
 use aya_ebpf::cty::c_void;
-use calico_ebpf_common::{DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue};
+use calico_ebpf_common::{
+    DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue, endpoint_flags,
+};
 
 use crate::{
     conntrack::admit,
@@ -17,6 +19,7 @@ use crate::{
         count_from_workload, count_pass, count_to_workload, count_unknown_interface,
         endpoint_counters,
     },
+    dhcp,
     forward::{self, Hook},
     maps::ENDPOINTS,
     neighbour,
@@ -81,7 +84,16 @@ pub fn from_workload<H: Hook>(
         return count_drop(counters, DropReason::Malformed);
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
-        ETH_P_IP => ip::<V4, H>(hook, data, data_end, ifindex, len, sender, counters),
+        ETH_P_IP => ip::<V4, H>(
+            hook,
+            data,
+            data_end,
+            ifindex,
+            len,
+            sender,
+            counters,
+            endpoint.dhcp_server,
+        ),
         ETH_P_IPV6 => {
             let Some(hdr) = ipv6_header(data, data_end, len) else {
                 return count_drop(counters, DropReason::Malformed);
@@ -92,7 +104,7 @@ pub fn from_workload<H: Hook>(
             if let Some(action) = neighbour::solicitation(data, data_end, hdr, host_mac, counters) {
                 return action;
             }
-            ip::<V6, H>(hook, data, data_end, ifindex, len, sender, counters)
+            ip::<V6, H>(hook, data, data_end, ifindex, len, sender, counters, [0; 4])
         }
         ETH_P_ARP => neighbour::arp(data, data_end, host_mac, counters, len),
         _ => count_pass(counters, len),
@@ -101,8 +113,10 @@ pub fn from_workload<H: Hook>(
 
 /// The from-workload pipeline of an IP packet: parsing, anti-spoofing, route, conntrack and
 /// policy, then delivery to a local workload, forwarding to a workload of another host, or
-/// hand-off to the kernel.
+/// hand-off to the kernel. `dhcp_server` is the address the agent answers DHCP as for this
+/// workload (all zeroes: none).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn ip<F: Family, H: Hook>(
     hook: &H,
     data: usize,
@@ -111,12 +125,21 @@ fn ip<F: Family, H: Hook>(
     len: u64,
     sender: Side,
     counters: *mut EndpointCounters,
+    dhcp_server: [u8; 4],
 ) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return count_drop(counters, DropReason::Malformed);
     };
     if F::parse(data, data_end, len, flow).is_none() {
         return count_drop(counters, DropReason::Malformed);
+    }
+    // A VM's DHCP request goes to the agent whatever its policy says; from 0.0.0.0, it is the
+    // only thing that passes anti-spoofing.
+    if dhcp::is_request(flow, dhcp_server)
+        && (dhcp::from_unspecified(flow) || F::source_allowed(ifindex, flow))
+        && let Some(action) = dhcp::to_agent(data, data_end, counters, len)
+    {
+        return action;
     }
     match F::on_link(flow) {
         OnLink::No => {}
@@ -144,7 +167,7 @@ fn ip<F: Family, H: Hook>(
         Some(Some(RouteKind::Blackhole)) => return count_drop(counters, DropReason::Blackhole),
         _ => None,
     };
-    let receiver = match receiver_side(local) {
+    let (receiver, tap) = match receiver_side(local) {
         Ok(receiver) => receiver,
         Err(drop) => return drop,
     };
@@ -165,12 +188,13 @@ fn ip<F: Family, H: Hook>(
         return count_drop(counters, DropReason::Malformed);
     };
     let hdr = unsafe { &mut *hdr };
-    if F::hop_limit(hdr) <= 1 || (H::XDP && route.mac == [0; 6]) {
-        // Let the kernel send the ICMP time-exceeded error, or resolve the neighbour.
+    if F::hop_limit(hdr) <= 1 || ((H::XDP || tap) && route.mac == [0; 6]) {
+        // Let the kernel send the ICMP time-exceeded error, or resolve the neighbour: XDP
+        // cannot deliver without the target's MAC, and a VM takes only frames for its own.
         return count_pass(counters, len);
     }
     F::decrement_hop_limit(hdr);
-    redirect_to_workload(data, data_end, route, len, counters)
+    redirect_to_workload(data, data_end, route, tap, len, counters)
 }
 
 /// Prepares a packet for a workload of another host (policy and conntrack have let it through)
@@ -215,26 +239,32 @@ fn forward_to_remote<F: Family, H: Hook>(
     out
 }
 
-/// The receiving side of a packet routed to a local workload (none for other destinations).
-/// A local workload whose endpoint entry is missing has no policy programmed yet: its traffic
-/// is dropped, never let through unchecked.
+/// The receiving side of a packet routed to a local workload (none for other destinations),
+/// and whether its interface is a tap. A local workload whose endpoint entry is missing has no
+/// policy programmed yet: its traffic is dropped, never let through unchecked.
 #[inline(always)]
-pub fn receiver_side(local: Option<&RouteValue>) -> Result<Side, Action> {
+pub fn receiver_side(local: Option<&RouteValue>) -> Result<(Side, bool), Action> {
     let Some(route) = local else {
-        return Ok(Side::NONE);
+        return Ok((Side::NONE, false));
     };
     match ENDPOINTS.get_ptr(route.ifindex) {
-        Some(endpoint) => Ok(side(route.ifindex, unsafe { &*endpoint })),
+        Some(endpoint) => {
+            let endpoint = unsafe { &*endpoint };
+            let tap = endpoint.flags & endpoint_flags::TAP != 0;
+            Ok((side(route.ifindex, endpoint), tap))
+        }
         None => Err(count_drop_for(route.ifindex, DropReason::PolicyMissing)),
     }
 }
 
-/// Rewrites the Ethernet header for delivery to a local workload and returns the redirect.
+/// Rewrites the Ethernet header for delivery to a local workload and returns the redirect:
+/// into a veth's peer, or out of a tap.
 #[inline(always)]
 fn redirect_to_workload(
     data: usize,
     data_end: usize,
     route: &RouteValue,
+    tap: bool,
     len: u64,
     counters: *mut EndpointCounters,
 ) -> Action {
@@ -248,8 +278,17 @@ fn redirect_to_workload(
     eth[6..12].copy_from_slice(&route.host_mac);
     count_forwarded(counters, len);
     count_to_workload(route.ifindex, len);
-    Action::Redirect {
-        ifindex: route.ifindex,
+    delivery(route.ifindex, tap)
+}
+
+/// How a packet reaches the workload behind `ifindex`: through the peer of a veth, or out of
+/// a tap (its egress queues the frame for the VM).
+#[inline(always)]
+pub fn delivery(ifindex: u32, tap: bool) -> Action {
+    if tap {
+        Action::Transmit { ifindex }
+    } else {
+        Action::Redirect { ifindex }
     }
 }
 

@@ -43,6 +43,10 @@ pub struct EndpointRow {
     pub host_mac: String,
     pub addresses: Vec<String>,
     pub allowed_spoof: Vec<String>,
+    /// The interface is a tap (a VM's).
+    pub tap: bool,
+    /// The address the agent answers DHCP as for the VM, when it serves it.
+    pub dhcp_server: Option<String>,
     pub attached: bool,
     pub hooks: Vec<String>,
 }
@@ -176,6 +180,9 @@ pub fn endpoints(layout: &PinLayout) -> anyhow::Result<Vec<EndpointRow>> {
                 host_mac: mac_string(&info.host_mac),
                 addresses: Vec::new(),
                 allowed_spoof: Vec::new(),
+                tap: info.flags & calico_ebpf_common::endpoint_flags::TAP != 0,
+                dhcp_server: (info.dhcp_server != [0; 4])
+                    .then(|| std::net::Ipv4Addr::from(info.dhcp_server).to_string()),
                 attached: !hooks.is_empty(),
                 hooks,
                 interface,

@@ -6,6 +6,7 @@ pub mod bgp;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;
+pub mod dhcp;
 pub mod dump;
 pub mod ipam;
 pub mod microbench;

@@ -219,12 +219,14 @@ pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, Mic
         mac: Some(mac),
         networks: vec![ipnet::IpNet::new(ip.into(), 32).expect("a /32 is valid")],
         allowed_spoof: Vec::new(),
+        ipv4_gateway: None,
     };
     let sender_mac = [0xca, 0xfe, 0, 0, 0, 1];
     let link = |ifindex, name: &str| LinkDetails {
         ifindex,
         name: name.to_owned(),
         mac: HOST_MAC,
+        tap: false,
     };
     let endpoints = [
         (

@@ -192,10 +192,12 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         mac: wep.spec.mac.map(|m| m.octets()),
         networks: wep.spec.ip_networks.clone(),
         allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
+        ipv4_gateway: wep.spec.ipv4_gateway,
     };
     let link = LinkDetails {
         ifindex: OFFLINE_IFINDEX,
         name: endpoint.interface.clone(),
+        tap: false,
         mac: packets::HOST_MAC,
     };
     dataplane

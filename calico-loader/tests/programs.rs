@@ -115,6 +115,7 @@ mod privileged {
                 .map(|n| n.parse::<IpNet>().expect("test CIDR"))
                 .collect(),
             allowed_spoof: Vec::new(),
+            ipv4_gateway: None,
         }
     }
 
@@ -161,6 +162,11 @@ mod privileged {
         /// Programs the two endpoints (or only the receiver), with the sender allowed to send from
         /// `spoof` too, and a blackhole route.
         fn program(&mut self, with_sender: bool, spoof: &[&str]) {
+            self.program_with(with_sender, spoof, false);
+        }
+
+        /// Like `program`, with the sender's interface a tap (a VM's) when `sender_tap`.
+        fn program_with(&mut self, with_sender: bool, spoof: &[&str], sender_tap: bool) {
             let mut sender = endpoint(
                 "test/sender",
                 "lo",
@@ -181,11 +187,13 @@ mod privileged {
                 ifindex: SENDER_IFINDEX,
                 name: "lo".into(),
                 mac: HOST_MAC,
+                tap: sender_tap,
             };
             let receiver_link = LinkDetails {
                 ifindex: RECEIVER_IFINDEX,
                 name: "cali-receiver".into(),
                 mac: HOST_MAC,
+                tap: false,
             };
             let mut pairs = vec![(receiver, receiver_link)];
             if with_sender {
@@ -419,6 +427,77 @@ mod privileged {
         let (verdict, out) = f.run_tc(&packet);
         assert_eq!(verdict, TC_ACT_OK);
         assert_eq!(out, packet);
+    }
+
+    #[test]
+    fn address_conflict_probes_are_left_to_the_kernel() {
+        let mut f = Fixture::new();
+        // RFC 5227: sender 0.0.0.0, asking who has the address a DHCP client was offered.
+        let packet = arp_request(SENDER_MAC, Ipv4Addr::UNSPECIFIED, SENDER_V4);
+        let (verdict, out) = f.run_tc(&packet);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, packet);
+        assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 0);
+    }
+
+    /// A DHCP request frame (UDP 68 to `dport`) from `src` to `dst`.
+    fn dhcp_request(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let udp = udp_v4(src, dst, 68, dport, &[1u8; 300]);
+        ethernet(
+            [0xff; 6],
+            SENDER_MAC,
+            0x0800,
+            &ipv4(src, dst, 64, 17, &[], &udp),
+        )
+    }
+
+    #[test]
+    fn a_vms_dhcp_requests_pass_whatever_the_source_rules_and_nothing_else_from_zero() {
+        let mut f = Fixture::new();
+        let gateway = Ipv4Addr::new(169, 254, 1, 1);
+        let discover = dhcp_request(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 67);
+        // A container (not a tap) is not served DHCP: from 0.0.0.0 is spoofed.
+        assert_eq!(f.run_tc(&discover).0, TC_ACT_SHOT);
+
+        f.program_with(true, &[], true);
+        let (verdict, out) = f.run_tc(&discover);
+        assert_eq!(
+            verdict, TC_ACT_OK,
+            "a DISCOVER from a VM goes to the kernel"
+        );
+        assert_eq!(out, discover);
+        assert_eq!(f.run_xdp(&discover).0, XDP_PASS);
+        // A renewal unicast to the server becomes a broadcast, with valid checksums.
+        let renew = dhcp_request(SENDER_V4, gateway, 67);
+        for (verdict, out) in [f.run_tc(&renew), f.run_xdp(&renew)] {
+            assert!(verdict == TC_ACT_OK || verdict == XDP_PASS);
+            assert_eq!(
+                &out[30..34],
+                &[255; 4],
+                "destination is the broadcast address"
+            );
+            assert_ipv4_checksums_valid(&out);
+            // Only the destination and the two checksums changed.
+            assert_eq!(out[..24], renew[..24]);
+            assert_eq!(out[26..30], renew[26..30]);
+            assert_eq!(out[34..40], renew[34..40]);
+            assert_eq!(out[42..], renew[42..]);
+        }
+        let spoofed = f.counters(SENDER_IFINDEX).drops[DropReason::SpoofedSource as usize];
+        for packet in [
+            // From 0.0.0.0 to another server, to another port, and not DHCP at all.
+            dhcp_request(Ipv4Addr::UNSPECIFIED, RECEIVER_V4, 67),
+            dhcp_request(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68),
+            udp_v4_frame(SENDER_MAC, Ipv4Addr::UNSPECIFIED, RECEIVER_V4, 64, &[]),
+            // A renewal from a foreign address.
+            dhcp_request(RECEIVER_V4, gateway, 67),
+        ] {
+            assert_eq!(f.run_tc(&packet).0, TC_ACT_SHOT);
+        }
+        assert_eq!(
+            f.counters(SENDER_IFINDEX).drops[DropReason::SpoofedSource as usize],
+            spoofed + 4
+        );
     }
 
     #[test]

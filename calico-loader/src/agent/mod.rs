@@ -130,6 +130,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "dataplane loaded"
     );
 
+    // DHCP for VMs on taps; without it the rest of the dataplane runs all the same.
+    let dhcp = match crate::dhcp::Server::start() {
+        Ok(server) => Some(server),
+        Err(e) => {
+            error!("VMs on taps get no DHCP: {e}");
+            None
+        }
+    };
+
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut log = ReportLog::default();
@@ -181,6 +190,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .await
         {
             Ok(report) => {
+                if let Some(dhcp) = &dhcp {
+                    let pools: Vec<ipnet::Ipv4Net> = sync
+                        .snapshot
+                        .all::<IpPool>()
+                        .filter_map(|pool| match pool.spec.cidr {
+                            ipnet::IpNet::V4(net) => Some(net),
+                            ipnet::IpNet::V6(_) => None,
+                        })
+                        .collect();
+                    dhcp.set_leases(
+                        report
+                            .dhcp_clients
+                            .iter()
+                            .map(|c| (c.ifindex, crate::dhcp::Lease::for_client(c, &pools)))
+                            .collect(),
+                    );
+                }
                 log.log(&report, &endpoints, dataplane.mode());
                 let attached = dataplane.attached();
                 let workloads = attached.values().filter(|(_, r)| *r == Role::Workload);

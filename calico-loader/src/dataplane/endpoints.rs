@@ -255,6 +255,37 @@ pub fn is_data_interface(pattern: &Regex, name: &str) -> bool {
     name != "lo" && pattern.is_match(name)
 }
 
+/// The address this host answers DHCP as for `endpoint` on `link`: only a tap (a VM) with an
+/// IPv4 address is served, as its `ipv4Gateway`, else as `169.254.1.1` (see
+/// [`crate::dhcp`]).
+pub fn dhcp_server(endpoint: &LocalEndpoint, link: &LinkDetails) -> Option<std::net::Ipv4Addr> {
+    if !link.tap || !endpoint.networks.iter().any(|n| matches!(n, IpNet::V4(_))) {
+        return None;
+    }
+    Some(
+        endpoint
+            .ipv4_gateway
+            .unwrap_or(std::net::Ipv4Addr::from(calico_ebpf_common::GATEWAY_V4)),
+    )
+}
+
+/// What the DHCP server needs of `endpoint` on `link`, when it serves it (a tap with an IPv4
+/// address).
+pub fn dhcp_client(endpoint: &LocalEndpoint, link: &LinkDetails) -> Option<crate::dhcp::Client> {
+    dhcp_server(endpoint, link)?;
+    let address = endpoint.networks.iter().find_map(|net| match net {
+        IpNet::V4(net) => Some(net.addr()),
+        IpNet::V6(_) => None,
+    })?;
+    Some(crate::dhcp::Client {
+        ifindex: link.ifindex,
+        endpoint: endpoint.key.clone(),
+        mac: endpoint.mac,
+        address,
+        gateway: endpoint.ipv4_gateway,
+    })
+}
+
 /// Adds to `contents` the entries that serve `endpoint` on `link` with the policy generations
 /// `(ingress_policy, egress_policy)`: its endpoint entry, keyed by ifindex, and the sources it
 /// may send from (its own addresses and its allowed-spoof prefixes).
@@ -265,13 +296,17 @@ pub fn endpoint_entries(
     (ingress_policy, egress_policy): (u32, u32),
 ) {
     let ifindex = link.ifindex;
+    let mut flags = endpoint_flags::WORKLOAD;
+    if link.tap {
+        flags |= endpoint_flags::TAP;
+    }
     contents.endpoints.insert(
         ifindex,
         EndpointInfo {
-            flags: endpoint_flags::WORKLOAD,
+            flags,
             ingress_policy,
             egress_policy,
-            _pad: 0,
+            dhcp_server: dhcp_server(endpoint, link).map_or([0; 4], |a| a.octets()),
             mac: endpoint.mac.unwrap_or([0; 6]),
             host_mac: link.mac,
             ifname: fill_nul_padded(link.name.as_bytes()),

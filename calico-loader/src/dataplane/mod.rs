@@ -86,6 +86,8 @@ pub struct ApplyReport {
     pub policy_entries: usize,
     /// Problems with single endpoints; the others were programmed regardless.
     pub errors: Vec<String>,
+    /// The tap endpoints (VMs) with an IPv4 address: the agent's DHCP server answers them.
+    pub dhcp_clients: Vec<crate::dhcp::Client>,
 }
 
 /// The programmed dataplane of this host.
@@ -196,6 +198,10 @@ impl Dataplane {
         // New policy, then the endpoint entries that switch to it (with their sources,
         // counters and routes), then the old policy goes.
         let endpoints: Vec<_> = present.values().map(|(e, link)| (*e, link)).collect();
+        report.dhcp_clients = endpoints
+            .iter()
+            .filter_map(|(endpoint, link)| endpoints::dhcp_client(endpoint, link))
+            .collect();
         let switched = switch_policy(
             &mut self.policy,
             &mut self.maps,

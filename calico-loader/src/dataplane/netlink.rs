@@ -12,7 +12,7 @@ use rtnetlink::{
     packet_core::NetlinkMessage,
     packet_route::{
         RouteNetlinkMessage,
-        link::LinkAttribute,
+        link::{InfoKind, LinkAttribute, LinkInfo},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     },
@@ -41,6 +41,9 @@ pub struct LinkDetails {
     pub ifindex: u32,
     pub name: String,
     pub mac: [u8; 6],
+    /// A tap (link kind `tun`, as `/dev/net/tun` makes them): a VM's interface, which the
+    /// programs deliver into with `bpf_redirect` and only with the VM's MAC.
+    pub tap: bool,
 }
 
 /// A route (prefix via interface) the kernel should have for a local workload.
@@ -86,12 +89,18 @@ impl Netlink {
                 ifindex: message.header.index,
                 name: String::new(),
                 mac: [0; 6],
+                tap: false,
             };
             for attribute in message.attributes {
                 match attribute {
                     LinkAttribute::IfName(name) => details.name = name,
                     LinkAttribute::Address(address) if address.len() == 6 => {
                         details.mac.copy_from_slice(&address);
+                    }
+                    LinkAttribute::LinkInfo(infos) => {
+                        details.tap = infos
+                            .iter()
+                            .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Tun)));
                     }
                     _ => {}
                 }

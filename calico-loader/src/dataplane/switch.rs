@@ -152,10 +152,12 @@ mod tests {
                     "198.18.0.0/24".parse().unwrap(),
                     "198.18.0.11/32".parse().unwrap(),
                 ],
+                ipv4_gateway: None,
             },
             LinkDetails {
                 ifindex: 7,
                 name: "cali0123456789a".into(),
+                tap: false,
                 mac: [0xee; 6],
             },
         )

@@ -29,6 +29,9 @@ pub struct LocalEndpoint {
     pub networks: Vec<IpNet>,
     /// Source prefixes it may send from besides its own (`allowSpoofedSourcePrefixes`).
     pub allowed_spoof: Vec<IpNet>,
+    /// The gateway of its IPv4 subnet (`ipv4Gateway`, as networking-calico writes it): a VM's
+    /// DHCP lease names it as the router.
+    pub ipv4_gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// A workload endpoint of another node, as the route map needs it: where its addresses live.
@@ -155,6 +158,7 @@ pub fn local_endpoints(
             mac: wep.spec.mac.map(|mac| mac.octets()),
             networks: wep.spec.ip_networks.clone(),
             allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
+            ipv4_gateway: wep.spec.ipv4_gateway,
         };
         if let Some(other) = endpoints.get(&endpoint.interface) {
             conflicts.push(Conflict {
