@@ -49,6 +49,8 @@ pub const VIRTIO_NET_MODULES: &[&str] = &[
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
 /// The marker of a finished image in its cache directory.
 const COMPLETE: &str = "complete";
+/// The version of the initramfs's recipe: a cached image of another version is not used.
+const RECIPE: &str = "r2";
 /// What the guest prints when it is ready for commands, and after each one.
 const READY: &str = "vm: ready";
 const DONE: &str = "vm: done ";
@@ -104,15 +106,18 @@ impl VmImage {
 
     /// The newest complete image in `cache`, if there is one.
     pub fn cached(cache: &Path) -> Option<Self> {
-        let mut releases: Vec<String> = fs::read_dir(cache)
+        let suffix = format!("+{RECIPE}");
+        let mut dirs: Vec<String> = fs::read_dir(cache)
             .ok()?
             .filter_map(Result::ok)
             .filter(|entry| entry.path().join(COMPLETE).exists())
             .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.ends_with(&suffix))
             .collect();
-        releases.sort();
-        let release = releases.pop()?;
-        Some(Self::in_dir(&cache.join(&release), release))
+        dirs.sort();
+        let dir = dirs.pop()?;
+        let release = dir.trim_end_matches(&suffix).to_owned();
+        Some(Self::in_dir(&cache.join(&dir), release))
     }
 
     fn in_dir(dir: &Path, release: String) -> Self {
@@ -229,7 +234,7 @@ fn build_image(
     fs::write(dir.join("initramfs.cpio"), initramfs).map_err(io_error("writing the initramfs"))?;
     fs::write(dir.join(COMPLETE), format!("{package}\n"))
         .map_err(io_error("marking the image complete"))?;
-    let target = cache.join(&release);
+    let target = cache.join(format!("{release}+{RECIPE}"));
     let _ = fs::remove_dir_all(&target);
     fs::rename(&dir, &target).map_err(io_error(format!(
         "moving the image to {}",
@@ -323,6 +328,7 @@ fn initramfs(busybox: &[u8], modules: &[(&str, Vec<u8>)]) -> io::Result<Vec<u8>>
         "sys",
         "tmp",
         "etc",
+        "etc/udhcpc",
         "lib",
         "lib/modules",
         "usr",
@@ -339,10 +345,11 @@ fn initramfs(busybox: &[u8], modules: &[(&str, Vec<u8>)]) -> io::Result<Vec<u8>>
         archive.file(&format!("lib/modules/{name}.ko"), 0o644, bytes)?;
     }
     archive.file("init", 0o755, init_script().as_bytes())?;
-    archive.file(
+    // Debian's busybox looks in /etc/udhcpc, upstream's in /usr/share/udhcpc.
+    archive.file("etc/udhcpc/default.script", 0o755, UDHCPC_SCRIPT.as_bytes())?;
+    archive.symlink(
         "usr/share/udhcpc/default.script",
-        0o755,
-        UDHCPC_SCRIPT.as_bytes(),
+        "/etc/udhcpc/default.script",
     )?;
     archive.finish()
 }
@@ -576,7 +583,7 @@ mod tests {
             assert!(text.contains(&format!("lib/modules/{name}.ko")), "{name}");
         }
         assert!(text.contains("bin/busybox\0"));
-        assert!(text.contains("usr/share/udhcpc/default.script\0"));
+        assert!(text.contains("etc/udhcpc\0") && text.contains("etc/udhcpc/default.script\0"));
         let init = init_script();
         let insmods: Vec<&str> = init.lines().filter(|l| l.starts_with("insmod")).collect();
         assert_eq!(insmods.len(), VIRTIO_NET_MODULES.len());

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use anyhow::Result;
 use testbed::{Cmd, output, privileges};
 
-use crate::{bench, paths, root, setup};
+use crate::{bench, paths, root, setup, vm};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -19,6 +19,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
     // The tests load eBPF programs and create network namespaces: fail fast.
     root::ensure_can_become_root("`cargo xtask test` (the tests load eBPF programs)")?;
     setup::setup()?;
+    // The VM tests boot this image; building it once here keeps its download out of them.
+    vm::ensure(None)?;
 
     output::step("Running the tests");
     output::explain(

@@ -7,3 +7,4 @@ pub mod cluster;
 pub mod etcd;
 pub mod gobgp;
 pub mod topology;
+pub mod two_hosts;
