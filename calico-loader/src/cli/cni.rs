@@ -135,11 +135,13 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding this executable")?;
     std::fs::create_dir_all(&args.bin_dir)
         .with_context(|| format!("creating {}", args.bin_dir.display()))?;
-    for plugin in [Plugin::Calico, Plugin::CalicoIpam] {
-        let target = args.bin_dir.join(plugin.name());
-        copy_atomically(&exe, &target)?;
-        println!("installed {}", target.display());
-    }
+    // One copy, named twice: the name it is started under picks the plugin.
+    let calico = args.bin_dir.join(Plugin::Calico.name());
+    copy_atomically(&exe, &calico)?;
+    println!("installed {}", calico.display());
+    let ipam = args.bin_dir.join(Plugin::CalicoIpam.name());
+    link_atomically(&calico, &ipam)?;
+    println!("installed {}", ipam.display());
     std::fs::create_dir_all(&args.conf_dir)
         .with_context(|| format!("creating {}", args.conf_dir.display()))?;
     let path = args.conf_dir.join(format!("10-{}.conflist", args.network));
@@ -154,6 +156,22 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
 fn copy_atomically(from: &Path, to: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     write_atomically(to, &bytes, 0o755)
+}
+
+/// Makes `to` a hard link of `from` (a copy where the file system cannot link), replacing
+/// what `to` was in one rename.
+fn link_atomically(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = to.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    if std::fs::hard_link(from, &temp).is_err() {
+        return copy_atomically(from, to);
+    }
+    std::fs::rename(&temp, to).with_context(|| format!("writing {}", to.display()))?;
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
