@@ -35,6 +35,12 @@ const APT_PACKAGES: &[&str] = &[
     // An independent BGP speaker, the top-of-rack router of the routing tests (its
     // systemd unit starts only with an /etc/gobgpd.conf, which nothing writes).
     "gobgpd",
+    // Real containers on the CNI plugin (the podman test): podman 4 with its CNI backend, the
+    // runtime it is run with, and the busybox-static its test image is made of.
+    "podman",
+    "containernetworking-plugins",
+    "runc",
+    "busybox-static",
     "sudo",
 ];
 
