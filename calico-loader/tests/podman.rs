@@ -4,11 +4,13 @@
 //! test "host" namespace (`nsenter --net=`) beside the agent, with its own storage. The image
 //! is a busybox-static root file system made into an image with `podman import`.
 //!
-//! Checked: two containers reach each other through the agent's programs; `podman rm -f`
-//! releases the addresses, endpoints and veths (`calico-loader ipam check` is clean); 20
-//! containers started at once get distinct addresses.
+//! Checked on one host: two containers reach each other through the agent's programs;
+//! `podman rm -f` releases the addresses, endpoints and veths (`calico-loader ipam check` is
+//! clean); 20 containers started at once get distinct addresses. Across hosts (the routing
+//! tests' cluster: etcd, agents and BIRD on each host): a container on one host reaches one on
+//! another.
 //!
-//! Only 198.18.0.0/15 is used, and nothing is added to the root namespace.
+//! Only 198.18.0.0/15 and 2001:db8::/32 are used, and nothing is added to the root namespace.
 
 mod support;
 
@@ -19,14 +21,17 @@ mod privileged {
         path::{Path, PathBuf},
         process::{Command, Output},
         thread,
-        time::Duration,
+        time::{Duration, Instant},
     };
 
-    use crate::support::topology::{Agent, loader_bin, netns, require_root, unique, wait_for};
     use serde_json::Value;
     use testbed::{Netns, privileges::which};
 
-    const NODE: &str = "podman-host";
+    use crate::support::{
+        cluster::Cluster,
+        topology::{Agent, loader_bin, netns, require_root, unique, wait_for},
+    };
+
     const IMAGE: &str = "localhost/calico-ebpf-test-busybox";
 
     const POOL: &str = "\
@@ -36,16 +41,6 @@ metadata: {name: podman-v4}
 spec: {cidr: 198.18.4.0/24, blockSize: 28}
 ";
 
-    /// A host namespace with the agent, a datastore directory, the plugin installed, and a
-    /// private podman.
-    struct Podman {
-        // Dropped in this order: the agent before its namespace.
-        agent: Agent,
-        dir: tempfile::TempDir,
-        datastore: tempfile::TempDir,
-        host: Netns,
-    }
-
     fn output_text(output: &Output) -> String {
         format!(
             "{}{}",
@@ -54,48 +49,46 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
         )
     }
 
-    impl Podman {
-        fn new() -> Self {
-            require_root();
-            for (program, package) in [
-                ("podman", "podman"),
-                ("runc", "runc"),
-                ("busybox", "busybox-static"),
-            ] {
-                assert!(
-                    which(program).is_some(),
-                    "{program} is missing: install {package} (cargo xtask setup does)"
-                );
-            }
+    fn require_tools() {
+        require_root();
+        for (program, package) in [
+            ("podman", "podman"),
+            ("runc", "runc"),
+            ("busybox", "busybox-static"),
+        ] {
             assert!(
-                Path::new("/usr/lib/cni/loopback").exists(),
-                "/usr/lib/cni/loopback is missing: install containernetworking-plugins (cargo xtask setup does)"
+                which(program).is_some(),
+                "{program} is missing: install {package} (cargo xtask setup does)"
             );
-            let host = netns("podh");
-            for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-                host.exec(&["sysctl", "-qw", sysctl]);
-            }
-            let datastore = tempfile::tempdir().expect("datastore dir");
-            let dir = tempfile::tempdir().expect("podman dir");
+        }
+        assert!(
+            Path::new("/usr/lib/cni/loopback").exists(),
+            "/usr/lib/cni/loopback is missing: install containernetworking-plugins (cargo xtask setup does)"
+        );
+    }
+
+    /// A private podman in a host namespace, with the plugin installed for `node` and the
+    /// datastore `datastore_env` names (calicoctl's variables). Dropping it removes its
+    /// containers (through the plugin's DEL) and its storage.
+    struct Podman {
+        host_ns: PathBuf,
+        node: String,
+        datastore_env: Vec<(&'static str, String)>,
+        dir: tempfile::TempDir,
+    }
+
+    impl Podman {
+        fn install(
+            host_ns: PathBuf,
+            node: &str,
+            datastore_env: Vec<(&'static str, String)>,
+        ) -> Self {
             let me = Self {
-                agent: Agent::spawn(
-                    &host.path(),
-                    NODE,
-                    PathBuf::from("/sys/fs/bpf").join(unique("calico-test-")),
-                    dir.path().join("agent-run"),
-                    &[
-                        "--datastore",
-                        &datastore.path().display().to_string(),
-                        "--networking-backend",
-                        "none",
-                    ],
-                    &[],
-                ),
-                host,
-                datastore,
-                dir,
+                host_ns,
+                node: node.to_owned(),
+                datastore_env,
+                dir: tempfile::tempdir().expect("podman dir"),
             };
-            me.loader(&["apply", "-f", &me.write("pool.yaml", POOL)]);
             let (bin, conf) = (me.path("cni-bin"), me.path("cni-conf"));
             me.loader(&[
                 "cni",
@@ -105,17 +98,17 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
                 "--conf-dir",
                 &conf,
                 "--node",
-                NODE,
+                node,
             ]);
             me.write(
                 "containers.conf",
                 &format!(
                     "[containers]\ndefault_ulimits = []\n\n\
-                 [network]\nnetwork_backend = \"cni\"\n\
-                 cni_plugin_dirs = [\"{bin}\", \"/usr/lib/cni\"]\n\
-                 network_config_dir = \"{conf}\"\n\n\
-                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
-                 events_logger = \"file\"\n"
+                     [network]\nnetwork_backend = \"cni\"\n\
+                     cni_plugin_dirs = [\"{bin}\", \"/usr/lib/cni\"]\n\
+                     network_config_dir = \"{conf}\"\n\n\
+                     [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+                     events_logger = \"file\"\n"
                 ),
             );
             me.import_busybox();
@@ -132,12 +125,13 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
             path
         }
 
-        /// `calico-loader ARGS` against the datastore; expects success.
+        /// `calico-loader ARGS` in the host namespace, against the datastore; expects success.
         fn loader(&self, args: &[&str]) -> String {
-            let output = Command::new(loader_bin())
+            let output = Command::new("nsenter")
+                .arg(format!("--net={}", self.host_ns.display()))
+                .arg(loader_bin())
                 .args(args)
-                .env("DATASTORE_TYPE", "local")
-                .env("CALICO_DATASTORE_DIR", self.datastore.path())
+                .envs(self.datastore_env.iter().map(|(k, v)| (k, v)))
                 .env_remove("NODENAME")
                 .output()
                 .expect("run calico-loader");
@@ -153,7 +147,7 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
         fn command(&self, args: &[&str]) -> Command {
             let mut command = Command::new("nsenter");
             command
-                .arg(format!("--net={}", self.host.path().display()))
+                .arg(format!("--net={}", self.host_ns.display()))
                 .arg("podman")
                 .args(["--root", &self.path("storage")])
                 .args(["--runroot", &self.path("run")])
@@ -169,9 +163,9 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
             let output = self.command(args).output().expect("run podman");
             assert!(
                 output.status.success(),
-                "podman {args:?}: {}\nagent log tail:\n{}",
-                output_text(&output),
-                tail(&self.agent.log())
+                "podman {args:?} on {}: {}",
+                self.node,
+                output_text(&output)
             );
             String::from_utf8_lossy(&output.stdout).trim().to_owned()
         }
@@ -218,43 +212,17 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
             ])
         }
 
+        /// Whether `from` pings `to` (one packet).
+        fn pings(&self, from: &str, to: &str) -> bool {
+            self.command(&["exec", from, "ping", "-c", "1", "-W", "1", to])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        }
+
         fn endpoints(&self) -> Vec<Value> {
             let out = self.loader(&["get", "workloadendpoints", "-A", "-o", "json"]);
             let value: Value = serde_json::from_str(&out).expect("get -o json");
             value["items"].as_array().cloned().unwrap_or_default()
-        }
-
-        fn cali_links(&self) -> Vec<String> {
-            let out =
-                String::from_utf8_lossy(&self.host.exec(&["ip", "-o", "link"]).stdout).into_owned();
-            out.lines()
-                .filter_map(|l| l.split(':').nth(1))
-                .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
-                .filter(|n| n.starts_with("cali"))
-                .collect()
-        }
-
-        /// Everything released: no allocation, no endpoint, no veth.
-        fn assert_all_released(&self) {
-            let report = self.loader(&["ipam", "check"]);
-            assert!(
-                report.contains("IPAM blocks record 0 allocations."),
-                "{report}"
-            );
-            assert!(
-                report.contains("Check complete; found 0 problems."),
-                "{report}"
-            );
-            assert!(
-                self.endpoints().is_empty(),
-                "endpoints left: {:?}",
-                self.endpoints()
-            );
-            assert!(
-                self.cali_links().is_empty(),
-                "veths left: {:?}",
-                self.cali_links()
-            );
         }
     }
 
@@ -267,14 +235,78 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
         }
     }
 
+    fn cali_links(host: &Netns) -> Vec<String> {
+        let out = String::from_utf8_lossy(&host.exec(&["ip", "-o", "link"]).stdout).into_owned();
+        out.lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+            .filter(|n| n.starts_with("cali"))
+            .collect()
+    }
+
+    /// Everything released: no allocation, no endpoint, no veth.
+    fn assert_all_released(podman: &Podman, host: &Netns) {
+        let report = podman.loader(&["ipam", "check"]);
+        assert!(
+            report.contains("IPAM blocks record 0 allocations."),
+            "{report}"
+        );
+        assert!(
+            report.contains("Check complete; found 0 problems."),
+            "{report}"
+        );
+        assert!(
+            podman.endpoints().is_empty(),
+            "endpoints left: {:?}",
+            podman.endpoints()
+        );
+        assert!(
+            cali_links(host).is_empty(),
+            "veths left: {:?}",
+            cali_links(host)
+        );
+    }
+
     fn tail(text: &str) -> String {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     #[test]
-    fn podman_containers_on_the_network() {
-        let podman = Podman::new();
+    fn podman_containers_on_one_host() {
+        const NODE: &str = "podman-host";
+        require_tools();
+        let host = netns("podh");
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            host.exec(&["sysctl", "-qw", sysctl]);
+        }
+        let datastore = tempfile::tempdir().expect("datastore dir");
+        let run_dir = tempfile::tempdir().expect("agent run dir");
+        let agent = Agent::spawn(
+            &host.path(),
+            NODE,
+            PathBuf::from("/sys/fs/bpf").join(unique("calico-test-")),
+            run_dir.path().join("calico"),
+            &[
+                "--datastore",
+                &datastore.path().display().to_string(),
+                "--networking-backend",
+                "none",
+            ],
+            &[],
+        );
+        let podman = Podman::install(
+            host.path(),
+            NODE,
+            vec![
+                ("DATASTORE_TYPE", "local".to_owned()),
+                (
+                    "CALICO_DATASTORE_DIR",
+                    datastore.path().display().to_string(),
+                ),
+            ],
+        );
+        podman.loader(&["apply", "-f", &podman.write("pool.yaml", POOL)]);
 
         // Two containers reach each other through the agent's programs.
         let c1 = podman.run("c1");
@@ -285,7 +317,7 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
             "{a1} {a2}"
         );
         let veths = [format!("cali{}", &c1[..11]), format!("cali{}", &c2[..11])];
-        podman.agent.wait_attached(&[&veths[0], &veths[1]]);
+        agent.wait_attached(&[&veths[0], &veths[1]]);
         let names: BTreeSet<String> = podman
             .endpoints()
             .iter()
@@ -296,15 +328,18 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
             "{names:?}"
         );
         for (from, to) in [("c1", &a2), ("c2", &a1)] {
-            let out = podman.podman(&["exec", from, "ping", "-c", "2", "-W", "2", to]);
-            assert!(out.contains("2 packets received"), "{from} -> {to}: {out}");
+            assert!(
+                podman.pings(from, to),
+                "{from} does not reach {to}; agent log:\n{}",
+                tail(&agent.log())
+            );
         }
-        let endpoint_counters = podman.agent.dump("endpoints").to_string();
-        assert!(endpoint_counters.contains(&veths[0]), "{endpoint_counters}");
+        let endpoints = agent.dump("endpoints").to_string();
+        assert!(endpoints.contains(&veths[0]), "{endpoints}");
 
         // podman rm -f releases everything.
         podman.podman(&["rm", "--force", "--time", "0", "c1", "c2"]);
-        podman.assert_all_released();
+        assert_all_released(&podman, &host);
 
         // 20 containers started at once get distinct addresses.
         let names: Vec<String> = (0..20).map(|i| format!("par{i}")).collect();
@@ -330,8 +365,74 @@ spec: {cidr: 198.18.4.0/24, blockSize: 28}
         args.extend(names.iter().map(String::as_str));
         podman.podman(&args);
         wait_for("the veths to go", Duration::from_secs(10), || {
-            podman.cali_links().is_empty()
+            cali_links(&host).is_empty()
         });
-        podman.assert_all_released();
+        assert_all_released(&podman, &host);
+        drop(podman);
+        drop(agent);
+    }
+
+    /// Two hosts of the routing tests' cluster (etcd on the fabric, an agent and BIRD on each):
+    /// podman on each host puts a container on the network, and the two reach each other
+    /// through the agents' programs and the routes BIRD learned for each other's blocks.
+    #[test]
+    fn podman_containers_across_hosts() {
+        require_tools();
+        let mut cluster = Cluster::new(2);
+        cluster.apply(POOL);
+        let url = cluster.etcd.client_url.clone();
+        for i in 1..=2 {
+            let host = cluster.host_mut(i);
+            host.enable_forwarding();
+            let (v4, v6) = (host.v4.to_string(), host.v6.to_string());
+            host.start_agent(&url, &[], &["--ip", &v4, "--ip6", &v6]);
+        }
+        cluster.wait_nodes(Duration::from_secs(30));
+        let podmans: Vec<Podman> = cluster
+            .hosts
+            .iter()
+            .map(|h| {
+                Podman::install(
+                    h.ns.path(),
+                    &h.name,
+                    vec![
+                        ("DATASTORE_TYPE", "etcdv3".to_owned()),
+                        ("ETCD_ENDPOINTS", url.clone()),
+                    ],
+                )
+            })
+            .collect();
+        let ids: Vec<String> = podmans.iter().map(|p| p.run("web")).collect();
+        let addresses: Vec<String> = podmans.iter().map(|p| p.address("web")).collect();
+        for (host, id) in cluster.hosts.iter().zip(&ids) {
+            host.agent().wait_attached(&[&format!("cali{}", &id[..11])]);
+        }
+        for (from, to) in [(0, 1), (1, 0)] {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !podmans[from].pings("web", &addresses[to]) {
+                assert!(
+                    Instant::now() < deadline,
+                    "host-{}'s container does not reach {} on host-{}; routes:\n{}\n{}\nlogs:\n{}",
+                    from + 1,
+                    addresses[to],
+                    to + 1,
+                    cluster.host(1).ip(&["route"]),
+                    cluster.host(2).ip(&["route"]),
+                    tail(&cluster.logs())
+                );
+                thread::sleep(Duration::from_millis(300));
+            }
+        }
+        for podman in &podmans {
+            podman.podman(&["rm", "--force", "--time", "0", "web"]);
+        }
+        let report = podmans[0].loader(&["ipam", "check"]);
+        assert!(
+            report.contains("IPAM blocks record 0 allocations."),
+            "{report}"
+        );
+        assert!(podmans[0].endpoints().is_empty());
+        drop(podmans);
+        drop(cluster);
     }
 }
