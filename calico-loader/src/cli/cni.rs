@@ -194,3 +194,74 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
     std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        install: InstallArgs,
+    }
+
+    fn conflist_for(args: &[&str]) -> Value {
+        let mut all = vec!["install"];
+        all.extend_from_slice(args);
+        let wrapper = Wrapper::try_parse_from(all).expect("arguments");
+        conflist(&wrapper.install).expect("conflist")
+    }
+
+    #[test]
+    fn the_conflist_carries_the_datastore_settings() {
+        let etcd = conflist_for(&[
+            "--network",
+            "net1",
+            "--node",
+            "node-a",
+            "--datastore-type",
+            "etcdv3",
+            "--etcd-endpoints",
+            "https://198.18.0.1:2379,https://198.18.0.2:2379",
+            "--etcd-ca-cert-file",
+            "/etc/calico/ca.pem",
+            "--ipv6",
+        ]);
+        assert_eq!(etcd["name"], "net1");
+        assert_eq!(etcd["cniVersion"], "1.0.0");
+        let plugin = &etcd["plugins"][0];
+        assert_eq!(plugin["type"], "calico");
+        assert_eq!(plugin["nodename"], "node-a");
+        assert_eq!(plugin["datastore_type"], "etcdv3");
+        assert_eq!(
+            plugin["etcd_endpoints"],
+            "https://198.18.0.1:2379,https://198.18.0.2:2379"
+        );
+        assert_eq!(plugin["etcd_ca_cert_file"], "/etc/calico/ca.pem");
+        assert!(plugin.get("etcd_key_file").is_none());
+        assert_eq!(plugin["ipam"]["type"], "calico-ipam");
+        assert_eq!(plugin["ipam"]["assign_ipv6"], "true");
+
+        let local = conflist_for(&["--datastore-type", "local", "--datastore", "relative/dir"]);
+        let plugin = &local["plugins"][0];
+        assert_eq!(local["name"], "calico");
+        assert_eq!(plugin["datastore_type"], "local");
+        let dir = plugin["datastore_dir"].as_str().expect("a path");
+        assert!(
+            dir.starts_with('/') && dir.ends_with("relative/dir"),
+            "{dir}"
+        );
+        // The plugin reads what install writes.
+        let mut entry = plugin.clone();
+        entry["name"] = local["name"].clone();
+        entry["cniVersion"] = local["cniVersion"].clone();
+        let conf = crate::cni::config::NetConf::parse(
+            entry.to_string().as_bytes(),
+            &crate::cni::config::ProcessEnv,
+        )
+        .expect("the plugin accepts it");
+        assert_eq!(conf.datastore, DatastoreConfig::Local(PathBuf::from(dir)));
+    }
+}
