@@ -549,6 +549,22 @@ spec: {cidr: '2001:db8:c::/112', blockSize: 122}
         let msg = add(&good, Some(Path::new("/run/netns/no-such-namespace")))
             .expect_error("a missing namespace", 4);
         assert!(msg.contains("no such network namespace"), "{msg}");
+        // A container ID Calico cannot put in an endpoint's name: refused before anything is
+        // made.
+        let upper = cni.call_with(
+            "calico",
+            "ADD",
+            &[
+                ("CNI_CONTAINERID", "Upper_Case".to_owned()),
+                ("CNI_IFNAME", "eth0".to_owned()),
+                ("CNI_NETNS", path_str(&ns.path())),
+            ],
+            &good,
+        );
+        let msg = upper.expect_error("an ID that cannot name an endpoint", 4);
+        assert!(msg.contains("cannot name a WorkloadEndpoint"), "{msg}");
+        assert!(!ns.try_exec(&["ip", "link", "show", "eth0"]));
+        assert_released(&cni);
         let msg = cni
             .call_with("calico", "BOGUS", &[], &good)
             .expect_error("an unknown command", 4);

@@ -91,6 +91,26 @@ pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
             "{key} already exists: DEL the attachment first"
         )));
     }
+    // The endpoint must be writable with these names (Calico's name rules): found out now,
+    // before anything is made.
+    endpoint::write_request(
+        &endpoint::endpoint_object(&EndpointFields {
+            node: &node,
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+            network: &conf.name,
+            host_veth: &host_veth,
+            mac: link::HOST_MAC,
+            addresses: &[],
+        }),
+        crate::datastore::WriteMode::Create,
+    )
+    .map_err(|e| {
+        CniError::env(format!(
+            "node {node:?}, CNI_CONTAINERID {:?} and CNI_IFNAME {:?} cannot name a WorkloadEndpoint: {}",
+            env.container_id, env.ifname, e.msg
+        ))
+    })?;
     let mut ipam = addresses::open(&conf.datastore, &mut store).await?;
     let handle = conf.handle(&env.container_id);
     let held = addresses::held_by(&mut ipam, &handle).await?;
