@@ -705,4 +705,65 @@ spec: {cidr: '2001:db8:c::/112', blockSize: 122}
         assert!(cni.endpoints().is_empty());
         assert_released(&cni);
     }
+
+    /// `ipam.type` another plugin (`host-local` from containernetworking-plugins): it is run
+    /// from `CNI_PATH` for ADD and DEL, and its address is the container's.
+    #[test]
+    fn another_ipam_plugin_is_run_from_cni_path() {
+        let host_local = Path::new("/usr/lib/cni/host-local");
+        assert!(
+            host_local.exists(),
+            "{} is missing: install containernetworking-plugins (cargo xtask setup does)",
+            host_local.display()
+        );
+        let cni = Cni::new(local, false);
+        let data = tempfile::tempdir().expect("host-local's data dir");
+        let mut config = cni.config();
+        config["ipam"] = json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": "198.18.9.0/24"}]],
+            "dataDir": data.path(),
+        });
+        let ns = netns("cnihl");
+        let id = container_id(40);
+        let cni_path = format!("{}:/usr/lib/cni", cni.bin.path().display());
+        let call = |verb: &str| {
+            cni.call_with(
+                "calico",
+                verb,
+                &[
+                    ("CNI_CONTAINERID", id.clone()),
+                    ("CNI_IFNAME", "eth0".to_owned()),
+                    ("CNI_NETNS", path_str(&ns.path())),
+                    ("CNI_PATH", cni_path.clone()),
+                ],
+                &config.to_string(),
+            )
+        };
+        let result = call("ADD").expect_ok("ADD").expect("a result");
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .expect("address")
+            .to_owned();
+        assert!(
+            address.starts_with("198.18.9.") && address.ends_with("/32"),
+            "{result}"
+        );
+        let ip = address.trim_end_matches("/32");
+        let addrs =
+            String::from_utf8_lossy(&ns.exec(&["ip", "addr", "show", "eth0"]).stdout).into_owned();
+        assert!(addrs.contains(&address), "{addrs}");
+        let reserved = data.path().join(NETWORK).join(ip);
+        assert!(reserved.exists(), "host-local reserved {ip}");
+        let wep = cni.endpoint(&id).expect("endpoint");
+        assert_eq!(wep["spec"]["ipNetworks"], json!([address]));
+        cni.call_with("calico", "STATUS", &[], &config.to_string())
+            .expect_ok("STATUS with another IPAM plugin");
+        call("DEL").expect_ok("DEL");
+        assert!(!reserved.exists(), "host-local released {ip}");
+        assert!(cni.endpoint(&id).is_none());
+        assert!(!cni.host_link_exists(&host_veth(&id)));
+        // Calico's IPAM was not used.
+        assert_released(&cni);
+    }
 }

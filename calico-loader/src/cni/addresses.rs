@@ -169,8 +169,8 @@ pub async fn collect_garbage(
     Ok(stale.into_iter().collect())
 }
 
-/// STATUS: whether ADD could get addresses: the datastore answers, and an enabled pool of
-/// each family asked for exists.
+/// STATUS: whether ADD could get addresses: the datastore answers, and (with Calico's IPAM)
+/// an enabled pool of each family asked for exists.
 ///
 /// # Errors
 ///
@@ -186,6 +186,10 @@ pub async fn status(conf: &NetConf) -> Result<(), CniError> {
     ipam.settings()
         .await
         .map_err(|e| unavailable(CniError::from_ipam("reading the IPAM settings", &e)))?;
+    if !super::delegate::is_calico_ipam(&conf.ipam.ipam_type) {
+        // Another IPAM plugin hands out the addresses: its pools are its own.
+        return Ok(());
+    }
     for (asked, v4) in [
         (conf.ipam.assign_ipv4, true),
         (conf.ipam.assign_ipv6, false),

@@ -52,6 +52,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// GC: `cni.dev/valid-attachments`.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// The configuration as received, for a delegated IPAM plugin.
+    pub raw: Vec<u8>,
 }
 
 /// `ipam`: which addresses to assign.
@@ -228,7 +230,7 @@ impl NetConf {
             [raw.etcd_ca_cert_file, raw.etcd_cert_file, raw.etcd_key_file],
             env,
         )?;
-        if raw.mtu == Some(0) || raw.mtu.is_some_and(|m| m > 65535) {
+        if raw.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
             return Err(CniError::config(
                 "invalid network configuration: mtu: must be between 68 and 65535",
             ));
@@ -270,6 +272,7 @@ impl NetConf {
             policy_type: raw.policy.map(|p| p.policy_type).filter(|t| !t.is_empty()),
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
+            raw: stdin.to_vec(),
         })
     }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the configuration (Calico's fields) and the environment, checked;
 //! - [`addresses`]: addresses through the IPAM library (handle `<network>.<containerID>`);
+//! - [`delegate`]: addresses from another IPAM plugin (`host-local`...), run from `CNI_PATH`;
 //! - [`link`]: the veth and the container's addresses and routes, made with `ip`;
 //! - [`endpoint`]: the WorkloadEndpoint and the network's Profile in the datastore;
 //! - [`verbs`]: what each command does with them;
@@ -16,6 +17,7 @@
 
 pub mod addresses;
 pub mod config;
+pub mod delegate;
 pub mod endpoint;
 pub mod error;
 pub mod link;
@@ -113,8 +115,10 @@ pub async fn call(
         Verb::Add | Verb::Del | Verb::Check => {
             let cni_env = CniEnv::read(verb, env)?;
             match (plugin, verb) {
-                (Plugin::Calico, Verb::Add) => verbs::add(&conf, &cni_env).await.map(Some),
-                (Plugin::Calico, Verb::Del) => verbs::del(&conf, &cni_env).await.map(|()| None),
+                (Plugin::Calico, Verb::Add) => verbs::add(&conf, &cni_env, env).await.map(Some),
+                (Plugin::Calico, Verb::Del) => {
+                    verbs::del(&conf, &cni_env, env).await.map(|()| None)
+                }
                 (Plugin::Calico, _) => verbs::check(&conf, &cni_env).await.map(|()| None),
                 (Plugin::CalicoIpam, Verb::Add) => verbs::ipam_add(&conf, &cni_env).await.map(Some),
                 (Plugin::CalicoIpam, Verb::Del) => {

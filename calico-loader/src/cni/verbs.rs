@@ -8,24 +8,14 @@ use tracing::{info, warn};
 
 use super::{
     addresses,
-    config::{CniEnv, NetConf, SUPPORTED_VERSIONS, attachment_set, peek_version},
+    config::{CniEnv, Environment, NetConf, SUPPORTED_VERSIONS, attachment_set, peek_version},
+    delegate,
     endpoint::{self, EndpointFields},
-    error::{CniError, code},
+    error::CniError,
     link::{self, Namespace, Veth, host_veth_name},
     result::{ContainerInterface, add_result, result_addresses},
 };
 use crate::datastore::Store;
-
-/// The IPAM types this plugin assigns from itself (an empty type means Calico's).
-fn check_ipam_type(conf: &NetConf) -> Result<(), CniError> {
-    match conf.ipam.ipam_type.as_str() {
-        "" | "calico-ipam" => Ok(()),
-        other => Err(CniError::new(
-            code::UNSUPPORTED_FIELD,
-            format!("ipam.type {other:?} is not supported: use \"calico-ipam\""),
-        )),
-    }
-}
 
 async fn open_store(conf: &NetConf) -> Result<Store, CniError> {
     Store::open(&conf.datastore)
@@ -65,8 +55,11 @@ fn existing_netns(env: &CniEnv) -> Result<std::path::PathBuf, CniError> {
 /// # Errors
 ///
 /// See [`CniError`]; nothing this call created is left behind.
-pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
-    check_ipam_type(conf)?;
+pub async fn add(
+    conf: &NetConf,
+    env: &CniEnv,
+    process_env: &dyn Environment,
+) -> Result<Value, CniError> {
     let netns = existing_netns(env)?;
     let container = Namespace::Container(netns.clone());
     if link::link_exists(&container, &env.ifname)? {
@@ -111,15 +104,32 @@ pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
             env.container_id, env.ifname, e.msg
         ))
     })?;
-    let mut ipam = addresses::open(&conf.datastore, &mut store).await?;
     let handle = conf.handle(&env.container_id);
-    let held = addresses::held_by(&mut ipam, &handle).await?;
-    if !held.is_empty() {
-        return Err(CniError::internal(format!(
-            "IPAM handle {handle} already holds {held:?}: DEL the attachment first"
-        )));
-    }
-    let addresses = addresses::assign(&mut ipam, conf, &node, &handle).await?;
+    let ipam_type = conf.ipam.ipam_type.as_str();
+    let mut ipam = None;
+    let addresses = if delegate::is_calico_ipam(ipam_type) {
+        let mut calico_ipam = addresses::open(&conf.datastore, &mut store).await?;
+        let held = addresses::held_by(&mut calico_ipam, &handle).await?;
+        if !held.is_empty() {
+            return Err(CniError::internal(format!(
+                "IPAM handle {handle} already holds {held:?}: DEL the attachment first"
+            )));
+        }
+        let assigned = addresses::assign(&mut calico_ipam, conf, &node, &handle).await?;
+        ipam = Some(calico_ipam);
+        assigned
+    } else {
+        let output = delegate::run(ipam_type, "ADD", &conf.raw, process_env)?;
+        match delegate::addresses(ipam_type, &output) {
+            Ok(assigned) => assigned,
+            Err(e) => {
+                if let Err(undo) = delegate::run(ipam_type, "DEL", &conf.raw, process_env) {
+                    warn!("undo: {undo}");
+                }
+                return Err(e);
+            }
+        }
+    };
     info!(container = env.container_id, ?addresses, "assigned");
 
     let mut endpoint_written = false;
@@ -159,7 +169,11 @@ pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
             {
                 warn!("undo: {undo}");
             }
-            if let Err(undo) = addresses::release(&mut ipam, &handle).await {
+            let released = match &mut ipam {
+                Some(calico_ipam) => addresses::release(calico_ipam, &handle).await.map(|_| ()),
+                None => delegate::run(ipam_type, "DEL", &conf.raw, process_env).map(|_| ()),
+            };
+            if let Err(undo) = released {
                 warn!("undo: {undo}");
             }
             return Err(e);
@@ -184,7 +198,11 @@ pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
 /// # Errors
 ///
 /// The datastore failing (the call can be repeated).
-pub async fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
+pub async fn del(
+    conf: &NetConf,
+    env: &CniEnv,
+    process_env: &dyn Environment,
+) -> Result<(), CniError> {
     let node = conf.node_name()?;
     let mut store = open_store(conf).await?;
     let key = endpoint::endpoint_key(&node, &env.container_id, &env.ifname);
@@ -199,7 +217,7 @@ pub async fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         link::delete_link(&Namespace::Host, &wep.spec.interface_name)?;
         endpoint::delete_endpoint(&mut store, &key).await?;
     }
-    if check_ipam_type(conf).is_ok() {
+    if delegate::is_calico_ipam(&conf.ipam.ipam_type) {
         let mut ipam = addresses::open(&conf.datastore, &mut store).await?;
         let released = addresses::release(&mut ipam, &conf.handle(&env.container_id)).await?;
         info!(
@@ -208,6 +226,8 @@ pub async fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
             endpoint = existing.is_some(),
             "deleted"
         );
+    } else {
+        delegate::run(&conf.ipam.ipam_type, "DEL", &conf.raw, process_env)?;
     }
     Ok(())
 }
@@ -256,6 +276,9 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let Some(wep) = endpoint::get_endpoint(&mut store, &key).await? else {
         return Err(CniError::internal(format!("{key} is missing")));
     };
+    if !delegate::is_calico_ipam(&conf.ipam.ipam_type) {
+        return Ok(());
+    }
     let mut ipam = addresses::open(&conf.datastore, &mut store).await?;
     let held = addresses::held_by(&mut ipam, &conf.handle(&env.container_id)).await?;
     for net in &wep.spec.ip_networks {
@@ -298,7 +321,7 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
         let key = endpoint::endpoint_key(&node, &attachment.0, &attachment.1);
         endpoint::delete_endpoint(&mut store, &key).await?;
     }
-    if check_ipam_type(conf).is_ok() {
+    if delegate::is_calico_ipam(&conf.ipam.ipam_type) {
         let mut ipam = addresses::open(&conf.datastore, &mut store).await?;
         let released =
             addresses::collect_garbage(&mut ipam, &conf.name, &node, &valid_containers).await?;
