@@ -537,6 +537,21 @@ spec: {cidr: '2001:db8:c::/112', blockSize: 122}
         let good = cni.config().to_string();
         let msg = add("{not json", Some(&ns.path())).expect_error("malformed stdin", 6);
         assert!(msg.contains("not JSON"), "{msg}");
+        // prepare_for_xdp: GRO on and checksum offload off on the container side.
+        let mut xdp = cni.config();
+        xdp["prepare_for_xdp"] = json!(true);
+        let xdp_ns = netns("cnixdp");
+        let xdp_id = container_id(21);
+        cni.attach_call("calico", "ADD", &xdp_id, Some(&xdp_ns.path()), &xdp)
+            .expect_ok("ADD with prepare_for_xdp");
+        let features =
+            String::from_utf8_lossy(&xdp_ns.exec(&["ethtool", "-k", "eth0"]).stdout).into_owned();
+        assert!(
+            features.contains("generic-receive-offload: on"),
+            "{features}"
+        );
+        assert!(features.contains("tx-checksumming: off"), "{features}");
+        cni.del(&xdp_id, Some(&xdp_ns.path()));
         let mut bad_mtu = cni.config();
         bad_mtu["mtu"] = json!("large");
         let msg = add(&bad_mtu.to_string(), Some(&ns.path())).expect_error("a bad field", 7);
@@ -576,6 +591,9 @@ spec: {cidr: '2001:db8:c::/112', blockSize: 122}
             unreachable!("a local datastore")
         };
         let blocker: PathBuf = dir.path().join("workloadendpoints");
+        if blocker.exists() {
+            std::fs::remove_dir_all(&blocker).expect("no endpoint is left to remove");
+        }
         std::fs::write(&blocker, "in the way").expect("blocker");
         let msg = add(&good, Some(&ns.path())).expect_error("ADD with the endpoint unwritable", 5);
         assert!(msg.contains("WorkloadEndpoint"), "{msg}");

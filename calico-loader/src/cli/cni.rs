@@ -49,6 +49,10 @@ pub struct InstallArgs {
     /// Give containers an IPv6 address too (needs an enabled IPv6 pool).
     #[arg(long)]
     pub ipv6: bool,
+    /// Prepare the container side for the agent's XDP mode (`--attach-mode xdp`): GRO on,
+    /// transmit checksum offload off.
+    #[arg(long)]
+    pub xdp: bool,
     #[command(flatten)]
     pub datastore: DatastoreArgs,
 }
@@ -80,6 +84,9 @@ pub fn conflist(args: &InstallArgs) -> anyhow::Result<Value> {
             "assign_ipv6": if args.ipv6 { "true" } else { "false" },
         },
     });
+    if args.xdp {
+        plugin["prepare_for_xdp"] = json!(true);
+    }
     if let Some(node) = args.node.as_deref().filter(|n| !n.is_empty()) {
         plugin["nodename"] = json!(node);
     }

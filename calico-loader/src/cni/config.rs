@@ -48,6 +48,9 @@ pub struct NetConf {
     pub ipam: IpamConf,
     /// `policy.type`: when set (`k8s`), the network's profile is not created.
     pub policy_type: Option<String>,
+    /// `prepare_for_xdp` (ours): GRO on and transmit checksum offload off on the container
+    /// side, which the agent's XDP mode needs.
+    pub prepare_for_xdp: bool,
     /// The previous plugin's result (CHECK, chained ADD).
     pub prev_result: Option<Value>,
     /// GC: `cni.dev/valid-attachments`.
@@ -95,6 +98,8 @@ struct RawNetConf {
     log_file_path: Option<PathBuf>,
     ipam: Option<RawIpam>,
     policy: Option<RawPolicy>,
+    #[serde(default, deserialize_with = "flag")]
+    prepare_for_xdp: Option<bool>,
     #[serde(rename = "prevResult")]
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -270,6 +275,7 @@ impl NetConf {
             log_file_path: raw.log_file_path.filter(|p| !p.as_os_str().is_empty()),
             ipam,
             policy_type: raw.policy.map(|p| p.policy_type).filter(|t| !t.is_empty()),
+            prepare_for_xdp: raw.prepare_for_xdp.unwrap_or(false),
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
             raw: stdin.to_vec(),

@@ -137,6 +137,8 @@ pub struct Veth<'a> {
     pub netns: &'a Path,
     pub mtu: u32,
     pub addresses: &'a [IpAddr],
+    /// GRO on and transmit checksum offload off on the container side (the agent's XDP mode).
+    pub prepare_for_xdp: bool,
 }
 
 /// Creates the veth and configures both sides (see the module documentation); returns the
@@ -252,6 +254,30 @@ pub fn create_veth(veth: &Veth<'_>) -> Result<String, CniError> {
                 veth.container_name,
             ],
         )?;
+    }
+    if veth.prepare_for_xdp {
+        let output = Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args([
+                "ethtool",
+                "-K",
+                veth.container_name,
+                "gro",
+                "on",
+                "tx",
+                "off",
+            ])
+            .output()
+            .map_err(|e| {
+                CniError::internal(format!("cannot run ethtool: {e} (is it installed?)"))
+            })?;
+        if !output.status.success() {
+            return Err(CniError::internal(format!(
+                "ethtool -K {} gro on tx off: {}",
+                veth.container_name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
     }
     let mac = link_mac(&container, veth.container_name)?;
     for address in veth.addresses {

@@ -140,6 +140,7 @@ pub async fn add(
             netns: &netns,
             mtu: conf.mtu,
             addresses: &addresses,
+            prepare_for_xdp: conf.prepare_for_xdp,
         })?;
         let object = endpoint::endpoint_object(&EndpointFields {
             node: &node,
