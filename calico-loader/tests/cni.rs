@@ -5,6 +5,9 @@
 //! stdin, inside a test "host" namespace; containers are namespaces the test creates. The
 //! datastore is a local directory or a real etcd running inside the host namespace.
 //!
+//! Outside the namespaces, and without root: the etcd TLS settings from `cni install` reach the
+//! plugin (STATUS).
+//!
 //! Only 198.18.0.0/15 and 2001:db8::/32 are used, and nothing is added to the root namespace.
 
 mod support;
@@ -784,4 +787,83 @@ spec: {cidr: '2001:db8:c::/112', blockSize: 122}
         // Calico's IPAM was not used.
         assert_released(&cni);
     }
+}
+
+/// `cni install` against etcd with TLS writes the certificate files into the conflist, and
+/// the plugin uses them: STATUS succeeds with them and is code 50 without the client
+/// certificate. Needs no root (etcd on 127.0.0.1, nothing attached).
+#[test]
+fn etcd_tls_settings_reach_the_plugin() {
+    use std::process::Command;
+
+    use serde_json::{Value, json};
+    use support::{
+        cli::{Backend, run_with_stdin},
+        etcd::Etcd,
+    };
+
+    let backend = Backend::Etcd(Etcd::start_tls());
+    backend.ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: tls-v4}\n\
+             spec: {cidr: 198.18.8.0/24}\n",
+        ),
+    );
+    let (bin, conf) = (
+        tempfile::tempdir().expect("bin"),
+        tempfile::tempdir().expect("conf"),
+    );
+    let (bin_dir, conf_dir) = (
+        bin.path().display().to_string(),
+        conf.path().display().to_string(),
+    );
+    backend.ok(
+        &[
+            "cni",
+            "install",
+            "--bin-dir",
+            &bin_dir,
+            "--conf-dir",
+            &conf_dir,
+        ],
+        None,
+    );
+    let text =
+        std::fs::read_to_string(conf.path().join("10-calico.conflist")).expect("the conflist");
+    let conflist: Value = serde_json::from_str(&text).expect("JSON");
+    let mut config = conflist["plugins"][0].clone();
+    config["name"] = conflist["name"].clone();
+    config["cniVersion"] = json!("1.1.0");
+    let Backend::Etcd(etcd) = &backend else {
+        unreachable!("etcd")
+    };
+    let tls = etcd.tls.as_ref().expect("TLS files");
+    assert_eq!(config["etcd_endpoints"], etcd.client_url, "{text}");
+    assert_eq!(config["etcd_cert_file"], json!(tls.client_cert), "{text}");
+    assert_eq!(config["etcd_key_file"], json!(tls.client_key), "{text}");
+    assert_eq!(config["etcd_ca_cert_file"], json!(tls.ca_cert), "{text}");
+    let status = |config: &Value| {
+        let mut command = Command::new(bin.path().join("calico"));
+        command
+            .env_clear()
+            .env("CNI_COMMAND", "STATUS")
+            .env("CNI_PATH", bin.path());
+        run_with_stdin(command, Some(&config.to_string()))
+    };
+    let out = status(&config);
+    assert!(
+        out.status.success(),
+        "STATUS with the TLS files: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut without_cert = config.clone();
+    without_cert
+        .as_object_mut()
+        .expect("object")
+        .retain(|k, _| k != "etcd_cert_file" && k != "etcd_key_file");
+    let out = status(&without_cert);
+    assert!(!out.status.success(), "STATUS without a client certificate");
+    let error: Value = serde_json::from_slice(&out.stdout).expect("an error JSON");
+    assert_eq!(error["code"], 50, "{error}");
 }
