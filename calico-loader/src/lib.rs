@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bgp;
 pub mod cli;
+pub mod cni;
 pub mod dataplane;
 pub mod datastore;
 pub mod dhcp;

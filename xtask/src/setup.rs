@@ -35,7 +35,13 @@ const APT_PACKAGES: &[&str] = &[
     // An independent BGP speaker, the top-of-rack router of the routing tests (its
     // systemd unit starts only with an /etc/gobgpd.conf, which nothing writes).
     "gobgpd",
-    // Test VMs: qemu (TCG), and the static busybox of their initramfs.
+    // Real containers on the CNI plugin (the podman test): podman 4 with its CNI backend, the
+    // runtime it is run with, and the busybox-static its test image (and the test VMs'
+    // initramfs) is made of.
+    "podman",
+    "containernetworking-plugins",
+    "runc",
+    // Test VMs: qemu (TCG).
     "qemu-system-x86",
     "busybox-static",
     "sudo",

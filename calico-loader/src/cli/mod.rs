@@ -5,6 +5,7 @@
 //! - [`agent`]: `run` (the agent) and `cleanup` (what an agent left).
 //! - [`resources`]: the calicoctl-style `apply|create|replace|delete|get`.
 //! - [`ipam`]: `ipam show|assign|release|check`, Calico's IPAM.
+//! - [`cni`]: `cni install`, the CNI plugin and its conflist.
 //! - [`node`]: `node status`, this node's BGP sessions.
 //! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
 //! - [`trace`]: `trace`, why a packet is allowed or dropped.
@@ -12,6 +13,7 @@
 //! - [`output`]: the table-or-JSON choice of `dump` and `trace`.
 
 pub mod agent;
+pub mod cni;
 pub mod dump;
 pub mod ipam;
 pub mod microbench;
@@ -52,6 +54,9 @@ pub enum Command {
     Get(resources::GetArgs),
     /// Calico IPAM: show the pools' use, assign and release addresses, check for leaks.
     Ipam(ipam::IpamArgs),
+    /// The CNI plugin: `cni install` puts it (as `calico` and `calico-ipam`) and a conflist
+    /// where container runtimes find them.
+    Cni(cni::CniArgs),
     /// This node: `node status` shows its BGP sessions, as calicoctl does.
     Node(node::NodeArgs),
     /// Print what the pinned maps hold.
@@ -97,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => args.run().await,
         Command::Get(args) => args.run().await,
         Command::Ipam(args) => ipam::run(args).await,
+        Command::Cni(args) => cni::run(&args),
         Command::Node(args) => node::run(&args),
         Command::Dump(args) => dump::run(&args),
         Command::Microbench(args) => microbench::run(&args),
