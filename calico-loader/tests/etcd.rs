@@ -1241,6 +1241,13 @@ mod privileged {
         assert!(tcp_works(&topology), "agent log:\n{}", agent.log());
         assert_eq!(listings(&agent), 1, "agent log:\n{}", agent.log());
         let pid = agent.pid().expect("agent running");
+        // The agent writes its Node in the background; its write (and the watch event it
+        // brings back) must be over before the agent is frozen, or the revision the watch
+        // resumes from is not the one this test expects.
+        wait_for("the agent's Node", Duration::from_secs(20), || {
+            agent.log().contains("Node created")
+        });
+        std::thread::sleep(Duration::from_secs(1));
 
         // 1. Resumed: the deny policy, put while the agent was cut off, arrives through the
         // resumed watch.
