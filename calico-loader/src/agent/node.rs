@@ -500,6 +500,31 @@ pub async fn register(
     }
 }
 
+/// The node name: `explicit` (`--node`, `NODENAME`, a CNI config's `nodename`), else the
+/// host name, as calico-node and Calico's CNI plugin take it.
+///
+/// # Errors
+///
+/// No name given and `gethostname` failing.
+pub fn node_name(explicit: Option<String>) -> std::io::Result<String> {
+    match explicit {
+        Some(node) if !node.is_empty() => Ok(node),
+        _ => hostname(),
+    }
+}
+
+/// This machine's host name, the default node name.
+fn hostname() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,22 +176,8 @@ fn parse_pattern(text: &str) -> Result<Regex, String> {
 ///
 /// No name given and `gethostname` failing.
 pub fn node_name(explicit: Option<String>) -> anyhow::Result<String> {
-    match explicit {
-        Some(node) if !node.is_empty() => Ok(node),
-        _ => hostname(),
-    }
-}
-
-/// This machine's host name, the default node name.
-fn hostname() -> anyhow::Result<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for buf.len() bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    anyhow::ensure!(
-        rc == 0,
-        "gethostname failed: {}",
-        std::io::Error::last_os_error()
-    );
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    anyhow::Context::context(
+        crate::agent::node::node_name(explicit),
+        "finding the node name (gethostname)",
+    )
 }

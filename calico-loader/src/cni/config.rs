@@ -310,7 +310,8 @@ impl NetConf {
                 ));
             }
         }
-        crate::cli::agent::node_name(None).map_err(|e| CniError::internal(format!("{e:#}")))
+        crate::agent::node::node_name(None)
+            .map_err(|e| CniError::internal(format!("the host name (gethostname): {e}")))
     }
 
     /// The IPAM handle of a container's addresses on this network (Calico's).
