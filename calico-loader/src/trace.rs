@@ -193,6 +193,7 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         networks: wep.spec.ip_networks.clone(),
         allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
         ipv4_gateway: wep.spec.ipv4_gateway,
+        ip_nats: Vec::new(),
     };
     let link = LinkDetails {
         ifindex: OFFLINE_IFINDEX,

@@ -116,6 +116,7 @@ mod privileged {
                 .collect(),
             allowed_spoof: Vec::new(),
             ipv4_gateway: None,
+            ip_nats: Vec::new(),
         }
     }
 

@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, NodeInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4,
+    EndpointCounters, EndpointInfo, FloatingIpKey, FloatingIpValue, NodeInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4,
     SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
 };
 
@@ -53,6 +53,7 @@ pub struct Maps {
     pub sources_v6: Handle<spec::SourcesV6>,
     pub endpoints: Handle<spec::Endpoints>,
     pub counters: Handle<spec::Counters>,
+    pub floating_ips: Handle<spec::FloatingIps>,
 }
 
 /// Owned handles on the policy maps.
@@ -112,6 +113,7 @@ impl Maps {
             sources_v6: source.open::<spec::SourcesV6>()?,
             endpoints: source.open::<spec::Endpoints>()?,
             counters: source.open::<spec::Counters>()?,
+            floating_ips: source.open::<spec::FloatingIps>()?,
         })
     }
 
@@ -140,6 +142,8 @@ pub struct MapContents {
     pub sources_v4: BTreeMap<(u32, [u8; 8]), u32>,
     pub sources_v6: BTreeMap<(u32, [u8; 20]), u32>,
     pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Floating IPs, both directions.
+    pub floating_ips: BTreeMap<FloatingIpKey, FloatingIpValue>,
 }
 
 /// Encodes a source key as bytes so that it can be ordered in a BTreeMap.
@@ -224,6 +228,10 @@ impl Maps {
         for entry in self.endpoints.iter() {
             let (key, value) = entry.map_err(map_err(map_names::ENDPOINTS))?;
             contents.endpoints.insert(key, value);
+        }
+        for entry in self.floating_ips.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::FLOATING_IPS))?;
+            contents.floating_ips.insert(key, value);
         }
         Ok(contents)
     }
@@ -323,6 +331,23 @@ impl Maps {
             self.routes_v6
                 .remove(&Key::new(*len, *key))
                 .map_err(map_err(name))?;
+        }
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
+
+        // Floating IPs after the routes (a floating-ip route whose entry is not there yet or
+        // any more leaves its packets to the kernel).
+        let (write, remove) = diff(&current.floating_ips, &desired.floating_ips);
+        let name = map_names::FLOATING_IPS;
+        for (key, value) in &write {
+            self.floating_ips
+                .insert(key, value, 0)
+                .map_err(map_err(name))?;
+        }
+        for key in &remove {
+            self.floating_ips.remove(key).map_err(map_err(name))?;
         }
         stats += ReconcileStats {
             written: write.len(),

@@ -67,6 +67,12 @@ impl RouteManager {
         let mut routes = BTreeSet::new();
         let mut neighbours = BTreeSet::new();
         for (endpoint, link) in present {
+            for (_, external) in super::endpoints::floating_ips(endpoint) {
+                routes.insert(KernelRoute {
+                    net: IpNet::from(std::net::IpAddr::V4(external)),
+                    ifindex: link.ifindex,
+                });
+            }
             for net in &endpoint.networks {
                 routes.insert(KernelRoute {
                     net: *net,
@@ -142,6 +148,44 @@ pub fn route_entries(contents: &mut MapContents, endpoint: &LocalEndpoint, link:
         node: 0,
     };
     insert_routes(contents, &endpoint.networks, route);
+    for (internal, external) in super::endpoints::floating_ips(endpoint) {
+        let mut next_hop = [0; 16];
+        next_hop[..4].copy_from_slice(&internal.octets());
+        contents.routes_v4.insert(
+            (32, external.octets()),
+            RouteValue {
+                kind: RouteKind::FloatingIp as u32,
+                next_hop,
+                ..route
+            },
+        );
+    }
+}
+
+/// Adds to `contents` an `ip-pool` entry per pool CIDR that no other route has the same
+/// prefix of: the programs read it as "inside the pools" (see `RouteKind::IpPool`).
+pub fn pool_route_entries(contents: &mut MapContents, pools: &[IpNet]) {
+    let route = RouteValue {
+        kind: RouteKind::IpPool as u32,
+        ..RouteValue::default()
+    };
+    for net in pools {
+        let len = u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(net) => {
+                contents
+                    .routes_v4
+                    .entry((len, net.network().octets()))
+                    .or_insert(route);
+            }
+            IpNet::V6(net) => {
+                contents
+                    .routes_v6
+                    .entry((len, net.network().octets()))
+                    .or_insert(route);
+            }
+        }
+    }
 }
 
 /// The route map entries of `remote` workloads: a `remote-workload` entry per block and per

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    endpoints::endpoint_entries,
+    endpoints::{endpoint_entries, floating_ip_entries},
     error::DataplaneError,
     maps::{MapContents, Maps, ReconcileStats},
     netlink::LinkDetails,
@@ -125,6 +125,7 @@ pub fn map_contents<'a>(
     for (endpoint, link, policy_ids) in endpoints {
         endpoint_entries(&mut contents, endpoint, link, policy_ids);
         route_entries(&mut contents, endpoint, link);
+        floating_ip_entries(&mut contents, endpoint, link);
     }
     contents
 }
@@ -153,6 +154,7 @@ mod tests {
                     "198.18.0.11/32".parse().unwrap(),
                 ],
                 ipv4_gateway: None,
+                ip_nats: Vec::new(),
             },
             LinkDetails {
                 ifindex: 7,
