@@ -194,10 +194,10 @@ fn ip<F: Family, H: Hook>(
     }
     // Source NAT to the floating IP, after egress policy saw the internal address: to outside
     // the pools (no route), or a reply to a flow that addressed the floating IP.
-    if floating_ips
-        && (route.is_none() || flow.reply_to_dnat != 0)
-        && nat::snat::<H>(hook.ctx(), data, data_end, flow)
-    {
+    // Whatever it did, the call leaves earlier packet pointers invalid (in TC it may have
+    // rewritten the packet through helpers).
+    if floating_ips && (route.is_none() || flow.reply_to_dnat != 0) {
+        nat::snat::<H>(hook.ctx(), data, data_end, flow);
         (data, data_end) = hook.packet();
     }
     let Some(route) = local else {

@@ -404,6 +404,20 @@ impl Maps {
     }
 }
 
+/// The floating IP translation counters, summed over CPUs, from the pins.
+pub fn floating_ip_counters(
+    layout: &PinLayout,
+) -> Result<calico_ebpf_common::FloatingIpCounters, MapsError> {
+    let map = (&mut &*layout).open::<spec::FloatingIpCounters>()?;
+    let name = map_names::FLOATING_IP_COUNTERS;
+    let per_cpu = map.get(&0, 0).map_err(map_err(name))?;
+    let mut total = calico_ebpf_common::FloatingIpCounters::default();
+    for cpu in per_cpu.iter() {
+        total.accumulate(cpu);
+    }
+    Ok(total)
+}
+
 /// The entries of `desired` that `current` lacks or holds with another value, and the keys of
 /// `current` that `desired` lacks.
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
