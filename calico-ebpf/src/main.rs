@@ -144,7 +144,13 @@ pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
         _ => {}
     }
     pull_headers(&ctx);
-    match workload::to_workload(ctx.data(), ctx.data_end(), ifindex, ctx.len() as u64) {
+    match workload::to_workload(
+        &Tc(&ctx),
+        ctx.data(),
+        ctx.data_end(),
+        ifindex,
+        ctx.len() as u64,
+    ) {
         Action::Drop => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }

@@ -319,13 +319,22 @@ pub fn delivery(ifindex: u32, tap: bool) -> Action {
 }
 
 /// Runs the to-workload pipeline for a packet the kernel sends to the workload behind
-/// `ifindex`: the workload's ingress policy, through conntrack.
+/// `ifindex`: destination NAT of its floating IPs (the kernel routes them to its interface),
+/// then the workload's ingress policy, through conntrack.
 #[inline(always)]
-pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Action {
+pub fn to_workload<H: Hook>(
+    hook: &H,
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+) -> Action {
     let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
         return count_unknown_interface();
     };
-    let receiver = side(ifindex, unsafe { &*endpoint });
+    let endpoint = unsafe { &*endpoint };
+    let floating_ips = endpoint.flags & endpoint_flags::FLOATING_IPS != 0;
+    let receiver = side(ifindex, endpoint);
     let counters = endpoint_counters(ifindex);
     let Some(flow) = scratch_flow(0, len) else {
         return count_drop(counters, DropReason::Malformed);
@@ -335,6 +344,9 @@ pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Acti
         Parsed::Other => false,
         Parsed::Malformed => return count_drop(counters, DropReason::Malformed),
     };
+    if parsed && floating_ips {
+        nat::dnat::<H>(hook.ctx(), data, data_end, flow);
+    }
     if parsed && let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
         return drop;
     }

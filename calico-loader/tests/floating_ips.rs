@@ -115,8 +115,34 @@ mod privileged {
         ns.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", dst])
     }
 
+    /// How the packets from outside reach the workload.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Path {
+        /// TC programs; the data interface's program delivers into the workload.
+        Tc,
+        /// TC programs, no data interface program: the kernel forwards to the floating IP
+        /// through its route, and the workload's TC egress translates.
+        Kernel,
+        /// XDP programs (the data interface's delivers).
+        Xdp,
+    }
+
     #[test]
-    fn a_floating_ip_reaches_the_workload_from_outside_and_its_traffic_leaves_from_it() {
+    fn tc_a_floating_ip_reaches_the_workload_from_outside_and_its_traffic_leaves_from_it() {
+        floating_ip(Path::Tc);
+    }
+
+    #[test]
+    fn kernel_path_a_floating_ip_reaches_the_workload_through_its_tc_egress() {
+        floating_ip(Path::Kernel);
+    }
+
+    #[test]
+    fn xdp_a_floating_ip_reaches_the_workload_from_outside_and_its_traffic_leaves_from_it() {
+        floating_ip(Path::Xdp);
+    }
+
+    fn floating_ip(path: Path) {
         let topology = Topology::new(1);
         let host = &topology.host;
         let workload = topology.workload(1);
@@ -140,16 +166,23 @@ mod privileged {
         let datastore = Datastore::new();
         datastore.write("pools.yaml", POOL);
         datastore.write("endpoints.yaml", &endpoint_yaml(workload, true));
-        let mut agent = Agent::start(
-            &topology,
-            &datastore,
-            NODE,
-            &["--networking-backend", "none"],
-        );
+        let mut args = vec!["--networking-backend", "none"];
+        match path {
+            Path::Tc => {}
+            Path::Kernel => args.extend(["--data-interfaces", "^none$"]),
+            Path::Xdp => {
+                args.extend(["--attach-mode", "xdp"]);
+                topology.prepare_for_xdp();
+                outside.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+            }
+        }
+        let mut agent = Agent::start(&topology, &datastore, NODE, &args);
         agent.wait_attached(&[&workload.host_ifname]);
-        wait_for("the data interface's program", Duration::from_secs(10), || {
-            agent.data_interface_attached("eth0")
-        });
+        if path != Path::Kernel {
+            wait_for("the data interface's program", Duration::from_secs(10), || {
+                agent.data_interface_attached("eth0")
+            });
+        }
         wait_for("the floating IP in the maps", Duration::from_secs(10), || {
             agent.dump("floating-ips")["mappings"]
                 .as_array()

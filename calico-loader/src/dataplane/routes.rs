@@ -56,8 +56,8 @@ impl RouteManager {
     }
 
     /// Brings the kernel routes and neighbour entries in line with `present`: a route per
-    /// prefix of each endpoint, through its interface, and a neighbour entry per full-length
-    /// address of each endpoint that has a MAC. Returns the problems with single routes or
+    /// prefix and floating IP of each endpoint, through its interface, and a neighbour entry per
+    /// full-length address and floating IP of each endpoint that has a MAC. Returns the problems with single routes or
     /// entries; the others were written regardless.
     pub async fn sync_kernel<'a>(
         &mut self,
@@ -67,11 +67,21 @@ impl RouteManager {
         let mut routes = BTreeSet::new();
         let mut neighbours = BTreeSet::new();
         for (endpoint, link) in present {
+            // A floating IP is routed to the workload's interface too, and resolves to the
+            // workload's MAC (the workload itself never answers ARP for it): the workload's
+            // TC egress translates it.
             for (_, external) in super::endpoints::floating_ips(endpoint) {
                 routes.insert(KernelRoute {
                     net: IpNet::from(std::net::IpAddr::V4(external)),
                     ifindex: link.ifindex,
                 });
+                if let Some(mac) = endpoint.mac {
+                    neighbours.insert(KernelNeighbour {
+                        addr: std::net::IpAddr::V4(external),
+                        ifindex: link.ifindex,
+                        mac,
+                    });
+                }
             }
             for net in &endpoint.networks {
                 routes.insert(KernelRoute {
