@@ -101,7 +101,12 @@ mod tests {
         ];
         let check = checksum(&header);
         header[10..12].copy_from_slice(&check.to_be_bytes());
-        for new in [[198, 19, 255, 9], [0, 0, 0, 0], [255, 255, 255, 255], [198, 18, 0, 12]] {
+        for new in [
+            [198, 19, 255, 9],
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [198, 18, 0, 12],
+        ] {
             let mut changed = header;
             let old = [changed[16], changed[17], changed[18], changed[19]];
             changed[16..20].copy_from_slice(&new);

@@ -20,11 +20,13 @@
 //! checksum incrementally (RFC 1624). A UDP datagram without checksum (0) keeps none.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, __sk_buff},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     cty::c_void,
     helpers::generated::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes},
 };
-use calico_ebpf_common::{FloatingIpKey, FloatingIpValue, checksum_replace4, floating_ip_direction};
+use calico_ebpf_common::{
+    FloatingIpKey, FloatingIpValue, checksum_replace4, floating_ip_direction,
+};
 
 use crate::{
     forward::Hook,

@@ -113,10 +113,7 @@ fn route_row(
         || format!("unknown({})", value.kind),
         |k| k.as_str().to_owned(),
     );
-    let local = matches!(
-        kind,
-        Some(RouteKind::LocalWorkload | RouteKind::FloatingIp)
-    );
+    let local = matches!(kind, Some(RouteKind::LocalWorkload | RouteKind::FloatingIp));
     let endpoint = local.then(|| endpoints.get(&value.ifindex)).flatten();
     let node = match nodes.get(&value.node) {
         Some(node) => text(node.name_bytes()),

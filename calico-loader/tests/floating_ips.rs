@@ -51,7 +51,12 @@ mod privileged {
     /// Accepts one TCP connection in `listener_ns` on `listen`, echoes one line back and
     /// returns the peer's address; meanwhile `connect` runs in `client_ns` against `dst`. The
     /// peer's address as the listener saw it, when the echo came back whole.
-    fn tcp_peer(listener_ns: &Netns, listen: IpAddr, client_ns: &Netns, dst: IpAddr) -> Option<IpAddr> {
+    fn tcp_peer(
+        listener_ns: &Netns,
+        listen: IpAddr,
+        client_ns: &Netns,
+        dst: IpAddr,
+    ) -> Option<IpAddr> {
         let bind = SocketAddr::new(listen, PORT);
         let listener = listener_ns.enter(move || TcpListener::bind(bind).expect("bind listener"));
         listener.set_nonblocking(true).expect("non-blocking");
@@ -160,7 +165,14 @@ mod privileged {
             ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
         }
         // The outside reaches the floating IP through the host, and has no route to the pool.
-        outside.exec(&["ip", "route", "add", &format!("{FLOATING_V4}/32"), "via", HOST_V4]);
+        outside.exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{FLOATING_V4}/32"),
+            "via",
+            HOST_V4,
+        ]);
         host.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
 
         let datastore = Datastore::new();
@@ -179,21 +191,27 @@ mod privileged {
         let mut agent = Agent::start(&topology, &datastore, NODE, &args);
         agent.wait_attached(&[&workload.host_ifname]);
         if path != Path::Kernel {
-            wait_for("the data interface's program", Duration::from_secs(10), || {
-                agent.data_interface_attached("eth0")
-            });
+            wait_for(
+                "the data interface's program",
+                Duration::from_secs(10),
+                || agent.data_interface_attached("eth0"),
+            );
         }
-        wait_for("the floating IP in the maps", Duration::from_secs(10), || {
-            agent.dump("floating-ips")["mappings"]
-                .as_array()
-                .is_some_and(|rows| {
-                    rows.iter().any(|r| {
-                        r["external"] == FLOATING_V4
-                            && r["internal"] == workload.v4.to_string()
-                            && r["interface"] == workload.host_ifname.as_str()
+        wait_for(
+            "the floating IP in the maps",
+            Duration::from_secs(10),
+            || {
+                agent.dump("floating-ips")["mappings"]
+                    .as_array()
+                    .is_some_and(|rows| {
+                        rows.iter().any(|r| {
+                            r["external"] == FLOATING_V4
+                                && r["internal"] == workload.v4.to_string()
+                                && r["interface"] == workload.host_ifname.as_str()
+                        })
                     })
-                })
-        });
+            },
+        );
         let routes = agent.dump("routes");
         assert!(
             routes.as_array().is_some_and(|rows| rows.iter().any(|r| {
@@ -203,7 +221,9 @@ mod privileged {
             })),
             "dump routes must show the floating IP: {routes}"
         );
-        let kernel = String::from_utf8_lossy(&host.exec(&["ip", "route", "show", "proto", "81"]).stdout).into_owned();
+        let kernel =
+            String::from_utf8_lossy(&host.exec(&["ip", "route", "show", "proto", "81"]).stdout)
+                .into_owned();
         assert!(
             kernel.contains(&format!("{FLOATING_V4} dev {}", workload.host_ifname)),
             "the kernel route to the floating IP: {kernel}"
@@ -229,7 +249,10 @@ mod privileged {
 
         // From the workload to the outside: it arrives from the floating IP, and the replies
         // find their way back.
-        assert!(ping(&workload.ns, OUTSIDE_V4), "ping outside from the workload");
+        assert!(
+            ping(&workload.ns, OUTSIDE_V4),
+            "ping outside from the workload"
+        );
         assert_eq!(
             tcp_peer(&outside, ip("0.0.0.0"), &workload.ns, ip(OUTSIDE_V4)),
             Some(ip(FLOATING_V4)),
@@ -269,9 +292,11 @@ mod privileged {
             "TCP to the floating IP passed a policy denying the outside on the internal address"
         );
         datastore.remove("deny.yaml");
-        wait_for("the floating IP to work again", Duration::from_secs(10), || {
-            ping(&outside, FLOATING_V4)
-        });
+        wait_for(
+            "the floating IP to work again",
+            Duration::from_secs(10),
+            || ping(&outside, FLOATING_V4),
+        );
 
         // Without the ipNATs the floating IP leads nowhere, and the workload's traffic leaves
         // with its own address (which the outside cannot answer).
@@ -290,7 +315,9 @@ mod privileged {
             Some(workload.v4.into()),
             "without its floating IP the workload's traffic leaves with its own address"
         );
-        let kernel = String::from_utf8_lossy(&host.exec(&["ip", "route", "show", "proto", "81"]).stdout).into_owned();
+        let kernel =
+            String::from_utf8_lossy(&host.exec(&["ip", "route", "show", "proto", "81"]).stdout)
+                .into_owned();
         assert!(
             !kernel.contains(FLOATING_V4),
             "the kernel route to the floating IP stays: {kernel}"

@@ -577,7 +577,11 @@ fn announcements_blocks_borrowed_addresses_and_pools() {
     let announced: Vec<String> = m.ipv6.announced().iter().map(ToString::to_string).collect();
     assert_eq!(
         announced,
-        ["2001:db8:1::/122", "2001:db8:1::1:5/128", "2001:db8:ff::9/128"]
+        [
+            "2001:db8:1::/122",
+            "2001:db8:1::1:5/128",
+            "2001:db8:ff::9/128"
+        ]
     );
 }
 

@@ -303,7 +303,11 @@ pub fn floating_ips(endpoint: &LocalEndpoint) -> Vec<(std::net::Ipv4Addr, std::n
 
 /// Adds to `contents` the floating IP entries of `endpoint` on `link`: external to internal
 /// (and the interface), internal to external.
-pub fn floating_ip_entries(contents: &mut MapContents, endpoint: &LocalEndpoint, link: &LinkDetails) {
+pub fn floating_ip_entries(
+    contents: &mut MapContents,
+    endpoint: &LocalEndpoint,
+    link: &LinkDetails,
+) {
     for (internal, external) in floating_ips(endpoint) {
         let entry = |addr: std::net::Ipv4Addr, direction| {
             let mut bytes = [0; 16];

@@ -16,8 +16,9 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, FloatingIpKey, FloatingIpValue, NodeInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4,
-    SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
+    EndpointCounters, EndpointInfo, FloatingIpKey, FloatingIpValue, NodeInfo, RouteKeyV4,
+    RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names,
+    maps as spec,
 };
 
 pub use super::handles::MapSource;
