@@ -308,40 +308,30 @@ pub fn floating_ip_entries(
     endpoint: &LocalEndpoint,
     link: &LinkDetails,
 ) {
+    let bytes = |addr: std::net::Ipv4Addr| {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&addr.octets());
+        bytes
+    };
     for (internal, external) in floating_ips(endpoint) {
-        let entry = |addr: std::net::Ipv4Addr, direction| {
-            let mut bytes = [0; 16];
-            bytes[..4].copy_from_slice(&addr.octets());
-            (
+        for (from, direction, to) in [
+            (external, floating_ip_direction::EXTERNAL, internal),
+            (internal, floating_ip_direction::INTERNAL, external),
+        ] {
+            contents.floating_ips.insert(
                 FloatingIpKey {
-                    addr: bytes,
+                    addr: bytes(from),
                     family: 4,
                     direction,
                     _pad: [0; 2],
                 },
-                bytes,
-            )
-        };
-        let (key, _) = entry(external, floating_ip_direction::EXTERNAL);
-        let (_, internal_bytes) = entry(internal, floating_ip_direction::EXTERNAL);
-        contents.floating_ips.insert(
-            key,
-            FloatingIpValue {
-                addr: internal_bytes,
-                ifindex: link.ifindex,
-                _pad: 0,
-            },
-        );
-        let (key, _) = entry(internal, floating_ip_direction::INTERNAL);
-        let (_, external_bytes) = entry(external, floating_ip_direction::INTERNAL);
-        contents.floating_ips.insert(
-            key,
-            FloatingIpValue {
-                addr: external_bytes,
-                ifindex: link.ifindex,
-                _pad: 0,
-            },
-        );
+                FloatingIpValue {
+                    addr: bytes(to),
+                    ifindex: link.ifindex,
+                    _pad: 0,
+                },
+            );
+        }
     }
 }
 
