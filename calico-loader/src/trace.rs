@@ -241,7 +241,7 @@ fn route_location(
         return Location::nowhere(addr);
     };
     let kind = RouteKind::from_u32(route.kind);
-    let endpoint = (kind == Some(RouteKind::LocalWorkload))
+    let endpoint = matches!(kind, Some(RouteKind::LocalWorkload | RouteKind::FloatingIp))
         .then(|| endpoints.get(&route.ifindex))
         .flatten();
     Location {
