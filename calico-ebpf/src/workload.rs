@@ -193,10 +193,13 @@ fn ip<F: Family, H: Hook>(
         return drop;
     }
     // Source NAT to the floating IP, after egress policy saw the internal address: to outside
-    // the pools (no route), or a reply to a flow that addressed the floating IP.
+    // the pools (no route), a reply to a flow that addressed the floating IP, or the workload
+    // reaching its own floating IP (the hairpin: after destination NAT, source and destination
+    // are the same address).
     // Whatever it did, the call leaves earlier packet pointers invalid (in TC it may have
     // rewritten the packet through helpers).
-    if floating_ips && (route.is_none() || flow.reply_to_dnat != 0) {
+    let hairpin = flow.nat & nat::flow_nat::DNAT != 0 && flow.src == flow.dst;
+    if floating_ips && (route.is_none() || flow.reply_to_dnat != 0 || hairpin) {
         nat::snat::<H>(hook.ctx(), data, data_end, flow);
         (data, data_end) = hook.packet();
     }

@@ -263,6 +263,16 @@ mod privileged {
             Some(ip(FLOATING_V4)),
             "UDP from the workload to outside, seen by the outside"
         );
+        // The hairpin: the workload reaches its own floating IP, and sees it as the source.
+        assert!(
+            ping(&workload.ns, FLOATING_V4),
+            "ping its own floating IP from the workload"
+        );
+        assert_eq!(
+            udp_source(&workload.ns, &workload.ns, ip(FLOATING_V4)),
+            Some(ip(FLOATING_V4)),
+            "UDP from the workload to its own floating IP comes from the floating IP"
+        );
         let counts = agent.dump("floating-ips");
         assert!(
             counts["dnat_packets"].as_u64().unwrap_or(0) > 0
