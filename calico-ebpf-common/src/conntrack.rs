@@ -36,6 +36,10 @@ pub mod conntrack_flags {
     pub const RST: u16 = 32;
     /// A reply was seen (any protocol).
     pub const REPLIED: u16 = 64;
+    /// The opener addressed a floating IP and its packets were translated to the internal
+    /// address: the responder's replies leave from the floating IP, whatever their
+    /// destination.
+    pub const DNAT: u16 = 128;
 }
 
 /// Value of the conntrack map.

@@ -79,6 +79,9 @@ pub mod endpoint_flags {
     /// The interface is a tap (a VM's): packets are delivered into it with `bpf_redirect`
     /// out of its egress, never with the peer redirect, and only with the VM's MAC.
     pub const TAP: u32 = 2;
+    /// The endpoint has floating IPs (`ipNATs`): its packets from an internal address to
+    /// outside the IP pools leave from the external address.
+    pub const FLOATING_IPS: u32 = 4;
 }
 
 /// `skb->mark` of a packet the from-workload or data-interface program has already judged and

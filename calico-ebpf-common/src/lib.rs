@@ -1,6 +1,7 @@
 //! Map layouts and constants shared by the kernel programs (`calico-ebpf`) and the agent
 //! (`calico-loader`), one module per mechanism: [`routes`], [`endpoints`], [`policy`],
-//! [`conntrack`], [`counters`], [`events`] and [`trace`]. [`maps`] defines every map once (name,
+//! [`conntrack`], [`counters`], [`events`], [`floating_ips`] and
+//! [`trace`]. [`maps`] defines every map once (name,
 //! kind, key and value types, size, flags, layout version); the kernel's map declarations, the
 //! agent's typed handles and pin checks, and the table in `docs/maps.md` all derive from it.
 //!
@@ -14,6 +15,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
 pub mod events;
+pub mod floating_ips;
 pub mod maps;
 pub mod policy;
 pub mod routes;
@@ -23,6 +25,7 @@ pub use conntrack::*;
 pub use counters::*;
 pub use endpoints::*;
 pub use events::*;
+pub use floating_ips::*;
 pub use maps::map_names;
 pub use policy::*;
 pub use routes::*;

@@ -212,6 +212,15 @@ macro_rules! for_each_map {
             Conntrack CONNTRACK "cali_conntrack"
                 LruHash<$crate::conntrack::ConntrackKey, $crate::conntrack::ConntrackValue>
                 max: 524_288, flags: 0, version: 1;
+            /// Floating IPs (`ipNATs`): external address to internal address and interface,
+            /// internal address to external address.
+            FloatingIps FLOATING_IPS "cali_fips"
+                Hash<$crate::floating_ips::FloatingIpKey, $crate::floating_ips::FloatingIpValue>
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+            /// Per-CPU counts of packets translated for floating IPs (one slot).
+            FloatingIpCounters FLOATING_IP_COUNTERS "cali_fip_ctrs"
+                PerCpuArray<u32, $crate::floating_ips::FloatingIpCounters>
+                max: 1, flags: 0, version: 1;
             /// Packets that matched a Log rule (size in bytes).
             LogEvents LOG_EVENTS "cali_log_events"
                 RingBuf<(), $crate::events::LogEvent>

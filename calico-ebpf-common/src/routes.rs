@@ -20,6 +20,14 @@ pub enum RouteKind {
     Host = 3,
     /// Traffic to this prefix is dropped.
     Blackhole = 4,
+    /// A floating IP of a local workload (an external address of its `ipNATs`), reached
+    /// through its interface after destination NAT to the internal address; `next_hop` holds
+    /// the internal address.
+    FloatingIp = 5,
+    /// An IP pool's CIDR: addresses in it are workload addresses, here or elsewhere. Treated as
+    /// no route (the kernel decides); it tells the programs that a destination is inside the
+    /// pools (floating IPs translate only traffic to outside them).
+    IpPool = 6,
 }
 
 impl RouteKind {
@@ -30,6 +38,8 @@ impl RouteKind {
             2 => Some(Self::RemoteWorkload),
             3 => Some(Self::Host),
             4 => Some(Self::Blackhole),
+            5 => Some(Self::FloatingIp),
+            6 => Some(Self::IpPool),
             _ => None,
         }
     }
@@ -41,6 +51,8 @@ impl RouteKind {
             Self::RemoteWorkload => "remote-workload",
             Self::Host => "host",
             Self::Blackhole => "blackhole",
+            Self::FloatingIp => "floating-ip",
+            Self::IpPool => "ip-pool",
         }
     }
 }

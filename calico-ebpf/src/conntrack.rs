@@ -12,6 +12,7 @@ use calico_ebpf_common::{ConntrackValue, conntrack_flags};
 
 use crate::{
     maps::CONNTRACK,
+    nat::flow_nat,
     packet::{
         Flow, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, OPENING_FLOW, SCRATCH, TCP_ACK, TCP_FIN,
@@ -134,6 +135,9 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         } else {
             0
         };
+        if flow.nat & flow_nat::DNAT != 0 {
+            entry.flags |= conntrack_flags::DNAT;
+        }
         entry.opener = if from_a { 0 } else { 1 };
         entry._pad = 0;
         entry.egress_policy = sender.egress_policy;
@@ -151,13 +155,16 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
 #[inline(always)]
 fn established(
     entry: &mut ConntrackValue,
-    flow: &Flow,
+    flow: &mut Flow,
     from_a: bool,
     sender: Side,
     receiver: Side,
     now: u64,
 ) -> Admission {
     let forward = from_a == (entry.opener == 0);
+    if !forward && entry.flags & conntrack_flags::DNAT != 0 {
+        flow.reply_to_dnat = 1;
+    }
     let (opener, responder) = if forward {
         (sender, receiver)
     } else {

@@ -15,6 +15,7 @@ use crate::{
     conntrack::admit,
     counters::{Action, count_from_data},
     forward::Hook,
+    nat,
     packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, V4, V6, flow_kind, ptr_at, scratch_flow},
     policy::Side,
     routes::{FORWARD_HEADER_LEN, Family},
@@ -28,6 +29,7 @@ use crate::{
 /// `[data, data_end)` must hold at least the headers; `len` is the whole packet's length.
 #[inline(always)]
 pub fn from_data_interface<H: Hook>(
+    hook: &H,
     data: usize,
     data_end: usize,
     len: u64,
@@ -40,16 +42,17 @@ pub fn from_data_interface<H: Hook>(
         return Action::Pass;
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
-        ETH_P_IP => ip::<V4, H>(data, data_end, len),
-        ETH_P_IPV6 => ip::<V6, H>(data, data_end, len),
+        ETH_P_IP => ip::<V4, H>(hook, data, data_end, len),
+        ETH_P_IPV6 => ip::<V6, H>(hook, data, data_end, len),
         _ => Action::Pass,
     }
 }
 
 /// An IP packet from a data interface: delivered into a local workload when that is where it
-/// goes and policy allows it, passed on otherwise.
+/// goes and policy allows it, passed on otherwise. A packet for a floating IP goes to its
+/// internal address first (destination NAT), so policy and conntrack see that.
 #[inline(always)]
-fn ip<F: Family, H: Hook>(data: usize, data_end: usize, len: u64) -> Action {
+fn ip<F: Family, H: Hook>(hook: &H, data: usize, data_end: usize, len: u64) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return Action::Pass;
     };
@@ -60,8 +63,16 @@ fn ip<F: Family, H: Hook>(data: usize, data_end: usize, len: u64) -> Action {
     let Some(route) = F::route(flow) else {
         return Action::Pass;
     };
-    if RouteKind::from_u32(route.kind) != Some(RouteKind::LocalWorkload) {
-        return Action::Pass;
+    let (mut data, mut data_end) = (data, data_end);
+    match RouteKind::from_u32(route.kind) {
+        Some(RouteKind::LocalWorkload) => {}
+        Some(RouteKind::FloatingIp) => {
+            if !nat::dnat::<H>(hook.ctx(), data, data_end, flow) {
+                return Action::Pass;
+            }
+            (data, data_end) = hook.packet();
+        }
+        _ => return Action::Pass,
     }
     let (receiver, tap) = match receiver_side(Some(route)) {
         Ok(receiver) => receiver,

@@ -83,6 +83,10 @@ pub trait Hook {
     /// The hook's context (the `__sk_buff` or `xdp_md`), as the helpers take it. The FIB
     /// lookup helper is the same for both; the kernel picks its variant by program type.
     fn ctx(&self) -> *mut c_void;
+
+    /// The packet's bytes `[data, data_end)` as they are now (TC helpers that rewrite the
+    /// packet invalidate earlier pointers).
+    fn packet(&self) -> (usize, usize);
 }
 
 /// The TC hook.
@@ -98,6 +102,11 @@ impl Hook for Tc<'_> {
     fn ctx(&self) -> *mut c_void {
         self.0.as_ptr()
     }
+
+    #[inline(always)]
+    fn packet(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
 }
 
 impl Hook for Xdp<'_> {
@@ -106,6 +115,11 @@ impl Hook for Xdp<'_> {
     #[inline(always)]
     fn ctx(&self) -> *mut c_void {
         self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn packet(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
     }
 }
 

@@ -26,6 +26,7 @@ mod data_interface;
 mod dhcp;
 mod forward;
 mod maps;
+mod nat;
 mod neighbour;
 mod packet;
 mod policy;
@@ -143,7 +144,13 @@ pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
         _ => {}
     }
     pull_headers(&ctx);
-    match workload::to_workload(ctx.data(), ctx.data_end(), ifindex, ctx.len() as u64) {
+    match workload::to_workload(
+        &Tc(&ctx),
+        ctx.data(),
+        ctx.data_end(),
+        ifindex,
+        ctx.len() as u64,
+    ) {
         Action::Drop => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
@@ -210,7 +217,8 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
     let to_this_host = unsafe { (*ctx.skb.skb).pkt_type } == PACKET_HOST;
     let len = ctx.len();
     pull_headers(&ctx);
-    match data_interface::from_data_interface::<Tc>(
+    match data_interface::from_data_interface(
+        &Tc(&ctx),
         ctx.data(),
         ctx.data_end(),
         len as u64,
@@ -242,7 +250,8 @@ pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
     // A group address (broadcast, multicast) has the low bit of its first byte set.
     let to_this_host = packet::ptr_at::<[u8; 6]>(data, data_end, 0)
         .is_some_and(|mac| unsafe { (*mac)[0] } & 1 == 0);
-    match data_interface::from_data_interface::<Xdp>(
+    match data_interface::from_data_interface(
+        &Xdp(&ctx),
         data,
         data_end,
         (data_end - data) as u64,

@@ -116,6 +116,11 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// A [`flow_kind`] value.
     pub kind: u8,
+    /// Translations applied to this packet (`nat::flow_nat` bits).
+    pub nat: u8,
+    /// Set by conntrack: the packet replies to a flow whose opener addressed a floating IP
+    /// (its source goes back to the floating IP).
+    pub reply_to_dnat: u8,
     /// For an ICMP error, the conntrack key of the flow it reports on.
     pub related: ConntrackKey,
     /// Working space of conntrack (the flow lives in a per-CPU map, not on the small stack):
@@ -139,6 +144,8 @@ impl Flow {
         self.proto = 0;
         self.tcp_flags = 0;
         self.kind = flow_kind::NORMAL;
+        self.nat = 0;
+        self.reply_to_dnat = 0;
     }
 }
 

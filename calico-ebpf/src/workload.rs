@@ -22,7 +22,7 @@ use crate::{
     dhcp,
     forward::{self, Hook},
     maps::ENDPOINTS,
-    neighbour,
+    nat, neighbour,
     packet::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, Parsed, V4, V6, ipv6_header, parse_ip,
         ptr_at, scratch_flow,
@@ -78,6 +78,7 @@ pub fn from_workload<H: Hook>(
     let endpoint = unsafe { &*endpoint };
     count_from_workload(counters, len);
     let host_mac = endpoint.host_mac;
+    let floating_ips = endpoint.flags & endpoint_flags::FLOATING_IPS != 0;
     let sender = side(ifindex, endpoint);
 
     let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
@@ -93,6 +94,7 @@ pub fn from_workload<H: Hook>(
             sender,
             counters,
             endpoint.dhcp_server,
+            floating_ips,
         ),
         ETH_P_IPV6 => {
             let Some(hdr) = ipv6_header(data, data_end, len) else {
@@ -104,7 +106,9 @@ pub fn from_workload<H: Hook>(
             if let Some(action) = neighbour::solicitation(data, data_end, hdr, host_mac, counters) {
                 return action;
             }
-            ip::<V6, H>(hook, data, data_end, ifindex, len, sender, counters, [0; 4])
+            ip::<V6, H>(
+                hook, data, data_end, ifindex, len, sender, counters, [0; 4], false,
+            )
         }
         ETH_P_ARP => neighbour::arp(data, data_end, host_mac, counters, len),
         _ => count_pass(counters, len),
@@ -114,7 +118,9 @@ pub fn from_workload<H: Hook>(
 /// The from-workload pipeline of an IP packet: parsing, anti-spoofing, route, conntrack and
 /// policy, then delivery to a local workload, forwarding to a workload of another host, or
 /// hand-off to the kernel. `dhcp_server` is the address the agent answers DHCP as for this
-/// workload (all zeroes: none).
+/// workload (all zeroes: none); `floating_ips` says whether the workload has floating IPs (its
+/// packets to outside the pools, and its replies to flows that addressed a floating IP, leave
+/// from the external address).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn ip<F: Family, H: Hook>(
@@ -126,6 +132,7 @@ fn ip<F: Family, H: Hook>(
     sender: Side,
     counters: *mut EndpointCounters,
     dhcp_server: [u8; 4],
+    floating_ips: bool,
 ) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return count_drop(counters, DropReason::Malformed);
@@ -157,9 +164,20 @@ fn ip<F: Family, H: Hook>(
     }
 
     let route = F::route(flow);
+    let (mut data, mut data_end) = (data, data_end);
+    if let Some(r) = route
+        && r.kind == RouteKind::FloatingIp as u32
+    {
+        // A floating IP of a local workload: to its internal address before conntrack and
+        // policy see the packet.
+        if !nat::dnat::<H>(hook.ctx(), data, data_end, flow) {
+            return count_pass(counters, len);
+        }
+        (data, data_end) = hook.packet();
+    }
     let mut remote = false;
     let local = match route.map(|r| RouteKind::from_u32(r.kind)) {
-        Some(Some(RouteKind::LocalWorkload)) => route,
+        Some(Some(RouteKind::LocalWorkload | RouteKind::FloatingIp)) => route,
         Some(Some(RouteKind::RemoteWorkload)) => {
             remote = true;
             None
@@ -173,6 +191,17 @@ fn ip<F: Family, H: Hook>(
     };
     if let Some(drop) = refused(admit(flow, &sender, &receiver)) {
         return drop;
+    }
+    // Source NAT to the floating IP, after egress policy saw the internal address: to outside
+    // the pools (no route), a reply to a flow that addressed the floating IP, or the workload
+    // reaching its own floating IP (the hairpin: after destination NAT, source and destination
+    // are the same address).
+    // Whatever it did, the call leaves earlier packet pointers invalid (in TC it may have
+    // rewritten the packet through helpers).
+    let hairpin = flow.nat & nat::flow_nat::DNAT != 0 && flow.src == flow.dst;
+    if floating_ips && (route.is_none() || flow.reply_to_dnat != 0 || hairpin) {
+        nat::snat::<H>(hook.ctx(), data, data_end, flow);
+        (data, data_end) = hook.packet();
     }
     let Some(route) = local else {
         if remote {
@@ -293,13 +322,22 @@ pub fn delivery(ifindex: u32, tap: bool) -> Action {
 }
 
 /// Runs the to-workload pipeline for a packet the kernel sends to the workload behind
-/// `ifindex`: the workload's ingress policy, through conntrack.
+/// `ifindex`: destination NAT of its floating IPs (the kernel routes them to its interface),
+/// then the workload's ingress policy, through conntrack.
 #[inline(always)]
-pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Action {
+pub fn to_workload<H: Hook>(
+    hook: &H,
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    len: u64,
+) -> Action {
     let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
         return count_unknown_interface();
     };
-    let receiver = side(ifindex, unsafe { &*endpoint });
+    let endpoint = unsafe { &*endpoint };
+    let floating_ips = endpoint.flags & endpoint_flags::FLOATING_IPS != 0;
+    let receiver = side(ifindex, endpoint);
     let counters = endpoint_counters(ifindex);
     let Some(flow) = scratch_flow(0, len) else {
         return count_drop(counters, DropReason::Malformed);
@@ -309,6 +347,9 @@ pub fn to_workload(data: usize, data_end: usize, ifindex: u32, len: u64) -> Acti
         Parsed::Other => false,
         Parsed::Malformed => return count_drop(counters, DropReason::Malformed),
     };
+    if parsed && floating_ips {
+        nat::dnat::<H>(hook.ctx(), data, data_end, flow);
+    }
     if parsed && let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
         return drop;
     }

@@ -113,7 +113,7 @@ fn route_row(
         || format!("unknown({})", value.kind),
         |k| k.as_str().to_owned(),
     );
-    let local = kind == Some(RouteKind::LocalWorkload);
+    let local = matches!(kind, Some(RouteKind::LocalWorkload | RouteKind::FloatingIp));
     let endpoint = local.then(|| endpoints.get(&value.ifindex)).flatten();
     let node = match nodes.get(&value.node) {
         Some(node) => text(node.name_bytes()),
@@ -157,6 +157,78 @@ pub fn routes(layout: &PinLayout) -> anyhow::Result<Vec<RouteRow>> {
         ));
     }
     Ok(rows)
+}
+
+/// A floating IP as `dump floating-ips` shows it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FloatingIpRow {
+    pub external: String,
+    pub internal: String,
+    pub ifindex: u32,
+    pub interface: String,
+    pub endpoint: String,
+}
+
+/// What `dump floating-ips` shows: the mappings, and the packets translated (all floating
+/// IPs, summed over CPUs).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FloatingIps {
+    pub mappings: Vec<FloatingIpRow>,
+    /// Packets whose destination went from an external address to its internal one.
+    pub dnat_packets: u64,
+    /// Packets whose source went from an internal address to its external one.
+    pub snat_packets: u64,
+}
+
+/// Every floating IP (from its external-address entry), and the translation counters.
+pub fn floating_ips(layout: &PinLayout) -> anyhow::Result<FloatingIps> {
+    let maps = Maps::from_pins(layout)?;
+    let contents = maps.read()?;
+    let mut mappings = Vec::new();
+    for (key, value) in &contents.floating_ips {
+        if key.direction != calico_ebpf_common::floating_ip_direction::EXTERNAL {
+            continue;
+        }
+        let endpoint = contents.endpoints.get(&value.ifindex);
+        mappings.push(FloatingIpRow {
+            external: crate::dataplane::conntrack::key_addr(key.family, &key.addr).to_string(),
+            internal: crate::dataplane::conntrack::key_addr(key.family, &value.addr).to_string(),
+            ifindex: value.ifindex,
+            interface: endpoint.map(|e| text(e.ifname_bytes())).unwrap_or_default(),
+            endpoint: endpoint.map(|e| text(e.name_bytes())).unwrap_or_default(),
+        });
+    }
+    let counters = crate::dataplane::maps::floating_ip_counters(layout)?;
+    Ok(FloatingIps {
+        mappings,
+        dnat_packets: counters.dnat_packets,
+        snat_packets: counters.snat_packets,
+    })
+}
+
+pub fn floating_ips_table(dump: &FloatingIps) -> String {
+    let cells: Vec<Vec<String>> = dump
+        .mappings
+        .iter()
+        .map(|r| {
+            vec![
+                r.external.clone(),
+                r.internal.clone(),
+                r.interface.clone(),
+                r.ifindex.to_string(),
+                r.endpoint.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["EXTERNAL", "INTERNAL", "INTERFACE", "IFINDEX", "ENDPOINT"],
+        &cells,
+    );
+    out.push_str(&format!(
+        "translated packets: {} to internal (DNAT), {} to external (SNAT)\n",
+        dump.dnat_packets, dump.snat_packets
+    ));
+    out
 }
 
 /// Every endpoint, with its addresses and whether programs are attached to its interface.

@@ -220,6 +220,7 @@ pub fn run(setup: MicrobenchSetup, packets: u64) -> Result<MicrobenchResult, Mic
         networks: vec![ipnet::IpNet::new(ip.into(), 32).expect("a /32 is valid")],
         allowed_spoof: Vec::new(),
         ipv4_gateway: None,
+        ip_nats: Vec::new(),
     };
     let sender_mac = [0xca, 0xfe, 0, 0, 0, 1];
     let link = |ifindex, name: &str| LinkDetails {

@@ -193,6 +193,7 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         networks: wep.spec.ip_networks.clone(),
         allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
         ipv4_gateway: wep.spec.ipv4_gateway,
+        ip_nats: Vec::new(),
     };
     let link = LinkDetails {
         ifindex: OFFLINE_IFINDEX,
@@ -240,7 +241,7 @@ fn route_location(
         return Location::nowhere(addr);
     };
     let kind = RouteKind::from_u32(route.kind);
-    let endpoint = (kind == Some(RouteKind::LocalWorkload))
+    let endpoint = matches!(kind, Some(RouteKind::LocalWorkload | RouteKind::FloatingIp))
         .then(|| endpoints.get(&route.ifindex))
         .flatten();
     Location {

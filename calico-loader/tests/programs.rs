@@ -116,6 +116,7 @@ mod privileged {
                 .collect(),
             allowed_spoof: Vec::new(),
             ipv4_gateway: None,
+            ip_nats: Vec::new(),
         }
     }
 
@@ -167,6 +168,17 @@ mod privileged {
 
         /// Like `program`, with the sender's interface a tap (a VM's) when `sender_tap`.
         fn program_with(&mut self, with_sender: bool, spoof: &[&str], sender_tap: bool) {
+            self.program_endpoints(with_sender, spoof, sender_tap, Vec::new());
+        }
+
+        /// Like `program_with`, with the sender's floating IPs (`ipNATs`).
+        fn program_endpoints(
+            &mut self,
+            with_sender: bool,
+            spoof: &[&str],
+            sender_tap: bool,
+            sender_nats: Vec<(std::net::IpAddr, std::net::IpAddr)>,
+        ) {
             let mut sender = endpoint(
                 "test/sender",
                 "lo",
@@ -177,6 +189,7 @@ mod privileged {
                 .iter()
                 .map(|n| n.parse().expect("test CIDR"))
                 .collect();
+            sender.ip_nats = sender_nats;
             let receiver = endpoint(
                 "test/receiver",
                 "cali-receiver",
@@ -1097,5 +1110,83 @@ mod privileged {
             }
         }
         assert_eq!(f.counters(RECEIVER_IFINDEX).to_wl_packets, 0);
+    }
+
+    /// The sender's floating IP (outside the pools, which the fixture does not program).
+    const FLOATING_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 9);
+
+    #[test]
+    fn floating_ips_are_translated_both_ways_with_valid_checksums() {
+        let mut f = Fixture::new();
+        f.program_endpoints(
+            true,
+            &[],
+            false,
+            vec![(SENDER_V4.into(), FLOATING_V4.into())],
+        );
+
+        // From another host to the floating IP: to the internal address, into the workload.
+        let to_floating = from_other_host_v4(FLOATING_V4, 64);
+        let (verdict, out) = f.run_tc_data(&to_floating);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "TC: into the workload");
+        assert_eq!(
+            &out[14 + 16..14 + 20],
+            &SENDER_V4.octets(),
+            "TC: destination"
+        );
+        assert_eq!(
+            &out[14 + 12..14 + 16],
+            &REMOTE_V4.octets(),
+            "TC: source kept"
+        );
+        assert_eq!(&out[0..6], &SENDER_MAC, "TC: to the workload's MAC");
+        assert_ipv4_checksums_valid(&out);
+        let (verdict, out) = f.run_xdp_data(&to_floating);
+        assert_eq!(verdict, XDP_REDIRECT, "XDP: into the workload");
+        assert_eq!(
+            &out[14 + 16..14 + 20],
+            &SENDER_V4.octets(),
+            "XDP: destination"
+        );
+        assert_ipv4_checksums_valid(&out);
+
+        // From the workload to outside the pools (no route): from the floating IP, to the
+        // kernel.
+        let outward = udp_v4_frame(SENDER_MAC, SENDER_V4, NOT_OURS_V4, 64, &[]);
+        let (verdict, out) = f.run_tc(&outward);
+        assert_eq!(verdict, TC_ACT_OK, "TC: to the kernel");
+        assert_eq!(&out[14 + 12..14 + 16], &FLOATING_V4.octets(), "TC: source");
+        assert_ipv4_checksums_valid(&out);
+        let (verdict, out) = f.run_xdp(&outward);
+        assert_eq!(verdict, XDP_PASS, "XDP: to the kernel");
+        assert_eq!(&out[14 + 12..14 + 16], &FLOATING_V4.octets(), "XDP: source");
+        assert_ipv4_checksums_valid(&out);
+
+        // To a local workload (inside the pools), a new flow keeps the internal address.
+        let inward = udp_v4_frame(SENDER_MAC, SENDER_V4, RECEIVER_V4, 64, &[]);
+        let (verdict, out) = f.run_tc(&inward);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            &out[14 + 12..14 + 16],
+            &SENDER_V4.octets(),
+            "no translation in the pools"
+        );
+        assert_ipv4_checksums_valid(&out);
+
+        // Without the mapping nothing is translated.
+        f.program(true, &[]);
+        let (verdict, out) = f.run_tc(&outward);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(
+            &out[14 + 12..14 + 16],
+            &SENDER_V4.octets(),
+            "no floating IP any more"
+        );
+        let (verdict, out) = f.run_tc_data(&to_floating);
+        assert_eq!(
+            (verdict, &out),
+            (TC_ACT_OK, &to_floating),
+            "passed untouched"
+        );
     }
 }

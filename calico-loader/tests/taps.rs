@@ -556,6 +556,51 @@ mod privileged {
         );
         assert!(drops(&agent, &vm2.tap, "policy-denied") > 0);
 
+        // vm2's floating IP, from the container (inside the pool): the VM gets the datagram
+        // for its internal address from the container's, and its reply reaches the container
+        // from the floating IP (a reply to a flow that addressed it).
+        let floating = Ipv4Addr::new(198, 19, 0, vm2.ip.octets()[3]);
+        let socket = workload_socket(wl, 7000);
+        let mut delivered = None;
+        for _ in 0..3 {
+            socket
+                .send_to(b"to the floating ip", SocketAddr::from((floating, 7000)))
+                .expect("send to the floating IP");
+            delivered = vm2.receive(Duration::from_millis(500), |f| {
+                udp_of(f).is_some_and(|(_, d, p)| d == 7000 && p == b"to the floating ip")
+            });
+            if delivered.is_some() {
+                break;
+            }
+        }
+        let frame = delivered.unwrap_or_else(|| {
+            panic!(
+                "nothing reached vm2 at its floating IP; log:\n{}",
+                agent.log()
+            )
+        });
+        assert_eq!(
+            frame[14 + 16..14 + 20],
+            vm2.ip.octets(),
+            "to the internal address"
+        );
+        assert_eq!(
+            frame[14 + 12..14 + 16],
+            wl.v4.octets(),
+            "from the container"
+        );
+        assert_eq!(frame[0..6], vm2.mac, "to the VM's MAC");
+        let (sport, _, _) = udp_of(&frame).expect("UDP");
+        vm2.send(&vm2.udp(vm2.ip, wl.v4, 7000, sport, b"reply from the vm"));
+        let mut buf = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buf).expect("the VM's reply");
+        assert_eq!(&buf[..n], b"reply from the vm");
+        assert_eq!(
+            from,
+            SocketAddr::from((floating, 7000)),
+            "from the floating IP"
+        );
+
         // A policy denying vm1 both ways; DHCP still answers.
         datastore.write("deny.yaml", DENY_VM1);
         wait_for("the deny policy to apply", Duration::from_secs(10), || {

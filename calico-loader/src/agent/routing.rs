@@ -33,7 +33,7 @@ use crate::{
     dataplane::netlink::{BIRD_ROUTE_PROTOCOL, Netlink},
     datastore::{
         IpamObjects, Snapshot,
-        resources::{BgpConfiguration, BgpPeer, IpPool, Node},
+        resources::{BgpConfiguration, BgpPeer, IpPool, Node, WorkloadEndpoint},
     },
     ipam::node_blocks::NodeBlocks,
 };
@@ -79,6 +79,11 @@ pub fn bgp_input(
         pools: snapshot.all::<IpPool>().map(PoolFacts::from).collect(),
         blocks: blocks.blocks,
         borrowed: blocks.borrowed,
+        floating_ips: snapshot
+            .all::<WorkloadEndpoint>()
+            .filter(|wep| wep.spec.node == node)
+            .flat_map(|wep| wep.spec.ip_nats.iter().map(|nat| nat.external_ip))
+            .collect(),
     };
     Ok((input, blocks.problems))
 }

@@ -215,6 +215,11 @@ fn render_family(out: &mut Config, routing: &FamilyRouting) {
                     "if ( net ~ {range} ) then {{ accept; }}  # service range"
                 ));
             }
+            for floating in &routing.floating_ips {
+                out.line(&format!(
+                    "if ( net = {floating} ) then {{ accept; }}  # floating IP of a workload here"
+                ));
+            }
             if !routing.borrowed.is_empty() {
                 out.line(&format!(
                     "# Borrowed addresses, learned from the kernel, announced by their pool: {}",

@@ -120,6 +120,10 @@ fn everything(this: &str) -> BgpInput {
         "198.18.65.7".parse().expect("address"),
         "2001:db8:1::100".parse().expect("address"),
     ];
+    input.floating_ips = vec![
+        "198.18.250.9".parse().expect("address"),
+        "2001:db8:ff::9".parse().expect("address"),
+    ];
     input
 }
 
@@ -245,7 +249,8 @@ fn the_statements_that_matter() {
         ]
     ));
     // The export filter: the pool with BGP export disabled is rejected before anything is
-    // accepted; then blocks, service ranges, pools (borrowed /32s are inside them).
+    // accepted; then blocks, service ranges, floating IPs (outside the pools), pools (borrowed
+    // /32s are inside them).
     let export = block(&text, "function calico_export_to_bgp_peers_v4()");
     assert!(
         in_order(
@@ -254,6 +259,7 @@ fn the_statements_that_matter() {
                 "if ( net ~ 198.18.128.0/18 ) then { reject; }",
                 "calico_aggr_v4();",
                 "if ( net ~ 198.19.0.0/16 ) then { accept; }",
+                "if ( net = 198.18.250.9/32 ) then { accept; }",
                 "198.18.65.7/32",
                 "if ( net ~ 198.18.64.0/18 ) then { accept; }",
             ]

@@ -232,6 +232,8 @@ pub struct BgpInput {
     pub blocks: Vec<IpNet>,
     /// Addresses of this node's workloads taken from other nodes' blocks.
     pub borrowed: Vec<IpAddr>,
+    /// The floating IPs (`ipNATs` external addresses) of this node's workloads.
+    pub floating_ips: Vec<IpAddr>,
 }
 
 /// Reads passwords from where resources say they are.
@@ -357,6 +359,9 @@ pub struct FamilyRouting {
     pub blocks: Vec<IpNet>,
     /// The addresses this node borrowed, as host routes, sorted.
     pub borrowed: Vec<IpNet>,
+    /// The floating IPs of this node's workloads, as host routes, sorted: announced wherever
+    /// they are (outside the pools, as a rule).
+    pub floating_ips: Vec<IpNet>,
     /// The pools of the family, sorted by range.
     pub pools: Vec<PoolFacts>,
     /// Service ranges this node announces (blackholed in BIRD, not installed in the kernel).
@@ -370,7 +375,8 @@ pub struct FamilyRouting {
 impl FamilyRouting {
     /// What this node announces of its own routes, in the order its export filter decides:
     /// nothing inside a pool with `disableBGPExport`; its blocks; then its borrowed addresses
-    /// inside a pool (not inside one of its blocks) and its service ranges.
+    /// inside a pool (not inside one of its blocks), its workloads' floating IPs and its service
+    /// ranges.
     pub fn announced(&self) -> Vec<IpNet> {
         let not_exported = |net: &IpNet| {
             self.pools
@@ -387,6 +393,7 @@ impl FamilyRouting {
             .filter(|net| in_pool(net) && !in_own_block(net));
         let mut announced: Vec<IpNet> = blocks
             .chain(borrowed)
+            .chain(self.floating_ips.iter().copied())
             .chain(self.service_ranges.iter().copied())
             .filter(|net| !not_exported(net))
             .collect();
@@ -1124,6 +1131,7 @@ pub fn build(input: &BgpInput, passwords: &dyn PasswordReader) -> Result<BgpMode
             sessions,
             blocks: of_family(input.blocks.iter().copied(), family),
             borrowed: host_routes(&input.borrowed, family),
+            floating_ips: host_routes(&input.floating_ips, family),
             pools,
             service_ranges: if excluded_from_services {
                 Vec::new()

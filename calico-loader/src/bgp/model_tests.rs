@@ -558,17 +558,31 @@ fn announcements_blocks_borrowed_addresses_and_pools() {
         ip("198.18.192.9"),
         ip("2001:db8:1::1:5"),
     ];
+    input.floating_ips = vec![ip("198.19.255.9"), ip("2001:db8:ff::9")];
     let m = model(&input);
     let announced: Vec<String> = m.ipv4.announced().iter().map(ToString::to_string).collect();
     // The block and the borrowed address in the plain pool; the borrowed address of the
     // disabled pool (its addresses still route, as in Calico); nothing from the pool with BGP
-    // export disabled; an address inside this node's own block is the block's.
+    // export disabled; an address inside this node's own block is the block's. Floating IPs,
+    // outside every pool, are announced as host routes.
     assert_eq!(
         announced,
-        ["198.18.64.0/26", "198.18.64.200/32", "198.18.192.9/32"]
+        [
+            "198.18.64.0/26",
+            "198.18.64.200/32",
+            "198.18.192.9/32",
+            "198.19.255.9/32"
+        ]
     );
     let announced: Vec<String> = m.ipv6.announced().iter().map(ToString::to_string).collect();
-    assert_eq!(announced, ["2001:db8:1::/122", "2001:db8:1::1:5/128"]);
+    assert_eq!(
+        announced,
+        [
+            "2001:db8:1::/122",
+            "2001:db8:1::1:5/128",
+            "2001:db8:ff::9/128"
+        ]
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `calico-loader dump routes|endpoints|counters|conntrack|rules`: the rows [`crate::dump`]
+//! `calico-loader dump routes|endpoints|counters|conntrack|rules|floating-ips`: the rows [`crate::dump`]
 //! reads from the pins, printed as a table or JSON.
 
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub enum DumpWhat {
     Conntrack,
     /// Rule ids in use, what they stand for, and their hits.
     Rules,
+    /// Floating IPs (`ipNATs`) and the packets translated.
+    FloatingIps,
 }
 
 /// `dump WHAT`, on stdout.
@@ -75,5 +77,13 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
             &dump::rules(&layout).with_context(context)?,
             dump::rules_table,
         ),
+        DumpWhat::FloatingIps => {
+            let floating = dump::floating_ips(&layout).with_context(context)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&floating)?),
+                Output::Table => print!("{}", dump::floating_ips_table(&floating)),
+            }
+            Ok(())
+        }
     }
 }

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
 use calico_ebpf_common::{
-    EndpointInfo, SourceKeyV4, SourceKeyV6, endpoint_flags, fill_nul_padded, source_flags,
+    EndpointInfo, FloatingIpKey, FloatingIpValue, SourceKeyV4, SourceKeyV6, endpoint_flags,
+    fill_nul_padded, floating_ip_direction, source_flags,
 };
 use ipnet::IpNet;
 use regex::Regex;
@@ -286,6 +287,54 @@ pub fn dhcp_client(endpoint: &LocalEndpoint, link: &LinkDetails) -> Option<crate
     })
 }
 
+/// The floating IPs of `endpoint` the programs translate: IPv4 (internal, external) pairs.
+pub fn floating_ips(endpoint: &LocalEndpoint) -> Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    endpoint
+        .ip_nats
+        .iter()
+        .filter_map(|nat| match nat {
+            (std::net::IpAddr::V4(internal), std::net::IpAddr::V4(external)) => {
+                Some((*internal, *external))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Adds to `contents` the floating IP entries of `endpoint` on `link`: external to internal
+/// (and the interface), internal to external.
+pub fn floating_ip_entries(
+    contents: &mut MapContents,
+    endpoint: &LocalEndpoint,
+    link: &LinkDetails,
+) {
+    let bytes = |addr: std::net::Ipv4Addr| {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&addr.octets());
+        bytes
+    };
+    for (internal, external) in floating_ips(endpoint) {
+        for (from, direction, to) in [
+            (external, floating_ip_direction::EXTERNAL, internal),
+            (internal, floating_ip_direction::INTERNAL, external),
+        ] {
+            contents.floating_ips.insert(
+                FloatingIpKey {
+                    addr: bytes(from),
+                    family: 4,
+                    direction,
+                    _pad: [0; 2],
+                },
+                FloatingIpValue {
+                    addr: bytes(to),
+                    ifindex: link.ifindex,
+                    _pad: 0,
+                },
+            );
+        }
+    }
+}
+
 /// Adds to `contents` the entries that serve `endpoint` on `link` with the policy generations
 /// `(ingress_policy, egress_policy)`: its endpoint entry, keyed by ifindex, and the sources it
 /// may send from (its own addresses and its allowed-spoof prefixes).
@@ -299,6 +348,9 @@ pub fn endpoint_entries(
     let mut flags = endpoint_flags::WORKLOAD;
     if link.tap {
         flags |= endpoint_flags::TAP;
+    }
+    if !floating_ips(endpoint).is_empty() {
+        flags |= endpoint_flags::FLOATING_IPS;
     }
     contents.endpoints.insert(
         ifindex,

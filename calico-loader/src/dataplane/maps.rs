@@ -16,8 +16,9 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, NodeInfo, RouteKeyV4, RouteKeyV6, RouteValue, SourceKeyV4,
-    SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
+    EndpointCounters, EndpointInfo, FloatingIpKey, FloatingIpValue, NodeInfo, RouteKeyV4,
+    RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names,
+    maps as spec,
 };
 
 pub use super::handles::MapSource;
@@ -53,6 +54,7 @@ pub struct Maps {
     pub sources_v6: Handle<spec::SourcesV6>,
     pub endpoints: Handle<spec::Endpoints>,
     pub counters: Handle<spec::Counters>,
+    pub floating_ips: Handle<spec::FloatingIps>,
 }
 
 /// Owned handles on the policy maps.
@@ -112,6 +114,7 @@ impl Maps {
             sources_v6: source.open::<spec::SourcesV6>()?,
             endpoints: source.open::<spec::Endpoints>()?,
             counters: source.open::<spec::Counters>()?,
+            floating_ips: source.open::<spec::FloatingIps>()?,
         })
     }
 
@@ -140,6 +143,8 @@ pub struct MapContents {
     pub sources_v4: BTreeMap<(u32, [u8; 8]), u32>,
     pub sources_v6: BTreeMap<(u32, [u8; 20]), u32>,
     pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Floating IPs, both directions.
+    pub floating_ips: BTreeMap<FloatingIpKey, FloatingIpValue>,
 }
 
 /// Encodes a source key as bytes so that it can be ordered in a BTreeMap.
@@ -224,6 +229,10 @@ impl Maps {
         for entry in self.endpoints.iter() {
             let (key, value) = entry.map_err(map_err(map_names::ENDPOINTS))?;
             contents.endpoints.insert(key, value);
+        }
+        for entry in self.floating_ips.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::FLOATING_IPS))?;
+            contents.floating_ips.insert(key, value);
         }
         Ok(contents)
     }
@@ -329,6 +338,23 @@ impl Maps {
             removed: remove.len(),
         };
 
+        // Floating IPs after the routes (a floating-ip route whose entry is not there yet or
+        // any more leaves its packets to the kernel).
+        let (write, remove) = diff(&current.floating_ips, &desired.floating_ips);
+        let name = map_names::FLOATING_IPS;
+        for (key, value) in &write {
+            self.floating_ips
+                .insert(key, value, 0)
+                .map_err(map_err(name))?;
+        }
+        for key in &remove {
+            self.floating_ips.remove(key).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
+
         let name = map_names::NODES;
         for id in &remove_nodes {
             self.nodes.remove(id).map_err(map_err(name))?;
@@ -377,6 +403,20 @@ impl Maps {
         }
         Ok(all)
     }
+}
+
+/// The floating IP translation counters, summed over CPUs, from the pins.
+pub fn floating_ip_counters(
+    layout: &PinLayout,
+) -> Result<calico_ebpf_common::FloatingIpCounters, MapsError> {
+    let map = (&mut &*layout).open::<spec::FloatingIpCounters>()?;
+    let name = map_names::FLOATING_IP_COUNTERS;
+    let per_cpu = map.get(&0, 0).map_err(map_err(name))?;
+    let mut total = calico_ebpf_common::FloatingIpCounters::default();
+    for cpu in per_cpu.iter() {
+        total.accumulate(cpu);
+    }
+    Ok(total)
 }
 
 /// The entries of `desired` that `current` lacks or holds with another value, and the keys of

@@ -207,7 +207,11 @@ impl Dataplane {
             &mut self.maps,
             registry,
             &endpoints,
-            self.routes.remote_routes(remote),
+            {
+                let mut base = self.routes.remote_routes(remote);
+                routes::pool_route_entries(&mut base, &nat_pools.all);
+                base
+            },
             compiled,
             Unprogrammed::Report,
         )?;

@@ -56,8 +56,8 @@ impl RouteManager {
     }
 
     /// Brings the kernel routes and neighbour entries in line with `present`: a route per
-    /// prefix of each endpoint, through its interface, and a neighbour entry per full-length
-    /// address of each endpoint that has a MAC. Returns the problems with single routes or
+    /// prefix and floating IP of each endpoint, through its interface, and a neighbour entry per
+    /// full-length address and floating IP of each endpoint that has a MAC. Returns the problems with single routes or
     /// entries; the others were written regardless.
     pub async fn sync_kernel<'a>(
         &mut self,
@@ -67,6 +67,22 @@ impl RouteManager {
         let mut routes = BTreeSet::new();
         let mut neighbours = BTreeSet::new();
         for (endpoint, link) in present {
+            // A floating IP is routed to the workload's interface too, and resolves to the
+            // workload's MAC (the workload itself never answers ARP for it): the workload's
+            // TC egress translates it.
+            for (_, external) in super::endpoints::floating_ips(endpoint) {
+                routes.insert(KernelRoute {
+                    net: IpNet::from(std::net::IpAddr::V4(external)),
+                    ifindex: link.ifindex,
+                });
+                if let Some(mac) = endpoint.mac {
+                    neighbours.insert(KernelNeighbour {
+                        addr: std::net::IpAddr::V4(external),
+                        ifindex: link.ifindex,
+                        mac,
+                    });
+                }
+            }
             for net in &endpoint.networks {
                 routes.insert(KernelRoute {
                     net: *net,
@@ -142,6 +158,44 @@ pub fn route_entries(contents: &mut MapContents, endpoint: &LocalEndpoint, link:
         node: 0,
     };
     insert_routes(contents, &endpoint.networks, route);
+    for (internal, external) in super::endpoints::floating_ips(endpoint) {
+        let mut next_hop = [0; 16];
+        next_hop[..4].copy_from_slice(&internal.octets());
+        contents.routes_v4.insert(
+            (32, external.octets()),
+            RouteValue {
+                kind: RouteKind::FloatingIp as u32,
+                next_hop,
+                ..route
+            },
+        );
+    }
+}
+
+/// Adds to `contents` an `ip-pool` entry per pool CIDR that no other route has the same
+/// prefix of: the programs read it as "inside the pools" (see `RouteKind::IpPool`).
+pub fn pool_route_entries(contents: &mut MapContents, pools: &[IpNet]) {
+    let route = RouteValue {
+        kind: RouteKind::IpPool as u32,
+        ..RouteValue::default()
+    };
+    for net in pools {
+        let len = u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(net) => {
+                contents
+                    .routes_v4
+                    .entry((len, net.network().octets()))
+                    .or_insert(route);
+            }
+            IpNet::V6(net) => {
+                contents
+                    .routes_v6
+                    .entry((len, net.network().octets()))
+                    .or_insert(route);
+            }
+        }
+    }
 }
 
 /// The route map entries of `remote` workloads: a `remote-workload` entry per block and per

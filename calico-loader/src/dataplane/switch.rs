@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    endpoints::endpoint_entries,
+    endpoints::{endpoint_entries, floating_ip_entries},
     error::DataplaneError,
     maps::{MapContents, Maps, ReconcileStats},
     netlink::LinkDetails,
@@ -125,6 +125,7 @@ pub fn map_contents<'a>(
     for (endpoint, link, policy_ids) in endpoints {
         endpoint_entries(&mut contents, endpoint, link, policy_ids);
         route_entries(&mut contents, endpoint, link);
+        floating_ip_entries(&mut contents, endpoint, link);
     }
     contents
 }
@@ -153,6 +154,7 @@ mod tests {
                     "198.18.0.11/32".parse().unwrap(),
                 ],
                 ipv4_gateway: None,
+                ip_nats: Vec::new(),
             },
             LinkDetails {
                 ifindex: 7,
@@ -207,6 +209,59 @@ mod tests {
         assert_eq!(info.name_bytes(), b"ns/wep");
         assert_eq!(info.ifname_bytes(), b"cali0123456789a");
         assert_eq!(info.flags, endpoint_flags::WORKLOAD);
+    }
+
+    #[test]
+    fn floating_ips_become_a_route_both_translations_and_a_flag() {
+        use calico_ebpf_common::{FloatingIpKey, floating_ip_direction};
+
+        let (mut endpoint, link) = endpoint();
+        endpoint.ip_nats = vec![
+            (
+                "198.18.0.11".parse().unwrap(),
+                "198.19.255.9".parse().unwrap(),
+            ),
+            // IPv6 mappings are not translated.
+            (
+                "2001:db8::11".parse().unwrap(),
+                "2001:db8:ff::9".parse().unwrap(),
+            ),
+        ];
+        let contents = map_contents([(&endpoint, &link, (1, 2))], MapContents::default());
+
+        let route = contents.routes_v4[&(32, [198, 19, 255, 9])];
+        assert_eq!(route.kind, RouteKind::FloatingIp as u32);
+        assert_eq!(
+            (route.ifindex, route.mac, route.host_mac),
+            (7, [0xca, 0xfe, 0, 0, 0, 1], [0xee; 6])
+        );
+        assert_eq!(route.next_hop[..4], [198, 18, 0, 11]);
+        assert_eq!(contents.routes_v6.len(), 1, "no IPv6 floating IP route");
+
+        let key = |addr: [u8; 4], direction| {
+            let mut bytes = [0; 16];
+            bytes[..4].copy_from_slice(&addr);
+            FloatingIpKey {
+                addr: bytes,
+                family: 4,
+                direction,
+                _pad: [0; 2],
+            }
+        };
+        let external =
+            contents.floating_ips[&key([198, 19, 255, 9], floating_ip_direction::EXTERNAL)];
+        assert_eq!(
+            (external.addr[..4].to_vec(), external.ifindex),
+            (vec![198, 18, 0, 11], 7)
+        );
+        let internal =
+            contents.floating_ips[&key([198, 18, 0, 11], floating_ip_direction::INTERNAL)];
+        assert_eq!(internal.addr[..4], [198, 19, 255, 9]);
+        assert_eq!(contents.floating_ips.len(), 2);
+        assert_eq!(
+            contents.endpoints[&7].flags,
+            endpoint_flags::WORKLOAD | endpoint_flags::FLOATING_IPS
+        );
     }
 
     #[test]

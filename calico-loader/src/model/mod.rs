@@ -32,6 +32,8 @@ pub struct LocalEndpoint {
     /// The gateway of its IPv4 subnet (`ipv4Gateway`, as networking-calico writes it): a VM's
     /// DHCP lease names it as the router.
     pub ipv4_gateway: Option<std::net::Ipv4Addr>,
+    /// Its floating IPs (`ipNATs`): (internal address, external address).
+    pub ip_nats: Vec<(std::net::IpAddr, std::net::IpAddr)>,
 }
 
 /// A workload endpoint of another node, as the route map needs it: where its addresses live.
@@ -159,6 +161,12 @@ pub fn local_endpoints(
             networks: wep.spec.ip_networks.clone(),
             allowed_spoof: wep.spec.allow_spoofed_source_prefixes.clone(),
             ipv4_gateway: wep.spec.ipv4_gateway,
+            ip_nats: wep
+                .spec
+                .ip_nats
+                .iter()
+                .map(|nat| (nat.internal_ip, nat.external_ip))
+                .collect(),
         };
         if let Some(other) = endpoints.get(&endpoint.interface) {
             conflicts.push(Conflict {
