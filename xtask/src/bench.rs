@@ -329,7 +329,11 @@ impl Plan {
         for hook in [AttachMode::Tc, AttachMode::Xdp] {
             setups.extend(ours_rules.iter().map(|&n| Setup::Ours(hook, n)));
         }
-        setups.extend(cross_host::SETUPS);
+        setups.extend(if quick {
+            &cross_host::SETUPS_QUICK[..]
+        } else {
+            &cross_host::SETUPS[..]
+        });
         if !args.setups.is_empty() {
             for name in &args.setups {
                 if !setups.iter().any(|setup| setup.to_string() == *name) {
@@ -743,6 +747,7 @@ mod tests {
         // Filtering by name selects them alone, in the usual order.
         let args = BenchArgs {
             setups: vec!["x-ours-xdp".into(), "x-linux".into()],
+            quick: false,
             ..BenchArgs::quick()
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
@@ -769,7 +774,6 @@ mod tests {
                 Setup::Ours(AttachMode::Tc, 1000),
                 Setup::Ours(AttachMode::Xdp, 0),
                 Setup::Ours(AttachMode::Xdp, 1000),
-                Setup::CrossLinux,
                 Setup::CrossOurs(AttachMode::Tc),
                 Setup::CrossOurs(AttachMode::Xdp),
             ]

@@ -37,6 +37,12 @@ pub const SETUPS: [Setup; 3] = [
     Setup::CrossOurs(AttachMode::Xdp),
 ];
 
+/// `--quick` checks that our programs carry the traffic across hosts, without the baseline.
+pub const SETUPS_QUICK: [Setup; 2] = [
+    Setup::CrossOurs(AttachMode::Tc),
+    Setup::CrossOurs(AttachMode::Xdp),
+];
+
 /// The node names of the agents on host A (gen's) and host B (the sink's).
 pub const NODE_A: &str = "bench-a";
 pub const NODE_B: &str = "bench-b";
