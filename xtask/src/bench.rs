@@ -678,7 +678,18 @@ fn measure_setup(ctx: &Ctx<'_>, setup: Setup, round: u32) -> Result<RoundResult>
         if live {
             topology::set_gen_host_gro(ctx.topo, true)?;
         }
-        let pps = measure::packet_rate(ctx, &active, &programs, generator);
+        let mut pps = measure::packet_rate(ctx, &active, &programs, generator);
+        if let Err(err) = &pps {
+            // trafgen gives up when its packet socket's send buffer is full at a flush
+            // (EAGAIN), which a busy machine can cause in the setups that hold the skbs
+            // longest (XDP on the host side): measure again, once.
+            signals::check_interrupted()?;
+            output::warn(format!("{}: {err:#}; measuring again", generator.as_str()));
+            pps = measure::packet_rate(ctx, &active, &programs, generator).map(|mut p| {
+                p.attempts = 2;
+                p
+            });
+        }
         if live {
             topology::set_gen_host_gro(ctx.topo, false)?;
         }

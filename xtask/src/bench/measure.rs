@@ -188,6 +188,8 @@ pub struct PpsResult {
     /// Our programs (agent setups only).
     pub programs: Vec<ProgramCost>,
     pub dataplane_counters: Option<DataplaneCounters>,
+    /// 2 when the first attempt failed (the generator gave up) and this is the second.
+    pub attempts: u32,
 }
 
 impl PpsResult {
@@ -669,6 +671,7 @@ pub fn packet_rate(
         kernel_forwarded,
         programs: costs,
         dataplane_counters,
+        attempts: 1,
     };
     warn_if_disturbed(&result.cpus, "packet-rate measurement");
     if agent {

@@ -1318,6 +1318,7 @@ mod tests {
                     from_data_packets: from_data,
                 }
             }),
+            attempts: 1,
         }
     }
 
