@@ -604,7 +604,12 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
     };
     // The two-host topology, when one of its setups runs.
     let cross = if plan.setups.iter().any(|s| s.is_cross_host()) {
-        Some(cross_host::CrossHost::prepare(plan, loader, scratch.path(), pid)?)
+        Some(cross_host::CrossHost::prepare(
+            plan,
+            loader,
+            scratch.path(),
+            pid,
+        )?)
     } else {
         None
     };

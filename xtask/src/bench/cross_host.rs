@@ -191,7 +191,11 @@ fn create_host(name: &str) -> Result<Netns> {
 pub fn write_datastore(topo: &Topology, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut yaml = shared::allow_all_profile_yaml();
-    yaml.push_str(&topo.gen_wl.endpoint_yaml(NODE_A, NAMESPACE, &topo.gen_wl.name));
+    yaml.push_str(
+        &topo
+            .gen_wl
+            .endpoint_yaml(NODE_A, NAMESPACE, &topo.gen_wl.name),
+    );
     yaml.push_str(&topo.sink.endpoint_yaml(NODE_B, NAMESPACE, &topo.sink.name));
     let file = dir.join("workloadendpoints.yaml");
     std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
@@ -289,12 +293,16 @@ fn wait_for_attachment(
     shared::wait_for_attachment(
         child,
         dump_cmd(ctx.loader, place.pin_path, "endpoints"),
-        &format!("node {}: {workload_if} and {FABRIC_IF} attached", place.node),
+        &format!(
+            "node {}: {workload_if} and {FABRIC_IF} attached",
+            place.node
+        ),
         &format!("to {workload_if} and {FABRIC_IF} on node {}", place.node),
         std::time::Duration::from_millis(200),
         |endpoints| {
             let workload = endpoints.iter().any(|e| {
-                e["interface"].as_str() == Some(workload_if) && e["attached"].as_bool() == Some(true)
+                e["interface"].as_str() == Some(workload_if)
+                    && e["attached"].as_bool() == Some(true)
             });
             let data = root::exists_as_root(&data_pin);
             if workload && data {

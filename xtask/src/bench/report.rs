@@ -14,9 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use testbed::{Cmd, output};
 
-use super::{
-    Plan, RoundResult, Setup, control::ControlPlane, control::mib, measure::PpsResult,
-};
+use super::{Plan, RoundResult, Setup, control::ControlPlane, control::mib, measure::PpsResult};
 use crate::{paths, topology::AttachMode};
 
 // ---------------------------------------------------------------------------
@@ -307,7 +305,9 @@ pub fn summarise(plan: &Plan, results: &[RoundResult]) -> Vec<SetupSummary> {
                     rounds.iter().filter_map(|r| r.pps.data_bpf_ns_per_packet()),
                 ),
                 live_data_bpf_ns_per_packet: Spread::of(
-                    rounds.iter().filter_map(|r| r.live.data_bpf_ns_per_packet()),
+                    rounds
+                        .iter()
+                        .filter_map(|r| r.live.data_bpf_ns_per_packet()),
                 ),
                 cpu_busy_pct: (0..plan.cpus)
                     .map(|cpu| {
@@ -424,7 +424,10 @@ pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary])
 /// kernels' ForwDatagrams) and what each of our programs cost, per generator (medians over
 /// rounds).
 pub fn print_cross_host(results: &[RoundResult], summary: &[SetupSummary]) {
-    let cross: Vec<&SetupSummary> = summary.iter().filter(|s| s.setup.starts_with("x-")).collect();
+    let cross: Vec<&SetupSummary> = summary
+        .iter()
+        .filter(|s| s.setup.starts_with("x-"))
+        .collect();
     if cross.is_empty() {
         return;
     }
@@ -1324,8 +1327,14 @@ mod tests {
 
     #[test]
     fn cross_host_traffic_must_go_through_both_programs_and_no_kernel() {
-        assert_eq!(cross_host_bypass(&rate(Some((1000, Some(1000))), [0, 0])), None);
-        assert_eq!(cross_host_bypass(&rate(Some((950, Some(990))), [3, 0])), None);
+        assert_eq!(
+            cross_host_bypass(&rate(Some((1000, Some(1000))), [0, 0])),
+            None
+        );
+        assert_eq!(
+            cross_host_bypass(&rate(Some((950, Some(990))), [3, 0])),
+            None
+        );
         let host_a = cross_host_bypass(&rate(Some((10, Some(1000))), [0, 0]));
         assert!(host_a.is_some_and(|p| p.contains("host A")));
         let host_b = cross_host_bypass(&rate(Some((1000, None)), [0, 0]));

@@ -127,16 +127,16 @@ impl Topology {
                 .args(["scope", "link", "proto", "static"])
                 .run()?;
             host.ip([
-                    "neigh",
-                    "replace",
-                    &ip,
-                    "lladdr",
-                    &wl.mac,
-                    "dev",
-                    &wl.host_if,
-                ])
-                .args(["nud", "permanent"])
-                .run()?;
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &wl.mac,
+                "dev",
+                &wl.host_if,
+            ])
+            .args(["nud", "permanent"])
+            .run()?;
         }
         self.kernel_routes.set(true);
         Ok(())
@@ -178,7 +178,16 @@ pub fn create_workload(
         host_if: format!("calibench{name}"),
         mac: format!("ca:fe:00:00:{subnet:02x}:{index:02x}"),
         ipv4: Ipv4Addr::new(198, 18, subnet, index),
-        ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, u16::from(subnet), 0, 0, 0, u16::from(index)),
+        ipv6: Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            u16::from(subnet),
+            0,
+            0,
+            0,
+            u16::from(index),
+        ),
     };
     wl.wire(host)?;
     wl.netns
