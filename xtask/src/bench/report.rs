@@ -657,10 +657,11 @@ pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
 }
 
 /// Across two hosts with our agents: what says the delivered packets did not go through our
-/// programs on both hosts (at least 75% of them counted by host A's `fwd_remote` and host B's
-/// `from_data`: the agents' counters are read after the sink's, by `calico-loader dump`, so
-/// on a busy machine their interval is off by a few percent), or went through a kernel's
-/// forwarding (`ForwDatagrams` above 1% of them).
+/// programs on both hosts, or went through a kernel's forwarding. The kernels' `ForwDatagrams`
+/// must stay below 1% of them: packets cross the hosts either in our programs or in the
+/// kernels. Host A's `fwd_remote` and host B's `from_data` must each count at least half of
+/// them: the agents' counters are read after the sink's, by `calico-loader dump` (a process
+/// each), so on a busy machine their interval is off by up to a fifth.
 fn cross_host_bypass(pps: &PpsResult) -> Option<String> {
     let delivered = pps.delivered_packets;
     if delivered == 0 {
@@ -669,7 +670,7 @@ fn cross_host_bypass(pps: &PpsResult) -> Option<String> {
     let Some(counters) = &pps.dataplane_counters else {
         return Some("our counters could not be read".to_owned());
     };
-    let enough = delivered - delivered / 4;
+    let enough = delivered / 2;
     let from_data = counters.from_data_packets.unwrap_or(0);
     let kernel = pps.kernel_forwarded_packets();
     if counters.forwarded_packets < enough {
@@ -1337,7 +1338,7 @@ mod tests {
             cross_host_bypass(&rate(Some((950, Some(990))), [3, 0])),
             None
         );
-        let host_a = cross_host_bypass(&rate(Some((740, Some(1000))), [0, 0]));
+        let host_a = cross_host_bypass(&rate(Some((490, Some(1000))), [0, 0]));
         assert!(host_a.is_some_and(|p| p.contains("host A")));
         let host_b = cross_host_bypass(&rate(Some((1000, None)), [0, 0]));
         assert!(host_b.is_some_and(|p| p.contains("host B")));
