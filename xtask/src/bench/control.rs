@@ -334,7 +334,7 @@ fn apply_policy(ctx: &Ctx<'_>, agent: &Agent, rules: u32) -> Result<PolicyApply>
 /// Part 2: a new endpoint, from its WorkloadEndpoint to its first reply.
 fn new_endpoint(ctx: &Ctx<'_>, agent: &Agent) -> Result<NewEndpoint> {
     let topo = ctx.topo;
-    let new = create_workload(&topo.host, topo.pid, "new", NEW_INDEX)?;
+    let new = create_workload(&topo.host, topo.pid, "new", 0, NEW_INDEX)?;
     let mut probe = if privileges::is_root() {
         Probe::udp_echo(ctx, &new)?
     } else {

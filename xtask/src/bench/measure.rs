@@ -22,7 +22,7 @@ use testbed::{ChildGuard, Cmd, output, privileges, signals};
 
 use super::{
     Ctx,
-    loader::dump_json,
+    loader::{dump_cmd, dump_json},
     topology::{Active, IPERF_PORT, Program, Topology, UDP_PORT},
 };
 use crate::{
@@ -151,12 +151,19 @@ pub struct ProgramCost {
     pub ns_per_run: Option<f64>,
 }
 
-/// Our forwarding counters for the generator's endpoint over the interval.
+/// Our forwarding counters for the generator's endpoint over the interval (and, on two
+/// hosts, the sink's on its host).
 #[derive(Debug, Serialize)]
 pub struct DataplaneCounters {
+    /// Forwarded by gen's from-workload program: to a local workload on one host
+    /// (`forwarded_packets`), to another host on two (`forwarded_remote_packets`).
     pub forwarded_packets: u64,
     pub to_host_packets: u64,
     pub dropped_packets: u64,
+    /// Two hosts: delivered into the sink by host B's data-interface program
+    /// (`from_data_interface_packets`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_data_packets: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,22 +182,42 @@ pub struct PpsResult {
     pub softnet_dropped: u64,
     pub softnet_time_squeeze: u64,
     pub cpus: Vec<CpuUsage>,
+    /// `Ip: ForwDatagrams` of each host namespace (gen's host first): what the kernels
+    /// forwarded.
+    pub kernel_forwarded: Vec<u64>,
     /// Our programs (agent setups only).
     pub programs: Vec<ProgramCost>,
     pub dataplane_counters: Option<DataplaneCounters>,
+    /// 2 when the first attempt failed (the generator gave up) and this is the second.
+    pub attempts: u32,
 }
 
 impl PpsResult {
-    /// ns per run of the from-workload program (TC ingress or XDP).
+    /// ns per run of the from-workload program (TC ingress or XDP) that ran most (gen's).
     pub fn bpf_ns_per_packet(&self) -> Option<f64> {
+        self.busiest_program(&["/tc_ingress", "/xdp"])
+    }
+
+    /// Two hosts: ns per run of the data-interface program that ran most (host B's).
+    pub fn data_bpf_ns_per_packet(&self) -> Option<f64> {
+        self.busiest_program(&["/data_tc_ingress", "/data_xdp"])
+    }
+
+    fn busiest_program(&self, hook_suffixes: &[&str]) -> Option<f64> {
         self.programs
             .iter()
-            .find(|p| {
+            .filter(|p| {
                 p.hooks
                     .iter()
-                    .any(|h| h.ends_with("/tc_ingress") || h.ends_with("/xdp"))
+                    .any(|h| hook_suffixes.iter().any(|s| h.ends_with(s)))
             })
+            .max_by_key(|p| p.runs)
             .and_then(|p| p.ns_per_run)
+    }
+
+    /// What the kernels forwarded, over all host namespaces.
+    pub fn kernel_forwarded_packets(&self) -> u64 {
+        self.kernel_forwarded.iter().sum()
     }
 
     pub fn describe(&self) -> String {
@@ -219,7 +246,15 @@ impl PpsResult {
                 "; BPF forwarded {}, passed to the kernel {}, dropped {}",
                 c.forwarded_packets, c.to_host_packets, c.dropped_packets
             );
+            if let Some(from_data) = c.from_data_packets {
+                let _ = write!(text, ", delivered from the fabric {from_data}");
+            }
         }
+        let _ = write!(
+            text,
+            "; kernel forwarded {:?} (ForwDatagrams per host)",
+            self.kernel_forwarded
+        );
         text
     }
 }
@@ -352,17 +387,23 @@ fn program_stats(json: &str) -> Result<BTreeMap<u64, (String, u64, u64)>> {
         .collect())
 }
 
-/// (forwarded, to host, dropped) packets counted for `iface`.
-fn endpoint_counters(value: &Value, iface: &str) -> Option<(u64, u64, u64)> {
-    let row = value
+/// The counters row of `iface` in `dump counters -o json`.
+fn counters_row<'v>(value: &'v Value, iface: &str) -> Option<&'v Value> {
+    value
         .as_array()?
         .iter()
-        .find(|r| r["interface"].as_str() == Some(iface))?;
+        .find(|r| r["interface"].as_str() == Some(iface))
+}
+
+/// (forwarded, to host, dropped) packets counted for `iface`; forwarded is
+/// `forwarded_field` (`forwarded_packets`, or `forwarded_remote_packets` on two hosts).
+fn endpoint_counters(value: &Value, iface: &str, forwarded_field: &str) -> Option<(u64, u64, u64)> {
+    let row = counters_row(value, iface)?;
     let drops = row["drops"]
         .as_object()
         .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
     Some((
-        row["forwarded_packets"].as_u64()?,
+        row[forwarded_field].as_u64()?,
         row["to_host_packets"].as_u64().unwrap_or(0),
         drops,
     ))
@@ -376,7 +417,10 @@ struct Snapshot {
     gen_at: Instant,
     cpus: Vec<CpuTimes>,
     softnet: (u64, u64),
+    kernel_forwarded: Vec<u64>,
     counters: Option<(u64, u64, u64)>,
+    /// Two hosts: the sink's `from_data_interface_packets` on its host.
+    from_data: Option<u64>,
 }
 
 impl Snapshot {
@@ -402,10 +446,38 @@ impl Snapshot {
             &std::fs::read_to_string("/proc/net/softnet_stat")
                 .context("cannot read /proc/net/softnet_stat")?,
         );
-        let counters = if agent {
-            endpoint_counters(&dump_json(ctx, "counters")?, &topo.gen_wl.host_if)
-        } else {
-            None
+        let kernel_forwarded = topo
+            .hosts()
+            .iter()
+            .map(|host| {
+                let snmp = host.command("cat").arg("/proc/net/snmp").output()?;
+                snmp_value(&snmp, "Ip", "ForwDatagrams")
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        let (counters, from_data) = match (agent, ctx.sink_pin_path) {
+            (false, _) => (None, None),
+            (true, None) => (
+                endpoint_counters(
+                    &dump_json(ctx, "counters")?,
+                    &topo.gen_wl.host_if,
+                    "forwarded_packets",
+                ),
+                None,
+            ),
+            (true, Some(sink_pins)) => {
+                let sink_counters = dump_cmd(ctx.loader, sink_pins, "counters").output()?;
+                let sink_counters: Value = serde_json::from_str(&sink_counters)
+                    .context("`dump counters -o json` printed invalid JSON")?;
+                (
+                    endpoint_counters(
+                        &dump_json(ctx, "counters")?,
+                        &topo.gen_wl.host_if,
+                        "forwarded_remote_packets",
+                    ),
+                    counters_row(&sink_counters, &topo.sink.host_if)
+                        .and_then(|row| row["from_data_interface_packets"].as_u64()),
+                )
+            }
         };
         Ok(Self {
             sink_in_receives,
@@ -414,7 +486,9 @@ impl Snapshot {
             gen_at,
             cpus,
             softnet,
+            kernel_forwarded,
             counters,
+            from_data,
         })
     }
 }
@@ -570,9 +644,19 @@ pub fn packet_rate(
             forwarded_packets: a.0.saturating_sub(b.0),
             to_host_packets: a.1.saturating_sub(b.1),
             dropped_packets: a.2.saturating_sub(b.2),
+            from_data_packets: before
+                .from_data
+                .zip(after.from_data)
+                .map(|(b, a)| a.saturating_sub(b)),
         }),
         _ => None,
     };
+    let kernel_forwarded = after
+        .kernel_forwarded
+        .iter()
+        .zip(&before.kernel_forwarded)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
     let result = PpsResult {
         generator,
         interval_s: interval,
@@ -584,8 +668,10 @@ pub fn packet_rate(
         softnet_dropped: after.softnet.0.saturating_sub(before.softnet.0),
         softnet_time_squeeze: after.softnet.1.saturating_sub(before.softnet.1),
         cpus: cpu_usage(&before.cpus, &after.cpus),
+        kernel_forwarded,
         programs: costs,
         dataplane_counters,
+        attempts: 1,
     };
     warn_if_disturbed(&result.cpus, "packet-rate measurement");
     if agent {
@@ -1047,10 +1133,18 @@ mod tests {
         )
         .expect("json");
         assert_eq!(
-            endpoint_counters(&counters, "calibenchgen"),
+            endpoint_counters(&counters, "calibenchgen", "forwarded_packets"),
             Some((5, 1, 3))
         );
-        assert_eq!(endpoint_counters(&counters, "calibenchsink"), None);
+        assert_eq!(
+            endpoint_counters(&counters, "calibenchsink", "forwarded_packets"),
+            None
+        );
+        assert_eq!(
+            endpoint_counters(&counters, "calibenchgen", "forwarded_remote_packets"),
+            None,
+            "a missing counter is not read as 0"
+        );
         let link = r#"[{"stats64": {"tx": {"packets": 10, "dropped": 2}}}]"#;
         assert_eq!(link_tx(link).expect("valid"), (10, 2));
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use testbed::{Cmd, output};
 
-use super::{Plan, RoundResult, Setup, control::ControlPlane, control::mib};
+use super::{Plan, RoundResult, Setup, control::ControlPlane, control::mib, measure::PpsResult};
 use crate::{paths, topology::AttachMode};
 
 // ---------------------------------------------------------------------------
@@ -206,7 +206,8 @@ pub fn ratio(value: f64, base: f64) -> f64 {
     if base > 0.0 { value / base } else { f64::NAN }
 }
 
-/// Ratios of one round's figures to linux in the same round.
+/// Ratios of one round's figures to Linux forwarding on the same topology (`linux`, or
+/// `x-linux` for the cross-host setups) in the same round.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Ratios {
     pub pps: f64,
@@ -216,9 +217,10 @@ pub struct Ratios {
 }
 
 fn ratios(result: &RoundResult, results: &[RoundResult]) -> Ratios {
+    let baseline = result.setup.baseline();
     let base = results
         .iter()
-        .find(|r| r.round == result.round && r.setup == Setup::Linux);
+        .find(|r| r.round == result.round && r.setup == baseline);
     let rr = |r: &RoundResult| {
         if r.rr.error.is_some() {
             f64::NAN
@@ -262,6 +264,11 @@ pub struct SetupSummary {
     pub bpf_ns_per_packet: Option<Spread>,
     /// The same under the live-frames load.
     pub live_bpf_ns_per_packet: Option<Spread>,
+    /// Two hosts: ns per run of host B's data-interface program, under each load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_bpf_ns_per_packet: Option<Spread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_data_bpf_ns_per_packet: Option<Spread>,
     /// Busy percentage of each CPU during the packet-rate interval.
     pub cpu_busy_pct: Vec<Option<Spread>>,
 }
@@ -293,6 +300,14 @@ pub fn summarise(plan: &Plan, results: &[RoundResult]) -> Vec<SetupSummary> {
                 ),
                 live_bpf_ns_per_packet: Spread::of(
                     rounds.iter().filter_map(|r| r.live.bpf_ns_per_packet()),
+                ),
+                data_bpf_ns_per_packet: Spread::of(
+                    rounds.iter().filter_map(|r| r.pps.data_bpf_ns_per_packet()),
+                ),
+                live_data_bpf_ns_per_packet: Spread::of(
+                    rounds
+                        .iter()
+                        .filter_map(|r| r.live.data_bpf_ns_per_packet()),
                 ),
                 cpu_busy_pct: (0..plan.cpus)
                     .map(|cpu| {
@@ -394,6 +409,111 @@ pub fn print_table(plan: &Plan, machine: &MachineInfo, summary: &[SetupSummary])
          kernel.bpf_stats_enabled=1; it is 0 while rates are counted (its clock reads would \
          slow our setups only)."
     );
+    if summary.iter().any(|s| s.setup.starts_with("x-")) {
+        println!(
+            "- x-*: across two hosts (gen on host A, the sink on host B, a veth pair between \
+             their data interfaces, static routes); their × linux is the ratio to x-linux. BPF \
+             ns/pkt is gen's from-workload program on host A; host B's data-interface program is \
+             in the cross-host table below."
+        );
+    }
+    println!();
+}
+
+/// The cross-host setups: who forwarded the packets (our programs' counters against the
+/// kernels' ForwDatagrams) and what each of our programs cost, per generator (medians over
+/// rounds).
+pub fn print_cross_host(results: &[RoundResult], summary: &[SetupSummary]) {
+    let cross: Vec<&SetupSummary> = summary
+        .iter()
+        .filter(|s| s.setup.starts_with("x-"))
+        .collect();
+    if cross.is_empty() {
+        return;
+    }
+    println!(
+        "Cross-host: who forwarded the packets of the counted interval (per delivered packet: \
+         host A's fwd_remote, host B's from_data, the kernels' ForwDatagrams on A + B), and our \
+         programs' cost (bpf_stats over the warm-up)."
+    );
+    println!();
+    let header = [
+        "setup",
+        "generator",
+        "delivered Mpps",
+        "BPF A fwd_remote / pkt",
+        "BPF B from_data / pkt",
+        "kernel ForwDatagrams / pkt",
+        "from_wl ns (A)",
+        "data ns (B)",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut rows = Vec::new();
+    for s in cross {
+        for live in [false, true] {
+            let rates: Vec<&PpsResult> = results
+                .iter()
+                .filter(|r| r.setup.to_string() == s.setup)
+                .map(|r| if live { &r.live } else { &r.pps })
+                .collect();
+            let per_packet = |f: &dyn Fn(&PpsResult) -> Option<u64>| {
+                Spread::of(rates.iter().filter_map(|p| {
+                    let n = f(p)?;
+                    (p.delivered_packets > 0).then(|| n as f64 / p.delivered_packets as f64)
+                }))
+            };
+            rows.push(vec![
+                format!("`{}`", s.setup),
+                if live { "live frames" } else { "trafgen" }.to_owned(),
+                Spread::show(
+                    if live {
+                        s.live_delivered_mpps
+                    } else {
+                        s.delivered_mpps
+                    },
+                    3,
+                ),
+                Spread::show(
+                    per_packet(&|p| p.dataplane_counters.as_ref().map(|c| c.forwarded_packets)),
+                    2,
+                ),
+                Spread::show(
+                    per_packet(&|p| {
+                        p.dataplane_counters
+                            .as_ref()
+                            .and_then(|c| c.from_data_packets)
+                    }),
+                    2,
+                ),
+                Spread::show(per_packet(&|p| Some(p.kernel_forwarded_packets())), 2),
+                Spread::show(
+                    if live {
+                        s.live_bpf_ns_per_packet
+                    } else {
+                        s.bpf_ns_per_packet
+                    },
+                    0,
+                ),
+                Spread::show(
+                    if live {
+                        s.live_data_bpf_ns_per_packet
+                    } else {
+                        s.data_bpf_ns_per_packet
+                    },
+                    0,
+                ),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        render_table(
+            &header,
+            &rows,
+            &[false, false, true, true, true, true, true, true]
+        )
+    );
     println!();
 }
 
@@ -432,7 +552,9 @@ pub fn write_json(
         // `control_plane`.
         // 3: `live` per round (the live-frames generator), live_* in the summary, goal checks
         // per generator, bpf_stats from the warm-up.
-        "schema_version": 3,
+        // 4: the cross-host setups (x-*), kernel_forwarded per packet rate,
+        // from_data_packets in dataplane_counters, data_bpf_ns_per_packet in the summary.
+        "schema_version": 4,
         "command": plan.command,
         "started": timestamp(plan.started).iso,
         "elapsed_s": elapsed.as_secs_f64(),
@@ -462,6 +584,7 @@ pub fn write_json(
             "nft_set": "table inet calico_bench, loaded with nft -f: forward chain `iifname <gen host side> jump cali-fw-<gen host side>`; `ip saddr @cali-fw-<gen host side>-src drop` (a `flags interval` set of the same N 198.19.x.y/32), then accept",
             "ours": "our agent (calico-loader run) with --attach-mode tc|xdp; N = 0: no policy, the endpoints' allow-all profile decides; N > 0: GlobalNetworkPolicies (at most 1,000 rules each, increasing order) selecting app == 'sink' with N ingress rules: N-1 x `{action: Deny, source: {nets: [198.19.x.y/32]}}` (iptables-N's addresses), then `{action: Allow, source: {nets: [198.18.0.1/32]}}`; checked with `calico-loader trace` before measuring; policy is evaluated once per new flow, later packets pass on conntrack (trafgen sends one flow)",
             "control_plane": "after the rounds, one agent (tc): time until `calico-loader trace` (polled every 20 ms) shows the verdict of control_plane.rules rules renamed into its datastore; time from a new endpoint's WorkloadEndpoint to its first echo reply (ping every 5 ms); VmHWM; bytes_memlock of the maps it holds (bpftool)",
+            "cross_host": "x-* setups, in the same rounds: gen (198.18.1.1) in cbench-xgen on host A (cbench-xa), the sink (198.18.2.1) in cbench-xsink on host B (cbench-xb); a veth pair between the hosts' eth0 (198.19.254.1/.2, permanent neighbours), static routes to each other's /26 standing in for BIRD. x-linux: kernel forwarding on both; x-ours-<hook>: an agent on each host (nodes bench-a, bench-b, own pins), programs on the workload and fabric interfaces. Ratios to x-linux. kernel_forwarded: ForwDatagrams of A and B; dataplane_counters: host A's forwarded_remote_packets for gen, host B's from_data_interface_packets for the sink",
             "tcp": "iperf3 -c sink -t DURATION -J (client in gen, server in sink)",
             "request_response": "one TCP connection, 64 bytes each way, back to back, TCP_NODELAY",
             "bpf_stats": "kernel.bpf_stats_enabled=1 during each warm-up (deltas of run_time_ns and run_cnt over it), 0 while packet rates are counted",
@@ -503,6 +626,13 @@ pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
         if let Some(err) = &r.rr.error {
             problems.push(format!("{at}: request/response failed: {err}"));
         }
+        if matches!(r.setup, Setup::CrossOurs(_)) {
+            for pps in [&r.pps, &r.live] {
+                if let Some(problem) = cross_host_bypass(pps) {
+                    problems.push(format!("{at}, {}: {problem}", pps.generator.as_str()));
+                }
+            }
+        }
         if let Some(policy) = &r.policy {
             match policy.deciding_rule_hits {
                 Some(0) | None => problems.push(format!(
@@ -523,6 +653,43 @@ pub fn check_traffic(results: &[RoundResult]) -> Result<()> {
             "some setups moved no traffic, or not through the expected rule:\n  - {}",
             problems.join("\n  - ")
         )
+    }
+}
+
+/// Across two hosts with our agents: what says the delivered packets did not go through our
+/// programs on both hosts, or went through a kernel's forwarding. The kernels' `ForwDatagrams`
+/// must stay below 1% of them: packets cross the hosts either in our programs or in the
+/// kernels. Host A's `fwd_remote` and host B's `from_data` must each count at least half of
+/// them: the agents' counters are read after the sink's, by `calico-loader dump` (a process
+/// each), so on a busy machine their interval is off by up to a fifth.
+fn cross_host_bypass(pps: &PpsResult) -> Option<String> {
+    let delivered = pps.delivered_packets;
+    if delivered == 0 {
+        return None; // reported as moving no traffic
+    }
+    let Some(counters) = &pps.dataplane_counters else {
+        return Some("our counters could not be read".to_owned());
+    };
+    let enough = delivered / 2;
+    let from_data = counters.from_data_packets.unwrap_or(0);
+    let kernel = pps.kernel_forwarded_packets();
+    if counters.forwarded_packets < enough {
+        Some(format!(
+            "host A's program forwarded {} of the {delivered} delivered packets to host B",
+            counters.forwarded_packets
+        ))
+    } else if from_data < enough {
+        Some(format!(
+            "host B's data-interface program delivered {from_data} of the {delivered} packets"
+        ))
+    } else if kernel > delivered / 100 {
+        Some(format!(
+            "the hosts' kernels forwarded {kernel} packets (ForwDatagrams {:?}) against \
+             {delivered} delivered",
+            pps.kernel_forwarded
+        ))
+    } else {
+        None
     }
 }
 
@@ -822,6 +989,28 @@ pub fn goal_checks(plan: &Plan, results: &[RoundResult]) -> Vec<GoalCheck> {
             1.0,
             None,
         );
+        // Across two hosts: ours on both against Linux forwarding on both.
+        let across = format!("{} across hosts: vs Linux forwarding", hook.as_str());
+        for (metric_name, metric) in RATES {
+            check(
+                across.clone(),
+                Setup::CrossOurs(hook),
+                Setup::CrossLinux,
+                metric_name,
+                metric,
+                1.5,
+                None,
+            );
+        }
+        check(
+            format!("{} across hosts: TCP vs Linux forwarding", hook.as_str()),
+            Setup::CrossOurs(hook),
+            Setup::CrossLinux,
+            "TCP Gbit/s",
+            tcp,
+            1.0,
+            None,
+        );
     }
     checks
 }
@@ -1094,6 +1283,8 @@ mod tests {
             rr_p50_ratio_to_linux: Spread::of([1.0]),
             bpf_ns_per_packet: None,
             live_bpf_ns_per_packet: None,
+            data_bpf_ns_per_packet: None,
+            live_data_bpf_ns_per_packet: None,
             cpu_busy_pct: vec![Spread::of([1.0]), Spread::of([100.0])],
         };
         let table = markdown_table(&[summary]);
@@ -1108,5 +1299,51 @@ mod tests {
         let width = |l: &str| l.chars().count();
         assert_eq!(width(lines[0]), width(lines[1]));
         assert_eq!(width(lines[0]), width(lines[2]));
+    }
+
+    /// A packet rate of 1,000 delivered packets with these counters.
+    fn rate(counters: Option<(u64, Option<u64>)>, kernel: [u64; 2]) -> PpsResult {
+        PpsResult {
+            generator: super::super::measure::Generator::Trafgen,
+            interval_s: 1.0,
+            delivered_packets: 1000,
+            delivered_pps: 1000.0,
+            offered_packets: 1000,
+            offered_pps: 1000.0,
+            gen_tx_dropped: 0,
+            softnet_dropped: 0,
+            softnet_time_squeeze: 0,
+            cpus: Vec::new(),
+            kernel_forwarded: kernel.to_vec(),
+            programs: Vec::new(),
+            dataplane_counters: counters.map(|(forwarded, from_data)| {
+                super::super::measure::DataplaneCounters {
+                    forwarded_packets: forwarded,
+                    to_host_packets: 0,
+                    dropped_packets: 0,
+                    from_data_packets: from_data,
+                }
+            }),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn cross_host_traffic_must_go_through_both_programs_and_no_kernel() {
+        assert_eq!(
+            cross_host_bypass(&rate(Some((1000, Some(1000))), [0, 0])),
+            None
+        );
+        assert_eq!(
+            cross_host_bypass(&rate(Some((950, Some(990))), [3, 0])),
+            None
+        );
+        let host_a = cross_host_bypass(&rate(Some((490, Some(1000))), [0, 0]));
+        assert!(host_a.is_some_and(|p| p.contains("host A")));
+        let host_b = cross_host_bypass(&rate(Some((1000, None)), [0, 0]));
+        assert!(host_b.is_some_and(|p| p.contains("host B")));
+        let kernel = cross_host_bypass(&rate(Some((1000, Some(1000))), [0, 1000]));
+        assert!(kernel.is_some_and(|p| p.contains("ForwDatagrams [0, 1000]")));
+        assert!(cross_host_bypass(&rate(None, [0, 0])).is_some());
     }
 }

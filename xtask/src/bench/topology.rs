@@ -23,7 +23,8 @@ use testbed::{ChildGuard, Cmd, Netns, output, signals};
 
 use super::{
     Ctx, Setup,
-    loader::{NODE, dump_cmd, dump_json, endpoint_yaml},
+    cross_host::{FABRIC_HOOKS, FABRIC_IF, HostAgents},
+    loader::{NODE, dump_cmd, endpoint_yaml},
     policy::{self, PolicyCheck},
 };
 use crate::{
@@ -36,12 +37,16 @@ pub const IPERF_PORT: u16 = 5201;
 /// there and never reads (`bench-udp-sink`).
 pub const UDP_PORT: u16 = 9;
 
-/// The host namespace and the two workloads. Fields drop in declaration
-/// order: the workload namespaces, then the host namespace.
+/// The host namespace and the two workloads (or, for the cross-host setups, the two hosts
+/// and a workload on each: see `cross_host`). Fields drop in declaration order: the workload
+/// namespaces, then the host namespaces.
 pub struct Topology {
     pub gen_wl: Workload,
     pub sink: Workload,
+    /// gen's host (and the sink's, on one host).
     pub host: Netns,
+    /// The sink's host when it is another one (the cross-host setups).
+    pub sink_host: Option<Netns>,
     /// Our process id, in the namespaces' names.
     pub pid: u32,
     /// Whether our own kernel routes and neighbours (for the setups without
@@ -63,19 +68,48 @@ impl Topology {
         host.command("sysctl")
             .args(["-qw", "net.ipv4.ip_forward=1"])
             .run()?;
-        let gen_wl = create_workload(&host, pid, "gen", 1)?;
-        let sink = create_workload(&host, pid, "sink", 2)?;
-        Ok(Self {
+        let gen_wl = create_workload(&host, pid, "gen", 0, 1)?;
+        let sink = create_workload(&host, pid, "sink", 0, 2)?;
+        Ok(Self::new(gen_wl, sink, host, None, pid))
+    }
+
+    /// The topology of these namespaces, without kernel routes to the workloads yet.
+    pub fn new(
+        gen_wl: Workload,
+        sink: Workload,
+        host: Netns,
+        sink_host: Option<Netns>,
+        pid: u32,
+    ) -> Self {
+        Self {
             gen_wl,
             sink,
             host,
+            sink_host,
             pid,
             kernel_routes: Cell::new(false),
-        })
+        }
     }
 
     pub fn workloads(&self) -> [&Workload; 2] {
         [&self.gen_wl, &self.sink]
+    }
+
+    /// The sink's host namespace.
+    pub fn sink_host(&self) -> &Netns {
+        self.sink_host.as_ref().unwrap_or(&self.host)
+    }
+
+    /// Each workload with the namespace of its host.
+    pub fn placed_workloads(&self) -> [(&Netns, &Workload); 2] {
+        [(&self.host, &self.gen_wl), (self.sink_host(), &self.sink)]
+    }
+
+    /// The host namespaces: one, or two for the cross-host setups.
+    pub fn hosts(&self) -> Vec<&Netns> {
+        std::iter::once(&self.host)
+            .chain(self.sink_host.as_ref())
+            .collect()
     }
 
     /// For the setups without the agent: what the agent would write, a
@@ -87,24 +121,22 @@ impl Topology {
         output::info(
             "kernel routes and neighbour entries for the workloads (no agent in this setup):",
         );
-        for wl in self.workloads() {
+        for (host, wl) in self.placed_workloads() {
             let ip = wl.ipv4.to_string();
-            self.host
-                .ip(["route", "replace", &format!("{ip}/32"), "dev", &wl.host_if])
+            host.ip(["route", "replace", &format!("{ip}/32"), "dev", &wl.host_if])
                 .args(["scope", "link", "proto", "static"])
                 .run()?;
-            self.host
-                .ip([
-                    "neigh",
-                    "replace",
-                    &ip,
-                    "lladdr",
-                    &wl.mac,
-                    "dev",
-                    &wl.host_if,
-                ])
-                .args(["nud", "permanent"])
-                .run()?;
+            host.ip([
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &wl.mac,
+                "dev",
+                &wl.host_if,
+            ])
+            .args(["nud", "permanent"])
+            .run()?;
         }
         self.kernel_routes.set(true);
         Ok(())
@@ -116,15 +148,12 @@ impl Topology {
             return Ok(());
         }
         output::info("removing our kernel routes and neighbour entries: the agent writes its own");
-        for wl in self.workloads() {
+        for (host, wl) in self.placed_workloads() {
             let ip = wl.ipv4.to_string();
-            self.host
-                .ip(["route", "del", &format!("{ip}/32"), "dev", &wl.host_if])
+            host.ip(["route", "del", &format!("{ip}/32"), "dev", &wl.host_if])
                 .args(["proto", "static"])
                 .run()?;
-            self.host
-                .ip(["neigh", "del", &ip, "dev", &wl.host_if])
-                .run()?;
+            host.ip(["neigh", "del", &ip, "dev", &wl.host_if]).run()?;
         }
         self.kernel_routes.set(false);
         Ok(())
@@ -133,17 +162,32 @@ impl Topology {
 
 /// A workload wired to `host` like the demo's, plus a static neighbour
 /// entry for the gateway (no ARP in any setup) and GRO on its eth0 (NAPI) in
-/// every setup.
-pub fn create_workload(host: &Netns, pid: u32, name: &str, index: u8) -> Result<Workload> {
+/// every setup. Its addresses are 198.18.SUBNET.INDEX and 2001:db8:0:SUBNET::INDEX.
+pub fn create_workload(
+    host: &Netns,
+    pid: u32,
+    name: &str,
+    subnet: u8,
+    index: u8,
+) -> Result<Workload> {
     let netns = Netns::create(format!("cbench-{name}-{pid}"))?;
     let wl = Workload {
         name: name.to_owned(),
         netns,
         // Readable in the output; at most 15 characters.
         host_if: format!("calibench{name}"),
-        mac: format!("ca:fe:00:00:00:{index:02x}"),
-        ipv4: Ipv4Addr::new(198, 18, 0, index),
-        ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(index)),
+        mac: format!("ca:fe:00:00:{subnet:02x}:{index:02x}"),
+        ipv4: Ipv4Addr::new(198, 18, subnet, index),
+        ipv6: Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            u16::from(subnet),
+            0,
+            0,
+            0,
+            u16::from(index),
+        ),
     };
     wl.wire(host)?;
     wl.netns
@@ -346,8 +390,8 @@ fn wait_listening(
 // Setups
 // ---------------------------------------------------------------------------
 
-/// One of our programs, and the hooks (`<interface>/<hook>`) it is attached
-/// to.
+/// One of our programs, and the hooks (`<interface>/<hook>`, prefixed with the host on two
+/// hosts) it is attached to.
 pub struct Program {
     pub id: u64,
     pub hooks: Vec<String>,
@@ -360,12 +404,14 @@ pub enum Active<'a> {
     Iptables(IptablesRules<'a>),
     Nft(NftRules<'a>),
     Agent(Box<Agent>),
+    /// An agent on each of the two hosts (the cross-host setups).
+    Hosts(Box<HostAgents>),
 }
 
 impl<'a> Active<'a> {
     pub fn activate(ctx: &Ctx<'a>, setup: Setup) -> Result<Self> {
         match setup {
-            Setup::Linux => {
+            Setup::Linux | Setup::CrossLinux => {
                 ctx.topo.install_kernel_routes()?;
                 Ok(Self::Linux)
             }
@@ -388,27 +434,33 @@ impl<'a> Active<'a> {
                 }
                 Ok(Self::Agent(Box::new(Agent::start(ctx, hook, rules)?)))
             }
-        }
-    }
-
-    pub fn deactivate(self, ctx: &Ctx<'_>) -> Result<()> {
-        match self {
-            Self::Linux => Ok(()),
-            Self::Iptables(rules) => rules.remove(),
-            Self::Nft(rules) => rules.remove(),
-            Self::Agent(agent) => {
-                let xdp = agent.hook == AttachMode::Xdp;
-                agent.stop(ctx)?;
-                if xdp {
-                    set_tx_offload(ctx.topo, true)?;
+            Setup::CrossOurs(hook) => {
+                ctx.topo.remove_kernel_routes()?;
+                if hook == AttachMode::Xdp {
+                    set_tx_offload(ctx.topo, false)?;
                 }
-                Ok(())
+                Ok(Self::Hosts(Box::new(HostAgents::start(ctx, hook)?)))
             }
         }
     }
 
+    pub fn deactivate(self, ctx: &Ctx<'_>) -> Result<()> {
+        let (hook, stopped) = match self {
+            Self::Linux => return Ok(()),
+            Self::Iptables(rules) => return rules.remove(),
+            Self::Nft(rules) => return rules.remove(),
+            Self::Agent(agent) => (agent.hook, agent.stop(ctx)),
+            Self::Hosts(agents) => (agents.hook, agents.stop(ctx)),
+        };
+        stopped?;
+        if hook == AttachMode::Xdp {
+            set_tx_offload(ctx.topo, true)?;
+        }
+        Ok(())
+    }
+
     pub fn is_agent(&self) -> bool {
-        matches!(self, Self::Agent(_))
+        matches!(self, Self::Agent(_) | Self::Hosts(_))
     }
 
     pub fn agent(&self) -> Option<&Agent> {
@@ -431,28 +483,50 @@ impl<'a> Active<'a> {
         Ok(Some(check))
     }
 
-    /// Our programs attached to the workloads' interfaces (none without the
-    /// agent).
+    /// Our programs attached to the workloads' interfaces, and on two hosts to the fabric
+    /// interfaces (none without the agent).
     pub fn programs(&self, ctx: &Ctx<'_>) -> Result<Vec<Program>> {
         if !self.is_agent() {
             return Ok(Vec::new());
         }
-        let endpoints = dump_json(ctx, "endpoints")?;
-        let Value::Array(endpoints) = endpoints else {
-            bail!("`dump endpoints -o json` did not print an array");
+        let places: Vec<(&Path, &str)> = match ctx.sink_pin_path {
+            None => vec![(ctx.pin_path, "")],
+            Some(sink_pins) => vec![(ctx.pin_path, "host A: "), (sink_pins, "host B: ")],
         };
         let mut by_id: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        for endpoint in &endpoints {
-            let Some(iface) = endpoint["interface"].as_str() else {
-                continue;
+        for (pins, label) in places {
+            let endpoints = dump_cmd(ctx.loader, pins, "endpoints").output()?;
+            let endpoints: Value = serde_json::from_str(&endpoints)
+                .context("`dump endpoints -o json` printed invalid JSON")?;
+            let Value::Array(endpoints) = endpoints else {
+                bail!("`dump endpoints -o json` did not print an array");
             };
-            if !ctx.topo.workloads().iter().any(|w| w.host_if == iface) {
-                continue;
+            let mut hooks: Vec<(String, String)> = Vec::new();
+            for endpoint in &endpoints {
+                let Some(iface) = endpoint["interface"].as_str() else {
+                    continue;
+                };
+                if !ctx.topo.workloads().iter().any(|w| w.host_if == iface) {
+                    continue;
+                }
+                for hook in endpoint["hooks"].as_array().into_iter().flatten() {
+                    if let Some(hook) = hook.as_str() {
+                        hooks.push((iface.to_owned(), hook.to_owned()));
+                    }
+                }
             }
-            for hook in endpoint["hooks"].as_array().into_iter().flatten() {
-                let Some(hook) = hook.as_str() else { continue };
+            if ctx.sink_pin_path.is_some() {
+                // Data interfaces have no endpoint entry: their links are found by name.
+                for hook in FABRIC_HOOKS {
+                    let pin = pins.join("links").join(FABRIC_IF).join(hook);
+                    if root::exists_as_root(&pin) {
+                        hooks.push((FABRIC_IF.to_owned(), hook.to_owned()));
+                    }
+                }
+            }
+            for (iface, hook) in hooks {
                 // The agent pins each link as <pins>/links/<interface>/<hook>.
-                let pin = ctx.pin_path.join("links").join(iface).join(hook);
+                let pin = pins.join("links").join(&iface).join(&hook);
                 let link = Cmd::new("bpftool")
                     .args(["link", "show", "pinned"])
                     .arg(&pin)
@@ -465,7 +539,10 @@ impl<'a> Active<'a> {
                 let id = link["prog_id"]
                     .as_u64()
                     .with_context(|| format!("no prog_id for the link {}", pin.display()))?;
-                by_id.entry(id).or_default().push(format!("{iface}/{hook}"));
+                by_id
+                    .entry(id)
+                    .or_default()
+                    .push(format!("{label}{iface}/{hook}"));
             }
         }
         if by_id.is_empty() {
@@ -795,6 +872,14 @@ fn nft_ruleset(iface: &str, chain: &str, set: &str, shape: NftShape, rules: u32)
 /// How many agents the bench started: each logs into its own file.
 static AGENT_STARTS: AtomicU32 = AtomicU32::new(0);
 
+/// A new agent's log file in the scratch directory, named `agent-<n>-<what>.log`.
+pub fn agent_log(ctx: &Ctx<'_>, what: &str) -> AgentLog {
+    let n = AGENT_STARTS.fetch_add(1, Ordering::Relaxed);
+    AgentLog {
+        path: ctx.scratch.join(format!("agent-{n:02}-{what}.log")),
+    }
+}
+
 /// Our agent in the host namespace.
 pub struct Agent {
     child: ChildGuard,
@@ -812,14 +897,14 @@ impl Agent {
     /// sink are attached and the expected rule decides trafgen's packet at the sink.
     pub fn start(ctx: &Ctx<'_>, hook: AttachMode, rules: u32) -> Result<Self> {
         policy::write_policy(ctx.datastore, rules, ctx.topo.gen_wl.ipv4)?;
-        let n = AGENT_STARTS.fetch_add(1, Ordering::Relaxed);
-        let log = AgentLog {
-            path: ctx
-                .scratch
-                .join(format!("agent-{n:02}-{}-{rules}.log", hook.as_str())),
-        };
+        let log = agent_log(ctx, &format!("{}-{rules}", hook.as_str()));
         let started = Instant::now();
-        let child = spawn_agent(ctx, hook, &log.path)?;
+        let place = AgentPlace {
+            host: &ctx.topo.host,
+            node: NODE,
+            pin_path: ctx.pin_path,
+        };
+        let child = spawn_agent(ctx, &place, hook, &log.path, "[agent]")?;
         let mut child = ChildGuard::new(format!("the agent ({})", hook.as_str()), child, true);
         wait_for_attachment(&mut child, ctx)?;
         let mut check = policy::verify(ctx, rules, &mut child, started)?;
@@ -842,24 +927,36 @@ impl Agent {
         })
     }
 
-    /// SIGTERM; the agent detaches (`--detach-on-exit`). Pins it leaves
-    /// behind are reported and removed, so the next setup starts clean.
+    /// SIGTERM; the agent detaches and removes its pins (see `stop_agent`).
     fn stop(mut self, ctx: &Ctx<'_>) -> Result<()> {
-        match self.child.stop(Duration::from_secs(10)) {
-            Some(status) if status.success() => {}
-            Some(status) => output::warn(format!("the agent exited with {status} on SIGTERM")),
-            None => bail!("the agent did not stop"),
-        }
-        drop(self);
-        if root::exists_as_root(ctx.pin_path) {
-            output::warn(format!(
-                "the agent left {} behind despite --detach-on-exit; cleaning up",
-                ctx.pin_path.display()
-            ));
-            shared::cleanup_pins(ctx.loader, &ctx.topo.host.path(), ctx.pin_path);
-        }
-        Ok(())
+        let place = AgentPlace {
+            host: &ctx.topo.host,
+            node: NODE,
+            pin_path: ctx.pin_path,
+        };
+        stop_agent(&mut self.child, ctx.loader, &place)
     }
+}
+
+/// SIGTERM; the agent detaches (`--detach-on-exit`). Pins it leaves behind are reported and
+/// removed, so the next setup starts clean.
+pub fn stop_agent(child: &mut ChildGuard, loader: &Path, place: &AgentPlace<'_>) -> Result<()> {
+    match child.stop(Duration::from_secs(10)) {
+        Some(status) if status.success() => {}
+        Some(status) => output::warn(format!(
+            "the agent of node {} exited with {status} on SIGTERM",
+            place.node
+        )),
+        None => bail!("the agent of node {} did not stop", place.node),
+    }
+    if root::exists_as_root(place.pin_path) {
+        output::warn(format!(
+            "the agent left {} behind despite --detach-on-exit; cleaning up",
+            place.pin_path.display()
+        ));
+        shared::cleanup_pins(loader, &place.host.path(), place.pin_path);
+    }
+    Ok(())
 }
 
 /// Polls `dump endpoints -o json` until both workloads are attached.
@@ -886,48 +983,63 @@ fn wait_for_attachment(child: &mut ChildGuard, ctx: &Ctx<'_>) -> Result<()> {
     )
 }
 
-/// `calico-loader run` in the host namespace, with the arguments of `shared::spawn_agent`, its
-/// lines prefixed `[agent]` as there; `tee` also appends them to `log`, where the bench reads
-/// the agent's own timings ("policy compiled … elapsed_ms=…"). bash execs nsenter, which execs
-/// the agent: the child's pid is the agent's (when root), so SIGTERM reaches it; `tee -i`
-/// outlives a Ctrl-C to pass on the agent's last lines, and ends with them.
-fn spawn_agent(ctx: &Ctx<'_>, hook: AttachMode, log: &Path) -> Result<Child> {
+/// Where and as what an agent runs: its host namespace, node name and pins.
+pub struct AgentPlace<'a> {
+    pub host: &'a Netns,
+    pub node: &'a str,
+    pub pin_path: &'a Path,
+}
+
+/// `calico-loader run` in the place's host namespace, with the arguments of
+/// `shared::spawn_agent`, its lines prefixed `prefix` (`[agent]` as there); `tee` also appends
+/// them to `log`, where the bench reads the agent's own timings ("policy compiled …
+/// elapsed_ms=…"). bash execs nsenter, which execs the agent: the child's pid is the agent's
+/// (when root), so SIGTERM reaches it; `tee -i` outlives a Ctrl-C to pass on the agent's last
+/// lines, and ends with them.
+pub fn spawn_agent(
+    ctx: &Ctx<'_>,
+    place: &AgentPlace<'_>,
+    hook: AttachMode,
+    log: &Path,
+    prefix: &str,
+) -> Result<Child> {
     const TEE: &str = r#"log=$1; shift; exec "$@" 2> >(exec tee -i -a "$log" >&2)"#;
     output::info(format!(
-        "starting the agent; its log is also copied to {}",
+        "starting the agent of node {}; its log is also copied to {}",
+        place.node,
         log.display()
     ));
     Cmd::new("bash")
         .args(["-c", TEE, "bash"])
         .arg(log)
         .arg("nsenter")
-        .arg(format!("--net={}", ctx.topo.host.path().display()))
+        .arg(format!("--net={}", place.host.path().display()))
         .arg(ctx.loader)
         .arg("run")
         .arg("--datastore")
         .arg(ctx.datastore)
         .args([
             "--node",
-            NODE,
+            place.node,
             "--attach-mode",
             hook.as_str(),
             "--detach-on-exit",
-            // No BIRD: these topologies have one host.
+            // No BIRD: routes between hosts, where there are two, are static.
             "--networking-backend",
             "none",
         ])
         .arg("--pin-path")
-        .arg(ctx.pin_path)
+        .arg(place.pin_path)
         // Its log goes into a pipe: no colour codes there.
         .env("NO_COLOR", "1")
         .privileged()
-        .spawn_prefixed("[agent]")
+        .spawn_prefixed(prefix)
         .map_err(Into::into)
 }
 
 /// The pid of the process running `loader run … --pin-path <pin_path>` (argv[0] is the
 /// loader's path: nsenter execs it as given).
-fn agent_pid(loader: &Path, pin_path: &Path) -> Option<u32> {
+pub fn agent_pid(loader: &Path, pin_path: &Path) -> Option<u32> {
     let loader = loader.as_os_str().as_bytes();
     let pins = pin_path.as_os_str().as_bytes();
     std::fs::read_dir("/proc")
