@@ -26,9 +26,12 @@
 //!   the deciding rule's hits.
 //! - `measure`: trafgen, iperf3, the ping-pong, counters and bpf_stats.
 //! - `control`: the control-plane figures.
+//! - `bgp`: routing between hosts on a cluster of two (convergence, a top-of-rack router's
+//!   prefixes at scale) and BIRD's configuration for a large cluster.
 //! - `report`: statistics, the tables, the goal checks, the JSON file,
 //!   machine information.
 
+mod bgp;
 mod control;
 mod livegen;
 mod loader;
@@ -99,6 +102,11 @@ pub struct BenchArgs {
     /// in the usual order; goal checks that miss a setup are not evaluated.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub setups: Vec<String>,
+
+    /// Only the BGP phase (convergence, scale, BIRD's configuration): no dataplane setups, no
+    /// control-plane phase, no microbenchmark.
+    #[arg(long)]
+    pub bgp_only: bool,
 }
 
 impl BenchArgs {
@@ -110,6 +118,7 @@ impl BenchArgs {
             duration: None,
             json: None,
             setups: Vec::new(),
+            bgp_only: false,
         }
     }
 }
@@ -131,6 +140,13 @@ pub fn rr(args: &RrArgs) -> Result<()> {
     let result = measure::ping_pong(&args.pair, Duration::from_millis(args.millis), args.cpu)?;
     println!("{}", serde_json::to_string(&result.to_json())?);
     Ok(())
+}
+
+pub use self::bgp::BgpClusterArgs;
+
+/// Internal: the BGP phase's cluster, run as root.
+pub fn bgp_cluster(args: &BgpClusterArgs) -> Result<()> {
+    bgp::cluster_phase(args)
 }
 
 /// Internal: the sink workload's UDP socket, run inside its namespace.
@@ -284,6 +300,9 @@ pub struct Plan {
     pub latency_cpu: usize,
     pub started: SystemTime,
     pub command: String,
+    /// Only the BGP phase.
+    pub bgp_only: bool,
+    pub bgp: bgp::BgpPlan,
 }
 
 impl Plan {
@@ -336,6 +355,9 @@ impl Plan {
         if !args.setups.is_empty() {
             let _ = write!(command, " --setups {}", args.setups.join(","));
         }
+        if args.bgp_only {
+            command.push_str(" --bgp-only");
+        }
         if let Some(json) = &args.json {
             let _ = write!(
                 command,
@@ -362,6 +384,8 @@ impl Plan {
             latency_cpu: 0,
             started,
             command,
+            bgp_only: args.bgp_only,
+            bgp: bgp::BgpPlan::new(quick),
         })
     }
 
@@ -460,6 +484,31 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let machine = report::machine_info(&loader)?;
 
+    if plan.bgp_only {
+        let bgp = bgp::measure(&plan.bgp, &loader, release)?;
+        output::step("Results");
+        bgp::print(&bgp);
+        report::write_json(
+            &plan,
+            &machine,
+            &report::Figures {
+                results: &[],
+                summary: &[],
+                goals: &[],
+                control_plane: None,
+                microbench: &[],
+                bgp: &bgp,
+            },
+            clock.elapsed(),
+        )?;
+        output::info(format!(
+            "the bench took {:.0}s; every figure is in {}",
+            clock.elapsed().as_secs_f64(),
+            plan.json.display()
+        ));
+        return Ok(());
+    }
+
     let pid = std::process::id();
     let outcome = run(&plan, &loader, pid);
     let pins = shared::pin_path("bench", pid);
@@ -467,6 +516,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (results, control_plane) = outcome?;
 
     let microbench = microbench(&plan, &loader)?;
+    let bgp = bgp::measure(&plan.bgp, &loader, release)?;
 
     let summary = report::summarise(&plan, &results);
     let goals = report::goal_checks(&plan, &results);
@@ -475,6 +525,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     report::print_goal_checks(&goals);
     report::print_control_plane(&control_plane);
     report::print_microbench(&microbench);
+    bgp::print(&bgp);
     report::write_json(
         &plan,
         &machine,
@@ -482,8 +533,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             results: &results,
             summary: &summary,
             goals: &goals,
-            control_plane: &control_plane,
+            control_plane: Some(&control_plane),
             microbench: &microbench,
+            bgp: &bgp,
         },
         clock.elapsed(),
     )?;
@@ -699,6 +751,7 @@ mod tests {
             duration: None,
             json: Some(PathBuf::from("/tmp/x.json")),
             setups: Vec::new(),
+            bgp_only: false,
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);

@@ -55,6 +55,9 @@ enum Command {
     /// namespaces.
     #[command(hide = true)]
     BenchRr(bench::RrArgs),
+    /// Internal: the bench's BGP cluster (convergence and scale), as root.
+    #[command(hide = true)]
+    BenchBgpCluster(bench::BgpClusterArgs),
     /// Internal: the bench's UDP sink, a socket that listens and never reads.
     #[command(hide = true)]
     BenchUdpSink(bench::UdpSinkArgs),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::TcpEcho(args) => demo::tcp_echo(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::BenchRr(args) => bench::rr(&args),
+        Command::BenchBgpCluster(args) => bench::bgp_cluster(&args),
         Command::BenchUdpSink(args) => bench::udp_sink(&args),
         Command::BenchLiveGen(args) => bench::live_gen(&args),
     };
