@@ -174,10 +174,12 @@ impl Gobgpd {
     ///
     /// `gobgp` is not installed or cannot run.
     pub fn gobgp(&self, args: &[&str]) -> Result<Output, GobgpError> {
-        self.command(args)?.output().map_err(|source| GobgpError::Io {
-            what: "run gobgp".into(),
-            source,
-        })
+        self.command(args)?
+            .output()
+            .map_err(|source| GobgpError::Io {
+                what: "run gobgp".into(),
+                source,
+            })
     }
 }
 

@@ -740,6 +740,8 @@ mod tests {
         );
         assert_eq!(plan.control_plane_rules, 1000);
         assert!(plan.duration <= Duration::from_secs(2));
+        assert_eq!(plan.bgp.prefixes, [1_000]);
+        assert_eq!(plan.bgp.repetitions, 1);
         assert!(plan.json.ends_with("bench/bench-19700101T000000Z.json"));
     }
 
@@ -767,6 +769,8 @@ mod tests {
             assert!(plan.setups.contains(&Setup::Ours(AttachMode::Xdp, *n)));
         }
         assert_eq!(plan.control_plane_rules, 10_000);
+        assert_eq!(plan.bgp.prefixes, [10_000, 100_000]);
+        assert_eq!(plan.bgp.render_nodes, 1_000);
         assert_eq!(plan.json, PathBuf::from("/tmp/x.json"));
         assert_eq!(plan.command, "cargo xtask bench --json /tmp/x.json");
 

@@ -80,10 +80,23 @@ pub fn run(args: &BirdBenchArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let nodes: Vec<NodeFacts> = (1..=args.nodes).map(node).collect();
+    for (topology, role, input) in inputs(args.nodes, args.reflectors)? {
+        let result = measure(args, topology, role, &input)
+            .with_context(|| format!("{topology}, {role} {}", input.node.name))?;
+        println!("{}", serde_json::to_string(&result)?);
+    }
+    Ok(())
+}
+
+/// The three inputs measured: (topology, role, input).
+fn inputs(
+    count: u32,
+    reflectors: u32,
+) -> anyhow::Result<[(&'static str, &'static str, BgpInput); 3]> {
+    let nodes: Vec<NodeFacts> = (1..=count).map(node).collect();
     let mesh = nodes.clone();
     let mut reflected = nodes;
-    for reflector in reflected.iter_mut().take(args.reflectors as usize) {
+    for reflector in reflected.iter_mut().take(reflectors as usize) {
         reflector.route_reflector_cluster_id = Some(Ipv4Addr::new(198, 19, 255, 1));
         reflector
             .labels
@@ -100,24 +113,28 @@ pub fn run(args: &BirdBenchArgs) -> anyhow::Result<()> {
              spec: {nodeSelector: all(), peerSelector: route-reflector == 'true'}\n",
         )?,
     );
-    let client = args.reflectors as usize; // the first node after the reflectors
-    let runs = [
+    let client = reflectors as usize; // the first node after the reflectors
+    Ok([
         ("mesh", "node", input(&mesh, 0, (Vec::new(), Vec::new()))),
-        ("route-reflectors", "reflector", input(&reflected, 0, reflection.clone())),
-        ("route-reflectors", "client", input(&reflected, client, reflection)),
-    ];
-    for (topology, role, input) in runs {
-        let result = measure(args, topology, role, &input)
-            .with_context(|| format!("{topology}, {role} {}", input.node.name))?;
-        println!("{}", serde_json::to_string(&result)?);
-    }
-    Ok(())
+        (
+            "route-reflectors",
+            "reflector",
+            input(&reflected, 0, reflection.clone()),
+        ),
+        (
+            "route-reflectors",
+            "client",
+            input(&reflected, client, reflection),
+        ),
+    ])
 }
 
 /// Node `i` (from 1): `node-<i>`, 198.19.x.y/16 and 2001:db8:ff::i/64.
 fn node(i: u32) -> NodeFacts {
     let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
-    let v6 = Ipv6Addr::from(u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0)) + u128::from(i));
+    let v6 = Ipv6Addr::from(
+        u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0)) + u128::from(i),
+    );
     NodeFacts {
         name: format!("node-{i:05}"),
         ipv4: Ipv4Net::new(v4, 16).ok(),
@@ -138,7 +155,10 @@ fn resources<K: Registered + Clone>(yaml: &str) -> anyhow::Result<Vec<K>> {
                 .join("; ")
         )
     })?;
-    Ok(parsed.iter().filter_map(|r| r.typed::<K>().cloned()).collect())
+    Ok(parsed
+        .iter()
+        .filter_map(|r| r.typed::<K>().cloned())
+        .collect())
 }
 
 /// The input of node `this` (an index into `nodes`): the others, the BGP resources, a pool
@@ -218,5 +238,30 @@ fn median_ms(durations: &[Duration]) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => ms[n / 2],
         n => f64::midpoint(ms[n / 2 - 1], ms[n / 2]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_made_up_cluster_has_the_sessions_of_each_topology() {
+        let [mesh, reflector, client] = inputs(10, 3).expect("inputs");
+        let sessions = |input: &BgpInput| {
+            bgp::model::build(input, &SystemPasswords)
+                .expect("model")
+                .sessions()
+                .count()
+        };
+        // Both families: a session per other node, or per reflector.
+        assert_eq!(sessions(&mesh.2), 18);
+        assert_eq!(sessions(&reflector.2), 18);
+        assert_eq!(sessions(&client.2), 6);
+        assert_eq!(client.2.node.name, "node-00004");
+        assert_eq!(
+            node(300).ipv4.map(|n| n.addr()),
+            Some(Ipv4Addr::new(198, 19, 1, 44))
+        );
     }
 }

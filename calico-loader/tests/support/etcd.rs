@@ -56,81 +56,81 @@ extendedKeyUsage = clientAuth
 
 /// Makes a CA (EC P-256), and a server and a client certificate signed by it, in `dir`.
 fn create_tls_files(dir: &Path) -> TlsFiles {
-        let openssl = openssl();
-        let config = dir.join("openssl.cnf");
-        fs::write(&config, OPENSSL_CONFIG).expect("write openssl.cnf");
-        let run = |args: &[&str]| {
-            let out = Command::new(&openssl)
-                .current_dir(dir)
-                .args(args)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let new_key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec![
-            "req",
-            "-x509",
-            "-new",
-            "-config",
+    let openssl = openssl();
+    let config = dir.join("openssl.cnf");
+    fs::write(&config, OPENSSL_CONFIG).expect("write openssl.cnf");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-config",
+        "openssl.cnf",
+        "-extensions",
+        "ca",
+    ];
+    ca.extend(new_key);
+    ca.extend(["-subj", "/CN=calico-loader test CA"]);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
+    run(&ca);
+    for (name, serial) in [("server", "2"), ("client", "3")] {
+        let (subject, key, csr, cert) = (
+            format!("/CN=etcd test {name}"),
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let mut request = vec!["req", "-new", "-config", "openssl.cnf"];
+        request.extend(new_key);
+        request.extend(["-subj", subject.as_str()]);
+        request.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+        run(&request);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.as_str(),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-extfile",
             "openssl.cnf",
             "-extensions",
-            "ca",
-        ];
-        ca.extend(new_key);
-        ca.extend(["-subj", "/CN=calico-loader test CA"]);
-        ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
-        run(&ca);
-        for (name, serial) in [("server", "2"), ("client", "3")] {
-            let (subject, key, csr, cert) = (
-                format!("/CN=etcd test {name}"),
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-            );
-            let mut request = vec!["req", "-new", "-config", "openssl.cnf"];
-            request.extend(new_key);
-            request.extend(["-subj", subject.as_str()]);
-            request.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
-            run(&request);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                csr.as_str(),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                serial,
-                "-days",
-                "2",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                name,
-                "-out",
-                cert.as_str(),
-            ]);
-        }
-        TlsFiles {
-            ca_cert: dir.join("ca.crt"),
-            server_cert: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.crt"),
-            client_key: dir.join("client.key"),
-        }
+            name,
+            "-out",
+            cert.as_str(),
+        ]);
+    }
+    TlsFiles {
+        ca_cert: dir.join("ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
 }
 
 /// A running etcd ([`EtcdServer`]) and its temporary directory.

@@ -206,10 +206,7 @@ pub fn print(figures: &BgpFigures) {
             f.from.to_owned(),
             f.until.to_owned(),
             format!("{:.0} ({:.0}–{:.0})", f.median_ms, f.min_ms, f.max_ms),
-            format!(
-                "{:.0}",
-                super::control::median(&f.write_ms)
-            ),
+            format!("{:.0}", super::control::median(&f.write_ms)),
         ]
     };
     let rows = vec![

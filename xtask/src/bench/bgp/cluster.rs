@@ -251,8 +251,7 @@ impl Cluster {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        run_with_stdin(command, stdin)
-            .with_context(|| format!("calico-loader {}", args.join(" ")))
+        run_with_stdin(command, stdin).with_context(|| format!("calico-loader {}", args.join(" ")))
     }
 
     /// `calico-loader apply -f -` of `yaml`.
@@ -347,9 +346,9 @@ impl Cluster {
             }
             for host in &mut self.hosts {
                 if let Some(agent) = &mut host.agent {
-                    agent.check_running().map_err(|e| {
-                        anyhow::anyhow!("{e}; its log:\n{}", host.log_tail(30))
-                    })?;
+                    agent
+                        .check_running()
+                        .map_err(|e| anyhow::anyhow!("{e}; its log:\n{}", host.log_tail(30)))?;
                 }
             }
             if Instant::now() >= deadline {
@@ -379,7 +378,9 @@ fn run_with_stdin(mut command: Command, stdin: Option<&str>) -> Result<String> {
     let mut child = command.spawn().context("cannot start it")?;
     if let Some(mut input) = child.stdin.take() {
         if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).context("cannot write its input")?;
+            input
+                .write_all(text.as_bytes())
+                .context("cannot write its input")?;
         }
     }
     let output = child.wait_with_output().context("cannot wait for it")?;

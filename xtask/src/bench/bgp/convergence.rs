@@ -232,7 +232,9 @@ fn echo(target: Ipv4Addr, sequence: u16, wait: Duration) -> Result<Option<System
     }
     // Type 8 (echo request), code 0; the kernel fills in the identifier and the checksum.
     let [hi, lo] = sequence.to_be_bytes();
-    let request = [8u8, 0, 0, 0, 0, 0, hi, lo, b'c', b'a', b'l', b'i', b'c', b'o', 0, 0];
+    let request = [
+        8u8, 0, 0, 0, 0, 0, hi, lo, b'c', b'a', b'l', b'i', b'c', b'o', 0, 0,
+    ];
     // SAFETY: send(2) of a buffer we own.
     let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
     if sent < 0 {
@@ -276,16 +278,11 @@ pub fn prepare(cluster: &mut Cluster) -> Result<()> {
     output::info("convergence: agents on host-1 (A) and host-2 (B), a workload on each");
     cluster.start_agent(A)?;
     cluster.start_agent(B)?;
-    cluster.wait(
-        "both Nodes",
-        PATIENCE,
-        Duration::from_millis(200),
-        |c| {
-            Ok(["host-1", "host-2"]
-                .iter()
-                .all(|n| c.loader(&["get", "node", n], None).is_ok()))
-        },
-    )?;
+    cluster.wait("both Nodes", PATIENCE, Duration::from_millis(200), |c| {
+        Ok(["host-1", "host-2"]
+            .iter()
+            .all(|n| c.loader(&["get", "node", n], None).is_ok()))
+    })?;
     for (i, name) in [(A, "a"), (B, "b0")] {
         let node = cluster.host(i).name.clone();
         let (v4, v6) = pair(&cluster.assign(&node, &format!("bench-{name}"), &[])?)?;

@@ -98,8 +98,10 @@ impl Tor {
         fabric::plug(&cluster.fabric, &ns, TOR_INDEX)?;
         let v4 = fabric::fabric_v4(TOR_INDEX);
         for prefix in TOR_ANSWERS {
-            ns.ip(["route", "add", "local", prefix, "dev", "lo", "table", "main"])
-                .run()?;
+            ns.ip([
+                "route", "add", "local", prefix, "dev", "lo", "table", "main",
+            ])
+            .run()?;
         }
         let back = cluster.host(MEASURED).v4.to_string();
         ns.ip(["route", "add", POOL_V4, "via", &back]).run()?;
@@ -160,7 +162,14 @@ impl Tor {
             let records = size as usize + mrt_padding(size);
             let (count, skip) = ((records - held).to_string(), held.to_string());
             self.gobgp(&[
-                "mrt", "inject", "global", "--no-ipv6", "--nexthop", &next_hop, &file, &count,
+                "mrt",
+                "inject",
+                "global",
+                "--no-ipv6",
+                "--nexthop",
+                &next_hop,
+                &file,
+                &count,
                 &skip,
             ])?;
             let mut last = self.rib_count()?;
@@ -373,8 +382,13 @@ pub fn measure(cluster: &Cluster, tor: &Tor, sizes: &[u32]) -> Result<Vec<ScaleR
 
         let t1 = Instant::now();
         tor.gobgp(&["global", "rib", "-a", "ipv4", "del", "all"])?;
-        let (withdrawn_ms, _) =
-            wait_count(cluster, &via, (t1, scale_timeout(size)), "withdrawal", |n| n == 0)?;
+        let (withdrawn_ms, _) = wait_count(
+            cluster,
+            &via,
+            (t1, scale_timeout(size)),
+            "withdrawal",
+            |n| n == 0,
+        )?;
         output::info(format!(
             "{size} prefixes withdrawn (gobgp global rib del all): none left in host-1's kernel \
              after {withdrawn_ms:.0} ms"
@@ -409,7 +423,10 @@ mod tests {
         let all = prefixes(100_000).expect("fits");
         assert_eq!(all[0], Ipv4Addr::new(198, 18, 64, 0));
         assert!(all.iter().all(|a| a.octets()[..3] != [198, 19, 0]));
-        assert!(all.iter().all(|a| a.octets()[0] == 198 && a.octets()[1] & 0xfe == 18));
+        assert!(
+            all.iter()
+                .all(|a| a.octets()[0] == 198 && a.octets()[1] & 0xfe == 18)
+        );
         assert!(prefixes(200_000).is_err());
     }
 
@@ -419,7 +436,10 @@ mod tests {
         let file = mrt_table_dump(&[Ipv4Addr::new(198, 18, 64, 0)], peer, 65001, 7);
         // Peer index table: 12-byte header + 4 + 2 + 2 + 1 + 4 + 4 + 4 = 33 bytes.
         assert_eq!(&file[4..8], &[0, 13, 0, 1]);
-        assert_eq!(u32::from_be_bytes([file[8], file[9], file[10], file[11]]), 21);
+        assert_eq!(
+            u32::from_be_bytes([file[8], file[9], file[10], file[11]]),
+            21
+        );
         let rib = &file[33..];
         assert_eq!(&rib[4..8], &[0, 13, 0, 2]);
         // 4 (sequence) + 1 + 4 (prefix) + 2 (count) + 2 + 4 + 2 + 14 (attributes).
