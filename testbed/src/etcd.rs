@@ -81,7 +81,7 @@ pub struct EtcdServer {
     /// The network namespace it runs in (`None`: ours).
     netns: Option<PathBuf>,
     /// With TLS: the certificates.
-    pub tls: Option<EtcdTls>,
+    pub tls: Option<Box<EtcdTls>>,
 }
 
 impl EtcdServer {
@@ -109,7 +109,7 @@ impl EtcdServer {
             client_url: format!("{scheme}://{host}:{}", free_port()?),
             peer_url: format!("http://127.0.0.1:{}", free_port()?),
             netns: netns.map(Path::to_path_buf),
-            tls,
+            tls: tls.map(Box::new),
         };
         etcd.spawn()?;
         Ok(etcd)

@@ -376,12 +376,12 @@ impl Cluster {
 fn run_with_stdin(mut command: Command, stdin: Option<&str>) -> Result<String> {
     use std::io::Write as _;
     let mut child = command.spawn().context("cannot start it")?;
-    if let Some(mut input) = child.stdin.take() {
-        if let Some(text) = stdin {
-            input
-                .write_all(text.as_bytes())
-                .context("cannot write its input")?;
-        }
+    if let Some(mut input) = child.stdin.take()
+        && let Some(text) = stdin
+    {
+        input
+            .write_all(text.as_bytes())
+            .context("cannot write its input")?;
     }
     let output = child.wait_with_output().context("cannot wait for it")?;
     if !output.status.success() {
