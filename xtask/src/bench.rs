@@ -497,7 +497,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 goals: &[],
                 control_plane: None,
                 microbench: &[],
-                bgp: &bgp,
+                bgp: Some(&bgp),
             },
             clock.elapsed(),
         )?;
@@ -516,7 +516,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (results, control_plane) = outcome?;
 
     let microbench = microbench(&plan, &loader)?;
-    let bgp = bgp::measure(&plan.bgp, &loader, release)?;
+    // A failure here still leaves the figures above printed and written.
+    let bgp = bgp::measure(&plan.bgp, &loader, release);
 
     let summary = report::summarise(&plan, &results);
     let goals = report::goal_checks(&plan, &results);
@@ -525,7 +526,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     report::print_goal_checks(&goals);
     report::print_control_plane(&control_plane);
     report::print_microbench(&microbench);
-    bgp::print(&bgp);
+    if let Ok(bgp) = &bgp {
+        bgp::print(bgp);
+    }
     report::write_json(
         &plan,
         &machine,
@@ -535,7 +538,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             goals: &goals,
             control_plane: Some(&control_plane),
             microbench: &microbench,
-            bgp: &bgp,
+            bgp: bgp.as_ref().ok(),
         },
         clock.elapsed(),
     )?;
@@ -544,7 +547,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         clock.elapsed().as_secs_f64(),
         plan.json.display()
     ));
-    report::check_traffic(&results)
+    report::check_traffic(&results)?;
+    bgp.map(drop).context("the BGP phase")
 }
 
 /// The programs' own per-packet cost through BPF_PROG_TEST_RUN (`calico-loader microbench`),

@@ -405,8 +405,8 @@ pub struct Figures<'a> {
     /// Absent with `--bgp-only`.
     pub control_plane: Option<&'a ControlPlane>,
     pub microbench: &'a [serde_json::Value],
-    /// The BGP phase.
-    pub bgp: &'a BgpFigures,
+    /// The BGP phase (absent if it failed).
+    pub bgp: Option<&'a BgpFigures>,
 }
 
 pub fn write_json(
