@@ -838,7 +838,7 @@ fn etcd_tls_settings_reach_the_plugin() {
     let Backend::Etcd(etcd) = &backend else {
         unreachable!("etcd")
     };
-    let tls = etcd.tls.as_ref().expect("TLS files");
+    let tls = etcd.tls().expect("TLS files");
     assert_eq!(config["etcd_endpoints"], etcd.client_url, "{text}");
     assert_eq!(config["etcd_cert_file"], json!(tls.client_cert), "{text}");
     assert_eq!(config["etcd_key_file"], json!(tls.client_key), "{text}");

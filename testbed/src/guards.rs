@@ -89,6 +89,11 @@ impl ChildGuard {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the process is, as given to [`ChildGuard::new`].
     pub fn name(&self) -> &str {
         &self.name

@@ -7,6 +7,9 @@
 //! - [`netns`]: the [`Netns`] guard (deleted on drop, also on panic), veth pairs, running
 //!   commands and threads inside a namespace, unique names.
 //! - [`guards`]: processes and directories removed on drop.
+//! - [`etcd`]: a throwaway etcd, for the datastore.
+//! - [`fabric`]: a bridge joining hosts' namespaces, and their addresses on it.
+//! - [`gobgp`]: GoBGP as a top-of-rack router.
 //! - [`privileges`]: who we are, and finding programs.
 //! - [`output`]: step headers, notes and warnings on stderr.
 //! - [`signals`]: Ctrl-C noted instead of fatal, so guards get to clean up.
@@ -20,6 +23,9 @@
 
 pub mod cmd;
 pub mod cpio;
+pub mod etcd;
+pub mod fabric;
+pub mod gobgp;
 pub mod guards;
 pub mod netns;
 pub mod output;

@@ -30,9 +30,12 @@
 //! - `control`: the control-plane figures.
 //! - `cross_host`: the cross-host setups' topology (two hosts, a workload on each, the
 //!   fabric) and their two agents.
+//! - `bgp`: routing between hosts on a cluster of two (convergence, a top-of-rack router's
+//!   prefixes at scale) and BIRD's configuration for a large cluster.
 //! - `report`: statistics, the tables, the goal checks, the JSON file,
 //!   machine information.
 
+mod bgp;
 mod control;
 mod cross_host;
 mod livegen;
@@ -104,6 +107,11 @@ pub struct BenchArgs {
     /// in the usual order; goal checks that miss a setup are not evaluated.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub setups: Vec<String>,
+
+    /// Only the BGP phase (convergence, scale, BIRD's configuration): no dataplane setups, no
+    /// control-plane phase, no microbenchmark.
+    #[arg(long)]
+    pub bgp_only: bool,
 }
 
 impl BenchArgs {
@@ -115,6 +123,7 @@ impl BenchArgs {
             duration: None,
             json: None,
             setups: Vec::new(),
+            bgp_only: false,
         }
     }
 }
@@ -136,6 +145,13 @@ pub fn rr(args: &RrArgs) -> Result<()> {
     let result = measure::ping_pong(&args.pair, Duration::from_millis(args.millis), args.cpu)?;
     println!("{}", serde_json::to_string(&result.to_json())?);
     Ok(())
+}
+
+pub use self::bgp::BgpClusterArgs;
+
+/// Internal: the BGP phase's cluster, run as root.
+pub fn bgp_cluster(args: &BgpClusterArgs) -> Result<()> {
+    bgp::cluster_phase(args)
 }
 
 /// Internal: the sink workload's UDP socket, run inside its namespace.
@@ -312,6 +328,9 @@ pub struct Plan {
     pub latency_cpu: usize,
     pub started: SystemTime,
     pub command: String,
+    /// Only the BGP phase.
+    pub bgp_only: bool,
+    pub bgp: bgp::BgpPlan,
 }
 
 impl Plan {
@@ -369,6 +388,9 @@ impl Plan {
         if !args.setups.is_empty() {
             let _ = write!(command, " --setups {}", args.setups.join(","));
         }
+        if args.bgp_only {
+            command.push_str(" --bgp-only");
+        }
         if let Some(json) = &args.json {
             let _ = write!(
                 command,
@@ -395,6 +417,8 @@ impl Plan {
             latency_cpu: 0,
             started,
             command,
+            bgp_only: args.bgp_only,
+            bgp: bgp::BgpPlan::new(quick),
         })
     }
 
@@ -496,6 +520,31 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let machine = report::machine_info(&loader)?;
 
+    if plan.bgp_only {
+        let bgp = bgp::measure(&plan.bgp, &loader, release)?;
+        output::step("Results");
+        bgp::print(&bgp);
+        report::write_json(
+            &plan,
+            &machine,
+            &report::Figures {
+                results: &[],
+                summary: &[],
+                goals: &[],
+                control_plane: None,
+                microbench: &[],
+                bgp: Some(&bgp),
+            },
+            clock.elapsed(),
+        )?;
+        output::info(format!(
+            "the bench took {:.0}s; every figure is in {}",
+            clock.elapsed().as_secs_f64(),
+            plan.json.display()
+        ));
+        return Ok(());
+    }
+
     let pid = std::process::id();
     let outcome = run(&plan, &loader, pid);
     let pins = shared::pin_path("bench", pid);
@@ -506,6 +555,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (results, control_plane) = outcome?;
 
     let microbench = microbench(&plan, &loader)?;
+    // A failure here still leaves the figures above printed and written.
+    let bgp = bgp::measure(&plan.bgp, &loader, release);
 
     let summary = report::summarise(&plan, &results);
     let goals = report::goal_checks(&plan, &results);
@@ -515,6 +566,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     report::print_goal_checks(&goals);
     report::print_control_plane(&control_plane);
     report::print_microbench(&microbench);
+    if let Ok(bgp) = &bgp {
+        bgp::print(bgp);
+    }
     report::write_json(
         &plan,
         &machine,
@@ -522,8 +576,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             results: &results,
             summary: &summary,
             goals: &goals,
-            control_plane: &control_plane,
+            control_plane: Some(&control_plane),
             microbench: &microbench,
+            bgp: bgp.as_ref().ok(),
         },
         clock.elapsed(),
     )?;
@@ -532,7 +587,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         clock.elapsed().as_secs_f64(),
         plan.json.display()
     ));
-    report::check_traffic(&results)
+    report::check_traffic(&results)?;
+    bgp.map(drop).context("the BGP phase")
 }
 
 /// The programs' own per-packet cost through BPF_PROG_TEST_RUN (`calico-loader microbench`),
@@ -796,6 +852,8 @@ mod tests {
         );
         assert_eq!(plan.control_plane_rules, 1000);
         assert!(plan.duration <= Duration::from_secs(2));
+        assert_eq!(plan.bgp.prefixes, [1_000]);
+        assert_eq!(plan.bgp.repetitions, 1);
         assert!(plan.json.ends_with("bench/bench-19700101T000000Z.json"));
     }
 
@@ -807,6 +865,7 @@ mod tests {
             duration: None,
             json: Some(PathBuf::from("/tmp/x.json")),
             setups: Vec::new(),
+            bgp_only: false,
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);
@@ -825,6 +884,8 @@ mod tests {
             assert!(plan.setups.contains(&Setup::Ours(AttachMode::Xdp, *n)));
         }
         assert_eq!(plan.control_plane_rules, 10_000);
+        assert_eq!(plan.bgp.prefixes, [10_000, 100_000]);
+        assert_eq!(plan.bgp.render_nodes, 1_000);
         assert_eq!(plan.json, PathBuf::from("/tmp/x.json"));
         assert_eq!(plan.command, "cargo xtask bench --json /tmp/x.json");
 

@@ -58,6 +58,9 @@ enum Command {
     /// namespaces.
     #[command(hide = true)]
     BenchRr(bench::RrArgs),
+    /// Internal: the bench's BGP cluster (convergence and scale), as root.
+    #[command(hide = true)]
+    BenchBgpCluster(bench::BgpClusterArgs),
     /// Internal: the bench's UDP sink, a socket that listens and never reads.
     #[command(hide = true)]
     BenchUdpSink(bench::UdpSinkArgs),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args),
         Command::VmImage(args) => vm::vm_image(&args),
         Command::BenchRr(args) => bench::rr(&args),
+        Command::BenchBgpCluster(args) => bench::bgp_cluster(&args),
         Command::BenchUdpSink(args) => bench::udp_sink(&args),
         Command::BenchLiveGen(args) => bench::live_gen(&args),
     };

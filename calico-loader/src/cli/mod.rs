@@ -10,9 +10,11 @@
 //! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
 //! - [`trace`]: `trace`, why a packet is allowed or dropped.
 //! - [`microbench`]: `microbench`, the programs' cost through BPF_PROG_TEST_RUN.
+//! - [`bird_bench`]: `bird-bench`, building and rendering BIRD's configuration for N nodes.
 //! - [`output`]: the table-or-JSON choice of `dump` and `trace`.
 
 pub mod agent;
+pub mod bird_bench;
 pub mod cni;
 pub mod dump;
 pub mod ipam;
@@ -65,6 +67,11 @@ pub enum Command {
     /// lines on stdout). Used by `cargo xtask bench`.
     #[command(hide = true)]
     Microbench(microbench::MicrobenchArgs),
+    /// Time to build one node's BGP model and render its BIRD configuration in a cluster of N
+    /// nodes, with the mesh and with route reflectors, and BIRD's parse of it (JSON lines on
+    /// stdout). Used by `cargo xtask bench`.
+    #[command(hide = true)]
+    BirdBench(bird_bench::BirdBenchArgs),
     /// Why a packet is allowed or dropped: runs the kernel's policy code on a packet built from
     /// the arguments (BPF_PROG_TEST_RUN), changing nothing. Against the running agent's maps,
     /// or, with --datastore, a "what if" for a directory of resources.
@@ -106,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(&args),
         Command::Dump(args) => dump::run(&args),
         Command::Microbench(args) => microbench::run(&args),
+        Command::BirdBench(args) => bird_bench::run(&args),
         Command::Trace(args) => trace::run(args),
         Command::Cleanup(args) => agent::cleanup(&args).await,
     }

@@ -1,6 +1,6 @@
 //! A cluster of hosts for the routing tests: each host a network namespace with its own agent,
-//! pin path and run directory (so its own BIRD), joined by a fabric (a bridge in a namespace of
-//! its own) on 198.19.0.0/24 and 2001:db8:0:ff::/64, all sharing one etcd that runs in the
+//! pin path and run directory (so its own BIRD), joined by a fabric (`testbed::fabric`: a bridge
+//! in a namespace of its own) on 198.19.0.0/24 and 2001:db8:0:ff::/64, all sharing one etcd that runs in the
 //! fabric's namespace. Every part is a guard: agents (and their BIRDs), etcd, namespaces and
 //! directories go when the cluster does, also when a test fails. Routers other than the hosts
 //! (a top-of-rack router, `gobgp.rs`) plug into the same fabric.
@@ -22,19 +22,8 @@ use super::{
     },
 };
 
-/// The fabric's IPv4 subnet prefix length, and its bridge's address (where etcd listens).
-pub const FABRIC_PREFIX_V4: u8 = 24;
-pub const FABRIC_BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 254);
-pub const FABRIC_PREFIX_V6: u8 = 64;
-
-/// Host `i`'s fabric addresses: 198.19.0.i and 2001:db8:0:ff::i.
-pub fn fabric_v4(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 19, 0, i)
-}
-
-pub fn fabric_v6(i: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0, 0xff, 0, 0, 0, u16::from(i))
-}
+pub use testbed::fabric::{FABRIC_BRIDGE_V4, fabric_v4, fabric_v6};
+use testbed::{fabric, output::with_causes};
 
 /// One host: its namespace (`eth0` on the fabric), and what its agent keeps across restarts.
 pub struct Host {
@@ -209,20 +198,7 @@ impl Cluster {
     pub fn new(count: u8) -> Self {
         require_root();
         let fabric = netns("cfab");
-        let bridge = |args: &[&str]| {
-            let mut full = vec!["ip"];
-            full.extend_from_slice(args);
-            fabric.exec(&full);
-        };
-        bridge(&["link", "add", "br0", "type", "bridge"]);
-        bridge(&["link", "set", "br0", "up"]);
-        bridge(&[
-            "addr",
-            "add",
-            &format!("{FABRIC_BRIDGE_V4}/{FABRIC_PREFIX_V4}"),
-            "dev",
-            "br0",
-        ]);
+        fabric::create_bridge(&fabric).unwrap_or_else(|e| panic!("{}", with_causes(&e)));
         let mut hosts = Vec::new();
         for i in 1..=count {
             let ns = netns(&format!("chost{i}"));
@@ -308,51 +284,15 @@ impl Cluster {
     }
 }
 
-/// Joins `ns` to the fabric's bridge as member `i`: a veth `vh<i>` on the bridge, `eth0` in
-/// `ns`, up, with [`fabric_v4`]`(i)` and [`fabric_v6`]`(i)`.
+/// Joins `ns` to the fabric's bridge as member `i` ([`fabric::plug`]).
 fn plug(fabric: &Netns, ns: &Netns, i: u8) {
-    let port = format!("vh{i}");
-    fabric
-        .add_veth(
-            &port,
-            &format!("02:00:c6:13:ff:{i:02x}"),
-            ns,
-            "eth0",
-            &format!("02:00:c6:13:00:{i:02x}"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    fabric.exec(&["ip", "link", "set", &port, "master", "br0"]);
-    ns.exec(&["ip", "link", "set", "eth0", "up"]);
-    ns.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{}/{FABRIC_PREFIX_V4}", fabric_v4(i)),
-        "dev",
-        "eth0",
-    ]);
-    ns.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{}/{FABRIC_PREFIX_V6}", fabric_v6(i)),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
+    fabric::plug(fabric, ns, i).unwrap_or_else(|e| panic!("{}", with_causes(&e)));
 }
 
 /// Turns on IPv4 and IPv6 forwarding in `ns` (never called on the root namespace: every
 /// namespace here is one a test created).
 pub fn enable_forwarding(ns: &Netns) {
-    ns.exec(&[
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.ip_forward=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ]);
+    fabric::enable_forwarding(ns).unwrap_or_else(|e| panic!("{}", with_causes(&e)));
 }
 
 /// The last `n` lines of `text`.

@@ -1,5 +1,5 @@
-//! A top-of-rack router for the routing tests: GoBGP (Debian's `gobgpd`), an independent BGP
-//! speaker, in a namespace of its own plugged into a [`Cluster`]'s fabric, with an "external"
+//! A top-of-rack router for the routing tests: GoBGP (`testbed::gobgp`, Debian's `gobgpd`), an
+//! independent BGP speaker, in a namespace of its own plugged into a [`Cluster`]'s fabric, with an "external"
 //! network behind it (a namespace on a link of its own). Its configuration is written here,
 //! independently of the agent's: one eBGP neighbor per host address, and the external
 //! network's prefixes originated. GoBGP does not touch the kernel (no zebra here);
@@ -10,14 +10,11 @@
 //! also when a test fails. Only 198.18.0.0/15 and 2001:db8::/32 are used; gobgpd listens inside
 //! its namespace only.
 
-use std::{
-    fmt::Write as _,
-    fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use testbed::{
+    gobgp::{Gobgpd, config_toml},
+    output::with_causes,
 };
 
 use super::{
@@ -34,18 +31,6 @@ pub const EXTERNAL_NET_V4: &str = "198.19.100.0/24";
 pub const EXTERNAL_NET_V6: &str = "2001:db8:100::/64";
 pub const EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 2);
 pub const EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
-
-/// GoBGP's two programs, or a panic that says how to install them.
-fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/bin").join(name);
-    assert!(
-        path.is_file(),
-        "{} is not installed: the top-of-rack tests need GoBGP as an independent BGP speaker \
-         (Debian package gobgpd; `cargo xtask setup` installs it)",
-        path.display()
-    );
-    path
-}
 
 /// One path GoBGP holds for a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +59,14 @@ impl RibEntry {
 
 /// A GoBGP top-of-rack router on the fabric, and the external network behind it.
 pub struct Tor {
+    // Dropped first (gobgpd stopped), then the namespaces, then its directory.
+    daemon: Gobgpd,
     pub ns: Netns,
     pub external: Netns,
     pub asn: u32,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
-    daemon: Option<Child>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Tor {
@@ -88,7 +74,6 @@ impl Tor {
     /// gobgpd with AS `asn`, peering over eBGP with each of `neighbors` (IPv4 or IPv6 fabric
     /// addresses) in AS `neighbor_as`, originating [`EXTERNAL_NET_V4`] and [`EXTERNAL_NET_V6`].
     pub fn start(cluster: &Cluster, asn: u32, neighbors: &[IpAddr], neighbor_as: u32) -> Self {
-        let (gobgpd, _) = (binary("gobgpd"), binary("gobgp"));
         let ns = netns("ctor");
         cluster.plug(&ns, TOR_INDEX);
         let external = netns("cext");
@@ -137,77 +122,38 @@ impl Tor {
 
         let (v4, v6) = (fabric_v4(TOR_INDEX), fabric_v6(TOR_INDEX));
         let dir = tempfile::tempdir().expect("ToR dir");
-        let config = dir.path().join("gobgpd.toml");
-        fs::write(&config, config_toml(asn, v4, neighbors, neighbor_as)).expect("gobgpd.toml");
-        let log = fs::File::create(dir.path().join("gobgpd.log")).expect("gobgpd log");
-        // The API on the namespace's loopback; pprof off (it would listen too).
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg(gobgpd)
-            .arg("--config-file")
-            .arg(&config)
-            .args([
-                "--log-plain",
-                "--api-hosts",
-                "127.0.0.1:50051",
-                "--pprof-disable",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("gobgpd log"))
-            .stderr(log)
-            .spawn()
-            .expect("start gobgpd");
-        let mut tor = Self {
+        let daemon = Gobgpd::start(
+            &ns.path(),
+            dir.path(),
+            &config_toml(asn, v4, neighbors, neighbor_as),
+        )
+        .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+        let tor = Self {
             ns,
             external,
             asn,
             v4,
             v6,
-            daemon: Some(daemon),
-            dir,
+            daemon,
+            _dir: dir,
         };
-        tor.wait_api();
         for (family, prefix) in [("ipv4", EXTERNAL_NET_V4), ("ipv6", EXTERNAL_NET_V6)] {
             tor.gobgp(&["global", "rib", "add", "-a", family, prefix]);
         }
         tor
     }
 
-    /// Waits until gobgpd answers on its API (or panics with its log, if it exited).
-    fn wait_api(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.try_gobgp(&["global"]).is_some() {
-                return;
-            }
-            let exited = self
-                .daemon
-                .as_mut()
-                .and_then(|d| d.try_wait().ok().flatten());
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "gobgpd did not start ({}); its log:\n{}",
-                exited.map_or("no answer on its API".to_owned(), |s| s.to_string()),
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// What gobgpd logged.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("gobgpd.log")).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// `gobgp ARGS` in the ToR's namespace: its output, or `None` if it failed.
     fn try_gobgp(&self, args: &[&str]) -> Option<String> {
-        let output = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns.path().display()))
-            .arg(binary("gobgp"))
-            .args(["--host", "127.0.0.1", "--port", "50051"])
-            .args(args)
-            .output()
-            .expect("run gobgp");
+        let output = self
+            .daemon
+            .gobgp(args)
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
         output
             .status
             .success()
@@ -286,46 +232,6 @@ impl Tor {
         }
         learned
     }
-}
-
-impl Drop for Tor {
-    /// gobgpd first (SIGTERM, then SIGKILL after 5 s), then the namespaces (the fields).
-    fn drop(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            // SAFETY: a signal to our own child.
-            unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = daemon.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-    }
-}
-
-/// gobgpd's configuration: the global AS and router id, and one neighbor per address, each
-/// with the unicast family of its address and short timers (BIRD connects within seconds).
-fn config_toml(asn: u32, router_id: Ipv4Addr, neighbors: &[IpAddr], neighbor_as: u32) -> String {
-    let mut toml = format!("[global.config]\n  as = {asn}\n  router-id = \"{router_id}\"\n");
-    for neighbor in neighbors {
-        let family = if neighbor.is_ipv4() {
-            "ipv4-unicast"
-        } else {
-            "ipv6-unicast"
-        };
-        let _ = write!(
-            toml,
-            "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{neighbor}\"\n    \
-             peer-as = {neighbor_as}\n  [neighbors.timers.config]\n    connect-retry = 5\n  \
-             [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      \
-             afi-safi-name = \"{family}\"\n"
-        );
-    }
-    toml
 }
 
 /// A path's next hop: the NEXT_HOP attribute (type 3) for IPv4, MP_REACH_NLRI's (type 14) for

@@ -644,7 +644,7 @@ fn restore_datastore(ctx: &Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-fn median(values: &[f64]) -> f64 {
+pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -655,7 +655,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// A `kB` field of /proc/<pid>/status.
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     parse_status_kib(
         &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
         key,

@@ -14,7 +14,10 @@ use serde::Serialize;
 use serde_json::json;
 use testbed::{Cmd, output};
 
-use super::{Plan, RoundResult, Setup, control::ControlPlane, control::mib, measure::PpsResult};
+use super::{
+    Plan, RoundResult, Setup, bgp::BgpFigures, control::ControlPlane, control::mib,
+    measure::PpsResult,
+};
 use crate::{paths, topology::AttachMode};
 
 // ---------------------------------------------------------------------------
@@ -522,8 +525,11 @@ pub struct Figures<'a> {
     pub results: &'a [RoundResult],
     pub summary: &'a [SetupSummary],
     pub goals: &'a [GoalCheck],
-    pub control_plane: &'a ControlPlane,
+    /// Absent with `--bgp-only`.
+    pub control_plane: Option<&'a ControlPlane>,
     pub microbench: &'a [serde_json::Value],
+    /// The BGP phase (absent if it failed).
+    pub bgp: Option<&'a BgpFigures>,
 }
 
 pub fn write_json(
@@ -553,8 +559,10 @@ pub fn write_json(
         // 3: `live` per round (the live-frames generator), live_* in the summary, goal checks
         // per generator, bpf_stats from the warm-up.
         // 4: the cross-host setups (x-*), kernel_forwarded per packet rate,
-        // from_data_packets in dataplane_counters, data_bpf_ns_per_packet in the summary.
+        // from_data_packets in dataplane_counters, data_bpf_ns_per_packet in the summary;
+        // `bgp` (the BGP phase), `bgp_only`; `control_plane` null with --bgp-only.
         "schema_version": 4,
+        "bgp_only": plan.bgp_only,
         "command": plan.command,
         "started": timestamp(plan.started).iso,
         "elapsed_s": elapsed.as_secs_f64(),
@@ -588,12 +596,14 @@ pub fn write_json(
             "tcp": "iperf3 -c sink -t DURATION -J (client in gen, server in sink)",
             "request_response": "one TCP connection, 64 bytes each way, back to back, TCP_NODELAY",
             "bpf_stats": "kernel.bpf_stats_enabled=1 during each warm-up (deltas of run_time_ns and run_cnt over it), 0 while packet rates are counted",
+            "bgp": plan.bgp,
         },
         "results": rounds,
         "summary": figures.summary,
         "goal_checks": figures.goals,
         "control_plane": figures.control_plane,
         "microbench": figures.microbench,
+        "bgp": figures.bgp,
     });
     if let Some(dir) = plan.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -1184,7 +1194,7 @@ fn thousands(n: u32) -> String {
 }
 
 /// A Markdown table with aligned columns; `right[i]` right-aligns column i.
-fn render_table(header: &[String], rows: &[Vec<String>], right: &[bool]) -> String {
+pub fn render_table(header: &[String], rows: &[Vec<String>], right: &[bool]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
