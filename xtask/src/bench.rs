@@ -29,12 +29,17 @@
 //! - `report`: statistics, the tables, the goal checks, the JSON file,
 //!   machine information.
 
+mod attach;
+mod containers;
 mod control;
+mod hosting;
 mod livegen;
 mod loader;
 mod measure;
+mod phase_agent;
 mod policy;
 mod report;
+mod taps;
 mod topology;
 
 use std::{
@@ -99,6 +104,10 @@ pub struct BenchArgs {
     /// in the usual order; goal checks that miss a setup are not evaluated.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub setups: Vec<String>,
+
+    /// Only the VM and container phases (tap to tap, container start, attach at scale).
+    #[arg(long)]
+    pub hosting_only: bool,
 }
 
 impl BenchArgs {
@@ -110,6 +119,7 @@ impl BenchArgs {
             duration: None,
             json: None,
             setups: Vec::new(),
+            hosting_only: false,
         }
     }
 }
@@ -461,10 +471,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let machine = report::machine_info(&loader)?;
 
     let pid = std::process::id();
+    if args.hosting_only {
+        return hosting::run_alone(&plan, &machine, &loader, pid, release, clock);
+    }
     let outcome = run(&plan, &loader, pid);
+    // VMs and containers, each on its own host namespace and agent.
+    let hosting = outcome
+        .as_ref()
+        .ok()
+        .map(|_| hosting::measure(&plan, &loader, pid, release));
     let pins = shared::pin_path("bench", pid);
     shared::check_nothing_left("cbench-", pid, Some(&pins));
     let (results, control_plane) = outcome?;
+    let hosting = hosting.context("no VM and container phases")??;
 
     let microbench = microbench(&plan, &loader)?;
 
@@ -475,6 +494,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     report::print_goal_checks(&goals);
     report::print_control_plane(&control_plane);
     report::print_microbench(&microbench);
+    hosting::print(&hosting);
     report::write_json(
         &plan,
         &machine,
@@ -487,6 +507,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
         clock.elapsed(),
     )?;
+    hosting::add_to_json(&plan.json, &hosting)?;
     output::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
@@ -699,6 +720,7 @@ mod tests {
             duration: None,
             json: Some(PathBuf::from("/tmp/x.json")),
             setups: Vec::new(),
+            hosting_only: false,
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);

@@ -655,7 +655,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// A `kB` field of /proc/<pid>/status.
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     parse_status_kib(
         &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
         key,

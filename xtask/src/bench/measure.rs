@@ -305,7 +305,7 @@ fn parse_softnet(text: &str) -> (u64, u64) {
 }
 
 /// A value from /proc/net/snmp: `Ip: ... InReceives ...` header, then values.
-fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
+pub fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
     let prefix = format!("{group}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     while let (Some(header), Some(values)) = (lines.next(), lines.next()) {
@@ -323,7 +323,7 @@ fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
 }
 
 /// Transmitted and transmit-dropped packets from `ip -s -j link show`.
-fn link_tx(json: &str) -> Result<(u64, u64)> {
+pub fn link_tx(json: &str) -> Result<(u64, u64)> {
     let value: Value = serde_json::from_str(json).context("`ip -j link` printed invalid JSON")?;
     let tx = &value[0]["stats64"]["tx"];
     let packets = tx["packets"]
@@ -353,7 +353,7 @@ fn program_stats(json: &str) -> Result<BTreeMap<u64, (String, u64, u64)>> {
 }
 
 /// (forwarded, to host, dropped) packets counted for `iface`.
-fn endpoint_counters(value: &Value, iface: &str) -> Option<(u64, u64, u64)> {
+pub fn endpoint_counters(value: &Value, iface: &str) -> Option<(u64, u64, u64)> {
     let row = value
         .as_array()?
         .iter()

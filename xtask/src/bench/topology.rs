@@ -927,7 +927,7 @@ fn spawn_agent(ctx: &Ctx<'_>, hook: AttachMode, log: &Path) -> Result<Child> {
 
 /// The pid of the process running `loader run … --pin-path <pin_path>` (argv[0] is the
 /// loader's path: nsenter execs it as given).
-fn agent_pid(loader: &Path, pin_path: &Path) -> Option<u32> {
+pub fn agent_pid(loader: &Path, pin_path: &Path) -> Option<u32> {
     let loader = loader.as_os_str().as_bytes();
     let pins = pin_path.as_os_str().as_bytes();
     std::fs::read_dir("/proc")
