@@ -28,6 +28,9 @@
 //! - `control`: the control-plane figures.
 //! - `report`: statistics, the tables, the goal checks, the JSON file,
 //!   machine information.
+//! - `hosting`: the VM and container phases, each on its own host namespace and agent
+//!   (`phase_agent`): tap to tap (`taps`), container start with podman (`containers`), attach
+//!   latency and memory at scale (`attach`).
 
 mod attach;
 mod containers;

@@ -102,6 +102,7 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, runs: u32) -> Result<Con
     host.command("sysctl")
         .args(["-qw", "net.ipv4.ip_forward=1"])
         .run()?;
+    add_uplink(&host)?;
     let datastore = scratch.join("ctr-datastore");
     std::fs::create_dir_all(&datastore)
         .with_context(|| format!("cannot create {}", datastore.display()))?;
@@ -121,6 +122,34 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, runs: u32) -> Result<Con
     agent.stop();
     drop(host);
     result
+}
+
+/// A real host has an uplink and a default route; without one, `proxy_arp` on the host side
+/// of a container's veth (set by our plugin, as by Calico's) does not answer for 169.254.1.1:
+/// the kernel only proxies for addresses it has a route to. So the namespace gets a veth pair
+/// of its own (both ends in it) with 198.18.9.1/24 and a default route via 198.18.9.254, an
+/// address nothing answers for: nothing leaves the namespace.
+fn add_uplink(host: &Netns) -> Result<()> {
+    host.ip([
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1",
+    ])
+    .run()?;
+    for link in ["uplink0", "uplink1"] {
+        host.ip(["link", "set", link, "up"]).run()?;
+    }
+    host.ip(["addr", "add", "198.18.9.1/24", "dev", "uplink0"])
+        .run()?;
+    host.ip([
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.9.254",
+        "dev",
+        "uplink0",
+    ])
+    .run()?;
+    Ok(())
 }
 
 struct Podman {
@@ -381,4 +410,27 @@ fn bridge_conflist(ipam_dir: &Path) -> String {
         ]
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_conflist_is_podmans_chain_on_a_benchmarking_subnet_with_private_state() {
+        let text = bridge_conflist(Path::new("/tmp/state"));
+        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(value["name"], BRIDGE);
+        let types: Vec<&str> = value["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .filter_map(|p| p["type"].as_str())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap", "firewall", "tuning"]);
+        let ipam = &value["plugins"][0]["ipam"];
+        assert_eq!(ipam["dataDir"], "/tmp/state");
+        let subnet = ipam["ranges"][0][0]["subnet"].as_str().expect("subnet");
+        assert!(subnet.starts_with("198.18."), "{subnet}");
+    }
 }
