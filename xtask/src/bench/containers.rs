@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use testbed::{Cmd, Netns, output, privileges};
+use testbed::{Cmd, Netns, output, privileges, signals};
 
 use super::{loader::NODE, phase_agent::PhaseAgent};
 use crate::topology::AttachMode;
@@ -331,6 +331,7 @@ impl Podman {
         }
         let (mut ours_ms, mut bridge_ms) = (Vec::new(), Vec::new());
         for run in 1..=runs {
+            signals::check_interrupted()?;
             // Alternate which network goes first.
             let order = if run % 2 == 1 {
                 [(OURS, &ours_target), (BRIDGE, &bridge_target)]

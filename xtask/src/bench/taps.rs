@@ -81,6 +81,12 @@ pub struct TapRate {
     pub delivered_pps: f64,
     /// Frames written into tap A per second.
     pub offered_pps: f64,
+    /// Frames written per second of the generator thread's own CPU time
+    /// (`CLOCK_THREAD_CPUTIME_ID`). A write to a tap runs the whole receive path (forwarding
+    /// or the XDP program, and the enqueue into tap B) in the writer's context, so this is
+    /// the rate one CPU sustains through the path, whatever share of the CPU the thread got
+    /// on a shared machine.
+    pub per_generator_cpu_second: f64,
     /// Frames tap B dropped (its queue full: the sink did not read fast enough) per second.
     pub tap_b_dropped_pps: f64,
     /// `Ip: ForwDatagrams` of the host namespace over the interval.
@@ -101,6 +107,10 @@ pub struct TapToTap {
     /// tap-ours-xdp / tap-linux, from the medians; the goal is at least 2.
     pub xdp_vs_linux: Option<f64>,
     pub tc_vs_linux: Option<f64>,
+    /// Median `per_generator_cpu_second` per setup, and the same ratios from it.
+    pub median_per_generator_cpu_second: Vec<(TapSetup, f64)>,
+    pub xdp_vs_linux_per_cpu: Option<f64>,
+    pub tc_vs_linux_per_cpu: Option<f64>,
 }
 
 /// A tap held by this process, as a VM's backend holds it.
@@ -211,13 +221,14 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, plan: &TapPlan) -> Resul
                 .with_context(|| format!("round {round}, {}", setup.as_str()))?;
             output::info(format!(
                 "{}: {:.0} packets/s into {TAP_B} ({:.0} read by the sink, {:.0} written into \
-                 {TAP_A}, {:.0}/s dropped at {TAP_B}'s full queue); kernel forwarded {}, our \
-                 programs forwarded {}",
+                 {TAP_A}, {:.0}/s dropped at {TAP_B}'s full queue; {:.0} per second of the \
+                 generator's CPU time); kernel forwarded {}, our programs forwarded {}",
                 setup.as_str(),
                 rate.reached_tap_b_pps,
                 rate.delivered_pps,
                 rate.offered_pps,
                 rate.tap_b_dropped_pps,
+                rate.per_generator_cpu_second,
                 rate.kernel_forwarded,
                 rate.programs_forwarded
                     .map_or("-".to_owned(), |v| v.to_string())
@@ -229,30 +240,39 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, plan: &TapPlan) -> Resul
     drop(tap_a);
     drop(tap_b);
     drop(host);
-    let median_pps: Vec<(TapSetup, f64)> = TapSetup::ALL
+    let median_pps = medians(&rates, |r| r.reached_tap_b_pps);
+    let median_per_cpu = medians(&rates, |r| r.per_generator_cpu_second);
+    Ok(TapToTap {
+        agent_build: if plan.release { "release" } else { "debug" },
+        xdp_vs_linux: ratio(&median_pps, TapSetup::TapOursXdp),
+        tc_vs_linux: ratio(&median_pps, TapSetup::TapOursTc),
+        xdp_vs_linux_per_cpu: ratio(&median_per_cpu, TapSetup::TapOursXdp),
+        tc_vs_linux_per_cpu: ratio(&median_per_cpu, TapSetup::TapOursTc),
+        median_pps,
+        median_per_generator_cpu_second: median_per_cpu,
+        rates,
+    })
+}
+
+/// The median of `figure` per setup.
+fn medians(rates: &[TapRate], figure: impl Fn(&TapRate) -> f64) -> Vec<(TapSetup, f64)> {
+    TapSetup::ALL
         .iter()
         .map(|&s| {
-            let mut v: Vec<f64> = rates
-                .iter()
-                .filter(|r| r.setup == s)
-                .map(|r| r.reached_tap_b_pps)
-                .collect();
+            let mut v: Vec<f64> = rates.iter().filter(|r| r.setup == s).map(&figure).collect();
             v.sort_by(f64::total_cmp);
             (s, v.get(v.len() / 2).copied().unwrap_or(0.0))
         })
-        .collect();
-    let median = |s: TapSetup| median_pps.iter().find(|(k, _)| *k == s).map(|(_, v)| *v);
-    let ratio = |s: TapSetup| match (median(s), median(TapSetup::TapLinux)) {
+        .collect()
+}
+
+/// `setup`'s median over tap-linux's.
+fn ratio(medians: &[(TapSetup, f64)], setup: TapSetup) -> Option<f64> {
+    let of = |s: TapSetup| medians.iter().find(|(k, _)| *k == s).map(|(_, v)| *v);
+    match (of(setup), of(TapSetup::TapLinux)) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
-    };
-    Ok(TapToTap {
-        agent_build: if plan.release { "release" } else { "debug" },
-        xdp_vs_linux: ratio(TapSetup::TapOursXdp),
-        tc_vs_linux: ratio(TapSetup::TapOursTc),
-        median_pps,
-        rates,
-    })
+    }
 }
 
 struct Env<'a> {
@@ -336,6 +356,7 @@ impl Env<'_> {
         let stop = Arc::new(AtomicBool::new(false));
         let read = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(0));
+        let generator_cpu_ns = Arc::new(AtomicU64::new(0));
         let sink = spawn_sink(self.tap_b, self.plan.sink_cpu, &stop, &read)?;
         let generator = spawn_generator(
             self.tap_a,
@@ -343,12 +364,17 @@ impl Env<'_> {
             self.plan.generator_cpu,
             &stop,
             &written,
+            &generator_cpu_ns,
         )?;
         let outcome = (|| -> Result<TapRate> {
             signals::sleep(self.plan.warmup)?;
-            let before = self.snapshot(pins, &read, &written)?;
+            let before = self.snapshot(pins, &read, &written, &generator_cpu_ns)?;
             signals::sleep(self.plan.duration)?;
-            let after = self.snapshot(pins, &read, &written)?;
+            let after = self.snapshot(pins, &read, &written, &generator_cpu_ns)?;
+            let cpu_secs = after
+                .generator_cpu_ns
+                .saturating_sub(before.generator_cpu_ns) as f64
+                / 1e9;
             let secs = after.at.duration_since(before.at).as_secs_f64();
             Ok(TapRate {
                 round,
@@ -360,6 +386,11 @@ impl Env<'_> {
                     as f64
                     / secs,
                 offered_pps: (after.written - before.written) as f64 / secs,
+                per_generator_cpu_second: if cpu_secs > 0.0 {
+                    (after.written - before.written) as f64 / cpu_secs
+                } else {
+                    0.0
+                },
                 tap_b_dropped_pps: after.tap_b.1.saturating_sub(before.tap_b.1) as f64 / secs,
                 kernel_forwarded: after.forwarded.saturating_sub(before.forwarded),
                 programs_forwarded: match (before.programs, after.programs) {
@@ -388,8 +419,10 @@ impl Env<'_> {
         pins: Option<&Path>,
         read: &AtomicU64,
         written: &AtomicU64,
+        generator_cpu_ns: &AtomicU64,
     ) -> Result<Snapshot> {
         let at = Instant::now();
+        let generator_cpu_ns = generator_cpu_ns.load(Ordering::Relaxed);
         let read = read.load(Ordering::Relaxed);
         let written = written.load(Ordering::Relaxed);
         let snmp = self
@@ -425,6 +458,7 @@ impl Env<'_> {
             forwarded,
             tap_b,
             programs,
+            generator_cpu_ns,
         })
     }
 }
@@ -437,6 +471,8 @@ struct Snapshot {
     /// Tap B's transmit packets (read by the sink) and transmit drops (its queue full).
     tap_b: (u64, u64),
     programs: Option<u64>,
+    /// The generator thread's CPU time, as of its last batch.
+    generator_cpu_ns: u64,
 }
 
 /// Kernel forwarding between the taps, as the classic Calico host writes it; removed on drop.
@@ -542,9 +578,10 @@ fn spawn_generator(
     cpu: usize,
     stop: &Arc<AtomicBool>,
     written: &Arc<AtomicU64>,
+    cpu_ns: &Arc<AtomicU64>,
 ) -> Result<JoinHandle<Result<()>>> {
     let fd = dup(tap)?;
-    let (stop, written) = (Arc::clone(stop), Arc::clone(written));
+    let (stop, written, cpu_ns) = (Arc::clone(stop), Arc::clone(written), Arc::clone(cpu_ns));
     Ok(std::thread::spawn(move || -> Result<()> {
         pin_current_thread(cpu)?;
         let mut batch = 0u64;
@@ -562,8 +599,20 @@ fn spawn_generator(
                 }
             }
             written.fetch_add(batch, Ordering::Relaxed);
+            cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
             batch = 0;
         }
         Ok(())
     }))
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
