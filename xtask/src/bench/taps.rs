@@ -48,22 +48,28 @@ const VM_B_MAC: &str = "fa:16:3e:00:00:02";
 const VM_A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 const VM_B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Serialised as named in the report: `tap-linux`, `tap-ours-tc`, `tap-ours-xdp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TapSetup {
-    TapLinux,
-    TapOursTc,
-    TapOursXdp,
+    Linux,
+    OursTc,
+    OursXdp,
+}
+
+impl Serialize for TapSetup {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl TapSetup {
-    pub const ALL: [Self; 3] = [Self::TapLinux, Self::TapOursTc, Self::TapOursXdp];
+    pub const ALL: [Self; 3] = [Self::Linux, Self::OursTc, Self::OursXdp];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::TapLinux => "tap-linux",
-            Self::TapOursTc => "tap-ours-tc",
-            Self::TapOursXdp => "tap-ours-xdp",
+            Self::Linux => "tap-linux",
+            Self::OursTc => "tap-ours-tc",
+            Self::OursXdp => "tap-ours-xdp",
         }
     }
 }
@@ -236,7 +242,6 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, plan: &TapPlan) -> Resul
             rates.push(rate);
         }
     }
-    drop(env);
     drop(tap_a);
     drop(tap_b);
     drop(host);
@@ -244,10 +249,10 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, plan: &TapPlan) -> Resul
     let median_per_cpu = medians(&rates, |r| r.per_generator_cpu_second);
     Ok(TapToTap {
         agent_build: if plan.release { "release" } else { "debug" },
-        xdp_vs_linux: ratio(&median_pps, TapSetup::TapOursXdp),
-        tc_vs_linux: ratio(&median_pps, TapSetup::TapOursTc),
-        xdp_vs_linux_per_cpu: ratio(&median_per_cpu, TapSetup::TapOursXdp),
-        tc_vs_linux_per_cpu: ratio(&median_per_cpu, TapSetup::TapOursTc),
+        xdp_vs_linux: ratio(&median_pps, TapSetup::OursXdp),
+        tc_vs_linux: ratio(&median_pps, TapSetup::OursTc),
+        xdp_vs_linux_per_cpu: ratio(&median_per_cpu, TapSetup::OursXdp),
+        tc_vs_linux_per_cpu: ratio(&median_per_cpu, TapSetup::OursTc),
         median_pps,
         median_per_generator_cpu_second: median_per_cpu,
         rates,
@@ -269,7 +274,7 @@ fn medians(rates: &[TapRate], figure: impl Fn(&TapRate) -> f64) -> Vec<(TapSetup
 /// `setup`'s median over tap-linux's.
 fn ratio(medians: &[(TapSetup, f64)], setup: TapSetup) -> Option<f64> {
     let of = |s: TapSetup| medians.iter().find(|(k, _)| *k == s).map(|(_, v)| *v);
-    match (of(setup), of(TapSetup::TapLinux)) {
+    match (of(setup), of(TapSetup::Linux)) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     }
@@ -290,9 +295,9 @@ struct Env<'a> {
 impl Env<'_> {
     fn measure_setup(&self, setup: TapSetup, round: u32) -> Result<TapRate> {
         let mode = match setup {
-            TapSetup::TapLinux => None,
-            TapSetup::TapOursTc => Some(AttachMode::Tc),
-            TapSetup::TapOursXdp => Some(AttachMode::Xdp),
+            TapSetup::Linux => None,
+            TapSetup::OursTc => Some(AttachMode::Tc),
+            TapSetup::OursXdp => Some(AttachMode::Xdp),
         };
         let Some(mode) = mode else {
             let routes = KernelRoutes::add(self.host)?;
@@ -615,4 +620,45 @@ fn thread_cpu_ns() -> u64 {
     // SAFETY: one live timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(round: u32, setup: TapSetup, pps: f64) -> TapRate {
+        TapRate {
+            round,
+            setup,
+            reached_tap_b_pps: pps,
+            delivered_pps: pps,
+            offered_pps: pps,
+            per_generator_cpu_second: pps * 2.0,
+            tap_b_dropped_pps: 0.0,
+            kernel_forwarded: 0,
+            programs_forwarded: None,
+            delivered_frames: 0,
+        }
+    }
+
+    #[test]
+    fn setups_are_named_as_in_the_docs_and_ratios_use_medians() {
+        assert_eq!(
+            serde_json::to_value(TapSetup::ALL).expect("json"),
+            serde_json::json!(["tap-linux", "tap-ours-tc", "tap-ours-xdp"])
+        );
+        let rates = [
+            rate(1, TapSetup::Linux, 100.0),
+            rate(1, TapSetup::OursXdp, 150.0),
+            rate(2, TapSetup::Linux, 300.0),
+            rate(2, TapSetup::OursXdp, 1000.0),
+            rate(3, TapSetup::Linux, 200.0),
+            rate(3, TapSetup::OursXdp, 500.0),
+        ];
+        let medians = medians(&rates, |r| r.reached_tap_b_pps);
+        assert_eq!(medians[0], (TapSetup::Linux, 200.0));
+        assert_eq!(ratio(&medians, TapSetup::OursXdp), Some(2.5));
+        // No tap-ours-tc measurement: its median is 0, not a made-up figure.
+        assert_eq!(ratio(&medians, TapSetup::OursTc), Some(0.0));
+    }
 }
