@@ -23,7 +23,7 @@ const ATTACH_ENDPOINTS: u32 = 500;
 const ATTACH_ENDPOINTS_QUICK: u32 = 20;
 /// `podman run` repetitions per network: a full run, and `--quick`.
 const CONTAINER_RUNS: u32 = 10;
-const CONTAINER_RUNS_QUICK: u32 = 2;
+const CONTAINER_RUNS_QUICK: u32 = 1;
 /// tap-ours-xdp must reach this multiple of tap-linux's packets/s.
 pub const TAP_GOAL: f64 = 2.0;
 

@@ -13,8 +13,9 @@
 //!   `mac`, as networking-calico writes them), `--attach-mode tc` or `xdp`.
 //!
 //! Each measurement checks who carried the traffic: in `tap-linux` the namespace's
-//! `Ip: ForwDatagrams` must grow by at least the frames counted; in ours, the programs'
-//! `forwarded_packets` for tap A must, and `ForwDatagrams` must not (the kernel did not forward).
+//! `Ip: ForwDatagrams` must grow by at least 90 % of the frames the sink read; in ours, the
+//! programs' `forwarded_packets` for tap A must, and `ForwDatagrams` by less than 1 % (the
+//! kernel did not forward).
 
 use std::{
     net::Ipv4Addr,
@@ -259,6 +260,13 @@ pub fn measure(loader: &Path, scratch: &Path, pid: u32, plan: &TapPlan) -> Resul
     })
 }
 
+/// Whether a forwarding count over the interval covers at least 90 % of the frames the sink
+/// read: the frames in tap B's queue when the interval started (up to its 1,000) were forwarded
+/// before it, and the counters are not read at the same instant as the sink's count.
+fn carried_most(forwarded: u64, read: u64) -> bool {
+    forwarded.saturating_mul(10) >= read.saturating_mul(9)
+}
+
 /// The median of `figure` per setup.
 fn medians(rates: &[TapRate], figure: impl Fn(&TapRate) -> f64) -> Vec<(TapSetup, f64)> {
     TapSetup::ALL
@@ -304,7 +312,7 @@ impl Env<'_> {
             let rate = self.count(setup, round, None);
             drop(routes);
             let rate = rate?;
-            if rate.kernel_forwarded < rate.delivered_frames {
+            if !carried_most(rate.kernel_forwarded, rate.delivered_frames) {
                 bail!(
                     "the kernel forwarded {} datagrams but the sink read {}: something else \
                      carried them",
@@ -340,7 +348,7 @@ impl Env<'_> {
         agent.stop();
         let rate = rate?;
         let programs = rate.programs_forwarded.unwrap_or(0);
-        if programs < rate.delivered_frames {
+        if !carried_most(programs, rate.delivered_frames) {
             bail!(
                 "our programs forwarded {programs} packets from {TAP_A} but the sink read {}",
                 rate.delivered_frames
