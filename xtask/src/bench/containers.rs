@@ -8,9 +8,9 @@
 //!   and `tuning`), on 198.18.8.0/24, its IPAM state in the private directory.
 //!
 //! On each network a target container is started first (`sleep`). Then, alternating between
-//! the networks, `podman run --rm --network NET IMAGE sh -c PING_LOOP sh TARGET` is timed from
-//! its start until the first "bytes from" line, the first reply (each ping sends every 10 ms
-//! until one is answered). So the figure covers podman's whole start (storage, runc, the CNI ADD)
+//! the networks, `podman run --rm --network NET IMAGE sh -c PING_UNTIL_REPLY sh TARGET` is timed from
+//! its start until the first "bytes from" line, the first reply (ping sends every 10 ms until
+//! one is answered). So the figure covers podman's whole start (storage, runc, the CNI ADD)
 //! plus, on ours, the agent attaching its programs to the new veth. One unmeasured run on each
 //! network first warms podman's caches.
 //!
@@ -36,13 +36,12 @@ use crate::topology::AttachMode;
 const IMAGE: &str = "localhost/calico-ebpf-bench-busybox";
 const OURS: &str = "calico";
 const BRIDGE: &str = "benchbridge";
-/// The container's command (`sh -c`, the target as `$1`): up to 5 pings, each sending every
-/// 10 ms for up to 2 s until one reply. A new ping process is a new ICMP identifier, so a new
-/// flow: a flow whose first requests the kernel forwarded before the agent attached the
-/// container's programs can stay unanswered once they are attached (seen with the debug
-/// agent, which attaches later), and the next process gets through.
-const PING_LOOP: &str =
-    "for i in 1 2 3 4 5; do ping -c 1 -i 0.01 -w 2 \"$1\" && exit 0; done; exit 1";
+/// The container's command (`sh -c`, the target as `$1`): busybox's ping sends every 10 ms
+/// for up to 10 s (`-c 1` would send a single request, and wait 10 s when it is lost); the
+/// first reply line is passed on and ends the loop, and with it ping (SIGPIPE) and the
+/// container.
+const PING_UNTIL_REPLY: &str = "ping -i 0.01 -w 10 \"$1\" | while read l; do case \"$l\" in \
+                                *'bytes from'*) echo \"$l\"; exit 0;; esac; done";
 /// How much slower than the bridge ours may be and still meet the goal: one ping interval
 /// (the resolution of the measure) plus the agent's datastore settle time.
 pub const TOLERANCE_MS: f64 = 10.0;
@@ -56,9 +55,6 @@ pub struct ContainerStart {
     /// From `podman run` to the first answered ping, each run in order.
     pub ours_ms: Vec<f64>,
     pub bridge_ms: Vec<f64>,
-    /// How many ping processes each run took (1: the first flow was answered).
-    pub ours_pings: Vec<u32>,
-    pub bridge_pings: Vec<u32>,
     pub ours_median_ms: f64,
     pub bridge_median_ms: f64,
     pub podman_version: String,
@@ -300,14 +296,13 @@ impl Podman {
         Ok(address)
     }
 
-    /// `podman run --rm --network NET … ping TARGET`: milliseconds until the first reply line,
-    /// and how many ping processes it took (see [`PING_LOOP`]).
-    fn timed_run(&self, network: &str, target: &str) -> Result<(f64, u32)> {
+    /// `podman run --rm --network NET … ping TARGET`: milliseconds until the first reply line.
+    fn timed_run(&self, network: &str, target: &str) -> Result<f64> {
         let mut command = Command::new("nsenter");
         command
             .args(self.args())
             .args(["run", "--rm", "--network", network, IMAGE])
-            .args(["sh", "-c", PING_LOOP, "sh", target])
+            .args(["sh", "-c", PING_UNTIL_REPLY, "sh", target])
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -316,19 +311,15 @@ impl Podman {
         let mut child = command.spawn().context("cannot run podman")?;
         let stdout = child.stdout.take().context("podman's stdout")?;
         let mut answered = None;
-        let mut pings = 0;
         for line in BufReader::new(stdout).lines() {
             let line = line.context("podman's output")?;
-            if answered.is_none() && line.starts_with("PING ") {
-                pings += 1;
-            }
             if answered.is_none() && line.contains("bytes from") {
                 answered = Some(started.elapsed());
             }
         }
         let output = child.wait_with_output().context("podman run")?;
         match answered {
-            Some(elapsed) => Ok((elapsed.as_secs_f64() * 1e3, pings)),
+            Some(elapsed) => Ok(elapsed.as_secs_f64() * 1e3),
             None => bail!(
                 "no reply from {target} to a container on {network} ({}): {}",
                 output.status,
@@ -341,13 +332,10 @@ impl Podman {
         let ours_target = self.target(OURS)?;
         let bridge_target = self.target(BRIDGE)?;
         for (network, target) in [(OURS, &ours_target), (BRIDGE, &bridge_target)] {
-            let (ms, pings) = self.timed_run(network, target)?;
-            output::info(format!(
-                "warm-up on {network}: {ms:.0} ms, {pings} ping process(es) (not counted)"
-            ));
+            let ms = self.timed_run(network, target)?;
+            output::info(format!("warm-up on {network}: {ms:.0} ms (not counted)"));
         }
         let (mut ours_ms, mut bridge_ms) = (Vec::new(), Vec::new());
-        let (mut ours_pings, mut bridge_pings) = (Vec::new(), Vec::new());
         for run in 1..=runs {
             signals::check_interrupted()?;
             // Alternate which network goes first.
@@ -357,17 +345,14 @@ impl Podman {
                 [(BRIDGE, &bridge_target), (OURS, &ours_target)]
             };
             for (network, target) in order {
-                let (ms, pings) = self.timed_run(network, target)?;
+                let ms = self.timed_run(network, target)?;
                 output::info(format!(
-                    "run {run}/{runs} on {network}: first reply after {ms:.0} ms ({pings} ping \
-                     process(es))"
+                    "run {run}/{runs} on {network}: first reply after {ms:.0} ms"
                 ));
                 if network == OURS {
                     ours_ms.push(ms);
-                    ours_pings.push(pings);
                 } else {
                     bridge_ms.push(ms);
-                    bridge_pings.push(pings);
                 }
             }
         }
@@ -384,8 +369,6 @@ impl Podman {
             bridge_median_ms: median(&bridge_ms),
             ours_ms,
             bridge_ms,
-            ours_pings,
-            bridge_pings,
             podman_version,
         };
         output::info(result.describe());
