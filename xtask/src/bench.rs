@@ -34,15 +34,23 @@
 //!   prefixes at scale) and BIRD's configuration for a large cluster.
 //! - `report`: statistics, the tables, the goal checks, the JSON file,
 //!   machine information.
+//! - `hosting`: the VM and container phases, each on its own host namespace and agent
+//!   (`phase_agent`): tap to tap (`taps`), container start with podman (`containers`), attach
+//!   latency and memory at scale (`attach`).
 
+mod attach;
 mod bgp;
+mod containers;
 mod control;
 mod cross_host;
+mod hosting;
 mod livegen;
 mod loader;
 mod measure;
+mod phase_agent;
 mod policy;
 mod report;
+mod taps;
 mod topology;
 
 use std::{
@@ -112,6 +120,9 @@ pub struct BenchArgs {
     /// control-plane phase, no microbenchmark.
     #[arg(long)]
     pub bgp_only: bool,
+    /// Only the VM and container phases (tap to tap, container start, attach at scale).
+    #[arg(long)]
+    pub hosting_only: bool,
 }
 
 impl BenchArgs {
@@ -124,6 +135,7 @@ impl BenchArgs {
             json: None,
             setups: Vec::new(),
             bgp_only: false,
+            hosting_only: false,
         }
     }
 }
@@ -546,13 +558,22 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
 
     let pid = std::process::id();
+    if args.hosting_only {
+        return hosting::run_alone(&plan, &machine, &loader, pid, release, clock);
+    }
     let outcome = run(&plan, &loader, pid);
+    // VMs and containers, each on its own host namespace and agent.
+    let hosting = outcome
+        .as_ref()
+        .ok()
+        .map(|_| hosting::measure(&plan, &loader, pid, release));
     let pins = shared::pin_path("bench", pid);
     shared::check_nothing_left("cbench-", pid, Some(&pins));
     for pins in cross_host::pin_paths(pid) {
         shared::check_nothing_left("cbench-", pid, Some(&pins));
     }
     let (results, control_plane) = outcome?;
+    let hosting = hosting.context("no VM and container phases")??;
 
     let microbench = microbench(&plan, &loader)?;
     // A failure here still leaves the figures above printed and written.
@@ -569,6 +590,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if let Ok(bgp) = &bgp {
         bgp::print(bgp);
     }
+    hosting::print(&hosting);
     report::write_json(
         &plan,
         &machine,
@@ -582,6 +604,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
         clock.elapsed(),
     )?;
+    hosting::add_to_json(&plan.json, &hosting)?;
     output::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
@@ -866,6 +889,7 @@ mod tests {
             json: Some(PathBuf::from("/tmp/x.json")),
             setups: Vec::new(),
             bgp_only: false,
+            hosting_only: false,
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);

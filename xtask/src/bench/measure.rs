@@ -340,7 +340,7 @@ fn parse_softnet(text: &str) -> (u64, u64) {
 }
 
 /// A value from /proc/net/snmp: `Ip: ... InReceives ...` header, then values.
-fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
+pub fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
     let prefix = format!("{group}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     while let (Some(header), Some(values)) = (lines.next(), lines.next()) {
@@ -358,7 +358,7 @@ fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
 }
 
 /// Transmitted and transmit-dropped packets from `ip -s -j link show`.
-fn link_tx(json: &str) -> Result<(u64, u64)> {
+pub fn link_tx(json: &str) -> Result<(u64, u64)> {
     let value: Value = serde_json::from_str(json).context("`ip -j link` printed invalid JSON")?;
     let tx = &value[0]["stats64"]["tx"];
     let packets = tx["packets"]
@@ -397,7 +397,11 @@ fn counters_row<'v>(value: &'v Value, iface: &str) -> Option<&'v Value> {
 
 /// (forwarded, to host, dropped) packets counted for `iface`; forwarded is
 /// `forwarded_field` (`forwarded_packets`, or `forwarded_remote_packets` on two hosts).
-fn endpoint_counters(value: &Value, iface: &str, forwarded_field: &str) -> Option<(u64, u64, u64)> {
+pub fn endpoint_counters(
+    value: &Value,
+    iface: &str,
+    forwarded_field: &str,
+) -> Option<(u64, u64, u64)> {
     let row = counters_row(value, iface)?;
     let drops = row["drops"]
         .as_object()

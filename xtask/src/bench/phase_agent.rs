@@ -1,0 +1,96 @@
+//! An agent for the phases that build their own host namespace (taps, attach at scale): started
+//! like the rounds' agent (`calico-loader run` in the host namespace, its log copied to a file
+//! for the agent's own timings), stopped with SIGTERM, its pins removed on drop.
+
+use std::{ops::ControlFlow, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use testbed::{ChildGuard, Cmd, Netns, output};
+
+use super::{
+    loader::{NODE, dump_cmd},
+    topology::{AgentLog, agent_pid},
+};
+use crate::topology::{self as shared, AttachMode, PinGuard};
+
+pub struct PhaseAgent {
+    child: ChildGuard,
+    pub pid: u32,
+    pub log: AgentLog,
+    // Dropped after the agent: `calico-loader cleanup`, then rm -rf.
+    _pins: PinGuard,
+}
+
+impl PhaseAgent {
+    /// Starts the agent in `host` on `datastore` and waits until `attached` breaks on
+    /// `dump endpoints -o json`.
+    pub fn start(
+        loader: &Path,
+        host: &Netns,
+        datastore: &Path,
+        pin_path: &Path,
+        mode: AttachMode,
+        log: &Path,
+        attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
+    ) -> Result<Self> {
+        const TEE: &str = r#"log=$1; shift; exec "$@" 2> >(exec tee -i -a "$log" >&2)"#;
+        let pins = PinGuard::new(loader, &host.path(), pin_path);
+        output::info(format!(
+            "starting the agent ({}); its log is also copied to {}",
+            mode.as_str(),
+            log.display()
+        ));
+        let child = Cmd::new("bash")
+            .args(["-c", TEE, "bash"])
+            .arg(log)
+            .arg("nsenter")
+            .arg(format!("--net={}", host.path().display()))
+            .arg(loader)
+            .arg("run")
+            .arg("--datastore")
+            .arg(datastore)
+            .args([
+                "--node",
+                NODE,
+                "--attach-mode",
+                mode.as_str(),
+                "--detach-on-exit",
+                "--networking-backend",
+                "none",
+            ])
+            .arg("--pin-path")
+            .arg(pin_path)
+            .env("NO_COLOR", "1")
+            .privileged()
+            .spawn_prefixed("[agent]")?;
+        let mut child = ChildGuard::new(format!("the agent ({})", mode.as_str()), child, true);
+        shared::wait_for_attachment(
+            &mut child,
+            dump_cmd(loader, pin_path, "endpoints"),
+            "the agent's endpoints",
+            "its endpoints",
+            Duration::from_millis(100),
+            attached,
+        )?;
+        let pid =
+            agent_pid(loader, pin_path).context("cannot find the agent's process id in /proc")?;
+        Ok(Self {
+            child,
+            pid,
+            log: AgentLog {
+                path: log.to_owned(),
+            },
+            _pins: pins,
+        })
+    }
+
+    /// SIGTERM (it detaches, `--detach-on-exit`); the pins are removed when `self` drops.
+    pub fn stop(mut self) {
+        match self.child.stop(Duration::from_secs(10)) {
+            Some(status) if status.success() => {}
+            Some(status) => output::warn(format!("the agent exited with {status} on SIGTERM")),
+            None => output::warn("the agent did not stop"),
+        }
+    }
+}
