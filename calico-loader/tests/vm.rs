@@ -3,7 +3,8 @@
 //! does. The endpoint is written as networking-calico writes it (namespace `openstack`, no
 //! profiles, a security group's policy). The VM takes its address by DHCP from the agent, in both
 //! lease shapes, reaches a container workload beside it and a workload on host B (two hosts,
-//! `support::two_hosts`), and a policy denies it.
+//! `support::two_hosts`), and a policy denies it; with a floating IP (`ipNATs`), a namespace that
+//! stands for the outside reaches it, and it reaches the outside.
 //!
 //! Everything happens inside namespaces the test creates; qemu runs in host A's namespace.
 
@@ -32,9 +33,21 @@ mod privileged {
         format!("tap{}", &PORT_ID[..11])
     }
 
-    /// The VM's endpoint as networking-calico writes it, with `gateway` as `ipv4Gateway`.
-    fn endpoint_json(gateway: Option<&str>) -> String {
+    /// The floating IP: outside the pools, on no link.
+    const FLOATING_IP: &str = "198.19.255.40";
+    /// Host A's and the outside's addresses on the link between them.
+    const HOST_OUTSIDE_V4: &str = "198.19.1.1";
+    const OUTSIDE_V4: &str = "198.19.1.2";
+
+    /// The VM's endpoint as networking-calico writes it, with `gateway` as `ipv4Gateway`, and
+    /// the floating IP when `floating`.
+    fn endpoint_json(gateway: Option<&str>, floating: bool) -> String {
         let gateway = gateway.map_or(String::new(), |g| format!(r#""ipv4Gateway": "{g}","#));
+        let nats = if floating {
+            format!(r#""ipNATs": [{{"internalIP": "{VM_IP}", "externalIP": "{FLOATING_IP}"}}],"#)
+        } else {
+            String::new()
+        };
         // `<host>-openstack-<VM id>-<port id>`, each `-` inside a segment doubled.
         let name = [HOST_A, "openstack", VM_ID, PORT_ID]
             .map(|segment| segment.replace('-', "--"))
@@ -47,7 +60,7 @@ mod privileged {
    "projectcalico.org/openstack-project-id": "c1a2b3", "projectcalico.org/openstack-project-name": "demo"}},
   "annotations": {{"openstack.projectcalico.org/network-id": "8d4d1b1e-0000-4000-8000-000000000001"}}}},
  "spec": {{"orchestrator": "openstack", "workload": "{VM_ID}", "node": "{HOST_A}", "endpoint": "{PORT_ID}",
-  "interfaceName": "{tap}", "mac": "{VM_MAC}", "ipNetworks": ["{VM_IP}/32"], {gateway}
+  "interfaceName": "{tap}", "mac": "{VM_MAC}", "ipNetworks": ["{VM_IP}/32"], {gateway} {nats}
   "profiles": []}}}}
 "#,
             tap = tap_name(),
@@ -109,7 +122,9 @@ mod privileged {
         let hosts = Hosts::new(1, 1);
         hosts.datastore.write("pool.yaml", POOL);
         hosts.datastore.write("sg.json", &security_group_policy());
-        hosts.datastore.write("vm.json", &endpoint_json(None));
+        hosts
+            .datastore
+            .write("vm.json", &endpoint_json(None, false));
         let agents = hosts.start(&[]);
         let container = &hosts.a.workloads[0];
         let remote = &hosts.b.workloads[0];
@@ -188,7 +203,7 @@ mod privileged {
         // --- With the subnet's gateway (ipv4Gateway): the pool's mask, the gateway as router.
         hosts
             .datastore
-            .write("vm.json", &endpoint_json(Some(SUBNET_GATEWAY)));
+            .write("vm.json", &endpoint_json(Some(SUBNET_GATEWAY), false));
         wait_for("the new lease", Duration::from_secs(30), || {
             vm.run("udhcpc -i eth0 -n -q -t 3 -T 2", COMMAND)
                 .is_ok_and(|o| {
@@ -204,6 +219,62 @@ mod privileged {
         for dst in [container.v4.to_string(), remote.v4.to_string()] {
             guest(&mut vm, &format!("ping -c 3 -W 2 {dst}"));
         }
+
+        // --- A floating IP: a namespace that stands for the outside, on host A's `eth1` (a
+        // data interface), routes only the floating IP through host A, not the pool.
+        let outside = netns("cout");
+        hosts
+            .a
+            .host
+            .add_veth(
+                "eth1",
+                "02:00:00:00:01:0a",
+                &outside,
+                "eth0",
+                "02:00:00:00:01:0b",
+            )
+            .expect("the veth to the outside");
+        hosts.a.host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_OUTSIDE_V4}/24"),
+            "dev",
+            "eth1",
+        ]);
+        outside.exec(&["ip", "link", "set", "eth0", "up"]);
+        outside.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{OUTSIDE_V4}/24"),
+            "dev",
+            "eth0",
+        ]);
+        outside.exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{FLOATING_IP}/32"),
+            "via",
+            HOST_OUTSIDE_V4,
+        ]);
+        hosts
+            .datastore
+            .write("vm.json", &endpoint_json(Some(SUBNET_GATEWAY), true));
+        wait_for(
+            "the outside's data interface",
+            Duration::from_secs(20),
+            || agents.0.data_interface_attached("eth1"),
+        );
+        wait_for(
+            "the outside to reach the VM at its floating IP",
+            Duration::from_secs(30),
+            || outside.try_exec(&["ping", "-c", "1", "-W", "1", FLOATING_IP]),
+        );
+        // The VM reaches the outside, which has no route to the pool: its packets leave from
+        // the floating IP.
+        guest(&mut vm, &format!("ping -c 3 -W 2 {OUTSIDE_V4}"));
 
         vm.power_off();
     }
