@@ -170,22 +170,33 @@ fn static_busybox() -> Result<Vec<u8>, VmError> {
     Ok(bytes)
 }
 
-/// The kernel package `linux-image-amd64` depends on (`linux-image-6.1.0-…-amd64`).
+/// The kernel package `linux-image-amd64` depends on (`linux-image-6.1.0-…-amd64`). Without
+/// package lists (a fresh machine or container), they are fetched once (`apt-get update`).
 fn kernel_package() -> Result<String, VmError> {
-    let depends = Cmd::new("apt-cache")
-        .args(["depends", KERNEL_METAPACKAGE])
-        .quiet()
-        .output()?;
-    depends
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("Depends: "))
-        .find(|name| name.starts_with("linux-image-"))
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            VmError::Image(format!(
-                "apt-cache names no kernel that {KERNEL_METAPACKAGE} depends on (run apt-get update)"
-            ))
-        })
+    let find = || -> Result<Option<String>, VmError> {
+        let depends = Cmd::new("apt-cache")
+            .args(["depends", KERNEL_METAPACKAGE])
+            .quiet()
+            .capture()?;
+        Ok(String::from_utf8_lossy(&depends.stdout)
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Depends: "))
+            .find(|name| name.starts_with("linux-image-"))
+            .map(str::to_owned))
+    };
+    if let Some(package) = find()? {
+        return Ok(package);
+    }
+    Cmd::new("apt-get")
+        .args(["update", "-q"])
+        .privileged()
+        .run()?;
+    find()?.ok_or_else(|| {
+        VmError::Image(format!(
+            "apt-cache names no kernel that {KERNEL_METAPACKAGE} depends on, even after \
+             apt-get update"
+        ))
+    })
 }
 
 fn build_image(
