@@ -227,6 +227,17 @@ spec:
                 .is_some_and(|v| v >= 0.0),
             "the apply time summary as Prometheus read it"
         );
+        let query = format!(
+            "calico_ebpf_endpoint_drops{{interface=\"{}\",reason=\"policy-denied\"}}",
+            wl1.host_ifname
+        );
+        assert!(
+            prometheus
+                .query(host, &query)
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= 1.0),
+            "{query} as Prometheus read it"
+        );
     }
 
     #[test]
