@@ -10,6 +10,7 @@ pub mod datastore;
 pub mod dhcp;
 pub mod dump;
 pub mod ipam;
+pub mod metrics;
 pub mod microbench;
 pub mod model;
 // Crafted packets: internal to `trace` and `microbench`, public only for the program tests

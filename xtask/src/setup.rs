@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "etcd-server",
     "etcd-client",
+    // A real scraper for the metrics test.
+    "prometheus",
     // Certificates for the etcd TLS tests.
     "openssl",
     "bird2",

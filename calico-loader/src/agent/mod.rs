@@ -38,6 +38,7 @@ use crate::{
         AgentDatastore, DatastoreConfig, Snapshot,
         resources::{IpPool, Node},
     },
+    metrics::{Health, Metrics, MonitoringConfig, resync_state},
     model::{
         Conflict, LocalEndpoint,
         compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
@@ -70,6 +71,8 @@ pub struct AgentConfig {
     pub node_settings: NodeSettings,
     /// BGP: whether BIRD runs, and where its files are.
     pub routing: RoutingConfig,
+    /// Whether and where metrics and health are served.
+    pub monitoring: MonitoringConfig,
 }
 
 /// Where the agent's registration of its Node stands.
@@ -98,6 +101,21 @@ fn write_pid_file(run_dir: &std::path::Path) -> std::io::Result<std::path::PathB
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    // Metrics and health are served from the start, so that readiness says "not yet" until
+    // the datastore is in sync and the dataplane programmed.
+    let metrics = Metrics::new(Some(config.layout.clone())).context("creating the metrics")?;
+    let health = Health::default();
+    health.register(HEALTH_DATAPLANE, crate::metrics::HEALTH_DEADLINE);
+    health.register(HEALTH_DATASTORE, crate::metrics::HEALTH_DEADLINE);
+    crate::metrics::serve(&config.monitoring, Some(&metrics), Some(&health))
+        .await
+        .context("serving metrics and health")?;
+    let mut health_state = HealthState::default();
+    health_state.report(&health);
+    let mut health_reports = tokio::time::interval(crate::metrics::HEALTH_REPORT_INTERVAL);
+    metrics.resyncs_started.inc();
+    metrics.resync_state.set(resync_state::RESYNCING);
+
     // etcd is followed in the background: while it is unreachable, the last good state (or,
     // before the first listing, nothing) stays in force.
     let mut datastore = AgentDatastore::start(&config.datastore)
@@ -178,6 +196,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // The datastore logs each new problem with a file once; the last good version of that
         // file stays in the snapshot.
         let sync = datastore.sync();
+        if health_state.in_sync && !sync.complete {
+            metrics.resyncs_started.inc();
+        }
+        health_state.in_sync = sync.complete;
+        metrics.resync_state.set(if sync.complete {
+            resync_state::IN_SYNC
+        } else {
+            resync_state::RESYNCING
+        });
+        metrics
+            .cluster_num_hosts
+            .set(gauge_value(sync.snapshot.all::<Node>().count()));
         let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
         log.conflicts(&conflicts);
         let (remote, remote_conflicts) =
@@ -185,11 +215,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         log.remote_conflicts(&remote_conflicts);
         let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
         let nat_pools = NatPools::from_pools(sync.snapshot.all::<IpPool>());
+        let apply_started = std::time::Instant::now();
         match dataplane
             .apply(&endpoints, &remote, compiled, &mut registry, &nat_pools)
             .await
         {
             Ok(report) => {
+                metrics
+                    .int_dataplane_apply_time
+                    .observe(apply_started.elapsed().as_secs_f64());
+                metrics
+                    .active_local_endpoints
+                    .set(gauge_value(endpoints.len()));
+                metrics
+                    .active_local_policies
+                    .set(gauge_value(active_policies(&registry)));
+                metrics
+                    .active_local_selectors
+                    .set(gauge_value(policies.selectors));
+                metrics
+                    .bpf_dataplane_endpoints
+                    .set(gauge_value(dataplane.attached().len()));
+                health_state.applied_in_sync |= sync.complete;
                 if let Some(dhcp) = &dhcp {
                     let pools: Vec<ipnet::Ipv4Net> = sync
                         .snapshot
@@ -219,8 +266,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     remote_blocks: remote.blocks.len(),
                 });
             }
-            Err(e) => error!("programming the dataplane failed, will retry: {e:#}"),
+            Err(e) => {
+                metrics.int_dataplane_failures.inc();
+                error!("programming the dataplane failed, will retry: {e:#}");
+            }
         }
+        health_state.report(&health);
         // BGP follows the datastore once it has been read whole and the Node registered (and,
         // if written, seen once), so that a partial view never stops a running BIRD.
         node_known = node_known
@@ -274,12 +325,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
                 _ = supervision.tick() => routing.supervise(),
                 _ = conntrack_scan.tick() => {
-                    match dataplane.expire_conntrack() {
-                        Ok(0) => {}
-                        Ok(removed) => debug!(removed, "expired conntrack entries removed"),
+                    match dataplane.sweep_conntrack() {
+                        Ok(sweep) => {
+                            metrics.bpf_conntrack_sweeps.inc();
+                            metrics.bpf_conntrack_used.set(gauge_value(sweep.used));
+                            metrics.bpf_conntrack_cleaned.set(gauge_value(sweep.removed));
+                            if sweep.removed > 0 {
+                                debug!(removed = sweep.removed, "expired conntrack entries removed");
+                            }
+                        }
                         Err(e) => warn!("scanning conntrack: {e}"),
                     }
                 }
+                _ = health_reports.tick() => health_state.report(&health),
                 _ = sigterm.recv() => break true,
                 _ = sigint.recv() => break true,
             }
@@ -307,6 +365,47 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The health components the agent's loop reports for.
+const HEALTH_DATAPLANE: &str = "dataplane";
+const HEALTH_DATASTORE: &str = "datastore";
+
+/// What the agent's loop reports about its health.
+#[derive(Default)]
+struct HealthState {
+    /// The datastore has been read whole.
+    in_sync: bool,
+    /// The dataplane was programmed from a complete view of the datastore.
+    applied_in_sync: bool,
+}
+
+impl HealthState {
+    /// Reports both components: the loop runs, so both are live.
+    fn report(&self, health: &Health) {
+        health.report(HEALTH_DATASTORE, true, self.in_sync);
+        health.report(HEALTH_DATAPLANE, true, self.applied_in_sync);
+    }
+}
+
+/// A count as a gauge's value.
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// The policies (and profiles) with at least one rule programmed for this node's endpoints.
+fn active_policies(registry: &RuleRegistry) -> usize {
+    registry
+        .iter()
+        .filter_map(|(_, entry)| match &entry.rule {
+            crate::model::rules::RuleRef::PolicyRule { tier, .. } => {
+                Some((Some(tier.clone()), entry.rule.owner()))
+            }
+            crate::model::rules::RuleRef::ProfileRule { .. } => Some((None, entry.rule.owner())),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 /// Logs the packets Log rules matched, at most [`LogLimiter::PER_SECOND`] a second; the rest
@@ -369,6 +468,8 @@ impl LogLimiter {
 /// The compiled policies of this node's endpoints, redone only when the resources change.
 #[derive(Default)]
 struct PolicyCache {
+    /// The distinct rule selectors of the last compile.
+    selectors: usize,
     snapshot: Option<Snapshot>,
     endpoints: BTreeSet<String>,
     compiled: BTreeMap<String, CompiledEndpoint>,
@@ -411,6 +512,7 @@ impl PolicyCache {
             }
         }
         log.compile_errors(errors);
+        self.selectors = context.selector_count();
         info!(
             endpoints = compiled.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -22,6 +22,7 @@ use crate::{
         netlink::BIRD_ROUTE_PROTOCOL,
     },
     datastore::resources::AsNumber,
+    metrics::MonitoringConfig,
 };
 
 /// What routes between hosts (calico-node's `CALICO_NETWORKING_BACKEND`).
@@ -90,6 +91,42 @@ pub struct RunArgs {
     /// What routes between hosts: bird (BGP) or none.
     #[arg(long, env = "CALICO_NETWORKING_BACKEND", default_value = "bird")]
     pub networking_backend: NetworkingBackend,
+    #[command(flatten)]
+    pub monitoring: MonitoringArgs,
+}
+
+/// Metrics and health (Felix's `PrometheusMetrics*` and `Health*` settings).
+#[derive(Args, Clone, Debug)]
+pub struct MonitoringArgs {
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    pub prometheus_metrics_enabled: bool,
+    /// The address metrics are served on (empty: every address).
+    #[arg(long, value_name = "HOST", default_value = "")]
+    pub prometheus_metrics_host: String,
+    #[arg(long, value_name = "PORT", default_value_t = crate::metrics::DEFAULT_METRICS_PORT)]
+    pub prometheus_metrics_port: u16,
+    /// Serve /liveness and /readiness at http://HOST:PORT.
+    #[arg(long)]
+    pub health_enabled: bool,
+    /// The address health is served on (empty: every address).
+    #[arg(long, value_name = "HOST", default_value = crate::metrics::DEFAULT_HEALTH_HOST)]
+    pub health_host: String,
+    #[arg(long, value_name = "PORT", default_value_t = crate::metrics::DEFAULT_HEALTH_PORT)]
+    pub health_port: u16,
+}
+
+impl From<MonitoringArgs> for MonitoringConfig {
+    fn from(args: MonitoringArgs) -> Self {
+        Self {
+            prometheus_metrics_enabled: args.prometheus_metrics_enabled,
+            prometheus_metrics_host: args.prometheus_metrics_host,
+            prometheus_metrics_port: args.prometheus_metrics_port,
+            health_enabled: args.health_enabled,
+            health_host: args.health_host,
+            health_port: args.health_port,
+        }
+    }
 }
 
 // The arguments of `cleanup`.
@@ -127,6 +164,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             enabled: args.networking_backend == NetworkingBackend::Bird,
             run_dir: args.run_dir,
         },
+        monitoring: args.monitoring.into(),
     })
     .await
 }

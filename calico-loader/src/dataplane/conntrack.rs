@@ -77,9 +77,15 @@ impl Conntrack {
 
     /// Removes the entries idle for longer than their timeout; returns how many went.
     pub fn expire(&mut self) -> Result<usize, ConntrackError> {
+        Ok(self.sweep()?.removed)
+    }
+
+    /// Removes expired entries, and says how many were there and how many went.
+    pub fn sweep(&mut self) -> Result<Sweep, ConntrackError> {
         let now = monotonic_ns();
-        let expired: Vec<ConntrackKey> = self
-            .entries()
+        let entries = self.entries();
+        let scanned = entries.len();
+        let expired: Vec<ConntrackKey> = entries
             .into_iter()
             .filter(|(key, value)| value.expired(key.proto, now))
             .map(|(key, _)| key)
@@ -94,8 +100,20 @@ impl Conntrack {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(removed)
+        Ok(Sweep {
+            used: scanned - removed,
+            removed,
+        })
     }
+}
+
+/// What a sweep of the conntrack table found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    /// Entries left in the table.
+    pub used: usize,
+    /// Expired entries removed.
+    pub removed: usize,
 }
 
 /// An address of a conntrack key, in its family.

@@ -153,9 +153,9 @@ impl Dataplane {
         self.log_events.take()
     }
 
-    /// Removes expired conntrack entries; returns how many went.
-    pub fn expire_conntrack(&mut self) -> Result<usize, DataplaneError> {
-        Ok(self.conntrack.expire()?)
+    /// Removes expired conntrack entries; says how many are left and how many went.
+    pub fn sweep_conntrack(&mut self) -> Result<conntrack::Sweep, DataplaneError> {
+        Ok(self.conntrack.sweep()?)
     }
 
     /// The interfaces this agent has programs attached to, with their ifindex and role.

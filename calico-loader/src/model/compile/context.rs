@@ -238,6 +238,15 @@ impl<'s> PolicyContext<'s> {
         &self.selectables
     }
 
+    /// How many distinct rule selectors compiling has used so far (Felix's active selectors:
+    /// each stands for a set of addresses).
+    pub fn selector_count(&self) -> usize {
+        self.selectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// `text` parsed (cached).
     pub(super) fn selector(&self, text: &str) -> Result<Arc<Selector>, SelectorError> {
         let mut cache = self
