@@ -454,7 +454,10 @@ fn parse_failsafe(text: &str) -> Result<FailsafePorts, String> {
                 None => (rest, None),
                 Some((protocol, net)) => {
                     let net = net.trim_matches(|c| c == '[' || c == ']');
-                    (protocol, Some(net.parse::<ipnet::IpNet>().map_err(|_| bad())?))
+                    (
+                        protocol,
+                        Some(net.parse::<ipnet::IpNet>().map_err(|_| bad())?),
+                    )
                 }
             },
         };

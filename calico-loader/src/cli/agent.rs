@@ -122,7 +122,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.conntrack_size.as_deref(),
         args.data_interfaces.as_deref(),
     )?;
-    let felix = effective_config(&datastore, &node, &sources).await?;
+    let felix = effective_config(&datastore, &node, &sources, true)
+        .await
+        .context("Felix configuration refused; the agent does not start")?;
     crate::agent::run(AgentConfig {
         datastore,
         node,
@@ -192,7 +194,11 @@ fn local_sources(
         flags.push(("BPFMapSizeConntrack", size.to_string(), "--conntrack-size"));
     }
     if let Some(pattern) = data_interfaces {
-        flags.push(("BPFDataIfacePattern", pattern.to_string(), "--data-interfaces"));
+        flags.push((
+            "BPFDataIfacePattern",
+            pattern.to_string(),
+            "--data-interfaces",
+        ));
     }
     Ok(LocalSources::read(file, &flags)?)
 }
@@ -200,15 +206,16 @@ fn local_sources(
 /// How long reading the `FelixConfiguration`s at start may take (etcd may be unreachable).
 const FELIX_CONFIGURATION_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `FelixConfiguration`s `default` and `node.<node>` in the datastore.
+/// The `FelixConfiguration`s `default` and `node.<node>` in the datastore, and the problems of
+/// those that do not read (each naming its file and field).
 ///
 /// # Errors
 ///
-/// One of them does not read (its file and field named), or the datastore cannot be read.
-pub async fn felix_configurations(
+/// The datastore cannot be read.
+async fn read_felix_configurations(
     datastore: &DatastoreConfig,
     node: &str,
-) -> anyhow::Result<(Option<FelixConfiguration>, Option<FelixConfiguration>)> {
+) -> anyhow::Result<(FelixConfigurations, Vec<String>)> {
     let read = async {
         let mut store = Store::open(datastore).await?;
         store.list(Kind::FelixConfiguration, None).await
@@ -216,25 +223,25 @@ pub async fn felix_configurations(
     let (stored, errors) = tokio::time::timeout(FELIX_CONFIGURATION_READ_TIMEOUT, read)
         .await
         .map_err(|_| anyhow::anyhow!("no answer in {FELIX_CONFIGURATION_READ_TIMEOUT:?}"))??;
-    if !errors.is_empty() {
-        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::bail!(
-            "a FelixConfiguration is invalid:\n{}",
-            messages.join("\n")
-        );
-    }
     let node_name = format!("{NODE_FELIX_CONFIGURATION_PREFIX}{node}");
-    let (mut default, mut own) = (None, None);
+    let mut found = FelixConfigurations::default();
     for stored in stored {
         if let Resource::FelixConfiguration(resource) = stored.resource {
             if resource.metadata.name == DEFAULT_FELIX_CONFIGURATION {
-                default = Some(*resource);
+                found.default = Some(*resource);
             } else if resource.metadata.name == node_name {
-                own = Some(*resource);
+                found.node = Some(*resource);
             }
         }
     }
-    Ok((default, own))
+    Ok((found, errors.iter().map(ToString::to_string).collect()))
+}
+
+/// The `FelixConfiguration`s that apply to a node.
+#[derive(Default)]
+struct FelixConfigurations {
+    default: Option<FelixConfiguration>,
+    node: Option<FelixConfiguration>,
 }
 
 /// The effective configuration of `node`: its `FelixConfiguration`s under `sources`. When the
@@ -244,23 +251,23 @@ async fn effective_config(
     datastore: &DatastoreConfig,
     node: &str,
     sources: &LocalSources,
+    tolerate_unreachable: bool,
 ) -> anyhow::Result<FelixConfig> {
-    let (default, own) = match felix_configurations(datastore, node).await {
-        Ok(resources) => resources,
-        Err(e) if e.to_string().starts_with("a FelixConfiguration is invalid") => {
-            return Err(e.context("Felix configuration refused; the agent does not start"));
+    let found = match read_felix_configurations(datastore, node).await {
+        Ok((_, problems)) if !problems.is_empty() => {
+            anyhow::bail!("a FelixConfiguration is invalid:\n{}", problems.join("\n"));
         }
-        Err(e) => {
+        Ok((found, _)) => found,
+        Err(e) if tolerate_unreachable => {
             tracing::warn!(
                 "FelixConfiguration not read ({e:#}): starting on the file, the environment \
                  and the flags; a FelixConfiguration read later needs a restart"
             );
-            (None, None)
+            FelixConfigurations::default()
         }
+        Err(e) => return Err(e.context("reading the FelixConfigurations")),
     };
-    sources
-        .resolve(default.as_ref(), own.as_ref())
-        .context("Felix configuration refused; the agent does not start")
+    Ok(sources.resolve(found.default.as_ref(), found.node.as_ref())?)
 }
 
 // The arguments of `config`.
@@ -310,10 +317,13 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
         args.conntrack_size.as_deref(),
         args.data_interfaces.as_deref(),
     )?;
-    let (default, own) = felix_configurations(&args.datastore.config(), &node).await?;
-    let config = sources.resolve(default.as_ref(), own.as_ref())?;
+    let config = effective_config(&args.datastore.config(), &node, &sources, false).await?;
     let rows = config.table();
-    let width = rows.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(name, _, _)| name.len())
+        .max()
+        .unwrap_or(0);
     for (name, value, source) in rows {
         println!("{name:width$}  {value}  ({source})");
     }

@@ -18,14 +18,16 @@ fn resource(name: &str, spec: &str) -> FelixConfiguration {
 }
 
 fn env(vars: &[(&str, &str)]) -> Layer {
-    Layer::from_env(vars.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())))
+    Layer::from_env(
+        vars.iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+    )
 }
 
 fn sources(file: Option<&str>, vars: &[(&str, &str)]) -> LocalSources {
     LocalSources {
-        file: file.map(|text| {
-            Layer::parse_file(Path::new("felix.cfg"), text).expect("a valid file")
-        }),
+        file: file
+            .map(|text| Layer::parse_file(Path::new("felix.cfg"), text).expect("a valid file")),
         env: env(vars),
         flags: Layer::default(),
     }
@@ -86,7 +88,9 @@ fn layers_in_felixs_order() {
     );
     assert!(config.prometheus_metrics().enabled);
 
-    let config = sources(None, &[]).resolve(Some(&default), Some(&node)).expect("valid");
+    let config = sources(None, &[])
+        .resolve(Some(&default), Some(&node))
+        .expect("valid");
     assert_eq!(config.bpf_map_size_conntrack.value, 2000);
     assert_eq!(config.health_port.source, Source::Resource("node.a".into()));
 
@@ -170,7 +174,9 @@ fn resource_shapes_become_felixs_text() {
         "default",
         "  failsafeInboundHostPorts: [{protocol: TCP, port: 22}, {protocol: UDP, port: 68, net: '2001:db8::/32'}]\n  failsafeOutboundHostPorts: []\n  bpfConntrackTimeouts: {tcpEstablished: 1h, tcpFinsSeen: Auto}\n  defaultEndpointToHostAction: Accept\n  bpfMapSizeRoute: 262144",
     );
-    let config = sources(None, &[]).resolve(Some(&default), None).expect("valid");
+    let config = sources(None, &[])
+        .resolve(Some(&default), None)
+        .expect("valid");
     assert_eq!(
         config.failsafe_inbound_host_ports.value.to_string(),
         "tcp:22,udp:2001:db8::/32:68"
@@ -192,17 +198,25 @@ fn file_syntax() {
     assert_eq!(layer.0.len(), 1);
     let err = Layer::parse_file(Path::new("f"), "[global]\nnot a setting\n").expect_err("refused");
     assert_eq!(err.to_string(), "file f: line 2: not `Name = value`");
-    assert!(Layer::from_file(Path::new("/nonexistent/felix.cfg"))
-        .expect("a missing file is no layer")
-        .is_none());
+    assert!(
+        Layer::from_file(Path::new("/nonexistent/felix.cfg"))
+            .expect("a missing file is no layer")
+            .is_none()
+    );
 }
 
 #[test]
 fn changed_lists_what_differs() {
     let a = sources(None, &[]).resolve(None, None).expect("valid");
-    let b = sources(None, &[("FELIX_BPFMAPSIZECONNTRACK", "10"), ("FELIX_LOGSEVERITYSCREEN", "debug")])
-        .resolve(None, None)
-        .expect("valid");
+    let b = sources(
+        None,
+        &[
+            ("FELIX_BPFMAPSIZECONNTRACK", "10"),
+            ("FELIX_LOGSEVERITYSCREEN", "debug"),
+        ],
+    )
+    .resolve(None, None)
+    .expect("valid");
     assert_eq!(a.changed(&b), ["BPFMapSizeConntrack", "LogSeverityScreen"]);
     assert!(a.changed(&a.clone()).is_empty());
 }
