@@ -207,9 +207,9 @@ const CONNTRACK_TIMEOUTS: &[(&str, u64)] = &[
 ];
 
 fn format_secs(secs: u64) -> String {
-    if secs % 3600 == 0 {
+    if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
@@ -486,7 +486,7 @@ fn parse_duration_secs(text: &str) -> Option<u64> {
         "h" => n.checked_mul(3_600_000)?,
         _ => return None,
     };
-    (ms % 1000 == 0).then_some(ms / 1000)
+    ms.is_multiple_of(1000).then_some(ms / 1000)
 }
 
 fn parse_conntrack_timeouts(text: &str) -> Result<ConntrackTimeouts, String> {
@@ -671,7 +671,7 @@ impl Layer {
                 })
             })
             .collect();
-        entries.sort_by(|a, b| a.source.to_string().cmp(&b.source.to_string()));
+        entries.sort_by_key(|a| a.source.to_string());
         Self(entries)
     }
 

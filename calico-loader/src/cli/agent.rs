@@ -204,7 +204,7 @@ fn local_sources(
 }
 
 /// How long reading the `FelixConfiguration`s at start may take (etcd may be unreachable).
-const FELIX_CONFIGURATION_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const FELIX_CONFIGURATION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `FelixConfiguration`s `default` and `node.<node>` in the datastore, and the problems of
 /// those that do not read (each naming its file and field).
