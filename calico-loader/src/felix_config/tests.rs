@@ -220,3 +220,44 @@ fn changed_lists_what_differs() {
     assert_eq!(a.changed(&b), ["BPFMapSizeConntrack", "LogSeverityScreen"]);
     assert!(a.changed(&a.clone()).is_empty());
 }
+
+#[test]
+fn at_run_time_a_change_that_needs_a_restart_leaves_the_running_configuration() {
+    let local = sources(None, &[]);
+    let running = local.resolve(None, None).expect("defaults");
+    let mut watch = Watch::start(local, "a", running.clone());
+
+    let text = |spec: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: node.a}}\nspec:\n{spec}\n"
+        )
+    };
+    let snapshot = Snapshot::from_yaml(
+        "test",
+        &text("  bpfMapSizeConntrack: 1000\n  logSeverityScreen: Warning"),
+    )
+    .expect("valid");
+    watch.check(&snapshot);
+    assert_eq!(
+        watch.running().bpf_map_size_conntrack,
+        running.bpf_map_size_conntrack,
+        "the table is not resized while the agent runs"
+    );
+    assert_eq!(
+        watch.running().log_severity_screen.value,
+        LogSeverity::Warning,
+        "the log level applies at once"
+    );
+    let logged = watch.last_logged.clone().expect("the refusal is logged");
+    assert!(
+        logged.contains("BPFMapSizeConntrack cannot change")
+            && logged.contains("restart the agent to resize"),
+        "{logged}"
+    );
+
+    // Back to the running values: nothing pending.
+    let snapshot =
+        Snapshot::from_yaml("test", &text("  logSeverityScreen: Warning")).expect("valid");
+    watch.check(&snapshot);
+    assert_eq!(watch.last_logged, None);
+}
