@@ -516,21 +516,17 @@ fn parse_conntrack_timeouts(text: &str) -> Result<ConntrackTimeouts, String> {
     Ok(ConntrackTimeouts)
 }
 
-/// The parser of a supported setting, for checking a value without building a configuration.
+/// Checks one value of a supported setting: the defaults with that value layered over them.
 fn check_value(setting: &str, text: &str) -> Result<(), String> {
-    match setting {
-        "BPFMapSizeConntrack" => parse_u32_min1(text).map(drop),
-        "BPFMapSizeRoute" => parse_route_size(text).map(drop),
-        "BPFConntrackTimeouts" => parse_conntrack_timeouts(text).map(drop),
-        "BPFDataIfacePattern" => parse_pattern(text).map(drop),
-        "InterfacePrefix" => parse_interface_prefix(text).map(drop),
-        "DefaultEndpointToHostAction" => parse_action(text).map(drop),
-        "FailsafeInboundHostPorts" | "FailsafeOutboundHostPorts" => parse_failsafe(text).map(drop),
-        "PrometheusMetricsEnabled" | "HealthEnabled" => parse_bool(text).map(drop),
-        "PrometheusMetricsPort" | "HealthPort" => parse_port(text).map(drop),
-        "PrometheusMetricsHost" | "HealthHost" => Ok(()),
-        "LogSeverityScreen" => parse_severity(text).map(drop),
-        _ => Ok(()),
+    let layer = Layer(vec![Entry {
+        name: setting.to_string(),
+        value: Ok(text.to_string()),
+        source: Source::Default,
+    }]);
+    match resolve(&[layer]) {
+        Ok(_) => Ok(()),
+        Err(ConfigError::Invalid { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
     }
 }
 
