@@ -67,6 +67,10 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     /// Entries of the conntrack table.
     pub conntrack_entries: u32,
+    /// Felix's configuration in force (`conntrack_entries` and `data_interfaces` are its
+    /// values), and the sources other than the datastore, to check changes against.
+    pub felix: crate::felix_config::FelixConfig,
+    pub felix_sources: crate::felix_config::LocalSources,
     /// What the agent sets on its Node at start.
     pub node_settings: NodeSettings,
     /// BGP: whether BIRD runs, and where its files are.
@@ -123,6 +127,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the datastore ({})", config.datastore))?;
     let mut link_events = netlink::link_events().context("subscribing to link events")?;
 
+    let mut felix = crate::felix_config::Watch::start(
+        config.felix_sources.clone(),
+        &config.node,
+        config.felix.clone(),
+    );
     let mut dataplane = Dataplane::start(
         config.layout.clone(),
         config.mode,
@@ -196,6 +205,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // The datastore logs each new problem with a file once; the last good version of that
         // file stays in the snapshot.
         let sync = datastore.sync();
+        felix.check(&sync.snapshot);
         if health_state.in_sync && !sync.complete {
             metrics.resyncs_started.inc();
         }

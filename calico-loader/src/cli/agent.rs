@@ -4,8 +4,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, ValueEnum};
-use regex::Regex;
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::resources::DatastoreArgs;
 use crate::{
@@ -21,7 +21,14 @@ use crate::{
         bpffs::{DEFAULT_PIN_PATH, PinLayout},
         netlink::BIRD_ROUTE_PROTOCOL,
     },
-    datastore::resources::AsNumber,
+    datastore::{
+        DatastoreConfig, Kind, Resource, Store,
+        resources::{
+            AsNumber, DEFAULT_FELIX_CONFIGURATION, FelixConfiguration,
+            NODE_FELIX_CONFIGURATION_PREFIX,
+        },
+    },
+    felix_config::{self, FelixConfig, LocalSources},
     metrics::MonitoringConfig,
 };
 
@@ -52,15 +59,10 @@ pub struct RunArgs {
     pub attach_mode: AttachMode,
     /// Which of the host's interfaces are data interfaces (a regular expression on their
     /// names): packets from other hosts arriving there are delivered into local workloads by
-    /// the programs attached to them. Calico's default (Felix's BPFDataIfacePattern).
-    #[arg(
-        long,
-        env = "FELIX_BPFDATAIFACEPATTERN",
-        value_name = "REGEX",
-        default_value = dataplane::DEFAULT_DATA_INTERFACES,
-        value_parser = parse_pattern
-    )]
-    pub data_interfaces: Regex,
+    /// the programs attached to them. Overrides Felix's BPFDataIfacePattern (whose default is
+    /// Calico's).
+    #[arg(long, value_name = "REGEX")]
+    pub data_interfaces: Option<String>,
     /// Detach programs and remove pins on exit. By default they stay, as in Calico, so
     /// traffic keeps flowing while the agent restarts.
     #[arg(long)]
@@ -68,10 +70,13 @@ pub struct RunArgs {
     /// Seconds between full resyncs (changes are applied as they happen regardless).
     #[arg(long, default_value_t = 10)]
     pub resync_interval: u64,
-    /// Entries of the conntrack table (Calico's default is 512k). When it is full, the
-    /// least recently used entry makes room, so active flows keep working.
-    #[arg(long, env = "FELIX_BPFMAPSIZECONNTRACK", default_value_t = <calico_ebpf_common::maps::Conntrack as calico_ebpf_common::maps::MapSpec>::DEF.max_entries)]
-    pub conntrack_size: u32,
+    /// Entries of the conntrack table. When it is full, the least recently used entry makes
+    /// room, so active flows keep working. Overrides Felix's BPFMapSizeConntrack.
+    #[arg(long)]
+    pub conntrack_size: Option<String>,
+    /// Felix's configuration file (INI, section [global]); a missing file is no layer.
+    #[arg(long, default_value = felix_config::DEFAULT_CONFIG_FILE)]
+    pub felix_config_file: PathBuf,
     /// This node's IPv4 address for BGP, written to its Node: an address (its prefix length
     /// is the interface's unless given), `autodetect` (the first global address of an
     /// interface that is not a workload's, docker's...), or `none`. Not given: the Node's
@@ -95,37 +100,70 @@ pub struct RunArgs {
     pub monitoring: MonitoringArgs,
 }
 
-/// Metrics and health (Felix's `PrometheusMetrics*` and `Health*` settings).
-#[derive(Args, Clone, Debug)]
+/// Metrics and health (Felix's `PrometheusMetrics*` and `Health*` settings). A flag given wins
+/// over every other source of the setting ([`felix_config`]); unset, the setting comes from
+/// the FelixConfigurations, `felix.cfg` or `FELIX_*`, else Felix's default.
+#[derive(Args, Clone, Debug, Default)]
 pub struct MonitoringArgs {
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
-    #[arg(long)]
-    pub prometheus_metrics_enabled: bool,
-    /// The address metrics are served on (empty: every address).
-    #[arg(long, value_name = "HOST", default_value = "")]
-    pub prometheus_metrics_host: String,
-    #[arg(long, value_name = "PORT", default_value_t = crate::metrics::DEFAULT_METRICS_PORT)]
-    pub prometheus_metrics_port: u16,
-    /// Serve /liveness and /readiness at http://HOST:PORT.
-    #[arg(long)]
-    pub health_enabled: bool,
-    /// The address health is served on (empty: every address).
-    #[arg(long, value_name = "HOST", default_value = crate::metrics::DEFAULT_HEALTH_HOST)]
-    pub health_host: String,
-    #[arg(long, value_name = "PORT", default_value_t = crate::metrics::DEFAULT_HEALTH_PORT)]
-    pub health_port: u16,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub prometheus_metrics_enabled: Option<String>,
+    /// The address metrics are served on (empty: every address; default: empty).
+    #[arg(long, value_name = "HOST")]
+    pub prometheus_metrics_host: Option<String>,
+    /// Default: 9091.
+    #[arg(long, value_name = "PORT")]
+    pub prometheus_metrics_port: Option<String>,
+    /// Serve /liveness and /readiness at http://HOST:PORT (default: false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub health_enabled: Option<String>,
+    /// The address health is served on (empty: every address; default: localhost).
+    #[arg(long, value_name = "HOST")]
+    pub health_host: Option<String>,
+    /// Default: 9099.
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<String>,
 }
 
-impl From<MonitoringArgs> for MonitoringConfig {
-    fn from(args: MonitoringArgs) -> Self {
-        Self {
-            prometheus_metrics_enabled: args.prometheus_metrics_enabled,
-            prometheus_metrics_host: args.prometheus_metrics_host,
-            prometheus_metrics_port: args.prometheus_metrics_port,
-            health_enabled: args.health_enabled,
-            health_host: args.health_host,
-            health_port: args.health_port,
-        }
+impl MonitoringArgs {
+    /// The flags given, as (Felix name, value, flag) for the configuration's flag layer.
+    fn flags(&self) -> Vec<(&'static str, String, &'static str)> {
+        [
+            (
+                "PrometheusMetricsEnabled",
+                &self.prometheus_metrics_enabled,
+                "--prometheus-metrics-enabled",
+            ),
+            (
+                "PrometheusMetricsHost",
+                &self.prometheus_metrics_host,
+                "--prometheus-metrics-host",
+            ),
+            (
+                "PrometheusMetricsPort",
+                &self.prometheus_metrics_port,
+                "--prometheus-metrics-port",
+            ),
+            ("HealthEnabled", &self.health_enabled, "--health-enabled"),
+            ("HealthHost", &self.health_host, "--health-host"),
+            ("HealthPort", &self.health_port, "--health-port"),
+        ]
+        .into_iter()
+        .filter_map(|(name, value, flag)| Some((name, value.clone()?, flag)))
+        .collect()
+    }
+}
+
+/// Metrics and health as the effective configuration says.
+fn monitoring(felix: &FelixConfig) -> MonitoringConfig {
+    let (metrics, health) = (felix.prometheus_metrics(), felix.health());
+    MonitoringConfig {
+        prometheus_metrics_enabled: metrics.enabled,
+        prometheus_metrics_host: metrics.host,
+        prometheus_metrics_port: metrics.port,
+        health_enabled: health.enabled,
+        health_host: health.host,
+        health_port: health.port,
     }
 }
 
@@ -146,15 +184,30 @@ pub struct CleanupArgs {
 /// No host name for a default node name, or the agent failing (see [`crate::agent::run`]).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = node_name(args.node)?;
+    let datastore = args.datastore.config();
+    // Felix's configuration, before anything is touched: a bad value stops the agent here,
+    // and what a previous agent left attached keeps forwarding.
+    let sources = local_sources(
+        &args.felix_config_file,
+        args.conntrack_size.as_deref(),
+        args.data_interfaces.as_deref(),
+        &args.monitoring,
+    )?;
+    let felix = effective_config(&datastore, &node, &sources, true)
+        .await
+        .context("Felix configuration refused; the agent does not start")?;
+    let monitoring = monitoring(&felix);
     crate::agent::run(AgentConfig {
-        datastore: args.datastore.config(),
+        datastore,
         node,
         layout: PinLayout::new(args.pin_path),
         mode: args.attach_mode,
-        data_interfaces: args.data_interfaces,
+        data_interfaces: felix.bpf_data_iface_pattern.value.0.clone(),
         detach_on_exit: args.detach_on_exit,
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
-        conntrack_entries: args.conntrack_size.max(1),
+        conntrack_entries: felix.bpf_map_size_conntrack.value,
+        felix_sources: sources,
+        felix,
         node_settings: NodeSettings {
             ipv4: args.ip.unwrap_or_default(),
             ipv6: args.ip6.unwrap_or_default(),
@@ -164,7 +217,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             enabled: args.networking_backend == NetworkingBackend::Bird,
             run_dir: args.run_dir,
         },
-        monitoring: args.monitoring.into(),
+        monitoring,
     })
     .await
 }
@@ -203,9 +256,156 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A data-interface pattern, with the regex error when it does not compile.
-fn parse_pattern(text: &str) -> Result<Regex, String> {
-    Regex::new(text).map_err(|e| format!("not a regular expression: {e}"))
+/// The file, the environment and the flags that set Felix settings.
+fn local_sources(
+    file: &std::path::Path,
+    conntrack_size: Option<&str>,
+    data_interfaces: Option<&str>,
+    monitoring: &MonitoringArgs,
+) -> anyhow::Result<LocalSources> {
+    let mut flags = monitoring.flags();
+    if let Some(size) = conntrack_size {
+        flags.push(("BPFMapSizeConntrack", size.to_string(), "--conntrack-size"));
+    }
+    if let Some(pattern) = data_interfaces {
+        flags.push((
+            "BPFDataIfacePattern",
+            pattern.to_string(),
+            "--data-interfaces",
+        ));
+    }
+    Ok(LocalSources::read(file, &flags)?)
+}
+
+/// How long reading the `FelixConfiguration`s at start may take (etcd may be unreachable).
+const FELIX_CONFIGURATION_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `FelixConfiguration`s `default` and `node.<node>` in the datastore, and the problems of
+/// those that do not read (each naming its file and field).
+///
+/// # Errors
+///
+/// The datastore cannot be read.
+async fn read_felix_configurations(
+    datastore: &DatastoreConfig,
+    node: &str,
+) -> anyhow::Result<(FelixConfigurations, Vec<String>)> {
+    let read = async {
+        let mut store = Store::open(datastore).await?;
+        store.list(Kind::FelixConfiguration, None).await
+    };
+    let (stored, errors) = tokio::time::timeout(FELIX_CONFIGURATION_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer in {FELIX_CONFIGURATION_READ_TIMEOUT:?}"))??;
+    let node_name = format!("{NODE_FELIX_CONFIGURATION_PREFIX}{node}");
+    let mut found = FelixConfigurations::default();
+    for stored in stored {
+        if let Resource::FelixConfiguration(resource) = stored.resource {
+            if resource.metadata.name == DEFAULT_FELIX_CONFIGURATION {
+                found.default = Some(*resource);
+            } else if resource.metadata.name == node_name {
+                found.node = Some(*resource);
+            }
+        }
+    }
+    Ok((found, errors.iter().map(ToString::to_string).collect()))
+}
+
+/// The `FelixConfiguration`s that apply to a node.
+#[derive(Default)]
+struct FelixConfigurations {
+    default: Option<FelixConfiguration>,
+    node: Option<FelixConfiguration>,
+}
+
+/// The effective configuration of `node`: its `FelixConfiguration`s under `sources`. When the
+/// datastore cannot be read (etcd unreachable), the agent starts on the local sources and says
+/// so; an invalid `FelixConfiguration` or setting is an error.
+async fn effective_config(
+    datastore: &DatastoreConfig,
+    node: &str,
+    sources: &LocalSources,
+    tolerate_unreachable: bool,
+) -> anyhow::Result<FelixConfig> {
+    let found = match read_felix_configurations(datastore, node).await {
+        Ok((_, problems)) if !problems.is_empty() => {
+            anyhow::bail!("a FelixConfiguration is invalid:\n{}", problems.join("\n"));
+        }
+        Ok((found, _)) => found,
+        Err(e) if tolerate_unreachable => {
+            tracing::warn!(
+                "FelixConfiguration not read ({e:#}): starting on the file, the environment \
+                 and the flags; a FelixConfiguration read later needs a restart"
+            );
+            FelixConfigurations::default()
+        }
+        Err(e) => return Err(e.context("reading the FelixConfigurations")),
+    };
+    Ok(sources.resolve(found.default.as_ref(), found.node.as_ref())?)
+}
+
+// The arguments of `config`.
+#[derive(Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// `config` subcommands.
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print Felix's effective settings for a node, and where each came from (default,
+    /// FelixConfiguration default or node.<name>, the file, an environment variable, a flag).
+    Show(ConfigShowArgs),
+}
+
+// The arguments of `config show`: the agent's, as far as configuration goes.
+#[derive(Args)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+    /// The node (default: NODENAME, else the hostname).
+    #[arg(long, env = "NODENAME")]
+    pub node: Option<String>,
+    /// As `run --conntrack-size`.
+    #[arg(long)]
+    pub conntrack_size: Option<String>,
+    /// As `run --data-interfaces`.
+    #[arg(long, value_name = "REGEX")]
+    pub data_interfaces: Option<String>,
+    /// As `run --felix-config-file`.
+    #[arg(long, default_value = felix_config::DEFAULT_CONFIG_FILE)]
+    pub felix_config_file: PathBuf,
+}
+
+/// `config show`: the effective settings, as `run` would resolve them, one per line.
+///
+/// # Errors
+///
+/// As `run` refuses a configuration: the source and the setting named.
+pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
+    let ConfigCommand::Show(args) = args.command;
+    let node = node_name(args.node)?;
+    let sources = local_sources(
+        &args.felix_config_file,
+        args.conntrack_size.as_deref(),
+        args.data_interfaces.as_deref(),
+        &MonitoringArgs::default(),
+    )?;
+    let config = effective_config(&args.datastore.config(), &node, &sources, false).await?;
+    let rows = config.table();
+    let width = rows
+        .iter()
+        .map(|(name, _, _)| name.len())
+        .max()
+        .unwrap_or(0);
+    for (name, value, source) in rows {
+        println!("{name:width$}  {value}  ({source})");
+    }
+    for (name, source) in &config.unused {
+        println!("{name:width$}  accepted, not used  ({source})");
+    }
+    Ok(())
 }
 
 /// The node name: `explicit` (`--node` or `NODENAME`), else the host name.

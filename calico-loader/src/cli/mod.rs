@@ -2,7 +2,8 @@
 //! does the work. The commands are library functions so that every binary stays a thin
 //! `main` (parse, init logging, [`run`]).
 //!
-//! - [`agent`]: `run` (the agent) and `cleanup` (what an agent left).
+//! - [`agent`]: `run` (the agent), `cleanup` (what an agent left) and `config show` (Felix's
+//!   effective settings).
 //! - [`resources`]: the calicoctl-style `apply|create|replace|delete|get`.
 //! - [`ipam`]: `ipam show|assign|release|check`, Calico's IPAM.
 //! - [`cni`]: `cni install`, the CNI plugin and its conflist.
@@ -42,7 +43,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the agent: load the dataplane and keep it in line with the datastore.
-    Run(agent::RunArgs),
+    Run(Box<agent::RunArgs>),
     /// Create or replace resources from a file (`-` for stdin): all of them, or none.
     Apply(resources::FileArgs),
     /// Create resources from a file; fails, storing nothing, if any exists.
@@ -76,22 +77,44 @@ pub enum Command {
     /// the arguments (BPF_PROG_TEST_RUN), changing nothing. Against the running agent's maps,
     /// or, with --datastore, a "what if" for a directory of resources.
     Trace(trace::TraceArgs),
+    /// Felix's configuration: `config show` prints the effective settings and their sources.
+    Config(agent::ConfigArgs),
     /// Detach every program, remove the pinned maps and links and the kernel routes the agent
     /// made, and stop BIRD (removing the routes it installed).
     Cleanup(agent::CleanupArgs),
 }
 
-/// Logs go to stderr (coloured on a terminal), at `RUST_LOG`'s level or `info`.
+/// Changes the log filter, unless `RUST_LOG` set it (see [`set_log_filter`]).
+type LogFilterSetter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+static LOG_FILTER: std::sync::OnceLock<LogFilterSetter> = std::sync::OnceLock::new();
+
+/// Logs go to stderr (coloured on a terminal), at `RUST_LOG`'s level or `info`; without
+/// `RUST_LOG`, the agent sets the level from Felix's LogSeverityScreen ([`set_log_filter`]).
 pub fn init_tracing() {
-    tracing_subscriber::fmt()
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
-            }),
-        )
-        .init();
+        .with_env_filter(from_env.unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+        }))
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    if !fixed {
+        let _ = LOG_FILTER.set(Box::new(move |filter: &str| {
+            handle
+                .reload(tracing_subscriber::EnvFilter::new(filter))
+                .is_ok()
+        }));
+    }
+}
+
+/// Sets the log filter (like `info` or `debug`); false when `RUST_LOG` fixed it, or logging was
+/// not started by [`init_tracing`].
+pub fn set_log_filter(filter: &str) -> bool {
+    LOG_FILTER.get().is_some_and(|set| set(filter))
 }
 
 /// Runs the command `cli` names.
@@ -102,7 +125,7 @@ pub fn init_tracing() {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     use crate::datastore::WriteMode;
     match cli.command {
-        Command::Run(args) => agent::run(args).await,
+        Command::Run(args) => agent::run(*args).await,
         Command::Apply(args) => args.write(WriteMode::Apply).await,
         Command::Create(args) => args.write(WriteMode::Create).await,
         Command::Replace(args) => args.write(WriteMode::Replace).await,
@@ -115,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Microbench(args) => microbench::run(&args),
         Command::BirdBench(args) => bird_bench::run(&args),
         Command::Trace(args) => trace::run(args),
+        Command::Config(args) => agent::config(args).await,
         Command::Cleanup(args) => agent::cleanup(&args).await,
     }
 }

@@ -5,7 +5,8 @@
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
 //!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
 //!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `IPPool`, `IPAMConfiguration`,
-//!   `Node`, and the BGP kinds `BGPConfiguration` and `BGPPeer`; other kinds are kept untyped.
+//!   `Node`, the BGP kinds `BGPConfiguration` and `BGPPeer`, and `FelixConfiguration`; other
+//!   kinds are kept untyped.
 //!   Selectors stay text:
 //!   [`Resource::selector_fields`] lists them for the selector parser.
 //! - [`selector`]: Calico's selector language, beside the resource types whose fields use it;

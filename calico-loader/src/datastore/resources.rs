@@ -17,7 +17,8 @@
 //!   they are keyed in etcd ([`PolicyKeys`]);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
 //!   `profile`, `tier`, `network_set` (with what both set kinds share), `global_network_set`,
-//!   `ip_pool`, `ipam_configuration`, `node`, `bgp_configuration`, `bgp_peer`;
+//!   `ip_pool`, `ipam_configuration`, `node`, `bgp_configuration`, `bgp_peer`,
+//!   `felix_configuration`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
 //!
 //! Checks on a single value (an address, a name, a port) run while deserializing, so serde
@@ -26,6 +27,7 @@
 
 mod bgp_configuration;
 mod bgp_peer;
+mod felix_configuration;
 mod fields;
 mod global_network_policy;
 mod global_network_set;
@@ -54,6 +56,10 @@ pub use bgp_peer::{
     BgpPassword, BgpPeer, BgpPeerSpec, MAX_KEEPALIVE_SECS, MAX_PASSWORD_LEN, MAX_RESTART_SECS,
     NextHopMode, PasswordSource, PeerAddress, ReversePeering, SecretKeySelector, SourceAddress,
     check_password,
+};
+pub use felix_configuration::{
+    DEFAULT_FELIX_CONFIGURATION, FelixConfiguration, FelixConfigurationSpec,
+    NODE_FELIX_CONFIGURATION_PREFIX,
 };
 pub use fields::{AsNumber, Dscp, FieldError, MacAddr, Protocol};
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};

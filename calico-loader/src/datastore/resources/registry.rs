@@ -19,6 +19,7 @@ use std::fmt;
 use super::{
     bgp_configuration::BgpConfiguration,
     bgp_peer::BgpPeer,
+    felix_configuration::FelixConfiguration,
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
     global_network_set::GlobalNetworkSet,
@@ -66,7 +67,7 @@ registry! {
     /// BGP route filter.
     BgpFilter => untyped(KindInfo::cluster("BGPFilter", "bgpfilters", &["bgpf", "bgpfs", "bf", "bfs"])),
     /// Felix (per-node agent) settings.
-    FelixConfiguration => untyped(KindInfo::cluster("FelixConfiguration", "felixconfigurations", &["felixconfig", "felixconfigs"])),
+    FelixConfiguration => typed(FelixConfiguration),
     /// Cluster-wide information.
     ClusterInformation => untyped(KindInfo::cluster("ClusterInformation", "clusterinformations", &["clusterinfo", "clusterinfos"])),
     /// A Calico node.
