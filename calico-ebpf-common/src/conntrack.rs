@@ -69,6 +69,10 @@ pub struct ConntrackValue {
     pub egress_rule: u32,
     pub ingress_rule: u32,
     pub _pad2: u32,
+    /// Only in the test-only `next-layout` build: a field the current layout does not have, so
+    /// that an upgrade to that build must convert every entry.
+    #[cfg(feature = "next-layout")]
+    pub next_layout_field: u64,
 }
 
 const SECOND_NS: u64 = 1_000_000_000;

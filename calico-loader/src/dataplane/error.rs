@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{
     attach::AttachError, bpffs::BpffsError, conntrack::ConntrackError, handles::HandleError,
-    maps::MapsError, netlink::NetlinkError, versions::VersionError,
+    maps::MapsError, netlink::NetlinkError, upgrade::UpgradeError, versions::VersionError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +29,8 @@ pub enum DataplaneError {
         path: PathBuf,
         source: aya::maps::MapError,
     },
-    #[error(
-        "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
-         resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
-    )]
-    ConntrackSize {
-        path: PathBuf,
-        found: u32,
-        wanted: u32,
-    },
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
     /// A policy switch that must program every endpoint could not program this one (see

@@ -13,7 +13,8 @@
 //! - [`conntrack::Conntrack`]: the conntrack table (expiry; listing);
 //! - [`nat::NatManager`]: outgoing NAT for natOutgoing pools, an nftables table in the kernel.
 //!
-//! [`object`] loads the kernel object and adopts or removes the pins; [`maps`] opens every map;
+//! [`object`] loads the kernel object and adopts or removes the pins, and [`upgrade`] replaces
+//! pinned maps of an older layout make-before-break; [`maps`] opens every map;
 //! [`switch::switch_policy`] is the one ordered sequence that brings new policy into force.
 //! This module only says in which order the managers run.
 
@@ -32,6 +33,7 @@ pub mod private;
 pub mod routes;
 pub mod switch;
 pub mod sysctl;
+pub mod upgrade;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -54,7 +56,10 @@ use self::{
 };
 pub use self::{
     error::DataplaneError,
-    object::{KERNEL_OBJECT, load_object, load_object_with, load_private_object, remove_pins},
+    object::{
+        KERNEL_OBJECT, load_object, load_object_for_agent, load_object_with, load_private_object,
+        remove_pins,
+    },
     switch::map_contents,
 };
 use crate::model::{
@@ -88,6 +93,8 @@ pub struct ApplyReport {
     pub errors: Vec<String>,
     /// The tap endpoints (VMs) with an IPv4 address: the agent's DHCP server answers them.
     pub dhcp_clients: Vec<crate::dhcp::Client>,
+    /// This apply finished an upgrade of the pinned maps.
+    pub upgraded: bool,
 }
 
 /// The programmed dataplane of this host.
@@ -102,6 +109,8 @@ pub struct Dataplane {
     conntrack: Conntrack,
     nat: NatManager,
     log_events: Option<LogEvents>,
+    /// A replacement of pinned maps under way, finished after the first apply.
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 impl Dataplane {
@@ -113,7 +122,7 @@ impl Dataplane {
         conntrack_entries: u32,
         data_interfaces: Regex,
     ) -> Result<Self, DataplaneError> {
-        let mut ebpf = load_object_with(&layout, conntrack_entries)?;
+        let (mut ebpf, upgrade) = load_object_for_agent(&layout, conntrack_entries)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         let nodes = maps.read()?.nodes;
         let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
@@ -136,6 +145,7 @@ impl Dataplane {
             conntrack,
             nat: NatManager::new(),
             log_events,
+            upgrade,
             layout,
         })
     }
@@ -230,6 +240,20 @@ impl Dataplane {
         // The kernel's routes and neighbours for host-originated traffic.
         let kernel_errors = self.routes.sync_kernel(endpoints).await?;
         report.errors.extend(kernel_errors);
+
+        // Every program now runs with the new maps: they take the old maps' pins.
+        if let Some(upgrade) = self.upgrade.take() {
+            for (map, carried) in upgrade.finish()? {
+                tracing::info!(
+                    map,
+                    copied = carried.copied,
+                    lost = carried.lost,
+                    "copied what the old programs tracked meanwhile"
+                );
+            }
+            tracing::info!("upgrade of the pinned maps finished");
+            report.upgraded = true;
+        }
         Ok(report)
     }
 
