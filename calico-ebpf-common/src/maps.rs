@@ -375,8 +375,8 @@ mod docs_table {
 
     fn render() -> String {
         let mut out = String::from(
-            "| Name | Kind | Key | Value | Max entries | Flags | Version | What it holds |\n\
-             |---|---|---|---|---:|---|---:|---|\n",
+            "| Name | Kind | Key | Value | Max entries | Flags | Version | On upgrade | What it holds |\n\
+             |---|---|---|---|---:|---|---:|---|---|\n",
         );
         for def in ALL {
             let key = match def.kind {
@@ -404,7 +404,7 @@ mod docs_table {
             };
             let doc: Vec<&str> = def.doc.lines().map(str::trim).collect();
             out.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 def.name,
                 def.kind.as_str(),
                 key,
@@ -412,6 +412,7 @@ mod docs_table {
                 max,
                 flags,
                 def.version,
+                def.on_upgrade.as_str(),
                 doc.join(" ")
             ));
         }
