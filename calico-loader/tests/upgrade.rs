@@ -177,6 +177,22 @@ mod privileged {
             .unwrap_or_else(|| panic!("no conntrack entry for the stream in {rows}"))
     }
 
+    /// The id of the link pinned at `path` (`bpftool link show pinned`), and its program's id.
+    fn link_ids(path: &std::path::Path) -> (u64, u64) {
+        let output = Command::new("bpftool")
+            .args(["link", "show", "pinned"])
+            .arg(path)
+            .arg("-j")
+            .output()
+            .expect("run bpftool");
+        let link: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("bpftool link show pinned {}: {e}", path.display()));
+        (
+            link["id"].as_u64().expect("link id"),
+            link["prog_id"].as_u64().expect("program id"),
+        )
+    }
+
     /// Packets `binary`'s `dump counters` says policy denied on `ifname`.
     fn policy_drops(binary: &str, agent: &Agent, ifname: &str) -> u64 {
         let rows = dump(binary, agent, "counters");
@@ -202,16 +218,34 @@ mod privileged {
     }
 
     #[test]
-    fn an_upgrade_to_new_map_layouts_carries_the_flows_and_loses_nothing() {
+    fn an_upgrade_to_new_map_layouts_carries_the_flows_and_loses_nothing_tc() {
+        upgrade_between_builds(&[]);
+    }
+
+    #[test]
+    fn an_upgrade_to_new_map_layouts_carries_the_flows_and_loses_nothing_xdp() {
+        upgrade_between_builds(&["--attach-mode", "xdp"]);
+    }
+
+    /// The agent under test, then the `next-layout` build on its pins, both with `mode_args`.
+    fn upgrade_between_builds(mode_args: &[&str]) {
         let next = next_layout_agent();
         let topology = Topology::new(2);
+        if mode_args.contains(&"xdp") {
+            topology.prepare_for_xdp();
+        }
         let datastore = Datastore::new();
         write_endpoints(&datastore, &topology);
         let (wl1, wl2) = (topology.workload(1), topology.workload(2));
         let pin_path = PathBuf::from("/sys/fs/bpf").join(unique("calico-upgrade-"));
 
-        let old =
-            Agent::start_with_pins(&topology, &datastore, "upgrade-node", pin_path.clone(), &[]);
+        let old = Agent::start_with_pins(
+            &topology,
+            &datastore,
+            "upgrade-node",
+            pin_path.clone(),
+            mode_args,
+        );
         old.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
         assert!(
             wl1.ping(IpAddr::V4(wl2.v4)),
@@ -231,20 +265,25 @@ mod privileged {
             std::mem::size_of::<ConntrackValue>()
         );
 
+        let xdp_link = pin_path.join("links").join(&wl1.host_ifname).join("xdp");
+        let xdp_before = mode_args.contains(&"xdp").then(|| link_ids(&xdp_link));
+
         // The old agent dies; its programs keep forwarding. The next build takes over.
         old.forget();
         let upgrade_started = Instant::now();
         let run_dir = tempfile::tempdir().expect("run dir");
+        let mut args = vec![
+            "--datastore",
+            datastore.path().to_str().expect("UTF-8 path"),
+        ];
+        args.extend_from_slice(mode_args);
         let new = Agent::spawn_binary(
             &next,
             &topology.host.path(),
             "upgrade-node",
             pin_path.clone(),
             run_dir.path().join("calico"),
-            &[
-                "--datastore",
-                datastore.path().to_str().expect("UTF-8 path"),
-            ],
+            &args,
             &[],
         );
         wait_for_log(&new, "upgrade of the pinned maps finished");
@@ -257,6 +296,16 @@ mod privileged {
             "cali_routes_v4",
         ] {
             assert!(log.contains(map), "the upgrade names {map}; log:\n{log}");
+        }
+
+        // In XDP mode the interface's one XDP link stayed, and got the new program in place.
+        if let Some((link, program)) = xdp_before {
+            let (link_after, program_after) = link_ids(&xdp_link);
+            assert_eq!(link_after, link, "the XDP link was updated, not replaced");
+            assert_ne!(
+                program_after, program,
+                "the XDP link runs the new build's program"
+            );
         }
 
         // The new conntrack map took the old one's pin, with the new layout.
@@ -295,6 +344,7 @@ mod privileged {
             .arg(datastore.path())
             .arg("--pin-path")
             .arg(&pin_path)
+            .args(mode_args)
             .output()
             .expect("run the older agent");
         let stderr = String::from_utf8_lossy(&older.stderr);

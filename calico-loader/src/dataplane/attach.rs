@@ -4,7 +4,8 @@
 //! A pinned link outlives the agent: when the agent exits (without `--detach-on-exit`) the
 //! programs stay attached and keep forwarding with the pinned maps, as Calico does, so a restart
 //! or upgrade does not interrupt traffic. A new agent attaches its own programs first and only
-//! then removes the old links (TCX runs the newest first), so there is no gap on TC hooks.
+//! then removes the old links (TCX runs the newest first), so there is no gap on TC hooks; on
+//! XDP, which takes one program per interface, it gives the pinned link its program atomically.
 
 use std::{
     fs, io,
@@ -18,6 +19,7 @@ use aya::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
+        xdp::XdpLink,
     },
 };
 use calico_ebpf_common::program_names;
@@ -235,9 +237,29 @@ impl Attacher {
                     })?
                 }
                 Hook::XdpFromWorkload | Hook::XdpFromData => {
-                    // An interface takes one XDP link: the old one must go first.
-                    remove_pin(&path)?;
                     let program = xdp(ebpf, hook.program())?;
+                    // An interface takes one XDP link. An earlier agent's link is given this
+                    // program atomically (BPF_LINK_UPDATE), so no frame meets no program; a
+                    // link that no longer works (its interface was recreated) is replaced.
+                    if let Some(link) = pinned_xdp_link(&path)
+                        && let Ok(id) = program.attach_to_link(link)
+                    {
+                        let link = program.take_link(id).map_err(err)?;
+                        let link = FdLink::try_from(link).map_err(|source| AttachError::Link {
+                            ifname: ifname.to_owned(),
+                            hook,
+                            source,
+                        })?;
+                        remove_pin(&path)?;
+                        link.pin(&path).map_err(|source| AttachError::Pin {
+                            ifname: ifname.to_owned(),
+                            hook,
+                            path: path.clone(),
+                            source,
+                        })?;
+                        continue;
+                    }
+                    remove_pin(&path)?;
                     let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
                         Ok(id) => id,
                         // A NIC whose driver has no XDP of its own gets the generic hook.
@@ -280,6 +302,15 @@ impl Attacher {
     pub fn detach(&self, ifname: &str) -> Result<(), AttachError> {
         detach_interface(&self.layout, ifname)
     }
+}
+
+/// The XDP link pinned at `path` by an earlier agent, if there is one.
+fn pinned_xdp_link(path: &Path) -> Option<XdpLink> {
+    if !path.exists() {
+        return None;
+    }
+    let link = PinnedLink::from_pin(path).ok()?;
+    XdpLink::try_from(FdLink::from(link)).ok()
 }
 
 /// Detaches every program from `ifname` by removing its pinned links.
