@@ -20,7 +20,8 @@ mod error;
 pub mod model;
 
 pub use daemon::{
-    Bird, BirdSettings, ProtocolStatus, Reload, birdc_at, parse_protocols, protocols_at, socket_path,
+    Bird, BirdSettings, ProtocolStatus, Reload, birdc_at, parse_protocols, protocols_at,
+    socket_path,
 };
 pub use error::BgpError;
 pub use model::{
