@@ -389,6 +389,17 @@ fn parse_transport(
                 flow.ct_dport = id;
                 return Some(());
             }
+            // Neighbour discovery and errors only in the family's own ICMP: ICMPv6 carried
+            // by IPv4 (or ICMP by IPv6) is no housekeeping and relates to no flow, whatever
+            // its type says.
+            let own = if flow.family == 4 {
+                flow.proto == IPPROTO_ICMP
+            } else {
+                flow.proto == IPPROTO_ICMPV6
+            };
+            if !own {
+                return Some(());
+            }
             if flow.proto == IPPROTO_ICMPV6 && (130..=137).contains(&icmp_type) {
                 flow.kind = flow_kind::NEIGHBOUR_DISCOVERY;
                 return Some(());

@@ -205,6 +205,15 @@ fn transport(
             if echo {
                 return Some(flow);
             }
+            // Housekeeping and errors only in the family's own ICMP.
+            let own = if src.is_ipv4() {
+                protocol == proto::ICMP
+            } else {
+                protocol == proto::ICMPV6
+            };
+            if !own {
+                return Some(flow);
+            }
             if protocol == proto::ICMPV6 && (130..=137).contains(&icmp_type) {
                 flow.kind = FlowKind::NeighbourDiscovery;
                 return Some(flow);
@@ -350,5 +359,15 @@ mod tests {
             flow(&v6_frame(proto::DSTOPTS, &long, &TCP_80)).tuple.dport,
             80
         );
+    }
+
+    #[test]
+    fn icmpv6_carried_by_ipv4_is_neither_housekeeping_nor_an_error() {
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 58, 0, 0]);
+        frame.extend_from_slice(&[198, 18, 0, 1, 198, 18, 0, 2]);
+        frame.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+        let ipv4 = flow(&frame);
+        assert_eq!((ipv4.kind, ipv4.tuple.dport), (FlowKind::Normal, 135 << 8));
     }
 }
