@@ -323,6 +323,16 @@ mod resources {
         }
     }
 
+    /// Found by the target: YAML (and editors) break lines at a lone CR too, so an error's
+    /// line may be past the file's count of LFs; it must stay within YAML's count.
+    #[test]
+    fn resource_error_lines_count_carriage_returns() {
+        let text = "\u{fffd}A li\r A li\r\u{fffd}A li\r\ns A li\ri\r\n<<: *a\ns A li\r";
+        assert!(!check(text), "rejected");
+        let errors = parse_file("f.yaml", text).expect_err("not a resource");
+        assert!(errors.iter().any(|e| e.line > Some(text.lines().count())));
+    }
+
     #[test]
     fn resource_parser() {
         const TARGET: &str = "resources";

@@ -11,7 +11,8 @@
 //! changed, cut short); and a sweep of representative packets cut at every length, with and
 //! without their length fields matching the cut.
 //!
-//! The RNG is seeded: `PACKET_FUZZ_SEED` picks the seed (default fixed, so CI is
+//! The committed corpus (`tests/fuzz_seeds/packets.txt`: frames found earlier and hand-made
+//! ones) runs first. The RNG is seeded: `PACKET_FUZZ_SEED` picks the seed (default fixed, so CI is
 //! reproducible), `PACKET_FUZZ_COUNT` the number of random packets (default 3000). A failure
 //! prints the seed, the packet's index and bytes. docs/fuzzing.md has the longer run.
 //!
@@ -910,6 +911,23 @@ spec:
                 frame.iter().map(|b| format!("{b:02x}")).collect::<String>()
             )
         };
+
+        // The committed corpus: frames found earlier, and hand-made ones.
+        let corpus = include_str!("fuzz_seeds/packets.txt");
+        let mut what = "";
+        for line in corpus.lines() {
+            if let Some(comment) = line.strip_prefix("# ") {
+                what = comment;
+                continue;
+            }
+            let frame: Vec<u8> = (0..line.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex frame"))
+                .collect();
+            if let Err(e) = check(&mut f, &reference, &frame) {
+                fail(&format!("corpus frame {what:?}"), &frame, e);
+            }
+        }
 
         // Every length of representative packets, with and without lengths that match.
         let mut swept = 0;
