@@ -2,8 +2,9 @@
 //! compared with the userspace reference: the mirror of the programs' parse
 //! (`calico_loader::model::frame`), the reference policy evaluator
 //! (`calico_loader::model::compile::evaluate`) and the from-workload pipeline's steps. Every
-//! packet goes through `calico_tc_from_wl`, `calico_xdp_from_wl` and, for each endpoint whose
-//! own address the packet carries, `calico_trace`; no verdict may differ and nothing may fail.
+//! packet goes through `calico_tc_from_wl`, `calico_xdp_from_wl`, `calico_tc_to_wl` and, for
+//! each endpoint whose own address the packet carries, `calico_trace`; no verdict may differ
+//! and nothing may fail.
 //!
 //! The packets: IPv4 (options, fragments, TTLs), IPv6 (chains of extension headers, first and
 //! non-first fragments), TCP, UDP, UDP-Lite, SCTP, ICMP and ICMPv6 (echo, errors quoting a
@@ -105,6 +106,19 @@ spec:
 ---
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
+metadata: {name: sender-in, namespace: test}
+spec:
+  selector: role == 'sender'
+  types: [Ingress]
+  ingress:
+  - {action: Allow, protocol: UDP, destination: {ports: ["50:60"]}}
+  - {action: Allow, protocol: ICMPv6, icmp: {type: 129}}
+  - {action: Allow, protocol: TCP, source: {nets: [198.18.0.0/24]}, destination: {ports: [8080, 80]}}
+  - {action: Deny, protocol: ICMP}
+  - {action: Allow, source: {selector: role == 'receiver'}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
 metadata: {name: receiver-in, namespace: test}
 spec:
   selector: role == 'receiver'
@@ -197,7 +211,11 @@ spec:
                 panic!("cannot load the kernel object ({e}); this test needs root")
             });
             let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf).expect("maps");
-            for name in [program_names::TC_FROM_WORKLOAD, program_names::TRACE] {
+            for name in [
+                program_names::TC_FROM_WORKLOAD,
+                program_names::TC_TO_WORKLOAD,
+                program_names::TRACE,
+            ] {
                 let program: &mut SchedClassifier = ebpf
                     .program_mut(name)
                     .expect(name)
@@ -411,16 +429,38 @@ spec:
             if !self.verdict(self.sender, Direction::Egress, &tuple) {
                 return Some(Fate::Drop);
             }
-            if !is_receiver(tuple.dst) {
+            let target = if is_receiver(tuple.dst) {
+                self.receiver
+            } else if is_sender(tuple.dst) {
+                self.sender
+            } else {
                 return Some(Fate::Pass);
-            }
-            if !self.verdict(self.receiver, Direction::Ingress, &tuple) {
+            };
+            if !self.verdict(target, Direction::Ingress, &tuple) {
                 return Some(Fate::Drop);
             }
             Some(if flow.hop_limit <= 1 {
                 Fate::Pass
             } else {
                 Fate::Redirect
+            })
+        }
+    }
+
+    impl Reference<'_> {
+        /// What `calico_tc_to_wl` does with `frame` the kernel sends to the sender (the
+        /// loopback's endpoint): its ingress policy, for which the kernel's tables hold the
+        /// sender's own destination addresses only.
+        fn to_workload_fate(&self, frame: &[u8]) -> Option<Fate> {
+            Some(match frame::parse(frame) {
+                Frame::Malformed => Fate::Drop,
+                Frame::Other | Frame::Arp => Fate::Pass,
+                Frame::Ip(flow) if flow.kind == FlowKind::NeighbourDiscovery => Fate::Pass,
+                Frame::Ip(flow) => {
+                    let allowed = is_sender(flow.tuple.dst)
+                        && self.verdict(self.sender, Direction::Ingress, &flow.tuple);
+                    if allowed { Fate::Pass } else { Fate::Drop }
+                }
             })
         }
     }
@@ -470,14 +510,34 @@ spec:
                 ));
             }
         }
+        if frame.len() >= test_run_minimum("tc", frame) {
+            f.forget_flows();
+            let verdict = f
+                .run_tc(program_names::TC_TO_WORKLOAD, frame, None)
+                .map_err(|e| format!("to-workload: BPF_PROG_TEST_RUN failed: {e}"))?;
+            let expected = match reference.to_workload_fate(frame) {
+                Some(Fate::Drop) => TC_ACT_SHOT,
+                _ => TC_ACT_OK,
+            };
+            if verdict != expected {
+                return Err(format!(
+                    "to-workload: verdict {verdict}, expected {expected} ({parsed:?})"
+                ));
+            }
+        }
         // The policy verdict and the deciding rule, at each endpoint whose own address the
         // packet carries (the kernel's tables hold entries for those only).
         let sides = match parsed {
             Frame::Ip(flow) => [
                 (is_sender(flow.tuple.src), SENDER_IFINDEX, false),
                 (is_receiver(flow.tuple.dst), RECEIVER_IFINDEX, true),
+                (is_sender(flow.tuple.dst), SENDER_IFINDEX, true),
             ],
-            _ => [(true, SENDER_IFINDEX, false), (false, 0, false)],
+            _ => [
+                (true, SENDER_IFINDEX, false),
+                (false, 0, false),
+                (false, 0, false),
+            ],
         };
         for (applies, ifindex, ingress) in sides {
             if !applies || frame.len() < test_run_minimum("tc", frame) {
@@ -490,8 +550,10 @@ spec:
                     (trace_decided_by::CONNTRACK, verdict_action::ALLOW, None)
                 }
                 Frame::Ip(flow) => {
-                    let (wep, direction) = if ingress {
+                    let (wep, direction) = if ingress && ifindex == RECEIVER_IFINDEX {
                         (reference.receiver, Direction::Ingress)
+                    } else if ingress {
+                        (reference.sender, Direction::Ingress)
                     } else {
                         (reference.sender, Direction::Egress)
                     };
@@ -539,10 +601,12 @@ spec:
             (false, 0) => IpAddr::V4(BLACKHOLE_V4),
             (false, 1) => IpAddr::V4(NOT_OURS_V4),
             (false, 2) => IpAddr::V4(Ipv4Addr::from(rng.next() as u32)),
+            (false, 3 | 4) => IpAddr::V4(SENDER_V4),
             (false, _) => IpAddr::V4(RECEIVER_V4),
             (true, 0) => IpAddr::V6("ff02::1:2".parse().expect("address")),
             (true, 1) => IpAddr::V6("fe80::ecee:eeff:feee:eeee".parse().expect("address")),
             (true, 2) => IpAddr::V6(NOT_OURS_V6),
+            (true, 3 | 4) => IpAddr::V6(SENDER_V6),
             (true, _) => IpAddr::V6(RECEIVER_V6),
         }
     }
@@ -740,7 +804,15 @@ spec:
                 58,
             ])
         };
-        let (src, dst) = (sender_or(rng, v6), destination(rng, v6));
+        let (mut src, dst) = (sender_or(rng, v6), destination(rng, v6));
+        // Half the packets to the sender come from the receiver (the other way round).
+        if is_sender(dst) && rng.chance(50) {
+            src = if v6 {
+                IpAddr::V6(RECEIVER_V6)
+            } else {
+                IpAddr::V4(RECEIVER_V4)
+            };
+        }
         let l4 = transport(rng, protocol, v6);
         let mut ip = ip_header(rng, src, dst, protocol, l4.len());
         ip.extend_from_slice(&l4);
@@ -954,18 +1026,25 @@ spec:
             *fates
                 .entry(format!("{:?}", reference.fate(&frame)))
                 .or_default() += 1;
+            *fates
+                .entry(format!(
+                    "to-workload {:?}",
+                    reference.to_workload_fate(&frame)
+                ))
+                .or_default() += 1;
         }
         eprintln!("packet fuzz: {swept} cut packets, {count} random ones: {fates:?}");
         // The generator reaches every outcome.
-        for fate in [Fate::Drop, Fate::Pass, Fate::Redirect] {
-            assert!(
-                fates
-                    .get(&format!("{:?}", Some(fate)))
-                    .copied()
-                    .unwrap_or(0)
-                    > count / 50,
-                "few packets met {fate:?}: {fates:?}"
-            );
+        let outcomes = [
+            format!("{:?}", Some(Fate::Drop)),
+            format!("{:?}", Some(Fate::Pass)),
+            format!("{:?}", Some(Fate::Redirect)),
+            format!("to-workload {:?}", Some(Fate::Drop)),
+            format!("to-workload {:?}", Some(Fate::Pass)),
+        ];
+        for outcome in outcomes {
+            let met = fates.get(&outcome).copied().unwrap_or(0);
+            assert!(met > count / 50, "few packets met {outcome}: {fates:?}");
         }
     }
 }
