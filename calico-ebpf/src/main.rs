@@ -50,15 +50,30 @@ use forward::{Tc, Xdp};
 /// (40 + 8 + 40 + 8).
 const HEADROOM_TO_PULL: u32 = 14 + 60 + 8 + 60 + 8;
 
+/// The same for IPv6 with extension headers: Ethernet, the IPv6 header, the most extension
+/// headers the parse follows, and an ICMPv6 error quoting an IPv6 header and eight bytes.
+const HEADROOM_WITH_EXTENSIONS: u32 =
+    14 + 40 + packet::IPV6_MAX_EXTENSION_BYTES as u32 + 8 + 40 + 8;
+
 /// Makes the headers the pipeline reads directly readable: direct packet access covers only the
 /// linear part of the skb. A TCP or UDP packet whose IP header is already linear needs its
 /// transport header, no more: pulling further would move payload out of a large segment's page
 /// fragments into a reallocated head (a TSO segment's linear part ends with its TCP header).
-/// Anything else gets the first [`HEADROOM_TO_PULL`] bytes (or the whole packet).
+/// Anything else gets the first [`HEADROOM_TO_PULL`] bytes (or the whole packet), and IPv6 with
+/// extension headers [`HEADROOM_WITH_EXTENSIONS`].
 #[inline(always)]
 fn pull_headers(ctx: &TcContext) {
+    pull(ctx, HEADROOM_TO_PULL);
+    if packet::has_ipv6_extension_headers(ctx.data(), ctx.data_end()) {
+        pull(ctx, HEADROOM_WITH_EXTENSIONS);
+    }
+}
+
+/// Pulls the transport header, or the first `headroom` bytes, into the linear area.
+#[inline(always)]
+fn pull(ctx: &TcContext, headroom: u32) {
     let len = ctx.len();
-    let full = len.min(HEADROOM_TO_PULL);
+    let full = len.min(headroom);
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear >= full {
         return;

@@ -774,6 +774,67 @@ mod privileged {
         assert_eq!(f.counters(SENDER_IFINDEX).neighbour_replies, 0);
     }
 
+    /// What the verifier walked for each program, printed (`--nocapture`) so that a change to
+    /// the kernel code shows its cost; each must stay under a budget well inside the kernel's
+    /// limit of one million.
+    #[test]
+    fn verifier_instruction_counts_stay_within_budget() {
+        const BUDGET: u32 = 500_000;
+        require_root();
+        let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
+            panic!("cannot load the kernel object ({e}); program tests need root")
+        });
+        let mut counts = Vec::new();
+        for name in [
+            program_names::TC_FROM_WORKLOAD,
+            program_names::TC_TO_WORKLOAD,
+            program_names::TC_FROM_DATA,
+            program_names::TRACE,
+        ] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect(name)
+                .try_into()
+                .expect("classifier");
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+            let info = program.info().expect("program info");
+            counts.push((
+                name,
+                info.verified_instruction_count(),
+                info.size_translated(),
+            ));
+        }
+        for name in [
+            program_names::XDP_FROM_WORKLOAD,
+            program_names::XDP_FROM_DATA,
+        ] {
+            let program: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+            let info = program.info().expect("program info");
+            counts.push((
+                name,
+                info.verified_instruction_count(),
+                info.size_translated(),
+            ));
+        }
+        for (name, verified, translated) in &counts {
+            eprintln!(
+                "{name:<20} verified instructions: {:>7}  translated bytes: {:>6}",
+                verified.map_or("?".into(), |v| v.to_string()),
+                translated.map_or("?".into(), |v| v.to_string())
+            );
+            let verified = verified.expect("the kernel reports verified instruction counts");
+            assert!(
+                verified < BUDGET,
+                "{name}: {verified} verified instructions"
+            );
+        }
+    }
+
     #[test]
     fn the_microbenchmark_forwards_and_measures() {
         require_root();
