@@ -207,6 +207,8 @@ pub mod rule_kind {
     pub const PROFILE_RULE: u8 = 3;
     /// Nothing allowed the packet: the deny after the profiles.
     pub const NO_MATCH: u8 = 4;
+    /// No policy decided a packet forwarded through a host endpoint: it is allowed.
+    pub const FORWARD_DEFAULT: u8 = 5;
 }
 
 /// Values of direction fields: [`RuleInfo::direction`], [`LogEvent::direction`],

@@ -458,6 +458,7 @@ pub fn rule_words(info: &calico_ebpf_common::RuleInfo) -> (String, String, Strin
         rule_kind::TIER_DEFAULT => "tier-default",
         rule_kind::PROFILE_RULE => "profile-rule",
         rule_kind::NO_MATCH => "no-match",
+        rule_kind::FORWARD_DEFAULT => "forward-default",
         _ => "unknown",
     };
     let direction = if info.direction == calico_ebpf_common::direction::INGRESS {
