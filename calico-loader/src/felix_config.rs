@@ -275,6 +275,34 @@ impl FelixConfig {
         }
     }
 
+    /// What the dataplane does for the host itself: workloads' traffic to the host
+    /// (`DefaultEndpointToHostAction`) and the failsafe ports.
+    pub fn host_settings(&self) -> crate::dataplane::host_endpoints::HostSettings {
+        use crate::dataplane::host_endpoints::{Failsafe, HostSettings};
+        let failsafes = |ports: &FailsafePorts, inbound: bool| {
+            ports
+                .0
+                .iter()
+                .map(move |port| Failsafe {
+                    inbound,
+                    proto: match port.protocol.as_str() {
+                        "udp" => 17,
+                        "sctp" => 132,
+                        _ => 6,
+                    },
+                    port: port.port,
+                    net: port.net,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = failsafes(&self.failsafe_inbound_host_ports.value, true);
+        all.extend(failsafes(&self.failsafe_outbound_host_ports.value, false));
+        HostSettings {
+            to_host_drop: self.default_endpoint_to_host_action.value == EndpointToHostAction::Drop,
+            failsafes: all,
+        }
+    }
+
     /// Every implemented setting: its Felix name, its value as text, and its source.
     pub fn table(&self) -> Vec<(&'static str, String, &Source)> {
         macro_rules! rows {
@@ -915,15 +943,8 @@ impl Watch {
         for (name, source) in &running.unused {
             tracing::info!(%source, "Felix setting {name} is accepted and not used by this dataplane");
         }
-        if running.default_endpoint_to_host_action.source != Source::Default
-            || running.failsafe_inbound_host_ports.source != Source::Default
-            || running.failsafe_outbound_host_ports.source != Source::Default
-            || running.interface_prefix.source != Source::Default
-        {
-            tracing::info!(
-                "DefaultEndpointToHostAction, FailsafeInboundHostPorts, FailsafeOutboundHostPorts \
-                 and InterfacePrefix are parsed and checked, not enforced yet (no host endpoints)"
-            );
+        if running.interface_prefix.source != Source::Default {
+            tracing::info!("InterfacePrefix is parsed and checked, not used yet");
         }
         Self {
             sources,

@@ -147,11 +147,32 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
     }
 }
 
+/// A host endpoint of this node, as the dataplane needs it: which interface it covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalHostEndpoint {
+    /// The HostEndpoint's name.
+    pub name: String,
+    /// `interfaceName`: a name, `"*"`, or none (the interface holding an expected IP).
+    pub interface_name: Option<String>,
+    pub expected_ips: Vec<IpAddr>,
+}
+
+impl LocalHostEndpoint {
+    fn all_interfaces(&self) -> bool {
+        self.interface_name.as_deref() == Some(crate::datastore::resources::ALL_INTERFACES)
+    }
+}
+
 /// The HostEndpoints of `node`, in name order.
-pub fn local_host_endpoints<'s>(snapshot: &'s Snapshot, node: &str) -> Vec<&'s HostEndpoint> {
+pub fn local_host_endpoints(snapshot: &Snapshot, node: &str) -> Vec<LocalHostEndpoint> {
     snapshot
         .all::<HostEndpoint>()
         .filter(|hep| hep.spec.node == node)
+        .map(|hep| LocalHostEndpoint {
+            name: hep.name().to_owned(),
+            interface_name: hep.spec.interface_name.clone(),
+            expected_ips: hep.spec.expected_ips.clone(),
+        })
         .collect()
 }
 
@@ -170,7 +191,7 @@ pub struct InterfaceAssignment {
 /// `expectedIPs` address of an endpoint without an interface name; else the `"*"` endpoint's.
 /// Where two endpoints claim one interface in the same way, the first by name wins.
 pub fn assign_interfaces(
-    heps: &[&HostEndpoint],
+    heps: &[LocalHostEndpoint],
     interfaces: &BTreeMap<String, Vec<IpAddr>>,
 ) -> InterfaceAssignment {
     let mut out = InterfaceAssignment::default();
@@ -185,24 +206,24 @@ pub fn assign_interfaces(
         };
     // By name first, then by expected address.
     for hep in heps {
-        let Some(name) = hep.spec.interface_name.as_deref() else {
+        let Some(name) = hep.interface_name.as_deref() else {
             continue;
         };
-        if hep.spec.all_interfaces() {
+        if hep.all_interfaces() {
             continue;
         }
         if interfaces.contains_key(name) {
-            claim(name, hep.name(), &mut out);
+            claim(name, &hep.name, &mut out);
         } else {
             out.problems.push(format!(
                 "HostEndpoint {}: interface {name} is not a data interface of this host (or does \
                  not exist); its policy is not enforced",
-                hep.name()
+                hep.name
             ));
         }
     }
-    for hep in heps.iter().filter(|h| h.spec.interface_name.is_none()) {
-        let expected: BTreeSet<&IpAddr> = hep.spec.expected_ips.iter().collect();
+    for hep in heps.iter().filter(|h| h.interface_name.is_none()) {
+        let expected: BTreeSet<&IpAddr> = hep.expected_ips.iter().collect();
         let found: Vec<&String> = interfaces
             .iter()
             .filter(|(_, addresses)| addresses.iter().any(|a| expected.contains(a)))
@@ -212,28 +233,27 @@ pub fn assign_interfaces(
             out.problems.push(format!(
                 "HostEndpoint {}: no data interface of this host holds one of its expectedIPs; \
                  its policy is not enforced",
-                hep.name()
+                hep.name
             ));
         }
         for ifname in found {
             if !out.interfaces.contains_key(ifname) {
-                claim(ifname, hep.name(), &mut out);
+                claim(ifname, &hep.name, &mut out);
             }
         }
     }
-    let mut wildcards = heps.iter().filter(|h| h.spec.all_interfaces());
+    let mut wildcards = heps.iter().filter(|h| h.all_interfaces());
     if let Some(all) = wildcards.next() {
         for ifname in interfaces.keys() {
             if !out.interfaces.contains_key(ifname) {
-                claim(ifname, all.name(), &mut out);
+                claim(ifname, &all.name, &mut out);
             }
         }
         for other in wildcards {
             out.problems.push(format!(
                 "HostEndpoint {}: HostEndpoint {} already covers every interface (\"*\"); this one \
                  is not enforced",
-                other.name(),
-                all.name()
+                other.name, all.name
             ));
         }
     }
