@@ -130,7 +130,10 @@ impl fmt::Display for EndpointToHostAction {
     }
 }
 
-/// One failsafe port: `protocol:port`, or `protocol:net:port`.
+/// One failsafe port, as Felix's `FailsafeInboundHostPorts` and `FailsafeOutboundHostPorts`
+/// write them: `port` (TCP), `protocol:port`, or `protocol:net:port` (an IPv6 net in
+/// brackets, `tcp:[2001:db8::/32]:22`). The net limits the remote side: the source of inbound
+/// traffic, the destination of outbound traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailsafePort {
     /// `tcp`, `udp` or `sctp`.
@@ -141,9 +144,13 @@ pub struct FailsafePort {
 }
 
 impl fmt::Display for FailsafePort {
+    /// Felix's form: `protocol:port`, `protocol:net:port`, an IPv6 net in brackets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.net {
-            Some(net) => write!(f, "{}:{}:{}", self.protocol, net, self.port),
+            Some(net @ ipnet::IpNet::V4(_)) => write!(f, "{}:{}:{}", self.protocol, net, self.port),
+            Some(net @ ipnet::IpNet::V6(_)) => {
+                write!(f, "{}:[{}]:{}", self.protocol, net, self.port)
+            }
             None => write!(f, "{}:{}", self.protocol, self.port),
         }
     }
