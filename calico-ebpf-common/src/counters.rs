@@ -23,6 +23,9 @@ pub enum DropReason {
     /// The endpoint's compiled policy gave no verdict (it should always give one): dropped,
     /// never allowed.
     PolicyMissing = 6,
+    /// Traffic from a workload to the host itself, dropped by `DefaultEndpointToHostAction`
+    /// after the workload's egress policy allowed it.
+    EndpointToHost = 7,
 }
 
 /// Number of slots in [`EndpointCounters::drops`].
@@ -30,7 +33,7 @@ pub const DROP_REASONS: usize = 8;
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::SpoofedSource,
         Self::Blackhole,
         Self::Malformed,
@@ -38,6 +41,7 @@ impl DropReason {
         Self::RedirectFailed,
         Self::PolicyDenied,
         Self::PolicyMissing,
+        Self::EndpointToHost,
     ];
 
     /// A short lowercase name for tables and JSON.
@@ -50,6 +54,7 @@ impl DropReason {
             Self::RedirectFailed => "redirect-failed",
             Self::PolicyDenied => "policy-denied",
             Self::PolicyMissing => "policy-missing",
+            Self::EndpointToHost => "endpoint-to-host",
         }
     }
 }

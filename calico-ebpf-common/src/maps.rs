@@ -168,6 +168,9 @@ crate::user_pod!(VersionRecord);
 /// which users hit).
 pub const ENDPOINTS_MAX: u32 = 16_384;
 
+/// Most data interfaces with a host endpoint on one host.
+pub const HOST_ENDPOINTS_MAX: u32 = 256;
+
 /// Hands the list of every map to `$callback!`, one entry per map:
 ///
 /// ```text
@@ -259,6 +262,20 @@ macro_rules! for_each_map {
             FloatingIps FLOATING_IPS "cali_fips"
                 Hash<$crate::floating_ips::FloatingIpKey, $crate::floating_ips::FloatingIpValue>
                 max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
+            /// Data interfaces that a HostEndpoint covers, by ifindex: the ids of its compiled
+            /// policies.
+            HostEndpoints HOST_ENDPOINTS "cali_host_eps"
+                Hash<u32, $crate::host_endpoints::HostEndpointInfo>
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 1, upgrade: Refill;
+            /// Per-CPU counters per host endpoint interface.
+            HostEndpointCounters HOST_ENDPOINT_COUNTERS "cali_hep_ctrs"
+                PerCpuHash<u32, $crate::host_endpoints::HostEndpointCounters>
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 1, upgrade: Reset;
+            /// Failsafe ports (`FailsafeInboundHostPorts`, `FailsafeOutboundHostPorts`): open
+            /// to and from the host whatever host endpoint policy says.
+            Failsafes FAILSAFES "cali_failsafes"
+                LpmTrie<$crate::host_endpoints::FailsafeKey, u32>
+                max: 1024, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// Per-CPU counts of packets translated for floating IPs (one slot).
             FloatingIpCounters FLOATING_IP_COUNTERS "cali_fip_ctrs"
                 PerCpuArray<u32, $crate::floating_ips::FloatingIpCounters>

@@ -2,7 +2,8 @@
 //! once (the sender's egress, the receiver's ingress) and, when allowed, is tracked.
 //!
 //! Entries live in an LRU hash keyed by the flow's normalized key (side A is the lower
-//! (address, port)), so a flow and its replies share one entry. Each entry remembers the policy
+//! (address, port)) and its zone, so a flow and its replies share one entry per zone: the
+//! workload legs' (zone 0) and the host endpoints' (see `conntrack_zone`). Each entry remembers the policy
 //! ids that allowed it. When an endpoint's policy id changes (the agent switched it to a newly
 //! compiled policy), the next packet of the flow is checked against the new policy, and a flow
 //! the new policy denies is cut: its entry goes and the packet is dropped.
@@ -44,7 +45,8 @@ fn fill_key(flow: &mut Flow) -> bool {
     }
     key.proto = flow.proto;
     key.family = flow.family;
-    key._pad = [0; 2];
+    key.zone = flow.zone;
+    key._pad = 0;
     src_first
 }
 
@@ -108,6 +110,7 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         let _ = CONNTRACK.remove(&flow.key);
     }
 
+    flow.related.zone = flow.zone;
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         // An error about a tracked flow (unreachable, too big, time exceeded) is part of it.
         return Admission::Allowed;
@@ -269,6 +272,7 @@ pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
             }
         }
     }
+    flow.related.zone = flow.zone;
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         return Some(0);
     }

@@ -8,12 +8,15 @@
 //! - `calico_tc_to_wl` (TC egress): packets *to* a workload through the kernel stack.
 //! - `calico_tc_data` (TC ingress) and `calico_xdp_data` (XDP) on a data interface: packets
 //!   from other hosts, delivered straight into a local workload; the rest passes untouched.
+//! - `calico_tc_hep_in` (TC ingress) and `calico_tc_hep_out` (TC egress) on a data interface
+//!   that a HostEndpoint covers: host endpoint policy on the host's own traffic and on
+//!   forwarded traffic, then (ingress) the same delivery to local workloads.
 //!
 //! The entry points are thin: they read the context and map the pipeline's [`Action`] onto the
 //! hook's return codes.
 //!
 //! Modules, from the pipelines down: `workload` (the from/to-workload pipelines),
-//! `data_interface` (packets from other hosts) and `trace`; `forward` (the FIB lookup and what
+//! `data_interface` (packets from other hosts), `host_endpoint` and `trace`; `failsafe`; `forward` (the FIB lookup and what
 //! differs between the hooks), `neighbour` (ARP and NDP answers), `routes` (anti-spoofing,
 //! routes, per address family), `conntrack`, `policy`; `counters` (outcomes and their counters),
 //! `maps`; `packet` (packet access and parsing, the leaf).
@@ -24,7 +27,9 @@ mod conntrack;
 mod counters;
 mod data_interface;
 mod dhcp;
+mod failsafe;
 mod forward;
+mod host_endpoint;
 mod maps;
 mod nat;
 mod neighbour;
@@ -224,21 +229,56 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Packet type of an skb addressed to this host (`PACKET_HOST`).
-const PACKET_HOST: u32 = 0;
-
 #[classifier]
 pub fn calico_tc_data(ctx: TcContext) -> i32 {
-    let to_this_host = unsafe { (*ctx.skb.skb).pkt_type } == PACKET_HOST;
+    let to_this_host = unsafe { (*ctx.skb.skb).pkt_type } == host_endpoint::PACKET_HOST;
     let len = ctx.len();
     pull_headers(&ctx);
-    match data_interface::from_data_interface(
+    let action = data_interface::from_data_interface(
         &Tc(&ctx),
         ctx.data(),
         ctx.data_end(),
         len as u64,
         to_this_host,
-    ) {
+    );
+    tc_data_return(&ctx, action)
+}
+
+/// TC ingress of a data interface that a HostEndpoint covers: host endpoint policy, then the
+/// data interface's delivery to local workloads.
+#[classifier]
+pub fn calico_tc_hep_in(ctx: TcContext) -> i32 {
+    let (ifindex, pkt_type) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).pkt_type) };
+    let len = ctx.len();
+    pull_headers(&ctx);
+    let action = host_endpoint::ingress(
+        &Tc(&ctx),
+        ctx.data(),
+        ctx.data_end(),
+        len as u64,
+        ifindex,
+        pkt_type,
+    );
+    tc_data_return(&ctx, action)
+}
+
+/// TC egress of a data interface that a HostEndpoint covers: host endpoint policy for what
+/// the host sends and what it forwards out.
+#[classifier]
+pub fn calico_tc_hep_out(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = ctx.len();
+    pull_headers(&ctx);
+    match host_endpoint::egress(ctx.data(), ctx.data_end(), len as u64, ifindex) {
+        Action::Drop => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
+}
+
+/// The TC return code of a data interface's ingress pipeline's action.
+#[inline(always)]
+fn tc_data_return(ctx: &TcContext, action: Action) -> i32 {
+    match action {
         Action::Redirect { ifindex: target } => {
             // Straight into the workload's namespace.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
@@ -248,7 +288,7 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
             ret
         }
         Action::Transmit { ifindex: target } => {
-            let ret = transmit(&ctx, target);
+            let ret = transmit(ctx, target);
             if ret != TC_ACT_REDIRECT {
                 count_redirect_failure(target);
             }

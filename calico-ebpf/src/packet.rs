@@ -159,6 +159,8 @@ pub struct Flow {
     /// Set by conntrack: the packet replies to a flow whose opener addressed a floating IP
     /// (its source goes back to the floating IP).
     pub reply_to_dnat: u8,
+    /// The conntrack zone the next admission tracks the flow in (a `conntrack_zone` value).
+    pub zone: u8,
     /// For an ICMP error, the conntrack key of the flow it reports on.
     pub related: ConntrackKey,
     /// Working space of conntrack (the flow lives in a per-CPU map, not on the small stack):
@@ -184,6 +186,7 @@ impl Flow {
         self.kind = flow_kind::NORMAL;
         self.nat = 0;
         self.reply_to_dnat = 0;
+        self.zone = 0;
     }
 }
 
@@ -465,7 +468,8 @@ fn quoted_flow(data: usize, data_end: usize, at: usize, flow: &mut Flow) -> Opti
     key.port_b = dport;
     key.proto = proto;
     key.family = flow.family;
-    key._pad = [0; 2];
+    key.zone = 0;
+    key._pad = 0;
     let swap = match compare_addrs(&key.addr_a, &key.addr_b) {
         core::cmp::Ordering::Less => false,
         core::cmp::Ordering::Greater => true,

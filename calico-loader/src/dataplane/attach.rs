@@ -65,6 +65,17 @@ pub enum Role {
     Workload,
     /// A data interface of the host (`--data-interfaces`): traffic from other hosts.
     Data,
+    /// A data interface that a HostEndpoint covers: host endpoint policy both ways, and the
+    /// data interface's delivery to local workloads.
+    HostEndpoint,
+}
+
+impl Role {
+    /// Whether it is a data interface (with or without a host endpoint): its programs can be
+    /// swapped from one to the other in place.
+    pub fn is_data(self) -> bool {
+        matches!(self, Role::Data | Role::HostEndpoint)
+    }
 }
 
 /// One attachment point of a program on an interface.
@@ -80,15 +91,21 @@ pub enum Hook {
     TcFromData,
     /// XDP on a data interface: packets from other hosts.
     XdpFromData,
+    /// TC ingress of a data interface with a host endpoint: packets arriving.
+    TcHostEndpointIngress,
+    /// TC egress of a data interface with a host endpoint: packets leaving.
+    TcHostEndpointEgress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 7] = [
         Self::TcFromWorkload,
         Self::TcToWorkload,
         Self::XdpFromWorkload,
         Self::TcFromData,
         Self::XdpFromData,
+        Self::TcHostEndpointIngress,
+        Self::TcHostEndpointEgress,
     ];
 
     /// The suffix of the link's pin name.
@@ -99,17 +116,22 @@ impl Hook {
             Self::XdpFromWorkload => "xdp",
             Self::TcFromData => "data_tc_ingress",
             Self::XdpFromData => "data_xdp",
+            Self::TcHostEndpointIngress => "hep_tc_ingress",
+            Self::TcHostEndpointEgress => "hep_tc_egress",
         }
     }
 
     /// The hooks an interface of `role` uses in `mode`. Egress towards a workload is always TC:
-    /// XDP has no egress hook. A data interface only has its ingress.
+    /// XDP has no egress hook. A data interface only has its ingress; one with a host endpoint
+    /// has TC both ways in either mode (host endpoint policy needs the egress hook, and its
+    /// ingress program delivers to local workloads as TC's data program does).
     pub fn for_interface(role: Role, mode: AttachMode) -> &'static [Hook] {
         match (role, mode) {
             (Role::Workload, AttachMode::Tc) => &[Self::TcFromWorkload, Self::TcToWorkload],
             (Role::Workload, AttachMode::Xdp) => &[Self::XdpFromWorkload, Self::TcToWorkload],
             (Role::Data, AttachMode::Tc) => &[Self::TcFromData],
             (Role::Data, AttachMode::Xdp) => &[Self::XdpFromData],
+            (Role::HostEndpoint, _) => &[Self::TcHostEndpointIngress, Self::TcHostEndpointEgress],
         }
     }
 
@@ -121,6 +143,8 @@ impl Hook {
             Self::XdpFromWorkload => program_names::XDP_FROM_WORKLOAD,
             Self::TcFromData => program_names::TC_FROM_DATA,
             Self::XdpFromData => program_names::XDP_FROM_DATA,
+            Self::TcHostEndpointIngress => program_names::TC_HOST_ENDPOINT_INGRESS,
+            Self::TcHostEndpointEgress => program_names::TC_HOST_ENDPOINT_EGRESS,
         }
     }
 }
@@ -172,6 +196,8 @@ impl Attacher {
             program_names::TC_FROM_WORKLOAD,
             program_names::TC_TO_WORKLOAD,
             program_names::TC_FROM_DATA,
+            program_names::TC_HOST_ENDPOINT_INGRESS,
+            program_names::TC_HOST_ENDPOINT_EGRESS,
         ] {
             classifier(ebpf, name)?
                 .load()
@@ -215,12 +241,17 @@ impl Attacher {
                 source,
             };
             let link: FdLink = match hook {
-                Hook::TcFromWorkload | Hook::TcToWorkload | Hook::TcFromData => {
-                    let attach_type = if hook == Hook::TcToWorkload {
-                        TcAttachType::Egress
-                    } else {
-                        TcAttachType::Ingress
-                    };
+                Hook::TcFromWorkload
+                | Hook::TcToWorkload
+                | Hook::TcFromData
+                | Hook::TcHostEndpointIngress
+                | Hook::TcHostEndpointEgress => {
+                    let attach_type =
+                        if matches!(hook, Hook::TcToWorkload | Hook::TcHostEndpointEgress) {
+                            TcAttachType::Egress
+                        } else {
+                            TcAttachType::Ingress
+                        };
                     let program = classifier(ebpf, hook.program())?;
                     let id = program
                         .attach_with_options(

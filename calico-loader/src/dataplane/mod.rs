@@ -4,8 +4,11 @@
 //! The work is split among managers, each owning one slice of dataplane state, with desired
 //! state in and map or kernel writes out (as in Felix's internal dataplane):
 //!
-//! - [`endpoints::EndpointManager`]: the workload and data interfaces, their forwarding
-//!   sysctls and program attachments, and the endpoint, allowed-source and counters entries;
+//! - [`endpoints::EndpointManager`]: the workload and data interfaces (with or without a host
+//!   endpoint), their forwarding sysctls and program attachments, and the endpoint,
+//!   allowed-source and counters entries; [`host_endpoints`] says what host endpoints, the
+//!   host's addresses and its settings (failsafe ports, workload-to-host traffic) put in the
+//!   maps;
 //! - [`routes::RouteManager`]: the route map entries (local workloads, and other nodes'
 //!   workloads with the nodes they live on), and the kernel routes and neighbour entries the
 //!   agent writes through netlink;
@@ -24,6 +27,7 @@ pub mod conntrack;
 pub mod endpoints;
 pub mod error;
 pub mod handles;
+pub mod host_endpoints;
 pub mod maps;
 pub mod nat;
 pub mod netlink;
@@ -46,12 +50,13 @@ use self::{
     bpffs::PinLayout,
     conntrack::Conntrack,
     endpoints::EndpointManager,
+    host_endpoints::{HostEndpointBinding, HostSettings, host_route_entries},
     maps::{LogEvents, Maps, PolicyMaps, ReconcileStats},
     nat::{NatManager, NatPools},
     netlink::Netlink,
     policy::PolicyManager,
     routes::RouteManager,
-    switch::{Unprogrammed, switch_policy},
+    switch::{HostProgramming, Unprogrammed, switch_policy},
     sysctl::Forwarding,
 };
 pub use self::{
@@ -63,12 +68,25 @@ pub use self::{
     switch::map_contents,
 };
 use crate::model::{
-    LocalEndpoint, RemoteWorkloads, compile::CompiledEndpoint, rules::RuleRegistry,
+    LocalEndpoint, RemoteWorkloads,
+    compile::{CompiledEndpoint, CompiledHostEndpoint},
+    host_endpoints::{LocalHostEndpoint, assign_interfaces},
+    rules::RuleRegistry,
 };
 
 /// Calico's default pattern of data interfaces (Felix's `BPFDataIfacePattern`): the host's
 /// physical and bonded interfaces, by the kernel's and systemd's naming schemes.
 pub const DEFAULT_DATA_INTERFACES: &str = "^((en|wl|ww|sl|ib)[Popsx].*|(eth|wlan|wwan|bond).*)";
+
+/// This node's host endpoints and what the dataplane does for the host itself.
+#[derive(Clone, Copy, Debug)]
+pub struct HostDesired<'a> {
+    /// This node's host endpoints, in name order.
+    pub endpoints: &'a [LocalHostEndpoint],
+    /// Their compiled policies, by name (one missing keeps what it has, or is not enforced).
+    pub compiled: &'a BTreeMap<String, CompiledHostEndpoint>,
+    pub settings: &'a HostSettings,
+}
 
 /// What one [`Dataplane::apply`] did.
 #[derive(Debug, Default)]
@@ -77,6 +95,8 @@ pub struct ApplyReport {
     pub attached: Vec<(String, u32, String)>,
     /// Data interfaces that got programs attached, with their ifindex.
     pub attached_data: Vec<(String, u32)>,
+    /// Data interfaces that host endpoints cover: interface, host endpoint.
+    pub host_endpoints: Vec<(String, String)>,
     /// Interfaces that lost their programs.
     pub detached: Vec<String>,
     /// Endpoints whose interface does not exist (yet).
@@ -176,16 +196,20 @@ impl Dataplane {
     /// Brings the dataplane in line with `desired` (keyed by interface name), the workloads of
     /// other nodes (`remote`, whose endpoints and blocks get routes to their node) and the endpoints'
     /// compiled policies (keyed by endpoint; an endpoint missing there keeps the policy it has,
-    /// or, having none, gets no endpoint entry, so its traffic is dropped). Maps are written
+    /// or, having none, gets no endpoint entry, so its traffic is dropped). This node's host
+    /// endpoints (`host`) cover the data interfaces they are assigned, with their compiled
+    /// policies; the host's own addresses become `host` routes, and the host settings apply. Maps are written
     /// before programs are attached to a new interface, and programs are detached before an
     /// interface's entries are removed, so a program never runs against a half-written
     /// endpoint. New policy generations are complete before endpoint entries switch to them.
     /// Outgoing NAT follows `nat_pools`; a failure there is logged and leaves the rest alone.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &mut self,
         desired: &BTreeMap<String, LocalEndpoint>,
         remote: &RemoteWorkloads,
         compiled: &BTreeMap<String, CompiledEndpoint>,
+        host: HostDesired<'_>,
         registry: &mut RuleRegistry,
         nat_pools: &NatPools,
     ) -> Result<ApplyReport, DataplaneError> {
@@ -200,8 +224,37 @@ impl Dataplane {
         let data = interfaces.data;
         report.waiting = interfaces.waiting;
 
+        // Which data interfaces host endpoints cover.
+        let data_addresses: BTreeMap<String, Vec<std::net::IpAddr>> = data
+            .keys()
+            .map(|ifname| {
+                let addresses = interfaces
+                    .addresses
+                    .get(ifname)
+                    .cloned()
+                    .unwrap_or_default();
+                (ifname.clone(), addresses)
+            })
+            .collect();
+        let assignment = assign_interfaces(host.endpoints, &data_addresses);
+        report.errors.extend(assignment.problems);
+        let bindings: Vec<HostEndpointBinding> = assignment
+            .interfaces
+            .iter()
+            .filter_map(|(ifname, name)| {
+                Some(HostEndpointBinding {
+                    name: name.clone(),
+                    link: data.get(ifname)?.clone(),
+                    forward_open: host.compiled.get(name).is_none_or(|c| c.forward_open),
+                })
+            })
+            .collect();
+        report.host_endpoints = assignment.interfaces.into_iter().collect();
+        let covered: std::collections::BTreeSet<String> =
+            bindings.iter().map(|b| b.link.name.clone()).collect();
+
         // Programs leave the interfaces that go before their entries do.
-        let detached = self.endpoints.detach_stale(&present, &data)?;
+        let detached = self.endpoints.detach_stale(&present, &data, &covered)?;
         report.detached = detached.interfaces;
         report.errors.extend(detached.errors);
 
@@ -220,9 +273,15 @@ impl Dataplane {
             {
                 let mut base = self.routes.remote_routes(remote);
                 routes::pool_route_entries(&mut base, &nat_pools.all);
+                host_route_entries(&mut base, interfaces.addresses.values().flatten());
                 base
             },
             compiled,
+            HostProgramming {
+                bindings: &bindings,
+                compiled: host.compiled,
+                settings: host.settings,
+            },
             Unprogrammed::Report,
         )?;
         report.policies = switched.written;
@@ -232,7 +291,9 @@ impl Dataplane {
         report.policy_entries = switched.entries;
 
         // Programs come to new interfaces once their entries are written.
-        let attached = self.endpoints.attach(&mut self.ebpf, &present, &data);
+        let attached = self
+            .endpoints
+            .attach(&mut self.ebpf, &present, &data, &covered);
         report.attached = attached.interfaces;
         report.attached_data = attached.data;
         report.errors.extend(attached.errors);

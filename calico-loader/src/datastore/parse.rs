@@ -1468,7 +1468,7 @@ items: null
             assert_eq!(r.metadata.namespace.is_some(), kind.is_namespaced());
         }
         let e = error(
-            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: t}\nspec: [1]\n",
+            "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata: {name: t}\nspec: [1]\n",
         );
         assert_eq!(e.field.as_deref(), Some("spec"));
     }

@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod frame;
+pub mod host_endpoints;
 pub mod policy;
 pub mod rules;
 

@@ -447,6 +447,18 @@ impl Agent {
         pin_path: PathBuf,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(topology, datastore, node, pin_path, extra, &[])
+    }
+
+    /// [`Agent::start_with_pins`], with `env` added to the agent's environment.
+    pub fn start_with_env(
+        topology: &Topology,
+        datastore: &Datastore,
+        node: &str,
+        pin_path: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let run_dir = tempfile::tempdir().expect("run dir");
         let mut args = vec![
             "--datastore",
@@ -459,7 +471,7 @@ impl Agent {
             pin_path,
             run_dir.path().join("calico"),
             &args,
-            &[],
+            env,
         );
         agent._run_dir = Some(run_dir);
         agent
