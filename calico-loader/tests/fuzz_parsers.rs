@@ -187,6 +187,17 @@ mod selector {
                     error.position
                 );
                 assert!(!error.message.is_empty(), "{text:?}: no message");
+                // The first point where the text stops being valid: the text up to it is a
+                // valid selector or fails only at its end.
+                let prefix: String = text.chars().take(error.position).collect();
+                if let Err(e) = Selector::parse(&prefix) {
+                    assert!(
+                        e.position >= error.position,
+                        "{text:?} fails at {}, but its prefix {prefix:?} already at {}: {e}",
+                        error.position,
+                        e.position
+                    );
+                }
                 false
             }
         }
