@@ -187,6 +187,17 @@ mod selector {
                     error.position
                 );
                 assert!(!error.message.is_empty(), "{text:?}: no message");
+                // The first point where the text stops being valid: the text up to it is a
+                // valid selector or fails only at its end.
+                let prefix: String = text.chars().take(error.position).collect();
+                if let Err(e) = Selector::parse(&prefix) {
+                    assert!(
+                        e.position >= error.position,
+                        "{text:?} fails at {}, but its prefix {prefix:?} already at {}: {e}",
+                        error.position,
+                        e.position
+                    );
+                }
                 false
             }
         }
@@ -278,7 +289,9 @@ mod resources {
     pub fn check(text: &str) -> bool {
         const FILE: &str = "fuzz.yaml";
         // YAML breaks lines at LF, CR LF and a lone CR, and so do editors.
-        let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
+        let normalised = text.replace("\r\n", "\n");
+        let file_lines: Vec<&str> = normalised.split(['\n', '\r']).collect();
+        let lines = file_lines.len();
         match parse_file(FILE, text) {
             Err(errors) => {
                 assert!(!errors.is_empty(), "{text:?}: rejected without an error");
@@ -292,6 +305,13 @@ mod resources {
                         (1..=lines + 1).contains(&line),
                         "{text:?}: {error}: line {line} of {lines}"
                     );
+                    if let Some(column) = error.column {
+                        let width = file_lines.get(line - 1).map_or(0, |l| l.chars().count());
+                        assert!(
+                            (1..=width + 1).contains(&column),
+                            "{text:?}: {error}: column {column} of {width}"
+                        );
+                    }
                     assert!(!error.message.is_empty(), "{text:?}: {error}");
                 }
                 false
