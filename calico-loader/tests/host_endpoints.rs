@@ -641,24 +641,49 @@ mod privileged {
             let w = s.topology.workload(1);
             {
                 let agent = start(&s, &[]);
-                agent.assert_running();
+                // The workload's path through the host works (its route is in place)...
+                wait_for(
+                    "the workload to reach the outside",
+                    Duration::from_secs(20),
+                    || connects(&w.ns, OUTSIDE_V4, 443),
+                );
+                // ...but not to the host itself.
                 assert!(
                     !connects(&w.ns, HOST_V4, 8080),
                     "Felix's default (Drop): a workload cannot reach the host"
                 );
-                assert!(
-                    connects(&w.ns, OUTSIDE_V4, 443),
-                    "forwarded traffic is not concerned"
-                );
                 let drops = agent.counters(&w.host_ifname)["drops"]["endpoint-to-host"].as_u64();
                 assert!(drops > Some(0), "counted: {:?}", drops);
+                let src = format!("{}:40000", w.v4);
+                let trace = agent.trace(&[
+                    "--endpoint",
+                    &format!("test/{NODE}-cni-wl1-eth0"),
+                    "--direction",
+                    "egress",
+                    "--protocol",
+                    "tcp",
+                    "--src",
+                    &src,
+                    "--dst",
+                    "198.18.9.1:8080",
+                ]);
+                assert_eq!(trace["verdict"], "deny", "{trace}");
+                assert_eq!(trace["destination"]["route"], "host", "{trace}");
+                assert!(
+                    trace["then"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("DefaultEndpointToHostAction")),
+                    "{trace}"
+                );
             }
             let agent = start(&s, &[("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Accept")]);
-            agent.assert_running();
-            assert!(
-                connects(&w.ns, HOST_V4, 8080),
-                "Accept: the workload reaches the host"
+            wait_for(
+                "Accept: the workload reaches the host",
+                Duration::from_secs(20),
+                || connects(&w.ns, HOST_V4, 8080),
             );
+            let drops = agent.counters(&w.host_ifname)["drops"]["endpoint-to-host"].as_u64();
+            assert_eq!(drops, Some(0), "nothing dropped by the setting");
         }
     }
 }
