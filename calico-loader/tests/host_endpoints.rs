@@ -568,6 +568,41 @@ mod privileged {
                 connects(&s.outside, HOST_V4, 8080),
                 "host 8080 still allowed"
             );
+            // Forwarded out: the workload's connections leaving through eth0 meet the egress
+            // rules too, whether the kernel forwards them...
+            let wns = &workload.ns;
+            assert!(
+                connects(wns, OUTSIDE_V4, 443),
+                "forwarded out to 443 allowed"
+            );
+            assert!(
+                !connects(wns, OUTSIDE_V4, 8443),
+                "forwarded out elsewhere denied"
+            );
+            // ...or the workload's program sends them itself, through the FIB (the outside as
+            // another node's workload).
+            s.datastore.write(
+                "remote.yaml",
+                "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+                 metadata: {name: elsewhere-cni-x-eth0, namespace: test}\n\
+                 spec: {node: elsewhere, interfaceName: calix, ipNetworks: [198.18.9.2/32]}\n",
+            );
+            let forwarded_remote = || {
+                agent.counters(&workload.host_ifname)["forwarded_remote_packets"]
+                    .as_u64()
+                    .unwrap_or(0)
+            };
+            let before = forwarded_remote();
+            wait_for(
+                "the program to forward to the outside",
+                Duration::from_secs(20),
+                || connects(wns, OUTSIDE_V4, 443) && forwarded_remote() > before,
+            );
+            assert!(
+                !connects(wns, OUTSIDE_V4, 8443),
+                "through the FIB, still denied"
+            );
+            s.datastore.remove("remote.yaml");
 
             // Pre-DNAT policy comes first: it denies the outside's traffic to 8080 both to the
             // host and forwarded, but not the failsafe port.
