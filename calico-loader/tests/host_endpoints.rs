@@ -656,6 +656,29 @@ mod privileged {
             );
             assert!(host_endpoint_row(&agent).is_some());
 
+            // Untracked policy is not built: a doNotTrack policy that selects the host endpoint
+            // is refused, naming both, and the host endpoint keeps its policy.
+            s.datastore.write("hep.yaml", &hep_yaml("eth0"));
+            s.datastore.write(
+                "untracked.yaml",
+                &gnp(
+                    "edge-untracked",
+                    "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
+                     ingress: [{action: Allow}]}",
+                ),
+            );
+            wait_for("the refusal of doNotTrack", Duration::from_secs(20), || {
+                agent.log().contains(&format!(
+                    "HostEndpoint {NODE}-eth0: GlobalNetworkPolicy edge-untracked has doNotTrack"
+                ))
+            });
+            assert!(
+                !connects(&s.outside, HOST_V4, 8080),
+                "the policy in force stays"
+            );
+            assert!(connects(&s.outside, HOST_V4, 22));
+            s.datastore.remove("untracked.yaml");
+
             // Without the host endpoint, the interface is a plain data interface again.
             s.datastore.remove("hep.yaml");
             wait_for("the host endpoint to go", Duration::from_secs(20), || {
