@@ -320,8 +320,5 @@ fn host_settings_follow_the_configuration() {
     assert!(!settings.to_host_drop);
     let outbound: Vec<_> = settings.failsafes.iter().filter(|f| !f.inbound).collect();
     assert_eq!(outbound.len(), 1);
-    assert_eq!(
-        outbound[0].net,
-        Some("2001:db8::/32".parse().expect("net"))
-    );
+    assert_eq!(outbound[0].net, Some("2001:db8::/32".parse().expect("net")));
 }
