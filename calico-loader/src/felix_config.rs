@@ -1013,7 +1013,7 @@ impl Watch {
 }
 
 fn apply_log_severity(severity: LogSeverity) {
-    if crate::cli::set_log_filter(severity.filter()) {
+    if crate::logging::set_log_filter(severity.filter()) {
         tracing::debug!(%severity, "log level set from LogSeverityScreen");
     }
 }

@@ -11,6 +11,7 @@ pub mod dhcp;
 pub mod dump;
 pub mod felix_config;
 pub mod ipam;
+pub mod logging;
 pub mod metrics;
 pub mod microbench;
 pub mod model;

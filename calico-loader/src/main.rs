@@ -4,7 +4,7 @@
 
 use calico_loader::{
     cli::{self, Cli},
-    cni,
+    cni, logging,
 };
 use clap::Parser as _;
 
@@ -17,6 +17,6 @@ async fn main() -> anyhow::Result<()> {
     {
         std::process::exit(cni::run(plugin).await);
     }
-    cli::init_tracing();
+    logging::init_tracing();
     cli::run(Cli::parse()).await
 }
