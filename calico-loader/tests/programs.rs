@@ -352,6 +352,34 @@ mod privileged {
         }
     }
 
+    /// The verifier's work for each attached program: what `bpftool prog show` calls
+    /// `verified_insns` (every path it walked, global functions included) and the program's
+    /// own translated instructions. Printed for the docs; a program past the budget fails, long
+    /// before the kernel's limit of a million would refuse it.
+    #[test]
+    fn verifier_instruction_counts_stay_within_budget() {
+        const BUDGET: u32 = 200_000;
+        let f = Fixture::new();
+        for name in [
+            program_names::TC_FROM_WORKLOAD,
+            program_names::TC_TO_WORKLOAD,
+            program_names::TC_FROM_DATA,
+            program_names::XDP_FROM_WORKLOAD,
+            program_names::XDP_FROM_DATA,
+        ] {
+            let info = f.ebpf.program(name).expect(name).info().expect("info");
+            let verified = info
+                .verified_instruction_count()
+                .expect("the kernel reports verified_insns");
+            let translated = info.size_translated().unwrap_or(0) / 8;
+            println!("{name}: verified {verified}, translated {translated}");
+            assert!(
+                verified <= BUDGET,
+                "{name}: the verifier walked {verified} instructions (budget {BUDGET})"
+            );
+        }
+    }
+
     #[test]
     fn tc_forwards_ipv4_between_local_workloads() {
         let mut f = Fixture::new();
