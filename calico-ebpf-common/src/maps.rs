@@ -20,6 +20,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
     Hash = 1,
+    Array = 2,
     PerCpuHash = 5,
     PerCpuArray = 6,
     LruHash = 9,
@@ -51,6 +52,7 @@ impl MapKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Hash => "hash",
+            Self::Array => "array",
             Self::PerCpuHash => "percpu_hash",
             Self::PerCpuArray => "percpu_array",
             Self::LruHash => "lru_hash",
@@ -64,6 +66,7 @@ impl MapKind {
 /// [`MapSpec`] onto the matching typed handle.
 pub mod kind {
     pub struct Hash;
+    pub struct Array;
     pub struct PerCpuHash;
     pub struct PerCpuArray;
     pub struct LruHash;
@@ -225,6 +228,21 @@ macro_rules! for_each_map {
             LogEvents LOG_EVENTS "cali_log_events"
                 RingBuf<(), $crate::events::LogEvent>
                 max: 256 * 1024, flags: 0, version: 1;
+            /// Dropped packets, for `calico-loader events` (size in bytes); written only while a
+            /// listener holds the lease in `cali_drop_ctl`.
+            DropEvents DROP_EVENTS "cali_drop_evts"
+                RingBuf<(), $crate::events::DropEvent>
+                max: 256 * 1024, flags: 0, version: 1;
+            /// The drop event listener's registration: its lease, rate limit and sample (one
+            /// slot).
+            DropControl DROP_CONTROL "cali_drop_ctl"
+                Array<u32, $crate::events::DropEventControl>
+                max: 1, flags: 0, version: 1;
+            /// Per-CPU rate limit state of the drop events, and what became of the drops seen
+            /// while a listener was registered (one slot).
+            DropStats DROP_STATS "cali_drop_stats"
+                PerCpuArray<u32, $crate::events::DropEventStats>
+                max: 1, flags: 0, version: 1;
             /// Result of the last `trace` run (one slot).
             Trace TRACE "cali_trace"
                 PerCpuArray<u32, $crate::trace::TraceResult>

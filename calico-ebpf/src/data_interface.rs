@@ -78,7 +78,7 @@ fn ip<F: Family, H: Hook>(hook: &H, data: usize, data_end: usize, len: u64) -> A
         Ok(receiver) => receiver,
         Err(drop) => return drop,
     };
-    if let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
+    if let Some(drop) = refused(admit(flow, &Side::NONE, &receiver), flow) {
         return drop;
     }
     let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {

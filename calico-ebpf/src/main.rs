@@ -24,6 +24,7 @@ mod conntrack;
 mod counters;
 mod data_interface;
 mod dhcp;
+mod events;
 mod forward;
 mod maps;
 mod nat;
@@ -40,8 +41,9 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED};
+use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED, direction};
 use counters::{Action, count_redirect_failure, count_to_workload};
+use events::Headers;
 use forward::{Tc, Xdp};
 
 /// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header (60) and an ICMP error
@@ -88,14 +90,14 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
             // Straight into the target workload's namespace, skipping the host's backlog.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
         Action::Transmit { ifindex: target } => {
             let ret = transmit(ctx, target);
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
@@ -103,14 +105,15 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
             // Out of the FIB's interface, with the MACs of the kernel's neighbour entry.
             let ret = forward::redirect_neigh(out) as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
+        // A neighbour answer: never parsed into the flow.
         Action::Reflect => {
             let ret = unsafe { bpf_redirect(ifindex, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Unread);
             }
             ret
         }
@@ -192,7 +195,7 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         | Action::Forward { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
@@ -202,7 +205,7 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         Action::Reflect => {
             let ret = unsafe { bpf_redirect(ifindex, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Unread);
             }
             ret
         }
@@ -228,14 +231,14 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
             // Straight into the workload's namespace.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(target);
+                count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }
             ret
         }
         Action::Transmit { ifindex: target } => {
             let ret = transmit(&ctx, target);
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(target);
+                count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }
             ret
         }
@@ -260,7 +263,7 @@ pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
         Action::Redirect { ifindex: target } | Action::Transmit { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                count_redirect_failure(target);
+                count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }
             ret
         }
