@@ -380,7 +380,8 @@ fn run(ebpf: &mut Ebpf, ifindex: u32, request: &TraceRequest) -> anyhow::Result<
         .context("the trace program wrote no result")
 }
 
-fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
+/// A rule id in words, from what the rules map says of it (`info`); none for id 0.
+pub fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
     if id == 0 {
         return None;
     }
@@ -453,10 +454,10 @@ pub fn text(report: &TraceReport) -> String {
         report.endpoint, report.direction, report.verdict, report.decided_by
     );
     if let Some(rule) = &report.decided_by_rule {
-        out.push_str(&format!("\nrule:       {}", describe(rule)));
+        out.push_str(&format!("\nrule:       {}", describe_rule(rule)));
     }
     if let Some(rule) = &report.logged_by {
-        out.push_str(&format!("\nlogged by:  {}", describe(rule)));
+        out.push_str(&format!("\nlogged by:  {}", describe_rule(rule)));
     }
     out.push_str(&format!("\nsource:     {}", whereabouts(&report.source)));
     out.push_str(&format!(
@@ -485,7 +486,8 @@ fn whereabouts(location: &Location) -> String {
     out
 }
 
-fn describe(rule: &RuleReport) -> String {
+/// A rule in words: `tier default, NetworkPolicy:ns/name, rule 0 (Deny)`.
+pub fn describe_rule(rule: &RuleReport) -> String {
     let mut parts = Vec::new();
     if let Some(tier) = &rule.tier {
         parts.push(format!("tier {tier}"));
