@@ -268,6 +268,16 @@ pub fn pinned_stats(layout: &PinLayout) -> Result<DropEventStats, EventsError> {
     sum_stats(&stats)
 }
 
+/// The listener's registration as the programs read it (a lease of 0: nobody listens).
+///
+/// # Errors
+///
+/// The map missing or unreadable.
+pub fn pinned_registration(layout: &PinLayout) -> Result<DropEventControl, EventsError> {
+    let control = (&mut &*layout).open::<spec::DropControl>()?;
+    control.get(&0, 0).map_err(map_err(map_names::DROP_CONTROL))
+}
+
 /// Reads a record of the ring buffer.
 pub fn decode(bytes: &[u8]) -> Option<DropEvent> {
     if bytes.len() < std::mem::size_of::<DropEvent>() {
