@@ -23,6 +23,10 @@ pub enum DropReason {
     /// The endpoint's compiled policy gave no verdict (it should always give one): dropped,
     /// never allowed.
     PolicyMissing = 6,
+    /// Policy allowed a new flow, but the conntrack table could not take its entry (the kernel
+    /// found no free entry even by evicting one): dropped rather than let through untracked,
+    /// whose replies policy would then judge on their own.
+    ConntrackFull = 7,
 }
 
 /// Number of slots in [`EndpointCounters::drops`].
@@ -30,7 +34,7 @@ pub const DROP_REASONS: usize = 8;
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::SpoofedSource,
         Self::Blackhole,
         Self::Malformed,
@@ -38,6 +42,7 @@ impl DropReason {
         Self::RedirectFailed,
         Self::PolicyDenied,
         Self::PolicyMissing,
+        Self::ConntrackFull,
     ];
 
     /// A short lowercase name for tables and JSON.
@@ -50,6 +55,7 @@ impl DropReason {
             Self::RedirectFailed => "redirect-failed",
             Self::PolicyDenied => "policy-denied",
             Self::PolicyMissing => "policy-missing",
+            Self::ConntrackFull => "conntrack-full",
         }
     }
 }

@@ -215,6 +215,11 @@ macro_rules! for_each_map {
             Conntrack CONNTRACK "cali_conntrack"
                 LruHash<$crate::conntrack::ConntrackKey, $crate::conntrack::ConntrackValue>
                 max: 524_288, flags: 0, version: 1;
+            /// Per-CPU counts of conntrack entries created and removed by the programs, and of
+            /// new flows whose entry the table could not take (one slot).
+            ConntrackStats CONNTRACK_STATS "cali_ct_stats"
+                PerCpuArray<u32, $crate::conntrack::ConntrackCounters>
+                max: 1, flags: 0, version: 1;
             /// Floating IPs (`ipNATs`): external address to internal address and interface,
             /// internal address to external address.
             FloatingIps FLOATING_IPS "cali_fips"

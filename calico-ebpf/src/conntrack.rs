@@ -8,10 +8,10 @@
 //! the new policy denies is cut: its entry goes and the packet is dropped.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use calico_ebpf_common::{ConntrackValue, conntrack_flags, direction};
+use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, direction};
 
 use crate::{
-    maps::CONNTRACK,
+    maps::{CONNTRACK, CONNTRACK_STATS},
     nat::flow_nat,
     packet::{
         Flow, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
@@ -119,7 +119,7 @@ fn admit_flow(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         if !entry.expired(flow.proto, now) && !(syn_only && closed) {
             return established(entry, flow, from_a, sender, receiver, now);
         }
-        let _ = CONNTRACK.remove(&flow.key);
+        forget(&flow.key);
     }
 
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
@@ -160,10 +160,36 @@ fn admit_flow(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         entry.egress_rule = egress_rule;
         entry.ingress_rule = ingress_rule;
         entry._pad2 = 0;
-        // A full table evicts its least recently used entry (LRU); live flows stay.
-        let _ = CONNTRACK.insert(&flow.key, &flow.entry, 0);
+        // A full table evicts its least recently used entry (LRU). Only when the kernel finds
+        // no entry to take, even so, does the insert fail: the flow is then refused, as
+        // tracking is what lets its replies through.
+        let stats = CONNTRACK_STATS.get_ptr_mut(0);
+        if CONNTRACK.insert(&flow.key, &flow.entry, 0).is_err() {
+            if let Some(stats) = stats {
+                unsafe { (*stats).insert_failed += 1 };
+            }
+            return if sender.ifindex != 0 {
+                Admission::untracked(sender.ifindex, direction::EGRESS)
+            } else {
+                Admission::untracked(receiver.ifindex, direction::INGRESS)
+            };
+        }
+        if let Some(stats) = stats {
+            unsafe { (*stats).created += 1 };
+        }
     }
     Admission::ALLOWED
+}
+
+/// Removes a flow's entry (closed and reused, expired, or cut by a policy change), counted so
+/// that the agent can tell the entries the table evicted from those removed on purpose.
+#[inline(always)]
+fn forget(key: &ConntrackKey) {
+    if CONNTRACK.remove(key).is_ok()
+        && let Some(stats) = CONNTRACK_STATS.get_ptr_mut(0)
+    {
+        unsafe { (*stats).removed += 1 };
+    }
 }
 
 /// A packet of a tracked flow: re-check it if a policy changed, then update the entry.
@@ -198,7 +224,7 @@ fn established(
         if egress_changed {
             let checked = check(opener, opening, false);
             if !checked.allowed() {
-                let _ = CONNTRACK.remove(&flow.key);
+                forget(&flow.key);
                 return checked;
             }
             entry.egress_policy = opener.egress_policy;
@@ -207,7 +233,7 @@ fn established(
         if ingress_changed {
             let checked = check(responder, opening, true);
             if !checked.allowed() {
-                let _ = CONNTRACK.remove(&flow.key);
+                forget(&flow.key);
                 return checked;
             }
             entry.ingress_policy = responder.ingress_policy;

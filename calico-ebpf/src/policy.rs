@@ -49,6 +49,8 @@ pub mod admission {
     pub const DENIED: u8 = 1;
     /// A policy gave no verdict.
     pub const NO_VERDICT: u8 = 2;
+    /// Policy allowed a new flow, but the conntrack table could not take its entry.
+    pub const UNTRACKED: u8 = 3;
 }
 
 /// Outcome of admitting a packet (conntrack's `admit`), or of one side's check. A refusal
@@ -83,6 +85,18 @@ impl Admission {
     pub fn no_verdict(ifindex: u32, direction: u8) -> Self {
         Self {
             outcome: admission::NO_VERDICT,
+            direction,
+            ifindex,
+            rule: 0,
+        }
+    }
+
+    /// A new flow of the workload behind `ifindex` (`direction` seen from it) whose
+    /// conntrack entry could not be created.
+    #[inline(always)]
+    pub fn untracked(ifindex: u32, direction: u8) -> Self {
+        Self {
+            outcome: admission::UNTRACKED,
             direction,
             ifindex,
             rule: 0,

@@ -47,6 +47,7 @@ pub fn refused(outcome: u8, flow: &Flow) -> Option<Action> {
     let reason = match outcome {
         admission::ALLOWED => return None,
         admission::DENIED => DropReason::PolicyDenied,
+        admission::UNTRACKED => DropReason::ConntrackFull,
         _ => DropReason::PolicyMissing,
     };
     Some(count_refusal(

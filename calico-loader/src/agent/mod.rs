@@ -148,6 +148,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let mut log_limiter = LogLimiter::default();
     let mut conntrack_scan = tokio::time::interval(crate::dataplane::conntrack::SCAN_INTERVAL);
+    let mut conntrack_full = crate::dataplane::conntrack::FullWatch::default();
+    metrics
+        .conntrack_max_entries
+        .set(i64::from(config.conntrack_entries));
     info!(
         node = %config.node,
         datastore = %config.datastore,
@@ -342,6 +346,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                             metrics.bpf_conntrack_cleaned.set(gauge_value(sweep.removed));
                             if sweep.removed > 0 {
                                 debug!(removed = sweep.removed, "expired conntrack entries removed");
+                            }
+                            metrics.conntrack_evictions.inc_by(sweep.evicted as u64);
+                            if conntrack_full.filled(sweep.evicted) {
+                                warn!(
+                                    entries = sweep.used,
+                                    size = config.conntrack_entries,
+                                    evicted = sweep.evicted,
+                                    "the conntrack table is full: new flows evict the least \
+                                     recently used entries, whose flows policy then judges again \
+                                     on their next packet (raise BPFMapSizeConntrack)"
+                                );
                             }
                         }
                         Err(e) => warn!("scanning conntrack: {e}"),

@@ -24,6 +24,10 @@ pub const ENDPOINT_DROPS: &str = "calico_ebpf_endpoint_drops";
 pub const DROPS: &str = "calico_ebpf_drops";
 /// Drops seen while a drop event listener ran, by what became of them.
 pub const DROP_EVENTS: &str = "calico_ebpf_drop_events";
+/// Conntrack entries the programs created.
+pub const CONNTRACK_CREATED: &str = "calico_ebpf_conntrack_created";
+/// New flows whose conntrack entry the table could not take (dropped as `conntrack-full`).
+pub const CONNTRACK_INSERT_FAILURES: &str = "calico_ebpf_conntrack_insert_failures";
 /// Packets decided by each rule.
 pub const RULE_PACKETS: &str = "calico_ebpf_rule_hits";
 /// Bytes decided by each rule.
@@ -89,6 +93,17 @@ impl DataplaneCollector {
                     "Packets the host's programs dropped, by reason, whether or not anyone \
                      listens for drop events.",
                     &REASON_LABELS,
+                )?,
+                desc(
+                    CONNTRACK_CREATED,
+                    "Conntrack entries the programs created for new flows.",
+                    &[],
+                )?,
+                desc(
+                    CONNTRACK_INSERT_FAILURES,
+                    "New flows whose conntrack entry the table could not take; their packets \
+                     were dropped (reason conntrack-full).",
+                    &[],
                 )?,
                 desc(
                     DROP_EVENTS,
@@ -253,12 +268,28 @@ impl Collector for DataplaneCollector {
                 .collect();
                 families.push(family(
                     DROP_EVENTS,
-                    &self.descs[6].help,
+                    &self.descs[8].help,
                     &OUTCOME_LABELS,
                     samples,
                 ));
             }
             Err(e) => debug!("reading the drop event statistics for a scrape: {e:#}"),
+        }
+        match crate::dataplane::conntrack::pinned_counters(&self.pins) {
+            Ok(counts) => {
+                for (index, name, value) in [
+                    (6, CONNTRACK_CREATED, counts.created),
+                    (7, CONNTRACK_INSERT_FAILURES, counts.insert_failed),
+                ] {
+                    families.push(family(
+                        name,
+                        &self.descs[index].help,
+                        &[],
+                        [(Vec::new(), value)].into_iter().collect(),
+                    ));
+                }
+            }
+            Err(e) => debug!("reading the conntrack counts for a scrape: {e:#}"),
         }
         families
     }
