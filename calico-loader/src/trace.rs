@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use crate::{
     dataplane::{
-        attach::program, bpffs::PinLayout, load_object_with, load_private_object, maps::Maps,
-        netlink::LinkDetails, private::PrivateDataplane,
+        MapSizes, attach::program, bpffs::PinLayout, load_object_with, load_private_object,
+        maps::Maps, netlink::LinkDetails, private::PrivateDataplane,
     },
     datastore::{IpamObjects, Snapshot, local::LocalDatastore},
     dump::rule_words,
@@ -124,11 +124,11 @@ pub struct TraceReport {
 /// Runs a trace against the running agent's pinned maps.
 pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceReport> {
     let conntrack = layout.map(map_names::CONNTRACK);
-    let size = aya::maps::MapInfo::from_pin(&conntrack)
-        .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?
-        .max_entries();
+    aya::maps::MapInfo::from_pin(&conntrack)
+        .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?;
+    let sizes = MapSizes::pinned(layout)?;
     let mut ebpf =
-        load_object_with(layout, size).context("loading the programs over the pinned maps")?;
+        load_object_with(layout, sizes).context("loading the programs over the pinned maps")?;
     let maps = Maps::from_pins(layout)?;
     let contents = maps.read()?;
     let endpoints = &contents.endpoints;

@@ -203,4 +203,91 @@ spec:
             "said once"
         );
     }
+
+    #[test]
+    fn a_full_endpoint_map_leaves_the_endpoints_beyond_it_unprogrammed_and_the_others_working() {
+        let topology = Topology::new(3);
+        let datastore = Datastore::new();
+        let endpoints = |which: &[u8]| {
+            let mut yaml = String::new();
+            for i in which {
+                yaml.push_str("---\n");
+                yaml.push_str(&topology.workload(*i).endpoint_yaml(NODE));
+            }
+            yaml
+        };
+        datastore.write("endpoints.yaml", &endpoints(&[1, 2, 3]));
+        let agent = Agent::start(
+            &topology,
+            &datastore,
+            NODE,
+            &[
+                "--networking-backend",
+                "none",
+                "--endpoint-map-size",
+                "2",
+                "--prometheus-metrics-enabled",
+                "--prometheus-metrics-host",
+                "127.0.0.1",
+            ],
+        );
+        let (wl1, wl2, wl3) = (
+            topology.workload(1),
+            topology.workload(2),
+            topology.workload(3),
+        );
+        agent.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
+        let report = format!(
+            "endpoint test/{NODE}-cni-wl3-eth0 (interface {}): not programmed, the endpoint map \
+             is full (2 entries",
+            wl3.host_ifname
+        );
+        wait_for(
+            "the left-out endpoint reported",
+            Duration::from_secs(10),
+            || agent.log().contains(&report),
+        );
+
+        // The two that fit work; the third's traffic is dropped, both ways.
+        assert!(wl1.ping(wl2.v4.into()), "wl1 reaches wl2");
+        assert!(
+            !wl3.ping(wl1.v4.into()),
+            "wl3 is not programmed, yet reaches wl1"
+        );
+        assert!(!wl1.ping(wl3.v4.into()), "wl1 reaches the unprogrammed wl3");
+        assert!(!agent.attached(&wl3.host_ifname));
+        let metrics = scrape(&topology.host);
+        assert_eq!(
+            sample(&metrics, "calico_ebpf_endpoint_map_overflow"),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(&metrics, "calico_ebpf_endpoint_map_max_entries"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&metrics, "felix_int_dataplane_failures"),
+            Some(0.0),
+            "the applies themselves succeed"
+        );
+        // Resyncs (every 2 s here) do not repeat it.
+        thread::sleep(Duration::from_secs(5));
+        assert_eq!(agent.log().matches(&report).count(), 1, "reported once");
+
+        // When an endpoint goes, the one left out takes its place.
+        datastore.write("endpoints.yaml", &endpoints(&[1, 3]));
+        agent.wait_attached(&[&wl1.host_ifname, &wl3.host_ifname]);
+        assert!(wl3.ping(wl1.v4.into()), "wl3 reaches wl1 once programmed");
+        let metrics = scrape(&topology.host);
+        assert_eq!(
+            sample(&metrics, "calico_ebpf_endpoint_map_overflow"),
+            Some(0.0)
+        );
+        assert!(
+            !agent.log().contains("programming the dataplane failed"),
+            "{}",
+            agent.log()
+        );
+    }
 }

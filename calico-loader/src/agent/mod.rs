@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     /// Entries of the conntrack table.
     pub conntrack_entries: u32,
+    /// Entries of the endpoint map: the workload interfaces this host can serve.
+    pub endpoint_entries: u32,
     /// Felix's configuration in force (`conntrack_entries` and `data_interfaces` are its
     /// values), and the sources other than the datastore, to check changes against.
     pub felix: crate::felix_config::FelixConfig,
@@ -135,7 +137,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::start(
         config.layout.clone(),
         config.mode,
-        config.conntrack_entries,
+        crate::dataplane::MapSizes {
+            conntrack: config.conntrack_entries,
+            endpoints: config.endpoint_entries,
+        },
         config.data_interfaces.clone(),
     )
     .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
@@ -152,6 +157,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     metrics
         .conntrack_max_entries
         .set(i64::from(config.conntrack_entries));
+    metrics
+        .endpoint_map_max_entries
+        .set(i64::from(config.endpoint_entries));
     info!(
         node = %config.node,
         datastore = %config.datastore,
@@ -250,6 +258,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 metrics
                     .bpf_dataplane_endpoints
                     .set(gauge_value(dataplane.attached().len()));
+                metrics
+                    .endpoint_map_overflow
+                    .set(gauge_value(report.over_capacity));
                 health_state.applied_in_sync |= sync.complete;
                 if let Some(dhcp) = &dhcp {
                     let pools: Vec<ipnet::Ipv4Net> = sync

@@ -30,10 +30,14 @@ pub enum DataplaneError {
         source: aya::maps::MapError,
     },
     #[error(
-        "the conntrack table pinned at {path} has {found} entries, but {wanted} were asked for: \
-         resizing would drop every tracked flow; run `calico-loader cleanup` first, or keep {found}"
+        "the map {name} pinned at {path} has {found} entries, but {setting} asks for {wanted}: \
+         the attached programs use the pinned map, and a new conntrack table would drop every \
+         tracked flow; run `calico-loader cleanup` first (traffic stops until the agent is \
+         back), or keep {found}"
     )]
-    ConntrackSize {
+    MapSize {
+        name: &'static str,
+        setting: &'static str,
         path: PathBuf,
         found: u32,
         wanted: u32,

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub bpf_dataplane_endpoints: IntGauge,
     pub conntrack_max_entries: IntGauge,
     pub conntrack_evictions: IntCounter,
+    pub endpoint_map_max_entries: IntGauge,
+    pub endpoint_map_overflow: IntGauge,
 }
 
 impl Metrics {
@@ -169,6 +171,16 @@ impl Metrics {
             bpf_dataplane_endpoints: gauge(
                 "felix_bpf_dataplane_endpoints",
                 "Number of interfaces with BPF programs attached.",
+            )?,
+            endpoint_map_max_entries: gauge(
+                "calico_ebpf_endpoint_map_max_entries",
+                "Size of the endpoint map (BPFMapSizeIfState): the workload interfaces this \
+                 host can serve.",
+            )?,
+            endpoint_map_overflow: gauge(
+                "calico_ebpf_endpoint_map_overflow",
+                "Endpoints of this node left unprogrammed (their traffic dropped) because the \
+                 endpoint map is full.",
             )?,
             conntrack_evictions: counter(
                 "calico_ebpf_conntrack_evictions",
