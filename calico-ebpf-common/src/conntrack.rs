@@ -17,7 +17,19 @@ pub struct ConntrackKey {
     pub proto: u8,
     /// 4 or 6.
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// A [`conntrack_zone`] value: which programs' legs the entry tracks.
+    pub zone: u8,
+    pub _pad: u8,
+}
+
+/// Values of [`ConntrackKey::zone`]. A flow that crosses a workload's interface and a host
+/// endpoint's has an entry in each zone, each with the policies of its own leg, so that each
+/// leg's policy is checked once and neither leg mistakes the other's entry for its own.
+pub mod conntrack_zone {
+    /// Legs through workload interfaces (and the data interfaces' delivery to workloads).
+    pub const WORKLOAD: u8 = 0;
+    /// Legs through host endpoint interfaces.
+    pub const HOST_ENDPOINT: u8 = 1;
 }
 
 /// Bits of [`ConntrackValue::flags`]. "Forward" is the direction of the flow's first packet.
@@ -69,6 +81,10 @@ pub struct ConntrackValue {
     pub egress_rule: u32,
     pub ingress_rule: u32,
     pub _pad2: u32,
+    /// Only in the test-only `next-layout` build: a field the current layout does not have, so
+    /// that an upgrade to that build must convert every entry.
+    #[cfg(feature = "next-layout")]
+    pub next_layout_field: u64,
 }
 
 const SECOND_NS: u64 = 1_000_000_000;

@@ -82,6 +82,9 @@ pub mod endpoint_flags {
     /// The endpoint has floating IPs (`ipNATs`): its packets from an internal address to
     /// outside the IP pools leave from the external address.
     pub const FLOATING_IPS: u32 = 4;
+    /// The workload's traffic to the host itself is dropped once its egress policy allowed it
+    /// (`DefaultEndpointToHostAction: Drop`); without it, the traffic goes to the kernel.
+    pub const TO_HOST_DROP: u32 = 8;
 }
 
 /// `skb->mark` of a packet the from-workload or data-interface program has already judged and

@@ -1,6 +1,6 @@
 //! Map layouts and constants shared by the kernel programs (`calico-ebpf`) and the agent
 //! (`calico-loader`), one module per mechanism: [`routes`], [`endpoints`], [`policy`],
-//! [`conntrack`], [`counters`], [`events`], [`floating_ips`] and
+//! [`conntrack`], [`counters`], [`events`], [`floating_ips`], [`host_endpoints`] and
 //! [`trace`]. [`maps`] defines every map once (name,
 //! kind, key and value types, size, flags, layout version); the kernel's map declarations, the
 //! agent's typed handles and pin checks, and the table in `docs/maps.md` all derive from it.
@@ -16,6 +16,7 @@ pub mod counters;
 pub mod endpoints;
 pub mod events;
 pub mod floating_ips;
+pub mod host_endpoints;
 pub mod maps;
 pub mod policy;
 pub mod routes;
@@ -26,6 +27,7 @@ pub use counters::*;
 pub use endpoints::*;
 pub use events::*;
 pub use floating_ips::*;
+pub use host_endpoints::*;
 pub use maps::map_names;
 pub use policy::*;
 pub use routes::*;
@@ -60,6 +62,13 @@ pub mod program_names {
     pub const TC_FROM_DATA: &str = "calico_tc_data";
     /// XDP on a data interface: as [`TC_FROM_DATA`], in xdp mode.
     pub const XDP_FROM_DATA: &str = "calico_xdp_data";
+    /// TC ingress on a data interface that a HostEndpoint covers (instead of
+    /// [`TC_FROM_DATA`]): host endpoint policy for traffic to the host and forwarded traffic,
+    /// then the same delivery to local workloads.
+    pub const TC_HOST_ENDPOINT_INGRESS: &str = "calico_tc_hep_in";
+    /// TC egress on a data interface that a HostEndpoint covers: host endpoint policy for
+    /// traffic the host sends and forwarded traffic leaving through it.
+    pub const TC_HOST_ENDPOINT_EGRESS: &str = "calico_tc_hep_out";
     /// Never attached: run by `calico-loader trace` through BPF_PROG_TEST_RUN. It evaluates
     /// conntrack (read only) and policy for one endpoint and direction, with the same code as
     /// the attached programs, and writes what decided into the trace map.
@@ -112,6 +121,12 @@ mod tests {
         assert_eq!(size_of::<DropEventControl>(), 3 * 8 + 2 * 4);
         assert_eq!(size_of::<DropEventStats>(), 6 * 8 + 2 * 4);
         assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
+        assert_eq!(
+            size_of::<HostEndpointInfo>(),
+            6 * 4 + IFNAME_LEN + ENDPOINT_NAME_LEN
+        );
+        assert_eq!(size_of::<HostEndpointCounters>(), 10 * 8 + DROP_REASONS * 8);
+        assert_eq!(size_of::<FailsafeKey>(), 8 + 16);
         assert_eq!(
             size_of::<EndpointCounters>(),
             9 * 8 + DROP_REASONS * 8 + 4 * 8

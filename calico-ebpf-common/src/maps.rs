@@ -99,9 +99,44 @@ pub struct MapDef {
     pub flags: u32,
     /// Layout version: changes when the key or value layout changes.
     pub version: u32,
+    /// What an upgrade does with a pinned map of another version or size.
+    pub on_upgrade: OnUpgrade,
     /// What the map holds (the definition's doc comment).
     pub doc: &'static str,
 }
+
+/// What a new agent does with a pinned map whose layout version or size is not its own (an
+/// upgrade, or a new `BPFMapSizeConntrack`). The new map is created beside the old one, the
+/// programs move to it interface by interface, and only then does it take the old one's pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUpgrade {
+    /// The agent writes the whole content from the datastore: the new map starts empty and is
+    /// filled before any program uses it.
+    Refill,
+    /// State the programs wrote that must survive (tracked flows): the entries are copied,
+    /// converted from the old layout, before the programs move and again after.
+    Carry,
+    /// Counters and transient data: the new map starts from zero.
+    Reset,
+}
+
+impl OnUpgrade {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Refill => "refill",
+            Self::Carry => "carry",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// Added to some maps' layout versions by the test-only feature `next-layout`, which builds
+/// an agent whose maps are one version ahead (and whose conntrack value has one more field),
+/// to test upgrades between two real builds.
+#[cfg(feature = "next-layout")]
+pub const NEXT_LAYOUT: u32 = 1;
+#[cfg(not(feature = "next-layout"))]
+pub const NEXT_LAYOUT: u32 = 0;
 
 /// A map, as a type: its definition and its key and value types.
 pub trait MapSpec {
@@ -136,11 +171,14 @@ crate::user_pod!(VersionRecord);
 /// which users hit).
 pub const ENDPOINTS_MAX: u32 = 16_384;
 
+/// Most data interfaces with a host endpoint on one host.
+pub const HOST_ENDPOINTS_MAX: u32 = 256;
+
 /// Hands the list of every map to `$callback!`, one entry per map:
 ///
 /// ```text
 /// /// doc
-/// Marker CONST "name" Kind<Key, Value> max: entries, flags: flags, version: n;
+/// Marker CONST "name" Kind<Key, Value> max: entries, flags: flags, version: n, upgrade: how;
 /// ```
 ///
 /// This is the one place where a map is defined. This crate turns the list into [`MapSpec`]
@@ -152,110 +190,131 @@ macro_rules! for_each_map {
             /// IPv4 routes, longest prefix first (Calico's default size of 256k).
             RoutesV4 ROUTES_V4 "cali_routes_v4"
                 LpmTrie<$crate::routes::RouteKeyV4, $crate::routes::RouteValue>
-                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 2;
+                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC,
+                version: 2 + $crate::maps::NEXT_LAYOUT, upgrade: Refill;
             /// IPv6 routes.
             RoutesV6 ROUTES_V6 "cali_routes_v6"
                 LpmTrie<$crate::routes::RouteKeyV6, $crate::routes::RouteValue>
-                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 2;
+                max: 262_144, flags: $crate::maps::flags::NO_PREALLOC, version: 2, upgrade: Refill;
             /// The nodes remote routes lead to, by node id: their names; written for `dump` and
             /// `trace`, never read by the programs.
             Nodes NODES "cali_nodes"
                 Hash<u32, $crate::routes::NodeInfo>
-                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// IPv4 prefixes each workload interface may send from (anti-spoofing), flags.
             SourcesV4 SOURCES_V4 "cali_srcs_v4"
                 LpmTrie<$crate::routes::SourceKeyV4, u32>
-                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// IPv6 prefixes each workload interface may send from.
             SourcesV6 SOURCES_V6 "cali_srcs_v6"
                 LpmTrie<$crate::routes::SourceKeyV6, u32>
-                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// Workload interfaces by host-side ifindex.
             Endpoints ENDPOINTS "cali_endpoints"
                 Hash<u32, $crate::endpoints::EndpointInfo>
-                max: $crate::maps::ENDPOINTS_MAX, flags: 0, version: 1;
+                max: $crate::maps::ENDPOINTS_MAX, flags: 0,
+                version: 1 + $crate::maps::NEXT_LAYOUT, upgrade: Refill;
             /// Per-CPU counters per workload interface, plus the shared entry (ifindex 0) of
             /// interfaces without an endpoint.
             Counters COUNTERS "cali_counters"
                 PerCpuHash<u32, $crate::counters::EndpointCounters>
-                max: $crate::maps::ENDPOINTS_MAX + 1, flags: 0, version: 2;
+                max: $crate::maps::ENDPOINTS_MAX + 1, flags: 0,
+                version: 3 + $crate::maps::NEXT_LAYOUT, upgrade: Reset;
             /// Compiled policies by policy id: the prefix lengths their address entries use
             /// (two per endpoint, plus room for the next generation of each).
             Policies POLICIES "cali_policies"
                 Hash<u32, $crate::policy::PolicyInfo>
                 max: 4 * $crate::maps::ENDPOINTS_MAX, flags: $crate::maps::flags::NO_PREALLOC,
-                version: 1;
+                version: 1, upgrade: Refill;
             /// Policy, first step (IPv4): policy, local address and remote prefix to address
             /// class.
             PolicyAddrsV4 POLICY_ADDRS_V4 "cali_paddr_v4"
                 Hash<$crate::policy::PolicyAddrKeyV4, $crate::policy::AddressClass>
-                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC,
+                version: 1, upgrade: Refill;
             /// Policy, first step (IPv6).
             PolicyAddrsV6 POLICY_ADDRS_V6 "cali_paddr_v6"
                 Hash<$crate::policy::PolicyAddrKeyV6, $crate::policy::AddressClass>
-                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC,
+                version: 1, upgrade: Refill;
             /// Policy, second step: address class, protocol and source prefix to port class.
             PolicyProtos POLICY_PROTOS "cali_pproto"
                 Hash<$crate::policy::PolicyProtoKey, $crate::policy::PortClass>
-                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC,
+                version: 1, upgrade: Refill;
             /// Policy, third step: port class and destination prefix to verdict.
             PolicyPorts POLICY_PORTS "cali_pports"
                 Hash<$crate::policy::PolicyPortKey, $crate::policy::PolicyVerdict>
-                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC,
+                version: 1, upgrade: Refill;
             /// What each rule id stands for; written for `trace`, `dump` and `bpftool`, never
             /// read by the programs.
             Rules RULES "cali_rules"
                 Hash<u32, $crate::policy::RuleInfo>
-                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// Per-CPU hits per rule id.
             RuleCounters RULE_COUNTERS "cali_rule_ctrs"
                 PerCpuArray<u32, $crate::counters::RuleCounters>
-                max: 65_536, flags: 0, version: 1;
+                max: 65_536, flags: 0, version: 1, upgrade: Reset;
             /// Connection tracking (Calico's default size of 512k; `--conntrack-size`).
             Conntrack CONNTRACK "cali_conntrack"
                 LruHash<$crate::conntrack::ConntrackKey, $crate::conntrack::ConntrackValue>
-                max: 524_288, flags: 0, version: 1;
+                max: 524_288, flags: 0, version: 1 + $crate::maps::NEXT_LAYOUT, upgrade: Carry;
             /// Per-CPU counts of conntrack entries created and removed by the programs, and of
             /// new flows whose entry the table could not take (one slot).
             ConntrackStats CONNTRACK_STATS "cali_ct_stats"
                 PerCpuArray<u32, $crate::conntrack::ConntrackCounters>
-                max: 1, flags: 0, version: 1;
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// Floating IPs (`ipNATs`): external address to internal address and interface,
             /// internal address to external address.
             FloatingIps FLOATING_IPS "cali_fips"
                 Hash<$crate::floating_ips::FloatingIpKey, $crate::floating_ips::FloatingIpValue>
-                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1;
+                max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
+            /// Data interfaces that a HostEndpoint covers, by ifindex: the ids of its compiled
+            /// policies.
+            HostEndpoints HOST_ENDPOINTS "cali_host_eps"
+                Hash<u32, $crate::host_endpoints::HostEndpointInfo>
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 1, upgrade: Refill;
+            /// Per-CPU counters per host endpoint interface.
+            HostEndpointCounters HOST_ENDPOINT_COUNTERS "cali_hep_ctrs"
+                PerCpuHash<u32, $crate::host_endpoints::HostEndpointCounters>
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 2, upgrade: Reset;
+            /// Failsafe ports (`FailsafeInboundHostPorts`, `FailsafeOutboundHostPorts`): open
+            /// to and from the host whatever host endpoint policy says.
+            Failsafes FAILSAFES "cali_failsafes"
+                LpmTrie<$crate::host_endpoints::FailsafeKey, u32>
+                max: 1024, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// Per-CPU counts of packets translated for floating IPs (one slot).
             FloatingIpCounters FLOATING_IP_COUNTERS "cali_fip_ctrs"
                 PerCpuArray<u32, $crate::floating_ips::FloatingIpCounters>
-                max: 1, flags: 0, version: 1;
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// Packets that matched a Log rule (size in bytes).
             LogEvents LOG_EVENTS "cali_log_events"
                 RingBuf<(), $crate::events::LogEvent>
-                max: 256 * 1024, flags: 0, version: 1;
+                max: 256 * 1024, flags: 0, version: 1, upgrade: Reset;
             /// Dropped packets, for `calico-loader events` (size in bytes); written only while a
             /// listener holds the lease in `cali_drop_ctl`.
             DropEvents DROP_EVENTS "cali_drop_evts"
                 RingBuf<(), $crate::events::DropEvent>
-                max: 256 * 1024, flags: 0, version: 1;
+                max: 256 * 1024, flags: 0, version: 1, upgrade: Reset;
             /// The drop event listener's registration: its lease, rate limit and sample (one
             /// slot).
             DropControl DROP_CONTROL "cali_drop_ctl"
                 Array<u32, $crate::events::DropEventControl>
-                max: 1, flags: 0, version: 1;
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// Per-CPU rate limit state of the drop events, and what became of the drops seen
             /// while a listener was registered (one slot).
             DropStats DROP_STATS "cali_drop_stats"
                 PerCpuArray<u32, $crate::events::DropEventStats>
-                max: 1, flags: 0, version: 1;
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// Result of the last `trace` run (one slot).
             Trace TRACE "cali_trace"
                 PerCpuArray<u32, $crate::trace::TraceResult>
-                max: 1, flags: 0, version: 1;
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// The layout version of every map the agent pinned, by map name.
             Versions VERSIONS "cali_versions"
                 Hash<$crate::maps::VersionKey, $crate::maps::VersionRecord>
-                max: 64, flags: 0, version: 1;
+                max: 64, flags: 0, version: 1, upgrade: Carry;
         }
     };
 }
@@ -264,7 +323,7 @@ macro_rules! define_specs {
     ($(
         $(#[doc = $doc:literal])*
         $Spec:ident $CONST:ident $name:literal $kind:ident<$K:ty, $V:ty>
-        max: $max:expr, flags: $flags:expr, version: $version:expr;
+        max: $max:expr, flags: $flags:expr, version: $version:expr, upgrade: $upgrade:ident;
     )*) => {
         $(
             $(#[doc = $doc])*
@@ -284,6 +343,7 @@ macro_rules! define_specs {
                     max_entries: $max,
                     flags: $flags,
                     version: $version,
+                    on_upgrade: OnUpgrade::$upgrade,
                     doc: concat!($($doc, "\n"),*),
                 };
             }
@@ -355,8 +415,8 @@ mod docs_table {
 
     fn render() -> String {
         let mut out = String::from(
-            "| Name | Kind | Key | Value | Max entries | Flags | Version | What it holds |\n\
-             |---|---|---|---|---:|---|---:|---|\n",
+            "| Name | Kind | Key | Value | Max entries | Flags | Version | On upgrade | What it holds |\n\
+             |---|---|---|---|---:|---|---:|---|---|\n",
         );
         for def in ALL {
             let key = match def.kind {
@@ -384,7 +444,7 @@ mod docs_table {
             };
             let doc: Vec<&str> = def.doc.lines().map(str::trim).collect();
             out.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 def.name,
                 def.kind.as_str(),
                 key,
@@ -392,6 +452,7 @@ mod docs_table {
                 max,
                 flags,
                 def.version,
+                def.on_upgrade.as_str(),
                 doc.join(" ")
             ));
         }

@@ -25,6 +25,13 @@ use crate::until_nul;
 // its cost grows with the entries it holds (measured: docs/policy-compilation.md).
 
 /// Per policy id: which remote prefix lengths its address entries use (bit n: length n).
+///
+/// A policy compiled for any local address (a host endpoint's) has
+/// [`LOCAL_CLASSES`] set in `v4_lengths`: its address entries' `local` holds a local class
+/// (big-endian, in the last four bytes), which the policy's local step gives each local
+/// address. The local step is an address search of its own, under the id
+/// `policy | LOCAL_STEP`: its entries have `local` all zeroes and the local address as
+/// `remote`, and their class is the local class.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct PolicyInfo {
@@ -33,6 +40,14 @@ pub struct PolicyInfo {
     /// Lengths 0..=128 of IPv6 entries (bit n of word n / 64).
     pub v6_lengths: [u64; 3],
 }
+
+/// Bit of [`PolicyInfo::v4_lengths`] (beyond the 33 lengths) set on a policy compiled for any
+/// local address.
+pub const LOCAL_CLASSES: u64 = 1 << 63;
+
+/// Added to a policy id for the id of its local step (see [`PolicyInfo`]). Policy ids stay
+/// below it.
+pub const LOCAL_STEP: u32 = 0x8000_0000;
 
 /// Key of the IPv4 address map.
 #[repr(C)]
@@ -207,6 +222,8 @@ pub mod rule_kind {
     pub const PROFILE_RULE: u8 = 3;
     /// Nothing allowed the packet: the deny after the profiles.
     pub const NO_MATCH: u8 = 4;
+    /// No policy decided a packet forwarded through a host endpoint: it is allowed.
+    pub const FORWARD_DEFAULT: u8 = 5;
 }
 
 /// Values of direction fields: [`RuleInfo::direction`], [`LogEvent::direction`],

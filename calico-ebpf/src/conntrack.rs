@@ -2,10 +2,12 @@
 //! once (the sender's egress, the receiver's ingress) and, when allowed, is tracked.
 //!
 //! Entries live in an LRU hash keyed by the flow's normalized key (side A is the lower
-//! (address, port)), so a flow and its replies share one entry. Each entry remembers the policy
-//! ids that allowed it. When an endpoint's policy id changes (the agent switched it to a newly
-//! compiled policy), the next packet of the flow is checked against the new policy, and a flow
-//! the new policy denies is cut: its entry goes and the packet is dropped.
+//! (address, port)) and its zone, so a flow and its replies share one entry per zone: the
+//! workload legs' (zone 0) and the host endpoints' (see `conntrack_zone`). Each entry
+//! remembers the policy ids that allowed it. When an endpoint's policy id changes (the agent
+//! switched it to a newly compiled policy), the next packet of the flow is checked against the
+//! new policy, and a flow the new policy denies is cut: its entry goes and the packet is
+//! dropped.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, direction};
@@ -44,7 +46,8 @@ fn fill_key(flow: &mut Flow) -> bool {
     }
     key.proto = flow.proto;
     key.family = flow.family;
-    key._pad = [0; 2];
+    key.zone = flow.zone;
+    key._pad = 0;
     src_first
 }
 
@@ -122,6 +125,7 @@ fn admit_flow(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         forget(&flow.key);
     }
 
+    flow.related.zone = flow.zone;
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         // An error about a tracked flow (unreachable, too big, time exceeded) is part of it.
         return Admission::ALLOWED;
@@ -302,6 +306,7 @@ pub fn tracked(flow: &mut Flow, policy: u32, ingress: bool) -> Option<u32> {
             }
         }
     }
+    flow.related.zone = flow.zone;
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         return Some(0);
     }

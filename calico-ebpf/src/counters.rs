@@ -1,16 +1,19 @@
-//! What the hook does with a packet ([`Action`]), and the per-CPU endpoint counters that record
-//! it.
+//! What the hook does with a packet ([`Action`]), and the per-CPU endpoint and host endpoint
+//! counters that record it.
 //!
 //! An outcome is counted where it is decided: the functions that decide a drop or a pass
 //! return it through these helpers, so the TC and XDP hooks count in the same way. The counters
-//! are per-CPU hash entries keyed by the host-side ifindex; updates are plain increments. A
-//! drop is also reported to a drop event listener, if one is registered (`events`).
+//! are per-CPU hash entries keyed by the host-side ifindex (a host endpoint's: its interface's
+//! ifindex); updates are plain increments. A drop is also reported to a drop event listener,
+//! if one is registered (`events`).
 
-use calico_ebpf_common::{DropReason, EndpointCounters, UNKNOWN_INTERFACE_COUNTERS, direction};
+use calico_ebpf_common::{
+    DropReason, EndpointCounters, HostEndpointCounters, UNKNOWN_INTERFACE_COUNTERS, direction,
+};
 
 use crate::{
     events::{Headers, report_drop},
-    maps::COUNTERS,
+    maps::{COUNTERS, HOST_ENDPOINT_COUNTERS},
 };
 
 /// What the hook does with the packet.
@@ -192,4 +195,80 @@ pub fn count_redirect_failure(ifindex: u32, direction: u8, headers: Headers) {
         0,
         headers,
     );
+}
+
+/// The counters of the host endpoint on the interface `ifindex` (null when it has none).
+#[inline(always)]
+pub fn host_endpoint_counters(ifindex: u32) -> *mut HostEndpointCounters {
+    HOST_ENDPOINT_COUNTERS
+        .get_ptr_mut(ifindex)
+        .unwrap_or(core::ptr::null_mut())
+}
+
+/// Counts an IP packet a host endpoint program saw: arriving (`ingress`) or leaving.
+#[inline(always)]
+pub fn count_host_endpoint_packet(counters: *mut HostEndpointCounters, ingress: bool, len: u64) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        if ingress {
+            c.in_packets += 1;
+            c.in_bytes += len;
+        } else {
+            c.out_packets += 1;
+            c.out_bytes += len;
+        }
+    }
+}
+
+/// Where a packet a host endpoint let through goes or comes from.
+#[derive(Clone, Copy)]
+pub enum HostPath {
+    ToHost,
+    FromHost,
+    ForwardIn,
+    ForwardOut,
+}
+
+/// Counts a packet a host endpoint let through, by its path.
+#[inline(always)]
+pub fn count_host_endpoint_pass(counters: *mut HostEndpointCounters, path: HostPath) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        match path {
+            HostPath::ToHost => c.to_host_packets += 1,
+            HostPath::FromHost => c.from_host_packets += 1,
+            HostPath::ForwardIn => c.forward_in_packets += 1,
+            HostPath::ForwardOut => c.forward_out_packets += 1,
+        }
+    }
+}
+
+/// Drops a parsed packet on the host endpoint of interface `ifindex` (`counters`: its
+/// counters), counted there and reported with the interface's ifindex, `direction` seen from
+/// the host endpoint and `rule` the rule id that denied (0 when none did).
+#[inline(always)]
+pub fn count_host_endpoint_drop(
+    counters: *mut HostEndpointCounters,
+    ifindex: u32,
+    direction: u8,
+    reason: DropReason,
+    rule: u32,
+) -> Action {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        c.drops[reason as usize] += 1;
+    }
+    report_drop(ifindex, reason as u32, direction, rule, Headers::Parsed);
+    Action::Drop
+}
+
+/// Counts a flow a failsafe port opened on the host endpoint of interface `ifindex`: inbound
+/// (`ingress`) or outbound.
+#[inline(always)]
+pub fn count_failsafe(ifindex: u32, ingress: bool) {
+    if let Some(c) = HOST_ENDPOINT_COUNTERS.get_ptr_mut(ifindex) {
+        let c = unsafe { &mut *c };
+        if ingress {
+            c.failsafe_in += 1;
+        } else {
+            c.failsafe_out += 1;
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::{
     counters::{Action, count_from_data},
     forward::Hook,
     nat,
-    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, V4, V6, flow_kind, ptr_at, scratch_flow},
+    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Flow, V4, V6, flow_kind, ptr_at, scratch_flow},
     policy::Side,
     routes::{FORWARD_HEADER_LEN, Family},
     workload::{delivery, receiver_side, refused},
@@ -49,8 +49,7 @@ pub fn from_data_interface<H: Hook>(
 }
 
 /// An IP packet from a data interface: delivered into a local workload when that is where it
-/// goes and policy allows it, passed on otherwise. A packet for a floating IP goes to its
-/// internal address first (destination NAT), so policy and conntrack see that.
+/// goes and policy allows it, passed on otherwise.
 #[inline(always)]
 fn ip<F: Family, H: Hook>(hook: &H, data: usize, data_end: usize, len: u64) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
@@ -63,6 +62,22 @@ fn ip<F: Family, H: Hook>(hook: &H, data: usize, data_end: usize, len: u64) -> A
     let Some(route) = F::route(flow) else {
         return Action::Pass;
     };
+    to_local_workload::<F, H>(hook, data, data_end, len, flow, route)
+}
+
+/// Delivers a parsed packet from a data interface whose destination's route is `route` into a
+/// local workload, when that is where it goes and the workload's policy allows it (tracked in
+/// `flow.zone`); passes it on otherwise. A packet for a floating IP goes to its internal address
+/// first (destination NAT), so policy and conntrack see that.
+#[inline(always)]
+pub fn to_local_workload<F: Family, H: Hook>(
+    hook: &H,
+    data: usize,
+    data_end: usize,
+    len: u64,
+    flow: &mut Flow,
+    route: &RouteValue,
+) -> Action {
     let (mut data, mut data_end) = (data, data_end);
     match RouteKind::from_u32(route.kind) {
         Some(RouteKind::LocalWorkload) => {}

@@ -8,12 +8,15 @@
 //! - `calico_tc_to_wl` (TC egress): packets *to* a workload through the kernel stack.
 //! - `calico_tc_data` (TC ingress) and `calico_xdp_data` (XDP) on a data interface: packets
 //!   from other hosts, delivered straight into a local workload; the rest passes untouched.
+//! - `calico_tc_hep_in` (TC ingress) and `calico_tc_hep_out` (TC egress) on a data interface
+//!   that a HostEndpoint covers: host endpoint policy on the host's own traffic and on
+//!   forwarded traffic, then (ingress) the same delivery to local workloads.
 //!
 //! The entry points are thin: they read the context and map the pipeline's [`Action`] onto the
 //! hook's return codes.
 //!
 //! Modules, from the pipelines down: `workload` (the from/to-workload pipelines),
-//! `data_interface` (packets from other hosts) and `trace`; `forward` (the FIB lookup and what
+//! `data_interface` (packets from other hosts), `host_endpoint` and `trace`; `failsafe`; `forward` (the FIB lookup and what
 //! differs between the hooks), `neighbour` (ARP and NDP answers), `routes` (anti-spoofing,
 //! routes, per address family), `conntrack`, `policy`; `counters` (outcomes and their counters),
 //! `maps`; `packet` (packet access and parsing, the leaf).
@@ -25,7 +28,9 @@ mod counters;
 mod data_interface;
 mod dhcp;
 mod events;
+mod failsafe;
 mod forward;
+mod host_endpoint;
 mod maps;
 mod nat;
 mod neighbour;
@@ -52,15 +57,30 @@ use forward::{Tc, Xdp};
 /// (40 + 8 + 40 + 8).
 const HEADROOM_TO_PULL: u32 = 14 + 60 + 8 + 60 + 8;
 
+/// The same for IPv6 with extension headers: Ethernet, the IPv6 header, the most extension
+/// headers the parse follows, and an ICMPv6 error quoting an IPv6 header and eight bytes.
+const HEADROOM_WITH_EXTENSIONS: u32 =
+    14 + 40 + packet::IPV6_MAX_EXTENSION_BYTES as u32 + 8 + 40 + 8;
+
 /// Makes the headers the pipeline reads directly readable: direct packet access covers only the
 /// linear part of the skb. A TCP or UDP packet whose IP header is already linear needs its
 /// transport header, no more: pulling further would move payload out of a large segment's page
 /// fragments into a reallocated head (a TSO segment's linear part ends with its TCP header).
-/// Anything else gets the first [`HEADROOM_TO_PULL`] bytes (or the whole packet).
+/// Anything else gets the first [`HEADROOM_TO_PULL`] bytes (or the whole packet), and IPv6 with
+/// extension headers [`HEADROOM_WITH_EXTENSIONS`].
 #[inline(always)]
 fn pull_headers(ctx: &TcContext) {
+    pull(ctx, HEADROOM_TO_PULL);
+    if packet::has_ipv6_extension_headers(ctx.data(), ctx.data_end()) {
+        pull(ctx, HEADROOM_WITH_EXTENSIONS);
+    }
+}
+
+/// Pulls the transport header, or the first `headroom` bytes, into the linear area.
+#[inline(always)]
+fn pull(ctx: &TcContext, headroom: u32) {
     let len = ctx.len();
-    let full = len.min(HEADROOM_TO_PULL);
+    let full = len.min(headroom);
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear >= full {
         return;
@@ -212,21 +232,56 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Packet type of an skb addressed to this host (`PACKET_HOST`).
-const PACKET_HOST: u32 = 0;
-
 #[classifier]
 pub fn calico_tc_data(ctx: TcContext) -> i32 {
-    let to_this_host = unsafe { (*ctx.skb.skb).pkt_type } == PACKET_HOST;
+    let to_this_host = unsafe { (*ctx.skb.skb).pkt_type } == host_endpoint::PACKET_HOST;
     let len = ctx.len();
     pull_headers(&ctx);
-    match data_interface::from_data_interface(
+    let action = data_interface::from_data_interface(
         &Tc(&ctx),
         ctx.data(),
         ctx.data_end(),
         len as u64,
         to_this_host,
-    ) {
+    );
+    tc_data_return(&ctx, action)
+}
+
+/// TC ingress of a data interface that a HostEndpoint covers: host endpoint policy, then the
+/// data interface's delivery to local workloads.
+#[classifier]
+pub fn calico_tc_hep_in(ctx: TcContext) -> i32 {
+    let (ifindex, pkt_type) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).pkt_type) };
+    let len = ctx.len();
+    pull_headers(&ctx);
+    let action = host_endpoint::ingress(
+        &Tc(&ctx),
+        ctx.data(),
+        ctx.data_end(),
+        len as u64,
+        ifindex,
+        pkt_type,
+    );
+    tc_data_return(&ctx, action)
+}
+
+/// TC egress of a data interface that a HostEndpoint covers: host endpoint policy for what
+/// the host sends and what it forwards out.
+#[classifier]
+pub fn calico_tc_hep_out(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = ctx.len();
+    pull_headers(&ctx);
+    match host_endpoint::egress(ctx.data(), ctx.data_end(), len as u64, ifindex) {
+        Action::Drop => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
+}
+
+/// The TC return code of a data interface's ingress pipeline's action.
+#[inline(always)]
+fn tc_data_return(ctx: &TcContext, action: Action) -> i32 {
+    match action {
         Action::Redirect { ifindex: target } => {
             // Straight into the workload's namespace.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
@@ -236,7 +291,7 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
             ret
         }
         Action::Transmit { ifindex: target } => {
-            let ret = transmit(&ctx, target);
+            let ret = transmit(ctx, target);
             if ret != TC_ACT_REDIRECT {
                 count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }

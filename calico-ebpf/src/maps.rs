@@ -20,7 +20,7 @@ macro_rules! declare_maps {
     ($(
         $(#[doc = $doc:literal])*
         $Spec:ident $CONST:ident $name:tt $kind:ident<$K:ty, $V:ty>
-        max: $max:expr, flags: $flags:expr, version: $version:expr;
+        max: $max:expr, flags: $flags:expr, version: $version:expr, upgrade: $upgrade:ident;
     )*) => {
         $(
             declare_map!($kind $name $CONST<$K, $V> ($max) ($flags) $(#[doc = $doc])*);

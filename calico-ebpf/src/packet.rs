@@ -23,6 +23,23 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_SCTP: u8 = 132;
 pub const IPPROTO_UDPLITE: u8 = 136;
 
+/// IPv6 extension headers that [`parse_ipv6`] follows to the transport header.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// The most IPv6 extension headers a packet may carry before its transport header; with more,
+/// it is malformed (dropped and counted): judging it without its transport header would let
+/// it past rules about ports and protocols.
+pub const IPV6_MAX_EXTENSION_HEADERS: usize = 6;
+
+/// The most bytes of IPv6 extension headers before the transport header; with more, the packet
+/// is malformed. The TC programs pull this much (and the transport header, and what an ICMPv6
+/// error quotes) into the linear area when the packet has extension headers.
+pub const IPV6_MAX_EXTENSION_BYTES: usize = 256;
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -41,6 +58,27 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> 
         return None;
     }
     Some(start as *mut T)
+}
+
+/// Whether IPv6 next-header value `next` is an extension header [`parse_ipv6`] follows.
+#[inline(always)]
+pub fn is_ipv6_extension(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
+    )
+}
+
+/// Whether the packet is IPv6 with extension headers (as far as the linear area shows).
+#[inline(always)]
+pub fn has_ipv6_extension_headers(data: usize, data_end: usize) -> bool {
+    let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
+        return false;
+    };
+    let Some(next) = ptr_at::<u8>(data, data_end, ETH_HLEN + 6) else {
+        return false;
+    };
+    u16::from_be_bytes(unsafe { *eth_type }) == ETH_P_IPV6 && is_ipv6_extension(unsafe { *next })
 }
 
 /// Where the TCP, UDP, UDP-Lite or SCTP header of an IPv4 or IPv6 packet ends, read from a
@@ -121,14 +159,16 @@ pub struct Flow {
     /// Set by conntrack: the packet replies to a flow whose opener addressed a floating IP
     /// (its source goes back to the floating IP).
     pub reply_to_dnat: u8,
+    /// The conntrack zone the next admission tracks the flow in (a `conntrack_zone` value).
+    pub zone: u8,
     /// For an ICMP error, the conntrack key of the flow it reports on.
     pub related: ConntrackKey,
     /// Working space of conntrack (the flow lives in a per-CPU map, not on the small stack):
     /// the flow's own key, and a new entry being built.
     pub key: ConntrackKey,
     pub entry: ConntrackValue,
-    /// Set by conntrack when it refuses the packet: the workload (host-side ifindex) whose
-    /// policy refused it, the rule id that denied (0: none) and the direction.
+    /// Set by conntrack when it refuses the packet: the workload (host-side ifindex) or host
+    /// endpoint (its interface's ifindex) whose policy refused it, the rule id that denied (0: none) and the direction.
     pub refused_ifindex: u32,
     pub refused_rule: u32,
     pub refused_direction: u8,
@@ -151,6 +191,7 @@ impl Flow {
         self.kind = flow_kind::NORMAL;
         self.nat = 0;
         self.reply_to_dnat = 0;
+        self.zone = 0;
     }
 }
 
@@ -255,16 +296,52 @@ pub fn ipv6_header(data: usize, data_end: usize, len: u64) -> Option<&'static mu
     Some(hdr)
 }
 
-/// Validates an IPv6 header and reads it and the transport header into `flow`. Extension
-/// headers are not followed: the first next-header value is the flow's protocol.
+/// Validates an IPv6 header and reads it and the transport header into `flow`, following the
+/// extension headers (hop-by-hop options, routing, fragment, destination options,
+/// authentication) to the transport header: the flow's protocol is the first next-header
+/// value that is not one of them. A non-first fragment carries no transport header: its
+/// protocol is the fragment header's next header, its ports stay 0. `None` (malformed) when a
+/// header is truncated, or when there are more than [`IPV6_MAX_EXTENSION_HEADERS`] extension
+/// headers or more than [`IPV6_MAX_EXTENSION_BYTES`] of them.
 #[inline(never)]
 pub fn parse_ipv6(data: usize, data_end: usize, len: u64, flow: &mut Flow) -> Option<()> {
     let hdr = ipv6_header(data, data_end, len)?;
     flow.family = 6;
     flow.src.copy_from_slice(&hdr[8..24]);
     flow.dst.copy_from_slice(&hdr[24..40]);
-    flow.proto = hdr[6];
-    parse_transport(data, data_end, ETH_HLEN + IPV6_HLEN, true, flow)
+    let mut next = hdr[6];
+    let mut l4 = ETH_HLEN + IPV6_HLEN;
+    let mut first_fragment = true;
+    for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
+        if !is_ipv6_extension(next) || !first_fragment {
+            break;
+        }
+        // Opaque to the optimiser: otherwise it hoists `data_end - 4` out of the loop, and the
+        // verifier refuses arithmetic on the end pointer.
+        let data_end = core::hint::black_box(data_end);
+        let ext = unsafe { &*ptr_at::<[u8; 4]>(data, data_end, l4)? };
+        let ext_len = match next {
+            // Eight bytes; the fragment offset in the top 13 bits of bytes 2 and 3.
+            IPPROTO_FRAGMENT => {
+                first_fragment = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 == 0;
+                8
+            }
+            // The payload length in 4-byte units, minus 2.
+            IPPROTO_AH => (ext[1] as usize + 2) * 4,
+            // The length in 8-byte units, not counting the first 8 bytes.
+            _ => (ext[1] as usize + 1) * 8,
+        };
+        next = ext[0];
+        l4 += ext_len;
+        if l4 > ETH_HLEN + IPV6_HLEN + IPV6_MAX_EXTENSION_BYTES {
+            return None;
+        }
+    }
+    if (is_ipv6_extension(next) && first_fragment) || data + l4 > data_end {
+        return None;
+    }
+    flow.proto = next;
+    parse_transport(data, data_end, l4, first_fragment, flow)
 }
 
 /// Whether an ICMP type (of `proto`) is an error message that quotes the packet it is about.
@@ -280,7 +357,7 @@ fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
 }
 
 /// Reads the transport header at `l4` into `flow` (whose addresses, family and protocol are
-/// set). `first_fragment` is false for a non-first IPv4 fragment, which carries no transport
+/// set). `first_fragment` is false for a non-first fragment, which carries no transport
 /// header: its ports stay 0. Returns `None` when the header is truncated.
 #[inline(always)]
 fn parse_transport(
@@ -318,6 +395,17 @@ fn parse_transport(
                 let id = u16::from_be_bytes([icmp[4], icmp[5]]);
                 flow.ct_sport = id;
                 flow.ct_dport = id;
+                return Some(());
+            }
+            // Neighbour discovery and errors only in the family's own ICMP: ICMPv6 carried
+            // by IPv4 (or ICMP by IPv6) is no housekeeping and relates to no flow, whatever
+            // its type says.
+            let own = if flow.family == 4 {
+                flow.proto == IPPROTO_ICMP
+            } else {
+                flow.proto == IPPROTO_ICMPV6
+            };
+            if !own {
                 return Some(());
             }
             if flow.proto == IPPROTO_ICMPV6 && (130..=137).contains(&icmp_type) {
@@ -385,7 +473,8 @@ fn quoted_flow(data: usize, data_end: usize, at: usize, flow: &mut Flow) -> Opti
     key.port_b = dport;
     key.proto = proto;
     key.family = flow.family;
-    key._pad = [0; 2];
+    key.zone = 0;
+    key._pad = 0;
     let swap = match compare_addrs(&key.addr_a, &key.addr_b) {
         core::cmp::Ordering::Less => false,
         core::cmp::Ordering::Greater => true,

@@ -1,21 +1,25 @@
 //! Policy: the verdict of an endpoint's policy for a flow.
 //!
 //! A new flow gets the verdict of the sending endpoint's egress policy and the receiving
-//! endpoint's ingress policy (each when that side is a local workload), each found in a few hash
+//! endpoint's ingress policy (each when that side is a local workload or a host endpoint; a
+//! host endpoint's host side opens its failsafe ports first), each found in a few hash
 //! lookups whatever the number of rules (the layout is in `calico-ebpf-common`): the address
 //! class of the remote address, the port class of the protocol and source port within it, and
 //! the verdict of the destination port within that. Each step is a longest-prefix search over
-//! the prefix lengths the policy uses, run under `bpf_loop`. Conntrack (in `conntrack.rs`)
-//! decides which packets meet policy at all.
+//! the prefix lengths the policy uses, run under `bpf_loop`. A host endpoint's policy, compiled
+//! for any local address, first finds the local address's class the same way. Conntrack (in
+//! `conntrack.rs`) decides which packets meet policy at all.
 
 use aya_ebpf::{btf_maps::PerCpuArray, cty::c_void, helpers::generated::bpf_loop, macros::btf_map};
 use calico_ebpf_common::{
-    AddressClass, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey,
-    PolicyProtoKey, PolicyVerdict, PortClass, direction, mask_port, mask_v4, mask_v6, proto_kind,
-    verdict_action, verdict_flags,
+    AddressClass, LOCAL_CLASSES, LOCAL_STEP, LogEvent, PolicyAddrKeyV4, PolicyAddrKeyV6,
+    PolicyInfo, PolicyPortKey, PolicyProtoKey, PolicyVerdict, PortClass, direction, mask_port,
+    mask_v4, mask_v6, proto_kind, verdict_action, verdict_flags,
 };
 
 use crate::{
+    counters::count_failsafe,
+    failsafe,
     maps::{
         LOG_EVENTS, POLICIES, POLICY_ADDRS_V4, POLICY_ADDRS_V6, POLICY_PORTS, POLICY_PROTOS,
         RULE_COUNTERS,
@@ -23,14 +27,16 @@ use crate::{
     packet::{Flow, V4, V6},
 };
 
-/// A side of the flow that is a local workload, with its policies (0: none applies; both are
-/// 0 when the side is not a local workload).
+/// A side of the flow that is a local workload or a host endpoint, with its policies (0: none
+/// applies; both are 0 when the side is neither).
 #[derive(Clone, Copy)]
 pub struct Side {
-    /// Host-side ifindex (0: not a local workload).
+    /// Host-side ifindex of the workload, or the host endpoint's interface (0: neither).
     pub ifindex: u32,
     pub ingress_policy: u32,
     pub egress_policy: u32,
+    /// Bits from [`side_flags`].
+    pub flags: u32,
 }
 
 impl Side {
@@ -38,7 +44,15 @@ impl Side {
         ifindex: 0,
         ingress_policy: 0,
         egress_policy: 0,
+        flags: 0,
     };
+}
+
+/// Bits of [`Side::flags`].
+pub mod side_flags {
+    /// The host itself behind a host endpoint: the failsafe ports are open whatever its policy
+    /// says.
+    pub const HOST: u32 = 1;
 }
 
 /// Values of [`Admission::outcome`].
@@ -157,6 +171,28 @@ fn policy_lookup(policy: u32, flow: &Flow, ingress: bool) -> Lookup {
         (&flow.dst, &flow.src)
     } else {
         (&flow.src, &flow.dst)
+    };
+    // A policy compiled for any local address (a host endpoint's) keys its address entries by
+    // the local address's class, which its local step finds first.
+    let mut local_class = [0u8; 16];
+    let local = if info.v4_lengths & LOCAL_CLASSES != 0 {
+        let step = policy | LOCAL_STEP;
+        let Some(step_info) = POLICIES.get_ptr(step) else {
+            return result;
+        };
+        let step_info = unsafe { &*step_info };
+        let found = if flow.family == 4 {
+            address_class::<V4>(step, step_info, &[0; 16], local)
+        } else {
+            address_class::<V6>(step, step_info, &[0; 16], local)
+        };
+        let Some(found) = found else { return result };
+        let class = found.class.to_be_bytes();
+        let at = if flow.family == 4 { 0 } else { 12 };
+        local_class[at..at + 4].copy_from_slice(&class);
+        &local_class
+    } else {
+        local
     };
     let class = if flow.family == 4 {
         address_class::<V4>(policy, info, local, remote)
@@ -545,6 +581,10 @@ pub fn check(side: Side, flow: &Flow, ingress: bool) -> Admission {
         side.egress_policy
     };
     if policy == 0 {
+        return Admission::ALLOWED;
+    }
+    if side.flags & side_flags::HOST != 0 && failsafe::open(flow, ingress) {
+        count_failsafe(side.ifindex, ingress);
         return Admission::ALLOWED;
     }
     let verdict = evaluate(side.ifindex, policy, flow, ingress);

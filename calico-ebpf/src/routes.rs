@@ -7,7 +7,7 @@
 //! a handful of inlined lines, so the generic path compiles to what two copies would.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use calico_ebpf_common::{RouteValue, SourceKeyV4, SourceKeyV6};
+use calico_ebpf_common::{RouteKind, RouteValue, SourceKeyV4, SourceKeyV6};
 
 use crate::{
     maps::{ROUTES_V4, ROUTES_V6, SOURCES_V4, SOURCES_V6},
@@ -45,6 +45,29 @@ pub trait Family {
     /// The longest-prefix route of the flow's destination.
     fn route(flow: &Flow) -> Option<&'static RouteValue>;
 
+    /// The longest-prefix route of the flow's source.
+    fn source_route(flow: &Flow) -> Option<&'static RouteValue>;
+
+    /// Whether the flow (whose destination route is `route`) is addressed to the host itself:
+    /// one of its addresses, or a broadcast or multicast group (IPv4; IPv6's link-local and
+    /// multicast destinations are [`OnLink`]).
+    #[inline(always)]
+    fn to_host(flow: &Flow, route: Option<&RouteValue>) -> bool {
+        route.is_some_and(|r| r.kind == RouteKind::Host as u32) || Self::group(flow)
+    }
+
+    /// Whether the flow's destination is a group address (IPv4 multicast or the limited
+    /// broadcast; IPv6 multicast).
+    fn group(flow: &Flow) -> bool;
+
+    /// Whether the flow comes from the host itself: its source is one of the host's addresses,
+    /// or unspecified (a DHCP client's first request).
+    #[inline(always)]
+    fn from_host(flow: &Flow) -> bool {
+        Self::source_route(flow).is_some_and(|r| r.kind == RouteKind::Host as u32)
+            || flow.src == [0; 16]
+    }
+
     /// The TTL or hop limit, in the first [`FORWARD_HEADER_LEN`] bytes of the IP header.
     fn hop_limit(hdr: &[u8; FORWARD_HEADER_LEN]) -> u8;
 
@@ -79,6 +102,18 @@ impl Family for V4 {
     fn route(flow: &Flow) -> Option<&'static RouteValue> {
         let dst = [flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]];
         ROUTES_V4.get(&Key::new(32, dst))
+    }
+
+    #[inline(always)]
+    fn source_route(flow: &Flow) -> Option<&'static RouteValue> {
+        let src = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
+        ROUTES_V4.get(&Key::new(32, src))
+    }
+
+    /// 224.0.0.0/4 (multicast) and 255.255.255.255.
+    #[inline(always)]
+    fn group(flow: &Flow) -> bool {
+        flow.dst[0] & 0xf0 == 0xe0 || flow.dst[..4] == [0xff; 4]
     }
 
     #[inline(always)]
@@ -143,6 +178,17 @@ impl Family for V6 {
     #[inline(always)]
     fn route(flow: &Flow) -> Option<&'static RouteValue> {
         ROUTES_V6.get(&Key::new(128, flow.dst))
+    }
+
+    #[inline(always)]
+    fn source_route(flow: &Flow) -> Option<&'static RouteValue> {
+        ROUTES_V6.get(&Key::new(128, flow.src))
+    }
+
+    /// ff00::/8.
+    #[inline(always)]
+    fn group(flow: &Flow) -> bool {
+        flow.dst[0] == 0xff
     }
 
     #[inline(always)]

@@ -38,6 +38,7 @@ fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
         ifindex,
         ingress_policy: endpoint.ingress_policy,
         egress_policy: endpoint.egress_policy,
+        flags: 0,
     }
 }
 
@@ -83,7 +84,7 @@ pub fn from_workload<H: Hook>(
     let counters = Counted::egress(ifindex);
     count_from_workload(counters, len);
     let host_mac = endpoint.host_mac;
-    let floating_ips = endpoint.flags & endpoint_flags::FLOATING_IPS != 0;
+    let flags = endpoint.flags;
     let sender = side(ifindex, endpoint);
 
     let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
@@ -99,7 +100,7 @@ pub fn from_workload<H: Hook>(
             sender,
             counters,
             endpoint.dhcp_server,
-            floating_ips,
+            flags,
         ),
         ETH_P_IPV6 => {
             let Some(hdr) = ipv6_header(data, data_end, len) else {
@@ -112,7 +113,15 @@ pub fn from_workload<H: Hook>(
                 return action;
             }
             ip::<V6, H>(
-                hook, data, data_end, ifindex, len, sender, counters, [0; 4], false,
+                hook,
+                data,
+                data_end,
+                ifindex,
+                len,
+                sender,
+                counters,
+                [0; 4],
+                flags & !endpoint_flags::FLOATING_IPS,
             )
         }
         ETH_P_ARP => neighbour::arp(data, data_end, host_mac, counters, len),
@@ -123,9 +132,10 @@ pub fn from_workload<H: Hook>(
 /// The from-workload pipeline of an IP packet: parsing, anti-spoofing, route, conntrack and
 /// policy, then delivery to a local workload, forwarding to a workload of another host, or
 /// hand-off to the kernel. `dhcp_server` is the address the agent answers DHCP as for this
-/// workload (all zeroes: none); `floating_ips` says whether the workload has floating IPs (its
+/// workload (all zeroes: none); `flags` are the endpoint's: whether it has floating IPs (its
 /// packets to outside the pools, and its replies to flows that addressed a floating IP, leave
-/// from the external address).
+/// from the external address), and whether its traffic to the host itself is dropped once its
+/// egress policy allowed it (`DefaultEndpointToHostAction`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn ip<F: Family, H: Hook>(
@@ -137,8 +147,10 @@ fn ip<F: Family, H: Hook>(
     sender: Side,
     counters: Counted,
     dhcp_server: [u8; 4],
-    floating_ips: bool,
+    flags: u32,
 ) -> Action {
+    let floating_ips = flags & endpoint_flags::FLOATING_IPS != 0;
+    let to_host_drop = flags & endpoint_flags::TO_HOST_DROP != 0;
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return count_drop(counters, DropReason::Malformed, Headers::Unread);
     };
@@ -158,6 +170,9 @@ fn ip<F: Family, H: Hook>(
         OnLink::Policed => {
             if let Some(drop) = refused(admit(flow, &sender, &Side::NONE), flow) {
                 return drop;
+            }
+            if to_host_drop {
+                return count_drop(counters, DropReason::EndpointToHost, Headers::Parsed);
             }
             return count_pass(counters, len);
         }
@@ -198,6 +213,10 @@ fn ip<F: Family, H: Hook>(
     };
     if let Some(drop) = refused(admit(flow, &sender, &receiver), flow) {
         return drop;
+    }
+    // Traffic to the host itself, once egress policy allowed it: DefaultEndpointToHostAction.
+    if to_host_drop && F::to_host(flow, route) {
+        return count_drop(counters, DropReason::EndpointToHost, Headers::Parsed);
     }
     // Source NAT to the floating IP, after egress policy saw the internal address: to outside
     // the pools (no route), a reply to a flow that addressed the floating IP, or the workload

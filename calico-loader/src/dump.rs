@@ -33,9 +33,16 @@ pub struct RouteRow {
     pub next_hop: String,
 }
 
-/// An endpoint as `dump endpoints` shows it.
+/// What an endpoint row is: a workload's interface, or a data interface a host endpoint covers.
+pub const WORKLOAD: &str = "workload";
+pub const HOST_ENDPOINT: &str = "host-endpoint";
+
+/// An endpoint as `dump endpoints` shows it: a workload endpoint, or a host endpoint on one
+/// of the data interfaces it covers.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct EndpointRow {
+    /// [`WORKLOAD`] or [`HOST_ENDPOINT`].
+    pub kind: &'static str,
     pub ifindex: u32,
     pub interface: String,
     pub name: String,
@@ -51,9 +58,42 @@ pub struct EndpointRow {
     pub hooks: Vec<String>,
 }
 
-/// The counters of one endpoint, summed over CPUs.
+/// The counters of one endpoint (a workload's, or a host endpoint's), summed over CPUs.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct CounterRow {
+#[serde(untagged)]
+pub enum CounterRow {
+    Workload(WorkloadCounterRow),
+    HostEndpoint(HostEndpointCounterRow),
+}
+
+/// The counters of one host endpoint's interface, summed over CPUs. "In" and "out" are seen
+/// from the host.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct HostEndpointCounterRow {
+    /// [`HOST_ENDPOINT`].
+    pub kind: &'static str,
+    pub ifindex: u32,
+    pub interface: String,
+    pub name: String,
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    pub to_host_packets: u64,
+    pub from_host_packets: u64,
+    pub forward_in_packets: u64,
+    pub forward_out_packets: u64,
+    /// Flows opened on a failsafe port whatever the policy said.
+    pub failsafe_in: u64,
+    pub failsafe_out: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The counters of one workload endpoint, summed over CPUs.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct WorkloadCounterRow {
+    /// [`WORKLOAD`].
+    pub kind: &'static str,
     pub ifindex: u32,
     pub interface: String,
     pub name: String,
@@ -246,6 +286,7 @@ pub fn endpoints(layout: &PinLayout) -> anyhow::Result<Vec<EndpointRow>> {
                 .map(|hooks| hooks.iter().map(|h| h.pin_suffix().to_owned()).collect())
                 .unwrap_or_default();
             let row = EndpointRow {
+                kind: WORKLOAD,
                 ifindex: *ifindex,
                 name: text(info.name_bytes()),
                 mac: mac_string(&info.mac),
@@ -288,7 +329,29 @@ pub fn endpoints(layout: &PinLayout) -> anyhow::Result<Vec<EndpointRow>> {
             *flags,
         );
     }
-    Ok(rows.into_values().collect())
+    let mut rows: Vec<EndpointRow> = rows.into_values().collect();
+    for (ifindex, info) in &contents.host_endpoints {
+        let interface = text(info.ifname_bytes());
+        let hooks: Vec<String> = links
+            .get(&interface)
+            .map(|hooks| hooks.iter().map(|h| h.pin_suffix().to_owned()).collect())
+            .unwrap_or_default();
+        rows.push(EndpointRow {
+            kind: HOST_ENDPOINT,
+            ifindex: *ifindex,
+            name: text(info.name_bytes()),
+            mac: "-".to_owned(),
+            host_mac: "-".to_owned(),
+            addresses: Vec::new(),
+            allowed_spoof: Vec::new(),
+            tap: false,
+            dhcp_server: None,
+            attached: !hooks.is_empty(),
+            hooks,
+            interface,
+        });
+    }
+    Ok(rows)
 }
 
 /// The counters of every endpoint.
@@ -303,7 +366,8 @@ pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
         } else {
             info.map(|e| text(e.name_bytes())).unwrap_or_default()
         };
-        rows.push(CounterRow {
+        rows.push(CounterRow::Workload(WorkloadCounterRow {
+            kind: WORKLOAD,
             ifindex,
             interface: info.map(|e| text(e.ifname_bytes())).unwrap_or_default(),
             name,
@@ -320,13 +384,39 @@ pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
             forwarded_remote_bytes: total.fwd_remote_bytes,
             from_data_interface_packets: total.from_data_packets,
             from_data_interface_bytes: total.from_data_bytes,
-            drops: DropReason::ALL
-                .iter()
-                .map(|reason| (reason.as_str().to_owned(), total.drops[*reason as usize]))
-                .collect(),
-        });
+            drops: drops(&total.drops),
+        }));
+    }
+    let host_endpoints = maps.read()?.host_endpoints;
+    for (ifindex, total) in maps.host_endpoint_counters()? {
+        let info = host_endpoints.get(&ifindex);
+        rows.push(CounterRow::HostEndpoint(HostEndpointCounterRow {
+            kind: HOST_ENDPOINT,
+            ifindex,
+            interface: info.map(|e| text(e.ifname_bytes())).unwrap_or_default(),
+            name: info.map(|e| text(e.name_bytes())).unwrap_or_default(),
+            in_packets: total.in_packets,
+            in_bytes: total.in_bytes,
+            out_packets: total.out_packets,
+            out_bytes: total.out_bytes,
+            to_host_packets: total.to_host_packets,
+            from_host_packets: total.from_host_packets,
+            forward_in_packets: total.forward_in_packets,
+            forward_out_packets: total.forward_out_packets,
+            failsafe_in: total.failsafe_in,
+            failsafe_out: total.failsafe_out,
+            drops: drops(&total.drops),
+        }));
     }
     Ok(rows)
+}
+
+/// Drop counts by reason name.
+fn drops(counts: &[u64; calico_ebpf_common::DROP_REASONS]) -> BTreeMap<String, u64> {
+    DropReason::ALL
+        .iter()
+        .map(|reason| (reason.as_str().to_owned(), counts[*reason as usize]))
+        .collect()
 }
 
 /// A conntrack entry as `dump conntrack` shows it. "Opener" is the side that sent the
@@ -458,6 +548,7 @@ pub fn rule_words(info: &calico_ebpf_common::RuleInfo) -> (String, String, Strin
         rule_kind::TIER_DEFAULT => "tier-default",
         rule_kind::PROFILE_RULE => "profile-rule",
         rule_kind::NO_MATCH => "no-match",
+        rule_kind::FORWARD_DEFAULT => "forward-default",
         _ => "unknown",
     };
     let direction = if info.direction == calico_ebpf_common::direction::INGRESS {
@@ -618,7 +709,11 @@ pub fn endpoints_table(rows: &[EndpointRow]) -> String {
         .iter()
         .map(|r| {
             vec![
-                r.name.clone(),
+                if r.kind == HOST_ENDPOINT {
+                    format!("HostEndpoint {}", r.name)
+                } else {
+                    r.name.clone()
+                },
                 r.interface.clone(),
                 r.ifindex.to_string(),
                 r.mac.clone(),
@@ -644,16 +739,71 @@ pub fn endpoints_table(rows: &[EndpointRow]) -> String {
     )
 }
 
+/// Non-zero drop counts as `reason=n,...`, or `-`.
+fn drops_cell(drops: &BTreeMap<String, u64>) -> String {
+    let drops: Vec<String> = drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| format!("{reason}={n}"))
+        .collect();
+    if drops.is_empty() {
+        "-".to_owned()
+    } else {
+        drops.join(",")
+    }
+}
+
+/// The workload endpoints' counters, then (when there are any) the host endpoints'.
 pub fn counters_table(rows: &[CounterRow]) -> String {
+    let workloads: Vec<&WorkloadCounterRow> = rows
+        .iter()
+        .filter_map(|r| match r {
+            CounterRow::Workload(row) => Some(row),
+            CounterRow::HostEndpoint(_) => None,
+        })
+        .collect();
+    let mut out = workload_counters_table(&workloads);
+    let hosts: Vec<Vec<String>> = rows
+        .iter()
+        .filter_map(|r| match r {
+            CounterRow::HostEndpoint(r) => Some(vec![
+                r.name.clone(),
+                r.interface.clone(),
+                format!("{}/{}", r.in_packets, r.in_bytes),
+                format!("{}/{}", r.out_packets, r.out_bytes),
+                r.to_host_packets.to_string(),
+                r.from_host_packets.to_string(),
+                format!("{}/{}", r.forward_in_packets, r.forward_out_packets),
+                format!("{}/{}", r.failsafe_in, r.failsafe_out),
+                drops_cell(&r.drops),
+            ]),
+            CounterRow::Workload(_) => None,
+        })
+        .collect();
+    if !hosts.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "HOST-ENDPOINT",
+                "INTERFACE",
+                "IN pkts/B",
+                "OUT pkts/B",
+                "TO-HOST",
+                "FROM-HOST",
+                "FORWARDED in/out",
+                "FAILSAFE in/out",
+                "DROPS",
+            ],
+            &hosts,
+        ));
+    }
+    out
+}
+
+fn workload_counters_table(rows: &[&WorkloadCounterRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let drops: Vec<String> = r
-                .drops
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(reason, n)| format!("{reason}={n}"))
-                .collect();
             vec![
                 r.name.clone(),
                 r.interface.clone(),
@@ -670,11 +820,7 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
                 ),
                 format!("{}/{}", r.to_host_packets, r.to_host_bytes),
                 r.neighbour_replies.to_string(),
-                if drops.is_empty() {
-                    "-".to_owned()
-                } else {
-                    drops.join(",")
-                },
+                drops_cell(&r.drops),
             ]
         })
         .collect();

@@ -295,8 +295,9 @@ pub struct DropRecord {
     pub kind: &'static str,
     /// When, as RFC 3339 UTC with milliseconds.
     pub time: String,
-    /// The WorkloadEndpoint (`namespace/name`) the drop is counted against; none for an
-    /// interface without an endpoint entry.
+    /// The WorkloadEndpoint (`namespace/name`) the drop is counted against, or
+    /// `HostEndpoint <name>` for a host endpoint's drop; none for an interface without an
+    /// endpoint entry.
     pub endpoint: Option<String>,
     /// Its host-side interface.
     pub interface: Option<String>,
@@ -376,13 +377,14 @@ impl Summary {
 /// for each event, so they follow the agent's changes), times from the monotonic clock.
 pub struct Resolver {
     endpoints: Handle<spec::Endpoints>,
+    host_endpoints: Handle<spec::HostEndpoints>,
     rules: Handle<spec::Rules>,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
     realtime_offset_ns: i128,
 }
 
 impl Resolver {
-    /// Opens the endpoint and rule maps pinned under `layout`.
+    /// Opens the endpoint, host endpoint and rule maps pinned under `layout`.
     ///
     /// # Errors
     ///
@@ -391,6 +393,7 @@ impl Resolver {
         let mut pins = layout;
         let mut resolver = Self {
             endpoints: pins.open::<spec::Endpoints>()?,
+            host_endpoints: pins.open::<spec::HostEndpoints>()?,
             rules: pins.open::<spec::Rules>()?,
             realtime_offset_ns: 0,
         };
@@ -408,8 +411,18 @@ impl Resolver {
 
     /// The event in words.
     pub fn describe(&self, event: &DropEvent) -> DropRecord {
-        let endpoint = self.endpoints.get(&event.ifindex, 0).ok();
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        // A workload's interface, or a data interface that a HostEndpoint covers.
+        let (endpoint, interface) = match self.endpoints.get(&event.ifindex, 0) {
+            Ok(e) => (Some(text(e.name_bytes())), Some(text(e.ifname_bytes()))),
+            Err(_) => match self.host_endpoints.get(&event.ifindex, 0) {
+                Ok(h) => (
+                    Some(format!("HostEndpoint {}", text(h.name_bytes()))),
+                    Some(text(h.ifname_bytes())),
+                ),
+                Err(_) => (None, None),
+            },
+        };
         let wall_ns = i128::from(event.timestamp_ns) + self.realtime_offset_ns;
         let reason = DropReason::ALL
             .iter()
@@ -426,8 +439,8 @@ impl Resolver {
         DropRecord {
             kind: "drop",
             time: rfc3339_ms(wall_ns),
-            endpoint: endpoint.map(|e| text(e.name_bytes())),
-            interface: endpoint.map(|e| text(e.ifname_bytes())),
+            endpoint,
+            interface,
             ifindex: event.ifindex,
             direction: if event.direction == direction::INGRESS {
                 "ingress"

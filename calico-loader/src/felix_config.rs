@@ -130,7 +130,10 @@ impl fmt::Display for EndpointToHostAction {
     }
 }
 
-/// One failsafe port: `protocol:port`, or `protocol:net:port`.
+/// One failsafe port, as Felix's `FailsafeInboundHostPorts` and `FailsafeOutboundHostPorts`
+/// write them: `port` (TCP), `protocol:port`, or `protocol:net:port` (an IPv6 net in
+/// brackets, `tcp:[2001:db8::/32]:22`). The net limits the remote side: the source of inbound
+/// traffic, the destination of outbound traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailsafePort {
     /// `tcp`, `udp` or `sctp`.
@@ -141,9 +144,13 @@ pub struct FailsafePort {
 }
 
 impl fmt::Display for FailsafePort {
+    /// Felix's form: `protocol:port`, `protocol:net:port`, an IPv6 net in brackets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.net {
-            Some(net) => write!(f, "{}:{}:{}", self.protocol, net, self.port),
+            Some(net @ ipnet::IpNet::V4(_)) => write!(f, "{}:{}:{}", self.protocol, net, self.port),
+            Some(net @ ipnet::IpNet::V6(_)) => {
+                write!(f, "{}:[{}]:{}", self.protocol, net, self.port)
+            }
             None => write!(f, "{}:{}", self.protocol, self.port),
         }
     }
@@ -273,6 +280,34 @@ impl FelixConfig {
             enabled: self.health_enabled.value,
             host: self.health_host.value.clone(),
             port: self.health_port.value,
+        }
+    }
+
+    /// What the dataplane does for the host itself: workloads' traffic to the host
+    /// (`DefaultEndpointToHostAction`) and the failsafe ports.
+    pub fn host_settings(&self) -> crate::dataplane::host_endpoints::HostSettings {
+        use crate::dataplane::host_endpoints::{Failsafe, HostSettings};
+        let failsafes = |ports: &FailsafePorts, inbound: bool| {
+            ports
+                .0
+                .iter()
+                .map(move |port| Failsafe {
+                    inbound,
+                    proto: match port.protocol.as_str() {
+                        "udp" => 17,
+                        "sctp" => 132,
+                        _ => 6,
+                    },
+                    port: port.port,
+                    net: port.net,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = failsafes(&self.failsafe_inbound_host_ports.value, true);
+        all.extend(failsafes(&self.failsafe_outbound_host_ports.value, false));
+        HostSettings {
+            to_host_drop: self.default_endpoint_to_host_action.value == EndpointToHostAction::Drop,
+            failsafes: all,
         }
     }
 
@@ -937,15 +972,8 @@ impl Watch {
         for (name, source) in &running.unused {
             tracing::info!(%source, "Felix setting {name} is accepted and not used by this dataplane");
         }
-        if running.default_endpoint_to_host_action.source != Source::Default
-            || running.failsafe_inbound_host_ports.source != Source::Default
-            || running.failsafe_outbound_host_ports.source != Source::Default
-            || running.interface_prefix.source != Source::Default
-        {
-            tracing::info!(
-                "DefaultEndpointToHostAction, FailsafeInboundHostPorts, FailsafeOutboundHostPorts \
-                 and InterfacePrefix are parsed and checked, not enforced yet (no host endpoints)"
-            );
+        if running.interface_prefix.source != Source::Default {
+            tracing::info!("InterfacePrefix is parsed and checked, not used yet");
         }
         Self {
             sources,
@@ -984,13 +1012,13 @@ impl Watch {
                     if changed.contains(&"BPFMapSizeConntrack") {
                         resize.push_str(
                             " (BPFMapSizeConntrack: restart the agent to resize the conntrack \
-                             table; with the old table pinned, `calico-loader cleanup` first)",
+                             table; the new table takes over the tracked flows)",
                         );
                     }
                     if changed.contains(&"BPFMapSizeIfState") {
                         resize.push_str(
-                            " (BPFMapSizeIfState: restart the agent to resize the endpoint map, \
-                             after `calico-loader cleanup`, which stops traffic until it is back)",
+                            " (BPFMapSizeIfState: restart the agent to resize the endpoint map; \
+                             the new map is filled before the programs move to it)",
                         );
                     }
                     format!(

@@ -161,3 +161,68 @@ pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> V
     arp.extend_from_slice(&target.octets());
     ethernet([0xff; 6], sender_mac, 0x0806, &arp)
 }
+
+#[cfg(feature = "packets")]
+/// TCP flags, as the builders take them.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+#[cfg(feature = "packets")]
+/// A TCP segment (no options, no payload) with `flags` and a correct checksum over the IPv4
+/// pseudo-header.
+pub fn tcp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes());
+    let ack = if flags & tcp_flags::ACK != 0 { 1u32 } else { 0 };
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut pseudo = [src.octets(), dst.octets()].concat();
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let check = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&check.to_be_bytes());
+    tcp
+}
+
+#[cfg(feature = "packets")]
+/// An Ethernet frame to `dst_mac` with a TCP/IPv4 segment (see [`tcp_v4`]), TTL 64.
+pub fn tcp_v4_frame(
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let tcp = tcp_v4(src, dst, sport, dport, flags);
+    ethernet(
+        dst_mac,
+        [0x02, 0, 0, 0, 0, 0x01],
+        0x0800,
+        &ipv4(src, dst, 64, 6, &[], &tcp),
+    )
+}
+
+#[cfg(feature = "packets")]
+/// An Ethernet frame to `dst_mac` with a UDP/IPv4 datagram between the given ports, TTL 64.
+pub fn udp_v4_ports_frame(
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let udp = udp_v4(src, dst, sport, dport, b"calico-ebpf test payload");
+    ethernet(
+        dst_mac,
+        [0x02, 0, 0, 0, 0, 0x01],
+        0x0800,
+        &ipv4(src, dst, 64, 17, &[], &udp),
+    )
+}

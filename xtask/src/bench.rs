@@ -46,6 +46,7 @@ mod cross_host;
 mod hosting;
 mod livegen;
 mod loader;
+mod many_endpoints;
 mod measure;
 mod phase_agent;
 mod policy;

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use anyhow::Result;
 use testbed::{Cmd, output, privileges};
 
-use crate::{bench, paths, root, setup, vm};
+use crate::{bench, build, paths, root, setup, vm};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -21,6 +21,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
     setup::setup()?;
     // The VM tests boot this image; building it once here keeps its download out of them.
     vm::ensure(None)?;
+    // The upgrade test runs this build against the one under test.
+    let next_layout = build::next_layout_agent()?;
 
     output::step("Running the tests");
     output::explain(
@@ -31,6 +33,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
         .args(["test", "--workspace", "--exclude", "calico-ebpf"])
         .args(&args.args)
         .env("RUST_BACKTRACE", "1")
+        .env(build::NEXT_LAYOUT_AGENT_ENV, &next_layout)
         .current_dir(paths::workspace_root());
     if !privileges::is_root() {
         // Cargo builds as this user; only the test binaries run as root,

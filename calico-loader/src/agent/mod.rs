@@ -28,7 +28,7 @@ use self::{
 };
 use crate::{
     dataplane::{
-        ApplyReport, Dataplane,
+        ApplyReport, Dataplane, HostDesired,
         attach::{AttachMode, Role},
         bpffs::PinLayout,
         nat::NatPools,
@@ -41,7 +41,11 @@ use crate::{
     metrics::{Health, Metrics, MonitoringConfig, resync_state},
     model::{
         Conflict, LocalEndpoint,
-        compile::{CompiledEndpoint, PolicyContext, compile_endpoint},
+        compile::{
+            CompiledEndpoint, CompiledHostEndpoint, PolicyContext, compile_endpoint,
+            compile_host_endpoint,
+        },
+        host_endpoints::{LocalHostEndpoint, local_host_endpoints},
         local_endpoints, remote_workloads,
         rules::RuleRegistry,
     },
@@ -184,6 +188,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut next_resync = Instant::now() + config.resync_interval;
     let mut registry = RuleRegistry::default();
     let mut policies = PolicyCache::default();
+    // Restart to change: the Felix configuration watch says so.
+    let host_settings = felix.running().host_settings();
 
     let pid_file = match write_pid_file(&config.routing.run_dir) {
         Ok(path) => Some(path),
@@ -235,11 +241,30 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let (remote, remote_conflicts) =
             remote_workloads(&sync.snapshot, &sync.ipam, &config.node, &endpoints);
         log.remote_conflicts(&remote_conflicts);
-        let compiled = policies.compile(&sync.snapshot, &endpoints, &mut registry, &mut log);
+        let host_endpoints = local_host_endpoints(&sync.snapshot, &config.node);
+        policies.compile(
+            &sync.snapshot,
+            &endpoints,
+            &host_endpoints,
+            &mut registry,
+            &mut log,
+        );
         let nat_pools = NatPools::from_pools(sync.snapshot.all::<IpPool>());
         let apply_started = std::time::Instant::now();
+        let host = HostDesired {
+            endpoints: &host_endpoints,
+            compiled: &policies.host_compiled,
+            settings: &host_settings,
+        };
         match dataplane
-            .apply(&endpoints, &remote, compiled, &mut registry, &nat_pools)
+            .apply(
+                &endpoints,
+                &remote,
+                &policies.compiled,
+                host,
+                &mut registry,
+                &nat_pools,
+            )
             .await
         {
             Ok(report) => {
@@ -286,7 +311,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     endpoints: endpoints.len(),
                     attached: workloads.count(),
                     waiting: report.waiting.len(),
-                    data_interfaces: attached.values().filter(|(_, r)| *r == Role::Data).count(),
+                    data_interfaces: attached.values().filter(|(_, r)| r.is_data()).count(),
                     remote_endpoints: remote.endpoints.len(),
                     remote_blocks: remote.blocks.len(),
                 });
@@ -501,29 +526,37 @@ impl LogLimiter {
     }
 }
 
-/// The compiled policies of this node's endpoints, redone only when the resources change.
+/// The compiled policies of this node's endpoints and host endpoints, redone only when the
+/// resources change.
 #[derive(Default)]
 struct PolicyCache {
     /// The distinct rule selectors of the last compile.
     selectors: usize,
     snapshot: Option<Snapshot>,
     endpoints: BTreeSet<String>,
+    host_endpoints: Vec<LocalHostEndpoint>,
     compiled: BTreeMap<String, CompiledEndpoint>,
+    host_compiled: BTreeMap<String, CompiledHostEndpoint>,
 }
 
 impl PolicyCache {
-    /// Compiles the policy of every endpoint in `endpoints`. An endpoint whose policy does not
-    /// compile is left out (logged): the dataplane keeps its previous policy in force.
+    /// Compiles the policy of every endpoint in `endpoints` and every host endpoint in
+    /// `host_endpoints`. One whose policy does not compile is left out (logged): the dataplane
+    /// keeps its previous policy in force.
     fn compile(
         &mut self,
         snapshot: &Snapshot,
         endpoints: &BTreeMap<String, LocalEndpoint>,
+        host_endpoints: &[LocalHostEndpoint],
         registry: &mut RuleRegistry,
         log: &mut ReportLog,
-    ) -> &BTreeMap<String, CompiledEndpoint> {
+    ) {
         let keys: BTreeSet<String> = endpoints.values().map(|e| e.key.clone()).collect();
-        if self.snapshot.as_ref() == Some(snapshot) && self.endpoints == keys {
-            return &self.compiled;
+        if self.snapshot.as_ref() == Some(snapshot)
+            && self.endpoints == keys
+            && self.host_endpoints == host_endpoints
+        {
+            return;
         }
         let started = std::time::Instant::now();
         let context = PolicyContext::new(snapshot);
@@ -547,17 +580,37 @@ impl PolicyCache {
                 }
             }
         }
+        let mut host_compiled = BTreeMap::new();
+        for local in host_endpoints {
+            let Some(hep) = snapshot.find::<crate::datastore::HostEndpoint>(None, &local.name)
+            else {
+                continue;
+            };
+            match compile_host_endpoint(&context, registry, hep) {
+                Ok(policy) => {
+                    host_compiled.insert(local.name.clone(), policy);
+                }
+                Err(e) => {
+                    errors.insert(format!(
+                        "{e}; the host endpoint keeps the policy it had (or, having none, is not \
+                         enforced)"
+                    ));
+                }
+            }
+        }
         log.compile_errors(errors);
         self.selectors = context.selector_count();
         info!(
             endpoints = compiled.len(),
+            host_endpoints = host_compiled.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "policy compiled"
         );
         self.snapshot = Some(snapshot.clone());
         self.endpoints = keys;
+        self.host_endpoints = host_endpoints.to_vec();
         self.compiled = compiled;
-        &self.compiled
+        self.host_compiled = host_compiled;
     }
 }
 
@@ -651,12 +704,20 @@ impl ReportLog {
             );
         }
         for (ifname, ifindex) in &report.attached_data {
-            info!(
-                interface = %ifname,
-                ifindex,
-                mode = mode.as_str(),
-                "attached data interface"
-            );
+            match report.host_endpoints.iter().find(|(i, _)| i == ifname) {
+                Some((_, hep)) => info!(
+                    interface = %ifname,
+                    ifindex,
+                    host_endpoint = %hep,
+                    "attached data interface with its host endpoint (TC both ways)"
+                ),
+                None => info!(
+                    interface = %ifname,
+                    ifindex,
+                    mode = mode.as_str(),
+                    "attached data interface"
+                ),
+            }
         }
         for ifname in &report.detached {
             info!(interface = %ifname, "detached");

@@ -537,8 +537,9 @@ pub fn protocols_at(socket: &Path) -> Result<Vec<ProtocolStatus>, BgpError> {
 }
 
 /// The rows of `birdc show protocols`: `Name Proto Table State Since Info`, where Since is one
-/// or two words (a time, or a date and a time) and Info the rest.
-fn parse_protocols(text: &str) -> Vec<ProtocolStatus> {
+/// or two words (a time, or a date and a time) and Info the rest. Lines that are not such rows
+/// (BIRD's greeting, the header, anything shorter than four columns) are skipped.
+pub fn parse_protocols(text: &str) -> Vec<ProtocolStatus> {
     text.lines()
         .filter(|line| !line.starts_with("BIRD ") && !line.starts_with("Name "))
         .filter_map(|line| {

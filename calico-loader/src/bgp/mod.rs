@@ -19,7 +19,10 @@ pub mod daemon;
 mod error;
 pub mod model;
 
-pub use daemon::{Bird, BirdSettings, ProtocolStatus, Reload, birdc_at, protocols_at, socket_path};
+pub use daemon::{
+    Bird, BirdSettings, ProtocolStatus, Reload, birdc_at, parse_protocols, protocols_at,
+    socket_path,
+};
 pub use error::BgpError;
 pub use model::{
     BgpInput, BgpModel, BgpSession, Encapsulation, Family, FamilyRouting, NodeFacts, Password,

@@ -4,7 +4,8 @@
 //! A pinned link outlives the agent: when the agent exits (without `--detach-on-exit`) the
 //! programs stay attached and keep forwarding with the pinned maps, as Calico does, so a restart
 //! or upgrade does not interrupt traffic. A new agent attaches its own programs first and only
-//! then removes the old links (TCX runs the newest first), so there is no gap on TC hooks.
+//! then removes the old links (TCX runs the newest first), so there is no gap on TC hooks; on
+//! XDP, which takes one program per interface, it gives the pinned link its program atomically.
 
 use std::{
     fs, io,
@@ -18,6 +19,7 @@ use aya::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
+        xdp::XdpLink,
     },
 };
 use calico_ebpf_common::program_names;
@@ -63,6 +65,17 @@ pub enum Role {
     Workload,
     /// A data interface of the host (`--data-interfaces`): traffic from other hosts.
     Data,
+    /// A data interface that a HostEndpoint covers: host endpoint policy both ways, and the
+    /// data interface's delivery to local workloads.
+    HostEndpoint,
+}
+
+impl Role {
+    /// Whether it is a data interface (with or without a host endpoint): its programs can be
+    /// swapped from one to the other in place.
+    pub fn is_data(self) -> bool {
+        matches!(self, Role::Data | Role::HostEndpoint)
+    }
 }
 
 /// One attachment point of a program on an interface.
@@ -78,15 +91,21 @@ pub enum Hook {
     TcFromData,
     /// XDP on a data interface: packets from other hosts.
     XdpFromData,
+    /// TC ingress of a data interface with a host endpoint: packets arriving.
+    TcHostEndpointIngress,
+    /// TC egress of a data interface with a host endpoint: packets leaving.
+    TcHostEndpointEgress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 7] = [
         Self::TcFromWorkload,
         Self::TcToWorkload,
         Self::XdpFromWorkload,
         Self::TcFromData,
         Self::XdpFromData,
+        Self::TcHostEndpointIngress,
+        Self::TcHostEndpointEgress,
     ];
 
     /// The suffix of the link's pin name.
@@ -97,17 +116,22 @@ impl Hook {
             Self::XdpFromWorkload => "xdp",
             Self::TcFromData => "data_tc_ingress",
             Self::XdpFromData => "data_xdp",
+            Self::TcHostEndpointIngress => "hep_tc_ingress",
+            Self::TcHostEndpointEgress => "hep_tc_egress",
         }
     }
 
     /// The hooks an interface of `role` uses in `mode`. Egress towards a workload is always TC:
-    /// XDP has no egress hook. A data interface only has its ingress.
+    /// XDP has no egress hook. A data interface only has its ingress; one with a host endpoint
+    /// has TC both ways in either mode (host endpoint policy needs the egress hook, and its
+    /// ingress program delivers to local workloads as TC's data program does).
     pub fn for_interface(role: Role, mode: AttachMode) -> &'static [Hook] {
         match (role, mode) {
             (Role::Workload, AttachMode::Tc) => &[Self::TcFromWorkload, Self::TcToWorkload],
             (Role::Workload, AttachMode::Xdp) => &[Self::XdpFromWorkload, Self::TcToWorkload],
             (Role::Data, AttachMode::Tc) => &[Self::TcFromData],
             (Role::Data, AttachMode::Xdp) => &[Self::XdpFromData],
+            (Role::HostEndpoint, _) => &[Self::TcHostEndpointIngress, Self::TcHostEndpointEgress],
         }
     }
 
@@ -119,6 +143,8 @@ impl Hook {
             Self::XdpFromWorkload => program_names::XDP_FROM_WORKLOAD,
             Self::TcFromData => program_names::TC_FROM_DATA,
             Self::XdpFromData => program_names::XDP_FROM_DATA,
+            Self::TcHostEndpointIngress => program_names::TC_HOST_ENDPOINT_INGRESS,
+            Self::TcHostEndpointEgress => program_names::TC_HOST_ENDPOINT_EGRESS,
         }
     }
 }
@@ -170,6 +196,8 @@ impl Attacher {
             program_names::TC_FROM_WORKLOAD,
             program_names::TC_TO_WORKLOAD,
             program_names::TC_FROM_DATA,
+            program_names::TC_HOST_ENDPOINT_INGRESS,
+            program_names::TC_HOST_ENDPOINT_EGRESS,
         ] {
             classifier(ebpf, name)?
                 .load()
@@ -213,12 +241,17 @@ impl Attacher {
                 source,
             };
             let link: FdLink = match hook {
-                Hook::TcFromWorkload | Hook::TcToWorkload | Hook::TcFromData => {
-                    let attach_type = if hook == Hook::TcToWorkload {
-                        TcAttachType::Egress
-                    } else {
-                        TcAttachType::Ingress
-                    };
+                Hook::TcFromWorkload
+                | Hook::TcToWorkload
+                | Hook::TcFromData
+                | Hook::TcHostEndpointIngress
+                | Hook::TcHostEndpointEgress => {
+                    let attach_type =
+                        if matches!(hook, Hook::TcToWorkload | Hook::TcHostEndpointEgress) {
+                            TcAttachType::Egress
+                        } else {
+                            TcAttachType::Ingress
+                        };
                     let program = classifier(ebpf, hook.program())?;
                     let id = program
                         .attach_with_options(
@@ -235,9 +268,29 @@ impl Attacher {
                     })?
                 }
                 Hook::XdpFromWorkload | Hook::XdpFromData => {
-                    // An interface takes one XDP link: the old one must go first.
-                    remove_pin(&path)?;
                     let program = xdp(ebpf, hook.program())?;
+                    // An interface takes one XDP link. An earlier agent's link is given this
+                    // program atomically (BPF_LINK_UPDATE), so no frame meets no program; a
+                    // link that no longer works (its interface was recreated) is replaced.
+                    if let Some(link) = pinned_xdp_link(&path)
+                        && let Ok(id) = program.attach_to_link(link)
+                    {
+                        let link = program.take_link(id).map_err(err)?;
+                        let link = FdLink::try_from(link).map_err(|source| AttachError::Link {
+                            ifname: ifname.to_owned(),
+                            hook,
+                            source,
+                        })?;
+                        remove_pin(&path)?;
+                        link.pin(&path).map_err(|source| AttachError::Pin {
+                            ifname: ifname.to_owned(),
+                            hook,
+                            path: path.clone(),
+                            source,
+                        })?;
+                        continue;
+                    }
+                    remove_pin(&path)?;
                     let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
                         Ok(id) => id,
                         // A NIC whose driver has no XDP of its own gets the generic hook.
@@ -280,6 +333,15 @@ impl Attacher {
     pub fn detach(&self, ifname: &str) -> Result<(), AttachError> {
         detach_interface(&self.layout, ifname)
     }
+}
+
+/// The XDP link pinned at `path` by an earlier agent, if there is one.
+fn pinned_xdp_link(path: &Path) -> Option<XdpLink> {
+    if !path.exists() {
+        return None;
+    }
+    let link = PinnedLink::from_pin(path).ok()?;
+    XdpLink::try_from(FdLink::from(link)).ok()
 }
 
 /// Detaches every program from `ifname` by removing its pinned links.

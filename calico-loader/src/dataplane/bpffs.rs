@@ -44,6 +44,17 @@ impl PinLayout {
         self.root.join(name)
     }
 
+    /// Where an upgrade pins the maps it creates to replace pinned ones, until the programs
+    /// have moved to them ([`super::upgrade`]).
+    pub fn upgrade_dir(&self) -> PathBuf {
+        self.root.join("upgrade")
+    }
+
+    /// Where an upgrade pins the new map called `name` until it takes the old one's pin.
+    pub fn staged_map(&self, name: &str) -> PathBuf {
+        self.upgrade_dir().join(name)
+    }
+
     /// The directory holding one pinned link per interface and hook.
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")

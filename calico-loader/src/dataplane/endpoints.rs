@@ -47,6 +47,8 @@ pub struct Interfaces<'a> {
     pub waiting: Vec<(String, String)>,
     /// Interfaces that match the data-interface pattern and belong to no endpoint.
     pub data: DataInterfaces,
+    /// Every address of the host, by interface name.
+    pub addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// What [`EndpointManager::detach_stale`] did.
@@ -142,28 +144,47 @@ impl EndpointManager {
                 !desired.contains_key(name) && is_data_interface(&self.data_pattern, name)
             })
             .collect();
+        for address in self.netlink.addresses().await? {
+            interfaces
+                .addresses
+                .entry(address.interface)
+                .or_default()
+                .push(address.net.addr());
+        }
         Ok(interfaces)
     }
 
     /// Detaches from interfaces that are no longer wanted, were recreated under another ifindex
-    /// or changed role, and, on the first pass, from whatever an earlier agent left attached.
+    /// or changed role, and, on the first pass, from whatever an earlier agent left attached. A
+    /// data interface that gains or loses its host endpoint (`host_endpoints`, by interface
+    /// name) keeps its programs until [`Self::attach`] swaps them in place.
     pub fn detach_stale(
         &mut self,
         present: &Present<'_>,
         data: &DataInterfaces,
+        host_endpoints: &BTreeSet<String>,
     ) -> Result<Detached, AttachError> {
         let mut detached = Detached::default();
         let wanted = |ifname: &str| -> Option<(u32, Role)> {
             match (present.get(ifname), data.get(ifname)) {
                 (Some((_, link)), _) => Some((link.ifindex, Role::Workload)),
-                (None, Some(link)) => Some((link.ifindex, Role::Data)),
+                (None, Some(link)) => Some((link.ifindex, data_role(host_endpoints, ifname))),
                 (None, None) => None,
             }
         };
         let mut stale: BTreeSet<String> = self
             .attached
             .iter()
-            .filter(|(ifname, attached)| wanted(ifname) != Some(**attached))
+            .filter(|(ifname, attached)| {
+                let (ifindex, role) = **attached;
+                match wanted(ifname) {
+                    None => true,
+                    Some((wanted_ifindex, wanted_role)) => {
+                        wanted_ifindex != ifindex
+                            || (wanted_role != role && !(wanted_role.is_data() && role.is_data()))
+                    }
+                }
+            })
             .map(|(ifname, _)| ifname.clone())
             .collect();
         if !self.adopted {
@@ -184,13 +205,15 @@ impl EndpointManager {
     }
 
     /// Attaches the programs to every present interface and data interface that does not have
-    /// them yet, after turning on its forwarding sysctls. Call once the endpoints' entries are
-    /// written.
+    /// them yet (a data interface with a host endpoint, named in `host_endpoints`, gets the host
+    /// endpoint programs), after turning on its forwarding sysctls. Call once the endpoints'
+    /// entries are written.
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         present: &Present<'_>,
         data: &DataInterfaces,
+        host_endpoints: &BTreeSet<String>,
     ) -> Attached {
         let mut attached = Attached::default();
         for (ifname, (endpoint, link)) in present {
@@ -207,7 +230,8 @@ impl EndpointManager {
             }
         }
         for (ifname, link) in data {
-            match self.attach_one(ebpf, ifname, link.ifindex, Role::Data) {
+            let role = data_role(host_endpoints, ifname);
+            match self.attach_one(ebpf, ifname, link.ifindex, role) {
                 Ok(false) => {}
                 Ok(true) => attached.data.push((ifname.clone(), link.ifindex)),
                 Err(e) => attached
@@ -247,6 +271,15 @@ impl EndpointManager {
             self.attacher.detach(&ifname)?;
         }
         Ok(())
+    }
+}
+
+/// The role of the data interface `ifname`: with a host endpoint or without.
+fn data_role(host_endpoints: &BTreeSet<String>, ifname: &str) -> Role {
+    if host_endpoints.contains(ifname) {
+        Role::HostEndpoint
+    } else {
+        Role::Data
     }
 }
 

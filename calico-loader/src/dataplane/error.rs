@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{
     attach::AttachError, bpffs::BpffsError, conntrack::ConntrackError, handles::HandleError,
-    maps::MapsError, netlink::NetlinkError, versions::VersionError,
+    maps::MapsError, netlink::NetlinkError, upgrade::UpgradeError, versions::VersionError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,19 +29,8 @@ pub enum DataplaneError {
         path: PathBuf,
         source: aya::maps::MapError,
     },
-    #[error(
-        "the map {name} pinned at {path} has {found} entries, but {setting} asks for {wanted}: \
-         the attached programs use the pinned map, and a new conntrack table would drop every \
-         tracked flow; run `calico-loader cleanup` first (traffic stops until the agent is \
-         back), or keep {found}"
-    )]
-    MapSize {
-        name: &'static str,
-        setting: &'static str,
-        path: PathBuf,
-        found: u32,
-        wanted: u32,
-    },
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
     /// A policy switch that must program every endpoint could not program this one (see

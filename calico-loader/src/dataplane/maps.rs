@@ -16,9 +16,9 @@ use aya::{
     util::nr_cpus,
 };
 use calico_ebpf_common::{
-    EndpointCounters, EndpointInfo, FloatingIpKey, FloatingIpValue, NodeInfo, RouteKeyV4,
-    RouteKeyV6, RouteValue, SourceKeyV4, SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names,
-    maps as spec,
+    EndpointCounters, EndpointInfo, FailsafeKey, FloatingIpKey, FloatingIpValue,
+    HostEndpointCounters, HostEndpointInfo, NodeInfo, RouteKeyV4, RouteKeyV6, RouteValue,
+    SourceKeyV4, SourceKeyV6, UNKNOWN_INTERFACE_COUNTERS, map_names, maps as spec,
 };
 
 pub use super::handles::MapSource;
@@ -45,7 +45,7 @@ pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
 }
 
 /// Owned handles on the forwarding maps: routes and the nodes they lead to, allowed sources,
-/// endpoints and their counters.
+/// endpoints and their counters, host endpoints and their counters, failsafe ports.
 pub struct Maps {
     pub routes_v4: Handle<spec::RoutesV4>,
     pub routes_v6: Handle<spec::RoutesV6>,
@@ -55,6 +55,9 @@ pub struct Maps {
     pub endpoints: Handle<spec::Endpoints>,
     pub counters: Handle<spec::Counters>,
     pub floating_ips: Handle<spec::FloatingIps>,
+    pub host_endpoints: Handle<spec::HostEndpoints>,
+    pub host_endpoint_counters: Handle<spec::HostEndpointCounters>,
+    pub failsafes: Handle<spec::Failsafes>,
 }
 
 /// Owned handles on the policy maps.
@@ -115,6 +118,9 @@ impl Maps {
             endpoints: source.open::<spec::Endpoints>()?,
             counters: source.open::<spec::Counters>()?,
             floating_ips: source.open::<spec::FloatingIps>()?,
+            host_endpoints: source.open::<spec::HostEndpoints>()?,
+            host_endpoint_counters: source.open::<spec::HostEndpointCounters>()?,
+            failsafes: source.open::<spec::Failsafes>()?,
         })
     }
 
@@ -163,6 +169,10 @@ pub struct MapContents {
     pub endpoints: BTreeMap<u32, EndpointInfo>,
     /// Floating IPs, both directions.
     pub floating_ips: BTreeMap<FloatingIpKey, FloatingIpValue>,
+    /// Data interfaces with a host endpoint, by ifindex.
+    pub host_endpoints: BTreeMap<u32, HostEndpointInfo>,
+    /// Failsafe ports, by prefix length and key.
+    pub failsafes: BTreeMap<(u32, FailsafeKey), u32>,
 }
 
 /// Encodes a source key as bytes so that it can be ordered in a BTreeMap.
@@ -252,6 +262,16 @@ impl Maps {
             let (key, value) = entry.map_err(map_err(map_names::FLOATING_IPS))?;
             contents.floating_ips.insert(key, value);
         }
+        for entry in self.host_endpoints.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::HOST_ENDPOINTS))?;
+            contents.host_endpoints.insert(key, value);
+        }
+        for entry in self.failsafes.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::FAILSAFES))?;
+            contents
+                .failsafes
+                .insert((key.prefix_len(), key.data()), value);
+        }
         Ok(contents)
     }
 
@@ -283,6 +303,41 @@ impl Maps {
         let mut counted: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
         counted.insert(UNKNOWN_INTERFACE_COUNTERS);
         self.sync_counters(counted)?;
+
+        // Failsafe ports before the host endpoints that rely on them.
+        let (write, remove) = diff(&current.failsafes, &desired.failsafes);
+        let name = map_names::FAILSAFES;
+        for ((len, key), value) in &write {
+            self.failsafes
+                .insert(&Key::new(*len, *key), *value, 0)
+                .map_err(map_err(name))?;
+        }
+        for (len, key) in &remove {
+            self.failsafes
+                .remove(&Key::new(*len, *key))
+                .map_err(map_err(name))?;
+        }
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
+
+        // Host endpoints (and their counters): their policy generations are staged already.
+        self.sync_host_endpoint_counters(desired.host_endpoints.keys().copied().collect())?;
+        let (write, remove) = diff(&current.host_endpoints, &desired.host_endpoints);
+        let name = map_names::HOST_ENDPOINTS;
+        for (ifindex, info) in &write {
+            self.host_endpoints
+                .insert(*ifindex, *info, 0)
+                .map_err(map_err(name))?;
+        }
+        for ifindex in &remove {
+            self.host_endpoints.remove(ifindex).map_err(map_err(name))?;
+        }
+        stats += ReconcileStats {
+            written: write.len(),
+            removed: remove.len(),
+        };
 
         let (write, remove) = diff(&current.sources_v4, &desired.sources_v4);
         let name = map_names::SOURCES_V4;
@@ -409,6 +464,45 @@ impl Maps {
                 .map_err(map_err(map_names::COUNTERS))?;
         }
         Ok(())
+    }
+
+    /// Creates a zeroed counters entry for every host endpoint interface that has none and
+    /// removes those of interfaces that lost theirs.
+    fn sync_host_endpoint_counters(&mut self, wanted: BTreeSet<u32>) -> Result<(), MapsError> {
+        let name = map_names::HOST_ENDPOINT_COUNTERS;
+        let present: BTreeSet<u32> = self
+            .host_endpoint_counters
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(name))?;
+        let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e.to_string()))?;
+        for ifindex in wanted.difference(&present) {
+            let zeroes = PerCpuValues::try_from(vec![HostEndpointCounters::default(); cpus])
+                .map_err(|e| MapsError::Cpus(e.to_string()))?;
+            self.host_endpoint_counters
+                .insert(ifindex, zeroes, 0)
+                .map_err(map_err(name))?;
+        }
+        for ifindex in present.difference(&wanted) {
+            self.host_endpoint_counters
+                .remove(ifindex)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// The counters of every host endpoint interface, summed over CPUs.
+    pub fn host_endpoint_counters(&self) -> Result<BTreeMap<u32, HostEndpointCounters>, MapsError> {
+        let mut all = BTreeMap::new();
+        for entry in self.host_endpoint_counters.iter() {
+            let (ifindex, per_cpu) = entry.map_err(map_err(map_names::HOST_ENDPOINT_COUNTERS))?;
+            let mut total = HostEndpointCounters::default();
+            for cpu in per_cpu.iter() {
+                total.accumulate(cpu);
+            }
+            all.insert(ifindex, total);
+        }
+        Ok(all)
     }
 
     /// The counters of every endpoint, summed over CPUs.

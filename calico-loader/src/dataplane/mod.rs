@@ -4,8 +4,11 @@
 //! The work is split among managers, each owning one slice of dataplane state, with desired
 //! state in and map or kernel writes out (as in Felix's internal dataplane):
 //!
-//! - [`endpoints::EndpointManager`]: the workload and data interfaces, their forwarding
-//!   sysctls and program attachments, and the endpoint, allowed-source and counters entries;
+//! - [`endpoints::EndpointManager`]: the workload and data interfaces (with or without a host
+//!   endpoint), their forwarding sysctls and program attachments, and the endpoint,
+//!   allowed-source and counters entries; [`host_endpoints`] says what host endpoints, the
+//!   host's addresses and its settings (failsafe ports, workload-to-host traffic) put in the
+//!   maps;
 //! - [`routes::RouteManager`]: the route map entries (local workloads, and other nodes'
 //!   workloads with the nodes they live on), and the kernel routes and neighbour entries the
 //!   agent writes through netlink;
@@ -13,7 +16,8 @@
 //! - [`conntrack::Conntrack`]: the conntrack table (expiry; listing);
 //! - [`nat::NatManager`]: outgoing NAT for natOutgoing pools, an nftables table in the kernel.
 //!
-//! [`object`] loads the kernel object and adopts or removes the pins; [`maps`] opens every map;
+//! [`object`] loads the kernel object and adopts or removes the pins, and [`upgrade`] replaces
+//! pinned maps of an older layout make-before-break; [`maps`] opens every map;
 //! [`switch::switch_policy`] is the one ordered sequence that brings new policy into force.
 //! This module only says in which order the managers run.
 
@@ -23,6 +27,7 @@ pub mod conntrack;
 pub mod endpoints;
 pub mod error;
 pub mod handles;
+pub mod host_endpoints;
 pub mod maps;
 pub mod nat;
 pub mod netlink;
@@ -32,6 +37,7 @@ pub mod private;
 pub mod routes;
 pub mod switch;
 pub mod sysctl;
+pub mod upgrade;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -44,28 +50,43 @@ use self::{
     bpffs::PinLayout,
     conntrack::Conntrack,
     endpoints::EndpointManager,
+    host_endpoints::{HostEndpointBinding, HostSettings, host_route_entries},
     maps::{LogEvents, Maps, PolicyMaps, ReconcileStats},
     nat::{NatManager, NatPools},
     netlink::Netlink,
     policy::PolicyManager,
     routes::RouteManager,
-    switch::{Unprogrammed, switch_policy},
+    switch::{HostProgramming, Unprogrammed, switch_policy},
     sysctl::Forwarding,
 };
 pub use self::{
     error::DataplaneError,
     object::{
-        KERNEL_OBJECT, MapSizes, load_object, load_object_with, load_private_object, remove_pins,
+        KERNEL_OBJECT, MapSizes, load_object, load_object_for_agent, load_object_with,
+        load_private_object, remove_pins,
     },
     switch::map_contents,
 };
 use crate::model::{
-    LocalEndpoint, RemoteWorkloads, compile::CompiledEndpoint, rules::RuleRegistry,
+    LocalEndpoint, RemoteWorkloads,
+    compile::{CompiledEndpoint, CompiledHostEndpoint},
+    host_endpoints::{LocalHostEndpoint, assign_interfaces},
+    rules::RuleRegistry,
 };
 
 /// Calico's default pattern of data interfaces (Felix's `BPFDataIfacePattern`): the host's
 /// physical and bonded interfaces, by the kernel's and systemd's naming schemes.
 pub const DEFAULT_DATA_INTERFACES: &str = "^((en|wl|ww|sl|ib)[Popsx].*|(eth|wlan|wwan|bond).*)";
+
+/// This node's host endpoints and what the dataplane does for the host itself.
+#[derive(Clone, Copy, Debug)]
+pub struct HostDesired<'a> {
+    /// This node's host endpoints, in name order.
+    pub endpoints: &'a [LocalHostEndpoint],
+    /// Their compiled policies, by name (one missing keeps what it has, or is not enforced).
+    pub compiled: &'a BTreeMap<String, CompiledHostEndpoint>,
+    pub settings: &'a HostSettings,
+}
 
 /// What one [`Dataplane::apply`] did.
 #[derive(Debug, Default)]
@@ -74,6 +95,8 @@ pub struct ApplyReport {
     pub attached: Vec<(String, u32, String)>,
     /// Data interfaces that got programs attached, with their ifindex.
     pub attached_data: Vec<(String, u32)>,
+    /// Data interfaces that host endpoints cover: interface, host endpoint.
+    pub host_endpoints: Vec<(String, String)>,
     /// Interfaces that lost their programs.
     pub detached: Vec<String>,
     /// Endpoints whose interface does not exist (yet).
@@ -92,6 +115,8 @@ pub struct ApplyReport {
     pub over_capacity: usize,
     /// The tap endpoints (VMs) with an IPv4 address: the agent's DHCP server answers them.
     pub dhcp_clients: Vec<crate::dhcp::Client>,
+    /// This apply finished an upgrade of the pinned maps.
+    pub upgraded: bool,
 }
 
 /// The programmed dataplane of this host.
@@ -106,6 +131,8 @@ pub struct Dataplane {
     conntrack: Conntrack,
     nat: NatManager,
     log_events: Option<LogEvents>,
+    /// A replacement of pinned maps under way, finished after the first apply.
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 impl Dataplane {
@@ -117,7 +144,7 @@ impl Dataplane {
         sizes: MapSizes,
         data_interfaces: Regex,
     ) -> Result<Self, DataplaneError> {
-        let mut ebpf = load_object_with(&layout, sizes)?;
+        let (mut ebpf, upgrade) = load_object_for_agent(&layout, sizes)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         let nodes = maps.read()?.nodes;
         let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
@@ -140,6 +167,7 @@ impl Dataplane {
             conntrack,
             nat: NatManager::new(),
             log_events,
+            upgrade,
             layout,
         })
     }
@@ -170,16 +198,20 @@ impl Dataplane {
     /// Brings the dataplane in line with `desired` (keyed by interface name), the workloads of
     /// other nodes (`remote`, whose endpoints and blocks get routes to their node) and the endpoints'
     /// compiled policies (keyed by endpoint; an endpoint missing there keeps the policy it has,
-    /// or, having none, gets no endpoint entry, so its traffic is dropped). Maps are written
+    /// or, having none, gets no endpoint entry, so its traffic is dropped). This node's host
+    /// endpoints (`host`) cover the data interfaces they are assigned, with their compiled
+    /// policies; the host's own addresses become `host` routes, and the host settings apply. Maps are written
     /// before programs are attached to a new interface, and programs are detached before an
     /// interface's entries are removed, so a program never runs against a half-written
     /// endpoint. New policy generations are complete before endpoint entries switch to them.
     /// Outgoing NAT follows `nat_pools`; a failure there is logged and leaves the rest alone.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &mut self,
         desired: &BTreeMap<String, LocalEndpoint>,
         remote: &RemoteWorkloads,
         compiled: &BTreeMap<String, CompiledEndpoint>,
+        host: HostDesired<'_>,
         registry: &mut RuleRegistry,
         nat_pools: &NatPools,
     ) -> Result<ApplyReport, DataplaneError> {
@@ -194,8 +226,37 @@ impl Dataplane {
         let data = interfaces.data;
         report.waiting = interfaces.waiting;
 
+        // Which data interfaces host endpoints cover.
+        let data_addresses: BTreeMap<String, Vec<std::net::IpAddr>> = data
+            .keys()
+            .map(|ifname| {
+                let addresses = interfaces
+                    .addresses
+                    .get(ifname)
+                    .cloned()
+                    .unwrap_or_default();
+                (ifname.clone(), addresses)
+            })
+            .collect();
+        let assignment = assign_interfaces(host.endpoints, &data_addresses);
+        report.errors.extend(assignment.problems);
+        let bindings: Vec<HostEndpointBinding> = assignment
+            .interfaces
+            .iter()
+            .filter_map(|(ifname, name)| {
+                Some(HostEndpointBinding {
+                    name: name.clone(),
+                    link: data.get(ifname)?.clone(),
+                    forward_open: host.compiled.get(name).is_none_or(|c| c.forward_open),
+                })
+            })
+            .collect();
+        report.host_endpoints = assignment.interfaces.into_iter().collect();
+        let covered: std::collections::BTreeSet<String> =
+            bindings.iter().map(|b| b.link.name.clone()).collect();
+
         // Programs leave the interfaces that go before their entries do.
-        let detached = self.endpoints.detach_stale(&present, &data)?;
+        let detached = self.endpoints.detach_stale(&present, &data, &covered)?;
         report.detached = detached.interfaces;
         report.errors.extend(detached.errors);
 
@@ -214,9 +275,15 @@ impl Dataplane {
             {
                 let mut base = self.routes.remote_routes(remote);
                 routes::pool_route_entries(&mut base, &nat_pools.all);
+                host_route_entries(&mut base, interfaces.addresses.values().flatten());
                 base
             },
             compiled,
+            HostProgramming {
+                bindings: &bindings,
+                compiled: host.compiled,
+                settings: host.settings,
+            },
             Unprogrammed::Report,
         )?;
         report.policies = switched.written;
@@ -227,7 +294,9 @@ impl Dataplane {
         report.over_capacity = switched.over_capacity;
 
         // Programs come to new interfaces once their entries are written.
-        let attached = self.endpoints.attach(&mut self.ebpf, &present, &data);
+        let attached = self
+            .endpoints
+            .attach(&mut self.ebpf, &present, &data, &covered);
         report.attached = attached.interfaces;
         report.attached_data = attached.data;
         report.errors.extend(attached.errors);
@@ -235,6 +304,20 @@ impl Dataplane {
         // The kernel's routes and neighbours for host-originated traffic.
         let kernel_errors = self.routes.sync_kernel(endpoints).await?;
         report.errors.extend(kernel_errors);
+
+        // Every program now runs with the new maps: they take the old maps' pins.
+        if let Some(upgrade) = self.upgrade.take() {
+            for (map, carried) in upgrade.finish()? {
+                tracing::info!(
+                    map,
+                    copied = carried.copied,
+                    lost = carried.lost,
+                    "copied what the old programs tracked meanwhile"
+                );
+            }
+            tracing::info!("upgrade of the pinned maps finished");
+            report.upgraded = true;
+        }
         Ok(report)
     }
 

@@ -251,16 +251,23 @@ fn is_not_found(error: &rtnetlink::Error) -> bool {
         if message.code.map(|c| c.get()) == Some(-libc::ENOENT) || message.code.map(|c| c.get()) == Some(-libc::ESRCH))
 }
 
-/// A stream that yields whenever an interface appears, changes or disappears.
+/// A stream that yields whenever an interface appears, changes or disappears, or an address
+/// is added or removed (the host's addresses are `host` routes, and host endpoints may find
+/// their interface by address).
 pub fn link_events()
 -> Result<UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>, NetlinkError> {
     let (mut connection, _handle, messages) =
         rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
     const RTMGRP_LINK: u32 = 1;
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    const RTMGRP_IPV6_IFADDR: u32 = 0x100;
     connection
         .socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK))
+        .bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+        ))
         .map_err(NetlinkError::Connect)?;
     tokio::spawn(connection);
     Ok(messages)

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use calico_ebpf_common::{
-    AddressClass, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo, PolicyPortKey, PolicyProtoKey,
-    PolicyVerdict, PortClass, RuleCounters, RuleInfo, map_names,
+    AddressClass, LOCAL_CLASSES, LOCAL_STEP, PolicyAddrKeyV4, PolicyAddrKeyV6, PolicyInfo,
+    PolicyPortKey, PolicyProtoKey, PolicyVerdict, PortClass, RuleCounters, RuleInfo, map_names,
     maps::{self, MapSpec},
     mask_port, mask_v4, mask_v6, proto_kind,
 };
@@ -51,7 +51,12 @@ fn rule_ids(compiled: &CompiledDirection) -> impl Iterator<Item = u32> + '_ {
 }
 
 fn entry_count(compiled: &CompiledDirection) -> usize {
-    compiled.addrs_v4.len() + compiled.addrs_v6.len() + compiled.protos.len() + compiled.ports.len()
+    compiled.addrs_v4.len()
+        + compiled.addrs_v6.len()
+        + compiled.protos.len()
+        + compiled.ports.len()
+        + compiled.locals_v4.len()
+        + compiled.locals_v6.len()
 }
 
 /// The programmed generations of one endpoint.
@@ -132,7 +137,7 @@ impl PolicyManager {
     pub fn stage(
         &mut self,
         wanted: &BTreeSet<String>,
-        compiled: &BTreeMap<String, CompiledEndpoint>,
+        compiled: &[(String, &CompiledEndpoint)],
     ) -> Result<StageReport, MapsError> {
         let mut report = StageReport::default();
         if !self.adopted {
@@ -151,6 +156,7 @@ impl PolicyManager {
             }
         }
         for (key, endpoint) in compiled {
+            let endpoint = *endpoint;
             if !wanted.contains(key) {
                 continue;
             }
@@ -246,7 +252,7 @@ impl PolicyManager {
     pub fn sync_rules(
         &mut self,
         registry: &mut RuleRegistry,
-        pending: &BTreeMap<String, CompiledEndpoint>,
+        pending: &[(String, &CompiledEndpoint)],
     ) -> Result<(), MapsError> {
         let live = self.live_rules();
         let mut desired = BTreeMap::new();
@@ -280,7 +286,7 @@ impl PolicyManager {
         }
         self.rules_written = desired;
         let mut keep: std::collections::HashSet<u32> = live.into_iter().collect();
-        for endpoint in pending.values() {
+        for (_, endpoint) in pending {
             for direction in [&endpoint.ingress, &endpoint.egress] {
                 keep.extend(rule_ids(direction));
             }
@@ -295,19 +301,20 @@ impl PolicyManager {
     fn adopt(&mut self) -> Result<(), MapsError> {
         let maps = &self.maps;
         let mut stale = StaleEntries::default();
+        // A local step's id is its policy's id with LOCAL_STEP added.
         for key in maps.policies.keys() {
             let key = key.map_err(map_err(map_names::POLICIES))?;
-            self.next_policy = self.next_policy.max(key + 1);
+            self.next_policy = self.next_policy.max((key & !LOCAL_STEP) + 1);
             stale.policies.push(key);
         }
         for key in maps.addrs_v4.keys() {
             let key = key.map_err(map_err(map_names::POLICY_ADDRS_V4))?;
-            self.next_policy = self.next_policy.max(key.policy + 1);
+            self.next_policy = self.next_policy.max((key.policy & !LOCAL_STEP) + 1);
             stale.addrs_v4.push(key);
         }
         for key in maps.addrs_v6.keys() {
             let key = key.map_err(map_err(map_names::POLICY_ADDRS_V6))?;
-            self.next_policy = self.next_policy.max(key.policy + 1);
+            self.next_policy = self.next_policy.max((key.policy & !LOCAL_STEP) + 1);
             stale.addrs_v6.push(key);
         }
         for key in maps.protos.keys() {
@@ -353,6 +360,13 @@ impl StaleEntries {
 /// policy and class uses.
 struct Encoded {
     info: PolicyInfo,
+    /// The local step of a policy compiled for any local address: its id's entry and its
+    /// address entries (local prefix as `remote`, local class as class).
+    local_step: Option<(
+        PolicyInfo,
+        Vec<(PolicyAddrKeyV4, AddressClass)>,
+        Vec<(PolicyAddrKeyV6, AddressClass)>,
+    )>,
     addrs_v4: Vec<(PolicyAddrKeyV4, AddressClass)>,
     addrs_v6: Vec<(PolicyAddrKeyV6, AddressClass)>,
     protos: Vec<(PolicyProtoKey, PortClass)>,
@@ -437,6 +451,46 @@ fn encode(generation: &Generation) -> Encoded {
             (key, port_class(entry.port_class))
         })
         .collect();
+    let local_step = compiled.local_classes.then(|| {
+        info.v4_lengths |= LOCAL_CLASSES;
+        let step = generation.policy | LOCAL_STEP;
+        let mut step_info = PolicyInfo::default();
+        let class = |class: u32| AddressClass {
+            class,
+            sport_lengths: 0,
+        };
+        let v4 = compiled
+            .locals_v4
+            .iter()
+            .map(|entry| {
+                let len = u32::from(entry.prefix);
+                step_info.v4_lengths |= 1 << len;
+                let key = PolicyAddrKeyV4 {
+                    policy: step,
+                    local: [0; 4],
+                    remote: mask_v4(entry.local, len),
+                    prefix_len: len,
+                };
+                (key, class(entry.class))
+            })
+            .collect();
+        let v6 = compiled
+            .locals_v6
+            .iter()
+            .map(|entry| {
+                let len = u32::from(entry.prefix);
+                step_info.v6_lengths[(len / 64) as usize] |= 1 << (len % 64);
+                let key = PolicyAddrKeyV6 {
+                    policy: step,
+                    local: [0; 16],
+                    remote: mask_v6(&entry.local, len),
+                    prefix_len: len,
+                };
+                (key, class(entry.class))
+            })
+            .collect();
+        (step_info, v4, v6)
+    });
     let ports = compiled
         .ports
         .iter()
@@ -453,6 +507,7 @@ fn encode(generation: &Generation) -> Encoded {
         .collect();
     Encoded {
         info,
+        local_step,
         addrs_v4,
         addrs_v6,
         protos,
@@ -484,6 +539,21 @@ fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<()
             .insert(key, value, 0)
             .map_err(map_err(map_names::POLICY_ADDRS_V4))?;
     }
+    if let Some((step_info, v4, v6)) = &encoded.local_step {
+        for (key, value) in v6 {
+            maps.addrs_v6
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::POLICY_ADDRS_V6))?;
+        }
+        for (key, value) in v4 {
+            maps.addrs_v4
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::POLICY_ADDRS_V4))?;
+        }
+        maps.policies
+            .insert(generation.policy | LOCAL_STEP, step_info, 0)
+            .map_err(map_err(map_names::POLICIES))?;
+    }
     maps.policies
         .insert(generation.policy, encoded.info, 0)
         .map_err(map_err(map_names::POLICIES))?;
@@ -506,6 +576,18 @@ fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(
         maps.policies.remove(&generation.policy),
         map_names::POLICIES,
     )?;
+    if let Some((_, v4, v6)) = &encoded.local_step {
+        removed(
+            maps.policies.remove(&(generation.policy | LOCAL_STEP)),
+            map_names::POLICIES,
+        )?;
+        for (key, _) in v4 {
+            removed(maps.addrs_v4.remove(key), map_names::POLICY_ADDRS_V4)?;
+        }
+        for (key, _) in v6 {
+            removed(maps.addrs_v6.remove(key), map_names::POLICY_ADDRS_V6)?;
+        }
+    }
     for (key, _) in &encoded.addrs_v4 {
         removed(maps.addrs_v4.remove(key), map_names::POLICY_ADDRS_V4)?;
     }

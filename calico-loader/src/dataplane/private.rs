@@ -8,16 +8,17 @@ use aya::Ebpf;
 
 use super::{
     error::DataplaneError,
+    host_endpoints::{HostEndpointBinding, HostSettings, host_route_entries},
     maps::{MapContents, Maps, PolicyMaps},
     netlink::LinkDetails,
     policy::PolicyManager,
-    switch::{Unprogrammed, switch_policy},
+    switch::{HostProgramming, Unprogrammed, switch_policy},
 };
 use crate::{
-    datastore::Snapshot,
+    datastore::{HostEndpoint, Snapshot},
     model::{
         LocalEndpoint,
-        compile::{CompileError, PolicyContext, compile_endpoint},
+        compile::{CompileError, PolicyContext, compile_endpoint, compile_host_endpoint},
         rules::RuleRegistry,
     },
 };
@@ -28,10 +29,21 @@ pub enum PrivateDataplaneError {
     Dataplane(#[from] DataplaneError),
     #[error("no WorkloadEndpoint {0} in the resources")]
     NoEndpoint(String),
+    #[error("no HostEndpoint {0} in the resources")]
+    NoHostEndpoint(String),
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error("{0}")]
     Program(String),
+}
+
+/// What a private dataplane programs for the host: host endpoints (name, and the interface
+/// each covers), the host's own addresses, its settings.
+#[derive(Clone, Debug, Default)]
+pub struct PrivateHost {
+    pub endpoints: Vec<(String, LinkDetails)>,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub settings: HostSettings,
 }
 
 /// Maps of a loaded object, with the policy state that programs them.
@@ -61,7 +73,32 @@ impl PrivateDataplane {
         snapshot: &Snapshot,
         endpoints: &[(LocalEndpoint, LinkDetails)],
     ) -> Result<MapContents, PrivateDataplaneError> {
+        self.program_with_host(snapshot, endpoints, &PrivateHost::default())
+    }
+
+    /// [`Self::program`], with host endpoints on the given interfaces (their policies compiled
+    /// from `snapshot`, which must hold each), the host's addresses and its settings.
+    pub fn program_with_host(
+        &mut self,
+        snapshot: &Snapshot,
+        endpoints: &[(LocalEndpoint, LinkDetails)],
+        host: &PrivateHost,
+    ) -> Result<MapContents, PrivateDataplaneError> {
         let context = PolicyContext::new(snapshot);
+        let mut host_compiled = BTreeMap::new();
+        let mut bindings = Vec::new();
+        for (name, link) in &host.endpoints {
+            let hep = snapshot
+                .find::<HostEndpoint>(None, name)
+                .ok_or_else(|| PrivateDataplaneError::NoHostEndpoint(name.clone()))?;
+            let compiled = compile_host_endpoint(&context, &mut self.registry, hep)?;
+            bindings.push(HostEndpointBinding {
+                name: name.clone(),
+                link: link.clone(),
+                forward_open: compiled.forward_open,
+            });
+            host_compiled.insert(name.clone(), compiled);
+        }
         let mut compiled = BTreeMap::new();
         for (endpoint, _) in endpoints {
             let wep = endpoint
@@ -75,13 +112,20 @@ impl PrivateDataplane {
             );
         }
         let endpoints: Vec<_> = endpoints.iter().map(|(e, link)| (e, link)).collect();
+        let mut base = MapContents::default();
+        host_route_entries(&mut base, &host.addresses);
         let switched = switch_policy(
             &mut self.policy,
             &mut self.maps,
             &mut self.registry,
             &endpoints,
-            MapContents::default(),
+            base,
             &compiled,
+            HostProgramming {
+                bindings: &bindings,
+                compiled: &host_compiled,
+                settings: &host.settings,
+            },
             Unprogrammed::Fail,
         )
         .map_err(|e| match e {

@@ -12,12 +12,46 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{
     endpoints::{endpoint_entries, floating_ip_entries},
     error::DataplaneError,
+    host_endpoints::{
+        HostEndpointBinding, HostSettings, forward_policy_key, host_endpoint_entries,
+        host_policy_key,
+    },
     maps::{MapContents, Maps, ReconcileStats},
     netlink::LinkDetails,
     policy::PolicyManager,
     routes::route_entries,
 };
-use crate::model::{LocalEndpoint, compile::CompiledEndpoint, rules::RuleRegistry};
+use crate::model::{
+    LocalEndpoint,
+    compile::{CompiledEndpoint, CompiledHostEndpoint},
+    rules::RuleRegistry,
+};
+
+/// What [`switch_policy`] programs besides the workload endpoints: the data interfaces that
+/// host endpoints cover, their compiled policies (by host endpoint name), and the host's
+/// settings.
+#[derive(Clone, Copy)]
+pub struct HostProgramming<'a> {
+    pub bindings: &'a [HostEndpointBinding],
+    pub compiled: &'a BTreeMap<String, CompiledHostEndpoint>,
+    pub settings: &'a HostSettings,
+}
+
+impl HostProgramming<'_> {
+    /// No host endpoint, default settings.
+    pub fn none() -> HostProgramming<'static> {
+        static SETTINGS: HostSettings = HostSettings {
+            to_host_drop: false,
+            failsafes: Vec::new(),
+        };
+        static COMPILED: BTreeMap<String, CompiledHostEndpoint> = BTreeMap::new();
+        HostProgramming {
+            bindings: &[],
+            compiled: &COMPILED,
+            settings: &SETTINGS,
+        }
+    }
+}
 
 /// What [`switch_policy`] does about an endpoint it cannot program (its policy does not fit, or
 /// it never had a complete generation).
@@ -53,10 +87,11 @@ pub struct Switched {
 /// order that keeps policy from failing open:
 ///
 /// 1. **stage**: every endpoint direction whose compiled policy changed gets a complete new
-///    generation in the policy maps, next to the one in force;
+///    generation in the policy maps, next to the one in force (host endpoints' too);
 /// 2. **switch**: the endpoint entries (with the allowed sources, counters and the route map
-///    entries that lead to them, and `remote`'s routes to other nodes' workloads) are written,
-///    each naming its newest complete generation;
+///    entries that lead to them, and `remote`'s routes to other nodes' workloads), then the
+///    failsafe ports and the host endpoint entries, are written, each naming its newest
+///    complete generation;
 /// 3. **retire**: only then are the replaced generations (and, after a restart, whatever an
 ///    earlier agent left) deleted;
 /// 4. **sync rules**: the rules map is made to describe the rule ids in use, and the registry
@@ -68,6 +103,7 @@ pub struct Switched {
 /// an endpoint that has none gets no entry, so its traffic is dropped, never let through
 /// unchecked. The error naming the policy, rule and field is the compiler's, reported by the
 /// caller; `unprogrammed` says what to do about endpoints that cannot be programmed here.
+#[allow(clippy::too_many_arguments)]
 pub fn switch_policy(
     policy: &mut PolicyManager,
     maps: &mut Maps,
@@ -75,10 +111,25 @@ pub fn switch_policy(
     endpoints: &[(&LocalEndpoint, &LinkDetails)],
     remote: MapContents,
     compiled: &BTreeMap<String, CompiledEndpoint>,
+    host: HostProgramming<'_>,
     unprogrammed: Unprogrammed,
 ) -> Result<Switched, DataplaneError> {
-    let wanted: BTreeSet<String> = endpoints.iter().map(|(e, _)| e.key.clone()).collect();
-    let staged = policy.stage(&wanted, compiled)?;
+    let mut wanted: BTreeSet<String> = endpoints.iter().map(|(e, _)| e.key.clone()).collect();
+    // A host endpoint's policy is programmed under two keys (host and forwarded traffic),
+    // whichever interfaces it covers.
+    let mut policies: Vec<(String, &CompiledEndpoint)> = compiled
+        .iter()
+        .map(|(key, endpoint)| (key.clone(), endpoint))
+        .collect();
+    for (name, hep) in host.compiled {
+        policies.push((host_policy_key(name), &hep.host));
+        policies.push((forward_policy_key(name), &hep.forward));
+    }
+    for binding in host.bindings {
+        wanted.insert(host_policy_key(&binding.name));
+        wanted.insert(forward_policy_key(&binding.name));
+    }
+    let staged = policy.stage(&wanted, &policies)?;
     let mut errors = staged.errors;
     if unprogrammed == Unprogrammed::Fail
         && let Some(error) = errors.first()
@@ -118,10 +169,28 @@ pub fn switch_policy(
             endpoint.key, link.name
         ));
     }
-    let contents = map_contents(programmed, remote);
+    let mut contents = map_contents(programmed, remote);
+    for binding in host.bindings {
+        let ids = (
+            policy.policy_ids(&host_policy_key(&binding.name)),
+            policy.policy_ids(&forward_policy_key(&binding.name)),
+        );
+        match ids {
+            (Some(host_ids), Some(forward_ids)) => {
+                host_endpoint_entries(&mut contents, binding, host_ids, forward_ids);
+            }
+            // Nothing is enforced on the interface: it stays a plain data interface.
+            _ => errors.push(format!(
+                "HostEndpoint {} on interface {}: no policy could be programmed yet; its policy \
+                 is not enforced",
+                binding.name, binding.link.name
+            )),
+        }
+    }
+    host.settings.apply(&mut contents);
     let map_changes = maps.reconcile(&contents)?;
     let entries_removed = policy.retire()?;
-    policy.sync_rules(registry, compiled)?;
+    policy.sync_rules(registry, &policies)?;
     Ok(Switched {
         written: staged.written,
         errors,

@@ -80,7 +80,7 @@ impl Forwarding {
     pub fn enable(&self, ifname: &str, role: Role) -> Result<Vec<PathBuf>, SysctlError> {
         let settings: &[Setting] = match role {
             Role::Workload => &[IPV4_FORWARDING, IPV6_FORWARDING, IPV6_FORCE_FORWARDING],
-            Role::Data => &[IPV4_FORWARDING, IPV6_FORCE_FORWARDING],
+            Role::Data | Role::HostEndpoint => &[IPV4_FORWARDING, IPV6_FORCE_FORWARDING],
         };
         let ipv6 = self.root.join("ipv6/conf").join(ifname).is_dir();
         let mut written = Vec::new();

@@ -1,13 +1,20 @@
-//! Layout versions of the pinned maps: the check before a pinned map is adopted, and the records
-//! written after the object is loaded.
+//! Layout versions of the pinned maps: what a new agent does with each map an earlier agent
+//! pinned, and the records written once a map is in place.
 //!
-//! Each map's definition carries a layout version (`calico_ebpf_common::maps`). The agent
-//! records the version, kind and sizes of every map it pins in `cali_versions`. A later agent
-//! adopts a pinned map only when it has the same version, kind and key and value sizes;
-//! otherwise it refuses to start and names the map and both versions (migrating a map whose
-//! layout changed is not built: `calico-loader cleanup` removes the old pins, and with them the
-//! state they hold). Maps pinned before versions were recorded count as version 1, the first
-//! layout.
+//! Each map's definition carries a layout version and what an upgrade does with it
+//! (`calico_ebpf_common::maps`: [`OnUpgrade`]). The agent records the version, kind and sizes
+//! of every map it pins in `cali_versions`. A later agent:
+//!
+//! - **adopts** a pinned map of its own version, kind, sizes and number of entries;
+//! - **replaces** one of an older version, or of another number of entries (a new
+//!   `BPFMapSizeConntrack`): the new map is created beside it and takes its pin once the
+//!   programs have moved ([`super::upgrade`]); a map whose state must be carried over
+//!   ([`OnUpgrade::Carry`]) is replaced only when this agent can convert its entries;
+//! - **refuses** a map of a newer version (a downgrade: this agent cannot read what a newer
+//!   one wrote, as Calico refuses downgrades), and a map whose kind or sizes differ from those
+//!   its version stands for (it was not left by a release of this agent).
+//!
+//! Maps pinned before versions were recorded count as version 1, the first layout.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +24,7 @@ use std::{
 use aya::maps::{MapError, MapInfo};
 use calico_ebpf_common::{
     fill_nul_padded,
-    maps::{self, MapDef, MapSpec, VersionRecord, Versions},
+    maps::{self, MapDef, MapSpec, OnUpgrade, VersionRecord, Versions},
     until_nul,
 };
 
@@ -32,11 +39,22 @@ const UNRECORDED_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {
     #[error(
-        "the map {name} pinned at {path} has layout version {found}, but this agent uses version \
-         {wanted}: it was left by an incompatible version, and migrating it is not supported yet \
-         (`calico-loader cleanup` removes it, and the state it holds)"
+        "the map {name} pinned at {path} has layout version {found}, newer than this agent's \
+         version {wanted}: it was left by a newer agent, and downgrades are refused (run the \
+         newer agent, or `calico-loader cleanup` to remove its maps and the state they hold)"
     )]
     Version {
+        name: &'static str,
+        path: PathBuf,
+        found: u32,
+        wanted: u32,
+    },
+    #[error(
+        "the map {name} pinned at {path} has layout version {found}, and this agent (version \
+         {wanted}) cannot convert its entries: upgrade through a release that can, or run \
+         `calico-loader cleanup` (which removes it, and the state it holds)"
+    )]
+    NoConversion {
         name: &'static str,
         path: PathBuf,
         found: u32,
@@ -59,6 +77,11 @@ pub enum VersionError {
         key: u32,
         value: u32,
     },
+    #[error(
+        "the pinned maps need an upgrade ({maps}), which only the agent does: start the agent \
+         of this version first"
+    )]
+    UpgradeNeeded { maps: String },
     #[error("inspecting the map pinned at {path}: {source}")]
     Inspect { path: PathBuf, source: MapError },
     #[error("map {name}: {source}")]
@@ -70,6 +93,144 @@ pub enum VersionError {
     Handle(#[from] HandleError),
 }
 
+/// What a new agent does with one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapAction {
+    /// Nothing is pinned: the map is created and pinned.
+    Create,
+    /// The pinned map is this agent's: it is reused, with its contents.
+    Adopt,
+    /// The pinned map is replaced by a new one ([`super::upgrade`]).
+    Replace(Replacement),
+}
+
+/// Why and how a pinned map is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    /// The pinned map's layout version.
+    pub from_version: u32,
+    /// The pinned map's number of entries.
+    pub from_entries: u32,
+    /// What happens to its contents.
+    pub how: OnUpgrade,
+}
+
+/// What happens to every map of the object, in [`maps::ALL`] order.
+#[derive(Clone, Debug)]
+pub struct MapPlan {
+    pub maps: Vec<(MapDef, MapAction)>,
+}
+
+impl MapPlan {
+    /// The maps to replace, with their replacements.
+    pub fn replacements(&self) -> impl Iterator<Item = (&MapDef, &Replacement)> {
+        self.maps.iter().filter_map(|(def, action)| match action {
+            MapAction::Replace(replacement) => Some((def, replacement)),
+            _ => None,
+        })
+    }
+
+    /// Whether any map is replaced.
+    pub fn is_upgrade(&self) -> bool {
+        self.replacements().next().is_some()
+    }
+
+    /// One line naming each replaced map, its old and new version, and what happens to its
+    /// contents.
+    pub fn describe(&self) -> String {
+        self.replacements()
+            .map(|(def, r)| {
+                if r.from_version == def.version {
+                    format!(
+                        "{} {} → {} entries ({})",
+                        def.name,
+                        r.from_entries,
+                        def.max_entries,
+                        r.how.as_str()
+                    )
+                } else {
+                    format!(
+                        "{} version {} → {} ({})",
+                        def.name,
+                        r.from_version,
+                        def.version,
+                        r.how.as_str()
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Decides what happens to every map, from what is pinned under `layout`. `entries` gives
+/// the number of entries this agent wants for a map (its definition's, or a configured size);
+/// `can_convert(def, version)` says whether entries of `version` can be carried into `def`.
+pub fn plan(
+    layout: &PinLayout,
+    entries: impl Fn(&MapDef) -> u32,
+    can_convert: impl Fn(&MapDef, u32) -> bool,
+) -> Result<MapPlan, VersionError> {
+    let records = recorded(layout)?;
+    let mut planned = Vec::with_capacity(maps::ALL.len());
+    for def in maps::ALL {
+        let mut def = *def;
+        def.max_entries = entries(&def);
+        let action = action(&def, &layout.map(def.name), &records, &can_convert)?;
+        planned.push((def, action));
+    }
+    Ok(MapPlan { maps: planned })
+}
+
+/// What happens to the map `def` pinned (or not) at `path`.
+fn action(
+    def: &MapDef,
+    path: &Path,
+    records: &BTreeMap<String, VersionRecord>,
+    can_convert: &impl Fn(&MapDef, u32) -> bool,
+) -> Result<MapAction, VersionError> {
+    if !path.exists() {
+        return Ok(MapAction::Create);
+    }
+    let version = records
+        .get(def.name)
+        .map_or(UNRECORDED_VERSION, |record| record.version);
+    let info = inspect(path)?;
+    let replace = |how| {
+        MapAction::Replace(Replacement {
+            from_version: version,
+            from_entries: info.max_entries(),
+            how,
+        })
+    };
+    if version > def.version {
+        return Err(VersionError::Version {
+            name: def.name,
+            path: path.to_owned(),
+            found: version,
+            wanted: def.version,
+        });
+    }
+    if version < def.version {
+        // The old layout is not this agent's: its kind and sizes are not checked against
+        // this definition, and its contents are carried only through a conversion.
+        return match def.on_upgrade {
+            OnUpgrade::Carry if !can_convert(def, version) => Err(VersionError::NoConversion {
+                name: def.name,
+                path: path.to_owned(),
+                found: version,
+                wanted: def.version,
+            }),
+            how => Ok(replace(how)),
+        };
+    }
+    check_layout(def, path, version, &info)?;
+    if info.max_entries() != def.max_entries && def.kind != maps::MapKind::RingBuf {
+        return Ok(replace(def.on_upgrade));
+    }
+    Ok(MapAction::Adopt)
+}
+
 /// The version records pinned under `layout`, by map name (empty when nothing is pinned, or
 /// when the maps were pinned before versions were recorded).
 pub fn recorded(layout: &PinLayout) -> Result<BTreeMap<String, VersionRecord>, VersionError> {
@@ -77,7 +238,7 @@ pub fn recorded(layout: &PinLayout) -> Result<BTreeMap<String, VersionRecord>, V
     if !path.exists() {
         return Ok(BTreeMap::new());
     }
-    check_layout(&Versions::DEF, &path, UNRECORDED_VERSION)?;
+    check_layout(&Versions::DEF, &path, UNRECORDED_VERSION, &inspect(&path)?)?;
     let name = Versions::DEF.name;
     let map = handles::open_pinned::<Versions>(layout)?;
     let mut records = BTreeMap::new();
@@ -91,36 +252,20 @@ pub fn recorded(layout: &PinLayout) -> Result<BTreeMap<String, VersionRecord>, V
     Ok(records)
 }
 
-/// Refuses to adopt the map `def` pinned at `path` (if any) unless its recorded version, its
-/// kind and its key and value sizes are this agent's.
-pub fn check_pinned(
-    def: &MapDef,
-    path: &Path,
-    records: &BTreeMap<String, VersionRecord>,
-) -> Result<(), VersionError> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let version = records
-        .get(def.name)
-        .map_or(UNRECORDED_VERSION, |record| record.version);
-    if version != def.version {
-        return Err(VersionError::Version {
-            name: def.name,
-            path: path.to_owned(),
-            found: version,
-            wanted: def.version,
-        });
-    }
-    check_layout(def, path, version)
+fn inspect(path: &Path) -> Result<MapInfo, VersionError> {
+    MapInfo::from_pin(path).map_err(|source| VersionError::Inspect {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Refuses a pinned map whose kind or key and value sizes differ from `def`.
-fn check_layout(def: &MapDef, path: &Path, version: u32) -> Result<(), VersionError> {
-    let info = MapInfo::from_pin(path).map_err(|source| VersionError::Inspect {
-        path: path.to_owned(),
-        source,
-    })?;
+fn check_layout(
+    def: &MapDef,
+    path: &Path,
+    version: u32,
+    info: &MapInfo,
+) -> Result<(), VersionError> {
     let found_kind = info
         .map_type()
         .map(|kind| format!("{kind:?}"))
@@ -144,11 +289,14 @@ fn check_layout(def: &MapDef, path: &Path, version: u32) -> Result<(), VersionEr
     Ok(())
 }
 
-/// Records the version, kind and sizes of every map in the versions map (a handle on the
-/// loaded object's `cali_versions`).
-pub fn record(versions: &mut Handle<Versions>) -> Result<(), VersionError> {
+/// Records the version, kind and sizes of the maps `defs` in the versions map (a handle on the
+/// loaded object's `cali_versions`, or on its pin).
+pub fn record<'a>(
+    versions: &mut Handle<Versions>,
+    defs: impl IntoIterator<Item = &'a MapDef>,
+) -> Result<(), VersionError> {
     let name = Versions::DEF.name;
-    for def in maps::ALL {
+    for def in defs {
         let record = VersionRecord {
             version: def.version,
             key_size: def.key_size,
@@ -167,10 +315,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_pin_is_no_error() {
+    fn a_missing_pin_is_created() {
         let def = maps::Endpoints::DEF;
         let path = Path::new("/nonexistent/cali_endpoints");
-        assert!(check_pinned(&def, path, &BTreeMap::new()).is_ok());
+        let action = action(&def, path, &BTreeMap::new(), &|_, _| false);
+        assert_eq!(action.ok(), Some(MapAction::Create));
     }
 
     #[test]
@@ -178,12 +327,55 @@ mod tests {
         let error = VersionError::Version {
             name: "cali_conntrack",
             path: PathBuf::from("/sys/fs/bpf/calico/cali_conntrack"),
-            found: 1,
+            found: 3,
             wanted: 2,
         };
         let text = error.to_string();
         assert!(text.contains("cali_conntrack"), "{text}");
-        assert!(text.contains("version 1"), "{text}");
+        assert!(text.contains("version 3"), "{text}");
         assert!(text.contains("version 2"), "{text}");
+        assert!(text.contains("downgrade"), "{text}");
+    }
+
+    #[test]
+    fn the_plan_names_each_replaced_map() {
+        let mut conntrack = maps::Conntrack::DEF;
+        conntrack.max_entries = 1024;
+        let plan = MapPlan {
+            maps: vec![
+                (maps::Endpoints::DEF, MapAction::Adopt),
+                (
+                    maps::Counters::DEF,
+                    MapAction::Replace(Replacement {
+                        from_version: maps::Counters::DEF.version - 1,
+                        from_entries: maps::Counters::DEF.max_entries,
+                        how: OnUpgrade::Reset,
+                    }),
+                ),
+                (
+                    conntrack,
+                    MapAction::Replace(Replacement {
+                        from_version: conntrack.version,
+                        from_entries: 2048,
+                        how: OnUpgrade::Carry,
+                    }),
+                ),
+            ],
+        };
+        assert!(plan.is_upgrade());
+        let text = plan.describe();
+        assert!(
+            text.contains(&format!(
+                "cali_counters version {} → {} (reset)",
+                maps::Counters::DEF.version - 1,
+                maps::Counters::DEF.version
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("cali_conntrack 2048 → 1024 entries (carry)"),
+            "{text}"
+        );
+        assert!(!text.contains("cali_endpoints"), "{text}");
     }
 }

@@ -4,7 +4,8 @@
 //! - [`resources`]: the resource types, following Calico's v3 API (unknown fields rejected) and
 //!   its validation rules, one file per kind, and the registry of kinds ([`Kind`]). Typed:
 //!   `WorkloadEndpoint`, the policy kinds `NetworkPolicy`, `GlobalNetworkPolicy`, `Profile`
-//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `IPPool`, `IPAMConfiguration`,
+//!   and `Tier`, the sets `NetworkSet` and `GlobalNetworkSet`, `HostEndpoint`, `IPPool`,
+//!   `IPAMConfiguration`,
 //!   `Node`, the BGP kinds `BGPConfiguration` and `BGPPeer`, and `FelixConfiguration`; other
 //!   kinds are kept untyped.
 //!   Selectors stay text:
@@ -41,10 +42,10 @@ pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
 pub use local::{DatastoreWatch, LocalDatastore, WatchError, watch};
 pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{
-    Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, GlobalNetworkSet, IpVersion,
-    Kind, NAMESPACE_LABEL, NetworkPolicy, NetworkPolicySpec, NetworkSet, NetworkSetSpec, Order,
-    PolicyType, PortSpec, Profile, ProfileSpec, Protocol, Resource, ResourceKey, Rule, Tier,
-    TierDefaultAction, TierSpec, WorkloadEndpoint,
+    Action, EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, GlobalNetworkSet,
+    HostEndpoint, IpVersion, Kind, NAMESPACE_LABEL, NetworkPolicy, NetworkPolicySpec, NetworkSet,
+    NetworkSetSpec, Order, PolicyType, PortSpec, Profile, ProfileSpec, Protocol, Resource,
+    ResourceKey, Rule, Tier, TierDefaultAction, TierSpec, WorkloadEndpoint,
 };
 pub use snapshot::{IpamObjects, Snapshot, SyncResult};
 pub use store::{
@@ -53,6 +54,8 @@ pub use store::{
 
 #[cfg(test)]
 mod bgp_tests;
+#[cfg(test)]
+mod host_endpoint_tests;
 #[cfg(test)]
 mod ip_pool_tests;
 #[cfg(test)]

@@ -215,7 +215,7 @@ pub(super) fn split_documents(text: &str) -> Vec<Chunk<'_>> {
     let mut start_line = 1;
     let mut started = false; // the current chunk has a document (a `---` or content)
     let mut offset = 0;
-    for (i, raw) in text.split_inclusive('\n').enumerate() {
+    for (i, raw) in yaml_lines(text).enumerate() {
         let line = raw.trim_end_matches(['\n', '\r']);
         let line_no = i + 1;
         if is_marker(line, "---") {
@@ -254,6 +254,25 @@ pub(super) fn split_documents(text: &str) -> Vec<Chunk<'_>> {
         });
     }
     chunks
+}
+
+/// The lines of `text` as YAML counts them, each with its line break: a line ends at LF, at
+/// CR LF, or at a CR alone. Error lines then agree with YAML's (and an editor's).
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = match rest.find(['\n', '\r']) {
+            None => rest.len(),
+            Some(at) if rest[at..].starts_with("\r\n") => at + 2,
+            Some(at) => at + 1,
+        };
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        Some(line)
+    })
 }
 
 /// The document being parsed: where it is, for errors.
@@ -798,6 +817,26 @@ spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
 
     fn net(s: &str) -> ipnet::IpNet {
         s.parse().unwrap()
+    }
+
+    /// Found by the resource fuzz target: lines end at a lone CR too (as YAML and editors
+    /// have it), in the split into documents as well as inside a document, so that an error
+    /// in a later document names its line as an editor shows it.
+    #[test]
+    fn error_lines_count_carriage_returns_as_yaml_does() {
+        let text = "apiVersion: projectcalico.org/v3\rkind: Profile\r\nmetadata: {name: a}\r---\n\
+            apiVersion: projectcalico.org/v3\rkind: Profile\rmetadata: {name: b, bogus: 1}\n";
+        let e = error(text);
+        assert_eq!(
+            (e.document, e.line, e.column),
+            (Some(2), Some(7), Some(21)),
+            "{e}"
+        );
+        // Both resources of the valid version, the second in document 2 from line 4.
+        let fixed = text.replace(", bogus: 1", "");
+        assert_eq!(ok(&fixed).len(), 2);
+        let located = parse_file_located("web.yaml", &fixed).expect("valid");
+        assert_eq!((located[1].document, located[1].line), (2, 4));
     }
 
     #[test]
@@ -1468,7 +1507,7 @@ items: null
             assert_eq!(r.metadata.namespace.is_some(), kind.is_namespaced());
         }
         let e = error(
-            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: t}\nspec: [1]\n",
+            "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata: {name: t}\nspec: [1]\n",
         );
         assert_eq!(e.field.as_deref(), Some("spec"));
     }

@@ -17,6 +17,7 @@
 //!   they are keyed in etcd ([`PolicyKeys`]);
 //! - one file per typed kind: `workload_endpoint`, `network_policy`, `global_network_policy`,
 //!   `profile`, `tier`, `network_set` (with what both set kinds share), `global_network_set`,
+//!   `host_endpoint`,
 //!   `ip_pool`, `ipam_configuration`, `node`, `bgp_configuration`, `bgp_peer`,
 //!   `felix_configuration`;
 //! - `registry`: the list of kinds, which makes [`Kind`] and [`Resource`].
@@ -31,6 +32,7 @@ mod felix_configuration;
 mod fields;
 mod global_network_policy;
 mod global_network_set;
+mod host_endpoint;
 mod ip_pool;
 mod ipam_configuration;
 mod kind;
@@ -64,6 +66,7 @@ pub use felix_configuration::{
 pub use fields::{AsNumber, Dscp, FieldError, MacAddr, Protocol};
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
 pub use global_network_set::{GlobalNetworkSet, GlobalNetworkSetSpec};
+pub use host_endpoint::{ALL_INTERFACES, HostEndpoint, HostEndpointPort, HostEndpointSpec};
 pub use ip_pool::{
     AssignmentMode, IpPool, IpPoolAllowedUse, IpPoolSpec, IpPoolStatus, IpipMode, VxlanMode,
 };

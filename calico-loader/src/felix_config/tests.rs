@@ -179,7 +179,7 @@ fn resource_shapes_become_felixs_text() {
         .expect("valid");
     assert_eq!(
         config.failsafe_inbound_host_ports.value.to_string(),
-        "tcp:22,udp:2001:db8::/32:68"
+        "tcp:22,udp:[2001:db8::/32]:68"
     );
     assert_eq!(config.failsafe_outbound_host_ports.value.0, Vec::new());
     assert_eq!(
@@ -278,4 +278,65 @@ fn the_endpoint_map_size_is_felixs_if_state_setting() {
         text.contains("BPFMapSizeIfState") && text.contains("FELIX_BPFMAPSIZEIFSTATE"),
         "{text}"
     );
+}
+
+#[test]
+fn failsafe_ports_in_each_of_felixs_forms() {
+    let ports = parse_failsafe("22, udp:53, tcp:198.18.0.0/16:179, tcp:[2001:db8::/32]:2379")
+        .expect("Felix's forms");
+    assert_eq!(
+        ports.to_string(),
+        "tcp:22,udp:53,tcp:198.18.0.0/16:179,tcp:[2001:db8::/32]:2379"
+    );
+    assert_eq!(
+        parse_failsafe(&ports.to_string()),
+        Ok(ports.clone()),
+        "the display parses back"
+    );
+    assert_eq!(parse_failsafe("none"), Ok(FailsafePorts(Vec::new())));
+    for bad in ["icmp:1", "tcp:99999", "tcp:not-a-net:22", "tcp:"] {
+        assert!(parse_failsafe(bad).is_err(), "{bad} is refused");
+    }
+}
+
+#[test]
+fn host_settings_follow_the_configuration() {
+    let config = sources(None, &[]).resolve(None, None).expect("defaults");
+    let settings = config.host_settings();
+    assert!(settings.to_host_drop, "Felix's default is Drop");
+    let inbound: Vec<(u8, u16)> = settings
+        .failsafes
+        .iter()
+        .filter(|f| f.inbound)
+        .map(|f| (f.proto, f.port))
+        .collect();
+    assert_eq!(
+        inbound,
+        [
+            (6, 22),
+            (17, 68),
+            (6, 179),
+            (6, 2379),
+            (6, 2380),
+            (6, 5473),
+            (6, 6443),
+            (6, 6666),
+            (6, 6667)
+        ]
+    );
+    assert_eq!(settings.failsafes.len(), 18);
+    let accept = sources(
+        None,
+        &[
+            ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Accept"),
+            ("FELIX_FAILSAFEOUTBOUNDHOSTPORTS", "udp:[2001:db8::/32]:53"),
+        ],
+    )
+    .resolve(None, None)
+    .expect("valid");
+    let settings = accept.host_settings();
+    assert!(!settings.to_host_drop);
+    let outbound: Vec<_> = settings.failsafes.iter().filter(|f| !f.inbound).collect();
+    assert_eq!(outbound.len(), 1);
+    assert_eq!(outbound[0].net, Some("2001:db8::/32".parse().expect("net")));
 }

@@ -166,6 +166,27 @@ impl Collector for DataplaneCollector {
                     Samples::new(),
                 );
                 for row in rows {
+                    let row = match row {
+                        crate::dump::CounterRow::Workload(row) => row,
+                        crate::dump::CounterRow::HostEndpoint(row) => {
+                            let id = [format!("HostEndpoint {}", row.name), row.interface];
+                            for (path, p, b) in [
+                                ("host_endpoint_in", row.in_packets, row.in_bytes),
+                                ("host_endpoint_out", row.out_packets, row.out_bytes),
+                            ] {
+                                let key = vec![id[0].clone(), id[1].clone(), path.to_owned()];
+                                *packets.entry(key.clone()).or_default() += p;
+                                *bytes.entry(key).or_default() += b;
+                            }
+                            for (reason, count) in row.drops {
+                                *by_reason.entry(vec![reason.clone()]).or_default() += count;
+                                *drops
+                                    .entry(vec![id[0].clone(), id[1].clone(), reason])
+                                    .or_default() += count;
+                            }
+                            continue;
+                        }
+                    };
                     let id = [row.name.clone(), row.interface.clone()];
                     for (path, p, b) in [
                         (

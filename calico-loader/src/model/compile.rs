@@ -57,23 +57,24 @@ mod tests;
 use ipnet::IpNet;
 
 pub use compiled::{
-    AddrEntry, CompileError, CompiledDirection, CompiledEndpoint, MAX_LOCAL_NETWORK_ADDRESSES,
-    PortEntry, ProtoEntry, TableLimits,
+    AddrEntry, CompileError, CompiledDirection, CompiledEndpoint, LocalEntry,
+    MAX_LOCAL_NETWORK_ADDRESSES, PortEntry, ProtoEntry, TableLimits,
 };
 pub use context::PolicyContext;
-pub use evaluate::{Outcome, PacketTuple, evaluate};
+pub use evaluate::{HostPolicy, Outcome, PacketTuple, evaluate, evaluate_host_endpoint};
 
 use self::{
     compiled::{Family, MAX_LOCAL_HOST_BITS},
     conditions::{Conditions, Origin},
     lookup::{policy_rules, profile_rules},
-    table::Step,
+    table::{Ending, Locals, Step},
 };
 use super::{
+    host_endpoints::host_endpoint_plan,
     policy::{DirectionPlan, endpoint_plan},
     rules::{Direction, RuleRef, RuleRegistry},
 };
-use crate::datastore::{Action, Rule, TierDefaultAction, WorkloadEndpoint};
+use crate::datastore::{Action, HostEndpoint, Rule, TierDefaultAction, WorkloadEndpoint};
 
 /// Compiles `wep`'s policy, both directions. Rule ids come from `registry` (the same rule keeps
 /// its id).
@@ -88,7 +89,7 @@ pub fn compile_endpoint(
     registry: &mut RuleRegistry,
     wep: &WorkloadEndpoint,
 ) -> Result<CompiledEndpoint, CompileError> {
-    let endpoint = format!("{}/{}", wep.namespace(), wep.name());
+    let endpoint = format!("WorkloadEndpoint {}/{}", wep.namespace(), wep.name());
     let plan = endpoint_plan(ctx.snapshot(), wep);
     let own = local_addresses(&endpoint, &wep.spec.ip_networks)?;
     let mut sources = own.clone();
@@ -99,26 +100,122 @@ pub fn compile_endpoint(
     sources.sort_unstable();
     sources.dedup();
     let mut compile = |plan: &DirectionPlan, direction: Direction, locals: &[(Family, u128)]| {
-        let mut flattener = Flattener {
+        compile_direction(
             ctx,
-            registry: &mut *registry,
-            endpoint: &endpoint,
-            direction,
-            steps: Vec::new(),
-        };
-        let no_match = flattener.flatten(plan)?;
-        table::compile(
-            ctx,
+            registry,
             &endpoint,
-            &flattener.steps,
-            no_match,
+            plan,
             direction,
-            locals,
+            RuleRef::NoMatch { direction },
+            Locals::Addresses(locals),
         )
     };
     Ok(CompiledEndpoint {
         ingress: compile(&plan.ingress, Direction::Ingress, &own)?,
         egress: compile(&plan.egress, Direction::Egress, &sources)?,
+    })
+}
+
+/// Compiles one direction's `plan`, ending with `ending` (a deny, or for forwarded traffic
+/// through a host endpoint an allow).
+fn compile_direction(
+    ctx: &PolicyContext<'_>,
+    registry: &mut RuleRegistry,
+    endpoint: &str,
+    plan: &DirectionPlan,
+    direction: Direction,
+    ending: RuleRef,
+    locals: Locals<'_>,
+) -> Result<CompiledDirection, CompileError> {
+    let mut flattener = Flattener {
+        ctx,
+        registry: &mut *registry,
+        endpoint,
+        direction,
+        steps: Vec::new(),
+    };
+    flattener.flatten(plan)?;
+    let steps = flattener.steps;
+    let action = ending.ending_action();
+    let ending = Ending {
+        id: registry.id(ending, action)?,
+        action,
+    };
+    table::compile(ctx, endpoint, &steps, ending, direction, locals)
+}
+
+/// A host endpoint's compiled policy: for traffic to and from the host itself, and for
+/// forwarded traffic through it (see [`super::host_endpoints`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CompiledHostEndpoint {
+    /// Host ingress (pre-DNAT, then normal policy, profiles, deny) and egress (normal policy,
+    /// profiles, deny).
+    pub host: CompiledEndpoint,
+    /// Forward ingress (pre-DNAT, then apply-on-forward policy, allow) and egress
+    /// (apply-on-forward policy, allow).
+    pub forward: CompiledEndpoint,
+    /// No policy applies to forwarded traffic: it passes untouched.
+    pub forward_open: bool,
+}
+
+/// Compiles `hep`'s policy, for any local address: its traffic may be addressed to the host or
+/// forwarded anywhere.
+///
+/// # Errors
+///
+/// [`CompileError::Untracked`] when a `doNotTrack` policy selects it, and the errors of
+/// [`compile_endpoint`].
+pub fn compile_host_endpoint(
+    ctx: &PolicyContext<'_>,
+    registry: &mut RuleRegistry,
+    hep: &HostEndpoint,
+) -> Result<CompiledHostEndpoint, CompileError> {
+    let endpoint = format!("HostEndpoint {}", hep.name());
+    let plan = host_endpoint_plan(ctx.snapshot(), hep);
+    if let Some(policy) = plan.untracked.first() {
+        return Err(CompileError::Untracked {
+            endpoint,
+            policy: policy.name.clone(),
+        });
+    }
+    let mut compile = |plan: &DirectionPlan, direction: Direction, ending: RuleRef| {
+        compile_direction(
+            ctx,
+            registry,
+            &endpoint,
+            plan,
+            direction,
+            ending,
+            Locals::Anywhere,
+        )
+    };
+    use Direction::{Egress, Ingress};
+    Ok(CompiledHostEndpoint {
+        host: CompiledEndpoint {
+            ingress: compile(
+                &plan.host_ingress,
+                Ingress,
+                RuleRef::NoMatch { direction: Ingress },
+            )?,
+            egress: compile(
+                &plan.host_egress,
+                Egress,
+                RuleRef::NoMatch { direction: Egress },
+            )?,
+        },
+        forward: CompiledEndpoint {
+            ingress: compile(
+                &plan.forward_ingress,
+                Ingress,
+                RuleRef::ForwardDefault { direction: Ingress },
+            )?,
+            egress: compile(
+                &plan.forward_egress,
+                Egress,
+                RuleRef::ForwardDefault { direction: Egress },
+            )?,
+        },
+        forward_open: plan.forward_open(),
     })
 }
 
@@ -154,8 +251,8 @@ struct Flattener<'c, 's> {
 }
 
 impl Flattener<'_, '_> {
-    /// Adds the steps of `plan`; returns the id of the final deny.
-    fn flatten(&mut self, plan: &DirectionPlan) -> Result<u32, CompileError> {
+    /// Adds the steps of `plan`.
+    fn flatten(&mut self, plan: &DirectionPlan) -> Result<(), CompileError> {
         let (snapshot, direction) = (self.ctx.snapshot(), self.direction);
         let missing = |owner: String| CompileError::Missing {
             endpoint: self.endpoint.to_owned(),
@@ -202,9 +299,7 @@ impl Flattener<'_, '_> {
             self.add_rules(rules, group, None, rule_ref)?;
             group += 1;
         }
-        Ok(self
-            .registry
-            .id(RuleRef::NoMatch { direction }, Action::Deny)?)
+        Ok(())
     }
 
     /// Adds `rules` of a policy in `namespace` (`None`: global policy or profile).

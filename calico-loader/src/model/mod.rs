@@ -1,6 +1,8 @@
 //! Calculation: from the datastore's resources to what this host's dataplane must serve.
 
 pub mod compile;
+pub mod frame;
+pub mod host_endpoints;
 pub mod policy;
 pub mod rules;
 

@@ -12,7 +12,7 @@ use std::{cmp::Ordering, collections::BTreeMap};
 pub use crate::datastore::NAMESPACE_LABEL;
 use crate::datastore::{
     Kind, NetworkSet, PolicyType, Snapshot, TierDefaultAction, WorkloadEndpoint,
-    selector::{LabelSource, Selector},
+    selector::{Expr, LabelSource, Selector},
 };
 /// Label Calico gives every workload endpoint: its orchestrator.
 pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
@@ -98,7 +98,7 @@ pub fn network_set_labels(snapshot: &Snapshot, set: &NetworkSet) -> BTreeMap<Str
 
 /// The `labelsToApply` of `profiles` (earlier profiles win; missing ones give none), with `own`
 /// on top.
-fn inherited_labels<'p>(
+pub(super) fn inherited_labels<'p>(
     snapshot: &Snapshot,
     profiles: impl DoubleEndedIterator<Item = &'p str>,
     own: &BTreeMap<String, String>,
@@ -132,19 +132,49 @@ pub fn namespace_labels(snapshot: &Snapshot, namespace: &str) -> BTreeMap<String
 
 /// Parses a selector field; an absent or empty one selects everything. Fields were validated
 /// when the datastore read them, so a failure here means none matches (never all).
-fn selects(text: Option<&str>, labels: &impl LabelSource) -> bool {
+pub(super) fn selects(text: Option<&str>, labels: &impl LabelSource) -> bool {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => true,
         Some(text) => Selector::parse(text).is_ok_and(|s| s.matches(labels)),
     }
 }
 
-struct Candidate {
-    tier: String,
-    order: f64,
-    id: PolicyId,
-    ingress: bool,
-    egress: bool,
+/// A policy that selects an endpoint, before it is placed in its tier.
+#[derive(Clone)]
+pub(super) struct Candidate {
+    pub(super) tier: String,
+    pub(super) order: f64,
+    pub(super) id: PolicyId,
+    pub(super) ingress: bool,
+    pub(super) egress: bool,
+}
+
+/// Sorts policies as Felix does within a tier: by order (none last), then name, then
+/// namespace, then kind.
+pub(super) fn sort_candidates(candidates: &mut [Candidate]) {
+    candidates.sort_by(|a, b| {
+        a.order
+            .partial_cmp(&b.order)
+            .unwrap_or(Ordering::Equal)
+            .then_with(|| a.id.name.cmp(&b.id.name))
+            .then_with(|| a.id.namespace.cmp(&b.id.namespace))
+            .then_with(|| a.id.kind.cmp(&b.id.kind))
+    });
+}
+
+/// Whether a `namespaceSelector` selects something in no namespace (a GlobalNetworkSet, a
+/// HostEndpoint), as libcalico-go's conversion makes it a selector on the item's own labels:
+/// `all()` becomes `has(projectcalico.org/namespace)` and `global()` its negation, so outside
+/// any namespace the selector sees no labels, with `all()` false and `global()` true.
+pub fn selects_outside_namespaces(expr: &Expr) -> bool {
+    match expr {
+        Expr::All => false,
+        Expr::Global => true,
+        Expr::Not(operand) => !selects_outside_namespaces(operand),
+        Expr::And(operands) => operands.iter().all(selects_outside_namespaces),
+        Expr::Or(operands) => operands.iter().any(selects_outside_namespaces),
+        label_test => label_test.matches(&BTreeMap::<String, String>::new()),
+    }
 }
 
 /// The plan for `wep`: every NetworkPolicy of its namespace and every GlobalNetworkPolicy whose
@@ -194,15 +224,7 @@ pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPla
             egress: policy.spec.applies_to(PolicyType::Egress),
         });
     }
-    // Within a tier: by order (none last), then name, then namespace, then kind, as Felix sorts.
-    candidates.sort_by(|a, b| {
-        a.order
-            .partial_cmp(&b.order)
-            .unwrap_or(Ordering::Equal)
-            .then_with(|| a.id.name.cmp(&b.id.name))
-            .then_with(|| a.id.namespace.cmp(&b.id.namespace))
-            .then_with(|| a.id.kind.cmp(&b.id.kind))
-    });
+    sort_candidates(&mut candidates);
     let profiles: Vec<String> = wep
         .spec
         .profiles
@@ -216,7 +238,7 @@ pub fn endpoint_plan(snapshot: &Snapshot, wep: &WorkloadEndpoint) -> EndpointPla
     }
 }
 
-fn direction_plan(
+pub(super) fn direction_plan(
     snapshot: &Snapshot,
     candidates: &[Candidate],
     applies: impl Fn(&Candidate) -> bool,

@@ -85,6 +85,9 @@ pub enum RuleRef {
     },
     /// The deny after the profiles: nothing decided.
     NoMatch { direction: Direction },
+    /// The allow at the end of a host endpoint's policy for forwarded traffic: no
+    /// apply-on-forward (or pre-DNAT) policy decided.
+    ForwardDefault { direction: Direction },
 }
 
 impl RuleRef {
@@ -94,7 +97,17 @@ impl RuleRef {
             RuleRef::PolicyRule { direction, .. }
             | RuleRef::TierDefault { direction, .. }
             | RuleRef::ProfileRule { direction, .. }
-            | RuleRef::NoMatch { direction } => *direction,
+            | RuleRef::NoMatch { direction }
+            | RuleRef::ForwardDefault { direction } => *direction,
+        }
+    }
+
+    /// The action of an ending (what decides when no rule did): Allow for
+    /// [`RuleRef::ForwardDefault`], Deny otherwise.
+    pub fn ending_action(&self) -> Action {
+        match self {
+            RuleRef::ForwardDefault { .. } => Action::Allow,
+            _ => Action::Deny,
         }
     }
 
@@ -105,6 +118,7 @@ impl RuleRef {
             RuleRef::TierDefault { .. } => rule_kind::TIER_DEFAULT,
             RuleRef::ProfileRule { .. } => rule_kind::PROFILE_RULE,
             RuleRef::NoMatch { .. } => rule_kind::NO_MATCH,
+            RuleRef::ForwardDefault { .. } => rule_kind::FORWARD_DEFAULT,
         }
     }
 
@@ -112,7 +126,9 @@ impl RuleRef {
     pub fn tier(&self) -> Option<&str> {
         match self {
             RuleRef::PolicyRule { tier, .. } | RuleRef::TierDefault { tier, .. } => Some(tier),
-            RuleRef::ProfileRule { .. } | RuleRef::NoMatch { .. } => None,
+            RuleRef::ProfileRule { .. }
+            | RuleRef::NoMatch { .. }
+            | RuleRef::ForwardDefault { .. } => None,
         }
     }
 
@@ -124,7 +140,9 @@ impl RuleRef {
                 Some(format!("{}:{policy}", policy.kind.as_str()))
             }
             RuleRef::ProfileRule { profile, .. } => Some(format!("Profile:{profile}")),
-            RuleRef::TierDefault { .. } | RuleRef::NoMatch { .. } => None,
+            RuleRef::TierDefault { .. }
+            | RuleRef::NoMatch { .. }
+            | RuleRef::ForwardDefault { .. } => None,
         }
     }
 
@@ -132,7 +150,9 @@ impl RuleRef {
     pub fn index(&self) -> u32 {
         match self {
             RuleRef::PolicyRule { index, .. } | RuleRef::ProfileRule { index, .. } => *index,
-            RuleRef::TierDefault { .. } | RuleRef::NoMatch { .. } => 0,
+            RuleRef::TierDefault { .. }
+            | RuleRef::NoMatch { .. }
+            | RuleRef::ForwardDefault { .. } => 0,
         }
     }
 }
@@ -165,6 +185,10 @@ impl fmt::Display for RuleRef {
                 write!(f, "default action of tier {tier} ({direction})")
             }
             RuleRef::NoMatch { direction } => write!(f, "no rule allowed it ({direction})"),
+            RuleRef::ForwardDefault { direction } => write!(
+                f,
+                "no apply-on-forward policy decided: forwarded traffic is allowed ({direction})"
+            ),
         }
     }
 }

@@ -172,8 +172,22 @@ impl Workload {
     /// Pings `dst` every 100 ms until [`Pinger::finish`]: what a user watches while
     /// something restarts.
     pub fn ping_continuously(&self, dst: IpAddr) -> Pinger {
+        self.ping_every(dst, "0.1")
+    }
+
+    /// Pings `dst` every `interval` seconds (as ping's `-i` takes it; under 0.2 needs root)
+    /// until [`Pinger::finish`].
+    pub fn ping_every(&self, dst: IpAddr, interval: &str) -> Pinger {
         let child = Command::new("ip")
-            .args(["netns", "exec", self.ns.name(), "ping", "-n", "-i", "0.1"])
+            .args([
+                "netns",
+                "exec",
+                self.ns.name(),
+                "ping",
+                "-n",
+                "-i",
+                interval,
+            ])
             .arg(dst.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -433,6 +447,18 @@ impl Agent {
         pin_path: PathBuf,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(topology, datastore, node, pin_path, extra, &[])
+    }
+
+    /// [`Agent::start_with_pins`], with `env` added to the agent's environment.
+    pub fn start_with_env(
+        topology: &Topology,
+        datastore: &Datastore,
+        node: &str,
+        pin_path: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let run_dir = tempfile::tempdir().expect("run dir");
         let mut args = vec![
             "--datastore",
@@ -445,7 +471,7 @@ impl Agent {
             pin_path,
             run_dir.path().join("calico"),
             &args,
-            &[],
+            env,
         );
         agent._run_dir = Some(run_dir);
         agent
@@ -461,13 +487,27 @@ impl Agent {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn_binary(loader_bin(), host_ns, node, pin_path, run_dir, args, env)
+    }
+
+    /// [`Agent::spawn`] of another build of the agent (`binary`), such as an older or newer
+    /// version for an upgrade.
+    pub fn spawn_binary(
+        binary: &str,
+        host_ns: &Path,
+        node: &str,
+        pin_path: PathBuf,
+        run_dir: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log_dir = tempfile::tempdir().expect("temp dir");
         let log_path = log_dir.path().join("agent.log");
         let log = fs::File::create(&log_path).expect("agent log");
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net={}", host_ns.display()))
-            .arg(loader_bin())
+            .arg(binary)
             .args(["run", "--node", node, "--resync-interval", "2"])
             .arg("--pin-path")
             .arg(&pin_path)

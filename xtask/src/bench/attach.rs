@@ -49,20 +49,20 @@ pub struct AttachScale {
 }
 
 /// The `i`th endpoint's address (0-based, up to 40,000): 198.19.200.1 onwards.
-fn address(i: u32) -> Ipv4Addr {
+pub(super) fn address(i: u32) -> Ipv4Addr {
     let [_, _, hi, lo] = (i / 200 * 256 + i % 200 + 1).to_be_bytes();
     Ipv4Addr::new(198, 19, 200u8.wrapping_add(hi), lo)
 }
 
-fn interface(i: u32) -> String {
+pub(super) fn interface(i: u32) -> String {
     format!("calisc{i}")
 }
 
-fn endpoint_name(i: u32) -> String {
+pub(super) fn endpoint_name(i: u32) -> String {
     format!("{NODE}-cni-sc{i}-eth0")
 }
 
-fn endpoint_yaml(i: u32) -> String {
+pub(super) fn endpoint_yaml(i: u32) -> String {
     format!(
         "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  \
          name: {name}\n  namespace: {NAMESPACE}\n  labels: {{app: scale}}\nspec:\n  \

@@ -670,7 +670,7 @@ fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
 }
 
 /// The maps the agent holds a file descriptor for, biggest first.
-fn agent_maps(pid: u32) -> Result<Vec<MapMemory>> {
+pub fn agent_maps(pid: u32) -> Result<Vec<MapMemory>> {
     let fdinfo = Cmd::new("sh")
         .args(["-c", &format!("cat /proc/{pid}/fdinfo/* 2>/dev/null")])
         .privileged()

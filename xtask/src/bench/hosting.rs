@@ -1,6 +1,6 @@
 //! The phases of VM and container hosting, each on its own host namespace and agent after the
 //! rounds: tap to tap (`taps`), container start with podman (`containers`), attach latency and
-//! memory at scale (`attach`). Their goal checks, their lines of the report and their JSON.
+//! memory at scale (`attach`), and many endpoints at once (`many_endpoints`). Their goal checks, their lines of the report and their JSON.
 
 use std::{path::Path, time::Instant};
 
@@ -14,6 +14,7 @@ use super::{
     Plan,
     attach::{self, AttachScale},
     containers::{self, ContainerStart},
+    many_endpoints::{self, ManyEndpoints},
     report::{self, MachineInfo},
     taps::{self, TapPlan, TapToTap},
 };
@@ -21,6 +22,11 @@ use super::{
 /// Endpoints of the attach phase: a full run, and `--quick`.
 const ATTACH_ENDPOINTS: u32 = 500;
 const ATTACH_ENDPOINTS_QUICK: u32 = 20;
+/// Endpoints written at once, and how long the agent is then watched: a full run, `--quick`.
+const MANY_ENDPOINTS: u32 = 5000;
+const MANY_ENDPOINTS_QUICK: u32 = 50;
+const MANY_STEADY: std::time::Duration = std::time::Duration::from_secs(30);
+const MANY_STEADY_QUICK: std::time::Duration = std::time::Duration::from_secs(3);
 /// `podman run` repetitions per network: a full run, and `--quick`.
 const CONTAINER_RUNS: u32 = 10;
 const CONTAINER_RUNS_QUICK: u32 = 1;
@@ -32,6 +38,7 @@ pub struct Hosting {
     pub tap_to_tap: TapToTap,
     pub container_start: ContainerStart,
     pub attach_scale: AttachScale,
+    pub many_endpoints: ManyEndpoints,
 }
 
 pub fn measure(plan: &Plan, loader: &Path, pid: u32, release: bool) -> Result<Hosting> {
@@ -73,10 +80,30 @@ pub fn measure(plan: &Plan, loader: &Path, pid: u32, release: bool) -> Result<Ho
         },
         release,
     )?;
+    let many_endpoints = if plan.quick {
+        many_endpoints::measure(
+            loader,
+            scratch.path(),
+            pid,
+            MANY_ENDPOINTS_QUICK,
+            MANY_STEADY_QUICK,
+            release,
+        )?
+    } else {
+        many_endpoints::measure(
+            loader,
+            scratch.path(),
+            pid,
+            MANY_ENDPOINTS,
+            MANY_STEADY,
+            release,
+        )?
+    };
     Ok(Hosting {
         tap_to_tap,
         container_start,
         attach_scale,
+        many_endpoints,
     })
 }
 
@@ -97,6 +124,7 @@ pub fn print(hosting: &Hosting) {
     let c = &hosting.container_start;
     output::info(c.describe());
     output::info(hosting.attach_scale.describe());
+    output::info(hosting.many_endpoints.describe());
     for (goal, measured, met) in goal_checks(hosting) {
         output::info(format!(
             "goal: {goal}: {measured} -> {}",

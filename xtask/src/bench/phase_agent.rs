@@ -34,6 +34,21 @@ impl PhaseAgent {
         log: &Path,
         attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
     ) -> Result<Self> {
+        Self::start_with(loader, host, datastore, pin_path, mode, log, &[], attached)
+    }
+
+    /// [`PhaseAgent::start`] with `extra` arguments for `calico-loader run`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        loader: &Path,
+        host: &Netns,
+        datastore: &Path,
+        pin_path: &Path,
+        mode: AttachMode,
+        log: &Path,
+        extra: &[&str],
+        attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
+    ) -> Result<Self> {
         const TEE: &str = r#"log=$1; shift; exec "$@" 2> >(exec tee -i -a "$log" >&2)"#;
         let pins = PinGuard::new(loader, &host.path(), pin_path);
         output::info(format!(
@@ -61,6 +76,7 @@ impl PhaseAgent {
             ])
             .arg("--pin-path")
             .arg(pin_path)
+            .args(extra)
             .env("NO_COLOR", "1")
             .privileged()
             .spawn_prefixed("[agent]")?;

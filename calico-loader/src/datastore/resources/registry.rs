@@ -23,6 +23,7 @@ use super::{
     fields::FieldError,
     global_network_policy::GlobalNetworkPolicy,
     global_network_set::GlobalNetworkSet,
+    host_endpoint::HostEndpoint,
     ip_pool::IpPool,
     ipam_configuration::IpamConfiguration,
     kind::{DocumentWithStatus, ResourceKind},
@@ -49,7 +50,7 @@ registry! {
     /// Ordered group of policies.
     Tier => typed(Tier),
     /// A host's interface.
-    HostEndpoint => untyped(KindInfo::cluster("HostEndpoint", "hostendpoints", &["hep", "heps"])),
+    HostEndpoint => typed(HostEndpoint),
     /// Cluster-wide set of networks, for selectors.
     GlobalNetworkSet => typed(GlobalNetworkSet),
     /// Namespaced set of networks, for selectors.

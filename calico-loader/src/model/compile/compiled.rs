@@ -21,11 +21,12 @@ pub const MAX_LOCAL_NETWORK_ADDRESSES: u32 = 1 << MAX_LOCAL_HOST_BITS;
 pub(super) const MAX_LOCAL_HOST_BITS: u8 = 8;
 
 /// Why an endpoint's policy could not be compiled. The dataplane then keeps the endpoint's
-/// previous policy.
+/// previous policy. `endpoint` names the endpoint with its kind (`WorkloadEndpoint ns/name`,
+/// `HostEndpoint name`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
     /// A rule uses a criterion the dataplane cannot enforce.
-    #[error("WorkloadEndpoint {endpoint}: {rule}: {field} is not supported: {reason}")]
+    #[error("{endpoint}: {rule}: {field} is not supported: {reason}")]
     Unsupported {
         endpoint: String,
         rule: String,
@@ -33,7 +34,7 @@ pub enum CompileError {
         reason: &'static str,
     },
     /// A selector does not parse (the datastore checks them, so this should not happen).
-    #[error("WorkloadEndpoint {endpoint}: {rule}: {field}: {message}")]
+    #[error("{endpoint}: {rule}: {field}: {message}")]
     InvalidSelector {
         endpoint: String,
         rule: String,
@@ -42,23 +43,27 @@ pub enum CompileError {
     },
     /// One of the endpoint's networks holds too many addresses to serve as local addresses.
     #[error(
-        "WorkloadEndpoint {endpoint}: network {network} holds more than {MAX_LOCAL_NETWORK_ADDRESSES} addresses; \
+        "{endpoint}: network {network} holds more than {MAX_LOCAL_NETWORK_ADDRESSES} addresses; \
          policy is compiled per local address"
     )]
     LocalNetworkTooWide { endpoint: String, network: IpNet },
     /// The plan names a policy or profile the snapshot does not have.
-    #[error("WorkloadEndpoint {endpoint}: {owner} is not in the snapshot")]
+    #[error("{endpoint}: {owner} is not in the snapshot")]
     Missing { endpoint: String, owner: String },
     /// The compiled form would not fit the kernel's tables.
-    #[error(
-        "WorkloadEndpoint {endpoint}: its compiled {direction} policy needs more than {limit} {table} entries"
-    )]
+    #[error("{endpoint}: its compiled {direction} policy needs more than {limit} {table} entries")]
     TooLarge {
         endpoint: String,
         direction: Direction,
         table: &'static str,
         limit: usize,
     },
+    /// A `doNotTrack` policy selects a host endpoint: untracked policy is not built.
+    #[error(
+        "{endpoint}: GlobalNetworkPolicy {policy} has doNotTrack: untracked policy is not \
+         supported by this dataplane (remove doNotTrack, or the policy's selector match)"
+    )]
+    Untracked { endpoint: String, policy: String },
     /// Every rule id is in use.
     #[error("no rule id left: all {capacity} are in use")]
     RuleIdsExhausted { capacity: u32 },
@@ -104,6 +109,18 @@ pub struct AddrEntry<const N: usize> {
     pub class: u32,
 }
 
+/// An entry of the local-address table of a policy compiled for any local address (a host
+/// endpoint's): a `local` prefix, giving the local class that the address entries' `local`
+/// holds (as a big-endian number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalEntry<const N: usize> {
+    /// The local prefix (host bits zero).
+    pub local: [u8; N],
+    pub prefix: u8,
+    /// The local class (numbered per family, from 0).
+    pub class: u32,
+}
+
 /// An entry of the protocol table: for an address class, a protocol (`None`: the class's default,
 /// for protocols it does not list) and a source-port prefix (`None`: length 0), giving a port
 /// class. For a packet, an entry of its protocol wins over the default, and a longer source-port
@@ -138,6 +155,12 @@ pub struct CompiledDirection {
     pub ports: Vec<PortEntry>,
     pub address_classes: u32,
     pub port_classes: u32,
+    /// Whether it was compiled for any local address (a host endpoint's): the address
+    /// entries' `local` then holds a local class, which [`Self::locals_v4`] and
+    /// [`Self::locals_v6`] give each local prefix.
+    pub local_classes: bool,
+    pub locals_v4: Vec<LocalEntry<4>>,
+    pub locals_v6: Vec<LocalEntry<16>>,
 }
 
 /// The compiled policy of one endpoint.
@@ -162,10 +185,26 @@ impl CompiledDirection {
     ) -> Option<PolicyVerdict> {
         let class = match (local, remote) {
             (IpAddr::V4(local), IpAddr::V4(remote)) => {
-                longest_addr_match(&self.addrs_v4, local.octets(), remote.octets())
+                let local = if self.local_classes {
+                    value_bytes(u128::from(longest_local_match(
+                        &self.locals_v4,
+                        local.octets(),
+                    )?))
+                } else {
+                    local.octets()
+                };
+                longest_addr_match(&self.addrs_v4, local, remote.octets())
             }
             (IpAddr::V6(local), IpAddr::V6(remote)) => {
-                longest_addr_match(&self.addrs_v6, local.octets(), remote.octets())
+                let local = if self.local_classes {
+                    value_bytes(u128::from(longest_local_match(
+                        &self.locals_v6,
+                        local.octets(),
+                    )?))
+                } else {
+                    local.octets()
+                };
+                longest_addr_match(&self.addrs_v6, local, remote.octets())
             }
             _ => None,
         }?;
@@ -210,6 +249,21 @@ fn longest_addr_match<const N: usize>(
                 && (prefix == 0 || (bytes_value(&e.remote) ^ remote) >> (width - prefix) == 0)
         })
         .max_by_key(|e| e.remote_prefix)
+        .map(|e| e.class)
+}
+
+/// The local class of the longest local entry that covers `local`.
+fn longest_local_match<const N: usize>(entries: &[LocalEntry<N>], local: [u8; N]) -> Option<u32> {
+    let local = bytes_value(&local);
+    let width = N as u32 * 8;
+    entries
+        .iter()
+        .filter(|e| {
+            let prefix = u32::from(e.prefix);
+            prefix <= width
+                && (prefix == 0 || (bytes_value(&e.local) ^ local) >> (width - prefix) == 0)
+        })
+        .max_by_key(|e| e.prefix)
         .map(|e| e.class)
 }
 

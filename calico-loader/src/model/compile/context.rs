@@ -1,5 +1,5 @@
 //! What policy needs to know about everything of the snapshot that rule selectors can match
-//! (workload endpoints of every node, network sets, global network sets), computed once, and
+//! (workload and host endpoints of every node, network sets, global network sets), computed once, and
 //! which of them (and so which addresses) a rule's selectors stand for.
 
 use std::{
@@ -16,14 +16,17 @@ use super::{
 };
 use crate::{
     datastore::{
-        Snapshot,
-        selector::{Expr, Scoped, Selector, SelectorError},
+        HostEndpoint, Snapshot,
+        selector::{Scoped, Selector, SelectorError},
     },
-    model::policy::{endpoint_labels, namespace_labels, network_set_labels},
+    model::host_endpoints::host_endpoint_labels,
+    model::policy::{
+        endpoint_labels, namespace_labels, network_set_labels, selects_outside_namespaces,
+    },
 };
 
 /// Something of the snapshot that rule selectors can match, as they see it: a WorkloadEndpoint
-/// (any node), a NetworkSet or a GlobalNetworkSet. Its networks stand, whole, for its
+/// or a HostEndpoint (any node), a NetworkSet or a GlobalNetworkSet. Its networks stand, whole, for its
 /// addresses; only endpoints have named ports and a service account.
 #[derive(Clone, Debug)]
 pub(super) struct Selectable {
@@ -120,19 +123,7 @@ pub(super) fn namespace_selector_matches(
 ) -> bool {
     match namespace {
         Some(namespace) => selector.matches(&Scoped::namespaced(&*namespace.labels)),
-        None => matches_outside_namespaces(selector.expr()),
-    }
-}
-
-/// [`namespace_selector_matches`] for an item in no namespace.
-fn matches_outside_namespaces(expr: &Expr) -> bool {
-    match expr {
-        Expr::All => false,
-        Expr::Global => true,
-        Expr::Not(operand) => !matches_outside_namespaces(operand),
-        Expr::And(operands) => operands.iter().all(matches_outside_namespaces),
-        Expr::Or(operands) => operands.iter().any(matches_outside_namespaces),
-        label_test => label_test.matches(&BTreeMap::<String, String>::new()),
+        None => selects_outside_namespaces(selector.expr()),
     }
 }
 
@@ -169,7 +160,7 @@ pub struct PolicyContext<'s> {
 
 impl<'s> PolicyContext<'s> {
     /// Gathers the labels, namespace, networks, named ports and service account of every
-    /// WorkloadEndpoint, NetworkSet and GlobalNetworkSet in `snapshot`.
+    /// WorkloadEndpoint, HostEndpoint, NetworkSet and GlobalNetworkSet in `snapshot`.
     pub fn new(snapshot: &'s Snapshot) -> Self {
         let mut namespaces: HashMap<String, Arc<BTreeMap<String, String>>> = HashMap::new();
         let mut namespace = |name: &str| NamespaceFacts {
@@ -194,6 +185,26 @@ impl<'s> PolicyContext<'s> {
                 service_account: wep.spec.service_account_name.clone(),
             })
             .collect();
+        // A host endpoint stands for its expected IPs, as in Felix's IP sets.
+        selectables.extend(snapshot.all::<HostEndpoint>().map(|hep| {
+            Selectable {
+                namespace: None,
+                labels: host_endpoint_labels(snapshot, hep),
+                networks: hep
+                    .spec
+                    .expected_ips
+                    .iter()
+                    .map(|ip| IpNet::from(*ip))
+                    .collect(),
+                ports: hep
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|p| (p.name.clone(), p.protocol.number(), p.port))
+                    .collect(),
+                service_account: None,
+            }
+        }));
         selectables.extend(snapshot.network_sets().map(|set| Selectable {
             namespace: Some(namespace(set.namespace())),
             labels: network_set_labels(snapshot, set),

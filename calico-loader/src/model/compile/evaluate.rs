@@ -14,10 +14,12 @@ use super::{
 };
 use crate::{
     datastore::{
-        Action, EntityRule, IpVersion, PortSpec, Rule, TierDefaultAction, WorkloadEndpoint,
+        Action, EntityRule, HostEndpoint, IpVersion, PortSpec, Rule, TierDefaultAction,
+        WorkloadEndpoint,
     },
     model::{
-        policy::endpoint_plan,
+        host_endpoints::host_endpoint_plan,
+        policy::{DirectionPlan, endpoint_plan},
         rules::{Direction, RuleRef},
     },
 };
@@ -73,12 +75,78 @@ pub fn evaluate(
     direction: Direction,
     packet: &PacketTuple,
 ) -> Result<Outcome, CompileError> {
-    let endpoint = format!("{}/{}", wep.namespace(), wep.name());
+    let endpoint = format!("WorkloadEndpoint {}/{}", wep.namespace(), wep.name());
     let plan = endpoint_plan(ctx.snapshot(), wep);
     let plan = match direction {
         Direction::Ingress => plan.ingress,
         Direction::Egress => plan.egress,
     };
+    evaluate_plan(
+        ctx,
+        &endpoint,
+        &plan,
+        direction,
+        RuleRef::NoMatch { direction },
+        packet,
+    )
+}
+
+/// Which of a host endpoint's policies: for traffic to or from the host itself, or for
+/// forwarded traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPolicy {
+    Host,
+    Forward,
+}
+
+/// The verdict of `hep`'s `which` policy in `direction` for `packet`, walking its plan (see
+/// [`crate::model::host_endpoints`]): pre-DNAT policy first on ingress; host policy ends with
+/// the profiles and a deny, forward policy with an allow.
+///
+/// # Errors
+///
+/// As [`evaluate`], and [`CompileError::Untracked`].
+pub fn evaluate_host_endpoint(
+    ctx: &PolicyContext<'_>,
+    hep: &HostEndpoint,
+    which: HostPolicy,
+    direction: Direction,
+    packet: &PacketTuple,
+) -> Result<Outcome, CompileError> {
+    let endpoint = format!("HostEndpoint {}", hep.name());
+    let plan = host_endpoint_plan(ctx.snapshot(), hep);
+    if let Some(policy) = plan.untracked.first() {
+        return Err(CompileError::Untracked {
+            endpoint,
+            policy: policy.name.clone(),
+        });
+    }
+    let (plan, ending) = match (which, direction) {
+        (HostPolicy::Host, Direction::Ingress) => {
+            (plan.host_ingress, RuleRef::NoMatch { direction })
+        }
+        (HostPolicy::Host, Direction::Egress) => (plan.host_egress, RuleRef::NoMatch { direction }),
+        (HostPolicy::Forward, Direction::Ingress) => {
+            (plan.forward_ingress, RuleRef::ForwardDefault { direction })
+        }
+        (HostPolicy::Forward, Direction::Egress) => {
+            (plan.forward_egress, RuleRef::ForwardDefault { direction })
+        }
+    };
+    evaluate_plan(ctx, &endpoint, &plan, direction, ending, packet)
+}
+
+/// The verdict of `plan` (of `endpoint`, for errors) for `packet`; `ending` decides what no
+/// rule did.
+fn evaluate_plan(
+    ctx: &PolicyContext<'_>,
+    endpoint: &str,
+    plan: &DirectionPlan,
+    direction: Direction,
+    ending: RuleRef,
+    packet: &PacketTuple,
+) -> Result<Outcome, CompileError> {
+    let endpoint = endpoint.to_owned();
     let snapshot = ctx.snapshot();
     let missing = |owner: String| CompileError::Missing {
         endpoint: endpoint.clone(),
@@ -201,8 +269,8 @@ pub fn evaluate(
         }
     }
     Ok(Outcome {
-        allow: false,
-        rule: RuleRef::NoMatch { direction },
+        allow: ending.ending_action() == Action::Allow,
+        rule: ending,
         log_rule,
     })
 }

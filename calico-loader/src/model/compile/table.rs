@@ -12,8 +12,8 @@ use calico_ebpf_common::{PolicyVerdict, verdict_action, verdict_flags};
 
 use super::{
     compiled::{
-        AddrEntry, CompileError, CompiledDirection, Family, PortEntry, ProtoEntry, TableLimits,
-        value_bytes,
+        AddrEntry, CompileError, CompiledDirection, Family, LocalEntry, PortEntry, ProtoEntry,
+        TableLimits, value_bytes,
     },
     conditions::{Conditions, PORT_MAX, PortCondition, ProtoCondition, Side},
     context::{PolicyContext, Selectable, net_span},
@@ -32,32 +32,57 @@ pub(super) struct Step {
     pub(super) conditions: Option<Conditions>,
 }
 
-/// Compiles `steps` (then the final deny `no_match`) for the endpoint's `locals` addresses.
+/// The local addresses a direction is compiled for.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Locals<'a> {
+    /// A workload endpoint's own addresses: each gets its own address entries.
+    Addresses(&'a [(Family, u128)]),
+    /// Any address (a host endpoint's, whose traffic may be forwarded to or from anywhere): the
+    /// local address space is split into local classes, looked up longest prefix first.
+    Anywhere,
+}
+
+/// What happens to a packet no step decides: the rule id, and Allow or Deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ending {
+    pub(super) id: u32,
+    pub(super) action: Action,
+}
+
+/// Compiles `steps` (then `ending`) for the endpoint's `locals`.
 pub(super) fn compile(
     ctx: &PolicyContext<'_>,
     endpoint: &str,
     steps: &[Step],
-    no_match: u32,
+    ending: Ending,
     direction: Direction,
-    locals: &[(Family, u128)],
+    locals: Locals<'_>,
 ) -> Result<CompiledDirection, CompileError> {
     let mut tables = Tables {
         endpoint,
         direction,
-        no_match,
+        ending,
         limits: ctx.limits(),
         port_functions: Interner::default(),
         classes: Interner::default(),
         out: CompiledDirection::default(),
     };
     for family in [Family::V4, Family::V6] {
-        let addresses: Vec<u128> = locals
-            .iter()
-            .filter(|(f, _)| *f == family)
-            .map(|&(_, a)| a)
-            .collect();
-        if !addresses.is_empty() {
-            tables.family(ctx, steps, family, &addresses)?;
+        match locals {
+            Locals::Addresses(locals) => {
+                let addresses: Vec<u128> = locals
+                    .iter()
+                    .filter(|(f, _)| *f == family)
+                    .map(|&(_, a)| a)
+                    .collect();
+                if !addresses.is_empty() {
+                    tables.family(ctx, steps, family, LocalSpace::Addresses(&addresses))?;
+                }
+            }
+            Locals::Anywhere => {
+                tables.out.local_classes = true;
+                tables.family(ctx, steps, family, LocalSpace::Anywhere)?;
+            }
         }
     }
     let mut out = tables.out;
@@ -396,6 +421,56 @@ impl NextMember {
     }
 }
 
+/// The local addresses of one family a direction is compiled for.
+enum LocalSpace<'a> {
+    Addresses(&'a [u128]),
+    Anywhere,
+}
+
+/// Splits the whole local address space of `family` into intervals where every view's local
+/// side is the same: at the boundaries of the address criteria and of the networks of the
+/// endpoints that own named ports.
+fn local_intervals(
+    ctx: &PolicyContext<'_>,
+    views: &[View<'_>],
+    family: Family,
+) -> Vec<(u128, u128)> {
+    let max = family.max();
+    let mut starts: Vec<u128> = vec![0];
+    let mut cut = |lo: u128, hi: u128| {
+        starts.push(lo);
+        if hi < max {
+            starts.push(hi + 1);
+        }
+    };
+    for view in views {
+        let Local::PerAddress(set, side) = &view.local else {
+            continue;
+        };
+        if let Some(set) = set {
+            for &(lo, hi) in set.spans() {
+                cut(lo, hi);
+            }
+        }
+        if let Some(scope) = side.port_scope() {
+            for &i in &scope.selectables {
+                for net in &ctx.selectables()[i].networks {
+                    if let Some((lo, hi)) = net_span(net, family) {
+                        cut(lo, hi);
+                    }
+                }
+            }
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &lo)| (lo, starts.get(i + 1).map_or(max, |next| next - 1)))
+        .collect()
+}
+
 fn verdict(action: Action, rule: u32, log_rule: u32) -> PolicyVerdict {
     PolicyVerdict {
         action: if action == Action::Allow {
@@ -411,12 +486,12 @@ fn verdict(action: Action, rule: u32, log_rule: u32) -> PolicyVerdict {
 }
 
 /// The verdict per destination port (ICMP type and code) of the `steps` that can match, each
-/// with the ports where it matches, in evaluation order; `no_match` decides what none did.
+/// with the ports where it matches, in evaluation order; `ending` decides what none did.
 ///
 /// The ports are split into elementary intervals at every boundary; the steps are applied in
 /// order to the intervals still open: Log marks those not marked yet, Pass sets them aside until
 /// the next group, Allow and Deny decide them.
-fn paint(steps: &[(&Step, &Ranges)], no_match: u32) -> Pieces<PolicyVerdict> {
+fn paint(steps: &[(&Step, &Ranges)], ending: Ending) -> Pieces<PolicyVerdict> {
     let mut starts: Vec<u128> = vec![0];
     for (_, ranges) in steps {
         for &(lo, hi) in ranges.spans() {
@@ -483,7 +558,7 @@ fn paint(steps: &[(&Step, &Ranges)], no_match: u32) -> Pieces<PolicyVerdict> {
             &mut pieces,
             starts[i],
             hi,
-            decided.unwrap_or_else(|| verdict(Action::Deny, no_match, logged[i])),
+            decided.unwrap_or_else(|| verdict(ending.action, ending.id, logged[i])),
         );
     }
     pieces
@@ -515,7 +590,7 @@ fn addr_entries<const N: usize>(
 struct Tables<'e> {
     endpoint: &'e str,
     direction: Direction,
-    no_match: u32,
+    ending: Ending,
     limits: TableLimits,
     port_functions: Interner<Pieces<PolicyVerdict>>,
     classes: Interner<ClassTable>,
@@ -536,13 +611,14 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Adds the address entries of `family` for the local `addresses`.
+    /// Adds the address entries of `family` for the local addresses `space` (and, for any
+    /// local address, the local classes).
     fn family(
         &mut self,
         ctx: &PolicyContext<'_>,
         steps: &[Step],
         family: Family,
-        addresses: &[u128],
+        space: LocalSpace<'_>,
     ) -> Result<(), CompileError> {
         let views: Vec<View<'_>> = steps
             .iter()
@@ -575,18 +651,23 @@ impl Tables<'_> {
             })
             .collect();
 
-        // Group the local addresses by what the address-dependent local sides make of them.
+        // Group the local addresses (or, for any local address, the intervals where the local
+        // sides are the same) by what the address-dependent local sides make of them.
+        let spans: Vec<(u128, u128)> = match space {
+            LocalSpace::Addresses(addresses) => addresses.iter().map(|&a| (a, a)).collect(),
+            LocalSpace::Anywhere => local_intervals(ctx, &views, family),
+        };
         let mut local_ports: Interner<Option<PortCondition>> = Interner::default();
-        let mut groups: Vec<(Vec<u32>, Vec<u128>)> = Vec::new();
+        let mut groups: Vec<(Vec<u32>, Vec<(u128, u128)>)> = Vec::new();
         let mut group_of: HashMap<Vec<u32>, usize> = HashMap::new();
-        for &address in addresses {
+        for &(lo, hi) in &spans {
             let signature: Vec<u32> = views
                 .iter()
                 .filter_map(|view| match &view.local {
                     Local::Fixed(_) => None,
                     Local::PerAddress(set, side) => Some(
                         local_ports
-                            .intern(local_side(ctx, set.as_ref(), side, family, address))
+                            .intern(local_side(ctx, set.as_ref(), side, family, lo))
                             .0,
                     ),
                 })
@@ -595,10 +676,11 @@ impl Tables<'_> {
                 groups.push((signature, Vec::new()));
                 groups.len() - 1
             });
-            groups[group].1.push(address);
+            groups[group].1.push((lo, hi));
         }
 
-        for (signature, group) in &groups {
+        let mut local_pieces: Vec<(u128, u128, u32)> = Vec::new();
+        for (local_class, (signature, group)) in (0u32..).zip(&groups) {
             let mut per_address = signature
                 .iter()
                 .map(|&id| local_ports.values[id as usize].as_ref());
@@ -611,16 +693,23 @@ impl Tables<'_> {
                 .collect();
             let classes = self.remote_classes(&views, &locals, family)?;
             let (default, exceptions) = lpm(&classes, family.width());
+            let keys: Vec<u128> = match space {
+                LocalSpace::Addresses(_) => group.iter().map(|&(address, _)| address).collect(),
+                LocalSpace::Anywhere => {
+                    local_pieces.extend(group.iter().map(|&(lo, hi)| (lo, hi, local_class)));
+                    vec![u128::from(local_class)]
+                }
+            };
             let entries = match family {
                 Family::V4 => self.out.addrs_v4.len(),
                 Family::V6 => self.out.addrs_v6.len(),
             };
             self.check(
                 "address",
-                entries + group.len() * (1 + exceptions.len()),
+                entries + keys.len() * (1 + exceptions.len()),
                 self.limits.addrs,
             )?;
-            for &local in group {
+            for local in keys {
                 match family {
                     Family::V4 => {
                         self.out
@@ -634,6 +723,35 @@ impl Tables<'_> {
                     }
                 }
             }
+        }
+        if matches!(space, LocalSpace::Anywhere) {
+            local_pieces.sort_unstable_by_key(|&(lo, _, _)| lo);
+            let mut pieces: Pieces<u32> = Vec::new();
+            for (lo, hi, class) in local_pieces {
+                push_piece(&mut pieces, lo, hi, class);
+            }
+            let (default, exceptions) = lpm(&pieces, family.width());
+            let entries = std::iter::once((0, 0, default)).chain(exceptions);
+            match family {
+                Family::V4 => self
+                    .out
+                    .locals_v4
+                    .extend(entries.map(|(local, prefix, class)| LocalEntry {
+                        local: value_bytes(local),
+                        prefix,
+                        class,
+                    })),
+                Family::V6 => self
+                    .out
+                    .locals_v6
+                    .extend(entries.map(|(local, prefix, class)| LocalEntry {
+                        local: value_bytes(local),
+                        prefix,
+                        class,
+                    })),
+            }
+            let locals = self.out.locals_v4.len().max(self.out.locals_v6.len());
+            self.check("local address", locals, self.limits.addrs)?;
         }
         Ok(())
     }
@@ -794,7 +912,7 @@ impl Tables<'_> {
                 .filter(|(_, sports, _)| sports.contains(lo))
                 .map(|(step, _, dports)| (*step, dports))
                 .collect();
-            let (port_class, new) = self.port_functions.intern(paint(&steps, self.no_match));
+            let (port_class, new) = self.port_functions.intern(paint(&steps, self.ending));
             if new {
                 let (default, exceptions) =
                     lpm(&self.port_functions.values[port_class as usize], 16);

@@ -46,6 +46,7 @@ fn short(rule: &RuleRef) -> String {
         RuleRef::TierDefault { tier, .. } => format!("tier:{tier}"),
         RuleRef::ProfileRule { profile, index, .. } => format!("profile:{profile}#{index}"),
         RuleRef::NoMatch { .. } => "no-match".into(),
+        RuleRef::ForwardDefault { .. } => "forward-default".into(),
     }
 }
 
@@ -1563,3 +1564,5 @@ fn bench_policy_shapes() {
         &yaml,
     );
 }
+
+mod host;

@@ -1,0 +1,226 @@
+//! The host's side of the dataplane: the entries of the data interfaces that host endpoints
+//! cover, the host's own addresses in the route maps (so that the programs tell the host's
+//! traffic from forwarded traffic), the failsafe ports, and what happens to workloads' traffic
+//! to the host (`DefaultEndpointToHostAction`).
+//!
+//! A host endpoint's policy is programmed by the policy manager like a workload's, under two
+//! keys ([`host_policy_key`], [`forward_policy_key`]), each with an ingress and an egress
+//! generation; its entry on each interface it covers names all four, and is written by the
+//! policy switch with the workloads' entries.
+
+use std::net::IpAddr;
+
+use calico_ebpf_common::{
+    FAILSAFE_FIXED_BITS, FailsafeKey, HostEndpointInfo, RouteKind, RouteValue, endpoint_flags,
+    failsafe_direction, fill_nul_padded, host_endpoint_flags,
+};
+use ipnet::IpNet;
+
+use super::{maps::MapContents, netlink::LinkDetails};
+
+/// One failsafe port: open inbound to the host on it, or outbound from the host to it,
+/// whatever host endpoint policy says; limited to a remote net when one is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failsafe {
+    /// To the host (its own port), or from it (the destination's port).
+    pub inbound: bool,
+    /// IP protocol number (TCP, UDP or SCTP).
+    pub proto: u8,
+    pub port: u16,
+    /// The remote net: the source's (inbound) or the destination's (outbound); `None`: any.
+    pub net: Option<IpNet>,
+}
+
+/// What the host's settings ask of the dataplane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostSettings {
+    /// Drop workloads' traffic to the host itself once their egress policy allowed it
+    /// (`DefaultEndpointToHostAction: Drop`); otherwise it goes to the kernel.
+    pub to_host_drop: bool,
+    pub failsafes: Vec<Failsafe>,
+}
+
+impl HostSettings {
+    /// Adds the failsafe entries to `contents`, and flags its workload endpoints whose traffic
+    /// to the host is dropped.
+    pub fn apply(&self, contents: &mut MapContents) {
+        if self.to_host_drop {
+            for endpoint in contents.endpoints.values_mut() {
+                endpoint.flags |= endpoint_flags::TO_HOST_DROP;
+            }
+        }
+        for failsafe in &self.failsafes {
+            let nets: Vec<(u8, [u8; 16], u8)> = match failsafe.net {
+                Some(net) => vec![net_key(&net)],
+                None => vec![(4, [0; 16], 0), (6, [0; 16], 0)],
+            };
+            for (family, addr, prefix) in nets {
+                let key = FailsafeKey {
+                    direction: if failsafe.inbound {
+                        failsafe_direction::INBOUND
+                    } else {
+                        failsafe_direction::OUTBOUND
+                    },
+                    proto: failsafe.proto,
+                    port: failsafe.port.to_be_bytes(),
+                    family,
+                    _pad: [0; 3],
+                    addr,
+                };
+                contents
+                    .failsafes
+                    .insert((FAILSAFE_FIXED_BITS + u32::from(prefix), key), 1);
+            }
+        }
+    }
+}
+
+/// The family, address bytes (host bits zero) and prefix length of `net`.
+fn net_key(net: &IpNet) -> (u8, [u8; 16], u8) {
+    let mut addr = [0; 16];
+    match net.trunc() {
+        IpNet::V4(net) => {
+            addr[..4].copy_from_slice(&net.network().octets());
+            (4, addr, net.prefix_len())
+        }
+        IpNet::V6(net) => (6, net.network().octets(), net.prefix_len()),
+    }
+}
+
+/// The policy manager's key of a host endpoint's policy for the host's own traffic.
+pub fn host_policy_key(name: &str) -> String {
+    format!("HostEndpoint {name}")
+}
+
+/// The policy manager's key of a host endpoint's policy for forwarded traffic.
+pub fn forward_policy_key(name: &str) -> String {
+    format!("HostEndpoint {name} (forwarded traffic)")
+}
+
+/// A data interface that a host endpoint covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEndpointBinding {
+    /// The HostEndpoint's name.
+    pub name: String,
+    pub link: LinkDetails,
+    /// No policy applies to forwarded traffic: it passes untouched.
+    pub forward_open: bool,
+}
+
+/// Adds the entry of `binding` to `contents`, with the policy ids of its host policy and of
+/// its forward policy, each (ingress, egress).
+pub fn host_endpoint_entries(
+    contents: &mut MapContents,
+    binding: &HostEndpointBinding,
+    (ingress_policy, egress_policy): (u32, u32),
+    (forward_ingress_policy, forward_egress_policy): (u32, u32),
+) {
+    contents.host_endpoints.insert(
+        binding.link.ifindex,
+        HostEndpointInfo {
+            flags: if binding.forward_open {
+                host_endpoint_flags::FORWARD_OPEN
+            } else {
+                0
+            },
+            ingress_policy,
+            egress_policy,
+            forward_ingress_policy,
+            forward_egress_policy,
+            _pad: 0,
+            ifname: fill_nul_padded(binding.link.name.as_bytes()),
+            name: fill_nul_padded(binding.name.as_bytes()),
+        },
+    );
+}
+
+/// Adds a `host` route for each of the host's own addresses to `contents` (a workload's route
+/// to the same address, added later, wins).
+pub fn host_route_entries<'a>(
+    contents: &mut MapContents,
+    addresses: impl IntoIterator<Item = &'a IpAddr>,
+) {
+    let route = RouteValue {
+        kind: RouteKind::Host as u32,
+        ..RouteValue::default()
+    };
+    for address in addresses {
+        match address {
+            IpAddr::V4(v4) => {
+                contents.routes_v4.insert((32, v4.octets()), route);
+            }
+            IpAddr::V6(v6) => {
+                contents.routes_v6.insert((128, v6.octets()), route);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use calico_ebpf_common::EndpointInfo;
+
+    use super::*;
+
+    #[test]
+    fn failsafes_become_one_entry_per_family_or_one_per_net() {
+        let settings = HostSettings {
+            to_host_drop: true,
+            failsafes: vec![
+                Failsafe {
+                    inbound: true,
+                    proto: 6,
+                    port: 22,
+                    net: None,
+                },
+                Failsafe {
+                    inbound: false,
+                    proto: 17,
+                    port: 53,
+                    net: Some("198.18.7.9/24".parse().unwrap()),
+                },
+            ],
+        };
+        let mut contents = MapContents::default();
+        contents.endpoints.insert(3, EndpointInfo::default());
+        settings.apply(&mut contents);
+        assert_eq!(contents.endpoints[&3].flags, endpoint_flags::TO_HOST_DROP);
+        let keys: Vec<(u32, u8, u8, u16, u8, [u8; 4])> = contents
+            .failsafes
+            .keys()
+            .map(|(len, k)| {
+                (
+                    *len,
+                    k.direction,
+                    k.proto,
+                    u16::from_be_bytes(k.port),
+                    k.family,
+                    [k.addr[0], k.addr[1], k.addr[2], k.addr[3]],
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (64, 0, 6, 22, 4, [0; 4]),
+                (64, 0, 6, 22, 6, [0; 4]),
+                (88, 1, 17, 53, 4, [198, 18, 7, 0]),
+            ]
+        );
+    }
+
+    #[test]
+    fn host_addresses_become_host_routes() {
+        let mut contents = MapContents::default();
+        let addresses: Vec<IpAddr> = vec![
+            "198.18.9.1".parse().unwrap(),
+            "2001:db8::9".parse().unwrap(),
+        ];
+        host_route_entries(&mut contents, &addresses);
+        assert_eq!(
+            contents.routes_v4[&(32, [198, 18, 9, 1])].kind,
+            RouteKind::Host as u32
+        );
+        assert_eq!(contents.routes_v6.len(), 1);
+    }
+}
