@@ -423,6 +423,8 @@ fn drops(counts: &[u64; calico_ebpf_common::DROP_REASONS]) -> BTreeMap<String, u
 /// flow's first packet.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ConntrackRow {
+    /// Whose legs the entry tracks: `workload` (workload interfaces) or `host-endpoint`.
+    pub zone: &'static str,
     pub protocol: u8,
     pub opener: String,
     pub responder: String,
@@ -464,6 +466,11 @@ pub fn conntrack(layout: &PinLayout) -> anyhow::Result<Vec<ConntrackRow>> {
             let (opener, responder) = if value.opener == 0 { (a, b) } else { (b, a) };
             let idle = now.saturating_sub(value.last_seen_ns);
             ConntrackRow {
+                zone: if key.zone == calico_ebpf_common::conntrack_zone::HOST_ENDPOINT {
+                    HOST_ENDPOINT
+                } else {
+                    WORKLOAD
+                },
                 protocol: key.proto,
                 opener,
                 responder,
@@ -487,6 +494,7 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> String {
         .iter()
         .map(|r| {
             vec![
+                r.zone.to_owned(),
                 protocol_name(r.protocol),
                 r.opener.clone(),
                 r.responder.clone(),
@@ -500,6 +508,7 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> String {
         .collect();
     table(
         &[
+            "ZONE",
             "PROTO",
             "OPENER",
             "RESPONDER",

@@ -965,8 +965,8 @@ pub struct Watch {
 
 impl Watch {
     /// Starts from the configuration the agent started with, and applies what it sets
-    /// directly: the log level. Logs the settings accepted and not used, and those parsed but
-    /// not enforced yet, once.
+    /// directly: the log level. Logs the settings accepted and not used, and `InterfacePrefix`
+    /// (parsed, not used), once.
     pub fn start(sources: LocalSources, node: &str, running: FelixConfig) -> Self {
         apply_log_severity(running.log_severity_screen.value);
         for (name, source) in &running.unused {

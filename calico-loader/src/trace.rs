@@ -119,6 +119,9 @@ pub struct TraceReport {
     pub source: Location,
     /// Where the destination lives.
     pub destination: Location,
+    /// What happens after policy, when it changes the verdict: the workload's traffic to its
+    /// host dropped by `DefaultEndpointToHostAction`.
+    pub then: Option<String>,
 }
 
 /// Runs a trace against the running agent's pinned maps.
@@ -132,7 +135,7 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     let maps = Maps::from_pins(layout)?;
     let contents = maps.read()?;
     let endpoints = &contents.endpoints;
-    let Some((&ifindex, _)) = endpoints
+    let Some((&ifindex, info)) = endpoints
         .iter()
         .find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
     else {
@@ -161,6 +164,21 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     };
     report.source = locate(request.src);
     report.destination = locate(request.dst);
+    // After its egress policy, a workload's traffic to the host itself meets
+    // DefaultEndpointToHostAction (the programs' check on the `host` route).
+    let to_host_drop = info.flags & calico_ebpf_common::endpoint_flags::TO_HOST_DROP != 0;
+    if !request.ingress
+        && to_host_drop
+        && report.verdict == "allow"
+        && report.destination.route == RouteKind::Host.as_str()
+    {
+        report.verdict = "deny".into();
+        report.then = Some(
+            "the destination is the host itself: DefaultEndpointToHostAction (Drop) drops it \
+             after the egress policy allowed it"
+                .into(),
+        );
+    }
     Ok(report)
 }
 
@@ -444,6 +462,7 @@ fn report(
         policy_id: result.policy,
         source: Location::nowhere(request.src),
         destination: Location::nowhere(request.dst),
+        then: None,
     }
 }
 
@@ -458,6 +477,9 @@ pub fn text(report: &TraceReport) -> String {
     }
     if let Some(rule) = &report.logged_by {
         out.push_str(&format!("\nlogged by:  {}", describe_rule(rule)));
+    }
+    if let Some(then) = &report.then {
+        out.push_str(&format!("\nthen:       {then}"));
     }
     out.push_str(&format!("\nsource:     {}", whereabouts(&report.source)));
     out.push_str(&format!(
@@ -501,6 +523,9 @@ pub fn describe_rule(rule: &RuleReport) -> String {
         }
         "tier-default" => parts.push(format!("default action ({})", rule.action)),
         "no-match" => parts.push("no policy or profile allowed it (final deny)".into()),
+        "forward-default" => {
+            parts.push("no apply-on-forward policy decided: forwarded traffic allowed".into())
+        }
         _ => parts.push(format!("rule id {}", rule.id)),
     }
     parts.join(", ")

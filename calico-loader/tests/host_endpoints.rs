@@ -629,6 +629,41 @@ mod privileged {
                 connects(&s.outside, HOST_V4, 8080),
                 "host 8080 still allowed"
             );
+            // Forwarded out: the workload's connections leaving through eth0 meet the egress
+            // rules too, whether the kernel forwards them...
+            let wns = &workload.ns;
+            assert!(
+                connects(wns, OUTSIDE_V4, 443),
+                "forwarded out to 443 allowed"
+            );
+            assert!(
+                !connects(wns, OUTSIDE_V4, 8443),
+                "forwarded out elsewhere denied"
+            );
+            // ...or the workload's program sends them itself, through the FIB (the outside as
+            // another node's workload).
+            s.datastore.write(
+                "remote.yaml",
+                "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+                 metadata: {name: elsewhere-cni-x-eth0, namespace: test}\n\
+                 spec: {node: elsewhere, interfaceName: calix, ipNetworks: [198.18.9.2/32]}\n",
+            );
+            let forwarded_remote = || {
+                agent.counters(&workload.host_ifname)["forwarded_remote_packets"]
+                    .as_u64()
+                    .unwrap_or(0)
+            };
+            let before = forwarded_remote();
+            wait_for(
+                "the program to forward to the outside",
+                Duration::from_secs(20),
+                || connects(wns, OUTSIDE_V4, 443) && forwarded_remote() > before,
+            );
+            assert!(
+                !connects(wns, OUTSIDE_V4, 8443),
+                "through the FIB, still denied"
+            );
+            s.datastore.remove("remote.yaml");
 
             // Pre-DNAT policy comes first: it denies the outside's traffic to 8080 both to the
             // host and forwarded, but not the failsafe port.
@@ -682,6 +717,29 @@ mod privileged {
             );
             assert!(host_endpoint_row(&agent).is_some());
 
+            // Untracked policy is not built: a doNotTrack policy that selects the host endpoint
+            // is refused, naming both, and the host endpoint keeps its policy.
+            s.datastore.write("hep.yaml", &hep_yaml("eth0"));
+            s.datastore.write(
+                "untracked.yaml",
+                &gnp(
+                    "edge-untracked",
+                    "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
+                     ingress: [{action: Allow}]}",
+                ),
+            );
+            wait_for("the refusal of doNotTrack", Duration::from_secs(20), || {
+                agent.log().contains(&format!(
+                    "HostEndpoint {NODE}-eth0: GlobalNetworkPolicy edge-untracked has doNotTrack"
+                ))
+            });
+            assert!(
+                !connects(&s.outside, HOST_V4, 8080),
+                "the policy in force stays"
+            );
+            assert!(connects(&s.outside, HOST_V4, 22));
+            s.datastore.remove("untracked.yaml");
+
             // Without the host endpoint, the interface is a plain data interface again.
             s.datastore.remove("hep.yaml");
             wait_for("the host endpoint to go", Duration::from_secs(20), || {
@@ -702,24 +760,49 @@ mod privileged {
             let w = s.topology.workload(1);
             {
                 let agent = start(&s, &[]);
-                agent.assert_running();
+                // The workload's path through the host works (its route is in place)...
+                wait_for(
+                    "the workload to reach the outside",
+                    Duration::from_secs(20),
+                    || connects(&w.ns, OUTSIDE_V4, 443),
+                );
+                // ...but not to the host itself.
                 assert!(
                     !connects(&w.ns, HOST_V4, 8080),
                     "Felix's default (Drop): a workload cannot reach the host"
                 );
-                assert!(
-                    connects(&w.ns, OUTSIDE_V4, 443),
-                    "forwarded traffic is not concerned"
-                );
                 let drops = agent.counters(&w.host_ifname)["drops"]["endpoint-to-host"].as_u64();
                 assert!(drops > Some(0), "counted: {:?}", drops);
+                let src = format!("{}:40000", w.v4);
+                let trace = agent.trace(&[
+                    "--endpoint",
+                    &format!("test/{NODE}-cni-wl1-eth0"),
+                    "--direction",
+                    "egress",
+                    "--protocol",
+                    "tcp",
+                    "--src",
+                    &src,
+                    "--dst",
+                    "198.18.9.1:8080",
+                ]);
+                assert_eq!(trace["verdict"], "deny", "{trace}");
+                assert_eq!(trace["destination"]["route"], "host", "{trace}");
+                assert!(
+                    trace["then"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("DefaultEndpointToHostAction")),
+                    "{trace}"
+                );
             }
             let agent = start(&s, &[("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Accept")]);
-            agent.assert_running();
-            assert!(
-                connects(&w.ns, HOST_V4, 8080),
-                "Accept: the workload reaches the host"
+            wait_for(
+                "Accept: the workload reaches the host",
+                Duration::from_secs(20),
+                || connects(&w.ns, HOST_V4, 8080),
             );
+            let drops = agent.counters(&w.host_ifname)["drops"]["endpoint-to-host"].as_u64();
+            assert_eq!(drops, Some(0), "nothing dropped by the setting");
         }
     }
 }

@@ -362,15 +362,19 @@ struct Encoded {
     info: PolicyInfo,
     /// The local step of a policy compiled for any local address: its id's entry and its
     /// address entries (local prefix as `remote`, local class as class).
-    local_step: Option<(
-        PolicyInfo,
-        Vec<(PolicyAddrKeyV4, AddressClass)>,
-        Vec<(PolicyAddrKeyV6, AddressClass)>,
-    )>,
+    local_step: Option<LocalStep>,
     addrs_v4: Vec<(PolicyAddrKeyV4, AddressClass)>,
     addrs_v6: Vec<(PolicyAddrKeyV6, AddressClass)>,
     protos: Vec<(PolicyProtoKey, PortClass)>,
     ports: Vec<(PolicyPortKey, PolicyVerdict)>,
+}
+
+/// The local step of a policy compiled for any local address: its `cali_policies` entry (the
+/// local prefix lengths) and its address entries.
+struct LocalStep {
+    info: PolicyInfo,
+    v4: Vec<(PolicyAddrKeyV4, AddressClass)>,
+    v6: Vec<(PolicyAddrKeyV6, AddressClass)>,
 }
 
 fn encode(generation: &Generation) -> Encoded {
@@ -489,7 +493,11 @@ fn encode(generation: &Generation) -> Encoded {
                 (key, class(entry.class))
             })
             .collect();
-        (step_info, v4, v6)
+        LocalStep {
+            info: step_info,
+            v4,
+            v6,
+        }
     });
     let ports = compiled
         .ports
@@ -539,7 +547,12 @@ fn write_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<()
             .insert(key, value, 0)
             .map_err(map_err(map_names::POLICY_ADDRS_V4))?;
     }
-    if let Some((step_info, v4, v6)) = &encoded.local_step {
+    if let Some(LocalStep {
+        info: step_info,
+        v4,
+        v6,
+    }) = &encoded.local_step
+    {
         for (key, value) in v6 {
             maps.addrs_v6
                 .insert(key, value, 0)
@@ -576,7 +589,7 @@ fn delete_generation(maps: &mut PolicyMaps, generation: &Generation) -> Result<(
         maps.policies.remove(&generation.policy),
         map_names::POLICIES,
     )?;
-    if let Some((_, v4, v6)) = &encoded.local_step {
+    if let Some(LocalStep { v4, v6, .. }) = &encoded.local_step {
         removed(
             maps.policies.remove(&(generation.policy | LOCAL_STEP)),
             map_names::POLICIES,

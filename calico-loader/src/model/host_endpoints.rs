@@ -16,8 +16,8 @@
 //!
 //! Pre-DNAT policies come first in both ingress plans: an Allow there skips the policies after
 //! it, a Deny drops, and a packet they do not decide goes on to the policies after them (their
-//! tiers end with Pass, whatever the tier's default action). Only GlobalNetworkPolicies select host endpoints; a `namespaceSelector` sees a
-//! host endpoint as outside every namespace.
+//! tiers end with Pass, whatever the tier's default action). Only GlobalNetworkPolicies select
+//! host endpoints; a `namespaceSelector` sees a host endpoint as outside every namespace.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,6 +1,6 @@
 //! What policy needs to know about everything of the snapshot that rule selectors can match
-//! (workload and host endpoints of every node, network sets, global network sets), computed once, and
-//! which of them (and so which addresses) a rule's selectors stand for.
+//! (workload and host endpoints of every node, network sets, global network sets), computed
+//! once, and which of them (and so which addresses) a rule's selectors stand for.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,8 +26,9 @@ use crate::{
 };
 
 /// Something of the snapshot that rule selectors can match, as they see it: a WorkloadEndpoint
-/// or a HostEndpoint (any node), a NetworkSet or a GlobalNetworkSet. Its networks stand, whole, for its
-/// addresses; only endpoints have named ports and a service account.
+/// or a HostEndpoint (any node), a NetworkSet or a GlobalNetworkSet. Its networks stand, whole,
+/// for its addresses (a host endpoint's are its `expectedIPs`); only endpoints have named ports,
+/// and only workload endpoints a service account.
 #[derive(Clone, Debug)]
 pub(super) struct Selectable {
     /// Its namespace; `None` for a GlobalNetworkSet.

@@ -658,7 +658,9 @@ impl Tables<'_> {
             LocalSpace::Anywhere => local_intervals(ctx, &views, family),
         };
         let mut local_ports: Interner<Option<PortCondition>> = Interner::default();
-        let mut groups: Vec<(Vec<u32>, Vec<(u128, u128)>)> = Vec::new();
+        // Each group: its signature, and its addresses (or intervals) as spans.
+        type Spans = Vec<(u128, u128)>;
+        let mut groups: Vec<(Vec<u32>, Spans)> = Vec::new();
         let mut group_of: HashMap<Vec<u32>, usize> = HashMap::new();
         for &(lo, hi) in &spans {
             let signature: Vec<u32> = views
