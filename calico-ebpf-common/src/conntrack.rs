@@ -132,3 +132,29 @@ impl ConntrackValue {
 }
 
 crate::user_pod!(ConntrackKey, ConntrackValue);
+
+/// Per-CPU counts of the programs' conntrack work (the one slot of the conntrack statistics
+/// map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConntrackCounters {
+    /// Entries created for new flows.
+    pub created: u64,
+    /// Entries the programs removed: a closed connection's port reused, an expired entry
+    /// replaced, a flow cut by a policy change. (The table's own evictions are not seen.)
+    pub removed: u64,
+    /// New flows whose entry the table could not take; their packets were dropped
+    /// (`conntrack-full`).
+    pub insert_failed: u64,
+}
+
+impl ConntrackCounters {
+    /// Adds another CPU's counts to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.created += other.created;
+        self.removed += other.removed;
+        self.insert_failed += other.insert_failed;
+    }
+}
+
+crate::user_pod!(ConntrackCounters);

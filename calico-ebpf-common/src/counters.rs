@@ -26,14 +26,18 @@ pub enum DropReason {
     /// Traffic from a workload to the host itself, dropped by `DefaultEndpointToHostAction`
     /// after the workload's egress policy allowed it.
     EndpointToHost = 7,
+    /// Policy allowed a new flow, but the conntrack table could not take its entry (the kernel
+    /// found no free entry even by evicting one): dropped rather than let through untracked,
+    /// whose replies policy would then judge on their own.
+    ConntrackFull = 8,
 }
 
 /// Number of slots in [`EndpointCounters::drops`].
-pub const DROP_REASONS: usize = 8;
+pub const DROP_REASONS: usize = 10;
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         Self::SpoofedSource,
         Self::Blackhole,
         Self::Malformed,
@@ -42,6 +46,7 @@ impl DropReason {
         Self::PolicyDenied,
         Self::PolicyMissing,
         Self::EndpointToHost,
+        Self::ConntrackFull,
     ];
 
     /// A short lowercase name for tables and JSON.
@@ -55,6 +60,7 @@ impl DropReason {
             Self::PolicyDenied => "policy-denied",
             Self::PolicyMissing => "policy-missing",
             Self::EndpointToHost => "endpoint-to-host",
+            Self::ConntrackFull => "conntrack-full",
         }
     }
 }

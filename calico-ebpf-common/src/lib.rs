@@ -115,7 +115,11 @@ mod tests {
         assert_eq!(size_of::<RuleInfo>(), 8 + RULE_TIER_LEN + RULE_POLICY_LEN);
         assert_eq!(size_of::<ConntrackKey>(), 40);
         assert_eq!(size_of::<ConntrackValue>(), 4 * 8 + 4 + 5 * 4);
+        assert_eq!(size_of::<ConntrackCounters>(), 3 * 8);
         assert_eq!(size_of::<LogEvent>(), 16 + 32 + 4);
+        assert_eq!(size_of::<DropEvent>(), 64);
+        assert_eq!(size_of::<DropEventControl>(), 3 * 8 + 2 * 4);
+        assert_eq!(size_of::<DropEventStats>(), 6 * 8 + 2 * 4);
         assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
         assert_eq!(
             size_of::<HostEndpointInfo>(),

@@ -20,6 +20,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
     Hash = 1,
+    Array = 2,
     PerCpuHash = 5,
     PerCpuArray = 6,
     LruHash = 9,
@@ -51,6 +52,7 @@ impl MapKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Hash => "hash",
+            Self::Array => "array",
             Self::PerCpuHash => "percpu_hash",
             Self::PerCpuArray => "percpu_array",
             Self::LruHash => "lru_hash",
@@ -64,6 +66,7 @@ impl MapKind {
 /// [`MapSpec`] onto the matching typed handle.
 pub mod kind {
     pub struct Hash;
+    pub struct Array;
     pub struct PerCpuHash;
     pub struct PerCpuArray;
     pub struct LruHash;
@@ -216,7 +219,7 @@ macro_rules! for_each_map {
             Counters COUNTERS "cali_counters"
                 PerCpuHash<u32, $crate::counters::EndpointCounters>
                 max: $crate::maps::ENDPOINTS_MAX + 1, flags: 0,
-                version: 2 + $crate::maps::NEXT_LAYOUT, upgrade: Reset;
+                version: 3 + $crate::maps::NEXT_LAYOUT, upgrade: Reset;
             /// Compiled policies by policy id: the prefix lengths their address entries use
             /// (two per endpoint, plus room for the next generation of each).
             Policies POLICIES "cali_policies"
@@ -257,6 +260,11 @@ macro_rules! for_each_map {
             Conntrack CONNTRACK "cali_conntrack"
                 LruHash<$crate::conntrack::ConntrackKey, $crate::conntrack::ConntrackValue>
                 max: 524_288, flags: 0, version: 1 + $crate::maps::NEXT_LAYOUT, upgrade: Carry;
+            /// Per-CPU counts of conntrack entries created and removed by the programs, and of
+            /// new flows whose entry the table could not take (one slot).
+            ConntrackStats CONNTRACK_STATS "cali_ct_stats"
+                PerCpuArray<u32, $crate::conntrack::ConntrackCounters>
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// Floating IPs (`ipNATs`): external address to internal address and interface,
             /// internal address to external address.
             FloatingIps FLOATING_IPS "cali_fips"
@@ -270,7 +278,7 @@ macro_rules! for_each_map {
             /// Per-CPU counters per host endpoint interface.
             HostEndpointCounters HOST_ENDPOINT_COUNTERS "cali_hep_ctrs"
                 PerCpuHash<u32, $crate::host_endpoints::HostEndpointCounters>
-                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 1, upgrade: Reset;
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 2, upgrade: Reset;
             /// Failsafe ports (`FailsafeInboundHostPorts`, `FailsafeOutboundHostPorts`): open
             /// to and from the host whatever host endpoint policy says.
             Failsafes FAILSAFES "cali_failsafes"
@@ -284,6 +292,21 @@ macro_rules! for_each_map {
             LogEvents LOG_EVENTS "cali_log_events"
                 RingBuf<(), $crate::events::LogEvent>
                 max: 256 * 1024, flags: 0, version: 1, upgrade: Reset;
+            /// Dropped packets, for `calico-loader events` (size in bytes); written only while a
+            /// listener holds the lease in `cali_drop_ctl`.
+            DropEvents DROP_EVENTS "cali_drop_evts"
+                RingBuf<(), $crate::events::DropEvent>
+                max: 256 * 1024, flags: 0, version: 1, upgrade: Reset;
+            /// The drop event listener's registration: its lease, rate limit and sample (one
+            /// slot).
+            DropControl DROP_CONTROL "cali_drop_ctl"
+                Array<u32, $crate::events::DropEventControl>
+                max: 1, flags: 0, version: 1, upgrade: Reset;
+            /// Per-CPU rate limit state of the drop events, and what became of the drops seen
+            /// while a listener was registered (one slot).
+            DropStats DROP_STATS "cali_drop_stats"
+                PerCpuArray<u32, $crate::events::DropEventStats>
+                max: 1, flags: 0, version: 1, upgrade: Reset;
             /// Result of the last `trace` run (one slot).
             Trace TRACE "cali_trace"
                 PerCpuArray<u32, $crate::trace::TraceResult>

@@ -3,16 +3,17 @@
 //!
 //! Entries live in an LRU hash keyed by the flow's normalized key (side A is the lower
 //! (address, port)) and its zone, so a flow and its replies share one entry per zone: the
-//! workload legs' (zone 0) and the host endpoints' (see `conntrack_zone`). Each entry remembers the policy
-//! ids that allowed it. When an endpoint's policy id changes (the agent switched it to a newly
-//! compiled policy), the next packet of the flow is checked against the new policy, and a flow
-//! the new policy denies is cut: its entry goes and the packet is dropped.
+//! workload legs' (zone 0) and the host endpoints' (see `conntrack_zone`). Each entry
+//! remembers the policy ids that allowed it. When an endpoint's policy id changes (the agent
+//! switched it to a newly compiled policy), the next packet of the flow is checked against the
+//! new policy, and a flow the new policy denies is cut: its entry goes and the packet is
+//! dropped.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use calico_ebpf_common::{ConntrackValue, conntrack_flags};
+use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, direction};
 
 use crate::{
-    maps::CONNTRACK,
+    maps::{CONNTRACK, CONNTRACK_STATS},
     nat::flow_nat,
     packet::{
         Flow, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
@@ -85,13 +86,27 @@ fn opening_into(flow: &Flow, out: &mut Flow, reverse: bool) {
 }
 
 /// Decides whether the packet `flow`, from `sender` to `receiver`, may pass, tracking its flow.
+/// Returns an `admission` value; a refusal is described in the flow (`flow.refused_*`).
 ///
 /// A BPF subprogram of its own (not inlined): its stack frame is separate from the parser's.
+/// It returns a register: a larger value would travel through the caller's stack, which costs
+/// the verifier states along every path after it.
 #[inline(never)]
-pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
+pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> u8 {
+    let admission = admit_flow(flow, sender, receiver);
+    if !admission.allowed() {
+        flow.refused_ifindex = admission.ifindex;
+        flow.refused_rule = admission.rule;
+        flow.refused_direction = admission.direction;
+    }
+    admission.outcome
+}
+
+#[inline(always)]
+fn admit_flow(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
     let (sender, receiver) = (*sender, *receiver);
     if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
-        return Admission::Allowed;
+        return Admission::ALLOWED;
     }
     let from_a = fill_key(flow);
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -107,23 +122,24 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         if !entry.expired(flow.proto, now) && !(syn_only && closed) {
             return established(entry, flow, from_a, sender, receiver, now);
         }
-        let _ = CONNTRACK.remove(&flow.key);
+        forget(&flow.key);
     }
 
     flow.related.zone = flow.zone;
     if flow.kind == flow_kind::ICMP_ERROR && CONNTRACK.get_ptr(&flow.related).is_some() {
         // An error about a tracked flow (unreachable, too big, time exceeded) is part of it.
-        return Admission::Allowed;
+        return Admission::ALLOWED;
     }
 
-    let egress_rule = match check(sender, flow, false) {
-        Ok(rule) => rule,
-        Err(denied) => return denied,
-    };
-    let ingress_rule = match check(receiver, flow, true) {
-        Ok(rule) => rule,
-        Err(denied) => return denied,
-    };
+    let egress = check(sender, flow, false);
+    if !egress.allowed() {
+        return egress;
+    }
+    let ingress = check(receiver, flow, true);
+    if !ingress.allowed() {
+        return ingress;
+    }
+    let (egress_rule, ingress_rule) = (egress.rule, ingress.rule);
     // A TCP flow is tracked from its SYN only: a stray segment of a flow nobody tracks (or
     // whose entry a policy change removed) is judged on its own and opens nothing, so a cut
     // flow cannot come back through its other side.
@@ -148,10 +164,36 @@ pub fn admit(flow: &mut Flow, sender: &Side, receiver: &Side) -> Admission {
         entry.egress_rule = egress_rule;
         entry.ingress_rule = ingress_rule;
         entry._pad2 = 0;
-        // A full table evicts its least recently used entry (LRU); live flows stay.
-        let _ = CONNTRACK.insert(&flow.key, &flow.entry, 0);
+        // A full table evicts its least recently used entry (LRU). Only when the kernel finds
+        // no entry to take, even so, does the insert fail: the flow is then refused, as
+        // tracking is what lets its replies through.
+        let stats = CONNTRACK_STATS.get_ptr_mut(0);
+        if CONNTRACK.insert(&flow.key, &flow.entry, 0).is_err() {
+            if let Some(stats) = stats {
+                unsafe { (*stats).insert_failed += 1 };
+            }
+            return if sender.ifindex != 0 {
+                Admission::untracked(sender.ifindex, direction::EGRESS)
+            } else {
+                Admission::untracked(receiver.ifindex, direction::INGRESS)
+            };
+        }
+        if let Some(stats) = stats {
+            unsafe { (*stats).created += 1 };
+        }
     }
-    Admission::Allowed
+    Admission::ALLOWED
+}
+
+/// Removes a flow's entry (closed and reused, expired, or cut by a policy change), counted so
+/// that the agent can tell the entries the table evicted from those removed on purpose.
+#[inline(always)]
+fn forget(key: &ConntrackKey) {
+    if CONNTRACK.remove(key).is_ok()
+        && let Some(stats) = CONNTRACK_STATS.get_ptr_mut(0)
+    {
+        unsafe { (*stats).removed += 1 };
+    }
 }
 
 /// A packet of a tracked flow: re-check it if a policy changed, then update the entry.
@@ -179,35 +221,27 @@ fn established(
     if egress_changed || ingress_changed {
         // The flow as its opener's packet, in the second scratch slot (too large for the stack).
         let Some(opening) = SCRATCH.get_ptr_mut(OPENING_FLOW) else {
-            return Admission::NoVerdict {
-                ifindex: opener.ifindex,
-            };
+            return Admission::no_verdict(opener.ifindex, direction::EGRESS);
         };
         let opening = unsafe { &mut *opening };
         opening_into(flow, opening, !forward);
         if egress_changed {
-            match check(opener, opening, false) {
-                Ok(rule) => {
-                    entry.egress_policy = opener.egress_policy;
-                    entry.egress_rule = rule;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK.remove(&flow.key);
-                    return denied;
-                }
+            let checked = check(opener, opening, false);
+            if !checked.allowed() {
+                forget(&flow.key);
+                return checked;
             }
+            entry.egress_policy = opener.egress_policy;
+            entry.egress_rule = checked.rule;
         }
         if ingress_changed {
-            match check(responder, opening, true) {
-                Ok(rule) => {
-                    entry.ingress_policy = responder.ingress_policy;
-                    entry.ingress_rule = rule;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK.remove(&flow.key);
-                    return denied;
-                }
+            let checked = check(responder, opening, true);
+            if !checked.allowed() {
+                forget(&flow.key);
+                return checked;
             }
+            entry.ingress_policy = responder.ingress_policy;
+            entry.ingress_rule = checked.rule;
         }
     }
 
@@ -243,7 +277,7 @@ fn established(
         entry.flags = flags;
     }
     entry.last_seen_ns = now;
-    Admission::Allowed
+    Admission::ALLOWED
 }
 
 /// Read-only conntrack check for `trace`: whether the packet would pass on an existing entry

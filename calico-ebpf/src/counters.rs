@@ -3,13 +3,18 @@
 //!
 //! An outcome is counted where it is decided: the functions that decide a drop or a pass
 //! return it through these helpers, so the TC and XDP hooks count in the same way. The counters
-//! are per-CPU hash entries keyed by the host-side ifindex; updates are plain increments.
+//! are per-CPU hash entries keyed by the host-side ifindex (a host endpoint's: its interface's
+//! ifindex); updates are plain increments. A drop is also reported to a drop event listener,
+//! if one is registered (`events`).
 
 use calico_ebpf_common::{
-    DropReason, EndpointCounters, HostEndpointCounters, UNKNOWN_INTERFACE_COUNTERS,
+    DropReason, EndpointCounters, HostEndpointCounters, UNKNOWN_INTERFACE_COUNTERS, direction,
 };
 
-use crate::maps::{COUNTERS, HOST_ENDPOINT_COUNTERS};
+use crate::{
+    events::{Headers, report_drop},
+    maps::{COUNTERS, HOST_ENDPOINT_COUNTERS},
+};
 
 /// What the hook does with the packet.
 pub enum Action {
@@ -32,6 +37,37 @@ pub enum Action {
     Reflect,
 }
 
+/// The endpoint a packet is counted against: its host-side ifindex and counters (null when it
+/// has none), and which way the packet goes from its point of view (a [`direction`] value).
+#[derive(Clone, Copy)]
+pub struct Counted {
+    pub ifindex: u32,
+    pub counters: *mut EndpointCounters,
+    pub direction: u8,
+}
+
+impl Counted {
+    /// The endpoint behind `ifindex`, for a packet it sent.
+    #[inline(always)]
+    pub fn egress(ifindex: u32) -> Self {
+        Self {
+            ifindex,
+            counters: endpoint_counters(ifindex),
+            direction: direction::EGRESS,
+        }
+    }
+
+    /// The endpoint behind `ifindex`, for a packet to it.
+    #[inline(always)]
+    pub fn ingress(ifindex: u32) -> Self {
+        Self {
+            ifindex,
+            counters: endpoint_counters(ifindex),
+            direction: direction::INGRESS,
+        }
+    }
+}
+
 /// The counters of the endpoint behind `ifindex` (null when it has none).
 #[inline(always)]
 pub fn endpoint_counters(ifindex: u32) -> *mut EndpointCounters {
@@ -40,39 +76,58 @@ pub fn endpoint_counters(ifindex: u32) -> *mut EndpointCounters {
         .unwrap_or(core::ptr::null_mut())
 }
 
+/// Drops a packet: counted against `at`, and reported (with its flow when `headers` says the
+/// packet was parsed).
 #[inline(always)]
-pub fn count_drop(counters: *mut EndpointCounters, reason: DropReason) -> Action {
-    if let Some(c) = unsafe { counters.as_mut() } {
+pub fn count_drop(at: Counted, reason: DropReason, headers: Headers) -> Action {
+    if let Some(c) = unsafe { at.counters.as_mut() } {
         c.drops[reason as usize] += 1;
     }
+    report_drop(at.ifindex, reason as u32, at.direction, 0, headers);
+    Action::Drop
+}
+
+/// Drops a parsed packet that the policy of the workload behind `ifindex` refused in
+/// `direction` (`rule`: the rule id that denied, 0 when none decided).
+#[inline(always)]
+pub fn count_refusal(ifindex: u32, direction: u8, reason: DropReason, rule: u32) -> Action {
+    if let Some(c) = unsafe { endpoint_counters(ifindex).as_mut() } {
+        c.drops[reason as usize] += 1;
+    }
+    report_drop(ifindex, reason as u32, direction, rule, Headers::Parsed);
     Action::Drop
 }
 
 #[inline(always)]
-pub fn count_pass(counters: *mut EndpointCounters, len: u64) -> Action {
-    if let Some(c) = unsafe { counters.as_mut() } {
+pub fn count_pass(at: Counted, len: u64) -> Action {
+    if let Some(c) = unsafe { at.counters.as_mut() } {
         c.to_host_packets += 1;
         c.to_host_bytes += len;
     }
     Action::Pass
 }
 
-/// Counts a drop against the workload behind `ifindex` (the one whose policy decided).
+/// Drops a packet from (or to) an interface without an endpoint entry, counted under the
+/// shared key and reported with the interface's ifindex.
 #[inline(always)]
-pub fn count_drop_for(ifindex: u32, reason: DropReason) -> Action {
-    count_drop(endpoint_counters(ifindex), reason)
-}
-
-/// Drops a packet from an interface without an endpoint entry, counted under the shared key.
-#[inline(always)]
-pub fn count_unknown_interface() -> Action {
-    count_drop_for(UNKNOWN_INTERFACE_COUNTERS, DropReason::UnknownInterface)
+pub fn count_unknown_interface(ifindex: u32, direction: u8) -> Action {
+    if let Some(c) = unsafe { endpoint_counters(UNKNOWN_INTERFACE_COUNTERS).as_mut() } {
+        c.drops[DropReason::UnknownInterface as usize] += 1;
+    }
+    report_drop(
+        ifindex,
+        DropReason::UnknownInterface as u32,
+        direction,
+        0,
+        Headers::Unread,
+    );
+    Action::Drop
 }
 
 /// Counts a packet the workload sent.
 #[inline(always)]
-pub fn count_from_workload(counters: *mut EndpointCounters, len: u64) {
-    if let Some(c) = unsafe { counters.as_mut() } {
+pub fn count_from_workload(at: Counted, len: u64) {
+    if let Some(c) = unsafe { at.counters.as_mut() } {
         c.from_wl_packets += 1;
         c.from_wl_bytes += len;
     }
@@ -80,8 +135,8 @@ pub fn count_from_workload(counters: *mut EndpointCounters, len: u64) {
 
 /// Counts a packet forwarded inside BPF by the workload that sent it.
 #[inline(always)]
-pub fn count_forwarded(counters: *mut EndpointCounters, len: u64) {
-    if let Some(c) = unsafe { counters.as_mut() } {
+pub fn count_forwarded(at: Counted, len: u64) {
+    if let Some(c) = unsafe { at.counters.as_mut() } {
         c.fwd_packets += 1;
         c.fwd_bytes += len;
     }
@@ -89,8 +144,8 @@ pub fn count_forwarded(counters: *mut EndpointCounters, len: u64) {
 
 /// Counts a packet forwarded inside BPF to another host by the workload that sent it.
 #[inline(always)]
-pub fn count_forwarded_remote(counters: *mut EndpointCounters, len: u64) {
-    if let Some(c) = unsafe { counters.as_mut() } {
+pub fn count_forwarded_remote(at: Counted, len: u64) {
+    if let Some(c) = unsafe { at.counters.as_mut() } {
         c.fwd_remote_packets += 1;
         c.fwd_remote_bytes += len;
     }
@@ -110,8 +165,8 @@ pub fn count_from_data(ifindex: u32, len: u64) {
 
 /// Counts an ARP or neighbour discovery answer sent back to the workload.
 #[inline(always)]
-pub fn count_neighbour_reply(counters: *mut EndpointCounters) {
-    if let Some(c) = unsafe { counters.as_mut() } {
+pub fn count_neighbour_reply(at: Counted) {
+    if let Some(c) = unsafe { at.counters.as_mut() } {
         c.neighbour_replies += 1;
     }
 }
@@ -126,12 +181,20 @@ pub fn count_to_workload(ifindex: u32, len: u64) {
     }
 }
 
-/// Counts a failed redirect against the sending workload.
+/// Counts a failed redirect against the workload behind `ifindex` (the sender, `direction`
+/// egress; the receiver of a packet from a data interface, ingress).
 #[inline(always)]
-pub fn count_redirect_failure(ifindex: u32) {
+pub fn count_redirect_failure(ifindex: u32, direction: u8, headers: Headers) {
     if let Some(c) = COUNTERS.get_ptr_mut(ifindex) {
         unsafe { (*c).drops[DropReason::RedirectFailed as usize] += 1 };
     }
+    report_drop(
+        ifindex,
+        DropReason::RedirectFailed as u32,
+        direction,
+        0,
+        headers,
+    );
 }
 
 /// The counters of the host endpoint on the interface `ifindex` (null when it has none).
@@ -178,12 +241,21 @@ pub fn count_host_endpoint_pass(counters: *mut HostEndpointCounters, path: HostP
     }
 }
 
-/// Counts a packet a host endpoint dropped.
+/// Drops a parsed packet on the host endpoint of interface `ifindex` (`counters`: its
+/// counters), counted there and reported with the interface's ifindex, `direction` seen from
+/// the host endpoint and `rule` the rule id that denied (0 when none did).
 #[inline(always)]
-pub fn count_host_endpoint_drop(counters: *mut HostEndpointCounters, reason: DropReason) -> Action {
+pub fn count_host_endpoint_drop(
+    counters: *mut HostEndpointCounters,
+    ifindex: u32,
+    direction: u8,
+    reason: DropReason,
+    rule: u32,
+) -> Action {
     if let Some(c) = unsafe { counters.as_mut() } {
         c.drops[reason as usize] += 1;
     }
+    report_drop(ifindex, reason as u32, direction, rule, Headers::Parsed);
     Action::Drop
 }
 

@@ -93,7 +93,7 @@ pub fn to_local_workload<F: Family, H: Hook>(
         Ok(receiver) => receiver,
         Err(drop) => return drop,
     };
-    if let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
+    if let Some(drop) = refused(admit(flow, &Side::NONE, &receiver), flow) {
         return drop;
     }
     let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {

@@ -11,10 +11,8 @@
 //! A request unicast to the server address (a renewal) becomes a broadcast on the way, so that
 //! the kernel takes it as local instead of routing it towards an address it does not have.
 
-use calico_ebpf_common::EndpointCounters;
-
 use crate::{
-    counters::{Action, count_pass},
+    counters::{Action, Counted, count_pass},
     packet::{ETH_HLEN, Flow, IPPROTO_UDP, ptr_at},
 };
 
@@ -46,12 +44,7 @@ pub fn from_unspecified(flow: &Flow) -> bool {
 /// Passes a DHCP request to the kernel for the agent, as a broadcast. `None` when the IPv4
 /// header has options: not taken as DHCP.
 #[inline(always)]
-pub fn to_agent(
-    data: usize,
-    data_end: usize,
-    counters: *mut EndpointCounters,
-    len: u64,
-) -> Option<Action> {
+pub fn to_agent(data: usize, data_end: usize, counters: Counted, len: u64) -> Option<Action> {
     let hdr = unsafe { &mut *ptr_at::<[u8; REQUEST_HEADERS]>(data, data_end, ETH_HLEN)? };
     if hdr[0] != 0x45 {
         return None;

@@ -27,8 +27,8 @@ use crate::{
     data_interface::{self, to_local_workload},
     forward::Hook,
     maps::HOST_ENDPOINTS,
-    packet::{ETH_P_IP, ETH_P_IPV6, V4, V6, flow_kind, ptr_at, scratch_flow},
-    policy::{Admission, Side, side_flags},
+    packet::{ETH_P_IP, ETH_P_IPV6, Flow, V4, V6, flow_kind, ptr_at, scratch_flow},
+    policy::{Side, admission, side_flags},
     routes::Family,
 };
 
@@ -58,19 +58,23 @@ fn side(ifindex: u32, hep: &HostEndpointInfo, host: bool) -> Side {
     }
 }
 
-/// Maps a refusal by the host endpoint's policy onto its counted drop.
+/// Maps conntrack's `outcome` for the packet `flow` onto its counted (and reported) drop on
+/// the host endpoint, when the host endpoint's policy refused it.
 #[inline(always)]
-fn refused(admission: Admission, counters: *mut HostEndpointCounters) -> Option<Action> {
-    match admission {
-        Admission::Allowed => None,
-        Admission::Denied { .. } => {
-            Some(count_host_endpoint_drop(counters, DropReason::PolicyDenied))
-        }
-        Admission::NoVerdict { .. } => Some(count_host_endpoint_drop(
-            counters,
-            DropReason::PolicyMissing,
-        )),
-    }
+fn refused(outcome: u8, flow: &Flow, counters: *mut HostEndpointCounters) -> Option<Action> {
+    let reason = match outcome {
+        admission::ALLOWED => return None,
+        admission::DENIED => DropReason::PolicyDenied,
+        admission::UNTRACKED => DropReason::ConntrackFull,
+        _ => DropReason::PolicyMissing,
+    };
+    Some(count_host_endpoint_drop(
+        counters,
+        flow.refused_ifindex,
+        flow.refused_direction,
+        reason,
+        flow.refused_rule,
+    ))
 }
 
 /// Runs the ingress pipeline for a packet that arrived on the data interface `ifindex`, whose
@@ -129,7 +133,7 @@ fn ip_in<F: Family, H: Hook>(
     flow.zone = conntrack_zone::HOST_ENDPOINT;
     if group || F::to_host(flow, route) {
         let host = side(ifindex, hep, true);
-        if let Some(drop) = refused(admit(flow, &Side::NONE, &host), counters) {
+        if let Some(drop) = refused(admit(flow, &Side::NONE, &host), flow, counters) {
             return drop;
         }
         count_host_endpoint_pass(counters, HostPath::ToHost);
@@ -137,7 +141,7 @@ fn ip_in<F: Family, H: Hook>(
     }
     if hep.flags & host_endpoint_flags::FORWARD_OPEN == 0 {
         let forward = side(ifindex, hep, false);
-        if let Some(drop) = refused(admit(flow, &Side::NONE, &forward), counters) {
+        if let Some(drop) = refused(admit(flow, &Side::NONE, &forward), flow, counters) {
             return drop;
         }
     }
@@ -186,7 +190,7 @@ fn ip_out<F: Family>(
     flow.zone = conntrack_zone::HOST_ENDPOINT;
     if F::from_host(flow) {
         let host = side(ifindex, hep, true);
-        if let Some(drop) = refused(admit(flow, &host, &Side::NONE), counters) {
+        if let Some(drop) = refused(admit(flow, &host, &Side::NONE), flow, counters) {
             return drop;
         }
         count_host_endpoint_pass(counters, HostPath::FromHost);
@@ -194,7 +198,7 @@ fn ip_out<F: Family>(
     }
     if hep.flags & host_endpoint_flags::FORWARD_OPEN == 0 {
         let forward = side(ifindex, hep, false);
-        if let Some(drop) = refused(admit(flow, &forward, &Side::NONE), counters) {
+        if let Some(drop) = refused(admit(flow, &forward, &Side::NONE), flow, counters) {
             return drop;
         }
     }

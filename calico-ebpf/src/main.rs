@@ -27,6 +27,7 @@ mod conntrack;
 mod counters;
 mod data_interface;
 mod dhcp;
+mod events;
 mod failsafe;
 mod forward;
 mod host_endpoint;
@@ -45,8 +46,9 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED};
+use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED, direction};
 use counters::{Action, count_redirect_failure, count_to_workload};
+use events::Headers;
 use forward::{Tc, Xdp};
 
 /// Bytes the pipeline reads directly: Ethernet, a maximal IPv4 header (60) and an ICMP error
@@ -108,14 +110,14 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
             // Straight into the target workload's namespace, skipping the host's backlog.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
         Action::Transmit { ifindex: target } => {
             let ret = transmit(ctx, target);
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
@@ -123,14 +125,15 @@ fn try_tc_from_wl(ctx: &TcContext) -> i32 {
             // Out of the FIB's interface, with the MACs of the kernel's neighbour entry.
             let ret = forward::redirect_neigh(out) as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
+        // A neighbour answer: never parsed into the flow.
         Action::Reflect => {
             let ret = unsafe { bpf_redirect(ifindex, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Unread);
             }
             ret
         }
@@ -212,7 +215,7 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         | Action::Forward { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Parsed);
             }
             ret
         }
@@ -222,7 +225,7 @@ fn try_xdp_from_wl(ctx: &XdpContext) -> u32 {
         Action::Reflect => {
             let ret = unsafe { bpf_redirect(ifindex, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                count_redirect_failure(ifindex);
+                count_redirect_failure(ifindex, direction::EGRESS, Headers::Unread);
             }
             ret
         }
@@ -283,14 +286,14 @@ fn tc_data_return(ctx: &TcContext, action: Action) -> i32 {
             // Straight into the workload's namespace.
             let ret = unsafe { bpf_redirect_peer(target, 0) } as i32;
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(target);
+                count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }
             ret
         }
         Action::Transmit { ifindex: target } => {
             let ret = transmit(ctx, target);
             if ret != TC_ACT_REDIRECT {
-                count_redirect_failure(target);
+                count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }
             ret
         }
@@ -315,7 +318,7 @@ pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
         Action::Redirect { ifindex: target } | Action::Transmit { ifindex: target } => {
             let ret = unsafe { bpf_redirect(target, 0) } as u32;
             if ret != xdp_action::XDP_REDIRECT {
-                count_redirect_failure(target);
+                count_redirect_failure(target, direction::INGRESS, Headers::Parsed);
             }
             ret
         }

@@ -11,7 +11,7 @@
 //! `policy.rs`).
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 
@@ -42,6 +42,11 @@ macro_rules! declare_map {
         #[btf_map(name = $name)]
         pub static $CONST: HashMap<$K, $V, { ($max) as usize }, { ($flags) as usize }> =
             HashMap::new();
+    };
+    (Array $name:tt $CONST:ident<$K:ty, $V:ty> ($max:expr) ($flags:expr) $(#[$m:meta])*) => {
+        $(#[$m])*
+        #[btf_map(name = $name)]
+        pub static $CONST: Array<$V, { ($max) as usize }, { ($flags) as usize }> = Array::new();
     };
     (PerCpuHash $name:tt $CONST:ident<$K:ty, $V:ty> ($max:expr) ($flags:expr) $(#[$m:meta])*) => {
         $(#[$m])*

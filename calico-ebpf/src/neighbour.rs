@@ -3,10 +3,11 @@
 //! side gives them), rewritten in place and sent back out of the interface they came in on. The
 //! workload's gateway then never depends on the host side's own addresses being ready.
 
-use calico_ebpf_common::{DropReason, EndpointCounters};
+use calico_ebpf_common::DropReason;
 
 use crate::{
-    counters::{Action, count_drop, count_neighbour_reply, count_pass},
+    counters::{Action, Counted, count_drop, count_neighbour_reply, count_pass},
+    events::Headers,
     packet::{ETH_HLEN, IPPROTO_ICMPV6, IPV6_HLEN, ptr_at},
 };
 
@@ -21,15 +22,9 @@ const ND_WITH_LLA_LEN: usize = 32;
 /// Answers an ARP request on behalf of the gateway (proxy ARP, as Calico's host side does), so
 /// the workload resolves 169.254.1.1 (and anything else it asks for) to the host side's MAC.
 #[inline(always)]
-pub fn arp(
-    data: usize,
-    data_end: usize,
-    host_mac: [u8; 6],
-    counters: *mut EndpointCounters,
-    len: u64,
-) -> Action {
+pub fn arp(data: usize, data_end: usize, host_mac: [u8; 6], counters: Counted, len: u64) -> Action {
     let Some(arp) = ptr_at::<[u8; ARP_LEN]>(data, data_end, ETH_HLEN) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Unread);
     };
     let arp = unsafe { &mut *arp };
     // Ethernet/IPv4 request only: htype 1, ptype 0x0800, hlen 6, plen 4, op 1.
@@ -51,7 +46,7 @@ pub fn arp(
     arp[18..24].copy_from_slice(&sender_mac);
     arp[24..28].copy_from_slice(&sender_ip);
     let Some(eth) = ptr_at::<[u8; 12]>(data, data_end, 0) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Unread);
     };
     let eth = unsafe { &mut *eth };
     eth[0..6].copy_from_slice(&sender_mac);
@@ -70,7 +65,7 @@ pub fn solicitation(
     data_end: usize,
     ip: &mut [u8; IPV6_HLEN],
     host_mac: [u8; 6],
-    counters: *mut EndpointCounters,
+    counters: Counted,
 ) -> Option<Action> {
     if ip[6] != IPPROTO_ICMPV6 {
         return None;

@@ -167,6 +167,11 @@ pub struct Flow {
     /// the flow's own key, and a new entry being built.
     pub key: ConntrackKey,
     pub entry: ConntrackValue,
+    /// Set by conntrack when it refuses the packet: the workload (host-side ifindex) or host
+    /// endpoint (its interface's ifindex) whose policy refused it, the rule id that denied (0: none) and the direction.
+    pub refused_ifindex: u32,
+    pub refused_rule: u32,
+    pub refused_direction: u8,
 }
 
 impl Flow {

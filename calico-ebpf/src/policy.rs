@@ -55,17 +55,67 @@ pub mod side_flags {
     pub const HOST: u32 = 1;
 }
 
-/// Outcome of admitting a packet (conntrack's `admit`), or of one side's check.
-pub enum Admission {
-    Allowed,
-    /// Denied by the policy of the workload behind `ifindex`.
-    Denied {
-        ifindex: u32,
-    },
-    /// The policy of the workload behind `ifindex` gave no verdict.
-    NoVerdict {
-        ifindex: u32,
-    },
+/// Values of [`Admission::outcome`].
+pub mod admission {
+    /// The packet may pass.
+    pub const ALLOWED: u8 = 0;
+    /// A policy denied it.
+    pub const DENIED: u8 = 1;
+    /// A policy gave no verdict.
+    pub const NO_VERDICT: u8 = 2;
+    /// Policy allowed a new flow, but the conntrack table could not take its entry.
+    pub const UNTRACKED: u8 = 3;
+}
+
+/// Outcome of admitting a packet (conntrack's `admit`), or of one side's check. A refusal
+/// names the workload (host-side ifindex) whose policy refused and in which direction (a
+/// `direction` value). A plain struct whose fields are always written: an enum with payloads
+/// would be copied whole, unwritten bytes included, which the verifier refuses to read.
+#[derive(Clone, Copy)]
+pub struct Admission {
+    /// An [`admission`] value.
+    pub outcome: u8,
+    pub direction: u8,
+    pub ifindex: u32,
+    /// The rule id that decided: that allowed (a check) or denied; 0 when none did.
+    pub rule: u32,
+}
+
+impl Admission {
+    pub const ALLOWED: Admission = Admission {
+        outcome: admission::ALLOWED,
+        direction: 0,
+        ifindex: 0,
+        rule: 0,
+    };
+
+    #[inline(always)]
+    pub fn allowed(&self) -> bool {
+        self.outcome == admission::ALLOWED
+    }
+
+    /// The policy of the workload behind `ifindex` gave no verdict in `direction`.
+    #[inline(always)]
+    pub fn no_verdict(ifindex: u32, direction: u8) -> Self {
+        Self {
+            outcome: admission::NO_VERDICT,
+            direction,
+            ifindex,
+            rule: 0,
+        }
+    }
+
+    /// A new flow of the workload behind `ifindex` (`direction` seen from it) whose
+    /// conntrack entry could not be created.
+    #[inline(always)]
+    pub fn untracked(ifindex: u32, direction: u8) -> Self {
+        Self {
+            outcome: admission::UNTRACKED,
+            direction,
+            ifindex,
+            rule: 0,
+        }
+    }
 }
 
 /// What the three steps found: the verdict (action 0 when a step missed) and the classes.
@@ -522,29 +572,35 @@ fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerd
 }
 
 /// Checks one side of a new (or re-checked) flow: the sender's egress policy or the receiver's
-/// ingress policy; `Ok(rule)` when it may pass.
+/// ingress policy. Allowed, with the rule that allowed, when it may pass.
 #[inline(always)]
-pub fn check(side: Side, flow: &Flow, ingress: bool) -> Result<u32, Admission> {
+pub fn check(side: Side, flow: &Flow, ingress: bool) -> Admission {
     let policy = if ingress {
         side.ingress_policy
     } else {
         side.egress_policy
     };
     if policy == 0 {
-        return Ok(0);
+        return Admission::ALLOWED;
     }
     if side.flags & side_flags::HOST != 0 && failsafe::open(flow, ingress) {
         count_failsafe(side.ifindex, ingress);
-        return Ok(0);
+        return Admission::ALLOWED;
     }
     let verdict = evaluate(side.ifindex, policy, flow, ingress);
-    match verdict.action {
-        verdict_action::ALLOW => Ok(verdict.rule),
-        verdict_action::DENY => Err(Admission::Denied {
-            ifindex: side.ifindex,
-        }),
-        _ => Err(Admission::NoVerdict {
-            ifindex: side.ifindex,
-        }),
+    let outcome = match verdict.action {
+        verdict_action::ALLOW => admission::ALLOWED,
+        verdict_action::DENY => admission::DENIED,
+        _ => admission::NO_VERDICT,
+    };
+    Admission {
+        outcome,
+        direction: if ingress {
+            direction::INGRESS
+        } else {
+            direction::EGRESS
+        },
+        ifindex: side.ifindex,
+        rule: verdict.rule,
     }
 }

@@ -9,17 +9,17 @@
 
 use aya_ebpf::cty::c_void;
 use calico_ebpf_common::{
-    DropReason, EndpointCounters, EndpointInfo, RouteKind, RouteValue, endpoint_flags,
+    DropReason, EndpointInfo, RouteKind, RouteValue, direction, endpoint_flags,
 };
 
 use crate::{
     conntrack::admit,
     counters::{
-        Action, count_drop, count_drop_for, count_forwarded, count_forwarded_remote,
-        count_from_workload, count_pass, count_to_workload, count_unknown_interface,
-        endpoint_counters,
+        Action, Counted, count_drop, count_forwarded, count_forwarded_remote, count_from_workload,
+        count_pass, count_refusal, count_to_workload, count_unknown_interface,
     },
     dhcp,
+    events::Headers,
     forward::{self, Hook},
     maps::ENDPOINTS,
     nat, neighbour,
@@ -27,7 +27,7 @@ use crate::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, Parsed, V4, V6, ipv6_header, parse_ip,
         ptr_at, scratch_flow,
     },
-    policy::{Admission, Side},
+    policy::{Side, admission},
     routes::{FORWARD_HEADER_LEN, Family, OnLink},
 };
 
@@ -42,16 +42,21 @@ fn side(ifindex: u32, endpoint: &EndpointInfo) -> Side {
     }
 }
 
-/// Maps a policy refusal onto its drop.
+/// Maps conntrack's `outcome` for the packet `flow` onto its drop, when it was refused.
 #[inline(always)]
-pub fn refused(admission: Admission) -> Option<Action> {
-    match admission {
-        Admission::Allowed => None,
-        Admission::Denied { ifindex } => Some(count_drop_for(ifindex, DropReason::PolicyDenied)),
-        Admission::NoVerdict { ifindex } => {
-            Some(count_drop_for(ifindex, DropReason::PolicyMissing))
-        }
-    }
+pub fn refused(outcome: u8, flow: &Flow) -> Option<Action> {
+    let reason = match outcome {
+        admission::ALLOWED => return None,
+        admission::DENIED => DropReason::PolicyDenied,
+        admission::UNTRACKED => DropReason::ConntrackFull,
+        _ => DropReason::PolicyMissing,
+    };
+    Some(count_refusal(
+        flow.refused_ifindex,
+        flow.refused_direction,
+        reason,
+        flow.refused_rule,
+    ))
 }
 
 /// Runs the pipeline for a packet that the workload behind `ifindex` sent.
@@ -71,19 +76,19 @@ pub fn from_workload<H: Hook>(
     ifindex: u32,
     len: u64,
 ) -> Action {
-    let counters = endpoint_counters(ifindex);
     let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
         // Not an interface the agent manages (or one being removed): never forward for it.
-        return count_unknown_interface();
+        return count_unknown_interface(ifindex, direction::EGRESS);
     };
     let endpoint = unsafe { &*endpoint };
+    let counters = Counted::egress(ifindex);
     count_from_workload(counters, len);
     let host_mac = endpoint.host_mac;
     let flags = endpoint.flags;
     let sender = side(ifindex, endpoint);
 
     let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Unread);
     };
     match u16::from_be_bytes(unsafe { *eth_type }) {
         ETH_P_IP => ip::<V4, H>(
@@ -99,7 +104,7 @@ pub fn from_workload<H: Hook>(
         ),
         ETH_P_IPV6 => {
             let Some(hdr) = ipv6_header(data, data_end, len) else {
-                return count_drop(counters, DropReason::Malformed);
+                return count_drop(counters, DropReason::Malformed, Headers::Unread);
             };
             // Neighbour solicitations (for the gateway, normally) are answered here, like ARP,
             // so the workload's IPv6 gateway does not depend on the host side's own addresses
@@ -140,17 +145,17 @@ fn ip<F: Family, H: Hook>(
     ifindex: u32,
     len: u64,
     sender: Side,
-    counters: *mut EndpointCounters,
+    counters: Counted,
     dhcp_server: [u8; 4],
     flags: u32,
 ) -> Action {
     let floating_ips = flags & endpoint_flags::FLOATING_IPS != 0;
     let to_host_drop = flags & endpoint_flags::TO_HOST_DROP != 0;
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Unread);
     };
     if F::parse(data, data_end, len, flow).is_none() {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Unread);
     }
     // A VM's DHCP request goes to the agent whatever its policy says; from 0.0.0.0, it is the
     // only thing that passes anti-spoofing.
@@ -163,11 +168,11 @@ fn ip<F: Family, H: Hook>(
     match F::on_link(flow) {
         OnLink::No => {}
         OnLink::Policed => {
-            if let Some(drop) = refused(admit(flow, &sender, &Side::NONE)) {
+            if let Some(drop) = refused(admit(flow, &sender, &Side::NONE), flow) {
                 return drop;
             }
             if to_host_drop {
-                return count_drop(counters, DropReason::EndpointToHost);
+                return count_drop(counters, DropReason::EndpointToHost, Headers::Parsed);
             }
             return count_pass(counters, len);
         }
@@ -175,7 +180,7 @@ fn ip<F: Family, H: Hook>(
     }
 
     if !F::source_allowed(ifindex, flow) {
-        return count_drop(counters, DropReason::SpoofedSource);
+        return count_drop(counters, DropReason::SpoofedSource, Headers::Parsed);
     }
 
     let route = F::route(flow);
@@ -197,19 +202,21 @@ fn ip<F: Family, H: Hook>(
             remote = true;
             None
         }
-        Some(Some(RouteKind::Blackhole)) => return count_drop(counters, DropReason::Blackhole),
+        Some(Some(RouteKind::Blackhole)) => {
+            return count_drop(counters, DropReason::Blackhole, Headers::Parsed);
+        }
         _ => None,
     };
     let (receiver, tap) = match receiver_side(local) {
         Ok(receiver) => receiver,
         Err(drop) => return drop,
     };
-    if let Some(drop) = refused(admit(flow, &sender, &receiver)) {
+    if let Some(drop) = refused(admit(flow, &sender, &receiver), flow) {
         return drop;
     }
     // Traffic to the host itself, once egress policy allowed it: DefaultEndpointToHostAction.
     if to_host_drop && F::to_host(flow, route) {
-        return count_drop(counters, DropReason::EndpointToHost);
+        return count_drop(counters, DropReason::EndpointToHost, Headers::Parsed);
     }
     // Source NAT to the floating IP, after egress policy saw the internal address: to outside
     // the pools (no route), a reply to a flow that addressed the floating IP, or the workload
@@ -233,7 +240,7 @@ fn ip<F: Family, H: Hook>(
         return count_pass(counters, len);
     };
     let Some(hdr) = ptr_at::<[u8; FORWARD_HEADER_LEN]>(data, data_end, ETH_HLEN) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Parsed);
     };
     let hdr = unsafe { &mut *hdr };
     if F::hop_limit(hdr) <= 1 || ((H::XDP || tap) && route.mac == [0; 6]) {
@@ -287,9 +294,9 @@ fn forward_to_remote<F: Family, H: Hook>(
     out
 }
 
-/// The receiving side of a packet routed to a local workload (none for other destinations),
-/// and whether its interface is a tap. A local workload whose endpoint entry is missing has no
-/// policy programmed yet: its traffic is dropped, never let through unchecked.
+/// The receiving side of a (parsed) packet routed to a local workload (none for other
+/// destinations), and whether its interface is a tap. A local workload whose endpoint entry is
+/// missing has no policy programmed yet: its traffic is dropped, never let through unchecked.
 #[inline(always)]
 pub fn receiver_side(local: Option<&RouteValue>) -> Result<(Side, bool), Action> {
     let Some(route) = local else {
@@ -301,7 +308,12 @@ pub fn receiver_side(local: Option<&RouteValue>) -> Result<(Side, bool), Action>
             let tap = endpoint.flags & endpoint_flags::TAP != 0;
             Ok((side(route.ifindex, endpoint), tap))
         }
-        None => Err(count_drop_for(route.ifindex, DropReason::PolicyMissing)),
+        None => Err(count_refusal(
+            route.ifindex,
+            direction::INGRESS,
+            DropReason::PolicyMissing,
+            0,
+        )),
     }
 }
 
@@ -314,10 +326,10 @@ fn redirect_to_workload(
     route: &RouteValue,
     tap: bool,
     len: u64,
-    counters: *mut EndpointCounters,
+    counters: Counted,
 ) -> Action {
     let Some(eth) = ptr_at::<[u8; 12]>(data, data_end, 0) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Parsed);
     };
     let eth = unsafe { &mut *eth };
     if route.mac != [0; 6] {
@@ -352,24 +364,26 @@ pub fn to_workload<H: Hook>(
     len: u64,
 ) -> Action {
     let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
-        return count_unknown_interface();
+        return count_unknown_interface(ifindex, direction::INGRESS);
     };
     let endpoint = unsafe { &*endpoint };
     let floating_ips = endpoint.flags & endpoint_flags::FLOATING_IPS != 0;
     let receiver = side(ifindex, endpoint);
-    let counters = endpoint_counters(ifindex);
+    let counters = Counted::ingress(ifindex);
     let Some(flow) = scratch_flow(0, len) else {
-        return count_drop(counters, DropReason::Malformed);
+        return count_drop(counters, DropReason::Malformed, Headers::Unread);
     };
     let parsed = match parse_ip(data, data_end, len, flow) {
         Parsed::Ip => true,
         Parsed::Other => false,
-        Parsed::Malformed => return count_drop(counters, DropReason::Malformed),
+        Parsed::Malformed => {
+            return count_drop(counters, DropReason::Malformed, Headers::Unread);
+        }
     };
     if parsed && floating_ips {
         nat::dnat::<H>(hook.ctx(), data, data_end, flow);
     }
-    if parsed && let Some(drop) = refused(admit(flow, &Side::NONE, &receiver)) {
+    if parsed && let Some(drop) = refused(admit(flow, &Side::NONE, &receiver), flow) {
         return drop;
     }
     count_to_workload(ifindex, len);

@@ -235,6 +235,7 @@ pub struct Setting<T> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct FelixConfig {
     pub bpf_map_size_conntrack: Setting<u32>,
+    pub bpf_map_size_if_state: Setting<u32>,
     pub bpf_map_size_route: Setting<u32>,
     pub bpf_conntrack_timeouts: Setting<ConntrackTimeouts>,
     pub bpf_data_iface_pattern: Setting<Pattern>,
@@ -319,6 +320,7 @@ impl FelixConfig {
         }
         rows! {
             "BPFMapSizeConntrack" => bpf_map_size_conntrack,
+            "BPFMapSizeIfState" => bpf_map_size_if_state,
             "BPFMapSizeRoute" => bpf_map_size_route,
             "BPFConntrackTimeouts" => bpf_conntrack_timeouts,
             "BPFDataIfacePattern" => bpf_data_iface_pattern,
@@ -350,6 +352,7 @@ impl FelixConfig {
 /// The settings implemented here, by Felix name (matched case-insensitively).
 const SUPPORTED: &[&str] = &[
     "BPFMapSizeConntrack",
+    "BPFMapSizeIfState",
     "BPFMapSizeRoute",
     "BPFConntrackTimeouts",
     "BPFDataIfacePattern",
@@ -369,6 +372,10 @@ const SUPPORTED: &[&str] = &[
 /// The default conntrack table size (`BPFMapSizeConntrack`): 524288 (Calico's is 512000).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 =
     <calico_ebpf_common::maps::Conntrack as calico_ebpf_common::maps::MapSpec>::DEF.max_entries;
+/// The default size of the endpoint map (`BPFMapSizeIfState`): 16384 workload interfaces
+/// (Calico's interface-state map holds 1000, which users hit).
+pub const DEFAULT_ENDPOINT_ENTRIES: u32 =
+    <calico_ebpf_common::maps::Endpoints as calico_ebpf_common::maps::MapSpec>::DEF.max_entries;
 /// The size of the route maps: fixed, 262144 (Calico's default `BPFMapSizeRoute`).
 pub const ROUTE_MAP_ENTRIES: u32 =
     <calico_ebpf_common::maps::RoutesV4 as calico_ebpf_common::maps::MapSpec>::DEF.max_entries;
@@ -398,6 +405,15 @@ fn parse_u32_min1(text: &str) -> Result<u32, String> {
         Ok(n) => Ok(n),
         Err(_) => Err("not a number".into()),
     }
+}
+
+/// At least 1, and one less than the largest `u32` (the counters map has one entry more).
+fn parse_endpoint_map_size(text: &str) -> Result<u32, String> {
+    let n = parse_u32_min1(text)?;
+    if n == u32::MAX {
+        return Err("too large".into());
+    }
+    Ok(n)
 }
 
 fn parse_route_size(text: &str) -> Result<u32, String> {
@@ -885,6 +901,12 @@ pub fn resolve(layers: &[Layer]) -> Result<FelixConfig, ConfigError> {
             &DEFAULT_CONNTRACK_ENTRIES.to_string(),
             parse_u32_min1,
         )?,
+        bpf_map_size_if_state: take(
+            e,
+            "BPFMapSizeIfState",
+            &DEFAULT_ENDPOINT_ENTRIES.to_string(),
+            parse_endpoint_map_size,
+        )?,
         bpf_map_size_route: take(
             e,
             "BPFMapSizeRoute",
@@ -986,12 +1008,19 @@ impl Watch {
                     changed.retain(|name| *name != "LogSeverityScreen");
                 }
                 (!changed.is_empty()).then(|| {
-                    let resize = if changed.contains(&"BPFMapSizeConntrack") {
-                        " (BPFMapSizeConntrack: restart the agent to resize the conntrack \
-                         table; with the old table pinned, `calico-loader cleanup` first)"
-                    } else {
-                        ""
-                    };
+                    let mut resize = String::new();
+                    if changed.contains(&"BPFMapSizeConntrack") {
+                        resize.push_str(
+                            " (BPFMapSizeConntrack: restart the agent to resize the conntrack \
+                             table; the new table takes over the tracked flows)",
+                        );
+                    }
+                    if changed.contains(&"BPFMapSizeIfState") {
+                        resize.push_str(
+                            " (BPFMapSizeIfState: restart the agent to resize the endpoint map; \
+                             the new map is filled before the programs move to it)",
+                        );
+                    }
                     format!(
                         "Felix configuration change not applied, the running configuration \
                          stays: {} cannot change while the agent runs; restart the agent to \
@@ -1032,7 +1061,7 @@ const ACCEPTED_UNUSED: &[&str] = &[
     "bpfkubeproxyhealthzport", "bpfkubeproxyiptablescleanupenabled",
     "bpfkubeproxyminsyncperiod", "bpfl3ifacepattern", "bpflogfilters", "bpfloglevel",
     "bpfmaglevmaxendpointsperservice", "bpfmaglevmaxservices",
-    "bpfmapsizeconntrackcleanupqueue", "bpfmapsizeconntrackscaling", "bpfmapsizeifstate",
+    "bpfmapsizeconntrackcleanupqueue", "bpfmapsizeconntrackscaling",
     "bpfmapsizeipsets", "bpfmapsizenataffinity", "bpfmapsizenatbackend",
     "bpfmapsizenatfrontend", "bpfmapsizepercpuconntrack", "bpfoverlayhostsourceip",
     "bpfpolicydebugenabled", "bpfprofiling", "bpfpsnatports", "bpfredirecttopeer",

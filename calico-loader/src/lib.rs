@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod datastore;
 pub mod dhcp;
 pub mod dump;
+pub mod events;
 pub mod felix_config;
 pub mod ipam;
 pub mod logging;

@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use crate::{
     dataplane::{
-        attach::program, bpffs::PinLayout, load_object_with, load_private_object, maps::Maps,
-        netlink::LinkDetails, private::PrivateDataplane,
+        MapSizes, attach::program, bpffs::PinLayout, load_object_with, load_private_object,
+        maps::Maps, netlink::LinkDetails, private::PrivateDataplane,
     },
     datastore::{IpamObjects, Snapshot, local::LocalDatastore},
     dump::rule_words,
@@ -127,11 +127,11 @@ pub struct TraceReport {
 /// Runs a trace against the running agent's pinned maps.
 pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceReport> {
     let conntrack = layout.map(map_names::CONNTRACK);
-    let size = aya::maps::MapInfo::from_pin(&conntrack)
-        .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?
-        .max_entries();
+    aya::maps::MapInfo::from_pin(&conntrack)
+        .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?;
+    let sizes = MapSizes::pinned(layout)?;
     let mut ebpf =
-        load_object_with(layout, size).context("loading the programs over the pinned maps")?;
+        load_object_with(layout, sizes).context("loading the programs over the pinned maps")?;
     let maps = Maps::from_pins(layout)?;
     let contents = maps.read()?;
     let endpoints = &contents.endpoints;
@@ -398,7 +398,8 @@ fn run(ebpf: &mut Ebpf, ifindex: u32, request: &TraceRequest) -> anyhow::Result<
         .context("the trace program wrote no result")
 }
 
-fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
+/// A rule id in words, from what the rules map says of it (`info`); none for id 0.
+pub fn rule_report(id: u32, info: Option<RuleInfo>) -> Option<RuleReport> {
     if id == 0 {
         return None;
     }
@@ -472,10 +473,10 @@ pub fn text(report: &TraceReport) -> String {
         report.endpoint, report.direction, report.verdict, report.decided_by
     );
     if let Some(rule) = &report.decided_by_rule {
-        out.push_str(&format!("\nrule:       {}", describe(rule)));
+        out.push_str(&format!("\nrule:       {}", describe_rule(rule)));
     }
     if let Some(rule) = &report.logged_by {
-        out.push_str(&format!("\nlogged by:  {}", describe(rule)));
+        out.push_str(&format!("\nlogged by:  {}", describe_rule(rule)));
     }
     if let Some(then) = &report.then {
         out.push_str(&format!("\nthen:       {then}"));
@@ -507,7 +508,8 @@ fn whereabouts(location: &Location) -> String {
     out
 }
 
-fn describe(rule: &RuleReport) -> String {
+/// A rule in words: `tier default, NetworkPolicy:ns/name, rule 0 (Deny)`.
+pub fn describe_rule(rule: &RuleReport) -> String {
     let mut parts = Vec::new();
     if let Some(tier) = &rule.tier {
         parts.push(format!("tier {tier}"));

@@ -270,6 +270,67 @@ mod privileged {
         }
 
         #[test]
+        fn host_endpoint_drops_are_reported_as_drop_events() {
+            use calico_ebpf_common::{DropEvent, DropEventControl, direction};
+
+            let deny_all = gnp(
+                "deny-all",
+                "{selector: role == 'edge', types: [Ingress, Egress], ingress: [{action: Deny}], \
+                 egress: [{action: Deny}]}",
+            );
+            let mut f = Fixture::new(&deny_all, false);
+            let mut control: aya::maps::Array<_, DropEventControl> = f
+                .ebpf
+                .take_map("cali_drop_ctl")
+                .expect("control map")
+                .try_into()
+                .expect("array");
+            let mut ring: aya::maps::RingBuf<_> = f
+                .ebpf
+                .take_map("cali_drop_evts")
+                .expect("ring buffer")
+                .try_into()
+                .expect("ring buffer");
+            let now = calico_loader::dataplane::conntrack::monotonic_ns();
+            let selection =
+                calico_loader::events::Selection::new(1000, Some(1000), 1).expect("selection");
+            control
+                .set(
+                    0,
+                    selection.control(now + 5_000_000_000, std::process::id()),
+                    0,
+                )
+                .expect("register a listener");
+
+            assert_eq!(f.arriving(&syn_to_host(8080)), TC_ACT_SHOT);
+            let out = tcp_v4_frame(TO_US, HOST_V4, REMOTE_V4, 41000, 443, SYN);
+            assert_eq!(f.leaving(&out), TC_ACT_SHOT);
+            // A failsafe flow is no drop.
+            assert_eq!(f.arriving(&syn_to_host(22)), TC_ACT_OK);
+
+            let mut got: Vec<DropEvent> = Vec::new();
+            while let Some(item) = ring.next() {
+                got.push(calico_loader::events::decode(&item).expect("a whole record"));
+            }
+            assert_eq!(got.len(), 2, "{got:?}");
+            for event in &got {
+                assert_eq!(event.reason, DropReason::PolicyDenied as u8);
+                assert_eq!(event.ifindex, LO, "the host endpoint's interface");
+                assert_eq!((event.family, event.proto), (4, 6));
+                assert_ne!(event.rule, 0, "the rule that denied");
+            }
+            assert_eq!(got[0].direction, direction::INGRESS);
+            assert_eq!((got[0].sport, got[0].dport), (40000, 8080));
+            assert_eq!(got[1].direction, direction::EGRESS);
+            assert_eq!((got[1].sport, got[1].dport), (41000, 443));
+            assert_eq!(
+                f.hep_counters().drops[DropReason::PolicyDenied as usize],
+                2,
+                "counted as well"
+            );
+        }
+
+        #[test]
         fn without_policy_the_host_is_closed_but_forwarded_traffic_passes() {
             let mut f = Fixture::new("", false);
             assert_eq!(f.arriving(&syn_to_host(8080)), TC_ACT_SHOT);

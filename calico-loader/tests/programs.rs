@@ -527,6 +527,160 @@ mod privileged {
         assert_eq!(c.fwd_packets, 0);
     }
 
+    /// The drop event maps of a fixture's object, taken out of it: the listener's control slot,
+    /// the per-CPU statistics and the ring buffer.
+    struct DropEventMaps {
+        control: aya::maps::Array<aya::maps::MapData, calico_ebpf_common::DropEventControl>,
+        stats: aya::maps::PerCpuArray<aya::maps::MapData, calico_ebpf_common::DropEventStats>,
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+    }
+
+    impl DropEventMaps {
+        fn take(f: &mut Fixture) -> Self {
+            let mut take = |name: &str| f.ebpf.take_map(name).expect(name);
+            Self {
+                control: take("cali_drop_ctl").try_into().expect("array"),
+                stats: take("cali_drop_stats").try_into().expect("per-CPU array"),
+                ring: take("cali_drop_evts").try_into().expect("ring buffer"),
+            }
+        }
+
+        /// Registers a listener with this selection, its lease running out `lease_ns` from now
+        /// (negative: already out).
+        fn listen(&mut self, rate: u32, burst: u32, sample: u32, lease_ns: i64) {
+            let now = calico_loader::dataplane::conntrack::monotonic_ns();
+            let selection = calico_loader::events::Selection::new(rate, Some(burst), sample)
+                .expect("valid selection");
+            let until = now.saturating_add_signed(lease_ns);
+            self.control
+                .set(0, selection.control(until, std::process::id()), 0)
+                .expect("write the control slot");
+        }
+
+        fn stop(&mut self) {
+            self.control
+                .set(0, calico_ebpf_common::DropEventControl::default(), 0)
+                .expect("clear the control slot");
+        }
+
+        fn drain(&mut self) -> Vec<calico_ebpf_common::DropEvent> {
+            let mut events = Vec::new();
+            while let Some(item) = self.ring.next() {
+                events.push(calico_loader::events::decode(&item).expect("a whole record"));
+            }
+            events
+        }
+
+        fn stats(&self) -> calico_ebpf_common::DropEventStats {
+            let mut total = calico_ebpf_common::DropEventStats::default();
+            for cpu in self.stats.get(&0, 0).expect("statistics").iter() {
+                total.accumulate(cpu);
+            }
+            total
+        }
+    }
+
+    #[test]
+    fn drop_events_are_built_only_while_a_listener_holds_the_lease() {
+        use calico_ebpf_common::direction;
+
+        let mut f = Fixture::new();
+        let mut events = DropEventMaps::take(&mut f);
+        let spoofed = udp_v4_frame(SENDER_MAC, RECEIVER_V4, SENDER_V4, 64, &[]);
+        let spoofed_v6 = udp_v6_frame(SENDER_MAC, RECEIVER_V6, SENDER_V6, 64);
+
+        // Nobody listens: dropped and counted, nothing built.
+        for _ in 0..3 {
+            assert_eq!(f.run_tc(&spoofed).0, TC_ACT_SHOT);
+        }
+        assert_eq!(
+            f.counters(SENDER_IFINDEX).drops[DropReason::SpoofedSource as usize],
+            3
+        );
+        assert_eq!(events.stats().seen, 0, "drops seen without a listener");
+        assert!(events.drain().is_empty(), "events without a listener");
+
+        // A listener: every drop becomes an event describing the packet.
+        events.listen(1000, 1000, 1, 5_000_000_000);
+        assert_eq!(f.run_tc(&spoofed).0, TC_ACT_SHOT);
+        assert_eq!(f.run_tc(&spoofed_v6).0, TC_ACT_SHOT);
+        assert_eq!(f.run_xdp(&spoofed).0, XDP_DROP);
+        // (BPF_PROG_TEST_RUN builds no skb from it: XDP.)
+        let truncated = spoofed[..14 + 12].to_vec();
+        assert_eq!(f.run_xdp(&truncated).0, XDP_DROP);
+        let got = events.drain();
+        assert_eq!(got.len(), 4, "{got:?}");
+        for event in &got[..3] {
+            assert_eq!(event.reason, DropReason::SpoofedSource as u8);
+            assert_eq!(event.direction, direction::EGRESS);
+            assert_eq!(event.ifindex, SENDER_IFINDEX);
+            assert_eq!((event.proto, event.sport, event.dport), (17, 40000, 5201));
+            assert_eq!(event.rule, 0);
+            assert!(event.timestamp_ns > 0);
+        }
+        assert_eq!(got[0].family, 4);
+        assert_eq!(got[0].src[..4], RECEIVER_V4.octets());
+        assert_eq!(got[0].dst[..4], SENDER_V4.octets());
+        assert_eq!(got[0].len as usize, spoofed.len());
+        assert_eq!(got[1].family, 6);
+        assert_eq!(got[1].src, RECEIVER_V6.octets());
+        assert_eq!(
+            got[2].src[..4],
+            RECEIVER_V4.octets(),
+            "XDP reports the same"
+        );
+        // A packet whose headers were not read: the reason, no addresses.
+        assert_eq!(got[3].reason, DropReason::Malformed as u8);
+        assert_eq!((got[3].family, got[3].src), (0, [0; 16]));
+        let stats = events.stats();
+        assert_eq!((stats.seen, stats.submitted), (4, 4));
+
+        // A lease that ran out (a listener that was killed) and a cleared one: nothing more.
+        events.listen(1000, 1000, 1, -1);
+        assert_eq!(f.run_tc(&spoofed).0, TC_ACT_SHOT);
+        events.stop();
+        assert_eq!(f.run_tc(&spoofed).0, TC_ACT_SHOT);
+        assert!(events.drain().is_empty());
+        assert_eq!(events.stats().seen, 4);
+        assert_eq!(
+            f.counters(SENDER_IFINDEX).drops[DropReason::SpoofedSource as usize],
+            3 + 3 + 2,
+            "every drop is counted, listened to or not"
+        );
+    }
+
+    #[test]
+    fn drop_events_are_sampled_then_rate_limited_on_each_cpu() {
+        let mut f = Fixture::new();
+        let mut events = DropEventMaps::take(&mut f);
+        let spoofed = udp_v4_frame(SENDER_MAC, RECEIVER_V4, SENDER_V4, 64, &[]);
+        // One in 4 drops, then 10 at once and one a second: BPF_PROG_TEST_RUN repeats the
+        // program on one CPU, well within a second.
+        events.listen(1, 10, 4, 5_000_000_000);
+        let program: &mut SchedClassifier = f
+            .ebpf
+            .program_mut(program_names::TC_FROM_WORKLOAD)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        let mut out = vec![0u8; spoofed.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&spoofed);
+        opts.data_out = Some(&mut out);
+        opts.repeat = 1000;
+        assert_eq!(
+            program.test_run(opts).expect("test run").return_value,
+            TC_ACT_SHOT
+        );
+        let stats = events.stats();
+        assert_eq!(stats.seen, 1000);
+        assert_eq!(stats.sampled_out, 750);
+        assert_eq!(stats.submitted, 10);
+        assert_eq!(stats.rate_limited, 240);
+        assert_eq!(stats.ring_full, 0);
+        assert_eq!(events.drain().len(), 10);
+    }
+
     #[test]
     fn allowed_spoof_prefixes_are_accepted() {
         let mut f = Fixture::new();
@@ -789,6 +943,8 @@ mod privileged {
             program_names::TC_FROM_WORKLOAD,
             program_names::TC_TO_WORKLOAD,
             program_names::TC_FROM_DATA,
+            program_names::TC_HOST_ENDPOINT_INGRESS,
+            program_names::TC_HOST_ENDPOINT_EGRESS,
             program_names::TRACE,
         ] {
             let program: &mut SchedClassifier = ebpf

@@ -29,7 +29,7 @@ mod privileged {
     use aya::maps::MapInfo;
     use calico_ebpf_common::{
         ConntrackValue,
-        maps::{Conntrack, MapSpec},
+        maps::{Conntrack, Counters, Endpoints, MapSpec},
     };
 
     use crate::support::topology::{Agent, Datastore, Topology, Workload, loader_bin, unique};
@@ -380,7 +380,7 @@ mod privileged {
     }
 
     #[test]
-    fn a_new_conntrack_size_is_applied_at_restart_keeping_the_flows() {
+    fn new_conntrack_and_endpoint_map_sizes_are_applied_at_restart_keeping_the_flows() {
         let topology = Topology::new(2);
         let datastore = Datastore::new();
         write_endpoints(&datastore, &topology);
@@ -402,14 +402,23 @@ mod privileged {
             Conntrack::DEF.max_entries
         );
 
-        // Restarted with another BPFMapSizeConntrack: the table is replaced, flows and all.
+        let entries = |name: &str| {
+            MapInfo::from_pin(pin_path.join(name))
+                .unwrap_or_else(|e| panic!("{name} pinned: {e}"))
+                .max_entries()
+        };
+        assert_eq!(entries(Endpoints::DEF.name), Endpoints::DEF.max_entries);
+
+        // Restarted with another BPFMapSizeConntrack and BPFMapSizeIfState: the conntrack table
+        // is replaced, flows and all; the endpoint map is replaced and refilled, and the
+        // counters map with it.
         old.forget();
         let new = Agent::start_with_pins(
             &topology,
             &datastore,
             "upgrade-node",
             pin_path.clone(),
-            &["--conntrack-size", "65536"],
+            &["--conntrack-size", "65536", "--endpoint-map-size", "4096"],
         );
         wait_for_log(&new, "upgrade of the pinned maps finished");
         assert_eq!(
@@ -418,6 +427,16 @@ mod privileged {
                 .max_entries(),
             65536,
             "the pinned table has the new size"
+        );
+        assert_eq!(
+            entries(Endpoints::DEF.name),
+            4096,
+            "the endpoint map's new size"
+        );
+        assert_eq!(
+            entries(Counters::DEF.name),
+            4097,
+            "the counters map's new size"
         );
         thread::sleep(Duration::from_secs(1));
         let after = stream_entry(loader_bin(), &new);

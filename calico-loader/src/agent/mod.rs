@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     /// Entries of the conntrack table.
     pub conntrack_entries: u32,
+    /// Entries of the endpoint map: the workload interfaces this host can serve.
+    pub endpoint_entries: u32,
     /// Felix's configuration in force (`conntrack_entries` and `data_interfaces` are its
     /// values), and the sources other than the datastore, to check changes against.
     pub felix: crate::felix_config::FelixConfig,
@@ -139,7 +141,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::start(
         config.layout.clone(),
         config.mode,
-        config.conntrack_entries,
+        crate::dataplane::MapSizes {
+            conntrack: config.conntrack_entries,
+            endpoints: config.endpoint_entries,
+        },
         config.data_interfaces.clone(),
     )
     .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
@@ -152,6 +157,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let mut log_limiter = LogLimiter::default();
     let mut conntrack_scan = tokio::time::interval(crate::dataplane::conntrack::SCAN_INTERVAL);
+    let mut conntrack_full = crate::dataplane::conntrack::FullWatch::default();
+    metrics
+        .conntrack_max_entries
+        .set(i64::from(config.conntrack_entries));
+    metrics
+        .endpoint_map_max_entries
+        .set(i64::from(config.endpoint_entries));
     info!(
         node = %config.node,
         datastore = %config.datastore,
@@ -271,6 +283,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 metrics
                     .bpf_dataplane_endpoints
                     .set(gauge_value(dataplane.attached().len()));
+                metrics
+                    .endpoint_map_overflow
+                    .set(gauge_value(report.over_capacity));
                 health_state.applied_in_sync |= sync.complete;
                 if let Some(dhcp) = &dhcp {
                     let pools: Vec<ipnet::Ipv4Net> = sync
@@ -367,6 +382,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                             metrics.bpf_conntrack_cleaned.set(gauge_value(sweep.removed));
                             if sweep.removed > 0 {
                                 debug!(removed = sweep.removed, "expired conntrack entries removed");
+                            }
+                            metrics.conntrack_evictions.inc_by(sweep.evicted as u64);
+                            if conntrack_full.filled(sweep.evicted) {
+                                warn!(
+                                    entries = sweep.used,
+                                    size = config.conntrack_entries,
+                                    evicted = sweep.evicted,
+                                    "the conntrack table is full: new flows evict the least \
+                                     recently used entries, whose flows policy then judges again \
+                                     on their next packet (raise BPFMapSizeConntrack)"
+                                );
                             }
                         }
                         Err(e) => warn!("scanning conntrack: {e}"),

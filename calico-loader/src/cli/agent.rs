@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// room, so active flows keep working. Overrides Felix's BPFMapSizeConntrack.
     #[arg(long)]
     pub conntrack_size: Option<String>,
+    /// Entries of the endpoint map: the workload interfaces this host can serve. Endpoints
+    /// beyond it are reported and left unprogrammed (their traffic is dropped). Overrides
+    /// Felix's BPFMapSizeIfState.
+    #[arg(long)]
+    pub endpoint_map_size: Option<String>,
     /// Felix's configuration file (INI, section [global]); a missing file is no layer.
     #[arg(long, default_value = felix_config::DEFAULT_CONFIG_FILE)]
     pub felix_config_file: PathBuf,
@@ -189,7 +194,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // and what a previous agent left attached keeps forwarding.
     let sources = local_sources(
         &args.felix_config_file,
-        args.conntrack_size.as_deref(),
+        SizeFlags {
+            conntrack: args.conntrack_size.as_deref(),
+            endpoints: args.endpoint_map_size.as_deref(),
+        },
         args.data_interfaces.as_deref(),
         &args.monitoring,
     )?;
@@ -206,6 +214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         detach_on_exit: args.detach_on_exit,
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
         conntrack_entries: felix.bpf_map_size_conntrack.value,
+        endpoint_entries: felix.bpf_map_size_if_state.value,
         felix_sources: sources,
         felix,
         node_settings: NodeSettings {
@@ -256,16 +265,26 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The map size flags, as given.
+#[derive(Clone, Copy, Default)]
+struct SizeFlags<'a> {
+    conntrack: Option<&'a str>,
+    endpoints: Option<&'a str>,
+}
+
 /// The file, the environment and the flags that set Felix settings.
 fn local_sources(
     file: &std::path::Path,
-    conntrack_size: Option<&str>,
+    sizes: SizeFlags<'_>,
     data_interfaces: Option<&str>,
     monitoring: &MonitoringArgs,
 ) -> anyhow::Result<LocalSources> {
     let mut flags = monitoring.flags();
-    if let Some(size) = conntrack_size {
+    if let Some(size) = sizes.conntrack {
         flags.push(("BPFMapSizeConntrack", size.to_string(), "--conntrack-size"));
+    }
+    if let Some(size) = sizes.endpoints {
+        flags.push(("BPFMapSizeIfState", size.to_string(), "--endpoint-map-size"));
     }
     if let Some(pattern) = data_interfaces {
         flags.push((
@@ -370,6 +389,9 @@ pub struct ConfigShowArgs {
     /// As `run --conntrack-size`.
     #[arg(long)]
     pub conntrack_size: Option<String>,
+    /// As `run --endpoint-map-size`.
+    #[arg(long)]
+    pub endpoint_map_size: Option<String>,
     /// As `run --data-interfaces`.
     #[arg(long, value_name = "REGEX")]
     pub data_interfaces: Option<String>,
@@ -388,7 +410,10 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
     let node = node_name(args.node)?;
     let sources = local_sources(
         &args.felix_config_file,
-        args.conntrack_size.as_deref(),
+        SizeFlags {
+            conntrack: args.conntrack_size.as_deref(),
+            endpoints: args.endpoint_map_size.as_deref(),
+        },
         args.data_interfaces.as_deref(),
         &MonitoringArgs::default(),
     )?;

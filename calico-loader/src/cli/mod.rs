@@ -10,14 +10,16 @@
 //! - [`node`]: `node status`, this node's BGP sessions.
 //! - [`dump`]: `dump routes|endpoints|counters|conntrack|rules`, the pinned maps.
 //! - [`trace`]: `trace`, why a packet is allowed or dropped.
+//! - [`events`]: `events`, dropped packets as they happen.
 //! - [`microbench`]: `microbench`, the programs' cost through BPF_PROG_TEST_RUN.
 //! - [`bird_bench`]: `bird-bench`, building and rendering BIRD's configuration for N nodes.
-//! - [`output`]: the table-or-JSON choice of `dump` and `trace`.
+//! - [`output`]: the table-or-JSON choice of `dump`, `trace` and `events`.
 
 pub mod agent;
 pub mod bird_bench;
 pub mod cni;
 pub mod dump;
+pub mod events;
 pub mod ipam;
 pub mod microbench;
 pub mod node;
@@ -77,6 +79,10 @@ pub enum Command {
     /// the arguments (BPF_PROG_TEST_RUN), changing nothing. Against the running agent's maps,
     /// or, with --datastore, a "what if" for a directory of resources.
     Trace(trace::TraceArgs),
+    /// Dropped packets as they happen: the endpoint, direction, packet, reason and, for policy,
+    /// the tier, policy and rule that denied. Sampled and rate-limited in the kernel, which
+    /// builds events only while this command runs.
+    Events(events::EventsArgs),
     /// Felix's configuration: `config show` prints the effective settings and their sources.
     Config(agent::ConfigArgs),
     /// Detach every program, remove the pinned maps and links and the kernel routes the agent
@@ -105,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Microbench(args) => microbench::run(&args),
         Command::BirdBench(args) => bird_bench::run(&args),
         Command::Trace(args) => trace::run(args),
+        Command::Events(args) => events::run(args).await,
         Command::Config(args) => agent::config(args).await,
         Command::Cleanup(args) => agent::cleanup(&args).await,
     }

@@ -10,11 +10,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::MapError;
-use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags, map_names, maps as spec};
+use calico_ebpf_common::{
+    ConntrackCounters, ConntrackKey, ConntrackValue, conntrack_flags, map_names, maps as spec,
+};
 
 use super::{
     bpffs::PinLayout,
-    handles::{HandleError, MapSource},
+    handles::{Handle, HandleError, MapSource},
     maps::ConntrackMap,
 };
 
@@ -38,9 +40,19 @@ impl From<HandleError> for ConntrackError {
     }
 }
 
-/// The conntrack map.
+/// The conntrack map, and (for the agent's sweeps) the programs' conntrack counts.
 pub struct Conntrack {
     map: ConntrackMap,
+    stats: Option<Handle<spec::ConntrackStats>>,
+    /// What the last sweep left, to tell evictions from the counts.
+    last: Option<Balance>,
+}
+
+/// The table's use after a sweep, and the programs' counts read before it.
+#[derive(Clone, Copy, Debug)]
+struct Balance {
+    used: usize,
+    counts: ConntrackCounters,
 }
 
 /// The clock the programs stamp entries with (`bpf_ktime_get_coarse_ns`:
@@ -60,13 +72,17 @@ impl Conntrack {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, ConntrackError> {
         Ok(Self {
             map: ebpf.open::<spec::Conntrack>()?,
+            stats: Some(ebpf.open::<spec::ConntrackStats>()?),
+            last: None,
         })
     }
 
-    /// Opens the table a running (or previous) agent pinned.
+    /// Opens the table a running (or previous) agent pinned, to read it.
     pub fn from_pin(mut layout: &PinLayout) -> Result<Self, ConntrackError> {
         Ok(Self {
             map: layout.open::<spec::Conntrack>()?,
+            stats: None,
+            last: None,
         })
     }
 
@@ -80,8 +96,16 @@ impl Conntrack {
         Ok(self.sweep()?.removed)
     }
 
-    /// Removes expired entries, and says how many were there and how many went.
+    /// Removes expired entries, and says how many are left, how many went, and how many the
+    /// table evicted since the last sweep to make room for new flows: the entries the last
+    /// sweep left, plus those the programs created, less those they and this sweep removed,
+    /// less those left now. An estimate: a flow opened while the table is read counts in the
+    /// next sweep's balance instead of this one's.
     pub fn sweep(&mut self) -> Result<Sweep, ConntrackError> {
+        let counts = match &self.stats {
+            Some(stats) => Some(sum_counters(stats)?),
+            None => None,
+        };
         let now = monotonic_ns();
         let entries = self.entries();
         let scanned = entries.len();
@@ -100,11 +124,35 @@ impl Conntrack {
                 Err(e) => return Err(e.into()),
             }
         }
+        let used = scanned - removed;
+        let evicted = match (self.last, counts) {
+            (Some(last), Some(counts)) => {
+                let created = counts.created.saturating_sub(last.counts.created);
+                let dropped = counts.removed.saturating_sub(last.counts.removed);
+                let expected =
+                    (last.used as u64 + created).saturating_sub(dropped + removed as u64);
+                expected.saturating_sub(used as u64) as usize
+            }
+            _ => 0,
+        };
+        if let Some(counts) = counts {
+            self.last = Some(Balance { used, counts });
+        }
         Ok(Sweep {
-            used: scanned - removed,
+            used,
             removed,
+            evicted,
         })
     }
+}
+
+fn sum_counters(stats: &Handle<spec::ConntrackStats>) -> Result<ConntrackCounters, ConntrackError> {
+    let per_cpu = stats.get(&0, 0)?;
+    let mut total = ConntrackCounters::default();
+    for cpu in per_cpu.iter() {
+        total.accumulate(cpu);
+    }
+    Ok(total)
 }
 
 /// What a sweep of the conntrack table found.
@@ -114,6 +162,31 @@ pub struct Sweep {
     pub used: usize,
     /// Expired entries removed.
     pub removed: usize,
+    /// Entries the table evicted since the last sweep (an estimate; 0 at the first sweep).
+    pub evicted: usize,
+}
+
+/// The programs' conntrack counts (entries created and removed, new flows whose entry the
+/// table could not take), summed over CPUs, from the pins.
+pub fn pinned_counters(mut layout: &PinLayout) -> Result<ConntrackCounters, ConntrackError> {
+    sum_counters(&layout.open::<spec::ConntrackStats>()?)
+}
+
+/// Whether the table is full, from the sweeps: said once when it starts evicting entries, and
+/// again only after a sweep that found no eviction.
+#[derive(Debug, Default)]
+pub struct FullWatch {
+    full: bool,
+}
+
+impl FullWatch {
+    /// Takes a sweep's count of evicted entries; true when the table has just filled (to log
+    /// it).
+    pub fn filled(&mut self, evicted: usize) -> bool {
+        let filled = !self.full && evicted > 0;
+        self.full = evicted > 0;
+        filled
+    }
 }
 
 /// An address of a conntrack key, in its family.
@@ -148,5 +221,20 @@ pub fn state(key: &ConntrackKey, value: &ConntrackValue) -> &'static str {
         "syn-received"
     } else {
         "syn-sent"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_is_reported_once_until_a_sweep_finds_no_eviction() {
+        let mut watch = FullWatch::default();
+        assert!(!watch.filled(0));
+        assert!(watch.filled(12), "filled");
+        assert!(!watch.filled(40), "still full: said already");
+        assert!(!watch.filled(0), "room again");
+        assert!(watch.filled(1), "filled again");
     }
 }

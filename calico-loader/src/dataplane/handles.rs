@@ -7,7 +7,7 @@
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use calico_ebpf_common::maps::{MapSpec, kind};
 
@@ -32,6 +32,10 @@ pub trait HandleKind<K, V> {
 
 impl<K: Pod, V: Pod> HandleKind<K, V> for kind::Hash {
     type Handle = HashMap<MapData, K, V>;
+}
+
+impl<V: Pod> HandleKind<u32, V> for kind::Array {
+    type Handle = Array<MapData, V>;
 }
 
 impl<K: Pod, V: Pod> HandleKind<K, V> for kind::LruHash {

@@ -133,6 +133,24 @@ impl Maps {
     pub fn from_pins(layout: &PinLayout) -> Result<Self, MapsError> {
         Self::open(&mut &*layout)
     }
+
+    /// How many endpoint entries the endpoint map can hold (`BPFMapSizeIfState`).
+    pub fn endpoint_capacity(&self) -> Result<u32, MapsError> {
+        use aya::maps::IterableMap as _;
+        self.endpoints
+            .map()
+            .info()
+            .map(|info| info.max_entries())
+            .map_err(map_err(map_names::ENDPOINTS))
+    }
+
+    /// The ifindexes that have an endpoint entry now.
+    pub fn endpoint_ifindexes(&self) -> Result<BTreeSet<u32>, MapsError> {
+        self.endpoints
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::ENDPOINTS))
+    }
 }
 
 // The forwarding maps' contents: what the endpoint and route managers want them to hold, read
@@ -265,16 +283,18 @@ impl Maps {
         let mut stats = ReconcileStats::default();
 
         // Endpoints (and their counters) first: the programs look an interface up before
-        // anything else, and the routes pointing at it must find it there.
+        // anything else, and the routes pointing at it must find it there. The entries of
+        // interfaces that went (their programs are detached already) go first, so that a full
+        // map makes room for the new ones.
         let (write, remove) = diff(&current.endpoints, &desired.endpoints);
         let name = map_names::ENDPOINTS;
+        for ifindex in &remove {
+            self.endpoints.remove(ifindex).map_err(map_err(name))?;
+        }
         for (ifindex, info) in &write {
             self.endpoints
                 .insert(*ifindex, *info, 0)
                 .map_err(map_err(name))?;
-        }
-        for ifindex in &remove {
-            self.endpoints.remove(ifindex).map_err(map_err(name))?;
         }
         stats += ReconcileStats {
             written: write.len(),
@@ -429,17 +449,18 @@ impl Maps {
             .keys()
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::COUNTERS))?;
+        // The entries of endpoints that went first: a full map makes room for the new ones.
+        for ifindex in present.difference(&wanted) {
+            self.counters
+                .remove(ifindex)
+                .map_err(map_err(map_names::COUNTERS))?;
+        }
         let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e.to_string()))?;
         for ifindex in wanted.difference(&present) {
             let zeroes = PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
                 .map_err(|e| MapsError::Cpus(e.to_string()))?;
             self.counters
                 .insert(ifindex, zeroes, 0)
-                .map_err(map_err(map_names::COUNTERS))?;
-        }
-        for ifindex in present.difference(&wanted) {
-            self.counters
-                .remove(ifindex)
                 .map_err(map_err(map_names::COUNTERS))?;
         }
         Ok(())

@@ -62,8 +62,8 @@ use self::{
 pub use self::{
     error::DataplaneError,
     object::{
-        KERNEL_OBJECT, load_object, load_object_for_agent, load_object_with, load_private_object,
-        remove_pins,
+        KERNEL_OBJECT, MapSizes, load_object, load_object_for_agent, load_object_with,
+        load_private_object, remove_pins,
     },
     switch::map_contents,
 };
@@ -111,6 +111,8 @@ pub struct ApplyReport {
     pub policy_entries: usize,
     /// Problems with single endpoints; the others were programmed regardless.
     pub errors: Vec<String>,
+    /// Endpoints left unprogrammed because the endpoint map is full (each also in `errors`).
+    pub over_capacity: usize,
     /// The tap endpoints (VMs) with an IPv4 address: the agent's DHCP server answers them.
     pub dhcp_clients: Vec<crate::dhcp::Client>,
     /// This apply finished an upgrade of the pinned maps.
@@ -139,10 +141,10 @@ impl Dataplane {
     pub fn start(
         layout: PinLayout,
         mode: AttachMode,
-        conntrack_entries: u32,
+        sizes: MapSizes,
         data_interfaces: Regex,
     ) -> Result<Self, DataplaneError> {
-        let (mut ebpf, upgrade) = load_object_for_agent(&layout, conntrack_entries)?;
+        let (mut ebpf, upgrade) = load_object_for_agent(&layout, sizes)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         let nodes = maps.read()?.nodes;
         let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
@@ -289,6 +291,7 @@ impl Dataplane {
         report.map_changes = switched.map_changes;
         report.policy_entries_removed = switched.entries_removed;
         report.policy_entries = switched.entries;
+        report.over_capacity = switched.over_capacity;
 
         // Programs come to new interfaces once their entries are written.
         let attached = self

@@ -8,7 +8,7 @@
 //! (links and maps) is the other end of the same life cycle.
 
 use aya::{Ebpf, EbpfLoader};
-use calico_ebpf_common::maps::{Conntrack, MapDef, MapSpec, Versions};
+use calico_ebpf_common::maps::{Conntrack, Counters, Endpoints, MapDef, MapSpec, Versions};
 
 use super::{
     attach,
@@ -23,40 +23,93 @@ use super::{
 pub static KERNEL_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calico-ebpf"));
 
-/// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
-/// agent restart) or creating and pinning them, with the default conntrack size.
-pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
-    load_object_with(layout, Conntrack::DEF.max_entries)
+/// The sizes of the maps the configuration sets (Felix's `BPFMapSize*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries of the conntrack table (`BPFMapSizeConntrack`).
+    pub conntrack: u32,
+    /// Entries of the endpoint map (`BPFMapSizeIfState`): the workload interfaces this host
+    /// can serve. The counters map has one more, for the interfaces without an endpoint.
+    pub endpoints: u32,
 }
 
-/// [`load_object`] with a conntrack table of `conntrack_entries` entries, for the commands that
-/// read the running agent's maps: pinned maps that need an upgrade (another layout version,
-/// or a conntrack table of another size) are refused, since only the agent upgrades them.
-pub fn load_object_with(
-    layout: &PinLayout,
-    conntrack_entries: u32,
-) -> Result<Ebpf, DataplaneError> {
-    let plan = plan(layout, conntrack_entries)?;
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            conntrack: Conntrack::DEF.max_entries,
+            endpoints: Endpoints::DEF.max_entries,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The sizes of the maps pinned under `layout`, each map's default where none is pinned
+    /// (for commands that load the programs over a running agent's maps).
+    pub fn pinned(layout: &PinLayout) -> Result<Self, DataplaneError> {
+        let size = |name: &str, default: u32| -> Result<u32, DataplaneError> {
+            let path = layout.map(name);
+            if !path.exists() {
+                return Ok(default);
+            }
+            aya::maps::MapInfo::from_pin(&path)
+                .map(|info| info.max_entries())
+                .map_err(|source| DataplaneError::InspectPin { path, source })
+        };
+        let defaults = Self::default();
+        Ok(Self {
+            conntrack: size(Conntrack::DEF.name, defaults.conntrack)?,
+            endpoints: size(Endpoints::DEF.name, defaults.endpoints)?,
+        })
+    }
+
+    /// The number of entries of the map `def` at these sizes: a configured size, or its
+    /// definition's.
+    pub fn entries(&self, def: &MapDef) -> u32 {
+        if def.name == Conntrack::DEF.name {
+            self.conntrack
+        } else if def.name == Endpoints::DEF.name {
+            self.endpoints
+        } else if def.name == Counters::DEF.name {
+            // One more, for the interfaces without an endpoint.
+            self.endpoints.saturating_add(1)
+        } else {
+            def.max_entries
+        }
+    }
+}
+
+/// Loads the kernel object, reusing the maps pinned under `layout` (so that state survives an
+/// agent restart) or creating and pinning them, with the default sizes.
+pub fn load_object(layout: &PinLayout) -> Result<Ebpf, DataplaneError> {
+    load_object_with(layout, MapSizes::default())
+}
+
+/// [`load_object`] with the map sizes `sizes`, for the commands that read the running agent's
+/// maps: pinned maps that need an upgrade (another layout version, or another size) are
+/// refused, since only the agent upgrades them.
+pub fn load_object_with(layout: &PinLayout, sizes: MapSizes) -> Result<Ebpf, DataplaneError> {
+    let plan = plan(layout, sizes)?;
     if plan.is_upgrade() {
         return Err(VersionError::UpgradeNeeded {
             maps: plan.describe(),
         }
         .into());
     }
-    load_planned(layout, conntrack_entries, &plan)
+    load_planned(layout, sizes, &plan)
 }
 
-/// Loads the kernel object for the agent, with a conntrack table of `conntrack_entries`
-/// entries: maps pinned by an agent of this version are reused, and those of an older version
-/// or another size are replaced, make-before-break ([`upgrade`]). A map of a newer version,
-/// or one whose state cannot be converted, is refused ([`versions`]).
+/// Loads the kernel object for the agent, with the map sizes `sizes`: maps pinned by an agent
+/// of this version are reused, and those of an older version or another size (a new
+/// `BPFMapSizeConntrack` or `BPFMapSizeIfState`) are replaced, make-before-break
+/// ([`upgrade`]). A map of a newer version, or one whose state cannot be converted, is refused
+/// ([`versions`]).
 pub fn load_object_for_agent(
     layout: &PinLayout,
-    conntrack_entries: u32,
+    sizes: MapSizes,
 ) -> Result<(Ebpf, Option<Upgrade>), DataplaneError> {
-    let plan = plan(layout, conntrack_entries)?;
+    let plan = plan(layout, sizes)?;
     upgrade::prepare_staging(layout, &plan)?;
-    let ebpf = load_planned(layout, conntrack_entries, &plan)?;
+    let ebpf = load_planned(layout, sizes, &plan)?;
     let upgrade = Upgrade::new(layout, &plan);
     if let Some(upgrade) = &upgrade {
         tracing::info!(maps = %plan.describe(), "upgrading the pinned maps");
@@ -72,26 +125,25 @@ pub fn load_object_for_agent(
     Ok((ebpf, upgrade))
 }
 
-fn plan(layout: &PinLayout, conntrack_entries: u32) -> Result<MapPlan, DataplaneError> {
+fn plan(layout: &PinLayout, sizes: MapSizes) -> Result<MapPlan, DataplaneError> {
     layout.prepare()?;
-    let entries = |def: &MapDef| {
-        if def.name == Conntrack::DEF.name {
-            conntrack_entries
-        } else {
-            def.max_entries
-        }
-    };
-    Ok(versions::plan(layout, entries, upgrade::can_convert)?)
+    Ok(versions::plan(
+        layout,
+        |def| sizes.entries(def),
+        upgrade::can_convert,
+    )?)
 }
 
 /// Loads the object with each map adopted, created or staged as `plan` says.
 fn load_planned(
     layout: &PinLayout,
-    conntrack_entries: u32,
+    sizes: MapSizes,
     plan: &MapPlan,
 ) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(Conntrack::DEF.name, conntrack_entries);
+    for def in [Conntrack::DEF, Endpoints::DEF, Counters::DEF] {
+        loader.map_max_entries(def.name, sizes.entries(&def));
+    }
     for (def, action) in &plan.maps {
         let path = match action {
             MapAction::Create | MapAction::Adopt => layout.map(def.name),

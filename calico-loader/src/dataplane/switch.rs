@@ -79,6 +79,8 @@ pub struct Switched {
     pub entries_removed: usize,
     /// Policy map entries in use after the switch.
     pub entries: usize,
+    /// Endpoints left unprogrammed because the endpoint map is full.
+    pub over_capacity: usize,
 }
 
 /// Brings the compiled policies of `endpoints` (each with its interface) into force, in the
@@ -150,6 +152,23 @@ pub fn switch_policy(
             }
         }
     }
+    let capacity = maps.endpoint_capacity()? as usize;
+    let (programmed, over) = fit(programmed, &maps.endpoint_ifindexes()?, capacity);
+    if unprogrammed == Unprogrammed::Fail
+        && let Some((endpoint, _, _)) = over.first()
+    {
+        return Err(DataplaneError::Unprogrammed(format!(
+            "endpoint {}: the endpoint map is full ({capacity} entries)",
+            endpoint.key
+        )));
+    }
+    for (endpoint, link, _) in &over {
+        errors.push(format!(
+            "endpoint {} (interface {}): not programmed, the endpoint map is full ({capacity} \
+             entries, BPFMapSizeIfState); its traffic is dropped",
+            endpoint.key, link.name
+        ));
+    }
     let mut contents = map_contents(programmed, remote);
     for binding in host.bindings {
         let ids = (
@@ -179,7 +198,34 @@ pub fn switch_policy(
         map_changes,
         entries_removed,
         entries: policy.entries(),
+        over_capacity: over.len(),
     })
+}
+
+/// An endpoint to program, with its link and (ingress, egress) policy ids.
+type Programmed<'a> = (&'a LocalEndpoint, &'a LinkDetails, (u32, u32));
+
+/// Splits `endpoints` into those the endpoint map of `capacity` entries takes and those it
+/// does not: the endpoints that have an entry already (`present`, by ifindex) keep it, then
+/// the others in the order of their keys, so that a full map never moves an endpoint that
+/// works and always leaves out the same ones.
+fn fit<'a>(
+    mut endpoints: Vec<Programmed<'a>>,
+    present: &BTreeSet<u32>,
+    capacity: usize,
+) -> (Vec<Programmed<'a>>, Vec<Programmed<'a>>) {
+    if endpoints.len() <= capacity {
+        return (endpoints, Vec::new());
+    }
+    endpoints.sort_by(|(a, link_a, _), (b, link_b, _)| {
+        let (had_a, had_b) = (
+            present.contains(&link_a.ifindex),
+            present.contains(&link_b.ifindex),
+        );
+        had_b.cmp(&had_a).then_with(|| a.key.cmp(&b.key))
+    });
+    let over = endpoints.split_off(capacity);
+    (endpoints, over)
 }
 
 /// The forwarding map contents that serve `endpoints`, each with its (ingress, egress) policy
@@ -330,6 +376,41 @@ mod tests {
         assert_eq!(
             contents.endpoints[&7].flags,
             endpoint_flags::WORKLOAD | endpoint_flags::FLOATING_IPS
+        );
+    }
+
+    #[test]
+    fn a_full_endpoint_map_keeps_the_endpoints_it_has_then_takes_the_others_by_key() {
+        let (base, _) = endpoint();
+        let make = |key: &str| LocalEndpoint {
+            key: key.into(),
+            ..base.clone()
+        };
+        let link = |ifindex| LinkDetails {
+            ifindex,
+            name: format!("cali{ifindex}"),
+            tap: false,
+            mac: [0xee; 6],
+        };
+        let (a, b, c) = (make("ns/a"), make("ns/b"), make("ns/c"));
+        let (la, lb, lc) = (link(1), link(2), link(3));
+        let all = vec![(&c, &lc, (1, 2)), (&a, &la, (1, 2)), (&b, &lb, (1, 2))];
+        let keys = |list: &[Programmed<'_>]| -> Vec<String> {
+            list.iter().map(|(e, _, _)| e.key.clone()).collect()
+        };
+
+        let (kept, over) = fit(all.clone(), &BTreeSet::new(), 3);
+        assert_eq!((kept.len(), over.len()), (3, 0), "room for all");
+        let (kept, over) = fit(all.clone(), &BTreeSet::new(), 2);
+        assert_eq!(
+            (keys(&kept), keys(&over)),
+            (vec!["ns/a".into(), "ns/b".into()], vec!["ns/c".into()])
+        );
+        // ns/c has its entry: it stays, and the first newcomer by key takes the other slot.
+        let (kept, over) = fit(all, &BTreeSet::from([3]), 2);
+        assert_eq!(
+            (keys(&kept), keys(&over)),
+            (vec!["ns/c".into(), "ns/a".into()], vec!["ns/b".into()])
         );
     }
 

@@ -263,6 +263,24 @@ fn at_run_time_a_change_that_needs_a_restart_leaves_the_running_configuration() 
 }
 
 #[test]
+fn the_endpoint_map_size_is_felixs_if_state_setting() {
+    let config = sources(None, &[]).resolve(None, None).expect("defaults");
+    assert_eq!(config.bpf_map_size_if_state.value, 16_384);
+    let config = sources(None, &[("FELIX_BPFMAPSIZEIFSTATE", "2")])
+        .resolve(None, None)
+        .expect("valid");
+    assert_eq!(config.bpf_map_size_if_state.value, 2);
+    let err = sources(None, &[("FELIX_BPFMAPSIZEIFSTATE", "0")])
+        .resolve(None, None)
+        .expect_err("zero endpoints");
+    let text = err.to_string();
+    assert!(
+        text.contains("BPFMapSizeIfState") && text.contains("FELIX_BPFMAPSIZEIFSTATE"),
+        "{text}"
+    );
+}
+
+#[test]
 fn failsafe_ports_in_each_of_felixs_forms() {
     let ports = parse_failsafe("22, udp:53, tcp:198.18.0.0/16:179, tcp:[2001:db8::/32]:2379")
         .expect("Felix's forms");

@@ -1,7 +1,8 @@
 //! The dataplane's own counters, beyond Felix's metrics: packets, bytes and drops (by reason)
-//! of each endpoint, and the hits of each policy rule. They are read from the pinned per-CPU
-//! maps when Prometheus scrapes, summed over CPUs, so the packet path never does more than it
-//! does anyway.
+//! of each endpoint and of the host, the hits of each policy rule, and what became of the drops
+//! seen while a drop event listener ran. They are read from the pinned per-CPU maps when
+//! Prometheus scrapes, summed over CPUs, so the packet path never does more than it does
+//! anyway.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,14 @@ pub const ENDPOINT_PACKETS: &str = "calico_ebpf_endpoint_packets";
 pub const ENDPOINT_BYTES: &str = "calico_ebpf_endpoint_bytes";
 /// Per-endpoint drops, by reason.
 pub const ENDPOINT_DROPS: &str = "calico_ebpf_endpoint_drops";
+/// The host's drops, by reason (every endpoint's, and those of interfaces without one).
+pub const DROPS: &str = "calico_ebpf_drops";
+/// Drops seen while a drop event listener ran, by what became of them.
+pub const DROP_EVENTS: &str = "calico_ebpf_drop_events";
+/// Conntrack entries the programs created.
+pub const CONNTRACK_CREATED: &str = "calico_ebpf_conntrack_created";
+/// New flows whose conntrack entry the table could not take (dropped as `conntrack-full`).
+pub const CONNTRACK_INSERT_FAILURES: &str = "calico_ebpf_conntrack_insert_failures";
 /// Packets decided by each rule.
 pub const RULE_PACKETS: &str = "calico_ebpf_rule_hits";
 /// Bytes decided by each rule.
@@ -26,6 +35,8 @@ pub const RULE_BYTES: &str = "calico_ebpf_rule_bytes";
 
 const ENDPOINT_LABELS: [&str; 3] = ["endpoint", "interface", "path"];
 const DROP_LABELS: [&str; 3] = ["endpoint", "interface", "reason"];
+const REASON_LABELS: [&str; 1] = ["reason"];
+const OUTCOME_LABELS: [&str; 1] = ["outcome"];
 const RULE_LABELS: [&str; 6] = ["direction", "kind", "tier", "policy", "index", "action"];
 
 /// Reads the maps pinned under a [`PinLayout`] on each scrape.
@@ -77,6 +88,29 @@ impl DataplaneCollector {
                     "Bytes whose verdict a policy rule decided.",
                     &RULE_LABELS,
                 )?,
+                desc(
+                    DROPS,
+                    "Packets the host's programs dropped, by reason, whether or not anyone \
+                     listens for drop events.",
+                    &REASON_LABELS,
+                )?,
+                desc(
+                    CONNTRACK_CREATED,
+                    "Conntrack entries the programs created for new flows.",
+                    &[],
+                )?,
+                desc(
+                    CONNTRACK_INSERT_FAILURES,
+                    "New flows whose conntrack entry the table could not take; their packets \
+                     were dropped (reason conntrack-full).",
+                    &[],
+                )?,
+                desc(
+                    DROP_EVENTS,
+                    "Drops seen while a drop event listener ran, by outcome (submitted, \
+                     sampled_out, rate_limited, ring_full).",
+                    &OUTCOME_LABELS,
+                )?,
             ],
         })
     }
@@ -125,8 +159,12 @@ impl Collector for DataplaneCollector {
         let mut families = Vec::new();
         match crate::dump::counters(&self.pins) {
             Ok(rows) => {
-                let (mut packets, mut bytes, mut drops) =
-                    (Samples::new(), Samples::new(), Samples::new());
+                let (mut packets, mut bytes, mut drops, mut by_reason) = (
+                    Samples::new(),
+                    Samples::new(),
+                    Samples::new(),
+                    Samples::new(),
+                );
                 for row in rows {
                     let row = match row {
                         crate::dump::CounterRow::Workload(row) => row,
@@ -141,6 +179,7 @@ impl Collector for DataplaneCollector {
                                 *bytes.entry(key).or_default() += b;
                             }
                             for (reason, count) in row.drops {
+                                *by_reason.entry(vec![reason.clone()]).or_default() += count;
                                 *drops
                                     .entry(vec![id[0].clone(), id[1].clone(), reason])
                                     .or_default() += count;
@@ -178,6 +217,7 @@ impl Collector for DataplaneCollector {
                         *bytes.entry(key).or_default() += b;
                     }
                     for (reason, count) in row.drops {
+                        *by_reason.entry(vec![reason.clone()]).or_default() += count;
                         *drops
                             .entry(vec![id[0].clone(), id[1].clone(), reason])
                             .or_default() += count;
@@ -200,6 +240,12 @@ impl Collector for DataplaneCollector {
                     &self.descs[2].help,
                     &DROP_LABELS,
                     drops,
+                ));
+                families.push(family(
+                    DROPS,
+                    &self.descs[5].help,
+                    &REASON_LABELS,
+                    by_reason,
                 ));
             }
             Err(e) => debug!("reading the endpoint counters for a scrape: {e:#}"),
@@ -229,6 +275,42 @@ impl Collector for DataplaneCollector {
                 families.push(family(RULE_BYTES, &self.descs[4].help, &RULE_LABELS, bytes));
             }
             Err(e) => debug!("reading the rule counters for a scrape: {e:#}"),
+        }
+        match crate::events::pinned_stats(&self.pins) {
+            Ok(stats) => {
+                let samples: Samples = [
+                    ("submitted", stats.submitted),
+                    ("sampled_out", stats.sampled_out),
+                    ("rate_limited", stats.rate_limited),
+                    ("ring_full", stats.ring_full),
+                ]
+                .into_iter()
+                .map(|(outcome, count)| (vec![outcome.to_owned()], count))
+                .collect();
+                families.push(family(
+                    DROP_EVENTS,
+                    &self.descs[8].help,
+                    &OUTCOME_LABELS,
+                    samples,
+                ));
+            }
+            Err(e) => debug!("reading the drop event statistics for a scrape: {e:#}"),
+        }
+        match crate::dataplane::conntrack::pinned_counters(&self.pins) {
+            Ok(counts) => {
+                for (index, name, value) in [
+                    (6, CONNTRACK_CREATED, counts.created),
+                    (7, CONNTRACK_INSERT_FAILURES, counts.insert_failed),
+                ] {
+                    families.push(family(
+                        name,
+                        &self.descs[index].help,
+                        &[],
+                        [(Vec::new(), value)].into_iter().collect(),
+                    ));
+                }
+            }
+            Err(e) => debug!("reading the conntrack counts for a scrape: {e:#}"),
         }
         families
     }

@@ -96,6 +96,10 @@ pub struct Metrics {
     pub bpf_conntrack_cleaned: IntGauge,
     pub bpf_conntrack_sweeps: IntCounter,
     pub bpf_dataplane_endpoints: IntGauge,
+    pub conntrack_max_entries: IntGauge,
+    pub conntrack_evictions: IntCounter,
+    pub endpoint_map_max_entries: IntGauge,
+    pub endpoint_map_overflow: IntGauge,
 }
 
 impl Metrics {
@@ -167,6 +171,26 @@ impl Metrics {
             bpf_dataplane_endpoints: gauge(
                 "felix_bpf_dataplane_endpoints",
                 "Number of interfaces with BPF programs attached.",
+            )?,
+            endpoint_map_max_entries: gauge(
+                "calico_ebpf_endpoint_map_max_entries",
+                "Size of the endpoint map (BPFMapSizeIfState): the workload interfaces this \
+                 host can serve.",
+            )?,
+            endpoint_map_overflow: gauge(
+                "calico_ebpf_endpoint_map_overflow",
+                "Endpoints of this node left unprogrammed (their traffic dropped) because the \
+                 endpoint map is full.",
+            )?,
+            conntrack_evictions: counter(
+                "calico_ebpf_conntrack_evictions",
+                "Conntrack entries the full table evicted to make room for new flows, as the \
+                 sweeps estimate them.",
+            )?,
+            conntrack_max_entries: gauge(
+                "calico_ebpf_conntrack_max_entries",
+                "Size of the BPF conntrack table (BPFMapSizeConntrack): when \
+                 felix_bpf_conntrack_used reaches it, new flows evict the least recently used.",
             )?,
             registry,
         };
