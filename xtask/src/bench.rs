@@ -47,6 +47,7 @@ mod hosting;
 mod livegen;
 mod loader;
 mod many_endpoints;
+mod markdown;
 mod measure;
 mod phase_agent;
 mod policy;

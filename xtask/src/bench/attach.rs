@@ -77,6 +77,23 @@ pub(super) fn endpoint_yaml(i: u32) -> String {
     )
 }
 
+/// Creates `count` veth pairs in `host`, both ends there (attaching needs only the host
+/// side `interface(i)`), in one `ip -batch` run from the file `batch_file`.
+pub(super) fn create_veth_pairs(host: &Netns, batch_file: &Path, count: u32) -> Result<()> {
+    let mut batch = String::new();
+    for i in 0..count {
+        let iface = interface(i);
+        batch.push_str(&format!(
+            "link add {iface} address {HOST_SIDE_MAC} type veth peer name scp{i}\n\
+             link set {iface} up\nlink set scp{i} up\n"
+        ));
+    }
+    std::fs::write(batch_file, batch)
+        .with_context(|| format!("cannot write {}", batch_file.display()))?;
+    host.ip(["-batch"]).arg(batch_file).run()?;
+    Ok(())
+}
+
 pub fn measure(
     loader: &Path,
     scratch: &Path,
@@ -94,18 +111,7 @@ pub fn measure(
         bail!("attach at scale needs at least one endpoint");
     }
     let host = Netns::create(format!("cbench-scale-{pid}"))?;
-    let mut batch = String::new();
-    for i in 0..count {
-        let iface = interface(i);
-        batch.push_str(&format!(
-            "link add {iface} address {HOST_SIDE_MAC} type veth peer name scp{i}\n\
-             link set {iface} up\nlink set scp{i} up\n"
-        ));
-    }
-    let batch_file = scratch.join("scale-links.batch");
-    std::fs::write(&batch_file, batch)
-        .with_context(|| format!("cannot write {}", batch_file.display()))?;
-    host.ip(["-batch"]).arg(&batch_file).run()?;
+    create_veth_pairs(&host, &scratch.join("scale-links.batch"), count)?;
     output::info(format!("{count} veth pairs in {}", host.name()));
 
     let datastore = scratch.join("scale-datastore");

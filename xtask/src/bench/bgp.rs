@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use testbed::{Cmd, TempDir, output, signals};
 
 use self::{cluster::Cluster, convergence::Convergence, scale::ScaleResult};
-use super::report::render_table;
+use super::markdown::render_table;
 
 /// What the phase does, resolved from the bench's arguments.
 #[derive(Clone, Debug, Serialize)]

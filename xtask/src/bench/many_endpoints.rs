@@ -18,11 +18,11 @@ use serde::Serialize;
 use testbed::{Cmd, Netns, output};
 
 use super::{
-    attach::{endpoint_yaml, interface},
+    attach::{create_veth_pairs, endpoint_yaml},
     control::{agent_maps, proc_status_kib},
     phase_agent::PhaseAgent,
 };
-use crate::topology::{AttachMode, HOST_SIDE_MAC, allow_all_profile_yaml};
+use crate::topology::{AttachMode, allow_all_profile_yaml};
 
 /// The metrics port inside the phase's namespace.
 const METRICS_PORT: u16 = 9091;
@@ -102,19 +102,8 @@ pub fn measure(
     }
     let host = Netns::create(format!("cbench-many-{pid}"))?;
     host.ip(["link", "set", "lo", "up"]).run()?;
-    let mut batch = String::new();
-    for i in 0..count {
-        let iface = interface(i);
-        batch.push_str(&format!(
-            "link add {iface} address {HOST_SIDE_MAC} type veth peer name scp{i}\n\
-             link set {iface} up\nlink set scp{i} up\n"
-        ));
-    }
-    let batch_file = scratch.join("many-links.batch");
-    std::fs::write(&batch_file, batch)
-        .with_context(|| format!("cannot write {}", batch_file.display()))?;
     let links_started = Instant::now();
-    host.ip(["-batch"]).arg(&batch_file).run()?;
+    create_veth_pairs(&host, &scratch.join("many-links.batch"), count)?;
     output::info(format!(
         "{count} veth pairs in {} ({:.1} s)",
         host.name(),
