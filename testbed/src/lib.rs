@@ -9,6 +9,7 @@
 //! - [`guards`]: processes and directories removed on drop.
 //! - [`etcd`]: a throwaway etcd, for the datastore.
 //! - [`fabric`]: a bridge joining hosts' namespaces, and their addresses on it.
+//! - [`flows`]: continuous UDP, TCP and ping traffic between namespaces, counted at both ends.
 //! - [`gobgp`]: GoBGP as a top-of-rack router.
 //! - [`privileges`]: who we are, and finding programs.
 //! - [`output`]: step headers, notes and warnings on stderr.
@@ -25,6 +26,7 @@ pub mod cmd;
 pub mod cpio;
 pub mod etcd;
 pub mod fabric;
+pub mod flows;
 pub mod gobgp;
 pub mod guards;
 pub mod netns;
