@@ -218,6 +218,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut node_known = false;
     let mut routing = Routing::new(&config.node, config.routing.clone());
     let mut supervision = tokio::time::interval(SUPERVISION_INTERVAL);
+    let mut waiting_logged = false;
 
     loop {
         // The datastore logs each new problem with a file once; the last good version of that
@@ -236,90 +237,101 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         metrics
             .cluster_num_hosts
             .set(gauge_value(sync.snapshot.all::<Node>().count()));
-        let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
-        log.conflicts(&conflicts);
-        let (remote, remote_conflicts) =
-            remote_workloads(&sync.snapshot, &sync.ipam, &config.node, &endpoints);
-        log.remote_conflicts(&remote_conflicts);
-        let host_endpoints = local_host_endpoints(&sync.snapshot, &config.node);
-        policies.compile(
-            &sync.snapshot,
-            &endpoints,
-            &host_endpoints,
-            &mut registry,
-            &mut log,
-        );
-        let nat_pools = NatPools::from_pools(sync.snapshot.all::<IpPool>());
-        let apply_started = std::time::Instant::now();
-        let host = HostDesired {
-            endpoints: &host_endpoints,
-            compiled: &policies.host_compiled,
-            settings: &host_settings,
-        };
-        match dataplane
-            .apply(
+        // Until the datastore has been read whole (etcd not listed yet), the dataplane is left
+        // as it is: what an earlier agent programmed keeps forwarding and enforcing, instead of
+        // being taken for stale against an empty view and detached.
+        if sync.complete {
+            let (endpoints, conflicts) = local_endpoints(&sync.snapshot, &config.node);
+            log.conflicts(&conflicts);
+            let (remote, remote_conflicts) =
+                remote_workloads(&sync.snapshot, &sync.ipam, &config.node, &endpoints);
+            log.remote_conflicts(&remote_conflicts);
+            let host_endpoints = local_host_endpoints(&sync.snapshot, &config.node);
+            policies.compile(
+                &sync.snapshot,
                 &endpoints,
-                &remote,
-                &policies.compiled,
-                host,
+                &host_endpoints,
                 &mut registry,
-                &nat_pools,
-            )
-            .await
-        {
-            Ok(report) => {
-                metrics
-                    .int_dataplane_apply_time
-                    .observe(apply_started.elapsed().as_secs_f64());
-                metrics
-                    .active_local_endpoints
-                    .set(gauge_value(endpoints.len()));
-                metrics
-                    .active_local_policies
-                    .set(gauge_value(active_policies(&registry)));
-                metrics
-                    .active_local_selectors
-                    .set(gauge_value(policies.selectors));
-                metrics
-                    .bpf_dataplane_endpoints
-                    .set(gauge_value(dataplane.attached().len()));
-                metrics
-                    .endpoint_map_overflow
-                    .set(gauge_value(report.over_capacity));
-                health_state.applied_in_sync |= sync.complete;
-                if let Some(dhcp) = &dhcp {
-                    let pools: Vec<ipnet::Ipv4Net> = sync
-                        .snapshot
-                        .all::<IpPool>()
-                        .filter_map(|pool| match pool.spec.cidr {
-                            ipnet::IpNet::V4(net) => Some(net),
-                            ipnet::IpNet::V6(_) => None,
-                        })
-                        .collect();
-                    dhcp.set_leases(
-                        report
-                            .dhcp_clients
-                            .iter()
-                            .map(|c| (c.ifindex, crate::dhcp::Lease::for_client(c, &pools)))
-                            .collect(),
-                    );
+                &mut log,
+            );
+            let nat_pools = NatPools::from_pools(sync.snapshot.all::<IpPool>());
+            let apply_started = std::time::Instant::now();
+            let host = HostDesired {
+                endpoints: &host_endpoints,
+                compiled: &policies.host_compiled,
+                settings: &host_settings,
+            };
+            match dataplane
+                .apply(
+                    &endpoints,
+                    &remote,
+                    &policies.compiled,
+                    host,
+                    &mut registry,
+                    &nat_pools,
+                )
+                .await
+            {
+                Ok(report) => {
+                    metrics
+                        .int_dataplane_apply_time
+                        .observe(apply_started.elapsed().as_secs_f64());
+                    metrics
+                        .active_local_endpoints
+                        .set(gauge_value(endpoints.len()));
+                    metrics
+                        .active_local_policies
+                        .set(gauge_value(active_policies(&registry)));
+                    metrics
+                        .active_local_selectors
+                        .set(gauge_value(policies.selectors));
+                    metrics
+                        .bpf_dataplane_endpoints
+                        .set(gauge_value(dataplane.attached().len()));
+                    metrics
+                        .endpoint_map_overflow
+                        .set(gauge_value(report.over_capacity));
+                    health_state.applied_in_sync |= sync.complete;
+                    if let Some(dhcp) = &dhcp {
+                        let pools: Vec<ipnet::Ipv4Net> = sync
+                            .snapshot
+                            .all::<IpPool>()
+                            .filter_map(|pool| match pool.spec.cidr {
+                                ipnet::IpNet::V4(net) => Some(net),
+                                ipnet::IpNet::V6(_) => None,
+                            })
+                            .collect();
+                        dhcp.set_leases(
+                            report
+                                .dhcp_clients
+                                .iter()
+                                .map(|c| (c.ifindex, crate::dhcp::Lease::for_client(c, &pools)))
+                                .collect(),
+                        );
+                    }
+                    log.log(&report, &endpoints, dataplane.mode());
+                    let attached = dataplane.attached();
+                    let workloads = attached.values().filter(|(_, r)| *r == Role::Workload);
+                    log.summary(Summary {
+                        endpoints: endpoints.len(),
+                        attached: workloads.count(),
+                        waiting: report.waiting.len(),
+                        data_interfaces: attached.values().filter(|(_, r)| r.is_data()).count(),
+                        remote_endpoints: remote.endpoints.len(),
+                        remote_blocks: remote.blocks.len(),
+                    });
                 }
-                log.log(&report, &endpoints, dataplane.mode());
-                let attached = dataplane.attached();
-                let workloads = attached.values().filter(|(_, r)| *r == Role::Workload);
-                log.summary(Summary {
-                    endpoints: endpoints.len(),
-                    attached: workloads.count(),
-                    waiting: report.waiting.len(),
-                    data_interfaces: attached.values().filter(|(_, r)| r.is_data()).count(),
-                    remote_endpoints: remote.endpoints.len(),
-                    remote_blocks: remote.blocks.len(),
-                });
+                Err(e) => {
+                    metrics.int_dataplane_failures.inc();
+                    error!("programming the dataplane failed, will retry: {e:#}");
+                }
             }
-            Err(e) => {
-                metrics.int_dataplane_failures.inc();
-                error!("programming the dataplane failed, will retry: {e:#}");
-            }
+        } else if !waiting_logged {
+            info!(
+                "waiting for the datastore to be read whole before programming the dataplane; \
+                 what is programmed stays in force"
+            );
+            waiting_logged = true;
         }
         health_state.report(&health);
         // BGP follows the datastore once it has been read whole and the Node registered (and,
