@@ -3,9 +3,12 @@
 //!
 //! A pinned link outlives the agent: when the agent exits (without `--detach-on-exit`) the
 //! programs stay attached and keep forwarding with the pinned maps, as Calico does, so a restart
-//! or upgrade does not interrupt traffic. A new agent attaches its own programs first and only
-//! then removes the old links (TCX runs the newest first), so there is no gap on TC hooks; on
-//! XDP, which takes one program per interface, it gives the pinned link its program atomically.
+//! or upgrade does not interrupt traffic. A new agent adopts each link an earlier agent pinned
+//! and swaps its own program into it in one step (`BPF_LINK_UPDATE`): the hook never goes
+//! without a program, and an XDP hook is never detached (which on a veth would also stop and
+//! restart its NAPI). Only where no usable link is pinned (none yet, or its interface went away
+//! or was renamed) is a new link made; on TC hooks it is attached before the old one goes (TCX
+//! runs the newest first), so there is no gap there either.
 
 use std::{
     fs, io,
@@ -18,13 +21,13 @@ use aya::{
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
 use calico_ebpf_common::program_names;
 
-use super::bpffs::PinLayout;
+use super::{bpffs::PinLayout, pinned_link};
 
 /// Which hook carries packets from a workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -177,6 +180,12 @@ pub enum AttachError {
         path: PathBuf,
         source: aya::pin::PinError,
     },
+    #[error("replacing the program in the pinned {hook:?} link of {ifname}: {source}")]
+    Replace {
+        ifname: String,
+        hook: Hook,
+        source: ProgramError,
+    },
     #[error("removing pinned link {path}: {source}")]
     Unpin { path: PathBuf, source: io::Error },
     #[error("listing {path}: {source}")]
@@ -190,26 +199,28 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    /// Loads (verifies) every program of the object.
+    /// Loads (verifies) the programs `mode` attaches, and only those: verifying a program is
+    /// most of the kernel's work when an agent starts (hundreds of milliseconds of CPU for the
+    /// workload pipelines), and a restarting agent should take as little of it from the packets
+    /// as it can.
     pub fn load(ebpf: &mut Ebpf, layout: PinLayout, mode: AttachMode) -> Result<Self, AttachError> {
-        for name in [
-            program_names::TC_FROM_WORKLOAD,
-            program_names::TC_TO_WORKLOAD,
-            program_names::TC_FROM_DATA,
-            program_names::TC_HOST_ENDPOINT_INGRESS,
-            program_names::TC_HOST_ENDPOINT_EGRESS,
-        ] {
-            classifier(ebpf, name)?
-                .load()
-                .map_err(|source| AttachError::Program { name, source })?;
-        }
-        for name in [
-            program_names::XDP_FROM_WORKLOAD,
-            program_names::XDP_FROM_DATA,
-        ] {
-            xdp(ebpf, name)?
-                .load()
-                .map_err(|source| AttachError::Program { name, source })?;
+        let mut hooks: Vec<Hook> = [Role::Workload, Role::Data, Role::HostEndpoint]
+            .into_iter()
+            .flat_map(|role| Hook::for_interface(role, mode).iter().copied())
+            .collect();
+        hooks.sort();
+        hooks.dedup();
+        for hook in hooks {
+            let name = hook.program();
+            match hook {
+                Hook::TcFromWorkload
+                | Hook::TcToWorkload
+                | Hook::TcFromData
+                | Hook::TcHostEndpointIngress
+                | Hook::TcHostEndpointEgress => classifier(ebpf, name)?.load(),
+                Hook::XdpFromWorkload | Hook::XdpFromData => xdp(ebpf, name)?.load(),
+            }
+            .map_err(|source| AttachError::Program { name, source })?;
         }
         Ok(Self { layout, mode })
     }
@@ -218,8 +229,9 @@ impl Attacher {
         self.mode
     }
 
-    /// Attaches this mode's programs for an interface of `role` to `ifname`, replacing whatever
-    /// links an earlier agent left pinned there, and removes the pins of every other hook.
+    /// Attaches this mode's programs for an interface of `role` to `ifname`: into the links an
+    /// earlier agent left pinned there when they still hold this interface, as new links
+    /// otherwise; and removes the pins of every other hook.
     pub fn attach(
         &self,
         ebpf: &mut Ebpf,
@@ -235,6 +247,9 @@ impl Attacher {
         })?;
         for &hook in wanted {
             let path = self.layout.link(ifname, hook.pin_suffix());
+            if replace_in_pinned_link(ebpf, &path, ifname, ifindex, hook)? {
+                continue;
+            }
             let err = |source| AttachError::Attach {
                 ifname: ifname.to_owned(),
                 hook,
@@ -268,29 +283,10 @@ impl Attacher {
                     })?
                 }
                 Hook::XdpFromWorkload | Hook::XdpFromData => {
-                    let program = xdp(ebpf, hook.program())?;
-                    // An interface takes one XDP link. An earlier agent's link is given this
-                    // program atomically (BPF_LINK_UPDATE), so no frame meets no program; a
-                    // link that no longer works (its interface was recreated) is replaced.
-                    if let Some(link) = pinned_xdp_link(&path)
-                        && let Ok(id) = program.attach_to_link(link)
-                    {
-                        let link = program.take_link(id).map_err(err)?;
-                        let link = FdLink::try_from(link).map_err(|source| AttachError::Link {
-                            ifname: ifname.to_owned(),
-                            hook,
-                            source,
-                        })?;
-                        remove_pin(&path)?;
-                        link.pin(&path).map_err(|source| AttachError::Pin {
-                            ifname: ifname.to_owned(),
-                            hook,
-                            path: path.clone(),
-                            source,
-                        })?;
-                        continue;
-                    }
+                    // An interface takes one XDP link: one pinned for it that still holds
+                    // it was updated in place above; any other must go first.
                     remove_pin(&path)?;
+                    let program = xdp(ebpf, hook.program())?;
                     let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
                         Ok(id) => id,
                         // A NIC whose driver has no XDP of its own gets the generic hook.
@@ -335,13 +331,60 @@ impl Attacher {
     }
 }
 
-/// The XDP link pinned at `path` by an earlier agent, if there is one.
-fn pinned_xdp_link(path: &Path) -> Option<XdpLink> {
-    if !path.exists() {
-        return None;
+/// Swaps `hook`'s program of `ebpf` into the link pinned at `path`, when one is pinned there and
+/// still attached to `ifindex`; whether it did. A pinned link whose interface went away (or that
+/// belongs to another interface now) is left for the caller to replace.
+fn replace_in_pinned_link(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    ifname: &str,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<bool, AttachError> {
+    match pinned_link::attached_ifindex(path) {
+        Ok(Some(attached)) if attached == ifindex => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(),
+                "cannot read the pinned link ({e}); attaching a new one"
+            );
+            return Ok(false);
+        }
     }
-    let link = PinnedLink::from_pin(path).ok()?;
-    XdpLink::try_from(FdLink::from(link)).ok()
+    let link_error = |source| AttachError::Link {
+        ifname: ifname.to_owned(),
+        hook,
+        source,
+    };
+    let replace_error = |source| AttachError::Replace {
+        ifname: ifname.to_owned(),
+        hook,
+        source,
+    };
+    let link = FdLink::from(PinnedLink::from_pin(path).map_err(link_error)?);
+    // The pin keeps the link (and now the new program) attached; the handles taken back here
+    // only close their file descriptors when dropped.
+    match hook {
+        Hook::TcFromWorkload
+        | Hook::TcToWorkload
+        | Hook::TcFromData
+        | Hook::TcHostEndpointIngress
+        | Hook::TcHostEndpointEgress => {
+            let link = SchedClassifierLink::try_from(link).map_err(link_error)?;
+            let program = classifier(ebpf, hook.program())?;
+            let id = program.attach_to_link(link).map_err(replace_error)?;
+            drop(program.take_link(id).map_err(replace_error)?);
+        }
+        Hook::XdpFromWorkload | Hook::XdpFromData => {
+            let link = XdpLink::try_from(link).map_err(link_error)?;
+            let program = xdp(ebpf, hook.program())?;
+            let id = program.attach_to_link(link).map_err(replace_error)?;
+            drop(program.take_link(id).map_err(replace_error)?);
+        }
+    }
+    Ok(true)
 }
 
 /// Detaches every program from `ifname` by removing its pinned links.

@@ -32,6 +32,7 @@ pub mod maps;
 pub mod nat;
 pub mod netlink;
 pub mod object;
+pub mod pinned_link;
 pub mod policy;
 pub mod private;
 pub mod routes;
@@ -147,7 +148,8 @@ impl Dataplane {
         let (mut ebpf, upgrade) = load_object_for_agent(&layout, sizes)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         let nodes = maps.read()?.nodes;
-        let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?);
+        let policy = PolicyManager::new(PolicyMaps::from_ebpf(&mut ebpf)?)
+            .with_retire_grace(policy::RETIRE_GRACE);
         let conntrack = Conntrack::from_ebpf(&mut ebpf)?;
         let log_events = maps::log_events_from_ebpf(&mut ebpf)?;
         let attacher = Attacher::load(&mut ebpf, layout.clone(), mode)?;
@@ -267,25 +269,29 @@ impl Dataplane {
             .iter()
             .filter_map(|(endpoint, link)| endpoints::dhcp_client(endpoint, link))
             .collect();
-        let switched = switch_policy(
-            &mut self.policy,
-            &mut self.maps,
-            registry,
-            &endpoints,
-            {
-                let mut base = self.routes.remote_routes(remote);
-                routes::pool_route_entries(&mut base, &nat_pools.all);
-                host_route_entries(&mut base, interfaces.addresses.values().flatten());
-                base
-            },
-            compiled,
-            HostProgramming {
-                bindings: &bindings,
-                compiled: host.compiled,
-                settings: host.settings,
-            },
-            Unprogrammed::Report,
-        )?;
+        // The switch waits for packets in flight before it retires old policy (a short sleep).
+        let remote_entries = {
+            let mut base = self.routes.remote_routes(remote);
+            routes::pool_route_entries(&mut base, &nat_pools.all);
+            host_route_entries(&mut base, interfaces.addresses.values().flatten());
+            base
+        };
+        let switched = tokio::task::block_in_place(|| {
+            switch_policy(
+                &mut self.policy,
+                &mut self.maps,
+                registry,
+                &endpoints,
+                remote_entries,
+                compiled,
+                HostProgramming {
+                    bindings: &bindings,
+                    compiled: host.compiled,
+                    settings: host.settings,
+                },
+                Unprogrammed::Report,
+            )
+        })?;
         report.policies = switched.written;
         report.errors.extend(switched.errors);
         report.map_changes = switched.map_changes;

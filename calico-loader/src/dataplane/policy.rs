@@ -93,7 +93,16 @@ pub struct PolicyManager {
     rules_written: BTreeMap<u32, RuleInfo>,
     /// Entries an earlier agent left, deleted with the first retired generations.
     stale: Option<StaleEntries>,
+    /// How long [`Self::retire`] waits before it deletes anything (see [`RETIRE_GRACE`]).
+    retire_grace: std::time::Duration,
 }
+
+/// How long the programs of a live dataplane may still use a generation after the endpoint
+/// entries stopped naming it: a packet that read its endpoint entry just before the switch is
+/// still being judged by the old generation. A program runs for microseconds without being
+/// preempted, so a few milliseconds is plenty; deleting at once made such a packet find half a
+/// generation (and drop as "policy-missing").
+pub const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Entries the policy maps hold at most, all maps together (each map has its own limit; this
 /// is the smallest, so a generation that fits here fits in each).
@@ -114,7 +123,16 @@ impl PolicyManager {
             adopted: false,
             rules_written: BTreeMap::new(),
             stale: None,
+            retire_grace: std::time::Duration::ZERO,
         }
+    }
+
+    /// Waits `grace` in [`Self::retire`] before deleting replaced generations: for maps that
+    /// programs read while they change ([`RETIRE_GRACE`]).
+    #[must_use]
+    pub fn with_retire_grace(mut self, grace: std::time::Duration) -> Self {
+        self.retire_grace = grace;
+        self
     }
 
     /// The policy ids (ingress, egress) of an endpoint, when both directions are programmed.
@@ -203,8 +221,16 @@ impl PolicyManager {
     }
 
     /// Deletes the generations [`Self::stage`] replaced. Call once the endpoint entries point
-    /// at the new ones.
+    /// at the new ones; with a grace period set, it first waits for the packets that may still
+    /// be judged by the old ones.
     pub fn retire(&mut self) -> Result<usize, MapsError> {
+        let stale = self
+            .stale
+            .as_ref()
+            .is_some_and(|s| s.len() + s.policies.len() > 0);
+        if !self.retire_grace.is_zero() && (stale || !self.retired.is_empty()) {
+            std::thread::sleep(self.retire_grace);
+        }
         let maps = &mut self.maps;
         let mut count = 0;
         if let Some(stale) = self.stale.take() {
