@@ -6,5 +6,6 @@ pub mod cli;
 pub mod cluster;
 pub mod etcd;
 pub mod gobgp;
+pub mod health;
 pub mod topology;
 pub mod two_hosts;
