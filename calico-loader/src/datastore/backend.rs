@@ -25,7 +25,8 @@ use tracing::info;
 
 use super::{
     error::{DatastoreError, ErrorKind},
-    etcd::{EtcdConfig, EtcdStore, EtcdSync, decode_versioned, encode, etcd_key},
+    etcd::{EtcdStore, EtcdSync, decode_versioned, encode, etcd_key},
+    etcd_client::EtcdConfig,
     local::{DatastoreWatch, LocalDatastore, list_files, read_text, watch},
     parse::parse_documents,
     resources::{Kind, ResourceKey, StoredForm},

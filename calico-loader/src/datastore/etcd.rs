@@ -32,21 +32,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
-    WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, WatchOptions};
 use serde_json::{Map, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{
     error::{DatastoreError, ErrorKind},
+    etcd_client::{EtcdClient, EtcdConfig, REQUEST_TIMEOUT},
     parse::parse_file,
     resources::{Kind, Resource, ResourceKey, StoredForm, is_v3_key_of},
     snapshot::{IpamObjects, Snapshot, SyncResult},
@@ -66,134 +63,9 @@ pub const IPAM_PREFIX: &str = "/calico/ipam/v2/";
 /// after every key starting with [`KEY_PREFIX`]).
 pub const FOLLOWED_RANGE: (&str, &str) = (IPAM_PREFIX, "/calico/resources/v3/projectcalico.org0");
 
-/// Timeout of one etcd request (a list, a transaction); a watch is not limited.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Timeout of connecting to an endpoint.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between attempts to list again after a failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
-
-/// How to reach etcd: as calicoctl's `ETCD_ENDPOINTS`, `ETCD_CA_CERT_FILE`, `ETCD_CERT_FILE`,
-/// `ETCD_KEY_FILE`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EtcdConfig {
-    /// `http://host:port` or `https://host:port` URLs.
-    pub endpoints: Vec<String>,
-    /// CA certificate (PEM) to check the servers' certificates with.
-    pub ca_cert_file: Option<PathBuf>,
-    /// Client certificate (PEM), with `key_file`.
-    pub cert_file: Option<PathBuf>,
-    /// Client key (PEM), with `cert_file`.
-    pub key_file: Option<PathBuf>,
-}
-
-impl EtcdConfig {
-    /// The endpoints, comma-separated, for messages.
-    pub fn endpoints_label(&self) -> String {
-        self.endpoints.join(",")
-    }
-
-    /// A failure of etcd under these settings, as a [`StoreError::Etcd`].
-    pub fn error(&self, error: etcd_client::Error) -> StoreError {
-        StoreError::Etcd {
-            endpoints: self.endpoints_label(),
-            hint: self.hint(&error),
-            error,
-        }
-    }
-
-    /// What to check, for TLS failures whose own message leaves the cause unsaid.
-    pub fn hint(&self, error: &etcd_client::Error) -> Option<&'static str> {
-        let text = describe_error(error);
-        if text.contains("UnknownIssuer") {
-            return Some(if self.ca_cert_file.is_some() {
-                "etcd's certificate is not signed by the CA in ETCD_CA_CERT_FILE"
-            } else {
-                "etcd's certificate is not trusted: set ETCD_CA_CERT_FILE to the CA that signed it"
-            });
-        }
-        // With TLS 1.3 the client's handshake is done before etcd checks its certificate, so
-        // a refused (or missing) client certificate shows up as a closed connection: closed,
-        // reset, or a broken pipe when the request was being written as etcd closed it.
-        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
-        let closed = [
-            "connection closed",
-            "broken pipe",
-            "Connection reset",
-            "CertificateRequired",
-            "BadCertificate",
-        ];
-        if https && closed.iter().any(|c| text.contains(c)) {
-            return Some(if self.cert_file.is_some() {
-                "etcd closed the TLS connection: check that ETCD_CERT_FILE is signed by a CA etcd \
-                 trusts (--trusted-ca-file) and is meant for clients"
-            } else {
-                "etcd closed the TLS connection: if it requires client certificates \
-                 (--client-cert-auth), set ETCD_CERT_FILE and ETCD_KEY_FILE"
-            });
-        }
-        None
-    }
-
-    /// A client for these endpoints. Connects lazily: an unreachable etcd shows up at the
-    /// first request.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Config`] for no endpoints, a certificate or key that cannot be read, a
-    /// certificate without its key (or the reverse), or TLS files with `http://` endpoints.
-    pub async fn connect(&self) -> Result<Client, StoreError> {
-        if self.endpoints.is_empty() {
-            return Err(StoreError::Config(
-                "no etcd endpoints: set ETCD_ENDPOINTS (or --etcd-endpoints), like http://127.0.0.1:2379".into(),
-            ));
-        }
-        let mut options = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        let read = |what: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| {
-                StoreError::Config(format!("{what} {}: cannot read: {e}", path.display()))
-            })
-        };
-        let tls_wanted =
-            self.ca_cert_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
-        if tls_wanted {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &self.ca_cert_file {
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
-                    "ETCD_CA_CERT_FILE",
-                    ca,
-                )?));
-            }
-            match (&self.cert_file, &self.key_file) {
-                (Some(cert), Some(key)) => {
-                    tls = tls.identity(etcd_client::Identity::from_pem(
-                        read("ETCD_CERT_FILE", cert)?,
-                        read("ETCD_KEY_FILE", key)?,
-                    ));
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(StoreError::Config(
-                        "ETCD_CERT_FILE and ETCD_KEY_FILE go together: set both or neither".into(),
-                    ));
-                }
-            }
-            if let Some(plain) = self.endpoints.iter().find(|e| e.starts_with("http://")) {
-                return Err(StoreError::Config(format!(
-                    "etcd endpoint {plain}: TLS files are set, so endpoints must be https://"
-                )));
-            }
-            options = options.with_tls(tls);
-        }
-        Client::connect(&self.endpoints, Some(options))
-            .await
-            .map_err(|error| self.error(error))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Keys: each kind's layout is its own ([`KindInfo::etcd`](super::resources::KindInfo)).
@@ -550,7 +422,7 @@ impl Located {
 
 /// Reads and writes resources in etcd, for the CLI.
 pub struct EtcdStore {
-    client: Client,
+    client: EtcdClient,
     config: EtcdConfig,
 }
 
@@ -990,7 +862,7 @@ struct WatchProgress {
 /// This is what Calico's watchers do (etcd's Go client resumes a broken watch from the last
 /// revision it delivered; a compaction error makes the syncer list again).
 async fn follow(
-    mut client: Client,
+    mut client: EtcdClient,
     config: EtcdConfig,
     state: Arc<Mutex<State>>,
     tx: mpsc::Sender<()>,
@@ -1034,7 +906,9 @@ async fn follow(
             last: revision,
             established: false,
         };
-        let interruption = watch_from(&mut client, &mut progress, resuming, &state, &notify).await;
+        let watched = client.endpoint().to_owned();
+        let interruption =
+            watch_from(client.current(), &mut progress, resuming, &state, &notify).await;
         if progress.established {
             outage_logged = false;
             backoff = BACKOFF_MIN;
@@ -1063,19 +937,27 @@ async fn follow(
             }
             Interruption::Disconnected(reason) => {
                 synced = Some(progress.last);
+                // The next member gets the resumed watch: when this one died, another one
+                // serves it at once.
+                let next = client.fail_over().to_owned();
                 if outage_logged {
-                    debug!("etcd watch still down ({reason})");
+                    debug!("etcd watch still down at {watched} ({reason}); next: {next}");
                 } else {
                     warn!(
                         endpoints = %endpoints,
-                        "etcd watch interrupted ({reason}); the last good state stays in force; \
-                         resuming the watch from revision {} (retrying with backoff)",
+                        "etcd watch interrupted at {watched} ({reason}); the last good state \
+                         stays in force; resuming the watch from revision {} at {next} \
+                         (retrying with backoff)",
                         progress.last + 1
                     );
                     outage_logged = true;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                // A watch that was up is resumed at once on the next member; one that never
+                // came up waits before the next try.
+                if !progress.established {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
     }
@@ -1083,7 +965,7 @@ async fn follow(
 
 /// Lists every resource and replaces the view with them; returns the listing's revision.
 async fn list(
-    client: &mut Client,
+    client: &mut EtcdClient,
     endpoints: &str,
     state: &Mutex<State>,
 ) -> Result<i64, etcd_client::Error> {
@@ -1111,7 +993,7 @@ async fn list(
 /// `progress.last` on. `resuming`: the view comes from an earlier watch, not a fresh listing,
 /// so etcd's revision must not be behind it.
 async fn watch_from(
-    client: &mut Client,
+    client: &mut etcd_client::Client,
     progress: &mut WatchProgress,
     resuming: bool,
     state: &Mutex<State>,

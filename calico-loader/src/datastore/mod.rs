@@ -19,6 +19,8 @@
 //! - [`local`]: the directory datastore ([`LocalDatastore`]) and a debounced
 //!   [`watch`](local::watch) of the directory.
 //! - `store`: what the CLI's stores share: a stored resource, a write, [`StoreError`].
+//! - [`etcd_client`]: how etcd is reached ([`EtcdConfig`]), one member at a time, failing over
+//!   to the next.
 //! - [`etcd`]: the etcd v3 datastore, with Calico's key layout.
 //! - [`backend`]: one interface over both: [`AgentDatastore`] for the agent, [`Store`] for the
 //!   CLI.
@@ -29,6 +31,7 @@
 pub mod backend;
 mod error;
 pub mod etcd;
+pub mod etcd_client;
 pub mod local;
 mod parse;
 pub mod resources;
@@ -38,7 +41,8 @@ mod store;
 
 pub use backend::{AgentDatastore, DatastoreConfig, LocalStore, Store};
 pub use error::{DatastoreError, ErrorKind};
-pub use etcd::{EtcdConfig, EtcdStore, EtcdSync};
+pub use etcd::{EtcdStore, EtcdSync};
+pub use etcd_client::{EtcdClient, EtcdConfig};
 pub use local::{DatastoreWatch, LocalDatastore, WatchError, watch};
 pub use parse::{ParsedDocument, parse_documents, parse_file};
 pub use resources::{

@@ -19,9 +19,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-use crate::datastore::{EtcdConfig, StoreError, local::IPAM_DIR};
+use crate::datastore::{EtcdClient, EtcdConfig, StoreError, local::IPAM_DIR};
 
 /// What a write compares against: etcd's mod revision, or a hash of the local file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub trait IpamStore {
 
 /// IPAM's objects in etcd, under Calico's keys.
 pub struct EtcdIpamStore {
-    client: Client,
+    client: EtcdClient,
     config: EtcdConfig,
 }
 
