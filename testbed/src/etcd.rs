@@ -2,6 +2,9 @@
 //! clients served on one address (127.0.0.1, or an address of a namespace the caller made, so
 //! that agents in namespaces joined to it reach it), optionally with TLS on its client URL.
 //! Killed on drop. The integration tests and `cargo xtask bench` start it the same way.
+//!
+//! [`EtcdCluster`] runs several members of one cluster the same way (on 127.0.0.1 of one
+//! namespace, each with its own ports and data), each of which can be killed and started again.
 
 use std::{
     fs, io,
@@ -78,10 +81,18 @@ pub struct EtcdServer {
     /// `http://HOST:PORT`, or `https://` with TLS.
     pub client_url: String,
     peer_url: String,
+    /// Its member name and the cluster it was started in.
+    member: Box<Member>,
     /// The network namespace it runs in (`None`: ours).
     netns: Option<PathBuf>,
     /// With TLS: the certificates.
     pub tls: Option<Box<EtcdTls>>,
+}
+
+/// A member's name and the members of the cluster it was started in (`name=peer-url,...`).
+struct Member {
+    name: String,
+    initial_cluster: String,
 }
 
 impl EtcdServer {
@@ -103,11 +114,16 @@ impl EtcdServer {
             IpAddr::V6(a) => format!("[{a}]"),
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
         let mut etcd = Self {
             child: None,
             dir: dir.to_owned(),
             client_url: format!("{scheme}://{host}:{}", free_port()?),
-            peer_url: format!("http://127.0.0.1:{}", free_port()?),
+            member: Box::new(Member {
+                name: "test".into(),
+                initial_cluster: format!("test={peer_url}"),
+            }),
+            peer_url,
             netns: netns.map(Path::to_path_buf),
             tls: tls.map(Box::new),
         };
@@ -139,12 +155,24 @@ impl EtcdServer {
     }
 
     /// Starts etcd (on the same data and ports as before, if it ran), and waits until it is
-    /// healthy.
+    /// healthy. A member of a cluster is healthy once it has a leader: when the other members
+    /// are down too, start them all with [`EtcdServer::launch`] first.
     ///
     /// # Errors
     ///
     /// As [`EtcdServer::start`].
     pub fn spawn(&mut self) -> Result<(), EtcdError> {
+        self.launch()?;
+        self.wait_healthy()
+    }
+
+    /// Starts the etcd process (on the same data and ports as before, if it ran), without
+    /// waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// etcd is not installed or cannot be started.
+    pub fn launch(&mut self) -> Result<(), EtcdError> {
         let io = |what: &str| {
             let what = what.to_owned();
             move |source| EtcdError::Io { what, source }
@@ -163,19 +191,28 @@ impl EtcdServer {
                 .arg(format!("--trusted-ca-file={}", tls.ca_cert.display()));
         }
         let child = command
-            .arg("--name=test")
+            .arg(format!("--name={}", self.member.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={}", self.client_url))
             .arg(format!("--advertise-client-urls={}", self.client_url))
             .arg(format!("--listen-peer-urls={}", self.peer_url))
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url))
-            .arg(format!("--initial-cluster=test={}", self.peer_url))
+            .arg(format!("--initial-cluster={}", self.member.initial_cluster))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io("open etcd's log"))?)
             .stderr(log)
             .spawn()
             .map_err(io("start etcd"))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until etcd answers `endpoint health` (it has a leader), or fails with its log.
+    ///
+    /// # Errors
+    ///
+    /// etcd exited, or is not healthy within the start timeout.
+    pub fn wait_healthy(&mut self) -> Result<(), EtcdError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let health = self.etcdctl_output(&["endpoint", "health", "--command-timeout=1s"])?;
@@ -200,6 +237,16 @@ impl EtcdServer {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether its process runs (it was started and not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills etcd (SIGKILL: as a crash) and waits for it.
@@ -279,6 +326,86 @@ impl EtcdServer {
             }
         }
         env
+    }
+}
+
+/// Several etcd members of one cluster, in one namespace (or ours), on 127.0.0.1, each with its
+/// own data under the caller's directory and its own ports; killed on drop.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members (named `m0`, `m1`, ...) with their files in `dir/m<i>` (`dir` must
+    /// exist), in `netns` or ours, and waits until each is healthy.
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdServer::start`].
+    pub fn start(dir: &Path, netns: Option<&Path>, size: usize) -> Result<Self, EtcdError> {
+        // Each port is held until all are chosen, so that no two members get the same one.
+        let io = |source| EtcdError::Io {
+            what: "find free ports".into(),
+            source,
+        };
+        let held: Vec<TcpListener> = (0..2 * size)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        drop(held);
+        let mut members = Vec::new();
+        for i in 0..size {
+            let member_dir = dir.join(format!("m{i}"));
+            fs::create_dir_all(&member_dir).map_err(|source| EtcdError::Io {
+                what: format!("create {}", member_dir.display()),
+                source,
+            })?;
+            members.push(EtcdServer {
+                child: None,
+                dir: member_dir,
+                client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
+                peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
+                member: Box::new(Member {
+                    name: format!("m{i}"),
+                    initial_cluster: String::new(),
+                }),
+                netns: netns.map(Path::to_path_buf),
+                tls: None,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.member.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self { members };
+        for member in &mut cluster.members {
+            member.member.initial_cluster.clone_from(&initial_cluster);
+            member.launch()?;
+        }
+        for member in &mut cluster.members {
+            member.wait_healthy()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Every member's client URL, in order.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The environment `calico-loader` reads to use this cluster: `DATASTORE_TYPE` and every
+    /// member in `ETCD_ENDPOINTS`.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATASTORE_TYPE", "etcdv3".to_owned()),
+            ("ETCD_ENDPOINTS", self.client_urls().join(",")),
+        ]
     }
 }
 

@@ -22,7 +22,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, Txn, TxnResponse};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::store::{StoreError, describe_error};
 
@@ -259,10 +259,8 @@ impl EtcdClient {
                     );
                 }
                 Err(error) => {
-                    if retry.allows(&error) && self.clients.len() > 1 {
-                        warn!("no etcd member answered: {}", describe_error(&error));
-                    }
-                    // The next request starts with another member.
+                    // The caller reports the failure; the next request starts with another
+                    // member.
                     if retry.allows(&error) {
                         self.fail_over();
                     }

@@ -296,3 +296,101 @@ impl Etcd {
         command
     }
 }
+
+/// A three-member etcd cluster ([`testbed::etcd::EtcdCluster`]) on 127.0.0.1 of a test's
+/// namespace, and its temporary directory; killed and removed on drop.
+pub struct EtcdCluster {
+    // Dropped first: the members are killed before their directories go.
+    pub cluster: testbed::etcd::EtcdCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts three members in `netns`.
+    pub fn start_in(netns: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("etcd temp dir");
+        let cluster = testbed::etcd::EtcdCluster::start(dir.path(), Some(netns), 3)
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+        Self { cluster, _dir: dir }
+    }
+
+    /// Every member's client URL, comma-separated (`--etcd-endpoints`, `ETCD_ENDPOINTS`).
+    pub fn endpoints(&self) -> String {
+        self.cluster.client_urls().join(",")
+    }
+
+    /// The member whose client URL ends in `:port`.
+    pub fn member_on_port(&self, port: u16) -> Option<usize> {
+        let suffix = format!(":{port}");
+        self.cluster
+            .members
+            .iter()
+            .position(|m| m.client_url.ends_with(&suffix))
+    }
+
+    /// Kills member `i` (SIGKILL: as a crash).
+    pub fn kill(&mut self, i: usize) {
+        self.cluster.members[i].kill();
+    }
+
+    /// Starts member `i` again on its data, and waits until it is healthy (back in the
+    /// cluster, with a leader).
+    pub fn restart(&mut self, i: usize) {
+        self.cluster.members[i]
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+    }
+
+    /// Starts every member that is down, all at once (a member alone has no quorum), and waits
+    /// until each is healthy.
+    pub fn restart_all(&mut self) {
+        for member in &mut self.cluster.members {
+            if !member.running() {
+                member
+                    .launch()
+                    .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+            }
+        }
+        for member in &mut self.cluster.members {
+            member
+                .wait_healthy()
+                .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
+        }
+    }
+
+    /// Runs `etcdctl ARGS` against member `i` alone; its output, whatever its status.
+    pub fn etcdctl_at(&self, i: usize, args: &[&str]) -> Output {
+        self.cluster.members[i]
+            .etcdctl_output(args)
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)))
+    }
+
+    /// Runs `calico-loader ARGS` against the whole cluster (every member in
+    /// `ETCD_ENDPOINTS`), in its namespace, with `stdin` as input.
+    pub fn loader(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let member = &self.cluster.members[0];
+        let mut command = member.command(Path::new(super::topology::loader_bin()));
+        command.args(args).env("RUST_BACKTRACE", "0");
+        for name in [
+            "ETCD_CA_CERT_FILE",
+            "ETCD_CERT_FILE",
+            "ETCD_KEY_FILE",
+            "NODENAME",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(self.cluster.client_env());
+        super::cli::run_with_stdin(command, stdin)
+    }
+
+    /// What every member logged, for a failure message.
+    pub fn logs(&self) -> String {
+        self.cluster
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("member {i}:\n{}", super::cli::tail(&m.log(), 15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
