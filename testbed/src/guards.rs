@@ -144,6 +144,23 @@ impl ChildGuard {
         }
     }
 
+    /// Kills the process with SIGKILL (as a crash: none of its own clean-up runs) and returns
+    /// how it exited.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        eprintln!(
+            "{}",
+            styled(
+                "36",
+                format_args!("$ kill -KILL {}   # {}", self.child.id(), self.name)
+            )
+        );
+        self.signal(libc::SIGKILL);
+        self.wait_for(Duration::from_secs(5))
+    }
+
     /// Stops the process (SIGTERM; SIGKILL after `grace`) and returns how it
     /// exited.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {

@@ -52,6 +52,7 @@ mod measure;
 mod phase_agent;
 mod policy;
 mod report;
+mod restart;
 mod taps;
 mod topology;
 
@@ -125,6 +126,10 @@ pub struct BenchArgs {
     /// Only the VM and container phases (tap to tap, container start, attach at scale).
     #[arg(long)]
     pub hosting_only: bool,
+    /// Only the restart phase: packets lost across agent SIGKILLs and restarts (UDP, ping,
+    /// TCP) and the restart time.
+    #[arg(long)]
+    pub restart_only: bool,
 }
 
 impl BenchArgs {
@@ -138,6 +143,7 @@ impl BenchArgs {
             setups: Vec::new(),
             bgp_only: false,
             hosting_only: false,
+            restart_only: false,
         }
     }
 }
@@ -563,12 +569,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.hosting_only {
         return hosting::run_alone(&plan, &machine, &loader, pid, release, clock);
     }
+    if args.restart_only {
+        return restart::run_alone(&plan, &machine, &loader, pid, release, clock);
+    }
     let outcome = run(&plan, &loader, pid);
     // VMs and containers, each on its own host namespace and agent.
     let hosting = outcome
         .as_ref()
         .ok()
         .map(|_| hosting::measure(&plan, &loader, pid, release));
+    // Agent restarts under traffic, on their own host namespace and agent.
+    let restarts = outcome
+        .as_ref()
+        .ok()
+        .map(|_| restart::measure(plan.quick, &loader, pid, release));
     let pins = shared::pin_path("bench", pid);
     shared::check_nothing_left("cbench-", pid, Some(&pins));
     for pins in cross_host::pin_paths(pid) {
@@ -576,6 +590,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let (results, control_plane) = outcome?;
     let hosting = hosting.context("no VM and container phases")??;
+    let restarts = restarts.context("no restart phase")??;
 
     let microbench = microbench(&plan, &loader)?;
     // A failure here still leaves the figures above printed and written.
@@ -593,6 +608,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bgp::print(bgp);
     }
     hosting::print(&hosting);
+    restart::print(&restarts);
     report::write_json(
         &plan,
         &machine,
@@ -607,6 +623,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         clock.elapsed(),
     )?;
     hosting::add_to_json(&plan.json, &hosting)?;
+    restart::add_to_json(&plan.json, &restarts)?;
     output::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
@@ -892,6 +909,7 @@ mod tests {
             setups: Vec::new(),
             bgp_only: false,
             hosting_only: false,
+            restart_only: false,
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);

@@ -20,7 +20,7 @@ use testbed::{Cmd, Netns, output};
 use super::{
     attach::{create_veth_pairs, endpoint_yaml},
     control::{agent_maps, proc_status_kib},
-    phase_agent::PhaseAgent,
+    phase_agent::{AgentRun, PhaseAgent},
 };
 use crate::topology::{AttachMode, allow_all_profile_yaml};
 
@@ -122,16 +122,18 @@ pub fn measure(
         &host,
         &datastore,
         &pin_path,
-        AttachMode::Tc,
+        &AgentRun {
+            mode: AttachMode::Tc,
+            extra: &[
+                "--prometheus-metrics-enabled",
+                "true",
+                "--prometheus-metrics-host",
+                "127.0.0.1",
+                "--prometheus-metrics-port",
+                &port,
+            ],
+        },
         &scratch.join("agent-many.log"),
-        &[
-            "--prometheus-metrics-enabled",
-            "true",
-            "--prometheus-metrics-host",
-            "127.0.0.1",
-            "--prometheus-metrics-port",
-            &port,
-        ],
         |endpoints| {
             if endpoints.is_empty() {
                 ControlFlow::Break("the agent is up, with no endpoint".to_owned())

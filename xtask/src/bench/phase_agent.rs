@@ -1,6 +1,7 @@
-//! An agent for the phases that build their own host namespace (taps, attach at scale): started
-//! like the rounds' agent (`calico-loader run` in the host namespace, its log copied to a file
-//! for the agent's own timings), stopped with SIGTERM, its pins removed on drop.
+//! An agent for the phases that build their own host namespace (taps, attach at scale,
+//! restarts): started like the rounds' agent (`calico-loader run` in the host namespace, its log
+//! copied to a file for the agent's own timings), stopped with SIGTERM (or killed with SIGKILL,
+//! its pins left for the next agent), its pins removed on drop.
 
 use std::{ops::ControlFlow, path::Path, time::Duration};
 
@@ -13,6 +14,12 @@ use super::{
     topology::{AgentLog, agent_pid},
 };
 use crate::topology::{self as shared, AttachMode, PinGuard};
+
+/// How a phase's agent runs: its hook, and further arguments of `calico-loader run`.
+pub struct AgentRun<'a> {
+    pub mode: AttachMode,
+    pub extra: &'a [&'a str],
+}
 
 pub struct PhaseAgent {
     child: ChildGuard,
@@ -34,21 +41,21 @@ impl PhaseAgent {
         log: &Path,
         attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
     ) -> Result<Self> {
-        Self::start_with(loader, host, datastore, pin_path, mode, log, &[], attached)
+        let run = AgentRun { mode, extra: &[] };
+        Self::start_with(loader, host, datastore, pin_path, &run, log, attached)
     }
 
-    /// [`PhaseAgent::start`] with `extra` arguments for `calico-loader run`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Self::start`] with further arguments to `calico-loader run`.
     pub fn start_with(
         loader: &Path,
         host: &Netns,
         datastore: &Path,
         pin_path: &Path,
-        mode: AttachMode,
+        run: &AgentRun<'_>,
         log: &Path,
-        extra: &[&str],
         attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
     ) -> Result<Self> {
+        let (mode, extra) = (run.mode, run.extra);
         const TEE: &str = r#"log=$1; shift; exec "$@" 2> >(exec tee -i -a "$log" >&2)"#;
         let pins = PinGuard::new(loader, &host.path(), pin_path);
         output::info(format!(
@@ -99,6 +106,16 @@ impl PhaseAgent {
             },
             _pins: pins,
         })
+    }
+
+    /// SIGKILL, as a crash: the programs stay attached and the maps pinned. The returned guard
+    /// removes the pins when it drops: keep it until the next agent on them is done.
+    pub fn kill(mut self) -> PinGuard {
+        match self.child.kill() {
+            Some(_) => {}
+            None => output::warn("the agent did not die on SIGKILL"),
+        }
+        self._pins
     }
 
     /// SIGTERM (it detaches, `--detach-on-exit`); the pins are removed when `self` drops.
