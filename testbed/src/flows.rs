@@ -375,7 +375,7 @@ pub struct TcpFlow {
     reader: Option<JoinHandle<(u64, Duration, Option<String>)>>,
 }
 
-/// The writer's chunk; it writes `rate / TICKS_PER_SECOND` bytes a tick in chunks of this size.
+/// The most the writer hands to one `write`; it writes what its pace says is due every tick.
 const TCP_CHUNK: usize = 16 << 10;
 const TCP_TICK: Duration = Duration::from_millis(2);
 /// A read that waits this long ends the stream as stalled.
