@@ -152,13 +152,16 @@ impl Family for V6 {
     /// workload's egress traffic to the host.
     #[inline(always)]
     fn on_link(flow: &Flow) -> OnLink {
+        // Neighbour discovery and MLD first: they mostly go to link-local and multicast
+        // addresses, and neither egress policy nor `DefaultEndpointToHostAction` may stop them
+        // (Felix accepts them from workloads before either).
+        if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
+            return OnLink::Housekeeping;
+        }
         let dst0 = flow.dst[0];
         let dst1 = flow.dst[1];
         if dst0 == 0xff || (dst0 == 0xfe && dst1 & 0xc0 == 0x80) {
             return OnLink::Policed;
-        }
-        if flow.kind == flow_kind::NEIGHBOUR_DISCOVERY {
-            return OnLink::Housekeeping;
         }
         OnLink::No
     }

@@ -429,6 +429,50 @@ mod privileged {
             );
             assert_eq!(accept.counters(LO).to_host_packets, 1);
         }
+
+        #[test]
+        fn neighbour_discovery_reaches_the_host_whatever_the_endpoint_to_host_action() {
+            // ICMPv6 from the sender's link-local address to a link-scope group, as a
+            // workload's kernel sends them on its own: router solicitations (133) and the
+            // neighbour discovery and MLDv1 types Felix accepts from workloads before policy
+            // and DefaultEndpointToHostAction. An MLDv2 report (143) is not among them: it
+            // meets egress policy (which has no entry for a link-local source) and the action,
+            // as in Felix.
+            let icmpv6 = |icmp_type: u8, dst: &str| {
+                let src: std::net::Ipv6Addr = "fe80::1".parse().expect("address");
+                let dst: std::net::Ipv6Addr = dst.parse().expect("address");
+                let mut icmp = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
+                let mut pseudo = [src.octets(), dst.octets()].concat();
+                pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, 58]);
+                pseudo.extend_from_slice(&icmp);
+                icmp[2..4].copy_from_slice(&checksum(&pseudo).to_be_bytes());
+                ethernet(
+                    [0x33, 0x33, 0, 0, 0, 2],
+                    HOST_MAC,
+                    0x86dd,
+                    &ipv6(src, dst, 255, 58, &icmp),
+                )
+            };
+            let mut drop = Fixture::new("", true);
+            for (icmp_type, dst) in [(133, "ff02::2"), (135, "ff02::1:ff00:1"), (131, "ff02::16")] {
+                assert_eq!(
+                    drop.run(program_names::TC_FROM_WORKLOAD, &icmpv6(icmp_type, dst)),
+                    TC_ACT_OK,
+                    "ICMPv6 type {icmp_type} to {dst} is handed to the host"
+                );
+            }
+            assert_eq!(
+                drop.counters(LO).drops[DropReason::EndpointToHost as usize],
+                0
+            );
+            assert_eq!(
+                drop.run(program_names::TC_FROM_WORKLOAD, &icmpv6(143, "ff02::16")),
+                TC_ACT_SHOT,
+                "an MLDv2 report is not housekeeping"
+            );
+            assert_eq!(drop.counters(LO).drops.iter().sum::<u64>(), 1);
+        }
     }
 
     /// Real traffic: a host namespace whose data interface `eth0` leads to an "outside"

@@ -366,9 +366,9 @@ mod privileged {
         // The programs dropped nothing for a reason a restart could cause: no unknown
         // interface, failed redirect, missing route... "policy-denied" counts the probes the
         // policy denies; "policy-missing" is left out because it grows by a few packets in ten
-        // seconds on these topologies without any restart too: IPv6 router solicitations and
-        // listener reports from link-local addresses (policy is keyed on the endpoints' own
-        // addresses), and, with those turned off, one or two packets a run not identified yet.
+        // seconds on these topologies without any restart too: IPv6 MLDv2 listener reports
+        // from link-local addresses (policy is keyed on the endpoints' own addresses), and,
+        // with those turned off, one or two packets a run not identified yet.
         // The flows themselves are counted packet by packet above.
         for (host, before) in hosts.iter().zip(drops_before) {
             let after = host.drops();
