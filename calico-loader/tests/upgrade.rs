@@ -14,15 +14,10 @@ mod support;
 /// them, and they fail without root.
 mod privileged {
     use std::{
-        io::{Read as _, Write as _},
-        net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+        net::{IpAddr, SocketAddr},
         path::PathBuf,
         process::Command,
-        sync::{
-            Arc,
-            atomic::{AtomicBool, Ordering},
-        },
-        thread::{self, JoinHandle},
+        thread,
         time::{Duration, Instant},
     };
 
@@ -32,7 +27,12 @@ mod privileged {
         maps::{Conntrack, Counters, Endpoints, MapSpec},
     };
 
+    use testbed::flows::{Pace, TcpFlow};
+
     use crate::support::topology::{Agent, Datastore, Topology, Workload, loader_bin, unique};
+
+    /// The TCP stream's port.
+    const STREAM_PORT: u16 = 5600;
 
     /// Where `cargo xtask test` puts the path of the `next-layout` build.
     const NEXT_LAYOUT_AGENT_ENV: &str = "CALICO_EBPF_NEXT_LAYOUT_AGENT";
@@ -76,73 +76,36 @@ mod privileged {
         );
     }
 
-    /// A TCP connection from one workload to another carrying data continuously: 4 KiB every
-    /// 5 ms, counted on both sides.
-    struct Stream {
-        stop: Arc<AtomicBool>,
-        client: JoinHandle<u64>,
-        server: JoinHandle<(u64, Duration)>,
+    /// A TCP connection from one workload to another carrying 800 KiB/s until stopped,
+    /// counted on both sides; its replies pass only through conntrack (`write_endpoints`).
+    fn stream(from: &Workload, to: &Workload) -> TcpFlow {
+        TcpFlow::start(
+            &from.ns.path(),
+            &to.ns.path(),
+            SocketAddr::new(IpAddr::V4(to.v4), STREAM_PORT),
+            Pace {
+                duration: Duration::from_secs(120),
+                rate: 800 << 10,
+            },
+        )
+        .expect("start the TCP stream")
     }
 
-    impl Stream {
-        fn start(from: &Workload, to: &Workload) -> Self {
-            let dst = IpAddr::V4(to.v4);
-            let port = 5600;
-            let listener = to.ns.enter(move || {
-                TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("addr"), port))
-                    .expect("bind the stream's listener")
-            });
-            let server = thread::spawn(move || {
-                let (mut conn, _) = listener.accept().expect("accept the stream");
-                let mut received = 0u64;
-                let mut longest_gap = Duration::ZERO;
-                let mut last = Instant::now();
-                let mut buf = [0u8; 65536];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            received += n as u64;
-                            longest_gap = longest_gap.max(last.elapsed());
-                            last = Instant::now();
-                        }
-                        Err(e) => panic!("the stream's receiver: {e}"),
-                    }
-                }
-                (received, longest_gap)
-            });
-            let stop = Arc::new(AtomicBool::new(false));
-            let stopping = stop.clone();
-            let client = from.ns.enter(move || {
-                let mut conn =
-                    TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(5))
-                        .expect("connect the stream");
-                thread::spawn(move || {
-                    let chunk = [0x5au8; 4096];
-                    let mut sent = 0u64;
-                    while !stopping.load(Ordering::SeqCst) {
-                        conn.write_all(&chunk).expect("the stream's sender");
-                        sent += chunk.len() as u64;
-                        thread::sleep(Duration::from_millis(5));
-                    }
-                    sent
-                })
-            });
-            Self {
-                stop,
-                client,
-                server,
-            }
-        }
-
-        /// Stops sending, closes, and returns (bytes sent, bytes received, longest wait for
-        /// data at the receiver).
-        fn finish(self) -> (u64, u64, Duration) {
-            self.stop.store(true, Ordering::SeqCst);
-            let sent = self.client.join().expect("the stream's sender");
-            let (received, gap) = self.server.join().expect("the stream's receiver");
-            (sent, received, gap)
-        }
+    /// Stops `stream` and checks that it lost nothing: every byte arrived, no segment was
+    /// sent again for being lost, no reset, no wait of a second for data.
+    fn assert_stream_lost_nothing(stream: TcpFlow) {
+        let report = stream.stop().expect("the TCP stream's threads");
+        assert_eq!(report.error, None, "the stream ended cleanly: {report:?}");
+        assert!(report.sent > 0, "the stream carried data: {report:?}");
+        assert_eq!(
+            report.sent, report.received,
+            "every byte arrived: {report:?}"
+        );
+        assert_eq!(report.lost_segments(), 0, "no segment lost: {report:?}");
+        assert!(
+            report.longest_gap < Duration::from_secs(1),
+            "the stream never stalled: {report:?}"
+        );
     }
 
     /// `binary dump WHAT -o json` against `agent`'s pins (each build reads its own layouts).
@@ -160,7 +123,7 @@ mod privileged {
         serde_json::from_slice(&output.stdout).expect("dump JSON")
     }
 
-    /// The conntrack row of the stream (TCP to port 5600), from `binary`'s `dump conntrack`.
+    /// The conntrack row of the stream (TCP to [`STREAM_PORT`]), from `binary`'s `dump conntrack`.
     fn stream_entry(binary: &str, agent: &Agent) -> serde_json::Value {
         let rows = dump(binary, agent, "conntrack");
         rows.as_array()
@@ -170,7 +133,7 @@ mod privileged {
                         r["protocol"] == 6
                             && r["responder"]
                                 .as_str()
-                                .is_some_and(|s| s.ends_with(":5600"))
+                                .is_some_and(|s| s.ends_with(&format!(":{STREAM_PORT}")))
                     })
                     .cloned()
             })
@@ -253,7 +216,7 @@ mod privileged {
         );
 
         let pinger = wl1.ping_every(IpAddr::V4(wl2.v4), "0.01");
-        let stream = Stream::start(wl1, wl2);
+        let stream = stream(wl1, wl2);
         thread::sleep(Duration::from_secs(1));
         let before = stream_entry(loader_bin(), &old);
         let conntrack = pin_path.join(Conntrack::DEF.name);
@@ -358,17 +321,12 @@ mod privileged {
         );
         thread::sleep(Duration::from_secs(1));
 
-        let (sent, received, gap) = stream.finish();
+        assert_stream_lost_nothing(stream);
         let (transmitted, replies, output) = pinger.finish();
         assert!(transmitted > 300, "the ping ran: {output}");
         assert_eq!(
             transmitted, replies,
             "no ping lost across the upgrade and the refused downgrade: {output}"
-        );
-        assert_eq!(sent, received, "every byte of the stream arrived");
-        assert!(
-            gap < Duration::from_secs(1),
-            "the stream never stalled (longest wait {gap:?})"
         );
 
         assert_eq!(
@@ -391,7 +349,7 @@ mod privileged {
             Agent::start_with_pins(&topology, &datastore, "upgrade-node", pin_path.clone(), &[]);
         old.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
         let pinger = wl1.ping_every(IpAddr::V4(wl2.v4), "0.01");
-        let stream = Stream::start(wl1, wl2);
+        let stream = stream(wl1, wl2);
         thread::sleep(Duration::from_secs(1));
         let before = stream_entry(loader_bin(), &old);
         let conntrack = pin_path.join(Conntrack::DEF.name);
@@ -446,14 +404,9 @@ mod privileged {
             "the stream's entry was carried into the new table: {before} then {after}"
         );
 
-        let (sent, received, gap) = stream.finish();
+        assert_stream_lost_nothing(stream);
         let (transmitted, replies, output) = pinger.finish();
         assert_eq!(transmitted, replies, "no ping lost: {output}");
-        assert_eq!(sent, received, "every byte of the stream arrived");
-        assert!(
-            gap < Duration::from_secs(1),
-            "the stream never stalled ({gap:?})"
-        );
         assert_eq!(policy_drops(loader_bin(), &new, &wl2.host_ifname), 0);
     }
 }

@@ -453,6 +453,19 @@ impl TcpFlow {
     }
 }
 
+impl TcpFlow {
+    /// Stops writing now (before the pace's duration ran out), then [`TcpFlow::finish`]es:
+    /// for a stream that must last exactly as long as something else does.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpFlow::finish`].
+    pub fn stop(self) -> Result<TcpReport, FlowError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.finish()
+    }
+}
+
 impl Drop for TcpFlow {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
