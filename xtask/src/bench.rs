@@ -38,11 +38,13 @@
 //!   (`phase_agent`): tap to tap (`taps`), container start with podman (`containers`), attach
 //!   latency and memory at scale (`attach`).
 
+mod active;
 mod attach;
 mod bgp;
 mod containers;
 mod control;
 mod cross_host;
+mod frames;
 mod hosting;
 mod livegen;
 mod loader;
@@ -71,10 +73,11 @@ use crate::{
 };
 
 use self::{
+    active::Active,
     control::ControlPlane,
     measure::{Generator, PpsResult, RrResult, TcpResult},
     policy::PolicyCheck,
-    topology::{Active, IperfServer, Topology, UdpSink},
+    topology::{IperfServer, Topology, UdpSink},
 };
 
 /// iptables rule counts measured by a full run, and by `--quick`.
@@ -683,7 +686,7 @@ fn run(plan: &Plan, loader: &Path, pid: u32) -> Result<(Vec<RoundResult>, Contro
     let topo = Topology::create(pid)?;
     let datastore = scratch.path().join("datastore");
     topology::write_datastore(&topo, &datastore)?;
-    let trafgen_config = measure::write_trafgen_config(scratch.path(), &topo, plan.generator_cpu)?;
+    let trafgen_config = frames::write_trafgen_config(scratch.path(), &topo, plan.generator_cpu)?;
     let _iperf = IperfServer::start(&topo)?;
     let _udp_sink = UdpSink::start(&topo)?;
     let pin_path = shared::pin_path("bench", pid);

@@ -40,12 +40,13 @@ use testbed::{Cmd, output, privileges, signals};
 
 use super::{
     Ctx, Setup,
+    active::Active,
     loader::{endpoint_key, endpoint_yaml},
     policy::{
         Decider, POLICY_FILE, Staged, TRAFGEN_PORT, TraceOutcome, policy_count, policy_yaml,
         run_trace, trace_cmd,
     },
-    topology::{Active, Agent, create_workload, log_field, log_time, millis_between},
+    topology::{Agent, create_workload, log_field, log_time, millis_between},
 };
 use crate::{sockets, topology::AttachMode};
 

@@ -17,9 +17,8 @@ use anyhow::{Context, Result};
 use testbed::{ChildGuard, Netns, output};
 
 use super::{
-    Ctx, Plan, Setup,
+    Ctx, Plan, Setup, frames,
     loader::{NAMESPACE, dump_cmd},
-    measure,
     topology::{
         AgentLog, AgentPlace, IperfServer, Topology, UdpSink, agent_log, create_workload,
         spawn_agent, stop_agent,
@@ -107,7 +106,7 @@ impl CrossHost {
         let dir = scratch.join("cross-host");
         let datastore = dir.join("datastore");
         write_datastore(&topo, &datastore)?;
-        let trafgen_config = measure::write_trafgen_config(&dir, &topo, plan.generator_cpu)?;
+        let trafgen_config = frames::write_trafgen_config(&dir, &topo, plan.generator_cpu)?;
         let iperf = IperfServer::start(&topo)?;
         let udp_sink = UdpSink::start(&topo)?;
         let [pins_a, pins_b] = pin_paths(pid);

@@ -36,8 +36,9 @@ use serde_json::Value;
 use testbed::{Netns, netns, output, signals};
 
 use super::{
+    frames::udp_frame,
     loader::{NAMESPACE, NODE, dump_cmd},
-    measure::{endpoint_counters, link_tx, pin_current_thread, snmp_value, udp_frame},
+    measure::{endpoint_counters, link_tx, pin_current_thread, snmp_value},
     phase_agent::PhaseAgent,
 };
 use crate::topology::{ALLOW_ALL_PROFILE, AttachMode, HOST_SIDE_MAC, allow_all_profile_yaml};

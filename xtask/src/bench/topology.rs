@@ -1,12 +1,10 @@
-//! The bench's topology and the setups activated on it: namespaces, kernel
-//! routes, iptables chains, nftables tables, the agent and its pins, and the sysctls the bench
-//! changes. Each is a guard that undoes itself on drop. What the demo builds
-//! too (wiring a workload, starting the agent, its pins) is in
-//! `crate::topology`.
+//! The bench's topology and the parts its setups are made of: namespaces, kernel routes,
+//! iptables chains, nftables tables, the agent and its pins, and the sysctls the bench changes.
+//! Each is a guard that undoes itself on drop. Which setup is active is `active.rs`'s; what the
+//! demo builds too (wiring a workload, starting the agent, its pins) is in `crate::topology`.
 
 use std::{
     cell::Cell,
-    collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     ops::ControlFlow,
@@ -22,8 +20,7 @@ use serde_json::Value;
 use testbed::{ChildGuard, Cmd, Netns, output, signals};
 
 use super::{
-    Ctx, Setup,
-    cross_host::{FABRIC_HOOKS, FABRIC_IF, HostAgents},
+    Ctx,
     loader::{NODE, dump_cmd, endpoint_yaml},
     policy::{self, PolicyCheck},
 };
@@ -390,171 +387,6 @@ fn wait_listening(
 // Setups
 // ---------------------------------------------------------------------------
 
-/// One of our programs, and the hooks (`<interface>/<hook>`, prefixed with the host on two
-/// hosts) it is attached to.
-pub struct Program {
-    pub id: u64,
-    pub hooks: Vec<String>,
-}
-
-/// The active setup. `deactivate` (or drop) leaves the topology with plain
-/// Linux forwarding, without kernel routes for the agent setups.
-pub enum Active<'a> {
-    Linux,
-    Iptables(IptablesRules<'a>),
-    Nft(NftRules<'a>),
-    Agent(Box<Agent>),
-    /// An agent on each of the two hosts (the cross-host setups).
-    Hosts(Box<HostAgents>),
-}
-
-impl<'a> Active<'a> {
-    pub fn activate(ctx: &Ctx<'a>, setup: Setup) -> Result<Self> {
-        match setup {
-            Setup::Linux | Setup::CrossLinux => {
-                ctx.topo.install_kernel_routes()?;
-                Ok(Self::Linux)
-            }
-            Setup::Iptables(rules) => {
-                ctx.topo.install_kernel_routes()?;
-                Ok(Self::Iptables(IptablesRules::install(ctx, rules)?))
-            }
-            Setup::NftList(rules) => {
-                ctx.topo.install_kernel_routes()?;
-                Ok(Self::Nft(NftRules::install(ctx, NftShape::List, rules)?))
-            }
-            Setup::NftSet(rules) => {
-                ctx.topo.install_kernel_routes()?;
-                Ok(Self::Nft(NftRules::install(ctx, NftShape::Set, rules)?))
-            }
-            Setup::Ours(hook, rules) => {
-                ctx.topo.remove_kernel_routes()?;
-                if hook == AttachMode::Xdp {
-                    set_tx_offload(ctx.topo, false)?;
-                }
-                Ok(Self::Agent(Box::new(Agent::start(ctx, hook, rules)?)))
-            }
-            Setup::CrossOurs(hook) => {
-                ctx.topo.remove_kernel_routes()?;
-                if hook == AttachMode::Xdp {
-                    set_tx_offload(ctx.topo, false)?;
-                }
-                Ok(Self::Hosts(Box::new(HostAgents::start(ctx, hook)?)))
-            }
-        }
-    }
-
-    pub fn deactivate(self, ctx: &Ctx<'_>) -> Result<()> {
-        let (hook, stopped) = match self {
-            Self::Linux => return Ok(()),
-            Self::Iptables(rules) => return rules.remove(),
-            Self::Nft(rules) => return rules.remove(),
-            Self::Agent(agent) => (agent.hook, agent.stop(ctx)),
-            Self::Hosts(agents) => (agents.hook, agents.stop(ctx)),
-        };
-        stopped?;
-        if hook == AttachMode::Xdp {
-            set_tx_offload(ctx.topo, true)?;
-        }
-        Ok(())
-    }
-
-    pub fn is_agent(&self) -> bool {
-        matches!(self, Self::Agent(_) | Self::Hosts(_))
-    }
-
-    pub fn agent(&self) -> Option<&Agent> {
-        match self {
-            Self::Agent(agent) => Some(agent),
-            _ => None,
-        }
-    }
-
-    /// For our setups: the policy check made before measuring, with the deciding rule's hits
-    /// read now.
-    pub fn policy_check(&mut self, ctx: &Ctx<'_>) -> Result<Option<PolicyCheck>> {
-        let Self::Agent(agent) = self else {
-            return Ok(None);
-        };
-        let Some(mut check) = agent.policy.take() else {
-            return Ok(None);
-        };
-        policy::record_hits(ctx, &mut check)?;
-        Ok(Some(check))
-    }
-
-    /// Our programs attached to the workloads' interfaces, and on two hosts to the fabric
-    /// interfaces (none without the agent).
-    pub fn programs(&self, ctx: &Ctx<'_>) -> Result<Vec<Program>> {
-        if !self.is_agent() {
-            return Ok(Vec::new());
-        }
-        let places: Vec<(&Path, &str)> = match ctx.sink_pin_path {
-            None => vec![(ctx.pin_path, "")],
-            Some(sink_pins) => vec![(ctx.pin_path, "host A: "), (sink_pins, "host B: ")],
-        };
-        let mut by_id: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        for (pins, label) in places {
-            let endpoints = dump_cmd(ctx.loader, pins, "endpoints").output()?;
-            let endpoints: Value = serde_json::from_str(&endpoints)
-                .context("`dump endpoints -o json` printed invalid JSON")?;
-            let Value::Array(endpoints) = endpoints else {
-                bail!("`dump endpoints -o json` did not print an array");
-            };
-            let mut hooks: Vec<(String, String)> = Vec::new();
-            for endpoint in &endpoints {
-                let Some(iface) = endpoint["interface"].as_str() else {
-                    continue;
-                };
-                if !ctx.topo.workloads().iter().any(|w| w.host_if == iface) {
-                    continue;
-                }
-                for hook in endpoint["hooks"].as_array().into_iter().flatten() {
-                    if let Some(hook) = hook.as_str() {
-                        hooks.push((iface.to_owned(), hook.to_owned()));
-                    }
-                }
-            }
-            if ctx.sink_pin_path.is_some() {
-                // Data interfaces have no endpoint entry: their links are found by name.
-                for hook in FABRIC_HOOKS {
-                    let pin = pins.join("links").join(FABRIC_IF).join(hook);
-                    if root::exists_as_root(&pin) {
-                        hooks.push((FABRIC_IF.to_owned(), hook.to_owned()));
-                    }
-                }
-            }
-            for (iface, hook) in hooks {
-                // The agent pins each link as <pins>/links/<interface>/<hook>.
-                let pin = pins.join("links").join(&iface).join(&hook);
-                let link = Cmd::new("bpftool")
-                    .args(["link", "show", "pinned"])
-                    .arg(&pin)
-                    .arg("-j")
-                    .privileged()
-                    .output()?;
-                let link: Value = serde_json::from_str(&link).with_context(|| {
-                    format!("bpftool printed invalid JSON for {}", pin.display())
-                })?;
-                let id = link["prog_id"]
-                    .as_u64()
-                    .with_context(|| format!("no prog_id for the link {}", pin.display()))?;
-                by_id
-                    .entry(id)
-                    .or_default()
-                    .push(format!("{label}{iface}/{hook}"));
-            }
-        }
-        if by_id.is_empty() {
-            bail!("found none of our programs through the agent's pinned links");
-        }
-        Ok(by_id
-            .into_iter()
-            .map(|(id, hooks)| Program { id, hooks })
-            .collect())
-    }
-}
-
 /// Calico-style iptables policy for the generator's endpoint, in the host
 /// namespace: `FORWARD -i <gen> -j cali-fw-<gen>`, a chain of rules that do
 /// not match the traffic, then ACCEPT.
@@ -566,7 +398,7 @@ pub struct IptablesRules<'a> {
 }
 
 impl<'a> IptablesRules<'a> {
-    fn install(ctx: &Ctx<'a>, rules: u32) -> Result<Self> {
+    pub fn install(ctx: &Ctx<'a>, rules: u32) -> Result<Self> {
         let iface = ctx.topo.gen_wl.host_if.clone();
         let chain = format!("cali-fw-{iface}");
         let file = ctx.scratch.join(format!("iptables-{rules}.rules"));
@@ -605,7 +437,7 @@ impl<'a> IptablesRules<'a> {
         Ok(guard)
     }
 
-    fn remove(mut self) -> Result<()> {
+    pub fn remove(mut self) -> Result<()> {
         self.installed = false;
         self.commands().iter().try_for_each(Cmd::run)?;
         remove_empty_iptables_nft_table(self.host)
@@ -721,7 +553,7 @@ pub struct NftRules<'a> {
 }
 
 impl<'a> NftRules<'a> {
-    fn install(ctx: &Ctx<'a>, shape: NftShape, rules: u32) -> Result<Self> {
+    pub fn install(ctx: &Ctx<'a>, shape: NftShape, rules: u32) -> Result<Self> {
         let iface = ctx.topo.gen_wl.host_if.clone();
         let chain = format!("cali-fw-{iface}");
         let set = format!("{chain}-src");
@@ -797,7 +629,7 @@ impl<'a> NftRules<'a> {
             .args(["delete", "table", "inet", NFT_TABLE])
     }
 
-    fn remove(mut self) -> Result<()> {
+    pub fn remove(mut self) -> Result<()> {
         self.installed = false;
         self.delete_table().run()?;
         let tables = nft_tables(self.host)?;
@@ -889,7 +721,7 @@ pub struct Agent {
     /// A copy of its log lines.
     pub log: AgentLog,
     /// The policy check made when it started; taken after the measurements.
-    policy: Option<PolicyCheck>,
+    pub policy: Option<PolicyCheck>,
 }
 
 impl Agent {
@@ -928,7 +760,7 @@ impl Agent {
     }
 
     /// SIGTERM; the agent detaches and removes its pins (see `stop_agent`).
-    fn stop(mut self, ctx: &Ctx<'_>) -> Result<()> {
+    pub fn stop(mut self, ctx: &Ctx<'_>) -> Result<()> {
         let place = AgentPlace {
             host: &ctx.topo.host,
             node: NODE,
