@@ -717,28 +717,35 @@ mod privileged {
             );
             assert!(host_endpoint_row(&agent).is_some());
 
-            // Untracked policy is not built: a doNotTrack policy that selects the host endpoint
-            // is refused, naming both, and the host endpoint keeps its policy.
+            // Untracked policy (tests/untracked.rs has its traffic): an untracked Allow from the
+            // outside takes port 8080 past the tracked policy's deny, without a conntrack entry.
             s.datastore.write("hep.yaml", &hep_yaml("eth0"));
             s.datastore.write(
                 "untracked.yaml",
                 &gnp(
                     "edge-untracked",
                     "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
-                     ingress: [{action: Allow}]}",
+                     types: [Ingress, Egress], \
+                     ingress: [{action: Allow, protocol: TCP, destination: {ports: [8080]}}], \
+                     egress: [{action: Allow, protocol: TCP, source: {ports: [8080]}}]}",
                 ),
             );
-            wait_for("the refusal of doNotTrack", Duration::from_secs(20), || {
-                agent.log().contains(&format!(
-                    "HostEndpoint {NODE}-eth0: GlobalNetworkPolicy edge-untracked has doNotTrack"
-                ))
-            });
-            assert!(
-                !connects(&s.outside, HOST_V4, 8080),
-                "the policy in force stays"
+            wait_for(
+                "untracked policy to open 8080",
+                Duration::from_secs(20),
+                || connects(&s.outside, HOST_V4, 8080),
             );
-            assert!(connects(&s.outside, HOST_V4, 22));
+            let tracked_to_8080 = agent.dump("conntrack").as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["responder"] == format!("{HOST_V4}:8080").as_str())
+            });
+            assert!(!tracked_to_8080, "the untracked flow has no conntrack entry");
             s.datastore.remove("untracked.yaml");
+            wait_for(
+                "the tracked policy's deny again",
+                Duration::from_secs(20),
+                || !connects(&s.outside, HOST_V4, 8080),
+            );
 
             // Without the host endpoint, the interface is a plain data interface again.
             s.datastore.remove("hep.yaml");
