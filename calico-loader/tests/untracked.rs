@@ -285,6 +285,10 @@ mod privileged {
             "dropped in XDP as untracked-denied: {dropped} of {sent} sent\n{after}"
         );
         let seen_by_tc = counter(&after, &["in_packets"]) - counter(&before, &["in_packets"]);
+        eprintln!(
+            "{mode} mode: flood of {sent} datagrams sent, {dropped} dropped in XDP \
+             (untracked-denied), {seen_by_tc} IP packets seen by the TC program meanwhile"
+        );
         assert!(
             seen_by_tc < 50,
             "the TC program saw {seen_by_tc} packets during a flood of {sent}: dropped before it"
