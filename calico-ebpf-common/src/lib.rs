@@ -128,7 +128,10 @@ mod tests {
             size_of::<HostEndpointInfo>(),
             7 * 4 + IFNAME_LEN + ENDPOINT_NAME_LEN
         );
-        assert_eq!(size_of::<HostEndpointCounters>(), 10 * 8 + DROP_REASONS * 8 + 2 * 8);
+        assert_eq!(
+            size_of::<HostEndpointCounters>(),
+            10 * 8 + DROP_REASONS * 8 + 2 * 8
+        );
         assert_eq!(size_of::<FailsafeKey>(), 8 + 16);
         assert_eq!(
             size_of::<EndpointCounters>(),

@@ -49,9 +49,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use calico_ebpf_common::{
-    MARK_AGENT_REPLY, MARK_DELIVERED, XDP_META_UNTRACKED_ALLOWED, direction,
-};
+use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED, XDP_META_UNTRACKED_ALLOWED, direction};
 use counters::{Action, count_redirect_failure, count_to_workload};
 use events::Headers;
 use forward::{Tc, Xdp};

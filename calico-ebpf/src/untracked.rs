@@ -13,9 +13,7 @@
 //! interface, before conntrack: Allow lets it out untracked, Deny drops it, and the rest goes on.
 //! (As in Calico, untracked egress policy does not see forwarded traffic.)
 
-use calico_ebpf_common::{
-    DropReason, HostEndpointCounters, direction, verdict_action,
-};
+use calico_ebpf_common::{DropReason, HostEndpointCounters, direction, verdict_action};
 
 use crate::{
     counters::{Action, count_host_endpoint_drop, count_untracked_pass, host_endpoint_counters},

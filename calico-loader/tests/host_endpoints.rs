@@ -735,11 +735,24 @@ mod privileged {
                 Duration::from_secs(20),
                 || connects(&s.outside, HOST_V4, 8080),
             );
-            let tracked_to_8080 = agent.dump("conntrack").as_array().is_some_and(|rows| {
-                rows.iter()
-                    .any(|r| r["responder"] == format!("{HOST_V4}:8080").as_str())
+            // Earlier flows to 8080 have entries still: look for this connection's own.
+            let local = s.outside.enter(|| {
+                let stream = TcpStream::connect_timeout(
+                    &SocketAddr::new(IpAddr::V4(HOST_V4), 8080),
+                    Duration::from_secs(1),
+                )
+                .expect("untracked connection");
+                stream.local_addr().expect("local address")
             });
-            assert!(!tracked_to_8080, "the untracked flow has no conntrack entry");
+            let entries = agent.dump("conntrack");
+            let tracked = entries.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["opener"] == local.to_string().as_str())
+            });
+            assert!(
+                !tracked,
+                "the untracked flow has no conntrack entry: {entries}"
+            );
             s.datastore.remove("untracked.yaml");
             wait_for(
                 "the tracked policy's deny again",

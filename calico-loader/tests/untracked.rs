@@ -323,8 +323,11 @@ mod privileged {
         let peer = udp_socket(&s.outside, SocketAddr::from((ALLOWED_V4, 0)));
         let peer_addr = peer.local_addr().expect("peer address");
         for i in 0..50u32 {
-            peer.send_to(&i.to_be_bytes(), SocketAddr::from((HOST_V4, UNTRACKED_PORT)))
-                .expect("send to the untracked port");
+            peer.send_to(
+                &i.to_be_bytes(),
+                SocketAddr::from((HOST_V4, UNTRACKED_PORT)),
+            )
+            .expect("send to the untracked port");
         }
         let mut buf = [0u8; 64];
         let mut arrived = 0;

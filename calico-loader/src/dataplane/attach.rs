@@ -323,7 +323,9 @@ impl Attacher {
                     let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
                         Ok(id) => id,
                         // A NIC whose driver has no XDP of its own gets the generic hook.
-                        Err(driver) if matches!(hook, Hook::XdpFromData | Hook::XdpHostEndpoint) => {
+                        Err(driver)
+                            if matches!(hook, Hook::XdpFromData | Hook::XdpHostEndpoint) =>
+                        {
                             let id = program
                                 .attach_to_if_index(ifindex, XdpMode::Skb)
                                 .map_err(err)?;

@@ -144,7 +144,13 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
         }
         plan
     };
-    let pre_dnat = passing(direction_plan(snapshot, &pre_dnat, |c| c.ingress, Vec::new())).tiers;
+    let pre_dnat = passing(direction_plan(
+        snapshot,
+        &pre_dnat,
+        |c| c.ingress,
+        Vec::new(),
+    ))
+    .tiers;
     let then = |first: &[super::policy::TierPlan], plan: DirectionPlan| DirectionPlan {
         tiers: first.iter().cloned().chain(plan.tiers).collect(),
         profiles: plan.profiles,

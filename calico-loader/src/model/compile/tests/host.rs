@@ -300,7 +300,10 @@ fn untracked_policy_decides_first_and_passes_what_it_leaves() {
     use HostPolicy::{Host, Untracked};
     let yaml = format!(
         "{RANDOM_ENDPOINTS}{HOST}{}{}{}{}",
-        profile("host-profile", "{ingress: [{action: Allow}], egress: [{action: Allow}]}"),
+        profile(
+            "host-profile",
+            "{ingress: [{action: Allow}], egress: [{action: Allow}]}"
+        ),
         gnp(
             "raw-deny",
             "{order: 1, selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
@@ -319,7 +322,11 @@ fn untracked_policy_decides_first_and_passes_what_it_leaves() {
         ),
     );
     let f = HostFixture::new(&yaml);
-    let untracked = f.compiled.untracked.as_ref().expect("untracked policy compiled");
+    let untracked = f
+        .compiled
+        .untracked
+        .as_ref()
+        .expect("untracked policy compiled");
     check_locals(&untracked.ingress);
     assert_eq!(f.compiled.untracked_directions, (true, true));
     let ctx = PolicyContext::new(&f.snapshot);
@@ -488,11 +495,7 @@ fn random_host_policies_compile_to_what_the_evaluator_says() {
                 sport,
                 dport,
             };
-            let which = *rng.pick(&[
-                HostPolicy::Host,
-                HostPolicy::Forward,
-                HostPolicy::Untracked,
-            ]);
+            let which = *rng.pick(&[HostPolicy::Host, HostPolicy::Forward, HostPolicy::Untracked]);
             let direction = *rng.pick(&Direction::ALL);
             let (reference, compiled) = fixture.verdicts(&ctx, which, direction, &packet);
             assert_eq!(
