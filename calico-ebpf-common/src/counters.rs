@@ -30,6 +30,9 @@ pub enum DropReason {
     /// found no free entry even by evicting one): dropped rather than let through untracked,
     /// whose replies policy would then judge on their own.
     ConntrackFull = 8,
+    /// A host endpoint's untracked (`doNotTrack`) policy denied the packet: ingress in XDP,
+    /// before conntrack and any other policy; egress in TC, for the host's own traffic.
+    UntrackedDenied = 9,
 }
 
 /// Number of slots in [`EndpointCounters::drops`].
@@ -37,7 +40,7 @@ pub const DROP_REASONS: usize = 10;
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         Self::SpoofedSource,
         Self::Blackhole,
         Self::Malformed,
@@ -47,6 +50,7 @@ impl DropReason {
         Self::PolicyMissing,
         Self::EndpointToHost,
         Self::ConntrackFull,
+        Self::UntrackedDenied,
     ];
 
     /// A short lowercase name for tables and JSON.
@@ -61,6 +65,7 @@ impl DropReason {
             Self::PolicyMissing => "policy-missing",
             Self::EndpointToHost => "endpoint-to-host",
             Self::ConntrackFull => "conntrack-full",
+            Self::UntrackedDenied => "untracked-denied",
         }
     }
 }

@@ -24,7 +24,13 @@ pub struct HostEndpointInfo {
     pub forward_ingress_policy: u32,
     /// Policy id of the compiled policy for forwarded traffic leaving through the interface.
     pub forward_egress_policy: u32,
-    pub _pad: u32,
+    /// Policy id of the compiled untracked (`doNotTrack`) ingress policy, which the XDP
+    /// program runs on every packet arriving through the interface before anything else
+    /// (0: no untracked policy applies in that direction). What it does not decide goes on.
+    pub untracked_ingress_policy: u32,
+    /// Policy id of the compiled untracked egress policy, which the TC egress program runs on
+    /// every packet the host itself sends through the interface, before conntrack.
+    pub untracked_egress_policy: u32,
     /// Name of the interface, NUL-padded.
     pub ifname: [u8; IFNAME_LEN],
     /// Name of the HostEndpoint, NUL-padded (truncated if longer).
@@ -39,7 +45,8 @@ impl Default for HostEndpointInfo {
             egress_policy: 0,
             forward_ingress_policy: 0,
             forward_egress_policy: 0,
-            _pad: 0,
+            untracked_ingress_policy: 0,
+            untracked_egress_policy: 0,
             ifname: [0; IFNAME_LEN],
             name: [0; ENDPOINT_NAME_LEN],
         }
@@ -65,6 +72,13 @@ pub mod host_endpoint_flags {
     pub const FORWARD_OPEN: u32 = 1;
 }
 
+/// What the XDP program of a host endpoint's interface leaves in the packet's metadata (the
+/// four bytes before the frame, `bpf_xdp_adjust_meta`) when the endpoint's untracked ingress
+/// policy allowed it: the TC ingress program then lets it through without conntrack and without
+/// the endpoint's other policy. Only a BPF program can write metadata, and it lives only as
+/// long as the packet's trip from XDP to TC on this interface.
+pub const XDP_META_UNTRACKED_ALLOWED: u32 = 0x0ca1_0d01;
+
 /// Per-CPU counters of one host endpoint's interface. "In" and "out" are seen from the host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -89,6 +103,11 @@ pub struct HostEndpointCounters {
     pub failsafe_out: u64,
     /// Dropped packets, indexed by [`crate::DropReason`].
     pub drops: [u64; DROP_REASONS],
+    /// Packets arriving through the interface that untracked ingress policy allowed (XDP):
+    /// let through without conntrack or the endpoint's other policy.
+    pub untracked_in_packets: u64,
+    /// Packets the host sent through the interface that untracked egress policy allowed.
+    pub untracked_out_packets: u64,
 }
 
 impl HostEndpointCounters {
@@ -107,6 +126,8 @@ impl HostEndpointCounters {
         for (mine, theirs) in self.drops.iter_mut().zip(other.drops.iter()) {
             *mine += *theirs;
         }
+        self.untracked_in_packets += other.untracked_in_packets;
+        self.untracked_out_packets += other.untracked_out_packets;
     }
 }
 

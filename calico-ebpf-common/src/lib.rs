@@ -69,6 +69,9 @@ pub mod program_names {
     /// TC egress on a data interface that a HostEndpoint covers: host endpoint policy for
     /// traffic the host sends and forwarded traffic leaving through it.
     pub const TC_HOST_ENDPOINT_EGRESS: &str = "calico_tc_hep_out";
+    /// XDP on a data interface that a HostEndpoint covers, in either attach mode: the failsafe
+    /// ports, then the endpoint's untracked (`doNotTrack`) ingress policy, before anything else.
+    pub const XDP_HOST_ENDPOINT: &str = "calico_xdp_hep";
     /// Never attached: run by `calico-loader trace` through BPF_PROG_TEST_RUN. It evaluates
     /// conntrack (read only) and policy for one endpoint and direction, with the same code as
     /// the attached programs, and writes what decided into the trace map.
@@ -123,9 +126,12 @@ mod tests {
         assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
         assert_eq!(
             size_of::<HostEndpointInfo>(),
-            6 * 4 + IFNAME_LEN + ENDPOINT_NAME_LEN
+            7 * 4 + IFNAME_LEN + ENDPOINT_NAME_LEN
         );
-        assert_eq!(size_of::<HostEndpointCounters>(), 10 * 8 + DROP_REASONS * 8);
+        assert_eq!(
+            size_of::<HostEndpointCounters>(),
+            10 * 8 + DROP_REASONS * 8 + 2 * 8
+        );
         assert_eq!(size_of::<FailsafeKey>(), 8 + 16);
         assert_eq!(
             size_of::<EndpointCounters>(),

@@ -271,14 +271,15 @@ macro_rules! for_each_map {
                 Hash<$crate::floating_ips::FloatingIpKey, $crate::floating_ips::FloatingIpValue>
                 max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
             /// Data interfaces that a HostEndpoint covers, by ifindex: the ids of its compiled
-            /// policies.
+            /// policies (version 2: with its untracked policies).
             HostEndpoints HOST_ENDPOINTS "cali_host_eps"
                 Hash<u32, $crate::host_endpoints::HostEndpointInfo>
-                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 1, upgrade: Refill;
-            /// Per-CPU counters per host endpoint interface.
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 2, upgrade: Refill;
+            /// Per-CPU counters per host endpoint interface (version 3: with the packets
+            /// untracked policy let through).
             HostEndpointCounters HOST_ENDPOINT_COUNTERS "cali_hep_ctrs"
                 PerCpuHash<u32, $crate::host_endpoints::HostEndpointCounters>
-                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 2, upgrade: Reset;
+                max: $crate::maps::HOST_ENDPOINTS_MAX, flags: 0, version: 3, upgrade: Reset;
             /// Failsafe ports (`FailsafeInboundHostPorts`, `FailsafeOutboundHostPorts`): open
             /// to and from the host whatever host endpoint policy says.
             Failsafes FAILSAFES "cali_failsafes"

@@ -189,6 +189,9 @@ pub mod verdict_action {
     pub const ALLOW: u8 = 1;
     /// Drop it.
     pub const DENY: u8 = 2;
+    /// No verdict: the packet goes on to what comes next. Only untracked policy ends with it
+    /// (what no untracked policy decided meets conntrack and the endpoint's other policy).
+    pub const PASS: u8 = 3;
 }
 
 /// Bits of [`PolicyVerdict::flags`].
@@ -224,6 +227,8 @@ pub mod rule_kind {
     pub const NO_MATCH: u8 = 4;
     /// No policy decided a packet forwarded through a host endpoint: it is allowed.
     pub const FORWARD_DEFAULT: u8 = 5;
+    /// No untracked policy decided: the packet goes on to conntrack and the other policy.
+    pub const UNTRACKED_DEFAULT: u8 = 6;
 }
 
 /// Values of direction fields: [`RuleInfo::direction`], [`LogEvent::direction`],

@@ -259,6 +259,19 @@ pub fn count_host_endpoint_drop(
     Action::Drop
 }
 
+/// Counts a packet untracked policy let through on a host endpoint: arriving (`ingress`, in
+/// XDP) or leaving.
+#[inline(always)]
+pub fn count_untracked_pass(counters: *mut HostEndpointCounters, ingress: bool) {
+    if let Some(c) = unsafe { counters.as_mut() } {
+        if ingress {
+            c.untracked_in_packets += 1;
+        } else {
+            c.untracked_out_packets += 1;
+        }
+    }
+}
+
 /// Counts a flow a failsafe port opened on the host endpoint of interface `ifindex`: inbound
 /// (`ingress`) or outbound.
 #[inline(always)]

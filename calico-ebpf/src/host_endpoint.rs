@@ -11,6 +11,11 @@
 //! workload is then delivered as the plain data-interface program delivers it, meeting the
 //! workload's policy in the workload zone.
 //!
+//! Untracked policy comes first (`untracked.rs`): a packet its ingress policy allowed in XDP
+//! arrives marked, and passes here without conntrack and without the endpoint's other policy
+//! (a packet for a local workload still meets the workload's policy); on egress, the host's own
+//! packets meet untracked egress policy before conntrack.
+//!
 //! An interface without an entry is treated as a plain data interface: nothing is judged,
 //! local workloads still get their traffic.
 
@@ -30,6 +35,7 @@ use crate::{
     packet::{ETH_P_IP, ETH_P_IPV6, Flow, V4, V6, flow_kind, ptr_at, scratch_flow},
     policy::{Side, admission, side_flags},
     routes::Family,
+    untracked::{self, Untracked},
 };
 
 /// `skb->pkt_type` of a frame addressed to this host, to a group, or to another host.
@@ -78,7 +84,8 @@ fn refused(outcome: u8, flow: &Flow, counters: *mut HostEndpointCounters) -> Opt
 }
 
 /// Runs the ingress pipeline for a packet that arrived on the data interface `ifindex`, whose
-/// `skb->pkt_type` is `pkt_type`.
+/// `skb->pkt_type` is `pkt_type`; `untracked_allowed`: the XDP program's untracked ingress
+/// policy allowed it.
 #[inline(always)]
 pub fn ingress<H: Hook>(
     hook: &H,
@@ -87,6 +94,7 @@ pub fn ingress<H: Hook>(
     len: u64,
     ifindex: u32,
     pkt_type: u32,
+    untracked_allowed: bool,
 ) -> Action {
     let to_this_host = pkt_type == PACKET_HOST;
     let Some(hep) = HOST_ENDPOINTS.get_ptr(ifindex) else {
@@ -101,14 +109,17 @@ pub fn ingress<H: Hook>(
     let Some(eth_type) = ptr_at::<[u8; 2]>(data, data_end, 12) else {
         return Action::Pass;
     };
+    // Only an endpoint with untracked ingress policy has its packets marked.
+    let untracked = untracked_allowed && hep.untracked_ingress_policy != 0;
     match u16::from_be_bytes(unsafe { *eth_type }) {
-        ETH_P_IP => ip_in::<V4, H>(hook, data, data_end, len, ifindex, hep, group),
-        ETH_P_IPV6 => ip_in::<V6, H>(hook, data, data_end, len, ifindex, hep, group),
+        ETH_P_IP => ip_in::<V4, H>(hook, data, data_end, len, ifindex, hep, group, untracked),
+        ETH_P_IPV6 => ip_in::<V6, H>(hook, data, data_end, len, ifindex, hep, group, untracked),
         _ => Action::Pass,
     }
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn ip_in<F: Family, H: Hook>(
     hook: &H,
     data: usize,
@@ -117,6 +128,7 @@ fn ip_in<F: Family, H: Hook>(
     ifindex: u32,
     hep: &HostEndpointInfo,
     group: bool,
+    untracked: bool,
 ) -> Action {
     let Some(flow) = scratch_flow(F::FAMILY, len) else {
         return Action::Pass;
@@ -132,6 +144,10 @@ fn ip_in<F: Family, H: Hook>(
     let route = F::route(flow);
     flow.zone = conntrack_zone::HOST_ENDPOINT;
     if group || F::to_host(flow, route) {
+        if untracked {
+            count_host_endpoint_pass(counters, HostPath::ToHost);
+            return Action::Pass;
+        }
         let host = side(ifindex, hep, true);
         if let Some(drop) = refused(admit(flow, &Side::NONE, &host), flow, counters) {
             return drop;
@@ -139,7 +155,7 @@ fn ip_in<F: Family, H: Hook>(
         count_host_endpoint_pass(counters, HostPath::ToHost);
         return Action::Pass;
     }
-    if hep.flags & host_endpoint_flags::FORWARD_OPEN == 0 {
+    if !untracked && hep.flags & host_endpoint_flags::FORWARD_OPEN == 0 {
         let forward = side(ifindex, hep, false);
         if let Some(drop) = refused(admit(flow, &Side::NONE, &forward), flow, counters) {
             return drop;
@@ -189,6 +205,16 @@ fn ip_out<F: Family>(
     count_host_endpoint_packet(counters, false, len);
     flow.zone = conntrack_zone::HOST_ENDPOINT;
     if F::from_host(flow) {
+        if hep.untracked_egress_policy != 0 {
+            match untracked::check(ifindex, hep.untracked_egress_policy, flow, false, counters) {
+                Untracked::Allowed => {
+                    count_host_endpoint_pass(counters, HostPath::FromHost);
+                    return Action::Pass;
+                }
+                Untracked::Denied(drop) => return drop,
+                Untracked::Undecided => {}
+            }
+        }
         let host = side(ifindex, hep, true);
         if let Some(drop) = refused(admit(flow, &host, &Side::NONE), flow, counters) {
             return drop;

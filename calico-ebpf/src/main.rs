@@ -11,6 +11,8 @@
 //! - `calico_tc_hep_in` (TC ingress) and `calico_tc_hep_out` (TC egress) on a data interface
 //!   that a HostEndpoint covers: host endpoint policy on the host's own traffic and on
 //!   forwarded traffic, then (ingress) the same delivery to local workloads.
+//! - `calico_xdp_hep` (XDP) on a data interface that a HostEndpoint covers, in either attach
+//!   mode: failsafe ports, then the endpoint's untracked (`doNotTrack`) ingress policy.
 //!
 //! The entry points are thin: they read the context and map the pipeline's [`Action`] onto the
 //! hook's return codes.
@@ -38,15 +40,16 @@ mod packet;
 mod policy;
 mod routes;
 mod trace;
+mod untracked;
 mod workload;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::generated::{bpf_redirect, bpf_redirect_peer},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_meta},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED, direction};
+use calico_ebpf_common::{MARK_AGENT_REPLY, MARK_DELIVERED, XDP_META_UNTRACKED_ALLOWED, direction};
 use counters::{Action, count_redirect_failure, count_to_workload};
 use events::Headers;
 use forward::{Tc, Xdp};
@@ -253,6 +256,8 @@ pub fn calico_tc_data(ctx: TcContext) -> i32 {
 pub fn calico_tc_hep_in(ctx: TcContext) -> i32 {
     let (ifindex, pkt_type) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).pkt_type) };
     let len = ctx.len();
+    // Read before the pull, which may move the packet.
+    let untracked_allowed = untracked_mark(&ctx);
     pull_headers(&ctx);
     let action = host_endpoint::ingress(
         &Tc(&ctx),
@@ -261,8 +266,19 @@ pub fn calico_tc_hep_in(ctx: TcContext) -> i32 {
         len as u64,
         ifindex,
         pkt_type,
+        untracked_allowed,
     );
     tc_data_return(&ctx, action)
+}
+
+/// Whether the XDP program left [`XDP_META_UNTRACKED_ALLOWED`] in the packet's metadata.
+#[inline(always)]
+fn untracked_mark(ctx: &TcContext) -> bool {
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, ctx.data()) };
+    if meta + 4 > data {
+        return false;
+    }
+    unsafe { core::ptr::read_unaligned(meta as *const u32) == XDP_META_UNTRACKED_ALLOWED }
 }
 
 /// TC egress of a data interface that a HostEndpoint covers: host endpoint policy for what
@@ -325,6 +341,35 @@ pub fn calico_xdp_data(ctx: XdpContext) -> u32 {
         Action::Drop => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
+}
+
+/// XDP on a data interface that a HostEndpoint covers: the failsafe ports, then its untracked
+/// ingress policy. What untracked policy allowed goes on marked in its metadata.
+#[xdp]
+pub fn calico_xdp_hep(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match untracked::ingress(ctx.data(), ctx.data_end(), ifindex) {
+        untracked::Prefilter::Drop => xdp_action::XDP_DROP,
+        untracked::Prefilter::PassUntracked => {
+            mark_untracked(&ctx);
+            xdp_action::XDP_PASS
+        }
+        untracked::Prefilter::Pass => xdp_action::XDP_PASS,
+    }
+}
+
+/// Leaves [`XDP_META_UNTRACKED_ALLOWED`] in the packet's metadata. Where the driver keeps no
+/// metadata, the packet goes on unmarked: tracked and judged by the endpoint's other policy.
+#[inline(always)]
+fn mark_untracked(ctx: &XdpContext) {
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
+        return;
+    }
+    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
+    if meta + 4 > data {
+        return;
+    }
+    unsafe { core::ptr::write_unaligned(meta as *mut u32, XDP_META_UNTRACKED_ALLOWED) };
 }
 
 #[cfg(not(test))]

@@ -571,6 +571,14 @@ fn evaluate(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerd
     verdict
 }
 
+/// The verdict of untracked policy `policy` of the host endpoint on `ifindex` for one packet
+/// of `flow` (untracked policy judges every packet): counted and logged as any verdict; its
+/// action is Allow, Deny or [`verdict_action::PASS`] (undecided), or 0 when a step missed.
+#[inline(always)]
+pub fn untracked_verdict(ifindex: u32, policy: u32, flow: &Flow, ingress: bool) -> PolicyVerdict {
+    evaluate(ifindex, policy, flow, ingress)
+}
+
 /// Checks one side of a new (or re-checked) flow: the sender's egress policy or the receiver's
 /// ingress policy. Allowed, with the rule that allowed, when it may pass.
 #[inline(always)]

@@ -86,6 +86,9 @@ pub struct HostEndpointCounterRow {
     /// Flows opened on a failsafe port whatever the policy said.
     pub failsafe_in: u64,
     pub failsafe_out: u64,
+    /// Packets untracked (`doNotTrack`) policy let through: arriving (in XDP) and leaving.
+    pub untracked_in_packets: u64,
+    pub untracked_out_packets: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -405,6 +408,8 @@ pub fn counters(layout: &PinLayout) -> anyhow::Result<Vec<CounterRow>> {
             forward_out_packets: total.forward_out_packets,
             failsafe_in: total.failsafe_in,
             failsafe_out: total.failsafe_out,
+            untracked_in_packets: total.untracked_in_packets,
+            untracked_out_packets: total.untracked_out_packets,
             drops: drops(&total.drops),
         }));
     }
@@ -558,6 +563,7 @@ pub fn rule_words(info: &calico_ebpf_common::RuleInfo) -> (String, String, Strin
         rule_kind::PROFILE_RULE => "profile-rule",
         rule_kind::NO_MATCH => "no-match",
         rule_kind::FORWARD_DEFAULT => "forward-default",
+        rule_kind::UNTRACKED_DEFAULT => "untracked-default",
         _ => "unknown",
     };
     let direction = if info.direction == calico_ebpf_common::direction::INGRESS {
@@ -784,6 +790,7 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
                 r.from_host_packets.to_string(),
                 format!("{}/{}", r.forward_in_packets, r.forward_out_packets),
                 format!("{}/{}", r.failsafe_in, r.failsafe_out),
+                format!("{}/{}", r.untracked_in_packets, r.untracked_out_packets),
                 drops_cell(&r.drops),
             ]),
             CounterRow::Workload(_) => None,
@@ -801,6 +808,7 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
                 "FROM-HOST",
                 "FORWARDED in/out",
                 "FAILSAFE in/out",
+                "UNTRACKED in/out",
                 "DROPS",
             ],
             &hosts,

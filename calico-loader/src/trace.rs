@@ -526,6 +526,9 @@ pub fn describe_rule(rule: &RuleReport) -> String {
         "forward-default" => {
             parts.push("no apply-on-forward policy decided: forwarded traffic allowed".into())
         }
+        "untracked-default" => {
+            parts.push("no untracked policy decided: on to conntrack and the other policy".into())
+        }
         _ => parts.push(format!("rule id {}", rule.id)),
     }
     parts.join(", ")

@@ -761,28 +761,48 @@ mod privileged {
             );
             assert!(host_endpoint_row(&agent).is_some());
 
-            // Untracked policy is not built: a doNotTrack policy that selects the host endpoint
-            // is refused, naming both, and the host endpoint keeps its policy.
+            // Untracked policy (tests/untracked.rs has its traffic): an untracked Allow from the
+            // outside takes port 8080 past the tracked policy's deny, without a conntrack entry.
             s.datastore.write("hep.yaml", &hep_yaml("eth0"));
             s.datastore.write(
                 "untracked.yaml",
                 &gnp(
                     "edge-untracked",
                     "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
-                     ingress: [{action: Allow}]}",
+                     types: [Ingress, Egress], \
+                     ingress: [{action: Allow, protocol: TCP, destination: {ports: [8080]}}], \
+                     egress: [{action: Allow, protocol: TCP, source: {ports: [8080]}}]}",
                 ),
             );
-            wait_for("the refusal of doNotTrack", Duration::from_secs(20), || {
-                agent.log().contains(&format!(
-                    "HostEndpoint {NODE}-eth0: GlobalNetworkPolicy edge-untracked has doNotTrack"
-                ))
+            wait_for(
+                "untracked policy to open 8080",
+                Duration::from_secs(20),
+                || connects(&s.outside, HOST_V4, 8080),
+            );
+            // Earlier flows to 8080 have entries still: look for this connection's own.
+            let local = s.outside.enter(|| {
+                let stream = TcpStream::connect_timeout(
+                    &SocketAddr::new(IpAddr::V4(HOST_V4), 8080),
+                    Duration::from_secs(1),
+                )
+                .expect("untracked connection");
+                stream.local_addr().expect("local address")
+            });
+            let entries = agent.dump("conntrack");
+            let tracked = entries.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["opener"] == local.to_string().as_str())
             });
             assert!(
-                !connects(&s.outside, HOST_V4, 8080),
-                "the policy in force stays"
+                !tracked,
+                "the untracked flow has no conntrack entry: {entries}"
             );
-            assert!(connects(&s.outside, HOST_V4, 22));
             s.datastore.remove("untracked.yaml");
+            wait_for(
+                "the tracked policy's deny again",
+                Duration::from_secs(20),
+                || !connects(&s.outside, HOST_V4, 8080),
+            );
 
             // Without the host endpoint, the interface is a plain data interface again.
             s.datastore.remove("hep.yaml");

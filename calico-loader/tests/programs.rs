@@ -965,6 +965,7 @@ mod privileged {
         for name in [
             program_names::XDP_FROM_WORKLOAD,
             program_names::XDP_FROM_DATA,
+            program_names::XDP_HOST_ENDPOINT,
         ] {
             let program: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
             program

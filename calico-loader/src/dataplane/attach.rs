@@ -98,10 +98,13 @@ pub enum Hook {
     TcHostEndpointIngress,
     /// TC egress of a data interface with a host endpoint: packets leaving.
     TcHostEndpointEgress,
+    /// XDP on a data interface with a host endpoint: failsafe ports and untracked ingress
+    /// policy, before the TC ingress program.
+    XdpHostEndpoint,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Self::TcFromWorkload,
         Self::TcToWorkload,
         Self::XdpFromWorkload,
@@ -109,6 +112,14 @@ impl Hook {
         Self::XdpFromData,
         Self::TcHostEndpointIngress,
         Self::TcHostEndpointEgress,
+        Self::XdpHostEndpoint,
+    ];
+
+    /// The XDP hooks: an interface takes one XDP link, which moves from one to another.
+    const XDP: [Hook; 3] = [
+        Self::XdpFromWorkload,
+        Self::XdpFromData,
+        Self::XdpHostEndpoint,
     ];
 
     /// The suffix of the link's pin name.
@@ -121,20 +132,26 @@ impl Hook {
             Self::XdpFromData => "data_xdp",
             Self::TcHostEndpointIngress => "hep_tc_ingress",
             Self::TcHostEndpointEgress => "hep_tc_egress",
+            Self::XdpHostEndpoint => "hep_xdp",
         }
     }
 
     /// The hooks an interface of `role` uses in `mode`. Egress towards a workload is always TC:
     /// XDP has no egress hook. A data interface only has its ingress; one with a host endpoint
-    /// has TC both ways in either mode (host endpoint policy needs the egress hook, and its
-    /// ingress program delivers to local workloads as TC's data program does).
+    /// has XDP (untracked ingress policy, before anything else) and TC both ways in either mode
+    /// (host endpoint policy needs the egress hook, and its ingress program delivers to local
+    /// workloads as TC's data program does).
     pub fn for_interface(role: Role, mode: AttachMode) -> &'static [Hook] {
         match (role, mode) {
             (Role::Workload, AttachMode::Tc) => &[Self::TcFromWorkload, Self::TcToWorkload],
             (Role::Workload, AttachMode::Xdp) => &[Self::XdpFromWorkload, Self::TcToWorkload],
             (Role::Data, AttachMode::Tc) => &[Self::TcFromData],
             (Role::Data, AttachMode::Xdp) => &[Self::XdpFromData],
-            (Role::HostEndpoint, _) => &[Self::TcHostEndpointIngress, Self::TcHostEndpointEgress],
+            (Role::HostEndpoint, _) => &[
+                Self::XdpHostEndpoint,
+                Self::TcHostEndpointIngress,
+                Self::TcHostEndpointEgress,
+            ],
         }
     }
 
@@ -148,6 +165,7 @@ impl Hook {
             Self::XdpFromData => program_names::XDP_FROM_DATA,
             Self::TcHostEndpointIngress => program_names::TC_HOST_ENDPOINT_INGRESS,
             Self::TcHostEndpointEgress => program_names::TC_HOST_ENDPOINT_EGRESS,
+            Self::XdpHostEndpoint => program_names::XDP_HOST_ENDPOINT,
         }
     }
 }
@@ -204,6 +222,7 @@ impl Attacher {
     /// workload pipelines), and a restarting agent should take as little of it from the packets
     /// as it can.
     pub fn load(ebpf: &mut Ebpf, layout: PinLayout, mode: AttachMode) -> Result<Self, AttachError> {
+<<<<<<< HEAD
         let mut hooks: Vec<Hook> = [Role::Workload, Role::Data, Role::HostEndpoint]
             .into_iter()
             .flat_map(|role| Hook::for_interface(role, mode).iter().copied())
@@ -221,6 +240,27 @@ impl Attacher {
                 Hook::XdpFromWorkload | Hook::XdpFromData => xdp(ebpf, name)?.load(),
             }
             .map_err(|source| AttachError::Program { name, source })?;
+=======
+        for name in [
+            program_names::TC_FROM_WORKLOAD,
+            program_names::TC_TO_WORKLOAD,
+            program_names::TC_FROM_DATA,
+            program_names::TC_HOST_ENDPOINT_INGRESS,
+            program_names::TC_HOST_ENDPOINT_EGRESS,
+        ] {
+            classifier(ebpf, name)?
+                .load()
+                .map_err(|source| AttachError::Program { name, source })?;
+        }
+        for name in [
+            program_names::XDP_FROM_WORKLOAD,
+            program_names::XDP_FROM_DATA,
+            program_names::XDP_HOST_ENDPOINT,
+        ] {
+            xdp(ebpf, name)?
+                .load()
+                .map_err(|source| AttachError::Program { name, source })?;
+>>>>>>> donottrack
         }
         Ok(Self { layout, mode })
     }
@@ -282,15 +322,53 @@ impl Attacher {
                         source,
                     })?
                 }
+<<<<<<< HEAD
                 Hook::XdpFromWorkload | Hook::XdpFromData => {
                     // An interface takes one XDP link: one pinned for it that still holds
                     // it was updated in place above; any other must go first.
+=======
+                Hook::XdpFromWorkload | Hook::XdpFromData | Hook::XdpHostEndpoint => {
+                    let program = xdp(ebpf, hook.program())?;
+                    // An interface takes one XDP link. An earlier agent's link, or the link of
+                    // the interface's other XDP hook (a data interface gaining or losing its
+                    // host endpoint), is given this program atomically (BPF_LINK_UPDATE), so no
+                    // frame meets no program; a link that no longer works (its interface was
+                    // recreated) is replaced.
+                    let pinned = Hook::XDP.into_iter().find_map(|other| {
+                        let at = self.layout.link(ifname, other.pin_suffix());
+                        pinned_xdp_link(&at).map(|link| (at, link))
+                    });
+                    if let Some((pinned_at, link)) = pinned
+                        && let Ok(id) = program.attach_to_link(link)
+                    {
+                        let link = program.take_link(id).map_err(err)?;
+                        let link = FdLink::try_from(link).map_err(|source| AttachError::Link {
+                            ifname: ifname.to_owned(),
+                            hook,
+                            source,
+                        })?;
+                        remove_pin(&path)?;
+                        link.pin(&path).map_err(|source| AttachError::Pin {
+                            ifname: ifname.to_owned(),
+                            hook,
+                            path: path.clone(),
+                            source,
+                        })?;
+                        if pinned_at != path {
+                            // Only the old name goes: the link lives on under the new one.
+                            remove_pin_file(&pinned_at)?;
+                        }
+                        continue;
+                    }
+>>>>>>> donottrack
                     remove_pin(&path)?;
                     let program = xdp(ebpf, hook.program())?;
                     let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
                         Ok(id) => id,
                         // A NIC whose driver has no XDP of its own gets the generic hook.
-                        Err(driver) if hook == Hook::XdpFromData => {
+                        Err(driver)
+                            if matches!(hook, Hook::XdpFromData | Hook::XdpHostEndpoint) =>
+                        {
                             let id = program
                                 .attach_to_if_index(ifindex, XdpMode::Skb)
                                 .map_err(err)?;
@@ -426,6 +504,18 @@ pub fn pinned_links(layout: &PinLayout) -> Result<Vec<(String, Vec<Hook>)>, Atta
     }
     interfaces.sort();
     Ok(interfaces)
+}
+
+/// Removes the pin file at `path` (not the link it pinned, which another pin holds).
+fn remove_pin_file(path: &Path) -> Result<(), AttachError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AttachError::Unpin {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn remove_pin(path: &Path) -> Result<(), AttachError> {

@@ -4,9 +4,10 @@
 //! to the host (`DefaultEndpointToHostAction`).
 //!
 //! A host endpoint's policy is programmed by the policy manager like a workload's, under two
-//! keys ([`host_policy_key`], [`forward_policy_key`]), each with an ingress and an egress
-//! generation; its entry on each interface it covers names all four, and is written by the
-//! policy switch with the workloads' entries.
+//! keys ([`host_policy_key`], [`forward_policy_key`]), and a third ([`untracked_policy_key`])
+//! when untracked policy selects it, each with an ingress and an egress generation; its entry
+//! on each interface it covers names all six, and is written by the policy switch with the
+//! workloads' entries.
 
 use std::net::IpAddr;
 
@@ -97,6 +98,22 @@ pub fn forward_policy_key(name: &str) -> String {
     format!("HostEndpoint {name} (forwarded traffic)")
 }
 
+/// The policy manager's key of a host endpoint's untracked (`doNotTrack`) policy.
+pub fn untracked_policy_key(name: &str) -> String {
+    format!("HostEndpoint {name} (untracked)")
+}
+
+/// The policy ids of a host endpoint's entry, each (ingress, egress); 0: none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostEndpointPolicies {
+    /// Traffic to and from the host itself.
+    pub host: (u32, u32),
+    /// Forwarded traffic.
+    pub forward: (u32, u32),
+    /// Untracked policy (0 in a direction it does not apply to).
+    pub untracked: (u32, u32),
+}
+
 /// A data interface that a host endpoint covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostEndpointBinding {
@@ -107,14 +124,15 @@ pub struct HostEndpointBinding {
     pub forward_open: bool,
 }
 
-/// Adds the entry of `binding` to `contents`, with the policy ids of its host policy and of
-/// its forward policy, each (ingress, egress).
+/// Adds the entry of `binding` to `contents`, with the ids of its policies.
 pub fn host_endpoint_entries(
     contents: &mut MapContents,
     binding: &HostEndpointBinding,
-    (ingress_policy, egress_policy): (u32, u32),
-    (forward_ingress_policy, forward_egress_policy): (u32, u32),
+    policies: &HostEndpointPolicies,
 ) {
+    let (ingress_policy, egress_policy) = policies.host;
+    let (forward_ingress_policy, forward_egress_policy) = policies.forward;
+    let (untracked_ingress_policy, untracked_egress_policy) = policies.untracked;
     contents.host_endpoints.insert(
         binding.link.ifindex,
         HostEndpointInfo {
@@ -127,7 +145,8 @@ pub fn host_endpoint_entries(
             egress_policy,
             forward_ingress_policy,
             forward_egress_policy,
-            _pad: 0,
+            untracked_ingress_policy,
+            untracked_egress_policy,
             ifname: fill_nul_padded(binding.link.name.as_bytes()),
             name: fill_nul_padded(binding.name.as_bytes()),
         },

@@ -13,8 +13,8 @@ use super::{
     endpoints::{endpoint_entries, floating_ip_entries},
     error::DataplaneError,
     host_endpoints::{
-        HostEndpointBinding, HostSettings, forward_policy_key, host_endpoint_entries,
-        host_policy_key,
+        HostEndpointBinding, HostEndpointPolicies, HostSettings, forward_policy_key,
+        host_endpoint_entries, host_policy_key, untracked_policy_key,
     },
     maps::{MapContents, Maps, ReconcileStats},
     netlink::LinkDetails,
@@ -116,7 +116,7 @@ pub fn switch_policy(
 ) -> Result<Switched, DataplaneError> {
     let mut wanted: BTreeSet<String> = endpoints.iter().map(|(e, _)| e.key.clone()).collect();
     // A host endpoint's policy is programmed under two keys (host and forwarded traffic),
-    // whichever interfaces it covers.
+    // and a third when untracked policy selects it, whichever interfaces it covers.
     let mut policies: Vec<(String, &CompiledEndpoint)> = compiled
         .iter()
         .map(|(key, endpoint)| (key.clone(), endpoint))
@@ -124,10 +124,18 @@ pub fn switch_policy(
     for (name, hep) in host.compiled {
         policies.push((host_policy_key(name), &hep.host));
         policies.push((forward_policy_key(name), &hep.forward));
+        if let Some(untracked) = &hep.untracked {
+            policies.push((untracked_policy_key(name), untracked));
+        }
     }
     for binding in host.bindings {
         wanted.insert(host_policy_key(&binding.name));
         wanted.insert(forward_policy_key(&binding.name));
+        // An endpoint whose policy did not compile keeps its untracked generation too.
+        let compiled = host.compiled.get(&binding.name);
+        if compiled.is_none_or(|c| c.untracked.is_some()) {
+            wanted.insert(untracked_policy_key(&binding.name));
+        }
     }
     let staged = policy.stage(&wanted, &policies)?;
     let mut errors = staged.errors;
@@ -175,9 +183,24 @@ pub fn switch_policy(
             policy.policy_ids(&host_policy_key(&binding.name)),
             policy.policy_ids(&forward_policy_key(&binding.name)),
         );
+        // A direction no untracked policy applies to is not evaluated at all.
+        let (ingress, egress) = host
+            .compiled
+            .get(&binding.name)
+            .map_or((true, true), |c| c.untracked_directions);
+        let untracked = policy
+            .policy_ids(&untracked_policy_key(&binding.name))
+            .map_or((0, 0), |(i, e)| {
+                (if ingress { i } else { 0 }, if egress { e } else { 0 })
+            });
         match ids {
-            (Some(host_ids), Some(forward_ids)) => {
-                host_endpoint_entries(&mut contents, binding, host_ids, forward_ids);
+            (Some(host), Some(forward)) => {
+                let policies = HostEndpointPolicies {
+                    host,
+                    forward,
+                    untracked,
+                };
+                host_endpoint_entries(&mut contents, binding, &policies);
             }
             // Nothing is enforced on the interface: it stays a plain data interface.
             _ => errors.push(format!(

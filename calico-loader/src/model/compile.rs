@@ -156,6 +156,12 @@ pub struct CompiledHostEndpoint {
     pub forward: CompiledEndpoint,
     /// No policy applies to forwarded traffic: it passes untouched.
     pub forward_open: bool,
+    /// Untracked (`doNotTrack`) ingress and egress policy, ending with no verdict; `None`
+    /// when no untracked policy selects the endpoint.
+    pub untracked: Option<CompiledEndpoint>,
+    /// Whether untracked policy applies in each direction (ingress, egress): a direction
+    /// without any is not evaluated at all.
+    pub untracked_directions: (bool, bool),
 }
 
 /// Compiles `hep`'s policy, for any local address: its traffic may be addressed to the host or
@@ -163,8 +169,7 @@ pub struct CompiledHostEndpoint {
 ///
 /// # Errors
 ///
-/// [`CompileError::Untracked`] when a `doNotTrack` policy selects it, and the errors of
-/// [`compile_endpoint`].
+/// The errors of [`compile_endpoint`].
 pub fn compile_host_endpoint(
     ctx: &PolicyContext<'_>,
     registry: &mut RuleRegistry,
@@ -172,12 +177,6 @@ pub fn compile_host_endpoint(
 ) -> Result<CompiledHostEndpoint, CompileError> {
     let endpoint = format!("HostEndpoint {}", hep.name());
     let plan = host_endpoint_plan(ctx.snapshot(), hep);
-    if let Some(policy) = plan.untracked.first() {
-        return Err(CompileError::Untracked {
-            endpoint,
-            policy: policy.name.clone(),
-        });
-    }
     let mut compile = |plan: &DirectionPlan, direction: Direction, ending: RuleRef| {
         compile_direction(
             ctx,
@@ -190,6 +189,22 @@ pub fn compile_host_endpoint(
         )
     };
     use Direction::{Egress, Ingress};
+    let untracked = if plan.has_untracked() {
+        Some(CompiledEndpoint {
+            ingress: compile(
+                &plan.untracked_ingress,
+                Ingress,
+                RuleRef::UntrackedDefault { direction: Ingress },
+            )?,
+            egress: compile(
+                &plan.untracked_egress,
+                Egress,
+                RuleRef::UntrackedDefault { direction: Egress },
+            )?,
+        })
+    } else {
+        None
+    };
     Ok(CompiledHostEndpoint {
         host: CompiledEndpoint {
             ingress: compile(
@@ -216,6 +231,11 @@ pub fn compile_host_endpoint(
             )?,
         },
         forward_open: plan.forward_open(),
+        untracked,
+        untracked_directions: (
+            !plan.untracked_ingress.tiers.is_empty(),
+            !plan.untracked_egress.tiers.is_empty(),
+        ),
     })
 }
 

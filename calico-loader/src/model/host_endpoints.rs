@@ -14,6 +14,13 @@
 //! - **forward egress**, for forwarded traffic that leaves through the endpoint: the
 //!   `applyOnForward` policies; what none decides is allowed.
 //!
+//! Untracked (`doNotTrack`) policies have two plans of their own, **untracked ingress** (every
+//! packet arriving through the endpoint, whatever its destination) and **untracked egress**
+//! (every packet the host itself sends through it), run before conntrack and before every
+//! other plan: an Allow lets the packet through untracked, skipping the other plans, a Deny
+//! drops it, and a packet they do not decide goes on to the other plans (their tiers end with
+//! Pass, as pre-DNAT tiers do).
+//!
 //! Pre-DNAT policies come first in both ingress plans: an Allow there skips the policies after
 //! it, a Deny drops, and a packet they do not decide goes on to the policies after them (their
 //! tiers end with Pass, whatever the tier's default action). Only GlobalNetworkPolicies select
@@ -49,9 +56,10 @@ pub struct HostEndpointPlan {
     pub host_egress: DirectionPlan,
     pub forward_ingress: DirectionPlan,
     pub forward_egress: DirectionPlan,
-    /// The `doNotTrack` policies that select it: untracked policy is not built, so a host
-    /// endpoint they select is refused.
-    pub untracked: Vec<PolicyId>,
+    /// The `doNotTrack` policies for arriving traffic (all of it) and for the host's own
+    /// leaving traffic; their tiers end with Pass.
+    pub untracked_ingress: DirectionPlan,
+    pub untracked_egress: DirectionPlan,
 }
 
 impl HostEndpointPlan {
@@ -59,6 +67,11 @@ impl HostEndpointPlan {
     /// untouched, as through an interface without a host endpoint.
     pub fn forward_open(&self) -> bool {
         self.forward_ingress.tiers.is_empty() && self.forward_egress.tiers.is_empty()
+    }
+
+    /// Whether any untracked policy applies, in either direction.
+    pub fn has_untracked(&self) -> bool {
+        !self.untracked_ingress.tiers.is_empty() || !self.untracked_egress.tiers.is_empty()
     }
 }
 
@@ -102,7 +115,7 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
             egress: spec.applies_to(PolicyType::Egress),
         };
         if spec.do_not_track {
-            untracked.push(candidate.id);
+            untracked.push(candidate);
         } else if spec.pre_dnat {
             pre_dnat.push(candidate);
         } else {
@@ -112,7 +125,7 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
             normal.push(candidate);
         }
     }
-    for list in [&mut pre_dnat, &mut normal, &mut forward] {
+    for list in [&mut pre_dnat, &mut normal, &mut forward, &mut untracked] {
         sort_candidates(list);
     }
     let profiles: Vec<String> = hep
@@ -124,10 +137,20 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
         .collect();
     // A pre-DNAT tier does not deny what its policies leave undecided: the packet goes on to
     // the policies after it (Felix renders pre-DNAT tiers without the end-of-tier drop).
-    let mut pre_dnat = direction_plan(snapshot, &pre_dnat, |c| c.ingress, Vec::new()).tiers;
-    for tier in &mut pre_dnat {
-        tier.default_action = TierDefaultAction::Pass;
-    }
+    // Neither does an untracked tier (Felix renders untracked tiers without it either).
+    let passing = |mut plan: DirectionPlan| {
+        for tier in &mut plan.tiers {
+            tier.default_action = TierDefaultAction::Pass;
+        }
+        plan
+    };
+    let pre_dnat = passing(direction_plan(
+        snapshot,
+        &pre_dnat,
+        |c| c.ingress,
+        Vec::new(),
+    ))
+    .tiers;
     let then = |first: &[super::policy::TierPlan], plan: DirectionPlan| DirectionPlan {
         tiers: first.iter().cloned().chain(plan.tiers).collect(),
         profiles: plan.profiles,
@@ -143,7 +166,18 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
             direction_plan(snapshot, &forward, |c| c.ingress, Vec::new()),
         ),
         forward_egress: direction_plan(snapshot, &forward, |c| c.egress, Vec::new()),
-        untracked,
+        untracked_ingress: passing(direction_plan(
+            snapshot,
+            &untracked,
+            |c| c.ingress,
+            Vec::new(),
+        )),
+        untracked_egress: passing(direction_plan(
+            snapshot,
+            &untracked,
+            |c| c.egress,
+            Vec::new(),
+        )),
     }
 }
 
@@ -345,7 +379,15 @@ mod tests {
         assert_eq!(names(&plan.forward_ingress), ["pre", "forward"]);
         assert!(plan.forward_ingress.profiles.is_empty());
         assert_eq!(names(&plan.forward_egress), ["forward"]);
-        assert_eq!(plan.untracked.len(), 1);
+        assert_eq!(names(&plan.untracked_ingress), ["untracked"]);
+        assert!(plan.untracked_egress.tiers.is_empty() && plan.has_untracked());
+        assert!(
+            plan.untracked_ingress
+                .tiers
+                .iter()
+                .all(|t| t.default_action == TierDefaultAction::Pass),
+            "an untracked tier passes what it leaves undecided"
+        );
         assert!(!plan.forward_open());
         // The pre-DNAT tier is its own group, before the normal policies' tier.
         assert_eq!(plan.host_ingress.tiers.len(), 2);

@@ -88,6 +88,9 @@ pub enum RuleRef {
     /// The allow at the end of a host endpoint's policy for forwarded traffic: no
     /// apply-on-forward (or pre-DNAT) policy decided.
     ForwardDefault { direction: Direction },
+    /// The end of a host endpoint's untracked policy: no `doNotTrack` policy decided, the
+    /// packet goes on to conntrack and the endpoint's other policy.
+    UntrackedDefault { direction: Direction },
 }
 
 impl RuleRef {
@@ -98,15 +101,18 @@ impl RuleRef {
             | RuleRef::TierDefault { direction, .. }
             | RuleRef::ProfileRule { direction, .. }
             | RuleRef::NoMatch { direction }
-            | RuleRef::ForwardDefault { direction } => *direction,
+            | RuleRef::ForwardDefault { direction }
+            | RuleRef::UntrackedDefault { direction } => *direction,
         }
     }
 
     /// The action of an ending (what decides when no rule did): Allow for
-    /// [`RuleRef::ForwardDefault`], Deny otherwise.
+    /// [`RuleRef::ForwardDefault`], Pass (no verdict) for [`RuleRef::UntrackedDefault`], Deny
+    /// otherwise.
     pub fn ending_action(&self) -> Action {
         match self {
             RuleRef::ForwardDefault { .. } => Action::Allow,
+            RuleRef::UntrackedDefault { .. } => Action::Pass,
             _ => Action::Deny,
         }
     }
@@ -119,6 +125,7 @@ impl RuleRef {
             RuleRef::ProfileRule { .. } => rule_kind::PROFILE_RULE,
             RuleRef::NoMatch { .. } => rule_kind::NO_MATCH,
             RuleRef::ForwardDefault { .. } => rule_kind::FORWARD_DEFAULT,
+            RuleRef::UntrackedDefault { .. } => rule_kind::UNTRACKED_DEFAULT,
         }
     }
 
@@ -128,7 +135,8 @@ impl RuleRef {
             RuleRef::PolicyRule { tier, .. } | RuleRef::TierDefault { tier, .. } => Some(tier),
             RuleRef::ProfileRule { .. }
             | RuleRef::NoMatch { .. }
-            | RuleRef::ForwardDefault { .. } => None,
+            | RuleRef::ForwardDefault { .. }
+            | RuleRef::UntrackedDefault { .. } => None,
         }
     }
 
@@ -142,7 +150,8 @@ impl RuleRef {
             RuleRef::ProfileRule { profile, .. } => Some(format!("Profile:{profile}")),
             RuleRef::TierDefault { .. }
             | RuleRef::NoMatch { .. }
-            | RuleRef::ForwardDefault { .. } => None,
+            | RuleRef::ForwardDefault { .. }
+            | RuleRef::UntrackedDefault { .. } => None,
         }
     }
 
@@ -152,7 +161,8 @@ impl RuleRef {
             RuleRef::PolicyRule { index, .. } | RuleRef::ProfileRule { index, .. } => *index,
             RuleRef::TierDefault { .. }
             | RuleRef::NoMatch { .. }
-            | RuleRef::ForwardDefault { .. } => 0,
+            | RuleRef::ForwardDefault { .. }
+            | RuleRef::UntrackedDefault { .. } => 0,
         }
     }
 }
@@ -188,6 +198,10 @@ impl fmt::Display for RuleRef {
             RuleRef::ForwardDefault { direction } => write!(
                 f,
                 "no apply-on-forward policy decided: forwarded traffic is allowed ({direction})"
+            ),
+            RuleRef::UntrackedDefault { direction } => write!(
+                f,
+                "no untracked policy decided: on to conntrack and the other policy ({direction})"
             ),
         }
     }

@@ -58,12 +58,6 @@ pub enum CompileError {
         table: &'static str,
         limit: usize,
     },
-    /// A `doNotTrack` policy selects a host endpoint: untracked policy is not built.
-    #[error(
-        "{endpoint}: GlobalNetworkPolicy {policy} has doNotTrack: untracked policy is not \
-         supported by this dataplane (remove doNotTrack, or the policy's selector match)"
-    )]
-    Untracked { endpoint: String, policy: String },
     /// Every rule id is in use.
     #[error("no rule id left: all {capacity} are in use")]
     RuleIdsExhausted { capacity: u32 },

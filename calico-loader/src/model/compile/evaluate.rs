@@ -91,21 +91,23 @@ pub fn evaluate(
     )
 }
 
-/// Which of a host endpoint's policies: for traffic to or from the host itself, or for
-/// forwarded traffic.
+/// Which of a host endpoint's policies: for traffic to or from the host itself, for
+/// forwarded traffic, or untracked policy (before the others).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostPolicy {
     Host,
     Forward,
+    Untracked,
 }
 
 /// The verdict of `hep`'s `which` policy in `direction` for `packet`, walking its plan (see
 /// [`crate::model::host_endpoints`]): pre-DNAT policy first on ingress; host policy ends with
-/// the profiles and a deny, forward policy with an allow.
+/// the profiles and a deny, forward policy with an allow, untracked policy with no verdict
+/// (an outcome that does not allow, decided by [`RuleRef::UntrackedDefault`]).
 ///
 /// # Errors
 ///
-/// As [`evaluate`], and [`CompileError::Untracked`].
+/// As [`evaluate`].
 pub fn evaluate_host_endpoint(
     ctx: &PolicyContext<'_>,
     hep: &HostEndpoint,
@@ -115,12 +117,6 @@ pub fn evaluate_host_endpoint(
 ) -> Result<Outcome, CompileError> {
     let endpoint = format!("HostEndpoint {}", hep.name());
     let plan = host_endpoint_plan(ctx.snapshot(), hep);
-    if let Some(policy) = plan.untracked.first() {
-        return Err(CompileError::Untracked {
-            endpoint,
-            policy: policy.name.clone(),
-        });
-    }
     let (plan, ending) = match (which, direction) {
         (HostPolicy::Host, Direction::Ingress) => {
             (plan.host_ingress, RuleRef::NoMatch { direction })
@@ -132,6 +128,14 @@ pub fn evaluate_host_endpoint(
         (HostPolicy::Forward, Direction::Egress) => {
             (plan.forward_egress, RuleRef::ForwardDefault { direction })
         }
+        (HostPolicy::Untracked, Direction::Ingress) => (
+            plan.untracked_ingress,
+            RuleRef::UntrackedDefault { direction },
+        ),
+        (HostPolicy::Untracked, Direction::Egress) => (
+            plan.untracked_egress,
+            RuleRef::UntrackedDefault { direction },
+        ),
     };
     evaluate_plan(ctx, &endpoint, &plan, direction, ending, packet)
 }

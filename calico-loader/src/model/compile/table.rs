@@ -473,10 +473,11 @@ fn local_intervals(
 
 fn verdict(action: Action, rule: u32, log_rule: u32) -> PolicyVerdict {
     PolicyVerdict {
-        action: if action == Action::Allow {
-            verdict_action::ALLOW
-        } else {
-            verdict_action::DENY
+        action: match action {
+            Action::Allow => verdict_action::ALLOW,
+            // Only untracked policy ends with Pass: no verdict, on to what comes next.
+            Action::Pass => verdict_action::PASS,
+            Action::Deny | Action::Log => verdict_action::DENY,
         },
         flags: if log_rule == 0 { 0 } else { verdict_flags::LOG },
         _pad: [0; 2],

@@ -47,12 +47,18 @@ fn short(rule: &RuleRef) -> String {
         RuleRef::ProfileRule { profile, index, .. } => format!("profile:{profile}#{index}"),
         RuleRef::NoMatch { .. } => "no-match".into(),
         RuleRef::ForwardDefault { .. } => "forward-default".into(),
+        RuleRef::UntrackedDefault { .. } => "untracked-default".into(),
     }
 }
 
 /// `allow web#0`, `deny tier:default log web#1`...
 fn describe(allow: bool, rule: &RuleRef, log_rule: Option<&RuleRef>) -> String {
-    let mut text = format!("{} {}", if allow { "allow" } else { "deny" }, short(rule));
+    describe_as(if allow { "allow" } else { "deny" }, rule, log_rule)
+}
+
+/// As [`describe`], with the verdict in words (`allow`, `deny`, `pass`).
+fn describe_as(verdict: &str, rule: &RuleRef, log_rule: Option<&RuleRef>) -> String {
+    let mut text = format!("{verdict} {}", short(rule));
     if let Some(log_rule) = log_rule {
         let _ = write!(text, " log {}", short(log_rule));
     }

@@ -1,5 +1,5 @@
 //! Host endpoints' compiled tables against the reference evaluator: hand-written cases for
-//! Calico's stages (pre-DNAT, host, apply-on-forward) and random policy sets, with local
+//! Calico's stages (untracked, pre-DNAT, host, apply-on-forward) and random policy sets, with local
 //! addresses anywhere (the tables' local classes).
 
 use super::*;
@@ -68,7 +68,14 @@ impl HostFixture {
             &compiled.host.egress,
             &compiled.forward.ingress,
             &compiled.forward.egress,
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            compiled
+                .untracked
+                .iter()
+                .flat_map(|u| [&u.ingress, &u.egress]),
+        ) {
             check_well_formed(direction);
             check_locals(direction);
         }
@@ -93,10 +100,24 @@ impl HostFixture {
             .expect("the host endpoint");
         let outcome =
             evaluate_host_endpoint(ctx, hep, which, direction, packet).expect("evaluates");
-        let reference = describe(outcome.allow, &outcome.rule, outcome.log_rule.as_ref());
+        let word = |allow: bool, rule: &RuleRef| match rule {
+            RuleRef::UntrackedDefault { .. } => "pass",
+            _ if allow => "allow",
+            _ => "deny",
+        };
+        let reference = describe_as(
+            word(outcome.allow, &outcome.rule),
+            &outcome.rule,
+            outcome.log_rule.as_ref(),
+        );
         let endpoint = match which {
             HostPolicy::Host => &self.compiled.host,
             HostPolicy::Forward => &self.compiled.forward,
+            HostPolicy::Untracked => match &self.compiled.untracked {
+                Some(untracked) => untracked,
+                // No untracked policy: the programs skip the stage, nothing is decided.
+                None => return (reference, "pass untracked-default".to_owned()),
+            },
         };
         let (compiled, local, remote) = match direction {
             Direction::Ingress => (&endpoint.ingress, packet.dst, packet.src),
@@ -111,11 +132,13 @@ impl HostFixture {
                     let logged = (verdict.flags & verdict_flags::LOG != 0)
                         .then(|| self.registry.get(verdict.log_rule).map(|e| e.rule.clone()))
                         .flatten();
-                    describe(
-                        verdict.action == verdict_action::ALLOW,
-                        &entry.rule,
-                        logged.as_ref(),
-                    )
+                    let word = match verdict.action {
+                        verdict_action::ALLOW => "allow",
+                        verdict_action::DENY => "deny",
+                        verdict_action::PASS => "pass",
+                        _ => "unknown action",
+                    };
+                    describe_as(word, &entry.rule, logged.as_ref())
                 }
             },
         };
@@ -272,24 +295,125 @@ fn without_policy_host_traffic_is_denied_and_forwarded_traffic_allowed() {
 }
 
 #[test]
-fn untracked_policy_is_refused_with_its_name() {
+fn untracked_policy_decides_first_and_passes_what_it_leaves() {
+    use Direction::{Egress, Ingress};
+    use HostPolicy::{Host, Untracked};
+    let yaml = format!(
+        "{RANDOM_ENDPOINTS}{HOST}{}{}{}{}",
+        profile(
+            "host-profile",
+            "{ingress: [{action: Allow}], egress: [{action: Allow}]}"
+        ),
+        gnp(
+            "raw-deny",
+            "{order: 1, selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
+             ingress: [{action: Deny, source: {nets: [198.19.7.0/24]}}, \
+             {action: Pass, source: {nets: [198.19.8.0/24]}}], \
+             egress: [{action: Allow, protocol: UDP, source: {ports: [5353]}}]}"
+        ),
+        gnp(
+            "raw-allow",
+            "{order: 2, selector: all(), doNotTrack: true, applyOnForward: true, types: [Ingress], \
+             ingress: [{action: Allow, protocol: UDP, destination: {ports: [5353]}}]}"
+        ),
+        gnp(
+            "normal",
+            "{order: 5, selector: all(), ingress: [{action: Deny, protocol: UDP}]}"
+        ),
+    );
+    let f = HostFixture::new(&yaml);
+    let untracked = f
+        .compiled
+        .untracked
+        .as_ref()
+        .expect("untracked policy compiled");
+    check_locals(&untracked.ingress);
+    assert_eq!(f.compiled.untracked_directions, (true, true));
+    let ctx = PolicyContext::new(&f.snapshot);
+    let cases: &[(HostPolicy, Direction, PacketTuple, &str)] = &[
+        // Denied from the net, whatever the destination (the host or forwarded).
+        (
+            Untracked,
+            Ingress,
+            packet("198.19.7.9", "198.18.9.1", UDP, 1, 5353),
+            "deny raw-deny#0",
+        ),
+        (
+            Untracked,
+            Ingress,
+            packet("198.19.7.9", "198.18.1.2", TCP, 1, 80),
+            "deny raw-deny#0",
+        ),
+        // Allowed by the next policy of the tier.
+        (
+            Untracked,
+            Ingress,
+            packet("198.20.0.1", "198.18.9.1", UDP, 1, 5353),
+            "allow raw-allow#0",
+        ),
+        // A Pass leaves the untracked tier: nothing decides.
+        (
+            Untracked,
+            Ingress,
+            packet("198.19.8.1", "198.18.9.1", UDP, 1, 5353),
+            "pass untracked-default",
+        ),
+        // Undecided: the tier does not end with a deny.
+        (
+            Untracked,
+            Ingress,
+            packet("198.20.0.1", "198.18.9.1", TCP, 1, 22),
+            "pass untracked-default",
+        ),
+        (
+            Untracked,
+            Egress,
+            packet("198.18.9.1", "198.20.0.1", UDP, 5353, 40000),
+            "allow raw-deny#0",
+        ),
+        (
+            Untracked,
+            Egress,
+            packet("198.18.9.1", "198.20.0.1", UDP, 53, 40000),
+            "pass untracked-default",
+        ),
+        // The normal policy does not see the untracked policies.
+        (
+            Host,
+            Ingress,
+            packet("198.20.0.1", "198.18.9.1", UDP, 1, 5353),
+            "deny normal#0",
+        ),
+    ];
+    for (which, direction, packet, expected) in cases {
+        let (reference, compiled) = f.verdicts(&ctx, *which, *direction, packet);
+        assert_eq!(
+            reference, *expected,
+            "reference, {which:?} {direction} {packet:?}"
+        );
+        assert_eq!(
+            compiled, *expected,
+            "compiled, {which:?} {direction} {packet:?}"
+        );
+    }
+}
+
+#[test]
+fn without_untracked_policy_nothing_is_compiled_for_it() {
     let yaml = format!(
         "{RANDOM_ENDPOINTS}{HOST}{}",
         gnp(
-            "raw",
-            "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, ingress: [{action: Deny}]}"
+            "raw-egress",
+            "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, types: [Egress], \
+             egress: [{action: Deny}]}"
         )
     );
-    let snapshot = snapshot(&yaml);
-    let ctx = PolicyContext::new(&snapshot);
-    let hep = snapshot.find::<HostEndpoint>(None, "edge").expect("hep");
-    let error = compile_host_endpoint(&ctx, &mut RuleRegistry::default(), hep)
-        .expect_err("doNotTrack is refused");
-    let message = error.to_string();
-    assert!(
-        message.starts_with("HostEndpoint edge: GlobalNetworkPolicy raw has doNotTrack"),
-        "{message}"
-    );
+    let f = HostFixture::new(&yaml);
+    assert_eq!(f.compiled.untracked_directions, (false, true));
+    assert!(f.compiled.untracked.is_some());
+    let f = HostFixture::new(&format!("{RANDOM_ENDPOINTS}{HOST}"));
+    assert!(f.compiled.untracked.is_none());
+    assert_eq!(f.compiled.untracked_directions, (false, false));
 }
 
 fn random_host_policies(rng: &mut Rng) -> String {
@@ -297,9 +421,13 @@ fn random_host_policies(rng: &mut Rng) -> String {
     for i in 0..1 + rng.below(5) {
         let tier = rng.pick(&["default", "t1", "t2", "missing"]);
         let selector = rng.pick(&["all()", "role == 'edge'", "has(role)", "role == 'core'"]);
-        let kind = rng.below(3);
+        let kind = rng.below(4);
         let (flags, types) = match kind {
             0 => ("preDNAT: true, applyOnForward: true", "[Ingress]"),
+            3 => (
+                "doNotTrack: true, applyOnForward: true",
+                *rng.pick(&["[Ingress]", "[Egress]", "[Ingress, Egress]"]),
+            ),
             1 => (
                 "applyOnForward: true",
                 *rng.pick(&["[Ingress]", "[Egress]", "[Ingress, Egress]"]),
@@ -367,7 +495,7 @@ fn random_host_policies_compile_to_what_the_evaluator_says() {
                 sport,
                 dport,
             };
-            let which = *rng.pick(&[HostPolicy::Host, HostPolicy::Forward]);
+            let which = *rng.pick(&[HostPolicy::Host, HostPolicy::Forward, HostPolicy::Untracked]);
             let direction = *rng.pick(&Direction::ALL);
             let (reference, compiled) = fixture.verdicts(&ctx, which, direction, &packet);
             assert_eq!(
