@@ -206,6 +206,12 @@ pub enum AttachError {
     },
     #[error("removing pinned link {path}: {source}")]
     Unpin { path: PathBuf, source: io::Error },
+    #[error("renaming pinned link {from} to {to}: {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
     #[error("listing {path}: {source}")]
     List { path: PathBuf, source: io::Error },
 }
@@ -222,7 +228,6 @@ impl Attacher {
     /// workload pipelines), and a restarting agent should take as little of it from the packets
     /// as it can.
     pub fn load(ebpf: &mut Ebpf, layout: PinLayout, mode: AttachMode) -> Result<Self, AttachError> {
-<<<<<<< HEAD
         let mut hooks: Vec<Hook> = [Role::Workload, Role::Data, Role::HostEndpoint]
             .into_iter()
             .flat_map(|role| Hook::for_interface(role, mode).iter().copied())
@@ -237,30 +242,11 @@ impl Attacher {
                 | Hook::TcFromData
                 | Hook::TcHostEndpointIngress
                 | Hook::TcHostEndpointEgress => classifier(ebpf, name)?.load(),
-                Hook::XdpFromWorkload | Hook::XdpFromData => xdp(ebpf, name)?.load(),
+                Hook::XdpFromWorkload | Hook::XdpFromData | Hook::XdpHostEndpoint => {
+                    xdp(ebpf, name)?.load()
+                }
             }
             .map_err(|source| AttachError::Program { name, source })?;
-=======
-        for name in [
-            program_names::TC_FROM_WORKLOAD,
-            program_names::TC_TO_WORKLOAD,
-            program_names::TC_FROM_DATA,
-            program_names::TC_HOST_ENDPOINT_INGRESS,
-            program_names::TC_HOST_ENDPOINT_EGRESS,
-        ] {
-            classifier(ebpf, name)?
-                .load()
-                .map_err(|source| AttachError::Program { name, source })?;
-        }
-        for name in [
-            program_names::XDP_FROM_WORKLOAD,
-            program_names::XDP_FROM_DATA,
-            program_names::XDP_HOST_ENDPOINT,
-        ] {
-            xdp(ebpf, name)?
-                .load()
-                .map_err(|source| AttachError::Program { name, source })?;
->>>>>>> donottrack
         }
         Ok(Self { layout, mode })
     }
@@ -287,7 +273,30 @@ impl Attacher {
         })?;
         for &hook in wanted {
             let path = self.layout.link(ifname, hook.pin_suffix());
-            if replace_in_pinned_link(ebpf, &path, ifname, ifindex, hook)? {
+            // An interface takes one XDP link, which moves between the XDP hooks (a data
+            // interface gaining or losing its host endpoint): any of their pins may hold it.
+            let candidates: &[Hook] = if Hook::XDP.contains(&hook) {
+                &Hook::XDP
+            } else {
+                &[hook]
+            };
+            let mut replaced = false;
+            for &pinned_as in candidates {
+                let at = self.layout.link(ifname, pinned_as.pin_suffix());
+                if replace_in_pinned_link(ebpf, &at, ifname, ifindex, hook)? {
+                    if at != path {
+                        // The link lives on under this hook's name; only the old name goes.
+                        fs::rename(&at, &path).map_err(|source| AttachError::Rename {
+                            from: at.clone(),
+                            to: path.clone(),
+                            source,
+                        })?;
+                    }
+                    replaced = true;
+                    break;
+                }
+            }
+            if replaced {
                 continue;
             }
             let err = |source| AttachError::Attach {
@@ -322,45 +331,10 @@ impl Attacher {
                         source,
                     })?
                 }
-<<<<<<< HEAD
-                Hook::XdpFromWorkload | Hook::XdpFromData => {
-                    // An interface takes one XDP link: one pinned for it that still holds
-                    // it was updated in place above; any other must go first.
-=======
                 Hook::XdpFromWorkload | Hook::XdpFromData | Hook::XdpHostEndpoint => {
-                    let program = xdp(ebpf, hook.program())?;
-                    // An interface takes one XDP link. An earlier agent's link, or the link of
-                    // the interface's other XDP hook (a data interface gaining or losing its
-                    // host endpoint), is given this program atomically (BPF_LINK_UPDATE), so no
-                    // frame meets no program; a link that no longer works (its interface was
-                    // recreated) is replaced.
-                    let pinned = Hook::XDP.into_iter().find_map(|other| {
-                        let at = self.layout.link(ifname, other.pin_suffix());
-                        pinned_xdp_link(&at).map(|link| (at, link))
-                    });
-                    if let Some((pinned_at, link)) = pinned
-                        && let Ok(id) = program.attach_to_link(link)
-                    {
-                        let link = program.take_link(id).map_err(err)?;
-                        let link = FdLink::try_from(link).map_err(|source| AttachError::Link {
-                            ifname: ifname.to_owned(),
-                            hook,
-                            source,
-                        })?;
-                        remove_pin(&path)?;
-                        link.pin(&path).map_err(|source| AttachError::Pin {
-                            ifname: ifname.to_owned(),
-                            hook,
-                            path: path.clone(),
-                            source,
-                        })?;
-                        if pinned_at != path {
-                            // Only the old name goes: the link lives on under the new one.
-                            remove_pin_file(&pinned_at)?;
-                        }
-                        continue;
-                    }
->>>>>>> donottrack
+                    // An interface takes one XDP link: one pinned for it that still holds it
+                    // (under any XDP hook's name) was updated in place above; any other must go
+                    // first.
                     remove_pin(&path)?;
                     let program = xdp(ebpf, hook.program())?;
                     let id = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
@@ -455,7 +429,7 @@ fn replace_in_pinned_link(
             let id = program.attach_to_link(link).map_err(replace_error)?;
             drop(program.take_link(id).map_err(replace_error)?);
         }
-        Hook::XdpFromWorkload | Hook::XdpFromData => {
+        Hook::XdpFromWorkload | Hook::XdpFromData | Hook::XdpHostEndpoint => {
             let link = XdpLink::try_from(link).map_err(link_error)?;
             let program = xdp(ebpf, hook.program())?;
             let id = program.attach_to_link(link).map_err(replace_error)?;
@@ -504,18 +478,6 @@ pub fn pinned_links(layout: &PinLayout) -> Result<Vec<(String, Vec<Hook>)>, Atta
     }
     interfaces.sort();
     Ok(interfaces)
-}
-
-/// Removes the pin file at `path` (not the link it pinned, which another pin holds).
-fn remove_pin_file(path: &Path) -> Result<(), AttachError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(AttachError::Unpin {
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 fn remove_pin(path: &Path) -> Result<(), AttachError> {
