@@ -278,7 +278,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         .observe(apply_started.elapsed().as_secs_f64());
                     metrics
                         .active_local_endpoints
-                        .set(gauge_value(endpoints.len()));
+                        .set(gauge_value(endpoints.len() + host_endpoints.len()));
                     metrics
                         .active_local_policies
                         .set(gauge_value(active_policies(&registry)));
