@@ -13,7 +13,7 @@ mod support;
 mod privileged {
     use std::{collections::BTreeSet, net::IpAddr, process::Output, time::Duration};
 
-    use crate::support::{etcd::EtcdCluster, health, topology::*};
+    use crate::support::{etcd::EtcdCluster, health, http, topology::*};
 
     const NODE: &str = "test-node";
 
@@ -212,7 +212,7 @@ mod privileged {
             Duration::from_secs(20),
             || {
                 restarted.assert_running();
-                health::get(&topology.host, health::HEALTH, "/liveness").is_some()
+                http::get(&topology.host, health::HEALTH, "/liveness").is_some()
             },
         );
         std::thread::sleep(Duration::from_secs(2));

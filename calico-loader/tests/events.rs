@@ -9,7 +9,7 @@ mod support;
 /// them, and they fail without root.
 mod privileged {
     use std::{
-        io::{BufRead as _, BufReader, Read as _, Write as _},
+        io::{BufRead as _, BufReader, Read as _},
         net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
         process::{Child, Command, Stdio},
         sync::mpsc::{Receiver, channel},
@@ -23,7 +23,10 @@ mod privileged {
     };
     use serde_json::Value;
 
-    use crate::support::topology::*;
+    use crate::support::{
+        http::{self, sample},
+        topology::*,
+    };
 
     const NODE: &str = "test-node";
     const METRICS: &str = "127.0.0.1:9091";
@@ -237,29 +240,9 @@ spec:
         records
     }
 
-    /// `GET /metrics` from inside `ns`.
+    /// `GET /metrics` of the agent in `ns`.
     fn scrape(ns: &Netns) -> String {
-        let address: SocketAddr = METRICS.parse().expect("address");
-        ns.enter(move || {
-            let mut stream =
-                TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .expect("request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("response");
-            response
-        })
-    }
-
-    /// The value of `series` (name and labels as written in the text format).
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
+        http::scrape(ns, METRICS)
     }
 
     #[test]

@@ -9,40 +9,22 @@ mod support;
 /// them, and they fail without root.
 mod privileged {
     use std::{
-        io::{Read as _, Write as _},
-        net::{SocketAddr, TcpStream, UdpSocket},
+        net::{SocketAddr, UdpSocket},
         thread,
         time::Duration,
     };
 
-    use crate::support::topology::*;
+    use crate::support::{
+        http::{self, sample},
+        topology::*,
+    };
 
     const NODE: &str = "test-node";
     const METRICS: &str = "127.0.0.1:9091";
 
-    /// `GET /metrics` from inside `ns`.
+    /// `GET /metrics` of the agent in `ns`.
     fn scrape(ns: &Netns) -> String {
-        let address: SocketAddr = METRICS.parse().expect("address");
-        ns.enter(move || {
-            let mut stream =
-                TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .expect("request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("response");
-            response
-        })
-    }
-
-    /// The value of `series` (name and labels as written in the text format).
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
+        http::scrape(ns, METRICS)
     }
 
     fn drops(agent: &Agent, ifname: &str, reason: &str) -> u64 {

@@ -11,7 +11,7 @@ mod privileged {
         use std::net::Ipv4Addr;
 
         use aya::{
-            Ebpf, EbpfLoader,
+            Ebpf,
             programs::{SchedClassifier, TestRun as _, TestRunOptions},
         };
         use calico_ebpf_common::{
@@ -19,18 +19,16 @@ mod privileged {
         };
         use calico_loader::{
             dataplane::{
-                KERNEL_OBJECT,
                 host_endpoints::HostSettings,
                 netlink::LinkDetails,
                 private::{PrivateDataplane, PrivateHost},
             },
             datastore::Snapshot,
             felix_config,
-            model::LocalEndpoint,
             packets::{tcp_flags::*, *},
         };
 
-        use crate::support::topology::require_root;
+        use crate::support::programs::{load_kernel_object, load_programs, workload_endpoint};
 
         const TC_ACT_OK: u32 = 0;
         const TC_ACT_SHOT: u32 = 2;
@@ -74,18 +72,6 @@ mod privileged {
             )
         }
 
-        fn endpoint(key: &str, interface: &str, mac: [u8; 6], net: &str) -> LocalEndpoint {
-            LocalEndpoint {
-                key: key.to_owned(),
-                interface: interface.to_owned(),
-                mac: Some(mac),
-                networks: vec![net.parse().expect("test CIDR")],
-                allowed_spoof: Vec::new(),
-                ipv4_gateway: None,
-                ip_nats: Vec::new(),
-            }
-        }
-
         struct Fixture {
             ebpf: Ebpf,
             dataplane: PrivateDataplane,
@@ -96,26 +82,17 @@ mod privileged {
             /// with `policies`, Felix's default failsafe ports and `DefaultEndpointToHostAction`
             /// `to_host_drop`.
             fn new(policies: &str, to_host_drop: bool) -> Self {
-                require_root();
-                let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
-                    panic!("cannot load the kernel object ({e}); these tests need root")
-                });
+                let mut ebpf = load_kernel_object();
                 let mut dataplane =
                     PrivateDataplane::from_ebpf(&mut ebpf).expect("maps in the object");
-                for name in [
-                    program_names::TC_HOST_ENDPOINT_INGRESS,
-                    program_names::TC_HOST_ENDPOINT_EGRESS,
-                    program_names::TC_FROM_WORKLOAD,
-                ] {
-                    let program: &mut SchedClassifier = ebpf
-                        .program_mut(name)
-                        .expect(name)
-                        .try_into()
-                        .expect("classifier");
-                    program
-                        .load()
-                        .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-                }
+                load_programs(
+                    &mut ebpf,
+                    &[
+                        program_names::TC_HOST_ENDPOINT_INGRESS,
+                        program_names::TC_HOST_ENDPOINT_EGRESS,
+                        program_names::TC_FROM_WORKLOAD,
+                    ],
+                );
                 let link = |ifindex, name: &str| LinkDetails {
                     ifindex,
                     name: name.into(),
@@ -124,20 +101,20 @@ mod privileged {
                 };
                 let endpoints = vec![
                     (
-                        endpoint(
+                        workload_endpoint(
                             "test/sender",
                             "lo",
                             [0xca, 0xfe, 0, 0, 0, 1],
-                            "198.18.0.1/32",
+                            &["198.18.0.1/32"],
                         ),
                         link(LO, "lo"),
                     ),
                     (
-                        endpoint(
+                        workload_endpoint(
                             "test/receiver",
                             "cali-receiver",
                             RECEIVER_MAC,
-                            "198.18.0.2/32",
+                            &["198.18.0.2/32"],
                         ),
                         link(RECEIVER_IFINDEX, "cali-receiver"),
                     ),

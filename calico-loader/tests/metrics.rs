@@ -8,14 +8,17 @@ mod support;
 /// them, and they fail without root.
 mod privileged {
     use std::{
-        io::{Read as _, Write as _},
-        net::{IpAddr, SocketAddr, TcpStream},
+        net::IpAddr,
         path::PathBuf,
         process::{Child, Command, Stdio},
         time::Duration,
     };
 
-    use crate::support::{etcd::Etcd, topology::*};
+    use crate::support::{
+        etcd::Etcd,
+        http::{get, sample},
+        topology::*,
+    };
 
     const NODE: &str = "test-node";
     const METRICS: &str = "127.0.0.1:9091";
@@ -52,32 +55,6 @@ spec:
   - {action: Deny, protocol: TCP, destination: {ports: [5402]}}
   - {action: Allow, protocol: ICMP, icmp: {type: 8}}
 ";
-
-    /// `GET path` on `address` from inside `ns`: the status code and the body, or `None` when
-    /// nothing answers.
-    fn get(ns: &Netns, address: &str, path: &str) -> Option<(u16, String)> {
-        let address: SocketAddr = address.parse().expect("socket address");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        ns.enter(move || {
-            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            stream.write_all(request.as_bytes()).ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).ok()?;
-            let (head, body) = response.split_once("\r\n\r\n")?;
-            let code = head.split_whitespace().nth(1)?.parse().ok()?;
-            Some((code, body.to_owned()))
-        })
-    }
-
-    /// The value of the sample `series` (a name, with its labels if it has any, as written in
-    /// the text format) in `text`.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
-    }
 
     fn scrape(agent: &Agent, ns: &Netns) -> String {
         let (code, body) = get(ns, METRICS, "/metrics")

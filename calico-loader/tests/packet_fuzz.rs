@@ -27,7 +27,7 @@ mod privileged {
     use std::net::IpAddr;
 
     use aya::{
-        Ebpf, EbpfLoader,
+        Ebpf,
         maps::{HashMap, MapData, PerCpuArray},
         programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     };
@@ -36,19 +36,20 @@ mod privileged {
         trace_decided_by, verdict_action,
     };
     use calico_loader::{
-        dataplane::{KERNEL_OBJECT, netlink::LinkDetails, private::PrivateDataplane},
+        dataplane::{netlink::LinkDetails, private::PrivateDataplane},
         datastore::{Snapshot, WorkloadEndpoint},
         model::{
-            LocalEndpoint,
             compile::{PacketTuple, PolicyContext, evaluate},
             frame::{self, FlowKind, Frame},
             rules::Direction,
         },
         packets::{HOST_MAC, ethernet},
     };
-    use ipnet::IpNet;
 
-    use crate::{generate::*, support::topology::require_root};
+    use crate::{
+        generate::*,
+        support::programs::{load_kernel_object, load_programs, workload_endpoint},
+    };
 
     const TC_ACT_OK: u32 = 0;
     const TC_ACT_SHOT: u32 = 2;
@@ -139,61 +140,32 @@ spec:
         conntrack: HashMap<MapData, ConntrackKey, ConntrackValue>,
     }
 
-    fn endpoint(key: &str, interface: &str, mac: [u8; 6], nets: &[&str]) -> LocalEndpoint {
-        LocalEndpoint {
-            key: key.to_owned(),
-            interface: interface.to_owned(),
-            mac: Some(mac),
-            networks: nets
-                .iter()
-                .map(|n| n.parse::<IpNet>().expect("test CIDR"))
-                .collect(),
-            allowed_spoof: Vec::new(),
-            ipv4_gateway: None,
-            ip_nats: Vec::new(),
-        }
-    }
-
     impl Fixture {
         fn new(snapshot: &Snapshot) -> Self {
-            require_root();
-            let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
-                panic!("cannot load the kernel object ({e}); this test needs root")
-            });
+            let mut ebpf = load_kernel_object();
             let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf).expect("maps");
-            for name in [
-                program_names::TC_FROM_WORKLOAD,
-                program_names::TC_TO_WORKLOAD,
-                program_names::TRACE,
-            ] {
-                let program: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .expect(name)
-                    .try_into()
-                    .expect("classifier");
-                program
-                    .load()
-                    .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-            }
-            let xdp: &mut Xdp = ebpf
-                .program_mut(program_names::XDP_FROM_WORKLOAD)
-                .expect("xdp program")
-                .try_into()
-                .expect("xdp");
-            xdp.load().expect("verifier accepts calico_xdp_from_wl");
+            load_programs(
+                &mut ebpf,
+                &[
+                    program_names::TC_FROM_WORKLOAD,
+                    program_names::TC_TO_WORKLOAD,
+                    program_names::TRACE,
+                    program_names::XDP_FROM_WORKLOAD,
+                ],
+            );
             let conntrack = HashMap::try_from(
                 ebpf.take_map(map_names::CONNTRACK)
                     .expect("the conntrack map"),
             )
             .expect("a hash map");
 
-            let sender = endpoint(
+            let sender = workload_endpoint(
                 "test/sender",
                 "lo",
                 SENDER_MAC,
                 &["198.18.0.1/32", "2001:db8::1/128"],
             );
-            let receiver = endpoint(
+            let receiver = workload_endpoint(
                 "test/receiver",
                 "cali-receiver",
                 RECEIVER_MAC,

@@ -12,19 +12,20 @@ mod privileged {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use aya::{
-        Ebpf, EbpfLoader,
+        Ebpf,
         programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     };
     use calico_ebpf_common::{DropReason, EndpointCounters, RouteKind, RouteValue, program_names};
     use calico_loader::packets::*;
     use calico_loader::{
-        dataplane::{KERNEL_OBJECT, netlink::LinkDetails, private::PrivateDataplane},
+        dataplane::{netlink::LinkDetails, private::PrivateDataplane},
         datastore::Snapshot,
-        model::LocalEndpoint,
     };
-    use ipnet::IpNet;
 
-    use crate::support::topology::{Netns, netns, require_root};
+    use crate::support::{
+        programs::{load_kernel_object, load_programs, workload_endpoint},
+        topology::{Netns, netns, require_root},
+    };
 
     const TC_ACT_OK: u32 = 0;
     const TC_ACT_SHOT: u32 = 2;
@@ -105,56 +106,22 @@ mod privileged {
         )
     }
 
-    fn endpoint(key: &str, interface: &str, mac: [u8; 6], nets: &[&str]) -> LocalEndpoint {
-        LocalEndpoint {
-            key: key.to_owned(),
-            interface: interface.to_owned(),
-            mac: Some(mac),
-            networks: nets
-                .iter()
-                .map(|n| n.parse::<IpNet>().expect("test CIDR"))
-                .collect(),
-            allowed_spoof: Vec::new(),
-            ipv4_gateway: None,
-            ip_nats: Vec::new(),
-        }
-    }
-
     impl Fixture {
         /// Loads the object (unpinned), loads the programs and programs two endpoints: the sender
         /// on ifindex 1 and a receiver.
         fn new() -> Self {
-            require_root();
-            let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
-            panic!("cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)")
-        });
+            let mut ebpf = load_kernel_object();
             let dataplane = PrivateDataplane::from_ebpf(&mut ebpf).expect("maps in the object");
-            for name in [
-                program_names::TC_FROM_WORKLOAD,
-                program_names::TC_TO_WORKLOAD,
-                program_names::TC_FROM_DATA,
-            ] {
-                let program: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .expect(name)
-                    .try_into()
-                    .expect("classifier");
-                program
-                    .load()
-                    .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-            }
-            for name in [
-                program_names::XDP_FROM_WORKLOAD,
-                program_names::XDP_FROM_DATA,
-            ] {
-                let xdp: &mut Xdp = ebpf
-                    .program_mut(name)
-                    .expect("xdp program")
-                    .try_into()
-                    .expect("xdp");
-                xdp.load()
-                    .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-            }
+            load_programs(
+                &mut ebpf,
+                &[
+                    program_names::TC_FROM_WORKLOAD,
+                    program_names::TC_TO_WORKLOAD,
+                    program_names::TC_FROM_DATA,
+                    program_names::XDP_FROM_WORKLOAD,
+                    program_names::XDP_FROM_DATA,
+                ],
+            );
             let mut fixture = Self { ebpf, dataplane };
             fixture.program(true, &[]);
             fixture
@@ -179,7 +146,7 @@ mod privileged {
             sender_tap: bool,
             sender_nats: Vec<(std::net::IpAddr, std::net::IpAddr)>,
         ) {
-            let mut sender = endpoint(
+            let mut sender = workload_endpoint(
                 "test/sender",
                 "lo",
                 SENDER_MAC,
@@ -190,7 +157,7 @@ mod privileged {
                 .map(|n| n.parse().expect("test CIDR"))
                 .collect();
             sender.ip_nats = sender_nats;
-            let receiver = endpoint(
+            let receiver = workload_endpoint(
                 "test/receiver",
                 "cali-receiver",
                 RECEIVER_MAC,
@@ -934,10 +901,7 @@ mod privileged {
     #[test]
     fn verifier_instruction_counts_stay_within_budget() {
         const BUDGET: u32 = 500_000;
-        require_root();
-        let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
-            panic!("cannot load the kernel object ({e}); program tests need root")
-        });
+        let mut ebpf = load_kernel_object();
         let mut counts = Vec::new();
         for name in [
             program_names::TC_FROM_WORKLOAD,
@@ -1023,12 +987,7 @@ mod privileged {
         use calico_ebpf_common::{ConntrackKey, ConntrackValue, conntrack_flags};
         use calico_loader::dataplane::conntrack::{Conntrack, monotonic_ns};
 
-        require_root();
-        let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT).unwrap_or_else(|e| {
-        panic!(
-            "cannot load the kernel object ({e}); program tests need root (CAP_BPF, CAP_NET_ADMIN)"
-        )
-    });
+        let mut ebpf = load_kernel_object();
         let now = monotonic_ns();
         let second = 1_000_000_000u64;
         let key = |proto: u8, port: u16| ConntrackKey {
