@@ -11,6 +11,7 @@ pub mod dhcp;
 pub mod dump;
 pub mod events;
 pub mod felix_config;
+pub mod felix_settings;
 pub mod ipam;
 pub mod logging;
 pub mod metrics;

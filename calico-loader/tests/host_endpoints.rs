@@ -24,7 +24,7 @@ mod privileged {
                 private::{PrivateDataplane, PrivateHost},
             },
             datastore::Snapshot,
-            felix_config,
+            felix_settings,
             packets::{tcp_flags::*, *},
         };
 
@@ -119,10 +119,10 @@ mod privileged {
                         link(RECEIVER_IFINDEX, "cali-receiver"),
                     ),
                 ];
-                let defaults = felix_config::resolve(&[]).expect("Felix's defaults");
+                let defaults = felix_settings::resolve(&[]).expect("Felix's defaults");
                 let settings = HostSettings {
                     to_host_drop,
-                    ..defaults.host_settings()
+                    ..HostSettings::from(&defaults)
                 };
                 let snapshot = Snapshot::from_yaml("test.yaml", &resources(policies))
                     .expect("valid test resources");

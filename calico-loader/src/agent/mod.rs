@@ -31,6 +31,7 @@ use crate::{
         ApplyReport, Dataplane, HostDesired,
         attach::{AttachMode, Role},
         bpffs::PinLayout,
+        host_endpoints::HostSettings,
         nat::NatPools,
         netlink,
     },
@@ -75,7 +76,7 @@ pub struct AgentConfig {
     pub endpoint_entries: u32,
     /// Felix's configuration in force (`conntrack_entries` and `data_interfaces` are its
     /// values), and the sources other than the datastore, to check changes against.
-    pub felix: crate::felix_config::FelixConfig,
+    pub felix: crate::felix_settings::FelixConfig,
     pub felix_sources: crate::felix_config::LocalSources,
     /// What the agent sets on its Node at start.
     pub node_settings: NodeSettings,
@@ -189,7 +190,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut registry = RuleRegistry::default();
     let mut policies = PolicyCache::default();
     // Restart to change: the Felix configuration watch says so.
-    let host_settings = felix.running().host_settings();
+    let host_settings = HostSettings::from(felix.running());
 
     let pid_file = match write_pid_file(&config.routing.run_dir) {
         Ok(path) => Some(path),

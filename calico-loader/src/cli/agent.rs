@@ -28,7 +28,8 @@ use crate::{
             NODE_FELIX_CONFIGURATION_PREFIX,
         },
     },
-    felix_config::{self, FelixConfig, LocalSources},
+    felix_config::{self, LocalSources},
+    felix_settings::FelixConfig,
     metrics::MonitoringConfig,
 };
 

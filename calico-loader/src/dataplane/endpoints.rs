@@ -438,7 +438,7 @@ pub fn endpoint_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::DEFAULT_DATA_INTERFACES;
+    use crate::felix_settings::DEFAULT_DATA_INTERFACES;
 
     #[test]
     fn calicos_default_pattern_matches_data_interfaces_only() {

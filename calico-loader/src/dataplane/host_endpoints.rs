@@ -18,6 +18,7 @@ use calico_ebpf_common::{
 use ipnet::IpNet;
 
 use super::{maps::MapContents, netlink::LinkDetails};
+use crate::felix_settings::{EndpointToHostAction, FailsafePorts, FelixConfig};
 
 /// One failsafe port: open inbound to the host on it, or outbound from the host to it,
 /// whatever host endpoint policy says; limited to a remote net when one is given.
@@ -39,6 +40,36 @@ pub struct HostSettings {
     /// (`DefaultEndpointToHostAction: Drop`); otherwise it goes to the kernel.
     pub to_host_drop: bool,
     pub failsafes: Vec<Failsafe>,
+}
+
+impl From<&FelixConfig> for HostSettings {
+    /// What Felix's configuration asks for the host itself: workloads' traffic to the host
+    /// (`DefaultEndpointToHostAction`) and the failsafe ports.
+    fn from(config: &FelixConfig) -> Self {
+        let failsafes = |ports: &FailsafePorts, inbound: bool| {
+            ports
+                .0
+                .iter()
+                .map(move |port| Failsafe {
+                    inbound,
+                    proto: match port.protocol.as_str() {
+                        "udp" => 17,
+                        "sctp" => 132,
+                        _ => 6,
+                    },
+                    port: port.port,
+                    net: port.net,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = failsafes(&config.failsafe_inbound_host_ports.value, true);
+        all.extend(failsafes(&config.failsafe_outbound_host_ports.value, false));
+        Self {
+            to_host_drop: config.default_endpoint_to_host_action.value
+                == EndpointToHostAction::Drop,
+            failsafes: all,
+        }
+    }
 }
 
 impl HostSettings {
@@ -180,6 +211,20 @@ mod tests {
     use calico_ebpf_common::EndpointInfo;
 
     use super::*;
+    use crate::felix_settings::{Entry, Layer, Source, resolve};
+
+    /// Felix settings as `FELIX_<NAME>` variables give them.
+    fn env(vars: &[(&str, &str)]) -> Layer {
+        Layer(
+            vars.iter()
+                .map(|(var, value)| Entry {
+                    name: var.strip_prefix("FELIX_").unwrap_or(var).to_string(),
+                    value: Ok((*value).to_string()),
+                    source: Source::Env((*var).to_string()),
+                })
+                .collect(),
+        )
+    }
 
     #[test]
     fn failsafes_become_one_entry_per_family_or_one_per_net() {
@@ -241,5 +286,43 @@ mod tests {
             RouteKind::Host as u32
         );
         assert_eq!(contents.routes_v6.len(), 1);
+    }
+
+    #[test]
+    fn host_settings_follow_the_configuration() {
+        let config = resolve(&[]).expect("defaults");
+        let settings = HostSettings::from(&config);
+        assert!(settings.to_host_drop, "Felix's default is Drop");
+        let inbound: Vec<(u8, u16)> = settings
+            .failsafes
+            .iter()
+            .filter(|f| f.inbound)
+            .map(|f| (f.proto, f.port))
+            .collect();
+        assert_eq!(
+            inbound,
+            [
+                (6, 22),
+                (17, 68),
+                (6, 179),
+                (6, 2379),
+                (6, 2380),
+                (6, 5473),
+                (6, 6443),
+                (6, 6666),
+                (6, 6667)
+            ]
+        );
+        assert_eq!(settings.failsafes.len(), 18);
+        let accept = resolve(&[env(&[
+            ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Accept"),
+            ("FELIX_FAILSAFEOUTBOUNDHOSTPORTS", "udp:[2001:db8::/32]:53"),
+        ])])
+        .expect("valid");
+        let settings = HostSettings::from(&accept);
+        assert!(!settings.to_host_drop);
+        let outbound: Vec<_> = settings.failsafes.iter().filter(|f| !f.inbound).collect();
+        assert_eq!(outbound.len(), 1);
+        assert_eq!(outbound[0].net, Some("2001:db8::/32".parse().expect("net")));
     }
 }

@@ -75,10 +75,6 @@ use crate::model::{
     rules::RuleRegistry,
 };
 
-/// Calico's default pattern of data interfaces (Felix's `BPFDataIfacePattern`): the host's
-/// physical and bonded interfaces, by the kernel's and systemd's naming schemes.
-pub const DEFAULT_DATA_INTERFACES: &str = "^((en|wl|ww|sl|ib)[Popsx].*|(eth|wlan|wwan|bond).*)";
-
 /// This node's host endpoints and what the dataplane does for the host itself.
 #[derive(Clone, Copy, Debug)]
 pub struct HostDesired<'a> {

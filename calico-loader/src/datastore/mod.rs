@@ -59,6 +59,8 @@ pub use store::{
 #[cfg(test)]
 mod bgp_tests;
 #[cfg(test)]
+mod felix_configuration_tests;
+#[cfg(test)]
 mod host_endpoint_tests;
 #[cfg(test)]
 mod ip_pool_tests;

@@ -1,9 +1,12 @@
-//! Parsing, layering and errors of Felix's configuration.
+//! Felix's sources (resources, file, environment, flags), their layering, and the run-time watch.
 
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::datastore::{Snapshot, resources::FelixConfiguration};
+use crate::{
+    datastore::{Snapshot, resources::FelixConfiguration},
+    felix_settings::EndpointToHostAction,
+};
 
 fn resource(name: &str, spec: &str) -> FelixConfiguration {
     let text = format!(
@@ -31,31 +34,6 @@ fn sources(file: Option<&str>, vars: &[(&str, &str)]) -> LocalSources {
         env: env(vars),
         flags: Layer::default(),
     }
-}
-
-#[test]
-fn defaults_are_calicos() {
-    let config = sources(None, &[]).resolve(None, None).expect("defaults");
-    assert_eq!(config.bpf_map_size_conntrack.value, 524_288);
-    assert_eq!(config.bpf_map_size_conntrack.source, Source::Default);
-    assert_eq!(
-        config.default_endpoint_to_host_action.value,
-        EndpointToHostAction::Drop
-    );
-    assert_eq!(
-        config.failsafe_inbound_host_ports.value.to_string(),
-        "tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
-    );
-    assert_eq!(
-        config.prometheus_metrics(),
-        Endpoint {
-            enabled: false,
-            host: String::new(),
-            port: 9091
-        }
-    );
-    assert_eq!(config.health().port, 9099);
-    assert_eq!(config.log_severity_screen.value, LogSeverity::Info);
 }
 
 #[test]
@@ -141,34 +119,6 @@ fn unknown_names_are_refused_and_calicos_other_settings_accepted() {
 }
 
 #[test]
-fn the_datastore_refuses_bad_fields_by_path() {
-    let bad = |spec: &str| {
-        let text = format!(
-            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\nspec:\n{spec}\n"
-        );
-        let errors = Snapshot::from_yaml("test", &text).expect_err("refused");
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let message = bad("  bpfMapSizeConntrack: notanumber");
-    assert!(message.contains("spec.bpfMapSizeConntrack"), "{message}");
-    assert!(message.contains("not a number"), "{message}");
-    let message = bad("  noSuchField: 1");
-    assert!(message.contains("spec.noSuchField"), "{message}");
-    let message = bad("  bpfDataIfacePattern: '(eth'");
-    assert!(message.contains("not a regular expression"), "{message}");
-    let message = bad("  bpfMapSizeRoute: 1000");
-    assert!(message.contains("fixed size of 262144"), "{message}");
-    let message = bad("  bpfConntrackTimeouts: {tcpEstablished: 2h}");
-    assert!(message.contains("TCPEstablished=2h"), "{message}");
-    let message = bad("  failsafeInboundHostPorts: [{protocol: icmp, port: 1}]");
-    assert!(message.contains("tcp, udp or sctp"), "{message}");
-}
-
-#[test]
 fn resource_shapes_become_felixs_text() {
     let default = resource(
         "default",
@@ -203,22 +153,6 @@ fn file_syntax() {
             .expect("a missing file is no layer")
             .is_none()
     );
-}
-
-#[test]
-fn changed_lists_what_differs() {
-    let a = sources(None, &[]).resolve(None, None).expect("valid");
-    let b = sources(
-        None,
-        &[
-            ("FELIX_BPFMAPSIZECONNTRACK", "10"),
-            ("FELIX_LOGSEVERITYSCREEN", "debug"),
-        ],
-    )
-    .resolve(None, None)
-    .expect("valid");
-    assert_eq!(a.changed(&b), ["BPFMapSizeConntrack", "LogSeverityScreen"]);
-    assert!(a.changed(&a.clone()).is_empty());
 }
 
 #[test]
@@ -260,83 +194,4 @@ fn at_run_time_a_change_that_needs_a_restart_leaves_the_running_configuration() 
         Snapshot::from_yaml("test", &text("  logSeverityScreen: Warning")).expect("valid");
     watch.check(&snapshot);
     assert_eq!(watch.last_logged, None);
-}
-
-#[test]
-fn the_endpoint_map_size_is_felixs_if_state_setting() {
-    let config = sources(None, &[]).resolve(None, None).expect("defaults");
-    assert_eq!(config.bpf_map_size_if_state.value, 16_384);
-    let config = sources(None, &[("FELIX_BPFMAPSIZEIFSTATE", "2")])
-        .resolve(None, None)
-        .expect("valid");
-    assert_eq!(config.bpf_map_size_if_state.value, 2);
-    let err = sources(None, &[("FELIX_BPFMAPSIZEIFSTATE", "0")])
-        .resolve(None, None)
-        .expect_err("zero endpoints");
-    let text = err.to_string();
-    assert!(
-        text.contains("BPFMapSizeIfState") && text.contains("FELIX_BPFMAPSIZEIFSTATE"),
-        "{text}"
-    );
-}
-
-#[test]
-fn failsafe_ports_in_each_of_felixs_forms() {
-    let ports = parse_failsafe("22, udp:53, tcp:198.18.0.0/16:179, tcp:[2001:db8::/32]:2379")
-        .expect("Felix's forms");
-    assert_eq!(
-        ports.to_string(),
-        "tcp:22,udp:53,tcp:198.18.0.0/16:179,tcp:[2001:db8::/32]:2379"
-    );
-    assert_eq!(
-        parse_failsafe(&ports.to_string()),
-        Ok(ports.clone()),
-        "the display parses back"
-    );
-    assert_eq!(parse_failsafe("none"), Ok(FailsafePorts(Vec::new())));
-    for bad in ["icmp:1", "tcp:99999", "tcp:not-a-net:22", "tcp:"] {
-        assert!(parse_failsafe(bad).is_err(), "{bad} is refused");
-    }
-}
-
-#[test]
-fn host_settings_follow_the_configuration() {
-    let config = sources(None, &[]).resolve(None, None).expect("defaults");
-    let settings = config.host_settings();
-    assert!(settings.to_host_drop, "Felix's default is Drop");
-    let inbound: Vec<(u8, u16)> = settings
-        .failsafes
-        .iter()
-        .filter(|f| f.inbound)
-        .map(|f| (f.proto, f.port))
-        .collect();
-    assert_eq!(
-        inbound,
-        [
-            (6, 22),
-            (17, 68),
-            (6, 179),
-            (6, 2379),
-            (6, 2380),
-            (6, 5473),
-            (6, 6443),
-            (6, 6666),
-            (6, 6667)
-        ]
-    );
-    assert_eq!(settings.failsafes.len(), 18);
-    let accept = sources(
-        None,
-        &[
-            ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Accept"),
-            ("FELIX_FAILSAFEOUTBOUNDHOSTPORTS", "udp:[2001:db8::/32]:53"),
-        ],
-    )
-    .resolve(None, None)
-    .expect("valid");
-    let settings = accept.host_settings();
-    assert!(!settings.to_host_drop);
-    let outbound: Vec<_> = settings.failsafes.iter().filter(|f| !f.inbound).collect();
-    assert_eq!(outbound.len(), 1);
-    assert_eq!(outbound[0].net, Some("2001:db8::/32".parse().expect("net")));
 }

@@ -1,6 +1,7 @@
 //! `FelixConfiguration`: the per-node agent's settings. The one named `default` applies to every
 //! node, `node.<nodename>` to one node, over `default`; the agent layers them under its file,
-//! environment and flags (see `crate::felix_config`).
+//! environment and flags (see `crate::felix_config`); each field is checked by
+//! `crate::felix_settings`.
 //!
 //! Fields follow Calico v3.32's `FelixConfigurationSpec` (`api/pkg/apis/projectcalico/v3/
 //! felixconfig.go`), camelCase. The spec is kept as its JSON fields: each field is checked, by
@@ -60,7 +61,7 @@ impl ResourceKind for FelixConfiguration {
             .fields
             .iter()
             .filter_map(|(name, value)| {
-                crate::felix_config::check_resource_field(name, value)
+                crate::felix_settings::check_resource_field(name, value)
                     .err()
                     .map(|message| FieldError::new(format!("spec.{name}"), message))
             })
