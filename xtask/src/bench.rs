@@ -57,6 +57,7 @@ mod report;
 mod restart;
 mod taps;
 mod topology;
+mod upgrade;
 
 use std::{
     fmt::{self, Write as _},
@@ -133,6 +134,14 @@ pub struct BenchArgs {
     /// TCP) and the restart time.
     #[arg(long)]
     pub restart_only: bool,
+    /// Only the upgrade phase: packets lost when the agent of an earlier commit (built once,
+    /// in target/upgrade-from/) is stopped and this one started on its pins, migrating the
+    /// maps whose layout changed.
+    #[arg(long)]
+    pub upgrade_only: bool,
+    /// The commit the upgrade phase upgrades from.
+    #[arg(long, value_name = "COMMIT", default_value = upgrade::DEFAULT_FROM)]
+    pub upgrade_from: String,
 }
 
 impl BenchArgs {
@@ -147,6 +156,8 @@ impl BenchArgs {
             bgp_only: false,
             hosting_only: false,
             restart_only: false,
+            upgrade_only: false,
+            upgrade_from: upgrade::DEFAULT_FROM.to_owned(),
         }
     }
 }
@@ -354,6 +365,8 @@ pub struct Plan {
     /// Only the BGP phase.
     pub bgp_only: bool,
     pub bgp: bgp::BgpPlan,
+    /// The commit the upgrade phase upgrades from.
+    pub upgrade_from: String,
 }
 
 impl Plan {
@@ -414,6 +427,9 @@ impl Plan {
         if args.bgp_only {
             command.push_str(" --bgp-only");
         }
+        if args.upgrade_from != upgrade::DEFAULT_FROM {
+            let _ = write!(command, " --upgrade-from {}", args.upgrade_from);
+        }
         if let Some(json) = &args.json {
             let _ = write!(
                 command,
@@ -442,6 +458,7 @@ impl Plan {
             command,
             bgp_only: args.bgp_only,
             bgp: bgp::BgpPlan::new(quick),
+            upgrade_from: args.upgrade_from.clone(),
         })
     }
 
@@ -575,6 +592,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.restart_only {
         return restart::run_alone(&plan, &machine, &loader, pid, release, clock);
     }
+    if args.upgrade_only {
+        return upgrade::run_alone(&plan, &machine, &loader, pid, release, clock);
+    }
     let outcome = run(&plan, &loader, pid);
     // VMs and containers, each on its own host namespace and agent.
     let hosting = outcome
@@ -586,6 +606,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .as_ref()
         .ok()
         .map(|_| restart::measure(plan.quick, &loader, pid, release));
+    // Upgrades from an earlier commit, on their own host namespace; not in --quick (CI): the
+    // earlier agent's first build takes minutes.
+    let upgrades = outcome
+        .as_ref()
+        .ok()
+        .filter(|_| !plan.quick)
+        .map(|_| upgrade::measure(&plan.upgrade_from, &loader, pid, release));
     let pins = shared::pin_path("bench", pid);
     shared::check_nothing_left("cbench-", pid, Some(&pins));
     for pins in cross_host::pin_paths(pid) {
@@ -594,6 +621,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (results, control_plane) = outcome?;
     let hosting = hosting.context("no VM and container phases")??;
     let restarts = restarts.context("no restart phase")??;
+    let upgrades = upgrades.transpose()?;
 
     let microbench = microbench(&plan, &loader)?;
     // A failure here still leaves the figures above printed and written.
@@ -612,6 +640,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     hosting::print(&hosting);
     restart::print(&restarts);
+    if let Some(upgrades) = &upgrades {
+        upgrade::print(upgrades);
+    }
     report::write_json(
         &plan,
         &machine,
@@ -627,6 +658,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     )?;
     hosting::add_to_json(&plan.json, &hosting)?;
     restart::add_to_json(&plan.json, &restarts)?;
+    if let Some(upgrades) = &upgrades {
+        upgrade::add_to_json(&plan.json, upgrades)?;
+    }
     output::info(format!(
         "the bench took {:.0}s; every figure of every round is in {}",
         clock.elapsed().as_secs_f64(),
@@ -913,6 +947,8 @@ mod tests {
             bgp_only: false,
             hosting_only: false,
             restart_only: false,
+            upgrade_only: false,
+            upgrade_from: upgrade::DEFAULT_FROM.to_owned(),
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
         assert_eq!(plan.rounds, 3);

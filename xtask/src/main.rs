@@ -17,6 +17,7 @@ mod setup;
 mod sockets;
 mod test;
 mod topology;
+mod upgrade_from;
 mod vm;
 
 use std::process::ExitCode;

@@ -124,6 +124,7 @@ pub fn measure(
         &pin_path,
         &AgentRun {
             mode: AttachMode::Tc,
+            detach_on_exit: true,
             extra: &[
                 "--prometheus-metrics-enabled",
                 "true",

@@ -15,9 +15,12 @@ use super::{
 };
 use crate::topology::{self as shared, AttachMode, PinGuard};
 
-/// How a phase's agent runs: its hook, and further arguments of `calico-loader run`.
+/// How a phase's agent runs: its hook, whether it detaches its programs when it exits (an
+/// agent of an earlier release, stopped for an upgrade, must not), and further arguments of
+/// `calico-loader run`.
 pub struct AgentRun<'a> {
     pub mode: AttachMode,
+    pub detach_on_exit: bool,
     pub extra: &'a [&'a str],
 }
 
@@ -41,7 +44,11 @@ impl PhaseAgent {
         log: &Path,
         attached: impl FnMut(&[Value]) -> ControlFlow<String, String>,
     ) -> Result<Self> {
-        let run = AgentRun { mode, extra: &[] };
+        let run = AgentRun {
+            mode,
+            detach_on_exit: true,
+            extra: &[],
+        };
         Self::start_with(loader, host, datastore, pin_path, &run, log, attached)
     }
 
@@ -72,15 +79,9 @@ impl PhaseAgent {
             .arg("run")
             .arg("--datastore")
             .arg(datastore)
-            .args([
-                "--node",
-                NODE,
-                "--attach-mode",
-                mode.as_str(),
-                "--detach-on-exit",
-                "--networking-backend",
-                "none",
-            ])
+            .args(["--node", NODE, "--attach-mode", mode.as_str()])
+            .args(run.detach_on_exit.then_some("--detach-on-exit"))
+            .args(["--networking-backend", "none"])
             .arg("--pin-path")
             .arg(pin_path)
             .args(extra)
@@ -116,6 +117,18 @@ impl PhaseAgent {
             None => output::warn("the agent did not die on SIGKILL"),
         }
         self._pins
+    }
+
+    /// SIGTERM, as an operator stopping the agent for an upgrade: without `--detach-on-exit`
+    /// the programs stay attached and the maps pinned. Returns how long it took to exit and
+    /// the guard that removes the pins when it drops (keep it until the next agent is done).
+    pub fn terminate(mut self) -> Result<(Duration, PinGuard)> {
+        let started = std::time::Instant::now();
+        match self.child.stop(Duration::from_secs(10)) {
+            Some(status) if status.success() => Ok((started.elapsed(), self._pins)),
+            Some(status) => anyhow::bail!("the agent exited with {status} on SIGTERM"),
+            None => anyhow::bail!("the agent did not stop on SIGTERM"),
+        }
     }
 
     /// SIGTERM (it detaches, `--detach-on-exit`); the pins are removed when `self` drops.

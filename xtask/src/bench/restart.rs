@@ -38,15 +38,15 @@ use crate::{
     topology::{self as shared, AttachMode, PinGuard, Workload, allow_all_profile_yaml},
 };
 
-const UDP_RATE: u64 = 10_000;
-const TCP_RATE: u64 = 4 << 20;
-const PING_INTERVAL: Duration = Duration::from_millis(10);
-const UDP_PORT: u16 = 6000;
-const TCP_PORT: u16 = 6001;
+pub(super) const UDP_RATE: u64 = 10_000;
+pub(super) const TCP_RATE: u64 = 4 << 20;
+pub(super) const PING_INTERVAL: Duration = Duration::from_millis(10);
+pub(super) const UDP_PORT: u16 = 6000;
+pub(super) const TCP_PORT: u16 = 6001;
 /// The flows run this long before the kill.
-const KILL_AFTER: Duration = Duration::from_millis(1500);
+pub(super) const KILL_AFTER: Duration = Duration::from_millis(1500);
 const HEALTH: &str = "127.0.0.1:9099";
-const HEALTH_FLAGS: [&str; 5] = [
+pub(super) const HEALTH_FLAGS: [&str; 5] = [
     "--health-enabled",
     "--health-host",
     "127.0.0.1",
@@ -54,7 +54,7 @@ const HEALTH_FLAGS: [&str; 5] = [
     "9099",
 ];
 /// How long a restarted agent may take to be ready before the phase fails.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the phase does: in which modes, how many restarts each, how long the flows of each run.
 pub struct RestartPlan {
@@ -191,7 +191,7 @@ pub struct Restarts {
     pub summary: Vec<HookSummary>,
 }
 
-fn millis(d: Duration) -> f64 {
+pub(super) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -311,6 +311,7 @@ fn measure_hook(
     let agent_log = |run: u32| scratch.join(format!("agent-rst-{}-{run}.log", hook.as_str()));
     let run_args = AgentRun {
         mode: hook,
+        detach_on_exit: true,
         extra: &HEALTH_FLAGS,
     };
     let start_agent = |log: &Path| {
@@ -427,7 +428,7 @@ fn restart_once(
 }
 
 /// Waits until the agent in `host` answers `/readiness` with 200, polling every 10 ms.
-fn wait_ready(host: &Netns, timeout: Duration) -> Result<()> {
+pub(super) fn wait_ready(host: &Netns, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let path = host.path();
     loop {
