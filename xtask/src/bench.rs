@@ -126,9 +126,17 @@ pub struct BenchArgs {
     /// control-plane phase, no microbenchmark.
     #[arg(long)]
     pub bgp_only: bool,
-    /// Only the VM and container phases (tap to tap, container start, attach at scale).
+    /// Only the VM and container phases (tap to tap, container start, attach at scale, many
+    /// endpoints at once).
     #[arg(long)]
     pub hosting_only: bool,
+    /// Only the many-endpoints phase of the hosting phases (all endpoints at once, then the
+    /// agent's CPU with nothing changing).
+    #[arg(long)]
+    pub many_endpoints_only: bool,
+    /// Endpoints of the many-endpoints phase [default: 5000, or 50 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub many_endpoints: Option<u32>,
     /// Only the restart phase: packets lost across agent SIGKILLs and restarts (UDP, ping,
     /// TCP) and the restart time.
     #[arg(long)]
@@ -146,6 +154,8 @@ impl BenchArgs {
             setups: Vec::new(),
             bgp_only: false,
             hosting_only: false,
+            many_endpoints_only: false,
+            many_endpoints: None,
             restart_only: false,
         }
     }
@@ -354,6 +364,8 @@ pub struct Plan {
     /// Only the BGP phase.
     pub bgp_only: bool,
     pub bgp: bgp::BgpPlan,
+    /// Endpoints of the many-endpoints phase.
+    pub many_endpoints: u32,
 }
 
 impl Plan {
@@ -414,6 +426,9 @@ impl Plan {
         if args.bgp_only {
             command.push_str(" --bgp-only");
         }
+        if let Some(count) = args.many_endpoints {
+            let _ = write!(command, " --many-endpoints {count}");
+        }
         if let Some(json) = &args.json {
             let _ = write!(
                 command,
@@ -442,6 +457,11 @@ impl Plan {
             command,
             bgp_only: args.bgp_only,
             bgp: bgp::BgpPlan::new(quick),
+            many_endpoints: args.many_endpoints.unwrap_or(if quick {
+                hosting::MANY_ENDPOINTS_QUICK
+            } else {
+                hosting::MANY_ENDPOINTS
+            }),
         })
     }
 
@@ -571,6 +591,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let pid = std::process::id();
     if args.hosting_only {
         return hosting::run_alone(&plan, &machine, &loader, pid, release, clock);
+    }
+    if args.many_endpoints_only {
+        return hosting::run_many_endpoints_alone(&plan, &machine, &loader, pid, release, clock);
     }
     if args.restart_only {
         return restart::run_alone(&plan, &machine, &loader, pid, release, clock);
@@ -912,6 +935,8 @@ mod tests {
             setups: Vec::new(),
             bgp_only: false,
             hosting_only: false,
+            many_endpoints_only: false,
+            many_endpoints: None,
             restart_only: false,
         };
         let plan = Plan::new(&args, SystemTime::UNIX_EPOCH).expect("plan");
