@@ -396,4 +396,62 @@ mod privileged {
             "the agent removed its own route on exit: {routes}"
         );
     }
+
+    /// What the agent programmed and someone else then changed (a kernel route deleted, a route
+    /// map entry removed, neither of which sends the agent an event) is put back by the full
+    /// verification that every few resyncs run; the resyncs in between trust what the agent
+    /// wrote.
+    #[test]
+    fn state_changed_behind_the_agents_back_is_put_back_by_a_full_resync() {
+        use aya::maps::lpm_trie::Key;
+        use calico_loader::dataplane::{FULL_VERIFICATION_EVERY, bpffs::PinLayout, maps::Maps};
+
+        let topology = Topology::new(2);
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        let datastore = Datastore::new();
+        let agent = start(&topology, &datastore, &[]);
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)), "log:\n{}", agent.log());
+        let prefix = format!("{}/32", wl2.v4);
+        let kernel_route = || {
+            String::from_utf8_lossy(
+                &topology
+                    .host
+                    .exec(&["ip", "route", "show", "proto", "81"])
+                    .stdout,
+            )
+            .contains(&wl2.v4.to_string())
+        };
+        let map_route = || {
+            agent
+                .dump("routes")
+                .as_array()
+                .expect("routes")
+                .iter()
+                .any(|r| r["prefix"].as_str() == Some(prefix.as_str()))
+        };
+        assert!(kernel_route() && map_route(), "wl2 is routed to start with");
+
+        topology
+            .host
+            .exec(&["ip", "route", "del", &prefix, "dev", &wl2.host_ifname]);
+        let mut maps =
+            Maps::from_pins(&PinLayout::new(&agent.pin_path)).expect("the agent's pinned maps");
+        maps.routes_v4
+            .remove(&Key::new(32, wl2.v4.octets()))
+            .expect("removing wl2's route map entry");
+        assert!(
+            !kernel_route() && !map_route(),
+            "wl2's kernel route and route map entry are gone"
+        );
+
+        // The tests' agents resync every 2 s: a full verification comes within that many
+        // intervals, and a little more for the apply itself.
+        let within = Duration::from_secs(2 * u64::from(FULL_VERIFICATION_EVERY) + 10);
+        wait_for(
+            "wl2's kernel route and route map entry back",
+            within,
+            || kernel_route() && map_route(),
+        );
+        assert!(wl1.ping(IpAddr::V4(wl2.v4)), "log:\n{}", agent.log());
+    }
 }

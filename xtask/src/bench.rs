@@ -127,9 +127,17 @@ pub struct BenchArgs {
     /// control-plane phase, no microbenchmark.
     #[arg(long)]
     pub bgp_only: bool,
-    /// Only the VM and container phases (tap to tap, container start, attach at scale).
+    /// Only the VM and container phases (tap to tap, container start, attach at scale, many
+    /// endpoints at once).
     #[arg(long)]
     pub hosting_only: bool,
+    /// Only the many-endpoints phase of the hosting phases (all endpoints at once, then the
+    /// agent's CPU with nothing changing).
+    #[arg(long)]
+    pub many_endpoints_only: bool,
+    /// Endpoints of the many-endpoints phase [default: 5000, or 50 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub many_endpoints: Option<u32>,
     /// Only the restart phase: packets lost across agent SIGKILLs and restarts (UDP, ping,
     /// TCP) and the restart time.
     #[arg(long)]
@@ -155,6 +163,8 @@ impl BenchArgs {
             setups: Vec::new(),
             bgp_only: false,
             hosting_only: false,
+            many_endpoints_only: false,
+            many_endpoints: None,
             restart_only: false,
             upgrade_only: false,
             upgrade_from: upgrade::DEFAULT_FROM.to_owned(),
@@ -367,6 +377,8 @@ pub struct Plan {
     pub bgp: bgp::BgpPlan,
     /// The commit the upgrade phase upgrades from.
     pub upgrade_from: String,
+    /// Endpoints of the many-endpoints phase.
+    pub many_endpoints: u32,
 }
 
 impl Plan {
@@ -430,6 +442,9 @@ impl Plan {
         if args.upgrade_from != upgrade::DEFAULT_FROM {
             let _ = write!(command, " --upgrade-from {}", args.upgrade_from);
         }
+        if let Some(count) = args.many_endpoints {
+            let _ = write!(command, " --many-endpoints {count}");
+        }
         if let Some(json) = &args.json {
             let _ = write!(
                 command,
@@ -459,6 +474,11 @@ impl Plan {
             bgp_only: args.bgp_only,
             bgp: bgp::BgpPlan::new(quick),
             upgrade_from: args.upgrade_from.clone(),
+            many_endpoints: args.many_endpoints.unwrap_or(if quick {
+                hosting::MANY_ENDPOINTS_QUICK
+            } else {
+                hosting::MANY_ENDPOINTS
+            }),
         })
     }
 
@@ -588,6 +608,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let pid = std::process::id();
     if args.hosting_only {
         return hosting::run_alone(&plan, &machine, &loader, pid, release, clock);
+    }
+    if args.many_endpoints_only {
+        return hosting::run_many_endpoints_alone(&plan, &machine, &loader, pid, release, clock);
     }
     if args.restart_only {
         return restart::run_alone(&plan, &machine, &loader, pid, release, clock);
@@ -946,6 +969,8 @@ mod tests {
             setups: Vec::new(),
             bgp_only: false,
             hosting_only: false,
+            many_endpoints_only: false,
+            many_endpoints: None,
             restart_only: false,
             upgrade_only: false,
             upgrade_from: upgrade::DEFAULT_FROM.to_owned(),

@@ -28,7 +28,7 @@ use self::{
 };
 use crate::{
     dataplane::{
-        ApplyReport, Dataplane, HostDesired,
+        ApplyReport, Dataplane, FULL_VERIFICATION_EVERY, HostDesired, Verification,
         attach::{AttachMode, Role},
         bpffs::PinLayout,
         host_endpoints::HostSettings,
@@ -187,6 +187,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut log = ReportLog::default();
     let mut next_resync = Instant::now() + config.resync_interval;
+    // The first apply, every FULL_VERIFICATION_EVERY-th resync and the one after a failure
+    // read the whole kernel state back; the others only what may have changed.
+    let mut verification = Verification::Full;
+    let mut resyncs: u32 = 0;
     let mut registry = RuleRegistry::default();
     let mut policies = PolicyCache::default();
     // Restart to change: the Felix configuration watch says so.
@@ -270,10 +274,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     host,
                     &mut registry,
                     &nat_pools,
+                    verification,
                 )
                 .await
             {
                 Ok(report) => {
+                    verification = Verification::Incremental;
                     metrics
                         .int_dataplane_apply_time
                         .observe(apply_started.elapsed().as_secs_f64());
@@ -323,6 +329,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     });
                 }
                 Err(e) => {
+                    verification = Verification::Full;
                     metrics.int_dataplane_failures.inc();
                     error!("programming the dataplane failed, will retry: {e:#}");
                 }
@@ -365,10 +372,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     // Interfaces come and go in bursts (a veth pair is two events): let them settle.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, netlink::next_link_event(&mut link_events)).await {}
+                    // Listed again by the apply that follows, after the events it has seen.
+                    dataplane.interfaces_changed();
                     break false;
                 }
                 () = sleep_until(next_resync) => {
                     next_resync = Instant::now() + config.resync_interval;
+                    resyncs = resyncs.wrapping_add(1);
+                    if resyncs.is_multiple_of(FULL_VERIFICATION_EVERY) {
+                        verification = Verification::Full;
+                    }
                     break false;
                 }
                 ready = async { log_events.as_mut()?.readable_mut().await.ok() }, if log_events.is_some() => {

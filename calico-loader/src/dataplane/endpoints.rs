@@ -23,10 +23,11 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use super::{
+    Verification,
     attach::{self, AttachError, AttachMode, Attacher, Role},
     bpffs::PinLayout,
     maps::{self, MapContents},
-    netlink::{LinkDetails, Netlink, NetlinkError},
+    netlink::{InterfaceAddress, LinkDetails, Netlink, NetlinkError},
     sysctl::Forwarding,
 };
 use crate::model::LocalEndpoint;
@@ -49,6 +50,15 @@ pub struct Interfaces<'a> {
     pub data: DataInterfaces,
     /// Every address of the host, by interface name.
     pub addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Whether the kernel was asked for them in this call (else they are the last listing's).
+    pub listed: bool,
+}
+
+/// The host's interfaces and addresses as the kernel listed them last.
+#[derive(Debug)]
+struct Listed {
+    links: Vec<LinkDetails>,
+    addresses: Vec<InterfaceAddress>,
 }
 
 /// What [`EndpointManager::detach_stale`] did.
@@ -84,6 +94,8 @@ pub struct EndpointManager {
     attached: BTreeMap<String, (u32, Role)>,
     /// Whether pins left by an earlier agent have been looked at.
     adopted: bool,
+    /// The interfaces and addresses listed last, until an event says they changed.
+    listed: Option<Listed>,
 }
 
 impl EndpointManager {
@@ -102,6 +114,7 @@ impl EndpointManager {
             forwarding,
             attached: BTreeMap::new(),
             adopted: false,
+            listed: None,
         }
     }
 
@@ -114,24 +127,38 @@ impl EndpointManager {
         &self.attached
     }
 
+    /// Forgets the interfaces and addresses listed last: a link or address event says they
+    /// changed, so the next [`Self::interfaces`] lists them again.
+    pub fn interfaces_changed(&mut self) {
+        self.listed = None;
+    }
+
     /// Splits `desired` (keyed by interface name) into the endpoints whose interface exists and
-    /// those still waiting for it, and finds the data interfaces.
+    /// those still waiting for it, and finds the data interfaces. The kernel's interfaces and
+    /// addresses are listed (one dump of each) when `verification` is full, when an event said
+    /// they changed ([`Self::interfaces_changed`]) or on the first call; otherwise the last
+    /// listing is used again, since nothing about them changes without an event.
     pub async fn interfaces<'a>(
-        &self,
+        &mut self,
         desired: &'a BTreeMap<String, LocalEndpoint>,
+        verification: Verification,
     ) -> Result<Interfaces<'a>, NetlinkError> {
-        let mut links: BTreeMap<String, LinkDetails> = self
-            .netlink
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect();
         let mut interfaces = Interfaces::default();
+        let listed: &Listed = match &mut self.listed {
+            Some(listed) if verification == Verification::Incremental => listed,
+            slot => {
+                let links = self.netlink.links().await?;
+                let addresses = self.netlink.addresses_of(&links).await?;
+                interfaces.listed = true;
+                slot.insert(Listed { links, addresses })
+            }
+        };
+        let mut links: BTreeMap<&str, &LinkDetails> =
+            listed.links.iter().map(|l| (l.name.as_str(), l)).collect();
         for (ifname, endpoint) in desired {
-            match links.remove(ifname) {
+            match links.remove(ifname.as_str()) {
                 Some(link) => {
-                    interfaces.present.insert(ifname, (endpoint, link));
+                    interfaces.present.insert(ifname, (endpoint, link.clone()));
                 }
                 None => interfaces
                     .waiting
@@ -141,13 +168,14 @@ impl EndpointManager {
         interfaces.data = links
             .into_iter()
             .filter(|(name, _)| {
-                !desired.contains_key(name) && is_data_interface(&self.data_pattern, name)
+                !desired.contains_key(*name) && is_data_interface(&self.data_pattern, name)
             })
+            .map(|(name, link)| (name.to_owned(), link.clone()))
             .collect();
-        for address in self.netlink.addresses().await? {
+        for address in &listed.addresses {
             interfaces
                 .addresses
-                .entry(address.interface)
+                .entry(address.interface.clone())
                 .or_default()
                 .push(address.net.addr());
         }

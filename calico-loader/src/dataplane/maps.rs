@@ -58,6 +58,10 @@ pub struct Maps {
     pub host_endpoints: Handle<spec::HostEndpoints>,
     pub host_endpoint_counters: Handle<spec::HostEndpointCounters>,
     pub failsafes: Handle<spec::Failsafes>,
+    /// What the last [`Self::reconcile`] made the maps hold, while [`Self::trust_written`]
+    /// allows it to be taken for what they hold.
+    written: Option<MapContents>,
+    trust_written: bool,
 }
 
 /// Owned handles on the policy maps.
@@ -121,6 +125,8 @@ impl Maps {
             host_endpoints: source.open::<spec::HostEndpoints>()?,
             host_endpoint_counters: source.open::<spec::HostEndpointCounters>()?,
             failsafes: source.open::<spec::Failsafes>()?,
+            written: None,
+            trust_written: false,
         })
     }
 
@@ -142,6 +148,13 @@ impl Maps {
             .info()
             .map(|info| info.max_entries())
             .map_err(map_err(map_names::ENDPOINTS))
+    }
+
+    /// Whether [`Self::reconcile`] may take the maps to hold what it wrote last (nothing else
+    /// writes them) and skip reading them back when that is what is wanted again. Off (the
+    /// default), every reconcile reads every entry back and repairs any difference.
+    pub fn trust_written(&mut self, trust: bool) {
+        self.trust_written = trust;
     }
 
     /// The ifindexes that have an endpoint entry now.
@@ -278,7 +291,22 @@ impl Maps {
     /// Makes the maps hold exactly `desired`. Entries are written before stale ones are removed,
     /// so a prefix that moves from one endpoint to another is never missing in between; a node
     /// is written before the routes that name it and removed after them.
+    ///
+    /// With [`Self::trust_written`] on, a `desired` equal to what the last reconcile wrote is
+    /// taken as done without reading the maps.
     pub fn reconcile(&mut self, desired: &MapContents) -> Result<ReconcileStats, MapsError> {
+        if self.trust_written && self.written.as_ref() == Some(desired) {
+            return Ok(ReconcileStats::default());
+        }
+        // Until this one finishes, what the maps hold is not known.
+        self.written = None;
+        let stats = self.reconcile_read_back(desired)?;
+        self.written = Some(desired.clone());
+        Ok(stats)
+    }
+
+    /// [`Self::reconcile`] by reading every entry back and writing the difference.
+    fn reconcile_read_back(&mut self, desired: &MapContents) -> Result<ReconcileStats, MapsError> {
         let current = self.read()?;
         let mut stats = ReconcileStats::default();
 

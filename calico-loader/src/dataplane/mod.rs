@@ -75,6 +75,30 @@ use crate::model::{
     rules::RuleRegistry,
 };
 
+/// How much of the kernel's state an apply reads back to compare with what is wanted.
+///
+/// The kernel state the agent programs changes only when the agent writes it, when an interface
+/// or address changes (a netlink event, which the agent passes on with
+/// [`Dataplane::interfaces_changed`]), or when someone else writes it behind the agent's back.
+/// An incremental apply trusts the first two and skips what cannot have changed; a full one also
+/// repairs the third. The agent runs a full one first and then every
+/// [`FULL_VERIFICATION_EVERY`]th resync, so drift lasts at most that many resync intervals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Everything is read back: the interfaces and addresses, every forwarding map entry and
+    /// every kernel route, and the differences written.
+    Full,
+    /// Only what may have changed: the interfaces and addresses are listed again only after an
+    /// event said they changed; the forwarding maps are read back only when the entries wanted
+    /// differ from those the last apply wrote; the kernel routes are listed only when the
+    /// routes wanted differ from the last ones synced or the interfaces were listed again.
+    Incremental,
+}
+
+/// Every how many resyncs the agent runs a [`Verification::Full`] apply (with the default 10 s
+/// resync interval: once a minute).
+pub const FULL_VERIFICATION_EVERY: u32 = 6;
+
 /// This node's host endpoints and what the dataplane does for the host itself.
 #[derive(Clone, Copy, Debug)]
 pub struct HostDesired<'a> {
@@ -188,6 +212,12 @@ impl Dataplane {
         Ok(self.conntrack.sweep()?)
     }
 
+    /// Says that interfaces or addresses changed (a link or address event): the next apply
+    /// lists them again, whatever its [`Verification`].
+    pub fn interfaces_changed(&mut self) {
+        self.endpoints.interfaces_changed();
+    }
+
     /// The interfaces this agent has programs attached to, with their ifindex and role.
     pub fn attached(&self) -> &BTreeMap<String, (u32, Role)> {
         self.endpoints.attached()
@@ -203,6 +233,7 @@ impl Dataplane {
     /// interface's entries are removed, so a program never runs against a half-written
     /// endpoint. New policy generations are complete before endpoint entries switch to them.
     /// Outgoing NAT follows `nat_pools`; a failure there is logged and leaves the rest alone.
+    /// `verification` says how much of the kernel's state is read back (see [`Verification`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &mut self,
@@ -212,6 +243,7 @@ impl Dataplane {
         host: HostDesired<'_>,
         registry: &mut RuleRegistry,
         nat_pools: &NatPools,
+        verification: Verification,
     ) -> Result<ApplyReport, DataplaneError> {
         // Outgoing NAT, in the kernel, for the traffic the programs leave to it.
         tokio::task::block_in_place(|| self.nat.sync(nat_pools));
@@ -219,7 +251,8 @@ impl Dataplane {
         let mut report = ApplyReport::default();
 
         // Which endpoints' interfaces exist, and which are the data interfaces.
-        let interfaces = self.endpoints.interfaces(desired).await?;
+        let interfaces = self.endpoints.interfaces(desired, verification).await?;
+        let relisted = interfaces.listed;
         let present = interfaces.present;
         let data = interfaces.data;
         report.waiting = interfaces.waiting;
@@ -272,6 +305,8 @@ impl Dataplane {
             host_route_entries(&mut base, interfaces.addresses.values().flatten());
             base
         };
+        self.maps
+            .trust_written(verification == Verification::Incremental);
         let switched = tokio::task::block_in_place(|| {
             switch_policy(
                 &mut self.policy,
@@ -304,7 +339,8 @@ impl Dataplane {
         report.errors.extend(attached.errors);
 
         // The kernel's routes and neighbours for host-originated traffic.
-        let kernel_errors = self.routes.sync_kernel(endpoints).await?;
+        let relist_routes = verification == Verification::Full || relisted;
+        let kernel_errors = self.routes.sync_kernel(endpoints, relist_routes).await?;
         report.errors.extend(kernel_errors);
 
         // Every program now runs with the new maps: they take the old maps' pins.

@@ -298,12 +298,20 @@ impl Netlink {
     /// Every address of every interface, in the kernel's order (by interface, then as each
     /// interface lists them).
     pub async fn addresses(&self) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        let links = self.links().await?;
+        self.addresses_of(&links).await
+    }
+
+    /// Every address of every interface, named after `links` (a dump of the links taken just
+    /// before: an address of an interface not among them has an empty name).
+    pub async fn addresses_of(
+        &self,
+        links: &[LinkDetails],
+    ) -> Result<Vec<InterfaceAddress>, NetlinkError> {
         use rtnetlink::packet_route::address::AddressAttribute;
-        let names: std::collections::HashMap<u32, String> = self
-            .links()
-            .await?
-            .into_iter()
-            .map(|link| (link.ifindex, link.name))
+        let names: std::collections::HashMap<u32, &str> = links
+            .iter()
+            .map(|link| (link.ifindex, link.name.as_str()))
             .collect();
         let mut addresses = Vec::new();
         let mut stream = self.handle.address().get().execute();
@@ -332,7 +340,10 @@ impl Netlink {
             let ifindex = message.header.index;
             addresses.push(InterfaceAddress {
                 ifindex,
-                interface: names.get(&ifindex).cloned().unwrap_or_default(),
+                interface: names
+                    .get(&ifindex)
+                    .map(|name| (*name).to_owned())
+                    .unwrap_or_default(),
                 net,
             });
         }

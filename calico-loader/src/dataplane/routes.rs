@@ -27,6 +27,8 @@ pub struct RouteManager {
     netlink: Netlink,
     /// Neighbour entries this agent wrote.
     neighbours: BTreeSet<KernelNeighbour>,
+    /// The routes the last [`Self::sync_kernel`] left in the kernel without a problem.
+    routes_synced: Option<BTreeSet<KernelRoute>>,
     node_ids: NodeIds,
 }
 
@@ -37,6 +39,7 @@ impl RouteManager {
         Self {
             netlink,
             neighbours: BTreeSet::new(),
+            routes_synced: None,
             node_ids: NodeIds::adopt(nodes),
         }
     }
@@ -58,10 +61,14 @@ impl RouteManager {
     /// Brings the kernel routes and neighbour entries in line with `present`: a route per
     /// prefix and floating IP of each endpoint, through its interface, and a neighbour entry per
     /// full-length address and floating IP of each endpoint that has a MAC. Returns the problems with single routes or
-    /// entries; the others were written regardless.
+    /// entries; the others were written regardless. The kernel's routes are listed and compared
+    /// when `relist` says so (a full verification, or the interfaces changed) or when the routes
+    /// wanted differ from those the last call left in place; otherwise nothing is asked of the
+    /// kernel.
     pub async fn sync_kernel<'a>(
         &mut self,
         present: impl IntoIterator<Item = (&'a LocalEndpoint, &'a LinkDetails)>,
+        relist: bool,
     ) -> Result<Vec<String>, NetlinkError> {
         let mut errors = Vec::new();
         let mut routes = BTreeSet::new();
@@ -99,6 +106,11 @@ impl RouteManager {
                 }
             }
         }
+        if !relist && self.routes_synced.as_ref() == Some(&routes) && self.neighbours == neighbours
+        {
+            return Ok(errors);
+        }
+        self.routes_synced = None;
         // A route the host already has to the right interface (one the CNI plugin made, say) is
         // left as it is and never removed; a route of ours that is no longer wanted goes; a
         // missing one, or one pointing elsewhere, is (re)placed as ours.
@@ -130,12 +142,16 @@ impl RouteManager {
             }
         }
         self.neighbours = neighbours;
+        if errors.is_empty() {
+            self.routes_synced = Some(routes);
+        }
         Ok(errors)
     }
 
     /// Removes every kernel route of ours (protocol 81, whoever wrote it) and the neighbour
     /// entries this agent wrote.
     pub async fn remove_all(&mut self) -> Result<(), NetlinkError> {
+        self.routes_synced = None;
         for route in self.netlink.our_routes().await? {
             self.netlink.del_route(route).await?;
         }

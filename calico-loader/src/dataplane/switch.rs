@@ -161,7 +161,13 @@ pub fn switch_policy(
         }
     }
     let capacity = maps.endpoint_capacity()? as usize;
-    let (programmed, over) = fit(programmed, &maps.endpoint_ifindexes()?, capacity);
+    // Which endpoints have an entry matters only when they do not all fit.
+    let present = if programmed.len() > capacity {
+        maps.endpoint_ifindexes()?
+    } else {
+        BTreeSet::new()
+    };
+    let (programmed, over) = fit(programmed, &present, capacity);
     if unprogrammed == Unprogrammed::Fail
         && let Some((endpoint, _, _)) = over.first()
     {

@@ -39,6 +39,8 @@ pub struct LocalDatastore {
     /// files), as last reported.
     other_errors: BTreeSet<DatastoreError>,
     snapshot: Snapshot,
+    /// The duplicates the last merge of the files' resources found, until a file changes.
+    merged: Option<Vec<DatastoreError>>,
 }
 
 /// What is known of one file.
@@ -60,6 +62,7 @@ impl LocalDatastore {
             files: BTreeMap::new(),
             other_errors: BTreeSet::new(),
             snapshot: Snapshot::default(),
+            merged: None,
         }
     }
 
@@ -102,16 +105,25 @@ impl LocalDatastore {
             })
             .cloned()
             .collect();
+        let mut changed = !gone.is_empty();
         for path in gone {
             info!(file = %path.display(), "datastore file removed");
             self.files.remove(&path);
         }
 
         for path in &listing.files {
-            new_errors.extend(self.refresh(path));
+            let (errors, file_changed) = self.refresh(path);
+            new_errors.extend(errors);
+            changed |= file_changed;
         }
-        let (resources, duplicates) = self.merge();
-        other_errors.extend(duplicates);
+        // Resources are merged again only when a file's version in force may have changed:
+        // otherwise the snapshot (shared, not copied) and its duplicates stay.
+        if changed || self.merged.is_none() {
+            let (resources, duplicates) = self.merge();
+            self.snapshot = resources.into_values().collect();
+            self.merged = Some(duplicates);
+        }
+        other_errors.extend(self.merged.iter().flatten().cloned());
 
         let other: BTreeSet<DatastoreError> = other_errors.into_iter().collect();
         new_errors.extend(other.difference(&self.other_errors).cloned());
@@ -129,7 +141,6 @@ impl LocalDatastore {
         errors.sort();
         new_errors.sort();
 
-        self.snapshot = resources.into_values().collect();
         debug!(
             resources = self.snapshot.len(),
             errors = errors.len(),
@@ -144,16 +155,19 @@ impl LocalDatastore {
         }
     }
 
-    /// Reads one file again and parses it if it changed. Returns the problems that are new.
-    fn refresh(&mut self, path: &Path) -> Vec<DatastoreError> {
+    /// Reads one file again and parses it if it changed. Returns the problems that are new,
+    /// and whether the file's resources in force may have changed (it went, or a new version
+    /// was read).
+    fn refresh(&mut self, path: &Path) -> (Vec<DatastoreError>, bool) {
         let label = path.display().to_string();
         let text = match read_text(&self.dir.join(path)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Removed since the listing.
-                if self.files.remove(path).is_some() {
+                let removed = self.files.remove(path).is_some();
+                if removed {
                     info!(file = %label, "datastore file removed");
                 }
-                return Vec::new();
+                return (Vec::new(), removed);
             }
             result => result,
         };
@@ -170,11 +184,11 @@ impl LocalDatastore {
                 };
                 state.contents = None;
                 state.errors = vec![error];
-                return new;
+                return (new, false);
             }
         };
         if state.contents.as_ref() == Some(&text) {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         let parsed = parse_file_located(&label, &text);
         state.contents = Some(text);
@@ -183,7 +197,7 @@ impl LocalDatastore {
                 info!(file = %label, resources = resources.len(), "datastore file loaded");
                 state.good = Some(resources);
                 state.errors.clear();
-                Vec::new()
+                (Vec::new(), true)
             }
             Err(errors) => {
                 if state.good.is_some() {
@@ -195,7 +209,7 @@ impl LocalDatastore {
                     .cloned()
                     .collect();
                 state.errors = errors;
-                new
+                (new, false)
             }
         }
     }

@@ -7,7 +7,7 @@
 //! Any typed kind is read with [`Snapshot::all`] and [`Snapshot::find`]; the named accessors
 //! (`workload_endpoints`, `tiers`...) are shorthands for the kinds the model reads.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
     error::DatastoreError,
@@ -17,10 +17,12 @@ use super::{
     },
 };
 
-/// The resources in force: every valid resource of the datastore, one per key.
+/// The resources in force: every valid resource of the datastore, one per key. Shared, not
+/// copied, when cloned: a sync that found nothing new hands out the same resources, and
+/// comparing a snapshot with a clone of itself is immediate.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    resources: BTreeMap<ResourceKey, Resource>,
+    resources: Arc<BTreeMap<ResourceKey, Resource>>,
 }
 
 impl Snapshot {
@@ -35,7 +37,9 @@ impl Snapshot {
         for resource in super::parse::parse_file(label, text)? {
             resources.entry(resource.key()).or_insert(resource);
         }
-        Ok(Self { resources })
+        Ok(Self {
+            resources: Arc::new(resources),
+        })
     }
 
     /// All resources of typed kind `K`, ordered by (namespace, name).
@@ -165,7 +169,9 @@ impl FromIterator<Resource> for Snapshot {
         for resource in iter {
             resources.entry(resource.key()).or_insert(resource);
         }
-        Self { resources }
+        Self {
+            resources: Arc::new(resources),
+        }
     }
 }
 

@@ -23,8 +23,8 @@ use super::{
 const ATTACH_ENDPOINTS: u32 = 500;
 const ATTACH_ENDPOINTS_QUICK: u32 = 20;
 /// Endpoints written at once, and how long the agent is then watched: a full run, `--quick`.
-const MANY_ENDPOINTS: u32 = 5000;
-const MANY_ENDPOINTS_QUICK: u32 = 50;
+pub const MANY_ENDPOINTS: u32 = 5000;
+pub const MANY_ENDPOINTS_QUICK: u32 = 50;
 const MANY_STEADY: std::time::Duration = std::time::Duration::from_secs(30);
 const MANY_STEADY_QUICK: std::time::Duration = std::time::Duration::from_secs(3);
 /// `podman run` repetitions per network: a full run, and `--quick`.
@@ -80,31 +80,29 @@ pub fn measure(plan: &Plan, loader: &Path, pid: u32, release: bool) -> Result<Ho
         },
         release,
     )?;
-    let many_endpoints = if plan.quick {
-        many_endpoints::measure(
-            loader,
-            scratch.path(),
-            pid,
-            MANY_ENDPOINTS_QUICK,
-            MANY_STEADY_QUICK,
-            release,
-        )?
-    } else {
-        many_endpoints::measure(
-            loader,
-            scratch.path(),
-            pid,
-            MANY_ENDPOINTS,
-            MANY_STEADY,
-            release,
-        )?
-    };
+    let many_endpoints = measure_many_endpoints(plan, loader, scratch.path(), pid, release)?;
     Ok(Hosting {
         tap_to_tap,
         container_start,
         attach_scale,
         many_endpoints,
     })
+}
+
+/// The many-endpoints phase with the plan's endpoint count.
+fn measure_many_endpoints(
+    plan: &Plan,
+    loader: &Path,
+    scratch: &Path,
+    pid: u32,
+    release: bool,
+) -> Result<ManyEndpoints> {
+    let steady = if plan.quick {
+        MANY_STEADY_QUICK
+    } else {
+        MANY_STEADY
+    };
+    many_endpoints::measure(loader, scratch, pid, plan.many_endpoints, steady, release)
 }
 
 /// The report's lines, and the goal checks: (goal, measured, met).
@@ -215,6 +213,47 @@ pub fn run_alone(
         .with_context(|| format!("cannot write {}", plan.json.display()))?;
     output::info(format!(
         "the phases took {:.0}s; every figure is in {}",
+        clock.elapsed().as_secs_f64(),
+        plan.json.display()
+    ));
+    Ok(())
+}
+
+/// `cargo xtask bench --many-endpoints-only`: the many-endpoints phase alone, its line of the
+/// report and a JSON file of its own.
+pub fn run_many_endpoints_alone(
+    plan: &Plan,
+    machine: &MachineInfo,
+    loader: &Path,
+    pid: u32,
+    release: bool,
+    clock: Instant,
+) -> Result<()> {
+    root::mount_bpffs()?;
+    let scratch =
+        TempDir::create(std::env::temp_dir().join(format!("calico-bench-hosting-{pid}")))?;
+    let outcome = measure_many_endpoints(plan, loader, scratch.path(), pid, release);
+    drop(scratch);
+    shared::check_nothing_left("cbench-", pid, None);
+    let many = outcome?;
+    output::step("Results");
+    output::info(many.describe());
+    let document = serde_json::json!({
+        "tool": "cargo xtask bench --many-endpoints-only",
+        "command": format!("{} --many-endpoints-only", plan.command),
+        "started": report::timestamp(plan.started).iso,
+        "elapsed_s": clock.elapsed().as_secs_f64(),
+        "quick": plan.quick,
+        "machine": machine,
+        "hosting": { "many_endpoints": many },
+    });
+    if let Some(dir) = plan.json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&plan.json, serde_json::to_string_pretty(&document)?)
+        .with_context(|| format!("cannot write {}", plan.json.display()))?;
+    output::info(format!(
+        "the phase took {:.0}s; its figures are in {}",
         clock.elapsed().as_secs_f64(),
         plan.json.display()
     ));
