@@ -10,8 +10,8 @@
 //! policy (pre-DNAT included) or, for forwarded traffic, the forward policy.
 
 use calico_ebpf_common::{
-    HostEndpointInfo, TraceResult, conntrack_zone, direction, endpoint_flags,
-    host_endpoint_flags, trace_decided_by, trace_kind, trace_path, trace_stage, verdict_action,
+    HostEndpointInfo, TraceResult, conntrack_zone, direction, endpoint_flags, host_endpoint_flags,
+    trace_decided_by, trace_kind, trace_path, trace_stage, verdict_action,
 };
 
 use crate::{
@@ -55,7 +55,13 @@ pub fn trace(data: usize, data_end: usize, ifindex: u32, ingress: bool, kind: u3
 
 /// A workload endpoint: conntrack, its policy, then `DefaultEndpointToHostAction`.
 #[inline(always)]
-fn workload(result: &mut TraceResult, flow: &mut Flow, parsed: Parsed, ifindex: u32, ingress: bool) {
+fn workload(
+    result: &mut TraceResult,
+    flow: &mut Flow,
+    parsed: Parsed,
+    ifindex: u32,
+    ingress: bool,
+) {
     let Some(endpoint) = ENDPOINTS.get_ptr(ifindex) else {
         result.decided_by = trace_decided_by::NO_ENDPOINT;
         return;

@@ -40,8 +40,8 @@ use crate::{
         private::{PrivateDataplane, PrivateHost},
     },
     datastore::{HostEndpoint, IpamObjects, Snapshot, local::LocalDatastore},
-    felix_settings,
     dump::rule_words,
+    felix_settings,
     model::{LocalEndpoint, local_endpoints, remote_workloads},
     packets,
 };
@@ -201,8 +201,7 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     let rules: HashMap<MapData, u32, RuleInfo> = HashMap::try_from(Map::from_map_data(
         MapData::from_pin(layout.map(map_names::RULES))?,
     )?)?;
-    let result = run(&mut ebpf, ifindex, request)?;
-    let mut report = report(request, &result, |id| rules.get(&id, 0).ok());
+    let mut report = evaluate(&mut ebpf, ifindex, request, |id| rules.get(&id, 0).ok())?;
     report.host_endpoint = host_endpoint;
     // A prefix of one family never holds an address of the other.
     let locate = |addr: IpAddr| {
@@ -265,8 +264,9 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
     dataplane
         .program(&snapshot, &[(endpoint, link)])
         .with_context(|| format!("programming the policy of {}", request.endpoint))?;
-    let result = run(&mut ebpf, OFFLINE_IFINDEX, request)?;
-    let mut report = report(request, &result, |id| dataplane.registry.info(id));
+    let mut report = evaluate(&mut ebpf, OFFLINE_IFINDEX, request, |id| {
+        dataplane.registry.info(id)
+    })?;
     report.source = locate_in(&snapshot, &sync.ipam, &wep.spec.node, request.src);
     report.destination = locate_in(&snapshot, &sync.ipam, &wep.spec.node, request.dst);
     Ok(report)
@@ -310,8 +310,9 @@ fn offline_host_endpoint(
             },
         )
         .with_context(|| format!("programming the policy of HostEndpoint {}", hep.name()))?;
-    let result = run(&mut ebpf, OFFLINE_IFINDEX, request)?;
-    let mut report = report(request, &result, |id| dataplane.registry.info(id));
+    let mut report = evaluate(&mut ebpf, OFFLINE_IFINDEX, request, |id| {
+        dataplane.registry.info(id)
+    })?;
     report.host_endpoint = Some(hep.name().to_owned());
     let host = |addr: IpAddr| {
         if hep.spec.expected_ips.contains(&addr) {

@@ -19,7 +19,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub datastore: Option<PathBuf>,
     /// The WorkloadEndpoint whose policy to check.
-    #[arg(long, value_name = "NAMESPACE/NAME", required_unless_present = "interface")]
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        required_unless_present = "interface"
+    )]
     pub endpoint: Option<String>,
     /// A data interface a HostEndpoint covers: trace a packet arriving through it (ingress) or
     /// leaving through it (egress), through the host endpoint's stages.

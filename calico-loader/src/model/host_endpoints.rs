@@ -32,8 +32,7 @@ use std::{
 };
 
 use super::policy::{
-    PolicyStage,
-    Candidate, DirectionPlan, PolicyId, direction_plan, inherited_labels, selects,
+    Candidate, DirectionPlan, PolicyId, PolicyStage, direction_plan, inherited_labels, selects,
     selects_outside_namespaces, sort_candidates,
 };
 use crate::datastore::{
