@@ -311,7 +311,7 @@ macro_rules! for_each_map {
             /// Result of the last `trace` run (one slot).
             Trace TRACE "cali_trace"
                 PerCpuArray<u32, $crate::trace::TraceResult>
-                max: 1, flags: 0, version: 1, upgrade: Reset;
+                max: 1, flags: 0, version: 2, upgrade: Reset;
             /// The layout version of every map the agent pinned, by map name.
             Versions VERSIONS "cali_versions"
                 Hash<$crate::maps::VersionKey, $crate::maps::VersionRecord>

@@ -231,6 +231,17 @@ pub mod rule_kind {
     pub const UNTRACKED_DEFAULT: u8 = 6;
 }
 
+/// Values of [`RuleInfo::stage`]: the kind of policy a policy rule belongs to, for a host
+/// endpoint's rules (a workload's are all [`rule_stage::NORMAL`]).
+pub mod rule_stage {
+    /// A normal policy (or a profile, or an ending).
+    pub const NORMAL: u8 = 0;
+    /// A `preDNAT` policy.
+    pub const PRE_DNAT: u8 = 1;
+    /// A `doNotTrack` (untracked) policy.
+    pub const UNTRACKED: u8 = 2;
+}
+
 /// Values of direction fields: [`RuleInfo::direction`], [`LogEvent::direction`],
 /// [`TraceResult::direction`].
 pub mod direction {
@@ -255,7 +266,8 @@ pub struct RuleInfo {
     pub action: u8,
     /// A [`direction`] value.
     pub direction: u8,
-    pub _pad: u8,
+    /// A [`rule_stage`] value.
+    pub stage: u8,
     /// Index of the rule in its policy's or profile's rule list of that direction.
     pub index: u32,
     /// Tier name, NUL-padded (empty for profiles and the final deny).
@@ -270,7 +282,7 @@ impl Default for RuleInfo {
             kind: 0,
             action: 0,
             direction: 0,
-            _pad: 0,
+            stage: 0,
             index: 0,
             tier: [0; RULE_TIER_LEN],
             policy: [0; RULE_POLICY_LEN],

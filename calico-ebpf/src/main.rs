@@ -183,12 +183,13 @@ pub fn calico_tc_to_wl(ctx: TcContext) -> i32 {
 }
 
 /// Run by `calico-loader trace` only (BPF_PROG_TEST_RUN): `cb[0]` is the endpoint's ifindex,
-/// `cb[1]` the direction (0 ingress, 1 egress). The result goes to the trace map.
+/// `cb[1]` the direction (0 ingress, 1 egress), `cb[2]` what to trace (a `trace_kind`: a
+/// workload endpoint or a host endpoint). The result goes to the trace map.
 #[classifier]
 pub fn calico_trace(ctx: TcContext) -> i32 {
-    let (ifindex, ingress) = {
+    let (ifindex, ingress, kind) = {
         let cb = ctx.cb();
-        (cb[0], cb[1] == 0)
+        (cb[0], cb[1] == 0, cb[2])
     };
     pull_headers(&ctx);
     trace::trace(
@@ -196,6 +197,7 @@ pub fn calico_trace(ctx: TcContext) -> i32 {
         ctx.data_end(),
         ifindex,
         ingress,
+        kind,
         ctx.len() as u64,
     );
     TC_ACT_OK

@@ -22,18 +22,26 @@ use aya::{
 };
 use calico_ebpf_common::{
     EndpointInfo, NodeInfo, RouteKind, RouteValue, RuleInfo, TraceResult, direction, map_names,
-    program_names, trace_decided_by, verdict_action, verdict_flags,
+    program_names, rule_kind, rule_stage, trace_decided_by, trace_kind, trace_path, trace_stage,
+    verdict_action, verdict_flags,
 };
 use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
     dataplane::{
-        MapSizes, attach::program, bpffs::PinLayout, load_object_with, load_private_object,
-        maps::Maps, netlink::LinkDetails, private::PrivateDataplane,
+        MapSizes,
+        attach::program,
+        bpffs::PinLayout,
+        host_endpoints::HostSettings,
+        load_object_with, load_private_object,
+        maps::Maps,
+        netlink::LinkDetails,
+        private::{PrivateDataplane, PrivateHost},
     },
-    datastore::{IpamObjects, Snapshot, local::LocalDatastore},
+    datastore::{HostEndpoint, IpamObjects, Snapshot, local::LocalDatastore},
     dump::rule_words,
+    felix_settings,
     model::{LocalEndpoint, local_endpoints, remote_workloads},
     packets,
 };
@@ -41,11 +49,22 @@ use crate::{
 /// Ifindex the endpoint gets in the private maps of a `--datastore` trace.
 const OFFLINE_IFINDEX: u32 = 1_000_000;
 
+/// Which kind of endpoint a trace is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceTarget {
+    /// A WorkloadEndpoint: [`TraceRequest::endpoint`] is its `namespace/name`.
+    Workload,
+    /// A host endpoint's data interface: [`TraceRequest::endpoint`] is the interface's name;
+    /// ingress is a packet arriving through it, egress one leaving through it.
+    HostEndpoint,
+}
+
 /// What to trace.
 #[derive(Clone, Debug)]
 pub struct TraceRequest {
-    /// `namespace/name` of the WorkloadEndpoint.
+    /// `namespace/name` of the WorkloadEndpoint, or the host endpoint's interface.
     pub endpoint: String,
+    pub target: TraceTarget,
     pub ingress: bool,
     pub protocol: u8,
     pub src: IpAddr,
@@ -95,15 +114,35 @@ impl Location {
     }
 }
 
+/// One stage a packet met, in order.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StageReport {
+    /// `failsafe`, `untracked-policy`, `conntrack`, `pre-dnat-policy`, `host-policy`,
+    /// `forward-policy`, `policy` or `endpoint-to-host`.
+    pub stage: String,
+    /// `allow`, `deny`, or `next` (it did not decide: on to the next stage).
+    pub outcome: String,
+    /// What it found, in words.
+    pub detail: String,
+}
+
 /// The answer.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TraceReport {
+    /// The WorkloadEndpoint, or for a host endpoint its interface.
     pub endpoint: String,
+    /// The HostEndpoint's name (host endpoints only).
+    pub host_endpoint: Option<String>,
+    /// For a host endpoint: `host` (the host's own traffic) or `forward` (forwarded).
+    pub path: Option<String>,
     pub direction: String,
     /// `allow` or `deny`.
     pub verdict: String,
-    /// `policy`, `conntrack`, `no-endpoint`, `malformed` or `no-verdict`.
+    /// `policy`, `conntrack`, `no-endpoint`, `malformed`, `no-verdict`, `failsafe`,
+    /// `untracked-policy`, `forward-open`, `endpoint-to-host` or `unjudged`.
     pub decided_by: String,
+    /// The stages the packet met, in order; the last one decided.
+    pub stages: Vec<StageReport>,
     /// Tier of the deciding rule (or tier default), if any.
     pub tier: Option<String>,
     /// The deciding policy (`kind:namespace/name`), or profile (`Profile:name`).
@@ -135,20 +174,35 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     let maps = Maps::from_pins(layout)?;
     let contents = maps.read()?;
     let endpoints = &contents.endpoints;
-    let Some((&ifindex, info)) = endpoints
-        .iter()
-        .find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
-    else {
+    let found = match request.target {
+        TraceTarget::Workload => endpoints
+            .iter()
+            .find(|(_, info)| info.name_bytes() == request.endpoint.as_bytes())
+            .map(|(&ifindex, _)| (ifindex, None)),
+        TraceTarget::HostEndpoint => contents
+            .host_endpoints
+            .iter()
+            .find(|(_, info)| info.ifname_bytes() == request.endpoint.as_bytes())
+            .map(|(&ifindex, info)| {
+                let name = String::from_utf8_lossy(info.name_bytes()).into_owned();
+                (ifindex, Some(name))
+            }),
+    };
+    let Some((ifindex, host_endpoint)) = found else {
+        let what = match request.target {
+            TraceTarget::Workload => "endpoint",
+            TraceTarget::HostEndpoint => "no host endpoint covers interface",
+        };
         bail!(
-            "endpoint {} is not programmed on this host (see `calico-loader dump endpoints`)",
+            "{what} {} is not programmed on this host (see `calico-loader dump endpoints`)",
             request.endpoint
         );
     };
     let rules: HashMap<MapData, u32, RuleInfo> = HashMap::try_from(Map::from_map_data(
         MapData::from_pin(layout.map(map_names::RULES))?,
     )?)?;
-    let result = run(&mut ebpf, ifindex, request)?;
-    let mut report = report(request, &result, |id| rules.get(&id, 0).ok());
+    let mut report = evaluate(&mut ebpf, ifindex, request, |id| rules.get(&id, 0).ok())?;
+    report.host_endpoint = host_endpoint;
     // A prefix of one family never holds an address of the other.
     let locate = |addr: IpAddr| {
         let v4 = contents
@@ -164,21 +218,6 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     };
     report.source = locate(request.src);
     report.destination = locate(request.dst);
-    // After its egress policy, a workload's traffic to the host itself meets
-    // DefaultEndpointToHostAction (the programs' check on the `host` route).
-    let to_host_drop = info.flags & calico_ebpf_common::endpoint_flags::TO_HOST_DROP != 0;
-    if !request.ingress
-        && to_host_drop
-        && report.verdict == "allow"
-        && report.destination.route == RouteKind::Host.as_str()
-    {
-        report.verdict = "deny".into();
-        report.then = Some(
-            "the destination is the host itself: DefaultEndpointToHostAction (Drop) drops it \
-             after the egress policy allowed it"
-                .into(),
-        );
-    }
     Ok(report)
 }
 
@@ -190,6 +229,9 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
         eprintln!("warning: {error}");
     }
     let snapshot = sync.snapshot;
+    if request.target == TraceTarget::HostEndpoint {
+        return offline_host_endpoint(dir, &snapshot, request);
+    }
     let (namespace, name) = request
         .endpoint
         .split_once('/')
@@ -222,11 +264,88 @@ pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport
     dataplane
         .program(&snapshot, &[(endpoint, link)])
         .with_context(|| format!("programming the policy of {}", request.endpoint))?;
-    let result = run(&mut ebpf, OFFLINE_IFINDEX, request)?;
-    let mut report = report(request, &result, |id| dataplane.registry.info(id));
+    let mut report = evaluate(&mut ebpf, OFFLINE_IFINDEX, request, |id| {
+        dataplane.registry.info(id)
+    })?;
     report.source = locate_in(&snapshot, &sync.ipam, &wep.spec.node, request.src);
     report.destination = locate_in(&snapshot, &sync.ipam, &wep.spec.node, request.dst);
     Ok(report)
+}
+
+/// A `--datastore` trace of a host endpoint: the HostEndpoint whose `interfaceName` is the
+/// request's interface, programmed into private maps with the endpoint's `expectedIPs` as the
+/// host's addresses and Felix's default failsafe ports.
+fn offline_host_endpoint(
+    dir: &Path,
+    snapshot: &Snapshot,
+    request: &TraceRequest,
+) -> anyhow::Result<TraceReport> {
+    let hep = snapshot
+        .all::<HostEndpoint>()
+        .find(|hep| hep.spec.interface_name.as_deref() == Some(request.endpoint.as_str()))
+        .with_context(|| {
+            format!(
+                "no HostEndpoint with interfaceName {} in {}",
+                request.endpoint,
+                dir.display()
+            )
+        })?;
+    let defaults = felix_settings::resolve(&[]).context("Felix's default settings")?;
+    let mut ebpf = load_private_object().context("loading the programs (this needs root)")?;
+    let mut dataplane = PrivateDataplane::from_ebpf(&mut ebpf)?;
+    let link = LinkDetails {
+        ifindex: OFFLINE_IFINDEX,
+        name: request.endpoint.clone(),
+        tap: false,
+        mac: packets::HOST_MAC,
+    };
+    dataplane
+        .program_with_host(
+            snapshot,
+            &[],
+            &PrivateHost {
+                endpoints: vec![(hep.name().to_owned(), link)],
+                addresses: hep.spec.expected_ips.clone(),
+                settings: HostSettings::from(&defaults),
+            },
+        )
+        .with_context(|| format!("programming the policy of HostEndpoint {}", hep.name()))?;
+    let mut report = evaluate(&mut ebpf, OFFLINE_IFINDEX, request, |id| {
+        dataplane.registry.info(id)
+    })?;
+    report.host_endpoint = Some(hep.name().to_owned());
+    let host = |addr: IpAddr| {
+        if hep.spec.expected_ips.contains(&addr) {
+            Location {
+                address: addr.to_string(),
+                route: RouteKind::Host.as_str().into(),
+                endpoint: None,
+                interface: None,
+                node: None,
+            }
+        } else {
+            locate_in(snapshot, &IpamObjects::default(), &hep.spec.node, addr)
+        }
+    };
+    report.source = host(request.src);
+    report.destination = host(request.dst);
+    Ok(report)
+}
+
+/// Runs the trace program on the request's packet in an object whose maps are programmed
+/// already (`info`: what a rule id stands for). The trace program is loaded on first use.
+///
+/// # Errors
+///
+/// An invalid request, or loading or running the trace program failing.
+pub fn evaluate(
+    ebpf: &mut Ebpf,
+    ifindex: u32,
+    request: &TraceRequest,
+    info: impl Fn(u32) -> Option<RuleInfo>,
+) -> anyhow::Result<TraceReport> {
+    let result = run(ebpf, ifindex, request)?;
+    Ok(report(request, &result, info))
 }
 
 /// The prefix `addr/len` (`None` for an invalid length).
@@ -361,9 +480,11 @@ pub fn packet(request: &TraceRequest) -> anyhow::Result<Vec<u8>> {
 fn run(ebpf: &mut Ebpf, ifindex: u32, request: &TraceRequest) -> anyhow::Result<TraceResult> {
     let frame = packet(request)?;
     let trace: &mut SchedClassifier = program(ebpf, program_names::TRACE)?;
-    trace.load().context("loading the trace program")?;
-    // The __sk_buff given to the program: everything zero but cb[0] (the endpoint's ifindex)
-    // and cb[1] (the direction), at offsets 48 and 52.
+    if trace.fd().is_err() {
+        trace.load().context("loading the trace program")?;
+    }
+    // The __sk_buff given to the program: everything zero but cb[0] (the endpoint's ifindex),
+    // cb[1] (the direction) and cb[2] (what to trace), at offsets 48, 52 and 56.
     let mut context = [0u8; 68];
     context[48..52].copy_from_slice(&ifindex.to_ne_bytes());
     let dir = if request.ingress {
@@ -372,6 +493,11 @@ fn run(ebpf: &mut Ebpf, ifindex: u32, request: &TraceRequest) -> anyhow::Result<
         direction::EGRESS
     };
     context[52..56].copy_from_slice(&u32::from(dir).to_ne_bytes());
+    let kind = match request.target {
+        TraceTarget::Workload => trace_kind::WORKLOAD,
+        TraceTarget::HostEndpoint => trace_kind::HOST_ENDPOINT,
+    };
+    context[56..60].copy_from_slice(&kind.to_ne_bytes());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(&frame);
     opts.ctx_in = Some(&context);
@@ -436,24 +562,47 @@ fn report(
         trace_decided_by::CONNTRACK => "conntrack",
         trace_decided_by::NO_ENDPOINT => "no-endpoint",
         trace_decided_by::MALFORMED => "malformed",
+        trace_decided_by::FAILSAFE => "failsafe",
+        trace_decided_by::UNTRACKED => "untracked-policy",
+        trace_decided_by::FORWARD_OPEN => "forward-open",
+        trace_decided_by::ENDPOINT_TO_HOST => "endpoint-to-host",
+        trace_decided_by::UNJUDGED => "unjudged",
         _ => "no-verdict",
     };
-    let rule = rule_report(result.rule, info(result.rule));
+    let rule_info = info(result.rule);
+    let rule = rule_report(result.rule, rule_info);
     let logged_by = if result.flags & verdict_flags::LOG != 0 {
         rule_report(result.log_rule, info(result.log_rule))
     } else {
         None
     };
+    let verdict = if result.action == verdict_action::ALLOW {
+        "allow"
+    } else {
+        "deny"
+    };
+    let host_endpoint = request.target == TraceTarget::HostEndpoint;
+    let path = host_endpoint.then(|| {
+        if result.path == trace_path::FORWARD {
+            "forward"
+        } else {
+            "host"
+        }
+        .to_owned()
+    });
+    let then = (result.decided_by == trace_decided_by::ENDPOINT_TO_HOST).then(|| {
+        "the destination is the host itself: DefaultEndpointToHostAction (Drop) drops it \
+         after the egress policy allowed it"
+            .to_owned()
+    });
     TraceReport {
         endpoint: request.endpoint.clone(),
+        host_endpoint: None,
+        path,
         direction: if request.ingress { "ingress" } else { "egress" }.into(),
-        verdict: if result.action == verdict_action::ALLOW {
-            "allow"
-        } else {
-            "deny"
-        }
-        .into(),
+        verdict: verdict.into(),
         decided_by: decided_by.into(),
+        stages: stages(request, result, rule.as_ref(), rule_info.as_ref()),
         tier: rule.as_ref().and_then(|r| r.tier.clone()),
         policy: rule.as_ref().and_then(|r| r.policy.clone()),
         rule: rule.as_ref().and_then(|r| r.rule),
@@ -462,16 +611,223 @@ fn report(
         policy_id: result.policy,
         source: Location::nowhere(request.src),
         destination: Location::nowhere(request.dst),
-        then: None,
+        then,
+    }
+}
+
+/// The stages the packet met, in the order the programs run them; the last one decided.
+fn stages(
+    request: &TraceRequest,
+    result: &TraceResult,
+    rule: Option<&RuleReport>,
+    rule_info: Option<&RuleInfo>,
+) -> Vec<StageReport> {
+    let stage = |stage: &str, outcome: &str, detail: String| StageReport {
+        stage: stage.into(),
+        outcome: outcome.into(),
+        detail,
+    };
+    let outcome = if result.action == verdict_action::ALLOW {
+        "allow"
+    } else {
+        "deny"
+    };
+    let decided = |what: &str| format!("{what}: {}", verdict_word(result.action));
+    let rule_text = rule.map_or_else(|| "no rule".to_owned(), describe_rule);
+    let ran = |bit: u8| result.stages & bit != 0;
+    let host_endpoint = request.target == TraceTarget::HostEndpoint;
+    let host = result.path == trace_path::HOST;
+    let mut out = Vec::new();
+    match result.decided_by {
+        trace_decided_by::NO_ENDPOINT | trace_decided_by::MALFORMED => return out,
+        trace_decided_by::UNJUDGED => {
+            out.push(stage(
+                "unjudged",
+                "allow",
+                "not IP, not parsable, or neighbour discovery: passed to the kernel unjudged"
+                    .into(),
+            ));
+            return out;
+        }
+        _ => {}
+    }
+    let failsafe = |out: &mut Vec<StageReport>| {
+        if result.decided_by == trace_decided_by::FAILSAFE {
+            let (setting, port) = if request.ingress {
+                ("FailsafeInboundHostPorts", request.dport)
+            } else {
+                ("FailsafeOutboundHostPorts", request.dport)
+            };
+            out.push(stage(
+                "failsafe",
+                "allow",
+                format!(
+                    "failsafe port {}:{port} ({setting}): allowed whatever the policy says",
+                    protocol_name(request.protocol)
+                ),
+            ));
+        } else if ran(trace_stage::FAILSAFE) {
+            out.push(stage("failsafe", "next", "not a failsafe port".into()));
+        }
+    };
+    let untracked = |out: &mut Vec<StageReport>| {
+        if result.decided_by == trace_decided_by::UNTRACKED {
+            let what = if result.action == verdict_action::ALLOW {
+                "allowed (untracked: no conntrack, none of the endpoint's other policy)"
+            } else if request.ingress {
+                "denied (dropped in XDP)"
+            } else {
+                "denied"
+            };
+            out.push(stage(
+                "untracked-policy",
+                outcome,
+                format!("untracked policy {rule_text}: {what}"),
+            ));
+        } else if ran(trace_stage::UNTRACKED) {
+            out.push(stage(
+                "untracked-policy",
+                "next",
+                "no untracked policy decided".into(),
+            ));
+        }
+    };
+    let conntrack = |out: &mut Vec<StageReport>| {
+        if result.decided_by == trace_decided_by::CONNTRACK {
+            out.push(stage(
+                "conntrack",
+                "allow",
+                "a tracked flow (or a reply or ICMP error about one): allowed".into(),
+            ));
+        } else if ran(trace_stage::CONNTRACK) {
+            out.push(stage(
+                "conntrack",
+                "next",
+                "no entry: a new flow, for policy".into(),
+            ));
+        }
+    };
+    if host_endpoint {
+        // The host endpoint's programs: inbound failsafe ports before untracked policy,
+        // outbound ones after conntrack.
+        if request.ingress {
+            failsafe(&mut out);
+            untracked(&mut out);
+            conntrack(&mut out);
+        } else {
+            untracked(&mut out);
+            conntrack(&mut out);
+            failsafe(&mut out);
+        }
+        match result.decided_by {
+            trace_decided_by::FORWARD_OPEN => out.push(stage(
+                "forward-policy",
+                "allow",
+                "forwarded traffic: no policy applies to it on this endpoint, it passes untouched"
+                    .into(),
+            )),
+            trace_decided_by::POLICY | trace_decided_by::NO_VERDICT => {
+                let pre_dnat = rule_info.is_some_and(|i| i.stage == rule_stage::PRE_DNAT);
+                let kind = rule_info.map(|i| i.kind);
+                let (name, detail) = if pre_dnat {
+                    ("pre-dnat-policy", format!("pre-DNAT policy {rule_text}"))
+                } else if !host {
+                    (
+                        "forward-policy",
+                        format!("forwarded traffic: applyOnForward policy {rule_text}"),
+                    )
+                } else if kind == Some(rule_kind::NO_MATCH) {
+                    (
+                        "host-policy",
+                        "host endpoint policy: no policy or profile allowed it (default deny)"
+                            .to_owned(),
+                    )
+                } else {
+                    ("host-policy", format!("host endpoint policy {rule_text}"))
+                };
+                out.push(stage(name, outcome, decided(&detail)));
+            }
+            _ => {}
+        }
+        return out;
+    }
+    conntrack(&mut out);
+    let direction = if request.ingress { "ingress" } else { "egress" };
+    if matches!(
+        result.decided_by,
+        trace_decided_by::POLICY | trace_decided_by::NO_VERDICT
+    ) {
+        out.push(stage(
+            "policy",
+            outcome,
+            decided(&format!("{direction} policy {rule_text}")),
+        ));
+    }
+    if result.decided_by == trace_decided_by::ENDPOINT_TO_HOST {
+        if rule.is_some() {
+            out.push(stage(
+                "policy",
+                "allow",
+                format!("{direction} policy {rule_text}: allowed"),
+            ));
+        }
+        out.push(stage(
+            "endpoint-to-host",
+            "deny",
+            "to the host itself: DefaultEndpointToHostAction (Drop): denied".into(),
+        ));
+    }
+    out
+}
+
+/// `allowed`, `denied`.
+fn verdict_word(action: u8) -> &'static str {
+    if action == verdict_action::ALLOW {
+        "allowed"
+    } else {
+        "denied"
+    }
+}
+
+/// A protocol number as Calico names it (`tcp`), or the number.
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        other => other.to_string(),
     }
 }
 
 /// The report as lines for a terminal.
 pub fn text(report: &TraceReport) -> String {
-    let mut out = format!(
-        "endpoint:   {} ({})\nverdict:    {}\ndecided by: {}",
-        report.endpoint, report.direction, report.verdict, report.decided_by
-    );
+    let mut out = match (&report.host_endpoint, &report.path) {
+        (Some(name), path) => {
+            let path = match path.as_deref() {
+                Some("forward") => "forwarded traffic",
+                _ if report.direction == "ingress" => "to the host",
+                _ => "from the host",
+            };
+            format!(
+                "host endpoint: {name} ({}, {}, {path})",
+                report.endpoint, report.direction
+            )
+        }
+        (None, _) => format!("endpoint:   {} ({})", report.endpoint, report.direction),
+    };
+    out.push_str(&format!(
+        "\nverdict:    {}\ndecided by: {}",
+        report.verdict, report.decided_by
+    ));
+    if report.host_endpoint.is_some() {
+        out.push_str("\nstages:");
+        for (n, stage) in report.stages.iter().enumerate() {
+            out.push_str(&format!("\n  {}. {}", n + 1, stage.detail));
+        }
+    }
     if let Some(rule) = &report.decided_by_rule {
         out.push_str(&format!("\nrule:       {}", describe_rule(rule)));
     }

@@ -12,7 +12,7 @@ mod privileged {
 
         use aya::{
             Ebpf,
-            programs::{SchedClassifier, TestRun as _, TestRunOptions},
+            programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
         };
         use calico_ebpf_common::{
             DropReason, EndpointCounters, HostEndpointCounters, program_names,
@@ -26,6 +26,7 @@ mod privileged {
             datastore::Snapshot,
             felix_settings,
             packets::{tcp_flags::*, *},
+            trace::{self, TraceReport, TraceRequest, TraceTarget},
         };
 
         use crate::support::programs::{load_kernel_object, load_programs, workload_endpoint};
@@ -91,6 +92,7 @@ mod privileged {
                         program_names::TC_HOST_ENDPOINT_INGRESS,
                         program_names::TC_HOST_ENDPOINT_EGRESS,
                         program_names::TC_FROM_WORKLOAD,
+                        program_names::XDP_HOST_ENDPOINT,
                     ],
                 );
                 let link = |ifindex, name: &str| LinkDetails {
@@ -167,6 +169,58 @@ mod privileged {
                 self.run(program_names::TC_HOST_ENDPOINT_EGRESS, packet)
             }
 
+            /// Runs the host endpoint's XDP program (untracked ingress policy) on a frame
+            /// arriving on the loopback.
+            fn arriving_xdp(&mut self, packet: &[u8]) -> u32 {
+                let program: &mut Xdp = self
+                    .ebpf
+                    .program_mut(program_names::XDP_HOST_ENDPOINT)
+                    .expect("program")
+                    .try_into()
+                    .expect("xdp");
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+                // egress_ifindex.
+                let mut context = [0u8; 24];
+                context[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+                context[12..16].copy_from_slice(&LO.to_ne_bytes());
+                let mut out = vec![0u8; packet.len() + 256];
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(packet);
+                opts.data_out = Some(&mut out);
+                opts.ctx_in = Some(&context);
+                program
+                    .test_run(opts)
+                    .expect("BPF_PROG_TEST_RUN")
+                    .return_value
+            }
+
+            /// `calico-loader trace`'s answer for a TCP SYN or UDP packet (`proto` 6 or 17)
+            /// from `src:sport` to `dst:dport` through the host endpoint's interface (the
+            /// loopback), arriving (`ingress`) or leaving, on the fixture's maps.
+            fn trace_hep(
+                &mut self,
+                ingress: bool,
+                proto: u8,
+                (src, sport): (Ipv4Addr, u16),
+                (dst, dport): (Ipv4Addr, u16),
+            ) -> TraceReport {
+                let request = TraceRequest {
+                    endpoint: "lo".into(),
+                    target: TraceTarget::HostEndpoint,
+                    ingress,
+                    protocol: proto,
+                    src: src.into(),
+                    sport,
+                    dst: dst.into(),
+                    dport,
+                    icmp_type: 0,
+                    icmp_code: 0,
+                };
+                let registry = &self.dataplane.registry;
+                trace::evaluate(&mut self.ebpf, LO, &request, |id| registry.info(id))
+                    .expect("trace")
+            }
+
             fn hep_counters(&self) -> HostEndpointCounters {
                 self.dataplane
                     .maps
@@ -186,6 +240,30 @@ mod privileged {
                     .copied()
                     .unwrap_or_default()
             }
+        }
+
+        const XDP_DROP: u32 = 1;
+        const XDP_PASS: u32 = 2;
+
+        /// Checks that trace gives `verdict`, decided by `decided_by`, and that its last stage
+        /// (the deciding one) is `stage`, with `detail` in its words.
+        fn assert_trace(
+            report: &TraceReport,
+            verdict: &str,
+            decided_by: &str,
+            stage: &str,
+            detail: &str,
+        ) {
+            let text = trace::text(report);
+            assert_eq!(report.verdict, verdict, "{text}");
+            assert_eq!(report.decided_by, decided_by, "{text}");
+            let last = report.stages.last().expect("a deciding stage");
+            assert_eq!(last.stage, stage, "{text}");
+            assert_eq!(last.outcome, verdict, "{text}");
+            assert!(
+                last.detail.contains(detail),
+                "{detail:?} not in the deciding stage:\n{text}"
+            );
         }
 
         fn syn_to_host(port: u16) -> Vec<u8> {
@@ -449,6 +527,240 @@ mod privileged {
                 "an MLDv2 report is not housekeeping"
             );
             assert_eq!(drop.counters(LO).drops.iter().sum::<u64>(), 1);
+        }
+
+        /// `trace --interface` against the real programs, on the same maps: the verdict it
+        /// gives is the one the programs give, and it names the stage that decided.
+        #[test]
+        fn trace_explains_failsafe_ports_and_host_policy() {
+            let deny_all = gnp(
+                "deny-all",
+                "{selector: role == 'edge', types: [Ingress, Egress], ingress: [{action: Deny}], \
+                 egress: [{action: Deny}]}",
+            );
+            let mut f = Fixture::new(&deny_all, false);
+            let tcp = 6;
+            let (remote, host) = ((REMOTE_V4, 40000), (HOST_V4, 22));
+
+            // SSH through a deny-all policy: the failsafe port decides.
+            let report = f.trace_hep(true, tcp, remote, host);
+            assert_eq!(f.arriving(&syn_to_host(22)), TC_ACT_OK);
+            assert_trace(
+                &report,
+                "allow",
+                "failsafe",
+                "failsafe",
+                "failsafe port tcp:22 (FailsafeInboundHostPorts)",
+            );
+            assert_eq!(report.path.as_deref(), Some("host"));
+
+            // Another port: the host policy's Deny.
+            let report = f.trace_hep(true, tcp, remote, (HOST_V4, 8080));
+            assert_eq!(f.arriving(&syn_to_host(8080)), TC_ACT_SHOT);
+            assert_trace(
+                &report,
+                "deny",
+                "policy",
+                "host-policy",
+                "GlobalNetworkPolicy:deny-all, rule 0 (Deny)",
+            );
+            let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+            assert_eq!(names, ["failsafe", "conntrack", "host-policy"]);
+
+            // Leaving: the outbound failsafe port udp:53 after conntrack; tcp:443 denied.
+            let report = f.trace_hep(false, 17, (HOST_V4, 41000), (REMOTE_V4, 53));
+            let dns = udp_v4_ports_frame(TO_US, HOST_V4, REMOTE_V4, 41000, 53);
+            assert_eq!(f.leaving(&dns), TC_ACT_OK);
+            assert_trace(
+                &report,
+                "allow",
+                "failsafe",
+                "failsafe",
+                "udp:53 (FailsafeOutboundHostPorts)",
+            );
+            let report = f.trace_hep(false, tcp, (HOST_V4, 41000), (REMOTE_V4, 443));
+            let out = tcp_v4_frame(TO_US, HOST_V4, REMOTE_V4, 41000, 443, SYN);
+            assert_eq!(f.leaving(&out), TC_ACT_SHOT);
+            assert_trace(&report, "deny", "policy", "host-policy", "deny-all");
+
+            // The flow SSH opened: conntrack lets the host's reply out (trace changes nothing:
+            // the entry is the program's).
+            let report = f.trace_hep(false, tcp, (HOST_V4, 22), (REMOTE_V4, 40000));
+            assert_eq!(report.verdict, "allow");
+            assert_eq!(report.decided_by, "conntrack");
+        }
+
+        #[test]
+        fn trace_explains_host_policy_and_its_default_deny() {
+            let open_8081 = gnp(
+                "open-8081",
+                "{selector: role == 'edge', ingress: [{action: Allow, protocol: UDP, \
+                 destination: {ports: [8081]}}]}",
+            );
+            let mut f = Fixture::new(&open_8081, false);
+            let to_host = |port| udp_v4_ports_frame(TO_US, REMOTE_V4, HOST_V4, 40000, port);
+            let report = f.trace_hep(true, 17, (REMOTE_V4, 40000), (HOST_V4, 8081));
+            assert_eq!(f.arriving(&to_host(8081)), TC_ACT_OK);
+            assert_trace(
+                &report,
+                "allow",
+                "policy",
+                "host-policy",
+                "GlobalNetworkPolicy:open-8081, rule 0 (Allow)",
+            );
+
+            // No policy at all: the host is closed.
+            let mut f = Fixture::new("", false);
+            let report = f.trace_hep(true, 17, (REMOTE_V4, 40000), (HOST_V4, 8081));
+            assert_eq!(f.arriving(&to_host(8081)), TC_ACT_SHOT);
+            assert_trace(
+                &report,
+                "deny",
+                "policy",
+                "host-policy",
+                "no policy or profile allowed it (default deny)",
+            );
+            // ...but forwarded traffic passes untouched.
+            let report = f.trace_hep(true, 17, (REMOTE_V4, 40000), (RECEIVER_V4, 80));
+            assert_eq!(
+                f.arriving(&udp_v4_ports_frame(
+                    TO_US,
+                    REMOTE_V4,
+                    RECEIVER_V4,
+                    40000,
+                    80
+                )),
+                TC_ACT_REDIRECT
+            );
+            assert_trace(
+                &report,
+                "allow",
+                "forward-open",
+                "forward-policy",
+                "untouched",
+            );
+            assert_eq!(report.path.as_deref(), Some("forward"));
+        }
+
+        #[test]
+        fn trace_explains_pre_dnat_policy() {
+            let policies = gnp(
+                "block-bad-net",
+                "{order: 1, selector: role == 'edge', preDNAT: true, applyOnForward: true, \
+                 ingress: [{action: Deny, source: {nets: [198.19.250.0/24]}}]}",
+            ) + &gnp(
+                "open-host",
+                "{order: 2, selector: role == 'edge', ingress: [{action: Allow}]}",
+            );
+            let mut f = Fixture::new(&policies, false);
+            let from = |src, dst, port| udp_v4_ports_frame(TO_US, src, dst, 40000, port);
+            for dst in [HOST_V4, RECEIVER_V4] {
+                let report = f.trace_hep(true, 17, (BAD_NET_V4, 40000), (dst, 80));
+                assert_eq!(f.arriving(&from(BAD_NET_V4, dst, 80)), TC_ACT_SHOT);
+                assert_trace(
+                    &report,
+                    "deny",
+                    "policy",
+                    "pre-dnat-policy",
+                    "pre-DNAT policy tier default, GlobalNetworkPolicy:block-bad-net, rule 0 (Deny)",
+                );
+            }
+            // What pre-DNAT policy leaves undecided meets the host policy.
+            let report = f.trace_hep(true, 17, (REMOTE_V4, 40000), (HOST_V4, 8080));
+            assert_eq!(f.arriving(&from(REMOTE_V4, HOST_V4, 8080)), TC_ACT_OK);
+            assert_trace(&report, "allow", "policy", "host-policy", "open-host");
+            // Forwarded: no apply-on-forward policy decides, so it is allowed.
+            let report = f.trace_hep(true, 17, (REMOTE_V4, 40000), (RECEIVER_V4, 80));
+            assert_eq!(
+                f.arriving(&from(REMOTE_V4, RECEIVER_V4, 80)),
+                TC_ACT_REDIRECT
+            );
+            assert_trace(
+                &report,
+                "allow",
+                "policy",
+                "forward-policy",
+                "no apply-on-forward policy decided",
+            );
+        }
+
+        #[test]
+        fn trace_explains_untracked_policy() {
+            let policies = gnp(
+                "untracked-block",
+                "{selector: role == 'edge', doNotTrack: true, applyOnForward: true, \
+                 ingress: [{action: Deny, source: {nets: [198.19.250.0/24]}}]}",
+            ) + &gnp(
+                "open-host",
+                "{selector: role == 'edge', ingress: [{action: Allow}]}",
+            );
+            let mut f = Fixture::new(&policies, false);
+            let bad = udp_v4_ports_frame(TO_US, BAD_NET_V4, HOST_V4, 40000, 8080);
+            let report = f.trace_hep(true, 17, (BAD_NET_V4, 40000), (HOST_V4, 8080));
+            assert_eq!(f.arriving_xdp(&bad), XDP_DROP);
+            assert_trace(
+                &report,
+                "deny",
+                "untracked-policy",
+                "untracked-policy",
+                "GlobalNetworkPolicy:untracked-block, rule 0 (Deny): denied (dropped in XDP)",
+            );
+            // The failsafe ports come before untracked policy.
+            let ssh = tcp_v4_frame(TO_US, BAD_NET_V4, HOST_V4, 40000, 22, SYN);
+            let report = f.trace_hep(true, 6, (BAD_NET_V4, 40000), (HOST_V4, 22));
+            assert_eq!(f.arriving_xdp(&ssh), XDP_PASS);
+            assert_eq!(f.arriving(&ssh), TC_ACT_OK);
+            assert_trace(&report, "allow", "failsafe", "failsafe", "tcp:22");
+            // What no untracked policy decides goes on to the host policy.
+            let good = udp_v4_ports_frame(TO_US, REMOTE_V4, HOST_V4, 40000, 8080);
+            let report = f.trace_hep(true, 17, (REMOTE_V4, 40000), (HOST_V4, 8080));
+            assert_eq!(f.arriving_xdp(&good), XDP_PASS);
+            assert_eq!(f.arriving(&good), TC_ACT_OK);
+            assert_trace(&report, "allow", "policy", "host-policy", "open-host");
+            let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+            assert_eq!(
+                names,
+                ["failsafe", "untracked-policy", "conntrack", "host-policy"]
+            );
+        }
+
+        #[test]
+        fn trace_explains_default_endpoint_to_host_action() {
+            let to_host = udp_v4_ports_frame(HOST_MAC, SENDER_V4, HOST_V4, 40000, 8080);
+            let request = TraceRequest {
+                endpoint: "test/sender".into(),
+                target: TraceTarget::Workload,
+                ingress: false,
+                protocol: 17,
+                src: SENDER_V4.into(),
+                sport: 40000,
+                dst: HOST_V4.into(),
+                dport: 8080,
+                icmp_type: 0,
+                icmp_code: 0,
+            };
+            for (to_host_drop, program, verdict) in
+                [(true, TC_ACT_SHOT, "deny"), (false, TC_ACT_OK, "allow")]
+            {
+                let mut f = Fixture::new("", to_host_drop);
+                let registry = &f.dataplane.registry;
+                let report = trace::evaluate(&mut f.ebpf, LO, &request, |id| registry.info(id))
+                    .expect("trace");
+                assert_eq!(f.run(program_names::TC_FROM_WORKLOAD, &to_host), program);
+                let text = trace::text(&report);
+                assert_eq!(report.verdict, verdict, "{text}");
+                if to_host_drop {
+                    assert_eq!(report.decided_by, "endpoint-to-host", "{text}");
+                    let last = report.stages.last().expect("stages");
+                    assert_eq!(last.stage, "endpoint-to-host", "{text}");
+                    assert!(
+                        text.contains("DefaultEndpointToHostAction (Drop)"),
+                        "{text}"
+                    );
+                } else {
+                    assert_eq!(report.decided_by, "policy", "{text}");
+                }
+            }
         }
     }
 

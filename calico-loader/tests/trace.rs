@@ -812,4 +812,74 @@ spec:
         assert_eq!(report["source"]["route"], "none", "{report:#}");
         assert!(report["source"]["node"].is_null(), "{report:#}");
     }
+
+    /// `trace --interface` with `--datastore`: a HostEndpoint's stages, in text and JSON.
+    #[test]
+    fn trace_explains_a_host_endpoint_from_a_datastore() {
+        require_root();
+        const HEP: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-eth0, labels: {role: edge}}
+spec: {node: n1, interfaceName: eth0, expectedIPs: [198.18.9.1]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: block-bad-net}
+spec:
+  selector: role == 'edge'
+  doNotTrack: true
+  applyOnForward: true
+  ingress: [{action: Deny, source: {nets: [198.19.250.0/24]}}]
+"#;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("hep.yaml"), HEP).expect("write");
+        let trace = |src: &str, port: &str, format: &str| {
+            let output = Command::new(loader_bin())
+                .args(["trace", "--datastore"])
+                .arg(dir.path())
+                .args(["--interface", "eth0", "--direction", "ingress"])
+                .args(["--protocol", "tcp", "--src", src])
+                .args(["--dst", &format!("198.18.9.1:{port}"), "-o", format])
+                .output()
+                .expect("run trace");
+            assert!(
+                output.status.success(),
+                "trace failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        let text = trace("198.19.250.7:40000", "8080", "table");
+        assert!(
+            text.contains("host endpoint: n1-eth0 (eth0, ingress, to the host)")
+                && text.contains("verdict:    deny")
+                && text.contains(
+                    "untracked policy tier default, GlobalNetworkPolicy:block-bad-net, rule 0 \
+                     (Deny): denied (dropped in XDP)"
+                ),
+            "{text}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&trace("198.19.250.7:40000", "22", "json")).expect("JSON");
+        assert_eq!(report["verdict"], "allow", "{report:#}");
+        assert_eq!(report["decided_by"], "failsafe", "{report:#}");
+        assert_eq!(report["stages"][0]["stage"], "failsafe", "{report:#}");
+        assert_eq!(report["destination"]["route"], "host", "{report:#}");
+        // No policy but the untracked one applies to the host's own traffic: default deny.
+        let report: serde_json::Value =
+            serde_json::from_str(&trace("198.19.1.1:40000", "8080", "json")).expect("JSON");
+        assert_eq!(report["verdict"], "deny", "{report:#}");
+        let stages: Vec<&str> = report["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .filter_map(|s| s["stage"].as_str())
+            .collect();
+        assert_eq!(
+            stages,
+            ["failsafe", "untracked-policy", "conntrack", "host-policy"],
+            "{report:#}"
+        );
+    }
 }

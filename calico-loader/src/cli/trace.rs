@@ -19,8 +19,18 @@ pub struct TraceArgs {
     #[arg(long)]
     pub datastore: Option<PathBuf>,
     /// The WorkloadEndpoint whose policy to check.
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pub endpoint: String,
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        required_unless_present = "interface"
+    )]
+    pub endpoint: Option<String>,
+    /// A data interface a HostEndpoint covers: trace a packet arriving through it (ingress) or
+    /// leaving through it (egress), through the host endpoint's stages.
+    #[arg(long, value_name = "IFACE", conflicts_with = "endpoint")]
+    pub interface: Option<String>,
+    /// ingress: into the workload, or arriving through the interface; egress: out of the
+    /// workload, or leaving through the interface.
     #[arg(long)]
     pub direction: TraceDirection,
     /// tcp, udp, icmp, icmpv6, sctp, udplite or a number.
@@ -58,8 +68,14 @@ pub enum TraceDirection {
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     let (src, sport) = trace::parse_address(&args.src).context("--src")?;
     let (dst, dport) = trace::parse_address(&args.dst).context("--dst")?;
+    let (endpoint, target) = match (args.endpoint, args.interface) {
+        (_, Some(interface)) => (interface, trace::TraceTarget::HostEndpoint),
+        (Some(endpoint), None) => (endpoint, trace::TraceTarget::Workload),
+        (None, None) => anyhow::bail!("--endpoint or --interface is required"),
+    };
     let request = trace::TraceRequest {
-        endpoint: args.endpoint,
+        endpoint,
+        target,
         ingress: args.direction == TraceDirection::Ingress,
         protocol: trace::parse_protocol(&args.protocol)?,
         src,

@@ -288,6 +288,7 @@ impl Flattener<'_, '_> {
                     policy: policy.clone(),
                     direction,
                     index,
+                    stage: tier.stage,
                 };
                 self.add_rules(rules, group, policy.namespace.as_deref(), rule_ref)?;
             }

@@ -32,7 +32,7 @@ use std::{
 };
 
 use super::policy::{
-    Candidate, DirectionPlan, PolicyId, direction_plan, inherited_labels, selects,
+    Candidate, DirectionPlan, PolicyId, PolicyStage, direction_plan, inherited_labels, selects,
     selects_outside_namespaces, sort_candidates,
 };
 use crate::datastore::{
@@ -138,18 +138,17 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
     // A pre-DNAT tier does not deny what its policies leave undecided: the packet goes on to
     // the policies after it (Felix renders pre-DNAT tiers without the end-of-tier drop).
     // Neither does an untracked tier (Felix renders untracked tiers without it either).
-    let passing = |mut plan: DirectionPlan| {
+    let passing = |mut plan: DirectionPlan, stage: PolicyStage| {
         for tier in &mut plan.tiers {
             tier.default_action = TierDefaultAction::Pass;
+            tier.stage = stage;
         }
         plan
     };
-    let pre_dnat = passing(direction_plan(
-        snapshot,
-        &pre_dnat,
-        |c| c.ingress,
-        Vec::new(),
-    ))
+    let pre_dnat = passing(
+        direction_plan(snapshot, &pre_dnat, |c| c.ingress, Vec::new()),
+        PolicyStage::PreDnat,
+    )
     .tiers;
     let then = |first: &[super::policy::TierPlan], plan: DirectionPlan| DirectionPlan {
         tiers: first.iter().cloned().chain(plan.tiers).collect(),
@@ -166,18 +165,14 @@ pub fn host_endpoint_plan(snapshot: &Snapshot, hep: &HostEndpoint) -> HostEndpoi
             direction_plan(snapshot, &forward, |c| c.ingress, Vec::new()),
         ),
         forward_egress: direction_plan(snapshot, &forward, |c| c.egress, Vec::new()),
-        untracked_ingress: passing(direction_plan(
-            snapshot,
-            &untracked,
-            |c| c.ingress,
-            Vec::new(),
-        )),
-        untracked_egress: passing(direction_plan(
-            snapshot,
-            &untracked,
-            |c| c.egress,
-            Vec::new(),
-        )),
+        untracked_ingress: passing(
+            direction_plan(snapshot, &untracked, |c| c.ingress, Vec::new()),
+            PolicyStage::Untracked,
+        ),
+        untracked_egress: passing(
+            direction_plan(snapshot, &untracked, |c| c.egress, Vec::new()),
+            PolicyStage::Untracked,
+        ),
     }
 }
 

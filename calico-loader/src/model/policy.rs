@@ -41,6 +41,30 @@ impl std::fmt::Display for PolicyId {
     }
 }
 
+/// The kind of policy a policy rule belongs to: as a host endpoint's policies come in stages
+/// (untracked, pre-DNAT, then normal), the stage is part of what a rule id says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyStage {
+    /// A normal policy.
+    #[default]
+    Normal,
+    /// A `preDNAT` policy.
+    PreDnat,
+    /// A `doNotTrack` policy.
+    Untracked,
+}
+
+impl PolicyStage {
+    /// The [`calico_ebpf_common::rule_stage`] value.
+    pub fn code(self) -> u8 {
+        match self {
+            PolicyStage::Normal => calico_ebpf_common::rule_stage::NORMAL,
+            PolicyStage::PreDnat => calico_ebpf_common::rule_stage::PRE_DNAT,
+            PolicyStage::Untracked => calico_ebpf_common::rule_stage::UNTRACKED,
+        }
+    }
+}
+
 /// One tier of a plan: its policies that apply, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TierPlan {
@@ -51,6 +75,9 @@ pub struct TierPlan {
     /// not exist still applies, in a tier ordered after every real one and ending in Deny.
     pub exists: bool,
     pub policies: Vec<PolicyId>,
+    /// The kind of policy the tier's policies are (host endpoints' pre-DNAT and untracked
+    /// tiers; normal otherwise).
+    pub stage: PolicyStage,
 }
 
 /// The evaluation plan of one endpoint in one direction.
@@ -261,6 +288,7 @@ pub(super) fn direction_plan(
                     default_action: tier.spec.default_action,
                     exists: true,
                     policies,
+                    stage: PolicyStage::Normal,
                 },
             ),
             None => (
@@ -270,6 +298,7 @@ pub(super) fn direction_plan(
                     default_action: TierDefaultAction::Deny,
                     exists: false,
                     policies,
+                    stage: PolicyStage::Normal,
                 },
             ),
         })

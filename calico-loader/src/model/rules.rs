@@ -20,7 +20,7 @@ use calico_ebpf_common::{
     rule_kind, verdict_action,
 };
 
-use super::policy::PolicyId;
+use super::policy::{PolicyId, PolicyStage};
 use crate::datastore::Action;
 
 /// [`RuleInfo::action`] of a Log rule.
@@ -74,6 +74,9 @@ pub enum RuleRef {
         policy: PolicyId,
         direction: Direction,
         index: u32,
+        /// The kind of policy it is (part of the identity, as a policy's kind cannot change
+        /// without its rules meaning something else).
+        stage: PolicyStage,
     },
     /// The default action of `tier`, when none of its policies' rules decided.
     TierDefault { tier: String, direction: Direction },
@@ -152,6 +155,14 @@ impl RuleRef {
             | RuleRef::NoMatch { .. }
             | RuleRef::ForwardDefault { .. }
             | RuleRef::UntrackedDefault { .. } => None,
+        }
+    }
+
+    /// The kind of policy of a policy rule (normal for the others).
+    pub fn stage(&self) -> PolicyStage {
+        match self {
+            RuleRef::PolicyRule { stage, .. } => *stage,
+            _ => PolicyStage::Normal,
         }
     }
 
@@ -365,7 +376,7 @@ impl RuleRegistry {
             kind: rule.kind(),
             action: entry.action_code(),
             direction: rule.direction().code(),
-            _pad: 0,
+            stage: rule.stage().code(),
             index: rule.index(),
             tier: fill_nul_padded(rule.tier().unwrap_or_default().as_bytes()),
             policy: fill_nul_padded(rule.owner().unwrap_or_default().as_bytes()),
@@ -396,6 +407,7 @@ mod tests {
             },
             direction: Direction::Ingress,
             index,
+            stage: PolicyStage::Normal,
         }
     }
 

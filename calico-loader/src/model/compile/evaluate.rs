@@ -169,6 +169,7 @@ fn evaluate_plan(
                 policy: policy.clone(),
                 direction,
                 index,
+                stage: tier.stage,
             };
             policies.push((rules, policy.namespace.as_deref(), rule_ref));
         }
