@@ -279,21 +279,7 @@ fn measure_hook(
     hook: AttachMode,
     plan: &RestartPlan,
 ) -> Result<Vec<RestartRun>> {
-    let host = Netns::create(format!("cbench-rst-{pid}"))?;
-    host.ip(["link", "set", "lo", "up"]).run()?;
-    let from = workload(pid, 1, Ipv4Addr::new(198, 18, 40, 1))?;
-    let to = workload(pid, 2, Ipv4Addr::new(198, 18, 40, 2))?;
-    for wl in [&from, &to] {
-        wl.wire(&host)?;
-        if hook == AttachMode::Xdp {
-            wl.ethtool_for_xdp().run()?;
-        }
-        // The flows are IPv4; the workloads' IPv6 chatter would only add noise.
-        wl.netns
-            .command("sysctl")
-            .args(["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"])
-            .run()?;
-    }
+    let (host, from, to) = host_with_two_workloads("rst", 40, pid, hook)?;
     let datastore = scratch.join(format!("restart-datastore-{}", hook.as_str()));
     std::fs::create_dir_all(&datastore)
         .with_context(|| format!("cannot create {}", datastore.display()))?;
@@ -360,15 +346,39 @@ fn measure_hook(
     Ok(runs)
 }
 
-fn workload(pid: u32, i: u8, ipv4: Ipv4Addr) -> Result<Workload> {
-    Ok(Workload {
-        name: format!("rst{i}"),
-        netns: Netns::create(format!("cbench-rst{i}-{pid}"))?,
-        host_if: format!("calirst{i}"),
-        mac: format!("ca:fe:00:00:40:{i:02x}"),
-        ipv4,
-        ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0x40, 0, 0, 0, u16::from(i)),
-    })
+/// A host namespace `cbench-<tag>-<pid>` with two workloads wired to it, `<tag>1` at
+/// 198.18.`net`.1 sending and `<tag>2` at 198.18.`net`.2 receiving, set up for `hook`. The flows
+/// are IPv4; the workloads' IPv6 is off, as its chatter would only add noise.
+pub fn host_with_two_workloads(
+    tag: &str,
+    net: u8,
+    pid: u32,
+    hook: AttachMode,
+) -> Result<(Netns, Workload, Workload)> {
+    let host = Netns::create(format!("cbench-{tag}-{pid}"))?;
+    host.ip(["link", "set", "lo", "up"]).run()?;
+    let workload = |i: u8| -> Result<Workload> {
+        Ok(Workload {
+            name: format!("{tag}{i}"),
+            netns: Netns::create(format!("cbench-{tag}{i}-{pid}"))?,
+            host_if: format!("cali{tag}{i}"),
+            mac: format!("ca:fe:00:00:{net:02x}:{i:02x}"),
+            ipv4: Ipv4Addr::new(198, 18, net, i),
+            ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, u16::from(net), 0, 0, 0, u16::from(i)),
+        })
+    };
+    let (from, to) = (workload(1)?, workload(2)?);
+    for wl in [&from, &to] {
+        wl.wire(&host)?;
+        if hook == AttachMode::Xdp {
+            wl.ethtool_for_xdp().run()?;
+        }
+        wl.netns
+            .command("sysctl")
+            .args(["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"])
+            .run()?;
+    }
+    Ok((host, from, to))
 }
 
 /// One run: the flows, the kill after [`KILL_AFTER`], the new agent (from `start`) until ready,

@@ -18,7 +18,7 @@
 //! denied at the responder afterwards.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     ops::ControlFlow,
     path::Path,
     time::{Duration, Instant},
@@ -41,7 +41,7 @@ use super::{
     report::{self, MachineInfo},
     restart::{
         HEALTH_FLAGS, KILL_AFTER, PING_INTERVAL, PingFigures, READY_TIMEOUT, TCP_PORT, TCP_RATE,
-        TcpFigures, UDP_PORT, UDP_RATE, UdpFigures, millis, wait_ready,
+        TcpFigures, UDP_PORT, UDP_RATE, UdpFigures, host_with_two_workloads, millis, wait_ready,
     },
 };
 use crate::{
@@ -255,21 +255,7 @@ fn measure_hook(
     hook: AttachMode,
     plan: &UpgradePlan,
 ) -> Result<Vec<UpgradeRun>> {
-    let host = Netns::create(format!("cbench-upg-{pid}"))?;
-    host.ip(["link", "set", "lo", "up"]).run()?;
-    let from = workload(pid, 1, Ipv4Addr::new(198, 18, 41, 1))?;
-    let to = workload(pid, 2, Ipv4Addr::new(198, 18, 41, 2))?;
-    for wl in [&from, &to] {
-        wl.wire(&host)?;
-        if hook == AttachMode::Xdp {
-            wl.ethtool_for_xdp().run()?;
-        }
-        // The flows are IPv4; the workloads' IPv6 chatter would only add noise.
-        wl.netns
-            .command("sysctl")
-            .args(["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"])
-            .run()?;
-    }
+    let (host, from, to) = host_with_two_workloads("upg", 41, pid, hook)?;
     let datastore = scratch.join(format!("upgrade-datastore-{}", hook.as_str()));
     std::fs::create_dir_all(&datastore)
         .with_context(|| format!("cannot create {}", datastore.display()))?;
@@ -299,17 +285,6 @@ struct RunTopology<'a> {
     to: &'a Workload,
     datastore: &'a Path,
     scratch: &'a Path,
-}
-
-fn workload(pid: u32, i: u8, ipv4: Ipv4Addr) -> Result<Workload> {
-    Ok(Workload {
-        name: format!("upg{i}"),
-        netns: Netns::create(format!("cbench-upg{i}-{pid}"))?,
-        host_if: format!("caliupg{i}"),
-        mac: format!("ca:fe:00:00:41:{i:02x}"),
-        ipv4,
-        ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0x41, 0, 0, 0, u16::from(i)),
-    })
 }
 
 /// `from` with the allow-all profile; `to` with a profile that accepts anything and has no
