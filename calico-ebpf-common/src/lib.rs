@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(size_of::<DropEvent>(), 64);
         assert_eq!(size_of::<DropEventControl>(), 3 * 8 + 2 * 4);
         assert_eq!(size_of::<DropEventStats>(), 6 * 8 + 2 * 4);
-        assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 8);
+        assert_eq!(size_of::<TraceResult>(), 4 + 5 * 4 + 4 + 4 + 8);
         assert_eq!(
             size_of::<HostEndpointInfo>(),
             7 * 4 + IFNAME_LEN + ENDPOINT_NAME_LEN

@@ -248,7 +248,8 @@ macro_rules! for_each_map {
                 max: 1_048_576, flags: $crate::maps::flags::NO_PREALLOC,
                 version: 1, upgrade: Refill;
             /// What each rule id stands for; written for `trace`, `dump` and `bpftool`, never
-            /// read by the programs.
+            /// read by the programs. Its `stage` tells a host endpoint's pre-DNAT and untracked
+            /// rules from normal ones.
             Rules RULES "cali_rules"
                 Hash<u32, $crate::policy::RuleInfo>
                 max: 65_536, flags: $crate::maps::flags::NO_PREALLOC, version: 1, upgrade: Refill;
