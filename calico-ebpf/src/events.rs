@@ -71,13 +71,16 @@ pub extern "C" fn calico_drop_event(
         stats.skip = control.sample - 1;
     }
     if control.interval_ns != 0 {
-        // The schedule may run at most a burst ahead of now.
+        // The schedule may run at most a burst ahead of now: this event is sent at `next`,
+        // and the one after it would be due an interval later. A burst of N sends N at once,
+        // then the next only once a whole interval has passed (a clock that moved on by a tick
+        // must not let one more through).
         let next = if stats.next_ns > now {
             stats.next_ns
         } else {
             now
         };
-        if next - now >= control.burst_ns {
+        if next - now + control.interval_ns > control.burst_ns {
             stats.rate_limited += 1;
             return 0;
         }
