@@ -57,6 +57,7 @@ mod report;
 mod restart;
 mod taps;
 mod topology;
+mod under_traffic;
 mod upgrade;
 
 use std::{

@@ -18,8 +18,6 @@
 //! denied at the responder afterwards.
 
 use std::{
-    net::SocketAddr,
-    ops::ControlFlow,
     path::Path,
     time::{Duration, Instant},
 };
@@ -27,21 +25,18 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
-use testbed::{
-    Netns, TempDir,
-    flows::{Pace, PingFlow, TcpFlow, UdpFlow},
-    output, signals,
-};
+use testbed::{Netns, TempDir, output, signals};
 
 use super::{
     Plan,
     control::median,
     loader::{dump_cmd, endpoint_yaml},
     phase_agent::{AgentRun, PhaseAgent},
-    report::{self, MachineInfo},
-    restart::{
-        HEALTH_FLAGS, KILL_AFTER, PING_INTERVAL, PingFigures, READY_TIMEOUT, TCP_PORT, TCP_RATE,
-        TcpFigures, UDP_PORT, UDP_RATE, UdpFigures, host_with_two_workloads, millis, wait_ready,
+    report::MachineInfo,
+    under_traffic::{
+        FlowFigures, FlowLosses, Flows, HEALTH_FLAGS, KILL_AFTER, PING_INTERVAL, READY_TIMEOUT,
+        TCP_PORT, TCP_RATE, UDP_RATE, add_to_json as add_phase_to_json, both_attached,
+        host_with_two_workloads, millis, wait_ready, write_alone,
     },
 };
 use crate::{
@@ -111,9 +106,8 @@ pub struct UpgradeRun {
     /// Packets policy denied at the responder's interface after the upgrade (its replies are
     /// allowed only as part of a tracked flow).
     pub policy_denied_at_responder: u64,
-    pub udp: UdpFigures,
-    pub ping: PingFigures,
-    pub tcp: TcpFigures,
+    #[serde(flatten)]
+    pub flows: FlowFigures,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,16 +116,10 @@ pub struct HookSummary {
     pub upgrades: usize,
     pub ready_ms_median: f64,
     pub ready_ms_max: f64,
-    pub udp_sent: u64,
-    pub udp_lost: u64,
-    pub udp_refused_by_sender_interface: u64,
-    pub ping_sent: u64,
-    pub ping_lost: u64,
-    pub tcp_lost_segments: u64,
-    pub tcp_errors: usize,
     pub conntrack_kept: usize,
     pub policy_denied_at_responder: u64,
-    pub longest_gap_ms: f64,
+    #[serde(flatten)]
+    pub losses: FlowLosses,
 }
 
 #[derive(Debug, Serialize)]
@@ -228,22 +216,9 @@ fn summarise(hook: AttachMode, runs: &[UpgradeRun]) -> HookSummary {
         upgrades: mine.len(),
         ready_ms_median: median(&ready),
         ready_ms_max: ready.last().copied().unwrap_or(0.0),
-        udp_sent: mine.iter().map(|r| r.udp.sent).sum(),
-        udp_lost: mine.iter().map(|r| r.udp.lost).sum(),
-        udp_refused_by_sender_interface: mine
-            .iter()
-            .map(|r| r.udp.refused_by_sender_interface)
-            .sum(),
-        ping_sent: mine.iter().map(|r| r.ping.sent).sum(),
-        ping_lost: mine.iter().map(|r| r.ping.lost).sum(),
-        tcp_lost_segments: mine.iter().map(|r| u64::from(r.tcp.lost_segments)).sum(),
-        tcp_errors: mine.iter().filter(|r| r.tcp.error.is_some()).count(),
         conntrack_kept: mine.iter().filter(|r| r.conntrack.kept).count(),
         policy_denied_at_responder: mine.iter().map(|r| r.policy_denied_at_responder).sum(),
-        longest_gap_ms: mine
-            .iter()
-            .flat_map(|r| [r.udp.longest_gap_ms, r.tcp.longest_gap_ms])
-            .fold(0.0, f64::max),
+        losses: FlowLosses::total(mine.iter().map(|r| &r.flows)),
     }
 }
 
@@ -303,20 +278,6 @@ fn datastore_yaml(from: &Workload, to: &Workload) -> String {
 }
 
 /// Both workloads attached, by `dump endpoints`.
-fn both_attached(endpoints: &[Value]) -> ControlFlow<String, String> {
-    let attached = endpoints
-        .iter()
-        .filter(|e| e["attached"].as_bool() == Some(true))
-        .count();
-    if attached == 2 {
-        ControlFlow::Break("both workloads attached".to_owned())
-    } else {
-        ControlFlow::Continue(format!("{attached} of 2 attached"))
-    }
-}
-
-/// One run: the earlier agent on fresh pins, the flows, its SIGTERM after [`KILL_AFTER`], this
-/// agent on its pins until ready, the flows to their end, then the checks.
 fn upgrade_once(
     agents: &Agents<'_>,
     topo: &RunTopology<'_>,
@@ -351,29 +312,7 @@ fn upgrade_once(
         &log("old"),
     )
     .context("starting the earlier agent")?;
-    let (src, dst) = (topo.from.netns.path(), topo.to.netns.path());
-    let pace = |rate| Pace {
-        duration: flows,
-        rate,
-    };
-    let udp = UdpFlow::start(
-        &src,
-        &dst,
-        SocketAddr::new(topo.to.ipv4.into(), UDP_PORT),
-        pace(UDP_RATE),
-    )?;
-    let tcp = TcpFlow::start(
-        &src,
-        &dst,
-        SocketAddr::new(topo.to.ipv4.into(), TCP_PORT),
-        pace(TCP_RATE),
-    )?;
-    let ping = PingFlow::start(
-        &src,
-        topo.to.ipv4.into(),
-        PING_INTERVAL,
-        (flows.as_millis() / PING_INTERVAL.as_millis()) as u64,
-    )?;
+    let running = Flows::start(topo.from, topo.to, flows)?;
     signals::sleep(KILL_AFTER)?;
     let before = stream_entry_age(agents.old, pin_path)
         .context("the stream's conntrack entry before the upgrade")?;
@@ -398,9 +337,7 @@ fn upgrade_once(
         .context("the stream's conntrack entry after the upgrade")?;
     let between = looked_before.elapsed().as_secs_f64();
 
-    let ping = ping.finish()?;
-    let tcp = tcp.finish()?;
-    let udp = udp.finish(Duration::from_secs(1))?;
+    let flows = running.finish()?;
     let policy_denied = policy_denied(agents.new, pin_path, &topo.to.host_if)?;
     let lines = new.log.lines_from(0);
     new.stop();
@@ -417,9 +354,7 @@ fn upgrade_once(
             kept: entry_kept(before, after, between),
         },
         policy_denied_at_responder: policy_denied,
-        udp: (&udp).into(),
-        ping: (&ping).into(),
-        tcp: (&tcp).into(),
+        flows,
     })
 }
 
@@ -480,10 +415,8 @@ fn migrated_maps(lines: &[String]) -> Vec<String> {
 fn describe(r: &UpgradeRun) -> String {
     format!(
         "{} upgrade {}: the earlier agent exited {:.0} ms after SIGTERM, this one was ready {:.0} \
-         ms after it; migrated: {}; UDP {} sent ({:.0}/s), {} lost, {} refused by the sender's \
-         interface; ping {} sent, {} lost; TCP {} lost segment(s) ({} retransmissions, {} \
-         duplicates){}; the stream's conntrack entry {} (age {:.1} s, then {:.1} s); {} denied \
-         at the responder after; longest silence {:.0} ms",
+         ms after it; migrated: {}; {}; the stream's conntrack entry {} (age {:.1} s, then \
+         {:.1} s); {} denied at the responder after; longest silence {:.0} ms",
         r.hook,
         r.run,
         r.old_exit_ms,
@@ -493,19 +426,7 @@ fn describe(r: &UpgradeRun) -> String {
         } else {
             r.migrated.join(", ")
         },
-        r.udp.sent,
-        r.udp.rate_per_s,
-        r.udp.lost,
-        r.udp.refused_by_sender_interface,
-        r.ping.sent,
-        r.ping.lost,
-        r.tcp.lost_segments,
-        r.tcp.retransmits,
-        r.tcp.duplicate_retransmits,
-        r.tcp
-            .error
-            .as_ref()
-            .map_or(String::new(), |e| format!(", the stream broke: {e}")),
+        r.flows.describe(),
         if r.conntrack.kept {
             "was kept"
         } else {
@@ -514,7 +435,7 @@ fn describe(r: &UpgradeRun) -> String {
         r.conntrack.age_before_s,
         r.conntrack.age_after_s,
         r.policy_denied_at_responder,
-        r.udp.longest_gap_ms.max(r.tcp.longest_gap_ms),
+        r.flows.longest_gap_ms(),
     )
 }
 
@@ -536,42 +457,25 @@ pub fn print(upgrades: &Upgrades) {
     }
     for s in &upgrades.summary {
         output::info(format!(
-            "{:<4} {} upgrade(s): ready after {:.0} ms (median; max {:.0} ms); lost: UDP {} of {}, \
-             ping {} of {}, TCP {} segment(s){}; {} datagram(s) refused by the sender's \
-             interface; the stream's conntrack entry kept in {} of {}; {} denied at the \
-             responder; longest silence {:.0} ms",
+            "{:<4} {} upgrade(s): ready after {:.0} ms (median; max {:.0} ms); {}; the stream's \
+             conntrack entry kept in {} of {}; {} denied at the responder; longest silence {:.0} \
+             ms",
             s.hook,
             s.upgrades,
             s.ready_ms_median,
             s.ready_ms_max,
-            s.udp_lost,
-            s.udp_sent,
-            s.ping_lost,
-            s.ping_sent,
-            s.tcp_lost_segments,
-            if s.tcp_errors > 0 {
-                format!(", {} stream(s) broke", s.tcp_errors)
-            } else {
-                String::new()
-            },
-            s.udp_refused_by_sender_interface,
+            s.losses.describe(),
             s.conntrack_kept,
             s.upgrades,
             s.policy_denied_at_responder,
-            s.longest_gap_ms,
+            s.losses.longest_gap_ms,
         ));
     }
 }
 
 /// Adds the phase's figures to the bench's JSON file, as `upgrades`.
 pub fn add_to_json(json: &Path, upgrades: &Upgrades) -> Result<()> {
-    let text =
-        std::fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
-    let mut document: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", json.display()))?;
-    document["upgrades"] = serde_json::to_value(upgrades)?;
-    std::fs::write(json, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", json.display()))
+    add_phase_to_json(json, "upgrades", upgrades)
 }
 
 /// `cargo xtask bench --upgrade-only`: this phase alone, its report and a JSON file of its own.
@@ -588,25 +492,14 @@ pub fn run_alone(
     shared::check_nothing_left("cbench-", pid, None);
     let upgrades = outcome?;
     print(&upgrades);
-    let document = serde_json::json!({
-        "tool": "cargo xtask bench --upgrade-only",
-        "command": format!("{} --upgrade-only", plan.command),
-        "started": report::timestamp(plan.started).iso,
-        "elapsed_s": clock.elapsed().as_secs_f64(),
-        "machine": machine,
-        "upgrades": upgrades,
-    });
-    if let Some(dir) = plan.json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&plan.json, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", plan.json.display()))?;
-    output::info(format!(
-        "the phase took {:.0}s; every figure is in {}",
-        clock.elapsed().as_secs_f64(),
-        plan.json.display()
-    ));
-    Ok(())
+    write_alone(
+        plan,
+        machine,
+        "--upgrade-only",
+        "upgrades",
+        &upgrades,
+        clock,
+    )
 }
 
 #[cfg(test)]
