@@ -221,12 +221,14 @@ mod privileged {
             })),
             "dump routes must show the floating IP: {routes}"
         );
-        let kernel =
-            String::from_utf8_lossy(&host.exec(&["ip", "route", "show", "proto", "81"]).stdout)
-                .into_owned();
-        assert!(
-            kernel.contains(&format!("{FLOATING_V4} dev {}", workload.host_ifname)),
-            "the kernel route to the floating IP: {kernel}"
+        // The agent writes the maps first, then the kernel's routes.
+        wait_for(
+            "the kernel route to the floating IP",
+            Duration::from_secs(10),
+            || {
+                String::from_utf8_lossy(&host.exec(&["ip", "route", "show", "proto", "81"]).stdout)
+                    .contains(&format!("{FLOATING_V4} dev {}", workload.host_ifname))
+            },
         );
 
         // From the outside to the floating IP: ping, TCP and UDP; the workload sees the

@@ -302,8 +302,11 @@ fn send_udp(socket: &UdpSocket, total: u64, rate: u64, stop: &AtomicBool) -> (u6
     (sent, errors, start.elapsed())
 }
 
-/// Receives until told to stop: (a bitmap of the sequence numbers seen, duplicates, the longest
-/// wait between two datagrams once the first came).
+/// How long a UDP receiver told the flow is done may go on reading what is queued.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Receives until told to stop, then reads what is queued: (a bitmap of the sequence numbers
+/// seen, duplicates, the longest wait between two datagrams once the first came).
 fn receive_udp(socket: &UdpSocket, total: u64, done: &AtomicBool) -> (Vec<u64>, u64, Duration) {
     let mut seen = vec![0u64; total.div_ceil(64) as usize];
     let mut duplicates = 0;
@@ -311,8 +314,21 @@ fn receive_udp(socket: &UdpSocket, total: u64, done: &AtomicBool) -> (Vec<u64>, 
     let mut last: Option<Instant> = None;
     let mut buf = [0u8; 256];
     let mut received = 0u64;
-    while !done.load(Ordering::SeqCst) {
+    // Once told the flow is done, what is already queued is still read (a receiver that fell
+    // behind on a busy machine has not lost it): the loop ends when a read finds nothing for
+    // the read timeout, or after DRAIN_LIMIT at most.
+    let mut done_at: Option<Instant> = None;
+    loop {
+        if done_at.is_none() && done.load(Ordering::SeqCst) {
+            done_at = Some(Instant::now());
+        }
+        if done_at.is_some_and(|at| at.elapsed() > DRAIN_LIMIT) {
+            break;
+        }
         let Ok(n) = socket.recv(&mut buf) else {
+            if done_at.is_some() {
+                break;
+            }
             continue;
         };
         if n < 12 || buf[8..12] != UDP_TAG {

@@ -648,11 +648,9 @@ mod tests {
             ("ipam/v2/assignment/ipv6/block/2001:db8::-122", true),
         ] {
             write(d, path, "{}");
-            assert_eq!(
-                changed_within(&mut w, Duration::from_millis(600)).await,
-                wakes,
-                "{path}"
-            );
+            // A wake-up may be late on a busy machine; a write that must not wake gets 600 ms.
+            let within = Duration::from_millis(if wakes { 3000 } else { 600 });
+            assert_eq!(changed_within(&mut w, within).await, wakes, "{path}");
         }
         fs::remove_file(d.join("ipam/v2/host/node-1/ipv4/block/198.18.0.0-26")).unwrap();
         assert!(

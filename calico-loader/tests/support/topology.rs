@@ -208,6 +208,9 @@ pub struct Pinger {
 
 impl Pinger {
     /// Stops the ping (SIGINT, as Ctrl-C) and returns (transmitted, received) and its output.
+    /// ping exits at once on SIGINT, so a last request still in flight has no reply yet: it is
+    /// left out of both counts (it was cut off by the stop, not lost), while every earlier
+    /// request without a reply counts as lost.
     pub fn finish(mut self) -> (u64, u64, String) {
         let child = self.child.take().expect("a running ping");
         // SAFETY: kill(2) on our own child.
@@ -230,7 +233,16 @@ impl Pinger {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("no count before {word:?} in {summary:?}"))
         };
-        (number_before("packets"), number_before("received"), text)
+        let (transmitted, received) = (number_before("packets"), number_before("received"));
+        let last_answered = text.lines().any(|l| {
+            l.split_whitespace()
+                .any(|w| w.strip_prefix("icmp_seq=") == Some(transmitted.to_string().as_str()))
+        });
+        if transmitted > received && !last_answered {
+            (transmitted - 1, received, text)
+        } else {
+            (transmitted, received, text)
+        }
     }
 }
 
