@@ -259,7 +259,7 @@ spec:
         for _ in 0..5 {
             spoofing.send_to(b"x", wl2_udp).expect("send");
         }
-        wait_for("the spoofed drops counted", Duration::from_secs(5), || {
+        wait_for("the spoofed drops counted", Duration::from_secs(15), || {
             spoofed_drops(&agent, &wl1.host_ifname) >= before + 5
         });
         assert_eq!(
@@ -385,7 +385,7 @@ spec:
         for _ in 0..5 {
             spoofing.send_to(b"x", wl2_udp).expect("send");
         }
-        wait_for("the drops counted", Duration::from_secs(5), || {
+        wait_for("the drops counted", Duration::from_secs(15), || {
             spoofed_drops(&agent, &wl1.host_ifname) >= before + 5
         });
         assert_eq!(
@@ -443,9 +443,18 @@ spec:
             spoofed_drops(&agent, &wl1.host_ifname) >= before + FLOOD
         });
         let dropped = spoofed_drops(&agent, &wl1.host_ifname) - before;
-        // Past the listener's next renewal, which reports what was suppressed so far.
-        thread::sleep(Duration::from_millis(1500));
-        let (status, lines, stderr) = events.finish(libc::SIGTERM);
+        // Until the listener's next renewal, which reports what was suppressed so far.
+        let mut lines: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lines.iter().any(|l| json(l)["type"] == "summary") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = events
+                .next_line(left)
+                .unwrap_or_else(|| panic!("no summary line while the command ran: {lines:?}"));
+            lines.push(line);
+        }
+        let (status, rest, stderr) = events.finish(libc::SIGTERM);
+        lines.extend(rest);
         let elapsed = started.elapsed();
         let all_dropped = all_drops(&agent) - all_before;
         assert!(status.success(), "events exited with {status}: {stderr}");

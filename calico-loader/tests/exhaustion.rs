@@ -144,7 +144,7 @@ spec:
         );
         wait_for(
             "the evicted flow's reply counted as denied",
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             || drops(&agent, &wl1.host_ifname, "policy-denied") > denied,
         );
 
