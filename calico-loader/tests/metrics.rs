@@ -107,6 +107,9 @@ spec:
             ("felix_resyncs_started", 1.0),
             ("felix_int_dataplane_failures", 0.0),
             ("felix_bpf_dataplane_endpoints", 2.0),
+            // Each workload has an IPv4 /32 and an IPv6 /128 routed to its interface.
+            ("felix_route_table_num_routes{table=\"IPv4:254\"}", 2.0),
+            ("felix_route_table_num_routes{table=\"IPv6:254\"}", 2.0),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
         }
@@ -118,10 +121,17 @@ spec:
             sample(&text, "felix_int_dataplane_apply_time_seconds_count").is_some_and(|v| v >= 1.0),
             "{text}"
         );
+        // The conntrack cleaner runs once at start, and its time is observed.
+        assert!(
+            sample(&text, "felix_bpf_conntrack_cleaner_seconds_count").is_some_and(|v| v >= 1.0),
+            "{text}"
+        );
         for line in [
             "# TYPE felix_int_dataplane_apply_time_seconds summary",
             "# TYPE felix_resyncs_started counter",
             "# TYPE felix_bpf_conntrack_used gauge",
+            "# TYPE felix_bpf_conntrack_cleaner_seconds summary",
+            "# TYPE felix_route_table_num_routes gauge",
             "# TYPE process_resident_memory_bytes gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

@@ -295,6 +295,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     metrics
                         .bpf_dataplane_endpoints
                         .set(gauge_value(dataplane.attached().len()));
+                    let routes = dataplane.managed_kernel_routes();
+                    for (table, count) in [("IPv4:254", routes.v4), ("IPv6:254", routes.v6)] {
+                        metrics
+                            .route_table_num_routes
+                            .with_label_values(&[table])
+                            .set(gauge_value(count));
+                    }
                     metrics
                         .endpoint_map_overflow
                         .set(gauge_value(report.over_capacity));
@@ -401,8 +408,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
                 _ = supervision.tick() => routing.supervise(),
                 _ = conntrack_scan.tick() => {
+                    let sweep_started = std::time::Instant::now();
                     match dataplane.sweep_conntrack() {
                         Ok(sweep) => {
+                            metrics
+                                .bpf_conntrack_cleaner_seconds
+                                .observe(sweep_started.elapsed().as_secs_f64());
                             metrics.bpf_conntrack_sweeps.inc();
                             metrics.bpf_conntrack_used.set(gauge_value(sweep.used));
                             metrics.bpf_conntrack_cleaned.set(gauge_value(sweep.removed));

@@ -223,6 +223,11 @@ impl Dataplane {
         self.endpoints.attached()
     }
 
+    /// The kernel routes to local workloads the agent manages, by family.
+    pub fn managed_kernel_routes(&self) -> routes::ManagedRoutes {
+        self.routes.managed()
+    }
+
     /// Brings the dataplane in line with `desired` (keyed by interface name), the workloads of
     /// other nodes (`remote`, whose endpoints and blocks get routes to their node) and the endpoints'
     /// compiled policies (keyed by endpoint; an endpoint missing there keeps the policy it has,

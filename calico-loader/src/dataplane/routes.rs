@@ -29,7 +29,17 @@ pub struct RouteManager {
     neighbours: BTreeSet<KernelNeighbour>,
     /// The routes the last [`Self::sync_kernel`] left in the kernel without a problem.
     routes_synced: Option<BTreeSet<KernelRoute>>,
+    /// How many IPv4 and IPv6 kernel routes the last [`Self::sync_kernel`] wanted.
+    managed: ManagedRoutes,
     node_ids: NodeIds,
+}
+
+/// The kernel routes the agent manages in the main table, by family (Felix's
+/// `felix_route_table_num_routes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManagedRoutes {
+    pub v4: usize,
+    pub v6: usize,
 }
 
 impl RouteManager {
@@ -40,6 +50,7 @@ impl RouteManager {
             netlink,
             neighbours: BTreeSet::new(),
             routes_synced: None,
+            managed: ManagedRoutes::default(),
             node_ids: NodeIds::adopt(nodes),
         }
     }
@@ -106,6 +117,14 @@ impl RouteManager {
                 }
             }
         }
+        let v4 = routes
+            .iter()
+            .filter(|r| matches!(r.net, IpNet::V4(_)))
+            .count();
+        self.managed = ManagedRoutes {
+            v4,
+            v6: routes.len() - v4,
+        };
         if !relist && self.routes_synced.as_ref() == Some(&routes) && self.neighbours == neighbours
         {
             return Ok(errors);
@@ -148,10 +167,16 @@ impl RouteManager {
         Ok(errors)
     }
 
+    /// The kernel routes the last [`Self::sync_kernel`] wanted, by family.
+    pub fn managed(&self) -> ManagedRoutes {
+        self.managed
+    }
+
     /// Removes every kernel route of ours (protocol 81, whoever wrote it) and the neighbour
     /// entries this agent wrote.
     pub async fn remove_all(&mut self) -> Result<(), NetlinkError> {
         self.routes_synced = None;
+        self.managed = ManagedRoutes::default();
         for route in self.netlink.our_routes().await? {
             self.netlink.del_route(route).await?;
         }

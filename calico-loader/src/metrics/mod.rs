@@ -14,7 +14,7 @@ pub mod summary;
 
 use std::{net::SocketAddr, time::Duration};
 
-use prometheus::{IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracing::info;
 
 pub use self::{health::Health, summary::SlidingSummary};
@@ -95,7 +95,10 @@ pub struct Metrics {
     pub bpf_conntrack_used: IntGauge,
     pub bpf_conntrack_cleaned: IntGauge,
     pub bpf_conntrack_sweeps: IntCounter,
+    pub bpf_conntrack_cleaner_seconds: SlidingSummary,
     pub bpf_dataplane_endpoints: IntGauge,
+    /// Label `table`: `IPv4:254` and `IPv6:254` (the main table), as Felix names its tables.
+    pub route_table_num_routes: IntGaugeVec,
     pub conntrack_max_entries: IntGauge,
     pub conntrack_evictions: IntCounter,
     pub endpoint_map_max_entries: IntGauge,
@@ -126,6 +129,19 @@ impl Metrics {
             "Time in seconds that it took to apply a dataplane update.",
         )?;
         registry.register(Box::new(int_dataplane_apply_time.clone()))?;
+        let bpf_conntrack_cleaner_seconds = SlidingSummary::new(
+            "felix_bpf_conntrack_cleaner_seconds",
+            "Time in seconds that it took to run the BPF conntrack cleaner (one sweep).",
+        )?;
+        registry.register(Box::new(bpf_conntrack_cleaner_seconds.clone()))?;
+        let route_table_num_routes = IntGaugeVec::new(
+            Opts::new(
+                "felix_route_table_num_routes",
+                "Number of routes that the agent is managing in the particular routing table.",
+            ),
+            &["table"],
+        )?;
+        registry.register(Box::new(route_table_num_routes.clone()))?;
         let metrics = Self {
             active_local_endpoints: gauge(
                 "felix_active_local_endpoints",
@@ -168,6 +184,8 @@ impl Metrics {
                 "felix_bpf_conntrack_sweeps",
                 "Number of BPF conntrack table sweeps made so far.",
             )?,
+            bpf_conntrack_cleaner_seconds,
+            route_table_num_routes,
             bpf_dataplane_endpoints: gauge(
                 "felix_bpf_dataplane_endpoints",
                 "Number of interfaces with BPF programs attached.",
@@ -314,6 +332,11 @@ mod tests {
         metrics.resyncs_started.inc();
         metrics.resync_state.set(resync_state::IN_SYNC);
         metrics.int_dataplane_apply_time.observe(0.5);
+        metrics.bpf_conntrack_cleaner_seconds.observe(0.01);
+        metrics
+            .route_table_num_routes
+            .with_label_values(&["IPv4:254"])
+            .set(2);
         let text = metrics.encode().expect("encode");
         for line in [
             "# TYPE felix_active_local_endpoints gauge",
@@ -325,6 +348,9 @@ mod tests {
             "felix_int_dataplane_apply_time_seconds_count 1",
             "felix_int_dataplane_failures 0",
             "felix_bpf_conntrack_sweeps 0",
+            "# TYPE felix_bpf_conntrack_cleaner_seconds summary",
+            "felix_bpf_conntrack_cleaner_seconds_count 1",
+            "felix_route_table_num_routes{table=\"IPv4:254\"} 2",
             "# TYPE process_cpu_seconds_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
