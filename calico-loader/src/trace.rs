@@ -161,10 +161,68 @@ pub struct TraceReport {
     /// What happens after policy, when it changes the verdict: the workload's traffic to its
     /// host dropped by `DefaultEndpointToHostAction`.
     pub then: Option<String>,
+    /// When the packet is allowed on to a local workload (from another workload, or arriving
+    /// through a host endpoint's interface), that workload's ingress: the next check on its
+    /// path, traced the same way. The packet is delivered only if both allow it.
+    pub onward: Option<Box<TraceReport>>,
 }
 
-/// Runs a trace against the running agent's pinned maps.
+impl TraceReport {
+    /// Whether the packet is delivered: every check on its path, this one and the onward ones,
+    /// allows it.
+    pub fn delivered(&self) -> bool {
+        self.verdict == "allow" && self.onward.as_ref().is_none_or(|next| next.delivered())
+    }
+}
+
+/// The request for the next check on the packet's path after `report`, when there is one: the
+/// ingress of the local workload it is allowed on to (not the traced endpoint's own).
+fn onward_request(request: &TraceRequest, report: &TraceReport) -> Option<TraceRequest> {
+    let already_there = request.target == TraceTarget::Workload && request.ingress;
+    if already_there || report.verdict != "allow" {
+        return None;
+    }
+    if report.destination.route != RouteKind::LocalWorkload.as_str() {
+        return None;
+    }
+    let endpoint = report.destination.endpoint.clone()?;
+    if request.target == TraceTarget::Workload && endpoint == request.endpoint {
+        return None;
+    }
+    Some(TraceRequest {
+        endpoint,
+        target: TraceTarget::Workload,
+        ingress: true,
+        ..request.clone()
+    })
+}
+
+/// Runs a trace against the running agent's pinned maps, and on along the packet's path to
+/// the local workload it is allowed on to.
 pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceReport> {
+    let mut report = live_endpoint(layout, request)?;
+    if let Some(next) = onward_request(request, &report) {
+        let onward = live_endpoint(layout, &next)
+            .with_context(|| format!("tracing on into {}", next.endpoint))?;
+        report.onward = Some(Box::new(onward));
+    }
+    Ok(report)
+}
+
+/// Runs a trace against a directory of resources, in private maps, and on along the packet's
+/// path to the local workload it is allowed on to.
+pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport> {
+    let mut report = offline_endpoint(dir, request)?;
+    if let Some(next) = onward_request(request, &report) {
+        let onward = offline_endpoint(dir, &next)
+            .with_context(|| format!("tracing on into {}", next.endpoint))?;
+        report.onward = Some(Box::new(onward));
+    }
+    Ok(report)
+}
+
+/// Runs a trace of one endpoint against the running agent's pinned maps.
+fn live_endpoint(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceReport> {
     let conntrack = layout.map(map_names::CONNTRACK);
     aya::maps::MapInfo::from_pin(&conntrack)
         .with_context(|| format!("opening {} (is the agent running?)", conntrack.display()))?;
@@ -221,8 +279,8 @@ pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceR
     Ok(report)
 }
 
-/// Runs a trace against a directory of resources, in private maps.
-pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport> {
+/// Runs a trace of one endpoint against a directory of resources, in private maps.
+fn offline_endpoint(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport> {
     let mut datastore = LocalDatastore::new(dir);
     let sync = datastore.sync();
     for error in &sync.errors {
@@ -612,6 +670,7 @@ fn report(
         source: Location::nowhere(request.src),
         destination: Location::nowhere(request.dst),
         then,
+        onward: None,
     }
 }
 
@@ -843,6 +902,14 @@ pub fn text(report: &TraceReport) -> String {
         whereabouts(&report.destination)
     ));
     out.push('\n');
+    if let Some(onward) = &report.onward {
+        out.push_str("\non to the destination workload:\n");
+        out.push_str(&text(onward));
+        out.push_str(&format!(
+            "\ndelivered:  {}\n",
+            if report.delivered() { "yes" } else { "no" }
+        ));
+    }
     out
 }
 

@@ -882,4 +882,97 @@ spec:
             "{report:#}"
         );
     }
+
+    /// A packet allowed on to a local workload is traced on into that workload's ingress: from
+    /// another workload, and arriving through a host endpoint's interface.
+    #[test]
+    fn trace_follows_the_packet_on_into_a_local_workload() {
+        require_root();
+        const RESOURCES: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: open}
+spec: {ingress: [{action: Allow}], egress: [{action: Allow}]}
+---
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: web-only}
+spec:
+  ingress: [{action: Allow, protocol: TCP, destination: {ports: [80]}}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: a, namespace: t}
+spec: {node: n1, interfaceName: calia, ipNetworks: [198.18.3.1/32], profiles: [open]}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: b, namespace: t}
+spec: {node: n1, interfaceName: calib, ipNetworks: [198.18.3.2/32], profiles: [web-only]}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-eth0}
+spec: {node: n1, interfaceName: eth0, expectedIPs: [198.18.9.1]}
+"#;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("resources.yaml"), RESOURCES).expect("write");
+        let trace = |from: [&str; 4], dport: &str, format: &str| {
+            let output = Command::new(loader_bin())
+                .args(["trace", "--datastore"])
+                .arg(dir.path())
+                .args(from)
+                .args(["--protocol", "tcp", "--src", "198.18.3.1:40000"])
+                .args(["--dst", &format!("198.18.3.2:{dport}"), "-o", format])
+                .output()
+                .expect("run trace");
+            assert!(
+                output.status.success(),
+                "trace failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        let json = |from, dport| -> serde_json::Value {
+            serde_json::from_str(&trace(from, dport, "json")).expect("JSON")
+        };
+        let from_a = ["--endpoint", "t/a", "--direction", "egress"];
+
+        // a's egress allows both; b's ingress only port 80.
+        let report = json(from_a, "80");
+        assert_eq!(report["verdict"], "allow", "{report:#}");
+        assert_eq!(report["onward"]["endpoint"], "t/b", "{report:#}");
+        assert_eq!(report["onward"]["direction"], "ingress", "{report:#}");
+        assert_eq!(report["onward"]["verdict"], "allow", "{report:#}");
+        let report = json(from_a, "81");
+        assert_eq!(report["verdict"], "allow", "{report:#}");
+        assert_eq!(report["onward"]["verdict"], "deny", "{report:#}");
+        // No rule of b's profile matches: the end of its profiles denies.
+        assert_eq!(
+            report["onward"]["decided_by_rule"]["kind"], "no-match",
+            "{report:#}"
+        );
+        let text = trace(from_a, "81", "table");
+        assert!(
+            text.contains("on to the destination workload:\nendpoint:   t/b (ingress)")
+                && text.contains("delivered:  no"),
+            "{text}"
+        );
+
+        // Arriving through eth0: forwarded, open without applyOnForward policy, then b's
+        // ingress decides.
+        let through_eth0 = ["--interface", "eth0", "--direction", "ingress"];
+        let report = json(through_eth0, "81");
+        assert_eq!(report["verdict"], "allow", "{report:#}");
+        assert_eq!(report["path"], "forward", "{report:#}");
+        assert_eq!(report["onward"]["endpoint"], "t/b", "{report:#}");
+        assert_eq!(report["onward"]["verdict"], "deny", "{report:#}");
+        let report = json(through_eth0, "80");
+        assert_eq!(report["onward"]["verdict"], "allow", "{report:#}");
+
+        // Traced at b's own ingress, there is nothing further.
+        let report = json(["--endpoint", "t/b", "--direction", "ingress"], "80");
+        assert!(report["onward"].is_null(), "{report:#}");
+    }
 }
