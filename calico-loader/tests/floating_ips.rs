@@ -310,6 +310,38 @@ mod privileged {
             || ping(&outside, FLOATING_V4),
         );
 
+        if path == Path::Kernel {
+            // Taking the workload's interface down flushes its routes and neighbour entries,
+            // the floating IP's permanent one included (the workload never answers ARP for
+            // it): once the interface is up, the agent writes both again.
+            let ifname = workload.host_ifname.as_str();
+            let permanent_entry = || {
+                String::from_utf8_lossy(
+                    &host
+                        .exec(&["ip", "neigh", "show", "dev", ifname, "nud", "permanent"])
+                        .stdout,
+                )
+                .contains(FLOATING_V4)
+            };
+            assert!(permanent_entry(), "the floating IP's neighbour entry");
+            host.exec(&["ip", "link", "set", ifname, "down"]);
+            assert!(
+                !permanent_entry(),
+                "taking the interface down flushed the entry"
+            );
+            host.exec(&["ip", "link", "set", ifname, "up"]);
+            wait_for(
+                "the floating IP's neighbour entry written again",
+                Duration::from_secs(30),
+                permanent_entry,
+            );
+            wait_for(
+                "the floating IP to answer after the interface came back",
+                Duration::from_secs(20),
+                || ping(&outside, FLOATING_V4),
+            );
+        }
+
         // Without the ipNATs the floating IP leads nowhere, and the workload's traffic leaves
         // with its own address (which the outside cannot answer).
         datastore.write("endpoints.yaml", &endpoint_yaml(workload, false));

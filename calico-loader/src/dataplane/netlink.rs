@@ -3,7 +3,7 @@
 //! reach workloads (the BPF programs forward workload-to-workload traffic themselves; the kernel
 //! needs routes for host-originated traffic and for whatever the programs hand to it).
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
 use ipnet::IpNet;
@@ -196,6 +196,46 @@ impl Netlink {
                 "adding neighbour {} dev #{}",
                 neighbour.addr, neighbour.ifindex
             )))
+    }
+
+    /// The permanent neighbour entries in the kernel (those the agent writes are permanent;
+    /// the kernel's own resolutions are not).
+    pub async fn permanent_neighbours(&self) -> Result<BTreeSet<KernelNeighbour>, NetlinkError> {
+        let mut found = BTreeSet::new();
+        let mut stream = self.handle.neighbours().get().execute();
+        while let Some(message) = stream
+            .try_next()
+            .await
+            .map_err(request("listing neighbours"))?
+        {
+            if message.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut addr = None;
+            let mut mac = None;
+            for attribute in &message.attributes {
+                match attribute {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        addr = Some(IpAddr::V4(*a));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        addr = Some(IpAddr::V6(*a));
+                    }
+                    NeighbourAttribute::LinkLocalAddress(bytes) => {
+                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok();
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(addr), Some(mac)) = (addr, mac) {
+                found.insert(KernelNeighbour {
+                    addr,
+                    ifindex: message.header.ifindex,
+                    mac,
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Removes a neighbour entry (a missing one is fine).

@@ -155,7 +155,16 @@ impl RouteManager {
                 errors.push(e.to_string());
             }
         }
-        for neighbour in neighbours.difference(&self.neighbours) {
+        // When asked to look (a full verification, or the interfaces changed), the entries are
+        // read back: taking an interface down flushes its entries, permanent ones included,
+        // and nothing else would write them again (a floating IP's entry is the only way the
+        // kernel can reach it, as the workload never answers ARP for it).
+        let in_kernel = if relist {
+            self.netlink.permanent_neighbours().await?
+        } else {
+            self.neighbours.clone()
+        };
+        for neighbour in neighbours.difference(&in_kernel) {
             if let Err(e) = self.netlink.add_neighbour(*neighbour).await {
                 errors.push(e.to_string());
             }
