@@ -200,22 +200,24 @@ fn onward_request(request: &TraceRequest, report: &TraceReport) -> Option<TraceR
 /// Runs a trace against the running agent's pinned maps, and on along the packet's path to
 /// the local workload it is allowed on to.
 pub fn live(layout: &PinLayout, request: &TraceRequest) -> anyhow::Result<TraceReport> {
-    let mut report = live_endpoint(layout, request)?;
-    if let Some(next) = onward_request(request, &report) {
-        let onward = live_endpoint(layout, &next)
-            .with_context(|| format!("tracing on into {}", next.endpoint))?;
-        report.onward = Some(Box::new(onward));
-    }
-    Ok(report)
+    follow(request, |request| live_endpoint(layout, request))
 }
 
 /// Runs a trace against a directory of resources, in private maps, and on along the packet's
 /// path to the local workload it is allowed on to.
 pub fn offline(dir: &Path, request: &TraceRequest) -> anyhow::Result<TraceReport> {
-    let mut report = offline_endpoint(dir, request)?;
+    follow(request, |request| offline_endpoint(dir, request))
+}
+
+/// `trace_one` for the request, then for the next check on the packet's path, if any.
+fn follow(
+    request: &TraceRequest,
+    trace_one: impl Fn(&TraceRequest) -> anyhow::Result<TraceReport>,
+) -> anyhow::Result<TraceReport> {
+    let mut report = trace_one(request)?;
     if let Some(next) = onward_request(request, &report) {
-        let onward = offline_endpoint(dir, &next)
-            .with_context(|| format!("tracing on into {}", next.endpoint))?;
+        let onward =
+            trace_one(&next).with_context(|| format!("tracing on into {}", next.endpoint))?;
         report.onward = Some(Box::new(onward));
     }
     Ok(report)
