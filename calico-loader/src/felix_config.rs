@@ -203,15 +203,11 @@ pub struct Watch {
 
 impl Watch {
     /// Starts from the configuration the agent started with, and applies what it sets
-    /// directly: the log level. Logs the settings accepted and not used, and `InterfacePrefix`
-    /// (parsed, not used), once.
+    /// directly: the log level. Logs the settings accepted and not used, once.
     pub fn start(sources: LocalSources, node: &str, running: FelixConfig) -> Self {
         apply_log_severity(running.log_severity_screen.value);
         for (name, source) in &running.unused {
             tracing::info!(%source, "Felix setting {name} is accepted and not used by this dataplane");
-        }
-        if running.interface_prefix.source != Source::Default {
-            tracing::info!("InterfacePrefix is parsed and checked, not used yet");
         }
         Self {
             sources,

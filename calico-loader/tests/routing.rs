@@ -233,6 +233,102 @@ mod privileged {
         assert!(wl2.ping(IpAddr::V6(wl1.v6)));
     }
 
+    /// Datagrams `from` sends to `to`'s UDP `port` (20, over about a second) that arrive.
+    fn udp_arrivals(from: &Workload, to: &Workload, port: u16) -> usize {
+        let receiver = to.ns.enter(move || {
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            socket
+        });
+        let dst = std::net::SocketAddr::new(IpAddr::V4(to.v4), port);
+        from.ns.enter(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind the sender");
+            for _ in 0..20 {
+                let _ = socket.send_to(b"unknown?", dst);
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut buf = [0u8; 64];
+        let mut arrived = 0;
+        while receiver.recv_from(&mut buf).is_ok() {
+            arrived += 1;
+        }
+        arrived
+    }
+
+    /// As Felix drops the traffic of a workload interface it has no endpoint for: an interface
+    /// with the workload prefix (`cali`) whose endpoint was removed, or that has none yet,
+    /// keeps (or gets) the programs, which drop everything it sends. Its routes and the
+    /// forwarding the agent turned on stay, and the workload still has its gateway's MAC, so
+    /// without the programs the host's kernel would forward what it sends.
+    #[test]
+    fn an_interface_with_the_workload_prefix_and_no_endpoint_sends_nothing() {
+        let mut topology = Topology::new(2);
+        let datastore = Datastore::new();
+        let (wl1, wl2) = (topology.workload(1), topology.workload(2));
+        datastore.write("wl1.yaml", &wl1.endpoint_yaml(NODE));
+        datastore.write("wl2.yaml", &wl2.endpoint_yaml(NODE));
+        let agent = Agent::start(&topology, &datastore, NODE, &[]);
+        agent.wait_attached(&[&wl1.host_ifname, &wl2.host_ifname]);
+        // The gateway's MAC, as the workload has it cached once it has talked.
+        let gateway_cached = |wl: &Workload| {
+            wl.ns.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                "169.254.1.1",
+                "lladdr",
+                HOST_SIDE_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+        };
+        gateway_cached(wl2);
+        assert_eq!(udp_arrivals(wl2, wl1, 7100), 20, "wl2 reaches wl1 first");
+
+        datastore.remove("wl2.yaml");
+        wait_for("wl2's endpoint to go", Duration::from_secs(10), || {
+            agent.dump("endpoints").as_array().is_some_and(|rows| {
+                !rows
+                    .iter()
+                    .any(|r| r["interface"] == wl2.host_ifname.as_str())
+            })
+        });
+        assert_eq!(
+            udp_arrivals(wl2, wl1, 7101),
+            0,
+            "a workload whose endpoint was removed still sends; log:\n{}",
+            agent.log()
+        );
+
+        // An interface that appears with no endpoint at all.
+        let wl3 = topology.add_workload(3);
+        gateway_cached(wl3);
+        let ifname = wl3.host_ifname.clone();
+        wait_for(
+            "the agent to take the unknown interface",
+            Duration::from_secs(20),
+            || agent.log().contains(&ifname) && agent.log().contains("no endpoint"),
+        );
+        let (wl1, wl3) = (topology.workload(1), topology.workload(3));
+        assert_eq!(
+            udp_arrivals(wl3, wl1, 7102),
+            0,
+            "an unknown interface sends"
+        );
+
+        // Its endpoint arrives: it works.
+        datastore.write("wl3.yaml", &wl3.endpoint_yaml(NODE));
+        agent.wait_attached(&[&ifname]);
+        wait_for("wl3 to reach wl1", Duration::from_secs(10), || {
+            udp_arrivals(wl3, wl1, 7103) > 0
+        });
+    }
+
     #[test]
     fn an_invalid_file_leaves_the_running_state_alone() {
         let topology = Topology::new(2);

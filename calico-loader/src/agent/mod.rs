@@ -147,6 +147,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             endpoints: config.endpoint_entries,
         },
         config.data_interfaces.clone(),
+        config
+            .felix
+            .interface_prefix
+            .value
+            .split(',')
+            .map(|prefix| prefix.trim().to_owned())
+            .filter(|prefix| !prefix.is_empty())
+            .collect(),
     )
     .context("loading the dataplane (this needs root, or CAP_BPF and CAP_NET_ADMIN)")?;
     let mut log_events = match dataplane.take_log_events() {
@@ -738,6 +746,14 @@ impl ReportLog {
                 mode = mode.as_str(),
                 addresses = %addresses.join(","),
                 "attached"
+            );
+        }
+        for (ifname, ifindex) in &report.attached_unknown {
+            info!(
+                interface = %ifname,
+                ifindex,
+                "attached to an interface with a workload prefix (InterfacePrefix) but no \
+                 endpoint: its traffic is dropped until an endpoint names it"
             );
         }
         for (ifname, ifindex) in &report.attached_data {

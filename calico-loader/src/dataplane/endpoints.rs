@@ -48,6 +48,11 @@ pub struct Interfaces<'a> {
     pub waiting: Vec<(String, String)>,
     /// Interfaces that match the data-interface pattern and belong to no endpoint.
     pub data: DataInterfaces,
+    /// Interfaces whose name starts with a workload prefix (Felix's `InterfacePrefix`) and that
+    /// belong to no endpoint: a workload interface the datastore does not know (yet, or any
+    /// more). They get the workload programs without an endpoint entry, which drop everything
+    /// to and from them, as Felix drops traffic of unknown workload interfaces.
+    pub unknown: DataInterfaces,
     /// Every address of the host, by interface name.
     pub addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
     /// Whether the kernel was asked for them in this call (else they are the last listing's).
@@ -77,6 +82,9 @@ pub struct Attached {
     pub interfaces: Vec<(String, u32, String)>,
     /// Data interfaces that got programs attached, with their ifindex.
     pub data: Vec<(String, u32)>,
+    /// Unknown workload interfaces that got programs attached (their traffic is dropped), with
+    /// their ifindex.
+    pub unknown: Vec<(String, u32)>,
     /// Problems with single endpoints; the others were attached regardless.
     pub errors: Vec<String>,
 }
@@ -89,6 +97,8 @@ pub struct EndpointManager {
     layout: PinLayout,
     /// Which interfaces are data interfaces.
     data_pattern: Regex,
+    /// The name prefixes of workload interfaces (Felix's `InterfacePrefix`).
+    workload_prefixes: Vec<String>,
     forwarding: Forwarding,
     /// Interfaces this agent attached to, with the ifindex it attached to and their role.
     attached: BTreeMap<String, (u32, Role)>,
@@ -104,6 +114,7 @@ impl EndpointManager {
         netlink: Netlink,
         layout: PinLayout,
         data_pattern: Regex,
+        workload_prefixes: Vec<String>,
         forwarding: Forwarding,
     ) -> Self {
         Self {
@@ -111,6 +122,7 @@ impl EndpointManager {
             netlink,
             layout,
             data_pattern,
+            workload_prefixes,
             forwarding,
             attached: BTreeMap::new(),
             adopted: false,
@@ -165,13 +177,13 @@ impl EndpointManager {
                     .push((ifname.clone(), endpoint.key.clone())),
             }
         }
-        interfaces.data = links
-            .into_iter()
-            .filter(|(name, _)| {
-                !desired.contains_key(*name) && is_data_interface(&self.data_pattern, name)
-            })
-            .map(|(name, link)| (name.to_owned(), link.clone()))
-            .collect();
+        for (name, link) in links {
+            if is_data_interface(&self.data_pattern, name) {
+                interfaces.data.insert(name.to_owned(), link.clone());
+            } else if is_workload_interface(&self.workload_prefixes, name) {
+                interfaces.unknown.insert(name.to_owned(), link.clone());
+            }
+        }
         for address in &listed.addresses {
             interfaces
                 .addresses
@@ -190,14 +202,16 @@ impl EndpointManager {
         &mut self,
         present: &Present<'_>,
         data: &DataInterfaces,
+        unknown: &DataInterfaces,
         host_endpoints: &BTreeSet<String>,
     ) -> Result<Detached, AttachError> {
         let mut detached = Detached::default();
         let wanted = |ifname: &str| -> Option<(u32, Role)> {
-            match (present.get(ifname), data.get(ifname)) {
-                (Some((_, link)), _) => Some((link.ifindex, Role::Workload)),
-                (None, Some(link)) => Some((link.ifindex, data_role(host_endpoints, ifname))),
-                (None, None) => None,
+            match (present.get(ifname), data.get(ifname), unknown.get(ifname)) {
+                (Some((_, link)), _, _) => Some((link.ifindex, Role::Workload)),
+                (None, Some(link), _) => Some((link.ifindex, data_role(host_endpoints, ifname))),
+                (None, None, Some(link)) => Some((link.ifindex, Role::Workload)),
+                (None, None, None) => None,
             }
         };
         let mut stale: BTreeSet<String> = self
@@ -241,6 +255,7 @@ impl EndpointManager {
         ebpf: &mut Ebpf,
         present: &Present<'_>,
         data: &DataInterfaces,
+        unknown: &DataInterfaces,
         host_endpoints: &BTreeSet<String>,
     ) -> Attached {
         let mut attached = Attached::default();
@@ -265,6 +280,15 @@ impl EndpointManager {
                 Err(e) => attached
                     .errors
                     .push(format!("data interface {ifname}: {e}")),
+            }
+        }
+        for (ifname, link) in unknown {
+            match self.attach_one(ebpf, ifname, link.ifindex, Role::Workload) {
+                Ok(false) => {}
+                Ok(true) => attached.unknown.push((ifname.clone(), link.ifindex)),
+                Err(e) => attached
+                    .errors
+                    .push(format!("unknown workload interface {ifname}: {e}")),
             }
         }
         self.adopted = true;
@@ -315,6 +339,14 @@ fn data_role(host_endpoints: &BTreeSet<String>, ifname: &str) -> Role {
 /// loopback.
 pub fn is_data_interface(pattern: &Regex, name: &str) -> bool {
     name != "lo" && pattern.is_match(name)
+}
+
+/// Whether `name` is a workload interface by its name: it starts with one of `prefixes`
+/// (Felix's `InterfacePrefix`).
+pub fn is_workload_interface(prefixes: &[String], name: &str) -> bool {
+    prefixes
+        .iter()
+        .any(|prefix| !prefix.is_empty() && name.starts_with(prefix.as_str()))
 }
 
 /// The address this host answers DHCP as for `endpoint` on `link`: only a tap (a VM) with an

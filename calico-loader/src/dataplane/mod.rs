@@ -116,6 +116,9 @@ pub struct ApplyReport {
     pub attached: Vec<(String, u32, String)>,
     /// Data interfaces that got programs attached, with their ifindex.
     pub attached_data: Vec<(String, u32)>,
+    /// Unknown workload interfaces (a workload prefix, no endpoint) that got programs attached,
+    /// which drop their traffic, with their ifindex.
+    pub attached_unknown: Vec<(String, u32)>,
     /// Data interfaces that host endpoints cover: interface, host endpoint.
     pub host_endpoints: Vec<(String, String)>,
     /// Interfaces that lost their programs.
@@ -158,12 +161,15 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the programs and opens (or creates) the pinned maps. Interfaces whose name
-    /// `data_interfaces` matches get the data-interface programs.
+    /// `data_interfaces` matches get the data-interface programs; interfaces whose name starts
+    /// with one of `workload_prefixes` and that no endpoint names get the workload programs
+    /// without an endpoint entry, which drop their traffic.
     pub fn start(
         layout: PinLayout,
         mode: AttachMode,
         sizes: MapSizes,
         data_interfaces: Regex,
+        workload_prefixes: Vec<String>,
     ) -> Result<Self, DataplaneError> {
         let (mut ebpf, upgrade) = load_object_for_agent(&layout, sizes)?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
@@ -182,6 +188,7 @@ impl Dataplane {
                 netlink.clone(),
                 layout.clone(),
                 data_interfaces,
+                workload_prefixes,
                 Forwarding::new(),
             ),
             routes: RouteManager::new(netlink, &nodes),
@@ -260,6 +267,7 @@ impl Dataplane {
         let relisted = interfaces.listed;
         let present = interfaces.present;
         let data = interfaces.data;
+        let unknown = interfaces.unknown;
         report.waiting = interfaces.waiting;
 
         // Which data interfaces host endpoints cover.
@@ -292,7 +300,9 @@ impl Dataplane {
             bindings.iter().map(|b| b.link.name.clone()).collect();
 
         // Programs leave the interfaces that go before their entries do.
-        let detached = self.endpoints.detach_stale(&present, &data, &covered)?;
+        let detached = self
+            .endpoints
+            .detach_stale(&present, &data, &unknown, &covered)?;
         report.detached = detached.interfaces;
         report.errors.extend(detached.errors);
 
@@ -338,9 +348,10 @@ impl Dataplane {
         // Programs come to new interfaces once their entries are written.
         let attached = self
             .endpoints
-            .attach(&mut self.ebpf, &present, &data, &covered);
+            .attach(&mut self.ebpf, &present, &data, &unknown, &covered);
         report.attached = attached.interfaces;
         report.attached_data = attached.data;
+        report.attached_unknown = attached.unknown;
         report.errors.extend(attached.errors);
 
         // The kernel's routes and neighbours for host-originated traffic.
