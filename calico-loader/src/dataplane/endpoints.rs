@@ -102,6 +102,9 @@ pub struct EndpointManager {
     forwarding: Forwarding,
     /// Interfaces this agent attached to, with the ifindex it attached to and their role.
     attached: BTreeMap<String, (u32, Role)>,
+    /// Those of them attached as unknown workload interfaces (no endpoint names them): when an
+    /// endpoint comes to one, its programs stay and it is reported attached for the endpoint.
+    unknown: BTreeSet<String>,
     /// Whether pins left by an earlier agent have been looked at.
     adopted: bool,
     /// The interfaces and addresses listed last, until an event says they changed.
@@ -125,6 +128,7 @@ impl EndpointManager {
             workload_prefixes,
             forwarding,
             attached: BTreeMap::new(),
+            unknown: BTreeSet::new(),
             adopted: false,
             listed: None,
         }
@@ -241,6 +245,7 @@ impl EndpointManager {
                 detached.errors.push(e.to_string());
             }
             self.attached.remove(&ifname);
+            self.unknown.remove(&ifname);
             detached.interfaces.push(ifname);
         }
         Ok(detached)
@@ -260,9 +265,12 @@ impl EndpointManager {
     ) -> Attached {
         let mut attached = Attached::default();
         for (ifname, (endpoint, link)) in present {
-            match self.attach_one(ebpf, ifname, link.ifindex, Role::Workload) {
-                Ok(false) => {}
-                Ok(true) => attached.interfaces.push((
+            let attach = self.attach_one(ebpf, ifname, link.ifindex, Role::Workload);
+            // Programs attached while no endpoint named the interface serve the endpoint now.
+            let was_unknown = self.unknown.remove(*ifname);
+            match attach {
+                Ok(false) if !was_unknown => {}
+                Ok(_) => attached.interfaces.push((
                     (*ifname).to_owned(),
                     link.ifindex,
                     endpoint.key.clone(),
@@ -285,7 +293,10 @@ impl EndpointManager {
         for (ifname, link) in unknown {
             match self.attach_one(ebpf, ifname, link.ifindex, Role::Workload) {
                 Ok(false) => {}
-                Ok(true) => attached.unknown.push((ifname.clone(), link.ifindex)),
+                Ok(true) => {
+                    self.unknown.insert(ifname.clone());
+                    attached.unknown.push((ifname.clone(), link.ifindex));
+                }
                 Err(e) => attached
                     .errors
                     .push(format!("unknown workload interface {ifname}: {e}")),
@@ -319,6 +330,7 @@ impl EndpointManager {
 
     /// Detaches the programs from every interface this agent attached to.
     pub fn detach_all(&mut self) -> Result<(), AttachError> {
+        self.unknown.clear();
         for ifname in std::mem::take(&mut self.attached).into_keys() {
             self.attacher.detach(&ifname)?;
         }
