@@ -17,6 +17,20 @@ mod privileged {
 
     const NODE: &str = "test-node";
 
+    /// Waits until `dump endpoints` no longer lists `ifname`'s endpoint.
+    fn wait_endpoint_gone(agent: &Agent, ifname: &str) {
+        wait_for(
+            &format!("the endpoint of {ifname} to go"),
+            Duration::from_secs(10),
+            || {
+                agent
+                    .dump("endpoints")
+                    .as_array()
+                    .is_some_and(|rows| !rows.iter().any(|r| r["interface"] == ifname))
+            },
+        );
+    }
+
     fn forwarded(agent: &Agent, ifname: &str) -> u64 {
         agent.counters(ifname)["forwarded_packets"]
             .as_u64()
@@ -198,13 +212,7 @@ mod privileged {
         assert!(wl1.ping(IpAddr::V4(wl2.v4)));
 
         datastore.remove("wl2.yaml");
-        wait_for("wl2 to be removed", Duration::from_secs(10), || {
-            agent.dump("endpoints").as_array().is_some_and(|rows| {
-                !rows
-                    .iter()
-                    .any(|r| r["interface"] == wl2.host_ifname.as_str())
-            })
-        });
+        wait_endpoint_gone(&agent, &wl2.host_ifname);
         assert!(
             agent.counters(&wl2.host_ifname).is_null(),
             "counters of a removed endpoint are gone"
@@ -291,13 +299,7 @@ mod privileged {
         assert_eq!(udp_arrivals(wl2, wl1, 7100), 20, "wl2 reaches wl1 first");
 
         datastore.remove("wl2.yaml");
-        wait_for("wl2's endpoint to go", Duration::from_secs(10), || {
-            agent.dump("endpoints").as_array().is_some_and(|rows| {
-                !rows
-                    .iter()
-                    .any(|r| r["interface"] == wl2.host_ifname.as_str())
-            })
-        });
+        wait_endpoint_gone(&agent, &wl2.host_ifname);
         assert_eq!(
             udp_arrivals(wl2, wl1, 7101),
             0,

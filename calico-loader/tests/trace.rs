@@ -736,16 +736,12 @@ spec:
         );
     }
 
-    /// Runs `trace --datastore` on `BASE` with `args` and `-o FORMAT`; its stdout.
-    fn trace_base(args: &[&str], format: &str) -> String {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("base.yaml"), BASE).expect("write");
+    /// Runs `trace --datastore DIR` with `args`; its stdout.
+    fn trace_datastore(dir: &std::path::Path, args: &[&str]) -> String {
         let output = Command::new(loader_bin())
-            .arg("trace")
-            .arg("--datastore")
-            .arg(dir.path())
+            .args(["trace", "--datastore"])
+            .arg(dir)
             .args(args)
-            .args(["-o", format])
             .output()
             .expect("run trace");
         assert!(
@@ -754,6 +750,13 @@ spec:
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `trace --datastore` on `BASE` with `args` and `-o FORMAT`; its stdout.
+    fn trace_base(args: &[&str], format: &str) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("base.yaml"), BASE).expect("write");
+        trace_datastore(dir.path(), &[args, &["-o", format]].concat())
     }
 
     #[test]
@@ -835,20 +838,24 @@ spec:
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("hep.yaml"), HEP).expect("write");
         let trace = |src: &str, port: &str, format: &str| {
-            let output = Command::new(loader_bin())
-                .args(["trace", "--datastore"])
-                .arg(dir.path())
-                .args(["--interface", "eth0", "--direction", "ingress"])
-                .args(["--protocol", "tcp", "--src", src])
-                .args(["--dst", &format!("198.18.9.1:{port}"), "-o", format])
-                .output()
-                .expect("run trace");
-            assert!(
-                output.status.success(),
-                "trace failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout).into_owned()
+            let dst = format!("198.18.9.1:{port}");
+            trace_datastore(
+                dir.path(),
+                &[
+                    "--interface",
+                    "eth0",
+                    "--direction",
+                    "ingress",
+                    "--protocol",
+                    "tcp",
+                    "--src",
+                    src,
+                    "--dst",
+                    &dst,
+                    "-o",
+                    format,
+                ],
+            )
         };
         let text = trace("198.19.250.7:40000", "8080", "table");
         assert!(
@@ -919,20 +926,18 @@ spec: {node: n1, interfaceName: eth0, expectedIPs: [198.18.9.1]}
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("resources.yaml"), RESOURCES).expect("write");
         let trace = |from: [&str; 4], dport: &str, format: &str| {
-            let output = Command::new(loader_bin())
-                .args(["trace", "--datastore"])
-                .arg(dir.path())
-                .args(from)
-                .args(["--protocol", "tcp", "--src", "198.18.3.1:40000"])
-                .args(["--dst", &format!("198.18.3.2:{dport}"), "-o", format])
-                .output()
-                .expect("run trace");
-            assert!(
-                output.status.success(),
-                "trace failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout).into_owned()
+            let dst = format!("198.18.3.2:{dport}");
+            let packet = [
+                "--protocol",
+                "tcp",
+                "--src",
+                "198.18.3.1:40000",
+                "--dst",
+                &dst,
+                "-o",
+                format,
+            ];
+            trace_datastore(dir.path(), &[&from[..], &packet[..]].concat())
         };
         let json = |from, dport| -> serde_json::Value {
             serde_json::from_str(&trace(from, dport, "json")).expect("JSON")

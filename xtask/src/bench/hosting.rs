@@ -195,28 +195,17 @@ pub fn run_alone(
     print(&hosting);
     let mut value = serde_json::to_value(&hosting)?;
     value["goal_checks"] = goal_checks_json(&hosting);
-    let document = serde_json::json!({
-        "tool": "cargo xtask bench --hosting-only",
-        "command": format!("{} --hosting-only", plan.command),
-        "started": report::timestamp(plan.started).iso,
-        "elapsed_s": clock.elapsed().as_secs_f64(),
-        "quick": plan.quick,
-        "rounds": plan.rounds,
-        "duration_s": plan.duration.as_secs(),
-        "machine": machine,
-        "hosting": value,
-    });
-    if let Some(dir) = plan.json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&plan.json, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", plan.json.display()))?;
-    output::info(format!(
-        "the phases took {:.0}s; every figure is in {}",
-        clock.elapsed().as_secs_f64(),
-        plan.json.display()
-    ));
-    Ok(())
+    report::write_alone(
+        plan,
+        machine,
+        "--hosting-only",
+        serde_json::json!({
+            "rounds": plan.rounds,
+            "duration_s": plan.duration.as_secs(),
+            "hosting": value,
+        }),
+        clock,
+    )
 }
 
 /// `cargo xtask bench --many-endpoints-only`: the many-endpoints phase alone, its line of the
@@ -238,26 +227,13 @@ pub fn run_many_endpoints_alone(
     let many = outcome?;
     output::step("Results");
     output::info(many.describe());
-    let document = serde_json::json!({
-        "tool": "cargo xtask bench --many-endpoints-only",
-        "command": format!("{} --many-endpoints-only", plan.command),
-        "started": report::timestamp(plan.started).iso,
-        "elapsed_s": clock.elapsed().as_secs_f64(),
-        "quick": plan.quick,
-        "machine": machine,
-        "hosting": { "many_endpoints": many },
-    });
-    if let Some(dir) = plan.json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&plan.json, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", plan.json.display()))?;
-    output::info(format!(
-        "the phase took {:.0}s; its figures are in {}",
-        clock.elapsed().as_secs_f64(),
-        plan.json.display()
-    ));
-    Ok(())
+    report::write_alone(
+        plan,
+        machine,
+        "--many-endpoints-only",
+        serde_json::json!({ "hosting": { "many_endpoints": many } }),
+        clock,
+    )
 }
 
 fn goal_checks_json(hosting: &Hosting) -> serde_json::Value {

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -1191,6 +1191,42 @@ fn thousands(n: u32) -> String {
         out.push(c);
     }
     out
+}
+
+/// A phase run alone (`cargo xtask bench --<flag>`): writes its own JSON file with the tool,
+/// the command, the time, the machine and `figures` (an object whose fields are added), and
+/// says where it is.
+pub fn write_alone(
+    plan: &Plan,
+    machine: &MachineInfo,
+    flag: &str,
+    figures: serde_json::Value,
+    clock: Instant,
+) -> Result<()> {
+    let mut document = json!({
+        "tool": format!("cargo xtask bench {flag}"),
+        "command": format!("{} {flag}", plan.command),
+        "started": timestamp(plan.started).iso,
+        "elapsed_s": clock.elapsed().as_secs_f64(),
+        "quick": plan.quick,
+        "machine": machine,
+    });
+    if let (Some(document), serde_json::Value::Object(figures)) =
+        (document.as_object_mut(), figures)
+    {
+        document.extend(figures);
+    }
+    if let Some(dir) = plan.json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&plan.json, serde_json::to_string_pretty(&document)?)
+        .with_context(|| format!("cannot write {}", plan.json.display()))?;
+    output::info(format!(
+        "it took {:.0}s; every figure is in {}",
+        clock.elapsed().as_secs_f64(),
+        plan.json.display()
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

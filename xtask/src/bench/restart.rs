@@ -24,11 +24,11 @@ use super::{
     control::median,
     loader::endpoint_yaml,
     phase_agent::{AgentRun, PhaseAgent},
-    report::MachineInfo,
+    report::{self, MachineInfo},
     under_traffic::{
         FlowFigures, FlowLosses, Flows, HEALTH_FLAGS, KILL_AFTER, PING_INTERVAL, READY_TIMEOUT,
         TCP_RATE, UDP_RATE, add_to_json as add_phase_to_json, both_attached,
-        host_with_two_workloads, millis, wait_ready, write_alone,
+        host_with_two_workloads, millis, modes, wait_ready,
     },
 };
 use crate::{
@@ -106,11 +106,7 @@ pub fn measure(quick: bool, loader: &Path, pid: u32, release: bool) -> Result<Re
     output::step(format!(
         "Agent restarts: SIGKILL and restart under traffic ({} restart(s) per mode, {})",
         plan.restarts,
-        plan.hooks
-            .iter()
-            .map(|h| h.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        modes(&plan.hooks)
     ));
     output::explain(format!(
         "Two workloads in cbench-rst-<pid>; UDP at {UDP_RATE}/s (numbered), a TCP stream at\n\
@@ -299,12 +295,11 @@ pub fn run_alone(
     shared::check_nothing_left("cbench-", pid, None);
     let restarts = outcome?;
     print(&restarts);
-    write_alone(
+    report::write_alone(
         plan,
         machine,
         "--restart-only",
-        "restarts",
-        &restarts,
+        serde_json::json!({ "restarts": restarts }),
         clock,
     )
 }

@@ -18,13 +18,9 @@ use serde_json::Value;
 use testbed::{
     Netns,
     flows::{Pace, PingFlow, PingReport, TcpFlow, TcpReport, UdpFlow, UdpReport},
-    netns, output, signals,
+    netns, signals,
 };
 
-use super::{
-    Plan,
-    report::{self, MachineInfo},
-};
 use crate::topology::{AttachMode, Workload};
 
 pub const UDP_RATE: u64 = 10_000;
@@ -45,6 +41,15 @@ pub const HEALTH_FLAGS: [&str; 5] = [
 ];
 /// How long a new agent may take to be ready before the phase fails.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The attach modes a phase runs in, for its heading: `tc, xdp`.
+pub fn modes(hooks: &[AttachMode]) -> String {
+    hooks
+        .iter()
+        .map(|h| h.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -355,36 +360,4 @@ pub fn add_to_json(json: &Path, key: &str, figures: &impl Serialize) -> Result<(
     document[key] = serde_json::to_value(figures)?;
     std::fs::write(json, serde_json::to_string_pretty(&document)?)
         .with_context(|| format!("cannot write {}", json.display()))
-}
-
-/// A phase run alone (`cargo xtask bench --<flag>`): writes its own JSON file, with the
-/// machine and the phase's figures as `key`, and says where it is.
-pub fn write_alone(
-    plan: &Plan,
-    machine: &MachineInfo,
-    flag: &str,
-    key: &str,
-    figures: &impl Serialize,
-    clock: Instant,
-) -> Result<()> {
-    let mut document = serde_json::json!({
-        "tool": format!("cargo xtask bench {flag}"),
-        "command": format!("{} {flag}", plan.command),
-        "started": report::timestamp(plan.started).iso,
-        "elapsed_s": clock.elapsed().as_secs_f64(),
-        "quick": plan.quick,
-        "machine": machine,
-    });
-    document[key] = serde_json::to_value(figures)?;
-    if let Some(dir) = plan.json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&plan.json, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", plan.json.display()))?;
-    output::info(format!(
-        "the phase took {:.0}s; every figure is in {}",
-        clock.elapsed().as_secs_f64(),
-        plan.json.display()
-    ));
-    Ok(())
 }

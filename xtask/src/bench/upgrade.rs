@@ -32,11 +32,11 @@ use super::{
     control::median,
     loader::{dump_cmd, endpoint_yaml},
     phase_agent::{AgentRun, PhaseAgent},
-    report::MachineInfo,
+    report::{self, MachineInfo},
     under_traffic::{
         FlowFigures, FlowLosses, Flows, HEALTH_FLAGS, KILL_AFTER, PING_INTERVAL, READY_TIMEOUT,
         TCP_PORT, TCP_RATE, UDP_RATE, add_to_json as add_phase_to_json, both_attached,
-        host_with_two_workloads, millis, wait_ready, write_alone,
+        host_with_two_workloads, millis, modes, wait_ready,
     },
 };
 use crate::{
@@ -153,11 +153,7 @@ pub fn measure(from: &str, loader: &Path, pid: u32, release: bool) -> Result<Upg
         "Upgrades from {} under traffic ({} per mode, {})",
         upgrade_from::short(&commit),
         plan.upgrades,
-        plan.hooks
-            .iter()
-            .map(|h| h.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        modes(&plan.hooks)
     ));
     output::explain(format!(
         "Two workloads in cbench-upg-<pid>; UDP at {UDP_RATE}/s (numbered), a TCP stream at\n\
@@ -492,12 +488,11 @@ pub fn run_alone(
     shared::check_nothing_left("cbench-", pid, None);
     let upgrades = outcome?;
     print(&upgrades);
-    write_alone(
+    report::write_alone(
         plan,
         machine,
         "--upgrade-only",
-        "upgrades",
-        &upgrades,
+        serde_json::json!({ "upgrades": upgrades }),
         clock,
     )
 }
